@@ -1,0 +1,113 @@
+/*
+ * The CUDA runtime behind engine/device.h: device discovery, the context (stream, cuBLAS, cuDNN),
+ * raw allocations for the arenas, and copies. Built only with Y5_CUDA.
+ */
+#include <cstdlib>
+#include <string>
+
+#include "engine/cuda.h"
+
+namespace y5 {
+
+const char* cublas_status_string(cublasStatus_t s) {
+    switch (s) {
+        case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+        case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+        case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+        case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+        case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+        case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+        case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+        case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+        case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+        case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+        default: return "unknown cuBLAS status";
+    }
+}
+
+bool sync_debug() {
+    static const bool on = [] {
+        const char* v = std::getenv("Y5_SYNC_DEBUG");
+        return v && *v && std::string(v) != "0";
+    }();
+    return on;
+}
+
+bool cuda_available(std::string* why) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+        cudaGetLastError();  // clear the sticky-free error so later calls start clean
+        return false;
+    }
+    if (n == 0) {
+        if (why) *why = "no CUDA device present";
+        return false;
+    }
+    return true;
+}
+
+CudaContext* cuda_context_create(int device) {
+    std::string why;
+    Y5_CHECK(cuda_available(&why), "no usable CUDA device: %s", why.c_str());
+    auto* ctx = new CudaContext;
+    ctx->device = device;
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&ctx->cublas));
+    CUBLAS_CHECK(cublasSetStream(ctx->cublas, ctx->stream));
+    CUDNN_CHECK(cudnnCreate(&ctx->cudnn));
+    CUDNN_CHECK(cudnnSetStream(ctx->cudnn, ctx->stream));
+    return ctx;
+}
+
+void cuda_context_destroy(CudaContext* ctx) {
+    if (!ctx) return;
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    CUDNN_CHECK(cudnnDestroy(ctx->cudnn));
+    CUBLAS_CHECK(cublasDestroy(ctx->cublas));
+    CUDA_CHECK(cudaStreamDestroy(ctx->stream));
+    delete ctx;
+}
+
+// A null context means the legacy default stream (set-up code that runs before any context exists).
+static cudaStream_t stream_of(CudaContext* ctx) { return ctx ? ctx->stream : cudaStream_t(0); }
+
+void* device_alloc(size_t bytes, const char* what) {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        Y5_FAIL("out of GPU memory allocating %.1f MiB for '%s' (%.1f of %.1f MiB free): lower --batch-size or --imgsz",
+                bytes / 1048576.0, what, free_b / 1048576.0, total_b / 1048576.0);
+    }
+    CUDA_CHECK(e);
+    return p;
+}
+
+void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+
+void copy_host_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(ctx)));
+    CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx)));
+}
+
+void copy_device_to_host(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(ctx)));
+    CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx)));
+}
+
+void copy_device_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(ctx)));
+}
+
+void device_memset_zero(void* p, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_of(ctx)));
+}
+
+void device_synchronize(CudaContext* ctx) { CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx))); }
+
+}  // namespace y5

@@ -1,0 +1,32 @@
+/*
+ * The backend-neutral face of the CUDA runtime, so that C++ files compiled without nvcc (arena, tape,
+ * ops, the tools) can ask for device memory and copies. engine/cuda.cu implements it when y5 is built
+ * with CUDA; engine/cuda_none.cpp implements it otherwise (no device; every request is a clear error).
+ */
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace y5 {
+
+struct CudaContext;  // stream, cuBLAS and cuDNN handles: engine/cuda.h
+
+// True when a CUDA device can be used. Any error from the runtime (no driver, "driver version is
+// insufficient", no device) means false; *why then says what happened.
+bool cuda_available(std::string* why = nullptr);
+
+// One context per process: selects the device, creates a stream and the cuBLAS/cuDNN handles on it.
+CudaContext* cuda_context_create(int device);
+void cuda_context_destroy(CudaContext* ctx);
+
+void* device_alloc(size_t bytes, const char* what);  // cudaMalloc; out of memory is a y5::Error naming `what`
+void device_free(void* p);
+// A null ctx means the default stream. Ordered on ctx's stream (after the work already queued there) and synchronous: on return the bytes
+// have arrived.
+void copy_host_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx);
+void copy_device_to_host(void* dst, const void* src, size_t bytes, CudaContext* ctx);
+void copy_device_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx);  // async on ctx's stream
+void device_memset_zero(void* p, size_t bytes, CudaContext* ctx);    // async on ctx's stream
+void device_synchronize(CudaContext* ctx);
+
+}  // namespace y5

@@ -1,0 +1,473 @@
+/*
+ * Ops: shape checks, output allocation, device/dtype dispatch and backward recording. The math lives
+ * in kernels/ (CPU references in the headers, CUDA launchers in the .cu files); nothing here loops
+ * over elements.
+ */
+#include "engine/ops.h"
+
+#include <cstring>
+
+#include "engine/device.h"
+#include "kernels/batchnorm.h"
+#include "kernels/concat.h"
+#include "kernels/conv2d.h"
+#include "kernels/eca.h"
+#include "kernels/elementwise.h"
+#include "kernels/pool.h"
+#include "kernels/upsample.h"
+
+#if Y5_CUDA
+#include "engine/cuda.h"
+#endif
+
+namespace y5 {
+
+// ----------------------------------------------------------------------------------------------------
+// Checks and dispatch
+
+static void check_rank(const char* op, const char* what, const Tensor& t, int rank) {
+    Y5_CHECK(t.data != nullptr, "%s: %s is an undefined tensor", op, what);
+    Y5_CHECK(t.ndim() == rank, "%s: %s must have rank %d, got %s", op, what, rank, t.str().c_str());
+}
+
+static void check_same(const char* op, const Tensor& a, const Tensor& b) {
+    Y5_CHECK(a.device == b.device, "%s: tensors on different devices: %s and %s", op, a.str().c_str(), b.str().c_str());
+    Y5_CHECK(a.dtype == b.dtype, "%s: tensors of different dtypes: %s and %s", op, a.str().c_str(), b.str().c_str());
+}
+
+static void check_ctx(const char* op, Ctx& c, const Tensor& t) {
+    Y5_CHECK(c.act && c.tape, "%s: context has no activation arena or tape", op);
+    Y5_CHECK(c.act->device() == t.device, "%s: input %s but the activation arena is on %s", op, t.str().c_str(),
+             device_name(c.act->device()));
+    Y5_CHECK(t.device == Device::CPU || c.cuda, "%s: CUDA input %s but the context has no CUDA context", op,
+             t.str().c_str());
+}
+
+#if !Y5_CUDA
+static const char* kNoCudaBuild = "CUDA tensor in a build without CUDA";
+#endif
+
+// Ops whose CUDA kernels have not landed yet say so instead of reading device memory on the host.
+static void cpu_only(const char* op, const Tensor& t) {
+    Y5_CHECK(t.device == Device::CPU, "%s: no CUDA kernel for this op yet; input %s (run it with --device cpu)", op,
+             t.str().c_str());
+}
+
+// Calls f(T{}) with T = float or double according to t's dtype.
+template <class F> static void with_dtype(const char* op, const Tensor& t, F&& f) {
+    if (t.dtype == DType::F32) f(float(0));
+    else if (t.dtype == DType::F64) f(double(0));
+    else Y5_FAIL("%s: dtype %s is not supported by this op", op, dtype_name(t.dtype));
+}
+
+template <class T> static T* grad_ptr(Ctx& c, const Var& v) {
+    return v.requires_grad() ? c.tape->grad(v).template ptr<T>() : nullptr;
+}
+
+// Scratch from the workspace arena for the duration of one call.
+struct Scratch {
+    Arena* a;
+    size_t mark;
+    explicit Scratch(Arena* arena) : a(arena), mark(arena ? arena->mark() : 0) {}
+    ~Scratch() {
+        if (a) a->reset(mark);
+    }
+    template <class T> T* get(int64_t n) {
+        if (n == 0) return nullptr;
+        Y5_CHECK(a, "op needs a workspace arena (Ctx::work) for %lld elements", (long long)n);
+        return static_cast<T*>(a->alloc(n * sizeof(T)));
+    }
+};
+
+// ----------------------------------------------------------------------------------------------------
+// Tensor utilities
+
+Tensor empty(Ctx& c, Shape shape, DType dtype, Device device) {
+    Y5_CHECK(c.act && c.act->device() == device, "empty: no activation arena on %s", device_name(device));
+    return c.act->tensor(shape, dtype);
+}
+
+void fill(Ctx& c, Tensor t, double v) {
+    if (t.device == Device::CUDA) {
+#if Y5_CUDA
+        fill_cuda(t.ptr<float>(), (float)v, t.numel(), c.cuda->stream);
+        return;
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    }
+    with_dtype("fill", t, [&](auto z) {
+        using T = decltype(z);
+        fill_cpu(t.ptr<T>(), T(v), t.numel());
+    });
+}
+
+void copy(Ctx& c, Tensor dst, const Tensor& src) {
+    Y5_CHECK(dst.shape == src.shape && dst.dtype == src.dtype, "copy: %s into %s", src.str().c_str(),
+             dst.str().c_str());
+    if (dst.device == Device::CPU && src.device == Device::CPU) std::memcpy(dst.data, src.data, dst.bytes());
+    else if (dst.device == Device::CUDA && src.device == Device::CPU) copy_host_to_device(dst.data, src.data, dst.bytes(), c.cuda);
+    else if (dst.device == Device::CPU) copy_device_to_host(dst.data, src.data, dst.bytes(), c.cuda);
+    else copy_device_to_device(dst.data, src.data, dst.bytes(), c.cuda);
+}
+
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
+    check_same("axpy", y, x);
+    Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
+    if (y.device == Device::CUDA) {
+#if Y5_CUDA
+        axpy_cuda(y.ptr<float>(), (float)a, x.ptr<float>(), y.numel(), c.cuda->stream);
+        return;
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    }
+    with_dtype("axpy", y, [&](auto z) {
+        using T = decltype(z);
+        axpy_cpu(y.ptr<T>(), T(a), x.ptr<T>(), y.numel());
+    });
+}
+
+// ----------------------------------------------------------------------------------------------------
+// conv2d
+
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
+    const char* op = "conv2d";
+    check_rank(op, "input", x.t, 4);
+    check_rank(op, "weight", w.t, 4);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    const int K = w.t.dim(0), R = w.t.dim(2), S = w.t.dim(3);
+    Y5_CHECK(w.t.dim(1) == C, "conv2d: input %s has %d channels but weight %s expects %lld", x.t.str().c_str(), C,
+             w.t.str().c_str(), (long long)w.t.dim(1));
+    Y5_CHECK(stride >= 1 && pad >= 0, "conv2d: stride %d, pad %d", stride, pad);
+    Var bias = b ? *b : Var{};
+    if (b) {
+        check_same(op, x.t, b->t);
+        Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv2d: bias %s does not match %d output channels",
+                 b->t.str().c_str(), K);
+    }
+    const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
+    Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
+             x.t.str().c_str());
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
+    const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        Scratch ws(c.work);
+        conv2d_fprop_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), b ? b->t.ptr<T>() : nullptr, ws.get<T>(ncol), N,
+                            C, H, W, K, R, S, stride, pad);
+    });
+    Var y = c.tape->output(out, {&x, &w, b});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, bias, y, N, C, H, W, K, R, S, stride, pad, ncol] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("conv2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                Scratch ws(c.work);
+                conv2d_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), grad_ptr<T>(c, bias),
+                                       c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(),
+                                       ws.get<T>(ncol), N, C, H, W, K, R, S, stride, pad);
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// batchnorm2d
+
+Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
+                bool training, float eps, float momentum) {
+    const char* op = "batchnorm2d";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma.t, &beta.t, &running_mean, &running_var}) {
+        check_same(op, x.t, *t);
+        Y5_CHECK(t->ndim() == 1 && t->dim(0) == C, "batchnorm2d: per-channel tensor %s does not match input %s",
+                 t->str().c_str(), x.t.str().c_str());
+    }
+    Y5_CHECK(!training || (int64_t)N * HW > 1,
+             "batchnorm2d: training mode needs more than one value per channel, input %s", x.t.str().c_str());
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    Tensor mean, invstd;
+    if (training) {
+        mean = c.act->tensor(Shape{C}, x.t.dtype);
+        invstd = c.act->tensor(Shape{C}, x.t.dtype);
+    }
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        if (training)
+            batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
+                                           running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(), N, C,
+                                           HW, eps, momentum);
+        else
+            batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
+                                          running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps);
+    });
+    Var y = c.tape->output(out, {&x, &gamma, &beta});
+    if (y.requires_grad())
+        c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("batchnorm2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                // The input gradient is always computed (into a scratch buffer when x needs none) because the
+                // reference produces dx, dgamma and dbeta in one pass.
+                Scratch ws(c.work);
+                T* dx = x.requires_grad() ? grad_ptr<T>(c, x) : ws.get<T>(x.t.numel());
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                if (training)
+                    batchnorm_backward_train_cpu<T>(dx, grad_ptr<T>(c, gamma), grad_ptr<T>(c, beta), dy, x.t.ptr<T>(),
+                                                    gamma.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW);
+                else
+                    batchnorm_backward_eval_cpu<T>(dx, grad_ptr<T>(c, gamma), grad_ptr<T>(c, beta), dy, x.t.ptr<T>(),
+                                                   gamma.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
+                                                   C, HW, eps);
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// activation, sigmoid
+
+Var activation(Ctx& c, const Var& x, Act a) {
+    const char* op = "activation";
+    check_ctx(op, c, x.t);
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        act_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), x.t.numel(), a);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, a] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("activation backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                act_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), x.t.numel(), a);
+            });
+        });
+    return y;
+}
+
+Var sigmoid(Ctx& c, const Var& x) { return activation(c, x, Act{ActKind::Sigmoid, 0.f}); }
+
+// ----------------------------------------------------------------------------------------------------
+// maxpool2d, upsample_nearest
+
+Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
+    const char* op = "maxpool2d";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(k >= 1 && stride >= 1 && pad >= 0 && 2 * pad <= k,
+             "maxpool2d: kernel %d, stride %d, pad %d (PyTorch requires pad <= kernel/2)", k, stride, pad);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    Y5_CHECK(H + 2 * pad >= k && W + 2 * pad >= k, "maxpool2d: kernel %d larger than padded input %s", k,
+             x.t.str().c_str());
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C, Ho, Wo}, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        maxpool2d_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, k, stride, pad);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, k, stride, pad] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("maxpool2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                maxpool2d_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), N, C, H,
+                                          W, k, stride, pad);
+            });
+        });
+    return y;
+}
+
+Var upsample_nearest(Ctx& c, const Var& x, int s) {
+    const char* op = "upsample_nearest";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        upsample_nearest_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, s);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, s] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("upsample_nearest backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                upsample_nearest_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W, s);
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// concat, add
+
+Var concat(Ctx& c, const std::vector<Var>& xs) {
+    const char* op = "concat";
+    Y5_CHECK(!xs.empty(), "concat: no inputs");
+    for (const Var& v : xs) {
+        check_rank(op, "input", v.t, 4);
+        check_same(op, xs[0].t, v.t);
+        Y5_CHECK(v.t.dim(0) == xs[0].t.dim(0) && v.t.dim(2) == xs[0].t.dim(2) && v.t.dim(3) == xs[0].t.dim(3),
+                 "concat: input %s does not match %s outside the channel dimension", v.t.str().c_str(),
+                 xs[0].t.str().c_str());
+    }
+    check_ctx(op, c, xs[0].t);
+    cpu_only(op, xs[0].t);
+    const int N = xs[0].t.dim(0), HW = xs[0].t.dim(2) * xs[0].t.dim(3);
+    int Co = 0;
+    for (const Var& v : xs) Co += v.t.dim(1);
+    Tensor out = c.act->tensor(Shape{N, Co, xs[0].t.dim(2), xs[0].t.dim(3)}, xs[0].t.dtype);
+    with_dtype(op, out, [&](auto z) {
+        using T = decltype(z);
+        int c0 = 0;
+        for (const Var& v : xs) {
+            concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
+            c0 += v.t.dim(1);
+        }
+    });
+    bool any = false;
+    for (const Var& v : xs) any = any || v.requires_grad();
+    Var y = c.tape->recording() && any ? c.tape->leaf(out) : Tape::constant(out);
+    if (y.requires_grad())
+        c.tape->record([&c, xs, y, N, HW, Co] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("concat backward", y.t, [&](auto z) {
+                using T = decltype(z);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                int c0 = 0;
+                for (const Var& v : xs) {
+                    if (v.requires_grad()) concat_backward_cpu<T>(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
+                    c0 += v.t.dim(1);
+                }
+            });
+        });
+    return y;
+}
+
+Var add(Ctx& c, const Var& a, const Var& b) {
+    const char* op = "add";
+    check_same(op, a.t, b.t);
+    Y5_CHECK(a.t.shape == b.t.shape, "add: shapes %s and %s differ", a.t.str().c_str(), b.t.str().c_str());
+    check_ctx(op, c, a.t);
+    Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
+    if (a.t.device == Device::CUDA) {
+#if Y5_CUDA
+        add_cuda(out.ptr<float>(), a.t.ptr<float>(), b.t.ptr<float>(), out.numel(), c.cuda->stream);
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    } else {
+        with_dtype(op, a.t, [&](auto z) {
+            using T = decltype(z);
+            add_cpu<T>(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
+        });
+    }
+    Var y = c.tape->output(out, {&a, &b});
+    if (y.requires_grad())
+        c.tape->record([&c, a, b, y] {
+            if (!c.tape->has_grad(y)) return;
+            Tensor dy = c.tape->grad(y);
+            if (a.requires_grad()) axpy(c, c.tape->grad(a), 1.0, dy);
+            if (b.requires_grad()) axpy(c, c.tape->grad(b), 1.0, dy);
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// global_avgpool, conv1d_channels, scale_channels (ECA)
+
+Var global_avgpool(Ctx& c, const Var& x) {
+    const char* op = "global_avgpool";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    cpu_only(op, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    Y5_CHECK(HW > 0, "global_avgpool: empty input %s", x.t.str().c_str());
+    Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("global_avgpool backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                global_avgpool_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, HW);
+            });
+        });
+    return y;
+}
+
+Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
+    const char* op = "conv1d_channels";
+    check_rank(op, "input", x.t, 2);
+    check_rank(op, "weight", w.t, 1);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), k = w.t.dim(0);
+    Y5_CHECK(k % 2 == 1, "conv1d_channels: kernel size %d must be odd", k);
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        conv1d_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+    });
+    Var y = c.tape->output(out, {&x, &w});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, y, N, C, k] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("conv1d_channels backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                conv1d_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
+                                                x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+            });
+        });
+    return y;
+}
+
+Var scale_channels(Ctx& c, const Var& x, const Var& s) {
+    const char* op = "scale_channels";
+    check_rank(op, "input", x.t, 4);
+    check_rank(op, "scale", s.t, 2);
+    check_same(op, x.t, s.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    Y5_CHECK(s.t.dim(0) == N && s.t.dim(1) == C, "scale_channels: scale %s does not match input %s",
+             s.t.str().c_str(), x.t.str().c_str());
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        scale_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+    });
+    Var y = c.tape->output(out, {&x, &s});
+    if (y.requires_grad())
+        c.tape->record([&c, x, s, y, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("scale_channels backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                scale_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, s), c.tape->grad(y).template ptr<T>(),
+                                               x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+            });
+        });
+    return y;
+}
+
+}  // namespace y5

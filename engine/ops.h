@@ -1,0 +1,53 @@
+/*
+ * Ops on Vars: the layer between layers/ (which own parameters) and kernels/ (raw pointers). Each op
+ * checks shapes, allocates its output from the activation arena, runs the CPU reference or the CUDA
+ * launcher for the tensors' device, and, when the tape is recording, records its backward next to it.
+ * CPU ops run in f32, or in f64 for gradient checks; CUDA ops run in f32.
+ * A bad request (rank or shape mismatch, mixed devices or dtypes, an op with no kernel on the device)
+ * is a y5::Error that names the op and the shapes.
+ *
+ * Shapes: images are (N,C,H,W); pooled vectors (N,C).
+ */
+#pragma once
+#include <vector>
+
+#include "engine/arena.h"
+#include "engine/tape.h"
+#include "kernels/activation.h"
+
+namespace y5 {
+
+struct CudaContext;
+
+// Everything an op needs besides its inputs. One per device, created once by the program.
+struct Ctx {
+    Arena* act = nullptr;   // outputs and saved statistics; rewound after each step
+    Arena* work = nullptr;  // scratch that lives for one op call (im2col columns)
+    Tape* tape = nullptr;
+    CudaContext* cuda = nullptr;  // required for CUDA tensors
+};
+
+// ---- tensor utilities (no tape)
+Tensor empty(Ctx& c, Shape shape, DType dtype, Device device);  // from the activation arena
+void fill(Ctx& c, Tensor t, double v);
+void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x
+
+// ---- differentiable ops
+// x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo)
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);
+// x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
+// updates the running ones (PyTorch semantics); eval uses the running ones.
+Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
+                bool training, float eps, float momentum);
+Var activation(Ctx& c, const Var& x, Act a);  // any shape
+Var sigmoid(Ctx& c, const Var& x);            // any shape
+Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
+Var upsample_nearest(Ctx& c, const Var& x, int scale);
+Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W)
+Var add(Ctx& c, const Var& a, const Var& b);      // same shape
+Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C)
+Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C)
+Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
+
+}  // namespace y5

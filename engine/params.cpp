@@ -1,0 +1,76 @@
+#include "engine/params.h"
+
+#include <cstring>
+
+#include "engine/device.h"
+
+namespace y5 {
+
+static int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+int ParamStore::add(const std::string& name, Shape shape, ParamKind kind) {
+    Y5_CHECK(!allocated(), "parameter '%s' registered after the parameter blocks were allocated", name.c_str());
+    Y5_CHECK(find(name) == nullptr, "parameter '%s' registered twice", name.c_str());
+    Param p;
+    p.name = name;
+    p.shape = shape;
+    p.kind = kind;
+    params_.push_back(p);
+    return (int)params_.size() - 1;
+}
+
+const Param* ParamStore::find(const std::string& name) const {
+    for (const Param& p : params_)
+        if (p.name == name) return &p;
+    return nullptr;
+}
+
+void ParamStore::allocate(Device device, DType dtype, CudaContext* cuda) {
+    Y5_CHECK(!allocated(), "parameter blocks allocated twice");
+    device_ = device;
+    dtype_ = dtype;
+    int64_t off = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // trainable tensors first, then buffers
+        for (Param& p : params_) {
+            if (p.trainable() != (pass == 0)) continue;
+            p.offset = off;
+            off = round_up(off + p.shape.numel(), kAlignElems);
+        }
+        if (pass == 0) trainable_elems_ = off;
+    }
+    total_elems_ = off;
+    const size_t es = dtype_size(dtype);
+    values_ = std::make_unique<Arena>("parameters", device, std::max<int64_t>(total_elems_, 1) * es);
+    grads_ = std::make_unique<Arena>("gradients", device, std::max<int64_t>(trainable_elems_, 1) * es);
+    momentum_ = std::make_unique<Arena>("momentum", device, std::max<int64_t>(trainable_elems_, 1) * es);
+    for (Arena* a : {values_.get(), grads_.get(), momentum_.get()}) {
+        a->alloc(a->capacity());  // the whole block; tensors are views at their offsets
+        if (device == Device::CPU) std::memset(a->base(), 0, a->capacity());
+        else device_memset_zero(a->base(), a->capacity(), cuda);
+    }
+    if (device == Device::CUDA) device_synchronize(cuda);
+    for (Param& p : params_) {
+        p.value = Tensor(values_->base() + p.offset * es, p.shape, dtype, device);
+        if (p.trainable()) p.grad = Tensor(grads_->base() + p.offset * es, p.shape, dtype, device);
+    }
+}
+
+Tensor ParamStore::values_flat() const { return Tensor(values_->base(), Shape{total_elems_}, dtype_, device_); }
+Tensor ParamStore::trainable_flat() const { return Tensor(values_->base(), Shape{trainable_elems_}, dtype_, device_); }
+Tensor ParamStore::grads_flat() const { return Tensor(grads_->base(), Shape{trainable_elems_}, dtype_, device_); }
+Tensor ParamStore::momentum_flat() const { return Tensor(momentum_->base(), Shape{trainable_elems_}, dtype_, device_); }
+
+int64_t ParamStore::count(bool trainable_only) const {
+    int64_t n = 0;
+    for (const Param& p : params_)
+        if (!trainable_only || p.trainable()) n += p.shape.numel();
+    return n;
+}
+
+void ParamStore::zero_grad(CudaContext* cuda) {
+    Y5_CHECK(allocated(), "zero_grad before the parameter blocks were allocated");
+    if (device_ == Device::CPU) std::memset(grads_->base(), 0, trainable_elems_ * dtype_size(dtype_));
+    else device_memset_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_), cuda);
+}
+
+}  // namespace y5

@@ -1,0 +1,65 @@
+/*
+ * ParamStore: every parameter and buffer of a model, by its PyTorch state_dict name, in three
+ * contiguous blocks that share one layout:
+ *   values    [ trainable tensors ... | buffers (BN running stats) ... ]
+ *   grads     [ trainable tensors ... ]          same offsets as values
+ *   momentum  [ trainable tensors ... ]          same offsets as values (SGD state)
+ * so zeroing all gradients is one memset, and SGD or EMA over all weights is one call / one kernel
+ * over a flat range. Register every tensor with add(), then allocate() once.
+ * Kinds follow YOLOv5's optimizer groups (smart_optimizer): Bias (group 0, no decay), Weight (group 1,
+ * decay), NormWeight (BN weight, group 2, no decay), Buffer (no gradient; EMA still averages it).
+ */
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/arena.h"
+
+namespace y5 {
+
+struct CudaContext;
+
+enum class ParamKind : uint8_t { Bias, Weight, NormWeight, Buffer };
+
+struct Param {
+    std::string name;  // state_dict key, e.g. "model.2.cv1.bn.running_var"
+    Shape shape;
+    ParamKind kind;
+    int64_t offset = 0;  // elements from the start of each block
+    Tensor value, grad;  // grad undefined for buffers
+    bool trainable() const { return kind != ParamKind::Buffer; }
+};
+
+class ParamStore {
+public:
+    static constexpr int64_t kAlignElems = 16;  // 64 B between tensors: vector loads never straddle two
+
+    int add(const std::string& name, Shape shape, ParamKind kind);  // returns the index; names are unique
+    void allocate(Device device, DType dtype = DType::F32, CudaContext* cuda = nullptr);  // zero-filled
+
+    Param& operator[](int i) { return params_[i]; }
+    const Param& operator[](int i) const { return params_[i]; }
+    const Param* find(const std::string& name) const;
+    int size() const { return (int)params_.size(); }
+    bool allocated() const { return values_ != nullptr; }
+
+    // Flat views: values (trainable + buffers), and the trainable prefix of values/grads/momentum.
+    Tensor values_flat() const;
+    Tensor trainable_flat() const;
+    Tensor grads_flat() const;
+    Tensor momentum_flat() const;
+    int64_t trainable_elems() const { return trainable_elems_; }
+    int64_t count(bool trainable_only) const;  // parameters as PyTorch counts them (no padding)
+
+    void zero_grad(CudaContext* cuda = nullptr);
+
+private:
+    std::vector<Param> params_;
+    int64_t trainable_elems_ = 0, total_elems_ = 0;
+    Device device_ = Device::CPU;
+    DType dtype_ = DType::F32;
+    std::unique_ptr<Arena> values_, grads_, momentum_;
+};
+
+}  // namespace y5

@@ -1,0 +1,80 @@
+#include "engine/tape.h"
+
+#include <cstring>
+#include <vector>
+
+#include "engine/device.h"
+
+namespace y5 {
+
+static void zero(Tensor t, CudaContext* cuda) {
+    if (t.device == Device::CPU) std::memset(t.data, 0, t.bytes());
+    else device_memset_zero(t.data, t.bytes(), cuda);
+}
+
+Var Tape::param(Tensor value, Tensor grad) {
+    Y5_CHECK(same_layout(value, grad), "parameter %s and its gradient %s differ in layout", value.str().c_str(),
+             grad.str().c_str());
+    nodes_.push_back(Node{value, grad, true});
+    return Var{value, (int)nodes_.size() - 1};
+}
+
+Var Tape::leaf(Tensor value) {
+    nodes_.push_back(Node{value, Tensor(), false});
+    return Var{value, (int)nodes_.size() - 1};
+}
+
+Var Tape::output(Tensor value, std::initializer_list<const Var*> inputs) {
+    if (!recording_) return Var{value, -1};
+    bool any = false;
+    for (const Var* v : inputs) any = any || (v && v->requires_grad());
+    if (!any) return Var{value, -1};
+    return leaf(value);
+}
+
+void Tape::record(std::function<void()> backward_fn) {
+    Y5_CHECK(recording_, "internal: an op recorded a backward closure while the tape is not recording");
+    closures_.push_back(std::move(backward_fn));
+}
+
+Tensor Tape::grad(const Var& v) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
+    Node& n = nodes_[v.id];
+    if (!n.grad_ready) {
+        n.grad = arena_->tensor(n.value.shape, n.value.dtype);
+        zero(n.grad, cuda_);
+        n.grad_ready = true;
+    }
+    return n.grad;
+}
+
+void Tape::backward(const Var& root, const Tensor* seed) {
+    Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
+    Tensor g = grad(root);
+    if (seed) {
+        Y5_CHECK(same_layout(*seed, g), "backward: seed %s does not match root %s", seed->str().c_str(),
+                 g.str().c_str());
+        if (g.device == Device::CPU) std::memcpy(g.data, seed->data, g.bytes());
+        else copy_device_to_device(g.data, seed->data, g.bytes(), cuda_);
+    } else {
+        Y5_CHECK(g.numel() == 1, "backward: root %s is not a scalar; pass a seed gradient", g.str().c_str());
+        if (g.dtype == DType::F64) {
+            double one = 1.0;
+            if (g.device == Device::CPU) std::memcpy(g.data, &one, 8);
+            else copy_host_to_device(g.data, &one, 8, cuda_);
+        } else {
+            float one = 1.0f;
+            if (g.device == Device::CPU) std::memcpy(g.data, &one, 4);
+            else copy_host_to_device(g.data, &one, 4, cuda_);
+        }
+    }
+    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
+}
+
+void Tape::clear() {
+    nodes_.clear();
+    closures_.clear();
+    arena_->reset();
+}
+
+}  // namespace y5

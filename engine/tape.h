@@ -1,0 +1,80 @@
+/*
+ * Autograd tape. Ops (engine/ops.h) return Vars: a tensor plus the id of its node on the tape. When an
+ * op has an input that needs a gradient and the tape is recording, it registers its output as a node
+ * and records a backward closure next to its forward code. backward() seeds the root's gradient and
+ * runs the closures in reverse order of recording, which is a valid topological order because every op
+ * recorded after its inputs existed.
+ * Gradients always accumulate (+=): a tensor used by two ops (a C3 split, a Concat skip, SPPF's cascade)
+ * receives both contributions with no special case. A node's gradient is allocated from the gradient
+ * arena and zeroed on first touch; a parameter's points into the parameter-gradient block instead.
+ * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
+ * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
+ */
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "engine/arena.h"
+
+namespace y5 {
+
+struct CudaContext;
+
+struct Var {
+    Tensor t;
+    int id = -1;  // node on the tape; −1: no gradient flows into or through this value
+    bool requires_grad() const { return id >= 0; }
+    const Shape& shape() const { return t.shape; }
+};
+
+class Tape {
+public:
+    explicit Tape(Arena* grad_arena, CudaContext* cuda = nullptr) : arena_(grad_arena), cuda_(cuda) {}
+
+    bool recording() const { return recording_; }
+    void set_recording(bool on) { recording_ = on; }
+
+    // A parameter: its gradient accumulates into `grad` (a view of the parameter-gradient block).
+    Var param(Tensor value, Tensor grad);
+    // A leaf that wants a gradient, allocated on first use (inputs of gradient checks).
+    Var leaf(Tensor value);
+    static Var constant(Tensor value) { return Var{value, -1}; }
+
+    // The output of an op: a node when recording and any input requires a gradient, else a constant.
+    Var output(Tensor value, std::initializer_list<const Var*> inputs);
+    void record(std::function<void()> backward_fn);
+
+    bool has_grad(const Var& v) const { return v.id >= 0 && nodes_[v.id].grad_ready; }
+    Tensor grad(const Var& v);  // allocates and zeroes on first call
+
+    // Runs the closures in reverse. With no seed the root must hold one element and gets gradient 1;
+    // otherwise its gradient is `seed` (same shape), i.e. the gradient of Σ seed ⊙ root.
+    void backward(const Var& root, const Tensor* seed = nullptr);
+    void clear();
+
+    size_t size() const { return closures_.size(); }
+
+private:
+    struct Node {
+        Tensor value, grad;
+        bool grad_ready = false;
+    };
+    Arena* arena_;
+    CudaContext* cuda_;
+    bool recording_ = true;
+    std::vector<Node> nodes_;
+    std::vector<std::function<void()>> closures_;
+};
+
+// Recording off for a scope: NoGrad ng(tape); model.forward(...)
+class NoGrad {
+public:
+    explicit NoGrad(Tape& t) : tape_(t), was_(t.recording()) { t.set_recording(false); }
+    ~NoGrad() { tape_.set_recording(was_); }
+
+private:
+    Tape& tape_;
+    bool was_;
+};
+
+}  // namespace y5

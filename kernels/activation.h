@@ -1,0 +1,123 @@
+/*
+ * Activations with PyTorch semantics (values and the subgradient chosen at kinks):
+ *   SiLU x·σ(x) | ReLU max(x,0) | ReLU6 min(max(x,0),6) | LeakyReLU(α) | Hardswish x·relu6(x+3)/6
+ *   Identity | Sigmoid σ(x)
+ * act_forward / act_grad are the per-element math (Y5_HD, shared with CUDA); the CPU references below
+ * loop over a flat buffer: out (n), inp (n). Backward accumulates: dinp += dout · f'(inp).
+ * parse_act reads the yaml spelling (Decisions 4: "nn.SiLU()", "nn.LeakyReLU(0.1)", ...).
+ */
+#pragma once
+#include <cstdlib>
+#include <string>
+
+#include "engine/check.h"
+#include "kernels/common.h"
+
+namespace y5 {
+
+enum class ActKind : uint8_t { Identity, SiLU, ReLU, ReLU6, LeakyReLU, Hardswish, Sigmoid };
+
+struct Act {
+    ActKind kind = ActKind::SiLU;
+    float alpha = 0.01f;  // LeakyReLU negative slope (PyTorch default 0.01)
+};
+
+template <class T> Y5_HD T act_forward(Act a, T x) {
+    switch (a.kind) {
+        case ActKind::SiLU: return x * sigmoid(x);
+        case ActKind::ReLU: return x > T(0) ? x : T(0);
+        case ActKind::ReLU6: return y5_min(y5_max(x, T(0)), T(6));
+        case ActKind::LeakyReLU: return x > T(0) ? x : T(a.alpha) * x;
+        case ActKind::Hardswish: return x * y5_min(y5_max(x + T(3), T(0)), T(6)) / T(6);
+        case ActKind::Sigmoid: return sigmoid(x);
+        default: return x;
+    }
+}
+
+// d act / d x at x, with PyTorch's choice at the kinks (ReLU: 0 at 0; ReLU6: 0 at 0 and 6;
+// Hardswish: x/3 + 0.5 on [-3, 3]).
+template <class T> Y5_HD T act_grad(Act a, T x) {
+    switch (a.kind) {
+        case ActKind::SiLU: {
+            T s = sigmoid(x);
+            return s * (T(1) + x * (T(1) - s));
+        }
+        case ActKind::ReLU: return x > T(0) ? T(1) : T(0);
+        case ActKind::ReLU6: return (x > T(0) && x < T(6)) ? T(1) : T(0);
+        case ActKind::LeakyReLU: return x > T(0) ? T(1) : T(a.alpha);
+        case ActKind::Hardswish: return x < T(-3) ? T(0) : (x <= T(3) ? x / T(3) + T(0.5) : T(1));
+        case ActKind::Sigmoid: {
+            T s = sigmoid(x);
+            return s * (T(1) - s);
+        }
+        default: return T(1);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// CPU reference
+
+template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) {
+    for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
+}
+
+template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, int64_t n, Act a) {
+    for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Names
+
+inline std::string act_name(Act a) {
+    switch (a.kind) {
+        case ActKind::Identity: return "nn.Identity()";
+        case ActKind::SiLU: return "nn.SiLU()";
+        case ActKind::ReLU: return "nn.ReLU()";
+        case ActKind::ReLU6: return "nn.ReLU6()";
+        case ActKind::LeakyReLU: {
+            char s[48];
+            snprintf(s, sizeof s, "nn.LeakyReLU(%g)", a.alpha);
+            return s;
+        }
+        case ActKind::Hardswish: return "nn.Hardswish()";
+        case ActKind::Sigmoid: return "nn.Sigmoid()";
+    }
+    return "?";
+}
+
+// "nn.SiLU()", "SiLU", "nn.LeakyReLU(0.1)", ... Anything else is an error listing what is accepted.
+inline Act parse_act(const std::string& spec) {
+    std::string s = spec;
+    if (s.rfind("nn.", 0) == 0) s = s.substr(3);
+    std::string name = s.substr(0, s.find('('));
+    std::string arg;
+    size_t lp = s.find('(');
+    if (lp != std::string::npos) {
+        size_t rp = s.rfind(')');
+        Y5_CHECK(rp != std::string::npos && rp > lp, "activation '%s': unbalanced parentheses", spec.c_str());
+        arg = s.substr(lp + 1, rp - lp - 1);
+    }
+    Act a;
+    if (name == "SiLU") a.kind = ActKind::SiLU;
+    else if (name == "ReLU") a.kind = ActKind::ReLU;
+    else if (name == "ReLU6") a.kind = ActKind::ReLU6;
+    else if (name == "Hardswish") a.kind = ActKind::Hardswish;
+    else if (name == "Identity") a.kind = ActKind::Identity;
+    else if (name == "Sigmoid") a.kind = ActKind::Sigmoid;
+    else if (name == "LeakyReLU") {
+        a.kind = ActKind::LeakyReLU;
+        if (!arg.empty()) {
+            char* end = nullptr;
+            a.alpha = std::strtof(arg.c_str(), &end);
+            Y5_CHECK(end && *end == '\0', "activation '%s': negative slope '%s' is not a number", spec.c_str(),
+                     arg.c_str());
+        }
+        return a;
+    } else
+        Y5_FAIL("unknown activation '%s' (known: nn.SiLU(), nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.1), "
+                "nn.Hardswish(), nn.Identity(), nn.Sigmoid())", spec.c_str());
+    Y5_CHECK(arg.empty(), "activation '%s' takes no argument", spec.c_str());
+    return a;
+}
+
+}  // namespace y5

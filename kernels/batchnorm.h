@@ -1,0 +1,110 @@
+/*
+ * BatchNorm2d with PyTorch semantics, CPU reference. inp/out (N,C,HW), per-channel gamma, beta,
+ * running_mean, running_var, save_mean, save_invstd (C). M = N·HW values per channel.
+ * Training: normalise with the batch mean and the *biased* variance; update
+ *   running_mean = (1−m)·running_mean + m·mean,  running_var = (1−m)·running_var + m·var·M/(M−1)
+ * (the *unbiased* variance), m = momentum (YOLOv5: 0.03, eps 1e-3).
+ * Eval: normalise with the running statistics.
+ * Backward accumulates into dinp, dgamma, dbeta (+=); dgamma/dbeta may be null.
+ * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
+ */
+#pragma once
+#include "kernels/common.h"
+
+namespace y5 {
+
+// The normalise step shared with the CUDA kernels: y = (x − mean)·invstd·gamma + beta.
+template <class T> Y5_HD T bn_apply(T x, T mean, T invstd, T gamma, T beta) { return (x - mean) * invstd * gamma + beta; }
+
+// Training-mode d x for one element, given the per-channel sums Σdy and Σdy·x̂ over M values:
+// dx = gamma·invstd·(dy − Σdy/M − x̂·Σdy·x̂/M).
+template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_dy, T mean_dy_xhat) {
+    return gamma * invstd * (dy - mean_dy - xhat * mean_dy_xhat);
+}
+
+template <class T>
+void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* running_mean, T* running_var, const T* inp,
+                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum) {
+    const int64_t M = (int64_t)N * HW;
+    for (int c = 0; c < C; ++c) {
+        double sum = 0;
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) sum += inp[((int64_t)n * C + c) * HW + i];
+        const double mean = sum / M;
+        double ss = 0;
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                double d = inp[((int64_t)n * C + c) * HW + i] - mean;
+                ss += d * d;
+            }
+        const double var = ss / M;
+        const T invstd = T(1.0 / std::sqrt(var + (double)eps));
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                int64_t j = ((int64_t)n * C + c) * HW + i;
+                out[j] = bn_apply(inp[j], T(mean), invstd, gamma[c], beta[c]);
+            }
+        save_mean[c] = T(mean);
+        save_invstd[c] = invstd;
+        const double unbiased = M > 1 ? var * M / (M - 1) : var;
+        running_mean[c] = T((1.0 - momentum) * running_mean[c] + momentum * mean);
+        running_var[c] = T((1.0 - momentum) * running_var[c] + momentum * unbiased);
+    }
+}
+
+template <class T>
+void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* beta, const T* running_mean,
+                                const T* running_var, int N, int C, int HW, float eps) {
+    for (int c = 0; c < C; ++c) {
+        const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                int64_t j = ((int64_t)n * C + c) * HW + i;
+                out[j] = bn_apply(inp[j], running_mean[c], invstd, gamma[c], beta[c]);
+            }
+    }
+}
+
+template <class T>
+void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
+                                  const T* save_mean, const T* save_invstd, int N, int C, int HW) {
+    const int64_t M = (int64_t)N * HW;
+    for (int c = 0; c < C; ++c) {
+        double sdy = 0, sdyx = 0;
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                int64_t j = ((int64_t)n * C + c) * HW + i;
+                sdy += dout[j];
+                sdyx += (double)dout[j] * ((inp[j] - save_mean[c]) * save_invstd[c]);
+            }
+        if (dbeta) dbeta[c] += T(sdy);
+        if (dgamma) dgamma[c] += T(sdyx);
+        const T mdy = T(sdy / M), mdyx = T(sdyx / M);
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                int64_t j = ((int64_t)n * C + c) * HW + i;
+                T xhat = (inp[j] - save_mean[c]) * save_invstd[c];
+                dinp[j] += bn_train_dx(dout[j], xhat, gamma[c], save_invstd[c], mdy, mdyx);
+            }
+    }
+}
+
+template <class T>
+void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
+                                 const T* running_mean, const T* running_var, int N, int C, int HW, float eps) {
+    for (int c = 0; c < C; ++c) {
+        const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
+        double sdy = 0, sdyx = 0;
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < HW; ++i) {
+                int64_t j = ((int64_t)n * C + c) * HW + i;
+                sdy += dout[j];
+                sdyx += (double)dout[j] * ((inp[j] - running_mean[c]) * invstd);
+                dinp[j] += dout[j] * gamma[c] * invstd;
+            }
+        if (dbeta) dbeta[c] += T(sdy);
+        if (dgamma) dgamma[c] += T(sdyx);
+    }
+}
+
+}  // namespace y5

@@ -1,0 +1,23 @@
+/*
+ * Channel concat, CPU reference, one input at a time so that any number of inputs works and the CUDA
+ * side can later have producers write straight into their slice.
+ *   inp (N,Ci,HW) → out (N,Co,HW) channels [c0, c0+Ci).
+ * Backward: dinp (N,Ci,HW) += the same slice of dout.
+ */
+#pragma once
+#include "kernels/common.h"
+
+namespace y5 {
+
+template <class T> void concat_forward_cpu(T* out, const T* inp, int N, int Ci, int HW, int Co, int c0) {
+    for (int n = 0; n < N; ++n)
+        for (int64_t i = 0; i < (int64_t)Ci * HW; ++i) out[((int64_t)n * Co + c0) * HW + i] = inp[(int64_t)n * Ci * HW + i];
+}
+
+template <class T> void concat_backward_cpu(T* dinp, const T* dout, int N, int Ci, int HW, int Co, int c0) {
+    for (int n = 0; n < N; ++n)
+        for (int64_t i = 0; i < (int64_t)Ci * HW; ++i)
+            dinp[(int64_t)n * Ci * HW + i] += dout[((int64_t)n * Co + c0) * HW + i];
+}
+
+}  // namespace y5

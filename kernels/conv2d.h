@@ -1,0 +1,124 @@
+/*
+ * conv2d, CPU reference: im2col + BLAS GEMM, per image. groups = 1, dilation = 1, optional bias.
+ *   inp (N,C,H,W), weight (K,C,R,S), bias (K) or null, out (N,K,Ho,Wo),
+ *   Ho = (H + 2·pad − R)/stride + 1 (likewise Wo).
+ * Passes are named as in CUTLASS: fprop (forward), dgrad (d inp), wgrad (d weight, d bias).
+ * Backward accumulates into dinp/dweight/dbias (+=); any of them may be null to skip it.
+ * col is caller-provided workspace of conv2d_col_elems(...) elements (0 for 1×1, stride 1, pad 0,
+ * where the image itself is the column matrix). Templated on T so gradient checks run in double.
+ */
+#pragma once
+#include <cblas.h>
+
+#include <cstring>
+
+#include "kernels/common.h"
+
+namespace y5 {
+
+inline int conv_out_size(int H, int R, int stride, int pad) { return (H + 2 * pad - R) / stride + 1; }
+
+inline bool conv_is_pointwise(int R, int S, int stride, int pad) { return R == 1 && S == 1 && stride == 1 && pad == 0; }
+
+inline int64_t conv2d_col_elems(int C, int R, int S, int Ho, int Wo, int stride, int pad) {
+    return conv_is_pointwise(R, S, stride, pad) ? 0 : (int64_t)C * R * S * Ho * Wo;
+}
+
+// Row-major C (M,N) = alpha·op(A)·op(B) + beta·C, op(A) (M,K), op(B) (K,N).
+inline void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                 int ldb, float beta, float* C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B,
+                 int ldb, double beta, double* C, int ldc) {
+    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+
+// img (C,H,W) → col (C·R·S, Ho·Wo); row (c,r,s), column (ho,wo); zero where the window is in the padding.
+template <class T>
+void im2col(T* col, const T* img, int C, int H, int W, int R, int S, int stride, int pad, int Ho, int Wo) {
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r)
+            for (int s = 0; s < S; ++s) {
+                T* row = col + ((int64_t)(c * R + r) * S + s) * Ho * Wo;
+                const T* plane = img + (int64_t)c * H * W;
+                for (int ho = 0; ho < Ho; ++ho) {
+                    int h = ho * stride - pad + r;
+                    for (int wo = 0; wo < Wo; ++wo) {
+                        int w = wo * stride - pad + s;
+                        row[ho * Wo + wo] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[h * W + w] : T(0);
+                    }
+                }
+            }
+}
+
+// The adjoint of im2col: img (C,H,W) += scatter of col.
+template <class T>
+void col2im(T* img, const T* col, int C, int H, int W, int R, int S, int stride, int pad, int Ho, int Wo) {
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r)
+            for (int s = 0; s < S; ++s) {
+                const T* row = col + ((int64_t)(c * R + r) * S + s) * Ho * Wo;
+                T* plane = img + (int64_t)c * H * W;
+                for (int ho = 0; ho < Ho; ++ho) {
+                    int h = ho * stride - pad + r;
+                    if (h < 0 || h >= H) continue;
+                    for (int wo = 0; wo < Wo; ++wo) {
+                        int w = wo * stride - pad + s;
+                        if (w >= 0 && w < W) plane[h * W + w] += row[ho * Wo + wo];
+                    }
+                }
+            }
+}
+
+template <class T>
+void conv2d_fprop_cpu(T* out, const T* inp, const T* weight, const T* bias, T* col, int N, int C, int H, int W,
+                      int K, int R, int S, int stride, int pad) {
+    const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
+    const int P = Ho * Wo, CRS = C * R * S;
+    const bool pointwise = conv_is_pointwise(R, S, stride, pad);
+    for (int n = 0; n < N; ++n) {
+        const T* x = inp + (int64_t)n * C * H * W;
+        T* y = out + (int64_t)n * K * P;
+        if (!pointwise) im2col(col, x, C, H, W, R, S, stride, pad, Ho, Wo);
+        gemm(false, false, K, P, CRS, T(1), weight, CRS, pointwise ? x : col, P, T(0), y, P);  // (K,CRS)·(CRS,P)
+        if (bias)
+            for (int k = 0; k < K; ++k)
+                for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
+    }
+}
+
+template <class T>
+void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, T* col, int N,
+                         int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
+    const int P = Ho * Wo, CRS = C * R * S;
+    const bool pointwise = conv_is_pointwise(R, S, stride, pad);
+    for (int n = 0; n < N; ++n) {
+        const T* x = inp + (int64_t)n * C * H * W;
+        const T* dy = dout + (int64_t)n * K * P;
+        if (dbias)
+            for (int k = 0; k < K; ++k) {
+                T acc = 0;
+                for (int p = 0; p < P; ++p) acc += dy[(int64_t)k * P + p];
+                dbias[k] += acc;
+            }
+        if (dweight) {  // wgrad: dW (K,CRS) += dy (K,P) · colᵀ (P,CRS)
+            if (!pointwise) im2col(col, x, C, H, W, R, S, stride, pad, Ho, Wo);
+            gemm(false, true, K, CRS, P, T(1), dy, P, pointwise ? x : col, P, T(1), dweight, CRS);
+        }
+        if (dinp) {  // dgrad: dcol (CRS,P) = Wᵀ (CRS,K) · dy (K,P), then scatter back
+            T* dx = dinp + (int64_t)n * C * H * W;
+            if (pointwise) {
+                gemm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(1), dx, P);
+            } else {
+                gemm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(0), col, P);
+                col2im(dx, col, C, H, W, R, S, stride, pad, Ho, Wo);
+            }
+        }
+    }
+}
+
+}  // namespace y5

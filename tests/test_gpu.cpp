@@ -1,0 +1,148 @@
+/*
+ * GPU tests (CTest label "gpu"): every CUDA op against its CPU reference on fresh random inputs, by
+ * |gpu − cpu| ≤ atol + rtol·|cpu|. Without a usable device (or in a build without CUDA) the binary
+ * prints why and exits 77, which CTest reports as skipped.
+ */
+#define CATCH_CONFIG_RUNNER
+#include <cstdio>
+#include <cstring>
+
+#include "engine/device.h"
+#include "engine/params.h"
+#include "kernels/elementwise.h"
+#include "tests/test_util.h"
+
+using namespace y5;
+using namespace y5test;
+using Catch::Matchers::Contains;
+
+#if Y5_CUDA
+#include "engine/cuda.h"
+
+namespace {
+
+// One CUDA context and device arenas for the whole run.
+struct Gpu {
+    CudaContext* cuda = cuda_context_create(0);
+    Arena act{"gpu activations", Device::CUDA, size_t(256) << 20};
+    Arena grads{"gpu gradients", Device::CUDA, size_t(256) << 20};
+    Arena host{"host", Device::CPU, size_t(256) << 20};
+    Tape tape{&grads, cuda};
+    Ctx ctx;
+    Gpu() {
+        ctx.act = &act;
+        ctx.tape = &tape;
+        ctx.cuda = cuda;
+    }
+    ~Gpu() { cuda_context_destroy(cuda); }
+    Tensor upload(const Tensor& h) {
+        Tensor d = act.tensor(h.shape, h.dtype);
+        copy(ctx, d, h);
+        return d;
+    }
+    Tensor download(const Tensor& d) {
+        Tensor h = host.tensor(d.shape, d.dtype);
+        copy(ctx, h, d);
+        return h;
+    }
+};
+
+Gpu& gpu() {
+    static Gpu g;
+    return g;
+}
+
+}  // namespace
+
+TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwise]") {
+    Gpu& g = gpu();
+    Rng rng(101);
+    for (int64_t n : {int64_t(1), int64_t(1000), int64_t(1 << 20) + 3}) {
+        DYNAMIC_SECTION("n = " << n) {
+            g.act.reset();
+            g.host.reset();
+            Tensor x = rand_tensor(g.host, {n}, DType::F32, rng), y = rand_tensor(g.host, {n}, DType::F32, rng);
+            Tensor dx = g.upload(x), dy = g.upload(y);
+
+            Tensor want = g.host.tensor({n});
+            copy_cpu(want.ptr<float>(), y.ptr<float>(), n);
+            axpy_cpu(want.ptr<float>(), -0.37f, x.ptr<float>(), n);
+            axpy_cuda(dy.ptr<float>(), -0.37f, dx.ptr<float>(), n, g.cuda->stream);
+            require_close(g.download(dy), want, 1e-6, 1e-6, "axpy");
+
+            Tensor sum = g.act.tensor({n});
+            add_cuda(sum.ptr<float>(), dx.ptr<float>(), dy.ptr<float>(), n, g.cuda->stream);
+            add_cpu(want.ptr<float>(), x.ptr<float>(), want.ptr<float>(), n);
+            require_close(g.download(sum), want, 1e-6, 1e-6, "add");
+
+            Tensor cp = g.act.tensor({n});
+            copy_cuda(cp.ptr<float>(), dx.ptr<float>(), n, g.cuda->stream);
+            require_close(g.download(cp), x, 0, 0, "copy");
+
+            fill_cuda(cp.ptr<float>(), 2.5f, n, g.cuda->stream);
+            fill_cpu(want.ptr<float>(), 2.5f, n);
+            require_close(g.download(cp), want, 0, 0, "fill");
+        }
+    }
+}
+
+TEST_CASE("tape on the GPU: add forward and backward with fan-out", "[gpu][tape]") {
+    Gpu& g = gpu();
+    g.act.reset();
+    g.host.reset();
+    g.tape.clear();
+    Rng rng(102);
+    Tensor a = rand_tensor(g.host, {2, 3, 5, 7}, DType::F32, rng), b = rand_tensor(g.host, {2, 3, 5, 7}, DType::F32, rng);
+    Var av = g.tape.leaf(g.upload(a)), bv = g.tape.leaf(g.upload(b));
+    Var s = add(g.ctx, add(g.ctx, av, bv), av);  // a + b + a
+    Tensor seed = rand_tensor(g.host, s.shape(), DType::F32, rng);
+    Tensor dseed = g.upload(seed);
+    g.tape.backward(s, &dseed);
+
+    Tensor want = g.host.tensor(a.shape);
+    for (int64_t i = 0; i < a.numel(); ++i) want.ptr<float>()[i] = 2 * a.ptr<float>()[i] + b.ptr<float>()[i];
+    require_close(g.download(s.t), want, 1e-6, 1e-6, "a + b + a");
+    for (int64_t i = 0; i < a.numel(); ++i) want.ptr<float>()[i] = 2 * seed.ptr<float>()[i];
+    require_close(g.download(g.tape.grad(av)), want, 1e-6, 1e-6, "d/da");
+    require_close(g.download(g.tape.grad(bv)), seed, 1e-6, 1e-6, "d/db");
+    g.tape.clear();
+}
+
+TEST_CASE("device parameter store and arena and out-of-memory errors", "[gpu][engine]") {
+    Gpu& g = gpu();
+    g.host.reset();
+    ParamStore ps;
+    ps.add("a", {5, 3}, ParamKind::Weight);
+    ps.add("b", {7}, ParamKind::Bias);
+    ps.allocate(Device::CUDA, DType::F32, g.cuda);
+    Tensor ones = g.host.tensor(ps.grads_flat().shape);
+    fill_cpu(ones.ptr<float>(), 1.0f, ones.numel());
+    copy(g.ctx, ps.grads_flat(), ones);
+    ps.zero_grad(g.cuda);
+    Tensor back = g.download(ps.grads_flat());
+    for (int64_t i = 0; i < back.numel(); ++i) REQUIRE(back.ptr<float>()[i] == 0.0f);
+
+    Arena small("device scratch", Device::CUDA, 1 << 20);
+    CHECK(reinterpret_cast<uintptr_t>(small.alloc(3)) % 256 == 0);
+    CHECK_THROWS_WITH(small.alloc(2 << 20), Contains("arena 'device scratch' overflow"));
+    CHECK_THROWS_WITH(device_alloc(size_t(1) << 50, "a petabyte"), Contains("out of GPU memory allocating") && Contains("'a petabyte'"));
+}
+
+TEST_CASE("ops without a CUDA kernel yet say so", "[gpu][errors]") {
+    Gpu& g = gpu();
+    g.act.reset();
+    g.host.reset();
+    Rng rng(103);
+    Var x = Tape::constant(g.upload(rand_tensor(g.host, {1, 2, 4, 4}, DType::F32, rng)));
+    CHECK_THROWS_WITH(activation(g.ctx, x, Act{}), Contains("no CUDA kernel for this op yet"));
+}
+#endif
+
+int main(int argc, char** argv) {
+    std::string why;
+    if (!cuda_available(&why)) {
+        std::printf("SKIPPED: no usable CUDA device (%s); the GPU tests need one\n", why.c_str());
+        return 77;
+    }
+    return Catch::Session().run(argc, argv);
+}

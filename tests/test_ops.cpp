@@ -1,0 +1,359 @@
+/*
+ * CPU reference ops: hand-computed forward cases, then a finite-difference gradient check in double for
+ * every op, through the ops layer and the tape, on awkward shapes (N = 1, C = 3, odd H and W) and on
+ * shapes yolov5n really has at 640 (batch 1). Large shapes are probed at random elements.
+ */
+#include "tests/test_util.h"
+
+using namespace y5;
+using namespace y5test;
+
+static Tensor f32_tensor(Arena& a, Shape s, std::initializer_list<float> v) {
+    Tensor t = a.tensor(s, DType::F32);
+    REQUIRE((int64_t)v.size() == t.numel());
+    int i = 0;
+    for (float x : v) t.ptr<float>()[i++] = x;
+    return t;
+}
+
+static Tensor f64_tensor(Arena& a, Shape s, std::initializer_list<double> v) {
+    Tensor t = a.tensor(s, DType::F64);
+    REQUIRE((int64_t)v.size() == t.numel());
+    int i = 0;
+    for (double x : v) t.ptr<double>()[i++] = x;
+    return t;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forward, by hand
+
+TEST_CASE("conv2d 3x3 on a 4x4 integer input by hand", "[ops][conv2d]") {
+    TestCtx tc;
+    // x = 1..16 row-major; channel 0 sums the 3×3 window, channel 1 is a Sobel-x filter (each row grows by
+    // 1 per column, so every window gives (1+2+1)·(left − right) = 4·(−2) = −8), plus bias 0.5 on channel 1.
+    Tensor x = f32_tensor(tc.data, {1, 1, 4, 4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+    Tensor w = f32_tensor(tc.data, {2, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, -1, 2, 0, -2, 1, 0, -1});
+    Tensor b = f32_tensor(tc.data, {2}, {0, 0.5f});
+    Var bv = Tape::constant(b);
+    Var y = conv2d(tc.ctx, Tape::constant(x), Tape::constant(w), &bv, 1, 0);
+    REQUIRE(y.shape() == Shape({1, 2, 2, 2}));
+    Tensor want = f32_tensor(tc.data, {1, 2, 2, 2}, {54, 63, 90, 99, -7.5f, -7.5f, -7.5f, -7.5f});
+    require_close(y.t, want, 0, 0, "conv2d 3x3 valid");
+
+    // Same input, window-sum kernel, stride 2, pad 1: windows centred on (0,0), (0,2), (2,0), (2,2).
+    Var y2 = conv2d(tc.ctx, Tape::constant(x), Tape::constant(w.view({2, 1, 3, 3})), nullptr, 2, 1);
+    REQUIRE(y2.shape() == Shape({1, 2, 2, 2}));
+    // (0,0): 1+2+5+6 = 14; (0,2): 2+3+4+6+7+8 = 30; (2,0): 5+6+9+10+13+14 = 57; (2,2): 6+7+8+10+11+12+14+15+16 = 99
+    for (int i = 0; i < 4; ++i) CHECK(y2.t.ptr<float>()[i] == (float[]){14, 30, 57, 99}[i]);
+}
+
+TEST_CASE("batchnorm2d training statistics and running update follow PyTorch", "[ops][batchnorm]") {
+    TestCtx tc;
+    // One channel, values 1,2,3,4: mean 2.5, biased var 1.25 (normalises), unbiased 5/3 (running_var).
+    Tensor x = f64_tensor(tc.data, {1, 1, 2, 2}, {1, 2, 3, 4});
+    Tensor g = f64_tensor(tc.data, {1}, {2.0}), be = f64_tensor(tc.data, {1}, {0.5});
+    Tensor rm = f64_tensor(tc.data, {1}, {0.0}), rv = f64_tensor(tc.data, {1}, {1.0});
+    const float eps = 1e-3f, mom = 0.1f;
+    Var y = batchnorm2d(tc.ctx, Tape::constant(x), Tape::constant(g), Tape::constant(be), rm, rv, true, eps, mom);
+    for (int i = 0; i < 4; ++i)
+        CHECK(y.t.ptr<double>()[i] == Approx((i + 1 - 2.5) / std::sqrt(1.25 + (double)eps) * 2.0 + 0.5).epsilon(1e-12));
+    CHECK(rm.ptr<double>()[0] == Approx(0.1 * 2.5).epsilon(1e-7));
+    CHECK(rv.ptr<double>()[0] == Approx(0.9 * 1.0 + 0.1 * (5.0 / 3.0)).epsilon(1e-7));
+
+    // A second call moves them again from where they are: new = 0.9·old + 0.1·batch.
+    batchnorm2d(tc.ctx, Tape::constant(x), Tape::constant(g), Tape::constant(be), rm, rv, true, eps, mom);
+    CHECK(rm.ptr<double>()[0] == Approx(0.9 * 0.25 + 0.25).epsilon(1e-7));
+
+    // Eval mode uses the running statistics and leaves them alone.
+    double m = rm.ptr<double>()[0], v = rv.ptr<double>()[0];
+    Var e = batchnorm2d(tc.ctx, Tape::constant(x), Tape::constant(g), Tape::constant(be), rm, rv, false, eps, mom);
+    CHECK(e.t.ptr<double>()[3] == Approx((4 - m) / std::sqrt(v + (double)eps) * 2.0 + 0.5).epsilon(1e-7));
+    CHECK(rm.ptr<double>()[0] == m);
+    CHECK(rv.ptr<double>()[0] == v);
+}
+
+TEST_CASE("activations match PyTorch values", "[ops][activation]") {
+    auto f = [](const char* spec, double x) { return act_forward(parse_act(spec), x); };
+    CHECK(f("nn.SiLU()", 1.0) == Approx(0.7310585786300049));
+    CHECK(f("nn.SiLU()", -2.0) == Approx(-0.2384058440442351));
+    CHECK(f("nn.ReLU()", -0.5) == 0.0);
+    CHECK(f("nn.ReLU6()", 7.0) == 6.0);
+    CHECK(f("nn.ReLU6()", 2.5) == 2.5);
+    CHECK(f("nn.LeakyReLU(0.1)", -2.0) == Approx(-0.2));
+    CHECK(f("nn.LeakyReLU()", -2.0) == Approx(-0.02));
+    CHECK(f("nn.Hardswish()", 1.0) == Approx(4.0 / 6.0));
+    CHECK(f("nn.Hardswish()", -4.0) == 0.0);
+    CHECK(f("nn.Hardswish()", 4.0) == 4.0);
+    CHECK(f("nn.Identity()", -3.25) == -3.25);
+    CHECK(f("nn.Sigmoid()", 0.0) == 0.5);
+    CHECK(sigmoid(-800.0) == 0.0);  // no overflow in exp
+    CHECK(sigmoid(800.0f) == 1.0f);
+    // PyTorch's choices at the kinks
+    CHECK(act_grad(parse_act("nn.ReLU()"), 0.0) == 0.0);
+    CHECK(act_grad(parse_act("nn.ReLU6()"), 6.0) == 0.0);
+    CHECK(act_grad(parse_act("nn.Hardswish()"), 3.0) == Approx(1.5));
+    CHECK(act_grad(parse_act("nn.Hardswish()"), -3.0) == Approx(-0.5));
+}
+
+TEST_CASE("pooling and upsample and concat by hand", "[ops]") {
+    TestCtx tc;
+    Tensor x = f32_tensor(tc.data, {1, 1, 4, 4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
+    Var p = maxpool2d(tc.ctx, Tape::constant(x), 2, 2, 0);
+    require_close(p.t, f32_tensor(tc.data, {1, 1, 2, 2}, {6, 8, 14, 16}), 0, 0, "maxpool 2/2/0");
+    Var p5 = maxpool2d(tc.ctx, Tape::constant(x), 5, 1, 2);  // SPPF's pool: the padded 5×5 window max
+    require_close(p5.t, f32_tensor(tc.data, {1, 1, 4, 4}, {11, 12, 12, 12, 15, 16, 16, 16, 15, 16, 16, 16, 15, 16, 16, 16}),
+                  0, 0, "maxpool 5/1/2");
+
+    Tensor s = f32_tensor(tc.data, {1, 1, 2, 2}, {1, 2, 3, 4});
+    Var u = upsample_nearest(tc.ctx, Tape::constant(s), 2);
+    require_close(u.t, f32_tensor(tc.data, {1, 1, 4, 4}, {1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4}), 0, 0,
+                  "upsample x2");
+
+    Tensor a = f32_tensor(tc.data, {2, 1, 1, 2}, {1, 2, 3, 4});
+    Tensor b = f32_tensor(tc.data, {2, 2, 1, 2}, {5, 6, 7, 8, 9, 10, 11, 12});
+    Var cat = concat(tc.ctx, {Tape::constant(a), Tape::constant(b)});
+    require_close(cat.t, f32_tensor(tc.data, {2, 3, 1, 2}, {1, 2, 5, 6, 7, 8, 3, 4, 9, 10, 11, 12}), 0, 0, "concat");
+
+    Var g = global_avgpool(tc.ctx, Tape::constant(x));
+    REQUIRE(g.shape() == Shape({1, 1}));
+    CHECK(g.t.ptr<float>()[0] == 8.5f);
+
+    Tensor v = f32_tensor(tc.data, {1, 4}, {1, 2, 3, 4});
+    Tensor k = f32_tensor(tc.data, {3}, {1, 10, 100});  // out[c] = in[c−1] + 10·in[c] + 100·in[c+1], zero padded
+    Var e = conv1d_channels(tc.ctx, Tape::constant(v), Tape::constant(k));
+    require_close(e.t, f32_tensor(tc.data, {1, 4}, {210, 321, 432, 43}), 0, 0, "conv1d across channels");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Gradient checks in double
+
+TEST_CASE("gradcheck catches a wrong backward", "[ops][gradcheck]") {
+    // The checker itself must be able to fail: an op whose backward doubles the true gradient.
+    TestCtx tc;
+    Rng rng(1);
+    Tensor x = rand_tensor(tc.data, {2, 3}, DType::F64, rng);
+    OpFn wrong = [](Ctx& c, const std::vector<Var>& in) {
+        Var y = activation(c, in[0], Act{ActKind::Identity, 0});
+        if (y.requires_grad()) {
+            Var x0 = in[0];
+            c.tape->record([&c, x0, y] { axpy(c, c.tape->grad(x0), 1.0, c.tape->grad(y)); });
+        }
+        return y;
+    };
+    GradResult r = gradcheck_run(tc, {x}, wrong, rng);
+    CHECK(r.bad == 6);
+    CHECK(r.worst > 0.2);  // 0.25 at the largest element: |2g − g| / (2g + 2g)
+}
+
+struct ConvCase {
+    int N, C, H, W, K, R, S, stride, pad;
+    bool bias;
+    int probes;
+};
+
+TEST_CASE("conv2d gradient for input and weight and bias", "[ops][conv2d][gradcheck]") {
+    const ConvCase cases[] = {
+        {1, 3, 7, 7, 5, 3, 3, 1, 1, false, 200},    // N = 1, C = 3, odd H/W
+        {2, 4, 9, 6, 3, 3, 3, 2, 1, true, 200},     // stride 2 over an odd/even mix
+        {2, 3, 11, 13, 4, 6, 6, 2, 2, true, 200},   // yolov5n layer 0 geometry: 6×6, stride 2, pad 2
+        {2, 8, 5, 5, 6, 1, 1, 1, 0, true, 200},     // pointwise (no im2col path)
+        {1, 5, 4, 7, 2, 1, 3, 1, 0, false, 200},    // non-square kernel
+        {1, 16, 320, 320, 32, 3, 3, 2, 1, false, 12},  // yolov5n layer 1 at 640
+    };
+    for (const ConvCase& k : cases) {
+        DYNAMIC_SECTION("conv " << k.N << "x" << k.C << "x" << k.H << "x" << k.W << " -> " << k.K << " k" << k.R << "x"
+                                << k.S << " s" << k.stride << " p" << k.pad) {
+            TestCtx tc;
+            Rng rng(7);
+            std::vector<Tensor> in = {rand_tensor(tc.data, {k.N, k.C, k.H, k.W}, DType::F64, rng),
+                                      rand_tensor(tc.data, {k.K, k.C, k.R, k.S}, DType::F64, rng)};
+            if (k.bias) in.push_back(rand_tensor(tc.data, {k.K}, DType::F64, rng));
+            const ConvCase kk = k;
+            GradCheck opt;
+            opt.max_checks = k.probes;
+            gradcheck(tc, in, [kk](Ctx& c, const std::vector<Var>& v) {
+                return conv2d(c, v[0], v[1], kk.bias ? &v[2] : nullptr, kk.stride, kk.pad);
+            }, rng, opt);
+        }
+    }
+}
+
+TEST_CASE("batchnorm2d gradient in training and eval mode", "[ops][batchnorm][gradcheck]") {
+    struct Case {
+        int N, C, H, W, probes;
+    };
+    const Case cases[] = {{1, 3, 5, 7, 200}, {4, 2, 3, 3, 200}, {2, 5, 1, 1, 200}, {1, 16, 320, 320, 8}};
+    for (const Case& k : cases)
+        for (bool training : {true, false}) {
+            DYNAMIC_SECTION("bn " << k.N << "x" << k.C << "x" << k.H << "x" << k.W << (training ? " train" : " eval")) {
+                TestCtx tc;
+                Rng rng(11);
+                Tensor rm = rand_tensor(tc.data, {k.C}, DType::F64, rng, -0.1, 0.1);
+                Tensor rv = rand_tensor(tc.data, {k.C}, DType::F64, rng, 0.5, 1.5);
+                std::vector<Tensor> in = {rand_tensor(tc.data, {k.N, k.C, k.H, k.W}, DType::F64, rng, -2, 3),
+                                          rand_tensor(tc.data, {k.C}, DType::F64, rng, 0.5, 1.5),
+                                          rand_tensor(tc.data, {k.C}, DType::F64, rng)};
+                GradCheck opt;
+                opt.max_checks = k.probes;
+                gradcheck(tc, in, [&](Ctx& c, const std::vector<Var>& v) {
+                    return batchnorm2d(c, v[0], v[1], v[2], rm, rv, training, 1e-3f, 0.03f);
+                }, rng, opt);
+            }
+        }
+}
+
+TEST_CASE("activation gradients away from the kinks", "[ops][activation][gradcheck]") {
+    const char* specs[] = {"nn.SiLU()",      "nn.ReLU()",      "nn.ReLU6()", "nn.LeakyReLU(0.1)",
+                           "nn.Hardswish()", "nn.Identity()",  "nn.Sigmoid()"};
+    for (const char* spec : specs) {
+        DYNAMIC_SECTION(spec) {
+            TestCtx tc;
+            Rng rng(3);
+            Act a = parse_act(spec);
+            // Values in [−8, 8] cover every branch (ReLU6 saturation, Hardswish's three pieces); keep 1e-3
+            // away from the kinks at −3, 0, 3, 6, where the derivative jumps.
+            Tensor x = rand_tensor(tc.data, {1, 3, 7, 5}, DType::F64, rng, -8, 8);
+            for (int64_t i = 0; i < x.numel(); ++i)
+                for (double kink : {-3.0, 0.0, 3.0, 6.0})
+                    if (std::fabs(x.ptr<double>()[i] - kink) < 1e-3) x.ptr<double>()[i] = kink + 0.25;
+            gradcheck(tc, {x}, [a](Ctx& c, const std::vector<Var>& v) { return activation(c, v[0], a); }, rng);
+        }
+    }
+    SECTION("yolov5n layer 0 output at 640, SiLU") {
+        TestCtx tc;
+        Rng rng(4);
+        Tensor x = rand_tensor(tc.data, {1, 16, 320, 320}, DType::F64, rng, -4, 4);
+        GradCheck opt;
+        opt.max_checks = 40;
+        gradcheck(tc, {x}, [](Ctx& c, const std::vector<Var>& v) { return activation(c, v[0], Act{}); }, rng, opt);
+    }
+    SECTION("sigmoid op") {
+        TestCtx tc;
+        Rng rng(5);
+        Tensor x = rand_tensor(tc.data, {2, 3, 4}, DType::F64, rng, -6, 6);
+        gradcheck(tc, {x}, [](Ctx& c, const std::vector<Var>& v) { return sigmoid(c, v[0]); }, rng);
+    }
+}
+
+TEST_CASE("maxpool2d gradient", "[ops][maxpool][gradcheck]") {
+    struct Case {
+        int N, C, H, W, k, s, p, probes;
+    };
+    const Case cases[] = {{1, 3, 7, 9, 3, 2, 1, 200}, {2, 2, 6, 6, 2, 2, 0, 200}, {1, 3, 5, 5, 5, 1, 2, 200},
+                          {1, 128, 20, 20, 5, 1, 2, 200}};  // the last: SPPF at 640
+    for (const Case& k : cases) {
+        DYNAMIC_SECTION("maxpool " << k.N << "x" << k.C << "x" << k.H << "x" << k.W << " k" << k.k << " s" << k.s
+                                   << " p" << k.p) {
+            TestCtx tc;
+            Rng rng(9);
+            Tensor x = distinct_tensor(tc.data, {k.N, k.C, k.H, k.W}, rng, 1e-4);  // no near-ties within h
+            GradCheck opt;
+            opt.max_checks = k.probes;
+            const Case kk = k;
+            gradcheck(tc, {x}, [kk](Ctx& c, const std::vector<Var>& v) { return maxpool2d(c, v[0], kk.k, kk.s, kk.p); },
+                      rng, opt);
+        }
+    }
+}
+
+TEST_CASE("maxpool2d sends a tie's gradient to the first maximum as PyTorch does", "[ops][maxpool]") {
+    TestCtx tc;
+    Tensor x = f64_tensor(tc.data, {1, 1, 2, 2}, {3, 3, 1, 3});
+    Var xv = tc.tape.leaf(x);
+    Var y = maxpool2d(tc.ctx, xv, 2, 2, 0);
+    tc.tape.backward(y);
+    Tensor g = tc.tape.grad(xv);
+    CHECK(g.ptr<double>()[0] == 1.0);
+    CHECK(g.ptr<double>()[1] == 0.0);
+    CHECK(g.ptr<double>()[3] == 0.0);
+}
+
+TEST_CASE("upsample and concat and add and pooling and ECA gradients", "[ops][gradcheck]") {
+    TestCtx tc;
+    Rng rng(13);
+    GradCheck big;
+    big.max_checks = 60;
+
+    SECTION("upsample_nearest") {
+        gradcheck(tc, {rand_tensor(tc.data, {1, 3, 5, 7}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return upsample_nearest(c, v[0], 2); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {2, 2, 3, 3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return upsample_nearest(c, v[0], 3); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 128, 20, 20}, DType::F64, rng)},  // yolov5n layer 11 at 640
+                  [](Ctx& c, const std::vector<Var>& v) { return upsample_nearest(c, v[0], 2); }, rng, big);
+    }
+    SECTION("concat") {
+        gradcheck(tc,
+                  {rand_tensor(tc.data, {2, 1, 3, 5}, DType::F64, rng), rand_tensor(tc.data, {2, 3, 3, 5}, DType::F64, rng),
+                   rand_tensor(tc.data, {2, 2, 3, 5}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return concat(c, v); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 128, 40, 40}, DType::F64, rng),  // yolov5n layer 12 at 640
+                       rand_tensor(tc.data, {1, 128, 40, 40}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return concat(c, v); }, rng, big);
+    }
+    SECTION("add") {
+        gradcheck(tc, {rand_tensor(tc.data, {1, 3, 5, 7}, DType::F64, rng), rand_tensor(tc.data, {1, 3, 5, 7}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return add(c, v[0], v[1]); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 16, 160, 160}, DType::F64, rng),  // a Bottleneck in layer 2 at 640
+                       rand_tensor(tc.data, {1, 16, 160, 160}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return add(c, v[0], v[1]); }, rng, big);
+    }
+    SECTION("global_avgpool") {
+        gradcheck(tc, {rand_tensor(tc.data, {2, 3, 5, 7}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return global_avgpool(c, v[0]); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 64, 80, 80}, DType::F64, rng)},  // ECA after layer 4 at 640
+                  [](Ctx& c, const std::vector<Var>& v) { return global_avgpool(c, v[0]); }, rng, big);
+    }
+    SECTION("conv1d_channels") {
+        for (int k : {1, 3, 5})
+            gradcheck(tc, {rand_tensor(tc.data, {2, 7}, DType::F64, rng), rand_tensor(tc.data, {k}, DType::F64, rng)},
+                      [](Ctx& c, const std::vector<Var>& v) { return conv1d_channels(c, v[0], v[1]); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 256}, DType::F64, rng), rand_tensor(tc.data, {3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return conv1d_channels(c, v[0], v[1]); }, rng);
+    }
+    SECTION("scale_channels") {
+        gradcheck(tc, {rand_tensor(tc.data, {2, 3, 5, 7}, DType::F64, rng), rand_tensor(tc.data, {2, 3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return scale_channels(c, v[0], v[1]); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {1, 64, 80, 80}, DType::F64, rng), rand_tensor(tc.data, {1, 64}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return scale_channels(c, v[0], v[1]); }, rng, big);
+    }
+    SECTION("ECA composed: x feeds both the pool and the scale (fan-out through the tape)") {
+        gradcheck(tc, {rand_tensor(tc.data, {2, 6, 5, 3}, DType::F64, rng), rand_tensor(tc.data, {3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) {
+                      Var s = sigmoid(c, conv1d_channels(c, global_avgpool(c, v[0]), v[1]));
+                      return scale_channels(c, v[0], s);
+                  }, rng);
+    }
+    SECTION("Conv block composed: conv → BN (training) → SiLU, and a residual add") {
+        gradcheck(tc,
+                  {rand_tensor(tc.data, {2, 4, 6, 5}, DType::F64, rng), rand_tensor(tc.data, {4, 4, 3, 3}, DType::F64, rng),
+                   rand_tensor(tc.data, {4}, DType::F64, rng, 0.5, 1.5), rand_tensor(tc.data, {4}, DType::F64, rng)},
+                  [&](Ctx& c, const std::vector<Var>& v) {
+                      Tensor rm = c.act->tensor({4}, DType::F64), rv = c.act->tensor({4}, DType::F64);
+                      fill(c, rm, 0.0);
+                      fill(c, rv, 1.0);
+                      Var h = activation(c, batchnorm2d(c, conv2d(c, v[0], v[1], nullptr, 1, 1), v[2], v[3], rm, rv, true,
+                                                        1e-3f, 0.03f),
+                                         Act{});
+                      return add(c, h, v[0]);
+                  }, rng, GradCheck{200, 1e-6, 1e-5});
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// f32 path agrees with f64 (the dispatch runs the same template)
+
+TEST_CASE("f32 and f64 references agree", "[ops]") {
+    TestCtx tc;
+    Rng rng(21);
+    Tensor x64 = rand_tensor(tc.data, {2, 3, 9, 8}, DType::F64, rng);
+    Tensor w64 = rand_tensor(tc.data, {4, 3, 3, 3}, DType::F64, rng);
+    Tensor x32 = tc.data.tensor(x64.shape, DType::F32), w32 = tc.data.tensor(w64.shape, DType::F32);
+    for (int64_t i = 0; i < x64.numel(); ++i) x32.ptr<float>()[i] = (float)x64.ptr<double>()[i];
+    for (int64_t i = 0; i < w64.numel(); ++i) w32.ptr<float>()[i] = (float)w64.ptr<double>()[i];
+    for (int64_t i = 0; i < x64.numel(); ++i) x64.ptr<double>()[i] = x32.ptr<float>()[i];
+    for (int64_t i = 0; i < w64.numel(); ++i) w64.ptr<double>()[i] = w32.ptr<float>()[i];
+    Var y64 = activation(tc.ctx, conv2d(tc.ctx, Tape::constant(x64), Tape::constant(w64), nullptr, 2, 1), Act{});
+    Var y32 = activation(tc.ctx, conv2d(tc.ctx, Tape::constant(x32), Tape::constant(w32), nullptr, 2, 1), Act{});
+    require_close(y32.t, y64.t, 1e-6, 1e-5, "conv+SiLU f32 vs f64");
+}

@@ -1,0 +1,181 @@
+/*
+ * Test helpers: a CPU context with its arenas, seeded random tensors, a tolerance compare that reports
+ * the worst element, and a finite-difference gradient check in double through the ops and the tape.
+ */
+#pragma once
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/arena.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "engine/tape.h"
+
+namespace y5test {
+using namespace y5;
+
+// A CPU context: activations, scratch, gradients, and a separate arena for test-owned tensors.
+struct TestCtx {
+    Arena act{"test activations", Device::CPU, size_t(1) << 30};
+    Arena work{"test workspace", Device::CPU, size_t(1) << 29};
+    Arena grads{"test gradients", Device::CPU, size_t(1) << 30};
+    Arena data{"test data", Device::CPU, size_t(1) << 29};
+    Tape tape{&grads};
+    Ctx ctx;
+    TestCtx() {
+        ctx.act = &act;
+        ctx.work = &work;
+        ctx.tape = &tape;
+    }
+};
+
+// Uniform [lo, hi) values (never all zeros), in f32 or f64.
+inline Tensor rand_tensor(Arena& a, Shape s, DType t, Rng& rng, double lo = -1.0, double hi = 1.0) {
+    Tensor x = a.tensor(s, t);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+        double v = rng.uniform_double(lo, hi);
+        if (t == DType::F64) x.ptr<double>()[i] = v;
+        else x.ptr<float>()[i] = (float)v;
+    }
+    return x;
+}
+
+inline Tensor f64_zeros(Arena& a, Shape s) {
+    Tensor x = a.tensor(s, DType::F64);
+    for (int64_t i = 0; i < x.numel(); ++i) x.ptr<double>()[i] = 0.0;
+    return x;
+}
+
+// Distinct values spaced at least `gap` apart, shuffled: max-pool windows then have no near-ties.
+inline Tensor distinct_tensor(Arena& a, Shape s, Rng& rng, double gap) {
+    Tensor x = a.tensor(s, DType::F64);
+    double* p = x.ptr<double>();
+    const int64_t n = x.numel();
+    for (int64_t i = 0; i < n; ++i) p[i] = (i - n / 2) * gap;
+    for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[rng.randint((uint32_t)(i + 1))]);
+    return x;
+}
+
+inline std::string fmt(double v) {
+    char s[32];
+    snprintf(s, sizeof s, "%.4g", v);
+    return s;
+}
+
+inline double at(const Tensor& t, int64_t i) {
+    return t.dtype == DType::F64 ? t.ptr<double>()[i] : (double)t.ptr<float>()[i];
+}
+
+// |got − want| ≤ atol + rtol·|want| everywhere; on failure reports the worst element.
+inline void require_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
+    REQUIRE(got.shape == want.shape);
+    int64_t worst = -1;
+    double worst_excess = 0, max_abs = 0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+        double g = at(got, i), w = at(want, i);
+        double err = std::fabs(g - w);
+        max_abs = std::max(max_abs, err);
+        double excess = err - (atol + rtol * std::fabs(w));
+        if (!(excess <= 0) && (worst < 0 || excess > worst_excess || std::isnan(err))) {
+            worst = i;
+            worst_excess = excess;
+        }
+    }
+    INFO(what << ": max abs err " << max_abs << (worst >= 0 ? "; worst at " + std::to_string(worst) + ": got " +
+                                                                  fmt(at(got, worst)) + " want " +
+                                                                  fmt(at(want, worst))
+                                                            : std::string()));
+    REQUIRE(worst < 0);
+}
+
+struct GradCheck {
+    int max_checks = 200;  // finite-difference probes per input (chosen at random when the input is larger)
+    double h = 1e-6;
+    double rtol = 1e-6;    // relative to the input's largest analytic gradient, plus per element
+};
+
+using OpFn = std::function<Var(Ctx&, const std::vector<Var>&)>;
+
+struct GradResult {
+    int bad = 0;          // probes over tolerance, all inputs
+    double worst = 0;     // largest relative error seen
+    std::string report;   // one line per input
+};
+
+// Compares the tape's gradient of L = Σ w ⊙ f(inputs), w random, with central differences
+// (L(x+h) − L(x−h)) / 2h in double. Inputs must be f64 CPU tensors; each becomes a tape leaf. The error
+// of a probe is |numeric − analytic| / (max |analytic| over that input + |analytic|).
+inline GradResult gradcheck_run(TestCtx& tc, const std::vector<Tensor>& inputs, const OpFn& f, Rng& rng,
+                                GradCheck opt = {}) {
+    Ctx& c = tc.ctx;
+    tc.tape.clear();
+    tc.act.reset();
+    std::vector<Var> leaves;
+    for (const Tensor& x : inputs) {
+        REQUIRE(x.dtype == DType::F64);
+        leaves.push_back(tc.tape.leaf(x));
+    }
+    Var out = f(c, leaves);
+    Tensor w = rand_tensor(tc.data, out.shape(), DType::F64, rng);
+    tc.tape.backward(out, &w);
+
+    auto loss = [&]() {
+        size_t m = tc.act.mark();
+        NoGrad ng(tc.tape);
+        std::vector<Var> consts;
+        for (const Tensor& x : inputs) consts.push_back(Tape::constant(x));
+        Var o = f(c, consts);
+        long double L = 0;  // extended precision: the sum has up to millions of terms
+        for (int64_t i = 0; i < o.t.numel(); ++i) L += (long double)w.ptr<double>()[i] * o.t.ptr<double>()[i];
+        tc.act.reset(m);
+        return (double)L;
+    };
+
+    GradResult r;
+    for (size_t k = 0; k < inputs.size(); ++k) {
+        Tensor g = tc.tape.grad(leaves[k]);
+        const int64_t n = inputs[k].numel();
+        double scale = 1e-12;
+        for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(g.ptr<double>()[i]));
+        const int probes = (int)std::min<int64_t>(n, opt.max_checks);
+        int bad = 0;
+        double worst = 0;
+        std::string first_bad;
+        for (int p = 0; p < probes; ++p) {
+            int64_t i = n <= opt.max_checks ? p : rng.randint((uint32_t)n);
+            double* xi = inputs[k].ptr<double>() + i;
+            const double x0 = *xi;
+            *xi = x0 + opt.h;
+            double Lp = loss();
+            *xi = x0 - opt.h;
+            double Lm = loss();
+            *xi = x0;
+            double num = (Lp - Lm) / (2 * opt.h), ana = g.ptr<double>()[i];
+            double err = std::fabs(num - ana) / (scale + std::fabs(ana));
+            worst = std::max(worst, err);
+            if (!(err <= opt.rtol) && !bad++)
+                first_bad = "element " + std::to_string(i) + ": analytic " + fmt(ana) + " numeric " + fmt(num);
+        }
+        r.bad += bad;
+        r.worst = std::max(r.worst, worst);
+        r.report += "input " + std::to_string(k) + " " + inputs[k].str() + ": " + std::to_string(probes) +
+                    " probes, worst rel err " + fmt(worst) + ", " + std::to_string(bad) + " over tolerance" +
+                    (bad ? " (first: " + first_bad + ")" : std::string()) + "\n";
+    }
+    tc.tape.clear();
+    tc.act.reset();
+    return r;
+}
+
+inline void gradcheck(TestCtx& tc, const std::vector<Tensor>& inputs, const OpFn& f, Rng& rng, GradCheck opt = {}) {
+    GradResult r = gradcheck_run(tc, inputs, f, rng, opt);
+    INFO(r.report);
+    CHECK(r.bad == 0);
+}
+
+}  // namespace y5test

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what y5 needs to build on Debian (12 or newer), skipping what is already there:
+# a C++17 compiler, CMake, OpenBLAS, OpenCV, yaml-cpp, Catch2. The CUDA toolkit and cuDNN are not
+# Debian packages here: when nvcc is on PATH (or in /usr/local/cuda/bin) the CUDA backend is built
+# too, otherwise y5 builds CPU-only.
+set -euo pipefail
+
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopencv-dev libyaml-cpp-dev catch2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "y5 setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "y5 setup: all Debian packages present"
+fi
+
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "y5 setup: CUDA toolkit found; the CUDA backend will be built"
+else
+  echo "y5 setup: no CUDA toolkit; building the CPU engine only"
+fi
