@@ -14,6 +14,7 @@
 #include "kernels/eca.h"
 #include "kernels/elementwise.h"
 #include "kernels/pool.h"
+#include "kernels/reshape.h"
 #include "kernels/upsample.h"
 
 #if Y5_CUDA
@@ -382,8 +383,8 @@ Var add(Ctx& c, const Var& a, const Var& b) {
         c.tape->record([&c, a, b, y] {
             if (!c.tape->has_grad(y)) return;
             Tensor dy = c.tape->grad(y);
-            if (a.requires_grad()) axpy(c, c.tape->grad(a), 1.0, dy);
-            if (b.requires_grad()) axpy(c, c.tape->grad(b), 1.0, dy);
+            if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
+            if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
         });
     return y;
 }
@@ -465,6 +466,59 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
                 using T = decltype(z);
                 scale_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, s), c.tape->grad(y).template ptr<T>(),
                                                x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// transpose12, space_to_depth2
+
+Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
+    const char* op = "transpose12";
+    check_ctx(op, c, x.t);
+    Y5_CHECK(x.t.ndim() == 3, "transpose12: input must be viewed as (B,M,N), got %s", x.t.str().c_str());
+    const int B = x.t.dim(0), M = x.t.dim(1), N = x.t.dim(2);
+    Y5_CHECK(out_shape.numel() == x.t.numel(), "transpose12: output shape %s does not hold %s",
+             out_shape.str().c_str(), x.t.str().c_str());
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(out_shape, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        transpose12_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), B, M, N);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, B, M, N] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("transpose12 backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                transpose12_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), B, M, N);
+            });
+        });
+    return y;
+}
+
+Var space_to_depth2(Ctx& c, const Var& x) {
+    const char* op = "space_to_depth2";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    Y5_CHECK(H % 2 == 0 && W % 2 == 0, "space_to_depth2 (Focus): input %s needs even height and width",
+             x.t.str().c_str());
+    cpu_only(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
+    });
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("space_to_depth2 backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                space_to_depth2_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W);
             });
         });
     return y;

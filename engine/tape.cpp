@@ -13,6 +13,7 @@ static void zero(Tensor t, CudaContext* cuda) {
 }
 
 Var Tape::param(Tensor value, Tensor grad) {
+    if (!recording_) return Var{value, -1};
     Y5_CHECK(same_layout(value, grad), "parameter %s and its gradient %s differ in layout", value.str().c_str(),
              grad.str().c_str());
     nodes_.push_back(Node{value, grad, true});
@@ -48,12 +49,23 @@ Tensor Tape::grad(const Var& v) {
     return n.grad;
 }
 
-void Tape::backward(const Var& root, const Tensor* seed) {
+void Tape::backward(const Var& root, const Tensor* s) {
+    seed(root, s);
+    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
+}
+
+void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
+    Y5_CHECK(roots.size() == seeds.size(), "backward: %zu roots but %zu seeds", roots.size(), seeds.size());
+    for (size_t i = 0; i < roots.size(); ++i) seed(roots[i], &seeds[i]);
+    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
+}
+
+void Tape::seed(const Var& root, const Tensor* seed) {
     Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
     Tensor g = grad(root);
     if (seed) {
-        Y5_CHECK(same_layout(*seed, g), "backward: seed %s does not match root %s", seed->str().c_str(),
-                 g.str().c_str());
+        Y5_CHECK(seed->numel() == g.numel() && seed->dtype == g.dtype && seed->device == g.device,
+                 "backward: seed %s does not match root %s", seed->str().c_str(), g.str().c_str());
         if (g.device == Device::CPU) std::memcpy(g.data, seed->data, g.bytes());
         else copy_device_to_device(g.data, seed->data, g.bytes(), cuda_);
     } else {
@@ -68,7 +80,6 @@ void Tape::backward(const Var& root, const Tensor* seed) {
             else copy_host_to_device(g.data, &one, 4, cuda_);
         }
     }
-    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
 }
 
 void Tape::clear() {

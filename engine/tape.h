@@ -50,11 +50,14 @@ public:
     // Runs the closures in reverse. With no seed the root must hold one element and gets gradient 1;
     // otherwise its gradient is `seed` (same shape), i.e. the gradient of Σ seed ⊙ root.
     void backward(const Var& root, const Tensor* seed = nullptr);
+    // Several roots at once (Detect's three maps): the gradient of Σ_i Σ seeds[i] ⊙ roots[i].
+    void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
     void clear();
 
     size_t size() const { return closures_.size(); }
 
 private:
+    void seed(const Var& root, const Tensor* seed);
     struct Node {
         Tensor value, grad;
         bool grad_ready = false;

@@ -118,6 +118,11 @@ TEST_CASE("pooling and upsample and concat by hand", "[ops]") {
     REQUIRE(g.shape() == Shape({1, 1}));
     CHECK(g.t.ptr<float>()[0] == 8.5f);
 
+    // Focus's slicing: channel blocks x[::2, ::2], x[1::2, ::2], x[::2, 1::2], x[1::2, 1::2]
+    Var sd = space_to_depth2(tc.ctx, Tape::constant(x));
+    require_close(sd.t, f32_tensor(tc.data, {1, 4, 2, 2}, {1, 3, 9, 11, 5, 7, 13, 15, 2, 4, 10, 12, 6, 8, 14, 16}), 0, 0,
+                  "space_to_depth2");
+
     Tensor v = f32_tensor(tc.data, {1, 4}, {1, 2, 3, 4});
     Tensor k = f32_tensor(tc.data, {3}, {1, 10, 100});  // out[c] = in[c−1] + 10·in[c] + 100·in[c+1], zero padded
     Var e = conv1d_channels(tc.ctx, Tape::constant(v), Tape::constant(k));
@@ -316,6 +321,14 @@ TEST_CASE("upsample and concat and add and pooling and ECA gradients", "[ops][gr
                   [](Ctx& c, const std::vector<Var>& v) { return scale_channels(c, v[0], v[1]); }, rng);
         gradcheck(tc, {rand_tensor(tc.data, {1, 64, 80, 80}, DType::F64, rng), rand_tensor(tc.data, {1, 64}, DType::F64, rng)},
                   [](Ctx& c, const std::vector<Var>& v) { return scale_channels(c, v[0], v[1]); }, rng, big);
+    }
+    SECTION("transpose12 (Detect's reshape) and space_to_depth2 (Focus)") {
+        gradcheck(tc, {rand_tensor(tc.data, {6, 7, 5}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return transpose12(c, v[0], Shape{2, 3, 5, 7}); }, rng);
+        gradcheck(tc, {rand_tensor(tc.data, {3, 85, 1600}, DType::F64, rng)},  // yolov5n P4 head at 640
+                  [](Ctx& c, const std::vector<Var>& v) { return transpose12(c, v[0], Shape{1, 3, 40, 40, 85}); }, rng, big);
+        gradcheck(tc, {rand_tensor(tc.data, {2, 3, 6, 4}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return space_to_depth2(c, v[0]); }, rng);
     }
     SECTION("ECA composed: x feeds both the pool and the scale (fan-out through the tape)") {
         gradcheck(tc, {rand_tensor(tc.data, {2, 6, 5, 3}, DType::F64, rng), rand_tensor(tc.data, {3}, DType::F64, rng)},

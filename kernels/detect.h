@@ -1,0 +1,39 @@
+/*
+ * Detect's inference decode (YOLOv5 v7.0 Detect.forward, eval mode), CPU reference.
+ *   map (bs, na, ny, nx, no) raw head output of one level, anchors (na, 2) in grid units, stride s
+ *   → out rows [offset, offset + na·ny·nx) of (bs, total, no):
+ *   xy = (σ·2 + (grid − 0.5))·s,  wh = (σ·2)²·(anchor·s),  conf and classes = σ.
+ * The arithmetic follows PyTorch's order so that f32 results match to rounding.
+ */
+#pragma once
+#include "kernels/common.h"
+
+namespace y5 {
+
+// Element j of one prediction, given the raw value v at grid cell (gx, gy) with anchor (aw, ah) in grid units.
+template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw, T ah, T s) {
+    T p = sigmoid(v);
+    if (j == 0) return (p * T(2) + (T(gx) - T(0.5))) * s;
+    if (j == 1) return (p * T(2) + (T(gy) - T(0.5))) * s;
+    if (j == 2 || j == 3) {
+        T q = p * T(2);
+        return q * q * ((j == 2 ? aw : ah) * s);
+    }
+    return p;
+}
+
+template <class T>
+void detect_decode_cpu(T* out, const T* map, const T* anchors, T stride, int bs, int na, int ny, int nx, int no,
+                       int64_t total, int64_t offset) {
+    for (int b = 0; b < bs; ++b)
+        for (int a = 0; a < na; ++a)
+            for (int y = 0; y < ny; ++y)
+                for (int x = 0; x < nx; ++x) {
+                    const T* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
+                    T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
+                    for (int j = 0; j < no; ++j)
+                        o[j] = detect_decode_value(j, m[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
+                }
+}
+
+}  // namespace y5

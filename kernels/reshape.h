@@ -1,0 +1,52 @@
+/*
+ * Data-movement ops with a backward, CPU reference.
+ * transpose12: inp (B,M,N) → out (B,N,M). Detect uses it to turn a head conv's (bs, na·no, ny, nx) into
+ *   YOLOv5's (bs, na, ny, nx, no): view as (bs·na, no, ny·nx), transpose, view again.
+ * space_to_depth2: Focus's slicing, inp (N,C,H,W) → out (N,4C,H/2,W/2), channel blocks in PyTorch's order
+ *   x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2].
+ * Backward accumulates into dinp (+=).
+ */
+#pragma once
+#include "kernels/common.h"
+
+namespace y5 {
+
+template <class T> void transpose12_forward_cpu(T* out, const T* inp, int B, int M, int N) {
+    for (int64_t b = 0; b < B; ++b)
+        for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) out[(b * N + n) * M + m] = inp[(b * M + m) * N + n];
+}
+
+template <class T> void transpose12_backward_cpu(T* dinp, const T* dout, int B, int M, int N) {
+    for (int64_t b = 0; b < B; ++b)
+        for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) dinp[(b * M + m) * N + n] += dout[(b * N + n) * M + m];
+}
+
+// Source (row, column) offsets of channel block q: (0,0), (1,0), (0,1), (1,1).
+Y5_HD int s2d_dy(int q) { return q & 1; }
+Y5_HD int s2d_dx(int q) { return q >> 1; }
+
+template <class T> void space_to_depth2_forward_cpu(T* out, const T* inp, int N, int C, int H, int W) {
+    const int Ho = H / 2, Wo = W / 2;
+    for (int n = 0; n < N; ++n)
+        for (int q = 0; q < 4; ++q)
+            for (int c = 0; c < C; ++c)
+                for (int y = 0; y < Ho; ++y)
+                    for (int x = 0; x < Wo; ++x)
+                        out[(((int64_t)n * 4 * C + q * C + c) * Ho + y) * Wo + x] =
+                            inp[(((int64_t)n * C + c) * H + 2 * y + s2d_dy(q)) * W + 2 * x + s2d_dx(q)];
+}
+
+template <class T> void space_to_depth2_backward_cpu(T* dinp, const T* dout, int N, int C, int H, int W) {
+    const int Ho = H / 2, Wo = W / 2;
+    for (int n = 0; n < N; ++n)
+        for (int q = 0; q < 4; ++q)
+            for (int c = 0; c < C; ++c)
+                for (int y = 0; y < Ho; ++y)
+                    for (int x = 0; x < Wo; ++x)
+                        dinp[(((int64_t)n * C + c) * H + 2 * y + s2d_dy(q)) * W + 2 * x + s2d_dx(q)] +=
+                            dout[(((int64_t)n * 4 * C + q * C + c) * Ho + y) * Wo + x];
+}
+
+}  // namespace y5

@@ -1,0 +1,501 @@
+/*
+ * Model: yaml → modules (YOLOv5's parse_model), shape dry run, init, forward, summary, weights I/O.
+ * Every error about the yaml names the file, the row and its line.
+ */
+#include "layers/model.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "engine/device.h"
+#include "engine/safetensors.h"
+
+namespace y5 {
+
+// ----------------------------------------------------------------------------------------------------
+// yaml helpers
+
+namespace {
+
+struct RowCtx {
+    const std::string& file;
+    int row, line;
+    std::string module;
+    [[noreturn]] void fail(const std::string& msg) const {
+        Y5_FAIL("%s: row %d (line %d), module %s: %s", file.c_str(), row, line, module.c_str(), msg.c_str());
+    }
+};
+
+int make_divisible(double x, int divisor) { return (int)std::ceil(x / divisor) * divisor; }
+
+bool is_int(const YAML::Node& n) {
+    if (!n.IsScalar()) return false;
+    const std::string& s = n.Scalar();
+    if (s.empty()) return false;
+    size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+    if (i == s.size()) return false;
+    for (; i < s.size(); ++i)
+        if (s[i] < '0' || s[i] > '9') return false;
+    return true;
+}
+
+// Python's repr of a yaml argument after YOLOv5's eval (nc and anchors substituted).
+std::string py_repr(const YAML::Node& n, int nc, const std::string& anchors_repr) {
+    if (n.IsSequence()) {
+        std::string s = "[";
+        for (size_t i = 0; i < n.size(); ++i) s += (i ? ", " : "") + py_repr(n[i], nc, anchors_repr);
+        return s + "]";
+    }
+    if (!n.IsScalar()) return "None";
+    const std::string& v = n.Scalar();
+    if (v == "nc") return std::to_string(nc);
+    if (v == "anchors") return anchors_repr;
+    if (v == "None" || v == "True" || v == "False" || is_int(n)) return v;
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (end && *end == '\0' && !v.empty()) {
+        std::ostringstream o;
+        o << d;
+        std::string s = o.str();
+        return s.find_first_of(".e") == std::string::npos ? s + ".0" : s;
+    }
+    return "'" + v + "'";
+}
+
+int arg_int(const RowCtx& rc, const YAML::Node& args, size_t i, int dflt, const char* what) {
+    if (i >= args.size() || (args[i].IsScalar() && args[i].Scalar() == "None")) return dflt;
+    if (!is_int(args[i])) rc.fail(std::string("argument ") + std::to_string(i) + " (" + what + ") must be an integer");
+    return args[i].as<int>();
+}
+
+bool arg_bool(const RowCtx& rc, const YAML::Node& args, size_t i, bool dflt, const char* what) {
+    if (i >= args.size()) return dflt;
+    const std::string v = args[i].IsScalar() ? args[i].Scalar() : "";
+    if (v == "True" || v == "true") return true;
+    if (v == "False" || v == "false") return false;
+    rc.fail(std::string("argument ") + std::to_string(i) + " (" + what + ") must be True or False");
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------------
+// Building
+
+Model::Model(const std::string& path, int nc_override) : yaml_path(path) {
+    {
+        std::ifstream in(path);
+        Y5_CHECK(in, "%s: cannot open model yaml", path.c_str());
+        std::stringstream ss;
+        ss << in.rdbuf();
+        yaml_text = ss.str();
+    }
+    YAML::Node y;
+    try {
+        y = YAML::Load(yaml_text);
+    } catch (const YAML::Exception& e) {
+        Y5_FAIL("%s: line %d: malformed yaml: %s", path.c_str(), e.mark.line + 1, e.msg.c_str());
+    }
+    Y5_CHECK(y.IsMap(), "%s: not a model yaml (expected keys nc, depth_multiple, width_multiple, anchors, backbone, head)",
+             path.c_str());
+    for (const char* key : {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head"})
+        Y5_CHECK(y[key], "%s: missing key '%s'", path.c_str(), key);
+
+    std::string stem = path.substr(path.find_last_of('/') + 1);
+    stem = stem.substr(0, stem.find_last_of('.'));
+    name = stem;
+    if (name.rfind("yolov5", 0) == 0) name = "YOLOv5" + name.substr(6);
+
+    double gd = 0, gw = 0;
+    try {
+        nc = y["nc"].as<int>();
+        gd = y["depth_multiple"].as<double>();
+        gw = y["width_multiple"].as<double>();
+    } catch (const YAML::Exception& e) {
+        Y5_FAIL("%s: line %d: nc, depth_multiple and width_multiple must be numbers", path.c_str(), e.mark.line + 1);
+    }
+    if (nc_override > 0) nc = nc_override;
+    Y5_CHECK(nc >= 1, "%s: nc must be at least 1, got %d", path.c_str(), nc);
+    if (y["activation"]) act = parse_act(y["activation"].as<std::string>());
+
+    std::vector<std::vector<float>> anchors;
+    const YAML::Node an = y["anchors"];
+    Y5_CHECK(an.IsSequence() && an.size() > 0, "%s: line %d: anchors must be a list of per-level lists (an integer "
+             "anchor count needs AutoAnchor, which y5 does not do at build time)", path.c_str(), an.Mark().line + 1);
+    for (const auto& lvl : an) {
+        Y5_CHECK(lvl.IsSequence() && lvl.size() >= 2 && lvl.size() % 2 == 0, "%s: line %d: each anchor level needs "
+                 "w,h pairs", path.c_str(), lvl.Mark().line + 1);
+        std::vector<float> v;
+        for (const auto& a : lvl) v.push_back(a.as<float>());
+        Y5_CHECK(v.size() == an[0].size(), "%s: line %d: every anchor level needs the same number of anchors",
+                 path.c_str(), lvl.Mark().line + 1);
+        anchors.push_back(v);
+    }
+    std::string anchors_repr = "[";
+    for (size_t i = 0; i < anchors.size(); ++i) {
+        anchors_repr += i ? ", [" : "[";
+        for (size_t j = 0; j < anchors[i].size(); ++j) anchors_repr += (j ? ", " : "") + py_repr(an[i][j], nc, "");
+        anchors_repr += "]";
+    }
+    anchors_repr += "]";
+    const int na = (int)anchors[0].size() / 2, no = na * (nc + 5);
+
+    std::vector<YAML::Node> rows;
+    for (const char* part : {"backbone", "head"}) {
+        Y5_CHECK(y[part].IsSequence(), "%s: '%s' must be a list of [from, number, module, args] rows", path.c_str(), part);
+        for (const auto& r : y[part]) rows.push_back(r);
+    }
+
+    std::vector<int> ch;  // output channels per row
+    std::vector<std::vector<int>> from_abs(rows.size());
+    keep_.assign(rows.size(), false);
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const YAML::Node& r = rows[i];
+        RowCtx rc{path, (int)i, r.Mark().line + 1, "?"};
+        if (!r.IsSequence() || r.size() != 4) rc.fail("a row must be [from, number, module, args]");
+        rc.module = r[2].IsScalar() ? r[2].Scalar() : "?";
+        const std::string& mod = rc.module;
+        // from: an int or a list; −1 is the previous row (the image for row 0), other negatives count back.
+        std::vector<int> from;
+        const bool from_list = r[0].IsSequence();
+        if (from_list) {
+            for (const auto& f : r[0]) {
+                if (!is_int(f)) rc.fail("'from' entries must be integers");
+                from.push_back(f.as<int>());
+            }
+        } else {
+            if (!is_int(r[0])) rc.fail("'from' must be an integer or a list of integers");
+            from.push_back(r[0].as<int>());
+        }
+        for (int f : from) {
+            int a = f < 0 ? (int)i + f : f;
+            if (a < -1 || a >= (int)i || (f < -1 && a < 0)) rc.fail("'from' " + std::to_string(f) + " does not name an earlier row");
+            if (f == -1 && i == 0) a = -1;
+            from_abs[i].push_back(a);
+            if (f != -1 && a >= 0) keep_[a] = true;
+        }
+        if (!is_int(r[1]) || r[1].as<int>() < 1) rc.fail("'number' must be a positive integer");
+        int n = r[1].as<int>();
+        if (n > 1) n = std::max((int)std::nearbyint(n * gd), 1);
+        const YAML::Node args = r[3];
+        if (!args.IsSequence()) rc.fail("'args' must be a list");
+        auto in_ch = [&](int k) { return from_abs[i][k] < 0 ? 3 : ch[from_abs[i][k]]; };
+        const std::string prefix = "model." + std::to_string(i);
+        std::string from_repr = from_list ? py_repr(r[0], nc, "") : std::to_string(from[0]);
+        if (n > 1 && mod != "C3") rc.fail("number > 1 is supported only for C3");
+        if ((mod != "Concat" && mod != "Detect") && from.size() != 1) rc.fail("takes one input");
+
+        std::unique_ptr<Module> m;
+        std::string rest;  // the yaml args after c2, for the printed argument list
+        for (size_t k = 1; k < args.size(); ++k) rest += ", " + py_repr(args[k], nc, anchors_repr);
+        const int c1 = in_ch(0);
+        auto scaled_c2 = [&]() {
+            if (args.size() < 1 || !is_int(args[0])) rc.fail("argument 0 (output channels) must be an integer");
+            int c2 = args[0].as<int>();
+            return c2 != no ? make_divisible(c2 * gw, 8) : c2;
+        };
+        std::string printed;
+        if (mod == "Conv" || mod == "Focus") {
+            const int c2 = scaled_c2(), k = arg_int(rc, args, 1, 1, "kernel"), s = arg_int(rc, args, 2, 1, "stride");
+            const int p = arg_int(rc, args, 3, k / 2, "padding"), g = arg_int(rc, args, 4, 1, "groups");
+            if (g != 1) rc.fail("groups > 1 are not supported");
+            Act a = act;
+            if (mod == "Conv") {
+                if (arg_int(rc, args, 5, 1, "dilation") != 1) rc.fail("dilation > 1 is not supported");
+                if (!arg_bool(rc, args, 6, true, "act")) a = Act{ActKind::Identity, 0};
+                m = make_conv(params, prefix, c1, c2, k, s, p, a);
+            } else {
+                if (!arg_bool(rc, args, 5, true, "act")) a = Act{ActKind::Identity, 0};
+                m = make_focus(params, prefix, c1, c2, k, s, p, a);
+            }
+            printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
+        } else if (mod == "C3" || mod == "Bottleneck") {
+            const int c2 = scaled_c2();
+            const bool shortcut = arg_bool(rc, args, 1, true, "shortcut");
+            if (arg_int(rc, args, 2, 1, "groups") != 1) rc.fail("groups > 1 are not supported");
+            if (args.size() > 3 && args[3].as<double>() != 0.5) rc.fail("expansion e other than 0.5 is not supported");
+            if (mod == "C3") {
+                m = make_c3(params, prefix, c1, c2, n, shortcut, act);
+                printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + ", " + std::to_string(n) + rest + "]";
+            } else {
+                m = make_bottleneck(params, prefix, c1, c2, shortcut, act);
+                printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
+            }
+        } else if (mod == "SPPF") {
+            const int c2 = scaled_c2();
+            m = make_sppf(params, prefix, c1, c2, arg_int(rc, args, 1, 5, "kernel"), act);
+            printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
+        } else if (mod == "SPP") {
+            const int c2 = scaled_c2();
+            std::vector<int> ks = {5, 9, 13};
+            if (args.size() > 1) {
+                if (!args[1].IsSequence()) rc.fail("argument 1 (kernels) must be a list");
+                ks.clear();
+                for (const auto& k : args[1]) ks.push_back(k.as<int>());
+            }
+            m = make_spp(params, prefix, c1, c2, ks, act);
+            printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
+        } else if (mod == "nn.Upsample") {
+            const bool none_size = args.size() >= 1 && args[0].IsScalar() && args[0].Scalar() == "None";
+            const std::string mode = args.size() >= 3 ? args[2].Scalar() : "nearest";
+            if (!none_size || args.size() < 2 || !is_int(args[1]) || mode != "nearest")
+                rc.fail("only nn.Upsample(None, <integer scale>, 'nearest') is supported");
+            m = make_upsample(c1, args[1].as<int>());
+            printed = py_repr(args, nc, anchors_repr);
+        } else if (mod == "Concat") {
+            if (arg_int(rc, args, 0, 1, "dimension") != 1) rc.fail("only channel concat (dimension 1) is supported");
+            int c2 = 0;
+            for (size_t k = 0; k < from.size(); ++k) c2 += in_ch((int)k);
+            m = make_concat(c2);
+            printed = py_repr(args, nc, anchors_repr);
+        } else if (mod == "ECA") {
+            int k = arg_int(rc, args, 1, 3, "kernel");
+            if (k == 0) {  // the paper's adaptive size (Decisions 3)
+                int t = (int)(std::fabs(std::log2((double)c1) + 1) / 2);
+                k = t % 2 ? t : t + 1;
+            }
+            if (k < 1 || k % 2 == 0) rc.fail("kernel size must be odd (or 0 for the adaptive size)");
+            m = make_eca(params, prefix, c1, k);
+            printed = py_repr(args, nc, anchors_repr);
+        } else if (mod == "Detect") {
+            if (i + 1 != rows.size()) rc.fail("Detect must be the last row");
+            if (from.size() != anchors.size())
+                rc.fail("Detect takes " + std::to_string(anchors.size()) + " inputs (one per anchor level)");
+            std::vector<int> dch;
+            for (size_t k = 0; k < from.size(); ++k) dch.push_back(in_ch((int)k));
+            auto d = make_detect(params, prefix, nc, anchors, dch);
+            detect = d.get();
+            m = std::move(d);
+            std::string chs;
+            for (size_t k = 0; k < dch.size(); ++k) chs += (k ? ", " : "") + std::to_string(dch[k]);
+            printed = "[" + std::to_string(nc) + ", " + anchors_repr + ", [" + chs + "]]";
+        } else {
+            rc.fail("unknown module (y5 builds Conv, Bottleneck, C3, SPPF, SPP, Focus, nn.Upsample, Concat, ECA, Detect)");
+        }
+        m->index = (int)i;
+        m->from = from_abs[i];
+        m->n = n;
+        m->args = printed;
+        m->type = (mod == "Detect" ? "models.yolo." : mod.rfind("nn.", 0) == 0 ? "torch.nn.modules.upsampling." : "models.common.") +
+                  (mod == "nn.Upsample" ? std::string("Upsample") : mod);
+        m->from_str = from_repr;
+        ch.push_back(m->c2);
+        layers.push_back(std::move(m));
+    }
+    Y5_CHECK(detect, "%s: the model has no Detect row", path.c_str());
+
+    // Strides from a dry run of the shapes at 256×256 (YOLOv5 runs a forward of zeros at that size).
+    std::vector<Shape> out(layers.size());
+    Shape img{1, 3, 256, 256};
+    for (size_t i = 0; i < layers.size(); ++i) {
+        std::vector<Shape> in;
+        for (int f : layers[i]->from) in.push_back(f < 0 ? img : out[f]);
+        if (layers[i].get() == detect) {
+            for (const Shape& s : in) detect->stride.push_back(256.0f / (float)s[2]);
+        }
+        out[i] = layers[i]->out_shape(in);
+    }
+}
+
+void Model::allocate(Device device, DType dtype, CudaContext* cuda) {
+    params.allocate(device, dtype, cuda);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Init (YOLOv5: PyTorch defaults, initialize_weights, _initialize_biases, anchors / stride, check_anchor_order)
+
+void Model::init_weights(Rng& rng) {
+    Y5_CHECK(params.allocated(), "init_weights before allocate");
+    const int nl = detect->nl, na = detect->na;
+    // check_anchor_order on the pixel anchors (mean area per level must grow with the stride, else the
+    // levels are reversed), then division by the strides in f32, in YOLOv5's order.
+    std::vector<float> anc = detect->anchors_px;
+    auto mean_area = [&](int l) {
+        float s = 0;
+        for (int a = 0; a < na; ++a) s += anc[(l * na + a) * 2] * anc[(l * na + a) * 2 + 1];
+        return s / na;
+    };
+    const float da = mean_area(nl - 1) - mean_area(0), ds = detect->stride[nl - 1] - detect->stride[0];
+    if (da != 0 && ((da > 0) != (ds > 0))) {
+        std::vector<float> flipped(anc.size());
+        for (int l = 0; l < nl; ++l)
+            std::memcpy(&flipped[l * 2 * na], &anc[(nl - 1 - l) * 2 * na], 2 * na * sizeof(float));
+        anc = flipped;
+    }
+    for (int l = 0; l < nl; ++l)
+        for (int j = 0; j < 2 * na; ++j) anc[l * 2 * na + j] /= detect->stride[l];
+
+    std::vector<std::vector<double>> host(params.size());
+    for (int i = 0; i < params.size(); ++i) {
+        const Param& p = params[i];
+        std::vector<double>& v = host[i];
+        v.assign(p.shape.numel(), 0.0);
+        const std::string& nm = p.name;
+        auto ends = [&](const char* s) { return nm.size() >= strlen(s) && nm.compare(nm.size() - strlen(s), strlen(s), s) == 0; };
+        int64_t fan_in = p.shape.ndim > 1 ? p.shape.numel() / p.shape[0] : 1;
+        if (p.kind == ParamKind::Weight) {  // kaiming_uniform_(a=√5): bound = 1/√fan_in
+            double bound = 1.0 / std::sqrt((double)fan_in);
+            for (double& x : v) x = rng.uniform_double(-bound, bound);
+        } else if (p.kind == ParamKind::NormWeight || ends("running_var")) {
+            for (double& x : v) x = 1.0;
+        }
+    }
+    // Detect: bias U(±1/√fan_in) (Conv2d default) plus the objectness and class priors.
+    for (int l = 0; l < nl; ++l) {
+        const int64_t fan_in = detect->ch[l];
+        const double bound = 1.0 / std::sqrt((double)fan_in), s = detect->stride[l];
+        std::vector<double>& b = host[detect->b[l]];
+        for (double& x : b) x = rng.uniform_double(-bound, bound);
+        for (int a = 0; a < na; ++a) {
+            b[a * detect->no + 4] += std::log(8.0 / ((640.0 / s) * (640.0 / s)));
+            for (int c = 0; c < nc; ++c) b[a * detect->no + 5 + c] += std::log(0.6 / (nc - 0.99999));
+        }
+    }
+    for (size_t j = 0; j < anc.size(); ++j) host[detect->anchors][j] = anc[j];
+
+    for (int i = 0; i < params.size(); ++i) {
+        const Tensor& t = params[i].value;
+        std::vector<float> f(host[i].begin(), host[i].end());
+        const void* src = t.dtype == DType::F64 ? (const void*)host[i].data() : (const void*)f.data();
+        if (t.device == Device::CPU) std::memcpy(t.data, src, t.bytes());
+        else copy_host_to_device(t.data, src, t.bytes(), nullptr);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Forward
+
+Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs) {
+    Y5_CHECK(x.t.ndim() == 4 && x.t.dim(1) == 3, "model input must be (N, 3, H, W), got %s", x.t.str().c_str());
+    const int64_t smax = (int64_t)detect->stride.back();
+    Y5_CHECK(x.t.dim(2) % smax == 0 && x.t.dim(3) % smax == 0, "model input %s: height and width must be multiples of "
+             "the largest stride %lld", x.t.str().c_str(), (long long)smax);
+    Output out;
+    std::vector<Var> y(layers.size());
+    Var cur = x;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        Module& m = *layers[i];
+        std::vector<Var> in;
+        for (int f : m.from) in.push_back(f < 0 ? x : (f == (int)i - 1 ? cur : y[f]));
+        std::vector<Var> r = m.forward(c, in, training);
+        if (&m == detect) out.maps = r;
+        cur = r[0];
+        if (keep_[i]) y[i] = cur;
+        if (layer_outputs) layer_outputs->push_back(cur);
+    }
+    if (!training) out.decoded = detect->decode(c, out.maps);
+    return out;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Summary
+
+int Model::torch_layer_count() const {
+    int n = 3;  // the Model, its Sequential, and the one activation module every Conv shares
+    for (const auto& m : layers) n += m->torch_modules();
+    return n;
+}
+
+double Model::gflops(int imgsz) const {
+    const int s = std::max(32, (int)detect->stride.back());
+    std::vector<Shape> out(layers.size());
+    Shape img{1, 3, s, s};
+    double macs = 0;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        std::vector<Shape> in;
+        for (int f : layers[i]->from) in.push_back(f < 0 ? img : out[f]);
+        macs += layers[i]->macs(in);
+        out[i] = layers[i]->out_shape(in);
+    }
+    return macs * 2 / 1e9 * ((double)imgsz / s) * ((double)imgsz / s);
+}
+
+std::string Model::summary(int imgsz) const {
+    std::string s;
+    char line[512];
+    snprintf(line, sizeof line, "\n%3s%18s%3s%10s  %-40s%-30s\n", "", "from", "n", "params", "module", "arguments");
+    s += line;
+    for (const auto& m : layers) {
+        snprintf(line, sizeof line, "%3d%18s%3d%10lld  %-40s%-30s\n", m->index, m->from_str.c_str(), m->n,
+                 (long long)m->nparams, m->type.c_str(), m->args.c_str());
+        s += line;
+    }
+    const long long np = (long long)num_parameters();
+    snprintf(line, sizeof line, "%s summary: %d layers, %lld parameters, %lld gradients, %.1f GFLOPs\n", name.c_str(),
+             torch_layer_count(), np, np, gflops(imgsz));
+    return s + line;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Weights
+
+void Model::load_weights(const std::string& path, CudaContext* cuda) {
+    Y5_CHECK(params.allocated(), "load_weights before allocate");
+    SafeTensorsFile f(path);
+    std::vector<std::string> missing, misshaped, unexpected;
+    std::set<std::string> known;
+    for (int i = 0; i < params.size(); ++i) {
+        const Param& p = params[i];
+        known.insert(p.name);
+        if (!f.has(p.name)) {
+            missing.push_back(p.name);
+            continue;
+        }
+        if (f.shape(p.name) != p.shape) misshaped.push_back(p.name + " " + f.shape(p.name).str() + " vs model " + p.shape.str());
+    }
+    for (const std::string& n : f.names()) {
+        const bool other = n.rfind("model.", 0) != 0;  // training state (ema., optimizer.) and other prefixes
+        const bool counter = n.size() > 20 && n.compare(n.size() - 20, 20, ".num_batches_tracked") == 0;
+        if (!other && !counter && !known.count(n)) unexpected.push_back(n);
+    }
+    auto list = [](const std::vector<std::string>& v) {
+        std::string s;
+        for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + v[i];
+        if (v.size() > 8) s += ", ... (" + std::to_string(v.size()) + " in all)";
+        return s;
+    };
+    if (!missing.empty() || !misshaped.empty() || !unexpected.empty()) {
+        std::string msg;
+        if (!missing.empty()) msg += std::to_string(missing.size()) + " missing: " + list(missing) + "; ";
+        if (!misshaped.empty()) msg += std::to_string(misshaped.size()) + " mis-shaped: " + list(misshaped) + "; ";
+        if (!unexpected.empty()) msg += std::to_string(unexpected.size()) + " unexpected: " + list(unexpected) + "; ";
+        msg.resize(msg.size() - 2);
+        Y5_FAIL("%s does not fit %s (%s): %s", path.c_str(), yaml_path.c_str(), name.c_str(), msg.c_str());
+    }
+    for (int i = 0; i < params.size(); ++i) {
+        const Tensor& t = params[i].value;
+        if (t.dtype == DType::F64) {
+            std::vector<double> v = f.read_f64(params[i].name);
+            if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
+            else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
+        } else {
+            std::vector<float> v = f.read_f32(params[i].name);
+            if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
+            else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
+        }
+    }
+}
+
+void Model::save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
+                         CudaContext* cuda) const {
+    std::vector<std::vector<float>> host(params.size());
+    std::vector<SaveItem> items;
+    for (int i = 0; i < params.size(); ++i) {
+        const Tensor& t = params[i].value;
+        Y5_CHECK(t.dtype == DType::F32, "save_weights: parameters are %s; weights files hold f32", dtype_name(t.dtype));
+        host[i].resize(t.numel());
+        if (t.device == Device::CPU) std::memcpy(host[i].data(), t.data, t.bytes());
+        else copy_device_to_host(host[i].data(), t.data, t.bytes(), cuda);
+        items.push_back({params[i].name, Tensor(host[i].data(), t.shape, DType::F32, Device::CPU)});
+    }
+    std::map<std::string, std::string> meta = metadata;
+    meta["yaml"] = yaml_text;
+    meta["nc"] = std::to_string(nc);
+    save_safetensors(path, items, meta);
+}
+
+}  // namespace y5

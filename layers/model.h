@@ -1,0 +1,61 @@
+/*
+ * A YOLOv5 v6/v7 detection model built from its yaml, with YOLOv5's parse_model semantics:
+ * rows [from, number, module, args]; depth_multiple (n = max(round(n·gd), 1) when n > 1, Python's
+ * round-half-even); width_multiple (make_divisible(c·gw, 8)); the `activation:` key; nc and anchors.
+ * Strides come from a dry run of the shapes at 256×256, anchors are divided by them and put in
+ * ascending order (check_anchor_order), and init follows YOLOv5 (PyTorch's default conv init,
+ * BN 1/0 with eps 1e-3 and momentum 0.03, Detect's bias priors).
+ * forward(training) gives the Detect maps (bs, na, ny, nx, 5+nc); forward(eval) also the decoded
+ * predictions (bs, N, 5+nc) in input pixels.
+ */
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/rng.h"
+#include "layers/modules.h"
+
+namespace y5 {
+
+class Model {
+public:
+    // Parses and builds the graph and registers every parameter; nc > 0 overrides the yaml's nc.
+    explicit Model(const std::string& yaml_path, int nc = 0);
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    // Allocates the parameter blocks on a device, sets the anchor buffer, and initialises as YOLOv5.
+    void allocate(Device device, DType dtype = DType::F32, CudaContext* cuda = nullptr);
+    void init_weights(Rng& rng);
+
+    struct Output {
+        std::vector<Var> maps;  // per level (bs, na, ny, nx, 5+nc)
+        Tensor decoded;         // eval only: (bs, Σ na·ny·nx, 5+nc)
+    };
+    // layer_outputs, if given, receives every row's output (Detect's first map for the Detect row).
+    Output forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs = nullptr);
+
+    std::string summary(int imgsz = 640) const;  // YOLOv5's table and "N layers, P parameters, ... GFLOPs"
+    int64_t num_parameters() const { return params.count(true); }
+    int torch_layer_count() const;               // len(list(model.modules())) in PyTorch
+    double gflops(int imgsz = 640) const;        // as YOLOv5's model_info (thop at max(stride, 32), scaled)
+
+    // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
+    void load_weights(const std::string& path, CudaContext* cuda = nullptr);
+    void save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
+                      CudaContext* cuda = nullptr) const;
+
+    ParamStore params;
+    std::string yaml_path, yaml_text, name;  // name: "YOLOv5n", as YOLOv5 derives it from the file name
+    int nc = 0;
+    Act act;
+    std::vector<std::unique_ptr<Module>> layers;
+    Detect* detect = nullptr;
+
+private:
+    std::vector<bool> keep_;  // outputs referenced by a later row
+};
+
+}  // namespace y5

@@ -1,0 +1,365 @@
+/*
+ * YOLOv5 modules: Conv, Bottleneck, C3, SPPF, SPP, Focus, ECA, Upsample, Concat, Detect.
+ * Forward code mirrors models/common.py line for line; the parameter names are its state_dict keys.
+ */
+#include "layers/modules.h"
+
+#include <cmath>
+
+#include "kernels/detect.h"
+
+namespace y5 {
+
+static Var param(Ctx& c, ParamStore& ps, int i) { return c.tape->param(ps[i].value, ps[i].grad); }
+
+// ----------------------------------------------------------------------------------------------------
+// ConvBN
+
+void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2_, int k_, int s_, int p_, Act act_) {
+    ps = &store;
+    c1 = c1_, c2 = c2_, k = k_, s = s_, p = p_, act = act_;
+    w = store.add(prefix + ".conv.weight", {c2, c1, k, k}, ParamKind::Weight);
+    bn_w = store.add(prefix + ".bn.weight", {c2}, ParamKind::NormWeight);
+    bn_b = store.add(prefix + ".bn.bias", {c2}, ParamKind::Bias);
+    rm = store.add(prefix + ".bn.running_mean", {c2}, ParamKind::Buffer);
+    rv = store.add(prefix + ".bn.running_var", {c2}, ParamKind::Buffer);
+}
+
+Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
+    Var y = conv2d(c, x, param(c, *ps, w), nullptr, s, p);
+    y = batchnorm2d(c, y, param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value, (*ps)[rv].value, training, kBnEps,
+                    kBnMomentum);
+    return act.kind == ActKind::Identity ? y : activation(c, y, act);
+}
+
+Shape ConvBN::out_shape(Shape in) const {
+    return Shape{in[0], c2, conv_out(in[2]), conv_out(in[3])};
+}
+
+int64_t ConvBN::conv_out(int64_t h) const { return (h + 2 * p - k) / s + 1; }
+
+double ConvBN::macs(Shape in) const {
+    double out = (double)out_shape(in).numel();
+    return out * c1 * k * k + 4 * out;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Conv, Bottleneck, C3
+
+namespace {
+
+struct Conv : Module {
+    ConvBN cv;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        return {cv.forward(c, in[0], training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override { return cv.out_shape(in[0]); }
+    double macs(const std::vector<Shape>& in) const override { return cv.macs(in[0]); }
+    int torch_modules() const override { return 3; }  // Conv, Conv2d, BatchNorm2d (the activation is shared)
+};
+
+// Bottleneck(c1, c2, shortcut, e=1.0 inside C3 / 0.5 alone): cv2(cv1(x)) (+ x when shortcut and c1 == c2)
+struct BottleneckBlock {
+    ConvBN cv1, cv2;
+    bool add = false;
+    void setup(ParamStore& ps, const std::string& prefix, int c1, int c2, bool shortcut, double e, Act act) {
+        int c_ = (int)(c2 * e);
+        cv1.setup(ps, prefix + ".cv1", c1, c_, 1, 1, 0, act);
+        cv2.setup(ps, prefix + ".cv2", c_, c2, 3, 1, 1, act);
+        add = shortcut && c1 == c2;
+    }
+    Var forward(Ctx& c, const Var& x, bool training) const {
+        Var y = cv2.forward(c, cv1.forward(c, x, training), training);
+        return add ? ::y5::add(c, x, y) : y;
+    }
+    Shape out_shape(Shape in) const { return cv2.out_shape(cv1.out_shape(in)); }
+    double macs(Shape in) const { return cv1.macs(in) + cv2.macs(cv1.out_shape(in)); }
+    int64_t params() const { return cv1.params() + cv2.params(); }
+};
+
+struct Bottleneck : Module {
+    BottleneckBlock b;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        return {b.forward(c, in[0], training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override { return b.out_shape(in[0]); }
+    double macs(const std::vector<Shape>& in) const override { return b.macs(in[0]); }
+    int torch_modules() const override { return 7; }
+};
+
+// C3(c1, c2, n, shortcut): cv3(cat(m(cv1(x)), cv2(x))), c_ = c2/2, m = n Bottlenecks(c_, c_, e=1.0)
+struct C3 : Module {
+    ConvBN cv1, cv2, cv3;
+    std::vector<BottleneckBlock> m;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        Var y = cv1.forward(c, in[0], training);
+        for (const BottleneckBlock& b : m) y = b.forward(c, y, training);
+        return {cv3.forward(c, concat(c, {y, cv2.forward(c, in[0], training)}), training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv3.out_shape(Shape{h[0], 2 * h[1], h[2], h[3]});
+    }
+    double macs(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        double t = cv1.macs(in[0]) + cv2.macs(in[0]);
+        for (const BottleneckBlock& b : m) t += b.macs(h);
+        return t + cv3.macs(Shape{h[0], 2 * h[1], h[2], h[3]});
+    }
+    int torch_modules() const override { return 11 + 7 * (int)m.size(); }  // C3, 3 Conv, Sequential, Bottlenecks
+};
+
+// SPPF(c1, c2, k): x = cv1(x); y1 = m(x); y2 = m(y1); cv2(cat(x, y1, y2, m(y2))), m = MaxPool2d(k, 1, k//2)
+struct SPPF : Module {
+    ConvBN cv1, cv2;
+    int k = 5;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        Var x = cv1.forward(c, in[0], training);
+        Var y1 = maxpool2d(c, x, k, 1, k / 2);
+        Var y2 = maxpool2d(c, y1, k, 1, k / 2);
+        Var y3 = maxpool2d(c, y2, k, 1, k / 2);
+        return {cv2.forward(c, concat(c, {x, y1, y2, y3}), training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv2.out_shape(Shape{h[0], 4 * h[1], h[2], h[3]});
+    }
+    double macs(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv1.macs(in[0]) + cv2.macs(Shape{h[0], 4 * h[1], h[2], h[3]});
+    }
+    int torch_modules() const override { return 8; }  // SPPF, 2 Conv, MaxPool2d
+};
+
+// SPP(c1, c2, k=(5, 9, 13)): x = cv1(x); cv2(cat(x, *(pool_k(x) for k)))
+struct SPP : Module {
+    ConvBN cv1, cv2;
+    std::vector<int> ks;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        Var x = cv1.forward(c, in[0], training);
+        std::vector<Var> parts = {x};
+        for (int k : ks) parts.push_back(maxpool2d(c, x, k, 1, k / 2));
+        return {cv2.forward(c, concat(c, parts), training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv2.out_shape(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
+    }
+    double macs(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv1.macs(in[0]) + cv2.macs(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
+    }
+    int torch_modules() const override { return 8 + (int)ks.size(); }  // SPP, 2 Conv, ModuleList, pools
+};
+
+// Focus(c1, c2, k, s, p): conv(cat(x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]))
+struct Focus : Module {
+    ConvBN conv;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
+        return {conv.forward(c, space_to_depth2(c, in[0]), training)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        return conv.out_shape(Shape{in[0][0], 4 * in[0][1], in[0][2] / 2, in[0][3] / 2});
+    }
+    double macs(const std::vector<Shape>& in) const override {
+        return conv.macs(Shape{in[0][0], 4 * in[0][1], in[0][2] / 2, in[0][3] / 2});
+    }
+    int torch_modules() const override { return 4; }
+};
+
+// ECA (Decisions 3): x · σ(conv1d_k(avgpool(x))) across channels; parameter "conv.weight" (1, 1, k).
+struct ECA : Module {
+    ParamStore* ps = nullptr;
+    int w = -1, k = 3;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool) override {
+        const Param& p = (*ps)[w];
+        Var wv = c.tape->param(p.value, p.grad);
+        Var flat{wv.t.view({k}), wv.id};
+        Var s = sigmoid(c, conv1d_channels(c, global_avgpool(c, in[0]), flat));
+        return {scale_channels(c, in[0], s)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override { return in[0]; }
+    double macs(const std::vector<Shape>& in) const override {
+        double C = (double)in[0][1], HW = (double)(in[0][2] * in[0][3]);
+        return C * (HW + 1) + C * k;  // thop: adaptive avg pool (adds + 1 divide per output), Conv1d
+    }
+    int torch_modules() const override { return 4; }  // ECA, AdaptiveAvgPool2d, Conv1d, Sigmoid
+};
+
+struct Upsample : Module {
+    int scale = 2;
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool) override {
+        return {upsample_nearest(c, in[0], scale)};
+    }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        return Shape{in[0][0], in[0][1], in[0][2] * scale, in[0][3] * scale};
+    }
+    double macs(const std::vector<Shape>&) const override { return 0; }
+    int torch_modules() const override { return 1; }
+};
+
+struct Concat : Module {
+    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool) override { return {concat(c, in)}; }
+    Shape out_shape(const std::vector<Shape>& in) const override {
+        Shape s = in[0];
+        s[1] = 0;
+        for (const Shape& i : in) s[1] += i[1];
+        return s;
+    }
+    double macs(const std::vector<Shape>&) const override { return 0; }
+    int torch_modules() const override { return 1; }
+};
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------------
+// Factories
+
+std::unique_ptr<Module> make_conv(ParamStore& ps, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act) {
+    auto m = std::make_unique<Conv>();
+    m->cv.setup(ps, prefix, c1, c2, k, s, p, act);
+    m->c2 = c2;
+    m->nparams = m->cv.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_bottleneck(ParamStore& ps, const std::string& prefix, int c1, int c2, bool shortcut, Act act) {
+    auto m = std::make_unique<Bottleneck>();
+    m->b.setup(ps, prefix, c1, c2, shortcut, 0.5, act);
+    m->c2 = c2;
+    m->nparams = m->b.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_c3(ParamStore& ps, const std::string& prefix, int c1, int c2, int n, bool shortcut, Act act) {
+    auto m = std::make_unique<C3>();
+    const int c_ = c2 / 2;  // int(c2 * 0.5)
+    m->cv1.setup(ps, prefix + ".cv1", c1, c_, 1, 1, 0, act);
+    m->cv2.setup(ps, prefix + ".cv2", c1, c_, 1, 1, 0, act);
+    m->cv3.setup(ps, prefix + ".cv3", 2 * c_, c2, 1, 1, 0, act);
+    m->m.resize(n);
+    for (int i = 0; i < n; ++i) m->m[i].setup(ps, prefix + ".m." + std::to_string(i), c_, c_, shortcut, 1.0, act);
+    m->c2 = c2;
+    m->nparams = m->cv1.params() + m->cv2.params() + m->cv3.params();
+    for (const auto& b : m->m) m->nparams += b.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_sppf(ParamStore& ps, const std::string& prefix, int c1, int c2, int k, Act act) {
+    auto m = std::make_unique<SPPF>();
+    const int c_ = c1 / 2;
+    m->cv1.setup(ps, prefix + ".cv1", c1, c_, 1, 1, 0, act);
+    m->cv2.setup(ps, prefix + ".cv2", 4 * c_, c2, 1, 1, 0, act);
+    m->k = k;
+    m->c2 = c2;
+    m->nparams = m->cv1.params() + m->cv2.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_spp(ParamStore& ps, const std::string& prefix, int c1, int c2, std::vector<int> ks, Act act) {
+    auto m = std::make_unique<SPP>();
+    const int c_ = c1 / 2;
+    m->cv1.setup(ps, prefix + ".cv1", c1, c_, 1, 1, 0, act);
+    m->cv2.setup(ps, prefix + ".cv2", c_ * ((int)ks.size() + 1), c2, 1, 1, 0, act);
+    m->ks = std::move(ks);
+    m->c2 = c2;
+    m->nparams = m->cv1.params() + m->cv2.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_focus(ParamStore& ps, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act) {
+    auto m = std::make_unique<Focus>();
+    m->conv.setup(ps, prefix + ".conv", 4 * c1, c2, k, s, p, act);
+    m->c2 = c2;
+    m->nparams = m->conv.params();
+    return m;
+}
+
+std::unique_ptr<Module> make_eca(ParamStore& ps, const std::string& prefix, int c, int k) {
+    auto m = std::make_unique<ECA>();
+    m->ps = &ps;
+    m->k = k;
+    m->w = ps.add(prefix + ".conv.weight", {1, 1, k}, ParamKind::Weight);
+    m->c2 = c;
+    m->nparams = k;
+    return m;
+}
+
+std::unique_ptr<Module> make_upsample(int c, int scale) {
+    auto m = std::make_unique<Upsample>();
+    m->scale = scale;
+    m->c2 = c;
+    return m;
+}
+
+std::unique_ptr<Module> make_concat(int c2) {
+    auto m = std::make_unique<Concat>();
+    m->c2 = c2;
+    return m;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Detect
+
+std::unique_ptr<Detect> make_detect(ParamStore& ps, const std::string& prefix, int nc,
+                                    const std::vector<std::vector<float>>& anchors, const std::vector<int>& ch) {
+    auto d = std::make_unique<Detect>();
+    d->ps = &ps;
+    d->nc = nc;
+    d->no = nc + 5;
+    d->nl = (int)anchors.size();
+    d->na = (int)anchors[0].size() / 2;
+    d->ch = ch;
+    for (const auto& a : anchors) d->anchors_px.insert(d->anchors_px.end(), a.begin(), a.end());
+    d->anchors = ps.add(prefix + ".anchors", {d->nl, d->na, 2}, ParamKind::Buffer);
+    for (int i = 0; i < d->nl; ++i) {
+        d->w.push_back(ps.add(prefix + ".m." + std::to_string(i) + ".weight", {d->na * d->no, ch[i], 1, 1}, ParamKind::Weight));
+        d->b.push_back(ps.add(prefix + ".m." + std::to_string(i) + ".bias", {d->na * d->no}, ParamKind::Bias));
+        d->nparams += (int64_t)d->na * d->no * (ch[i] + 1);
+    }
+    d->c2 = d->na * d->no;
+    return d;
+}
+
+std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
+    std::vector<Var> maps;
+    for (int i = 0; i < nl; ++i) {
+        Var bias = param(c, *ps, b[i]);
+        Var y = conv2d(c, in[i], param(c, *ps, w[i]), &bias, 1, 0);  // (bs, na·no, ny, nx)
+        const int64_t bs = y.t.dim(0), ny = y.t.dim(2), nx = y.t.dim(3);
+        Var v{y.t.view({bs * na, no, ny * nx}), y.id};
+        maps.push_back(transpose12(c, v, Shape{bs, na, ny, nx, no}));  // (bs, na, ny, nx, no)
+    }
+    return maps;
+}
+
+double Detect::macs(const std::vector<Shape>& in) const {
+    double t = 0;
+    for (int i = 0; i < nl; ++i) t += (double)in[i][0] * na * no * in[i][2] * in[i][3] * (ch[i] + 1);
+    return t;
+}
+
+Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
+    Y5_CHECK((int)maps.size() == nl, "Detect.decode: %zu maps for %d levels", maps.size(), nl);
+    Y5_CHECK(maps[0].t.device == Device::CPU, "Detect.decode: no CUDA kernel yet (run with --device cpu)");
+    const int64_t bs = maps[0].t.dim(0);
+    int64_t total = 0;
+    for (const Var& m : maps) total += m.t.dim(1) * m.t.dim(2) * m.t.dim(3);
+    Tensor out = c.act->tensor(Shape{bs, total, no}, maps[0].t.dtype);
+    const Tensor anc = (*ps)[anchors].value;
+    int64_t offset = 0;
+    for (int i = 0; i < nl; ++i) {
+        const Tensor& m = maps[i].t;
+        const int ny = m.dim(2), nx = m.dim(3);
+        if (m.dtype == DType::F64)
+            detect_decode_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i, stride[i], bs,
+                                      na, ny, nx, no, total, offset);
+        else
+            detect_decode_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na,
+                                     ny, nx, no, total, offset);
+        offset += (int64_t)na * ny * nx;
+    }
+    return out;
+}
+
+}  // namespace y5

@@ -1,0 +1,280 @@
+/*
+ * Models from yaml against Ultralytics YOLOv5 v7.0: the summary (parameters, layers, GFLOPs, the table),
+ * and forward / backward / BN statistics / decoded output against fixtures that YOLOv5's own code wrote
+ * (tools/golden/make_model_fixtures.py). Plus the errors a bad yaml or a bad weights file gets.
+ */
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <type_traits>
+
+#include "engine/safetensors.h"
+#include "layers/model.h"
+#include "tests/test_util.h"
+
+using namespace y5;
+using namespace y5test;
+using Catch::Matchers::Contains;
+
+static std::string src(const std::string& rel) { return std::string(Y5_SOURCE_DIR) + "/" + rel; }
+
+static std::string read_text(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+static std::string write_temp(const std::string& name, const std::string& text) {
+    std::string path = "/tmp/y5_test_" + name;
+    std::ofstream(path) << text;
+    return path;
+}
+
+// max |got − want| / max |want| over a tensor: the per-tensor relative error of the parity criteria.
+template <class T> static double rel_err(const T* got, const std::vector<float>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        num = std::max(num, (double)std::fabs(got[i] - want[i]));
+        den = std::max(den, (double)std::fabs(want[i]));
+    }
+    return num / std::max(den, 1e-30);
+}
+
+TEST_CASE("model summary matches YOLOv5's", "[model][summary]") {
+    struct Case {
+        const char* yaml;
+        int nc;
+        long long params;
+        int layers;
+        const char* gflops;
+    };
+    // Parameter counts, layer counts and GFLOPs as YOLOv5 7.0 prints them for these files.
+    const Case cases[] = {{"config/models/yolov5n.yaml", 80, 1872157, 214, "4.6"},
+                          {"config/models/yolov5s.yaml", 80, 7235389, 214, "16.6"},
+                          {"config/models/yolov5n-eca.yaml", 80, 1872163, 222, "4.6"},
+                          {"config/models/yolov5n-eca.yaml", 1, 1765276, 222, "4.2"},
+                          {"config/models/yolov5n.yaml", 1, 1765270, 214, "4.2"}};
+    for (const Case& k : cases) {
+        DYNAMIC_SECTION(k.yaml << " nc=" << k.nc) {
+            Model m(src(k.yaml), k.nc);
+            CHECK(m.num_parameters() == k.params);
+            CHECK(m.torch_layer_count() == k.layers);
+            char g[16];
+            snprintf(g, sizeof g, "%.1f", m.gflops());
+            CHECK(std::string(g) == k.gflops);
+            CHECK(m.detect->stride == std::vector<float>{8, 16, 32});
+        }
+    }
+    SECTION("the yolov5n table, row by row") {
+        Model m(src("config/models/yolov5n.yaml"));
+        CHECK(m.summary().substr(1) == read_text(src("tests/fixtures/summary_yolov5n.txt")));
+    }
+}
+
+TEST_CASE("model init follows YOLOv5", "[model][init]") {
+    Model m(src("config/models/yolov5n.yaml"));
+    m.allocate(Device::CPU);
+    Rng rng(0);
+    m.init_weights(rng);
+    const Param* a = m.params.find("model.24.anchors");
+    REQUIRE(a);
+    CHECK(a->shape == Shape({3, 3, 2}));
+    CHECK(a->value.ptr<float>()[0] == 10.0f / 8);   // P3 anchor (10, 13) / stride 8
+    CHECK(a->value.ptr<float>()[17] == 326.0f / 32);
+    const Param* w = m.params.find("model.1.conv.weight");  // fan_in 16·3·3: bound 1/12
+    float lo = 1, hi = -1;
+    for (int64_t i = 0; i < w->value.numel(); ++i) {
+        lo = std::min(lo, w->value.ptr<float>()[i]);
+        hi = std::max(hi, w->value.ptr<float>()[i]);
+    }
+    CHECK(hi <= 1.0f / 12);
+    CHECK(lo >= -1.0f / 12);
+    CHECK(hi > 0.9f / 12);
+    CHECK(m.params.find("model.0.bn.weight")->value.ptr<float>()[3] == 1.0f);
+    CHECK(m.params.find("model.0.bn.running_var")->value.ptr<float>()[3] == 1.0f);
+    CHECK(m.params.find("model.0.bn.running_mean")->value.ptr<float>()[3] == 0.0f);
+    // Detect bias priors: obj += log(8 / (640/s)²), cls += log(0.6 / (nc − 0.99999)), on U(±1/√64) at P3.
+    const float* b = m.params.find("model.24.m.0.bias")->value.ptr<float>();
+    CHECK(std::fabs(b[4] - std::log(8.0 / 6400.0)) <= 0.125 + 1e-6);
+    CHECK(std::fabs(b[85 + 5] - std::log(0.6 / 79.00001)) <= 0.125 + 1e-6);
+}
+
+// The fixtures hold YOLOv5's results computed in float64 (stored as F32). y5's f64 path must match them to
+// the storage rounding; its f32 path to float32 noise, which train-mode BatchNorm over the few values per
+// channel in the deep layers amplifies to ~5e-5 (forward) and ~9e-5 (gradients), in torch's f32 as in ours.
+template <class T> static void check_fixture(const char* fixture, const char* yaml, int nc) {
+    const bool f64 = std::is_same<T, double>::value;
+    const double fwd_tol = f64 ? 1e-6 : 2e-4, grad_tol = f64 ? 1e-6 : 5e-4;
+    const std::string path = src(fixture);
+    SafeTensorsFile f(path);
+    Model m(src(yaml), nc);
+    m.allocate(Device::CPU, dtype_of<T>());
+    m.load_weights(path);
+
+    TestCtx tc;
+    Ctx& c = tc.ctx;
+    Shape in_shape = f.shape("input");
+    std::vector<float> in = f.read_f32("input");
+    Tensor x = tc.data.tensor(in_shape, dtype_of<T>());
+    for (size_t i = 0; i < in.size(); ++i) x.ptr<T>()[i] = in[i];
+
+    // (b) training forward: every layer and the Detect maps
+    std::vector<Var> outs;
+    Model::Output o = m.forward(c, Tape::constant(x), true, &outs);
+    for (size_t i = 0; i + 1 < outs.size(); ++i) {
+        const std::string nm = "out.layer." + std::to_string(i);
+        REQUIRE(outs[i].shape() == f.shape(nm));
+        double e = rel_err(outs[i].t.ptr<T>(), f.read_f32(nm));
+        INFO(nm << " rel err " << e);
+        CHECK(e <= fwd_tol);
+    }
+    std::vector<Tensor> seeds;
+    for (size_t j = 0; j < o.maps.size(); ++j) {
+        const std::string nm = "out.detect." + std::to_string(j);
+        REQUIRE(o.maps[j].shape() == f.shape(nm));
+        double e = rel_err(o.maps[j].t.ptr<T>(), f.read_f32(nm));
+        INFO(nm << " rel err " << e);
+        CHECK(e <= fwd_tol);
+        std::vector<float> w = f.read_f32("lossw." + std::to_string(j));
+        Tensor s = tc.data.tensor(o.maps[j].shape(), dtype_of<T>());
+        for (size_t i = 0; i < w.size(); ++i) s.ptr<T>()[i] = w[i];
+        seeds.push_back(s);
+    }
+    // (c) gradients of L = Σ lossw ⊙ maps; the maps do not require grad themselves, the parameters do.
+    tc.tape.backward(o.maps, seeds);
+    int checked = 0;
+    for (int i = 0; i < m.params.size(); ++i) {
+        const Param& p = m.params[i];
+        if (!p.trainable()) continue;
+        double e = rel_err(p.grad.ptr<T>(), f.read_f32("grad." + p.name));
+        INFO("grad." << p.name << " rel err " << e);
+        CHECK(e <= grad_tol);
+        ++checked;
+    }
+    const std::vector<std::string> names = f.names();
+    CHECK(checked == (int)std::count_if(names.begin(), names.end(),
+                                        [](const std::string& n) { return n.rfind("grad.", 0) == 0; }));
+    // (d) BN running statistics after that training forward
+    for (int i = 0; i < m.params.size(); ++i) {
+        const Param& p = m.params[i];
+        if (p.name.find("running_") == std::string::npos) continue;
+        double e = rel_err(p.value.ptr<T>(), f.read_f32("after." + p.name));
+        INFO("after." << p.name << " rel err " << e);
+        CHECK(e <= fwd_tol);
+    }
+    // (e) eval forward: decoded predictions in pixels
+    tc.tape.clear();
+    NoGrad ng(tc.tape);
+    Model::Output ev = m.forward(c, Tape::constant(x), false);
+    REQUIRE(ev.decoded.shape == f.shape("out.decoded"));
+    double e = rel_err(ev.decoded.ptr<T>(), f.read_f32("out.decoded"));
+    INFO("out.decoded rel err " << e);
+    CHECK(e <= fwd_tol);
+}
+
+TEST_CASE("yolov5n forward and backward match Ultralytics", "[model][parity]") {
+    SECTION("f32") { check_fixture<float>("tests/fixtures/model_yolov5n.safetensors", "config/models/yolov5n.yaml", 80); }
+    SECTION("f64") { check_fixture<double>("tests/fixtures/model_yolov5n.safetensors", "config/models/yolov5n.yaml", 80); }
+}
+
+TEST_CASE("yolov5n-eca forward and backward match Ultralytics", "[model][parity]") {
+    SECTION("f32") { check_fixture<float>("tests/fixtures/model_yolov5n_eca.safetensors", "config/models/yolov5n-eca.yaml", 1); }
+    SECTION("f64") { check_fixture<double>("tests/fixtures/model_yolov5n_eca.safetensors", "config/models/yolov5n-eca.yaml", 1); }
+}
+
+TEST_CASE("weights round trip and mismatched files name the tensors", "[model][weights]") {
+    Model a(src("config/models/yolov5n.yaml"), 3);
+    a.allocate(Device::CPU);
+    Rng rng(5);
+    a.init_weights(rng);
+    const std::string path = "/tmp/y5_test_weights.safetensors";
+    a.save_weights(path, {{"note", "test"}});
+    Model b(src("config/models/yolov5n.yaml"), 3);
+    b.allocate(Device::CPU);
+    b.load_weights(path);
+    Tensor va = a.params.values_flat(), vb = b.params.values_flat();
+    REQUIRE(va.numel() == vb.numel());
+    CHECK(std::memcmp(va.data, vb.data, va.bytes()) == 0);
+    SafeTensorsFile f(path);
+    CHECK(f.metadata().at("nc") == "3");
+    CHECK(f.metadata().at("note") == "test");
+
+    Model other(src("config/models/yolov5n.yaml"), 80);  // Detect is 255 wide instead of 24
+    other.allocate(Device::CPU);
+    CHECK_THROWS_WITH(other.load_weights(path), Contains("mis-shaped: model.24.m.0.weight (24, 64, 1, 1) vs model (255, 64, 1, 1)"));
+    Model eca(src("config/models/yolov5n-eca.yaml"), 3);
+    eca.allocate(Device::CPU);
+    CHECK_THROWS_WITH(eca.load_weights(path), Contains("mis-shaped: model.5.conv.weight (128, 64, 3, 3) vs model (1, 1, 3)") && Contains("unexpected: model.10.bn.bias"));
+    CHECK_THROWS_WITH(a.load_weights("/tmp/y5_no_such_file.safetensors"), Contains("cannot open file"));
+    const std::string junk = write_temp("junk.safetensors", "this is not a safetensors file at all");
+    CHECK_THROWS_WITH(a.load_weights(junk), Contains("y5_test_junk.safetensors"));
+    std::remove(path.c_str());
+}
+
+TEST_CASE("bad model yaml gets an error naming the file and row", "[model][errors]") {
+    const std::string base = read_text(src("config/models/yolov5n.yaml"));
+    auto with = [&](const std::string& from, const std::string& to) {
+        std::string s = base;
+        size_t p = s.find(from);
+        REQUIRE(p != std::string::npos);
+        return s.replace(p, from.size(), to);
+    };
+    std::string p = write_temp("unknown.yaml", with("[-1, 1, SPPF, [1024, 5]]", "[-1, 1, C2f, [1024, 5]]"));
+    CHECK_THROWS_WITH(Model(p), Contains("y5_test_unknown.yaml: row 9") && Contains("module C2f: unknown module"));
+    p = write_temp("from.yaml", with("[[-1, 6], 1, Concat, [1]]", "[[-1, 30], 1, Concat, [1]]"));
+    CHECK_THROWS_WITH(Model(p), Contains("row 12") && Contains("'from' 30 does not name an earlier row"));
+    p = write_temp("noanchors.yaml", with("anchors:", "anchorz:"));
+    CHECK_THROWS_WITH(Model(p), Contains("missing key 'anchors'"));
+    p = write_temp("broken.yaml", base.substr(0, base.size() / 2) + "\n  [[-1, 1, Conv, [64");
+    CHECK_THROWS_WITH(Model(p), Contains("y5_test_broken.yaml: line") && Contains("malformed yaml"));
+    p = write_temp("act.yaml", "activation: nn.GELU()\n" + base);
+    CHECK_THROWS_WITH(Model(p), Contains("unknown activation 'nn.GELU()'"));
+    CHECK_THROWS_WITH(Model("/tmp/y5_no_such.yaml"), Contains("cannot open model yaml"));
+}
+
+TEST_CASE("anchors in descending order are reversed as check_anchor_order does", "[model][init]") {
+    std::string s = read_text(src("config/models/yolov5n.yaml"));
+    const std::string p3 = "[10,13, 16,30, 33,23]", p5 = "[116,90, 156,198, 373,326]";
+    s.replace(s.find(p3), p3.size(), "P5TMP");
+    s.replace(s.find(p5), p5.size(), p3);
+    s.replace(s.find("P5TMP"), 5, p5);
+    Model m(write_temp("reversed.yaml", s));
+    m.allocate(Device::CPU);
+    Rng rng(1);
+    m.init_weights(rng);
+    const float* a = m.params.find("model.24.anchors")->value.ptr<float>();
+    // YOLOv5 v7.0 flips the pixel anchors, then divides by the strides: P3 gets (10, 13) / 8 back.
+    CHECK(a[0] == 10.0f / 8);
+    CHECK(a[12] == 116.0f / 32);
+}
+
+TEST_CASE("ECA kernel size: fixed and adaptive", "[model]") {
+    std::string s = read_text(src("config/models/yolov5n-eca.yaml"));
+    s.replace(s.find("[-1, 1, ECA, [256]]"), 19, "[-1, 1, ECA, [256, 0]]");   // 64 channels: k = 3
+    s.replace(s.find("[-1, 1, ECA, [1024]]"), 20, "[-1, 1, ECA, [1024, 0]]");  // 256 channels: k = 5
+    Model m(write_temp("eca_adaptive.yaml", s));
+    CHECK(m.params.find("model.5.conv.weight")->shape == Shape({1, 1, 3}));
+    CHECK(m.params.find("model.11.conv.weight")->shape == Shape({1, 1, 5}));
+}
+
+TEST_CASE("activation key and Focus/SPP modules build", "[model]") {
+    const std::string base = read_text(src("config/models/yolov5n.yaml"));
+    std::string s = "activation: nn.ReLU6()\n" + base;
+    s.replace(s.find("[-1, 1, Conv, [64, 6, 2, 2]]"), 28, "[-1, 1, Focus, [64, 3, 1]]  ");
+    s.replace(s.find("[-1, 1, SPPF, [1024, 5]]"), 24, "[-1, 1, SPP, [1024, [5, 9, 13]]]");
+    Model m(write_temp("focus.yaml", s), 2);
+    CHECK(m.act.kind == ActKind::ReLU6);
+    m.allocate(Device::CPU);
+    Rng rng(3);
+    m.init_weights(rng);
+    TestCtx tc;
+    Tensor x = rand_tensor(tc.data, {1, 3, 64, 64}, DType::F32, rng, 0, 1);
+    NoGrad ng(tc.tape);
+    Model::Output o = m.forward(tc.ctx, Tape::constant(x), false);
+    CHECK(o.decoded.shape == Shape({1, 3 * (64 + 16 + 4), 7}));
+    CHECK(m.params.find("model.0.conv.conv.weight")->shape == Shape({16, 12, 3, 3}));
+    CHECK(m.params.find("model.9.cv2.conv.weight")->shape == Shape({256, 512, 1, 1}));
+}
