@@ -524,4 +524,73 @@ Var space_to_depth2(Ctx& c, const Var& x) {
     return y;
 }
 
+// ----------------------------------------------------------------------------------------------------
+// yolo_loss
+
+YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors,
+                   const LossHyp& hyp) {
+    const char* op = "yolo_loss";
+    Y5_CHECK(!maps.empty(), "yolo_loss: no maps");
+    const int nl = (int)maps.size();
+    const int bs = maps[0].t.dim(0), na = maps[0].t.dim(1), no = maps[0].t.dim(4);
+    std::vector<int> ny, nx;
+    for (const Var& m : maps) {
+        check_rank(op, "map", m.t, 5);
+        check_same(op, maps[0].t, m.t);
+        Y5_CHECK(m.t.dim(0) == bs && m.t.dim(1) == na && m.t.dim(4) == no,
+                 "yolo_loss: map %s does not match %s", m.t.str().c_str(), maps[0].t.str().c_str());
+        ny.push_back(m.t.dim(2));
+        nx.push_back(m.t.dim(3));
+    }
+    check_ctx(op, c, maps[0].t);
+    Y5_CHECK(no > 5, "yolo_loss: maps have %d channels per anchor, need 5 + nc", no);
+    Y5_CHECK(targets.ndim() == 2 && targets.dim(1) == 6, "yolo_loss: targets must be (nt, 6), got %s",
+             targets.str().c_str());
+    Y5_CHECK(anchors.ndim() == 3 && anchors.dim(0) == nl && anchors.dim(1) == na && anchors.dim(2) == 2,
+             "yolo_loss: anchors %s do not match %d levels of %d anchors", anchors.str().c_str(), nl, na);
+    check_same(op, maps[0].t, targets);
+    check_same(op, maps[0].t, anchors);
+    cpu_only(op, maps[0].t);
+    const int nt = targets.dim(0);
+    YoloLoss out;
+    Tensor total = c.act->tensor(Shape{1}, maps[0].t.dtype);
+    bool any = false;
+    for (const Var& m : maps) any = any || m.requires_grad();
+    const bool grad = c.tape->recording() && any;
+    std::vector<Tensor> dmaps;
+    with_dtype(op, total, [&](auto z) {
+        using T = decltype(z);
+        const T* tp = targets.ptr<T>();
+        for (int k = 0; k < nt; ++k) {
+            const T* r = tp + 6 * k;
+            Y5_CHECK(r[0] >= 0 && r[0] < bs && r[1] >= 0 && r[1] < no - 5,
+                     "yolo_loss: target %d has image %g (batch %d) or class %g (nc %d) out of range", k, (double)r[0],
+                     bs, (double)r[1], no - 5);
+        }
+        std::vector<const T*> mp;
+        std::vector<T*> dp;
+        for (const Var& m : maps) {
+            mp.push_back(m.t.ptr<T>());
+            if (grad) {
+                dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
+                dp.push_back(dmaps.back().ptr<T>());
+            }
+        }
+        out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, anchors.ptr<T>(), hyp);
+        total.ptr<T>()[0] = T(out.items.total);
+    });
+    out.total = grad ? c.tape->leaf(total) : Tape::constant(total);
+    if (grad) {
+        Var y = out.total;
+        c.tape->record([&c, maps, dmaps, y] {
+            if (!c.tape->has_grad(y)) return;
+            Tensor g = c.tape->grad(y);
+            const double gy = g.dtype == DType::F64 ? g.ptr<double>()[0] : (double)g.ptr<float>()[0];
+            for (size_t i = 0; i < maps.size(); ++i)
+                if (maps[i].requires_grad()) axpy(c, c.tape->grad(maps[i]).view(dmaps[i].shape), gy, dmaps[i]);
+        });
+    }
+    return out;
+}
+
 }  // namespace y5

@@ -14,6 +14,7 @@
 #include "engine/arena.h"
 #include "engine/tape.h"
 #include "kernels/activation.h"
+#include "kernels/loss.h"
 
 namespace y5 {
 
@@ -51,5 +52,14 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k o
 Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
 Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape
 Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2)
+
+// YOLOv5's ComputeLoss: maps (bs, na, ny, nx, 5+nc) per level, targets (nt, 6) (image, class, x, y, w, h)
+// normalised, anchors (nl, na, 2) in grid units. total is a one-element tensor (loss × bs); items the
+// three logged components after their gains.
+struct YoloLoss {
+    Var total;
+    LossItems items;
+};
+YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors, const LossHyp& hyp);
 
 }  // namespace y5

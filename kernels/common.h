@@ -22,6 +22,8 @@ Y5_HD float y5_exp(float x) { return expf(x); }
 Y5_HD double y5_exp(double x) { return exp(x); }
 Y5_HD float y5_log(float x) { return logf(x); }
 Y5_HD double y5_log(double x) { return log(x); }
+Y5_HD float y5_log1p(float x) { return log1pf(x); }
+Y5_HD double y5_log1p(double x) { return log1p(x); }
 Y5_HD float y5_sqrt(float x) { return sqrtf(x); }
 Y5_HD double y5_sqrt(double x) { return sqrt(x); }
 Y5_HD float y5_atan(float x) { return atanf(x); }
