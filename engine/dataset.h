@@ -1,0 +1,70 @@
+/*
+ * YOLO-format datasets as YOLOv5 v7.0 reads them (utils/general.py check_dataset, utils/dataloaders.py).
+ *   data.yaml: path (relative to the yaml's folder), train/val/test as a folder, a list of folders, or a
+ *     .txt list of image paths; names as a list or a {id: name} map; nc (optional, must equal len(names)).
+ *   images → labels: the last /images/ becomes /labels/ and the extension .txt.
+ *   verify_image_label: the image must decode, be at least 10×10 and (JPEG) end with FFD9; label rows have
+ *     5 columns (more than 6: a polygon, converted to its box), values ≥ 0, coordinates ≤ 1; duplicate rows
+ *     are removed (warning); a missing or empty label file means a background image. An image that fails
+ *     is skipped with a warning naming the file (and the label line).
+ *   class ids ≥ nc are collected and reported by check_classes(), which callers run before training.
+ * A label cache (<labels folder>.y5cache) keyed by a hash of the image and label paths and sizes makes a
+ * rescan of an unchanged dataset read one file.
+ */
+#pragma once
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace y5 {
+
+struct DataConfig {
+    std::string yaml_path, root;  // root: the resolved `path`
+    std::map<std::string, std::vector<std::string>> splits;  // "train"/"val"/"test" → resolved sources
+    std::vector<std::string> names;
+    int nc = 0;
+};
+
+// Loads and validates a data.yaml; every problem is a y5::Error naming the file (and line).
+DataConfig load_data_yaml(const std::string& path);
+
+struct LabelRow {
+    float cls, x, y, w, h;  // normalised xywh
+};
+
+struct ImageRecord {
+    std::string image, label;   // paths
+    int width = 0, height = 0;  // as decoded (EXIF orientation applied)
+    std::vector<LabelRow> labels;
+    std::vector<int> label_lines;  // 1-based line of each row in the label file (for messages)
+};
+
+struct ScanStats {
+    int images = 0, backgrounds = 0, corrupt = 0, duplicates_removed = 0;
+    int64_t instances = 0;
+    bool from_cache = false;
+    std::vector<std::string> warnings;  // one line each, naming the file
+};
+
+struct Dataset {
+    std::vector<ImageRecord> records;  // valid images only, in YOLOv5's (sorted) order
+    ScanStats stats;
+    std::string cache_path;
+};
+
+// Image files of one split source list (folders searched recursively, .txt lists read), sorted.
+std::vector<std::string> list_images(const std::vector<std::string>& sources);
+std::string label_path_for(const std::string& image_path);
+
+// Scans a split: verifies every image and label (in parallel with `threads`), using the cache when valid.
+Dataset scan_dataset(const std::vector<std::string>& sources, int threads = 0, bool use_cache = true);
+
+// Every label with class ≥ nc, as "label file:line: class K exceeds nc=N" (empty when all are in range).
+std::vector<std::string> check_classes(const Dataset& d, int nc);
+
+// Instances per class (size nc; classes ≥ nc are not counted).
+std::vector<int64_t> class_counts(const Dataset& d, int nc);
+
+}  // namespace y5

@@ -1,0 +1,187 @@
+/*
+ * Datasets: data.yaml rules, the coco128 scan YOLOv5 reports, the synthetic dataset, the label cache, and a
+ * corpus of bad inputs with the message or warning each one gets.
+ */
+#include <filesystem>
+#include <fstream>
+
+#include "engine/check.h"
+#include "engine/dataset.h"
+#include "engine/synthetic.h"
+#include "tests/test_util.h"
+
+using namespace y5;
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+static const std::string kShared = std::string(Y5_SOURCE_DIR) + "/../shared";
+
+static std::string fresh_dir(const std::string& name) {
+    std::string d = "/tmp/y5_test_" + name;
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+static void write(const std::string& path, const std::string& text) {
+    fs::create_directories(fs::path(path).parent_path());
+    std::ofstream(path, std::ios::binary) << text;
+}
+
+TEST_CASE("coco128 scans as YOLOv5 reports it", "[data]") {
+    const std::string yaml = kShared + "/data/coco128/coco128.yaml";
+    if (!fs::exists(yaml)) {
+        WARN("../shared/data/coco128 is absent (a user's clone): skipping the coco128 scan");
+        return;
+    }
+    DataConfig cfg = load_data_yaml(yaml);
+    CHECK(cfg.nc == 80);
+    CHECK(cfg.names[0] == "person");
+    CHECK(cfg.names[79] == "toothbrush");
+    Dataset d = scan_dataset(cfg.splits.at("train"), 0, /*use_cache=*/false);  // never write into ../shared
+    CHECK(d.stats.images == 128);
+    CHECK(d.stats.backgrounds == 2);
+    CHECK(d.stats.corrupt == 0);
+    CHECK(d.stats.instances == 929);
+    CHECK(check_classes(d, 80).empty());
+    CHECK(class_counts(d, 80)[0] == 254);
+    CHECK(d.records[0].image.find("000000000009.jpg") != std::string::npos);
+    CHECK(d.records[0].width == 640);
+    CHECK(d.records[0].height == 480);
+}
+
+TEST_CASE("synthetic dataset round trip and the label cache", "[data]") {
+    const std::string dir = fresh_dir("synth");
+    SyntheticSpec spec;
+    spec.train_images = 12;
+    spec.val_images = 4;
+    const std::string yaml = make_synthetic_dataset(dir, spec);
+    DataConfig cfg = load_data_yaml(yaml);
+    CHECK(cfg.nc == 3);
+    CHECK(cfg.names[2] == "triangle");
+    Dataset d = scan_dataset(cfg.splits.at("train"));
+    CHECK(d.stats.images == 12);
+    CHECK(d.stats.corrupt == 0);
+    CHECK_FALSE(d.stats.from_cache);
+    CHECK(d.stats.instances >= 12);
+    CHECK(check_classes(d, 3).empty());
+    CHECK(fs::exists(d.cache_path));
+    Dataset again = scan_dataset(cfg.splits.at("train"));
+    CHECK(again.stats.from_cache);
+    CHECK(again.records.size() == d.records.size());
+    CHECK(again.records[3].labels.size() == d.records[3].labels.size());
+    CHECK(again.records[3].labels[0].x == d.records[3].labels[0].x);
+    // Changing a label file changes the hash: the scan runs again and sees the change.
+    write(d.records[0].label, "1 0.5 0.5 0.2 0.2\n");
+    Dataset third = scan_dataset(cfg.splits.at("train"));
+    CHECK_FALSE(third.stats.from_cache);
+    REQUIRE(third.records[0].labels.size() == 1);
+    CHECK(third.records[0].labels[0].cls == 1.0f);
+    // Same seed, same dataset.
+    const std::string dir2 = fresh_dir("synth2");
+    make_synthetic_dataset(dir2, spec);
+    std::ifstream a(dir + "/labels/val/00002.txt"), b(dir2 + "/labels/val/00002.txt");
+    std::string la((std::istreambuf_iterator<char>(a)), {}), lb((std::istreambuf_iterator<char>(b)), {});
+    CHECK(la == lb);
+}
+
+TEST_CASE("bad images and labels are skipped with a warning naming the file and line", "[data][errors]") {
+    const std::string dir = fresh_dir("bad");
+    const std::string good = dir + "/good.jpg";
+    make_synthetic_dataset(dir + "/src", SyntheticSpec{2, 1, 64, 64, 1, 3});
+    fs::copy_file(dir + "/src/images/train/00000.jpg", good);
+    std::ifstream in(good, std::ios::binary);
+    std::string jpeg((std::istreambuf_iterator<char>(in)), {});
+    const std::string img = dir + "/images/", lab = dir + "/labels/";
+    auto add = [&](const std::string& stem, const std::string& image_bytes, const std::string* label) {
+        write(img + stem + ".jpg", image_bytes);
+        if (label) write(lab + stem + ".txt", *label);
+    };
+    const std::string ok_label = "0 0.5 0.5 0.2 0.2\n";
+    const std::string l4 = "0 0.5 0.5 0.2\n", l6 = "0 0.5 0.5 0.2 0.2 0.1\n", neg = "0 -0.5 0.5 0.2 0.2\n",
+                      big = "0 0.5 1.5 0.2 0.2\n", nan = "0 0.5 nan 0.2 0.2\n", word = "0 0.5 abc 0.2 0.2\n",
+                      dup = "0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.1 0.1\n0 0.5 0.5 0.2 0.2\n",
+                      poly = "2 0.1 0.1 0.3 0.1 0.3 0.4 0.1 0.4\n", cls = "0 0.5 0.5 0.2 0.2\n\n7 0.5 0.5 0.2 0.2\n";
+    add("a_ok", jpeg, &ok_label);
+    add("b_truncated", jpeg.substr(0, jpeg.size() / 2), &ok_label);
+    add("c_empty", "", &ok_label);
+    add("d_text", "this is not an image\n", &ok_label);
+    add("e_cols4", jpeg, &l4);
+    add("f_cols6", jpeg, &l6);
+    add("g_negative", jpeg, &neg);
+    add("h_over1", jpeg, &big);
+    add("i_nan", jpeg, &nan);
+    add("j_word", jpeg, &word);
+    add("k_dup", jpeg, &dup);
+    add("l_poly", jpeg, &poly);
+    add("m_class", jpeg, &cls);
+    add("n_background", jpeg, nullptr);
+    Dataset d = scan_dataset({img}, 1, false);
+    const ScanStats& s = d.stats;
+    CHECK(s.images == 5);  // a_ok, k_dup, l_poly, m_class, n_background
+    CHECK(s.backgrounds == 1);
+    CHECK(s.corrupt == 9);
+    CHECK(s.duplicates_removed == 1);
+    CHECK(s.warnings.size() == 10);
+    auto warned = [&](const std::string& what) {
+        for (const std::string& w : s.warnings)
+            if (w.find(what) != std::string::npos) return true;
+        return false;
+    };
+    CHECK(warned("b_truncated.jpg: ignoring corrupt image/label: truncated JPEG"));
+    CHECK(warned("c_empty.jpg: ignoring corrupt image/label: empty file"));
+    CHECK(warned("d_text.jpg: ignoring corrupt image/label: cannot decode"));
+    CHECK(warned("labels/e_cols4.txt:1: labels require 5 columns, 4 columns detected"));
+    CHECK(warned("labels/f_cols6.txt:1: labels require 5 columns, 6 columns detected"));
+    CHECK(warned("labels/g_negative.txt:1: negative label value -0.5"));
+    CHECK(warned("labels/h_over1.txt:1: non-normalized or out of bounds coordinate 1.5"));
+    CHECK(warned("labels/i_nan.txt:1: non-finite label value nan"));
+    CHECK(warned("labels/j_word.txt:1: 'abc' is not a number"));
+    CHECK(warned("k_dup.jpg: 1 duplicate labels removed"));
+    // The polygon becomes its box; the duplicate-free rows are YOLOv5's np.unique order (sorted).
+    for (const ImageRecord& r : d.records) {
+        if (r.image.find("l_poly") != std::string::npos) {
+            REQUIRE(r.labels.size() == 1);
+            CHECK(r.labels[0].x == Approx(0.2f));
+            CHECK(r.labels[0].h == Approx(0.3f));
+        }
+        if (r.image.find("k_dup") != std::string::npos) {
+            REQUIRE(r.labels.size() == 2);
+            CHECK(r.labels[0].cls == 0.0f);
+        }
+    }
+    // A class id ≥ nc is reported with its label file and line (line 3: the blank line counts).
+    std::vector<std::string> bad = check_classes(d, 3);
+    REQUIRE(bad.size() == 1);
+    CHECK_THAT(bad[0], Contains("labels/m_class.txt:3: class 7 exceeds nc=3"));
+}
+
+TEST_CASE("bad data yaml and missing paths get one clear error", "[data][errors]") {
+    const std::string dir = fresh_dir("yaml");
+    auto yaml = [&](const std::string& name, const std::string& text) {
+        write(dir + "/" + name, text);
+        return dir + "/" + name;
+    };
+    CHECK_THROWS_WITH(load_data_yaml(yaml("nonames.yaml", "train: images\nval: images\nnc: 2\n")),
+                      Contains("nonames.yaml: data.yaml 'names:' field missing"));
+    CHECK_THROWS_WITH(load_data_yaml(yaml("nc.yaml", "train: images\nval: images\nnc: 3\nnames: [a, b]\n")),
+                      Contains("nc.yaml: nc is 3 but names lists 2 classes"));
+    CHECK_THROWS_WITH(load_data_yaml(yaml("keys.yaml", "train: a\nval: a\nnames:\n  0: x\n  2: y\n")),
+                      Contains("names has no entry for class 1"));
+    CHECK_THROWS_WITH(load_data_yaml(yaml("broken.yaml", "train: [a\nval: b\n")), Contains("broken.yaml: line"));
+    CHECK_THROWS_WITH(load_data_yaml(dir + "/absent.yaml"), Contains("absent.yaml: data yaml does not exist"));
+    DataConfig c = load_data_yaml(yaml("ok.yaml", "path: sub\ntrain: images/train\nval: [images/a, /abs/b]\nnames: {0: p, 1: q}\n"));
+    CHECK(c.root == dir + "/sub");
+    CHECK(c.splits.at("train")[0] == dir + "/sub/images/train");
+    CHECK(c.splits.at("val")[1] == "/abs/b");
+    CHECK(c.names[1] == "q");
+    CHECK_THROWS_WITH(scan_dataset(c.splits.at("train")), Contains("sub/images/train does not exist"));
+    // A dataset with no labels folder at all: every image is a background.
+    make_synthetic_dataset(dir + "/nolabels", SyntheticSpec{3, 1, 64, 64, 1, 5});
+    fs::remove_all(dir + "/nolabels/labels");
+    Dataset d = scan_dataset({dir + "/nolabels/images/train"}, 1, false);
+    CHECK(d.stats.images == 3);
+    CHECK(d.stats.backgrounds == 3);
+    CHECK(d.stats.instances == 0);
+    CHECK(label_path_for("/d/images/x/images/a.b.jpg") == "/d/images/x/labels/a.b.txt");
+}
