@@ -138,6 +138,8 @@ template <class T> static std::vector<T> convert(const SafeEntry& e, const uint8
             int64_t v;
             std::memcpy(&v, p + 8 * i, 8);
             out[i] = (T)v;
+        } else if (e.dtype == "U8" || e.dtype == "BOOL") {
+            out[i] = (T)p[i];
         } else if (e.dtype == "I32") {
             int32_t v;
             std::memcpy(&v, p + 4 * i, 4);
