@@ -23,6 +23,7 @@ static int64_t mem_available_bytes() {
 }
 
 DataLoader::DataLoader(const Dataset& data, const LoaderOptions& opt) : data_(data), opt_(opt) {
+    cv::setNumThreads(0);  // the workers are the parallelism; OpenCV's own pool would oversubscribe (as YOLOv5 does)
     Y5_CHECK(opt.img_size > 0 && opt.img_size % opt.stride == 0, "--imgsz %d must be a positive multiple of the stride %d",
              opt.img_size, opt.stride);
     Y5_CHECK(opt.batch_size >= 1, "--batch-size must be at least 1");

@@ -3,6 +3,7 @@
  *   y5data --data data.yaml [--split train|val|test|all] [--workers N] [--no-cache]
  *       scans (with the label cache beside the labels folder, as YOLOv5's labels.cache), prints every warning, the summary line and instances per class;
  *       exits 1 if a label's class id is ≥ nc (training would stop there too).
+ *       --show N [--imgsz 640] [--out DIR] writes N augmented training batches as YOLOv5's train_batchN.jpg.
  *   y5data --synthetic DIR [--images N] [--seed S]
  *       writes the synthetic shapes dataset and its data.yaml.
  */
@@ -11,18 +12,25 @@
 
 #include "engine/check.h"
 #include "engine/dataset.h"
+#include "engine/loader.h"
+#include "engine/plots.h"
 #include "engine/synthetic.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"y5data: scan and validate a YOLO-format dataset, or write the built-in synthetic one"};
     std::string data, synthetic, split = "all";
-    int workers = 0, images = 64;
+    int workers = 0, images = 64, imgsz = 640, show = 0;
+    std::string out_dir = ".";
     bool no_cache = false;
     uint64_t seed = 0;
     app.add_option("--data", data, "dataset yaml (path, train, val, names)");
     app.add_option("--split", split, "which split to scan: train, val, test or all")
         ->capture_default_str()->check(CLI::IsMember({"train", "val", "test", "all"}));
     app.add_option("--workers", workers, "scanning threads (0: one per core)")->capture_default_str();
+    app.add_option("--imgsz,--img-size", imgsz, "training image size for --show")->capture_default_str();
+    app.add_option("--show", show, "write this many augmented training batches (mosaics, boxes drawn) as train_batchN.jpg")
+        ->capture_default_str();
+    app.add_option("--out", out_dir, "folder for the --show pictures")->capture_default_str();
     app.add_flag("--no-cache", no_cache, "neither read nor write the label cache (<labels folder>.y5cache)");
     app.add_option("--synthetic", synthetic, "write the synthetic dataset into this folder and exit");
     app.add_option("--images", images, "training images of the synthetic dataset (validation: a quarter)")->capture_default_str();
@@ -61,6 +69,21 @@ int main(int argc, char** argv) {
             std::vector<std::string> bad = y5::check_classes(d, cfg.nc);
             for (const std::string& b : bad) std::fprintf(stderr, "y5data: error: %s\n", b.c_str());
             if (!bad.empty()) status = 1;
+            if (show > 0 && std::string(s) == "train") {
+                y5::LoaderOptions o;
+                o.img_size = imgsz;
+                o.batch_size = 16;
+                o.augment = o.shuffle = true;
+                o.workers = workers > 0 ? workers : 2;
+                y5::DataLoader loader(d, o);
+                loader.start_epoch(0);
+                y5::Batch b;
+                for (int i = 0; i < show && loader.next(b); ++i) {
+                    const std::string path = out_dir + "/train_batch" + std::to_string(i) + ".jpg";
+                    y5::plot_batch(b, cfg.names, path);
+                    std::printf("wrote %s (%d images, %lld boxes)\n", path.c_str(), b.n, (long long)b.num_targets());
+                }
+            }
         }
         return status;
     } catch (const y5::Error& e) {

@@ -1,0 +1,17 @@
+/*
+ * Pictures users would rather see than read, as YOLOv5 draws them (utils/plots.py plot_images):
+ * a batch mosaic with each image's boxes and class names (train_batch0.jpg, val_batch0_pred.jpg).
+ */
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/loader.h"
+
+namespace y5 {
+
+// Writes up to 16 images of the batch in a grid (at most 1920 px wide), labels drawn in per-class colours.
+// targets rows (image, class, x, y, w, h[, conf]) normalised; conf_cols = 7 draws the confidence too.
+void plot_batch(const Batch& b, const std::vector<std::string>& names, const std::string& path);
+
+}  // namespace y5
