@@ -30,14 +30,16 @@ void ParamStore::allocate(Device device, DType dtype, CudaContext* cuda) {
     device_ = device;
     dtype_ = dtype;
     int64_t off = 0;
-    for (int pass = 0; pass < 2; ++pass) {  // trainable tensors first, then buffers
+    const ParamKind order[4] = {ParamKind::Bias, ParamKind::Weight, ParamKind::NormWeight, ParamKind::Buffer};
+    for (int g = 0; g < 4; ++g) {  // optimizer groups 0, 1, 2 (trainable), then buffers
+        group_begin_[g] = off;
         for (Param& p : params_) {
-            if (p.trainable() != (pass == 0)) continue;
+            if (p.kind != order[g]) continue;
             p.offset = off;
             off = round_up(off + p.shape.numel(), kAlignElems);
         }
-        if (pass == 0) trainable_elems_ = off;
     }
+    trainable_elems_ = group_begin_[3];
     total_elems_ = off;
     const size_t es = dtype_size(dtype);
     values_ = std::make_unique<Arena>("parameters", device, std::max<int64_t>(total_elems_, 1) * es);

@@ -8,9 +8,11 @@
  * over a flat range. Register every tensor with add(), then allocate() once.
  * Kinds follow YOLOv5's optimizer groups (smart_optimizer): Bias (group 0, no decay), Weight (group 1,
  * decay), NormWeight (BN weight, group 2, no decay), Buffer (no gradient; EMA still averages it).
+ * The trainable prefix is ordered by group, so each optimizer group is one contiguous range.
  */
 #pragma once
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -50,6 +52,8 @@ public:
     Tensor grads_flat() const;
     Tensor momentum_flat() const;
     int64_t trainable_elems() const { return trainable_elems_; }
+    // Elements [begin, end) of optimizer group g (0 biases, 1 decayed weights, 2 norm weights) in the blocks.
+    std::pair<int64_t, int64_t> group_range(int g) const { return {group_begin_[g], group_begin_[g + 1]}; }
     int64_t count(bool trainable_only) const;  // parameters as PyTorch counts them (no padding)
 
     void zero_grad(CudaContext* cuda = nullptr);
@@ -57,6 +61,7 @@ public:
 private:
     std::vector<Param> params_;
     int64_t trainable_elems_ = 0, total_elems_ = 0;
+    int64_t group_begin_[4] = {0, 0, 0, 0};
     Device device_ = Device::CPU;
     DType dtype_ = DType::F32;
     std::unique_ptr<Arena> values_, grads_, momentum_;

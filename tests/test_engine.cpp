@@ -68,21 +68,25 @@ TEST_CASE("parameter store keeps values and gradients and momentum in one block 
 
     CHECK(ps.count(true) == 16 * 3 * 36 + 16 + 16 + 48);
     CHECK(ps.count(false) == ps.count(true) + 32);
-    // Trainable tensors first (registration order), buffers after; each start 64-byte aligned.
-    CHECK(ps[0].offset == 0);
-    CHECK(ps[1].offset == 1728);
-    CHECK(ps[2].offset == 1744);
-    CHECK(ps[5].offset == 1760);
+    // Trainable tensors by optimizer group (biases, decayed weights, norm weights), buffers after; each
+    // start 64-byte aligned.
+    CHECK(ps[2].offset == 0);
+    CHECK(ps[0].offset == 16);
+    CHECK(ps[5].offset == 1744);
+    CHECK(ps[1].offset == 1792);
     CHECK(ps.trainable_elems() == 1808);
     CHECK(ps[3].offset == 1808);
     CHECK(ps[4].offset == 1824);
+    CHECK(ps.group_range(0) == std::make_pair<int64_t, int64_t>(0, 16));
+    CHECK(ps.group_range(1) == std::make_pair<int64_t, int64_t>(16, 1792));
+    CHECK(ps.group_range(2) == std::make_pair<int64_t, int64_t>(1792, 1808));
     CHECK_FALSE(ps[3].grad.defined());
     CHECK(ps.find("model.1.conv.weight") == &ps[5]);
     CHECK(ps.find("nope") == nullptr);
 
     // Gradients and parameters are views into the flat blocks at the same offsets.
-    CHECK(ps[5].grad.ptr<float>() == ps.grads_flat().ptr<float>() + 1760);
-    CHECK(ps[5].value.ptr<float>() == ps.values_flat().ptr<float>() + 1760);
+    CHECK(ps[5].grad.ptr<float>() == ps.grads_flat().ptr<float>() + 1744);
+    CHECK(ps[5].value.ptr<float>() == ps.values_flat().ptr<float>() + 1744);
     CHECK(ps.momentum_flat().numel() == ps.trainable_elems());
     for (int64_t i = 0; i < ps.grads_flat().numel(); ++i) ps.grads_flat().ptr<float>()[i] = 1.0f + i;
     ps.zero_grad();

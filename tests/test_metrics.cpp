@@ -55,3 +55,99 @@ TEST_CASE("process_batch matches each label once / best IoU per detection", "[me
     c = match_predictions(det, labels);
     CHECK_FALSE(c[1][0]);
 }
+
+TEST_CASE("NMS matches YOLOv5's non_max_suppression", "[nms][parity]") {
+    SafeTensorsFile f(std::string(Y5_SOURCE_DIR) + "/tests/fixtures/nms.safetensors");
+    const int cases = std::stoi(f.metadata().at("cases"));
+    REQUIRE(cases >= 10);
+    for (int k = 0; k < cases; ++k) {
+        const std::string c = "case" + std::to_string(k) + ".";
+        INFO(f.metadata().at("case" + std::to_string(k)));
+        Shape s = f.shape(c + "pred");
+        std::vector<float> pred = f.read_f32(c + "pred");
+        std::vector<double> p = f.read_f64(c + "params"), cls = f.read_f64(c + "classes");
+        NmsParams np;
+        np.conf_thres = (float)p[0], np.iou_thres = (float)p[1];
+        np.agnostic = p[2] != 0, np.multi_label = p[3] != 0, np.max_det = (int)p[4];
+        for (double x : cls) np.classes.push_back((int)x);
+        for (int b = 0; b < s[0]; ++b) {
+            std::vector<Detection> got = nms_image(pred.data() + (size_t)b * s[1] * s[2], (int)s[1], (int)s[2], np);
+            std::vector<float> want = f.read_f32(c + "out" + std::to_string(b));
+            INFO("image " << b);
+            REQUIRE(got.size() * 6 == want.size());
+            for (size_t i = 0; i < got.size(); ++i)
+                for (int j = 0; j < 6; ++j) REQUIRE(got[i][j] == want[6 * i + j]);  // identical boxes, same order
+        }
+    }
+}
+
+// val.py's per-image loop over one fixture case: TP matrix, stats, the confusion matrix (fed only for images
+// with labels, as val.py does), then ap_per_class when any detection is a TP.
+TEST_CASE("metrics match YOLOv5's process_batch / ap_per_class / ConfusionMatrix / fitness", "[metrics][parity]") {
+    SafeTensorsFile f(std::string(Y5_SOURCE_DIR) + "/tests/fixtures/metrics.safetensors");
+    const int cases = std::stoi(f.metadata().at("cases"));
+    REQUIRE(cases >= 5);
+    auto rows = [&](const std::string& name, int cols) {
+        std::vector<double> v = f.read_f64(name);
+        return std::make_pair(v, (int)(v.size() / cols));
+    };
+    for (int k = 0; k < cases; ++k) {
+        const std::string c = "case" + std::to_string(k) + ".";
+        INFO(f.metadata().at("case" + std::to_string(k)));
+        const int nimg = (int)f.read_f64(c + "nimg")[0], nc = (int)f.read_f64(c + "nc")[0];
+        ConfusionMatrix cm(nc);
+        std::vector<std::array<bool, kIouThresholds>> tp;
+        std::vector<double> conf;
+        std::vector<int> pcls, tcls;
+        for (int j = 0; j < nimg; ++j) {
+            auto [dv, nd] = rows(c + "det" + std::to_string(j), 6);
+            auto [lv, nl] = rows(c + "lab" + std::to_string(j), 5);
+            std::vector<Detection> det(nd);
+            for (int i = 0; i < nd; ++i)
+                for (int q = 0; q < 6; ++q) det[i][q] = (float)dv[6 * i + q];
+            std::vector<Label> lab(nl);
+            for (int i = 0; i < nl; ++i)
+                lab[i] = {(int)lv[5 * i], (float)lv[5 * i + 1], (float)lv[5 * i + 2], (float)lv[5 * i + 3], (float)lv[5 * i + 4]};
+            for (const Label& l : lab) tcls.push_back(l.cls);
+            if (nd == 0) {
+                if (nl) cm.process_batch(nullptr, lab);
+                continue;
+            }
+            std::vector<std::array<bool, kIouThresholds>> correct(nd);
+            for (auto& x : correct) x.fill(false);
+            if (nl) {
+                correct = match_predictions(det, lab);
+                cm.process_batch(&det, lab);
+            }
+            std::vector<double> want = f.read_f64(c + "correct" + std::to_string(j));
+            for (int i = 0; i < nd; ++i)
+                for (int t = 0; t < kIouThresholds; ++t) REQUIRE(correct[i][t] == (want[i * kIouThresholds + t] != 0));
+            for (int i = 0; i < nd; ++i) {
+                tp.push_back(correct[i]);
+                conf.push_back(det[i][4]);
+                pcls.push_back((int)det[i][5]);
+            }
+        }
+        std::vector<double> cmw = f.read_f64(c + "confusion");
+        for (int r = 0; r <= nc; ++r)
+            for (int q = 0; q <= nc; ++q) CHECK(cm.at(r, q) == cmw[r * (nc + 1) + q]);
+        ApResult R = ap_per_class(tp, conf, pcls, tcls);
+        std::vector<double> apc = f.read_f64(c + "ap_class"), ap = f.read_f64(c + "ap"), P = f.read_f64(c + "p"),
+                            Rr = f.read_f64(c + "r"), tpw = f.read_f64(c + "tp"), fpw = f.read_f64(c + "fp"),
+                            sum = f.read_f64(c + "summary");
+        REQUIRE(R.classes.size() == apc.size());
+        for (size_t i = 0; i < apc.size(); ++i) {
+            CHECK(R.classes[i] == (int)apc[i]);
+            CHECK(R.p[i] == Approx(P[i]).margin(1e-6));
+            CHECK(R.r[i] == Approx(Rr[i]).margin(1e-6));
+            CHECK(R.tp[i] == tpw[i]);
+            CHECK(R.fp[i] == fpw[i]);
+            for (int t = 0; t < kIouThresholds; ++t) CHECK(R.ap[i][t] == Approx(ap[i * kIouThresholds + t]).margin(1e-6));
+        }
+        CHECK(R.mp == Approx(sum[0]).margin(1e-6));
+        CHECK(R.mr == Approx(sum[1]).margin(1e-6));
+        CHECK(R.map50 == Approx(sum[2]).margin(1e-6));
+        CHECK(R.map == Approx(sum[3]).margin(1e-6));
+        CHECK(fitness(R.mp, R.mr, R.map50, R.map) == Approx(f.read_f64(c + "fitness")[0]).margin(1e-6));
+    }
+}

@@ -1,0 +1,85 @@
+#include "engine/optim.h"
+
+#include <algorithm>
+
+#include "engine/check.h"
+#include "kernels/sgd.h"
+
+namespace y5 {
+
+template <class F> static void on_host(const ParamStore& ps, const char* what, F&& f) {
+    Tensor t = ps.values_flat();
+    Y5_CHECK(t.device == Device::CPU, "%s: parameters on %s; the CUDA optimizer kernels are not built yet", what,
+             device_name(t.device));
+    if (t.dtype == DType::F64) f(double(0));
+    else f(float(0));
+}
+
+void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
+    on_host(ps, "sgd_step", [&](auto z) {
+        using T = decltype(z);
+        T* p = ps.trainable_flat().ptr<T>();
+        const T* g = ps.grads_flat().ptr<T>();
+        T* buf = ps.momentum_flat().ptr<T>();
+        for (int k = 0; k < 3; ++k) {
+            auto r = ps.group_range(k);
+            sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr), T(groups[k].momentum),
+                       T(groups[k].weight_decay));
+        }
+    });
+}
+
+double clip_grad_norm(ParamStore& ps, double max_norm) {
+    double norm = 0;
+    on_host(ps, "clip_grad_norm", [&](auto z) {
+        using T = decltype(z);
+        T* g = ps.grads_flat().ptr<T>();
+        const int64_t n = ps.grads_flat().numel();
+        double ss = 0;
+        for (int64_t i = 0; i < n; ++i) ss += (double)g[i] * g[i];
+        norm = std::sqrt(ss);
+        const double coef = std::min(1.0, max_norm / (norm + 1e-6));
+        for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
+    });
+    return norm;
+}
+
+double ema_decay(int64_t updates, double decay, double tau) { return decay * (1 - std::exp(-(double)updates / tau)); }
+
+void ema_update(ParamStore& ema, const ParamStore& model, double d) {
+    Y5_CHECK(ema.values_flat().numel() == model.values_flat().numel(), "EMA and model parameter blocks differ in size");
+    on_host(ema, "ema_update", [&](auto z) {
+        using T = decltype(z);
+        ema_cpu<T>(ema.values_flat().ptr<T>(), model.values_flat().ptr<T>(), ema.values_flat().numel(), T(d));
+    });
+}
+
+Schedule::Schedule(double lr0, double lrf, double momentum, double warmup_epochs, double warmup_momentum,
+                   double warmup_bias_lr, int epochs, int nb, int bs, bool cos_lr, int nbs)
+    : lr0_(lr0), lrf_(lrf), momentum_(momentum), warmup_momentum_(warmup_momentum), warmup_bias_lr_(warmup_bias_lr),
+      epochs_(epochs), bs_(bs), nbs_(nbs), cos_(cos_lr) {
+    nw_ = warmup_epochs > 0 ? std::max((int)std::nearbyint(warmup_epochs * nb), 100) : -1;
+    acc0_ = std::max((int)std::nearbyint((double)nbs / bs), 1);
+}
+
+ScheduleState Schedule::at(int64_t ni, int epoch, int accumulate) const {
+    ScheduleState s;
+    const double base = lr0_ * lf(epoch);  // LambdaLR: initial_lr · lf(epoch), fixed within the epoch
+    for (int j = 0; j < 3; ++j) s.lr[j] = base, s.momentum[j] = momentum_;
+    s.accumulate = accumulate;
+    if (ni <= nw_) {
+        auto interp = [&](double a, double b) {  // np.interp(ni, [0, nw], [a, b]), numpy's arithmetic
+            if (ni == nw_) return b;
+            const double slope = (b - a) / (double)nw_;
+            return slope * (double)ni + a;
+        };
+        s.accumulate = std::max(1, (int)std::nearbyint(interp(1, (double)nbs_ / bs_)));
+        for (int j = 0; j < 3; ++j) {
+            s.lr[j] = interp(j == 0 ? warmup_bias_lr_ : 0.0, base);
+            s.momentum[j] = interp(warmup_momentum_, momentum_);
+        }
+    }
+    return s;
+}
+
+}  // namespace y5
