@@ -71,6 +71,21 @@ void cuda_context_destroy(CudaContext* ctx) {
     delete ctx;
 }
 
+void* host_alloc_pinned(size_t bytes) {
+    static const bool usable = cuda_available();
+    if (!usable) return nullptr;
+    void* p = nullptr;
+    if (cudaMallocHost(&p, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    return p;
+}
+
+void host_free_pinned(void* p) {
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
 // A null context means the legacy default stream (set-up code that runs before any context exists).
 static cudaStream_t stream_of(CudaContext* ctx) { return ctx ? ctx->stream : cudaStream_t(0); }
 

@@ -11,6 +11,8 @@ bool cuda_available(std::string* why) {
     if (why) *why = "built without CUDA";
     return false;
 }
+void* host_alloc_pinned(size_t) { return nullptr; }
+void host_free_pinned(void*) {}
 CudaContext* cuda_context_create(int) { Y5_FAIL("%s", kNoCuda); }
 void cuda_context_destroy(CudaContext*) {}
 void* device_alloc(size_t, const char*) { Y5_FAIL("%s", kNoCuda); }

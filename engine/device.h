@@ -19,6 +19,11 @@ bool cuda_available(std::string* why = nullptr);
 CudaContext* cuda_context_create(int device);
 void cuda_context_destroy(CudaContext* ctx);
 
+// Page-locked host memory for fast, asynchronous uploads (the loader's batches). Returns nullptr when no
+// CUDA device is usable, and the caller falls back to ordinary memory.
+void* host_alloc_pinned(size_t bytes);
+void host_free_pinned(void* p);
+
 void* device_alloc(size_t bytes, const char* what);  // cudaMalloc; out of memory is a y5::Error naming `what`
 void device_free(void* p);
 // A null ctx means the default stream. Ordered on ctx's stream (after the work already queued there) and synchronous: on return the bytes

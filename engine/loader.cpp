@@ -9,8 +9,28 @@
 #include <opencv2/imgproc.hpp>
 
 #include "engine/check.h"
+#include "engine/device.h"
 
 namespace y5 {
+
+// Pinned blocks carry a header so deallocate knows which allocator made them.
+template <class T> T* PinnedAllocator<T>::allocate(size_t n) {
+    const size_t bytes = n * sizeof(T) + 64;
+    char* p = static_cast<char*>(host_alloc_pinned(bytes));
+    const bool pinned = p != nullptr;
+    if (!pinned) p = static_cast<char*>(std::malloc(bytes));
+    if (!p) throw std::bad_alloc();
+    p[0] = pinned;
+    return reinterpret_cast<T*>(p + 64);
+}
+
+template <class T> void PinnedAllocator<T>::deallocate(T* q, size_t) {
+    char* p = reinterpret_cast<char*>(q) - 64;
+    if (p[0]) host_free_pinned(p);
+    else std::free(p);
+}
+
+template struct PinnedAllocator<uint8_t>;
 
 static int64_t mem_available_bytes() {
     std::ifstream in("/proc/meminfo");

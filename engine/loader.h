@@ -32,9 +32,21 @@ struct LoaderOptions {
     uint64_t seed = 0;
 };
 
+// Batch images live in page-locked memory when a CUDA device is usable (fast asynchronous upload),
+// in ordinary memory otherwise.
+template <class T> struct PinnedAllocator {
+    using value_type = T;
+    PinnedAllocator() = default;
+    template <class U> PinnedAllocator(const PinnedAllocator<U>&) {}
+    T* allocate(size_t n);
+    void deallocate(T* p, size_t n);
+    template <class U> bool operator==(const PinnedAllocator<U>&) const { return true; }
+    template <class U> bool operator!=(const PinnedAllocator<U>&) const { return false; }
+};
+
 struct Batch {
     int n = 0, h = 0, w = 0;
-    std::vector<uint8_t> images;   // (n, 3, h, w) RGB
+    std::vector<uint8_t, PinnedAllocator<uint8_t>> images;  // (n, 3, h, w) RGB
     std::vector<float> targets;    // (nt, 6)
     std::vector<int> indices;      // dataset records
     std::vector<std::array<double, 6>> shapes;  // per image: h0, w0, ratio_h, ratio_w, pad_w, pad_h (letterbox)

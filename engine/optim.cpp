@@ -57,17 +57,21 @@ void ema_update(ParamStore& ema, const ParamStore& model, double d) {
 Schedule::Schedule(double lr0, double lrf, double momentum, double warmup_epochs, double warmup_momentum,
                    double warmup_bias_lr, int epochs, int nb, int bs, bool cos_lr, int nbs)
     : lr0_(lr0), lrf_(lrf), momentum_(momentum), warmup_momentum_(warmup_momentum), warmup_bias_lr_(warmup_bias_lr),
-      epochs_(epochs), bs_(bs), nbs_(nbs), cos_(cos_lr) {
+      epochs_(epochs), nb_(nb), bs_(bs), nbs_(nbs), cos_(cos_lr) {
     nw_ = warmup_epochs > 0 ? std::max((int)std::nearbyint(warmup_epochs * nb), 100) : -1;
     acc0_ = std::max((int)std::nearbyint((double)nbs / bs), 1);
 }
 
 ScheduleState Schedule::at(int64_t ni, int epoch, int accumulate) const {
     ScheduleState s;
-    const double base = lr0_ * lf(epoch);  // LambdaLR: initial_lr · lf(epoch), fixed within the epoch
-    for (int j = 0; j < 3; ++j) s.lr[j] = base, s.momentum[j] = momentum_;
+    // Outside warmup the lr is what LambdaLR set at the end of the previous epoch (lf(epoch − 1); lf(0) in
+    // epoch 0), except in the epoch where warmup ended, which keeps the warmup end point lf(epoch).
+    const bool warmup_epoch = nw_ >= 0 && epoch == nw_ / nb_;
+    const double after = lr0_ * lf(warmup_epoch ? epoch : std::max(epoch - 1, 0));
+    for (int j = 0; j < 3; ++j) s.lr[j] = after, s.momentum[j] = momentum_;
     s.accumulate = accumulate;
     if (ni <= nw_) {
+        const double base = lr0_ * lf(epoch);
         auto interp = [&](double a, double b) {  // np.interp(ni, [0, nw], [a, b]), numpy's arithmetic
             if (ni == nw_) return b;
             const double slope = (b - a) / (double)nw_;

@@ -1,7 +1,9 @@
 /*
  * YOLOv5 v7.0's optimisation recipe (train.py, utils/torch_utils.py), on a ParamStore:
  *   3 groups: 0 biases, 1 weights (decayed), 2 BatchNorm weights; nesterov SGD
- *   lf: linear (1 − x/epochs)(1 − lrf) + lrf, or --cos-lr ((1 − cos(xπ/epochs))/2)(lrf − 1) + 1; stepped per epoch
+ *   lf: linear (1 − x/epochs)(1 − lrf) + lrf, or --cos-lr ((1 − cos(xπ/epochs))/2)(lrf − 1) + 1; LambdaLR
+ *     stepped after each epoch, so after warmup epoch e trains at lr0·lf(e − 1) (YOLOv5's off-by-one, kept),
+ *     and the epoch in which warmup ends keeps the warmup end point lr0·lf(e)
  *   warmup for ni ≤ nw = max(round(warmup_epochs·nb), 100): accumulate = max(1, round(interp(ni, [0, nw],
  *     [1, nbs/bs]))), group lr interp from warmup_bias_lr (group 0) or 0 to initial_lr·lf(epoch), momentum
  *     interp from warmup_momentum to momentum
@@ -52,7 +54,7 @@ public:
 
 private:
     double lr0_, lrf_, momentum_, warmup_momentum_, warmup_bias_lr_;
-    int epochs_, nw_, acc0_, bs_, nbs_;
+    int epochs_, nb_, nw_, acc0_, bs_, nbs_;
     bool cos_;
 };
 

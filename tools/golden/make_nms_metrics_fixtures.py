@@ -349,9 +349,8 @@ def make_nms():
         nc = images[0].nc
         n = max(len(im.box) for im in images)
         pred = torch.tensor([im.rows(n) for im in images], dtype=torch.float32)
-        exact = pred.double()
         ref = torch.tensor([im.rows(n) for im in images], dtype=torch.float64)
-        assert torch.equal(exact, ref), 'pred not exact in f32'
+        assert torch.equal(pred.double(), ref), 'pred not exact in f32'
         out = run_nms(pred, s['conf'], s['iou'], classes, s['agnostic'], s['multi_label'], s['max_det'])
         tensors[f'case{k}.pred'] = pred
         tensors[f'case{k}.params'] = torch.tensor([s['conf'], s['iou'], float(s['agnostic']),
@@ -493,7 +492,9 @@ def metrics_case2():
     lab2 = []                                                      # detections, no labels
     det2 = [[50, 50, 120, 140, 0.7, 1], [300, 300, 400, 380, 0.35, 0], [10, 10, 30, 30, 0.05, 0]]
     lab3, det3 = [], []                                            # neither: skipped by val.py
-    imgs = [(sort_dets(d), l) for d, l in ((det0, lab0), (det1, lab1), (det2, lab2), (det3, lab3))]
+    lab4 = [[0, 400, 300, 500, 400], [1, 500, 20, 600, 90]]        # labels and detections, but no IoU > 0.45:
+    det4 = [[50, 300, 150, 400, 0.66, 0], [200, 50, 260, 130, 0.52, 1], [470, 10, 540, 60, 0.4, 1]]
+    imgs = [(sort_dets(d), l) for d, l in ((det0, lab0), (det1, lab1), (det2, lab2), (det3, lab3), (det4, lab4))]
     return 2, imgs
 
 
@@ -628,7 +629,9 @@ def make_metrics():
         ('many detections with equal confidence (0.9 / 0.6 / 0.3) over 3 images, nc=2; tied detections of a class '
          'share their correct row, so the result does not depend on the sort order of ties', metrics_case1()),
         ('image with labels but no detections (confusion: background FN), image with detections but no labels '
-         '(stats only; val.py does not feed it to the confusion matrix), an image with neither (skipped), nc=2',
+         '(stats only; val.py does not feed it to the confusion matrix), an image with neither (skipped), an image '
+         'whose detections overlap no label (ConfusionMatrix counts its labels as background FN but, because its '
+         'predicted-background loop sits under `if n:`, not its detections as background FP), nc=2',
          metrics_case2()),
         ('every detection perfect (boxes equal to the labels, distinct confs): AP = 0.995 for every class and '
          'threshold (101-point interp, trapezoid), nc=3, 3 images', metrics_case3()),
@@ -649,9 +652,9 @@ def make_metrics():
         # robustness of the argmax: if several indices are within float noise of the smoothed maximum, the mean F1
         # must be constant across them (a flat region: P and R identical there), so any of them gives the same P/R
         assert len(near) == 1 or np.ptp(y[near.min():near.max() + 1]) == 0, (k, near)
-        t = T = tensors
-        T[f'case{k}.nimg'] = torch.tensor([len(images)], dtype=torch.int64)
-        T[f'case{k}.nc'] = torch.tensor([nc], dtype=torch.int64)
+        t = tensors
+        t[f'case{k}.nimg'] = torch.tensor([len(images)], dtype=torch.int64)
+        t[f'case{k}.nc'] = torch.tensor([nc], dtype=torch.int64)
         for j, (det, lab) in enumerate(images):
             t[f'case{k}.det{j}'] = as_det(det)
             t[f'case{k}.lab{j}'] = as_lab(lab)
