@@ -335,6 +335,14 @@ bool read_cache(const std::string& path, uint64_t hash, Dataset& d) {
 }
 
 void write_cache(const std::string& path, uint64_t hash, const Dataset& d, ScanStats& s) {
+    // A folder marked read-only is left alone even when the process could write it (root).
+    std::error_code ec;
+    const fs::perms pm = fs::status(fs::path(path).parent_path(), ec).permissions();
+    if (ec || (pm & fs::perms::owner_write) == fs::perms::none) {
+        s.warnings.push_back("WARNING: cache directory " + fs::path(path).parent_path().string() +
+                             " is not writeable; the labels will be rescanned next time");
+        return;
+    }
     const std::string tmp = path + ".tmp";
     {
         std::ofstream o(tmp, std::ios::binary);
@@ -371,7 +379,6 @@ void write_cache(const std::string& path, uint64_t hash, const Dataset& d, ScanS
             return;
         }
     }
-    std::error_code ec;
     fs::rename(tmp, path, ec);
     if (ec) s.warnings.push_back("WARNING: could not write the label cache " + path + ": " + ec.message());
 }

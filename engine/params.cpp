@@ -62,6 +62,12 @@ Tensor ParamStore::trainable_flat() const { return Tensor(values_->base(), Shape
 Tensor ParamStore::grads_flat() const { return Tensor(grads_->base(), Shape{trainable_elems_}, dtype_, device_); }
 Tensor ParamStore::momentum_flat() const { return Tensor(momentum_->base(), Shape{trainable_elems_}, dtype_, device_); }
 
+Tensor ParamStore::momentum(int i) const {
+    const Param& p = params_[i];
+    Y5_CHECK(p.trainable(), "parameter '%s' is a buffer and has no momentum", p.name.c_str());
+    return Tensor(momentum_->base() + p.offset * dtype_size(dtype_), p.shape, dtype_, device_);
+}
+
 int64_t ParamStore::count(bool trainable_only) const {
     int64_t n = 0;
     for (const Param& p : params_)

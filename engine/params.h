@@ -51,6 +51,7 @@ public:
     Tensor trainable_flat() const;
     Tensor grads_flat() const;
     Tensor momentum_flat() const;
+    Tensor momentum(int i) const;  // the momentum buffer of trainable parameter i
     int64_t trainable_elems() const { return trainable_elems_; }
     // Elements [begin, end) of optimizer group g (0 biases, 1 decayed weights, 2 norm weights) in the blocks.
     std::pair<int64_t, int64_t> group_range(int g) const { return {group_begin_[g], group_begin_[g + 1]}; }

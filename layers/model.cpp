@@ -433,22 +433,23 @@ std::string Model::summary(int imgsz) const {
 // ----------------------------------------------------------------------------------------------------
 // Weights
 
-void Model::load_weights(const std::string& path, CudaContext* cuda) {
+void Model::load_weights(const std::string& path, CudaContext* cuda, const std::string& prefix) {
     Y5_CHECK(params.allocated(), "load_weights before allocate");
     SafeTensorsFile f(path);
     std::vector<std::string> missing, misshaped, unexpected;
     std::set<std::string> known;
     for (int i = 0; i < params.size(); ++i) {
         const Param& p = params[i];
-        known.insert(p.name);
-        if (!f.has(p.name)) {
-            missing.push_back(p.name);
+        const std::string key = prefix + p.name;
+        known.insert(key);
+        if (!f.has(key)) {
+            missing.push_back(key);
             continue;
         }
-        if (f.shape(p.name) != p.shape) misshaped.push_back(p.name + " " + f.shape(p.name).str() + " vs model " + p.shape.str());
+        if (f.shape(key) != p.shape) misshaped.push_back(key + " " + f.shape(key).str() + " vs model " + p.shape.str());
     }
     for (const std::string& n : f.names()) {
-        const bool other = n.rfind("model.", 0) != 0;  // training state (ema., optimizer.) and other prefixes
+        const bool other = n.rfind(prefix + "model.", 0) != 0;  // other prefixes: training state, fixtures
         const bool counter = n.size() > 20 && n.compare(n.size() - 20, 20, ".num_batches_tracked") == 0;
         if (!other && !counter && !known.count(n)) unexpected.push_back(n);
     }
@@ -469,11 +470,11 @@ void Model::load_weights(const std::string& path, CudaContext* cuda) {
     for (int i = 0; i < params.size(); ++i) {
         const Tensor& t = params[i].value;
         if (t.dtype == DType::F64) {
-            std::vector<double> v = f.read_f64(params[i].name);
+            std::vector<double> v = f.read_f64(prefix + params[i].name);
             if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
             else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
         } else {
-            std::vector<float> v = f.read_f32(params[i].name);
+            std::vector<float> v = f.read_f32(prefix + params[i].name);
             if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
             else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
         }

@@ -43,7 +43,8 @@ public:
     double gflops(int imgsz = 640) const;        // as YOLOv5's model_info (thop at max(stride, 32), scaled)
 
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
-    void load_weights(const std::string& path, CudaContext* cuda = nullptr);
+    // prefix "" reads model.*; "ema." reads ema.model.* (a training checkpoint's EMA weights).
+    void load_weights(const std::string& path, CudaContext* cuda = nullptr, const std::string& prefix = "");
     void save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
                       CudaContext* cuda = nullptr) const;
 

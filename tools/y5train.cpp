@@ -1,33 +1,59 @@
 /*
- * y5train: trains a YOLOv5 model on a YOLO-format dataset, with the flags of YOLOv5's train.py.
- * This build carries the model side: `y5train --cfg config/models/yolov5n.yaml --summary` builds the
- * model from its yaml and prints YOLOv5's model summary (layers, parameters, GFLOPs at --imgsz).
- * The training loop (data, loss, optimizer, checkpoints) lands with its own issue.
+ * y5train: trains a YOLOv5 model on a YOLO-format dataset, with the flags of YOLOv5's train.py:
+ *   y5train --data coco128.yaml --cfg yolov5n.yaml --weights '' --epochs 150 --batch-size 64 --img-size 640
+ *           --hyp hyp.scratch-low.yaml
+ * writes runs/train/expN/{opt.yaml, hyp.yaml, results.csv, weights/{last,best}.safetensors}.
+ * --summary prints YOLOv5's model table for --cfg and exits.
  */
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "engine/check.h"
+#include "engine/train.h"
 #include "layers/model.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"y5train: YOLOv5 training in C++/CUDA (flags follow YOLOv5's train.py)"};
-    std::string cfg;
-    int imgsz = 640, nc = 0;
+    y5::TrainOptions o;
     bool summary = false;
-    app.add_option("--cfg", cfg, "model yaml, e.g. config/models/yolov5n.yaml")->required()->check(CLI::ExistingFile);
-    app.add_option("--imgsz,--img-size", imgsz, "image size for the GFLOPs figure")->capture_default_str()->check(CLI::PositiveNumber);
-    app.add_option("--nc", nc, "number of classes (overrides the yaml's nc; normally it comes from --data)");
-    app.add_flag("--summary", summary, "print the model summary and exit");
+    int nc = 0;
+    app.add_option("--data", o.data, "dataset yaml (path, train, val, names)");
+    app.add_option("--cfg", o.cfg, "model yaml, e.g. config/models/yolov5n.yaml")->required();
+    app.add_option("--weights", o.weights, "initial weights (safetensors); '' trains from scratch")->capture_default_str();
+    app.add_option("--hyp", o.hyp, "hyperparameter yaml")->capture_default_str();
+    app.add_option("--epochs", o.epochs, "total training epochs")->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--batch-size", o.batch_size, "images per batch")->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--imgsz,--img-size", o.imgsz, "train and val image size (pixels)")->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--device", o.device, "cpu, or a CUDA device index such as 0")->capture_default_str();
+    app.add_option("--workers", o.workers, "data loader threads")->capture_default_str()->check(CLI::NonNegativeNumber);
+    app.add_option("--project", o.project, "save to project/name")->capture_default_str();
+    app.add_option("--name", o.name, "save to project/name")->capture_default_str();
+    app.add_flag("--exist-ok", o.exist_ok, "existing project/name ok, do not increment");
+    app.add_flag("--cos-lr", o.cos_lr, "cosine (one-cycle) LR schedule instead of linear");
+    app.add_option("--seed", o.seed, "global training seed")->capture_default_str();
+    app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
+    app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
+    app.add_flag("--noval", o.noval, "only validate the final epoch");
+    app.add_flag("--nosave", o.nosave, "only save the final checkpoint");
+    app.add_option("--patience", o.patience, "epochs to wait for no improvement (early stopping)")->capture_default_str();
+    app.add_option("--save-period", o.save_period, "save a checkpoint every N epochs (disabled if < 1)")->capture_default_str();
+    app.add_flag("--single-cls", o.single_cls, "train multi-class data as single-class");
+    app.add_option("--label-smoothing", o.label_smoothing, "label smoothing epsilon")->capture_default_str();
+    app.add_flag("--summary", summary, "print the model summary for --cfg and exit");
+    app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
     CLI11_PARSE(app, argc, argv);
     try {
-        y5::Model model(cfg, nc);
         if (summary) {
-            std::fputs(model.summary(imgsz).c_str(), stdout);
+            y5::Model model(o.cfg, nc);
+            std::fputs(model.summary(o.imgsz).c_str(), stdout);
             return 0;
         }
-        std::fprintf(stderr, "y5train: error: this build can only print the model summary (--summary); training is not "
-                             "available yet\n");
-        return 2;
+        if (o.data.empty()) {
+            std::fprintf(stderr, "y5train: error: --data is required for training (or pass --summary)\n");
+            return 2;
+        }
+        y5::train(o);
+        return 0;
     } catch (const y5::Error& e) {
         std::fprintf(stderr, "y5train: error: %s\n", e.what());
         return 1;

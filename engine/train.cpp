@@ -1,0 +1,326 @@
+/*
+ * The training loop of YOLOv5 v7.0's train.py on y5's engine (CPU device for now: the CUDA ops arrive
+ * with the CUDA backend, and the same loop runs on them).
+ */
+#include "engine/train.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "engine/check.h"
+#include "engine/dataset.h"
+#include "engine/hyp.h"
+#include "engine/loader.h"
+#include "engine/optim.h"
+#include "engine/plots.h"
+#include "engine/safetensors.h"
+#include "engine/val.h"
+#include "layers/model.h"
+
+namespace fs = std::filesystem;
+
+namespace y5 {
+
+namespace {
+
+std::string increment_path(const std::string& base, bool exist_ok) {
+    if (exist_ok || !fs::exists(base)) return base;
+    for (int n = 2;; ++n)
+        if (!fs::exists(base + std::to_string(n))) return base + std::to_string(n);
+}
+
+// Activations, scratch and gradients for one batch shape, sized by a measuring pass of one image.
+struct Workspace {
+    std::unique_ptr<Arena> act, work, grads;
+    std::unique_ptr<Tape> tape;
+    Ctx ctx;
+    void make(size_t act_b, size_t work_b, size_t grad_b) {
+        act = std::make_unique<Arena>("activations", Device::CPU, act_b);
+        work = std::make_unique<Arena>("workspace", Device::CPU, work_b);
+        grads = std::make_unique<Arena>("activation gradients", Device::CPU, grad_b);
+        tape = std::make_unique<Tape>(grads.get());
+        ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get();
+    }
+};
+
+// Peak bytes of one image's training step (forward, loss, backward) at h × w.
+void measure(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
+    Workspace ws;
+    const size_t big = (size_t)3 << 30;  // reserved address space; only the touched pages become memory
+    ws.make(big, big / 2, big);
+    Tensor x = ws.act->tensor(Shape{1, 3, h, w});
+    std::fill(x.ptr<float>(), x.ptr<float>() + x.numel(), 0.5f);
+    Tensor t = ws.act->tensor(Shape{1, 6});
+    const float row[6] = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
+    std::copy(row, row + 6, t.ptr<float>());
+    Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
+    YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value, hyp);
+    ws.tape->backward(L.total);
+    *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();
+    m.params.zero_grad();
+}
+
+std::string results_header() {
+    const char* keys[] = {"epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                          "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                          "val/cls_loss", "x/lr0", "x/lr1", "x/lr2"};
+    std::string s;
+    char b[64];
+    for (const char* k : keys) {
+        snprintf(b, sizeof b, "%20s,", k);
+        s += b;
+    }
+    s.pop_back();
+    return s + "\n";
+}
+
+std::string results_row(int epoch, const std::vector<double>& vals) {
+    char b[64];
+    snprintf(b, sizeof b, "%20.5g,", (double)epoch);
+    std::string s = b;
+    for (double v : vals) {
+        snprintf(b, sizeof b, "%20.5g,", v);
+        s += b;
+    }
+    s.pop_back();
+    return s + "\n";
+}
+
+void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
+                     double best_fitness, int64_t updates, const std::string& opt_yaml) {
+    std::vector<SaveItem> items;
+    auto add_all = [&](const Model& m, const std::string& prefix) {
+        for (int i = 0; i < m.params.size(); ++i) items.push_back({prefix + m.params[i].name, m.params[i].value});
+    };
+    if (with_state) {
+        add_all(live, "");
+        if (ema) add_all(*ema, "ema.");
+        for (int i = 0; i < live.params.size(); ++i)
+            if (live.params[i].trainable()) items.push_back({"optimizer.momentum." + live.params[i].name, live.params.momentum(i)});
+    } else {
+        add_all(ema ? *ema : live, "");  // a stripped checkpoint: the EMA weights as the model, as strip_optimizer
+    }
+    std::map<std::string, std::string> meta = {{"format", "y5 checkpoint v1"},
+                                               {"epoch", std::to_string(epoch)},
+                                               {"best_fitness", std::to_string(best_fitness)},
+                                               {"updates", std::to_string(updates)},
+                                               {"opt", opt_yaml}};
+    meta["yaml"] = live.yaml_text;
+    meta["nc"] = std::to_string(live.nc);
+    save_safetensors(path, items, meta);
+}
+
+std::string fmt_mem(size_t b) {
+    char s[16];
+    snprintf(s, sizeof s, "%.3gG", b / 1e9);
+    return s;
+}
+
+}  // namespace
+
+std::string train(const TrainOptions& opt) {
+    Y5_CHECK(opt.device == "cpu", "--device %s: training on the GPU needs the CUDA backend, which is not built into the "
+             "training loop yet; use --device cpu", opt.device.c_str());
+    Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
+    Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
+    const std::string save_dir = increment_path(opt.project + "/" + opt.name, opt.exist_ok);
+    fs::create_directories(save_dir + "/weights");
+    const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
+
+    Hyp hyp = load_hyp(opt.hyp);
+    DataConfig data = load_data_yaml(opt.data);
+    const int nc = opt.single_cls ? 1 : data.nc;
+    std::vector<std::string> names = opt.single_cls ? std::vector<std::string>{"item"} : data.names;
+
+    char optbuf[1024];
+    snprintf(optbuf, sizeof optbuf,
+             "weights: '%s'\ncfg: %s\ndata: %s\nhyp: %s\nepochs: %d\nbatch_size: %d\nimgsz: %d\nrect: %s\nnosave: %s\n"
+             "noval: %s\ncache: %s\ndevice: %s\nsingle_cls: %s\nworkers: %d\nproject: %s\nname: %s\nexist_ok: %s\n"
+             "cos_lr: %s\nlabel_smoothing: %g\npatience: %d\nsave_period: %d\nseed: %d\nsave_dir: %s\n",
+             opt.weights.c_str(), opt.cfg.c_str(), opt.data.c_str(), opt.hyp.c_str(), opt.epochs, opt.batch_size, opt.imgsz,
+             opt.rect ? "true" : "false", opt.nosave ? "true" : "false", opt.noval ? "true" : "false",
+             opt.cache.empty() ? "null" : opt.cache.c_str(), opt.device.c_str(), opt.single_cls ? "true" : "false",
+             opt.workers, opt.project.c_str(), opt.name.c_str(), opt.exist_ok ? "true" : "false",
+             opt.cos_lr ? "true" : "false", opt.label_smoothing, opt.patience, opt.save_period, opt.seed, save_dir.c_str());
+    const std::string opt_yaml = optbuf;
+    std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
+    std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
+
+    // Data: scan, check classes before anything trains, loaders.
+    Dataset train_ds = scan_dataset(data.splits.at("train"), opt.workers);
+    std::printf("train: %d images, %d backgrounds, %d corrupt, %lld instances\n", train_ds.stats.images,
+                train_ds.stats.backgrounds, train_ds.stats.corrupt, (long long)train_ds.stats.instances);
+    for (const std::string& w : train_ds.stats.warnings) std::printf("%s\n", w.c_str());
+    if (!opt.single_cls) {
+        std::vector<std::string> bad = check_classes(train_ds, nc);
+        Y5_CHECK(bad.empty(), "%s (and %zu more): labels must be < nc=%d in %s", bad.empty() ? "" : bad[0].c_str(),
+                 bad.size() - 1, nc, opt.data.c_str());
+    }
+    Dataset val_ds = scan_dataset(data.splits.at("val"), opt.workers);
+    for (Dataset* d : {&train_ds, &val_ds})
+        for (ImageRecord& r : d->records)
+            for (LabelRow& l : r.labels)
+                if (opt.single_cls) l.cls = 0;
+
+    // Model, EMA, hyperparameters scaled as train.py scales them.
+    Model model(opt.cfg, nc), ema(opt.cfg, nc);
+    model.allocate(Device::CPU);
+    ema.allocate(Device::CPU);
+    Rng init_rng((uint64_t)opt.seed, 1);
+    model.init_weights(init_rng);
+    if (!opt.weights.empty()) model.load_weights(opt.weights);
+    std::copy(model.params.values_flat().ptr<float>(), model.params.values_flat().ptr<float>() + model.params.values_flat().numel(),
+              ema.params.values_flat().ptr<float>());
+    const int nl = model.detect->nl;
+    LossHyp lh;
+    lh.box = hyp["box"] * 3.0 / nl;
+    lh.cls = hyp["cls"] * nc / 80.0 * 3.0 / nl;
+    lh.obj = hyp["obj"] * (opt.imgsz / 640.0) * (opt.imgsz / 640.0) * 3.0 / nl;
+    lh.anchor_t = hyp["anchor_t"], lh.cls_pw = hyp["cls_pw"], lh.obj_pw = hyp["obj_pw"];
+    lh.label_smoothing = opt.label_smoothing;
+    AugmentHyp ah;
+    ah.hsv_h = (float)hyp["hsv_h"], ah.hsv_s = (float)hyp["hsv_s"], ah.hsv_v = (float)hyp["hsv_v"];
+    ah.degrees = (float)hyp["degrees"], ah.translate = (float)hyp["translate"], ah.scale = (float)hyp["scale"];
+    ah.shear = (float)hyp["shear"], ah.perspective = (float)hyp["perspective"], ah.flipud = (float)hyp["flipud"];
+    ah.fliplr = (float)hyp["fliplr"], ah.mosaic = (float)hyp["mosaic"];
+
+    LoaderOptions tl;
+    tl.img_size = opt.imgsz, tl.batch_size = opt.batch_size, tl.workers = std::max(1, opt.workers);
+    tl.augment = true, tl.rect = opt.rect, tl.shuffle = !opt.rect, tl.cache_ram = opt.cache == "ram";
+    tl.hyp = ah, tl.seed = (uint64_t)opt.seed;
+    if (opt.rect) tl.hyp.mosaic = 0;  // YOLOv5: rect training is incompatible with mosaic
+    DataLoader train_loader(train_ds, tl);
+    LoaderOptions vl = tl;
+    vl.batch_size = opt.batch_size * 2, vl.augment = false, vl.rect = true, vl.shuffle = false, vl.pad = 0.5;
+    DataLoader val_loader(val_ds, vl);
+    if (!train_loader.cache_message().empty()) std::printf("%s\n", train_loader.cache_message().c_str());
+
+    const int nb = train_loader.num_batches(), nbs = 64;
+    Schedule sched(hyp["lr0"], hyp["lrf"], hyp["momentum"], hyp["warmup_epochs"], hyp["warmup_momentum"],
+                   hyp["warmup_bias_lr"], opt.epochs, nb, opt.batch_size, opt.cos_lr, nbs);
+    int accumulate = sched.initial_accumulate();
+    const double weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / nbs;
+
+    // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
+    size_t a1 = 0, w1 = 0, g1 = 0;
+    measure(model, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
+    const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
+    size_t va = 0, vw = 0, vg = 0;
+    measure(model, val_side, val_side, lh, &va, &vw, &vg);
+    Workspace tw, vwks;
+    tw.make(a1 * opt.batch_size * 11 / 10 + (64 << 20), w1 + (16 << 20), g1 * opt.batch_size * 11 / 10 + (64 << 20));
+    vwks.make(va * vl.batch_size * 11 / 10 + (64 << 20), vw + (16 << 20), 1 << 20);
+    std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
+                "memory: %s activations + %s gradients\n", model.name.c_str(), model.torch_layer_count(),
+                (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
+                fmt_mem(tw.grads->capacity()).c_str());
+    std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
+
+    const Tensor anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+    const bool tty = isatty(fileno(stdout));
+    int64_t last_opt_step = -1, updates = 0;
+    double best_fitness = 0;
+    int best_epoch = 0;
+    std::ofstream(save_dir + "/results.csv") << results_header();
+    model.params.zero_grad();
+    const auto t_start = std::chrono::steady_clock::now();
+    for (int epoch = 0; epoch < opt.epochs; ++epoch) {
+        train_loader.start_epoch(epoch);
+        double mloss[3] = {0, 0, 0};
+        double lr_logged[3] = {0, 0, 0};
+        Batch b;
+        const auto t0 = std::chrono::steady_clock::now();
+        std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
+        for (int i = 0; train_loader.next(b); ++i) {
+            const int64_t ni = i + (int64_t)nb * epoch;
+            ScheduleState st = sched.at(ni, epoch, accumulate);
+            accumulate = st.accumulate;
+            tw.tape->clear();
+            tw.act->reset();
+            Tensor x = batch_images(tw.ctx, b), t = batch_targets(tw.ctx, b);
+            Model::Output out = model.forward(tw.ctx, Tape::constant(x), true);
+            YoloLoss L = yolo_loss(tw.ctx, out.maps, t, anchors, lh);
+            Y5_CHECK(std::isfinite(L.items.total), "loss is %g at epoch %d, batch %d; training stopped, the last good "
+                     "checkpoint is %s", L.items.total, epoch, i, w_last.c_str());
+            tw.tape->backward(L.total);
+            if (ni - last_opt_step >= accumulate) {
+                clip_grad_norm(model.params, 10.0);
+                SgdGroup groups[3];
+                for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
+                sgd_step(model.params, groups);
+                model.params.zero_grad();
+                ema_update(ema.params, model.params, ema_decay(++updates));
+                last_opt_step = ni;
+            }
+            for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
+            const double items[3] = {L.items.lbox, L.items.lobj, L.items.lcls};
+            for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
+            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const double rate = (i + 1) / el;
+            if (tty || i + 1 == nb) {
+                char ep[32];
+                snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
+                std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
+                            fmt_mem(tw.act->peak() + tw.grads->peak()).c_str(), mloss[0], mloss[1], mloss[2],
+                            (long long)b.num_targets(), b.w, i + 1, nb, rate, (nb - i - 1) / rate, tty ? "" : "\n");
+                std::fflush(stdout);
+            }
+        }
+        if (tty) std::printf("\n");
+
+        const bool final_epoch = epoch + 1 == opt.epochs;
+        ValResult vr;
+        if (!opt.noval || final_epoch) {
+            vwks.tape->clear();
+            vr = validate(ema, val_loader, vwks.ctx, lh, ValOptions{0.001f, 0.6f, 300, opt.single_cls});
+            std::printf("%s", val_table(vr, names, false).c_str());
+        }
+        const double fi = vr.fitness();
+        if (fi >= best_fitness) best_fitness = fi, best_epoch = epoch;
+        std::ofstream(save_dir + "/results.csv", std::ios::app)
+            << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
+                                   vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
+        if (!opt.nosave || final_epoch) {
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml);
+            if (best_epoch == epoch) save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml);
+            if (opt.save_period > 0 && epoch % opt.save_period == 0)
+                save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
+                                epoch, best_fitness, updates, opt_yaml);
+        }
+        if (epoch - best_epoch >= opt.patience) {
+            std::printf("Stopping training early as no improvement observed in last %d epochs. Best results observed at "
+                        "epoch %d, best model saved as %s.\n", opt.patience, best_epoch, w_best.c_str());
+            break;
+        }
+    }
+    const double hours = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 3600;
+    // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
+    for (const std::string& w : {w_last, w_best})
+        if (fs::exists(w)) {
+            Model m(opt.cfg, nc);
+            m.allocate(Device::CPU);
+            m.load_weights(w, nullptr, "ema.");
+            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, updates, opt_yaml);
+        }
+    std::printf("\n%d epochs completed in %.3f hours.\nOptimizer stripped from %s\nOptimizer stripped from %s\n", opt.epochs,
+                hours, w_last.c_str(), w_best.c_str());
+    if (fs::exists(w_best)) {
+        std::printf("\nValidating %s...\n", w_best.c_str());
+        Model m(opt.cfg, nc);
+        m.allocate(Device::CPU);
+        m.load_weights(w_best);
+        vwks.tape->clear();
+        ValResult vr = validate(m, val_loader, vwks.ctx, lh, ValOptions{0.001f, 0.6f, 300, opt.single_cls});
+        std::printf("%s", val_table(vr, names).c_str());
+    }
+    std::printf("Results saved to %s\n", save_dir.c_str());
+    return save_dir;
+}
+
+}  // namespace y5
