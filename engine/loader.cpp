@@ -178,33 +178,24 @@ cv::Mat DataLoader::get_item(int pos, int epoch, std::vector<std::array<float, 5
     return img;
 }
 
-void DataLoader::make_batch(int b, Batch& out) const {
-    const int n = (int)order_.size(), bs = opt_.batch_size;
-    const int p0 = b * bs, p1 = std::min(n, p0 + bs);
-    int bh = opt_.img_size, bw = opt_.img_size;
-    if (opt_.rect) bh = rect_shapes_[b][0], bw = rect_shapes_[b][1];
-    out.n = p1 - p0;
-    out.h = bh;
-    out.w = bw;
-    out.images.assign((size_t)out.n * 3 * bh * bw, 114);
-    out.targets.clear();
-    out.indices.clear();
-    out.shapes.clear();
-    for (int p = p0; p < p1; ++p) {
-        std::vector<std::array<float, 5>> labels;
-        std::array<double, 6> shape;
-        cv::Mat img = get_item(p, epoch_, &labels, &shape, bh, bw);
-        Y5_CHECK(img.rows == bh && img.cols == bw, "internal: sample of %dx%d in a %dx%d batch", img.cols, img.rows, bw, bh);
-        uint8_t* dst = out.images.data() + (size_t)(p - p0) * 3 * bh * bw;
-        for (int y = 0; y < bh; ++y) {  // HWC BGR → CHW RGB
-            const uint8_t* row = img.ptr<uint8_t>(y);
-            for (int x = 0; x < bw; ++x)
-                for (int c = 0; c < 3; ++c) dst[((size_t)(2 - c) * bh + y) * bw + x] = row[3 * x + c];
-        }
-        for (const auto& l : labels) out.targets.insert(out.targets.end(), {(float)(p - p0), l[0], l[1], l[2], l[3], l[4]});
-        out.indices.push_back(epoch_order_[p]);
-        out.shapes.push_back(shape);
+void DataLoader::batch_shape(int b, int* h, int* w) const {
+    *h = opt_.rect ? rect_shapes_[b][0] : opt_.img_size;
+    *w = opt_.rect ? rect_shapes_[b][1] : opt_.img_size;
+}
+
+// One sample into its place in a batch: the image as CHW RGB, its labels, index and shape.
+void DataLoader::fill_sample(int p, Batch& B, int k, std::vector<std::array<float, 5>>* labels) const {
+    std::array<double, 6> shape;
+    cv::Mat img = get_item(p, epoch_, labels, &shape, B.h, B.w);
+    Y5_CHECK(img.rows == B.h && img.cols == B.w, "internal: sample of %dx%d in a %dx%d batch", img.cols, img.rows, B.w, B.h);
+    uint8_t* dst = B.images.data() + (size_t)k * 3 * B.h * B.w;
+    for (int y = 0; y < B.h; ++y) {  // HWC BGR → CHW RGB
+        const uint8_t* row = img.ptr<uint8_t>(y);
+        for (int x = 0; x < B.w; ++x)
+            for (int c = 0; c < 3; ++c) dst[((size_t)(2 - c) * B.h + y) * B.w + x] = row[3 * x + c];
     }
+    B.indices[k] = epoch_order_[p];
+    B.shapes[k] = shape;
 }
 
 void DataLoader::stop_workers() {
@@ -231,27 +222,45 @@ void DataLoader::start_epoch(int epoch) {
     slots_.clear();
     for (int i = 0; i < slots; ++i) slots_.push_back(std::make_unique<Batch>());
     slot_batch_.assign(slots, -1);
-    const int nb = num_batches();
+    slot_done_.assign(slots, 0);
+    slot_labels_.assign(slots, {});
+    // Workers claim samples, not batches, in epoch order, so a batch's samples are made in parallel even when
+    // an epoch is a single batch. The first claimer of a batch prepares its slot once the consumer has taken
+    // the batch that used the slot before; samples write disjoint parts of it.
+    const int n = size(), bs = opt_.batch_size;
     for (int w = 0; w < workers; ++w)
-        workers_.emplace_back([this, nb, slots] {
+        workers_.emplace_back([this, n, bs, slots] {
             for (;;) {
-                const int b = claim_++;
-                if (b >= nb || stop_) return;
-                auto batch = std::make_unique<Batch>();
+                const int p = claim_++;
+                if (p >= n || stop_) return;
+                const int b = p / bs, s = b % slots, k = p - b * bs;
+                {
+                    std::unique_lock<std::mutex> lk(mu_);
+                    cv_.wait(lk, [&] { return stop_ || slot_batch_[s] == b || (slot_batch_[s] == -1 && next_batch_ > b - slots); });
+                    if (stop_) return;
+                    if (slot_batch_[s] != b) {
+                        Batch& B = *slots_[s];
+                        B.n = std::min(bs, n - b * bs);
+                        batch_shape(b, &B.h, &B.w);
+                        B.images.assign((size_t)B.n * 3 * B.h * B.w, 114);
+                        B.targets.clear();
+                        B.indices.assign(B.n, 0);
+                        B.shapes.assign(B.n, {});
+                        slot_labels_[s].assign(B.n, {});
+                        slot_done_[s] = 0;
+                        slot_batch_[s] = b;
+                    }
+                }
                 try {
-                    make_batch(b, *batch);
+                    fill_sample(p, *slots_[s], k, &slot_labels_[s][k]);
                 } catch (const std::exception& e) {
                     std::lock_guard<std::mutex> lk(mu_);
                     if (error_.empty()) error_ = e.what();
                     cv_.notify_all();
                     return;
                 }
-                std::unique_lock<std::mutex> lk(mu_);
-                // The slot frees when the consumer has taken batch b − slots.
-                cv_.wait(lk, [&] { return stop_ || (slot_batch_[b % slots] == -1 && next_batch_ > b - slots); });
-                if (stop_) return;
-                slots_[b % slots] = std::move(batch);
-                slot_batch_[b % slots] = b;
+                std::lock_guard<std::mutex> lk(mu_);
+                ++slot_done_[s];
                 cv_.notify_all();
             }
         });
@@ -262,10 +271,14 @@ bool DataLoader::next(Batch& out) {
     Y5_CHECK(!workers_.empty() || next_batch_ > 0 || num_batches() == 0, "DataLoader::next before start_epoch");
     const int slots = (int)slots_.size(), b = next_batch_;
     std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return slot_batch_[b % slots] == b || !error_.empty(); });
+    const int s = b % slots;
+    cv_.wait(lk, [&] { return (slot_batch_[s] == b && slot_done_[s] == slots_[s]->n) || !error_.empty(); });
     Y5_CHECK(error_.empty(), "data loader: %s", error_.c_str());
-    std::swap(out, *slots_[b % slots]);
-    slot_batch_[b % slots] = -1;
+    Batch& B = *slots_[s];
+    for (int k = 0; k < B.n; ++k)  // targets in sample order: (image in batch, class, x, y, w, h)
+        for (const auto& l : slot_labels_[s][k]) B.targets.insert(B.targets.end(), {(float)k, l[0], l[1], l[2], l[3], l[4]});
+    std::swap(out, B);
+    slot_batch_[s] = -1;
     ++next_batch_;
     cv_.notify_all();
     return true;

@@ -1,6 +1,6 @@
 /*
  * DataLoader: YOLOv5's LoadImagesAndLabels.__getitem__ and collate_fn over worker threads with a prefetch
- * queue. Training (augment): mosaic with probability hyp.mosaic (else letterbox + random_perspective), HSV,
+ * queue; workers take samples (not whole batches), so a batch is made in parallel. Training (augment): mosaic with probability hyp.mosaic (else letterbox + random_perspective), HSV,
  * flips. Validation: letterbox to the rect batch shape (sorted by aspect ratio, pad 0.5) or to img_size.
  * Every random draw of sample i in epoch e comes from Rng(seed, e·2³² + i), so the batches depend on the
  * seed only, never on the number of workers or their timing.
@@ -76,7 +76,8 @@ public:
 private:
     cv::Mat load(int record, bool augment) const;  // load_image: decoded and resized (or from the RAM cache)
     cv::Mat mosaic(int record, Draws& d, std::vector<Box>* boxes) const;
-    void make_batch(int b, Batch& out) const;
+    void batch_shape(int b, int* h, int* w) const;
+    void fill_sample(int p, Batch& B, int k, std::vector<std::array<float, 5>>* labels) const;
     void stop_workers();
 
     const Dataset& data_;
@@ -95,6 +96,8 @@ private:
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Batch>> slots_;   // ring of prefetched batches
     std::vector<int> slot_batch_;                  // which batch each slot holds (−1: empty)
+    std::vector<int> slot_done_;                   // samples finished in each slot
+    std::vector<std::vector<std::vector<std::array<float, 5>>>> slot_labels_;  // per slot, per sample
     std::string error_;
 };
 

@@ -10,7 +10,7 @@
 namespace y5 {
 
 // YOLOv5's Colors palette (hex), BGR here.
-static cv::Scalar class_colour(int c) {
+cv::Scalar class_colour(int c) {
     static const char* hex[] = {"FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17",
                                 "3DDB86", "1A9334", "00D4BB", "2C99A8", "00C2FF", "344593", "6473FF",
                                 "0018EC", "8438FF", "520085", "CB38FF", "FF95C8", "FF37C7"};

@@ -6,12 +6,17 @@
 #include <string>
 #include <vector>
 
+#include <opencv2/core.hpp>
+
 #include "engine/loader.h"
 
 namespace y5 {
 
 // Writes up to 16 images of the batch in a grid (at most 1920 px wide), labels drawn in per-class colours.
 // targets rows (image, class, x, y, w, h[, conf]) normalised; conf_cols = 7 draws the confidence too.
+// YOLOv5's 20-colour palette (Colors), as BGR, by class.
+cv::Scalar class_colour(int cls);
+
 void plot_batch(const Batch& b, const std::vector<std::string>& names, const std::string& path);
 
 }  // namespace y5

@@ -93,7 +93,7 @@ std::string results_row(int epoch, const std::vector<double>& vals) {
 }
 
 void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
-                     double best_fitness, int64_t updates, const std::string& opt_yaml) {
+                     double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names) {
     std::vector<SaveItem> items;
     auto add_all = [&](const Model& m, const std::string& prefix) {
         for (int i = 0; i < m.params.size(); ++i) items.push_back({prefix + m.params[i].name, m.params[i].value});
@@ -110,8 +110,10 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"epoch", std::to_string(epoch)},
                                                {"best_fitness", std::to_string(best_fitness)},
                                                {"updates", std::to_string(updates)},
-                                               {"opt", opt_yaml}};
+                                               {"opt", opt_yaml},
+                                               {"names", names}};
     meta["yaml"] = live.yaml_text;
+    meta["yaml_name"] = live.yaml_path.substr(live.yaml_path.find_last_of('/') + 1);
     meta["nc"] = std::to_string(live.nc);
     save_safetensors(path, items, meta);
 }
@@ -137,6 +139,8 @@ std::string train(const TrainOptions& opt) {
     DataConfig data = load_data_yaml(opt.data);
     const int nc = opt.single_cls ? 1 : data.nc;
     std::vector<std::string> names = opt.single_cls ? std::vector<std::string>{"item"} : data.names;
+    std::string names_meta;  // class names, one per line, in the checkpoints' metadata
+    for (const std::string& n : names) names_meta += (names_meta.empty() ? "" : "\n") + n;
 
     char optbuf[1024];
     snprintf(optbuf, sizeof optbuf,
@@ -287,11 +291,11 @@ std::string train(const TrainOptions& opt) {
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
         if (!opt.nosave || final_epoch) {
-            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml);
-            if (best_epoch == epoch) save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml);
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta);
+            if (best_epoch == epoch) save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta);
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
                 save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
-                                epoch, best_fitness, updates, opt_yaml);
+                                epoch, best_fitness, updates, opt_yaml, names_meta);
         }
         if (epoch - best_epoch >= opt.patience) {
             std::printf("Stopping training early as no improvement observed in last %d epochs. Best results observed at "
@@ -306,7 +310,7 @@ std::string train(const TrainOptions& opt) {
             Model m(opt.cfg, nc);
             m.allocate(Device::CPU);
             m.load_weights(w, nullptr, "ema.");
-            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, updates, opt_yaml);
+            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, updates, opt_yaml, names_meta);
         }
     std::printf("\n%d epochs completed in %.3f hours.\nOptimizer stripped from %s\nOptimizer stripped from %s\n", opt.epochs,
                 hours, w_last.c_str(), w_best.c_str());

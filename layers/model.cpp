@@ -86,14 +86,29 @@ bool arg_bool(const RowCtx& rc, const YAML::Node& args, size_t i, bool dflt, con
 // ----------------------------------------------------------------------------------------------------
 // Building
 
-Model::Model(const std::string& path, int nc_override) : yaml_path(path) {
-    {
-        std::ifstream in(path);
-        Y5_CHECK(in, "%s: cannot open model yaml", path.c_str());
-        std::stringstream ss;
-        ss << in.rdbuf();
-        yaml_text = ss.str();
-    }
+static std::string read_text_file(const std::string& path) {
+    std::ifstream in(path);
+    Y5_CHECK(in, "%s: cannot open model yaml", path.c_str());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+Model::Model(const std::string& path, int nc_override) : Model(path, read_text_file(path), nc_override) {}
+
+std::unique_ptr<Model> Model::from_weights(const std::string& weights) {
+    SafeTensorsFile f(weights);
+    const auto& m = f.metadata();
+    Y5_CHECK(m.count("yaml") && m.count("nc"), "%s: no model yaml in its metadata (not a y5 weights file); pass --cfg",
+             weights.c_str());
+    const std::string name = m.count("yaml_name") ? m.at("yaml_name") : "model.yaml";
+    auto model = std::unique_ptr<Model>(new Model(name, m.at("yaml"), std::stoi(m.at("nc"))));
+    model->allocate(Device::CPU);
+    model->load_weights(weights);
+    return model;
+}
+
+Model::Model(const std::string& path, const std::string& text, int nc_override) : yaml_path(path), yaml_text(text) {
     YAML::Node y;
     try {
         y = YAML::Load(yaml_text);
@@ -495,6 +510,7 @@ void Model::save_weights(const std::string& path, const std::map<std::string, st
     }
     std::map<std::string, std::string> meta = metadata;
     meta["yaml"] = yaml_text;
+    meta["yaml_name"] = yaml_path.substr(yaml_path.find_last_of('/') + 1);
     meta["nc"] = std::to_string(nc);
     save_safetensors(path, items, meta);
 }

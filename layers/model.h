@@ -23,6 +23,8 @@ class Model {
 public:
     // Parses and builds the graph and registers every parameter; nc > 0 overrides the yaml's nc.
     explicit Model(const std::string& yaml_path, int nc = 0);
+    // The model a y5 weights file describes (its metadata holds the yaml and nc), weights loaded, on the CPU.
+    static std::unique_ptr<Model> from_weights(const std::string& weights_path);
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
@@ -56,6 +58,7 @@ public:
     Detect* detect = nullptr;
 
 private:
+    Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
     std::vector<bool> keep_;  // outputs referenced by a later row
 };
 

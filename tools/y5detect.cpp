@@ -1,0 +1,266 @@
+/*
+ * y5detect: detection on images, folders, globs and videos, as YOLOv5's detect.py.
+ *   y5detect --source ../shared/data/images/bus.jpg --weights best.safetensors [--imgsz 640]
+ *            [--conf-thres 0.25] [--iou-thres 0.45] [--max-det 1000] [--classes 0 2] [--agnostic-nms]
+ *            [--save-txt] [--save-conf] [--nosave] [--project runs/detect] [--name exp] [--exist-ok]
+ * Each image is letterboxed to the smallest stride-32 rectangle (auto=True), detections are scaled back to
+ * the original pixels and rounded; annotated images or videos go to runs/detect/expN, YOLO txt labels
+ * (class x y w h [conf], normalised) to runs/detect/expN/labels with --save-txt.
+ */
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <glob.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <opencv2/videoio.hpp>
+
+#include "engine/augment.h"
+#include "engine/check.h"
+#include "engine/plots.h"
+#include "engine/safetensors.h"
+#include "kernels/nms.h"
+#include "layers/model.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+static bool has_ext(const std::string& p, std::initializer_list<const char*> exts) {
+    std::string e = fs::path(p).extension().string();
+    for (char& ch : e) ch = (char)std::tolower((unsigned char)ch);
+    for (const char* x : exts)
+        if (e == x) return true;
+    return false;
+}
+static bool is_image(const std::string& p) {
+    return has_ext(p, {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".pfm", ".dng", ".mpo"});
+}
+static bool is_video(const std::string& p) {
+    return has_ext(p, {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif", ".ts", ".webm", ".asf"});
+}
+
+// Files of a source: one file, a folder's images and videos (sorted), or a glob pattern.
+static std::vector<std::string> sources(const std::string& s) {
+    std::vector<std::string> f;
+    if (s.find_first_of("*?[") != std::string::npos) {
+        glob_t g;
+        if (glob(s.c_str(), 0, nullptr, &g) == 0)
+            for (size_t i = 0; i < g.gl_pathc; ++i) f.push_back(g.gl_pathv[i]);
+        globfree(&g);
+    } else if (fs::is_directory(s)) {
+        for (const auto& e : fs::directory_iterator(s))
+            if (e.is_regular_file()) f.push_back(e.path().string());
+    } else {
+        Y5_CHECK(fs::exists(s), "--source %s does not exist", s.c_str());
+        f.push_back(s);
+    }
+    std::vector<std::string> out;
+    for (const std::string& x : f)
+        if (is_image(x) || is_video(x)) out.push_back(x);
+    std::sort(out.begin(), out.end());
+    Y5_CHECK(!out.empty(), "--source %s: no images or videos found", s.c_str());
+    return out;
+}
+
+struct Detector {
+    y5::Model& model;
+    y5::Arena act{"activations", y5::Device::CPU, (size_t)2 << 30}, work{"workspace", y5::Device::CPU, (size_t)1 << 30},
+        grads{"gradients", y5::Device::CPU, 1 << 20};
+    y5::Tape tape{&grads};
+    y5::Ctx c;
+    y5::NmsParams nms;
+    int imgsz;
+    double t_pre = 0, t_inf = 0, t_nms = 0;
+    int frames = 0, last_h = 0, last_w = 0;
+
+    Detector(y5::Model& m, int size) : model(m), imgsz(size) {
+        c.act = &act, c.work = &work, c.tape = &tape;
+        tape.set_recording(false);
+    }
+
+    // Detections in im0's pixels: x1 y1 x2 y2 (rounded), conf, class.
+    std::vector<y5::Detection> run(const cv::Mat& im0) {
+        const auto t0 = Clock::now();
+        y5::LetterboxInfo lb;
+        const int stride = (int)model.detect->stride.back();
+        cv::Mat im = y5::letterbox(im0, imgsz, imgsz, &lb, /*autopad=*/true, false, true, stride);
+        act.reset();
+        y5::Tensor x = act.tensor(y5::Shape{1, 3, im.rows, im.cols});
+        float* p = x.ptr<float>();
+        for (int y = 0; y < im.rows; ++y)
+            for (int xx = 0; xx < im.cols; ++xx)
+                for (int ch = 0; ch < 3; ++ch)
+                    p[((size_t)(2 - ch) * im.rows + y) * im.cols + xx] = im.at<cv::Vec3b>(y, xx)[ch] / 255.0f;
+        const auto t1 = Clock::now();
+        y5::Model::Output out = model.forward(c, y5::Tape::constant(x), false);
+        const auto t2 = Clock::now();
+        std::vector<y5::Detection> det =
+            y5::nms_image(out.decoded.ptr<float>(), (int)out.decoded.dim(1), (int)out.decoded.dim(2), nms);
+        // scale_boxes without ratio_pad: gain and padding recomputed from the two shapes, then clipped, rounded
+        const double gain = std::min((double)im.rows / im0.rows, (double)im.cols / im0.cols);
+        const double padw = (im.cols - im0.cols * gain) / 2, padh = (im.rows - im0.rows * gain) / 2;
+        for (y5::Detection& d : det) {
+            for (int k = 0; k < 4; ++k) {
+                double v = (d[k] - (k % 2 ? padh : padw)) / gain;
+                v = std::clamp(v, 0.0, (double)(k % 2 ? im0.rows : im0.cols));
+                d[k] = (float)std::nearbyint(v);
+            }
+        }
+        const auto t3 = Clock::now();
+        t_pre += std::chrono::duration<double, std::milli>(t1 - t0).count();
+        t_inf += std::chrono::duration<double, std::milli>(t2 - t1).count();
+        t_nms += std::chrono::duration<double, std::milli>(t3 - t2).count();
+        ++frames;
+        last_h = im.rows, last_w = im.cols;
+        return det;
+    }
+};
+
+static void annotate(cv::Mat& im, const std::vector<y5::Detection>& det, const std::vector<std::string>& names) {
+    const int lw = std::max((int)std::lround((im.rows + im.cols) / 2.0 * 0.003), 2);
+    for (const y5::Detection& d : det) {
+        const int cls = (int)d[5];
+        const cv::Scalar col = y5::class_colour(cls);
+        const cv::Point p1((int)d[0], (int)d[1]), p2((int)d[2], (int)d[3]);
+        cv::rectangle(im, p1, p2, col, lw, cv::LINE_AA);
+        char label[128];
+        snprintf(label, sizeof label, "%s %.2f", cls < (int)names.size() ? names[cls].c_str() : std::to_string(cls).c_str(), d[4]);
+        const double fs = lw / 3.0;
+        const int tf = std::max(lw - 1, 1);
+        int base = 0;
+        const cv::Size ts = cv::getTextSize(label, cv::FONT_HERSHEY_SIMPLEX, fs, tf, &base);
+        const bool outside = p1.y - ts.height >= 3;
+        const cv::Point q(p1.x + ts.width, outside ? p1.y - ts.height - 3 : p1.y + ts.height + 3);
+        cv::rectangle(im, p1, q, col, cv::FILLED, cv::LINE_AA);
+        cv::putText(im, label, cv::Point(p1.x, outside ? p1.y - 2 : p1.y + ts.height + 2), cv::FONT_HERSHEY_SIMPLEX, fs,
+                    cv::Scalar(255, 255, 255), tf, cv::LINE_AA);
+    }
+}
+
+static std::string summary_of(const std::vector<y5::Detection>& det, const std::vector<std::string>& names) {
+    std::map<int, int> n;
+    for (const auto& d : det) n[(int)d[5]]++;
+    std::string s;
+    for (const auto& kv : n)
+        s += std::to_string(kv.second) + " " + (kv.first < (int)names.size() ? names[kv.first] : std::to_string(kv.first)) +
+             (kv.second > 1 ? "s" : "") + ", ";
+    return s.empty() ? "(no detections), " : s;
+}
+
+static void write_txt(const std::string& path, const std::vector<y5::Detection>& det, int w, int h, bool conf) {
+    std::ofstream f(path, std::ios::app);
+    for (const auto& d : det) {
+        char line[160];
+        snprintf(line, sizeof line, "%d %g %g %g %g", (int)d[5], (d[0] + d[2]) / 2 / w, (d[1] + d[3]) / 2 / h, (d[2] - d[0]) / w,
+                 (d[3] - d[1]) / h);
+        f << line;
+        if (conf) f << " " << d[4];
+        f << "\n";
+    }
+}
+
+int main(int argc, char** argv) {
+    CLI::App app{"y5detect: YOLOv5 detection on images, folders, globs and videos"};
+    std::string source, weights, project = "runs/detect", name = "exp", device = "cpu";
+    int imgsz = 640, max_det = 1000;
+    float conf = 0.25f, iou = 0.45f;
+    std::vector<int> classes;
+    bool agnostic = false, save_txt = false, save_conf = false, nosave = false, exist_ok = false;
+    app.add_option("--source", source, "image, folder, glob or video")->required();
+    app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
+    app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
+    app.add_option("--conf-thres", conf, "confidence threshold")->capture_default_str();
+    app.add_option("--iou-thres", iou, "NMS IoU threshold")->capture_default_str();
+    app.add_option("--max-det", max_det, "maximum detections per image")->capture_default_str();
+    app.add_option("--classes", classes, "filter by class: --classes 0, or --classes 0 2 3");
+    app.add_flag("--agnostic-nms", agnostic, "class-agnostic NMS");
+    app.add_flag("--save-txt", save_txt, "save results to labels/*.txt");
+    app.add_flag("--save-conf", save_conf, "save confidences in --save-txt labels");
+    app.add_flag("--nosave", nosave, "do not save images/videos");
+    app.add_option("--project", project, "save results to project/name")->capture_default_str();
+    app.add_option("--name", name, "save results to project/name")->capture_default_str();
+    app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
+    app.add_option("--device", device, "cpu")->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+    try {
+        Y5_CHECK(device == "cpu", "--device %s: inference on the GPU needs the CUDA backend; use --device cpu", device.c_str());
+        auto model = y5::Model::from_weights(weights);
+        std::vector<std::string> names;
+        for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
+        {
+            y5::SafeTensorsFile f(weights);
+            if (f.metadata().count("names")) {
+                std::string all = f.metadata().at("names"), item;
+                std::stringstream ss(all);
+                names.clear();
+                while (std::getline(ss, item, '\n')) names.push_back(item);
+            }
+        }
+        std::string dir = project + "/" + name;
+        if (!exist_ok && fs::exists(dir))
+            for (int n = 2;; ++n)
+                if (!fs::exists(project + "/" + name + std::to_string(n))) {
+                    dir = project + "/" + name + std::to_string(n);
+                    break;
+                }
+        fs::create_directories(save_txt ? dir + "/labels" : dir);
+        Detector det(*model, imgsz);
+        det.nms.conf_thres = conf, det.nms.iou_thres = iou, det.nms.max_det = max_det, det.nms.classes = classes;
+        det.nms.agnostic = agnostic;
+        const std::vector<std::string> files = sources(source);
+        int k = 0;
+        for (const std::string& file : files) {
+            ++k;
+            const std::string stem = fs::path(file).stem().string();
+            if (is_image(file)) {
+                cv::Mat im0 = cv::imread(file, cv::IMREAD_COLOR);
+                if (im0.empty()) {
+                    std::printf("WARNING: %s: cannot read the image, skipped\n", file.c_str());
+                    continue;
+                }
+                const double t = det.t_pre + det.t_inf + det.t_nms;
+                std::vector<y5::Detection> d = det.run(im0);
+                std::printf("image %d/%zu %s: %dx%d %s%.1fms\n", k, files.size(), file.c_str(), det.last_h, det.last_w,
+                            summary_of(d, names).c_str(), det.t_pre + det.t_inf + det.t_nms - t);
+                if (save_txt) write_txt(dir + "/labels/" + stem + ".txt", d, im0.cols, im0.rows, save_conf);
+                if (!nosave) {
+                    annotate(im0, d, names);
+                    const std::string out = dir + "/" + fs::path(file).filename().string();
+                    Y5_CHECK(cv::imwrite(out, im0), "%s: cannot write", out.c_str());
+                }
+            } else {
+                cv::VideoCapture cap(file);
+                Y5_CHECK(cap.isOpened(), "%s: cannot open the video", file.c_str());
+                const int nframes = (int)cap.get(cv::CAP_PROP_FRAME_COUNT);
+                const double fps = cap.get(cv::CAP_PROP_FPS) > 0 ? cap.get(cv::CAP_PROP_FPS) : 30;
+                cv::VideoWriter writer;
+                cv::Mat frame;
+                for (int fno = 1; cap.read(frame); ++fno) {
+                    const double t = det.t_pre + det.t_inf + det.t_nms;
+                    std::vector<y5::Detection> d = det.run(frame);
+                    std::printf("video %d/%zu (%d/%d) %s: %dx%d %s%.1fms\n", k, files.size(), fno, nframes, file.c_str(),
+                                det.last_h, det.last_w, summary_of(d, names).c_str(), det.t_pre + det.t_inf + det.t_nms - t);
+                    if (save_txt) write_txt(dir + "/labels/" + stem + "_" + std::to_string(fno) + ".txt", d, frame.cols, frame.rows, save_conf);
+                    if (!nosave) {
+                        if (!writer.isOpened())
+                            writer.open(dir + "/" + stem + ".mp4", cv::VideoWriter::fourcc('m', 'p', '4', 'v'), fps, frame.size());
+                        annotate(frame, d, names);
+                        writer.write(frame);
+                    }
+                }
+            }
+        }
+        const int n = std::max(det.frames, 1);
+        std::printf("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape (1, 3, %d, %d)\n",
+                    det.t_pre / n, det.t_inf / n, det.t_nms / n, det.last_h, det.last_w);
+        if (!nosave || save_txt) std::printf("Results saved to %s\n", dir.c_str());
+        return 0;
+    } catch (const y5::Error& e) {
+        std::fprintf(stderr, "y5detect: error: %s\n", e.what());
+        return 1;
+    }
+}

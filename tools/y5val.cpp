@@ -1,0 +1,66 @@
+/*
+ * y5val: YOLOv5 val.py's table (Class, Images, Instances, P, R, mAP50, mAP50-95) for a weights file and a
+ * data.yaml, with val.py's defaults (conf 0.001, IoU 0.6, max_det 300, rect batches padded 0.5).
+ *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
+ */
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+
+#include "engine/check.h"
+#include "engine/dataset.h"
+#include "engine/hyp.h"
+#include "engine/loader.h"
+#include "engine/val.h"
+#include "layers/model.h"
+
+int main(int argc, char** argv) {
+    CLI::App app{"y5val: mAP of a y5 weights file on a dataset (YOLOv5 val.py)"};
+    std::string data, weights, task = "val", device = "cpu";
+    int imgsz = 640, batch = 32, workers = 8, max_det = 300;
+    float conf = 0.001f, iou = 0.6f;
+    bool single_cls = false, verbose = true;
+    app.add_option("--data", data, "dataset yaml")->required();
+    app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
+    app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
+    app.add_option("--batch-size", batch, "batch size")->capture_default_str();
+    app.add_option("--conf-thres", conf, "confidence threshold")->capture_default_str();
+    app.add_option("--iou-thres", iou, "NMS IoU threshold")->capture_default_str();
+    app.add_option("--max-det", max_det, "maximum detections per image")->capture_default_str();
+    app.add_option("--task", task, "train, val or test split")->capture_default_str()->check(CLI::IsMember({"train", "val", "test"}));
+    app.add_option("--device", device, "cpu")->capture_default_str();
+    app.add_option("--workers", workers, "data loader threads")->capture_default_str();
+    app.add_flag("--single-cls", single_cls, "treat as single-class dataset");
+    CLI11_PARSE(app, argc, argv);
+    try {
+        Y5_CHECK(device == "cpu", "--device %s: inference on the GPU needs the CUDA backend; use --device cpu", device.c_str());
+        y5::DataConfig cfg = y5::load_data_yaml(data);
+        Y5_CHECK(cfg.splits.count(task), "%s has no '%s' split", data.c_str(), task.c_str());
+        auto model = y5::Model::from_weights(weights);
+        Y5_CHECK(single_cls || model->nc == cfg.nc, "%s has nc=%d but %s has %d classes", weights.c_str(), model->nc,
+                 data.c_str(), cfg.nc);
+        y5::Dataset ds = y5::scan_dataset(cfg.splits[task], workers);
+        if (single_cls)
+            for (auto& r : ds.records)
+                for (auto& l : r.labels) l.cls = 0;
+        y5::LoaderOptions o;
+        o.img_size = imgsz, o.batch_size = batch, o.workers = std::max(1, workers), o.rect = true, o.pad = 0.5;
+        y5::DataLoader loader(ds, o);
+        y5::Arena act("activations", y5::Device::CPU, (size_t)3 << 30), work("workspace", y5::Device::CPU, (size_t)1 << 30),
+            grads("gradients", y5::Device::CPU, 1 << 20);
+        y5::Tape tape(&grads);
+        y5::Ctx c;
+        c.act = &act, c.work = &work, c.tape = &tape;
+        y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
+        const auto t0 = std::chrono::steady_clock::now();
+        y5::ValResult r = y5::validate(*model, loader, c, lh, y5::ValOptions{conf, iou, max_det, single_cls});
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("%s", y5::val_table(r, cfg.names, verbose).c_str());
+        std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
+                    batch, model->name.c_str());
+        return 0;
+    } catch (const y5::Error& e) {
+        std::fprintf(stderr, "y5val: error: %s\n", e.what());
+        return 1;
+    }
+}
