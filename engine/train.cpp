@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <yaml-cpp/yaml.h>
 
 #include "engine/check.h"
 #include "engine/dataset.h"
@@ -92,8 +93,14 @@ std::string results_row(int epoch, const std::vector<double>& vals) {
     return s + "\n";
 }
 
+struct TrainState {
+    int64_t last_opt_step = -1;
+    int accumulate = 1;
+};
+
 void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
-                     double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names) {
+                     double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names,
+                     const TrainState& ts = {}) {
     std::vector<SaveItem> items;
     auto add_all = [&](const Model& m, const std::string& prefix) {
         for (int i = 0; i < m.params.size(); ++i) items.push_back({prefix + m.params[i].name, m.params[i].value});
@@ -102,7 +109,11 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
         add_all(live, "");
         if (ema) add_all(*ema, "ema.");
         for (int i = 0; i < live.params.size(); ++i)
-            if (live.params[i].trainable()) items.push_back({"optimizer.momentum." + live.params[i].name, live.params.momentum(i)});
+            if (live.params[i].trainable()) {
+                items.push_back({"optimizer.momentum." + live.params[i].name, live.params.momentum(i)});
+                // gradients accumulated since the last step, so a resumed run continues exactly
+                items.push_back({"optimizer.grad." + live.params[i].name, live.params[i].grad});
+            }
     } else {
         add_all(ema ? *ema : live, "");  // a stripped checkpoint: the EMA weights as the model, as strip_optimizer
     }
@@ -111,7 +122,9 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"best_fitness", std::to_string(best_fitness)},
                                                {"updates", std::to_string(updates)},
                                                {"opt", opt_yaml},
-                                               {"names", names}};
+                                               {"names", names},
+                                               {"last_opt_step", std::to_string(ts.last_opt_step)},
+                                               {"accumulate", std::to_string(ts.accumulate)}};
     meta["yaml"] = live.yaml_text;
     meta["yaml_name"] = live.yaml_path.substr(live.yaml_path.find_last_of('/') + 1);
     meta["nc"] = std::to_string(live.nc);
@@ -126,16 +139,60 @@ std::string fmt_mem(size_t b) {
 
 }  // namespace
 
-std::string train(const TrainOptions& opt) {
+// The newest runs/train/*/weights/last.safetensors (YOLOv5's get_latest_run).
+static std::string latest_run() {
+    std::string best;
+    fs::file_time_type t{};
+    if (fs::exists("runs/train"))
+        for (const auto& e : fs::directory_iterator("runs/train")) {
+            const fs::path p = e.path() / "weights" / "last.safetensors";
+            if (fs::exists(p) && (best.empty() || fs::last_write_time(p) > t)) best = p.string(), t = fs::last_write_time(p);
+        }
+    Y5_CHECK(!best.empty(), "--resume: no runs/train/*/weights/last.safetensors to resume");
+    return best;
+}
+
+// The options a checkpoint was trained with (its opt.yaml, kept in the metadata).
+static TrainOptions options_from(const std::string& ckpt) {
+    SafeTensorsFile f(ckpt);
+    Y5_CHECK(f.metadata().count("opt"), "%s: not a y5 training checkpoint (no options in its metadata)", ckpt.c_str());
+    bool has_state = false;
+    for (const std::string& n : f.names()) has_state = has_state || n.rfind("ema.", 0) == 0;
+    Y5_CHECK(has_state, "%s: this run has finished (its checkpoint was stripped); nothing to resume", ckpt.c_str());
+    YAML::Node y = YAML::Load(f.metadata().at("opt"));
+    TrainOptions o;
+    auto str = [&](const char* k) { return y[k] && !y[k].IsNull() ? y[k].as<std::string>() : std::string(); };
+    o.weights = str("weights"), o.cfg = str("cfg"), o.data = str("data"), o.hyp = str("hyp");
+    o.epochs = y["epochs"].as<int>(), o.batch_size = y["batch_size"].as<int>(), o.imgsz = y["imgsz"].as<int>();
+    o.rect = y["rect"].as<bool>(), o.nosave = y["nosave"].as<bool>(), o.noval = y["noval"].as<bool>();
+    o.cache = str("cache"), o.device = str("device"), o.single_cls = y["single_cls"].as<bool>();
+    o.workers = y["workers"].as<int>(), o.project = str("project"), o.name = str("name");
+    o.cos_lr = y["cos_lr"].as<bool>(), o.label_smoothing = y["label_smoothing"].as<double>();
+    o.patience = y["patience"].as<int>(), o.save_period = y["save_period"].as<int>(), o.seed = y["seed"].as<int>();
+    o.exist_ok = true;
+    o.resume = ckpt;
+    return o;
+}
+
+std::string train(const TrainOptions& opt_in) {
+    const TrainOptions opt = opt_in.resume.empty() ? opt_in
+                             : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
     Y5_CHECK(opt.device == "cpu", "--device %s: training on the GPU needs the CUDA backend, which is not built into the "
              "training loop yet; use --device cpu", opt.device.c_str());
     Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
     Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
-    const std::string save_dir = increment_path(opt.project + "/" + opt.name, opt.exist_ok);
+    const bool resuming = !opt.resume.empty();
+    const std::string save_dir = resuming ? fs::path(opt.resume).parent_path().parent_path().string()
+                                          : increment_path(opt.project + "/" + opt.name, opt.exist_ok);
     fs::create_directories(save_dir + "/weights");
     const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
 
-    Hyp hyp = load_hyp(opt.hyp);
+    std::string hyp_path = opt.hyp;
+    if (hyp_path.empty()) {
+        hyp_path = "config/hyps/hyp.scratch-low.yaml";
+        if (!fs::exists(hyp_path)) hyp_path = std::string(Y5_CONFIG_DIR) + "/hyps/hyp.scratch-low.yaml";
+    }
+    Hyp hyp = load_hyp(hyp_path);
     DataConfig data = load_data_yaml(opt.data);
     const int nc = opt.single_cls ? 1 : data.nc;
     std::vector<std::string> names = opt.single_cls ? std::vector<std::string>{"item"} : data.names;
@@ -147,13 +204,14 @@ std::string train(const TrainOptions& opt) {
              "weights: '%s'\ncfg: %s\ndata: %s\nhyp: %s\nepochs: %d\nbatch_size: %d\nimgsz: %d\nrect: %s\nnosave: %s\n"
              "noval: %s\ncache: %s\ndevice: %s\nsingle_cls: %s\nworkers: %d\nproject: %s\nname: %s\nexist_ok: %s\n"
              "cos_lr: %s\nlabel_smoothing: %g\npatience: %d\nsave_period: %d\nseed: %d\nsave_dir: %s\n",
-             opt.weights.c_str(), opt.cfg.c_str(), opt.data.c_str(), opt.hyp.c_str(), opt.epochs, opt.batch_size, opt.imgsz,
+             opt.weights.c_str(), opt.cfg.c_str(), opt.data.c_str(), hyp_path.c_str(), opt.epochs, opt.batch_size, opt.imgsz,
              opt.rect ? "true" : "false", opt.nosave ? "true" : "false", opt.noval ? "true" : "false",
              opt.cache.empty() ? "null" : opt.cache.c_str(), opt.device.c_str(), opt.single_cls ? "true" : "false",
              opt.workers, opt.project.c_str(), opt.name.c_str(), opt.exist_ok ? "true" : "false",
              opt.cos_lr ? "true" : "false", opt.label_smoothing, opt.patience, opt.save_period, opt.seed, save_dir.c_str());
+    int start_epoch = 0;
     const std::string opt_yaml = optbuf;
-    std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
+    if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
     std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
 
     // Data: scan, check classes before anything trains, loaders.
@@ -231,17 +289,50 @@ std::string train(const TrainOptions& opt) {
     int64_t last_opt_step = -1, updates = 0;
     double best_fitness = 0;
     int best_epoch = 0;
-    std::ofstream(save_dir + "/results.csv") << results_header();
-    model.params.zero_grad();
+    if (resuming) {
+        SafeTensorsFile ck(opt.resume);
+        model.load_weights(opt.resume);
+        ema.load_weights(opt.resume, nullptr, "ema.");
+        for (int i = 0; i < model.params.size(); ++i)
+            if (model.params[i].trainable()) {
+                std::vector<float> m = ck.read_f32("optimizer.momentum." + model.params[i].name, &model.params[i].shape);
+                std::copy(m.begin(), m.end(), model.params.momentum(i).ptr<float>());
+                std::vector<float> g = ck.read_f32("optimizer.grad." + model.params[i].name, &model.params[i].shape);
+                std::copy(g.begin(), g.end(), model.params[i].grad.ptr<float>());
+            }
+        // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
+        // resumed run equal the uninterrupted one.
+        last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
+        accumulate = std::stoi(ck.metadata().at("accumulate"));
+        start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
+        best_fitness = std::stod(ck.metadata().at("best_fitness"));
+        updates = std::stoll(ck.metadata().at("updates"));
+        best_epoch = start_epoch - 1;
+        Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
+                 opt.epochs);
+        std::printf("Resuming training from %s from epoch %d to %d total epochs\n", opt.resume.c_str(), start_epoch,
+                    opt.epochs);
+    } else {
+        std::ofstream(save_dir + "/results.csv") << results_header();
+    }
+    if (!resuming) model.params.zero_grad();
+    const char* stop_env = std::getenv("Y5_STOP_AFTER_EPOCH");
+    const int stop_after = stop_env ? std::atoi(stop_env) : -1;
     const auto t_start = std::chrono::steady_clock::now();
-    for (int epoch = 0; epoch < opt.epochs; ++epoch) {
-        train_loader.start_epoch(epoch);
+    bool prefetched = false;
+    for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
+        if (!prefetched) train_loader.start_epoch(epoch);
+        prefetched = false;
         double mloss[3] = {0, 0, 0};
         double lr_logged[3] = {0, 0, 0};
         Batch b;
         const auto t0 = std::chrono::steady_clock::now();
         std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
-        for (int i = 0; train_loader.next(b); ++i) {
+        for (int i = 0; i < nb && train_loader.next(b); ++i) {
+            if (i + 1 == nb && epoch + 1 < opt.epochs && epoch != stop_after) {  // the next epoch's data loads meanwhile
+                train_loader.start_epoch(epoch + 1);
+                prefetched = true;
+            }
             const int64_t ni = i + (int64_t)nb * epoch;
             ScheduleState st = sched.at(ni, epoch, accumulate);
             accumulate = st.accumulate;
@@ -291,11 +382,17 @@ std::string train(const TrainOptions& opt) {
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
         if (!opt.nosave || final_epoch) {
-            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta);
-            if (best_epoch == epoch) save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta);
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
+            if (best_epoch == epoch)
+                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta,
+                                {last_opt_step, accumulate});
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
                 save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
                                 epoch, best_fitness, updates, opt_yaml, names_meta);
+        }
+        if (epoch == stop_after) {
+            std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());
+            return save_dir;
         }
         if (epoch - best_epoch >= opt.patience) {
             std::printf("Stopping training early as no improvement observed in last %d epochs. Best results observed at "

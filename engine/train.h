@@ -10,16 +10,21 @@
 namespace y5 {
 
 struct TrainOptions {
-    std::string data, cfg, weights, hyp = "config/hyps/hyp.scratch-low.yaml";
+    std::string data, cfg, weights, hyp;  // hyp "": config/hyps/hyp.scratch-low.yaml (here, else y5's own copy)
     int epochs = 100, batch_size = 16, imgsz = 640, workers = 8, patience = 100, save_period = -1;
     std::string device = "cpu", project = "runs/train", name = "exp";
     bool exist_ok = false, cos_lr = false, rect = false, noval = false, nosave = false, single_cls = false;
     std::string cache;  // "" or "ram"
+    std::string resume;  // a last.safetensors to continue, or "latest" (the newest under runs/train); "" starts fresh
     double label_smoothing = 0.0;
     int seed = 0;
 };
 
 // Runs the training; returns the run folder. Progress and results go to stdout.
+// Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the
+// momentum buffers and best fitness, and continues at the next epoch with the same data order (the loader's
+// draws depend on the seed and epoch only). Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after
+// epoch N's checkpoints are written, as if it were killed there (for the resume test).
 std::string train(const TrainOptions& opt);
 
 }  // namespace y5

@@ -18,9 +18,9 @@ int main(int argc, char** argv) {
     bool summary = false;
     int nc = 0;
     app.add_option("--data", o.data, "dataset yaml (path, train, val, names)");
-    app.add_option("--cfg", o.cfg, "model yaml, e.g. config/models/yolov5n.yaml")->required();
+    app.add_option("--cfg", o.cfg, "model yaml, e.g. config/models/yolov5n.yaml");
     app.add_option("--weights", o.weights, "initial weights (safetensors); '' trains from scratch")->capture_default_str();
-    app.add_option("--hyp", o.hyp, "hyperparameter yaml")->capture_default_str();
+    app.add_option("--hyp", o.hyp, "hyperparameter yaml")->default_str("config/hyps/hyp.scratch-low.yaml");
     app.add_option("--epochs", o.epochs, "total training epochs")->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--batch-size", o.batch_size, "images per batch")->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--imgsz,--img-size", o.imgsz, "train and val image size (pixels)")->capture_default_str()->check(CLI::PositiveNumber);
@@ -39,17 +39,23 @@ int main(int argc, char** argv) {
     app.add_option("--save-period", o.save_period, "save a checkpoint every N epochs (disabled if < 1)")->capture_default_str();
     app.add_flag("--single-cls", o.single_cls, "train multi-class data as single-class");
     app.add_option("--label-smoothing", o.label_smoothing, "label smoothing epsilon")->capture_default_str();
+    app.add_option("--resume", o.resume, "resume from a last.safetensors (no value: the most recent run)")
+        ->expected(0, 1)->default_str("latest");
     app.add_flag("--summary", summary, "print the model summary for --cfg and exit");
     app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
     CLI11_PARSE(app, argc, argv);
     try {
         if (summary) {
+            if (o.cfg.empty()) {
+                std::fprintf(stderr, "y5train: error: --summary needs --cfg\n");
+                return 2;
+            }
             y5::Model model(o.cfg, nc);
             std::fputs(model.summary(o.imgsz).c_str(), stdout);
             return 0;
         }
-        if (o.data.empty()) {
-            std::fprintf(stderr, "y5train: error: --data is required for training (or pass --summary)\n");
+        if (o.resume.empty() && (o.data.empty() || o.cfg.empty())) {
+            std::fprintf(stderr, "y5train: error: --data and --cfg are required for training (or pass --resume, --summary)\n");
             return 2;
         }
         y5::train(o);
