@@ -20,3 +20,16 @@ cv::Scalar class_colour(int cls);
 void plot_batch(const Batch& b, const std::vector<std::string>& names, const std::string& path);
 
 }  // namespace y5
+
+namespace y5 {
+
+// results.png as YOLOv5's plot_results draws it: a 2×5 grid of the results.csv columns (train box/obj/cls
+// loss, precision, recall, val box/obj/cls loss, mAP50, mAP50-95) against the epoch.
+void plot_results(const std::string& results_csv, const std::string& path);
+
+// A batch with predicted boxes (rows: image, class, x, y, w, h, conf, normalised) drawn with their
+// confidence, as val_batchN_pred.jpg.
+void plot_predictions(const Batch& b, const std::vector<std::array<float, 7>>& pred, const std::vector<std::string>& names,
+                      const std::string& path);
+
+}  // namespace y5

@@ -354,6 +354,7 @@ std::string train(const TrainOptions& opt_in) {
                 last_opt_step = ni;
             }
             for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
+            if (ni < 3) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
             const double items[3] = {L.items.lbox, L.items.lobj, L.items.lcls};
             for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
             const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -417,9 +418,12 @@ std::string train(const TrainOptions& opt_in) {
         m.allocate(Device::CPU);
         m.load_weights(w_best);
         vwks.tape->clear();
-        ValResult vr = validate(m, val_loader, vwks.ctx, lh, ValOptions{0.001f, 0.6f, 300, opt.single_cls});
+        ValOptions vo{0.001f, 0.6f, 300, opt.single_cls};
+        vo.plot_dir = save_dir, vo.names = &names;
+        ValResult vr = validate(m, val_loader, vwks.ctx, lh, vo);
         std::printf("%s", val_table(vr, names).c_str());
     }
+    plot_results(save_dir + "/results.csv", save_dir + "/results.png");
     std::printf("Results saved to %s\n", save_dir.c_str());
     return save_dir;
 }

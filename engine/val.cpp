@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "engine/check.h"
+#include "engine/plots.h"
 
 namespace y5 {
 
@@ -52,8 +53,15 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
         R.loss[0] += L.items.lbox, R.loss[1] += L.items.lobj, R.loss[2] += L.items.lcls;
         ++batches;
         const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
+        const bool plot = !o.plot_dir.empty() && batches <= 3;
+        std::vector<std::array<float, 7>> plotted;  // predictions over 0.25, normalised to the batch image
         for (int i = 0; i < b.n; ++i) {
             std::vector<Detection> det = nms_image(out.decoded.ptr<float>() + i * N * no, (int)N, (int)no, np);
+            if (plot)
+                for (const Detection& d : det)
+                    if (d[4] > 0.25f)
+                        plotted.push_back({(float)i, d[5], (d[0] + d[2]) / 2 / b.w, (d[1] + d[3]) / 2 / b.h,
+                                           (d[2] - d[0]) / b.w, (d[3] - d[1]) / b.h, d[4]});
             std::vector<Label> lab;
             for (int64_t k = 0; k < b.num_targets(); ++k) {
                 const float* r = &b.targets[6 * k];
@@ -83,6 +91,12 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
                 conf.push_back(det[k][4]);
                 pcls.push_back((int)det[k][5]);
             }
+        }
+        if (plot) {
+            static const std::vector<std::string> none;
+            const std::string base = o.plot_dir + "/val_batch" + std::to_string(batches - 1);
+            plot_batch(b, o.names ? *o.names : none, base + "_labels.jpg");
+            plot_predictions(b, plotted, o.names ? *o.names : none, base + "_pred.jpg");
         }
     }
     for (double& l : R.loss) l /= std::max(batches, 1);

@@ -31,6 +31,8 @@ struct ValOptions {
     float conf_thres = 0.001f, iou_thres = 0.6f;
     int max_det = 300;
     bool single_cls = false;
+    std::string plot_dir;                        // if set: val_batch{0,1,2}_{labels,pred}.jpg go there
+    const std::vector<std::string>* names = nullptr;
 };
 
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o = {},
