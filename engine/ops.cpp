@@ -83,11 +83,6 @@ struct Scratch {
 // ----------------------------------------------------------------------------------------------------
 // Tensor utilities
 
-Tensor empty(Ctx& c, Shape shape, DType dtype, Device device) {
-    Y5_CHECK(c.act && c.act->device() == device, "empty: no activation arena on %s", device_name(device));
-    return c.act->tensor(shape, dtype);
-}
-
 void fill(Ctx& c, Tensor t, double v) {
     if (t.device == Device::CUDA) {
 #if Y5_CUDA

@@ -29,7 +29,6 @@ struct Ctx {
 };
 
 // ---- tensor utilities (no tape)
-Tensor empty(Ctx& c, Shape shape, DType dtype, Device device);  // from the activation arena
 void fill(Ctx& c, Tensor t, double v);
 void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype
 void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x
