@@ -374,7 +374,9 @@ std::string train(const TrainOptions& opt_in) {
         ValResult vr;
         if (!opt.noval || final_epoch) {
             vwks.tape->clear();
-            vr = validate(ema, val_loader, vwks.ctx, lh, ValOptions{0.001f, 0.6f, 300, opt.single_cls});
+            ValOptions vo;
+            vo.single_cls = opt.single_cls;
+            vr = validate(ema, val_loader, vwks.ctx, lh, vo);
             std::printf("%s", val_table(vr, names, false).c_str());
         }
         const double fi = vr.fitness();
@@ -418,8 +420,8 @@ std::string train(const TrainOptions& opt_in) {
         m.allocate(Device::CPU);
         m.load_weights(w_best);
         vwks.tape->clear();
-        ValOptions vo{0.001f, 0.6f, 300, opt.single_cls};
-        vo.plot_dir = save_dir, vo.names = &names;
+        ValOptions vo;
+        vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;
         ValResult vr = validate(m, val_loader, vwks.ctx, lh, vo);
         std::printf("%s", val_table(vr, names).c_str());
     }

@@ -53,7 +53,9 @@ int main(int argc, char** argv) {
         c.act = &act, c.work = &work, c.tape = &tape;
         y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
         const auto t0 = std::chrono::steady_clock::now();
-        y5::ValResult r = y5::validate(*model, loader, c, lh, y5::ValOptions{conf, iou, max_det, single_cls});
+        y5::ValOptions vo;
+        vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
+        y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("%s", y5::val_table(r, cfg.names, verbose).c_str());
         std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
