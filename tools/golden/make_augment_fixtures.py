@@ -54,11 +54,9 @@ description of each case in metadata under its prefix, e.g. `lb0`):
     [w, h, eps]; conv.xywhn F64 (n, 4).
 """
 
-import json
 import math
 import os
 import random
-import struct
 import sys
 import tempfile
 import types
@@ -68,18 +66,10 @@ REPO = Path(__file__).resolve().parents[2]
 OUT_PATH = REPO / 'tests' / 'fixtures' / 'augment.safetensors'
 
 
-def _shim_pkg_resources():
-    """yolov5 7.0.13 does `import pkg_resources as pkg` and only uses pkg.parse_version (as make_model_fixtures.py)."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        from packaging.version import parse as parse_version
-        shim = types.ModuleType('pkg_resources')
-        shim.parse_version = parse_version
-        sys.modules['pkg_resources'] = shim
 
+from common import canonicalize_header, shim_pkg_resources  # noqa: E402
 
-_shim_pkg_resources()
+shim_pkg_resources()
 os.environ.setdefault('YOLOv5_VERBOSE', 'False')
 
 import cv2  # noqa: E402
@@ -90,16 +80,6 @@ import yolov5.utils.dataloaders as dl  # noqa: E402
 import yolov5.utils.general as gen  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-
-def canonicalize_header(path):
-    """Same as make_model_fixtures.canonicalize_header: sorted JSON header keys -> byte-reproducible files."""
-    raw = Path(path).read_bytes()
-    n = struct.unpack('<Q', raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
-    h = json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
-    h += b' ' * (-len(h) % 8)
-    Path(path).write_bytes(struct.pack('<Q', len(h)) + h + raw[8 + n:])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -39,9 +39,7 @@ import argparse
 import hashlib
 import json
 import os
-import struct
 import sys
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,22 +50,10 @@ BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what yolov5's initialize_weights sets
 INPUT_SHAPE = (2, 3, 64, 96)  # non-square on purpose; small to keep the fixtures small
 
 
-def _shim_pkg_resources():
-    """yolov5 7.0.13 does `import pkg_resources as pkg` and only uses pkg.parse_version.
 
-    setuptools >= 81 no longer ships pkg_resources; provide a minimal stand-in (packaging is a torch/yolov5
-    dependency). The installed package files are not modified.
-    """
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        from packaging.version import parse as parse_version
-        shim = types.ModuleType('pkg_resources')
-        shim.parse_version = parse_version
-        sys.modules['pkg_resources'] = shim
+from common import canonicalize_header, shim_pkg_resources  # noqa: E402
 
-
-_shim_pkg_resources()
+shim_pkg_resources()
 os.environ.setdefault('YOLOv5_VERBOSE', 'True')
 
 import torch  # noqa: E402
@@ -100,17 +86,6 @@ class ECA(nn.Module):
         y = self.sigmoid(y)
         return x * y.expand_as(x)
 
-
-def canonicalize_header(path):
-    """Rewrite the safetensors JSON header with sorted keys (the Rust writer emits __metadata__ in hash order),
-    so that regenerating the fixtures gives byte-identical files. The tensor data is untouched."""
-    raw = Path(path).read_bytes()
-    n = struct.unpack('<Q', raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
-    h = json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
-    h += b' ' * (-len(h) % 8)  # keep the data 8-byte aligned, as safetensors does
-    Path(path).write_bytes(struct.pack('<Q', len(h)) + h + raw[8 + n:])
 
 
 # parse_model resolves module names with eval() in yolov5.models.yolo's globals: make ECA visible there.

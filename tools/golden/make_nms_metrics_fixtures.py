@@ -57,7 +57,9 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_model_fixtures import canonicalize_header  # noqa: E402  (also installs the pkg_resources shim)
+from common import canonicalize_header, shim_pkg_resources  # noqa: E402
+
+shim_pkg_resources()
 
 import numpy as np  # noqa: E402
 

@@ -80,9 +80,7 @@ import copy
 import json
 import math
 import os
-import struct
 import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -90,18 +88,10 @@ REPO = Path(__file__).resolve().parents[2]
 OUT_PATH = REPO / 'tests' / 'fixtures' / 'optim.safetensors'
 
 
-def _shim_pkg_resources():
-    """yolov5 7.0.13 does `import pkg_resources as pkg` and only uses pkg.parse_version (as make_model_fixtures.py)."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        from packaging.version import parse as parse_version
-        shim = types.ModuleType('pkg_resources')
-        shim.parse_version = parse_version
-        sys.modules['pkg_resources'] = shim
 
+from common import canonicalize_header, shim_pkg_resources  # noqa: E402
 
-_shim_pkg_resources()
+shim_pkg_resources()
 os.environ.setdefault('YOLOv5_VERBOSE', 'False')
 
 import numpy as np  # noqa: E402
@@ -122,16 +112,6 @@ RUNS = [(5, 30, 16, False), (5, 30, 16, True), (3, 50, 64, False), (4, 7, 8, Fal
 SGD_NI = [0, 20, 45, 70, 100]  # warmup iterations of sched0 whose lr/momentum drive the SGD parity steps
 EMA_K = 4
 
-
-def canonicalize_header(path):
-    """As make_model_fixtures.py: sorted header keys, compact JSON, 8-byte padded; tensor data untouched."""
-    raw = Path(path).read_bytes()
-    n = struct.unpack('<Q', raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
-    h = json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
-    h += b' ' * (-len(h) % 8)
-    Path(path).write_bytes(struct.pack('<Q', len(h)) + h + raw[8 + n:])
 
 
 def tiny_model():
