@@ -32,7 +32,7 @@ template <class T> void PinnedAllocator<T>::deallocate(T* q, size_t) {
 
 template struct PinnedAllocator<uint8_t>;
 
-static int64_t mem_available_bytes() {
+int64_t mem_available_bytes() {
     std::ifstream in("/proc/meminfo");
     std::string key;
     int64_t kb = 0;

@@ -53,6 +53,9 @@ struct Batch {
     int64_t num_targets() const { return (int64_t)targets.size() / 6; }
 };
 
+// MemAvailable from /proc/meminfo in bytes (−1 if unknown).
+int64_t mem_available_bytes();
+
 class DataLoader {
 public:
     DataLoader(const Dataset& data, const LoaderOptions& opt);

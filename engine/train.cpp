@@ -276,8 +276,16 @@ std::string train(const TrainOptions& opt_in) {
     size_t va = 0, vw = 0, vg = 0;
     measure(model, val_side, val_side, lh, &va, &vw, &vg);
     Workspace tw, vwks;
-    tw.make(a1 * opt.batch_size * 11 / 10 + (64 << 20), w1 + (16 << 20), g1 * opt.batch_size * 11 / 10 + (64 << 20));
-    vwks.make(va * vl.batch_size * 11 / 10 + (64 << 20), vw + (16 << 20), 1 << 20);
+    const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
+    const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
+    // Linux would hand out more than it has and kill the process on first touch: check before allocating.
+    const int64_t avail = mem_available_bytes();
+    const double need = (double)(t_act + t_grad + v_act + w1 + vw);
+    Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
+             "batch %d at --imgsz %d needs %.1f GB of memory for activations and gradients but %.1f GB are available: "
+             "lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9, avail / 1e9);
+    tw.make(t_act, w1 + (16 << 20), t_grad);
+    vwks.make(v_act, vw + (16 << 20), 1 << 20);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
                 "memory: %s activations + %s gradients\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
