@@ -151,20 +151,20 @@ template <class T> static std::vector<T> convert(const SafeEntry& e, const uint8
     return out;
 }
 
-std::vector<float> SafeTensorsFile::read_f32(const std::string& name, const Shape* expect) const {
+template <class T> std::vector<T> SafeTensorsFile::read(const std::string& name, const Shape* expect) const {
     if (expect)
         Y5_CHECK(shape(name) == *expect, "%s: tensor '%s' has shape %s, expected %s", path_.c_str(), name.c_str(),
                  shape(name).str().c_str(), expect->str().c_str());
     const SafeEntry& e = entry(name);
-    return convert<float>(e, data_.data() + e.begin);
+    return convert<T>(e, data_.data() + e.begin);
+}
+
+std::vector<float> SafeTensorsFile::read_f32(const std::string& name, const Shape* expect) const {
+    return read<float>(name, expect);
 }
 
 std::vector<double> SafeTensorsFile::read_f64(const std::string& name, const Shape* expect) const {
-    if (expect)
-        Y5_CHECK(shape(name) == *expect, "%s: tensor '%s' has shape %s, expected %s", path_.c_str(), name.c_str(),
-                 shape(name).str().c_str(), expect->str().c_str());
-    const SafeEntry& e = entry(name);
-    return convert<double>(e, data_.data() + e.begin);
+    return read<double>(name, expect);
 }
 
 void save_safetensors(const std::string& path, const std::vector<SaveItem>& items,

@@ -39,6 +39,7 @@ public:
     Shape shape(const std::string& name) const;
 
 private:
+    template <class T> std::vector<T> read(const std::string& name, const Shape* expect) const;
     std::string path_;
     std::vector<uint8_t> data_;
     std::map<std::string, SafeEntry> entries_;

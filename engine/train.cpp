@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <yaml-cpp/yaml.h>
 
 #include "engine/check.h"
@@ -125,9 +126,7 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"names", names},
                                                {"last_opt_step", std::to_string(ts.last_opt_step)},
                                                {"accumulate", std::to_string(ts.accumulate)}};
-    meta["yaml"] = live.yaml_text;
-    meta["yaml_name"] = live.yaml_path.substr(live.yaml_path.find_last_of('/') + 1);
-    meta["nc"] = std::to_string(live.nc);
+    live.add_metadata(meta);
     save_safetensors(path, items, meta);
 }
 
@@ -199,18 +198,19 @@ std::string train(const TrainOptions& opt_in) {
     std::string names_meta;  // class names, one per line, in the checkpoints' metadata
     for (const std::string& n : names) names_meta += (names_meta.empty() ? "" : "\n") + n;
 
-    char optbuf[1024];
-    snprintf(optbuf, sizeof optbuf,
-             "weights: '%s'\ncfg: %s\ndata: %s\nhyp: %s\nepochs: %d\nbatch_size: %d\nimgsz: %d\nrect: %s\nnosave: %s\n"
-             "noval: %s\ncache: %s\ndevice: %s\nsingle_cls: %s\nworkers: %d\nproject: %s\nname: %s\nexist_ok: %s\n"
-             "cos_lr: %s\nlabel_smoothing: %g\npatience: %d\nsave_period: %d\nseed: %d\nsave_dir: %s\n",
-             opt.weights.c_str(), opt.cfg.c_str(), opt.data.c_str(), hyp_path.c_str(), opt.epochs, opt.batch_size, opt.imgsz,
-             opt.rect ? "true" : "false", opt.nosave ? "true" : "false", opt.noval ? "true" : "false",
-             opt.cache.empty() ? "null" : opt.cache.c_str(), opt.device.c_str(), opt.single_cls ? "true" : "false",
-             opt.workers, opt.project.c_str(), opt.name.c_str(), opt.exist_ok ? "true" : "false",
-             opt.cos_lr ? "true" : "false", opt.label_smoothing, opt.patience, opt.save_period, opt.seed, save_dir.c_str());
+    // opt.yaml (also kept in every checkpoint's metadata, where --resume reads it back).
+    auto yn = [](bool b) { return b ? "true" : "false"; };
+    std::ostringstream oy;
+    oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
+       << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
+       << "\nrect: " << yn(opt.rect) << "\nnosave: " << yn(opt.nosave) << "\nnoval: " << yn(opt.noval)
+       << "\ncache: " << (opt.cache.empty() ? "null" : opt.cache) << "\ndevice: " << opt.device
+       << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
+       << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
+       << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
+       << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
-    const std::string opt_yaml = optbuf;
+    const std::string opt_yaml = oy.str();
     if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
     std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
 

@@ -509,10 +509,14 @@ void Model::save_weights(const std::string& path, const std::map<std::string, st
         items.push_back({params[i].name, Tensor(host[i].data(), t.shape, DType::F32, Device::CPU)});
     }
     std::map<std::string, std::string> meta = metadata;
+    add_metadata(meta);
+    save_safetensors(path, items, meta);
+}
+
+void Model::add_metadata(std::map<std::string, std::string>& meta) const {
     meta["yaml"] = yaml_text;
     meta["yaml_name"] = yaml_path.substr(yaml_path.find_last_of('/') + 1);
     meta["nc"] = std::to_string(nc);
-    save_safetensors(path, items, meta);
 }
 
 }  // namespace y5

@@ -50,6 +50,9 @@ public:
     void save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
                       CudaContext* cuda = nullptr) const;
 
+    // The yaml text, its file name and nc: what from_weights needs to rebuild the model from a weights file.
+    void add_metadata(std::map<std::string, std::string>& meta) const;
+
     ParamStore params;
     std::string yaml_path, yaml_text, name;  // name: "YOLOv5n", as YOLOv5 derives it from the file name
     int nc = 0;
