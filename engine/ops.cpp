@@ -5,9 +5,12 @@
  */
 #include "engine/ops.h"
 
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "engine/device.h"
+#include "engine/threadpool.h"
 #include "kernels/batchnorm.h"
 #include "kernels/concat.h"
 #include "kernels/conv2d.h"
@@ -80,6 +83,37 @@ struct Scratch {
     }
 };
 
+// CPU threads: one pool with a thread per core (Y5_THREADS=n overrides), the caller being one of them.
+// OpenBLAS is set to one thread because the ops call it per image from several threads at once, and its
+// own threads spin (sched_yield) on these small GEMMs: a third of the CPU time was lost that way.
+static ThreadPool* cpu_pool_or_null(int* threads) {
+    static int n = [] {
+        const char* e = std::getenv("Y5_THREADS");
+        int v = e ? std::atoi(e) : (int)std::thread::hardware_concurrency();
+        openblas_set_num_threads(1);
+        return std::max(1, v);
+    }();
+    static ThreadPool* pool = n > 1 ? new ThreadPool(n - 1) : nullptr;  // lives as long as the program
+    *threads = n;
+    return pool;
+}
+
+static constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
+
+static int cpu_threads() {
+    int n;
+    cpu_pool_or_null(&n);
+    return n;
+}
+
+// fn(begin, end) over disjoint chunks of [0, n) on the CPU threads; chunks of at least min_chunk.
+static void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1) {
+    int threads;
+    ThreadPool* pool = cpu_pool_or_null(&threads);
+    if (pool) pool->parallel_for(n, fn, min_chunk);
+    else if (n > 0) fn(0, n);
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Tensor utilities
 
@@ -150,22 +184,51 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     cpu_only(op, x.t);
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    // The batch is split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
+    const int G = std::min(N, cpu_threads());
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
     with_dtype(op, x.t, [&](auto z) {
         using T = decltype(z);
         Scratch ws(c.work);
-        conv2d_fprop_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), b ? b->t.ptr<T>() : nullptr, ws.get<T>(ncol), N,
-                            C, H, W, K, R, S, stride, pad);
+        T* col = ws.get<T>(ncol * G);
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
+        par(G, [&](int64_t g0, int64_t g1) {
+            for (int64_t g = g0; g < g1; ++g) {
+                const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, col ? col + g * ncol : nullptr,
+                                    n1 - n0, C, H, W, K, R, S, stride, pad);
+            }
+        });
     });
     Var y = c.tape->output(out, {&x, &w, b});
     if (y.requires_grad())
-        c.tape->record([&c, x, w, bias, y, N, C, H, W, K, R, S, stride, pad, ncol] {
+        c.tape->record([&c, x, w, bias, y, N, C, H, W, K, R, S, stride, pad, ncol, G, in_img, out_img] {
             if (!c.tape->has_grad(y)) return;
             with_dtype("conv2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 Scratch ws(c.work);
-                conv2d_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), grad_ptr<T>(c, bias),
-                                       c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(),
-                                       ws.get<T>(ncol), N, C, H, W, K, R, S, stride, pad);
+                T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                // Group 0 accumulates into dw/db; groups 1..G−1 into zeroed partials, added in order after.
+                const int64_t nw = (int64_t)K * C * R * S;
+                T* col = ws.get<T>(ncol * G);
+                T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
+                T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
+                if (pw) fill_cpu(pw, T(0), nw * (G - 1));
+                if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
+                par(G, [&](int64_t g0, int64_t g1) {
+                    for (int64_t g = g0; g < g1; ++g) {
+                        const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                        conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr,
+                                               db ? (g ? pb + (g - 1) * K : db) : nullptr, dy + n0 * out_img,
+                                               x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + g * ncol : nullptr,
+                                               n1 - n0, C, H, W, K, R, S, stride, pad);
+                    }
+                });
+                for (int g = 1; g < G; ++g) {
+                    if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
+                    if (db) axpy_cpu(db, T(1), pb + (g - 1) * K, (int64_t)K);
+                }
             });
         });
     return y;
@@ -196,13 +259,16 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
     }
     with_dtype(op, x.t, [&](auto z) {
         using T = decltype(z);
-        if (training)
-            batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
-                                           running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(), N, C,
-                                           HW, eps, momentum);
-        else
-            batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
-                                          running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps);
+        par(C, [&](int64_t c0, int64_t c1) {  // channels are independent
+            if (training)
+                batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
+                                               running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
+                                               N, C, HW, eps, momentum, (int)c0, (int)c1);
+            else
+                batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
+                                              running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, (int)c0,
+                                              (int)c1);
+        });
     });
     Var y = c.tape->output(out, {&x, &gamma, &beta});
     if (y.requires_grad())
@@ -215,13 +281,16 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
                 Scratch ws(c.work);
                 T* dx = x.requires_grad() ? grad_ptr<T>(c, x) : ws.get<T>(x.t.numel());
                 const T* dy = c.tape->grad(y).template ptr<T>();
-                if (training)
-                    batchnorm_backward_train_cpu<T>(dx, grad_ptr<T>(c, gamma), grad_ptr<T>(c, beta), dy, x.t.ptr<T>(),
-                                                    gamma.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW);
-                else
-                    batchnorm_backward_eval_cpu<T>(dx, grad_ptr<T>(c, gamma), grad_ptr<T>(c, beta), dy, x.t.ptr<T>(),
-                                                   gamma.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
-                                                   C, HW, eps);
+                T *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
+                par(C, [&](int64_t c0, int64_t c1) {
+                    if (training)
+                        batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(), mean.ptr<T>(),
+                                                        invstd.ptr<T>(), N, C, HW, (int)c0, (int)c1);
+                    else
+                        batchnorm_backward_eval_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                       running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps,
+                                                       (int)c0, (int)c1);
+                });
             });
         });
     return y;
@@ -237,7 +306,8 @@ Var activation(Ctx& c, const Var& x, Act a) {
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
     with_dtype(op, x.t, [&](auto z) {
         using T = decltype(z);
-        act_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), x.t.numel(), a);
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        par(x.t.numel(), [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
     });
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
@@ -245,7 +315,10 @@ Var activation(Ctx& c, const Var& x, Act a) {
             if (!c.tape->has_grad(y)) return;
             with_dtype("activation backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                act_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), x.t.numel(), a);
+                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(x.t.numel(), [&](int64_t b, int64_t e) { act_backward_cpu<T>(dx + b, dy + b, xp + b, e - b, a); },
+                    kElemChunk);
             });
         });
     return y;

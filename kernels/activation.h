@@ -7,8 +7,11 @@
  * parse_act reads the yaml spelling (Decisions 4: "nn.SiLU()", "nn.LeakyReLU(0.1)", ...).
  */
 #pragma once
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "engine/check.h"
 #include "kernels/common.h"
@@ -57,11 +60,48 @@ template <class T> Y5_HD T act_grad(Act a, T x) {
 // ----------------------------------------------------------------------------------------------------
 // CPU reference
 
+// e^x for float in a form GCC vectorises (no libm call), used by the CPU SiLU, YOLOv5's activation and a
+// quarter of the CPU training step when it called expf per element. Cephes' expf: x = n·ln2 + r with
+// |r| ≤ ln2/2 (ln2 split in two constants), e^r by a degree-7 polynomial, 2^n put in the exponent bits.
+// Relative error ≤ 2e-7 (tested against std::exp); x is clamped to [−87.3, 88.37], where n = round(x/ln2) keeps 2^n finite and normal.
+inline float exp_cpu_vec(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.37f ? 88.37f : x);  // so that 2^n stays a normal float
+    const float fx = x * 1.44269504088896341f + 0.5f;
+    int n = (int)fx;
+    n -= (float)n > fx ? 1 : 0;  // floor without a libm call
+    const float fn = (float)n;
+    const float r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (n + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) {
+    if constexpr (std::is_same_v<T, float>)
+        if (a.kind == ActKind::SiLU) {  // x·σ(x) = x / (1 + e^−x)
+            for (int64_t i = 0; i < n; ++i) out[i] = inp[i] / (1.0f + exp_cpu_vec(-inp[i]));
+            return;
+        }
     for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
 }
 
 template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, int64_t n, Act a) {
+    if constexpr (std::is_same_v<T, float>)
+        if (a.kind == ActKind::SiLU) {
+            for (int64_t i = 0; i < n; ++i) {
+                const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
+                dinp[i] += dout[i] * (s * (1.0f + inp[i] * (1.0f - s)));
+            }
+            return;
+        }
     for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);
 }
 

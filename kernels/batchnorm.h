@@ -7,8 +7,12 @@
  * Eval: normalise with the running statistics.
  * Backward accumulates into dinp, dgamma, dbeta (+=); dgamma/dbeta may be null.
  * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
+ * Each function handles channels [c_begin, min(C, c_end)) (all by default), so callers can split the
+ * channels over threads; channels are independent.
  */
 #pragma once
+#include <climits>
+
 #include "kernels/common.h"
 
 namespace y5 {
@@ -24,9 +28,10 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 
 template <class T>
 void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* running_mean, T* running_var, const T* inp,
-                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum) {
+                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum,
+                                 int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
-    for (int c = 0; c < C; ++c) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         double sum = 0;
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) sum += inp[((int64_t)n * C + c) * HW + i];
@@ -54,8 +59,9 @@ void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* runnin
 
 template <class T>
 void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* beta, const T* running_mean,
-                                const T* running_var, int N, int C, int HW, float eps) {
-    for (int c = 0; c < C; ++c) {
+                                const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
+                                int c_end = INT_MAX) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
@@ -67,9 +73,10 @@ void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* b
 
 template <class T>
 void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                  const T* save_mean, const T* save_invstd, int N, int C, int HW) {
+                                  const T* save_mean, const T* save_invstd, int N, int C, int HW,
+                                  int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
-    for (int c = 0; c < C; ++c) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         double sdy = 0, sdyx = 0;
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
@@ -91,8 +98,9 @@ void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, c
 
 template <class T>
 void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                 const T* running_mean, const T* running_var, int N, int C, int HW, float eps) {
-    for (int c = 0; c < C; ++c) {
+                                 const T* running_mean, const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
+                                int c_end = INT_MAX) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
         double sdy = 0, sdyx = 0;
         for (int n = 0; n < N; ++n)

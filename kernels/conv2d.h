@@ -37,6 +37,7 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
 }
 
 // img (C,H,W) → col (C·R·S, Ho·Wo); row (c,r,s), column (ho,wo); zero where the window is in the padding.
+// Per output row, the columns whose tap lands inside the image are [lo, hi): zeros, a (strided) copy, zeros.
 template <class T>
 void im2col(T* col, const T* img, int C, int H, int W, int R, int S, int stride, int pad, int Ho, int Wo) {
     for (int c = 0; c < C; ++c)
@@ -44,12 +45,24 @@ void im2col(T* col, const T* img, int C, int H, int W, int R, int S, int stride,
             for (int s = 0; s < S; ++s) {
                 T* row = col + ((int64_t)(c * R + r) * S + s) * Ho * Wo;
                 const T* plane = img + (int64_t)c * H * W;
+                const int off = s - pad;  // w = wo·stride + off
+                int lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+                int hi = W - 1 - off < 0 ? 0 : (W - 1 - off) / stride + 1;
+                lo = lo < Wo ? lo : Wo;
+                hi = hi < Wo ? (hi > lo ? hi : lo) : Wo;
                 for (int ho = 0; ho < Ho; ++ho) {
-                    int h = ho * stride - pad + r;
-                    for (int wo = 0; wo < Wo; ++wo) {
-                        int w = wo * stride - pad + s;
-                        row[ho * Wo + wo] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[h * W + w] : T(0);
+                    T* dst = row + (int64_t)ho * Wo;
+                    const int h = ho * stride - pad + r;
+                    if (h < 0 || h >= H) {
+                        std::memset(dst, 0, sizeof(T) * Wo);
+                        continue;
                     }
+                    const T* line = plane + (int64_t)h * W;
+                    for (int wo = 0; wo < lo; ++wo) dst[wo] = T(0);
+                    if (stride == 1) std::memcpy(dst + lo, line + lo + off, sizeof(T) * (hi - lo));
+                    else
+                        for (int wo = lo; wo < hi; ++wo) dst[wo] = line[wo * stride + off];
+                    for (int wo = hi; wo < Wo; ++wo) dst[wo] = T(0);
                 }
             }
 }

@@ -10,6 +10,7 @@
 #include "engine/device.h"
 #include "engine/params.h"
 #include "kernels/elementwise.h"
+#include "tests/test_gpu.h"
 #include "tests/test_util.h"
 
 using namespace y5;
@@ -17,42 +18,12 @@ using namespace y5test;
 using Catch::Matchers::Contains;
 
 #if Y5_CUDA
-#include "engine/cuda.h"
-
-namespace {
-
-// One CUDA context and device arenas for the whole run.
-struct Gpu {
-    CudaContext* cuda = cuda_context_create(0);
-    Arena act{"gpu activations", Device::CUDA, size_t(256) << 20};
-    Arena grads{"gpu gradients", Device::CUDA, size_t(256) << 20};
-    Arena host{"host", Device::CPU, size_t(256) << 20};
-    Tape tape{&grads, cuda};
-    Ctx ctx;
-    Gpu() {
-        ctx.act = &act;
-        ctx.tape = &tape;
-        ctx.cuda = cuda;
-    }
-    ~Gpu() { cuda_context_destroy(cuda); }
-    Tensor upload(const Tensor& h) {
-        Tensor d = act.tensor(h.shape, h.dtype);
-        copy(ctx, d, h);
-        return d;
-    }
-    Tensor download(const Tensor& d) {
-        Tensor h = host.tensor(d.shape, d.dtype);
-        copy(ctx, h, d);
-        return h;
-    }
-};
-
+namespace y5test {
 Gpu& gpu() {
     static Gpu g;
     return g;
 }
-
-}  // namespace
+}  // namespace y5test
 
 TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwise]") {
     Gpu& g = gpu();

@@ -3,6 +3,7 @@
  * every op, through the ops layer and the tape, on awkward shapes (N = 1, C = 3, odd H and W) and on
  * shapes yolov5n really has at 640 (batch 1). Large shapes are probed at random elements.
  */
+#include "kernels/conv2d.h"
 #include "tests/test_util.h"
 
 using namespace y5;
@@ -95,6 +96,54 @@ TEST_CASE("activations match PyTorch values", "[ops][activation]") {
     CHECK(act_grad(parse_act("nn.Hardswish()"), -3.0) == Approx(-0.5));
 }
 
+TEST_CASE("the CPU SiLU fast path equals the reference math", "[ops][activation]") {
+    double worst = 0;
+    for (double xd = -95; xd <= 95; xd += 0.0137) {
+        const float x = (float)xd;
+        const double e = std::exp(std::min((double)88.37f, std::max((double)-87.3f, (double)x)));
+        worst = std::max(worst, std::abs(exp_cpu_vec(x) - e) / e);
+    }
+    CHECK(worst < 3e-7);
+    Rng rng(3);
+    std::vector<float> x(1000), y(1000), dx(1000, 0.5f), dy(1000);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = (float)rng.uniform(-30.f, 30.f), dy[i] = (float)rng.uniform(-1.f, 1.f);
+    x[0] = -100.f, x[1] = 100.f, x[2] = 0.f;
+    const Act silu = parse_act("nn.SiLU()");
+    act_forward_cpu(y.data(), x.data(), (int64_t)x.size(), silu);
+    act_backward_cpu(dx.data(), dy.data(), x.data(), (int64_t)x.size(), silu);
+    for (size_t i = 0; i < x.size(); ++i) {
+        const double xd = x[i];
+        CHECK(y[i] == Approx(act_forward(silu, xd)).epsilon(1e-6).margin(1e-30));
+        CHECK(dx[i] == Approx(0.5 + dy[i] * act_grad(silu, xd)).epsilon(1e-6).margin(1e-6));
+    }
+}
+
+TEST_CASE("im2col equals a direct gather at awkward geometries", "[ops][conv2d]") {
+    struct G {
+        int C, H, W, R, S, stride, pad;
+    };
+    const G cases[] = {{2, 5, 7, 3, 3, 1, 1}, {1, 9, 6, 6, 6, 2, 2}, {3, 4, 4, 5, 5, 1, 2}, {1, 7, 11, 3, 2, 3, 3},
+                       {2, 3, 3, 1, 1, 2, 0}, {1, 2, 9, 1, 5, 1, 4}};
+    Rng rng(5);
+    for (const G& g : cases) {
+        const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+        std::vector<float> img((size_t)g.C * g.H * g.W), col((size_t)g.C * g.R * g.S * Ho * Wo, -7.f);
+        for (float& v : img) v = rng.uniform(-1.f, 1.f);
+        im2col(col.data(), img.data(), g.C, g.H, g.W, g.R, g.S, g.stride, g.pad, Ho, Wo);
+        int bad = 0;
+        for (int c = 0; c < g.C; ++c)
+            for (int r = 0; r < g.R; ++r)
+                for (int s = 0; s < g.S; ++s)
+                    for (int ho = 0; ho < Ho; ++ho)
+                        for (int wo = 0; wo < Wo; ++wo) {
+                            const int h = ho * g.stride - g.pad + r, w = wo * g.stride - g.pad + s;
+                            const float want = h >= 0 && h < g.H && w >= 0 && w < g.W ? img[((size_t)c * g.H + h) * g.W + w] : 0.f;
+                            bad += col[(((size_t)(c * g.R + r) * g.S + s) * Ho + ho) * Wo + wo] != want;
+                        }
+        CHECK(bad == 0);
+    }
+}
+
 TEST_CASE("pooling and upsample and concat by hand", "[ops]") {
     TestCtx tc;
     Tensor x = f32_tensor(tc.data, {1, 1, 4, 4}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
@@ -162,6 +211,7 @@ TEST_CASE("conv2d gradient for input and weight and bias", "[ops][conv2d][gradch
         {2, 4, 9, 6, 3, 3, 3, 2, 1, true, 200},     // stride 2 over an odd/even mix
         {2, 3, 11, 13, 4, 6, 6, 2, 2, true, 200},   // yolov5n layer 0 geometry: 6×6, stride 2, pad 2
         {2, 8, 5, 5, 6, 1, 1, 1, 0, true, 200},     // pointwise (no im2col path)
+        {5, 3, 6, 5, 4, 3, 3, 1, 1, true, 200},     // 5 images: uneven split over the CPU threads
         {1, 5, 4, 7, 2, 1, 3, 1, 0, false, 200},    // non-square kernel
         {1, 16, 320, 320, 32, 3, 3, 2, 1, false, 12},  // yolov5n layer 1 at 640
     };
