@@ -126,3 +126,23 @@ void device_memset_zero(void* p, size_t bytes, CudaContext* ctx) {
 void device_synchronize(CudaContext* ctx) { CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx))); }
 
 }  // namespace y5
+
+namespace y5 {
+
+int cuda_device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+bool device_memory_info(size_t* free_bytes, size_t* total_bytes) {
+    *free_bytes = *total_bytes = 0;
+    if (!cuda_available()) return false;
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return true;
+}
+
+}  // namespace y5

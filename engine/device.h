@@ -15,6 +15,14 @@ struct CudaContext;  // stream, cuBLAS and cuDNN handles: engine/cuda.h
 // insufficient", no device) means false; *why then says what happened.
 bool cuda_available(std::string* why = nullptr);
 
+// --device as YOLOv5's scripts spell it: "cpu" → −1; "0", "cuda", "cuda:0", "1" → that CUDA device index,
+// checked to exist. "" picks device 0 when a CUDA device is usable, else the CPU. Several devices ("0,1")
+// or an unusable one is a y5::Error saying why.
+int parse_device(const std::string& spec);
+
+// Free and total bytes of the current CUDA device; false (and zeros) where there is none.
+bool device_memory_info(size_t* free_bytes, size_t* total_bytes);
+
 // One context per process: selects the device, creates a stream and the cuBLAS/cuDNN handles on it.
 CudaContext* cuda_context_create(int device);
 void cuda_context_destroy(CudaContext* ctx);

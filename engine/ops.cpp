@@ -51,10 +51,15 @@ static void check_ctx(const char* op, Ctx& c, const Tensor& t) {
 static const char* kNoCudaBuild = "CUDA tensor in a build without CUDA";
 #endif
 
-// Ops whose CUDA kernels have not landed yet say so instead of reading device memory on the host.
-static void cpu_only(const char* op, const Tensor& t) {
-    Y5_CHECK(t.device == Device::CPU, "%s: no CUDA kernel for this op yet; input %s (run it with --device cpu)", op,
-             t.str().c_str());
+// True when t is a CUDA tensor: the op then runs its CUDA launchers, which take f32 only. Another dtype, or
+// a CUDA tensor in a build without CUDA, is an error naming the op.
+static bool on_cuda(const char* op, const Tensor& t) {
+    if (t.device != Device::CUDA) return false;
+#if !Y5_CUDA
+    Y5_FAIL("%s: %s", op, kNoCudaBuild);
+#endif
+    Y5_CHECK(t.dtype == DType::F32, "%s: CUDA tensors must be f32, got %s", op, t.str().c_str());
+    return true;
 }
 
 // Calls f(T{}) with T = float or double according to t's dtype.
@@ -161,6 +166,38 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
 // ----------------------------------------------------------------------------------------------------
 // conv2d
 
+#if Y5_CUDA
+// The CUDA path (cuDNN, kernels/conv2d.cu), f32. Each pass's workspace comes from the work arena for the
+// call; the algorithm (and so the size) is chosen on the first call for the geometry and cached.
+static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const Var& bias, const Conv2dGeom& g) {
+    Y5_CHECK(x.t.dtype == DType::F32, "conv2d: CUDA tensors must be f32, got %s", x.t.str().c_str());
+    Tensor out = c.act->tensor(
+        Shape{g.N, g.K, conv_out_size(g.H, g.R, g.stride, g.pad), conv_out_size(g.W, g.S, g.stride, g.pad)}, DType::F32);
+    {
+        Scratch ws(c.work);
+        const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
+        conv2d_fprop_cuda(c.cuda, g, out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(),
+                          b ? b->t.ptr<float>() : nullptr, ws.get<char>((int64_t)bytes), bytes);
+    }
+    Var y = c.tape->output(out, {&x, &w, b});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, bias, y, g] {
+            if (!c.tape->has_grad(y)) return;
+            float *dx = grad_ptr<float>(c, x), *dw = grad_ptr<float>(c, w), *db = grad_ptr<float>(c, bias);
+            const float* dy = c.tape->grad(y).ptr<float>();
+            // dgrad and wgrad run one after the other on the stream, so they share one workspace.
+            size_t bytes = 0;
+            if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
+            if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
+            Scratch ws(c.work);
+            void* wsp = ws.get<char>((int64_t)bytes);
+            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<float>(), wsp, bytes);
+            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<float>(), wsp, bytes);
+        });
+    return y;
+}
+#endif
+
 Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
@@ -181,7 +218,13 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
     Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
              x.t.str().c_str());
-    cpu_only(op, x.t);
+    if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+        return conv2d_cuda(c, x, w, b, bias, Conv2dGeom{N, C, H, W, K, R, S, stride, pad});
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    }
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
     // The batch is split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
@@ -250,30 +293,64 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
     }
     Y5_CHECK(!training || (int64_t)N * HW > 1,
              "batchnorm2d: training mode needs more than one value per channel, input %s", x.t.str().c_str());
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
     Tensor mean, invstd;
     if (training) {
         mean = c.act->tensor(Shape{C}, x.t.dtype);
         invstd = c.act->tensor(Shape{C}, x.t.dtype);
     }
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        par(C, [&](int64_t c0, int64_t c1) {  // channels are independent
-            if (training)
-                batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
-                                               running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
-                                               N, C, HW, eps, momentum, (int)c0, (int)c1);
-            else
-                batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
-                                              running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, (int)c0,
-                                              (int)c1);
+    if (cuda) {
+#if Y5_CUDA
+        Scratch ws(c.work);
+        float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
+        if (training)
+            batchnorm_forward_train_cuda(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(),
+                                         running_mean.ptr<float>(), running_var.ptr<float>(), x.t.ptr<float>(),
+                                         gamma.t.ptr<float>(), beta.t.ptr<float>(), N, C, HW, eps, momentum, scratch,
+                                         c.cuda->stream);
+        else
+            batchnorm_forward_eval_cuda(out.ptr<float>(), x.t.ptr<float>(), gamma.t.ptr<float>(), beta.t.ptr<float>(),
+                                        running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps, scratch,
+                                        c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            par(C, [&](int64_t c0, int64_t c1) {  // channels are independent
+                if (training)
+                    batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
+                                                   running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                   beta.t.ptr<T>(), N, C, HW, eps, momentum, (int)c0, (int)c1);
+                else
+                    batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
+                                                  running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, (int)c0,
+                                                  (int)c1);
+            });
         });
-    });
+    }
     Var y = c.tape->output(out, {&x, &gamma, &beta});
     if (y.requires_grad())
         c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, N, C, HW] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                // dx only when x wants one: the kernels take null gradients.
+                Scratch ws(c.work);
+                float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
+                float *dx = grad_ptr<float>(c, x), *dg = grad_ptr<float>(c, gamma), *db = grad_ptr<float>(c, beta);
+                const float* dy = c.tape->grad(y).ptr<float>();
+                if (training)
+                    batchnorm_backward_train_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
+                                                  mean.ptr<float>(), invstd.ptr<float>(), N, C, HW, scratch,
+                                                  c.cuda->stream);
+                else
+                    batchnorm_backward_eval_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
+                                                 running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps,
+                                                 scratch, c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("batchnorm2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 // The input gradient is always computed (into a scratch buffer when x needs none) because the
@@ -302,17 +379,30 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
 Var activation(Ctx& c, const Var& x, Act a) {
     const char* op = "activation";
     check_ctx(op, c, x.t);
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
-        par(x.t.numel(), [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        act_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), x.t.numel(), a, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par(x.t.numel(), [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
         c.tape->record([&c, x, y, a] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                act_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), x.t.numel(),
+                                  a, c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("activation backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
@@ -339,16 +429,30 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     Y5_CHECK(H + 2 * pad >= k && W + 2 * pad >= k, "maxpool2d: kernel %d larger than padded input %s", k,
              x.t.str().c_str());
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C, Ho, Wo}, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        maxpool2d_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, k, stride, pad);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        maxpool2d_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, stride, pad, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            maxpool2d_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, k, stride, pad);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, H, W, k, stride, pad] {
+        c.tape->record([&c, x, y, N, C, H, W, Ho, Wo, k, stride, pad] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                Scratch ws(c.work);  // each output's argmax, as the CPU reference recomputes it
+                maxpool2d_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), N, C, H,
+                                        W, k, stride, pad, ws.get<int>((int64_t)N * C * Ho * Wo), c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("maxpool2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 maxpool2d_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), N, C, H,
@@ -364,16 +468,29 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
     check_ctx(op, c, x.t);
     Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        upsample_nearest_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, s);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        upsample_nearest_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, s, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            upsample_nearest_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, s);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
         c.tape->record([&c, x, y, N, C, H, W, s] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                upsample_nearest_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W, s,
+                                               c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("upsample_nearest backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 upsample_nearest_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W, s);
@@ -396,25 +513,47 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
                  xs[0].t.str().c_str());
     }
     check_ctx(op, c, xs[0].t);
-    cpu_only(op, xs[0].t);
+    const bool cuda = on_cuda(op, xs[0].t);
     const int N = xs[0].t.dim(0), HW = xs[0].t.dim(2) * xs[0].t.dim(3);
     int Co = 0;
     for (const Var& v : xs) Co += v.t.dim(1);
     Tensor out = c.act->tensor(Shape{N, Co, xs[0].t.dim(2), xs[0].t.dim(3)}, xs[0].t.dtype);
-    with_dtype(op, out, [&](auto z) {
-        using T = decltype(z);
+    if (cuda) {
+#if Y5_CUDA
         int c0 = 0;
         for (const Var& v : xs) {
-            concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
+            concat_forward_cuda(out.ptr<float>(), v.t.ptr<float>(), N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
             c0 += v.t.dim(1);
         }
-    });
+#endif
+    } else {
+        with_dtype(op, out, [&](auto z) {
+            using T = decltype(z);
+            int c0 = 0;
+            for (const Var& v : xs) {
+                concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
+                c0 += v.t.dim(1);
+            }
+        });
+    }
     bool any = false;
     for (const Var& v : xs) any = any || v.requires_grad();
     Var y = c.tape->recording() && any ? c.tape->leaf(out) : Tape::constant(out);
     if (y.requires_grad())
         c.tape->record([&c, xs, y, N, HW, Co] {
             if (!c.tape->has_grad(y)) return;
+            if (y.t.device == Device::CUDA) {
+#if Y5_CUDA
+                const float* dy = c.tape->grad(y).ptr<float>();
+                int c0 = 0;
+                for (const Var& v : xs) {
+                    if (v.requires_grad())
+                        concat_backward_cuda(grad_ptr<float>(c, v), dy, N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
+                    c0 += v.t.dim(1);
+                }
+#endif
+                return;
+            }
             with_dtype("concat backward", y.t, [&](auto z) {
                 using T = decltype(z);
                 const T* dy = c.tape->grad(y).template ptr<T>();
@@ -464,18 +603,31 @@ Var global_avgpool(Ctx& c, const Var& x) {
     const char* op = "global_avgpool";
     check_rank(op, "input", x.t, 4);
     check_ctx(op, c, x.t);
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
     Y5_CHECK(HW > 0, "global_avgpool: empty input %s", x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        global_avgpool_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
         c.tape->record([&c, x, y, N, C, HW] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                global_avgpool_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, HW,
+                                             c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("global_avgpool backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 global_avgpool_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, HW);
@@ -492,16 +644,29 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
     check_ctx(op, c, x.t);
     const int N = x.t.dim(0), C = x.t.dim(1), k = w.t.dim(0);
     Y5_CHECK(k % 2 == 1, "conv1d_channels: kernel size %d must be odd", k);
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        conv1d_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        conv1d_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            conv1d_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+        });
+    }
     Var y = c.tape->output(out, {&x, &w});
     if (y.requires_grad())
         c.tape->record([&c, x, w, y, N, C, k] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                conv1d_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
+                                              x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("conv1d_channels backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 conv1d_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
@@ -520,16 +685,29 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
     Y5_CHECK(s.t.dim(0) == N && s.t.dim(1) == C, "scale_channels: scale %s does not match input %s",
              s.t.str().c_str(), x.t.str().c_str());
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        scale_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        scale_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            scale_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+        });
+    }
     Var y = c.tape->output(out, {&x, &s});
     if (y.requires_grad())
         c.tape->record([&c, x, s, y, N, C, HW] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                scale_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, s), c.tape->grad(y).ptr<float>(),
+                                             x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("scale_channels backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 scale_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, s), c.tape->grad(y).template ptr<T>(),
@@ -549,16 +727,28 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     const int B = x.t.dim(0), M = x.t.dim(1), N = x.t.dim(2);
     Y5_CHECK(out_shape.numel() == x.t.numel(), "transpose12: output shape %s does not hold %s",
              out_shape.str().c_str(), x.t.str().c_str());
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(out_shape, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        transpose12_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), B, M, N);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        transpose12_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), B, M, N, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            transpose12_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), B, M, N);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
         c.tape->record([&c, x, y, B, M, N] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                transpose12_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), B, M, N, c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("transpose12 backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 transpose12_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), B, M, N);
@@ -574,16 +764,29 @@ Var space_to_depth2(Ctx& c, const Var& x) {
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     Y5_CHECK(H % 2 == 0 && W % 2 == 0, "space_to_depth2 (Focus): input %s needs even height and width",
              x.t.str().c_str());
-    cpu_only(op, x.t);
+    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
-    });
+    if (cuda) {
+#if Y5_CUDA
+        space_to_depth2_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
+        });
+    }
     Var y = c.tape->output(out, {&x});
     if (y.requires_grad())
         c.tape->record([&c, x, y, N, C, H, W] {
             if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                space_to_depth2_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W,
+                                              c.cuda->stream);
+#endif
+                return;
+            }
             with_dtype("space_to_depth2 backward", x.t, [&](auto z) {
                 using T = decltype(z);
                 space_to_depth2_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W);
@@ -594,6 +797,73 @@ Var space_to_depth2(Ctx& c, const Var& x) {
 
 // ----------------------------------------------------------------------------------------------------
 // yolo_loss
+
+// Image and class of every target row in range, checked on the host before any kernel indexes by them.
+template <class T> static void check_loss_targets(const T* tp, int nt, int bs, int nc) {
+    for (int k = 0; k < nt; ++k) {
+        const T* r = tp + 6 * k;
+        Y5_CHECK(r[0] >= 0 && r[0] < bs && r[1] >= 0 && r[1] < nc,
+                 "yolo_loss: target %d has image %g (batch %d) or class %g (nc %d) out of range", k, (double)r[0], bs,
+                 (double)r[1], nc);
+    }
+}
+
+#if Y5_CUDA
+// The CUDA loss: build_targets on the host (it needs only the targets, anchors and grid sizes), each
+// level's list grouped by cell (pack_level_targets), all levels packed into one host buffer and uploaded
+// with one copy into the workspace, the kernels enqueued (kernels/loss.cu), and the four items downloaded
+// with one copy. dmaps (empty: no gradient) and total are device tensors; tp and ap host f32.
+static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const std::vector<Tensor>& dmaps,
+                                     Tensor total, const float* tp, int nt, const float* ap, const LossHyp& hyp,
+                                     const std::vector<int>& ny, const std::vector<int>& nx, int bs, int na, int no) {
+    const int nl = (int)maps.size();
+    Y5_CHECK(nl <= kLossMaxLevels, "yolo_loss: %d levels; the CUDA loss supports up to %d", nl, kLossMaxLevels);
+    std::vector<char> buf;
+    auto put = [&buf](const void* src, size_t bytes) {
+        const size_t o = (buf.size() + 15) / 16 * 16;
+        buf.resize(o + bytes);
+        if (bytes) std::memcpy(buf.data() + o, src, bytes);
+        return o;
+    };
+    std::vector<size_t> off_t(nl), off_s(nl);
+    std::vector<int> n(nl), groups(nl);
+    std::vector<LossTargetPacked> packed;
+    std::vector<int> starts;
+    for (int i = 0; i < nl; ++i) {
+        LevelTargets<float> lt = build_targets_level<float>(tp, nt, ap + 2 * na * i, na, ny[i], nx[i], hyp.anchor_t);
+        pack_level_targets(lt, na, ny[i], nx[i], packed, starts);
+        n[i] = lt.size();
+        groups[i] = (int)starts.size() - 1;
+        off_t[i] = put(packed.data(), packed.size() * sizeof(LossTargetPacked));
+        off_s[i] = put(starts.data(), starts.size() * sizeof(int));
+    }
+    Y5_CHECK(c.work && c.work->device() == Device::CUDA, "yolo_loss: CUDA maps need a device workspace arena (Ctx::work)");
+    Scratch s(c.work);
+    char* dbuf = s.get<char>((int64_t)buf.size());
+    copy_host_to_device(dbuf, buf.data(), buf.size(), c.cuda);
+    LossLevelCuda lv[kLossMaxLevels];
+    for (int i = 0; i < nl; ++i) {
+        const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
+        LossLevelCuda& L = lv[i];
+        L.map = maps[i].t.ptr<float>();
+        L.dmap = dmaps.empty() ? nullptr : dmaps[i].ptr<float>();
+        L.ny = ny[i], L.nx = nx[i], L.n = n[i], L.groups = groups[i];
+        L.targets = reinterpret_cast<const LossTargetPacked*>(dbuf + off_t[i]);
+        L.group_start = reinterpret_cast<const int*>(dbuf + off_s[i]);
+        L.tobj = s.get<float>(cells);
+        L.group_box = s.get<double>(groups[i]);
+        L.group_cls = s.get<double>(groups[i]);
+        L.obj_partial = s.get<double>(loss_obj_blocks(cells));
+    }
+    double* items = s.get<double>(4);
+    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total.ptr<float>(), c.cuda->stream);
+    double h[4];
+    copy_device_to_host(h, items, sizeof h, c.cuda);  // waits for the kernels, so the scratch may be released
+    LossItems L;
+    L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
+    return L;
+}
+#endif
 
 YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors,
                    const LossHyp& hyp) {
@@ -616,9 +886,15 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
              targets.str().c_str());
     Y5_CHECK(anchors.ndim() == 3 && anchors.dim(0) == nl && anchors.dim(1) == na && anchors.dim(2) == 2,
              "yolo_loss: anchors %s do not match %d levels of %d anchors", anchors.str().c_str(), nl, na);
-    check_same(op, maps[0].t, targets);
-    check_same(op, maps[0].t, anchors);
-    cpu_only(op, maps[0].t);
+    const bool cuda = maps[0].t.device == Device::CUDA;
+    if (cuda) {
+        Y5_CHECK(maps[0].t.dtype == DType::F32 && targets.dtype == DType::F32 && anchors.dtype == DType::F32,
+                 "yolo_loss: CUDA maps need f32 maps, targets and anchors; got %s, %s, %s", maps[0].t.str().c_str(),
+                 targets.str().c_str(), anchors.str().c_str());
+    } else {
+        check_same(op, maps[0].t, targets);
+        check_same(op, maps[0].t, anchors);
+    }
     const int nt = targets.dim(0);
     YoloLoss out;
     Tensor total = c.act->tensor(Shape{1}, maps[0].t.dtype);
@@ -626,15 +902,33 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
     for (const Var& m : maps) any = any || m.requires_grad();
     const bool grad = c.tape->recording() && any;
     std::vector<Tensor> dmaps;
-    with_dtype(op, total, [&](auto z) {
+    if (cuda) {
+#if Y5_CUDA
+        // Host copies of targets and anchors (already there when they are CPU tensors, the usual case).
+        std::vector<float> th, ah;
+        const float* tp = static_cast<const float*>(targets.data);
+        const float* ap = static_cast<const float*>(anchors.data);
+        if (targets.device == Device::CUDA && nt > 0) {
+            th.resize(targets.numel());
+            copy_device_to_host(th.data(), targets.data, targets.bytes(), c.cuda);
+            tp = th.data();
+        }
+        if (anchors.device == Device::CUDA) {
+            ah.resize(anchors.numel());
+            copy_device_to_host(ah.data(), anchors.data, anchors.bytes(), c.cuda);
+            ap = ah.data();
+        }
+        check_loss_targets(tp, nt, bs, no - 5);
+        if (grad)
+            for (const Var& m : maps) dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
+        out.items = yolo_loss_cuda_path(c, maps, dmaps, total, tp, nt, ap, hyp, ny, nx, bs, na, no);
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    } else with_dtype(op, total, [&](auto z) {
         using T = decltype(z);
         const T* tp = targets.ptr<T>();
-        for (int k = 0; k < nt; ++k) {
-            const T* r = tp + 6 * k;
-            Y5_CHECK(r[0] >= 0 && r[0] < bs && r[1] >= 0 && r[1] < no - 5,
-                     "yolo_loss: target %d has image %g (batch %d) or class %g (nc %d) out of range", k, (double)r[0],
-                     bs, (double)r[1], no - 5);
-        }
+        check_loss_targets(tp, nt, bs, no - 5);
         std::vector<const T*> mp;
         std::vector<T*> dp;
         for (const Var& m : maps) {
@@ -653,6 +947,17 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         c.tape->record([&c, maps, dmaps, y] {
             if (!c.tape->has_grad(y)) return;
             Tensor g = c.tape->grad(y);
+            if (g.device == Device::CUDA) {  // g stays on the device: the kernel reads it, no round trip
+#if Y5_CUDA
+                for (size_t i = 0; i < maps.size(); ++i)
+                    if (maps[i].requires_grad())
+                        yolo_loss_backward_cuda(c.tape->grad(maps[i]).ptr<float>(), g.ptr<float>(),
+                                                dmaps[i].ptr<float>(), dmaps[i].numel(), c.cuda->stream);
+                return;
+#else
+                Y5_FAIL("%s", kNoCudaBuild);
+#endif
+            }
             const double gy = g.dtype == DType::F64 ? g.ptr<double>()[0] : (double)g.ptr<float>()[0];
             for (size_t i = 0; i < maps.size(); ++i)
                 if (maps[i].requires_grad()) axpy(c, c.tape->grad(maps[i]).view(dmaps[i].shape), gy, dmaps[i]);

@@ -55,6 +55,9 @@ Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) â†
 // YOLOv5's ComputeLoss: maps (bs, na, ny, nx, 5+nc) per level, targets (nt, 6) (image, class, x, y, w, h)
 // normalised, anchors (nl, na, 2) in grid units. total is a one-element tensor (loss Ã— bs); items the
 // three logged components after their gains.
+// CPU maps: targets and anchors on the CPU too, same dtype. CUDA maps (f32): targets and anchors f32 on
+// either device, the CPU preferred (build_targets runs on the host; device ones cost one small download
+// each); the step then makes one upload of the target lists and one download of the items.
 struct YoloLoss {
     Var total;
     LossItems items;

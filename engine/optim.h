@@ -22,7 +22,10 @@ struct SgdGroup {
     double lr = 0, momentum = 0, weight_decay = 0;
 };
 
-// One step over the three groups (CPU parameter blocks; the CUDA kernel arrives with the CUDA backend).
+// These run where the store lives: the CPU references (f32 or f64), or for a CUDA store (f32) the kernels
+// of kernels/sgd.cu on the stream of the context the store was allocated with (asynchronous, except that
+// clip_grad_norm copies the norm back).
+// One step over the three groups.
 void sgd_step(ParamStore& ps, const SgdGroup groups[3]);
 // torch.nn.utils.clip_grad_norm_: scales every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)); returns ‖g‖₂.
 double clip_grad_norm(ParamStore& ps, double max_norm);

@@ -29,6 +29,7 @@ void ParamStore::allocate(Device device, DType dtype, CudaContext* cuda) {
     Y5_CHECK(!allocated(), "parameter blocks allocated twice");
     device_ = device;
     dtype_ = dtype;
+    cuda_ = cuda;
     int64_t off = 0;
     const ParamKind order[4] = {ParamKind::Bias, ParamKind::Weight, ParamKind::NormWeight, ParamKind::Buffer};
     for (int g = 0; g < 4; ++g) {  // optimizer groups 0, 1, 2 (trainable), then buffers
@@ -50,7 +51,10 @@ void ParamStore::allocate(Device device, DType dtype, CudaContext* cuda) {
         if (device == Device::CPU) std::memset(a->base(), 0, a->capacity());
         else device_memset_zero(a->base(), a->capacity(), cuda);
     }
-    if (device == Device::CUDA) device_synchronize(cuda);
+    if (device == Device::CUDA) {
+        scratch_ = std::make_unique<Arena>("optimizer scratch", device, kDeviceScratchBytes);
+        device_synchronize(cuda);
+    }
     for (Param& p : params_) {
         p.value = Tensor(values_->base() + p.offset * es, p.shape, dtype, device);
         if (p.trainable()) p.grad = Tensor(grads_->base() + p.offset * es, p.shape, dtype, device);

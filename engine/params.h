@@ -59,13 +59,22 @@ public:
 
     void zero_grad(CudaContext* cuda = nullptr);
 
+    Device device() const { return device_; }
+    DType dtype() const { return dtype_; }
+    // The context given to allocate(): the CUDA optimizer kernels (engine/optim.cpp) run on its stream.
+    CudaContext* cuda() const { return cuda_; }
+    // CUDA stores only: kDeviceScratchBytes of device memory for the optimizer's reductions (clip_grad_norm).
+    static constexpr size_t kDeviceScratchBytes = 16 << 10;
+    void* device_scratch() const { return scratch_ ? scratch_->base() : nullptr; }
+
 private:
     std::vector<Param> params_;
     int64_t trainable_elems_ = 0, total_elems_ = 0;
     int64_t group_begin_[4] = {0, 0, 0, 0};
     Device device_ = Device::CPU;
     DType dtype_ = DType::F32;
-    std::unique_ptr<Arena> values_, grads_, momentum_;
+    CudaContext* cuda_ = nullptr;
+    std::unique_ptr<Arena> values_, grads_, momentum_, scratch_;
 };
 
 }  // namespace y5

@@ -1,5 +1,6 @@
 #include "engine/synthetic.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -41,7 +42,16 @@ static void write_image(const std::string& dir, const std::string& stem, Rng& rn
         const int side = std::min(w, h);
         const int bw = (int)(side * rng.uniform(0.15f, 0.45f)), bh = cls == 0 ? bw : (int)(side * rng.uniform(0.15f, 0.45f));
         const int x0 = (int)rng.randint(w - bw), y0 = (int)rng.randint(h - bh);
-        const cv::Scalar colour(rng.randint(256), rng.randint(256), rng.randint(256));
+        // A colour that stands out from the background under the shape (some channel differs by > 90), so
+        // every labelled object is visible: a demo should not ask the model to find the invisible.
+        const cv::Scalar under = cv::mean(img(cv::Rect(x0, y0, std::max(bw, 1), std::max(bh, 1))));
+        cv::Scalar colour;
+        for (int tries = 0; tries < 32; ++tries) {
+            colour = cv::Scalar(rng.randint(256), rng.randint(256), rng.randint(256));
+            double d = 0;
+            for (int c = 0; c < 3; ++c) d = std::max(d, std::abs(colour[c] - under[c]));
+            if (d > 90) break;
+        }
         if (cls == 0) {
             cv::circle(img, cv::Point(x0 + bw / 2, y0 + bw / 2), bw / 2, colour, cv::FILLED, cv::LINE_AA);
         } else if (cls == 1) {

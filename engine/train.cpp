@@ -1,6 +1,7 @@
 /*
- * The training loop of YOLOv5 v7.0's train.py on y5's engine (CPU device for now: the CUDA ops arrive
- * with the CUDA backend, and the same loop runs on them).
+ * The training loop of YOLOv5 v7.0's train.py on y5's engine. One loop for both devices: the model, EMA,
+ * arenas and tape live on the chosen device, targets and the schedule on the host, and checkpoints are
+ * written from host copies.
  */
 #include "engine/train.h"
 
@@ -17,6 +18,7 @@
 
 #include "engine/check.h"
 #include "engine/dataset.h"
+#include "engine/device.h"
 #include "engine/hyp.h"
 #include "engine/loader.h"
 #include "engine/optim.h"
@@ -42,30 +44,51 @@ struct Workspace {
     std::unique_ptr<Arena> act, work, grads;
     std::unique_ptr<Tape> tape;
     Ctx ctx;
-    void make(size_t act_b, size_t work_b, size_t grad_b) {
-        act = std::make_unique<Arena>("activations", Device::CPU, act_b);
-        work = std::make_unique<Arena>("workspace", Device::CPU, work_b);
-        grads = std::make_unique<Arena>("activation gradients", Device::CPU, grad_b);
-        tape = std::make_unique<Tape>(grads.get());
-        ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get();
+    void make(Device dev, CudaContext* cuda, size_t act_b, size_t work_b, size_t grad_b) {
+        act = std::make_unique<Arena>("activations", dev, act_b);
+        work = std::make_unique<Arena>("workspace", dev, work_b);
+        grads = std::make_unique<Arena>("activation gradients", dev, grad_b);
+        tape = std::make_unique<Tape>(grads.get(), cuda);
+        ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get(), ctx.cuda = cuda;
     }
+    size_t peak() const { return act->peak() + work->peak() + grads->peak(); }
 };
 
-// Peak bytes of one image's training step (forward, loss, backward) at h × w.
-void measure(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
+// Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device.
+void measure(Model& m, CudaContext* cuda, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
+    const Device dev = m.params.device();
+    // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
+    // so a share of what is free.
+    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
+    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 3);
     Workspace ws;
-    const size_t big = (size_t)3 << 30;  // reserved address space; only the touched pages become memory
-    ws.make(big, big / 2, big);
+    ws.make(dev, cuda, big, big / 2, big);
     Tensor x = ws.act->tensor(Shape{1, 3, h, w});
-    std::fill(x.ptr<float>(), x.ptr<float>() + x.numel(), 0.5f);
-    Tensor t = ws.act->tensor(Shape{1, 6});
-    const float row[6] = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
-    std::copy(row, row + 6, t.ptr<float>());
+    fill(ws.ctx, x, 0.5);
+    std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
+    Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
     YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value, hyp);
     ws.tape->backward(L.total);
+    if (cuda) device_synchronize(cuda);
     *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();
-    m.params.zero_grad();
+    m.params.zero_grad(cuda);
+}
+
+// A host copy of t (itself when t is already on the host); keep owns the copied bytes.
+Tensor host_view(const Tensor& t, std::vector<std::vector<char>>& keep, CudaContext* cuda) {
+    if (t.device == Device::CPU) return t;
+    keep.emplace_back(t.bytes());
+    copy_device_to_host(keep.back().data(), t.data, t.bytes(), cuda);
+    return Tensor(keep.back().data(), t.shape, t.dtype, Device::CPU);
+}
+
+// Fills t (host or device) from host floats.
+void set_from_host(const Tensor& t, const std::vector<float>& v, CudaContext* cuda) {
+    Y5_CHECK((int64_t)v.size() == t.numel() && t.dtype == DType::F32, "set_from_host: %zu floats into %s", v.size(),
+             t.str().c_str());
+    if (t.device == Device::CPU) std::copy(v.begin(), v.end(), t.ptr<float>());
+    else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
 }
 
 std::string results_header() {
@@ -103,17 +126,20 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                      double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names,
                      const TrainState& ts = {}) {
     std::vector<SaveItem> items;
+    std::vector<std::vector<char>> keep;  // host copies of device tensors
+    CudaContext* cuda = live.params.cuda();
     auto add_all = [&](const Model& m, const std::string& prefix) {
-        for (int i = 0; i < m.params.size(); ++i) items.push_back({prefix + m.params[i].name, m.params[i].value});
+        for (int i = 0; i < m.params.size(); ++i)
+            items.push_back({prefix + m.params[i].name, host_view(m.params[i].value, keep, cuda)});
     };
     if (with_state) {
         add_all(live, "");
         if (ema) add_all(*ema, "ema.");
         for (int i = 0; i < live.params.size(); ++i)
             if (live.params[i].trainable()) {
-                items.push_back({"optimizer.momentum." + live.params[i].name, live.params.momentum(i)});
+                items.push_back({"optimizer.momentum." + live.params[i].name, host_view(live.params.momentum(i), keep, cuda)});
                 // gradients accumulated since the last step, so a resumed run continues exactly
-                items.push_back({"optimizer.grad." + live.params[i].name, live.params[i].grad});
+                items.push_back({"optimizer.grad." + live.params[i].name, host_view(live.params[i].grad, keep, cuda)});
             }
     } else {
         add_all(ema ? *ema : live, "");  // a stripped checkpoint: the EMA weights as the model, as strip_optimizer
@@ -176,8 +202,15 @@ static TrainOptions options_from(const std::string& ckpt) {
 std::string train(const TrainOptions& opt_in) {
     const TrainOptions opt = opt_in.resume.empty() ? opt_in
                              : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
-    Y5_CHECK(opt.device == "cpu", "--device %s: training on the GPU needs the CUDA backend, which is not built into the "
-             "training loop yet; use --device cpu", opt.device.c_str());
+    const int device_index = parse_device(opt.device);
+    const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
+    CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(device_index) : nullptr;
+    struct CudaRelease {
+        CudaContext* c;
+        ~CudaRelease() { cuda_context_destroy(c); }
+    } cuda_release{cuda};
+    Ctx dctx;  // for copies between host and device
+    dctx.cuda = cuda;
     Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
     Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
     const bool resuming = !opt.resume.empty();
@@ -232,13 +265,12 @@ std::string train(const TrainOptions& opt_in) {
 
     // Model, EMA, hyperparameters scaled as train.py scales them.
     Model model(opt.cfg, nc), ema(opt.cfg, nc);
-    model.allocate(Device::CPU);
-    ema.allocate(Device::CPU);
+    model.allocate(dev, DType::F32, cuda);
+    ema.allocate(dev, DType::F32, cuda);
     Rng init_rng((uint64_t)opt.seed, 1);
     model.init_weights(init_rng);
-    if (!opt.weights.empty()) model.load_weights(opt.weights);
-    std::copy(model.params.values_flat().ptr<float>(), model.params.values_flat().ptr<float>() + model.params.values_flat().numel(),
-              ema.params.values_flat().ptr<float>());
+    if (!opt.weights.empty()) model.load_weights(opt.weights, cuda);
+    copy(dctx, ema.params.values_flat(), model.params.values_flat());
     const int nl = model.detect->nl;
     LossHyp lh;
     lh.box = hyp["box"] * 3.0 / nl;
@@ -271,21 +303,25 @@ std::string train(const TrainOptions& opt_in) {
 
     // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
     size_t a1 = 0, w1 = 0, g1 = 0;
-    measure(model, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
+    measure(model, cuda, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
     const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
     size_t va = 0, vw = 0, vg = 0;
-    measure(model, val_side, val_side, lh, &va, &vw, &vg);
+    measure(model, cuda, val_side, val_side, lh, &va, &vw, &vg);
     Workspace tw, vwks;
     const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
     const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
     // Linux would hand out more than it has and kill the process on first touch: check before allocating.
-    const int64_t avail = mem_available_bytes();
+    // On the GPU the check is against the device's free memory (cudaMalloc would fail anyway, less clearly).
+    size_t free_b = 0, total_b = 0;
+    const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                              : mem_available_bytes();
     const double need = (double)(t_act + t_grad + v_act + w1 + vw);
     Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
-             "batch %d at --imgsz %d needs %.1f GB of memory for activations and gradients but %.1f GB are available: "
-             "lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9, avail / 1e9);
-    tw.make(t_act, w1 + (16 << 20), t_grad);
-    vwks.make(v_act, vw + (16 << 20), 1 << 20);
+             "batch %d at --imgsz %d needs %.1f GB of %s memory for activations and gradients but %.1f GB are "
+             "available: lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9,
+             dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9);
+    tw.make(dev, cuda, t_act, w1 + (16 << 20), t_grad);
+    vwks.make(dev, cuda, v_act, vw + (16 << 20), 1 << 20);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
                 "memory: %s activations + %s gradients\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
@@ -299,14 +335,14 @@ std::string train(const TrainOptions& opt_in) {
     int best_epoch = 0;
     if (resuming) {
         SafeTensorsFile ck(opt.resume);
-        model.load_weights(opt.resume);
-        ema.load_weights(opt.resume, nullptr, "ema.");
+        model.load_weights(opt.resume, cuda);
+        ema.load_weights(opt.resume, cuda, "ema.");
         for (int i = 0; i < model.params.size(); ++i)
             if (model.params[i].trainable()) {
-                std::vector<float> m = ck.read_f32("optimizer.momentum." + model.params[i].name, &model.params[i].shape);
-                std::copy(m.begin(), m.end(), model.params.momentum(i).ptr<float>());
-                std::vector<float> g = ck.read_f32("optimizer.grad." + model.params[i].name, &model.params[i].shape);
-                std::copy(g.begin(), g.end(), model.params[i].grad.ptr<float>());
+                set_from_host(model.params.momentum(i),
+                              ck.read_f32("optimizer.momentum." + model.params[i].name, &model.params[i].shape), cuda);
+                set_from_host(model.params[i].grad, ck.read_f32("optimizer.grad." + model.params[i].name,
+                                                                &model.params[i].shape), cuda);
             }
         // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
         // resumed run equal the uninterrupted one.
@@ -323,7 +359,7 @@ std::string train(const TrainOptions& opt_in) {
     } else {
         std::ofstream(save_dir + "/results.csv") << results_header();
     }
-    if (!resuming) model.params.zero_grad();
+    if (!resuming) model.params.zero_grad(cuda);
     const char* stop_env = std::getenv("Y5_STOP_AFTER_EPOCH");
     const int stop_after = stop_env ? std::atoi(stop_env) : -1;
     const auto t_start = std::chrono::steady_clock::now();
@@ -346,7 +382,7 @@ std::string train(const TrainOptions& opt_in) {
             accumulate = st.accumulate;
             tw.tape->clear();
             tw.act->reset();
-            Tensor x = batch_images(tw.ctx, b), t = batch_targets(tw.ctx, b);
+            Tensor x = batch_images(tw.ctx, b), t = batch_targets(b);
             Model::Output out = model.forward(tw.ctx, Tape::constant(x), true);
             YoloLoss L = yolo_loss(tw.ctx, out.maps, t, anchors, lh);
             Y5_CHECK(std::isfinite(L.items.total), "loss is %g at epoch %d, batch %d; training stopped, the last good "
@@ -357,7 +393,7 @@ std::string train(const TrainOptions& opt_in) {
                 SgdGroup groups[3];
                 for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
                 sgd_step(model.params, groups);
-                model.params.zero_grad();
+                model.params.zero_grad(cuda);
                 ema_update(ema.params, model.params, ema_decay(++updates));
                 last_opt_step = ni;
             }
@@ -371,7 +407,7 @@ std::string train(const TrainOptions& opt_in) {
                 char ep[32];
                 snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
                 std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
-                            fmt_mem(tw.act->peak() + tw.grads->peak()).c_str(), mloss[0], mloss[1], mloss[2],
+                            fmt_mem(tw.peak()).c_str(), mloss[0], mloss[1], mloss[2],
                             (long long)b.num_targets(), b.w, i + 1, nb, rate, (nb - i - 1) / rate, tty ? "" : "\n");
                 std::fflush(stdout);
             }
@@ -425,8 +461,8 @@ std::string train(const TrainOptions& opt_in) {
     if (fs::exists(w_best)) {
         std::printf("\nValidating %s...\n", w_best.c_str());
         Model m(opt.cfg, nc);
-        m.allocate(Device::CPU);
-        m.load_weights(w_best);
+        m.allocate(dev, DType::F32, cuda);
+        m.load_weights(w_best, cuda);
         vwks.tape->clear();
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;

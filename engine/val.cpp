@@ -5,22 +5,41 @@
 #include <cstring>
 
 #include "engine/check.h"
+#include "engine/device.h"
 #include "engine/plots.h"
+#include "kernels/image.h"
+
+#if Y5_CUDA
+#include "engine/cuda.h"
+#endif
 
 namespace y5 {
 
 Tensor batch_images(Ctx& c, const Batch& b) {
     Tensor x = c.act->tensor(Shape{b.n, 3, b.h, b.w});
-    float* p = x.ptr<float>();
-    const size_t n = b.images.size();
-    for (size_t i = 0; i < n; ++i) p[i] = b.images[i] / 255.0f;
+    const int64_t n = (int64_t)b.images.size();
+    Y5_CHECK(n == x.numel(), "batch_images: %lld bytes for a (%d, 3, %d, %d) batch", (long long)n, b.n, b.h, b.w);
+    if (x.device == Device::CUDA) {
+#if Y5_CUDA
+        // The uint8 batch goes up as is (a quarter of the float bytes; from pinned memory) into the work
+        // arena and is converted there; the arena space is reused by later work on the same stream.
+        Y5_CHECK(c.work && c.work->device() == Device::CUDA && c.cuda, "batch_images: CUDA needs a device work arena");
+        const size_t mark = c.work->mark();
+        uint8_t* dev = static_cast<uint8_t*>(c.work->alloc(std::max<int64_t>(n, 1)));
+        copy_host_to_device(dev, b.images.data(), (size_t)n, c.cuda);
+        images_u8_to_f32_cuda(x.ptr<float>(), dev, n, c.cuda->stream);
+        c.work->reset(mark);
+        return x;
+#else
+        Y5_FAIL("batch_images: CUDA tensor in a build without CUDA");
+#endif
+    }
+    images_u8_to_f32_cpu(x.ptr<float>(), b.images.data(), n);
     return x;
 }
 
-Tensor batch_targets(Ctx& c, const Batch& b) {
-    Tensor t = c.act->tensor(Shape{b.num_targets(), 6});
-    if (b.num_targets()) std::memcpy(t.data, b.targets.data(), t.bytes());
-    return t;
+Tensor batch_targets(const Batch& b) {
+    return Tensor(const_cast<float*>(b.targets.data()), Shape{b.num_targets(), 6}, DType::F32, Device::CPU);
 }
 
 // scale_boxes: from the letterboxed batch image back to the original, then clip_boxes.
@@ -45,18 +64,25 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     loader.start_epoch(0);
     Batch b;
     int batches = 0;
+    std::vector<float> decoded_host;
     while (loader.next(b)) {
         c.act->reset();
-        Tensor x = batch_images(c, b), t = batch_targets(c, b);
+        Tensor x = batch_images(c, b), t = batch_targets(b);
         Model::Output out = m.forward(c, Tape::constant(x), false);
         YoloLoss L = yolo_loss(c, out.maps, t, anchors, hyp);
         R.loss[0] += L.items.lbox, R.loss[1] += L.items.lobj, R.loss[2] += L.items.lcls;
         ++batches;
         const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
+        const float* dec = out.decoded.ptr<float>();  // (n, N, no) on the host for NMS
+        if (out.decoded.device == Device::CUDA) {
+            decoded_host.resize((size_t)out.decoded.numel());
+            copy_device_to_host(decoded_host.data(), dec, out.decoded.bytes(), c.cuda);
+            dec = decoded_host.data();
+        }
         const bool plot = !o.plot_dir.empty() && batches <= 3;
         std::vector<std::array<float, 7>> plotted;  // predictions over 0.25, normalised to the batch image
         for (int i = 0; i < b.n; ++i) {
-            std::vector<Detection> det = nms_image(out.decoded.ptr<float>() + i * N * no, (int)N, (int)no, np);
+            std::vector<Detection> det = nms_image(dec + i * N * no, (int)N, (int)no, np);
             if (plot)
                 for (const Detection& d : det)
                     if (d[4] > 0.25f)

@@ -13,9 +13,11 @@
 
 namespace y5 {
 
-// Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena; targets (nt, 6) likewise.
+// Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena (on its device).
 Tensor batch_images(Ctx& c, const Batch& b);
-Tensor batch_targets(Ctx& c, const Batch& b);
+// Targets (nt, 6) (image, class, x, y, w, h): a host view of the batch's own array, valid while b is. They stay
+// on the host on every device: the loss builds its target lists there (kernels/loss.h).
+Tensor batch_targets(const Batch& b);
 
 struct ValResult {
     double mp = 0, mr = 0, map50 = 0, map = 0;

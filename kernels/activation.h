@@ -3,7 +3,8 @@
  *   SiLU x·σ(x) | ReLU max(x,0) | ReLU6 min(max(x,0),6) | LeakyReLU(α) | Hardswish x·relu6(x+3)/6
  *   Identity | Sigmoid σ(x)
  * act_forward / act_grad are the per-element math (Y5_HD, shared with CUDA); the CPU references below
- * loop over a flat buffer: out (n), inp (n). Backward accumulates: dinp += dout · f'(inp).
+ * and the CUDA kernels (kernels/activation.cu) loop over a flat buffer: out (n), inp (n). Backward
+ * accumulates: dinp += dout · f'(inp).
  * parse_act reads the yaml spelling (Decisions 4: "nn.SiLU()", "nn.LeakyReLU(0.1)", ...).
  */
 #pragma once
@@ -15,6 +16,8 @@
 
 #include "engine/check.h"
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -104,6 +107,12 @@ template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, i
         }
     for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA launchers (kernels/activation.cu, f32, same arguments plus the stream); built only with Y5_CUDA.
+
+void act_forward_cuda(float* out, const float* inp, int64_t n, Act a, cudaStream_t stream);
+void act_backward_cuda(float* dinp, const float* dout, const float* inp, int64_t n, Act a, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------------
 // Names

@@ -9,22 +9,45 @@
  * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
  * Each function handles channels [c_begin, min(C, c_end)) (all by default), so callers can split the
  * channels over threads; channels are independent.
+ * The CUDA kernels (kernels/batchnorm.cu) share the per-element and per-channel math below.
  */
 #pragma once
 #include <climits>
 
 #include "kernels/common.h"
 
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
+
 namespace y5 {
 
 // The normalise step shared with the CUDA kernels: y = (x − mean)·invstd·gamma + beta.
 template <class T> Y5_HD T bn_apply(T x, T mean, T invstd, T gamma, T beta) { return (x - mean) * invstd * gamma + beta; }
+
+// The normalised value x̂ = (x − mean)·invstd.
+template <class T> Y5_HD T bn_xhat(T x, T mean, T invstd) { return (x - mean) * invstd; }
+
+// 1/std in training mode, from the batch's biased variance (computed in double).
+Y5_HD double bn_invstd(double var, float eps) { return 1.0 / y5_sqrt(var + (double)eps); }
+
+// 1/std in eval mode, from the running variance (in T, as PyTorch does).
+template <class T> Y5_HD T bn_eval_invstd(T running_var, float eps) { return T(1) / y5_sqrt(running_var + T(eps)); }
+
+// PyTorch's running-statistics update from the batch mean and biased variance of M values.
+template <class T>
+Y5_HD void bn_update_running(T* running_mean, T* running_var, double mean, double var, int64_t M, float momentum) {
+    const double unbiased = M > 1 ? var * M / (M - 1) : var;
+    *running_mean = T((1.0 - momentum) * *running_mean + momentum * mean);
+    *running_var = T((1.0 - momentum) * *running_var + momentum * unbiased);
+}
 
 // Training-mode d x for one element, given the per-channel sums Σdy and Σdy·x̂ over M values:
 // dx = gamma·invstd·(dy − Σdy/M − x̂·Σdy·x̂/M).
 template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_dy, T mean_dy_xhat) {
     return gamma * invstd * (dy - mean_dy - xhat * mean_dy_xhat);
 }
+
+// Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
+template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
 template <class T>
 void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* running_mean, T* running_var, const T* inp,
@@ -43,7 +66,7 @@ void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* runnin
                 ss += d * d;
             }
         const double var = ss / M;
-        const T invstd = T(1.0 / std::sqrt(var + (double)eps));
+        const T invstd = T(bn_invstd(var, eps));
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
                 int64_t j = ((int64_t)n * C + c) * HW + i;
@@ -51,9 +74,7 @@ void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* runnin
             }
         save_mean[c] = T(mean);
         save_invstd[c] = invstd;
-        const double unbiased = M > 1 ? var * M / (M - 1) : var;
-        running_mean[c] = T((1.0 - momentum) * running_mean[c] + momentum * mean);
-        running_var[c] = T((1.0 - momentum) * running_var[c] + momentum * unbiased);
+        bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
     }
 }
 
@@ -62,7 +83,7 @@ void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* b
                                 const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
                                 int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
+        const T invstd = bn_eval_invstd(running_var[c], eps);
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
                 int64_t j = ((int64_t)n * C + c) * HW + i;
@@ -82,7 +103,7 @@ void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, c
             for (int i = 0; i < HW; ++i) {
                 int64_t j = ((int64_t)n * C + c) * HW + i;
                 sdy += dout[j];
-                sdyx += (double)dout[j] * ((inp[j] - save_mean[c]) * save_invstd[c]);
+                sdyx += (double)dout[j] * bn_xhat(inp[j], save_mean[c], save_invstd[c]);
             }
         if (dbeta) dbeta[c] += T(sdy);
         if (dgamma) dgamma[c] += T(sdyx);
@@ -90,8 +111,8 @@ void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, c
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
                 int64_t j = ((int64_t)n * C + c) * HW + i;
-                T xhat = (inp[j] - save_mean[c]) * save_invstd[c];
-                dinp[j] += bn_train_dx(dout[j], xhat, gamma[c], save_invstd[c], mdy, mdyx);
+                dinp[j] += bn_train_dx(dout[j], bn_xhat(inp[j], save_mean[c], save_invstd[c]), gamma[c], save_invstd[c],
+                                       mdy, mdyx);
             }
     }
 }
@@ -101,18 +122,37 @@ void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, co
                                  const T* running_mean, const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
                                 int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        const T invstd = T(1) / y5_sqrt(running_var[c] + T(eps));
+        const T invstd = bn_eval_invstd(running_var[c], eps);
         double sdy = 0, sdyx = 0;
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
                 int64_t j = ((int64_t)n * C + c) * HW + i;
                 sdy += dout[j];
-                sdyx += (double)dout[j] * ((inp[j] - running_mean[c]) * invstd);
-                dinp[j] += dout[j] * gamma[c] * invstd;
+                sdyx += (double)dout[j] * bn_xhat(inp[j], running_mean[c], invstd);
+                dinp[j] += bn_eval_dx(dout[j], gamma[c], invstd);
             }
         if (dbeta) dbeta[c] += T(sdy);
         if (dgamma) dgamma[c] += T(sdyx);
     }
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA launchers (kernels/batchnorm.cu, f32, the CPU reference's arguments for all channels plus scratch
+// and the stream); built only with Y5_CUDA. `scratch` is batchnorm_cuda_scratch(N, C, HW) floats of device
+// workspace for the call (per-block partial statistics). Backward: dinp, dgamma, dbeta may each be null.
+
+int64_t batchnorm_cuda_scratch(int N, int C, int HW);
+void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const float* inp, const float* gamma, const float* beta, int N,
+                                  int C, int HW, float eps, float momentum, float* scratch, cudaStream_t stream);
+void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
+                                 float* scratch, cudaStream_t stream);
+void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                   const float* gamma, const float* save_mean, const float* save_invstd, int N, int C,
+                                   int HW, float* scratch, cudaStream_t stream);
+void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                  const float* gamma, const float* running_mean, const float* running_var, int N, int C,
+                                  int HW, float eps, float* scratch, cudaStream_t stream);
 
 }  // namespace y5

@@ -3,9 +3,12 @@
  * side can later have producers write straight into their slice.
  *   inp (N,Ci,HW) → out (N,Co,HW) channels [c0, c0+Ci).
  * Backward: dinp (N,Ci,HW) += the same slice of dout.
+ * CUDA launchers in kernels/concat.cu.
  */
 #pragma once
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -19,5 +22,9 @@ template <class T> void concat_backward_cpu(T* dinp, const T* dout, int N, int C
         for (int64_t i = 0; i < (int64_t)Ci * HW; ++i)
             dinp[(int64_t)n * Ci * HW + i] += dout[((int64_t)n * Co + c0) * HW + i];
 }
+
+// CUDA launchers (kernels/concat.cu, f32, the CPU reference's arguments plus the stream); built only with Y5_CUDA.
+void concat_forward_cuda(float* out, const float* inp, int N, int Ci, int HW, int Co, int c0, cudaStream_t stream);
+void concat_backward_cuda(float* dinp, const float* dout, int N, int Ci, int HW, int Co, int c0, cudaStream_t stream);
 
 }  // namespace y5

@@ -6,6 +6,7 @@
  * Backward accumulates into dinp/dweight/dbias (+=); any of them may be null to skip it.
  * col is caller-provided workspace of conv2d_col_elems(...) elements (0 for 1×1, stride 1, pad 0,
  * where the image itself is the column matrix). Templated on T so gradient checks run in double.
+ * CUDA: the same three passes through cuDNN (kernels/conv2d.cu), declared at the end of this file.
  */
 #pragma once
 #include <cblas.h>
@@ -133,5 +134,68 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
         }
     }
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, f32 NCHW, groups 1,
+// dilation 1, cross-correlation (PyTorch's conv2d). The same semantics as the CPU reference: fprop writes
+// out (= conv + bias); dgrad and wgrad ACCUMULATE into dinp / dweight / dbias (cuDNN's beta = 1).
+// All calls run on the context's stream (its cuDNN handle is bound to it).
+//
+// Algorithms: chosen once per (device, geometry, pass, settings) and cached with their descriptors, never
+// per call. By default from cuDNN's heuristics (cudnnGet*_v7), as PyTorch does with
+// torch.backends.cudnn.benchmark = False (YOLOv5 v7.0's setting); with conv_set_benchmark(true) by timing
+// (cudnnFind*, which cudaMallocs its own buffers at that first use). Either way the first candidate, in
+// cuDNN's order (fastest first), that succeeds, fits the workspace limit, is deterministic when
+// determinism is on, and uses an allowed math type.
+// Workspace: the caller asks conv2d_workspace_cuda for the pass's bytes (this selects the algorithm on first
+// use) and passes that much device memory (ops.cpp takes it from the Ctx's work arena, so the step never
+// cudaMallocs). Dgrad and wgrad may share one buffer: they run one after the other on the stream.
+
+struct CudaContext;
+
+struct Conv2dGeom {
+    int N, C, H, W;  // input (N,C,H,W)
+    int K, R, S;     // weight (K,C,R,S)
+    int stride, pad;
+};
+
+enum class ConvPass : int { Fprop = 0, Dgrad = 1, Wgrad = 2 };
+
+// Workspace bytes the pass's algorithm needs (0 is possible); selects and caches the algorithm on first use.
+size_t conv2d_workspace_cuda(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass);
+// out (N,K,Ho,Wo) = conv(inp, weight) + bias (bias may be null).
+void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
+                       const float* bias, void* workspace, size_t workspace_bytes);
+// dinp += dgrad(dout, weight).
+void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
+                       void* workspace, size_t workspace_bytes);
+// dweight += wgrad(dout, inp) (skipped when null); dbias[k] += Σ_{n,h,w} dout[n,k,h,w] (skipped when null),
+// by a fixed-order reduction, so it is deterministic.
+void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
+                       const float* inp, void* workspace, size_t workspace_bytes);
+
+// Settings (process-wide; each combination has its own cache entries, so changing one never reuses an
+// algorithm chosen under another).
+//   workspace limit: the most workspace one pass may use; default 256 MiB. The work arena must have room
+//     for it (plus what the other ops take from it at the same time).
+//   deterministic: only CUDNN_DETERMINISTIC algorithms (some dgrad/wgrad algorithms accumulate with
+//     atomics, so their results vary run to run); default on, as YOLOv5 v7.0's train.py runs
+//     (init_seeds(deterministic=True) sets torch.backends.cudnn.deterministic).
+//   allow TF32: off → CUDNN_FMA_MATH (plain f32 FMA kernels; CUDNN_DEFAULT_MATH would allow TF32 on sm_80+);
+//     on → CUDNN_DEFAULT_MATH / tensor-op math, TF32 on sm_80+. Default on, PyTorch's default
+//     (torch.backends.cudnn.allow_tf32 = True), which YOLOv5 trains with; the GPU tests turn it off to
+//     compare with the CPU reference at f32 tolerances.
+//   benchmark: choose by timing (cudnnFind*) instead of heuristics; default off (YOLOv5 v7.0 leaves
+//     torch.backends.cudnn.benchmark off).
+void conv_set_workspace_limit(size_t bytes);
+void conv_set_deterministic(bool on);
+void conv_set_allow_tf32(bool on);
+void conv_set_benchmark(bool on);
+size_t conv_workspace_limit();
+bool conv_deterministic();
+bool conv_allow_tf32();
+bool conv_benchmark();
+// Destroys every cached descriptor and forgets every chosen algorithm.
+void conv_clear_cache();
 
 }  // namespace y5

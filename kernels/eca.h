@@ -6,39 +6,58 @@
  * scale_channels: x (N,C,HW) times a per-(n,c) gate s (N,C) → out (N,C,HW).
  * ECA(x) = scale_channels(x, sigmoid(conv1d_channels(global_avgpool(x)))).
  * Backward accumulates (+=); any gradient pointer may be null to skip it.
+ * The CUDA kernels (kernels/eca.cu) share conv1d_channels_at and conv1d_channels_dinp_at.
  */
 #pragma once
 #include "kernels/common.h"
 
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
+
 namespace y5 {
 
-template <class T> void conv1d_channels_forward_cpu(T* out, const T* inp, const T* weight, int N, int C, int k) {
+// out[n][c] from row n of inp (C values): Σ_j weight[j]·row[c + j − p], zero padding.
+template <class T> Y5_HD T conv1d_channels_at(const T* row, const T* weight, int C, int k, int c) {
     const int p = (k - 1) / 2;
+    T acc = 0;
+    for (int j = 0; j < k; ++j) {
+        int ci = c + j - p;
+        if (ci >= 0 && ci < C) acc += weight[j] * row[ci];
+    }
+    return acc;
+}
+
+// dinp[n][ci] after the backward: acc (its value before) + Σ_j weight[j]·grow[ci − j + p], grow being row n
+// of dout, added in ascending output channel (descending j).
+template <class T> Y5_HD T conv1d_channels_dinp_at(T acc, const T* grow, const T* weight, int C, int k, int ci) {
+    const int p = (k - 1) / 2;
+    for (int j = k - 1; j >= 0; --j) {
+        int c = ci - j + p;
+        if (c >= 0 && c < C) acc += weight[j] * grow[c];
+    }
+    return acc;
+}
+
+template <class T> void conv1d_channels_forward_cpu(T* out, const T* inp, const T* weight, int N, int C, int k) {
     for (int n = 0; n < N; ++n)
-        for (int c = 0; c < C; ++c) {
-            T acc = 0;
-            for (int j = 0; j < k; ++j) {
-                int ci = c + j - p;
-                if (ci >= 0 && ci < C) acc += weight[j] * inp[(int64_t)n * C + ci];
-            }
-            out[(int64_t)n * C + c] = acc;
-        }
+        for (int c = 0; c < C; ++c) out[(int64_t)n * C + c] = conv1d_channels_at(inp + (int64_t)n * C, weight, C, k, c);
 }
 
 template <class T>
 void conv1d_channels_backward_cpu(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, int N, int C,
                                   int k) {
     const int p = (k - 1) / 2;
-    for (int n = 0; n < N; ++n)
-        for (int c = 0; c < C; ++c) {
-            T g = dout[(int64_t)n * C + c];
-            for (int j = 0; j < k; ++j) {
-                int ci = c + j - p;
-                if (ci < 0 || ci >= C) continue;
-                if (dinp) dinp[(int64_t)n * C + ci] += weight[j] * g;
-                if (dweight) dweight[j] += inp[(int64_t)n * C + ci] * g;
-            }
-        }
+    if (dinp)
+        for (int n = 0; n < N; ++n)
+            for (int ci = 0; ci < C; ++ci)
+                dinp[(int64_t)n * C + ci] =
+                    conv1d_channels_dinp_at(dinp[(int64_t)n * C + ci], dout + (int64_t)n * C, weight, C, k, ci);
+    if (dweight)
+        for (int n = 0; n < N; ++n)
+            for (int c = 0; c < C; ++c)
+                for (int j = 0; j < k; ++j) {
+                    int ci = c + j - p;
+                    if (ci >= 0 && ci < C) dweight[j] += inp[(int64_t)n * C + ci] * dout[(int64_t)n * C + c];
+                }
 }
 
 template <class T> void scale_channels_forward_cpu(T* out, const T* x, const T* s, int N, int C, int HW) {
@@ -57,5 +76,17 @@ void scale_channels_backward_cpu(T* dx, T* ds, const T* dout, const T* x, const 
         if (ds) ds[nc] += acc;
     }
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA launchers (kernels/eca.cu, f32, the CPU reference's arguments plus the stream); built only with Y5_CUDA.
+// As on the CPU, any gradient pointer may be null.
+
+void conv1d_channels_forward_cuda(float* out, const float* inp, const float* weight, int N, int C, int k,
+                                  cudaStream_t stream);
+void conv1d_channels_backward_cuda(float* dinp, float* dweight, const float* dout, const float* inp,
+                                   const float* weight, int N, int C, int k, cudaStream_t stream);
+void scale_channels_forward_cuda(float* out, const float* x, const float* s, int N, int C, int HW, cudaStream_t stream);
+void scale_channels_backward_cuda(float* dx, float* ds, const float* dout, const float* x, const float* s, int N, int C,
+                                  int HW, cudaStream_t stream);
 
 }  // namespace y5

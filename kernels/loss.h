@@ -13,12 +13,25 @@
  * The gradient of total with respect to every map is computed alongside: CIoU's α is a constant (no_grad
  * in YOLOv5), min/max split a tie's gradient in half and clamp(0) passes it at 0, as PyTorch does.
  * Templated on T so the gradient check runs in double.
+ *
+ * CUDA (kernels/loss.cu, f32): build_targets stays on the host (it depends only on the targets, anchors and
+ * grid sizes); pack_level_targets groups each level's list by cell, the groups are uploaded in one copy,
+ * and per level one warp per matched cell computes box, class and objectness-target terms for all of that
+ * cell's entries in list order (so duplicates add their gradients and the last one sets tobj, exactly as
+ * the loop below, without atomics), a dense kernel does the objectness BCE over all cells, and one block
+ * reduces the fixed-size partial sums into the loss items (deterministic, double). All per-element math is
+ * the Y5_HD functions below, shared with yolo_loss_cpu.
  */
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -107,6 +120,30 @@ Y5_HD T ciou(const T* p, const T* t, T g = T(0), T* dp = nullptr, T* alpha_io = 
     }
     return out;
 }
+
+// Offset of cell (b, a, gj, gi) in a level's (bs, na, ny, nx) grid, in cells (× no for the map). int64:
+// cells·no is 104M at (64, 3, 80, 80, 85) and passes 2^31 with larger batches or images.
+Y5_HD int64_t loss_cell(int b, int a, int gj, int gi, int na, int ny, int nx) {
+    return (((int64_t)b * na + a) * ny + gj) * nx + gi;
+}
+
+// Box decode of a cell's raw (x, y, w, h) logits: s = σ(raw), pb = (2σ − 0.5, 2σ − 0.5, (2σ)²·anchor).
+template <class T> Y5_HD void loss_decode_box(const T* raw, const T* anch, T* s, T* pb) {
+    for (int q = 0; q < 4; ++q) s[q] = sigmoid(raw[q]);
+    pb[0] = s[0] * T(2) - T(0.5);
+    pb[1] = s[1] * T(2) - T(0.5);
+    pb[2] = (s[2] * T(2)) * (s[2] * T(2)) * anch[0];
+    pb[3] = (s[3] * T(2)) * (s[3] * T(2)) * anch[1];
+}
+// Its chain rule: draw = d/d raw given dpb = d/d pb (s from loss_decode_box).
+template <class T> Y5_HD void loss_decode_box_grad(const T* s, const T* anch, const T* dpb, T* draw) {
+    draw[0] = dpb[0] * T(2) * s[0] * (T(1) - s[0]);
+    draw[1] = dpb[1] * T(2) * s[1] * (T(1) - s[1]);
+    draw[2] = dpb[2] * T(8) * s[2] * s[2] * (T(1) - s[2]) * anch[0];
+    draw[3] = dpb[3] * T(8) * s[3] * s[3] * (T(1) - s[3]) * anch[1];
+}
+// Objectness target of a matched cell: CIoU.detach().clamp(0).
+template <class T> Y5_HD T loss_tobj(T iou) { return iou > T(0) ? iou : T(0); }
 
 // ----------------------------------------------------------------------------------------------------
 // build_targets (host)
@@ -202,31 +239,25 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
         const int n = t.size();
         const bool replay = detached && detached->replay;
         if (detached && !replay) detached->alpha[i].assign(n, T(0));
-        auto cell = [&](int k) { return (((int64_t)t.b[k] * na + t.a[k]) * ny[i] + t.gj[k]) * nx[i] + t.gi[k]; };
         if (n) {
             double sbox = 0, scls = 0;
             const T gbox = T(-h.box * bs / n);              // d total / d CIoU_k
             const T gcls = T(h.cls * bs / ((double)n * nc));  // d total / d (mean BCE element)
             for (int k = 0; k < n; ++k) {
-                const int64_t c = cell(k);
+                const int64_t c = loss_cell(t.b[k], t.a[k], t.gj[k], t.gi[k], na, ny[i], nx[i]);
                 const T* ps = p + c * no;
                 T s[4], pb[4];
-                for (int q = 0; q < 4; ++q) s[q] = sigmoid(ps[q]);
-                pb[0] = s[0] * T(2) - T(0.5);
-                pb[1] = s[1] * T(2) - T(0.5);
-                pb[2] = (s[2] * T(2)) * (s[2] * T(2)) * t.anch[2 * k];
-                pb[3] = (s[3] * T(2)) * (s[3] * T(2)) * t.anch[2 * k + 1];
+                loss_decode_box(ps, &t.anch[2 * k], s, pb);
                 T dpb[4] = {0, 0, 0, 0};
                 const T iou = ciou(pb, &t.tbox[4 * k], gbox, dp ? dpb : nullptr,
                                    detached ? &detached->alpha[i][k] : nullptr, replay);
                 sbox += 1.0 - (double)iou;
-                tobj[c] = iou > T(0) ? iou : T(0);
+                tobj[c] = loss_tobj(iou);
                 if (dp) {
+                    T draw[4];
+                    loss_decode_box_grad(s, &t.anch[2 * k], dpb, draw);
                     T* d = dp + c * no;
-                    d[0] += dpb[0] * T(2) * s[0] * (T(1) - s[0]);
-                    d[1] += dpb[1] * T(2) * s[1] * (T(1) - s[1]);
-                    d[2] += dpb[2] * T(8) * s[2] * s[2] * (T(1) - s[2]) * t.anch[2 * k];
-                    d[3] += dpb[3] * T(8) * s[3] * s[3] * (T(1) - s[3]) * t.anch[2 * k + 1];
+                    for (int q = 0; q < 4; ++q) d[q] += draw[q];
                 }
                 if (nc > 1)
                     for (int q = 0; q < nc; ++q) {
@@ -257,5 +288,68 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
     L.total = (L.lbox + L.lobj + L.lcls) * bs;
     return L;
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA path (f32; kernels/loss.cu)
+
+// One build_targets entry as the kernels read it.
+struct LossTargetPacked {
+    int b, a, gj, gi, cls;
+    float tbox[4], anch[2];
+};
+
+// Orders a level's entries by cell, keeping list order within a cell, into out, and writes the group
+// starts: entries starts[g] .. starts[g + 1] − 1 are those of the g-th distinct cell (starts has
+// groups + 1 elements). A group's last entry is the last in list order, the one whose CIoU sets tobj.
+inline void pack_level_targets(const LevelTargets<float>& lt, int na, int ny, int nx, std::vector<LossTargetPacked>& out,
+                               std::vector<int>& starts) {
+    const int n = lt.size();
+    std::vector<std::pair<int64_t, int>> key(n);  // (cell, list index): unique, so the order is total
+    for (int k = 0; k < n; ++k) key[k] = {loss_cell(lt.b[k], lt.a[k], lt.gj[k], lt.gi[k], na, ny, nx), k};
+    std::sort(key.begin(), key.end());
+    out.resize(n);
+    starts.clear();
+    for (int j = 0; j < n; ++j) {
+        const int k = key[j].second;
+        if (j == 0 || key[j].first != key[j - 1].first) starts.push_back(j);
+        out[j] = LossTargetPacked{lt.b[k], lt.a[k], lt.gj[k], lt.gi[k], lt.cls[k],
+                                  {lt.tbox[4 * k], lt.tbox[4 * k + 1], lt.tbox[4 * k + 2], lt.tbox[4 * k + 3]},
+                                  {lt.anch[2 * k], lt.anch[2 * k + 1]}};
+    }
+    starts.push_back(n);
+}
+
+constexpr int kLossMaxLevels = 5;  // YOLOv5's balance table has 3 or 5 entries
+
+// Blocks of the dense objectness kernel for a level of `cells` cells: fixed by the size alone, so the
+// partial sums (one per block) and their reduction are deterministic.
+inline int loss_obj_blocks(int64_t cells) {
+    const int64_t b = CEIL_DIV(cells, (int64_t)256);
+    return (int)(b < 1 ? 1 : (b > 1024 ? 1024 : b));
+}
+
+// One level's device pointers. targets/group_start: pack_level_targets' output, uploaded. Scratch (device,
+// contents irrelevant on entry): tobj (bs·na·ny·nx), group_box and group_cls (groups), obj_partial
+// (loss_obj_blocks(cells)).
+struct LossLevelCuda {
+    const float* map = nullptr;  // (bs, na, ny, nx, no)
+    float* dmap = nullptr;       // same shape; d total / d map, overwritten; null: no gradient
+    int ny = 0, nx = 0;
+    int n = 0, groups = 0;
+    const LossTargetPacked* targets = nullptr;
+    const int* group_start = nullptr;
+    float* tobj = nullptr;
+    double* group_box = nullptr;
+    double* group_cls = nullptr;
+    double* obj_partial = nullptr;
+};
+
+// Enqueues the loss on `stream`: items_out (device, 4 doubles) receives lbox, lobj, lcls, total as
+// yolo_loss_cpu's LossItems; total_out (device, 1 float) the total.
+void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no, const LossHyp& h, double* items_out,
+                    float* total_out, cudaStream_t stream);
+// grad += (*g)·dmap over n elements, g a device scalar (the upstream gradient of the loss): the backward
+// of yolo_loss without reading g on the host.
+void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream);
 
 }  // namespace y5

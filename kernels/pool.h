@@ -6,9 +6,12 @@
  *   storing indices. SPPF uses k 5, stride 1, pad 2.
  * global_avgpool: inp (N,C,H,W) → out (N,C), the mean over H·W (ECA's squeeze).
  * Backward accumulates into dinp (+=).
+ * The CUDA kernels (kernels/pool.cu) share maxpool_argmax, so both sides pick the same element.
  */
 #pragma once
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -79,5 +82,16 @@ template <class T> void global_avgpool_backward_cpu(T* dinp, const T* dout, int 
         for (int i = 0; i < HW; ++i) dinp[nc * HW + i] += g;
     }
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA launchers (kernels/pool.cu, f32, the CPU reference's arguments plus the stream); built only with
+// Y5_CUDA. maxpool2d_backward_cuda takes `argmax`, N·C·Ho·Wo ints of device scratch for the call.
+
+void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int k, int stride, int pad,
+                            cudaStream_t stream);
+void maxpool2d_backward_cuda(float* dinp, const float* dout, const float* inp, int N, int C, int H, int W, int k,
+                             int stride, int pad, int* argmax, cudaStream_t stream);
+void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream);
+void global_avgpool_backward_cuda(float* dinp, const float* dout, int N, int C, int HW, cudaStream_t stream);
 
 }  // namespace y5

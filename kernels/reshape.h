@@ -5,9 +5,12 @@
  * space_to_depth2: Focus's slicing, inp (N,C,H,W) → out (N,4C,H/2,W/2), channel blocks in PyTorch's order
  *   x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2].
  * Backward accumulates into dinp (+=).
+ * The CUDA kernels (kernels/reshape.cu) share s2d_dy / s2d_dx.
  */
 #pragma once
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -48,5 +51,11 @@ template <class T> void space_to_depth2_backward_cpu(T* dinp, const T* dout, int
                         dinp[(((int64_t)n * C + c) * H + 2 * y + s2d_dy(q)) * W + 2 * x + s2d_dx(q)] +=
                             dout[(((int64_t)n * 4 * C + q * C + c) * Ho + y) * Wo + x];
 }
+
+// CUDA launchers (kernels/reshape.cu, f32, the CPU reference's arguments plus the stream); built only with Y5_CUDA.
+void transpose12_forward_cuda(float* out, const float* inp, int B, int M, int N, cudaStream_t stream);
+void transpose12_backward_cuda(float* dinp, const float* dout, int B, int M, int N, cudaStream_t stream);
+void space_to_depth2_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, cudaStream_t stream);
+void space_to_depth2_backward_cuda(float* dinp, const float* dout, int N, int C, int H, int W, cudaStream_t stream);
 
 }  // namespace y5

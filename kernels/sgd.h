@@ -1,14 +1,18 @@
 /*
- * Optimizer updates over flat parameter ranges, CPU reference (CUDA: one fused kernel per range later).
+ * Optimizer updates over flat parameter ranges: CPU references here, CUDA launchers in kernels/sgd.cu (one
+ * fused kernel per range, the same per-element functions).
  *   sgd: PyTorch SGD(momentum m, dampening 0, nesterov=True, weight_decay wd), per element:
  *        d = g + wd·p;  buf = m·buf + d;  d = d + m·buf;  p −= lr·d
  *        (torch starts buf as a copy of d; with buf zero-initialised m·0 + d is the same value)
  *   ema: v = d·v + (1 − d)·w (YOLOv5 ModelEMA over every floating state entry)
  */
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -28,5 +32,22 @@ template <class T> void sgd_cpu(T* p, const T* g, T* buf, int64_t n, T lr, T m, 
 template <class T> void ema_cpu(T* ema, const T* model, int64_t n, T d) {
     for (int64_t i = 0; i < n; ++i) ema[i] = ema_lerp(ema[i], model[i], d);
 }
+
+// torch.nn.utils.clip_grad_norm_'s factor for a norm: min(1, max_norm / (norm + 1e-6)).
+Y5_HD double clip_coef(double norm, double max_norm) { return y5_min(1.0, max_norm / (norm + 1e-6)); }
+
+// ---- CUDA launchers (kernels/sgd.cu); built only with Y5_CUDA. f32, on the given stream.
+// p, buf updated in place over n elements with sgd_nesterov.
+void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream);
+// ema = ema_lerp(ema, model, d) over n elements.
+void ema_cuda(float* ema, const float* model, int64_t n, float d, cudaStream_t stream);
+// Device scratch that clip_grad_norm_cuda needs (partial sums and the norm).
+size_t clip_grad_norm_scratch_bytes();
+// ‖g‖₂ over n elements (sum of squares in double by a two-stage reduction whose order depends only on n, so
+// it is deterministic), then g *= clip_coef(norm, max_norm) on the device; returns the norm (one scalar
+// copied to the host, which synchronises the stream). scratch: clip_grad_norm_scratch_bytes() of device
+// memory, 8-byte aligned.
+double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, size_t scratch_bytes,
+                           cudaStream_t stream);
 
 }  // namespace y5

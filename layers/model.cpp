@@ -96,15 +96,15 @@ static std::string read_text_file(const std::string& path) {
 
 Model::Model(const std::string& path, int nc_override) : Model(path, read_text_file(path), nc_override) {}
 
-std::unique_ptr<Model> Model::from_weights(const std::string& weights) {
+std::unique_ptr<Model> Model::from_weights(const std::string& weights, CudaContext* cuda) {
     SafeTensorsFile f(weights);
     const auto& m = f.metadata();
     Y5_CHECK(m.count("yaml") && m.count("nc"), "%s: no model yaml in its metadata (not a y5 weights file); pass --cfg",
              weights.c_str());
     const std::string name = m.count("yaml_name") ? m.at("yaml_name") : "model.yaml";
     auto model = std::unique_ptr<Model>(new Model(name, m.at("yaml"), std::stoi(m.at("nc"))));
-    model->allocate(Device::CPU);
-    model->load_weights(weights);
+    model->allocate(cuda ? Device::CUDA : Device::CPU, DType::F32, cuda);
+    model->load_weights(weights, cuda);
     return model;
 }
 

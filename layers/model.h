@@ -23,8 +23,9 @@ class Model {
 public:
     // Parses and builds the graph and registers every parameter; nc > 0 overrides the yaml's nc.
     explicit Model(const std::string& yaml_path, int nc = 0);
-    // The model a y5 weights file describes (its metadata holds the yaml and nc), weights loaded, on the CPU.
-    static std::unique_ptr<Model> from_weights(const std::string& weights_path);
+    // The model a y5 weights file describes (its metadata holds the yaml and nc), weights loaded, on the CPU or,
+    // given a context, on its CUDA device.
+    static std::unique_ptr<Model> from_weights(const std::string& weights_path, CudaContext* cuda = nullptr);
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 

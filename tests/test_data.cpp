@@ -2,12 +2,15 @@
  * Datasets: data.yaml rules, the coco128 scan YOLOv5 reports, the synthetic dataset, the label cache, and a
  * corpus of bad inputs with the message or warning each one gets.
  */
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "engine/check.h"
 #include "engine/dataset.h"
 #include "engine/synthetic.h"
+#include "engine/val.h"
+#include "kernels/image.h"
 #include "tests/test_util.h"
 
 using namespace y5;
@@ -184,4 +187,34 @@ TEST_CASE("bad data yaml and missing paths get one clear error", "[data][errors]
     CHECK(d.stats.backgrounds == 3);
     CHECK(d.stats.instances == 0);
     CHECK(label_path_for("/d/images/x/images/a.b.jpg") == "/d/images/x/labels/a.b.txt");
+}
+
+TEST_CASE("batch images: uint8 to float / 255, layout kept (the CPU reference of kernels/image.h)", "[data][image]") {
+    // Every byte value: the float YOLOv5 gets from imgs.float() / 255 (one correctly rounded f32 division).
+    for (int v = 0; v < 256; ++v) {
+        const float want = (float)v / 255.0f;
+        REQUIRE(u8_to_unit((uint8_t)v) == want);
+        REQUIRE(std::fabs((double)want - v / 255.0) <= std::ldexp(1.0, -25));  // half an f32 ulp below 1: rounded
+    }
+    CHECK(u8_to_unit(0) == 0.0f);
+    CHECK(u8_to_unit(255) == 1.0f);
+
+    // batch_images keeps the loader's (n, 3, h, w) CHW RGB order and converts through the reference.
+    Batch b;
+    b.n = 2, b.h = 5, b.w = 7;
+    b.images.resize((size_t)b.n * 3 * b.h * b.w);
+    for (size_t i = 0; i < b.images.size(); ++i) b.images[i] = (uint8_t)(i * 37 + 11);
+    Arena host("batch", Device::CPU, 1 << 20);
+    Ctx c;
+    c.act = &host;
+    Tensor x = batch_images(c, b);
+    REQUIRE(x.shape == Shape({2, 3, 5, 7}));
+    REQUIRE(x.dtype == DType::F32);
+    for (size_t i = 0; i < b.images.size(); ++i) REQUIRE(x.ptr<float>()[i] == (float)b.images[i] / 255.0f);
+    std::vector<float> ref(b.images.size());
+    images_u8_to_f32_cpu(ref.data(), b.images.data(), (int64_t)ref.size());
+    CHECK(std::memcmp(ref.data(), x.data, x.bytes()) == 0);
+
+    b.images.pop_back();  // a batch whose bytes do not match its shape is an error, not a silent overread
+    CHECK_THROWS_WITH(batch_images(c, b), Contains("batch_images"));
 }

@@ -98,15 +98,6 @@ TEST_CASE("device parameter store and arena and out-of-memory errors", "[gpu][en
     CHECK_THROWS_WITH(small.alloc(2 << 20), Contains("arena 'device scratch' overflow"));
     CHECK_THROWS_WITH(device_alloc(size_t(1) << 50, "a petabyte"), Contains("out of GPU memory allocating") && Contains("'a petabyte'"));
 }
-
-TEST_CASE("ops without a CUDA kernel yet say so", "[gpu][errors]") {
-    Gpu& g = gpu();
-    g.act.reset();
-    g.host.reset();
-    Rng rng(103);
-    Var x = Tape::constant(g.upload(rand_tensor(g.host, {1, 2, 4, 4}, DType::F32, rng)));
-    CHECK_THROWS_WITH(activation(g.ctx, x, Act{}), Contains("no CUDA kernel for this op yet"));
-}
 #endif
 
 int main(int argc, char** argv) {

@@ -51,6 +51,75 @@ TEST_CASE("build_targets: anchor ratio test / neighbour cells / clamps", "[loss]
     CHECK(e.b[0] == 1);
 }
 
+TEST_CASE("loss helpers shared with CUDA: box decode, cell index, grouping by cell", "[loss]") {
+    // Box decode and its chain rule against central differences, in double.
+    const double raw[4] = {0.3, -1.2, 0.7, -0.4}, anch[2] = {1.5, 2.5}, w[4] = {0.7, -1.1, 0.4, 1.9};
+    double s[4], pb[4], draw[4];
+    loss_decode_box(raw, anch, s, pb);
+    CHECK(pb[0] == Approx(2 * sigmoid(0.3) - 0.5));
+    CHECK(pb[1] == Approx(2 * sigmoid(-1.2) - 0.5));
+    CHECK(pb[2] == Approx(4 * sigmoid(0.7) * sigmoid(0.7) * 1.5));
+    CHECK(pb[3] == Approx(4 * sigmoid(-0.4) * sigmoid(-0.4) * 2.5));
+    loss_decode_box_grad(s, anch, w, draw);
+    for (int q = 0; q < 4; ++q) {
+        double rp[4], rm[4], sp[4], sm[4], pp[4], pm[4];
+        std::memcpy(rp, raw, sizeof raw);
+        std::memcpy(rm, raw, sizeof raw);
+        rp[q] += 1e-6, rm[q] -= 1e-6;
+        loss_decode_box(rp, anch, sp, pp);
+        loss_decode_box(rm, anch, sm, pm);
+        CHECK(draw[q] == Approx(w[q] * (pp[q] - pm[q]) / 2e-6).epsilon(1e-7));
+    }
+    CHECK(loss_tobj(-0.2) == 0.0);
+    CHECK(loss_tobj(0.0) == 0.0);
+    CHECK(loss_tobj(0.3) == 0.3);
+    // Cell index in int64: past 2^31 elements once multiplied by no.
+    CHECK(loss_cell(1, 2, 3, 4, 3, 5, 7) == ((1 * 3 + 2) * 5 + 3) * 7 + 4);
+    CHECK(loss_cell(2000, 2, 79, 79, 3, 80, 80) * 85 == ((int64_t)6002 * 6400 + 79 * 80 + 79) * 85);
+
+    // Grouping: every entry once; groups are distinct cells; within a group the list order is kept, so
+    // the last entry of a group is the last one in the list on that cell (the one that sets tobj).
+    const float anchors[6] = {1.0f, 1.0f, 2.0f, 1.5f, 0.7f, 1.2f};
+    const float tg[7][6] = {{0, 1, 0.31f, 0.42f, 0.2f, 0.3f}, {0, 2, 0.31f, 0.42f, 0.2f, 0.3f},  // same box twice
+                            {1, 0, 1.0f, 0.5f, 0.15f, 0.2f},                                    // clamped edge
+                            {1, 1, 0.0f, 0.0f, 0.3f, 0.2f},  {0, 0, 0.33f, 0.40f, 0.25f, 0.2f},
+                            {1, 2, 0.5f, 0.5f, 0.2f, 0.25f}, {0, 1, 0.31f, 0.42f, 0.2f, 0.3f}};
+    const int na = 3, ny = 5, nx = 7;
+    LevelTargets<float> lt = build_targets_level(&tg[0][0], 7, anchors, na, ny, nx, 4.0);
+    std::vector<LossTargetPacked> packed;
+    std::vector<int> starts;
+    pack_level_targets(lt, na, ny, nx, packed, starts);
+    const int n = lt.size();
+    REQUIRE((int)packed.size() == n);
+    REQUIRE(starts.size() >= 2);
+    CHECK(starts.front() == 0);
+    CHECK(starts.back() == n);
+    auto cell_of = [&](const LossTargetPacked& p) { return loss_cell(p.b, p.a, p.gj, p.gi, na, ny, nx); };
+    int dup_groups = 0;
+    for (size_t g = 0; g + 1 < starts.size(); ++g) {
+        REQUIRE(starts[g] < starts[g + 1]);
+        const int64_t c = cell_of(packed[starts[g]]);
+        if (g > 0) CHECK(cell_of(packed[starts[g - 1]]) < c);
+        std::vector<int> ks;  // the list entries on this cell, in list order
+        for (int k = 0; k < n; ++k)
+            if (loss_cell(lt.b[k], lt.a[k], lt.gj[k], lt.gi[k], na, ny, nx) == c) ks.push_back(k);
+        REQUIRE((int)ks.size() == starts[g + 1] - starts[g]);
+        dup_groups += ks.size() > 1;
+        for (size_t j = 0; j < ks.size(); ++j) {
+            const LossTargetPacked& p = packed[starts[g] + j];
+            const int k = ks[j];
+            CHECK(cell_of(p) == c);
+            CHECK(p.cls == lt.cls[k]);
+            for (int q = 0; q < 4; ++q) CHECK(p.tbox[q] == lt.tbox[4 * k + q]);
+            for (int q = 0; q < 2; ++q) CHECK(p.anch[q] == lt.anch[2 * k + q]);
+        }
+    }
+    CHECK(dup_groups >= 3);  // the repeated box (3 rows), the clamped edge and the corner share cells
+    pack_level_targets(LevelTargets<float>{}, na, ny, nx, packed, starts);
+    CHECK(packed.empty());
+    CHECK(starts == std::vector<int>{0});
+}
+
 TEST_CASE("yolo loss gradient by finite differences", "[loss][gradcheck]") {
     Rng rng(31);
     const int bs = 2, na = 3, nc = 3, no = 5 + nc;

@@ -21,6 +21,7 @@
 
 #include "engine/augment.h"
 #include "engine/check.h"
+#include "engine/device.h"
 #include "engine/plots.h"
 #include "engine/safetensors.h"
 #include "kernels/nms.h"
@@ -68,17 +69,20 @@ static std::vector<std::string> sources(const std::string& s) {
 
 struct Detector {
     y5::Model& model;
-    y5::Arena act{"activations", y5::Device::CPU, (size_t)2 << 30}, work{"workspace", y5::Device::CPU, (size_t)1 << 30},
-        grads{"gradients", y5::Device::CPU, 1 << 20};
-    y5::Tape tape{&grads};
+    y5::Device dev;
+    y5::Arena act{"activations", dev, (size_t)2 << 30}, work{"workspace", dev, (size_t)1 << 30},
+        grads{"gradients", dev, 1 << 20}, host{"host input", y5::Device::CPU, (size_t)1 << 30};
+    y5::Tape tape;
     y5::Ctx c;
+    std::vector<float> decoded;  // the model's decoded output on the host, for NMS
     y5::NmsParams nms;
     int imgsz;
     double t_pre = 0, t_inf = 0, t_nms = 0;
     int frames = 0, last_h = 0, last_w = 0;
 
-    Detector(y5::Model& m, int size) : model(m), imgsz(size) {
-        c.act = &act, c.work = &work, c.tape = &tape;
+    Detector(y5::Model& m, int size)
+        : model(m), dev(m.params.device()), tape(&grads, m.params.cuda()), imgsz(size) {
+        c.act = &act, c.work = &work, c.tape = &tape, c.cuda = m.params.cuda();
         tape.set_recording(false);
     }
 
@@ -89,17 +93,28 @@ struct Detector {
         const int stride = (int)model.detect->stride.back();
         cv::Mat im = y5::letterbox(im0, imgsz, imgsz, &lb, /*autopad=*/true, false, true, stride);
         act.reset();
-        y5::Tensor x = act.tensor(y5::Shape{1, 3, im.rows, im.cols});
-        float* p = x.ptr<float>();
+        host.reset();
+        y5::Tensor xh = host.tensor(y5::Shape{1, 3, im.rows, im.cols});
+        float* p = xh.ptr<float>();
         for (int y = 0; y < im.rows; ++y)
             for (int xx = 0; xx < im.cols; ++xx)
                 for (int ch = 0; ch < 3; ++ch)
                     p[((size_t)(2 - ch) * im.rows + y) * im.cols + xx] = im.at<cv::Vec3b>(y, xx)[ch] / 255.0f;
+        y5::Tensor x = xh;
+        if (dev == y5::Device::CUDA) {
+            x = act.tensor(xh.shape);
+            y5::copy(c, x, xh);
+        }
         const auto t1 = Clock::now();
         y5::Model::Output out = model.forward(c, y5::Tape::constant(x), false);
+        const float* dec = out.decoded.ptr<float>();
+        if (dev == y5::Device::CUDA) {  // the copy waits for the forward, so inference time includes it
+            decoded.resize((size_t)out.decoded.numel());
+            y5::copy_device_to_host(decoded.data(), dec, out.decoded.bytes(), c.cuda);
+            dec = decoded.data();
+        }
         const auto t2 = Clock::now();
-        std::vector<y5::Detection> det =
-            y5::nms_image(out.decoded.ptr<float>(), (int)out.decoded.dim(1), (int)out.decoded.dim(2), nms);
+        std::vector<y5::Detection> det = y5::nms_image(dec, (int)out.decoded.dim(1), (int)out.decoded.dim(2), nms);
         // scale_boxes without ratio_pad: gain and padding recomputed from the two shapes, then clipped, rounded
         const double gain = std::min((double)im.rows / im0.rows, (double)im.cols / im0.cols);
         const double padw = (im.cols - im0.cols * gain) / 2, padh = (im.rows - im0.rows * gain) / 2;
@@ -184,11 +199,12 @@ int main(int argc, char** argv) {
     app.add_option("--project", project, "save results to project/name")->capture_default_str();
     app.add_option("--name", name, "save results to project/name")->capture_default_str();
     app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
-    app.add_option("--device", device, "cpu")->capture_default_str();
+    app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     try {
-        Y5_CHECK(device == "cpu", "--device %s: inference on the GPU needs the CUDA backend; use --device cpu", device.c_str());
-        auto model = y5::Model::from_weights(weights);
+        const int dev_index = y5::parse_device(device);
+        y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
+        auto model = y5::Model::from_weights(weights, cuda);
         std::vector<std::string> names;
         for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
         {

@@ -9,6 +9,7 @@
 
 #include "engine/check.h"
 #include "engine/dataset.h"
+#include "engine/device.h"
 #include "engine/hyp.h"
 #include "engine/loader.h"
 #include "engine/val.h"
@@ -28,15 +29,17 @@ int main(int argc, char** argv) {
     app.add_option("--iou-thres", iou, "NMS IoU threshold")->capture_default_str();
     app.add_option("--max-det", max_det, "maximum detections per image")->capture_default_str();
     app.add_option("--task", task, "train, val or test split")->capture_default_str()->check(CLI::IsMember({"train", "val", "test"}));
-    app.add_option("--device", device, "cpu")->capture_default_str();
+    app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
     app.add_option("--workers", workers, "data loader threads")->capture_default_str();
     app.add_flag("--single-cls", single_cls, "treat as single-class dataset");
     CLI11_PARSE(app, argc, argv);
     try {
-        Y5_CHECK(device == "cpu", "--device %s: inference on the GPU needs the CUDA backend; use --device cpu", device.c_str());
+        const int dev_index = y5::parse_device(device);
+        const y5::Device dev = dev_index >= 0 ? y5::Device::CUDA : y5::Device::CPU;
+        y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
         y5::DataConfig cfg = y5::load_data_yaml(data);
         Y5_CHECK(cfg.splits.count(task), "%s has no '%s' split", data.c_str(), task.c_str());
-        auto model = y5::Model::from_weights(weights);
+        auto model = y5::Model::from_weights(weights, cuda);
         Y5_CHECK(single_cls || model->nc == cfg.nc, "%s has nc=%d but %s has %d classes", weights.c_str(), model->nc,
                  data.c_str(), cfg.nc);
         y5::Dataset ds = y5::scan_dataset(cfg.splits[task], workers);
@@ -46,11 +49,12 @@ int main(int argc, char** argv) {
         y5::LoaderOptions o;
         o.img_size = imgsz, o.batch_size = batch, o.workers = std::max(1, workers), o.rect = true, o.pad = 0.5;
         y5::DataLoader loader(ds, o);
-        y5::Arena act("activations", y5::Device::CPU, (size_t)3 << 30), work("workspace", y5::Device::CPU, (size_t)1 << 30),
-            grads("gradients", y5::Device::CPU, 1 << 20);
-        y5::Tape tape(&grads);
+        // CPU: reserved address space (only touched pages become memory); CUDA: real allocations.
+        const size_t act_b = dev == y5::Device::CUDA ? (size_t)6 << 30 : (size_t)3 << 30;
+        y5::Arena act("activations", dev, act_b), work("workspace", dev, (size_t)1 << 30), grads("gradients", dev, 1 << 20);
+        y5::Tape tape(&grads, cuda);
         y5::Ctx c;
-        c.act = &act, c.work = &work, c.tape = &tape;
+        c.act = &act, c.work = &work, c.tape = &tape, c.cuda = cuda;
         y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValOptions vo;

@@ -1,0 +1,303 @@
+/*
+ * CUDA side of kernels/batchnorm.h. inp/out (N,C,HW); a channel's M = N·HW values are N rows of HW.
+ * Statistics in two deterministic steps, so the GPU is busy even with few channels (16 channels of
+ * 64·320·320 values in yolov5n's first layer):
+ *   1. grid (S, C): block (s, c) reduces slice s of channel c's values, taken in (n, i) order and cut into
+ *      S contiguous slices, to one partial: per-thread float accumulation (Welford for the mean and
+ *      variance, plain sums for the backward), then a warp-shuffle and shared-memory tree;
+ *   2. one warp per channel merges its S partials in double, in a fixed order.
+ * The element-wise passes (normalise, dx) run over the N·C planes with the per-channel values in registers.
+ * No atomics: every run gives the same bits.
+ */
+#include "kernels/batchnorm.h"
+#include "kernels/cuda_utils.cuh"
+
+namespace y5 {
+
+// Slices per channel: about 16 values per thread, at most 1024 partials per channel.
+static int bn_slices(int N, int HW) {
+    const int64_t s = CEIL_DIV((int64_t)N * HW, (int64_t)kBlock * 16);
+    return (int)(s < 1 ? 1 : (s > 1024 ? 1024 : s));
+}
+
+// Scratch layout (floats): partials, C·S·3 (forward: count, mean, M2; backward: Σdy, Σdy·x̂), then three
+// per-channel arrays: mean dy, mean dy·x̂, eval 1/std.
+int64_t batchnorm_cuda_scratch(int N, int C, int HW) { return (int64_t)C * bn_slices(N, HW) * 3 + 3 * (int64_t)C; }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA kernels
+
+// (n, i) of the flat index m = n·HW + i, advanced by a fixed step without a division per element.
+struct RowWalk {
+    int n, i, dn, di, HW;
+    __device__ RowWalk(int64_t m, int step, int hw)
+        : n((int)(m / hw)), i((int)(m % hw)), dn(step / hw), di(step % hw), HW(hw) {}
+    __device__ void next() {
+        i += di;
+        n += dn;
+        if (i >= HW) {
+            i -= HW;
+            ++n;
+        }
+    }
+};
+
+// Welford's update: count n, mean, M2 = Σ(x − mean)² of the values seen so far.
+__device__ __forceinline__ void welford_add(float& n, float& mean, float& m2, float x) {
+    n += 1.f;
+    const float d = x - mean;
+    mean += d / n;
+    m2 += d * (x - mean);
+}
+
+// Chan et al.'s merge of partial state b into a (float within a block, double across blocks).
+template <class T> __device__ __forceinline__ void chan_merge(T& n, T& mean, T& m2, T nb, T meanb, T m2b) {
+    if (nb == T(0)) return;
+    const T nn = n + nb, d = meanb - mean, f = nb / nn;
+    mean += d * f;
+    m2 += m2b + d * d * n * f;
+    n = nn;
+}
+
+// Merges the Welford states of a warp into lane 0 (tree by shfl_down; the other lanes' results are partial).
+template <class T> __device__ __forceinline__ void warp_welford(T& n, T& mean, T& m2) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const T nb = __shfl_down_sync(0xffffffffu, n, o), mb = __shfl_down_sync(0xffffffffu, mean, o),
+                qb = __shfl_down_sync(0xffffffffu, m2, o);
+        chan_merge(n, mean, m2, nb, mb, qb);
+    }
+}
+
+// Merges the Welford states of the block into thread 0. Every thread must call it.
+__device__ __forceinline__ void block_welford(float& n, float& mean, float& m2) {
+    __shared__ float sn[32], sm[32], sq[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    warp_welford(n, mean, m2);
+    __syncthreads();  // a previous call's reads of sn/sm/sq are done
+    if (lane == 0) {
+        sn[warp] = n;
+        sm[warp] = mean;
+        sq[warp] = m2;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        n = lane < nwarps ? sn[lane] : 0.f;
+        mean = lane < nwarps ? sm[lane] : 0.f;
+        m2 = lane < nwarps ? sq[lane] : 0.f;
+        warp_welford(n, mean, m2);
+    }
+}
+
+// Step 1 of the forward statistics: grid (S, ≤ C), block kBlock. partial[(c·S + s)·3] = (count, mean, M2).
+__global__ static void bn_stats_kernel(float* partial, const float* inp, int N, int C, int HW, int S) {
+    const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
+    const int64_t m0 = blockIdx.x * len, m1 = y5_min(M, m0 + len);
+    for (int c = blockIdx.y; c < C; c += gridDim.y) {
+        float n = 0.f, mean = 0.f, m2 = 0.f;
+        RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
+        for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next())
+            welford_add(n, mean, m2, inp[((int64_t)w.n * C + c) * HW + w.i]);
+        block_welford(n, mean, m2);
+        if (threadIdx.x == 0) {
+            float* p = partial + ((int64_t)c * S + blockIdx.x) * 3;
+            p[0] = n;
+            p[1] = mean;
+            p[2] = m2;
+        }
+    }
+}
+
+// Step 2: one warp per channel (grid-stride over channels). Lane 0 writes the saved mean and 1/std (from the
+// biased variance) and updates the running statistics (unbiased variance, momentum).
+__global__ static void bn_stats_finalize_kernel(float* save_mean, float* save_invstd, float* running_mean,
+                                                float* running_var, const float* partial, int C, int S, int64_t M,
+                                                float eps, float momentum) {
+    const int lane = threadIdx.x;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        double n = 0, mean = 0, m2 = 0;
+        for (int s = lane; s < S; s += 32) {
+            const float* p = partial + ((int64_t)c * S + s) * 3;
+            chan_merge(n, mean, m2, (double)p[0], (double)p[1], (double)p[2]);
+        }
+        warp_welford(n, mean, m2);
+        if (lane == 0) {
+            const double var = m2 / (double)M;
+            save_mean[c] = (float)mean;
+            save_invstd[c] = (float)bn_invstd(var, eps);
+            bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
+        }
+    }
+}
+
+// out = bn_apply(inp) over P = N·C planes of HW (plane grid); channel c = plane % C.
+__global__ static void bn_normalize_kernel(float* out, const float* inp, const float* mean, const float* invstd,
+                                           const float* gamma, const float* beta, int C, int HW, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int c = (int)(p % C);
+        const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
+        const float* x = inp + p * HW;
+        float* y = out + p * HW;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            y[i] = bn_apply(x[i], mu, is, g, b);
+    }
+}
+
+// Eval mode's per-channel 1/std from the running variance.
+__global__ static void bn_eval_invstd_kernel(float* invstd, const float* running_var, int C, float eps) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
+        invstd[c] = bn_eval_invstd(running_var[c], eps);
+}
+
+// Step 1 of the backward sums, slices as bn_stats_kernel: partial[(c·S + s)·2] = (Σdy, Σdy·x̂).
+__global__ static void bn_grad_sums_kernel(float* partial, const float* dout, const float* inp, const float* mean,
+                                           const float* invstd, int N, int C, int HW, int S) {
+    const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
+    const int64_t m0 = blockIdx.x * len, m1 = y5_min(M, m0 + len);
+    for (int c = blockIdx.y; c < C; c += gridDim.y) {
+        const float mu = mean[c], is = invstd[c];
+        float sdy = 0.f, sdyx = 0.f;
+        RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
+        for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next()) {
+            const int64_t j = ((int64_t)w.n * C + c) * HW + w.i;
+            const float dy = dout[j];
+            sdy += dy;
+            sdyx += dy * bn_xhat(inp[j], mu, is);
+        }
+        sdy = block_sum(sdy);
+        sdyx = block_sum(sdyx);
+        if (threadIdx.x == 0) {
+            float* p = partial + ((int64_t)c * S + blockIdx.x) * 2;
+            p[0] = sdy;
+            p[1] = sdyx;
+        }
+    }
+}
+
+// Step 2: one warp per channel sums the S partials in double; lane 0 accumulates dgamma/dbeta (either may be
+// null) and writes the means Σdy/M and Σdy·x̂/M for the dx pass.
+__global__ static void bn_grad_finalize_kernel(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx,
+                                               const float* partial, int C, int S, int64_t M) {
+    const int lane = threadIdx.x;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        double sdy = 0, sdyx = 0;
+        for (int s = lane; s < S; s += 32) {
+            const float* p = partial + ((int64_t)c * S + s) * 2;
+            sdy += p[0];
+            sdyx += p[1];
+        }
+        sdy = warp_sum(sdy);
+        sdyx = warp_sum(sdyx);
+        if (lane == 0) {
+            if (dbeta) dbeta[c] += (float)sdy;
+            if (dgamma) dgamma[c] += (float)sdyx;
+            mean_dy[c] = (float)(sdy / M);
+            mean_dyx[c] = (float)(sdyx / M);
+        }
+    }
+}
+
+// Training-mode dinp += bn_train_dx(...) over the N·C planes (plane grid).
+__global__ static void bn_train_dx_kernel(float* dinp, const float* dout, const float* inp, const float* mean,
+                                          const float* invstd, const float* gamma, const float* mean_dy,
+                                          const float* mean_dyx, int C, int HW, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int c = (int)(p % C);
+        const float mu = mean[c], is = invstd[c], g = gamma[c], mdy = mean_dy[c], mdyx = mean_dyx[c];
+        const float *x = inp + p * HW, *dy = dout + p * HW;
+        float* dx = dinp + p * HW;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            dx[i] += bn_train_dx(dy[i], bn_xhat(x[i], mu, is), g, is, mdy, mdyx);
+    }
+}
+
+// Eval-mode dinp += dy·gamma·invstd over the N·C planes (plane grid).
+__global__ static void bn_eval_dx_kernel(float* dinp, const float* dout, const float* invstd, const float* gamma,
+                                         int C, int HW, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int c = (int)(p % C);
+        const float is = invstd[c], g = gamma[c];
+        const float* dy = dout + p * HW;
+        float* dx = dinp + p * HW;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            dx[i] += bn_eval_dx(dy[i], g, is);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Launchers
+
+static dim3 slice_grid(int S, int C) { return dim3((unsigned)S, (unsigned)(C < 65535 ? C : 65535)); }
+static int channel_grid(int C) { return C < 65535 ? C : 65535; }  // blocks of one warp, one per channel
+
+// Σdy, Σdy·x̂ per channel: dgamma/dbeta += them; mean_dy, mean_dyx = them / M.
+static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx, const float* dout,
+                         const float* inp, const float* mean, const float* invstd, int N, int C, int HW,
+                         float* partial, cudaStream_t stream) {
+    const int S = bn_slices(N, HW);
+    bn_grad_sums_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, N, C, HW, S);
+    Y5_LAUNCH_CHECK();
+    bn_grad_finalize_kernel<<<channel_grid(C), 32, 0, stream>>>(dgamma, dbeta, mean_dy, mean_dyx, partial, C, S,
+                                                               (int64_t)N * HW);
+    Y5_LAUNCH_CHECK();
+}
+
+void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const float* inp, const float* gamma, const float* beta, int N,
+                                  int C, int HW, float eps, float momentum, float* scratch, cudaStream_t stream) {
+    if ((int64_t)N * C * HW == 0) return;
+    const int S = bn_slices(N, HW);
+    bn_stats_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
+    Y5_LAUNCH_CHECK();
+    bn_stats_finalize_kernel<<<channel_grid(C), 32, 0, stream>>>(save_mean, save_invstd, running_mean, running_var,
+                                                                scratch, C, S, (int64_t)N * HW, eps, momentum);
+    Y5_LAUNCH_CHECK();
+    const int64_t P = (int64_t)N * C;
+    bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, save_mean, save_invstd, gamma, beta, C,
+                                                                  HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
+                                 float* scratch, cudaStream_t stream) {
+    if ((int64_t)N * C * HW == 0) return;
+    float* invstd = scratch + batchnorm_cuda_scratch(N, C, HW) - C;
+    bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
+    Y5_LAUNCH_CHECK();
+    const int64_t P = (int64_t)N * C;
+    bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, running_mean, invstd, gamma, beta, C, HW,
+                                                                  P);
+    Y5_LAUNCH_CHECK();
+}
+
+void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                   const float* gamma, const float* save_mean, const float* save_invstd, int N, int C,
+                                   int HW, float* scratch, cudaStream_t stream) {
+    if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
+    float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
+    float* mean_dyx = mean_dy + C;
+    bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, save_mean, save_invstd, N, C, HW, scratch, stream);
+    if (!dinp) return;
+    const int64_t P = (int64_t)N * C;
+    bn_train_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma,
+                                                                 mean_dy, mean_dyx, C, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                  const float* gamma, const float* running_mean, const float* running_var, int N, int C,
+                                  int HW, float eps, float* scratch, cudaStream_t stream) {
+    if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
+    float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
+    float *mean_dyx = mean_dy + C, *invstd = mean_dy + 2 * C;
+    bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
+    Y5_LAUNCH_CHECK();
+    if (dgamma || dbeta)
+        bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, running_mean, invstd, N, C, HW, scratch, stream);
+    if (!dinp) return;
+    const int64_t P = (int64_t)N * C;
+    bn_eval_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, invstd, gamma, C, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+}  // namespace y5

@@ -1,0 +1,373 @@
+/*
+ * CUDA side of kernels/conv2d.h: every cuDNN call of y5 lives in this file. cuDNN's legacy (v7-style)
+ * convolution API: cudnnConvolutionForward / BackwardData / BackwardFilter with algorithms from
+ * cudnnGet*Algorithm_v7 (heuristics) or cudnnFind*Algorithm (timing), plus two small kernels for the
+ * bias (added in fprop; its gradient reduced in a fixed order). The legacy API is marked deprecated in
+ * cuDNN 9 (warnings only with CUDNN_WARN_DEPRECATED) but fully present, and the same calls build with
+ * cuDNN 8.9.
+ * Tested against the CPU reference in tests/test_gpu_conv.cpp.
+ */
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/cuda.h"
+#include "kernels/conv2d.h"
+
+namespace y5 {
+
+namespace {
+
+// ----------------------------------------------------------------------------------------------------
+// Settings and the plan cache
+
+struct Settings {
+    size_t ws_limit = size_t(256) << 20;
+    bool deterministic = true;
+    bool allow_tf32 = true;
+    bool benchmark = false;
+};
+
+std::mutex g_mu;  // guards g_settings and the cache
+Settings g_settings;
+
+struct PassChoice {
+    bool chosen = false;
+    int algo = 0;   // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
+    size_t ws = 0;  // workspace bytes
+};
+
+// Descriptors of one geometry (created once), a convolution descriptor per pass (each pass may settle on
+// a different math type), and the algorithm chosen for each pass.
+struct Plan {
+    Conv2dGeom g{};
+    int Ho = 0, Wo = 0;
+    cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+    cudnnFilterDescriptor_t w = nullptr;
+    cudnnConvolutionDescriptor_t conv[3] = {nullptr, nullptr, nullptr};
+    PassChoice pass[3];
+
+    Plan() = default;
+    Plan(const Plan&) = delete;
+    Plan& operator=(const Plan&) = delete;
+    ~Plan() {  // no CUDNN_CHECK: a destructor must not throw; destroying a valid descriptor cannot fail
+        for (auto& c : conv)
+            if (c) cudnnDestroyConvolutionDescriptor(c);
+        if (w) cudnnDestroyFilterDescriptor(w);
+        if (y) cudnnDestroyTensorDescriptor(y);
+        if (x) cudnnDestroyTensorDescriptor(x);
+    }
+};
+
+// (device, N, C, H, W, K, R, S, stride, pad, deterministic, allow_tf32, benchmark, workspace limit)
+using Key = std::array<int64_t, 14>;
+
+// Lives as long as the program (never destroyed at exit, when cuDNN may already be unloaded);
+// conv_clear_cache() frees the descriptors explicitly.
+std::map<Key, std::unique_ptr<Plan>>& plans() {
+    static auto* m = new std::map<Key, std::unique_ptr<Plan>>;
+    return *m;
+}
+
+const char* pass_name(ConvPass p) { return p == ConvPass::Fprop ? "fprop" : p == ConvPass::Dgrad ? "dgrad" : "wgrad"; }
+
+std::string geom_str(const Conv2dGeom& g) {
+    char s[160];
+    snprintf(s, sizeof s, "input (%d,%d,%d,%d), weight (%d,%d,%d,%d), stride %d, pad %d", g.N, g.C, g.H, g.W, g.K, g.C,
+             g.R, g.S, g.stride, g.pad);
+    return s;
+}
+
+cudnnMathType_t base_math(const Settings& s) { return s.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH; }
+
+// A candidate's math type is allowed when it cannot use TF32 (or FP16 conversion) unless TF32 is allowed.
+bool math_allowed(cudnnMathType_t m, const Settings& s) {
+    if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;  // may down-convert f32 to f16
+    if (!s.allow_tf32) return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;  // the descriptor stays FMA
+    return true;
+}
+
+std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
+    Y5_CHECK(g.N > 0 && g.C > 0 && g.H > 0 && g.W > 0 && g.K > 0 && g.R > 0 && g.S > 0 && g.stride > 0 && g.pad >= 0,
+             "conv2d (cuDNN): bad geometry %s", geom_str(g).c_str());
+    auto p = std::make_unique<Plan>();
+    p->g = g;
+    p->Ho = conv_out_size(g.H, g.R, g.stride, g.pad);
+    p->Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+    Y5_CHECK(p->Ho > 0 && p->Wo > 0, "conv2d (cuDNN): empty output for %s", geom_str(g).c_str());
+    // cuDNN's 4-d descriptors index with 32-bit ints.
+    const int64_t in_elems = (int64_t)g.N * g.C * g.H * g.W, out_elems = (int64_t)g.N * g.K * p->Ho * p->Wo;
+    Y5_CHECK(in_elems <= INT_MAX && out_elems <= INT_MAX,
+             "conv2d (cuDNN): tensors over 2^31 elements are not supported (%s); lower the batch size",
+             geom_str(g).c_str());
+
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.C, g.H, g.W));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.K, p->Ho, p->Wo));
+    // Filter layout (K, C, R, S): CUDNN_TENSOR_NCHW, PyTorch's weight layout.
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
+    for (auto& c : p->conv) {
+        CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c));
+        // Cross-correlation (no kernel flip), as torch.nn.Conv2d; f32 accumulation.
+        CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                    CUDNN_DATA_FLOAT));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(c, base_math(s)));
+    }
+    int n = 0, k = 0, h = 0, w = 0;
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv[0], p->x, p->w, &n, &k, &h, &w));
+    Y5_CHECK(n == g.N && k == g.K && h == p->Ho && w == p->Wo,
+             "internal: cuDNN's output (%d,%d,%d,%d) differs from y5's (%d,%d,%d,%d) for %s", n, k, h, w, g.N, g.K, p->Ho,
+             p->Wo, geom_str(g).c_str());
+    return p;
+}
+
+// The first usable candidate in cuDNN's order. For each: its status, determinism and math type, then the
+// workspace it needs with the descriptor set to its math type (authoritative, and a candidate the
+// descriptor cannot run fails here and is skipped).
+template <class Perf, class WsFn>
+PassChoice choose(const std::vector<Perf>& perf, int count, cudnnConvolutionDescriptor_t conv, const Settings& s,
+                  WsFn workspace_of, const Plan& p, ConvPass pass) {
+    std::string seen;
+    for (int i = 0; i < count; ++i) {
+        const Perf& c = perf[i];
+        char line[96];
+        snprintf(line, sizeof line, " [algo %d: status %d, %s, math %d]", (int)c.algo, (int)c.status,
+                 c.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic", (int)c.mathType);
+        seen += line;
+        if (c.status != CUDNN_STATUS_SUCCESS) continue;
+        if (s.deterministic && c.determinism != CUDNN_DETERMINISTIC) continue;
+        if (!math_allowed(c.mathType, s)) continue;
+        // With TF32 off the descriptor keeps CUDNN_FMA_MATH; with it on, the candidate's own math type (as
+        // PyTorch sets it after choosing).
+        CUDNN_CHECK(cudnnSetConvolutionMathType(conv, s.allow_tf32 ? c.mathType : CUDNN_FMA_MATH));
+        size_t ws = 0;
+        if (workspace_of(c.algo, &ws) != CUDNN_STATUS_SUCCESS) continue;
+        if (ws > s.ws_limit) continue;
+        PassChoice r;
+        r.chosen = true;
+        r.algo = (int)c.algo;
+        r.ws = ws;
+        return r;
+    }
+    Y5_FAIL("conv2d (cuDNN): no %s algorithm for %s within a workspace limit of %zu bytes%s; candidates:%s",
+            pass_name(pass), geom_str(p.g).c_str(), s.ws_limit, s.deterministic ? " that is deterministic" : "",
+            seen.c_str());
+}
+
+PassChoice select_fprop(cudnnHandle_t h, Plan& p, const Settings& s) {
+    int max_count = 0;
+    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &max_count));
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(std::max(max_count, 1));
+    int count = 0;
+    cudnnConvolutionDescriptor_t conv = p.conv[0];
+    if (s.benchmark)
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, p.w, conv, p.y, max_count, &count, perf.data()));
+    else
+        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, p.w, conv, p.y, max_count, &count, perf.data()));
+    return choose(perf, count, conv, s,
+                  [&](cudnnConvolutionFwdAlgo_t a, size_t* ws) {
+                      return cudnnGetConvolutionForwardWorkspaceSize(h, p.x, p.w, conv, p.y, a, ws);
+                  },
+                  p, ConvPass::Fprop);
+}
+
+PassChoice select_dgrad(cudnnHandle_t h, Plan& p, const Settings& s) {
+    int max_count = 0;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &max_count));
+    std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::max(max_count, 1));
+    int count = 0;
+    cudnnConvolutionDescriptor_t conv = p.conv[1];
+    // Backward data: w, dy → dx (dx described by the input descriptor).
+    if (s.benchmark)
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, p.w, p.y, conv, p.x, max_count, &count, perf.data()));
+    else
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p.w, p.y, conv, p.x, max_count, &count, perf.data()));
+    return choose(perf, count, conv, s,
+                  [&](cudnnConvolutionBwdDataAlgo_t a, size_t* ws) {
+                      return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p.w, p.y, conv, p.x, a, ws);
+                  },
+                  p, ConvPass::Dgrad);
+}
+
+PassChoice select_wgrad(cudnnHandle_t h, Plan& p, const Settings& s) {
+    int max_count = 0;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &max_count));
+    std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::max(max_count, 1));
+    int count = 0;
+    cudnnConvolutionDescriptor_t conv = p.conv[2];
+    // Backward filter: x, dy → dw.
+    if (s.benchmark)
+        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv, p.w, max_count, &count, perf.data()));
+    else
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv, p.w, max_count, &count, perf.data()));
+    return choose(perf, count, conv, s,
+                  [&](cudnnConvolutionBwdFilterAlgo_t a, size_t* ws) {
+                      return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv, p.w, a, ws);
+                  },
+                  p, ConvPass::Wgrad);
+}
+
+// The plan for g under the current settings with `pass` chosen. Plans are never freed while in use except
+// by conv_clear_cache(), so the reference stays valid for the call.
+Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
+    Y5_CHECK(ctx && ctx->cudnn, "conv2d (cuDNN): no CUDA context");
+    std::lock_guard<std::mutex> lk(g_mu);
+    const Settings s = g_settings;
+    const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, s.deterministic, s.allow_tf32,
+                  s.benchmark, (int64_t)s.ws_limit};
+    auto& m = plans();
+    auto it = m.find(key);
+    if (it == m.end()) it = m.emplace(key, make_plan(g, s)).first;
+    Plan& p = *it->second;
+    const int i = (int)pass;
+    if (!p.pass[i].chosen) {
+        if (pass == ConvPass::Fprop) p.pass[i] = select_fprop(ctx->cudnn, p, s);
+        else if (pass == ConvPass::Dgrad) p.pass[i] = select_dgrad(ctx->cudnn, p, s);
+        else p.pass[i] = select_wgrad(ctx->cudnn, p, s);
+    }
+    return p;
+}
+
+void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
+    const size_t need = p.pass[(int)pass].ws;
+    Y5_CHECK(bytes >= need && (need == 0 || ws != nullptr),
+             "conv2d (cuDNN) %s: %zu workspace bytes given, %zu needed (ask conv2d_workspace_cuda first) for %s",
+             pass_name(pass), bytes, need, geom_str(p.g).c_str());
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Bias kernels
+
+constexpr int kBlock = 256;
+
+// out[n,k,p] += b[k] over the N·K·P outputs.
+__global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t P) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] += b[(i / P) % K];
+}
+
+// db[k] += Σ_n Σ_p dy[n,k,p]: one block per channel, each thread a fixed strided subset, then a shared-memory
+// tree; the order depends only on the shape, so the result is deterministic.
+__global__ void bias_grad_kernel(float* db, const float* dy, int N, int K, int64_t P) {
+    __shared__ float part[kBlock];
+    const int k = blockIdx.x;
+    float acc = 0.0f;
+    for (int n = 0; n < N; ++n) {
+        const float* row = dy + ((int64_t)n * K + k) * P;
+        for (int64_t p = threadIdx.x; p < P; p += kBlock) acc += row[p];
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int h = kBlock / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[k] += part[0];
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------------
+// Launchers
+
+size_t conv2d_workspace_cuda(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
+    return plan_for(ctx, g, pass).pass[(int)pass].ws;
+}
+
+void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
+                       const float* bias, void* workspace, size_t workspace_bytes) {
+    Plan& p = plan_for(ctx, g, ConvPass::Fprop);
+    check_workspace(p, ConvPass::Fprop, workspace, workspace_bytes);
+    const float one = 1.0f, zero = 0.0f;
+    // y = 1·conv(x, w) + 0·y
+    CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p.x, inp, p.w, weight, p.conv[0],
+                                        (cudnnConvolutionFwdAlgo_t)p.pass[0].algo, workspace, workspace_bytes, &zero,
+                                        p.y, out));
+    if (bias) {
+        const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
+        const int64_t blocks = std::min<int64_t>(CEIL_DIV(total, (int64_t)kBlock), 65535 * 8);
+        bias_add_kernel<<<(int)blocks, kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+        Y5_LAUNCH_CHECK();
+    }
+}
+
+void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
+                       void* workspace, size_t workspace_bytes) {
+    Plan& p = plan_for(ctx, g, ConvPass::Dgrad);
+    check_workspace(p, ConvPass::Dgrad, workspace, workspace_bytes);
+    const float one = 1.0f;
+    // dx = 1·dgrad(w, dy) + 1·dx: accumulates, as the tape requires.
+    CUDNN_CHECK(cudnnConvolutionBackwardData(ctx->cudnn, &one, p.w, weight, p.y, dout, p.conv[1],
+                                             (cudnnConvolutionBwdDataAlgo_t)p.pass[1].algo, workspace, workspace_bytes,
+                                             &one, p.x, dinp));
+}
+
+void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
+                       const float* inp, void* workspace, size_t workspace_bytes) {
+    if (dweight) {
+        Plan& p = plan_for(ctx, g, ConvPass::Wgrad);
+        check_workspace(p, ConvPass::Wgrad, workspace, workspace_bytes);
+        const float one = 1.0f;
+        // dw = 1·wgrad(x, dy) + 1·dw
+        CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx->cudnn, &one, p.x, inp, p.y, dout, p.conv[2],
+                                                   (cudnnConvolutionBwdFilterAlgo_t)p.pass[2].algo, workspace,
+                                                   workspace_bytes, &one, p.w, dweight));
+    }
+    if (dbias) {
+        Y5_CHECK(ctx, "conv2d (cuDNN): no CUDA context");
+        const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
+        bias_grad_kernel<<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P);
+        Y5_LAUNCH_CHECK();
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Settings
+
+void conv_set_workspace_limit(size_t bytes) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_settings.ws_limit = bytes;
+}
+void conv_set_deterministic(bool on) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_settings.deterministic = on;
+}
+void conv_set_allow_tf32(bool on) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_settings.allow_tf32 = on;
+}
+void conv_set_benchmark(bool on) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_settings.benchmark = on;
+}
+size_t conv_workspace_limit() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return g_settings.ws_limit;
+}
+bool conv_deterministic() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return g_settings.deterministic;
+}
+bool conv_allow_tf32() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return g_settings.allow_tf32;
+}
+bool conv_benchmark() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    return g_settings.benchmark;
+}
+
+void conv_clear_cache() {
+    std::lock_guard<std::mutex> lk(g_mu);
+    plans().clear();
+}
+
+}  // namespace y5

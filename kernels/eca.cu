@@ -1,0 +1,118 @@
+/*
+ * CUDA side of kernels/eca.h.
+ * conv1d_channels: one thread per (n, c) for the output and the input gradient (a gather, with the CPU's
+ *   order of additions); the weight gradient is one block per tap j reducing its N·C products (per-thread
+ *   float sums, then a block tree). The tensors are small ((N,C) pooled vectors).
+ * scale_channels: forward is a plane kernel over the N·C planes; backward is one block per plane, which
+ *   writes dx and reduces Σ dout·x for ds (per-thread float sums, then a block tree).
+ * No atomics: every run gives the same bits.
+ */
+#include "kernels/cuda_utils.cuh"
+#include "kernels/eca.h"
+
+namespace y5 {
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA kernels
+
+__global__ static void conv1d_channels_forward_kernel(float* out, const float* inp, const float* weight, int C, int k,
+                                                      int64_t NC) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < NC; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t n = i / C;
+        out[i] = conv1d_channels_at(inp + n * C, weight, C, k, (int)(i - n * C));
+    }
+}
+
+__global__ static void conv1d_channels_dinp_kernel(float* dinp, const float* dout, const float* weight, int C, int k,
+                                                   int64_t NC) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < NC; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t n = i / C;
+        dinp[i] = conv1d_channels_dinp_at(dinp[i], dout + n * C, weight, C, k, (int)(i - n * C));
+    }
+}
+
+// Block j (grid k): dweight[j] += Σ_{n,c} inp[n][c + j − p]·dout[n][c] over the in-range c.
+__global__ static void conv1d_channels_dweight_kernel(float* dweight, const float* dout, const float* inp, int C, int k,
+                                                      int64_t NC) {
+    const int j = blockIdx.x, p = (k - 1) / 2;
+    float acc = 0.f;
+    for (int64_t i = threadIdx.x; i < NC; i += blockDim.x) {
+        const int64_t n = i / C;
+        const int ci = (int)(i - n * C) + j - p;
+        if (ci >= 0 && ci < C) acc += inp[n * C + ci] * dout[i];
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) dweight[j] += acc;
+}
+
+// out = x·s[plane] over the P planes of HW (plane grid).
+__global__ static void scale_channels_forward_kernel(float* out, const float* x, const float* s, int HW, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const float sp = s[p];
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            out[p * HW + i] = x[p * HW + i] * sp;
+    }
+}
+
+// One block per plane (grid-stride over the P planes): dx += dout·s[p] (dx may be null); ds[p] += Σ dout·x
+// (ds may be null).
+__global__ static void scale_channels_backward_kernel(float* dx, float* ds, const float* dout, const float* x,
+                                                      const float* s, int HW, int64_t P) {
+    for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+        const float sp = s[p];
+        const float *dy = dout + p * HW, *xp = x + p * HW;
+        float acc = 0.f;
+        for (int i = threadIdx.x; i < HW; i += blockDim.x) {
+            if (dx) dx[p * HW + i] += dy[i] * sp;
+            acc += dy[i] * xp[i];
+        }
+        if (ds) {  // the same for the whole block, so every thread calls block_sum
+            acc = block_sum(acc);
+            if (threadIdx.x == 0) ds[p] += acc;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Launchers
+
+void conv1d_channels_forward_cuda(float* out, const float* inp, const float* weight, int N, int C, int k,
+                                  cudaStream_t stream) {
+    const int64_t NC = (int64_t)N * C;
+    if (NC == 0) return;
+    conv1d_channels_forward_kernel<<<grid_1d(NC), kBlock, 0, stream>>>(out, inp, weight, C, k, NC);
+    Y5_LAUNCH_CHECK();
+}
+
+void conv1d_channels_backward_cuda(float* dinp, float* dweight, const float* dout, const float* inp,
+                                   const float* weight, int N, int C, int k, cudaStream_t stream) {
+    const int64_t NC = (int64_t)N * C;
+    if (NC == 0) return;
+    if (dinp) {
+        conv1d_channels_dinp_kernel<<<grid_1d(NC), kBlock, 0, stream>>>(dinp, dout, weight, C, k, NC);
+        Y5_LAUNCH_CHECK();
+    }
+    if (dweight) {
+        conv1d_channels_dweight_kernel<<<k, kBlock, 0, stream>>>(dweight, dout, inp, C, k, NC);
+        Y5_LAUNCH_CHECK();
+    }
+}
+
+void scale_channels_forward_cuda(float* out, const float* x, const float* s, int N, int C, int HW, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0) return;
+    scale_channels_forward_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, x, s, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void scale_channels_backward_cuda(float* dx, float* ds, const float* dout, const float* x, const float* s, int N, int C,
+                                  int HW, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0 || !(dx || ds)) return;
+    const int block = HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32;  // a multiple of 32, as block_sum needs
+    const int grid = (int)(P < 65535 * 8 ? P : 65535 * 8);
+    scale_channels_backward_kernel<<<grid, block, 0, stream>>>(dx, ds, dout, x, s, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+}  // namespace y5

@@ -1,0 +1,213 @@
+/*
+ * CUDA side of kernels/loss.h: YOLOv5's ComputeLoss in f32, forward and d total / d maps, equal to
+ * yolo_loss_cpu<float> up to float rounding (nvcc contracts a·b + c into FMAs; the sums run in double in
+ * another order). Per level, on one stream:
+ *   1. zero dmap (when a gradient is wanted) and tobj;
+ *   2. loss_targets_kernel, one warp per matched cell (a group of pack_level_targets): for the cell's
+ *      build_targets entries in list order, box decode + CIoU and its gradient into dmap[..0..3], class BCE
+ *      and its gradient into dmap[..5..], tobj[cell] = clamp(CIoU of the last entry, 0). The warp owns its
+ *      cell, so duplicates (several entries on one cell) add up in the CPU loop's order with no atomics,
+ *      and the result does not change from run to run;
+ *   3. loss_obj_kernel over all cells: objectness BCE against tobj and its gradient into dmap[..4], one
+ *      double partial sum per block (the block count depends only on the level's size);
+ * then loss_reduce_kernel (one block) sums the per-cell and per-block terms with a fixed tree and forms
+ * the items exactly as yolo_loss_cpu does (in double).
+ * Tested against yolo_loss_cpu in tests/test_gpu_loss.cpp.
+ */
+#include "engine/cuda.h"
+#include "kernels/elementwise.h"
+#include "kernels/loss.h"
+
+namespace y5 {
+
+static constexpr int kWarpsPerBlock = 4;   // loss_targets_kernel: one warp per matched cell
+static constexpr int kObjBlock = 256;      // loss_obj_kernel; loss_obj_blocks() divides by the same 256
+static constexpr int kReduceBlock = 256;   // loss_reduce_kernel (one block)
+static constexpr int kBlock = 256;         // backward
+
+// Sum of v over the block (blockDim.x a power of two, sh of blockDim.x doubles), in a fixed order; every
+// thread gets the result. Safe to call repeatedly with the same sh.
+__device__ static double block_sum(double v, double* sh) {
+    __syncthreads();  // the previous call's readers of sh[0] are done
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    return sh[0];
+}
+
+// Σ x[0..n) in double over the block.
+__device__ static double block_sum_array(const double* x, int64_t n, double* sh) {
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    return block_sum(s, sh);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Kernels
+
+// Warp g handles group g: entries start[g] .. start[g + 1] − 1, all on one cell, in list order.
+__global__ static void loss_targets_kernel(const float* __restrict__ p, float* __restrict__ dp, float* __restrict__ tobj,
+                                           const LossTargetPacked* __restrict__ tg, const int* __restrict__ start,
+                                           int groups, double* __restrict__ group_box, double* __restrict__ group_cls,
+                                           int na, int ny, int nx, int no, float gbox, float gcls, float pw, float cp,
+                                           float cn) {
+    const int lane = threadIdx.x & 31;
+    const int g = blockIdx.x * kWarpsPerBlock + (int)(threadIdx.x >> 5);
+    if (g >= groups) return;  // the same for the whole warp: the shuffles below see all 32 lanes
+    const int k0 = start[g], k1 = start[g + 1];
+    const int64_t c = loss_cell(tg[k0].b, tg[k0].a, tg[k0].gj, tg[k0].gi, na, ny, nx);
+    const float* ps = p + c * no;
+    const int nc = no - 5;
+
+    // Box: every lane computes the same values (a cell has one or a few entries); lane 0 writes them.
+    float d[4] = {0.f, 0.f, 0.f, 0.f}, last = 0.f;
+    double sbox = 0;
+    for (int k = k0; k < k1; ++k) {
+        const LossTargetPacked& t = tg[k];
+        float s[4], pb[4], dpb[4] = {0.f, 0.f, 0.f, 0.f};
+        loss_decode_box(ps, t.anch, s, pb);
+        const float iou = ciou(pb, t.tbox, gbox, dp ? dpb : nullptr);
+        sbox += 1.0 - (double)iou;
+        last = loss_tobj(iou);  // the last entry in list order wins, as tobj[c] = ... in the CPU loop
+        if (dp) {
+            float draw[4];
+            loss_decode_box_grad(s, t.anch, dpb, draw);
+            for (int q = 0; q < 4; ++q) d[q] += draw[q];
+        }
+    }
+    if (lane == 0) {
+        tobj[c] = last;
+        group_box[g] = sbox;
+        if (dp)
+            for (int q = 0; q < 4; ++q) dp[c * no + q] = d[q];
+    }
+
+    // Classes: lanes split the nc channels; each adds its channel's terms over the entries in list order.
+    double scls = 0;
+    if (nc > 1) {
+        for (int q = lane; q < nc; q += 32) {
+            const float x = ps[5 + q];
+            float dq = 0.f;
+            for (int k = k0; k < k1; ++k) {
+                const float tt = q == tg[k].cls ? cp : cn;
+                scls += (double)bce_logits(x, tt, pw);
+                if (dp) dq += gcls * bce_logits_grad(x, tt, pw);
+            }
+            if (dp) dp[c * no + 5 + q] = dq;
+        }
+        for (int off = 16; off > 0; off >>= 1) scls += __shfl_down_sync(0xffffffffu, scls, off);
+    }
+    if (lane == 0) group_cls[g] = scls;
+}
+
+// Objectness over all cells; partial[blockIdx.x] = this block's Σ BCE.
+__global__ static void loss_obj_kernel(const float* __restrict__ p, float* __restrict__ dp, const float* __restrict__ tobj,
+                                       int64_t cells, int no, float gobj, float pw, double* __restrict__ partial) {
+    __shared__ double sh[kObjBlock];
+    double s = 0;
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cells; c += (int64_t)gridDim.x * blockDim.x) {
+        const float x = p[c * no + 4], t = tobj[c];
+        s += (double)bce_logits(x, t, pw);
+        if (dp) dp[c * no + 4] = gobj * bce_logits_grad(x, t, pw);  // dmap was zeroed: = is the CPU's +=
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+struct LossReduceArgs {
+    const double* obj[kLossMaxLevels];
+    const double* box[kLossMaxLevels];
+    const double* cls[kLossMaxLevels];
+    int obj_blocks[kLossMaxLevels], groups[kLossMaxLevels], n[kLossMaxLevels];
+    int64_t cells[kLossMaxLevels];
+    double bal[kLossMaxLevels];
+    int nl, nc, bs;
+    double box_gain, obj_gain, cls_gain;
+};
+
+// One block: the level sums, then the items in yolo_loss_cpu's order of operations.
+__global__ static void loss_reduce_kernel(LossReduceArgs a, double* __restrict__ items, float* __restrict__ total) {
+    __shared__ double sh[kReduceBlock];
+    double lbox = 0, lobj = 0, lcls = 0;
+    for (int i = 0; i < a.nl; ++i) {
+        const double sobj = block_sum_array(a.obj[i], a.obj_blocks[i], sh);
+        const double sbox = block_sum_array(a.box[i], a.groups[i], sh);
+        const double scls = block_sum_array(a.cls[i], a.groups[i], sh);
+        if (a.n[i]) {
+            lbox += sbox / a.n[i];
+            if (a.nc > 1) lcls += scls / ((double)a.n[i] * a.nc);
+        }
+        lobj += sobj / (double)a.cells[i] * a.bal[i];
+    }
+    if (threadIdx.x == 0) {
+        lbox *= a.box_gain;
+        lobj *= a.obj_gain;
+        lcls *= a.cls_gain;
+        const double tot = (lbox + lobj + lcls) * a.bs;
+        items[0] = lbox;
+        items[1] = lobj;
+        items[2] = lcls;
+        items[3] = tot;
+        total[0] = (float)tot;
+    }
+}
+
+__global__ static void loss_backward_kernel(float* __restrict__ y, const float* __restrict__ g, const float* __restrict__ x,
+                                            int64_t n) {
+    const float a = g[0];
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = axpy_op(a, x[i], y[i]);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Launchers
+
+void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no, const LossHyp& h, double* items_out,
+                    float* total_out, cudaStream_t stream) {
+    Y5_CHECK(nl >= 1 && nl <= kLossMaxLevels, "yolo_loss_cuda: %d levels (1 to %d supported)", nl, kLossMaxLevels);
+    Y5_CHECK(no > 5, "yolo_loss_cuda: %d channels per anchor, need 5 + nc", no);
+    const int nc = no - 5;
+    const double balance3[3] = {4.0, 1.0, 0.4}, balance5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
+    const float cp = float(1.0 - 0.5 * h.label_smoothing), cn = float(0.5 * h.label_smoothing);
+    const float cls_pw = float(h.cls_pw), obj_pw = float(h.obj_pw);
+    LossReduceArgs ra{};
+    ra.nl = nl, ra.nc = nc, ra.bs = bs;
+    ra.box_gain = h.box, ra.obj_gain = h.obj, ra.cls_gain = h.cls;
+    for (int i = 0; i < nl; ++i) {
+        const LossLevelCuda& L = levels[i];
+        const int64_t cells = (int64_t)bs * na * L.ny * L.nx;
+        if (L.dmap) CUDA_CHECK(cudaMemsetAsync(L.dmap, 0, (size_t)(cells * no) * sizeof(float), stream));
+        CUDA_CHECK(cudaMemsetAsync(L.tobj, 0, (size_t)cells * sizeof(float), stream));
+        if (L.groups > 0) {
+            const float gbox = float(-h.box * bs / L.n);                 // as yolo_loss_cpu's gbox, gcls
+            const float gcls = float(h.cls * bs / ((double)L.n * nc));
+            loss_targets_kernel<<<CEIL_DIV(L.groups, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
+                L.map, L.dmap, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny, L.nx, no,
+                gbox, gcls, cls_pw, cp, cn);
+            Y5_LAUNCH_CHECK();
+        }
+        const double bal = nl == 3 ? balance3[i] : balance5[i];
+        const float gobj = float(h.obj * bal * bs / (double)cells);
+        const int blocks = loss_obj_blocks(cells);
+        loss_obj_kernel<<<blocks, kObjBlock, 0, stream>>>(L.map, L.dmap, L.tobj, cells, no, gobj, obj_pw, L.obj_partial);
+        Y5_LAUNCH_CHECK();
+        ra.obj[i] = L.obj_partial, ra.box[i] = L.group_box, ra.cls[i] = L.group_cls;
+        ra.obj_blocks[i] = blocks, ra.groups[i] = L.groups, ra.n[i] = L.n;
+        ra.cells[i] = cells, ra.bal[i] = bal;
+    }
+    loss_reduce_kernel<<<1, kReduceBlock, 0, stream>>>(ra, items_out, total_out);
+    Y5_LAUNCH_CHECK();
+}
+
+void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    int64_t blocks = CEIL_DIV(n, (int64_t)kBlock);
+    if (blocks > 65535 * 8) blocks = 65535 * 8;
+    loss_backward_kernel<<<(int)blocks, kBlock, 0, stream>>>(grad, g, dmap, n);
+    Y5_LAUNCH_CHECK();
+}
+
+}  // namespace y5

@@ -1,0 +1,126 @@
+/*
+ * CUDA side of kernels/pool.h. Images (N,C,H,W) are N·C planes; the plane kernels walk them with a plane
+ * grid (y: planes, x: elements of a plane).
+ * maxpool2d forward: one thread per output, maxpool_argmax as on the CPU.
+ * maxpool2d backward without atomics: one pass stores each output's argmax (as the CPU recomputes it),
+ *   then one thread per input gathers the outputs whose window covers it and whose argmax it is, adding
+ *   them in the CPU reference's order (outputs row-major), so the result is bitwise the CPU's.
+ * global_avgpool forward: one block per plane, per-thread float sums then a block tree; backward is a
+ *   plane kernel.
+ */
+#include "kernels/cuda_utils.cuh"
+#include "kernels/pool.h"
+
+namespace y5 {
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA kernels
+
+// Forward (Store = false: out = the window maxima) or the backward's first pass (Store = true: argmax =
+// each output's argmax in its plane, −1 for a window wholly in the padding). P planes, plane grid over Ho·Wo.
+template <bool Store>
+__global__ static void maxpool_window_kernel(float* out, int* argmax, const float* inp, int H, int W, int Ho, int Wo,
+                                             int k, int stride, int pad, int64_t P) {
+    const int L = Ho * Wo;
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const float* plane = inp + p * H * W;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < L; j += gridDim.x * blockDim.x) {
+            const int ho = j / Wo, wo = j - ho * Wo;
+            const int a = maxpool_argmax(plane, H, W, ho, wo, k, stride, pad);
+            if constexpr (Store) argmax[p * L + j] = a;
+            else out[p * L + j] = a >= 0 ? plane[a] : -INFINITY;
+        }
+    }
+}
+
+// First output index whose window [o·stride − pad, o·stride − pad + k) reaches input row/column h.
+__device__ __forceinline__ int first_window(int h, int k, int stride, int pad) {
+    const int t = h + pad - k + 1;
+    return t <= 0 ? 0 : (t + stride - 1) / stride;
+}
+
+// Backward gather: one thread per input element (plane grid over H·W) adds dout of every output whose
+// argmax it is, outputs in row-major order as maxpool2d_backward_cpu adds them.
+__global__ static void maxpool_backward_kernel(float* dinp, const float* dout, const int* argmax, int H, int W, int Ho,
+                                               int Wo, int k, int stride, int pad, int64_t P) {
+    const int HW = H * W, L = Ho * Wo;
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int* arg = argmax + p * L;
+        const float* dy = dout + p * L;
+        float* dx = dinp + p * HW;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < HW; j += gridDim.x * blockDim.x) {
+            const int h = j / W, w = j - h * W;
+            const int ho0 = first_window(h, k, stride, pad), ho1 = y5_min(Ho - 1, (h + pad) / stride);
+            const int wo0 = first_window(w, k, stride, pad), wo1 = y5_min(Wo - 1, (w + pad) / stride);
+            float acc = dx[j];
+            for (int ho = ho0; ho <= ho1; ++ho)
+                for (int wo = wo0; wo <= wo1; ++wo)
+                    if (arg[ho * Wo + wo] == j) acc += dy[ho * Wo + wo];
+            dx[j] = acc;
+        }
+    }
+}
+
+// One block per plane (grid-stride over the P planes): out[p] = mean of its HW values.
+__global__ static void global_avgpool_forward_kernel(float* out, const float* inp, int HW, int64_t P) {
+    for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+        const float* x = inp + p * HW;
+        float s = 0.f;
+        for (int i = threadIdx.x; i < HW; i += blockDim.x) s += x[i];
+        s = block_sum(s);
+        if (threadIdx.x == 0) out[p] = s / (float)HW;
+    }
+}
+
+// dinp += dout[p] / HW over the P planes (plane grid).
+__global__ static void global_avgpool_backward_kernel(float* dinp, const float* dout, int HW, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const float g = dout[p] / (float)HW;
+        float* dx = dinp + p * HW;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x) dx[i] += g;
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Launchers
+
+void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int k, int stride, int pad,
+                            cudaStream_t stream) {
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    const int64_t P = (int64_t)N * C;
+    if (P * Ho * Wo == 0) return;
+    maxpool_window_kernel<false><<<plane_grid(P, (int64_t)Ho * Wo), kBlock, 0, stream>>>(out, nullptr, inp, H, W, Ho,
+                                                                                         Wo, k, stride, pad, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void maxpool2d_backward_cuda(float* dinp, const float* dout, const float* inp, int N, int C, int H, int W, int k,
+                             int stride, int pad, int* argmax, cudaStream_t stream) {
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    const int64_t P = (int64_t)N * C;
+    if (P * Ho * Wo == 0 || (int64_t)H * W == 0) return;
+    maxpool_window_kernel<true><<<plane_grid(P, (int64_t)Ho * Wo), kBlock, 0, stream>>>(nullptr, argmax, inp, H, W, Ho,
+                                                                                        Wo, k, stride, pad, P);
+    Y5_LAUNCH_CHECK();
+    maxpool_backward_kernel<<<plane_grid(P, (int64_t)H * W), kBlock, 0, stream>>>(dinp, dout, argmax, H, W, Ho, Wo, k,
+                                                                                  stride, pad, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0) return;
+    const int block = HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32;  // a multiple of 32, as block_sum needs
+    const int grid = (int)(P < 65535 * 8 ? P : 65535 * 8);
+    global_avgpool_forward_kernel<<<grid, block, 0, stream>>>(out, inp, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void global_avgpool_backward_cuda(float* dinp, const float* dout, int N, int C, int HW, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0) return;
+    global_avgpool_backward_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, HW, P);
+    Y5_LAUNCH_CHECK();
+}
+
+}  // namespace y5

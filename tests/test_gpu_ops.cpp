@@ -1,0 +1,406 @@
+/*
+ * The CUDA kernels of activation, batchnorm2d, maxpool2d, upsample_nearest, concat, global_avgpool,
+ * conv1d_channels, scale_channels, transpose12 and space_to_depth2 against their CPU references, both run
+ * in f32 through ops.h and the tape: the output and, with a random upstream gradient, every input gradient.
+ * Every gradient buffer starts with random values, so the tests also check that backward accumulates (+=).
+ * Shapes: awkward ones (N = 1, C = 1, odd and non-multiple-of-32 sizes, pool windows larger than the
+ * input) and yolov5n's at 640 for at least one layer per op, with N = 2.
+ * Tolerances: exact where the GPU does the same float operations in the same order as the CPU (copies, the
+ * order-matched gathers of the max-pool and upsample backwards, single products); 1e-6 abs / 1e-5 rel for
+ * element-wise math (the GPU fuses a·b + c into one FMA, the CPU SiLU uses its own exp); looser for
+ * reductions, as each case says.
+ */
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/batchnorm.h"
+#include "tests/test_gpu.h"
+#include "tests/test_util.h"
+
+#if Y5_CUDA
+using namespace y5;
+using namespace y5test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// The CPU reference's context, shared by the cases.
+TestCtx& cpu() {
+    static TestCtx t;
+    return t;
+}
+
+struct Tol {
+    double atol, rtol;
+};
+constexpr Tol kExact{0, 0};
+constexpr Tol kElem{1e-6, 1e-5};
+
+// Tolerance for a float sum of `count` terms of magnitude about 1 against the CPU's: the CPU references of
+// conv1d_channels' weight and scale_channels' scale gradients add in float one term after another (error
+// up to about count·ε·|sum|, typically √count·ε), the GPU in a tree.
+Tol sum_tol(int64_t count) { return Tol{1e-7 * (double)count + 1e-5, 1e-5}; }
+
+// BatchNorm's dgamma/dbeta: the CPU sums M terms in double, the GPU in float per block (then double across
+// blocks), each from its own saved statistics (float Welford on the GPU, double on the CPU): about 1e-6
+// of the sum's √M scale.
+Tol bn_sum_tol(int64_t M) { return Tol{5e-6 * std::sqrt((double)M) + 1e-5, 1e-5}; }
+
+// Builds the op from its inputs on either device; `gpu` picks the device's copies of any other tensors
+// the op takes (BatchNorm's running statistics).
+using DevOp = std::function<Var(Ctx&, const std::vector<Var>&, bool gpu)>;
+
+Tensor copy_of(Arena& a, const Tensor& t) {
+    Tensor c = a.tensor(t.shape, t.dtype);
+    std::memcpy(c.data, t.data, t.bytes());
+    return c;
+}
+
+std::string shape_str(const std::vector<Tensor>& ts) {
+    std::string s;
+    for (const Tensor& t : ts) s += (s.empty() ? "" : " ") + t.shape.str();
+    return s;
+}
+
+// Runs op on the CPU and on the GPU with the same f32 inputs (host tensors), the same random starting
+// input gradients and the same random upstream gradient; compares the output (out_tol) and the gradient of
+// every input with wants_grad (grad_tol[i]). Call g.reset() before making the inputs.
+void compare_op(const std::string& what, const std::vector<Tensor>& inputs, const std::vector<bool>& wants_grad,
+                const DevOp& op, Rng& rng, Tol out_tol, const std::vector<Tol>& grad_tol) {
+    Gpu& g = gpu();
+    TestCtx& tc = cpu();
+    tc.tape.clear();
+    tc.act.reset();
+    tc.work.reset();
+    tc.grads.reset();
+    REQUIRE(wants_grad.size() == inputs.size());
+    REQUIRE(grad_tol.size() == inputs.size());
+    INFO(what << ", inputs " << shape_str(inputs));
+
+    std::vector<Var> cv, gv;
+    std::vector<Tensor> start(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        cv.push_back(wants_grad[i] ? tc.tape.leaf(inputs[i]) : Tape::constant(inputs[i]));
+        Tensor d = g.upload(inputs[i]);
+        gv.push_back(wants_grad[i] ? g.tape.leaf(d) : Tape::constant(d));
+        if (wants_grad[i]) {
+            start[i] = rand_tensor(g.host, inputs[i].shape, DType::F32, rng);
+            copy(tc.ctx, tc.tape.grad(cv[i]), start[i]);
+            copy(g.ctx, g.tape.grad(gv[i]), start[i]);
+        }
+    }
+    Var cy = op(tc.ctx, cv, false);
+    Var gy = op(g.ctx, gv, true);
+    REQUIRE(gy.t.device == Device::CUDA);
+    REQUIRE(gy.shape() == cy.shape());
+    require_close(g.download(gy.t), cy.t, out_tol.atol, out_tol.rtol, what + " output");
+
+    Tensor seed = rand_tensor(g.host, cy.shape(), DType::F32, rng);
+    Tensor dseed = g.upload(seed);
+    tc.tape.backward(cy, &seed);
+    g.tape.backward(gy, &dseed);
+    for (size_t i = 0; i < inputs.size(); ++i)
+        if (wants_grad[i])
+            require_close(g.download(g.tape.grad(gv[i])), tc.tape.grad(cv[i]), grad_tol[i].atol, grad_tol[i].rtol,
+                          what + " d input " + std::to_string(i));
+    tc.tape.clear();
+    g.tape.clear();
+}
+
+// One op input, all inputs with gradients.
+void compare_op1(const std::string& what, const Tensor& x, const DevOp& op, Rng& rng, Tol out_tol, Tol grad_tol) {
+    compare_op(what, {x}, {true}, op, rng, out_tol, {grad_tol});
+}
+
+}  // namespace
+
+TEST_CASE("activation and sigmoid CUDA kernels against the CPU reference", "[gpu][ops][activation]") {
+    Gpu& g = gpu();
+    Rng rng(201);
+    const Act kinds[] = {{ActKind::Identity, 0.f}, {ActKind::SiLU, 0.f},      {ActKind::ReLU, 0.f},
+                         {ActKind::ReLU6, 0.f},    {ActKind::LeakyReLU, 0.1f}, {ActKind::Hardswish, 0.f},
+                         {ActKind::Sigmoid, 0.f}};
+    // [−8, 8) covers every kink: ReLU's 0, ReLU6's 6, Hardswish's ±3.
+    for (Shape s : {Shape{1}, Shape{2, 3, 5, 7}, Shape{1, 3, 33, 65}})
+        for (Act a : kinds) {
+            g.reset();
+            Tensor x = rand_tensor(g.host, s, DType::F32, rng, -8, 8);
+            compare_op1(act_name(a), x, [a](Ctx& c, const std::vector<Var>& v, bool) { return activation(c, v[0], a); },
+                        rng, kElem, kElem);
+        }
+    // yolov5n's first Conv at 640 (SiLU after BN), and the sigmoid entry point.
+    g.reset();
+    Tensor x = rand_tensor(g.host, {2, 16, 320, 320}, DType::F32, rng, -8, 8);
+    compare_op1("SiLU (2,16,320,320)", x,
+                [](Ctx& c, const std::vector<Var>& v, bool) { return activation(c, v[0], Act{ActKind::SiLU, 0.f}); },
+                rng, kElem, kElem);
+    g.reset();
+    x = rand_tensor(g.host, {2, 255, 20, 20}, DType::F32, rng, -8, 8);
+    compare_op1("sigmoid (2,255,20,20)", x, [](Ctx& c, const std::vector<Var>& v, bool) { return sigmoid(c, v[0]); }, rng,
+                kElem, kElem);
+}
+
+TEST_CASE("batchnorm2d CUDA kernels against the CPU reference", "[gpu][ops][batchnorm]") {
+    Gpu& g = gpu();
+    Rng rng(202);
+    struct Case {
+        Shape s;
+        double lo, hi;   // input range; an offset range checks that the variance does not cancel
+        bool x_grad;     // false: the first layer's input, no dx
+    };
+    const Case cases[] = {
+        {{1, 1, 1, 2}, -1, 1, true},        // the fewest values training mode accepts
+        {{1, 3, 5, 7}, -1, 1, true},        {{2, 5, 9, 11}, -1, 1, false},   {{3, 1, 33, 31}, -1, 1, true},
+        {{4, 8, 40, 40}, 5, 7, true},       // mean 6, std 0.58
+        {{2, 16, 320, 320}, -1, 1, true},   // yolov5n's first Conv at 640
+        {{2, 256, 20, 20}, -1, 1, true},    // yolov5n's deepest layers
+    };
+    const float eps = 1e-3f, momentum = 0.03f;  // YOLOv5's
+    for (const Case& k : cases)
+        for (bool training : {true, false}) {
+            g.reset();
+            const int C = (int)k.s[1];
+            const int64_t M = k.s[0] * k.s[2] * k.s[3];
+            Tensor x = rand_tensor(g.host, k.s, DType::F32, rng, k.lo, k.hi);
+            Tensor gamma = rand_tensor(g.host, {C}, DType::F32, rng, 0.5, 1.5);
+            Tensor beta = rand_tensor(g.host, {C}, DType::F32, rng);
+            Tensor rm = rand_tensor(g.host, {C}, DType::F32, rng, k.lo, k.hi);
+            Tensor rv = rand_tensor(g.host, {C}, DType::F32, rng, 0.2, 1.2);
+            Tensor cpu_rm = copy_of(g.host, rm), cpu_rv = copy_of(g.host, rv);
+            Tensor gpu_rm = g.upload(rm), gpu_rv = g.upload(rv);
+            DevOp op = [&](Ctx& c, const std::vector<Var>& v, bool on_gpu) {
+                return batchnorm2d(c, v[0], v[1], v[2], on_gpu ? gpu_rm : cpu_rm, on_gpu ? gpu_rv : cpu_rv, training,
+                                   eps, momentum);
+            };
+            // Training: the output and dx carry the float statistics' error (about 1e-6 relative).
+            const Tol elem = training ? Tol{2e-5, 2e-5} : Tol{1e-5, 1e-5};
+            compare_op(std::string(training ? "training" : "eval") + (k.x_grad ? "" : ", no dx"), {x, gamma, beta},
+                       {k.x_grad, true, true}, op, rng, elem, {elem, bn_sum_tol(M), bn_sum_tol(M)});
+            require_close(g.download(gpu_rm), cpu_rm, 1e-6, 1e-5, "running_mean");
+            require_close(g.download(gpu_rv), cpu_rv, 1e-6, 1e-5, "running_var");
+        }
+}
+
+TEST_CASE("batchnorm2d CUDA saved and running statistics at yolov5n's largest shape", "[gpu][ops][batchnorm]") {
+    // The launcher directly, so the saved mean and 1/std can be compared: N·H·W = 64·320·320 values per
+    // channel (yolov5n's first layer at batch 64), an awkward small shape, and an offset mean.
+    Gpu& g = gpu();
+    Rng rng(203);
+    struct Case {
+        int N, C, H, W;
+        double lo, hi;
+    };
+    for (Case k : {Case{64, 16, 320, 320, -1, 1}, Case{1, 1, 1, 2, -1, 1}, Case{2, 3, 31, 33, 3, 5}}) {
+        g.reset();
+        const int HW = k.H * k.W;
+        Tensor x = rand_tensor(g.host, {k.N, k.C, k.H, k.W}, DType::F32, rng, k.lo, k.hi);
+        Tensor gamma = rand_tensor(g.host, {k.C}, DType::F32, rng), beta = rand_tensor(g.host, {k.C}, DType::F32, rng);
+        Tensor rm = rand_tensor(g.host, {k.C}, DType::F32, rng), rv = rand_tensor(g.host, {k.C}, DType::F32, rng, 0.5, 1.5);
+        Tensor dx = g.upload(x), dgamma = g.upload(gamma), dbeta = g.upload(beta), drm = g.upload(rm), drv = g.upload(rv);
+        Tensor dout = g.act.tensor(x.shape), dmean = g.act.tensor({k.C}), dinvstd = g.act.tensor({k.C});
+        float* scratch = static_cast<float*>(g.work.alloc(batchnorm_cuda_scratch(k.N, k.C, HW) * sizeof(float)));
+        batchnorm_forward_train_cuda(dout.ptr<float>(), dmean.ptr<float>(), dinvstd.ptr<float>(), drm.ptr<float>(),
+                                     drv.ptr<float>(), dx.ptr<float>(), dgamma.ptr<float>(), dbeta.ptr<float>(), k.N, k.C,
+                                     HW, 1e-3f, 0.03f, scratch, g.cuda->stream);
+
+        Tensor out = g.host.tensor(x.shape), mean = g.host.tensor({k.C}), invstd = g.host.tensor({k.C});
+        batchnorm_forward_train_cpu(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(), rm.ptr<float>(),
+                                    rv.ptr<float>(), x.ptr<float>(), gamma.ptr<float>(), beta.ptr<float>(), k.N, k.C, HW,
+                                    1e-3f, 0.03f);
+        INFO("x " << x.shape.str() << " in [" << k.lo << ", " << k.hi << ")");
+        require_close(g.download(dmean), mean, 1e-6, 1e-5, "saved mean");
+        require_close(g.download(dinvstd), invstd, 1e-6, 1e-5, "saved 1/std");
+        require_close(g.download(drm), rm, 1e-6, 1e-5, "running_mean");
+        require_close(g.download(drv), rv, 1e-6, 1e-5, "running_var");
+        if (x.numel() < (int64_t(1) << 24)) require_close(g.download(dout), out, 2e-5, 2e-5, "output");
+    }
+}
+
+TEST_CASE("maxpool2d CUDA kernels against the CPU reference", "[gpu][ops][pool]") {
+    Gpu& g = gpu();
+    Rng rng(204);
+    struct Case {
+        Shape s;
+        int k, stride, pad;
+        int values;  // 0: continuous; else values rounded to that many levels, so windows hold ties
+        double lo, hi;
+    };
+    const Case cases[] = {
+        {{1, 1, 1, 1}, 1, 1, 0, 0, -1, 1},
+        {{1, 3, 2, 3}, 3, 1, 1, 0, -1, 1},         // the window is larger than the input
+        {{1, 2, 1, 1}, 3, 1, 1, 0, -2, -1},        // negative values: the padding never wins
+        {{1, 2, 3, 4}, 3, 1, 1, 0, -2, -1},
+        {{2, 5, 7, 9}, 3, 2, 1, 0, -1, 1},
+        {{1, 2, 5, 5}, 2, 2, 0, 0, -1, 1},
+        {{2, 3, 11, 13}, 5, 1, 2, 3, -1, 1},       // ties: the gradient goes to the first maximum
+        {{1, 3, 9, 7}, 3, 2, 1, 2, -1, 1},
+        {{1, 4, 20, 20}, 9, 1, 4, 0, -1, 1},       // SPP's windows
+        {{1, 4, 20, 20}, 13, 1, 6, 0, -1, 1},
+        {{2, 128, 20, 20}, 5, 1, 2, 0, -1, 1},     // yolov5n's SPPF at 640
+    };
+    for (const Case& k : cases) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, k.s, DType::F32, rng, k.lo, k.hi);
+        if (k.values)
+            for (int64_t i = 0; i < x.numel(); ++i) x.ptr<float>()[i] = std::round(x.ptr<float>()[i] * k.values) / k.values;
+        const int kk = k.k, st = k.stride, pd = k.pad;
+        // The gradients are exact: each input adds the same outputs' gradients in the CPU's order.
+        compare_op1("k" + std::to_string(kk) + " s" + std::to_string(st) + " p" + std::to_string(pd), x,
+                    [=](Ctx& c, const std::vector<Var>& v, bool) { return maxpool2d(c, v[0], kk, st, pd); }, rng,
+                    kExact, kExact);
+    }
+}
+
+TEST_CASE("upsample_nearest CUDA kernels against the CPU reference", "[gpu][ops][upsample]") {
+    Gpu& g = gpu();
+    Rng rng(205);
+    struct Case {
+        Shape s;
+        int scale;
+    };
+    // yolov5n's two Upsamples at 640: (2,128,20,20) and (2,64,40,40).
+    for (Case k : {Case{{1, 1, 1, 1}, 2}, Case{{2, 3, 5, 7}, 2}, Case{{1, 2, 3, 3}, 3}, Case{{1, 1, 4, 5}, 1},
+                   Case{{2, 128, 20, 20}, 2}, Case{{2, 64, 40, 40}, 2}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, k.s, DType::F32, rng);
+        const int s = k.scale;
+        // Exact: each input adds its s×s block in the CPU's order.
+        compare_op1("scale " + std::to_string(s), x,
+                    [=](Ctx& c, const std::vector<Var>& v, bool) { return upsample_nearest(c, v[0], s); }, rng, kExact,
+                    kExact);
+    }
+}
+
+TEST_CASE("concat CUDA kernels against the CPU reference", "[gpu][ops][concat]") {
+    Gpu& g = gpu();
+    Rng rng(206);
+    struct Case {
+        std::vector<Shape> shapes;
+        std::vector<bool> grads;
+    };
+    const Case cases[] = {
+        {{{1, 1, 1, 1}, {1, 2, 1, 1}}, {true, true}},
+        {{{2, 3, 5, 7}, {2, 1, 5, 7}, {2, 4, 5, 7}}, {true, false, true}},  // a constant in the middle
+        {{{2, 64, 40, 40}, {2, 64, 40, 40}}, {true, true}},                  // yolov5n's head at 640
+        {{{2, 64, 20, 20}, {2, 64, 20, 20}, {2, 64, 20, 20}, {2, 64, 20, 20}}, {true, true, true, true}},  // SPPF
+    };
+    for (const Case& k : cases) {
+        g.reset();
+        std::vector<Tensor> xs;
+        for (const Shape& s : k.shapes) xs.push_back(rand_tensor(g.host, s, DType::F32, rng));
+        compare_op(std::to_string(xs.size()) + " inputs", xs, k.grads,
+                   [](Ctx& c, const std::vector<Var>& v, bool) { return concat(c, v); }, rng, kExact,
+                   std::vector<Tol>(xs.size(), kExact));
+    }
+}
+
+TEST_CASE("global_avgpool CUDA kernels against the CPU reference", "[gpu][ops][pool]") {
+    Gpu& g = gpu();
+    Rng rng(207);
+    // ECA's squeeze in yolov5n-eca at 640: after the P3 C3 (2,64,80,80) and after SPPF (2,256,20,20).
+    for (Shape s : {Shape{1, 1, 1, 1}, Shape{3, 2, 1, 1}, Shape{2, 3, 5, 7}, Shape{1, 5, 33, 31}, Shape{2, 64, 80, 80},
+                    Shape{2, 256, 20, 20}, Shape{1, 2, 320, 320}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, s, DType::F32, rng);
+        // Forward: a float tree against the CPU's double sum, of means about 1/√HW; backward: the same float
+        // division and addition as the CPU.
+        compare_op1("global_avgpool", x, [](Ctx& c, const std::vector<Var>& v, bool) { return global_avgpool(c, v[0]); },
+                    rng, Tol{1e-6, 1e-5}, kExact);
+    }
+}
+
+TEST_CASE("conv1d_channels CUDA kernels against the CPU reference", "[gpu][ops][eca]") {
+    Gpu& g = gpu();
+    Rng rng(208);
+    struct Case {
+        int N, C, k;
+        std::vector<bool> grads;
+    };
+    // ECA's kernel sizes in yolov5n-eca: 3 for 64 channels, 5 for 256.
+    for (const Case& c : {Case{1, 1, 1, {true, true}}, Case{1, 4, 5, {true, true}}, Case{2, 17, 3, {true, true}},
+                          Case{2, 33, 3, {false, true}}, Case{3, 9, 7, {true, false}}, Case{2, 64, 3, {true, true}},
+                          Case{8, 256, 5, {true, true}}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, {c.N, c.C}, DType::F32, rng), w = rand_tensor(g.host, {c.k}, DType::F32, rng);
+        compare_op("k " + std::to_string(c.k), {x, w}, c.grads,
+                   [](Ctx& ctx, const std::vector<Var>& v, bool) { return conv1d_channels(ctx, v[0], v[1]); }, rng, kElem,
+                   {kElem, sum_tol((int64_t)c.N * c.C)});
+    }
+}
+
+TEST_CASE("scale_channels CUDA kernels against the CPU reference", "[gpu][ops][eca]") {
+    Gpu& g = gpu();
+    Rng rng(209);
+    struct Case {
+        Shape s;
+        std::vector<bool> grads;
+    };
+    for (const Case& k : {Case{{1, 1, 1, 1}, {true, true}}, Case{{2, 3, 5, 7}, {true, true}},
+                          Case{{1, 5, 33, 31}, {false, true}}, Case{{2, 3, 6, 5}, {true, false}},
+                          Case{{2, 64, 80, 80}, {true, true}}, Case{{2, 256, 20, 20}, {true, true}}}) {
+        g.reset();
+        const int64_t HW = k.s[2] * k.s[3];
+        Tensor x = rand_tensor(g.host, k.s, DType::F32, rng), s = rand_tensor(g.host, {k.s[0], k.s[1]}, DType::F32, rng);
+        // Forward is one product per element on both sides; ds sums HW products.
+        compare_op("scale_channels", {x, s}, k.grads,
+                   [](Ctx& c, const std::vector<Var>& v, bool) { return scale_channels(c, v[0], v[1]); }, rng, kExact,
+                   {kElem, sum_tol(HW)});
+    }
+}
+
+TEST_CASE("ECA chain on the GPU against the CPU reference", "[gpu][ops][eca]") {
+    // scale_channels(x, σ(conv1d_channels(global_avgpool(x), w))): x feeds two ops, so its gradient adds two
+    // paths. yolov5n-eca's P3 ECA at 640.
+    Gpu& g = gpu();
+    Rng rng(210);
+    g.reset();
+    Tensor x = rand_tensor(g.host, {2, 64, 80, 80}, DType::F32, rng), w = rand_tensor(g.host, {3}, DType::F32, rng);
+    // dw sums 2·64·6400 products through the reductions of both sides; the rest is element-wise.
+    compare_op("eca", {x, w}, {true, true},
+               [](Ctx& c, const std::vector<Var>& v, bool) {
+                   return scale_channels(c, v[0], sigmoid(c, conv1d_channels(c, global_avgpool(c, v[0]), v[1])));
+               },
+               rng, kElem, {Tol{1e-5, 1e-4}, Tol{1e-3, 1e-4}});
+}
+
+TEST_CASE("transpose12 CUDA kernels against the CPU reference", "[gpu][ops][reshape]") {
+    Gpu& g = gpu();
+    Rng rng(211);
+    // Detect at 640 with batch 2: (bs·na, no, ny·nx) for P3 with 80 classes, and P5 with one class.
+    for (Shape s : {Shape{1, 1, 1}, Shape{3, 7, 45}, Shape{2, 33, 65}, Shape{1, 64, 32}, Shape{6, 85, 6400},
+                    Shape{6, 6, 400}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, s, DType::F32, rng);
+        const Shape out{s[0], s[2], s[1]};
+        compare_op1("transpose12", x, [=](Ctx& c, const std::vector<Var>& v, bool) { return transpose12(c, v[0], out); },
+                    rng, kExact, kExact);
+    }
+}
+
+TEST_CASE("space_to_depth2 CUDA kernels against the CPU reference", "[gpu][ops][reshape]") {
+    Gpu& g = gpu();
+    Rng rng(212);
+    // Focus (YOLOv5 ≤ v5.0 yamls) at 640 with batch 2.
+    for (Shape s : {Shape{1, 1, 2, 2}, Shape{2, 3, 6, 10}, Shape{1, 5, 4, 14}, Shape{2, 3, 640, 640}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, s, DType::F32, rng);
+        compare_op1("space_to_depth2", x, [](Ctx& c, const std::vector<Var>& v, bool) { return space_to_depth2(c, v[0]); },
+                    rng, kExact, kExact);
+    }
+}
+
+TEST_CASE("CUDA ops take f32 only and say so", "[gpu][ops][errors]") {
+    Gpu& g = gpu();
+    g.reset();
+    Rng rng(213);
+    Tensor h = rand_tensor(g.host, {1, 2, 4, 4}, DType::F64, rng);
+    Var x = Tape::constant(g.upload(h));
+    CHECK_THROWS_WITH(activation(g.ctx, x, Act{}), Contains("activation: CUDA tensors must be f32") && Contains("f64"));
+    CHECK_THROWS_WITH(maxpool2d(g.ctx, x, 3, 1, 1), Contains("maxpool2d: CUDA tensors must be f32"));
+    CHECK_THROWS_WITH(global_avgpool(g.ctx, x), Contains("global_avgpool: CUDA tensors must be f32"));
+    CHECK_THROWS_WITH(space_to_depth2(g.ctx, x), Contains("space_to_depth2: CUDA tensors must be f32"));
+}
+#endif
