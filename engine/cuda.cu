@@ -2,6 +2,7 @@
  * The CUDA runtime behind engine/device.h: device discovery, the context (stream, cuBLAS, cuDNN),
  * raw allocations for the arenas, and copies. Built only with Y5_CUDA.
  */
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -62,12 +63,19 @@ CudaContext* cuda_context_create(int device) {
     return ctx;
 }
 
+// Teardown runs in destructors, also while an exception unwinds the stack (after a kernel fault the runtime
+// returns that sticky error from every call): throwing there would std::terminate and lose the first error's
+// message, so failures here are only reported.
+static void teardown_check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) std::fprintf(stderr, "y5: %s during CUDA teardown: %s\n", what, cudaGetErrorString(e));
+}
+
 void cuda_context_destroy(CudaContext* ctx) {
     if (!ctx) return;
-    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
-    CUDNN_CHECK(cudnnDestroy(ctx->cudnn));
-    CUBLAS_CHECK(cublasDestroy(ctx->cublas));
-    CUDA_CHECK(cudaStreamDestroy(ctx->stream));
+    teardown_check(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize");
+    cudnnDestroy(ctx->cudnn);
+    cublasDestroy(ctx->cublas);
+    teardown_check(cudaStreamDestroy(ctx->stream), "cudaStreamDestroy");
     delete ctx;
 }
 
@@ -83,7 +91,7 @@ void* host_alloc_pinned(size_t bytes) {
 }
 
 void host_free_pinned(void* p) {
-    if (p) CUDA_CHECK(cudaFreeHost(p));
+    if (p) teardown_check(cudaFreeHost(p), "cudaFreeHost");  // from destructors (the loader's batches)
 }
 
 // A null context means the legacy default stream (set-up code that runs before any context exists).
@@ -103,7 +111,7 @@ void* device_alloc(size_t bytes, const char* what) {
     return p;
 }
 
-void device_free(void* p) { CUDA_CHECK(cudaFree(p)); }
+void device_free(void* p) { teardown_check(cudaFree(p), "cudaFree"); }  // from ~Arena: must not throw
 
 void copy_host_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(ctx)));

@@ -111,6 +111,8 @@ static int cpu_threads() {
     return n;
 }
 
+int cpu_op_threads() { return cpu_threads(); }
+
 // fn(begin, end) over disjoint chunks of [0, n) on the CPU threads; chunks of at least min_chunk.
 static void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1) {
     int threads;
@@ -125,9 +127,11 @@ static void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int6
 void fill(Ctx& c, Tensor t, double v) {
     if (t.device == Device::CUDA) {
 #if Y5_CUDA
+        Y5_CHECK(c.cuda && t.dtype == DType::F32, "fill: CUDA tensor %s needs f32 and a CUDA context", t.str().c_str());
         fill_cuda(t.ptr<float>(), (float)v, t.numel(), c.cuda->stream);
         return;
 #else
+        (void)c;
         Y5_FAIL("%s", kNoCudaBuild);
 #endif
     }
@@ -140,6 +144,9 @@ void fill(Ctx& c, Tensor t, double v) {
 void copy(Ctx& c, Tensor dst, const Tensor& src) {
     Y5_CHECK(dst.shape == src.shape && dst.dtype == src.dtype, "copy: %s into %s", src.str().c_str(),
              dst.str().c_str());
+    // A null context would mean the legacy default stream, not ordered with the context's non-blocking one.
+    Y5_CHECK((dst.device == Device::CPU && src.device == Device::CPU) || c.cuda,
+             "copy: %s into %s needs the context's CUDA context", src.str().c_str(), dst.str().c_str());
     if (dst.device == Device::CPU && src.device == Device::CPU) std::memcpy(dst.data, src.data, dst.bytes());
     else if (dst.device == Device::CUDA && src.device == Device::CPU) copy_host_to_device(dst.data, src.data, dst.bytes(), c.cuda);
     else if (dst.device == Device::CPU) copy_device_to_host(dst.data, src.data, dst.bytes(), c.cuda);
@@ -151,9 +158,11 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
     Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
     if (y.device == Device::CUDA) {
 #if Y5_CUDA
+        Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
         axpy_cuda(y.ptr<float>(), (float)a, x.ptr<float>(), y.numel(), c.cuda->stream);
         return;
 #else
+        (void)c;
         Y5_FAIL("%s", kNoCudaBuild);
 #endif
     }

@@ -28,6 +28,10 @@ struct Ctx {
     CudaContext* cuda = nullptr;  // required for CUDA tensors
 };
 
+// CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
+// per thread from the work arena, so sizing that arena needs it (engine/workspace.h).
+int cpu_op_threads();
+
 // ---- tensor utilities (no tape)
 void fill(Ctx& c, Tensor t, double v);
 void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype

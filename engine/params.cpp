@@ -81,6 +81,9 @@ int64_t ParamStore::count(bool trainable_only) const {
 
 void ParamStore::zero_grad(CudaContext* cuda) {
     Y5_CHECK(allocated(), "zero_grad before the parameter blocks were allocated");
+    // No context given: the store's own. The legacy default stream (a null context) is not ordered with the
+    // context's non-blocking stream, so a memset there would race the backward kernels still queued on it.
+    if (!cuda) cuda = cuda_;
     if (device_ == Device::CPU) std::memset(grads_->base(), 0, trainable_elems_ * dtype_size(dtype_));
     else device_memset_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_), cuda);
 }

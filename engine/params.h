@@ -57,7 +57,7 @@ public:
     std::pair<int64_t, int64_t> group_range(int g) const { return {group_begin_[g], group_begin_[g + 1]}; }
     int64_t count(bool trainable_only) const;  // parameters as PyTorch counts them (no padding)
 
-    void zero_grad(CudaContext* cuda = nullptr);
+    void zero_grad(CudaContext* cuda = nullptr);  // on cuda's stream; nullptr: the context given to allocate()
 
     Device device() const { return device_; }
     DType dtype() const { return dtype_; }

@@ -7,7 +7,15 @@
 
 namespace y5 {
 
+// A null context would put device work on the legacy default stream, which the context's non-blocking stream
+// does not wait for: a race with the kernels, so a CUDA gradient needs the tape's context.
+static void check_cuda(const Tensor& t, CudaContext* cuda) {
+    Y5_CHECK(t.device == Device::CPU || cuda, "tape: CUDA gradient %s but the tape was made without a CUDA context",
+             t.str().c_str());
+}
+
 static void zero(Tensor t, CudaContext* cuda) {
+    check_cuda(t, cuda);
     if (t.device == Device::CPU) std::memset(t.data, 0, t.bytes());
     else device_memset_zero(t.data, t.bytes(), cuda);
 }
@@ -63,6 +71,7 @@ void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& se
 void Tape::seed(const Var& root, const Tensor* seed) {
     Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
     Tensor g = grad(root);
+    check_cuda(g, cuda_);
     if (seed) {
         Y5_CHECK(seed->numel() == g.numel() && seed->dtype == g.dtype && seed->device == g.device,
                  "backward: seed %s does not match root %s", seed->str().c_str(), g.str().c_str());

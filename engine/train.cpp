@@ -25,6 +25,7 @@
 #include "engine/plots.h"
 #include "engine/safetensors.h"
 #include "engine/val.h"
+#include "engine/workspace.h"
 #include "layers/model.h"
 
 namespace fs = std::filesystem;
@@ -37,42 +38,6 @@ std::string increment_path(const std::string& base, bool exist_ok) {
     if (exist_ok || !fs::exists(base)) return base;
     for (int n = 2;; ++n)
         if (!fs::exists(base + std::to_string(n))) return base + std::to_string(n);
-}
-
-// Activations, scratch and gradients for one batch shape, sized by a measuring pass of one image.
-struct Workspace {
-    std::unique_ptr<Arena> act, work, grads;
-    std::unique_ptr<Tape> tape;
-    Ctx ctx;
-    void make(Device dev, CudaContext* cuda, size_t act_b, size_t work_b, size_t grad_b) {
-        act = std::make_unique<Arena>("activations", dev, act_b);
-        work = std::make_unique<Arena>("workspace", dev, work_b);
-        grads = std::make_unique<Arena>("activation gradients", dev, grad_b);
-        tape = std::make_unique<Tape>(grads.get(), cuda);
-        ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get(), ctx.cuda = cuda;
-    }
-    size_t peak() const { return act->peak() + work->peak() + grads->peak(); }
-};
-
-// Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device.
-void measure(Model& m, CudaContext* cuda, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
-    const Device dev = m.params.device();
-    // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
-    // so a share of what is free.
-    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
-    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 3);
-    Workspace ws;
-    ws.make(dev, cuda, big, big / 2, big);
-    Tensor x = ws.act->tensor(Shape{1, 3, h, w});
-    fill(ws.ctx, x, 0.5);
-    std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
-    Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
-    Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
-    YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value, hyp);
-    ws.tape->backward(L.total);
-    if (cuda) device_synchronize(cuda);
-    *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();
-    m.params.zero_grad(cuda);
 }
 
 // A host copy of t (itself when t is already on the host); keep owns the copied bytes.
@@ -303,10 +268,10 @@ std::string train(const TrainOptions& opt_in) {
 
     // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
     size_t a1 = 0, w1 = 0, g1 = 0;
-    measure(model, cuda, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
+    measure_step_memory(model, cuda, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
     const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
     size_t va = 0, vw = 0, vg = 0;
-    measure(model, cuda, val_side, val_side, lh, &va, &vw, &vg);
+    measure_step_memory(model, cuda, val_side, val_side, lh, &va, &vw, &vg);
     Workspace tw, vwks;
     const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
     const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
@@ -315,17 +280,20 @@ std::string train(const TrainOptions& opt_in) {
     size_t free_b = 0, total_b = 0;
     const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
                                               : mem_available_bytes();
-    const double need = (double)(t_act + t_grad + v_act + w1 + vw);
+    // Scratch per op, not per image: engine/workspace.h (w1 + 16 MiB overflowed with more CPU threads than 2).
+    const size_t t_work = work_bytes_for_batch(model, w1, opt.batch_size);
+    const size_t v_work = work_bytes_for_batch(model, vw, vl.batch_size);
+    const double need = (double)(t_act + t_grad + v_act + t_work + v_work);
     Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
              "batch %d at --imgsz %d needs %.1f GB of %s memory for activations and gradients but %.1f GB are "
              "available: lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9,
              dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9);
-    tw.make(dev, cuda, t_act, w1 + (16 << 20), t_grad);
-    vwks.make(dev, cuda, v_act, vw + (16 << 20), 1 << 20);
+    tw.make(dev, cuda, t_act, t_work, t_grad);
+    vwks.make(dev, cuda, v_act, v_work, 1 << 20);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
-                "memory: %s activations + %s gradients\n", model.name.c_str(), model.torch_layer_count(),
+                "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
-                fmt_mem(tw.grads->capacity()).c_str());
+                fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
     std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
 
     const Tensor anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;

@@ -4,9 +4,12 @@
  *   → out rows [offset, offset + na·ny·nx) of (bs, total, no):
  *   xy = (σ·2 + (grid − 0.5))·s,  wh = (σ·2)²·(anchor·s),  conf and classes = σ.
  * The arithmetic follows PyTorch's order so that f32 results match to rounding.
+ * CUDA launcher in kernels/detect.cu (same arguments plus the stream; anchors on the device).
  */
 #pragma once
 #include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -35,5 +38,8 @@ void detect_decode_cpu(T* out, const T* map, const T* anchors, T stride, int bs,
                         o[j] = detect_decode_value(j, m[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
                 }
 }
+
+void detect_decode_cuda(float* out, const float* map, const float* anchors, float stride, int bs, int na, int ny, int nx,
+                        int no, int64_t total, int64_t offset, cudaStream_t stream);
 
 }  // namespace y5

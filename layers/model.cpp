@@ -377,7 +377,7 @@ void Model::init_weights(Rng& rng) {
         std::vector<float> f(host[i].begin(), host[i].end());
         const void* src = t.dtype == DType::F64 ? (const void*)host[i].data() : (const void*)f.data();
         if (t.device == Device::CPU) std::memcpy(t.data, src, t.bytes());
-        else copy_host_to_device(t.data, src, t.bytes(), nullptr);
+        else copy_host_to_device(t.data, src, t.bytes(), params.cuda());  // the stream the kernels run on
     }
 }
 
@@ -450,6 +450,9 @@ std::string Model::summary(int imgsz) const {
 
 void Model::load_weights(const std::string& path, CudaContext* cuda, const std::string& prefix) {
     Y5_CHECK(params.allocated(), "load_weights before allocate");
+    // Copies go on the store's stream when no context is given: a null context would mean the legacy default
+    // stream, which is not ordered with the context's non-blocking stream (kernels still reading the weights).
+    if (!cuda) cuda = params.cuda();
     SafeTensorsFile f(path);
     std::vector<std::string> missing, misshaped, unexpected;
     std::set<std::string> known;
@@ -498,6 +501,7 @@ void Model::load_weights(const std::string& path, CudaContext* cuda, const std::
 
 void Model::save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
                          CudaContext* cuda) const {
+    if (!cuda) cuda = params.cuda();  // as load_weights
     std::vector<std::vector<float>> host(params.size());
     std::vector<SaveItem> items;
     for (int i = 0; i < params.size(); ++i) {

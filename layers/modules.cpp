@@ -8,6 +8,10 @@
 
 #include "kernels/detect.h"
 
+#if Y5_CUDA
+#include "engine/cuda.h"
+#endif
+
 namespace y5 {
 
 static Var param(Ctx& c, ParamStore& ps, int i) { return c.tape->param(ps[i].value, ps[i].grad); }
@@ -341,7 +345,6 @@ double Detect::macs(const std::vector<Shape>& in) const {
 
 Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
     Y5_CHECK((int)maps.size() == nl, "Detect.decode: %zu maps for %d levels", maps.size(), nl);
-    Y5_CHECK(maps[0].t.device == Device::CPU, "Detect.decode: no CUDA kernel yet (run with --device cpu)");
     const int64_t bs = maps[0].t.dim(0);
     int64_t total = 0;
     for (const Var& m : maps) total += m.t.dim(1) * m.t.dim(2) * m.t.dim(3);
@@ -351,7 +354,16 @@ Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
     for (int i = 0; i < nl; ++i) {
         const Tensor& m = maps[i].t;
         const int ny = m.dim(2), nx = m.dim(3);
-        if (m.dtype == DType::F64)
+        if (m.device == Device::CUDA) {
+#if Y5_CUDA
+            Y5_CHECK(m.dtype == DType::F32 && anc.device == Device::CUDA, "Detect.decode: CUDA maps must be f32 with the "
+                     "anchors on the device, got %s and %s", m.str().c_str(), anc.str().c_str());
+            detect_decode_cuda(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], (int)bs, na,
+                               ny, nx, no, total, offset, c.cuda->stream);
+#else
+            Y5_FAIL("Detect.decode: CUDA tensor in a build without CUDA");
+#endif
+        } else if (m.dtype == DType::F64)
             detect_decode_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i, stride[i], bs,
                                       na, ny, nx, no, total, offset);
         else

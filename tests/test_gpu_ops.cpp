@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/batchnorm.h"
+#include "kernels/detect.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
 
@@ -402,5 +403,39 @@ TEST_CASE("CUDA ops take f32 only and say so", "[gpu][ops][errors]") {
     CHECK_THROWS_WITH(maxpool2d(g.ctx, x, 3, 1, 1), Contains("maxpool2d: CUDA tensors must be f32"));
     CHECK_THROWS_WITH(global_avgpool(g.ctx, x), Contains("global_avgpool: CUDA tensors must be f32"));
     CHECK_THROWS_WITH(space_to_depth2(g.ctx, x), Contains("space_to_depth2: CUDA tensors must be f32"));
+}
+TEST_CASE("Detect decode CUDA kernel against the CPU reference", "[gpu][ops][detect]") {
+    Gpu& g = gpu();
+    Rng rng(214);
+    struct Level {
+        int ny, nx;
+        float stride;
+    };
+    // yolov5n's three levels at 640 with nc 80 and batch 2, and an awkward small head (nc 1, odd grids).
+    const std::vector<std::vector<Level>> heads = {{{80, 80, 8}, {40, 40, 16}, {20, 20, 32}}, {{5, 7, 8}, {3, 4, 16}, {1, 2, 32}}};
+    const int nos[] = {85, 6};
+    for (size_t h = 0; h < heads.size(); ++h) {
+        g.reset();
+        const int bs = 2, na = 3, no = nos[h];
+        int64_t total = 0;
+        for (const Level& l : heads[h]) total += (int64_t)na * l.ny * l.nx;
+        Tensor want = g.host.tensor({bs, total, no}), got = g.act.tensor({bs, total, no});
+        Tensor anc = rand_tensor(g.host, {(int64_t)heads[h].size(), na, 2}, DType::F32, rng, 0.5, 6.0);
+        Tensor danc = g.upload(anc);
+        int64_t offset = 0;
+        for (size_t i = 0; i < heads[h].size(); ++i) {
+            const Level& l = heads[h][i];
+            Tensor m = rand_tensor(g.host, {bs, na, l.ny, l.nx, no}, DType::F32, rng, -6, 6);
+            Tensor dm = g.upload(m);
+            detect_decode_cpu<float>(want.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, l.stride, bs, na,
+                                     l.ny, l.nx, no, total, offset);
+            detect_decode_cuda(got.ptr<float>(), dm.ptr<float>(), danc.ptr<float>() + 2 * na * i, l.stride, bs, na, l.ny,
+                               l.nx, no, total, offset, g.cuda->stream);
+            offset += (int64_t)na * l.ny * l.nx;
+        }
+        // The same float operations in the same order, except that the GPU may fuse p·2 + (g − 0.5) into an FMA
+        // and its expf differs from the CPU's by an ulp or two: 1e-6 relative of coordinates up to 640.
+        require_close(g.download(got), want, 1e-4, 1e-5, "detect decode");
+    }
 }
 #endif

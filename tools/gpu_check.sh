@@ -32,7 +32,7 @@ bash tools/setup.sh >/dev/null
 step "configure" 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DY5_CUDA=ON
 step "build" 300 cmake --build "$build" -j "$(nproc)"
 # The GPU test binary directly: its "no device" exit (77) counts as a failure here.
-step "GPU tests" 150 "$build/y5_tests_gpu"
+step "GPU tests" 240 "$build/y5_tests_gpu"  # with the whole-model tests (their CPU references)
 
 synth="$out/synth"
 "$build/y5data" --synthetic "$synth" --images 16 >/dev/null

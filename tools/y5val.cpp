@@ -4,6 +4,7 @@
  *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
  */
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -49,9 +50,19 @@ int main(int argc, char** argv) {
         y5::LoaderOptions o;
         o.img_size = imgsz, o.batch_size = batch, o.workers = std::max(1, workers), o.rect = true, o.pad = 0.5;
         y5::DataLoader loader(ds, o);
-        // CPU: reserved address space (only touched pages become memory); CUDA: real allocations.
-        const size_t act_b = dev == y5::Device::CUDA ? (size_t)6 << 30 : (size_t)3 << 30;
-        y5::Arena act("activations", dev, act_b), work("workspace", dev, (size_t)1 << 30), grads("gradients", dev, 1 << 20);
+        // CPU: reserved address space (only touched pages become memory); CUDA: real allocations, at most half
+        // of the free memory (6 GiB and the workspace would not fit an 8 GB card).
+        size_t act_b = dev == y5::Device::CUDA ? (size_t)6 << 30 : (size_t)3 << 30, free_b = 0, total_b = 0;
+        if (dev == y5::Device::CUDA && y5::device_memory_info(&free_b, &total_b)) act_b = std::min(act_b, free_b / 2);
+        // Workspace: cuDNN's per pass is capped (256 MiB); the CPU conv takes one im2col buffer per thread, the
+        // largest being the stem's (27·H·W floats) or the next conv's (c1·9/16·H·W, 45·H·W for yolov5x) at the
+        // rect batches' largest side, imgsz + 32. Address space: only what is touched becomes memory.
+        size_t work_b = (size_t)1 << 30;
+        if (dev == y5::Device::CPU) {
+            const size_t side = (size_t)imgsz + 32, threads = (size_t)std::max(1, std::min(batch, y5::cpu_op_threads()));
+            work_b = std::max(work_b, threads * 64 * side * side * sizeof(float) + ((size_t)64 << 20));
+        }
+        y5::Arena act("activations", dev, act_b), work("workspace", dev, work_b), grads("gradients", dev, 1 << 20);
         y5::Tape tape(&grads, cuda);
         y5::Ctx c;
         c.act = &act, c.work = &work, c.tape = &tape, c.cuda = cuda;

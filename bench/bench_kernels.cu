@@ -1,0 +1,664 @@
+/*
+ * y5's hand-written CUDA kernels at yolov5n's training shapes (640, batch 16), in the manner of llm.c's
+ * dev/cuda: random inputs, the CPU reference (kernels/<op>.h), the GPU result checked against it
+ * (|gpu − cpu| ≤ atol + rtol·|cpu|, max error printed; any mismatch makes the exit status 1), then the
+ * median time of --repeats runs with the L2 cache flushed before each, the effective bandwidth from the
+ * bytes the op must move, that as a share of the device's measured device-to-device copy bandwidth, and
+ * beside it the baseline the kernel replaces where there is one (cuDNN, cudaMemcpy2D, cuBLAS or the CPU
+ * path), whose result is checked the same way.
+ *   ./build/bench_kernels [--repeats 50] [--batch 16]
+ * Without a usable GPU it prints "no usable CUDA device: <why>" and exits 0.
+ *
+ * "Bytes the op must move" is napkin math, given per op below: the least traffic a fused implementation
+ * needs (a BatchNorm in training mode must read its input twice, once for the statistics and once to
+ * normalise, unless the input fits in L2), so "% of copy" says how far an op is from a perfect one, not
+ * only how fast our own kernel sequence runs.
+ * yolov5n at 640 (width 0.25): P1 16×320², P2 32×160², P3 64×80², P4 128×40², P5 256×20²; SPPF pools its
+ * cv1 output, 128×20²; the head upsamples 128×20² and 64×40² and concatenates 128+128×40² and 64+64×80²;
+ * every C3 concatenates its two halves (16+16×160² in layer 2); ECA (yolov5n-eca, k 3) follows the P3 C3
+ * (64×80²) and SPPF (256×20²).
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench/bench.h"
+#include "engine/arena.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/rng.h"
+#include "engine/workspace.h"
+#include "kernels/activation.h"
+#include "kernels/batchnorm.h"
+#include "kernels/concat.h"
+#include "kernels/eca.h"
+#include "kernels/image.h"
+#include "kernels/loss.h"
+#include "kernels/pool.h"
+#include "kernels/sgd.h"
+#include "kernels/upsample.h"
+
+using namespace y5;
+using namespace y5bench;
+
+namespace {
+
+constexpr int64_t kYolov5nParams = 1872157;  // y5train --cfg config/models/yolov5n.yaml --summary
+const Act kSiLU{ActKind::SiLU}, kSigmoid{ActKind::Sigmoid};
+const float kOne = 1.f, kZero = 0.f;
+
+// One line of the final table. bytes: what the op must move; pct: whether "% of copy" means anything
+// (not for host-to-device uploads or ops dominated by host work).
+struct Row {
+    std::string op, shape;
+    double ms = 0, bytes = 0;
+    bool pct = true;
+    std::string base;
+    double base_ms = 0;
+};
+
+// State the cases share: the device, a device arena (reset between cases), the random stream, the
+// table and whether every check passed.
+struct Bench {
+    CudaContext* ctx;
+    Bencher& B;
+    Arena& dev;
+    int repeats;
+    Rng rng{20240601, 7};
+    bool ok = true;
+    std::vector<Row> rows;
+
+    Bench(CudaContext* c, Bencher& bencher, Arena& arena, int r) : ctx(c), B(bencher), dev(arena), repeats(r) {}
+    float* dalloc(int64_t n) { return static_cast<float*>(dev.alloc((size_t)n * sizeof(float))); }
+    float* upload(const std::vector<float>& h) {
+        float* d = dalloc((int64_t)h.size());
+        CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+        return d;
+    }
+    std::vector<float> download(const float* d, int64_t n) {
+        B.sync();
+        std::vector<float> h((size_t)n);
+        CUDA_CHECK(cudaMemcpy(h.data(), d, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+        return h;
+    }
+    std::vector<float> uniform(int64_t n, float lo, float hi) {
+        std::vector<float> v((size_t)n);
+        for (float& x : v) x = rng.uniform(lo, hi);
+        return v;
+    }
+    void check(const std::string& what, const float* d, const std::vector<float>& want, double atol, double rtol) {
+        ok = check_close(what, download(d, (int64_t)want.size()), want, atol, rtol) && ok;
+    }
+    // Runs a library baseline once. A library that refuses (a mode this device or version lacks) is
+    // reported and its baseline left out, rather than failing the benchmark of our kernel.
+    template <class F> bool baseline_runs(const char* name, F&& f) {
+        try {
+            f();
+            B.sync();
+            return true;
+        } catch (const Error& e) {
+            std::printf("  --   baseline %s unavailable: %s\n", name, e.what());
+            return false;
+        }
+    }
+};
+
+std::string shape_str(std::initializer_list<int64_t> dims) {
+    std::string s = "(";
+    for (int64_t d : dims) s += (s.size() > 1 ? "," : "") + std::to_string(d);
+    return s + ")";
+}
+
+// ---- cuDNN descriptors for the baselines (legacy API, f32 NCHW)
+
+struct TensorDesc {
+    cudnnTensorDescriptor_t d = nullptr;
+    TensorDesc(int n, int c, int h, int w) {
+        CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
+        CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
+    }
+    ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+};
+
+// SiLU is cuDNN's swish with β = 1 (CUDNN_ACTIVATION_SWISH, cuDNN ≥ 8.0).
+struct SwishDesc {
+    cudnnActivationDescriptor_t d = nullptr;
+    SwishDesc() {
+        CUDNN_CHECK(cudnnCreateActivationDescriptor(&d));
+        CUDNN_CHECK(cudnnSetActivationDescriptor(d, CUDNN_ACTIVATION_SWISH, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+        CUDNN_CHECK(cudnnSetActivationDescriptorSwishBeta(d, 1.0));
+    }
+    ~SwishDesc() { cudnnDestroyActivationDescriptor(d); }
+};
+
+struct MaxPoolDesc {
+    cudnnPoolingDescriptor_t d = nullptr;
+    MaxPoolDesc(int k, int stride, int pad) {
+        CUDNN_CHECK(cudnnCreatePoolingDescriptor(&d));
+        CUDNN_CHECK(cudnnSetPooling2dDescriptor(d, CUDNN_POOLING_MAX, CUDNN_NOT_PROPAGATE_NAN, k, k, pad, pad, stride,
+                                                stride));
+    }
+    ~MaxPoolDesc() { cudnnDestroyPoolingDescriptor(d); }
+};
+
+// The baseline channel concat: input (N,Ci,HW) into channels [c0, c0+Ci) of (N,Co,HW) as one 2-D copy
+// (N rows of Ci·HW floats, destination pitch Co·HW floats).
+void concat_memcpy2d(float* out, const float* inp, int N, int Ci, int HW, int Co, int c0, cudaStream_t s) {
+    CUDA_CHECK(cudaMemcpy2DAsync(out + (int64_t)c0 * HW, (size_t)Co * HW * sizeof(float), inp,
+                                 (size_t)Ci * HW * sizeof(float), (size_t)Ci * HW * sizeof(float), N,
+                                 cudaMemcpyDeviceToDevice, s));
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Conv's BatchNorm (training) + SiLU, forward. Ours: batchnorm2d's statistics and normalise kernels, then
+// the activation kernel (3 reads + 2 writes of n floats). Baseline: cudnnBatchNormalizationForwardTraining
+// + cudnnActivationForward(swish). Must move: read x twice (statistics, normalise), write y: 12n bytes.
+
+void bn_silu_forward(Bench& b, int N, int C, int H, int W) {
+    const int HW = H * W;
+    const int64_t n = (int64_t)N * C * HW;
+    const float eps = 1e-3f, momentum = 0.03f;  // YOLOv5's BatchNorm2d settings
+    const std::string shape = shape_str({N, C, H, W});
+    std::vector<float> x = b.uniform(n, -2.f, 3.f), gamma = b.uniform(C, 0.5f, 1.5f), beta = b.uniform(C, -0.5f, 0.5f);
+    const std::vector<float> rm0(C, 0.f), rv0(C, 1.f);
+
+    std::vector<float> tmp(n), y(n), mean(C), invstd(C), rm = rm0, rv = rv0;
+    batchnorm_forward_train_cpu(tmp.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
+                                beta.data(), N, C, HW, eps, momentum);
+    act_forward_cpu(y.data(), tmp.data(), n, kSiLU);
+
+    cudaStream_t s = b.ctx->stream;
+    float *dx = b.upload(x), *dg = b.upload(gamma), *db = b.upload(beta);
+    float *drm = b.upload(rm0), *drv = b.upload(rv0), *dtmp = b.dalloc(n), *dy = b.dalloc(n);
+    float *dmean = b.dalloc(C), *dinv = b.dalloc(C), *scratch = b.dalloc(batchnorm_cuda_scratch(N, C, HW));
+    auto ours = [&] {
+        batchnorm_forward_train_cuda(dtmp, dmean, dinv, drm, drv, dx, dg, db, N, C, HW, eps, momentum, scratch, s);
+        act_forward_cuda(dy, dtmp, n, kSiLU, s);
+    };
+    float *cy = b.dalloc(n), *ctmp = b.dalloc(n), *crm = b.upload(rm0), *crv = b.upload(rv0);
+    float *cmean = b.dalloc(C), *cinv = b.dalloc(C);
+    TensorDesc xd(N, C, H, W), bnd(1, C, 1, 1);
+    SwishDesc swish;
+    auto cudnn = [&] {
+        CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(b.ctx->cudnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, xd.d,
+                                                           dx, xd.d, ctmp, bnd.d, dg, db, momentum, crm, crv, eps,
+                                                           cmean, cinv));
+        CUDNN_CHECK(cudnnActivationForward(b.ctx->cudnn, swish.d, &kOne, xd.d, ctmp, &kZero, xd.d, cy));
+    };
+
+    ours();
+    b.check("bn+silu fwd " + shape + " out", dy, y, 1e-4, 1e-4);
+    b.check("bn+silu fwd " + shape + " running_mean", drm, rm, 1e-6, 1e-5);
+    b.check("bn+silu fwd " + shape + " running_var", drv, rv, 1e-6, 1e-5);
+    b.check("bn+silu fwd " + shape + " save_invstd", dinv, invstd, 1e-6, 1e-5);
+    const bool has_base = b.baseline_runs("cudnn BN + swish", cudnn);
+    if (has_base) {
+        b.check("  cudnn baseline: out", cy, y, 1e-4, 1e-4);
+        b.check("  cudnn baseline: running_var", crv, rv, 1e-6, 1e-5);
+    }
+    const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
+    b.rows.push_back({"bn+silu fwd (train)", shape, ms, 12.0 * n, true, has_base ? "cudnn BN fwd + swish" : "", base});
+}
+
+// The same pair's backward, as the tape runs it: the activation gradient into a zeroed buffer, then
+// BatchNorm's (dx, dgamma, dbeta accumulate). Ours: memset + act_backward + BN's sums and dx kernels.
+// Baseline: cudnnActivationBackward + cudnnBatchNormalizationBackward (β = 1: accumulating, as ours).
+// Both start from the CPU forward's values. Must move: read dout and x for the sums, then dout, x and dx
+// and write dx: 24n bytes.
+
+void bn_silu_backward(Bench& b, int N, int C, int H, int W) {
+    const int HW = H * W;
+    const int64_t n = (int64_t)N * C * HW, M = (int64_t)N * HW;
+    const float eps = 1e-3f;
+    const std::string shape = shape_str({N, C, H, W});
+    std::vector<float> x = b.uniform(n, -2.f, 3.f), gamma = b.uniform(C, 0.5f, 1.5f), beta = b.uniform(C, -0.5f, 0.5f);
+    std::vector<float> tmp(n), y(n), mean(C), invstd(C), rm(C, 0.f), rv(C, 1.f);
+    batchnorm_forward_train_cpu(tmp.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
+                                beta.data(), N, C, HW, eps, 0.03f);
+    act_forward_cpu(y.data(), tmp.data(), n, kSiLU);
+    const std::vector<float> dout = b.uniform(n, -1.f, 1.f), dx0 = b.uniform(n, -1.f, 1.f), dg0 = b.uniform(C, -1.f, 1.f),
+                             db0 = b.uniform(C, -1.f, 1.f);
+
+    std::vector<float> dtmp(n, 0.f), dx = dx0, dgamma = dg0, dbeta = db0;
+    act_backward_cpu(dtmp.data(), dout.data(), tmp.data(), n, kSiLU);
+    batchnorm_backward_train_cpu(dx.data(), dgamma.data(), dbeta.data(), dtmp.data(), x.data(), gamma.data(), mean.data(),
+                                 invstd.data(), N, C, HW);
+
+    cudaStream_t s = b.ctx->stream;
+    float *d_x = b.upload(x), *d_tmp = b.upload(tmp), *d_y = b.upload(y), *d_dout = b.upload(dout);
+    float *d_gamma = b.upload(gamma), *d_mean = b.upload(mean), *d_inv = b.upload(invstd);
+    float *d_dtmp = b.dalloc(n), *d_dx = b.upload(dx0), *d_dg = b.upload(dg0), *d_db = b.upload(db0);
+    float* scratch = b.dalloc(batchnorm_cuda_scratch(N, C, HW));
+    auto ours = [&] {
+        CUDA_CHECK(cudaMemsetAsync(d_dtmp, 0, n * sizeof(float), s));
+        act_backward_cuda(d_dtmp, d_dout, d_tmp, n, kSiLU, s);
+        batchnorm_backward_train_cuda(d_dx, d_dg, d_db, d_dtmp, d_x, d_gamma, d_mean, d_inv, N, C, HW, scratch, s);
+    };
+    float *c_dtmp = b.dalloc(n), *c_dx = b.upload(dx0), *c_dg = b.upload(dg0), *c_db = b.upload(db0);
+    TensorDesc xd(N, C, H, W), bnd(1, C, 1, 1);
+    SwishDesc swish;
+    auto cudnn = [&] {
+        CUDNN_CHECK(cudnnActivationBackward(b.ctx->cudnn, swish.d, &kOne, xd.d, d_y, xd.d, d_dout, xd.d, d_tmp, &kZero,
+                                            xd.d, c_dtmp));
+        CUDNN_CHECK(cudnnBatchNormalizationBackward(b.ctx->cudnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kOne, &kOne, &kOne,
+                                                    xd.d, d_x, xd.d, c_dtmp, xd.d, c_dx, bnd.d, d_gamma, c_dg, c_db, eps,
+                                                    d_mean, d_inv));
+    };
+
+    ours();
+    // dgamma, dbeta: sums of M terms, in float per block on the GPU, in double on the CPU (tests/test_gpu_ops.cpp).
+    const double sum_atol = 1e-5 * std::sqrt((double)M) + 1e-5;
+    b.check("bn+silu bwd " + shape + " dx", d_dx, dx, 1e-4, 1e-4);
+    b.check("bn+silu bwd " + shape + " dgamma", d_dg, dgamma, sum_atol, 1e-4);
+    b.check("bn+silu bwd " + shape + " dbeta", d_db, dbeta, sum_atol, 1e-4);
+    const bool has_base = b.baseline_runs("cudnn swish + BN backward", cudnn);
+    if (has_base) {
+        b.check("  cudnn baseline: dx", c_dx, dx, 1e-4, 1e-4);
+        b.check("  cudnn baseline: dgamma", c_dg, dgamma, sum_atol, 1e-4);
+    }
+    const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
+    b.rows.push_back({"bn+silu bwd (train)", shape, ms, 24.0 * n, true, has_base ? "cudnn swish bwd + BN bwd" : "", base});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// SPPF's pooling: y1 = pool(x), y2 = pool(y1), y3 = pool(y2) (k 5, stride 1, pad 2), out = cat(x, y1, y2, y3),
+// as layers/modules.cpp's SPPF. Ours: three maxpool2d kernels + four concat kernels. Baseline: three
+// cudnnPoolingForward + four cudaMemcpy2DAsync. Must move: read x, write out (4n): 20n bytes.
+
+void sppf_pools(Bench& b, int N, int C, int H, int W) {
+    const int HW = H * W, k = 5, pad = 2;
+    const int64_t n = (int64_t)N * C * HW;
+    const std::string shape = shape_str({N, C, H, W});
+    const std::vector<float> x = b.uniform(n, -1.f, 1.f);
+    std::vector<float> p1(n), p2(n), p3(n), out(4 * n);
+    maxpool2d_forward_cpu(p1.data(), x.data(), N, C, H, W, k, 1, pad);
+    maxpool2d_forward_cpu(p2.data(), p1.data(), N, C, H, W, k, 1, pad);
+    maxpool2d_forward_cpu(p3.data(), p2.data(), N, C, H, W, k, 1, pad);
+    const float* parts[4] = {x.data(), p1.data(), p2.data(), p3.data()};
+    for (int i = 0; i < 4; ++i) concat_forward_cpu(out.data(), parts[i], N, C, HW, 4 * C, i * C);
+
+    cudaStream_t s = b.ctx->stream;
+    float *dx = b.upload(x), *d1 = b.dalloc(n), *d2 = b.dalloc(n), *d3 = b.dalloc(n), *dout = b.dalloc(4 * n);
+    auto ours = [&] {
+        maxpool2d_forward_cuda(d1, dx, N, C, H, W, k, 1, pad, s);
+        maxpool2d_forward_cuda(d2, d1, N, C, H, W, k, 1, pad, s);
+        maxpool2d_forward_cuda(d3, d2, N, C, H, W, k, 1, pad, s);
+        const float* in[4] = {dx, d1, d2, d3};
+        for (int i = 0; i < 4; ++i) concat_forward_cuda(dout, in[i], N, C, HW, 4 * C, i * C, s);
+    };
+    float *c1 = b.dalloc(n), *c2 = b.dalloc(n), *c3 = b.dalloc(n), *cout = b.dalloc(4 * n);
+    TensorDesc xd(N, C, H, W);
+    MaxPoolDesc pool(k, 1, pad);
+    auto cudnn = [&] {
+        CUDNN_CHECK(cudnnPoolingForward(b.ctx->cudnn, pool.d, &kOne, xd.d, dx, &kZero, xd.d, c1));
+        CUDNN_CHECK(cudnnPoolingForward(b.ctx->cudnn, pool.d, &kOne, xd.d, c1, &kZero, xd.d, c2));
+        CUDNN_CHECK(cudnnPoolingForward(b.ctx->cudnn, pool.d, &kOne, xd.d, c2, &kZero, xd.d, c3));
+        const float* in[4] = {dx, c1, c2, c3};
+        for (int i = 0; i < 4; ++i) concat_memcpy2d(cout, in[i], N, C, HW, 4 * C, i * C, s);
+    };
+
+    ours();
+    b.check("sppf pools+concat " + shape + " out", dout, out, 0, 0);
+    const bool has_base = b.baseline_runs("cudnn max pooling", cudnn);
+    if (has_base) b.check("  cudnn baseline: out", cout, out, 0, 0);
+    const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
+    b.rows.push_back({"sppf 3x maxpool5 + concat", shape, ms, 20.0 * n, true, has_base ? "3 cudnn pools + memcpy2D" : "",
+                      base});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Nearest upsample ×2 (the head's nn.Upsample). No library baseline. Must move: read n, write 4n: 20n bytes.
+
+void upsample2(Bench& b, int N, int C, int H, int W) {
+    const int64_t n = (int64_t)N * C * H * W;
+    const std::string shape = shape_str({N, C, H, W});
+    const std::vector<float> x = b.uniform(n, -1.f, 1.f);
+    std::vector<float> out(4 * n);
+    upsample_nearest_forward_cpu(out.data(), x.data(), N, C, H, W, 2);
+    float *dx = b.upload(x), *dout = b.dalloc(4 * n);
+    auto ours = [&] { upsample_nearest_forward_cuda(dout, dx, N, C, H, W, 2, b.ctx->stream); };
+    ours();
+    b.check("upsample x2 " + shape + " out", dout, out, 0, 0);
+    b.rows.push_back({"upsample nearest x2", shape, b.B.time_ms(ours, b.repeats), 20.0 * n, true, "", 0});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Channel concat of two (N,Ci,H,W) tensors. Ours: one concat kernel per input. Baseline: one
+// cudaMemcpy2DAsync per input. Must move: read both, write the output: 8·(out elements) bytes.
+
+void concat2(Bench& b, int N, int Ca, int Cb, int H, int W) {
+    const int HW = H * W, Co = Ca + Cb;
+    const int64_t na = (int64_t)N * Ca * HW, nb = (int64_t)N * Cb * HW, no = na + nb;
+    const std::string shape = shape_str({N, Ca, H, W}) + "+" + std::to_string(Cb);
+    const std::vector<float> a = b.uniform(na, -1.f, 1.f), c = b.uniform(nb, -1.f, 1.f);
+    std::vector<float> out(no);
+    concat_forward_cpu(out.data(), a.data(), N, Ca, HW, Co, 0);
+    concat_forward_cpu(out.data(), c.data(), N, Cb, HW, Co, Ca);
+    cudaStream_t s = b.ctx->stream;
+    float *da = b.upload(a), *dc = b.upload(c), *dout = b.dalloc(no), *mout = b.dalloc(no);
+    auto ours = [&] {
+        concat_forward_cuda(dout, da, N, Ca, HW, Co, 0, s);
+        concat_forward_cuda(dout, dc, N, Cb, HW, Co, Ca, s);
+    };
+    auto memcpy2d = [&] {
+        concat_memcpy2d(mout, da, N, Ca, HW, Co, 0, s);
+        concat_memcpy2d(mout, dc, N, Cb, HW, Co, Ca, s);
+    };
+    ours();
+    memcpy2d();
+    b.check("concat " + shape + " out", dout, out, 0, 0);
+    b.check("  memcpy2D baseline: out", mout, out, 0, 0);
+    const double ms = b.B.time_ms(ours, b.repeats), base = b.B.time_ms(memcpy2d, b.repeats);
+    b.rows.push_back({"concat (2 inputs)", shape, ms, 8.0 * no, true, "cudaMemcpy2DAsync x2", base});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// ECA: out = x · σ(conv1d_channels(global_avgpool(x))), k 3: four kernels. No library baseline. Must
+// move: the pool must finish before the scale, so read x twice and write out: 12n bytes.
+
+void eca_chain(Bench& b, int N, int C, int H, int W) {
+    const int HW = H * W, k = 3;
+    const int64_t n = (int64_t)N * C * HW;
+    const std::string shape = shape_str({N, C, H, W});
+    const std::vector<float> x = b.uniform(n, -1.f, 1.5f), w = b.uniform(k, -1.f, 1.f);
+    std::vector<float> pooled(N * C), z(N * C), gate(N * C), out(n);
+    global_avgpool_forward_cpu(pooled.data(), x.data(), N, C, HW);
+    conv1d_channels_forward_cpu(z.data(), pooled.data(), w.data(), N, C, k);
+    act_forward_cpu(gate.data(), z.data(), (int64_t)N * C, kSigmoid);
+    scale_channels_forward_cpu(out.data(), x.data(), gate.data(), N, C, HW);
+    cudaStream_t s = b.ctx->stream;
+    float *dx = b.upload(x), *dw = b.upload(w), *dp = b.dalloc(N * C), *dz = b.dalloc(N * C), *dgate = b.dalloc(N * C);
+    float* dout = b.dalloc(n);
+    auto ours = [&] {
+        global_avgpool_forward_cuda(dp, dx, N, C, HW, s);
+        conv1d_channels_forward_cuda(dz, dp, dw, N, C, k, s);
+        act_forward_cuda(dgate, dz, (int64_t)N * C, kSigmoid, s);
+        scale_channels_forward_cuda(dout, dx, dgate, N, C, HW, s);
+    };
+    ours();
+    b.check("eca " + shape + " gate", dgate, gate, 1e-6, 1e-5);
+    b.check("eca " + shape + " out", dout, out, 1e-6, 1e-5);
+    b.rows.push_back({"eca (pool, conv1d, sigmoid, scale)", shape, b.B.time_ms(ours, b.repeats), 12.0 * n, true, "", 0});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// YOLOv5's loss through ops.h on (bs, 3, ny, nx, 85) maps at 80², 40², 20² that want a gradient, as in
+// training: build_targets on the host, one upload, the kernels (loss terms and d loss / d maps), one
+// download of the items. Timed by the host clock, since the host part counts. Baseline: the CPU path
+// (yolo_loss_cpu, one thread). Must move: read the maps, write their gradient: 8·(map elements) bytes.
+
+void yolo_loss_bench(Bench& b, int bs, int targets_per_image) {
+    const int na = 3, no = 85, nl = 3, sizes[3] = {80, 40, 20};
+    // yolov5n's anchors (pixels) over the strides 8, 16, 32: grid units, as the model keeps them.
+    const float anchors_px[18] = {10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326};
+    std::vector<float> anchors(18);
+    for (int i = 0; i < 18; ++i) anchors[i] = anchors_px[i] / float(8 << (i / 6));
+    std::vector<float> targets;
+    for (int img = 0; img < bs; ++img)
+        for (int t = 0; t < targets_per_image; ++t)
+            targets.insert(targets.end(), {float(img), float(b.rng.randint(80)), b.rng.uniform(0.05f, 0.95f),
+                                           b.rng.uniform(0.05f, 0.95f), b.rng.uniform(0.02f, 0.5f), b.rng.uniform(0.02f, 0.5f)});
+    const int nt = (int)targets.size() / 6;
+    std::vector<std::vector<float>> maps;
+    std::vector<int> ny, nx;
+    int64_t elems = 0;
+    for (int s : sizes) {
+        maps.push_back(b.uniform((int64_t)bs * na * s * s * no, -4.f, 2.f));
+        ny.push_back(s), nx.push_back(s), elems += (int64_t)maps.back().size();
+    }
+    LossHyp hyp;  // hyp.scratch-low's gains as train.py scales them for 3 levels, 80 classes, 640
+
+    std::vector<std::vector<float>> dmaps;
+    std::vector<const float*> mp;
+    std::vector<float*> dp;
+    dmaps.reserve(maps.size());
+    for (auto& m : maps) dmaps.emplace_back(m.size()), mp.push_back(m.data()), dp.push_back(dmaps.back().data());
+    auto cpu = [&] { return yolo_loss_cpu<float>(mp, dp, ny, nx, bs, na, no, targets.data(), nt, anchors.data(), hyp); };
+    const LossItems want = cpu();
+
+    // The GPU side runs through ops.h, so it needs the training step's arenas and tape.
+    Workspace ws;
+    const size_t map_bytes = (size_t)elems * sizeof(float);
+    ws.make(Device::CUDA, b.ctx, 3 * map_bytes + (64 << 20), 64 << 20, 2 * map_bytes + (64 << 20));
+    std::vector<Tensor> dev_maps;
+    for (size_t i = 0; i < maps.size(); ++i) {
+        dev_maps.push_back(ws.act->tensor(Shape{bs, na, ny[i], nx[i], no}));
+        CUDA_CHECK(cudaMemcpy(dev_maps.back().data, maps[i].data(), maps[i].size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    const size_t mark = ws.act->mark();
+    const Tensor t_host(targets.data(), Shape{nt, 6}, DType::F32, Device::CPU);
+    const Tensor a_host(anchors.data(), Shape{nl, na, 2}, DType::F32, Device::CPU);
+    std::vector<Var> leaves;
+    auto gpu = [&] {
+        ws.tape->clear();
+        ws.act->reset(mark);
+        leaves.clear();
+        for (const Tensor& t : dev_maps) leaves.push_back(ws.tape->leaf(t));
+        return yolo_loss(ws.ctx, leaves, t_host, a_host, hyp);
+    };
+
+    YoloLoss got = gpu();
+    ws.tape->backward(got.total);
+    const std::string shape = "bs " + std::to_string(bs) + ", " + std::to_string(nt) + " targets";
+    auto item = [&](const char* name, double g, double w) {
+        const float gf = (float)g, wf = (float)w;
+        b.ok = check_close(std::string("yolo loss ") + shape + " " + name, &gf, &wf, 1, 1e-12, 1e-4) && b.ok;
+    };
+    item("lbox", got.items.lbox, want.lbox);
+    item("lobj", got.items.lobj, want.lobj);
+    item("lcls", got.items.lcls, want.lcls);
+    item("total", got.items.total, want.total);
+    for (size_t i = 0; i < maps.size(); ++i) {
+        float mx = 0;
+        for (float v : dmaps[i]) mx = std::max(mx, std::fabs(v));
+        b.check("yolo loss d/dmap " + std::to_string(sizes[i]) + "^2", ws.tape->grad(leaves[i]).ptr<float>(), dmaps[i],
+                1e-4 * mx, 1e-4);
+    }
+    const double ms = b.B.time_wall_ms(gpu, b.repeats);
+    const double base = b.B.time_wall_ms(cpu, std::max(3, b.repeats / 10));
+    b.rows.push_back({"yolo loss fwd (+d/dmaps), host incl.", shape, ms, 8.0 * elems, true, "CPU yolo_loss_cpu", base});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// The optimizer over yolov5n's 1.87M parameters as one flat range (the store keeps them contiguous).
+// Ours: one fused kernel each (sgd, ema), two for the gradient norm and the scale (clip). Baselines: the
+// unfused sequences of cuBLAS vector ops a framework without fused optimizers runs (PyTorch's per-op SGD).
+// Must move: sgd reads p, g, buf and writes p, buf (20 bytes per parameter); ema reads two and writes one
+// (12); clip reads g twice (norm, scale) and writes it (12). 7.5 MB per buffer: the L2 flush matters here.
+
+void optimizer(Bench& b, int64_t n) {
+    cudaStream_t s = b.ctx->stream;
+    cublasHandle_t h = b.ctx->cublas;
+    const std::string shape = "n " + std::to_string(n);
+    const float lr = 0.01f, m = 0.937f, wd = 5e-4f;  // hyp.scratch-low's lr0, momentum, weight_decay
+
+    {  // SGD, nesterov: d = g + wd·p; buf = m·buf + d; d += m·buf; p −= lr·d
+        const std::vector<float> p0 = b.uniform(n, -1.f, 1.f), g = b.uniform(n, -1.f, 1.f), buf0 = b.uniform(n, -0.1f, 0.1f);
+        std::vector<float> p = p0, buf = buf0;
+        sgd_cpu(p.data(), g.data(), buf.data(), n, lr, m, wd);
+        float *dp = b.upload(p0), *dg = b.upload(g), *dbuf = b.upload(buf0);
+        float *cp = b.upload(p0), *cbuf = b.upload(buf0), *cd = b.dalloc(n);
+        auto ours = [&] { sgd_cuda(dp, dg, dbuf, n, lr, m, wd, s); };
+        auto cublas = [&] {
+            const float a_m = m, a_lr = -lr, a_one = 1.f;
+            CUDA_CHECK(cudaMemcpyAsync(cd, dg, n * sizeof(float), cudaMemcpyDeviceToDevice, s));  // d = g
+            CUBLAS_CHECK(cublasSaxpy(h, (int)n, &wd, cp, 1, cd, 1));                            // d += wd·p
+            CUBLAS_CHECK(cublasSscal(h, (int)n, &a_m, cbuf, 1));                                // buf = m·buf
+            CUBLAS_CHECK(cublasSaxpy(h, (int)n, &a_one, cd, 1, cbuf, 1));                       //   + d
+            CUBLAS_CHECK(cublasSaxpy(h, (int)n, &a_m, cbuf, 1, cd, 1));                         // d += m·buf
+            CUBLAS_CHECK(cublasSaxpy(h, (int)n, &a_lr, cd, 1, cp, 1));                          // p −= lr·d
+        };
+        ours();
+        cublas();
+        b.check("sgd " + shape + " p", dp, p, 1e-6, 1e-5);
+        b.check("sgd " + shape + " momentum", dbuf, buf, 1e-6, 1e-5);
+        b.check("  cublas baseline: p", cp, p, 1e-6, 1e-5);
+        const double ms = b.B.time_ms(ours, b.repeats), base = b.B.time_ms(cublas, b.repeats);
+        b.rows.push_back({"sgd nesterov + decay", shape, ms, 20.0 * n, true, "cuBLAS axpy/scal x5 + copy", base});
+    }
+    {  // EMA: v = d·v + (1 − d)·w
+        const float d = (float)ema_decay(1000);
+        const std::vector<float> v0 = b.uniform(n, -1.f, 1.f), w = b.uniform(n, -1.f, 1.f);
+        std::vector<float> v = v0;
+        ema_cpu(v.data(), w.data(), n, d);
+        float *dv = b.upload(v0), *dw = b.upload(w), *cv = b.upload(v0);
+        auto ours = [&] { ema_cuda(dv, dw, n, d, s); };
+        auto cublas = [&] {
+            const float one_minus = 1.f - d;
+            CUBLAS_CHECK(cublasSscal(h, (int)n, &d, cv, 1));
+            CUBLAS_CHECK(cublasSaxpy(h, (int)n, &one_minus, dw, 1, cv, 1));
+        };
+        ours();
+        cublas();
+        b.check("ema " + shape, dv, v, 1e-6, 1e-5);
+        b.check("  cublas baseline", cv, v, 1e-6, 1e-5);
+        const double ms = b.B.time_ms(ours, b.repeats), base = b.B.time_ms(cublas, b.repeats);
+        b.rows.push_back({"ema", shape, ms, 12.0 * n, true, "cuBLAS scal + axpy", base});
+    }
+    {  // clip_grad_norm_(10): g *= min(1, 10 / (‖g‖ + 1e-6)); gradients large enough to be clipped
+        const std::vector<float> g0 = b.uniform(n, -5.f, 5.f);
+        double ss = 0;
+        for (float v : g0) ss += (double)v * v;
+        const double norm = std::sqrt(ss), coef = clip_coef(norm, 10.0);
+        std::vector<float> g = g0;
+        for (float& v : g) v = float(v * coef);
+        float *dg = b.upload(g0), *cg = b.upload(g0);
+        void* scratch = b.dev.alloc(clip_grad_norm_scratch_bytes());
+        double got_norm = 0;
+        auto ours = [&] { got_norm = clip_grad_norm_cuda(dg, n, 10.0, scratch, clip_grad_norm_scratch_bytes(), s); };
+        auto cublas = [&] {
+            float nrm = 0;
+            CUBLAS_CHECK(cublasSnrm2(h, (int)n, cg, 1, &nrm));  // host pointer mode: waits for the result
+            const float c = (float)clip_coef(nrm, 10.0);
+            CUBLAS_CHECK(cublasSscal(h, (int)n, &c, cg, 1));
+        };
+        ours();
+        cublas();
+        const float gn = (float)got_norm, wn = (float)norm;
+        b.ok = check_close("clip_grad_norm " + shape + " norm", &gn, &wn, 1, 0, 1e-6) && b.ok;
+        b.check("clip_grad_norm " + shape + " g", dg, g, 1e-7, 1e-5);
+        b.check("  cublas baseline: g", cg, g, 1e-7, 1e-4);
+        const double ms = b.B.time_ms(ours, b.repeats), base = b.B.time_ms(cublas, b.repeats);
+        b.rows.push_back({"clip_grad_norm (norm + scale)", shape, ms, 12.0 * n, true, "cuBLAS nrm2 + scal", base});
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// The batch upload (engine/val.cpp's batch_images): uint8 (N,3,H,W) from pinned memory to the device, then
+// /255 to float there. The kernel alone must move 5 bytes per element (read 1, write 4). The whole
+// upload, timed by the host clock, against the baseline it replaces: convert on the CPU, upload 4× the
+// bytes. Its GB/s counts the uint8 bytes delivered per second.
+
+void image_upload(Bench& b, int N, int H, int W) {
+    const int64_t n = (int64_t)N * 3 * H * W;
+    const std::string shape = shape_str({N, 3, H, W});
+    cudaStream_t s = b.ctx->stream;
+    uint8_t* h_u8 = nullptr;
+    float* h_f = nullptr;
+    CUDA_CHECK(cudaMallocHost(&h_u8, n));
+    CUDA_CHECK(cudaMallocHost(&h_f, n * sizeof(float)));
+    for (int64_t i = 0; i < n; ++i) h_u8[i] = (uint8_t)b.rng.randint(256);
+    std::vector<float> want(n);
+    images_u8_to_f32_cpu(want.data(), h_u8, n);
+
+    uint8_t* d_u8 = static_cast<uint8_t*>(b.dev.alloc(n));
+    float *d_f = b.dalloc(n), *c_f = b.dalloc(n);
+    auto kernel = [&] { images_u8_to_f32_cuda(d_f, d_u8, n, s); };
+    auto upload = [&] {
+        CUDA_CHECK(cudaMemcpyAsync(d_u8, h_u8, n, cudaMemcpyHostToDevice, s));
+        kernel();
+    };
+    auto cpu_then_upload = [&] {
+        images_u8_to_f32_cpu(h_f, h_u8, n);
+        CUDA_CHECK(cudaMemcpyAsync(c_f, h_f, n * sizeof(float), cudaMemcpyHostToDevice, s));
+    };
+    upload();
+    cpu_then_upload();
+    b.check("u8->f32 upload " + shape, d_f, want, 0, 0);
+    b.check("  CPU-convert baseline", c_f, want, 0, 0);
+    b.rows.push_back({"u8->f32 convert (kernel)", shape, b.B.time_ms(kernel, b.repeats), 5.0 * n, true, "", 0});
+    const double ms = b.B.time_wall_ms(upload, b.repeats), base = b.B.time_wall_ms(cpu_then_upload, b.repeats);
+    b.rows.push_back({"upload: H2D u8 + convert", shape, ms, 1.0 * n, false, "CPU convert + H2D f32", base});
+    CUDA_CHECK(cudaFreeHost(h_u8));
+    CUDA_CHECK(cudaFreeHost(h_f));
+}
+
+void print_table(const std::vector<Row>& rows, double copy_gbs) {
+    std::printf("\n%-38s %-24s %9s %8s %7s   %-28s %9s %8s\n", "op", "shape", "ms", "GB/s", "%copy", "baseline", "base ms",
+                "speedup");
+    for (const Row& r : rows) {
+        const double gbs = r.bytes / (r.ms * 1e-3) / 1e9;
+        char pct[16] = "-", base[16] = "-", speed[16] = "-";
+        if (r.pct) snprintf(pct, sizeof pct, "%.0f%%", 100 * gbs / copy_gbs);
+        if (!r.base.empty()) {
+            snprintf(base, sizeof base, "%.4f", r.base_ms);
+            snprintf(speed, sizeof speed, "%.2fx", r.base_ms / r.ms);
+        }
+        std::printf("%-38s %-24s %9.4f %8.1f %7s   %-28s %9s %8s\n", r.op.c_str(), r.shape.c_str(), r.ms, gbs, pct,
+                    r.base.empty() ? "-" : r.base.c_str(), base, speed);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"bench_kernels: y5's CUDA kernels at yolov5n's shapes, checked against the CPU and timed"};
+    int repeats = 50, batch = 16;
+    app.add_option("--repeats", repeats, "timed runs per op (the median is reported)")->capture_default_str();
+    app.add_option("--batch", batch, "batch size of the shapes")->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+    if (!gpu_or_skip("bench_kernels")) return 0;
+    bool ok = true;
+    try {
+        CudaContext* ctx = cuda_context_create(0);
+        {
+            Bencher B(ctx);
+            std::printf("%s: %d SMs, %.0f MiB L2, %.1f GiB; cuDNN %zu; device-to-device copy %.0f GB/s (read + write)\n",
+                        B.prop.name, B.prop.multiProcessorCount, B.prop.l2CacheSize / 1048576.0,
+                        B.prop.totalGlobalMem / 1073741824.0, cudnnGetVersion(), B.copy_gbs);
+            std::printf("batch %d, median of %d runs, L2 flushed before each; checks |gpu-cpu| <= atol + rtol*|cpu|:\n",
+                        batch, repeats);
+            // The largest case, BN+SiLU backward at P1, keeps 8 buffers of 16·320² floats per image (52 MB).
+            Arena dev("bench buffers", Device::CUDA, (size_t)std::max(1, batch) * (80u << 20));
+            Bench b{ctx, B, dev, repeats};
+            const int N = batch;
+            auto run = [&](auto&& f) {
+                dev.reset();
+                f();
+            };
+            run([&] { bn_silu_forward(b, N, 16, 320, 320); });   // layer 0
+            run([&] { bn_silu_forward(b, N, 32, 160, 160); });   // layer 1
+            run([&] { bn_silu_forward(b, N, 64, 80, 80); });     // layer 3
+            run([&] { bn_silu_forward(b, N, 256, 20, 20); });    // layer 7
+            run([&] { bn_silu_backward(b, N, 16, 320, 320); });
+            run([&] { bn_silu_backward(b, N, 64, 80, 80); });
+            run([&] { sppf_pools(b, N, 128, 20, 20); });         // layer 9
+            run([&] { upsample2(b, N, 128, 20, 20); });          // layer 11
+            run([&] { upsample2(b, N, 64, 40, 40); });           // layer 15
+            run([&] { concat2(b, N, 16, 16, 160, 160); });       // layer 2's C3
+            run([&] { concat2(b, N, 128, 128, 40, 40); });       // layer 12
+            run([&] { concat2(b, N, 64, 64, 80, 80); });         // layer 16
+            run([&] { eca_chain(b, N, 64, 80, 80); });           // yolov5n-eca layer 5
+            run([&] { eca_chain(b, N, 256, 20, 20); });          // yolov5n-eca layer 11
+            run([&] { yolo_loss_bench(b, N, 8); });
+            run([&] { optimizer(b, kYolov5nParams); });
+            run([&] { image_upload(b, N, 640, 640); });
+            print_table(b.rows, B.copy_gbs);
+            ok = b.ok;
+        }
+        cuda_context_destroy(ctx);
+    } catch (const y5::Error& e) {
+        std::fprintf(stderr, "bench_kernels: error: %s\n", e.what());
+        return 1;
+    }
+    if (!ok) {
+        std::printf("\nbench_kernels: MISMATCH: a GPU result (or a baseline's) differs from the CPU reference (FAIL lines above)\n");
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,380 @@
+/*
+ * The whole training step of yolov5n: images/s, peak memory, and where the time goes (each phase of the
+ * step and each layer's forward).
+ *   ./build/bench_step                        GPU 0: batch 16, 32 and 64 at 640 (a batch that does not fit
+ *                                             in GPU memory is skipped, saying so)
+ *   ./build/bench_step --device cpu           the CPU: batch 4 at 640, 3 timed steps
+ *   options: --cfg --imgsz --batch 16,32 --warmup --steps --seconds --budget --no-layers
+ * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
+ *
+ * A step is what engine/train.cpp runs for a batch, with the same calls: batch_images (the uint8 upload
+ * and /255), Model::forward in training mode, yolo_loss, the tape's backward, clip_grad_norm(10),
+ * sgd_step over the three groups, zero_grad and ema_update, on arenas sized by the same one-image
+ * measuring pass (engine/workspace.h). Two differences: the optimizer steps after every batch (train.py
+ * accumulates to a nominal batch of 64, so at batch 16 it steps every 4th: the optimizer rows below say
+ * what that saves), and the data are synthetic (random pixels, 8 random boxes per image, drawn once), so
+ * the data pipeline, bench_loader's subject, is not part of the figure.
+ * Images/s: --steps steps after --warmup untimed ones (fewer if --seconds runs out), host clock, the device
+ * idle at both ends. Memory: the peaks of the three step arenas, what they reserve, the parameter blocks
+ * of the model and its EMA, and on the GPU the drop in cudaMemGetInfo's free bytes since before the models
+ * existed (everything: arenas, parameters, cuDNN's and cuBLAS's own buffers), on the CPU the peak RSS.
+ * Time per phase and per layer: a separate pass that runs Model::forward's loop one layer at a time with a
+ * time stamp after each (CUDA events on the GPU, the host clock on the CPU), median of 3 passes.
+ */
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/device.h"
+#include "engine/loader.h"
+#include "engine/optim.h"
+#include "engine/rng.h"
+#include "engine/val.h"
+#include "engine/workspace.h"
+#include "layers/model.h"
+#if Y5_CUDA
+#include <cuda_runtime.h>
+
+#include "engine/cuda.h"
+#include "kernels/conv2d.h"
+#endif
+
+using namespace y5;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Peak resident memory of this process (VmHWM), bytes; 0 if unknown.
+double peak_rss_bytes() {
+    std::ifstream f("/proc/self/status");
+    std::string key;
+    while (f >> key) {
+        if (key == "VmHWM:") {
+            double kb = 0;
+            f >> kb;
+            return kb * 1024;
+        }
+        f.ignore(1 << 20, '\n');
+    }
+    return 0;
+}
+
+// Time stamps along a step: CUDA events on the context's stream (device time between them), or the host
+// clock when there is no context (the CPU ops are synchronous).
+class Marks {
+public:
+    explicit Marks(CudaContext* cuda) : cuda_(cuda) {}
+    ~Marks() {
+#if Y5_CUDA
+        for (cudaEvent_t e : events_) cudaEventDestroy(e);
+#endif
+    }
+    Marks(const Marks&) = delete;
+    Marks& operator=(const Marks&) = delete;
+
+    void clear() { n_ = 0, host_.clear(); }
+    void mark() {
+#if Y5_CUDA
+        if (cuda_) {
+            if (n_ == events_.size()) {
+                cudaEvent_t e;
+                CUDA_CHECK(cudaEventCreate(&e));
+                events_.push_back(e);
+            }
+            CUDA_CHECK(cudaEventRecord(events_[n_++], cuda_->stream));
+            return;
+        }
+#endif
+        host_.push_back(Clock::now());
+    }
+    // Milliseconds between consecutive stamps (waits for the last one).
+    std::vector<double> intervals_ms() const {
+        std::vector<double> ms;
+#if Y5_CUDA
+        if (cuda_) {
+            if (n_) CUDA_CHECK(cudaEventSynchronize(events_[n_ - 1]));
+            for (size_t i = 1; i < n_; ++i) {
+                float t = 0;
+                CUDA_CHECK(cudaEventElapsedTime(&t, events_[i - 1], events_[i]));
+                ms.push_back(t);
+            }
+            return ms;
+        }
+#endif
+        for (size_t i = 1; i < host_.size(); ++i)
+            ms.push_back(std::chrono::duration<double, std::milli>(host_[i] - host_[i - 1]).count());
+        return ms;
+    }
+
+private:
+    CudaContext* cuda_;
+    size_t n_ = 0;
+    std::vector<Clock::time_point> host_;
+#if Y5_CUDA
+    std::vector<cudaEvent_t> events_;
+#endif
+};
+
+// What a training run keeps across steps.
+struct Trainer {
+    Model model, ema;
+    CudaContext* cuda;
+    LossHyp lh;
+    Tensor anchors;
+    SgdGroup groups[3];
+    int64_t updates = 0;
+
+    Trainer(const std::string& cfg, Device dev, CudaContext* c, int imgsz) : model(cfg, 80), ema(cfg, 80), cuda(c) {
+        model.allocate(dev, DType::F32, cuda);
+        ema.allocate(dev, DType::F32, cuda);
+        Rng init_rng(0, 1);
+        model.init_weights(init_rng);
+        Ctx dctx;
+        dctx.cuda = cuda;
+        copy(dctx, ema.params.values_flat(), model.params.values_flat());
+        // hyp.scratch-low's gains as train.py scales them: for 3 levels and 80 classes only obj changes, by
+        // (imgsz/640)².
+        lh.obj *= (imgsz / 640.0) * (imgsz / 640.0);
+        anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+        // Group 1 (weights) decays. The rates do not change the timing; small ones keep the random run finite.
+        for (int j = 0; j < 3; ++j) groups[j] = {1e-3, 0.937, j == 1 ? 5e-4 : 0.0};
+    }
+    double param_bytes() const {
+        double b = 0;
+        for (const Model* m : {&model, &ema})
+            b += (double)m->params.values_flat().bytes() + m->params.grads_flat().bytes() + m->params.momentum_flat().bytes();
+        return b;
+    }
+};
+
+// Model::forward's loop in training mode, one layer at a time with a stamp after each; returns the Detect
+// maps. It keeps every row's output where Model::forward keeps only those a later row reads (arena views:
+// the memory is the same).
+std::vector<Var> forward_by_layer(Model& m, Ctx& c, const Var& x, Marks& marks) {
+    std::vector<Var> y(m.layers.size()), maps;
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+        Module& mod = *m.layers[i];
+        std::vector<Var> in;
+        for (int f : mod.from) in.push_back(f < 0 ? x : y[f]);
+        std::vector<Var> r = mod.forward(c, in, true);
+        if (&mod == m.detect) maps = r;
+        y[i] = r[0];
+        marks.mark();
+    }
+    return maps;
+}
+
+// One training step as engine/train.cpp's loop runs it. With marks: stamps after the upload, each layer,
+// the loss, the backward, the clip, SGD + zero_grad, and the EMA.
+void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
+    if (marks) marks->mark();
+    w.tape->clear();
+    w.act->reset();
+    Tensor x = batch_images(w.ctx, b), t = batch_targets(b);
+    if (marks) marks->mark();
+    std::vector<Var> maps = marks ? forward_by_layer(T.model, w.ctx, Tape::constant(x), *marks)
+                                  : T.model.forward(w.ctx, Tape::constant(x), true).maps;
+    YoloLoss L = yolo_loss(w.ctx, maps, t, T.anchors, T.lh);
+    Y5_CHECK(std::isfinite(L.items.total), "bench_step: the loss is %g", L.items.total);
+    if (marks) marks->mark();
+    w.tape->backward(L.total);
+    if (marks) marks->mark();
+    clip_grad_norm(T.model.params, 10.0);
+    if (marks) marks->mark();
+    sgd_step(T.model.params, T.groups);
+    T.model.params.zero_grad(T.cuda);
+    if (marks) marks->mark();
+    ema_update(T.ema.params, T.model.params, ema_decay(++T.updates));
+    if (marks) marks->mark();
+}
+
+// bs random images at imgsz² and 8 random boxes of the 80 classes per image.
+Batch synthetic_batch(int bs, int imgsz, Rng& rng) {
+    Batch b;
+    b.n = bs, b.h = b.w = imgsz;
+    b.images.resize((size_t)bs * 3 * imgsz * imgsz);
+    for (uint8_t& v : b.images) v = (uint8_t)rng.randint(256);
+    for (int i = 0; i < bs; ++i)
+        for (int k = 0; k < 8; ++k)
+            b.targets.insert(b.targets.end(), {float(i), float(rng.randint(80)), rng.uniform(0.1f, 0.9f),
+                                               rng.uniform(0.1f, 0.9f), rng.uniform(0.02f, 0.4f), rng.uniform(0.02f, 0.4f)});
+    return b;
+}
+
+std::string short_type(const std::string& t) { return t.substr(t.rfind('.') + 1); }
+
+// The per-phase and per-layer table of one batch size: median over the passes of each interval.
+void print_breakdown(const Trainer& T, int bs, int imgsz, const std::vector<std::vector<double>>& passes, bool gpu) {
+    const size_t L = T.model.layers.size();
+    std::vector<double> ms;
+    for (size_t i = 0; i < passes[0].size(); ++i) {
+        std::vector<double> v;
+        for (const auto& p : passes) v.push_back(p[i]);
+        ms.push_back(median(v));
+    }
+    double total = 0, fwd = 0;
+    for (double v : ms) total += v;
+    for (size_t i = 0; i < L; ++i) fwd += ms[1 + i];
+    std::printf("\nwhere a step's time goes: batch %d at %d, median of %zu instrumented steps (%s)\n", bs, imgsz,
+                passes.size(), gpu ? "CUDA events" : "host clock");
+    std::printf("%-36s %-22s %10s %7s\n", "phase / layer", "output", "ms", "%step");
+    auto line = [&](const std::string& name, const std::string& shape, double v) {
+        std::printf("%-36s %-22s %10.3f %6.1f%%\n", name.c_str(), shape.c_str(), v, 100 * v / total);
+    };
+    line("upload + u8->f32 (batch_images)", "", ms[0]);
+    std::vector<Shape> out(L);
+    const Shape img{bs, 3, imgsz, imgsz};
+    for (size_t i = 0; i < L; ++i) {
+        const Module& m = *T.model.layers[i];
+        std::vector<Shape> in;
+        for (int f : m.from) in.push_back(f < 0 ? img : out[f]);
+        out[i] = m.out_shape(in);
+        char name[64];
+        snprintf(name, sizeof name, "  forward %2zu %s", i, short_type(m.type).c_str());
+        line(name, &m == T.model.detect ? "3 maps" : out[i].str(), ms[1 + i]);
+    }
+    line("forward (all layers)", "", fwd);
+    const char* rest[] = {"loss (yolo_loss)", "backward (tape)", "clip_grad_norm", "sgd_step + zero_grad", "ema_update"};
+    for (size_t j = 0; j < 5 && 1 + L + j < ms.size(); ++j) line(rest[j], "", ms[1 + L + j]);
+    line("step", "", total);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"bench_step: yolov5n training step images/s, memory, and time per phase and layer"};
+    std::string device = "0", cfg = std::string(Y5_CONFIG_DIR) + "/models/yolov5n.yaml";
+    int imgsz = 640, warmup = -1, steps = -1;
+    std::vector<int> batches;
+    double seconds = -1, budget = 40;
+    bool no_layers = false;
+    app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
+    app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
+    app.add_option("--imgsz", imgsz)->capture_default_str();
+    app.add_option("--batch", batches, "batch sizes (default: 16 32 64 on the GPU, 4 on the CPU)");
+    app.add_option("--warmup", warmup, "untimed steps first (default: 3 GPU, 2 CPU)");
+    app.add_option("--steps", steps, "timed steps (default: 20 GPU, 3 CPU)");
+    app.add_option("--seconds", seconds, "stop timing a batch size after this long (default: 8 GPU, 600 CPU)");
+    app.add_option("--budget", budget, "GPU: skip the remaining batch sizes after this many seconds")->capture_default_str();
+    app.add_flag("--no-layers", no_layers, "skip the per-phase and per-layer pass");
+    CLI11_PARSE(app, argc, argv);
+    const Clock::time_point t_start = Clock::now();
+    try {
+        const bool cpu = device == "cpu";
+        std::string why;
+        if (!cpu && !cuda_available(&why)) {
+            std::printf("bench_step: no usable CUDA device: %s (--device cpu measures the CPU)\n", why.c_str());
+            return 0;
+        }
+        const int idx = parse_device(device);
+        const Device dev = idx >= 0 ? Device::CUDA : Device::CPU;
+        if (batches.empty()) batches = cpu ? std::vector<int>{4} : std::vector<int>{16, 32, 64};
+        if (warmup < 0) warmup = cpu ? 2 : 3;
+        if (steps < 0) steps = cpu ? 3 : 20;
+        if (seconds < 0) seconds = cpu ? 600 : 8;
+        CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(idx) : nullptr;
+        struct Release {
+            CudaContext* c;
+            ~Release() { cuda_context_destroy(c); }
+        } release{cuda};
+        size_t free0 = 0, total = 0;
+        if (cuda) device_memory_info(&free0, &total);
+
+        Trainer T(cfg, dev, cuda, imgsz);
+        size_t a1 = 0, w1 = 0, g1 = 0;
+        measure_step_memory(T.model, cuda, imgsz, imgsz, T.lh, &a1, &w1, &g1);
+        const double gflops = T.model.gflops(imgsz);  // forward, per image
+        std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d; one image's step: %.0f MB "
+                    "activations, %.0f MB activation gradients, %.0f MB scratch\n", T.model.name.c_str(),
+                    (long long)T.model.num_parameters(), gflops, imgsz, a1 / 1e6, g1 / 1e6, w1 / 1e6);
+#if Y5_CUDA
+        if (cuda) {
+            cudaDeviceProp prop{};
+            CUDA_CHECK(cudaGetDeviceProperties(&prop, idx));
+            std::printf("device: %s, %.1f GiB; cuDNN convolutions: TF32 %s, deterministic %s (y5train's defaults)\n",
+                        prop.name, total / 1073741824.0, conv_allow_tf32() ? "on" : "off",
+                        conv_deterministic() ? "on" : "off");
+        }
+#endif
+        if (!cuda) std::printf("device: CPU, %u threads\n", std::thread::hardware_concurrency());
+        std::printf("step = upload, forward, loss, backward, clip, SGD, EMA (optimizer every batch); synthetic data\n\n");
+        std::printf("%6s %6s %10s %10s %13s %12s %12s %10s %14s\n", "batch", "steps", "ms/step", "images/s",
+                    "TFLOP/s(3xF)", "arenas peak", "reserved", "params", cuda ? "GPU mem used" : "peak RSS");
+
+        Rng rng(1, 3);
+        std::vector<std::vector<double>> layer_passes;
+        int layer_batch = 0;
+        for (int bs : batches) {
+            if (cuda && seconds_since(t_start) > budget) {
+                std::printf("%6d skipped: %.0f s spent, past --budget %.0f\n", bs, seconds_since(t_start), budget);
+                continue;
+            }
+            // The arenas as train.cpp sizes them, checked against what is free before allocating.
+            const size_t act_b = a1 * bs * 11 / 10 + (64 << 20), grad_b = g1 * bs * 11 / 10 + (64 << 20),
+                         work_b = work_bytes_for_batch(T.model, w1, bs);
+            size_t free_b = 0, total_b = 0;
+            const double avail = cuda ? (device_memory_info(&free_b, &total_b) ? (double)free_b : 0)
+                                      : (double)mem_available_bytes();
+            const double need = (double)act_b + grad_b + work_b;
+            if (avail > 0 && need > 0.9 * avail) {
+                std::printf("%6d skipped: needs %.1f GB for activations and gradients, %.1f GB %s\n", bs, need / 1e9,
+                            avail / 1e9, cuda ? "free on the GPU" : "available");
+                continue;
+            }
+            Workspace w;
+            try {
+                w.make(dev, cuda, act_b, work_b, grad_b);
+            } catch (const Error& e) {
+                std::printf("%6d skipped: %s\n", bs, e.what());
+                continue;
+            }
+            const Batch b = synthetic_batch(bs, imgsz, rng);
+            for (int i = 0; i < warmup; ++i) train_step(T, w, b, nullptr);
+            if (cuda) device_synchronize(cuda);
+            const Clock::time_point t0 = Clock::now();
+            int done = 0;
+            while (done < steps && (done < 1 || seconds_since(t0) < seconds)) {
+                train_step(T, w, b, nullptr);
+                ++done;
+                if (cuda && done % 4 == 0) device_synchronize(cuda);  // so --seconds sees device time
+            }
+            if (cuda) device_synchronize(cuda);
+            const double s = seconds_since(t0), ips = bs * done / s;
+            size_t free_now = 0;
+            if (cuda) device_memory_info(&free_now, &total_b);
+            const double used = cuda ? (double)free0 - (double)free_now : peak_rss_bytes();
+            const double reserved = (double)w.act->capacity() + w.work->capacity() + w.grads->capacity();
+            std::printf("%6d %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, done, 1000 * s / done, ips,
+                        3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);
+            std::fflush(stdout);
+            if (!no_layers && layer_passes.empty()) {
+                Marks marks(cuda);
+                for (int p = 0; p < 3; ++p) {
+                    marks.clear();
+                    train_step(T, w, b, &marks);
+                    layer_passes.push_back(marks.intervals_ms());
+                }
+                layer_batch = bs;
+            }
+        }
+        if (!layer_passes.empty()) print_breakdown(T, layer_batch, imgsz, layer_passes, cuda != nullptr);
+        return 0;
+    } catch (const Error& e) {
+        std::fprintf(stderr, "bench_step: error: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,77 @@
+/*
+ * measure_step_memory: one image's training step on throw-away arenas, to read their peaks (engine/workspace.h).
+ */
+#include "engine/workspace.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "engine/device.h"
+#include "layers/model.h"
+
+#if Y5_CUDA
+#include "kernels/conv2d.h"
+#endif
+
+namespace y5 {
+
+void measure_step_memory(Model& m, CudaContext* cuda, int h, int w, const LossHyp& hyp, size_t* act, size_t* work,
+                         size_t* grads) {
+    const Device dev = m.params.device();
+    if (!cuda) cuda = m.params.cuda();
+    // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
+    // so a share of what is free: act + grads + work = 2.5·big, half of it, leaving the rest to cuDNN's
+    // and the runtime's own allocations (a third each, as before, took 83% of the free memory at once).
+    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
+    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
+    size_t work_b = big / 2;
+#if Y5_CUDA
+    // Whatever algorithm the heuristics pick must fit: a pass's cuDNN workspace may reach the limit.
+    if (dev == Device::CUDA) work_b = std::max(work_b, conv_workspace_limit() + ((size_t)64 << 20));
+#endif
+    // The training forward below updates the BN running statistics: keep a host copy of the values and put
+    // it back afterwards, so measuring leaves the model as it was (YOLOv5 starts from the initialised stats).
+    Ctx hc;
+    hc.cuda = cuda;
+    const Tensor values = m.params.values_flat();
+    std::vector<char> saved(values.bytes());
+    const Tensor saved_t(saved.data(), values.shape, values.dtype, Device::CPU);
+    copy(hc, saved_t, values);
+    Workspace ws;
+    ws.make(dev, cuda, big, work_b, big);
+    Tensor x = ws.act->tensor(Shape{1, 3, h, w});
+    fill(ws.ctx, x, 0.5);
+    std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
+    Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
+    Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
+    YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value, hyp);
+    ws.tape->backward(L.total);
+    if (cuda) device_synchronize(cuda);
+    *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();
+    m.params.zero_grad(cuda);
+    copy(hc, values, saved_t);
+    if (cuda) device_synchronize(cuda);
+}
+
+size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
+    const size_t b = (size_t)std::max(batch, 1), margin = (size_t)16 << 20;
+    if (m.params.device() == Device::CUDA) {
+#if Y5_CUDA
+        // cuDNN: at most the limit, whatever the batch. The other ops' scratch (the uint8 batch upload, max-pool
+        // argmaxes, BN partial sums, the loss's target lists and objectness targets) grows at most linearly.
+        return std::max(conv_workspace_limit(), b * work1) + margin;
+#endif
+    }
+    // CPU conv2d: G = min(batch, threads) im2col buffers, each at most work1 (the largest, at one image, G = 1),
+    // and in the backward G − 1 partial weight and bias gradients of the layer.
+    const size_t G = std::min(b, (size_t)std::max(cpu_op_threads(), 1));
+    size_t partial = 0;
+    for (int i = 0; i < m.params.size(); ++i) {
+        const Param& p = m.params[i];
+        if (p.kind == ParamKind::Weight && p.shape.ndim == 4)
+            partial = std::max(partial, (size_t)(p.shape.numel() + p.shape[0]) * dtype_size(m.params.dtype()));
+    }
+    return G * work1 + (G - 1) * partial + margin;
+}
+
+}  // namespace y5

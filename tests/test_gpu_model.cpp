@@ -1,0 +1,371 @@
+/*
+ * Model-level GPU tests: the whole model on the GPU against the same model on the CPU in f32, with the same
+ * weights and inputs.
+ *   (a) yolov5n and yolov5n-eca on the Ultralytics fixtures (2×3×64×96, tests/test_model.cpp's weights and
+ *       seeds) and yolov5n at 1×3×640×640 with random weights: every layer output and Detect map of a training
+ *       forward, every parameter gradient of Σ seed ⊙ maps, the BN running statistics that forward leaves, and
+ *       the decoded output of an eval forward; on the fixtures also against YOLOv5's float64 results with the
+ *       CPU f32 path's own tolerances; and a second GPU backward gives the same gradient bits.
+ *   (b) ten training steps on fixed synthetic batches with train.cpp's calls (batch_images, forward, yolo_loss,
+ *       backward, clip_grad_norm, sgd_step, zero_grad, ema_update): every step's loss items and gradient norm,
+ *       then the weights and the EMA.
+ * TF32 is off for these tests (kernels/conv2d.h), so both sides compute in f32 and differ only by the order of
+ * their sums.
+ */
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "engine/loader.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "engine/val.h"
+#include "kernels/conv2d.h"
+#include "layers/model.h"
+#include "tests/test_gpu.h"
+#include "tests/test_util.h"
+
+#if Y5_CUDA
+using namespace y5;
+using namespace y5test;
+
+namespace {
+
+std::string src(const std::string& rel) { return std::string(Y5_SOURCE_DIR) + "/" + rel; }
+
+// Tolerances, as per-tensor relative errors max |got − want| / max |want| (tests/test_model.cpp's criterion).
+// The CPU f32 path is within 5e-5 (forward) and 9e-5 (gradients) of YOLOv5's float64 results on the fixtures
+// (README): float32 rounding, amplified by training-mode BatchNorm over the few values per channel of the deep
+// layers (12 at 2×3×64×96). The GPU sums in other orders (cuDNN's FMA kernels, BN statistics by slices), so its
+// own error is of the same size and GPU − CPU at most about twice it; the bounds leave a factor of ~5 over that.
+constexpr double kFwdTol = 5e-4, kGradTol = 1e-3;
+// Against the float64 fixtures the GPU gets the CPU f32 path's own bounds (tests/test_model.cpp).
+constexpr double kFixtureFwdTol = 2e-4, kFixtureGradTol = 5e-4;
+
+struct Tf32Off {  // compare f32 with f32: no TF32 tensor-core convolutions while a test runs
+    bool was = conv_allow_tf32();
+    Tf32Off() { conv_set_allow_tf32(false); }
+    ~Tf32Off() { conv_set_allow_tf32(was); }
+};
+
+// One device's arenas, tape and context (the shared fixture's arenas are too small for a 640 training step).
+// CPU arenas are address space: only what a test touches becomes memory.
+struct Side {
+    Arena act, work, grads;
+    Tape tape;
+    Ctx ctx;
+    Side(Device d, CudaContext* cuda, size_t act_b, size_t work_b)
+        : act("model test activations", d, act_b), work("model test workspace", d, work_b),
+          grads("model test gradients", d, act_b), tape(&grads, cuda) {
+        ctx.act = &act, ctx.work = &work, ctx.tape = &tape, ctx.cuda = cuda;
+    }
+    void reset() {
+        tape.clear();
+        act.reset();
+        work.reset();
+    }
+};
+
+std::vector<float> to_host(Ctx& c, const Tensor& t) {
+    REQUIRE(t.dtype == DType::F32);
+    std::vector<float> v((size_t)t.numel());
+    copy(c, Tensor(v.data(), t.shape, DType::F32, Device::CPU), t);
+    return v;
+}
+
+Tensor to_device(Side& s, const std::vector<float>& v, Shape shape) {
+    Tensor d = s.act.tensor(shape);
+    copy(s.ctx, d, Tensor(const_cast<float*>(v.data()), shape, DType::F32, Device::CPU));
+    return d;
+}
+
+// max |got − want| / max |want| over [begin, begin + n); infinite when got has a NaN or an infinity.
+double rel_err(const std::vector<float>& got, const std::vector<float>& want, size_t begin = 0, size_t n = SIZE_MAX) {
+    REQUIRE(got.size() == want.size());
+    const size_t end = n == SIZE_MAX ? got.size() : begin + n;
+    double num = 0, den = 0;
+    for (size_t i = begin; i < end; ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        num = std::max(num, (double)std::fabs(got[i] - want[i]));
+        den = std::max(den, (double)std::fabs(want[i]));
+    }
+    return num / std::max(den, 1e-30);
+}
+
+#define CHECK_REL(what, err, tol)                  \
+    do {                                           \
+        const double e_ = (err);                   \
+        INFO(what << ": rel err " << e_);          \
+        CHECK(e_ <= (tol));                        \
+    } while (0)
+
+// The same model on both devices with the same weights: loaded from a file, or YOLOv5's init (seeded) with
+// the BN affine parameters drawn away from 1 and 0 so that they matter.
+struct Pair {
+    Model cpu, gpu;
+    Pair(const std::string& yaml, int nc, CudaContext* cuda, const std::string& weights, uint64_t seed = 0)
+        : cpu(yaml, nc), gpu(yaml, nc) {
+        cpu.allocate(Device::CPU);
+        gpu.allocate(Device::CUDA, DType::F32, cuda);
+        if (!weights.empty()) {
+            cpu.load_weights(weights);
+            gpu.load_weights(weights, cuda);
+            return;
+        }
+        Rng rng(seed);
+        cpu.init_weights(rng);
+        for (int i = 0; i < cpu.params.size(); ++i) {
+            const Param& p = cpu.params[i];
+            float* v = p.value.ptr<float>();
+            for (int64_t j = 0; j < p.value.numel(); ++j) {
+                if (p.kind == ParamKind::NormWeight) v[j] = (float)rng.uniform_double(0.5, 1.5);
+                else if (p.kind == ParamKind::Bias && p.name.find(".bn.") != std::string::npos)
+                    v[j] = (float)rng.uniform_double(-0.3, 0.3);
+            }
+        }
+        Ctx c;
+        c.cuda = cuda;
+        copy(c, gpu.params.values_flat(), cpu.params.values_flat());
+    }
+};
+
+// Compares every output of (a) for one model and input. seeds: one host vector per Detect map. fixture: the
+// Ultralytics file the weights, input and seeds came from ("" for none), checked too.
+void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input, Shape in_shape,
+                   const std::vector<std::vector<float>>& seeds, const std::string& fixture) {
+    std::unique_ptr<SafeTensorsFile> fx;
+    if (!fixture.empty()) fx = std::make_unique<SafeTensorsFile>(fixture);
+    cs.reset();
+    gs.reset();
+    Tensor xc(const_cast<float*>(input.data()), in_shape, DType::F32, Device::CPU);
+    Tensor xg = to_device(gs, input, in_shape);
+
+    // Training forward: every layer, then the Detect maps (the last row's output is the first map).
+    std::vector<Var> lc, lg;
+    Model::Output oc = m.cpu.forward(cs.ctx, Tape::constant(xc), true, &lc);
+    Model::Output og = m.gpu.forward(gs.ctx, Tape::constant(xg), true, &lg);
+    REQUIRE(lc.size() == lg.size());
+    for (size_t i = 0; i + 1 < lc.size(); ++i) {
+        REQUIRE(lg[i].shape() == lc[i].shape());
+        const std::vector<float> got = to_host(gs.ctx, lg[i].t), want = to_host(cs.ctx, lc[i].t);
+        CHECK_REL("layer " << i << " " << lc[i].t.str(), rel_err(got, want), kFwdTol);
+        if (fx) CHECK_REL("layer " << i << " vs YOLOv5", rel_err(got, fx->read_f32("out.layer." + std::to_string(i))),
+                          kFixtureFwdTol);
+    }
+    REQUIRE(oc.maps.size() == og.maps.size());
+    REQUIRE(seeds.size() == oc.maps.size());
+    std::vector<Tensor> sc, sg;
+    for (size_t j = 0; j < oc.maps.size(); ++j) {
+        REQUIRE(og.maps[j].shape() == oc.maps[j].shape());
+        const std::vector<float> got = to_host(gs.ctx, og.maps[j].t), want = to_host(cs.ctx, oc.maps[j].t);
+        CHECK_REL("Detect map " << j, rel_err(got, want), kFwdTol);
+        if (fx) CHECK_REL("Detect map " << j << " vs YOLOv5", rel_err(got, fx->read_f32("out.detect." + std::to_string(j))),
+                          kFixtureFwdTol);
+        REQUIRE((int64_t)seeds[j].size() == oc.maps[j].t.numel());
+        sc.push_back(Tensor(const_cast<float*>(seeds[j].data()), oc.maps[j].shape(), DType::F32, Device::CPU));
+        sg.push_back(to_device(gs, seeds[j], oc.maps[j].shape()));
+    }
+
+    // Backward of Σ seed ⊙ maps: every parameter's gradient.
+    m.cpu.params.zero_grad();
+    m.gpu.params.zero_grad();
+    cs.tape.backward(oc.maps, sc);
+    gs.tape.backward(og.maps, sg);
+    const std::vector<float> gg = to_host(gs.ctx, m.gpu.params.grads_flat()), gc = to_host(cs.ctx, m.cpu.params.grads_flat());
+    int checked = 0;
+    for (int i = 0; i < m.cpu.params.size(); ++i) {
+        const Param& p = m.cpu.params[i];
+        if (!p.trainable()) continue;
+        CHECK_REL("grad " << p.name, rel_err(gg, gc, (size_t)p.offset, (size_t)p.shape.numel()), kGradTol);
+        if (fx) {
+            const std::vector<float> want = fx->read_f32("grad." + p.name);
+            const std::vector<float> got(gg.begin() + p.offset, gg.begin() + p.offset + p.shape.numel());
+            CHECK_REL("grad " << p.name << " vs YOLOv5", rel_err(got, want), kFixtureGradTol);
+        }
+        ++checked;
+    }
+    CHECK(checked > 50);
+
+    // The BN running statistics the training forward left (every other value is untouched: equal bits).
+    const std::vector<float> vg = to_host(gs.ctx, m.gpu.params.values_flat()), vc = to_host(cs.ctx, m.cpu.params.values_flat());
+    for (int i = 0; i < m.cpu.params.size(); ++i) {
+        const Param& p = m.cpu.params[i];
+        if (p.name.find("running_") == std::string::npos) continue;
+        CHECK_REL(p.name, rel_err(vg, vc, (size_t)p.offset, (size_t)p.shape.numel()), kFwdTol);
+        if (fx) {
+            const std::vector<float> got(vg.begin() + p.offset, vg.begin() + p.offset + p.shape.numel());
+            CHECK_REL(p.name << " vs YOLOv5", rel_err(got, fx->read_f32("after." + p.name)), kFixtureFwdTol);
+        }
+    }
+
+    // Determinism: the same backward again on the GPU gives the same bits (no atomics; cuDNN's deterministic
+    // algorithms). The running statistics move again, but training-mode gradients do not depend on them.
+    gs.reset();
+    m.gpu.params.zero_grad();
+    Model::Output og2 = m.gpu.forward(gs.ctx, Tape::constant(to_device(gs, input, in_shape)), true);
+    std::vector<Tensor> sg2;
+    for (size_t j = 0; j < og2.maps.size(); ++j) sg2.push_back(to_device(gs, seeds[j], og2.maps[j].shape()));
+    gs.tape.backward(og2.maps, sg2);
+    const std::vector<float> gg2 = to_host(gs.ctx, m.gpu.params.grads_flat());
+    CHECK(std::memcmp(gg.data(), gg2.data(), gg.size() * sizeof(float)) == 0);
+
+    // Eval forward on the updated statistics (the GPU's from two forwards: put the CPU's back first), decoded.
+    copy(gs.ctx, m.gpu.params.values_flat(), m.cpu.params.values_flat());
+    cs.reset();
+    gs.reset();
+    NoGrad ngc(cs.tape), ngg(gs.tape);
+    Model::Output ec = m.cpu.forward(cs.ctx, Tape::constant(xc), false);
+    Model::Output eg = m.gpu.forward(gs.ctx, Tape::constant(to_device(gs, input, in_shape)), false);
+    REQUIRE(eg.decoded.device == Device::CUDA);
+    REQUIRE(eg.decoded.shape == ec.decoded.shape);
+    const std::vector<float> dg = to_host(gs.ctx, eg.decoded);
+    CHECK_REL("decoded", rel_err(dg, to_host(cs.ctx, ec.decoded)), kFwdTol);
+    if (fx) CHECK_REL("decoded vs YOLOv5", rel_err(dg, fx->read_f32("out.decoded")), kFixtureFwdTol);
+}
+
+void compare_fixture(const char* fixture, const char* yaml, int nc) {
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    const std::string path = src(fixture);
+    Pair m(src(yaml), nc, g.cuda, path);
+    SafeTensorsFile f(path);
+    std::vector<std::vector<float>> seeds;
+    for (size_t j = 0; j < m.cpu.detect->stride.size(); ++j) seeds.push_back(f.read_f32("lossw." + std::to_string(j)));
+    Side cs(Device::CPU, nullptr, size_t(1) << 30, size_t(1) << 30), gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20);
+    compare_model(m, cs, gs, f.read_f32("input"), f.shape("input"), seeds, path);
+}
+
+}  // namespace
+
+TEST_CASE("yolov5n on the GPU equals the CPU and YOLOv5: forward, gradients, BN statistics, decode", "[gpu][model]") {
+    compare_fixture("tests/fixtures/model_yolov5n.safetensors", "config/models/yolov5n.yaml", 80);
+}
+
+TEST_CASE("yolov5n-eca on the GPU equals the CPU and YOLOv5: forward, gradients, BN statistics, decode", "[gpu][model]") {
+    compare_fixture("tests/fixtures/model_yolov5n_eca.safetensors", "config/models/yolov5n-eca.yaml", 1);
+}
+
+TEST_CASE("yolov5n at 640 on the GPU equals the CPU: forward, gradients, BN statistics, decode", "[gpu][model]") {
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    Pair m(src("config/models/yolov5n.yaml"), 80, g.cuda, "", 640);
+    Rng rng(641);
+    const Shape in{1, 3, 640, 640};
+    std::vector<float> x((size_t)in.numel());
+    for (float& v : x) v = (float)rng.uniform_double(0, 1);
+    std::vector<std::vector<float>> seeds;
+    for (int s : {80, 40, 20}) {
+        seeds.emplace_back((size_t)3 * s * s * 85);
+        for (float& v : seeds.back()) v = (float)rng.uniform_double(-1, 1);
+    }
+    // One 640 image's training step takes about 0.2 GB of activations and as much of gradients (y5train's
+    // measuring pass, nc 3; nc 80 adds little).
+    Side cs(Device::CPU, nullptr, size_t(1) << 30, size_t(1) << 30), gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20);
+    compare_model(m, cs, gs, x, in, seeds, "");
+}
+
+namespace {
+
+// A fixed synthetic batch: textured uint8 images (n, 3, h, w) with 1–3 filled rectangles each, and their
+// targets (image, class, x, y, w, h) normalised, as the loader hands them to train.cpp.
+Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {
+    Batch b;
+    b.n = n, b.h = h, b.w = w;
+    b.images.resize((size_t)n * 3 * h * w);
+    for (int i = 0; i < n; ++i) {
+        uint8_t* im = b.images.data() + (size_t)i * 3 * h * w;
+        for (int c = 0; c < 3; ++c)
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x)
+                    im[((size_t)c * h + y) * w + x] = (uint8_t)(96 + 40 * std::sin(0.21 * x + 0.13 * y + c) + rng.randint(24));
+        const int objects = 1 + (int)rng.randint(3);
+        for (int k = 0; k < objects; ++k) {
+            const int bw = 12 + (int)rng.randint(w / 2), bh = 12 + (int)rng.randint(h / 2);
+            const int x0 = (int)rng.randint(w - bw), y0 = (int)rng.randint(h - bh), cls = (int)rng.randint(nc);
+            const uint8_t col[3] = {(uint8_t)rng.randint(256), (uint8_t)rng.randint(256), (uint8_t)rng.randint(256)};
+            for (int c = 0; c < 3; ++c)
+                for (int y = y0; y < y0 + bh; ++y)
+                    for (int x = x0; x < x0 + bw; ++x) im[((size_t)c * h + y) * w + x] = col[c];
+            b.targets.insert(b.targets.end(), {(float)i, (float)cls, (x0 + bw / 2.0f) / w, (y0 + bh / 2.0f) / h,
+                                               (float)bw / w, (float)bh / h});
+        }
+    }
+    return b;
+}
+
+}  // namespace
+
+TEST_CASE("ten training steps on the GPU give the CPU's losses", "[gpu][model][train]") {
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    const int nc = 3, bs = 4, h = 128, w = 160, steps = 10;
+    Pair m(src("config/models/yolov5n.yaml"), nc, g.cuda, "", 10);
+    Model ema_c(src("config/models/yolov5n.yaml"), nc), ema_g(src("config/models/yolov5n.yaml"), nc);
+    ema_c.allocate(Device::CPU);
+    ema_g.allocate(Device::CUDA, DType::F32, g.cuda);
+    Side cs(Device::CPU, nullptr, size_t(2) << 30, size_t(1) << 30), gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20);
+    copy(cs.ctx, ema_c.params.values_flat(), m.cpu.params.values_flat());
+    copy(gs.ctx, ema_g.params.values_flat(), m.gpu.params.values_flat());
+    // hyp.scratch-low.yaml scaled as train.py scales it (3 levels, nc 3, imgsz 160).
+    LossHyp lh;
+    lh.box = 0.05, lh.cls = 0.5 * nc / 80.0, lh.obj = 1.0 * (160 / 640.0) * (160 / 640.0), lh.anchor_t = 4.0;
+    SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};  // warmup-like: biases faster
+    Rng rng(11);
+    std::vector<Batch> batches;
+    for (int s = 0; s < steps; ++s) batches.push_back(synthetic_batch(rng, bs, h, w, nc));
+
+    struct Run {
+        Model& model;
+        Model& ema;
+        Side& side;
+        int64_t updates = 0;
+        // One iteration of train.cpp's loop with accumulate 1: its calls, in its order.
+        LossItems step(const Batch& b, const LossHyp& lh, const SgdGroup* groups, double* norm) {
+            side.reset();
+            const Tensor anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+            Tensor x = batch_images(side.ctx, b), t = batch_targets(b);
+            Model::Output out = model.forward(side.ctx, Tape::constant(x), true);
+            YoloLoss L = yolo_loss(side.ctx, out.maps, t, anchors, lh);
+            side.tape.backward(L.total);
+            *norm = clip_grad_norm(model.params, 10.0);
+            sgd_step(model.params, groups);
+            model.params.zero_grad(side.ctx.cuda);
+            ema_update(ema.params, model.params, ema_decay(++updates));
+            return L.items;
+        }
+    };
+    Run rc{m.cpu, ema_c, cs}, rg{m.gpu, ema_g, gs};
+    m.cpu.params.zero_grad();
+    m.gpu.params.zero_grad();
+    // Both sides start from the same bits; each step's f32 differences (~1e-6 relative) feed the next step's
+    // weights through the optimizer, so the bound on the losses grows with the step.
+    for (int s = 0; s < steps; ++s) {
+        double nc_ = 0, ng_ = 0;
+        const LossItems a = rc.step(batches[s], lh, groups, &nc_), b = rg.step(batches[s], lh, groups, &ng_);
+        const double tol = 2e-4 * (1 + s);
+        auto close = [&](double got, double want) { return std::fabs(got - want) <= tol * std::fabs(want) + 1e-7; };
+        INFO("step " << s << ": cpu lbox " << a.lbox << " lobj " << a.lobj << " lcls " << a.lcls << " norm " << nc_
+                     << "; gpu lbox " << b.lbox << " lobj " << b.lobj << " lcls " << b.lcls << " norm " << ng_);
+        CHECK(std::isfinite(b.total));
+        CHECK(close(b.lbox, a.lbox));
+        CHECK(close(b.lobj, a.lobj));
+        CHECK(close(b.lcls, a.lcls));
+        CHECK(close(b.total, a.total));
+        CHECK(close(ng_, nc_));
+    }
+    // Where ten steps left the weights (BN statistics included) and the EMA.
+    const std::vector<float> vg = to_host(gs.ctx, m.gpu.params.values_flat()), vc = to_host(cs.ctx, m.cpu.params.values_flat());
+    const std::vector<float> eg = to_host(gs.ctx, ema_g.params.values_flat()), ec = to_host(cs.ctx, ema_c.params.values_flat());
+    for (int i = 0; i < m.cpu.params.size(); ++i) {
+        const Param& p = m.cpu.params[i];
+        CHECK_REL("after 10 steps: " << p.name, rel_err(vg, vc, (size_t)p.offset, (size_t)p.shape.numel()), 2e-3);
+        CHECK_REL("EMA after 10 steps: " << p.name, rel_err(eg, ec, (size_t)p.offset, (size_t)p.shape.numel()), 2e-3);
+    }
+}
+#endif
