@@ -272,3 +272,22 @@ TEST_CASE("device discovery treats any runtime error as 'no GPU'", "[engine][dev
         WARN("a CUDA device is present; the GPU tests (ctest -L gpu) exercise it");
     }
 }
+
+TEST_CASE("--device spellings as YOLOv5's scripts take them", "[engine][device]") {
+    CHECK(parse_device("cpu") == -1);
+    CHECK(parse_device("CPU") == -1);
+    CHECK_THROWS_WITH(parse_device("0,1"), Contains("one device"));
+    CHECK_THROWS_WITH(parse_device("gpu"), Contains("expected cpu, or a CUDA device index"));
+    CHECK_THROWS_WITH(parse_device("-1"), Contains("expected cpu, or a CUDA device index"));
+    std::string why;
+    if (!cuda_available(&why)) {
+        CHECK(parse_device("") == -1);  // YOLOv5: '' means the first GPU if there is one, else the CPU
+        for (const char* d : {"0", "cuda", "cuda:0", "1"})
+            CHECK_THROWS_WITH(parse_device(d), Contains("no usable CUDA device") && Contains("use --device cpu"));
+    } else {
+        CHECK(parse_device("") == 0);
+        CHECK(parse_device("0") == 0);
+        CHECK(parse_device("cuda:0") == 0);
+        CHECK_THROWS_WITH(parse_device("999"), Contains("this machine has"));
+    }
+}
