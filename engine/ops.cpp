@@ -447,7 +447,10 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     } else {
         with_dtype(op, x.t, [&](auto z) {
             using T = decltype(z);
-            maxpool2d_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, k, stride, pad);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {  // planes are independent
+                maxpool2d_forward_cpu<T>(yp + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, k, stride, pad);
+            });
         });
     }
     Var y = c.tape->output(out, {&x});
@@ -464,8 +467,13 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
             }
             with_dtype("maxpool2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                maxpool2d_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), x.t.ptr<T>(), N, C, H,
-                                          W, k, stride, pad);
+                const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                    maxpool2d_backward_cpu<T>(dx + p0 * H * W, dy + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H,
+                                              W, k, stride, pad);
+                });
             });
         });
     return y;
@@ -486,7 +494,10 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
     } else {
         with_dtype(op, x.t, [&](auto z) {
             using T = decltype(z);
-            upsample_nearest_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, s);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, s);
+            });
         });
     }
     Var y = c.tape->output(out, {&x});
@@ -502,7 +513,11 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
             }
             with_dtype("upsample_nearest backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                upsample_nearest_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W, s);
+                T* dx = grad_ptr<T>(c, x);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                    upsample_nearest_backward_cpu<T>(dx + p0 * H * W, dy + p0 * H * W * s * s, 1, (int)(p1 - p0), H, W, s);
+                });
             });
         });
     return y;
@@ -745,7 +760,10 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     } else {
         with_dtype(op, x.t, [&](auto z) {
             using T = decltype(z);
-            transpose12_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), B, M, N);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par(B, [&](int64_t b0, int64_t b1) {  // matrices are independent
+                transpose12_forward_cpu<T>(yp + b0 * M * N, xp + b0 * M * N, (int)(b1 - b0), M, N);
+            });
         });
     }
     Var y = c.tape->output(out, {&x});
@@ -760,7 +778,11 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
             }
             with_dtype("transpose12 backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                transpose12_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), B, M, N);
+                T* dx = grad_ptr<T>(c, x);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(B, [&](int64_t b0, int64_t b1) {
+                    transpose12_backward_cpu<T>(dx + b0 * M * N, dy + b0 * M * N, (int)(b1 - b0), M, N);
+                });
             });
         });
     return y;
