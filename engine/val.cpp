@@ -1,6 +1,9 @@
 #include "engine/val.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -65,6 +68,10 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     Batch b;
     int batches = 0;
     std::vector<float> decoded_host;
+    // On a terminal, a progress line (batches, rate, ETA) that the table replaces when validation ends.
+    const bool tty = isatty(fileno(stdout));
+    const int nb = loader.num_batches();
+    const auto t0 = std::chrono::steady_clock::now();
     while (loader.next(b)) {
         c.act->reset();
         Tensor x = batch_images(c, b), t = batch_targets(b);
@@ -118,6 +125,12 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
                 pcls.push_back((int)det[k][5]);
             }
         }
+        if (tty) {
+            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            std::printf("\r%22s %d/%d batches %.2fit/s ETA %.0fs", "validating", batches, nb, batches / el,
+                        (nb - batches) * el / batches);
+            std::fflush(stdout);
+        }
         if (plot) {
             static const std::vector<std::string> none;
             const std::string base = o.plot_dir + "/val_batch" + std::to_string(batches - 1);
@@ -125,6 +138,7 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
             plot_predictions(b, plotted, o.names ? *o.names : none, base + "_pred.jpg");
         }
     }
+    if (tty) std::printf("\r\033[K");
     for (double& l : R.loss) l /= std::max(batches, 1);
     bool any = false;
     for (const auto& r : tp) any = any || r[0];
