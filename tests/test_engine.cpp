@@ -273,7 +273,7 @@ TEST_CASE("device discovery treats any runtime error as 'no GPU'", "[engine][dev
     }
 }
 
-TEST_CASE("--device spellings as YOLOv5's scripts take them", "[engine][device]") {
+TEST_CASE("device spellings as YOLOv5's scripts take them", "[engine][device]") {
     CHECK(parse_device("cpu") == -1);
     CHECK(parse_device("CPU") == -1);
     CHECK_THROWS_WITH(parse_device("0,1"), Contains("one device"));
