@@ -134,7 +134,8 @@ struct Trainer {
     Model model, ema;
     CudaContext* cuda;
     LossHyp lh;
-    Tensor anchors;
+    Tensor anchors;  // on the host, as train.cpp passes them
+    std::vector<float> anchors_host;
     SgdGroup groups[3];
     int64_t updates = 0;
 
@@ -149,7 +150,7 @@ struct Trainer {
         // hyp.scratch-low's gains as train.py scales them: for 3 levels and 80 classes only obj changes, by
         // (imgsz/640)².
         lh.obj *= (imgsz / 640.0) * (imgsz / 640.0);
-        anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+        anchors = model.loss_anchors(&anchors_host);
         // Group 1 (weights) decays. The rates do not change the timing; small ones keep the random run finite.
         for (int j = 0; j < 3; ++j) groups[j] = {1e-3, 0.937, j == 1 ? 5e-4 : 0.0};
     }
@@ -296,7 +297,7 @@ int main(int argc, char** argv) {
 
         Trainer T(cfg, dev, cuda, imgsz);
         size_t a1 = 0, w1 = 0, g1 = 0;
-        measure_step_memory(T.model, cuda, imgsz, imgsz, T.lh, &a1, &w1, &g1);
+        measure_step_memory(T.model, imgsz, imgsz, T.lh, &a1, &w1, &g1);
         const double gflops = T.model.gflops(imgsz);  // forward, per image
         std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d; one image's step: %.0f MB "
                     "activations, %.0f MB activation gradients, %.0f MB scratch\n", T.model.name.c_str(),

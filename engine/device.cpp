@@ -6,8 +6,6 @@
 
 namespace y5 {
 
-int cuda_device_count();  // engine/cuda.cu or engine/cuda_none.cpp: 0 when there is no usable device
-
 int parse_device(const std::string& spec_in) {
     std::string spec;
     for (char ch : spec_in) spec += (char)std::tolower((unsigned char)ch);

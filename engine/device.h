@@ -20,6 +20,8 @@ bool cuda_available(std::string* why = nullptr);
 // or an unusable one is a y5::Error saying why.
 int parse_device(const std::string& spec);
 
+int cuda_device_count();  // 0 when no CUDA device is usable
+
 // Free and total bytes of the current CUDA device; false (and zeros) where there is none.
 bool device_memory_info(size_t* free_bytes, size_t* total_bytes);
 

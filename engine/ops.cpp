@@ -91,33 +91,29 @@ struct Scratch {
 // CPU threads: one pool with a thread per core (Y5_THREADS=n overrides), the caller being one of them.
 // OpenBLAS is set to one thread because the ops call it per image from several threads at once, and its
 // own threads spin (sched_yield) on these small GEMMs: a third of the CPU time was lost that way.
-static ThreadPool* cpu_pool_or_null(int* threads) {
-    static int n = [] {
+struct CpuPool {
+    int threads;
+    ThreadPool* pool;  // threads − 1 workers, or null for one thread; lives as long as the program
+};
+
+static const CpuPool& cpu_pool() {
+    static const CpuPool p = [] {
         const char* e = std::getenv("Y5_THREADS");
-        int v = e ? std::atoi(e) : (int)std::thread::hardware_concurrency();
+        const int n = std::max(1, e ? std::atoi(e) : (int)std::thread::hardware_concurrency());
         openblas_set_num_threads(1);
-        return std::max(1, v);
+        return CpuPool{n, n > 1 ? new ThreadPool(n - 1) : nullptr};
     }();
-    static ThreadPool* pool = n > 1 ? new ThreadPool(n - 1) : nullptr;  // lives as long as the program
-    *threads = n;
-    return pool;
+    return p;
 }
 
 static constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
 
-static int cpu_threads() {
-    int n;
-    cpu_pool_or_null(&n);
-    return n;
-}
-
-int cpu_op_threads() { return cpu_threads(); }
+int cpu_op_threads() { return cpu_pool().threads; }
 
 // fn(begin, end) over disjoint chunks of [0, n) on the CPU threads; chunks of at least min_chunk.
 static void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1) {
-    int threads;
-    ThreadPool* pool = cpu_pool_or_null(&threads);
-    if (pool) pool->parallel_for(n, fn, min_chunk);
+    const CpuPool& p = cpu_pool();
+    if (p.pool) p.pool->parallel_for(n, fn, min_chunk);
     else if (n > 0) fn(0, n);
 }
 
@@ -179,7 +175,6 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
 // The CUDA path (cuDNN, kernels/conv2d.cu), f32. Each pass's workspace comes from the work arena for the
 // call; the algorithm (and so the size) is chosen on the first call for the geometry and cached.
 static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const Var& bias, const Conv2dGeom& g) {
-    Y5_CHECK(x.t.dtype == DType::F32, "conv2d: CUDA tensors must be f32, got %s", x.t.str().c_str());
     Tensor out = c.act->tensor(
         Shape{g.N, g.K, conv_out_size(g.H, g.R, g.stride, g.pad), conv_out_size(g.W, g.S, g.stride, g.pad)}, DType::F32);
     {
@@ -227,17 +222,15 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
     Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
              x.t.str().c_str());
-    if (x.t.device == Device::CUDA) {
+    if (on_cuda(op, x.t)) {
 #if Y5_CUDA
         return conv2d_cuda(c, x, w, b, bias, Conv2dGeom{N, C, H, W, K, R, S, stride, pad});
-#else
-        Y5_FAIL("%s", kNoCudaBuild);
 #endif
     }
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
     // The batch is split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
-    const int G = std::min(N, cpu_threads());
+    const int G = std::min(N, cpu_op_threads());
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
     with_dtype(op, x.t, [&](auto z) {
         using T = decltype(z);
@@ -467,7 +460,6 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
             }
             with_dtype("maxpool2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
                 T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
                 const T* dy = c.tape->grad(y).template ptr<T>();
                 par((int64_t)N * C, [&](int64_t p0, int64_t p1) {

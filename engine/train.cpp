@@ -48,14 +48,6 @@ Tensor host_view(const Tensor& t, std::vector<std::vector<char>>& keep, CudaCont
     return Tensor(keep.back().data(), t.shape, t.dtype, Device::CPU);
 }
 
-// Fills t (host or device) from host floats.
-void set_from_host(const Tensor& t, const std::vector<float>& v, CudaContext* cuda) {
-    Y5_CHECK((int64_t)v.size() == t.numel() && t.dtype == DType::F32, "set_from_host: %zu floats into %s", v.size(),
-             t.str().c_str());
-    if (t.device == Device::CPU) std::copy(v.begin(), v.end(), t.ptr<float>());
-    else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
-}
-
 std::string results_header() {
     const char* keys[] = {"epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
                           "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
@@ -268,10 +260,10 @@ std::string train(const TrainOptions& opt_in) {
 
     // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
     size_t a1 = 0, w1 = 0, g1 = 0;
-    measure_step_memory(model, cuda, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
+    measure_step_memory(model, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
     const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
     size_t va = 0, vw = 0, vg = 0;
-    measure_step_memory(model, cuda, val_side, val_side, lh, &va, &vw, &vg);
+    measure_step_memory(model, val_side, val_side, lh, &va, &vw, &vg);
     Workspace tw, vwks;
     const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
     const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
@@ -296,7 +288,8 @@ std::string train(const TrainOptions& opt_in) {
                 fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
     std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
 
-    const Tensor anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+    std::vector<float> anchors_host;
+    const Tensor anchors = model.loss_anchors(&anchors_host);
     const bool tty = isatty(fileno(stdout));
     int64_t last_opt_step = -1, updates = 0;
     double best_fitness = 0;
@@ -307,10 +300,11 @@ std::string train(const TrainOptions& opt_in) {
         ema.load_weights(opt.resume, cuda, "ema.");
         for (int i = 0; i < model.params.size(); ++i)
             if (model.params[i].trainable()) {
-                set_from_host(model.params.momentum(i),
-                              ck.read_f32("optimizer.momentum." + model.params[i].name, &model.params[i].shape), cuda);
-                set_from_host(model.params[i].grad, ck.read_f32("optimizer.grad." + model.params[i].name,
-                                                                &model.params[i].shape), cuda);
+                const Shape& shape = model.params[i].shape;  // read_f32 checks it
+                std::vector<float> m = ck.read_f32("optimizer.momentum." + model.params[i].name, &shape);
+                copy(dctx, model.params.momentum(i), Tensor(m.data(), shape, DType::F32, Device::CPU));
+                std::vector<float> g = ck.read_f32("optimizer.grad." + model.params[i].name, &shape);
+                copy(dctx, model.params[i].grad, Tensor(g.data(), shape, DType::F32, Device::CPU));
             }
         // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
         // resumed run equal the uninterrupted one.

@@ -62,7 +62,8 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     NmsParams np;
     np.conf_thres = o.conf_thres, np.iou_thres = o.iou_thres, np.multi_label = true, np.agnostic = o.single_cls;
     np.max_det = o.max_det;
-    const Tensor anchors = m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value;
+    std::vector<float> anchors_host;
+    const Tensor anchors = m.loss_anchors(&anchors_host);
     NoGrad ng(*c.tape);
     loader.start_epoch(0);
     Batch b;

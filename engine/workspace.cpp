@@ -15,10 +15,9 @@
 
 namespace y5 {
 
-void measure_step_memory(Model& m, CudaContext* cuda, int h, int w, const LossHyp& hyp, size_t* act, size_t* work,
-                         size_t* grads) {
+void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
     const Device dev = m.params.device();
-    if (!cuda) cuda = m.params.cuda();
+    CudaContext* cuda = m.params.cuda();
     // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
     // so a share of what is free: act + grads + work = 2.5·big, half of it, leaving the rest to cuDNN's
     // and the runtime's own allocations (a third each, as before, took 83% of the free memory at once).
@@ -44,7 +43,8 @@ void measure_step_memory(Model& m, CudaContext* cuda, int h, int w, const LossHy
     std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
     Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
-    YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.params.find("model." + std::to_string(m.detect->index) + ".anchors")->value, hyp);
+    std::vector<float> anchors_host;
+    YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
     ws.tape->backward(L.total);
     if (cuda) device_synchronize(cuda);
     *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();

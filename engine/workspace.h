@@ -28,11 +28,10 @@ struct Workspace {
     size_t peak() const { return act->peak() + work->peak() + grads->peak(); }
 };
 
-// Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device: the
-// activation, workspace and activation-gradient arenas. Leaves the model's gradients zeroed and its values
+// Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
+// parameter store's CUDA context): the activation, workspace and activation-gradient arenas. Leaves the model's gradients zeroed and its values
 // (the BN running statistics the training forward updates) as they were.
-void measure_step_memory(Model& m, CudaContext* cuda, int h, int w, const LossHyp& hyp, size_t* act, size_t* work,
-                         size_t* grads);
+void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads);
 
 // The workspace arena for a step on `batch` images (training, or the eval forward of validation) from the
 // one-image measure's workspace peak work1. Unlike activations, scratch does not scale simply with the batch:

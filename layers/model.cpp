@@ -96,6 +96,14 @@ static std::string read_text_file(const std::string& path) {
 
 Model::Model(const std::string& path, int nc_override) : Model(path, read_text_file(path), nc_override) {}
 
+Tensor Model::loss_anchors(std::vector<float>* keep) const {
+    const Tensor& a = params[detect->anchors].value;
+    if (a.device == Device::CPU) return a;
+    keep->resize((size_t)a.numel());
+    copy_device_to_host(keep->data(), a.data, a.bytes(), params.cuda());
+    return Tensor(keep->data(), a.shape, a.dtype, Device::CPU);
+}
+
 std::unique_ptr<Model> Model::from_weights(const std::string& weights, CudaContext* cuda) {
     SafeTensorsFile f(weights);
     const auto& m = f.metadata();

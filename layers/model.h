@@ -44,6 +44,9 @@ public:
     int64_t num_parameters() const { return params.count(true); }
     int torch_layer_count() const;               // len(list(model.modules())) in PyTorch
     double gflops(int imgsz = 640) const;        // as YOLOv5's model_info (thop at max(stride, 32), scaled)
+    // Detect's anchors (nl, na, 2) in grid units, where the loss reads them: on the host. A CPU model's own
+    // buffer; for a device model a copy downloaded once into *keep, so no training step downloads them.
+    Tensor loss_anchors(std::vector<float>* keep) const;
 
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
     // prefix "" reads model.*; "ema." reads ema.model.* (a training checkpoint's EMA weights).

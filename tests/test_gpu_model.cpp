@@ -328,7 +328,8 @@ TEST_CASE("ten training steps on the GPU give the CPU's losses", "[gpu][model][t
         // One iteration of train.cpp's loop with accumulate 1: its calls, in its order.
         LossItems step(const Batch& b, const LossHyp& lh, const SgdGroup* groups, double* norm) {
             side.reset();
-            const Tensor anchors = model.params.find("model." + std::to_string(model.detect->index) + ".anchors")->value;
+            std::vector<float> anchors_host;
+            const Tensor anchors = model.loss_anchors(&anchors_host);
             Tensor x = batch_images(side.ctx, b), t = batch_targets(b);
             Model::Output out = model.forward(side.ctx, Tape::constant(x), true);
             YoloLoss L = yolo_loss(side.ctx, out.maps, t, anchors, lh);
