@@ -23,6 +23,11 @@ expected='               epoch,      train/box_loss,      train/obj_loss,      t
 [ -s runs/train/exp2/results.csv ] || { echo "second run did not go to exp2"; exit 1; }
 "$build/y5val" --data synth/data.yaml --weights $run/weights/best.safetensors --imgsz 64 --workers 1 > val.log
 grep -q "^ *all *2 " val.log || { echo "y5val table missing"; cat val.log; exit 1; }
+# At its defaults (640, batch 32) on a full batch too: its arenas are sized for that, not fixed (3 GB overflowed).
+"$build/y5data" --synthetic synth32 --images 128 >/dev/null
+"$build/y5val" --data synth32/data.yaml --weights $run/weights/best.safetensors --workers 1 > val640.log 2>&1 ||
+  { echo "y5val at its defaults failed"; cat val640.log; exit 1; }
+grep -q "^ *all *32 " val640.log || { echo "y5val table missing at 640"; cat val640.log; exit 1; }
 img="$(ls synth/images/val/*.jpg | head -1)"
 "$build/y5detect" --source "$img" --weights $run/weights/best.safetensors --imgsz 64 --conf-thres 0.001 --save-txt --save-conf > det.log
 out="runs/detect/exp/$(basename "$img")"

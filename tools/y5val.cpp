@@ -4,7 +4,6 @@
  *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
  */
 #include <CLI/CLI.hpp>
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -14,6 +13,7 @@
 #include "engine/hyp.h"
 #include "engine/loader.h"
 #include "engine/val.h"
+#include "engine/workspace.h"
 #include "layers/model.h"
 
 int main(int argc, char** argv) {
@@ -50,23 +50,22 @@ int main(int argc, char** argv) {
         y5::LoaderOptions o;
         o.img_size = imgsz, o.batch_size = batch, o.workers = std::max(1, workers), o.rect = true, o.pad = 0.5;
         y5::DataLoader loader(ds, o);
-        // CPU: reserved address space (only touched pages become memory); CUDA: real allocations, at most half
-        // of the free memory (6 GiB and the workspace would not fit an 8 GB card).
-        size_t act_b = dev == y5::Device::CUDA ? (size_t)6 << 30 : (size_t)3 << 30, free_b = 0, total_b = 0;
-        if (dev == y5::Device::CUDA && y5::device_memory_info(&free_b, &total_b)) act_b = std::min(act_b, free_b / 2);
-        // Workspace: cuDNN's per pass is capped (256 MiB); the CPU conv takes one im2col buffer per thread, the
-        // largest being the stem's (27·H·W floats) or the next conv's (c1·9/16·H·W, 45·H·W for yolov5x) at the
-        // rect batches' largest side, imgsz + 32. Address space: only what is touched becomes memory.
-        size_t work_b = (size_t)1 << 30;
-        if (dev == y5::Device::CPU) {
-            const size_t side = (size_t)imgsz + 32, threads = (size_t)std::max(1, std::min(batch, y5::cpu_op_threads()));
-            work_b = std::max(work_b, threads * 64 * side * side * sizeof(float) + ((size_t)64 << 20));
-        }
+        y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
+        // Arenas as y5train sizes its validation's: a one-image step at the largest rect side (imgsz + 32)
+        // measured, scaled to the batch, and checked against the memory there is.
+        size_t a1 = 0, w1 = 0, g1 = 0;
+        y5::measure_step_memory(*model, imgsz + 32, imgsz + 32, lh, &a1, &w1, &g1);
+        const size_t act_b = a1 * batch * 11 / 10 + ((size_t)64 << 20), work_b = y5::work_bytes_for_batch(*model, w1, batch);
+        size_t free_b = 0, total_b = 0;
+        const int64_t avail = dev == y5::Device::CUDA ? (y5::device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                                      : y5::mem_available_bytes();
+        Y5_CHECK(avail <= 0 || (double)(act_b + work_b) < 0.9 * (double)avail,
+                 "batch %d at --imgsz %d needs %.1f GB of %s memory but %.1f GB are available: lower --batch-size",
+                 batch, imgsz, (act_b + work_b) / 1e9, dev == y5::Device::CUDA ? "GPU" : "CPU", avail / 1e9);
         y5::Arena act("activations", dev, act_b), work("workspace", dev, work_b), grads("gradients", dev, 1 << 20);
         y5::Tape tape(&grads, cuda);
         y5::Ctx c;
         c.act = &act, c.work = &work, c.tape = &tape, c.cuda = cuda;
-        y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
