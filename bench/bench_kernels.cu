@@ -155,9 +155,10 @@ void concat_memcpy2d(float* out, const float* inp, int N, int Ci, int HW, int Co
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Conv's BatchNorm (training) + SiLU, forward. Ours: batchnorm2d's statistics and normalise kernels, then
-// the activation kernel (3 reads + 2 writes of n floats). Baseline: cudnnBatchNormalizationForwardTraining
-// + cudnnActivationForward(swish). Must move: read x twice (statistics, normalise), write y: 12n bytes.
+// Conv's BatchNorm (training) + SiLU, forward, checked against the unfused CPU pair (BN, then SiLU). Ours:
+// batchnorm2d's statistics kernels, then one normalise+SiLU pass (2 reads + 1 write of n floats).
+// Baseline: cudnnBatchNormalizationForwardTraining + cudnnActivationForward(swish), which also writes and
+// rereads the BN output. Must move: read x twice (statistics, normalise), write y: 12n bytes.
 
 void bn_silu_forward(Bench& b, int N, int C, int H, int W) {
     const int HW = H * W;
@@ -169,16 +170,15 @@ void bn_silu_forward(Bench& b, int N, int C, int H, int W) {
 
     std::vector<float> tmp(n), y(n), mean(C), invstd(C), rm = rm0, rv = rv0;
     batchnorm_forward_train_cpu(tmp.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
-                                beta.data(), N, C, HW, eps, momentum);
+                                beta.data(), N, C, HW, eps, momentum, kNoAct);
     act_forward_cpu(y.data(), tmp.data(), n, kSiLU);
 
     cudaStream_t s = b.ctx->stream;
     float *dx = b.upload(x), *dg = b.upload(gamma), *db = b.upload(beta);
-    float *drm = b.upload(rm0), *drv = b.upload(rv0), *dtmp = b.dalloc(n), *dy = b.dalloc(n);
+    float *drm = b.upload(rm0), *drv = b.upload(rv0), *dy = b.dalloc(n);
     float *dmean = b.dalloc(C), *dinv = b.dalloc(C), *scratch = b.dalloc(batchnorm_cuda_scratch(N, C, HW));
     auto ours = [&] {
-        batchnorm_forward_train_cuda(dtmp, dmean, dinv, drm, drv, dx, dg, db, N, C, HW, eps, momentum, scratch, s);
-        act_forward_cuda(dy, dtmp, n, kSiLU, s);
+        batchnorm_forward_train_cuda(dy, dmean, dinv, drm, drv, dx, dg, db, N, C, HW, eps, momentum, kSiLU, scratch, s);
     };
     float *cy = b.dalloc(n), *ctmp = b.dalloc(n), *crm = b.upload(rm0), *crv = b.upload(rv0);
     float *cmean = b.dalloc(C), *cinv = b.dalloc(C);
@@ -202,12 +202,13 @@ void bn_silu_forward(Bench& b, int N, int C, int H, int W) {
         b.check("  cudnn baseline: running_var", crv, rv, 1e-6, 1e-5);
     }
     const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
-    b.rows.push_back({"bn+silu fwd (train)", shape, ms, 12.0 * n, true, has_base ? "cudnn BN fwd + swish" : "", base});
+    b.rows.push_back({"bn+silu fwd (train, fused)", shape, ms, 12.0 * n, true, has_base ? "cudnn BN fwd + swish" : "", base});
 }
 
-// The same pair's backward, as the tape runs it: the activation gradient into a zeroed buffer, then
-// BatchNorm's (dx, dgamma, dbeta accumulate). Ours: memset + act_backward + BN's sums and dx kernels.
-// Baseline: cudnnActivationBackward + cudnnBatchNormalizationBackward (β = 1: accumulating, as ours).
+// The same pair's backward, checked against the unfused CPU pair (SiLU backward into a zeroed buffer, then
+// BatchNorm's; dx, dgamma, dbeta accumulate). Ours: BN's sums and dx kernels, each recomputing SiLU'(bn(x))
+// from x, so no BN output or its gradient exists. Baseline: cudnnActivationBackward +
+// cudnnBatchNormalizationBackward (β = 1: accumulating, as ours), which need the stored BN output.
 // Both start from the CPU forward's values. Must move: read dout and x for the sums, then dout, x and dx
 // and write dx: 24n bytes.
 
@@ -219,25 +220,24 @@ void bn_silu_backward(Bench& b, int N, int C, int H, int W) {
     std::vector<float> x = b.uniform(n, -2.f, 3.f), gamma = b.uniform(C, 0.5f, 1.5f), beta = b.uniform(C, -0.5f, 0.5f);
     std::vector<float> tmp(n), y(n), mean(C), invstd(C), rm(C, 0.f), rv(C, 1.f);
     batchnorm_forward_train_cpu(tmp.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(), gamma.data(),
-                                beta.data(), N, C, HW, eps, 0.03f);
+                                beta.data(), N, C, HW, eps, 0.03f, kNoAct);
     act_forward_cpu(y.data(), tmp.data(), n, kSiLU);
     const std::vector<float> dout = b.uniform(n, -1.f, 1.f), dx0 = b.uniform(n, -1.f, 1.f), dg0 = b.uniform(C, -1.f, 1.f),
                              db0 = b.uniform(C, -1.f, 1.f);
 
     std::vector<float> dtmp(n, 0.f), dx = dx0, dgamma = dg0, dbeta = db0;
     act_backward_cpu(dtmp.data(), dout.data(), tmp.data(), n, kSiLU);
-    batchnorm_backward_train_cpu(dx.data(), dgamma.data(), dbeta.data(), dtmp.data(), x.data(), gamma.data(), mean.data(),
-                                 invstd.data(), N, C, HW);
+    batchnorm_backward_train_cpu(dx.data(), dgamma.data(), dbeta.data(), dtmp.data(), x.data(), gamma.data(),
+                                 beta.data(), mean.data(), invstd.data(), N, C, HW, kNoAct);
 
     cudaStream_t s = b.ctx->stream;
     float *d_x = b.upload(x), *d_tmp = b.upload(tmp), *d_y = b.upload(y), *d_dout = b.upload(dout);
-    float *d_gamma = b.upload(gamma), *d_mean = b.upload(mean), *d_inv = b.upload(invstd);
-    float *d_dtmp = b.dalloc(n), *d_dx = b.upload(dx0), *d_dg = b.upload(dg0), *d_db = b.upload(db0);
+    float *d_gamma = b.upload(gamma), *d_beta = b.upload(beta), *d_mean = b.upload(mean), *d_inv = b.upload(invstd);
+    float *d_dx = b.upload(dx0), *d_dg = b.upload(dg0), *d_db = b.upload(db0);
     float* scratch = b.dalloc(batchnorm_cuda_scratch(N, C, HW));
     auto ours = [&] {
-        CUDA_CHECK(cudaMemsetAsync(d_dtmp, 0, n * sizeof(float), s));
-        act_backward_cuda(d_dtmp, d_dout, d_tmp, n, kSiLU, s);
-        batchnorm_backward_train_cuda(d_dx, d_dg, d_db, d_dtmp, d_x, d_gamma, d_mean, d_inv, N, C, HW, scratch, s);
+        batchnorm_backward_train_cuda(d_dx, d_dg, d_db, d_dout, d_x, d_gamma, d_beta, d_mean, d_inv, N, C, HW, kSiLU,
+                                      scratch, s);
     };
     float *c_dtmp = b.dalloc(n), *c_dx = b.upload(dx0), *c_dg = b.upload(dg0), *c_db = b.upload(db0);
     TensorDesc xd(N, C, H, W), bnd(1, C, 1, 1);
@@ -262,7 +262,7 @@ void bn_silu_backward(Bench& b, int N, int C, int H, int W) {
         b.check("  cudnn baseline: dgamma", c_dg, dgamma, sum_atol, 1e-4);
     }
     const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
-    b.rows.push_back({"bn+silu bwd (train)", shape, ms, 24.0 * n, true, has_base ? "cudnn swish bwd + BN bwd" : "", base});
+    b.rows.push_back({"bn+silu bwd (train, fused)", shape, ms, 24.0 * n, true, has_base ? "cudnn swish bwd + BN bwd" : "", base});
 }
 
 // ----------------------------------------------------------------------------------------------------

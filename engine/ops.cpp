@@ -283,7 +283,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
 // batchnorm2d
 
 Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
-                bool training, float eps, float momentum) {
+                bool training, float eps, float momentum, Act act) {
     const char* op = "batchnorm2d";
     check_rank(op, "input", x.t, 4);
     check_ctx(op, c, x.t);
@@ -309,12 +309,12 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
         if (training)
             batchnorm_forward_train_cuda(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(),
                                          running_mean.ptr<float>(), running_var.ptr<float>(), x.t.ptr<float>(),
-                                         gamma.t.ptr<float>(), beta.t.ptr<float>(), N, C, HW, eps, momentum, scratch,
-                                         c.cuda->stream);
+                                         gamma.t.ptr<float>(), beta.t.ptr<float>(), N, C, HW, eps, momentum, act,
+                                         scratch, c.cuda->stream);
         else
             batchnorm_forward_eval_cuda(out.ptr<float>(), x.t.ptr<float>(), gamma.t.ptr<float>(), beta.t.ptr<float>(),
-                                        running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps, scratch,
-                                        c.cuda->stream);
+                                        running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps, act,
+                                        scratch, c.cuda->stream);
 #endif
     } else {
         with_dtype(op, x.t, [&](auto z) {
@@ -323,17 +323,17 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
                 if (training)
                     batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
                                                    running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(),
-                                                   beta.t.ptr<T>(), N, C, HW, eps, momentum, (int)c0, (int)c1);
+                                                   beta.t.ptr<T>(), N, C, HW, eps, momentum, act, (int)c0, (int)c1);
                 else
                     batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
-                                                  running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, (int)c0,
-                                                  (int)c1);
+                                                  running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, act,
+                                                  (int)c0, (int)c1);
             });
         });
     }
     Var y = c.tape->output(out, {&x, &gamma, &beta});
     if (y.requires_grad())
-        c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, N, C, HW] {
+        c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, act, N, C, HW] {
             if (!c.tape->has_grad(y)) return;
             if (x.t.device == Device::CUDA) {
 #if Y5_CUDA
@@ -344,31 +344,29 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
                 const float* dy = c.tape->grad(y).ptr<float>();
                 if (training)
                     batchnorm_backward_train_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
-                                                  mean.ptr<float>(), invstd.ptr<float>(), N, C, HW, scratch,
-                                                  c.cuda->stream);
+                                                  beta.t.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(), N, C, HW,
+                                                  act, scratch, c.cuda->stream);
                 else
                     batchnorm_backward_eval_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
-                                                 running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps,
-                                                 scratch, c.cuda->stream);
+                                                 beta.t.ptr<float>(), running_mean.ptr<float>(),
+                                                 running_var.ptr<float>(), N, C, HW, eps, act, scratch,
+                                                 c.cuda->stream);
 #endif
                 return;
             }
             with_dtype("batchnorm2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
-                // The input gradient is always computed (into a scratch buffer when x needs none) because the
-                // reference produces dx, dgamma and dbeta in one pass.
-                Scratch ws(c.work);
-                T* dx = x.requires_grad() ? grad_ptr<T>(c, x) : ws.get<T>(x.t.numel());
+                T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
                 const T* dy = c.tape->grad(y).template ptr<T>();
-                T *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
                 par(C, [&](int64_t c0, int64_t c1) {
                     if (training)
-                        batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(), mean.ptr<T>(),
-                                                        invstd.ptr<T>(), N, C, HW, (int)c0, (int)c1);
+                        batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                        beta.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW, act,
+                                                        (int)c0, (int)c1);
                     else
                         batchnorm_backward_eval_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
-                                                       running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps,
-                                                       (int)c0, (int)c1);
+                                                       beta.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
+                                                       C, HW, eps, act, (int)c0, (int)c1);
                 });
             });
         });

@@ -41,9 +41,10 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x
 // x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo)
 Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);
 // x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
-// updates the running ones (PyTorch semantics); eval uses the running ones.
+// updates the running ones (PyTorch semantics); eval uses the running ones. `act` is fused: the result is
+// act(bn(x)) and bn(x) is never stored (the backward recomputes it), which is what a Conv's BN+SiLU needs.
 Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
-                bool training, float eps, float momentum);
+                bool training, float eps, float momentum, Act act = kNoAct);
 Var activation(Ctx& c, const Var& x, Act a);  // any shape
 Var sigmoid(Ctx& c, const Var& x);            // any shape
 Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);

@@ -27,6 +27,7 @@ struct Act {
     ActKind kind = ActKind::SiLU;
     float alpha = 0.01f;  // LeakyReLU negative slope (PyTorch default 0.01)
 };
+constexpr Act kNoAct{ActKind::Identity, 0.f};
 
 template <class T> Y5_HD T act_forward(Act a, T x) {
     switch (a.kind) {
@@ -94,6 +95,19 @@ template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) 
             return;
         }
     for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
+}
+
+// g = f'(inp) over n values (the fused BatchNorm+activation backward recomputes it from the normalised value).
+template <class T> void act_grad_cpu(T* g, const T* inp, int64_t n, Act a) {
+    if constexpr (std::is_same_v<T, float>)
+        if (a.kind == ActKind::SiLU) {
+            for (int64_t i = 0; i < n; ++i) {
+                const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
+                g[i] = s * (1.0f + inp[i] * (1.0f - s));
+            }
+            return;
+        }
+    for (int64_t i = 0; i < n; ++i) g[i] = act_grad(a, inp[i]);
 }
 
 template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, int64_t n, Act a) {

@@ -7,6 +7,8 @@
  *      variance, plain sums for the backward), then a warp-shuffle and shared-memory tree;
  *   2. one warp per channel merges its S partials in double, in a fixed order.
  * The element-wise passes (normalise, dx) run over the N·C planes with the per-channel values in registers.
+ * The activation is fused: the forward writes act(bn(x)) only, and the backward recomputes z = bn(x) where it
+ * needs act'(z), so neither z nor its gradient is ever stored.
  * No atomics: every run gives the same bits.
  */
 #include "kernels/batchnorm.h"
@@ -129,16 +131,16 @@ __global__ static void bn_stats_finalize_kernel(float* save_mean, float* save_in
     }
 }
 
-// out = bn_apply(inp) over P = N·C planes of HW (plane grid); channel c = plane % C.
+// out = act(bn_apply(inp)) over P = N·C planes of HW (plane grid); channel c = plane % C.
 __global__ static void bn_normalize_kernel(float* out, const float* inp, const float* mean, const float* invstd,
-                                           const float* gamma, const float* beta, int C, int HW, int64_t P) {
+                                           const float* gamma, const float* beta, int C, int HW, int64_t P, Act a) {
     for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
         const int c = (int)(p % C);
         const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
         const float* x = inp + p * HW;
         float* y = out + p * HW;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
-            y[i] = bn_apply(x[i], mu, is, g, b);
+            y[i] = act_forward(a, bn_apply(x[i], mu, is, g, b));
     }
 }
 
@@ -148,20 +150,26 @@ __global__ static void bn_eval_invstd_kernel(float* invstd, const float* running
         invstd[c] = bn_eval_invstd(running_var[c], eps);
 }
 
-// Step 1 of the backward sums, slices as bn_stats_kernel: partial[(c·S + s)·2] = (Σdy, Σdy·x̂).
+// The gradient at the BatchNorm output: dz = dy·act'(z) with z = bn_apply(x) recomputed (Identity: dz = dy).
+__device__ __forceinline__ float bn_dz(float dy, float x, float mu, float is, float g, float b, Act a) {
+    return a.kind == ActKind::Identity ? dy : dy * act_grad(a, bn_apply(x, mu, is, g, b));
+}
+
+// Step 1 of the backward sums, slices as bn_stats_kernel: partial[(c·S + s)·2] = (Σdz, Σdz·x̂).
 __global__ static void bn_grad_sums_kernel(float* partial, const float* dout, const float* inp, const float* mean,
-                                           const float* invstd, int N, int C, int HW, int S) {
+                                           const float* invstd, const float* gamma, const float* beta, int N, int C,
+                                           int HW, int S, Act a) {
     const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
     const int64_t m0 = blockIdx.x * len, m1 = y5_min(M, m0 + len);
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
-        const float mu = mean[c], is = invstd[c];
+        const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
         float sdy = 0.f, sdyx = 0.f;
         RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
         for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next()) {
             const int64_t j = ((int64_t)w.n * C + c) * HW + w.i;
-            const float dy = dout[j];
-            sdy += dy;
-            sdyx += dy * bn_xhat(inp[j], mu, is);
+            const float x = inp[j], dz = bn_dz(dout[j], x, mu, is, g, b, a);
+            sdy += dz;
+            sdyx += dz * bn_xhat(x, mu, is);
         }
         sdy = block_sum(sdy);
         sdyx = block_sum(sdyx);
@@ -196,30 +204,21 @@ __global__ static void bn_grad_finalize_kernel(float* dgamma, float* dbeta, floa
     }
 }
 
-// Training-mode dinp += bn_train_dx(...) over the N·C planes (plane grid).
-__global__ static void bn_train_dx_kernel(float* dinp, const float* dout, const float* inp, const float* mean,
-                                          const float* invstd, const float* gamma, const float* mean_dy,
-                                          const float* mean_dyx, int C, int HW, int64_t P) {
+// dinp += bn_train_dx(dz, ...) (training) or bn_eval_dx(dz, ...) (eval: mean_dy/mean_dyx unused) over the
+// N·C planes (plane grid).
+__global__ static void bn_dx_kernel(float* dinp, const float* dout, const float* inp, const float* mean,
+                                    const float* invstd, const float* gamma, const float* beta, const float* mean_dy,
+                                    const float* mean_dyx, int C, int HW, int64_t P, Act a, bool training) {
     for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
         const int c = (int)(p % C);
-        const float mu = mean[c], is = invstd[c], g = gamma[c], mdy = mean_dy[c], mdyx = mean_dyx[c];
+        const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
+        const float mdy = training ? mean_dy[c] : 0.f, mdyx = training ? mean_dyx[c] : 0.f;
         const float *x = inp + p * HW, *dy = dout + p * HW;
         float* dx = dinp + p * HW;
-        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
-            dx[i] += bn_train_dx(dy[i], bn_xhat(x[i], mu, is), g, is, mdy, mdyx);
-    }
-}
-
-// Eval-mode dinp += dy·gamma·invstd over the N·C planes (plane grid).
-__global__ static void bn_eval_dx_kernel(float* dinp, const float* dout, const float* invstd, const float* gamma,
-                                         int C, int HW, int64_t P) {
-    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
-        const int c = (int)(p % C);
-        const float is = invstd[c], g = gamma[c];
-        const float* dy = dout + p * HW;
-        float* dx = dinp + p * HW;
-        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
-            dx[i] += bn_eval_dx(dy[i], g, is);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x) {
+            const float dz = bn_dz(dy[i], x[i], mu, is, g, b, a);
+            dx[i] += training ? bn_train_dx(dz, bn_xhat(x[i], mu, is), g, is, mdy, mdyx) : bn_eval_dx(dz, g, is);
+        }
     }
 }
 
@@ -229,12 +228,13 @@ __global__ static void bn_eval_dx_kernel(float* dinp, const float* dout, const f
 static dim3 slice_grid(int S, int C) { return dim3((unsigned)S, (unsigned)(C < 65535 ? C : 65535)); }
 static int channel_grid(int C) { return C < 65535 ? C : 65535; }  // blocks of one warp, one per channel
 
-// Σdy, Σdy·x̂ per channel: dgamma/dbeta += them; mean_dy, mean_dyx = them / M.
+// Σdz, Σdz·x̂ per channel: dgamma/dbeta += them; mean_dy, mean_dyx = them / M.
 static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx, const float* dout,
-                         const float* inp, const float* mean, const float* invstd, int N, int C, int HW,
-                         float* partial, cudaStream_t stream) {
+                         const float* inp, const float* mean, const float* invstd, const float* gamma,
+                         const float* beta, int N, int C, int HW, Act a, float* partial, cudaStream_t stream) {
     const int S = bn_slices(N, HW);
-    bn_grad_sums_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, N, C, HW, S);
+    bn_grad_sums_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, gamma, beta, N, C,
+                                                                 HW, S, a);
     Y5_LAUNCH_CHECK();
     bn_grad_finalize_kernel<<<channel_grid(C), 32, 0, stream>>>(dgamma, dbeta, mean_dy, mean_dyx, partial, C, S,
                                                                (int64_t)N * HW);
@@ -243,7 +243,7 @@ static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mea
 
 void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
                                   float* running_var, const float* inp, const float* gamma, const float* beta, int N,
-                                  int C, int HW, float eps, float momentum, float* scratch, cudaStream_t stream) {
+                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0) return;
     const int S = bn_slices(N, HW);
     bn_stats_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
@@ -253,50 +253,55 @@ void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invs
     Y5_LAUNCH_CHECK();
     const int64_t P = (int64_t)N * C;
     bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, save_mean, save_invstd, gamma, beta, C,
-                                                                  HW, P);
+                                                                  HW, P, a);
     Y5_LAUNCH_CHECK();
 }
 
 void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
                                  const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
-                                 float* scratch, cudaStream_t stream) {
+                                 Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0) return;
     float* invstd = scratch + batchnorm_cuda_scratch(N, C, HW) - C;
     bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
     Y5_LAUNCH_CHECK();
     const int64_t P = (int64_t)N * C;
     bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, running_mean, invstd, gamma, beta, C, HW,
-                                                                  P);
+                                                                  P, a);
     Y5_LAUNCH_CHECK();
 }
 
 void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                   const float* gamma, const float* save_mean, const float* save_invstd, int N, int C,
-                                   int HW, float* scratch, cudaStream_t stream) {
+                                   const float* gamma, const float* beta, const float* save_mean,
+                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float* mean_dyx = mean_dy + C;
-    bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, save_mean, save_invstd, N, C, HW, scratch, stream);
+    bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, save_mean, save_invstd, gamma, beta, N, C, HW, a, scratch,
+                 stream);
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
-    bn_train_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma,
-                                                                 mean_dy, mean_dyx, C, HW, P);
+    bn_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma, beta, mean_dy,
+                                                           mean_dyx, C, HW, P, a, true);
     Y5_LAUNCH_CHECK();
 }
 
 void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                  const float* gamma, const float* running_mean, const float* running_var, int N, int C,
-                                  int HW, float eps, float* scratch, cudaStream_t stream) {
+                                  const float* gamma, const float* beta, const float* running_mean,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float *mean_dyx = mean_dy + C, *invstd = mean_dy + 2 * C;
     bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
     Y5_LAUNCH_CHECK();
     if (dgamma || dbeta)
-        bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, running_mean, invstd, N, C, HW, scratch, stream);
+        bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, running_mean, invstd, gamma, beta, N, C, HW, a,
+                     scratch, stream);
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
-    bn_eval_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, invstd, gamma, C, HW, P);
+    bn_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, running_mean, invstd, gamma, beta, mean_dy,
+                                                           mean_dyx, C, HW, P, a, false);
     Y5_LAUNCH_CHECK();
 }
 

@@ -5,7 +5,10 @@
  *   running_mean = (1−m)·running_mean + m·mean,  running_var = (1−m)·running_var + m·var·M/(M−1)
  * (the *unbiased* variance), m = momentum (YOLOv5: 0.03, eps 1e-3).
  * Eval: normalise with the running statistics.
- * Backward accumulates into dinp, dgamma, dbeta (+=); dgamma/dbeta may be null.
+ * Fused activation: every function takes an Act applied to the normalised value, out = act(bn(x)) (kNoAct for a
+ * plain BatchNorm), so a Conv's BN+SiLU is one pass over memory and keeps no intermediate tensor: the backward
+ * recomputes z = bn(x) from x and the statistics to get act'(z).
+ * Backward accumulates into dinp, dgamma, dbeta (+=); any of them may be null.
  * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
  * Each function handles channels [c_begin, min(C, c_end)) (all by default), so callers can split the
  * channels over threads; channels are independent.
@@ -14,6 +17,7 @@
 #pragma once
 #include <climits>
 
+#include "kernels/activation.h"
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
@@ -49,9 +53,32 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 // Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
 template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
+// One row of the fused output: out = act(bn_apply(inp)) over n values (in place through out, so the float
+// SiLU takes the vectorised loop).
+template <class T>
+void bn_act_row_cpu(T* out, const T* inp, int64_t n, T mean, T invstd, T gamma, T beta, Act a) {
+    for (int64_t i = 0; i < n; ++i) out[i] = bn_apply(inp[i], mean, invstd, gamma, beta);
+    if (a.kind != ActKind::Identity) act_forward_cpu(out, out, n, a);
+}
+
+// The gradient at the BatchNorm output, dz = dout·act'(z), z = bn_apply(inp) recomputed (the fused op keeps no
+// z), and x̂, for n ≤ kBnChunk values.
+constexpr int kBnChunk = 256;
+template <class T>
+void bn_act_dz_cpu(T* dz, T* xhat, const T* dout, const T* inp, int n, T mean, T invstd, T gamma, T beta, Act a) {
+    for (int i = 0; i < n; ++i) xhat[i] = bn_xhat(inp[i], mean, invstd);
+    if (a.kind == ActKind::Identity) {
+        for (int i = 0; i < n; ++i) dz[i] = dout[i];
+        return;
+    }
+    for (int i = 0; i < n; ++i) dz[i] = bn_apply(inp[i], mean, invstd, gamma, beta);
+    act_grad_cpu(dz, dz, n, a);
+    for (int i = 0; i < n; ++i) dz[i] *= dout[i];
+}
+
 template <class T>
 void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* running_mean, T* running_var, const T* inp,
-                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum,
+                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum, Act a,
                                  int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
@@ -67,11 +94,10 @@ void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* runnin
             }
         const double var = ss / M;
         const T invstd = T(bn_invstd(var, eps));
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                int64_t j = ((int64_t)n * C + c) * HW + i;
-                out[j] = bn_apply(inp[j], T(mean), invstd, gamma[c], beta[c]);
-            }
+        for (int n = 0; n < N; ++n) {
+            const int64_t j = ((int64_t)n * C + c) * HW;
+            bn_act_row_cpu(out + j, inp + j, HW, T(mean), invstd, gamma[c], beta[c], a);
+        }
         save_mean[c] = T(mean);
         save_invstd[c] = invstd;
         bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
@@ -80,60 +106,67 @@ void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* runnin
 
 template <class T>
 void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* beta, const T* running_mean,
-                                const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
+                                const T* running_var, int N, int C, int HW, float eps, Act a, int c_begin = 0,
                                 int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         const T invstd = bn_eval_invstd(running_var[c], eps);
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                int64_t j = ((int64_t)n * C + c) * HW + i;
-                out[j] = bn_apply(inp[j], running_mean[c], invstd, gamma[c], beta[c]);
-            }
+        for (int n = 0; n < N; ++n) {
+            const int64_t j = ((int64_t)n * C + c) * HW;
+            bn_act_row_cpu(out + j, inp + j, HW, running_mean[c], invstd, gamma[c], beta[c], a);
+        }
     }
+}
+
+// Backward of channel c given its statistics: mean and invstd are the saved batch ones (training) or the running
+// mean and eval 1/std (eval). dgamma/dbeta (+=) are this channel's entries; training: dinp += bn_train_dx(dz),
+// eval: dinp += bn_eval_dx(dz) (the statistics are constants).
+template <class T>
+void batchnorm_backward_channel_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, int N, int C, int HW,
+                                    int c, T mean, T invstd, T gamma, T beta, Act a, bool training) {
+    const int64_t M = (int64_t)N * HW;
+    T dz[kBnChunk], xh[kBnChunk];
+    double sdy = 0, sdyx = 0;
+    for (int n = 0; n < N; ++n)
+        for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
+            const int m = y5_min(kBnChunk, HW - i0);
+            const int64_t j = ((int64_t)n * C + c) * HW + i0;
+            bn_act_dz_cpu(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
+            for (int i = 0; i < m; ++i) {
+                sdy += dz[i];
+                sdyx += (double)dz[i] * xh[i];
+            }
+        }
+    if (dbeta) *dbeta += T(sdy);
+    if (dgamma) *dgamma += T(sdyx);
+    if (!dinp) return;
+    const T mdy = T(sdy / M), mdyx = T(sdyx / M);
+    for (int n = 0; n < N; ++n)
+        for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
+            const int m = y5_min(kBnChunk, HW - i0);
+            const int64_t j = ((int64_t)n * C + c) * HW + i0;
+            bn_act_dz_cpu(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
+            for (int i = 0; i < m; ++i)
+                dinp[j + i] += training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx) : bn_eval_dx(dz[i], gamma, invstd);
+        }
 }
 
 template <class T>
 void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                  const T* save_mean, const T* save_invstd, int N, int C, int HW,
+                                  const T* beta, const T* save_mean, const T* save_invstd, int N, int C, int HW, Act a,
                                   int c_begin = 0, int c_end = INT_MAX) {
-    const int64_t M = (int64_t)N * HW;
-    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        double sdy = 0, sdyx = 0;
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                int64_t j = ((int64_t)n * C + c) * HW + i;
-                sdy += dout[j];
-                sdyx += (double)dout[j] * bn_xhat(inp[j], save_mean[c], save_invstd[c]);
-            }
-        if (dbeta) dbeta[c] += T(sdy);
-        if (dgamma) dgamma[c] += T(sdyx);
-        const T mdy = T(sdy / M), mdyx = T(sdyx / M);
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                int64_t j = ((int64_t)n * C + c) * HW + i;
-                dinp[j] += bn_train_dx(dout[j], bn_xhat(inp[j], save_mean[c], save_invstd[c]), gamma[c], save_invstd[c],
-                                       mdy, mdyx);
-            }
-    }
+    for (int c = c_begin; c < y5_min(C, c_end); ++c)
+        batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
+                                       HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true);
 }
 
 template <class T>
 void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                 const T* running_mean, const T* running_var, int N, int C, int HW, float eps, int c_begin = 0,
-                                int c_end = INT_MAX) {
-    for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        const T invstd = bn_eval_invstd(running_var[c], eps);
-        double sdy = 0, sdyx = 0;
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                int64_t j = ((int64_t)n * C + c) * HW + i;
-                sdy += dout[j];
-                sdyx += (double)dout[j] * bn_xhat(inp[j], running_mean[c], invstd);
-                dinp[j] += bn_eval_dx(dout[j], gamma[c], invstd);
-            }
-        if (dbeta) dbeta[c] += T(sdy);
-        if (dgamma) dgamma[c] += T(sdyx);
-    }
+                                 const T* beta, const T* running_mean, const T* running_var, int N, int C, int HW,
+                                 float eps, Act a, int c_begin = 0, int c_end = INT_MAX) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c)
+        batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
+                                       HW, c, running_mean[c], bn_eval_invstd(running_var[c], eps), gamma[c], beta[c],
+                                       a, false);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -144,15 +177,17 @@ void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, co
 int64_t batchnorm_cuda_scratch(int N, int C, int HW);
 void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
                                   float* running_var, const float* inp, const float* gamma, const float* beta, int N,
-                                  int C, int HW, float eps, float momentum, float* scratch, cudaStream_t stream);
+                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream);
 void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
                                  const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
-                                 float* scratch, cudaStream_t stream);
+                                 Act a, float* scratch, cudaStream_t stream);
 void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                   const float* gamma, const float* save_mean, const float* save_invstd, int N, int C,
-                                   int HW, float* scratch, cudaStream_t stream);
+                                   const float* gamma, const float* beta, const float* save_mean,
+                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   cudaStream_t stream);
 void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                  const float* gamma, const float* running_mean, const float* running_var, int N, int C,
-                                  int HW, float eps, float* scratch, cudaStream_t stream);
+                                  const float* gamma, const float* beta, const float* running_mean,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  cudaStream_t stream);
 
 }  // namespace y5

@@ -31,9 +31,8 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
     Var y = conv2d(c, x, param(c, *ps, w), nullptr, s, p);
-    y = batchnorm2d(c, y, param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value, (*ps)[rv].value, training, kBnEps,
-                    kBnMomentum);
-    return act.kind == ActKind::Identity ? y : activation(c, y, act);
+    return batchnorm2d(c, y, param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value, (*ps)[rv].value, training,
+                       kBnEps, kBnMomentum, act);
 }
 
 Shape ConvBN::out_shape(Shape in) const {

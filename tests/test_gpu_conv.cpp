@@ -54,12 +54,6 @@ struct ConvSettings {
     }
 };
 
-Tensor copy_of(Arena& a, const Tensor& t) {
-    Tensor c = a.tensor(t.shape, t.dtype);
-    std::memcpy(c.data, t.data, t.bytes());
-    return c;
-}
-
 double max_abs(const Tensor& t) {
     double m = 0;
     for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(at(t, i)));

@@ -54,12 +54,6 @@ Tol bn_sum_tol(int64_t M) { return Tol{5e-6 * std::sqrt((double)M) + 1e-5, 1e-5}
 // the op takes (BatchNorm's running statistics).
 using DevOp = std::function<Var(Ctx&, const std::vector<Var>&, bool gpu)>;
 
-Tensor copy_of(Arena& a, const Tensor& t) {
-    Tensor c = a.tensor(t.shape, t.dtype);
-    std::memcpy(c.data, t.data, t.bytes());
-    return c;
-}
-
 std::string shape_str(const std::vector<Tensor>& ts) {
     std::string s;
     for (const Tensor& t : ts) s += (s.empty() ? "" : " ") + t.shape.str();
@@ -160,8 +154,13 @@ TEST_CASE("batchnorm2d CUDA kernels against the CPU reference", "[gpu][ops][batc
         {{2, 256, 20, 20}, -1, 1, true},    // yolov5n's deepest layers
     };
     const float eps = 1e-3f, momentum = 0.03f;  // YOLOv5's
+    // The fused activation: none (a plain BN), SiLU (every yolov5n Conv) and, on the small shapes, two others.
+    const Act acts[] = {kNoAct, {ActKind::SiLU, 0.f}, {ActKind::LeakyReLU, 0.1f}, {ActKind::Hardswish, 0.f}};
     for (const Case& k : cases)
-        for (bool training : {true, false}) {
+        for (bool training : {true, false})
+        for (Act act : acts) {
+            if (k.s.numel() > 100000 && act.kind != ActKind::SiLU && act.kind != ActKind::Identity) continue;
+            INFO("fused " << act_name(act));
             g.reset();
             const int C = (int)k.s[1];
             const int64_t M = k.s[0] * k.s[2] * k.s[3];
@@ -174,7 +173,7 @@ TEST_CASE("batchnorm2d CUDA kernels against the CPU reference", "[gpu][ops][batc
             Tensor gpu_rm = g.upload(rm), gpu_rv = g.upload(rv);
             DevOp op = [&](Ctx& c, const std::vector<Var>& v, bool on_gpu) {
                 return batchnorm2d(c, v[0], v[1], v[2], on_gpu ? gpu_rm : cpu_rm, on_gpu ? gpu_rv : cpu_rv, training,
-                                   eps, momentum);
+                                   eps, momentum, act);
             };
             // Training: the output and dx carry the float statistics' error (about 1e-6 relative).
             const Tol elem = training ? Tol{2e-5, 2e-5} : Tol{1e-5, 1e-5};
@@ -205,12 +204,12 @@ TEST_CASE("batchnorm2d CUDA saved and running statistics at yolov5n's largest sh
         float* scratch = static_cast<float*>(g.work.alloc(batchnorm_cuda_scratch(k.N, k.C, HW) * sizeof(float)));
         batchnorm_forward_train_cuda(dout.ptr<float>(), dmean.ptr<float>(), dinvstd.ptr<float>(), drm.ptr<float>(),
                                      drv.ptr<float>(), dx.ptr<float>(), dgamma.ptr<float>(), dbeta.ptr<float>(), k.N, k.C,
-                                     HW, 1e-3f, 0.03f, scratch, g.cuda->stream);
+                                     HW, 1e-3f, 0.03f, kNoAct, scratch, g.cuda->stream);
 
         Tensor out = g.host.tensor(x.shape), mean = g.host.tensor({k.C}), invstd = g.host.tensor({k.C});
         batchnorm_forward_train_cpu(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(), rm.ptr<float>(),
                                     rv.ptr<float>(), x.ptr<float>(), gamma.ptr<float>(), beta.ptr<float>(), k.N, k.C, HW,
-                                    1e-3f, 0.03f);
+                                    1e-3f, 0.03f, kNoAct);
         INFO("x " << x.shape.str() << " in [" << k.lo << ", " << k.hi << ")");
         require_close(g.download(dmean), mean, 1e-6, 1e-5, "saved mean");
         require_close(g.download(dinvstd), invstd, 1e-6, 1e-5, "saved 1/std");

@@ -257,6 +257,64 @@ TEST_CASE("batchnorm2d gradient in training and eval mode", "[ops][batchnorm][gr
         }
 }
 
+// The fused op (batchnorm2d with an activation) against the two ops it replaces, and its gradient by finite
+// differences. Inputs stay 1e-3 away from the kinks after normalisation is not controllable, so the kinked
+// activations are checked against the unfused pair only (same subgradient choice).
+TEST_CASE("batchnorm2d with a fused activation equals BN then the activation", "[ops][batchnorm][activation]") {
+    const char* specs[] = {"nn.SiLU()", "nn.ReLU()", "nn.ReLU6()", "nn.LeakyReLU(0.1)", "nn.Hardswish()", "nn.Sigmoid()"};
+    for (const char* spec : specs)
+        for (bool training : {true, false})
+            for (DType dt : {DType::F64, DType::F32}) {
+                DYNAMIC_SECTION(spec << (training ? " train " : " eval ") << dtype_name(dt)) {
+                    TestCtx tc;
+                    Rng rng(12);
+                    const Act a = parse_act(spec);
+                    const int N = 3, C = 4, H = 9, W = 31;  // rows of 279 > kBnChunk: the backward's chunking
+                    Tensor x = rand_tensor(tc.data, {N, C, H, W}, dt, rng, -2, 3);
+                    Tensor g = rand_tensor(tc.data, {C}, dt, rng, 0.5, 4), b = rand_tensor(tc.data, {C}, dt, rng, -3, 3);
+                    Tensor seed = rand_tensor(tc.data, x.shape, dt, rng);
+                    Tensor rm1 = rand_tensor(tc.data, {C}, dt, rng, -0.1, 0.1), rv1 = rand_tensor(tc.data, {C}, dt, rng, 0.5, 1.5);
+                    Tensor rm2 = copy_of(tc.data, rm1), rv2 = copy_of(tc.data, rv1);
+                    auto run = [&](bool fused, Tensor rm, Tensor rv) {
+                        Var xv = tc.tape.leaf(x), gv = tc.tape.leaf(g), bv = tc.tape.leaf(b);
+                        Var y = fused ? batchnorm2d(tc.ctx, xv, gv, bv, rm, rv, training, 1e-3f, 0.03f, a)
+                                      : activation(tc.ctx, batchnorm2d(tc.ctx, xv, gv, bv, rm, rv, training, 1e-3f, 0.03f), a);
+                        tc.tape.backward(y, &seed);
+                        std::vector<Tensor> r;
+                        for (Tensor t : {y.t, tc.tape.grad(xv), tc.tape.grad(gv), tc.tape.grad(bv)})
+                            r.push_back(copy_of(tc.data, t));
+                        tc.tape.clear();
+                        return r;
+                    };
+                    const std::vector<Tensor> f = run(true, rm1, rv1), u = run(false, rm2, rv2);
+                    const double tol = dt == DType::F64 ? 1e-12 : 2e-5;
+                    const char* what[] = {"output", "dx", "dgamma", "dbeta"};
+                    for (int i = 0; i < 4; ++i) require_close(f[i], u[i], tol, tol, what[i]);
+                    require_close(rm1, rm2, 0, 0, "running_mean");
+                    require_close(rv1, rv2, 0, 0, "running_var");
+                }
+            }
+}
+
+TEST_CASE("batchnorm2d with a fused SiLU: gradient", "[ops][batchnorm][gradcheck]") {
+    for (bool training : {true, false}) {
+        DYNAMIC_SECTION((training ? "train" : "eval")) {
+            TestCtx tc;
+            Rng rng(13);
+            Tensor rm = rand_tensor(tc.data, {3}, DType::F64, rng, -0.1, 0.1);
+            Tensor rv = rand_tensor(tc.data, {3}, DType::F64, rng, 0.5, 1.5);
+            std::vector<Tensor> in = {rand_tensor(tc.data, {2, 3, 5, 60}, DType::F64, rng, -2, 3),
+                                      rand_tensor(tc.data, {3}, DType::F64, rng, 0.5, 3),
+                                      rand_tensor(tc.data, {3}, DType::F64, rng, -2, 2)};
+            GradCheck opt;
+            opt.max_checks = 200;
+            gradcheck(tc, in, [&](Ctx& c, const std::vector<Var>& v) {
+                return batchnorm2d(c, v[0], v[1], v[2], rm, rv, training, 1e-3f, 0.03f, Act{ActKind::SiLU, 0.f});
+            }, rng, opt);
+        }
+    }
+}
+
 TEST_CASE("activation gradients away from the kinks", "[ops][activation][gradcheck]") {
     const char* specs[] = {"nn.SiLU()",      "nn.ReLU()",      "nn.ReLU6()", "nn.LeakyReLU(0.1)",
                            "nn.Hardswish()", "nn.Identity()",  "nn.Sigmoid()"};

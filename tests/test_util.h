@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,6 +44,13 @@ inline Tensor rand_tensor(Arena& a, Shape s, DType t, Rng& rng, double lo = -1.0
         else x.ptr<float>()[i] = (float)v;
     }
     return x;
+}
+
+// A host copy of a host tensor in arena a.
+inline Tensor copy_of(Arena& a, const Tensor& t) {
+    Tensor c = a.tensor(t.shape, t.dtype);
+    std::memcpy(c.data, t.data, t.bytes());
+    return c;
 }
 
 inline Tensor f64_zeros(Arena& a, Shape s) {
