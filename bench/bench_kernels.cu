@@ -267,8 +267,9 @@ void bn_silu_backward(Bench& b, int N, int C, int H, int W) {
 
 // ----------------------------------------------------------------------------------------------------
 // SPPF's pooling: y1 = pool(x), y2 = pool(y1), y3 = pool(y2) (k 5, stride 1, pad 2), out = cat(x, y1, y2, y3),
-// as layers/modules.cpp's SPPF. Ours: three maxpool2d kernels + four concat kernels. Baseline: three
-// cudnnPoolingForward + four cudaMemcpy2DAsync. Must move: read x, write out (4n): 20n bytes.
+// as layers/modules.cpp's SPPF. Ours: sppf_pool's one kernel (a block per plane runs the three pools and writes
+// the four channel slices). Baseline: three cudnnPoolingForward + four cudaMemcpy2DAsync. Must move: read x,
+// write out (4n): 20n bytes.
 
 void sppf_pools(Bench& b, int N, int C, int H, int W) {
     const int HW = H * W, k = 5, pad = 2;
@@ -283,14 +284,8 @@ void sppf_pools(Bench& b, int N, int C, int H, int W) {
     for (int i = 0; i < 4; ++i) concat_forward_cpu(out.data(), parts[i], N, C, HW, 4 * C, i * C);
 
     cudaStream_t s = b.ctx->stream;
-    float *dx = b.upload(x), *d1 = b.dalloc(n), *d2 = b.dalloc(n), *d3 = b.dalloc(n), *dout = b.dalloc(4 * n);
-    auto ours = [&] {
-        maxpool2d_forward_cuda(d1, dx, N, C, H, W, k, 1, pad, s);
-        maxpool2d_forward_cuda(d2, d1, N, C, H, W, k, 1, pad, s);
-        maxpool2d_forward_cuda(d3, d2, N, C, H, W, k, 1, pad, s);
-        const float* in[4] = {dx, d1, d2, d3};
-        for (int i = 0; i < 4; ++i) concat_forward_cuda(dout, in[i], N, C, HW, 4 * C, i * C, s);
-    };
+    float *dx = b.upload(x), *dout = b.dalloc(4 * n);
+    auto ours = [&] { sppf_forward_cuda(dout, dx, N, C, H, W, k, s); };
     float *c1 = b.dalloc(n), *c2 = b.dalloc(n), *c3 = b.dalloc(n), *cout = b.dalloc(4 * n);
     TensorDesc xd(N, C, H, W);
     MaxPoolDesc pool(k, 1, pad);
@@ -303,11 +298,11 @@ void sppf_pools(Bench& b, int N, int C, int H, int W) {
     };
 
     ours();
-    b.check("sppf pools+concat " + shape + " out", dout, out, 0, 0);
+    b.check("sppf fused " + shape + " out", dout, out, 0, 0);
     const bool has_base = b.baseline_runs("cudnn max pooling", cudnn);
     if (has_base) b.check("  cudnn baseline: out", cout, out, 0, 0);
     const double ms = b.B.time_ms(ours, b.repeats), base = has_base ? b.B.time_ms(cudnn, b.repeats) : 0;
-    b.rows.push_back({"sppf 3x maxpool5 + concat", shape, ms, 20.0 * n, true, has_base ? "3 cudnn pools + memcpy2D" : "",
+    b.rows.push_back({"sppf 3x maxpool5 + concat (fused)", shape, ms, 20.0 * n, true, has_base ? "3 cudnn pools + memcpy2D" : "",
                       base});
 }
 

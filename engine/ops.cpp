@@ -469,6 +469,54 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     return y;
 }
 
+Var sppf_pool(Ctx& c, const Var& x, int k) {
+    const char* op = "sppf_pool";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(k >= 1 && k % 2 == 1, "sppf_pool: kernel %d (SPPF pools with an odd kernel, stride 1, pad k/2)", k);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    const int64_t P = (int64_t)N * C;
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, 4 * C, H, W}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        sppf_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            par(P, [&](int64_t p0, int64_t p1) { sppf_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), p0, p1, C, H, W, k); });
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, P, k] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                sppf_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), y.t.ptr<float>(), N, C, H, W, k,
+                                   ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)), c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("sppf_pool backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                // One range of planes per CPU thread, each with its own 2·H·W scratch.
+                const int R = (int)std::min<int64_t>(P, cpu_op_threads());
+                T* scratch = ws.get<T>((int64_t)R * 2 * H * W);
+                T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(R, [&](int64_t r0, int64_t r1) {
+                    for (int64_t r = r0; r < r1; ++r)
+                        sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k,
+                                             scratch + r * 2 * H * W);
+                });
+            });
+        });
+    return y;
+}
+
 Var upsample_nearest(Ctx& c, const Var& x, int s) {
     const char* op = "upsample_nearest";
     check_rank(op, "input", x.t, 4);

@@ -48,6 +48,9 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
 Var activation(Ctx& c, const Var& x, Act a);  // any shape
 Var sigmoid(Ctx& c, const Var& x);            // any shape
 Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
+// SPPF's pools fused: x (N,C,H,W) → (N,4C,H,W) = cat(x, m(x), m(m(x)), m(m(m(x)))), m = maxpool2d(k, 1, k/2)
+// (k odd); the same values and gradients as those four ops and the concat, without their intermediates.
+Var sppf_pool(Ctx& c, const Var& x, int k);
 Var upsample_nearest(Ctx& c, const Var& x, int scale);
 Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W)
 Var add(Ctx& c, const Var& a, const Var& b);      // same shape

@@ -5,6 +5,8 @@
  * maxpool2d backward without atomics: one pass stores each output's argmax (as the CPU recomputes it),
  *   then one thread per input gathers the outputs whose window covers it and whose argmax it is, adding
  *   them in the CPU reference's order (outputs row-major), so the result is bitwise the CPU's.
+ * SPPF: one block per plane runs the three pools in turn with a barrier between them, writing the concat's
+ *   slices directly; its backward runs the cascade's three routings the same way (gather, no atomics).
  * global_avgpool forward: one block per plane, per-thread float sums then a block tree; backward is a
  *   plane kernel.
  */
@@ -39,8 +41,20 @@ __device__ __forceinline__ int first_window(int h, int k, int stride, int pad) {
     return t <= 0 ? 0 : (t + stride - 1) / stride;
 }
 
-// Backward gather: one thread per input element (plane grid over H·W) adds dout of every output whose
-// argmax it is, outputs in row-major order as maxpool2d_backward_cpu adds them.
+// acc plus dout of every output of one plane whose argmax is input j = h·W + w, outputs in row-major order as
+// maxpool2d_backward_cpu adds them.
+__device__ __forceinline__ float gather_routes(float acc, const float* dy, const int* arg, int j, int W, int Ho, int Wo,
+                                               int k, int stride, int pad) {
+    const int h = j / W, w = j - h * W;
+    const int ho0 = first_window(h, k, stride, pad), ho1 = y5_min(Ho - 1, (h + pad) / stride);
+    const int wo0 = first_window(w, k, stride, pad), wo1 = y5_min(Wo - 1, (w + pad) / stride);
+    for (int ho = ho0; ho <= ho1; ++ho)
+        for (int wo = wo0; wo <= wo1; ++wo)
+            if (arg[ho * Wo + wo] == j) acc += dy[ho * Wo + wo];
+    return acc;
+}
+
+// Backward gather: one thread per input element (plane grid over H·W).
 __global__ static void maxpool_backward_kernel(float* dinp, const float* dout, const int* argmax, int H, int W, int Ho,
                                                int Wo, int k, int stride, int pad, int64_t P) {
     const int HW = H * W, L = Ho * Wo;
@@ -48,15 +62,54 @@ __global__ static void maxpool_backward_kernel(float* dinp, const float* dout, c
         const int* arg = argmax + p * L;
         const float* dy = dout + p * L;
         float* dx = dinp + p * HW;
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < HW; j += gridDim.x * blockDim.x) {
-            const int h = j / W, w = j - h * W;
-            const int ho0 = first_window(h, k, stride, pad), ho1 = y5_min(Ho - 1, (h + pad) / stride);
-            const int wo0 = first_window(w, k, stride, pad), wo1 = y5_min(Wo - 1, (w + pad) / stride);
-            float acc = dx[j];
-            for (int ho = ho0; ho <= ho1; ++ho)
-                for (int wo = wo0; wo <= wo1; ++wo)
-                    if (arg[ho * Wo + wo] == j) acc += dy[ho * Wo + wo];
-            dx[j] = acc;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < HW; j += gridDim.x * blockDim.x)
+            dx[j] = gather_routes(dx[j], dy, arg, j, W, Ho, Wo, k, stride, pad);
+    }
+}
+
+// SPPF forward: one block per plane p = n·C + c (grid-stride over the P planes). The block copies x into slice
+// 0, then pools slice s − 1 into slice s; a barrier between the stages makes slice s − 1 complete (global
+// writes before __syncthreads are visible to the whole block). The planes are small (H·W = 400 at 640) and
+// stay in L1/L2 between the stages.
+__global__ static void sppf_forward_kernel(float* out, const float* inp, int C, int H, int W, int k, int64_t P) {
+    const int HW = H * W;
+    for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+        for (int j = threadIdx.x; j < HW; j += blockDim.x) out[sppf_slice(p, 0, C, HW) + j] = inp[p * HW + j];
+        for (int s = 1; s < 4; ++s) {
+            const float* src = s == 1 ? inp + p * HW : out + sppf_slice(p, s - 1, C, HW);
+            float* dst = out + sppf_slice(p, s, C, HW);
+            for (int j = threadIdx.x; j < HW; j += blockDim.x) {
+                const int a = maxpool_argmax(src, H, W, j / W, j % W, k, 1, k / 2);
+                dst[j] = src[a];  // pad = k/2: every window holds at least its centre
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// SPPF backward, one block per plane as the forward, with the block's own scratch: arg (H·W ints) and d2, d1
+// (H·W floats each). Stage by stage as sppf_backward_cpu: the argmax of every window of the stage's input (a
+// slice of the forward output), a barrier, then each input element gathers the gradient routed to it.
+__global__ static void sppf_backward_kernel(float* dinp, const float* dout, const float* out, int C, int H, int W,
+                                            int k, int64_t P, float* fscratch, int* iscratch) {
+    const int HW = H * W, pad = k / 2;
+    float *d2 = fscratch + (int64_t)blockIdx.x * 2 * HW, *d1 = d2 + HW;
+    int* arg = iscratch + (int64_t)blockIdx.x * HW;
+    for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+        const float* g3 = dout + sppf_slice(p, 3, C, HW);
+        // stage s routes d_{s+1} (g3, then d2, then d1) to the maxima in y_s; acc starts at g_s (dx + g0 for s = 0)
+        for (int s = 2; s >= 0; --s) {
+            const float* y = out + sppf_slice(p, s, C, HW);
+            const float* g = dout + sppf_slice(p, s, C, HW);
+            const float* dnext = s == 2 ? g3 : (s == 1 ? d2 : d1);
+            float* dst = s == 2 ? d2 : (s == 1 ? d1 : dinp + p * HW);
+            for (int j = threadIdx.x; j < HW; j += blockDim.x) arg[j] = maxpool_argmax(y, H, W, j / W, j % W, k, 1, pad);
+            __syncthreads();  // arg complete
+            for (int j = threadIdx.x; j < HW; j += blockDim.x) {
+                const float acc = s == 0 ? dst[j] + g[j] : g[j];
+                dst[j] = gather_routes(acc, dnext, arg, j, W, H, W, k, 1, pad);
+            }
+            __syncthreads();  // dst complete before the next stage reads it and arg is rewritten
         }
     }
 }
@@ -104,6 +157,33 @@ void maxpool2d_backward_cuda(float* dinp, const float* dout, const float* inp, i
     Y5_LAUNCH_CHECK();
     maxpool_backward_kernel<<<plane_grid(P, (int64_t)H * W), kBlock, 0, stream>>>(dinp, dout, argmax, H, W, Ho, Wo, k,
                                                                                   stride, pad, P);
+    Y5_LAUNCH_CHECK();
+}
+
+// Blocks for the SPPF kernels: one per plane up to this many (the backward's scratch is per block).
+static constexpr int kSppfBlocks = 2048;
+
+static int sppf_blocks(int64_t P) { return (int)(P < kSppfBlocks ? P : kSppfBlocks); }
+
+void sppf_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int k, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * H * W == 0) return;
+    sppf_forward_kernel<<<sppf_blocks(P), kBlock, 0, stream>>>(out, inp, C, H, W, k, P);
+    Y5_LAUNCH_CHECK();
+}
+
+size_t sppf_cuda_scratch(int N, int C, int H, int W) {
+    return (size_t)sppf_blocks((int64_t)N * C) * H * W * (2 * sizeof(float) + sizeof(int));
+}
+
+void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N, int C, int H, int W, int k,
+                        void* scratch, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * H * W == 0) return;
+    const int B = sppf_blocks(P);
+    float* f = static_cast<float*>(scratch);
+    int* i = reinterpret_cast<int*>(f + (int64_t)B * 2 * H * W);
+    sppf_backward_kernel<<<B, kBlock, 0, stream>>>(dinp, dout, out, C, H, W, k, P, f, i);
     Y5_LAUNCH_CHECK();
 }
 

@@ -117,11 +117,7 @@ struct SPPF : Module {
     ConvBN cv1, cv2;
     int k = 5;
     std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
-        Var x = cv1.forward(c, in[0], training);
-        Var y1 = maxpool2d(c, x, k, 1, k / 2);
-        Var y2 = maxpool2d(c, y1, k, 1, k / 2);
-        Var y3 = maxpool2d(c, y2, k, 1, k / 2);
-        return {cv2.forward(c, concat(c, {x, y1, y2, y3}), training)};
+        return {cv2.forward(c, sppf_pool(c, cv1.forward(c, in[0], training), k), training)};  // the cascade, fused
     }
     Shape out_shape(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);

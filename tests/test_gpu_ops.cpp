@@ -254,6 +254,31 @@ TEST_CASE("maxpool2d CUDA kernels against the CPU reference", "[gpu][ops][pool]"
     }
 }
 
+TEST_CASE("sppf_pool CUDA kernels against the CPU reference", "[gpu][ops][pool][sppf]") {
+    Gpu& g = gpu();
+    Rng rng(211);
+    struct Case {
+        Shape s;
+        int k, values;  // values: as in the maxpool2d test (0: continuous; else levels, so windows tie)
+    };
+    const Case cases[] = {
+        {{1, 1, 1, 1}, 5, 0},   {{1, 2, 3, 2}, 5, 0},      // windows larger than the plane
+        {{2, 3, 7, 9}, 3, 3},   {{1, 5, 11, 13}, 5, 2},    // ties
+        {{3, 7, 20, 20}, 5, 0}, {{2, 128, 20, 20}, 5, 0},  // yolov5n's SPPF at 640 (cv1 output)
+        {{1, 4, 40, 40}, 5, 4}, {{17, 128, 10, 10}, 5, 0}, // 2176 planes: more than the kernels' 2048 blocks
+    };
+    for (const Case& k : cases) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, k.s, DType::F32, rng);
+        if (k.values)
+            for (int64_t i = 0; i < x.numel(); ++i) x.ptr<float>()[i] = std::round(x.ptr<float>()[i] * k.values) / k.values;
+        const int kk = k.k;
+        // Exact: both sides route and add the same gradients in the same order.
+        compare_op1("sppf k" + std::to_string(kk), x,
+                    [=](Ctx& c, const std::vector<Var>& v, bool) { return sppf_pool(c, v[0], kk); }, rng, kExact, kExact);
+    }
+}
+
 TEST_CASE("upsample_nearest CUDA kernels against the CPU reference", "[gpu][ops][upsample]") {
     Gpu& g = gpu();
     Rng rng(205);

@@ -369,6 +369,48 @@ TEST_CASE("maxpool2d gradient", "[ops][maxpool][gradcheck]") {
     }
 }
 
+TEST_CASE("sppf_pool equals SPPF's three pools and concat, values and gradients bit for bit", "[ops][maxpool][sppf]") {
+    for (DType dt : {DType::F32, DType::F64})
+        for (int levels : {0, 2}) {  // 2: values in {-1, -0.5, 0, 0.5, 1}, so windows hold ties
+            DYNAMIC_SECTION(dtype_name(dt) << (levels ? " ties" : " continuous")) {
+                TestCtx tc;
+                Rng rng(14);
+                Tensor x = rand_tensor(tc.data, {3, 5, 9, 11}, dt, rng);
+                if (levels)
+                    for (int64_t i = 0; i < x.numel(); ++i) {
+                        const double v = std::round(at(x, i) * levels) / levels;
+                        if (dt == DType::F64) x.ptr<double>()[i] = v;
+                        else x.ptr<float>()[i] = (float)v;
+                    }
+                Tensor seed = rand_tensor(tc.data, {3, 20, 9, 11}, dt, rng);
+                auto run = [&](bool fused) {
+                    Var xv = tc.tape.leaf(x);
+                    Var y;
+                    if (fused) y = sppf_pool(tc.ctx, xv, 5);
+                    else {
+                        Var y1 = maxpool2d(tc.ctx, xv, 5, 1, 2), y2 = maxpool2d(tc.ctx, y1, 5, 1, 2);
+                        y = concat(tc.ctx, {xv, y1, y2, maxpool2d(tc.ctx, y2, 5, 1, 2)});
+                    }
+                    tc.tape.backward(y, &seed);
+                    std::vector<Tensor> r = {copy_of(tc.data, y.t), copy_of(tc.data, tc.tape.grad(xv))};
+                    tc.tape.clear();
+                    return r;
+                };
+                const std::vector<Tensor> f = run(true), u = run(false);
+                require_close(f[0], u[0], 0, 0, "output");
+                require_close(f[1], u[1], 0, 0, "dx");
+            }
+        }
+    SECTION("gradient by finite differences, and an even kernel is refused") {
+        TestCtx tc;
+        Rng rng(15);
+        gradcheck(tc, {distinct_tensor(tc.data, {2, 3, 6, 7}, rng, 1e-3)},
+                  [](Ctx& c, const std::vector<Var>& v) { return sppf_pool(c, v[0], 3); }, rng);
+        Tensor x = rand_tensor(tc.data, {1, 1, 4, 4}, DType::F32, rng);
+        CHECK_THROWS_WITH(sppf_pool(tc.ctx, Tape::constant(x), 4), Catch::Contains("odd kernel"));
+    }
+}
+
 TEST_CASE("maxpool2d sends a tie's gradient to the first maximum as PyTorch does", "[ops][maxpool]") {
     TestCtx tc;
     Tensor x = f64_tensor(tc.data, {1, 1, 2, 2}, {3, 3, 1, 3});
