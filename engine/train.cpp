@@ -274,7 +274,11 @@ std::string train(const TrainOptions& opt_in) {
                                               : mem_available_bytes();
     // Scratch per op, not per image: engine/workspace.h (w1 + 16 MiB overflowed with more CPU threads than 2).
     const size_t t_work = work_bytes_for_batch(model, w1, opt.batch_size);
-    const size_t v_work = work_bytes_for_batch(model, vw, vl.batch_size);
+    // Validation's work arena also holds its GPU NMS's scratch (engine/val.h), used after the forward's.
+    ValOptions nms_vo;
+    nms_vo.single_cls = opt.single_cls;
+    const size_t v_work = std::max(work_bytes_for_batch(model, vw, vl.batch_size),
+                                   val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo) + ((size_t)16 << 20));
     const double need = (double)(t_act + t_grad + v_act + t_work + v_work);
     Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
              "batch %d at --imgsz %d needs %.1f GB of %s memory for activations and gradients but %.1f GB are "

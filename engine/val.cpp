@@ -54,21 +54,43 @@ static void to_original(float* xyxy, const std::array<double, 6>& s) {
     xyxy[3] = (float)std::clamp((xyxy[3] - padh) / gain, 0.0, h0);
 }
 
+// val.py's NMS settings.
+static NmsParams val_nms_params(const ValOptions& o) {
+    NmsParams np;
+    np.conf_thres = o.conf_thres, np.iou_thres = o.iou_thres, np.multi_label = true, np.agnostic = o.single_cls;
+    np.max_det = o.max_det;
+    return np;
+}
+
+size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o) {
+    if (m.params.device() != Device::CUDA) return 0;
+#if Y5_CUDA
+    // Rows of the decoded output at side × side (the scratch never shrinks with more rows: nms.h).
+    int64_t N = 0;
+    for (float s : m.detect->stride) {
+        const int64_t g = CEIL_DIV((int64_t)side, (int64_t)s);
+        N += (int64_t)m.detect->na * g * g;
+    }
+    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, val_nms_params(o));
+#else
+    (void)side, (void)batch, (void)o;
+    return 0;
+#endif
+}
+
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm) {
     ValResult R;
     std::vector<std::array<bool, kIouThresholds>> tp;
     std::vector<double> conf;
     std::vector<int> pcls, tcls;
-    NmsParams np;
-    np.conf_thres = o.conf_thres, np.iou_thres = o.iou_thres, np.multi_label = true, np.agnostic = o.single_cls;
-    np.max_det = o.max_det;
+    const NmsParams np = val_nms_params(o);
     std::vector<float> anchors_host;
     const Tensor anchors = m.loss_anchors(&anchors_host);
     NoGrad ng(*c.tape);
     loader.start_epoch(0);
     Batch b;
     int batches = 0;
-    std::vector<float> decoded_host;
+    std::vector<std::vector<Detection>> dets;
     // On a terminal, a progress line (batches, rate, ETA) that the table replaces when validation ends.
     const bool tty = isatty(fileno(stdout));
     const int nb = loader.num_batches();
@@ -81,16 +103,25 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
         R.loss[0] += L.items.lbox, R.loss[1] += L.items.lobj, R.loss[2] += L.items.lcls;
         ++batches;
         const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
-        const float* dec = out.decoded.ptr<float>();  // (n, N, no) on the host for NMS
+        const float* dec = out.decoded.ptr<float>();  // (n, N, no)
         if (out.decoded.device == Device::CUDA) {
-            decoded_host.resize((size_t)out.decoded.numel());
-            copy_device_to_host(decoded_host.data(), dec, out.decoded.bytes(), c.cuda);
-            dec = decoded_host.data();
+#if Y5_CUDA
+            // On the device, with scratch from the work arena: only the detections come to the host.
+            const size_t mark = c.work->mark(), bytes = nms_cuda_scratch_bytes(b.n, (int)N, (int)no, np);
+            void* scratch = c.work->alloc(bytes);
+            dets = nms_batch_cuda(dec, b.n, (int)N, (int)no, np, scratch, bytes, c.cuda->stream);
+            c.work->reset(mark);
+#else
+            Y5_FAIL("validate: CUDA tensor in a build without CUDA");
+#endif
+        } else {
+            dets.assign(b.n, {});
+            for (int i = 0; i < b.n; ++i) dets[i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
         }
         const bool plot = !o.plot_dir.empty() && batches <= 3;
         std::vector<std::array<float, 7>> plotted;  // predictions over 0.25, normalised to the batch image
         for (int i = 0; i < b.n; ++i) {
-            std::vector<Detection> det = nms_image(dec + i * N * no, (int)N, (int)no, np);
+            std::vector<Detection>& det = dets[i];
             if (plot)
                 for (const Detection& d : det)
                     if (d[4] > 0.25f)

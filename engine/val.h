@@ -2,6 +2,8 @@
  * Validation as YOLOv5's val.py runs it: eval-mode forward, the loss on the raw maps, NMS (conf 0.001,
  * IoU 0.6, multi-label, max_det 300), boxes and labels scaled back to the original images, the TP matrix,
  * ap_per_class (when any detection is a TP), and the confusion matrix fed only for images with labels.
+ * NMS runs where the decoded predictions are: on the GPU (nms_batch_cuda, scratch from the context's work
+ * arena, only the detections downloaded) or on the host (nms_image).
  */
 #pragma once
 #include <string>
@@ -36,6 +38,10 @@ struct ValOptions {
     std::string plot_dir;                        // if set: val_batch{0,1,2}_{labels,pred}.jpg go there
     const std::vector<std::string>* names = nullptr;
 };
+
+// Work-arena bytes validate()'s GPU NMS takes for a batch of `batch` images at most side × side pixels (0 for a
+// model on the CPU): size the work arena to at least this.
+size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
 
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o = {},
                    ConfusionMatrix* cm = nullptr);

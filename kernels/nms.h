@@ -6,12 +6,20 @@
  * sort by score (descending, ties in index order), keep max_nms; offset boxes by class·7680 unless
  * agnostic; greedy NMS suppressing IoU > iou_thres (torchvision.ops.nms); keep max_det.
  * No wall-clock limit (Decisions 2). Output rows: x1, y1, x2, y2, score, class.
+ * The per-row math (nms_xyxy, nms_score, nms_best_class, nms_offset_box, nms_iou) is Y5_HD: the CUDA path
+ * in kernels/nms.cu (nms_batch_cuda, all images of a batch at once) calls the same definitions, and gives
+ * the same detections bit for bit, in the same order.
  */
 #pragma once
 #include <algorithm>
 #include <array>
 #include <numeric>
+#include <cstddef>
 #include <vector>
+
+#include "kernels/common.h"
+
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
@@ -25,33 +33,95 @@ struct NmsParams {
 
 using Detection = std::array<float, 6>;  // x1, y1, x2, y2, score, class
 
+// Float arithmetic rounded once per operation on both sides: on the device the _rn intrinsics keep nvcc
+// from fusing a·b + c into one FMA (which rounds once instead of twice), so the GPU's IoUs and scores equal
+// the CPU's bit for bit and the thresholds cut in the same places.
+Y5_HD float nms_mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+Y5_HD float nms_add(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+Y5_HD float nms_sub(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fsub_rn(a, b);
+#else
+    return a - b;
+#endif
+}
+Y5_HD float nms_div(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fdiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+// std::min / std::max's exact rules (the first argument on ties and NaN), usable on the device.
+Y5_HD float nms_min(float a, float b) { return b < a ? b : a; }
+Y5_HD float nms_max(float a, float b) { return a < b ? b : a; }
+
+// One prediction row r (5+nc): its box as x1, y1, x2, y2.
+Y5_HD void nms_xyxy(const float* r, float* b) {
+    const float hw = nms_div(r[2], 2.0f), hh = nms_div(r[3], 2.0f);
+    b[0] = nms_sub(r[0], hw), b[1] = nms_sub(r[1], hh), b[2] = nms_add(r[0], hw), b[3] = nms_add(r[1], hh);
+}
+
+// Class c's score of row r: class probability × objectness.
+Y5_HD float nms_score(const float* r, int c) { return nms_mul(r[5 + c], r[4]); }
+
+// Row r's best class over nc: the first maximum of the scores, as torch.max.
+Y5_HD int nms_best_class(const float* r, int nc) {
+    int best = 0;
+    float sb = nms_score(r, 0);
+    for (int c = 1; c < nc; ++c) {
+        const float s = nms_score(r, c);
+        if (s > sb) best = c, sb = s;
+    }
+    return best;
+}
+
+// The box NMS compares: offset by class·7680 so that boxes of different classes never overlap, unless agnostic.
+Y5_HD void nms_offset_box(const float* xyxy, int cls, bool agnostic, float* out) {
+    const float off = agnostic ? 0.0f : nms_mul((float)cls, 7680.0f);
+    for (int k = 0; k < 4; ++k) out[k] = nms_add(xyxy[k], off);
+}
+
 // IoU of two xyxy boxes as torchvision's nms kernel computes it (float, no eps).
-inline float nms_iou(const float* a, const float* b) {
-    const float area_a = (a[2] - a[0]) * (a[3] - a[1]), area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    const float w = std::max(0.0f, std::min(a[2], b[2]) - std::max(a[0], b[0]));
-    const float h = std::max(0.0f, std::min(a[3], b[3]) - std::max(a[1], b[1]));
-    const float inter = w * h;
-    return inter / (area_a + area_b - inter);
+Y5_HD float nms_iou(const float* a, const float* b) {
+    const float area_a = nms_mul(nms_sub(a[2], a[0]), nms_sub(a[3], a[1]));
+    const float area_b = nms_mul(nms_sub(b[2], b[0]), nms_sub(b[3], b[1]));
+    const float w = nms_max(0.0f, nms_sub(nms_min(a[2], b[2]), nms_max(a[0], b[0])));
+    const float h = nms_max(0.0f, nms_sub(nms_min(a[3], b[3]), nms_max(a[1], b[1])));
+    const float inter = nms_mul(w, h);
+    return nms_div(inter, nms_sub(nms_add(area_a, area_b), inter));
 }
 
 inline std::vector<Detection> nms_image(const float* pred, int N, int no, const NmsParams& p) {
     const int nc = no - 5;
     const bool multi = p.multi_label && nc > 1;
     std::vector<Detection> x;
-    std::vector<float> score(nc);
     for (int i = 0; i < N; ++i) {
         const float* r = pred + (int64_t)i * no;
         if (!(r[4] > p.conf_thres)) continue;
-        for (int c = 0; c < nc; ++c) score[c] = r[5 + c] * r[4];
-        const float x1 = r[0] - r[2] / 2, y1 = r[1] - r[3] / 2, x2 = r[0] + r[2] / 2, y2 = r[1] + r[3] / 2;
+        float b[4];
+        nms_xyxy(r, b);
         if (multi) {
-            for (int c = 0; c < nc; ++c)
-                if (score[c] > p.conf_thres) x.push_back({x1, y1, x2, y2, score[c], (float)c});
+            for (int c = 0; c < nc; ++c) {
+                const float s = nms_score(r, c);
+                if (s > p.conf_thres) x.push_back({b[0], b[1], b[2], b[3], s, (float)c});
+            }
         } else {
-            int best = 0;
-            for (int c = 1; c < nc; ++c)
-                if (score[c] > score[best]) best = c;  // first maximum, as torch.max
-            if (score[best] > p.conf_thres) x.push_back({x1, y1, x2, y2, score[best], (float)best});
+            const int best = nms_best_class(r, nc);
+            const float s = nms_score(r, best);
+            if (s > p.conf_thres) x.push_back({b[0], b[1], b[2], b[3], s, (float)best});
         }
     }
     if (!p.classes.empty())
@@ -66,10 +136,7 @@ inline std::vector<Detection> nms_image(const float* pred, int N, int no, const 
     // Greedy suppression over class-offset boxes (all boxes in one pass, as torchvision's batched trick).
     const int n = (int)x.size();
     std::vector<std::array<float, 4>> boxes(n);
-    for (int i = 0; i < n; ++i) {
-        const float off = p.agnostic ? 0.0f : x[i][5] * 7680.0f;
-        boxes[i] = {x[i][0] + off, x[i][1] + off, x[i][2] + off, x[i][3] + off};
-    }
+    for (int i = 0; i < n; ++i) nms_offset_box(x[i].data(), (int)x[i][5], p.agnostic, boxes[i].data());
     std::vector<char> suppressed(n, 0);
     std::vector<Detection> out;
     for (int i = 0; i < n && (int)out.size() < p.max_det; ++i) {
@@ -80,5 +147,22 @@ inline std::vector<Detection> nms_image(const float* pred, int N, int no, const 
     }
     return out;
 }
+
+// ----------------------------------------------------------------------------------------------------
+// CUDA path (kernels/nms.cu; CUDA builds only)
+
+// Device scratch bytes nms_batch_cuda needs for bs images of (N, no) predictions under p. Host arithmetic
+// only, and never smaller for a larger N, so a caller may size for its largest input shape. Candidates
+// (16 bytes each: a 64-bit sort key and its double buffer) are sorted for a group of images at a time, as
+// many as fit in 256 MiB (at least one image: up to N·nc candidates in multi-label mode, N otherwise);
+// the suppression mask takes m·⌈m/64⌉·8 bytes with m = min(max_nms, candidates per image), 112 MiB at
+// max_nms 30000.
+size_t nms_cuda_scratch_bytes(int bs, int N, int no, const NmsParams& p);
+
+// nms_image for every image of dec (bs, N, no) on the device, enqueued on `stream`: equal results (bitwise,
+// same order). Only the detections and their counts come back to the host. scratch: device memory of at
+// least nms_cuda_scratch_bytes(bs, N, no, p) bytes. Synchronizes the stream (once per group of images).
+std::vector<std::vector<Detection>> nms_batch_cuda(const float* dec, int bs, int N, int no, const NmsParams& p,
+                                                   void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 }  // namespace y5

@@ -5,6 +5,7 @@
  * Every gradient buffer starts with random values, so the tests also check that backward accumulates (+=).
  * Shapes: awkward ones (N = 1, C = 1, odd and non-multiple-of-32 sizes, pool windows larger than the
  * input) and yolov5n's at 640 for at least one layer per op, with N = 2.
+ * NMS: nms_batch_cuda against nms_image per image, bit for bit and in the same order.
  * Tolerances: exact where the GPU does the same float operations in the same order as the CPU (copies, the
  * order-matched gathers of the max-pool and upsample backwards, single products); 1e-6 abs / 1e-5 rel for
  * element-wise math (the GPU fuses a·b + c into one FMA, the CPU SiLU uses its own exp); looser for
@@ -18,6 +19,7 @@
 
 #include "kernels/batchnorm.h"
 #include "kernels/detect.h"
+#include "kernels/nms.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
 
@@ -460,6 +462,89 @@ TEST_CASE("Detect decode CUDA kernel against the CPU reference", "[gpu][ops][det
         // The same float operations in the same order, except that the GPU may fuse p·2 + (g − 0.5) into an FMA
         // and its expf differs from the CPU's by an ulp or two: 1e-6 relative of coordinates up to 640.
         require_close(g.download(got), want, 1e-4, 1e-5, "detect decode");
+    }
+}
+
+// Decoded predictions (bs, N, 5 + nc) built to stress NMS: boxes in clusters (overlaps), objectness and class
+// probabilities on a 1/16 grid (many equal scores, equal best classes), some rows exact copies of the one
+// before (equal scores and IoU 1), a share `pass` of rows over obj 0.001 and the rest under it; image 1
+// has no candidates at all when bs > 1.
+static std::vector<float> nms_predictions(Rng& rng, int bs, int N, int nc, float pass) {
+    const int no = nc + 5;
+    std::vector<float> p((size_t)bs * N * no);
+    for (int b = 0; b < bs; ++b) {
+        float cx[16], cy[16];
+        for (int k = 0; k < 16; ++k) cx[k] = rng.uniform(40, 600), cy[k] = rng.uniform(40, 600);
+        for (int i = 0; i < N; ++i) {
+            float* r = &p[((size_t)b * N + i) * no];
+            if (i > 0 && rng.uniform() < 0.05f) {
+                std::memcpy(r, r - no, no * sizeof(float));
+                continue;
+            }
+            const int k = (int)rng.randint(16);
+            r[0] = cx[k] + rng.uniform(-12, 12), r[1] = cy[k] + rng.uniform(-12, 12);
+            r[2] = rng.uniform(8, 120), r[3] = rng.uniform(8, 120);
+            const bool on = b != 1 && rng.uniform() < pass;
+            r[4] = on ? (1 + (float)rng.randint(16)) / 16 : rng.uniform(0, 0.0009f);
+            for (int c = 0; c < nc; ++c) r[5 + c] = (float)rng.randint(17) / 16;
+        }
+    }
+    return p;
+}
+
+TEST_CASE("NMS on the GPU equals nms_image bit for bit", "[gpu][ops][nms]") {
+    Gpu& g = gpu();
+    Rng rng(515);
+    struct Case {
+        const char* name;
+        int bs, N, nc;
+        float pass;
+        NmsParams p;
+    };
+    auto params = [](float conf, float iou, bool multi, bool agnostic, int max_det, std::vector<int> classes, int max_nms) {
+        NmsParams p;
+        p.conf_thres = conf, p.iou_thres = iou, p.multi_label = multi, p.agnostic = agnostic, p.max_det = max_det;
+        p.classes = std::move(classes), p.max_nms = max_nms;
+        return p;
+    };
+    const std::vector<Case> cases = {
+        // val.py's settings; more candidates than max_det and max_nms.
+        {"val: multi-label, conf 0.001", 4, 3000, 80, 0.3f, params(0.001f, 0.6f, true, false, 300, {}, 30000)},
+        {"multi-label, max_nms 500", 3, 2000, 80, 0.5f, params(0.001f, 0.6f, true, false, 300, {}, 500)},
+        {"multi-label agnostic (single_cls)", 3, 2000, 5, 0.3f, params(0.001f, 0.6f, true, true, 100, {}, 30000)},
+        // detect.py's settings, with and without a classes filter and agnostic.
+        {"best class", 4, 3000, 80, 0.3f, params(0.25f, 0.45f, false, false, 1000, {}, 30000)},
+        {"best class, classes 0 2 5", 3, 3000, 8, 0.5f, params(0.25f, 0.45f, false, false, 1000, {0, 2, 5, 99}, 30000)},
+        {"best class agnostic, max_det 20", 3, 3000, 3, 0.5f, params(0.25f, 0.45f, false, true, 20, {}, 30000)},
+        {"multi-label, classes 1 3", 2, 1000, 4, 0.5f, params(0.1f, 0.5f, true, false, 50, {1, 3}, 30000)},
+        {"one class (multi-label ignored)", 2, 1000, 1, 0.5f, params(0.1f, 0.5f, true, false, 300, {}, 30000)},
+        // yolov5's full 640 output, 10 images: N·nc candidate slots per image, so the sort runs in two groups.
+        {"640, bs 10, multi-label (two sort groups)", 10, 25200, 80, 0.02f, params(0.001f, 0.6f, true, false, 300, {}, 30000)},
+    };
+    for (const Case& k : cases) {
+        INFO(k.name);
+        g.reset();
+        const int no = k.nc + 5;
+        const std::vector<float> h = nms_predictions(rng, k.bs, k.N, k.nc, k.pass);
+        float* d = static_cast<float*>(g.act.alloc(h.size() * sizeof(float)));
+        CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+        const size_t bytes = nms_cuda_scratch_bytes(k.bs, k.N, no, k.p);
+        void* scratch = g.work.alloc(bytes);
+        const std::vector<std::vector<Detection>> got = nms_batch_cuda(d, k.bs, k.N, no, k.p, scratch, bytes, g.cuda->stream);
+        REQUIRE((int)got.size() == k.bs);
+        size_t total = 0;
+        for (int b = 0; b < k.bs; ++b) {
+            const std::vector<Detection> want = nms_image(h.data() + (size_t)b * k.N * no, k.N, no, k.p);
+            INFO("image " << b);
+            REQUIRE(got[b].size() == want.size());
+            for (size_t i = 0; i < want.size(); ++i) {
+                INFO("detection " << i);
+                REQUIRE(std::memcmp(got[b][i].data(), want[i].data(), sizeof(Detection)) == 0);
+            }
+            total += want.size();
+        }
+        CHECK(total > 0);
+        if (k.bs > 1) CHECK(got[1].empty());
     }
 }
 #endif

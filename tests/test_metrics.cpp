@@ -2,6 +2,9 @@
  * NMS and detection metrics: hand-checked cases, and parity with YOLOv5's non_max_suppression,
  * process_batch, ap_per_class, ConfusionMatrix and fitness (tests/fixtures/{nms,metrics}.safetensors).
  */
+#include <algorithm>
+#include <cmath>
+
 #include "engine/metrics.h"
 #include "engine/safetensors.h"
 #include "tests/test_util.h"
@@ -35,6 +38,56 @@ TEST_CASE("NMS by hand: suppression by class / agnostic / thresholds / max_det",
     p.max_det = 2;
     CHECK(nms_image(&pred[0][0], 3, 7, p).size() == 2);
 }
+
+TEST_CASE("NMS's shared per-row helpers (Y5_HD, also the GPU's)", "[nms]") {
+    const float r[8] = {100, 50, 21, 10, 0.5f, 0.25f, 0.75f, 0.75f};  // x y w h obj, three classes
+    float b[4];
+    nms_xyxy(r, b);
+    CHECK((b[0] == 89.5f && b[1] == 45.0f && b[2] == 110.5f && b[3] == 55.0f));
+    CHECK(nms_score(r, 0) == 0.125f);
+    CHECK(nms_best_class(r, 3) == 1);  // classes 1 and 2 tie: the first maximum, as torch.max
+    CHECK(nms_best_class(r, 1) == 0);
+    float o[4];
+    nms_offset_box(b, 2, false, o);
+    CHECK((o[0] == 89.5f + 15360.0f && o[3] == 55.0f + 15360.0f));
+    nms_offset_box(b, 2, true, o);
+    CHECK((o[0] == b[0] && o[2] == b[2]));
+    // IoU: identical boxes 1, disjoint 0, a 10×10 box against its half 0.5; symmetric.
+    const float a1[4] = {0, 0, 10, 10}, a2[4] = {5, 0, 15, 10}, a3[4] = {20, 20, 30, 30};
+    CHECK(nms_iou(a1, a1) == 1.0f);
+    CHECK(nms_iou(a1, a3) == 0.0f);
+    CHECK(nms_iou(a1, a2) == 50.0f / 150.0f);
+    CHECK(nms_iou(a2, a1) == nms_iou(a1, a2));
+    // nms_min / nms_max keep std::min / std::max's rules for NaN and signed zeros (the first argument on ties).
+    const float nan = std::nanf("");
+    CHECK(nms_max(0.0f, nan) == std::max(0.0f, nan));
+    CHECK(std::isnan(nms_max(nan, 0.0f)) == std::isnan(std::max(nan, 0.0f)));
+    CHECK(std::signbit(nms_max(0.0f, -0.0f)) == std::signbit(std::max(0.0f, -0.0f)));
+    CHECK(std::signbit(nms_min(-0.0f, 0.0f)) == std::signbit(std::min(-0.0f, 0.0f)));
+}
+
+#if Y5_CUDA
+TEST_CASE("GPU NMS scratch never shrinks with more rows (callers size for the largest shape)", "[nms]") {
+    NmsParams val;  // val.py's: multi-label, max_det 300
+    val.conf_thres = 0.001f, val.iou_thres = 0.6f, val.multi_label = true;
+    NmsParams det;  // detect.py's: best class, max_det 1000
+    det.max_det = 1000;
+    for (const NmsParams& p : {val, det})
+        for (int bs : {1, 2, 7, 32}) {
+            size_t prev = 0;
+            for (int N = 100; N <= 120000; N = N * 5 / 4) {
+                const size_t s = nms_cuda_scratch_bytes(bs, N, 85, p);
+                INFO("bs " << bs << " N " << N << " multi " << p.multi_label);
+                CHECK(s >= prev);
+                prev = s;
+            }
+        }
+    // val at 640, batch 32: candidates sorted 7 images at a time (256 MiB) plus the 30000-box mask.
+    const size_t v = nms_cuda_scratch_bytes(32, 25200, 85, val);
+    CHECK(v < (size_t)400 << 20);
+    CHECK(nms_cuda_scratch_bytes(1, 25200, 85, det) < (size_t)100 << 20);
+}
+#endif
 
 TEST_CASE("AP of a perfect detector is 0.995 (101-point trapezoid)", "[metrics]") {
     CHECK(compute_ap({1.0}, {1.0}) == Approx(0.995).epsilon(1e-12));

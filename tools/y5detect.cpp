@@ -27,6 +27,10 @@
 #include "kernels/nms.h"
 #include "layers/model.h"
 
+#if Y5_CUDA
+#include "engine/cuda.h"
+#endif
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -74,7 +78,6 @@ struct Detector {
         grads{"gradients", dev, 1 << 20}, host{"host input", y5::Device::CPU, (size_t)1 << 30};
     y5::Tape tape;
     y5::Ctx c;
-    std::vector<float> decoded;  // the model's decoded output on the host, for NMS
     y5::NmsParams nms;
     int imgsz;
     double t_pre = 0, t_inf = 0, t_nms = 0;
@@ -107,14 +110,23 @@ struct Detector {
         }
         const auto t1 = Clock::now();
         y5::Model::Output out = model.forward(c, y5::Tape::constant(x), false);
-        const float* dec = out.decoded.ptr<float>();
-        if (dev == y5::Device::CUDA) {  // the copy waits for the forward, so inference time includes it
-            decoded.resize((size_t)out.decoded.numel());
-            y5::copy_device_to_host(decoded.data(), dec, out.decoded.bytes(), c.cuda);
-            dec = decoded.data();
-        }
+        const float* dec = out.decoded.ptr<float>();  // (1, N, no)
+        const int N = (int)out.decoded.dim(1), no = (int)out.decoded.dim(2);
+        if (dev == y5::Device::CUDA) y5::device_synchronize(c.cuda);  // inference time includes the forward's kernels
         const auto t2 = Clock::now();
-        std::vector<y5::Detection> det = y5::nms_image(dec, (int)out.decoded.dim(1), (int)out.decoded.dim(2), nms);
+        std::vector<y5::Detection> det;
+        if (dev == y5::Device::CUDA) {
+#if Y5_CUDA
+            // NMS on the device (scratch from the 1 GB work arena: under 120 MB for one image in best-class
+            // mode at any size, as kernels/nms.h counts), only the detections downloaded.
+            const size_t mark = work.mark(), bytes = y5::nms_cuda_scratch_bytes(1, N, no, nms);
+            void* scratch = work.alloc(bytes);
+            det = y5::nms_batch_cuda(dec, 1, N, no, nms, scratch, bytes, c.cuda->stream)[0];
+            work.reset(mark);
+#endif
+        } else {
+            det = y5::nms_image(dec, N, no, nms);
+        }
         // scale_boxes without ratio_pad: gain and padding recomputed from the two shapes, then clipped, rounded
         const double gain = std::min((double)im.rows / im0.rows, (double)im.cols / im0.cols);
         const double padw = (im.cols - im0.cols * gain) / 2, padh = (im.rows - im0.rows * gain) / 2;

@@ -55,7 +55,12 @@ int main(int argc, char** argv) {
         // measured, scaled to the batch, and checked against the memory there is.
         size_t a1 = 0, w1 = 0, g1 = 0;
         y5::measure_step_memory(*model, imgsz + 32, imgsz + 32, lh, &a1, &w1, &g1);
-        const size_t act_b = a1 * batch * 11 / 10 + ((size_t)64 << 20), work_b = y5::work_bytes_for_batch(*model, w1, batch);
+        y5::ValOptions vo;
+        vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
+        // The work arena also holds the GPU NMS's scratch; no op's scratch is live then, so the larger counts.
+        const size_t act_b = a1 * batch * 11 / 10 + ((size_t)64 << 20),
+                     work_b = std::max(y5::work_bytes_for_batch(*model, w1, batch),
+                                       y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo) + ((size_t)16 << 20));
         size_t free_b = 0, total_b = 0;
         const int64_t avail = dev == y5::Device::CUDA ? (y5::device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
                                                       : y5::mem_available_bytes();
@@ -67,8 +72,6 @@ int main(int argc, char** argv) {
         y5::Ctx c;
         c.act = &act, c.work = &work, c.tape = &tape, c.cuda = cuda;
         const auto t0 = std::chrono::steady_clock::now();
-        y5::ValOptions vo;
-        vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
         y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("%s", y5::val_table(r, cfg.names, verbose).c_str());
