@@ -29,7 +29,7 @@ namespace y5 {
 namespace {
 
 constexpr size_t kCandidateBudget = size_t(256) << 20;  // bytes of candidate keys (both sort buffers) per group
-constexpr size_t kSortTemp = size_t(64) << 10;          // CUB's temp storage: with a DoubleBuffer only padding
+constexpr size_t kSortTemp = size_t(1) << 20;           // CUB's temp storage (DoubleBuffer: small; checked per call)
 constexpr int kMaskBlock = 64;                          // boxes per mask block: one bit each in a uint64
 constexpr int kReduceThreads = 256;
 
