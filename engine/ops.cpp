@@ -5,6 +5,7 @@
  */
 #include "engine/ops.h"
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -171,6 +172,25 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
 // ----------------------------------------------------------------------------------------------------
 // conv2d
 
+// The CPU convolutions' backward over G groups of images in parallel: fn(g, dw_g, db_g) for each group, group 0
+// accumulating into dw/db themselves and groups 1..G−1 into zeroed partials of nw and K values that are added
+// in group order afterwards (the same bits whatever the threads' timing). dw/db may be null.
+template <class T, class F>
+static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn) {
+    T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
+    T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
+    if (pw) fill_cpu(pw, T(0), nw * (G - 1));
+    if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
+    par(G, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g)
+            fn(g, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr, db ? (g ? pb + (g - 1) * K : db) : nullptr);
+    });
+    for (int g = 1; g < G; ++g) {
+        if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
+        if (db) axpy_cpu(db, T(1), pb + (g - 1) * K, (int64_t)K);
+    }
+}
+
 #if Y5_CUDA
 // The CUDA path (cuDNN, kernels/conv2d.cu), f32. Each pass's workspace comes from the work arena for the
 // call; the algorithm (and so the size) is chosen on the first call for the geometry and cached.
@@ -254,26 +274,109 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                 Scratch ws(c.work);
                 T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
                 const T* dy = c.tape->grad(y).template ptr<T>();
-                // Group 0 accumulates into dw/db; groups 1..G−1 into zeroed partials, added in order after.
-                const int64_t nw = (int64_t)K * C * R * S;
                 T* col = ws.get<T>(ncol * G);
-                T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
-                T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
-                if (pw) fill_cpu(pw, T(0), nw * (G - 1));
-                if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
-                par(G, [&](int64_t g0, int64_t g1) {
-                    for (int64_t g = g0; g < g1; ++g) {
-                        const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
-                        conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr,
-                                               db ? (g ? pb + (g - 1) * K : db) : nullptr, dy + n0 * out_img,
-                                               x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + g * ncol : nullptr,
-                                               n1 - n0, C, H, W, K, R, S, stride, pad);
-                    }
+                par_weight_grads<T>(ws, dw, db, (int64_t)K * C * R * S, K, G, [&](int64_t g, T* gw, T* gb) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                                           x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + g * ncol : nullptr,
+                                           n1 - n0, C, H, W, K, R, S, stride, pad);
                 });
-                for (int g = 1; g < G; ++g) {
-                    if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
-                    if (db) axpy_cpu(db, T(1), pb + (g - 1) * K, (int64_t)K);
+            });
+        });
+    return y;
+}
+
+Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
+    const char* op = "conv2d_parts";
+    Y5_CHECK(!xs.empty(), "conv2d_parts: no inputs");
+    if (xs.size() == 1) return conv2d(c, xs[0], w, b, 1, 0);
+    const int m = (int)xs.size();
+    Y5_CHECK(m <= kMaxConvParts, "conv2d_parts: %d parts, at most %d", m, kMaxConvParts);
+    check_rank(op, "weight", w.t, 4);
+    const int N = xs[0].t.dim(0), H = xs[0].t.dim(2), W = xs[0].t.dim(3), P = H * W, K = w.t.dim(0);
+    std::array<int, kMaxConvParts> Cs{};
+    int C = 0;
+    for (int i = 0; i < m; ++i) {
+        const Tensor& t = xs[i].t;
+        check_rank(op, "input", t, 4);
+        check_same(op, w.t, t);
+        Y5_CHECK(t.dim(0) == N && t.dim(2) == H && t.dim(3) == W,
+                 "conv2d_parts: part %s does not match %s outside the channel dimension", t.str().c_str(),
+                 xs[0].t.str().c_str());
+        Cs[i] = (int)t.dim(1);
+        C += Cs[i];
+    }
+    check_ctx(op, c, xs[0].t);
+    Y5_CHECK(w.t.dim(1) == C && w.t.dim(2) == 1 && w.t.dim(3) == 1,
+             "conv2d_parts: weight %s must be (K, %d, 1, 1) for parts of %d channels in all", w.t.str().c_str(), C, C);
+    Var bias = b ? *b : Var{};
+    if (b) {
+        check_same(op, w.t, b->t);
+        Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv2d_parts: bias %s does not match %d output channels",
+                 b->t.str().c_str(), K);
+    }
+    const bool cuda = on_cuda(op, xs[0].t);
+    Tensor out = c.act->tensor(Shape{N, K, H, W}, xs[0].t.dtype);
+    const int G = std::min(N, cpu_op_threads());
+    if (cuda) {
+#if Y5_CUDA
+        const float* xp[kMaxConvParts];
+        for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>();
+        conv1x1_parts_fprop_cuda(c.cuda, out.ptr<float>(), xp, Cs.data(), m, w.t.ptr<float>(),
+                                 b ? b->t.ptr<float>() : nullptr, N, K, P);
+#endif
+    } else {
+        with_dtype(op, out, [&](auto z) {
+            using T = decltype(z);
+            par(G, [&](int64_t g0, int64_t g1) {
+                for (int64_t g = g0; g < g1; ++g) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const T* xp[kMaxConvParts];
+                    for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
+                    conv1x1_parts_fprop_cpu<T>(out.ptr<T>() + (int64_t)n0 * K * P, xp, Cs.data(), m, w.t.ptr<T>(),
+                                               b ? b->t.ptr<T>() : nullptr, n1 - n0, K, P);
                 }
+            });
+        });
+    }
+    bool any = w.requires_grad() || (b && b->requires_grad());
+    for (const Var& v : xs) any = any || v.requires_grad();
+    Var y = c.tape->recording() && any ? c.tape->leaf(out) : Tape::constant(out);
+    if (y.requires_grad())
+        c.tape->record([&c, xs, w, bias, y, m, N, K, P, G, Cs] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (y.t.device == Device::CUDA) {
+#if Y5_CUDA
+                const float* xp[kMaxConvParts];
+                float* dxp[kMaxConvParts];
+                for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>(), dxp[i] = grad_ptr<float>(c, xs[i]);
+                float* dw = grad_ptr<float>(c, w);
+                const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
+                conv1x1_parts_backward_cuda(c.cuda, dxp, dw, grad_ptr<float>(c, bias), c.tape->grad(y).ptr<float>(), xp,
+                                            Cs.data(), m, w.t.ptr<float>(), N, K, P, ws.get<char>((int64_t)bytes),
+                                            bytes);
+#endif
+                return;
+            }
+            with_dtype("conv2d_parts backward", y.t, [&](auto z) {
+                using T = decltype(z);
+                T* dxp[kMaxConvParts];
+                for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par_weight_grads<T>(ws, grad_ptr<T>(c, w), grad_ptr<T>(c, bias), w.t.numel(), K, G,
+                                    [&](int64_t g, T* gw, T* gb) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const T* xg[kMaxConvParts];
+                    T* dxg[kMaxConvParts];
+                    for (int i = 0; i < m; ++i) {
+                        const int64_t off = (int64_t)n0 * Cs[i] * P;
+                        xg[i] = xs[i].t.ptr<T>() + off;
+                        dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
+                    }
+                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m, w.t.ptr<T>(),
+                                                  n1 - n0, K, P);
+                });
             });
         });
     return y;

@@ -273,6 +273,19 @@ __global__ void bias_grad_kernel(float* db, const float* dy, int N, int K, int64
     if (threadIdx.x == 0) db[k] += part[0];
 }
 
+// dweight[k·C + c0 + c] += Σ_n partial[n, k, c] over (K, Ci), images added in order (deterministic).
+__global__ void sum_partials_kernel(float* dweight, const float* partial, int N, int K, int Ci, int C, int c0) {
+    const int64_t kc = (int64_t)K * Ci;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < kc; i += (int64_t)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int n = 0; n < N; ++n) acc += partial[(int64_t)n * kc + i];
+        const int k = (int)(i / Ci), c = (int)(i - (int64_t)k * Ci);
+        dweight[(int64_t)k * C + c0 + c] += acc;
+    }
+}
+
+int blocks_for(int64_t total) { return (int)std::min<int64_t>(std::max<int64_t>(CEIL_DIV(total, (int64_t)kBlock), 1), 65535 * 8); }
+
 }  // namespace
 
 // ----------------------------------------------------------------------------------------------------
@@ -326,6 +339,70 @@ void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, fl
         const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
         bias_grad_kernel<<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P);
         Y5_LAUNCH_CHECK();
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
+// 1×1 convolution over channel parts (cuBLAS). Row-major (K,P) = (K,Ci)·(Ci,P) is column-major
+// (P,K) = (P,Ci)·(Ci,K), so each row-major product below is written as its column-major transpose.
+
+static void set_gemm_math(CudaContext* ctx) {
+    CUBLAS_CHECK(cublasSetMathMode(ctx->cublas, conv_allow_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m) {
+    int cmax = 0;
+    for (int i = 0; i < m; ++i) cmax = std::max(cmax, Cs[i]);
+    return (size_t)N * K * cmax * sizeof(float);
+}
+
+void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
+                              const float* weight, const float* bias, int N, int K, int P) {
+    int C = 0;
+    for (int i = 0; i < m; ++i) C += Cs[i];
+    set_gemm_math(ctx);
+    const float one = 1.0f, zero = 0.0f;
+    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])  // per image n: y_n (+)= W_i·x_{i,n}
+        CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, P, K, Cs[i], &one, xs[i], P,
+                                               (long long)Cs[i] * P, weight + c0, C, 0, i ? &one : &zero, out, P,
+                                               (long long)K * P, N));
+    if (bias) {
+        const int64_t total = (int64_t)N * K * P;
+        bias_add_kernel<<<blocks_for(total), kBlock, 0, ctx->stream>>>(out, bias, total, K, P);
+        Y5_LAUNCH_CHECK();
+    }
+}
+
+void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dweight, float* dbias, const float* dout,
+                                 const float* const* xs, const int* Cs, int m, const float* weight, int N, int K, int P,
+                                 void* workspace, size_t workspace_bytes) {
+    int C = 0;
+    for (int i = 0; i < m; ++i) C += Cs[i];
+    set_gemm_math(ctx);
+    const float one = 1.0f, zero = 0.0f;
+    if (dbias) {
+        bias_grad_kernel<<<K, kBlock, 0, ctx->stream>>>(dbias, dout, N, K, P);
+        Y5_LAUNCH_CHECK();
+    }
+    if (dweight)
+        Y5_CHECK(workspace && workspace_bytes >= conv1x1_parts_workspace_cuda(N, K, Cs, m),
+                 "conv1x1 parts: %zu workspace bytes given, %zu needed", workspace_bytes,
+                 conv1x1_parts_workspace_cuda(N, K, Cs, m));
+    float* partial = static_cast<float*>(workspace);
+    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
+        const int Ci = Cs[i];
+        if (dweight) {  // partial_n (K,Ci) = dy_n (K,P)·x_{i,n}ᵀ, then dW_i += Σ_n partial_n
+            CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Ci, K, P, &one, xs[i], P,
+                                                   (long long)Ci * P, dout, P, (long long)K * P, &zero, partial, Ci,
+                                                   (long long)K * Ci, N));
+            sum_partials_kernel<<<blocks_for((int64_t)K * Ci), kBlock, 0, ctx->stream>>>(dweight, partial, N, K, Ci, C,
+                                                                                        c0);
+            Y5_LAUNCH_CHECK();
+        }
+        if (dxs[i])  // dx_{i,n} (Ci,P) += W_iᵀ (Ci,K)·dy_n (K,P)
+            CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_T, P, Ci, K, &one, dout, P,
+                                                   (long long)K * P, weight + c0, C, 0, &one, dxs[i], P,
+                                                   (long long)Ci * P, N));
     }
 }
 

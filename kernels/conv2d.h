@@ -136,6 +136,50 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 }
 
 // ----------------------------------------------------------------------------------------------------
+// 1×1 convolution over channel parts: conv2d(cat(x_0, …, x_{m−1}), weight) without the concat. x_i (N,C_i,P),
+// weight (K,C) with C = Σ C_i; part i meets the columns [c_i, c_i + C_i) of the weight, a submatrix with
+// leading dimension C, which BLAS takes as it is. Per image: out (K,P) = Σ_i W_i·x_i (+ bias),
+// dx_i += W_iᵀ·dout, dW_i += dout·x_iᵀ. The reduction over C is split at the part boundaries, so results
+// equal conv2d of the concat up to float reassociation. xs/dxs: m pointers, each already offset to image 0
+// of this call; a null dxs entry skips that part's dgrad.
+
+template <class T>
+void conv1x1_parts_fprop_cpu(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, int N,
+                             int K, int P) {
+    int C = 0;
+    for (int i = 0; i < m; ++i) C += Cs[i];
+    for (int n = 0; n < N; ++n) {
+        T* y = out + (int64_t)n * K * P;
+        for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+            gemm(false, false, K, P, Cs[i], T(1), weight + c0, C, xs[i] + (int64_t)n * Cs[i] * P, P, T(i ? 1 : 0), y, P);
+        if (bias)
+            for (int k = 0; k < K; ++k)
+                for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
+    }
+}
+
+template <class T>
+void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
+                                int m, const T* weight, int N, int K, int P) {
+    int C = 0;
+    for (int i = 0; i < m; ++i) C += Cs[i];
+    for (int n = 0; n < N; ++n) {
+        const T* dy = dout + (int64_t)n * K * P;
+        if (dbias)
+            for (int k = 0; k < K; ++k) {
+                T acc = 0;
+                for (int p = 0; p < P; ++p) acc += dy[(int64_t)k * P + p];
+                dbias[k] += acc;
+            }
+        for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
+            const int64_t off = (int64_t)n * Cs[i] * P;
+            if (dweight) gemm(false, true, K, Cs[i], P, T(1), dy, P, xs[i] + off, P, T(1), dweight + c0, C);
+            if (dxs[i]) gemm(true, false, Cs[i], P, K, T(1), weight + c0, C, dy, P, T(1), dxs[i] + off, P);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
 // CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, f32 NCHW, groups 1,
 // dilation 1, cross-correlation (PyTorch's conv2d). The same semantics as the CPU reference: fprop writes
 // out (= conv + bias); dgrad and wgrad ACCUMULATE into dinp / dweight / dbias (cuDNN's beta = 1).
@@ -197,5 +241,18 @@ bool conv_allow_tf32();
 bool conv_benchmark();
 // Destroys every cached descriptor and forgets every chosen algorithm.
 void conv_clear_cache();
+
+// The 1×1 convolution over channel parts on the GPU, through cuBLAS (a 1×1 convolution is a GEMM per image;
+// cuDNN's filter descriptors cannot address a column slice of the weight, cuBLAS's leading dimension can).
+// Arguments as the CPU reference, per part (xs/dxs are device pointers in a host array). TF32 follows
+// conv_allow_tf32(), as cuDNN's 1×1 convolutions in PyTorch do. Every sum has a fixed order: wgrad writes one
+// partial per image (cuBLAS strided-batched) and a kernel adds them in image order, no atomics.
+// conv1x1_parts_workspace_cuda: bytes of device scratch the backward needs (N·K·max C_i floats).
+size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m);
+void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
+                              const float* weight, const float* bias, int N, int K, int P);
+void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dweight, float* dbias, const float* dout,
+                                 const float* const* xs, const int* Cs, int m, const float* weight, int N, int K, int P,
+                                 void* workspace, size_t workspace_bytes);
 
 }  // namespace y5

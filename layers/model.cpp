@@ -175,7 +175,6 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
 
     std::vector<int> ch;  // output channels per row
     std::vector<std::vector<int>> from_abs(rows.size());
-    keep_.assign(rows.size(), false);
     for (size_t i = 0; i < rows.size(); ++i) {
         const YAML::Node& r = rows[i];
         RowCtx rc{path, (int)i, r.Mark().line + 1, "?"};
@@ -199,7 +198,6 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             if (a < -1 || a >= (int)i || (f < -1 && a < 0)) rc.fail("'from' " + std::to_string(f) + " does not name an earlier row");
             if (f == -1 && i == 0) a = -1;
             from_abs[i].push_back(a);
-            if (f != -1 && a >= 0) keep_[a] = true;
         }
         if (!is_int(r[1]) || r[1].as<int>() < 1) rc.fail("'number' must be a positive integer");
         int n = r[1].as<int>();
@@ -398,17 +396,25 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     Y5_CHECK(x.t.dim(2) % smax == 0 && x.t.dim(3) % smax == 0, "model input %s: height and width must be multiples of "
              "the largest stride %lld", x.t.str().c_str(), (long long)smax);
     Output out;
-    std::vector<Var> y(layers.size());
-    Var cur = x;
+    // y[i]: row i's output, as parts when it is a Concat's (modules.h). A module that does not take parts gets
+    // them concatenated, once: the concat replaces the parts for any later reader.
+    std::vector<std::vector<Var>> y(layers.size());
+    std::vector<Var> input{x};
     for (size_t i = 0; i < layers.size(); ++i) {
         Module& m = *layers[i];
         std::vector<Var> in;
-        for (int f : m.from) in.push_back(f < 0 ? x : (f == (int)i - 1 ? cur : y[f]));
+        for (int f : m.from) {
+            std::vector<Var>& src = f < 0 ? input : y[f];
+            if (src.size() > 1 && !m.takes_parts()) src = {concat(c, src)};
+            in.insert(in.end(), src.begin(), src.end());
+        }
         std::vector<Var> r = m.forward(c, in, training);
-        if (&m == detect) out.maps = r;
-        cur = r[0];
-        if (keep_[i]) y[i] = cur;
-        if (layer_outputs) layer_outputs->push_back(cur);
+        if (&m == detect) {
+            out.maps = r;
+            r.resize(1);
+        }
+        if (layer_outputs) layer_outputs->push_back(r.size() > 1 ? concat(c, r) : r[0]);
+        y[i] = std::move(r);
     }
     if (!training) out.decoded = detect->decode(c, out.maps);
     return out;

@@ -66,7 +66,6 @@ public:
 
 private:
     Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
-    std::vector<bool> keep_;  // outputs referenced by a later row
 };
 
 }  // namespace y5

@@ -35,6 +35,14 @@ Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
                        kBnEps, kBnMomentum, act);
 }
 
+Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
+    if (parts.size() == 1) return forward(c, parts[0], training);
+    if (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts) return forward(c, concat(c, parts), training);
+    const Var wv = param(c, *ps, w);
+    return batchnorm2d(c, conv2d_parts(c, parts, wv, nullptr), param(c, *ps, bn_w), param(c, *ps, bn_b),
+                       (*ps)[rm].value, (*ps)[rv].value, training, kBnEps, kBnMomentum, act);
+}
+
 Shape ConvBN::out_shape(Shape in) const {
     return Shape{in[0], c2, conv_out(in[2]), conv_out(in[3])};
 }
@@ -90,15 +98,17 @@ struct Bottleneck : Module {
     int torch_modules() const override { return 7; }
 };
 
-// C3(c1, c2, n, shortcut): cv3(cat(m(cv1(x)), cv2(x))), c_ = c2/2, m = n Bottlenecks(c_, c_, e=1.0)
+// C3(c1, c2, n, shortcut): cv3(cat(m(cv1(x)), cv2(x))), c_ = c2/2, m = n Bottlenecks(c_, c_, e=1.0).
+// Neither concat is built: x may arrive as a Concat's parts, and cv3 (1×1) reads its two halves in place.
 struct C3 : Module {
     ConvBN cv1, cv2, cv3;
     std::vector<BottleneckBlock> m;
     std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
-        Var y = cv1.forward(c, in[0], training);
+        Var y = cv1.forward(c, in, training);
         for (const BottleneckBlock& b : m) y = b.forward(c, y, training);
-        return {cv3.forward(c, concat(c, {y, cv2.forward(c, in[0], training)}), training)};
+        return {cv3.forward(c, std::vector<Var>{y, cv2.forward(c, in, training)}, training)};
     }
+    bool takes_parts() const override { return true; }
     Shape out_shape(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);
         return cv3.out_shape(Shape{h[0], 2 * h[1], h[2], h[3]});
@@ -197,8 +207,11 @@ struct Upsample : Module {
     int torch_modules() const override { return 1; }
 };
 
+// Concat returns its inputs as parts: the consumer (a C3 in every YOLOv5 head) reads them in place, and the model
+// concatenates them only for a module that cannot.
 struct Concat : Module {
-    std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool) override { return {concat(c, in)}; }
+    std::vector<Var> forward(Ctx&, const std::vector<Var>& in, bool) override { return in; }
+    bool takes_parts() const override { return true; }
     Shape out_shape(const std::vector<Shape>& in) const override {
         Shape s = in[0];
         s[1] = 0;

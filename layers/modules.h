@@ -29,6 +29,9 @@ struct ConvBN {
 
     void setup(ParamStore& store, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act);
     Var forward(Ctx& c, const Var& x, bool training) const;
+    // The input as channel parts of a concat that was never built (a Concat's or C3's inputs): a 1×1 conv reads
+    // them in place (conv2d_parts); any other kernel size concatenates them first.
+    Var forward(Ctx& c, const std::vector<Var>& parts, bool training) const;
     Shape out_shape(Shape in) const;
     int64_t conv_out(int64_t h) const;
     double macs(Shape in) const;  // conv + BN (thop counts BN as 4 per element)
@@ -46,8 +49,11 @@ struct Module {
     int64_t nparams = 0;
 
     virtual ~Module() = default;
-    // Detect returns its nl maps; every other module one tensor.
+    // Detect returns its nl maps; Concat the channel parts of its output, unconcatenated; every other module one
+    // tensor. `in` holds one tensor per `from` row, except for modules that take parts, which get a Concat's
+    // parts as they are (the model concatenates them for every other module).
     virtual std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) = 0;
+    virtual bool takes_parts() const { return false; }
     virtual Shape out_shape(const std::vector<Shape>& in) const = 0;
     virtual double macs(const std::vector<Shape>& in) const = 0;
     virtual int torch_modules() const = 0;

@@ -246,6 +246,68 @@ TEST_CASE("conv2d backward on the GPU is bit-identical run to run in determinist
     }
 }
 
+// conv2d_parts (cuBLAS) against the CPU reference at the geometries yolov5n reads unconcatenated at 640: every
+// C3's cv3 (two halves) and the head's C3 cv1/cv2 after a Concat (upsampled or strided half + skip), batch 2,
+// plus awkward ones; gradients pre-filled, so accumulation is checked too. TF32 off: cuBLAS follows the
+// conv setting.
+TEST_CASE("conv2d_parts on the GPU equals the CPU reference", "[gpu][conv][parts]") {
+    ConvSettings settings(false, true, false);
+    Gpu& G = gpu();
+    Rng rng(231);
+    struct Case {
+        std::vector<int> Cs;
+        int N, K, H, W;
+        bool bias;
+    };
+    const std::vector<Case> cases = {
+        {{1, 2}, 1, 1, 1, 1, false},     {{3, 5, 2}, 3, 7, 5, 9, true},
+        {{16, 16}, 2, 32, 160, 160, false}, {{32, 32}, 2, 64, 80, 80, false},  // C3 cv3, layers 2 and 4
+        {{64, 64}, 2, 128, 40, 40, false},  {{128, 128}, 2, 256, 20, 20, false},
+        {{128, 128}, 2, 64, 40, 40, false}, {{64, 64}, 2, 32, 80, 80, false},  // head C3 cv1/cv2 after a Concat
+        {{64, 64}, 2, 64, 40, 40, false},   {{128, 128}, 2, 128, 20, 20, false},
+    };
+    for (const Case& k : cases) {
+        G.reset();
+        TestCtx& T = cpu();
+        T.tape.clear();
+        T.act.reset();
+        T.work.reset();
+        T.data.reset();
+        int C = 0;
+        for (int ci : k.Cs) C += ci;
+        INFO("parts of " << C << " channels, N " << k.N << ", K " << k.K << ", " << k.H << "x" << k.W);
+        const double ws = 1.0 / std::sqrt((double)C);
+        std::vector<Tensor> xs, gx0;
+        for (int ci : k.Cs) {
+            xs.push_back(rand_tensor(T.data, {k.N, ci, k.H, k.W}, DType::F32, rng));
+            gx0.push_back(rand_tensor(T.data, {k.N, ci, k.H, k.W}, DType::F32, rng));
+        }
+        Tensor w = rand_tensor(T.data, {k.K, C, 1, 1}, DType::F32, rng, -ws, ws), b = rand_tensor(T.data, {k.K}, DType::F32, rng);
+        Tensor gw0 = rand_tensor(T.data, w.shape, DType::F32, rng), gb0 = rand_tensor(T.data, b.shape, DType::F32, rng);
+        Tensor dy = rand_tensor(T.data, {k.N, k.K, k.H, k.W}, DType::F32, rng);
+        auto run = [&](bool on_gpu) {
+            Ctx& c = on_gpu ? G.ctx : T.ctx;
+            Tape& tape = on_gpu ? G.tape : T.tape;
+            auto put = [&](const Tensor& t) { return on_gpu ? G.upload(t) : copy_of(T.data, t); };
+            auto get = [&](const Tensor& t) { return on_gpu ? G.download(t) : copy_of(T.data, t); };
+            std::vector<Var> xv;
+            for (size_t i = 0; i < xs.size(); ++i) xv.push_back(tape.param(put(xs[i]), put(gx0[i])));
+            Var wv = tape.param(put(w), put(gw0)), bv = tape.param(put(b), put(gb0));
+            Var y = conv2d_parts(c, xv, wv, k.bias ? &bv : nullptr);
+            Tensor dyd = put(dy);
+            tape.backward(y, &dyd);
+            std::vector<Tensor> r = {get(y.t), get(tape.grad(wv)), get(tape.grad(bv))};
+            for (const Var& v : xv) r.push_back(get(tape.grad(v)));
+            tape.clear();
+            return r;
+        };
+        const std::vector<Tensor> want = run(false), got = run(true);
+        for (size_t i = 0; i < got.size(); ++i)
+            require_close_scaled(got[i], want[i], 1e-4, 1e-4, i == 0 ? "output" : "gradient " + std::to_string(i));
+        if (!k.bias) require_close(got[2], gb0, 0, 0, "db untouched without bias");
+    }
+}
+
 TEST_CASE("conv2d CUDA: algorithms are cached per geometry and settings; bad requests are errors", "[gpu][conv][errors]") {
     ConvSettings s(false, true, false);
     Gpu& G = gpu();

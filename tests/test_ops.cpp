@@ -233,6 +233,72 @@ TEST_CASE("conv2d gradient for input and weight and bias", "[ops][conv2d][gradch
     }
 }
 
+// conv2d_parts against conv2d of the built concat: values and every gradient (a part without one included),
+// f64 to rounding and f32 to reassociation; gradients by finite differences.
+TEST_CASE("conv2d_parts equals a 1x1 conv2d of the concat", "[ops][conv2d][parts]") {
+    struct Case {
+        std::vector<int> Cs;
+        int N, K, H, W;
+        bool bias, grad0;  // grad0: whether part 0 wants a gradient
+    };
+    const Case cases[] = {{{3, 5}, 2, 4, 3, 7, false, true},
+                          {{1, 2, 3}, 3, 5, 4, 4, true, false},
+                          {{16, 16}, 5, 32, 9, 11, false, true},   // a C3's cv3 (5 images: uneven thread groups)
+                          {{64, 64}, 2, 64, 5, 5, true, true}};
+    for (const Case& k : cases)
+        for (DType dt : {DType::F64, DType::F32}) {
+            DYNAMIC_SECTION(k.Cs.size() << " parts, K " << k.K << (k.bias ? ", bias " : " ") << dtype_name(dt)) {
+                TestCtx tc;
+                Rng rng(21);
+                int C = 0;
+                std::vector<Tensor> xs;
+                for (int ci : k.Cs) {
+                    xs.push_back(rand_tensor(tc.data, {k.N, ci, k.H, k.W}, dt, rng));
+                    C += ci;
+                }
+                Tensor w = rand_tensor(tc.data, {k.K, C, 1, 1}, dt, rng), b = rand_tensor(tc.data, {k.K}, dt, rng);
+                Tensor seed = rand_tensor(tc.data, {k.N, k.K, k.H, k.W}, dt, rng);
+                auto run = [&](bool parts) {
+                    std::vector<Var> xv;
+                    for (size_t i = 0; i < xs.size(); ++i)
+                        xv.push_back(i == 0 && !k.grad0 ? Tape::constant(xs[i]) : tc.tape.leaf(xs[i]));
+                    Var wv = tc.tape.leaf(w), bv = tc.tape.leaf(b);
+                    Var y = parts ? conv2d_parts(tc.ctx, xv, wv, k.bias ? &bv : nullptr)
+                                  : conv2d(tc.ctx, concat(tc.ctx, xv), wv, k.bias ? &bv : nullptr, 1, 0);
+                    tc.tape.backward(y, &seed);
+                    std::vector<Tensor> r = {copy_of(tc.data, y.t), copy_of(tc.data, tc.tape.grad(wv))};
+                    if (k.bias) r.push_back(copy_of(tc.data, tc.tape.grad(bv)));
+                    for (const Var& v : xv)
+                        if (v.requires_grad()) r.push_back(copy_of(tc.data, tc.tape.grad(v)));
+                    tc.tape.clear();
+                    return r;
+                };
+                const std::vector<Tensor> got = run(true), want = run(false);
+                REQUIRE(got.size() == want.size());
+                const double tol = dt == DType::F64 ? 1e-12 : 1e-5;
+                for (size_t i = 0; i < got.size(); ++i) require_close(got[i], want[i], tol, tol, "tensor " + std::to_string(i));
+            }
+        }
+    SECTION("gradient by finite differences") {
+        TestCtx tc;
+        Rng rng(22);
+        gradcheck(tc,
+                  {rand_tensor(tc.data, {2, 3, 4, 5}, DType::F64, rng), rand_tensor(tc.data, {2, 2, 4, 5}, DType::F64, rng),
+                   rand_tensor(tc.data, {6, 5, 1, 1}, DType::F64, rng), rand_tensor(tc.data, {6}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return conv2d_parts(c, {v[0], v[1]}, v[2], &v[3]); }, rng);
+    }
+    SECTION("bad requests") {
+        TestCtx tc;
+        Rng rng(23);
+        Var a = Tape::constant(rand_tensor(tc.data, {1, 2, 4, 4}, DType::F32, rng));
+        Var b = Tape::constant(rand_tensor(tc.data, {1, 3, 4, 5}, DType::F32, rng));
+        Var w = Tape::constant(rand_tensor(tc.data, {4, 5, 1, 1}, DType::F32, rng));
+        Var w3 = Tape::constant(rand_tensor(tc.data, {4, 4, 3, 3}, DType::F32, rng));
+        CHECK_THROWS_WITH(conv2d_parts(tc.ctx, {a, b}, w, nullptr), Catch::Contains("outside the channel dimension"));
+        CHECK_THROWS_WITH(conv2d_parts(tc.ctx, {a, a}, w3, nullptr), Catch::Contains("(K, 4, 1, 1)"));
+    }
+}
+
 TEST_CASE("batchnorm2d gradient in training and eval mode", "[ops][batchnorm][gradcheck]") {
     struct Case {
         int N, C, H, W, probes;
