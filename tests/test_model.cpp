@@ -278,3 +278,27 @@ TEST_CASE("activation key and Focus/SPP modules build", "[model]") {
     CHECK(m.params.find("model.0.conv.conv.weight")->shape == Shape({16, 12, 3, 3}));
     CHECK(m.params.find("model.9.cv2.conv.weight")->shape == Shape({256, 512, 1, 1}));
 }
+
+// A Concat read by a module that cannot take parts (a 3×3 Conv here) gets one built concat; the C3 rows after the
+// other Concats read parts. Training forward and backward run and reach the Conv's weights.
+TEST_CASE("a Concat before a module that takes no parts is concatenated", "[model][parts]") {
+    std::string s = read_text(src("config/models/yolov5n.yaml"));
+    s.replace(s.find("[-1, 3, C3, [512, False]],  # 13"), 32, "[-1, 1, Conv, [512, 3, 1]],     # 13");
+    Model m(write_temp("concat_conv.yaml", s), 3);
+    m.allocate(Device::CPU);
+    Rng rng(5);
+    m.init_weights(rng);
+    TestCtx tc;
+    Tensor x = rand_tensor(tc.data, {2, 3, 64, 64}, DType::F32, rng, 0, 1);
+    Model::Output o = m.forward(tc.ctx, Tape::constant(x), true);
+    std::vector<Tensor> seeds;
+    for (const Var& v : o.maps) seeds.push_back(rand_tensor(tc.data, v.shape(), DType::F32, rng));
+    tc.tape.backward(o.maps, seeds);
+    const Param* w = m.params.find("model.13.conv.weight");
+    REQUIRE(w);
+    REQUIRE(w->shape == Shape({128, 256, 3, 3}));
+    double sum = 0;
+    for (int64_t i = 0; i < w->grad.numel(); ++i) sum += std::fabs(w->grad.ptr<float>()[i]);
+    CHECK(std::isfinite(sum));
+    CHECK(sum > 0);
+}
