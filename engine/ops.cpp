@@ -341,7 +341,7 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
     }
     bool any = w.requires_grad() || (b && b->requires_grad());
     for (const Var& v : xs) any = any || v.requires_grad();
-    Var y = c.tape->recording() && any ? c.tape->leaf(out) : Tape::constant(out);
+    Var y = c.tape->output(out, any);
     if (y.requires_grad())
         c.tape->record([&c, xs, w, bias, y, m, N, K, P, G, Cs] {
             if (!c.tape->has_grad(y)) return;
@@ -703,7 +703,7 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
     }
     bool any = false;
     for (const Var& v : xs) any = any || v.requires_grad();
-    Var y = c.tape->recording() && any ? c.tape->leaf(out) : Tape::constant(out);
+    Var y = c.tape->output(out, any);
     if (y.requires_grad())
         c.tape->record([&c, xs, y, N, HW, Co] {
             if (!c.tape->has_grad(y)) return;
@@ -1113,7 +1113,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, anchors.ptr<T>(), hyp);
         total.ptr<T>()[0] = T(out.items.total);
     });
-    out.total = grad ? c.tape->leaf(total) : Tape::constant(total);
+    out.total = c.tape->output(total, grad);
     if (grad) {
         Var y = out.total;
         c.tape->record([&c, maps, dmaps, y] {

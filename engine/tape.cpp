@@ -34,38 +34,69 @@ Var Tape::leaf(Tensor value) {
 }
 
 Var Tape::output(Tensor value, std::initializer_list<const Var*> inputs) {
-    if (!recording_) return Var{value, -1};
     bool any = false;
     for (const Var* v : inputs) any = any || (v && v->requires_grad());
-    if (!any) return Var{value, -1};
-    return leaf(value);
+    return output(value, any);
+}
+
+Var Tape::output(Tensor value, bool any_input_requires_grad) {
+    if (!recording_ || !any_input_requires_grad) return Var{value, -1};
+    Var v = leaf(value);
+    pending_ = v.id;
+    return v;
 }
 
 void Tape::record(std::function<void()> backward_fn) {
     Y5_CHECK(recording_, "internal: an op recorded a backward closure while the tape is not recording");
     closures_.push_back(std::move(backward_fn));
+    output_of_.push_back(pending_);
+    pending_ = -1;
 }
 
 Tensor Tape::grad(const Var& v) {
     Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
     Node& n = nodes_[v.id];
+    Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
+             n.value.str().c_str());
     if (!n.grad_ready) {
-        n.grad = arena_->tensor(n.value.shape, n.value.dtype);
+        const size_t bytes = n.value.bytes();
+        auto it = free_.find(bytes);
+        if (it != free_.end() && !it->second.empty()) {
+            n.grad = Tensor(it->second.back(), n.value.shape, n.value.dtype, arena_->device());
+            it->second.pop_back();
+        } else {
+            n.grad = arena_->tensor(n.value.shape, n.value.dtype);
+        }
         zero(n.grad, cuda_);
         n.grad_ready = true;
     }
     return n.grad;
 }
 
+// The closures in reverse; after each, its output's gradient goes to the free list (reused on the GPU in stream
+// order, so a later kernel never overwrites memory an earlier one still reads).
+void Tape::run_backward() {
+    for (size_t i = closures_.size(); i-- > 0;) {
+        closures_[i]();
+        const int id = output_of_[i];
+        if (id < 0 || !nodes_[id].grad_ready) continue;
+        Node& n = nodes_[id];
+        free_[n.value.bytes()].push_back(n.grad.data);
+        n.grad = Tensor();
+        n.grad_ready = false;
+        n.released = true;
+    }
+}
+
 void Tape::backward(const Var& root, const Tensor* s) {
     seed(root, s);
-    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
+    run_backward();
 }
 
 void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
     Y5_CHECK(roots.size() == seeds.size(), "backward: %zu roots but %zu seeds", roots.size(), seeds.size());
     for (size_t i = 0; i < roots.size(); ++i) seed(roots[i], &seeds[i]);
-    for (size_t i = closures_.size(); i-- > 0;) closures_[i]();
+    run_backward();
 }
 
 void Tape::seed(const Var& root, const Tensor* seed) {
@@ -94,6 +125,9 @@ void Tape::seed(const Var& root, const Tensor* seed) {
 void Tape::clear() {
     nodes_.clear();
     closures_.clear();
+    output_of_.clear();
+    pending_ = -1;
+    free_.clear();
     arena_->reset();
 }
 

@@ -9,9 +9,15 @@
  * arena and zeroed on first touch; a parameter's points into the parameter-gradient block instead.
  * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
  * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
+ * Gradient release: an op's output gradient is read last by that op's own backward (every other reader was
+ * recorded later and so ran earlier), so backward() returns it to a free list right after, and a later
+ * gradient of the same byte size reuses the memory, as PyTorch frees intermediate gradients during backward.
+ * The arena's peak is then the largest set of gradients alive at once, not all of them. Parameters' and
+ * leaves' gradients are kept; asking for a released one is an error.
  */
 #pragma once
 #include <functional>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/arena.h"
@@ -40,8 +46,10 @@ public:
     Var leaf(Tensor value);
     static Var constant(Tensor value) { return Var{value, -1}; }
 
-    // The output of an op: a node when recording and any input requires a gradient, else a constant.
+    // The output of an op: a node when recording and any input requires a gradient, else a constant. The op's
+    // next record() is its backward, after which the output's gradient is released.
     Var output(Tensor value, std::initializer_list<const Var*> inputs);
+    Var output(Tensor value, bool any_input_requires_grad);
     void record(std::function<void()> backward_fn);
 
     bool has_grad(const Var& v) const { return v.id >= 0 && nodes_[v.id].grad_ready; }
@@ -58,15 +66,20 @@ public:
 
 private:
     void seed(const Var& root, const Tensor* seed);
+    void run_backward();
     struct Node {
         Tensor value, grad;
         bool grad_ready = false;
+        bool released = false;
     };
     Arena* arena_;
     CudaContext* cuda_;
     bool recording_ = true;
     std::vector<Node> nodes_;
     std::vector<std::function<void()>> closures_;
+    std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
+    int pending_ = -1;            // the latest op output, waiting for its op's record()
+    std::unordered_map<size_t, std::vector<void*>> free_;  // released gradient memory by byte size
 };
 
 // Recording off for a scope: NoGrad ng(tape); model.forward(...)

@@ -155,6 +155,27 @@ TEST_CASE("tape accumulates fan-out and parameter gradients and records nothing 
         Var z = add(c, xv, k);
         CHECK_THROWS_WITH(tc.tape.backward(z), Contains("is not a scalar"));
     }
+    SECTION("an op's output gradient is released after its backward and its memory reused") {
+        // A chain of 6 SiLUs: with release at most two intermediate gradients are alive at once (the one being
+        // read and the one being written), plus the leaf's, instead of all 6.
+        Rng rng(9);
+        Tensor big = rand_tensor(tc.data, {1, 4, 32, 32}, DType::F64, rng);
+        Var xv = tc.tape.leaf(big);
+        std::vector<Var> h = {xv};
+        for (int i = 0; i < 6; ++i) h.push_back(activation(c, h.back(), Act{}));
+        Tensor seed = rand_tensor(tc.data, big.shape, DType::F64, rng);
+        tc.tape.backward(h.back(), &seed);
+        CHECK(tc.grads.peak() <= 3 * (big.bytes() + Arena::kAlign));
+        CHECK_THROWS_WITH(tc.tape.grad(h[3]), Contains("was released"));
+        Tensor g = tc.tape.grad(xv);  // a leaf's gradient is kept: x → SiLU⁶, checked against the chain rule
+        for (int64_t i = 0; i < big.numel(); i += 97) {
+            double d = seed.ptr<double>()[i], v = big.ptr<double>()[i];
+            std::vector<double> vs = {v};
+            for (int k = 0; k < 6; ++k) vs.push_back(act_forward(Act{}, vs.back()));
+            for (int k = 5; k >= 0; --k) d *= act_grad(Act{}, vs[k]);
+            CHECK(g.ptr<double>()[i] == Approx(d).epsilon(1e-12));
+        }
+    }
     SECTION("clear rewinds the gradient arena") {
         Var xv = tc.tape.leaf(x);
         tc.tape.grad(xv);
