@@ -429,6 +429,7 @@ std::string train(const TrainOptions& opt_in) {
         Model m(opt.cfg, nc);
         m.allocate(dev, DType::F32, cuda);
         m.load_weights(w_best, cuda);
+        m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not
         vwks.tape->clear();
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;

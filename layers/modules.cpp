@@ -30,6 +30,14 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
 }
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
+    // A fused model (Model::fuse) in inference: conv with the folded weight and bias, then the activation.
+    // Training, or a recording tape (gradients wanted for the real parameters), takes the conv → BN path.
+    const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : ps->fold(w);
+    if (f) {
+        Var b = Tape::constant(f->b);
+        Var y = conv2d(c, x, Tape::constant(f->w), &b, s, p);
+        return act.kind == ActKind::Identity ? y : activation(c, y, act);
+    }
     Var y = conv2d(c, x, param(c, *ps, w), nullptr, s, p);
     return batchnorm2d(c, y, param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value, (*ps)[rv].value, training,
                        kBnEps, kBnMomentum, act);

@@ -28,6 +28,7 @@ struct ConvBN {
     int w = -1, bn_w = -1, bn_b = -1, rm = -1, rv = -1;
 
     void setup(ParamStore& store, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act);
+    // conv → BN(+act); in inference with the tape off, a fused store's folded conv + bias → act instead.
     Var forward(Ctx& c, const Var& x, bool training) const;
     Shape out_shape(Shape in) const;
     int64_t conv_out(int64_t h) const;
