@@ -6,7 +6,9 @@
  * bytes the op must move, that as a share of the device's measured device-to-device copy bandwidth, and
  * beside it the baseline the kernel replaces where there is one (cuDNN, cudaMemcpy2D, cuBLAS or the CPU
  * path), whose result is checked the same way.
- *   ./build/bench_kernels [--repeats 50] [--batch 16]
+ *   ./build/bench_kernels [--repeats 50] [--batch 16] [--op NAME[,NAME...]]
+ * --op (repeatable, or a comma list) runs only the named benchmarks, as llm.c's one-kernel dev/cuda programs
+ * do; --help lists the names, an unknown one is an error (checked before looking for a GPU).
  * NMS (val.py's settings at 640) is timed against the download of the decoded tensor + the CPU reference.
  * Without a usable GPU it prints "no usable CUDA device: <why>" and exits 0.
  *
@@ -25,6 +27,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -650,12 +653,65 @@ void print_table(const std::vector<Row>& rows, double copy_gbs) {
 
 }  // namespace
 
+// The benchmarks --op selects from, in the order they run: name, what, and one call per yolov5n shape (the
+// buffers are released between shapes).
+using ShapeBench = std::function<void(Bench&, int)>;  // (bench, batch)
+struct OpBench {
+    const char* name;
+    const char* what;
+    std::vector<ShapeBench> shapes;
+};
+
+static const std::vector<OpBench>& op_benches() {
+    static const std::vector<OpBench> ops = {
+        {"bn_silu_forward", "BatchNorm+SiLU forward (layers 0, 1, 3, 7)",
+         {[](Bench& b, int N) { bn_silu_forward(b, N, 16, 320, 320); },
+          [](Bench& b, int N) { bn_silu_forward(b, N, 32, 160, 160); },
+          [](Bench& b, int N) { bn_silu_forward(b, N, 64, 80, 80); },
+          [](Bench& b, int N) { bn_silu_forward(b, N, 256, 20, 20); }}},
+        {"bn_silu_backward", "BatchNorm+SiLU backward (P1, P3)",
+         {[](Bench& b, int N) { bn_silu_backward(b, N, 16, 320, 320); },
+          [](Bench& b, int N) { bn_silu_backward(b, N, 64, 80, 80); }}},
+        {"sppf_pools", "SPPF's three pools + concat (layer 9)", {[](Bench& b, int N) { sppf_pools(b, N, 128, 20, 20); }}},
+        {"upsample", "nearest x2 upsample (layers 11, 15)",
+         {[](Bench& b, int N) { upsample2(b, N, 128, 20, 20); }, [](Bench& b, int N) { upsample2(b, N, 64, 40, 40); }}},
+        {"concat", "channel concat (layer 2's C3, layers 12, 16)",
+         {[](Bench& b, int N) { concat2(b, N, 16, 16, 160, 160); },
+          [](Bench& b, int N) { concat2(b, N, 128, 128, 40, 40); },
+          [](Bench& b, int N) { concat2(b, N, 64, 64, 80, 80); }}},
+        {"eca", "ECA chain (yolov5n-eca layers 5, 11)",
+         {[](Bench& b, int N) { eca_chain(b, N, 64, 80, 80); }, [](Bench& b, int N) { eca_chain(b, N, 256, 20, 20); }}},
+        {"yolo_loss", "YOLOv5's loss, 8 boxes per image", {[](Bench& b, int N) { yolo_loss_bench(b, N, 8); }}},
+        {"optimizer", "SGD + EMA over yolov5n's parameters", {[](Bench& b, int) { optimizer(b, kYolov5nParams); }}},
+        {"image_upload", "uint8 batch upload and /255 at 640", {[](Bench& b, int N) { image_upload(b, N, 640, 640); }}},
+        {"nms", "NMS at val.py's settings", {[](Bench& b, int N) { nms_bench(b, N); }}},
+    };
+    return ops;
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"bench_kernels: y5's CUDA kernels at yolov5n's shapes, checked against the CPU and timed"};
     int repeats = 50, batch = 16;
+    std::vector<std::string> only;
+    std::string names_help = "run only these benchmarks (repeat, or a comma list); names:";
+    for (const OpBench& o : op_benches()) names_help += std::string("\n  ") + o.name + ": " + o.what;
     app.add_option("--repeats", repeats, "timed runs per op (the median is reported)")->capture_default_str();
     app.add_option("--batch", batch, "batch size of the shapes")->capture_default_str();
+    app.add_option("--op", only, names_help)->delimiter(',')->type_name("NAME");
     CLI11_PARSE(app, argc, argv);
+    // The names first, so a typo fails here even on a machine with no GPU.
+    std::vector<bool> selected(op_benches().size(), only.empty());
+    for (const std::string& n : only) {
+        size_t i = 0;
+        while (i < op_benches().size() && n != op_benches()[i].name) ++i;
+        if (i == op_benches().size()) {
+            std::string valid;
+            for (const OpBench& o : op_benches()) valid += std::string(valid.empty() ? "" : ", ") + o.name;
+            std::fprintf(stderr, "bench_kernels: error: --op %s: no such benchmark; valid: %s\n", n.c_str(), valid.c_str());
+            return 2;
+        }
+        selected[i] = true;
+    }
     if (!gpu_or_skip("bench_kernels")) return 0;
     bool ok = true;
     try {
@@ -675,24 +731,9 @@ int main(int argc, char** argv) {
                 dev.reset();
                 f();
             };
-            run([&] { bn_silu_forward(b, N, 16, 320, 320); });   // layer 0
-            run([&] { bn_silu_forward(b, N, 32, 160, 160); });   // layer 1
-            run([&] { bn_silu_forward(b, N, 64, 80, 80); });     // layer 3
-            run([&] { bn_silu_forward(b, N, 256, 20, 20); });    // layer 7
-            run([&] { bn_silu_backward(b, N, 16, 320, 320); });
-            run([&] { bn_silu_backward(b, N, 64, 80, 80); });
-            run([&] { sppf_pools(b, N, 128, 20, 20); });         // layer 9
-            run([&] { upsample2(b, N, 128, 20, 20); });          // layer 11
-            run([&] { upsample2(b, N, 64, 40, 40); });           // layer 15
-            run([&] { concat2(b, N, 16, 16, 160, 160); });       // layer 2's C3
-            run([&] { concat2(b, N, 128, 128, 40, 40); });       // layer 12
-            run([&] { concat2(b, N, 64, 64, 80, 80); });         // layer 16
-            run([&] { eca_chain(b, N, 64, 80, 80); });           // yolov5n-eca layer 5
-            run([&] { eca_chain(b, N, 256, 20, 20); });          // yolov5n-eca layer 11
-            run([&] { yolo_loss_bench(b, N, 8); });
-            run([&] { optimizer(b, kYolov5nParams); });
-            run([&] { image_upload(b, N, 640, 640); });
-            run([&] { nms_bench(b, N); });
+            for (size_t i = 0; i < op_benches().size(); ++i)
+                if (selected[i])
+                    for (const ShapeBench& f : op_benches()[i].shapes) run([&] { f(b, N); });
             print_table(b.rows, B.copy_gbs);
             ok = b.ok;
         }

@@ -5,6 +5,7 @@
  *                                             in GPU memory is skipped, saying so)
  *   ./build/bench_step --device cpu           the CPU: batch 4 at 640, 3 timed steps
  *   options: --cfg --imgsz --batch 16,32 --warmup --steps --seconds --budget --no-layers
+ *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
  * A step is what engine/train.cpp runs for a batch, with the same calls: batch_images (the uint8 upload
@@ -36,6 +37,7 @@
 #include "engine/loader.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
+#include "engine/train.h"
 #include "engine/val.h"
 #include "engine/workspace.h"
 #include "layers/model.h"
@@ -262,7 +264,8 @@ int main(int argc, char** argv) {
     int imgsz = 640, warmup = -1, steps = -1;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
-    bool no_layers = false;
+    bool no_layers = false, deterministic = true;
+    int workspace_mib = 256;
     app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
     app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
     app.add_option("--imgsz", imgsz)->capture_default_str();
@@ -272,6 +275,10 @@ int main(int argc, char** argv) {
     app.add_option("--seconds", seconds, "stop timing a batch size after this long (default: 8 GPU, 600 CPU)");
     app.add_option("--budget", budget, "GPU: skip the remaining batch sizes after this many seconds")->capture_default_str();
     app.add_flag("--no-layers", no_layers, "skip the per-phase and per-layer pass");
+    app.add_flag("--deterministic,!--no-deterministic", deterministic,
+                 "cuDNN: deterministic convolution algorithms only; on by default (y5train's default), --no-deterministic allows faster ones");
+    app.add_option("--workspace", workspace_mib, "cuDNN: workspace cap per convolution pass, in MiB")
+        ->capture_default_str()->check(CLI::Range(0, 1 << 20));
     CLI11_PARSE(app, argc, argv);
     const Clock::time_point t_start = Clock::now();
     try {
@@ -283,6 +290,7 @@ int main(int argc, char** argv) {
         }
         const int idx = parse_device(device);
         const Device dev = idx >= 0 ? Device::CUDA : Device::CPU;
+        set_conv_options(deterministic, workspace_mib);  // before measure_step_memory sizes the arenas
         if (batches.empty()) batches = cpu ? std::vector<int>{4} : std::vector<int>{16, 32, 64};
         if (warmup < 0) warmup = cpu ? 2 : 3;
         if (steps < 0) steps = cpu ? 3 : 20;
@@ -306,9 +314,9 @@ int main(int argc, char** argv) {
         if (cuda) {
             cudaDeviceProp prop{};
             CUDA_CHECK(cudaGetDeviceProperties(&prop, idx));
-            std::printf("device: %s, %.1f GiB; cuDNN convolutions: TF32 %s, deterministic %s (y5train's defaults)\n",
+            std::printf("device: %s, %.1f GiB; cuDNN convolutions: TF32 %s, deterministic %s, workspace cap %zu MiB\n",
                         prop.name, total / 1073741824.0, conv_allow_tf32() ? "on" : "off",
-                        conv_deterministic() ? "on" : "off");
+                        conv_deterministic() ? "on" : "off", conv_workspace_limit() >> 20);
         }
 #endif
         if (!cuda) std::printf("device: CPU, %u threads\n", std::thread::hardware_concurrency());

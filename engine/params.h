@@ -59,6 +59,15 @@ public:
 
     void zero_grad(CudaContext* cuda = nullptr);  // on cuda's stream; nullptr: the context given to allocate()
 
+    // Inference folds (Model::fuse): for parameter i, a Conv's weight, the pair that replaces that Conv and its
+    // BatchNorm in an eval forward: weight (K,C,R,S) with the BN scale folded in, and bias (K). The tensors
+    // live in the model's own store; `folds` is empty when the model is not fused.
+    struct Fold {
+        Tensor w, b;
+    };
+    std::vector<Fold> folds;
+    const Fold* fold(int i) const { return i >= 0 && i < (int)folds.size() && folds[i].w.data ? &folds[i] : nullptr; }
+
     Device device() const { return device_; }
     DType dtype() const { return dtype_; }
     // The context given to allocate(): the CUDA optimizer kernels (engine/optim.cpp) run on its stream.

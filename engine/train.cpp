@@ -27,6 +27,9 @@
 #include "engine/val.h"
 #include "engine/workspace.h"
 #include "layers/model.h"
+#if Y5_CUDA
+#include "kernels/conv2d.h"
+#endif
 
 namespace fs = std::filesystem;
 
@@ -151,14 +154,28 @@ static TrainOptions options_from(const std::string& ckpt) {
     o.workers = y["workers"].as<int>(), o.project = str("project"), o.name = str("name");
     o.cos_lr = y["cos_lr"].as<bool>(), o.label_smoothing = y["label_smoothing"].as<double>();
     o.patience = y["patience"].as<int>(), o.save_period = y["save_period"].as<int>(), o.seed = y["seed"].as<int>();
+    if (y["deterministic"]) o.deterministic = y["deterministic"].as<bool>();  // runs before these options: defaults
+    if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
 }
 
+void set_conv_options(bool deterministic, int workspace_mib) {
+    Y5_CHECK(workspace_mib >= 0 && workspace_mib <= (1 << 20), "--workspace %d: the cuDNN workspace cap is in MiB, "
+             "from 0 (only algorithms that need none) to 1048576", workspace_mib);
+#if Y5_CUDA
+    conv_set_deterministic(deterministic);
+    conv_set_workspace_limit((size_t)workspace_mib << 20);
+#else
+    (void)deterministic;
+#endif
+}
+
 std::string train(const TrainOptions& opt_in) {
     const TrainOptions opt = opt_in.resume.empty() ? opt_in
                              : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    set_conv_options(opt.deterministic, opt.workspace_mib);  // before measure_step_memory sizes the arenas
     const int device_index = parse_device(opt.device);
     const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
     CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(device_index) : nullptr;
@@ -198,7 +215,8 @@ std::string train(const TrainOptions& opt_in) {
        << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
-       << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\nsave_dir: " << save_dir << "\n";
+       << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
+       << "\nworkspace: " << opt.workspace_mib << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
     if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
@@ -429,6 +447,7 @@ std::string train(const TrainOptions& opt_in) {
         Model m(opt.cfg, nc);
         m.allocate(dev, DType::F32, cuda);
         m.load_weights(w_best, cuda);
+        m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not
         vwks.tape->clear();
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;

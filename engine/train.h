@@ -18,7 +18,14 @@ struct TrainOptions {
     std::string resume;  // a last.safetensors to continue, or "latest" (the newest under runs/train); "" starts fresh
     double label_smoothing = 0.0;
     int seed = 0;
+    // cuDNN convolutions (kernels/conv2d.h); the CPU ops are deterministic and use no cuDNN workspace.
+    bool deterministic = true;  // as train.py's init_seeds(deterministic=True); false allows faster algorithms
+    int workspace_mib = 256;    // the most workspace one convolution pass may use; sizes the work arena
 };
+
+// Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run
+// before any arena is sized: engine/workspace.cpp reads conv_workspace_limit(). A negative size is an error.
+void set_conv_options(bool deterministic, int workspace_mib);
 
 // Runs the training; returns the run folder. Progress and results go to stdout.
 // Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the

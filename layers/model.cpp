@@ -385,12 +385,15 @@ void Model::init_weights(Rng& rng) {
         if (t.device == Device::CPU) std::memcpy(t.data, src, t.bytes());
         else copy_host_to_device(t.data, src, t.bytes(), params.cuda());  // the stream the kernels run on
     }
+    if (fused()) fuse();  // the folds follow the new weights
 }
 
 // ----------------------------------------------------------------------------------------------------
 // Forward
 
 Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs) {
+    Y5_CHECK(!training || !fused(), "%s is fused for inference (Model::fuse): its folded Conv weights would go stale "
+             "as training changes the parameters; unfuse() it before a training forward", name.c_str());
     Y5_CHECK(x.t.ndim() == 4 && x.t.dim(1) == 3, "model input must be (N, 3, H, W), got %s", x.t.str().c_str());
     const int64_t smax = (int64_t)detect->stride.back();
     Y5_CHECK(x.t.dim(2) % smax == 0 && x.t.dim(3) % smax == 0, "model input %s: height and width must be multiples of "
@@ -418,6 +421,81 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     }
     if (!training) out.decoded = detect->decode(c, out.maps);
     return out;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Fuse (YOLOv5 fuse_conv_and_bn)
+
+namespace {
+
+template <class T> std::vector<T> download(const Tensor& t, CudaContext* cuda) {
+    std::vector<T> v((size_t)t.numel());
+    if (t.device == Device::CPU) std::memcpy(v.data(), t.data, t.bytes());
+    else copy_device_to_host(v.data(), t.data, t.bytes(), cuda);
+    return v;
+}
+
+void upload(const Tensor& t, const void* src, CudaContext* cuda) {
+    if (t.device == Device::CPU) std::memcpy(t.data, src, t.bytes());
+    else copy_host_to_device(t.data, src, t.bytes(), cuda);
+}
+
+// One Conv's fold in T, PyTorch's order of operations: scale = γ / √(eps + var) and w' = scale·w (torch.mm with
+// diag(scale): the other terms are exact zeros); b' = β − (γ·mean) / √(var + eps) (b_bn; the conv has no bias).
+template <class T>
+void fold_conv(const ParamStore& ps, int w, int g, int be, int rm, int rv, const Tensor& fw, const Tensor& fb) {
+    CudaContext* cuda = ps.cuda();
+    std::vector<T> wt = download<T>(ps[w].value, cuda), ga = download<T>(ps[g].value, cuda),
+                   bt = download<T>(ps[be].value, cuda), mean = download<T>(ps[rm].value, cuda),
+                   var = download<T>(ps[rv].value, cuda);
+    const T eps = (T)kBnEps;  // as batchnorm2d takes it
+    const size_t K = ga.size(), per = wt.size() / K;
+    std::vector<T> b(K);
+    for (size_t k = 0; k < K; ++k) {
+        const T sd = std::sqrt(var[k] + eps), scale = ga[k] / sd;
+        for (size_t j = 0; j < per; ++j) wt[k * per + j] = scale * wt[k * per + j];
+        b[k] = bt[k] - ga[k] * mean[k] / sd;
+    }
+    upload(fw, wt.data(), cuda);
+    upload(fb, b.data(), cuda);
+}
+
+}  // namespace
+
+void Model::fuse() {
+    Y5_CHECK(params.allocated(), "fuse before allocate");
+    std::map<std::string, int> index;
+    for (int i = 0; i < params.size(); ++i) index[params[i].name] = i;
+    struct Conv {
+        int w, g, b, rm, rv, fw, fb;
+    };
+    std::vector<Conv> convs;
+    auto store = std::make_unique<ParamStore>();
+    const std::string suffix = ".conv.weight";
+    for (int i = 0; i < params.size(); ++i) {
+        const std::string& n = params[i].name;
+        if (n.size() <= suffix.size() || n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+        const std::string pre = n.substr(0, n.size() - suffix.size());
+        if (!index.count(pre + ".bn.weight")) continue;  // Detect's convs have a bias and no BN
+        const Shape& ws = params[i].shape;
+        convs.push_back({i, index.at(pre + ".bn.weight"), index.at(pre + ".bn.bias"), index.at(pre + ".bn.running_mean"),
+                         index.at(pre + ".bn.running_var"), store->add(n, ws, ParamKind::Buffer),
+                         store->add(pre + ".conv.bias", Shape{ws[0]}, ParamKind::Buffer)});
+    }
+    store->allocate(params.device(), params.dtype(), params.cuda());
+    params.folds.assign(params.size(), ParamStore::Fold{});
+    for (const Conv& cv : convs) {
+        const Tensor &fw = (*store)[cv.fw].value, &fb = (*store)[cv.fb].value;
+        if (params.dtype() == DType::F64) fold_conv<double>(params, cv.w, cv.g, cv.b, cv.rm, cv.rv, fw, fb);
+        else fold_conv<float>(params, cv.w, cv.g, cv.b, cv.rm, cv.rv, fw, fb);
+        params.folds[cv.w] = {fw, fb};
+    }
+    folded_ = std::move(store);
+}
+
+void Model::unfuse() {
+    params.folds.clear();
+    folded_.reset();
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -511,6 +589,7 @@ void Model::load_weights(const std::string& path, CudaContext* cuda, const std::
             else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
         }
     }
+    if (fused()) fuse();  // the folds follow the new weights
 }
 
 void Model::save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,

@@ -48,6 +48,16 @@ public:
     // buffer; for a device model a copy downloaded once into *keep, so no training step downloads them.
     Tensor loss_anchors(std::vector<float>* keep) const;
 
+    // YOLOv5's model.fuse() (fuse_conv_and_bn), for inference: every Conv's BatchNorm folded into its weight,
+    // w' = w·γ/√(var+eps), and a bias, b' = β − γ·mean/√(var+eps), in the store's dtype (f32 as PyTorch), kept in
+    // a separate store on the model's device (computed on the host: once, not per step). Eval forwards with the
+    // tape off then run conv+bias → act per Conv. A snapshot of the weights: load_weights and init_weights fold
+    // again; a training forward of a fused model is an error (unfuse() first). detect.py, val.py and train.py's
+    // final validation of best.pt fuse; train.py's per-epoch validation of the EMA does not.
+    void fuse();
+    void unfuse();
+    bool fused() const { return folded_ != nullptr; }
+
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
     // prefix "" reads model.*; "ema." reads ema.model.* (a training checkpoint's EMA weights).
     void load_weights(const std::string& path, CudaContext* cuda = nullptr, const std::string& prefix = "");
@@ -66,6 +76,7 @@ public:
 
 private:
     Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
+    std::unique_ptr<ParamStore> folded_;  // fuse(): "<conv>.conv.weight" / "<conv>.conv.bias", as buffers
 };
 
 }  // namespace y5

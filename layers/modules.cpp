@@ -29,18 +29,24 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
     rv = store.add(prefix + ".bn.running_var", {c2}, ParamKind::Buffer);
 }
 
-Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
-    Var y = conv2d(c, x, param(c, *ps, w), nullptr, s, p);
-    return batchnorm2d(c, y, param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value, (*ps)[rv].value, training,
-                       kBnEps, kBnMomentum, act);
-}
+Var ConvBN::forward(Ctx& c, const Var& x, bool training) const { return forward(c, std::vector<Var>{x}, training); }
 
 Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
-    if (parts.size() == 1) return forward(c, parts[0], training);
-    if (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts) return forward(c, concat(c, parts), training);
-    const Var wv = param(c, *ps, w);
-    return batchnorm2d(c, conv2d_parts(c, parts, wv, nullptr), param(c, *ps, bn_w), param(c, *ps, bn_b),
-                       (*ps)[rm].value, (*ps)[rv].value, training, kBnEps, kBnMomentum, act);
+    if (parts.size() > 1 && (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts))
+        return forward(c, concat(c, parts), training);
+    auto conv = [&](const Var& wv, const Var* b) {
+        return parts.size() == 1 ? conv2d(c, parts[0], wv, b, s, p) : conv2d_parts(c, parts, wv, b);
+    };
+    // A fused model (Model::fuse) in inference: conv with the folded weight and bias, then the activation.
+    // Training, or a recording tape (gradients wanted for the real parameters), takes the conv → BN path.
+    const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : ps->fold(w);
+    if (f) {
+        const Var b = Tape::constant(f->b);
+        const Var y = conv(Tape::constant(f->w), &b);
+        return act.kind == ActKind::Identity ? y : activation(c, y, act);
+    }
+    return batchnorm2d(c, conv(param(c, *ps, w), nullptr), param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value,
+                       (*ps)[rv].value, training, kBnEps, kBnMomentum, act);
 }
 
 Shape ConvBN::out_shape(Shape in) const {

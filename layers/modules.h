@@ -28,6 +28,7 @@ struct ConvBN {
     int w = -1, bn_w = -1, bn_b = -1, rm = -1, rv = -1;
 
     void setup(ParamStore& store, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act);
+    // conv → BN(+act); in inference with the tape off, a fused store's folded conv + bias → act instead.
     Var forward(Ctx& c, const Var& x, bool training) const;
     // The input as channel parts of a concat that was never built (a Concat's or C3's inputs): a 1×1 conv reads
     // them in place (conv2d_parts); any other kernel size concatenates them first.

@@ -271,6 +271,68 @@ TEST_CASE("yolov5n at 640 on the GPU equals the CPU: forward, gradients, BN stat
 
 namespace {
 
+// Model::fuse on both devices: the GPU model's fold is computed on the host from its downloaded parameters, so
+// its folded tensors equal the CPU's bit for bit; then the fused eval forwards (tape off) agree as (a)'s eval
+// forward does (convolutions summed in other orders), and the fused GPU forward equals the unfused one there.
+void compare_fused(const char* yaml, int nc, Shape in, uint64_t seed) {
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    Pair m(src(yaml), nc, g.cuda, "", seed);
+    Rng rng(seed + 1);
+    for (int i = 0; i < m.cpu.params.size(); ++i) {  // running statistics away from 0 and 1
+        const Param& p = m.cpu.params[i];
+        const bool mean = p.name.find("running_mean") != std::string::npos, var = p.name.find("running_var") != std::string::npos;
+        if (!mean && !var) continue;
+        for (int64_t j = 0; j < p.value.numel(); ++j)
+            p.value.ptr<float>()[j] = (float)(mean ? rng.uniform_double(-0.5, 0.5) : rng.uniform_double(0.2, 2.0));
+    }
+    Side cs(Device::CPU, nullptr, size_t(1) << 30, size_t(1) << 30), gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20);
+    copy(gs.ctx, m.gpu.params.values_flat(), m.cpu.params.values_flat());
+    std::vector<float> x((size_t)in.numel());
+    for (float& v : x) v = (float)rng.uniform_double(0, 1);
+    NoGrad ngc(cs.tape), ngg(gs.tape);
+    const std::vector<float> unfused = to_host(gs.ctx, m.gpu.forward(gs.ctx, Tape::constant(to_device(gs, x, in)), false).decoded);
+    gs.reset();
+    m.cpu.fuse();
+    m.gpu.fuse();
+    int folds = 0;
+    for (int i = 0; i < m.cpu.params.size(); ++i) {
+        const ParamStore::Fold *fc = m.cpu.params.fold(i), *fg = m.gpu.params.fold(i);
+        REQUIRE((fc == nullptr) == (fg == nullptr));
+        if (!fc) continue;
+        ++folds;
+        REQUIRE(fg->w.device == Device::CUDA);
+        const std::vector<float> wg = to_host(gs.ctx, fg->w), bg = to_host(gs.ctx, fg->b);
+        CHECK(std::memcmp(wg.data(), fc->w.data, fc->w.bytes()) == 0);
+        CHECK(std::memcmp(bg.data(), fc->b.data, fc->b.bytes()) == 0);
+    }
+    CHECK(folds > 0);
+    std::vector<Var> lc, lg;
+    Model::Output ec = m.cpu.forward(cs.ctx, Tape::constant(Tensor(x.data(), in, DType::F32, Device::CPU)), false, &lc);
+    Model::Output eg = m.gpu.forward(gs.ctx, Tape::constant(to_device(gs, x, in)), false, &lg);
+    REQUIRE(lc.size() == lg.size());
+    for (size_t i = 0; i < lc.size(); ++i)
+        CHECK_REL("fused layer " << i, rel_err(to_host(gs.ctx, lg[i].t), to_host(cs.ctx, lc[i].t)), kFwdTol);
+    REQUIRE(eg.decoded.device == Device::CUDA);
+    const std::vector<float> dg = to_host(gs.ctx, eg.decoded);
+    CHECK_REL("fused decoded, GPU vs CPU", rel_err(dg, to_host(cs.ctx, ec.decoded)), kFwdTol);
+    CHECK_REL("fused vs unfused decoded on the GPU", rel_err(dg, unfused), kFwdTol);
+}
+
+}  // namespace
+
+TEST_CASE("fused yolov5n on the GPU equals the fused CPU model: folds, layers, decode", "[gpu][model][fuse]") {
+    compare_fused("config/models/yolov5n.yaml", 80, Shape{2, 3, 64, 96}, 31);
+    compare_fused("config/models/yolov5n.yaml", 80, Shape{1, 3, 320, 320}, 32);
+}
+
+TEST_CASE("fused yolov5n-eca on the GPU equals the fused CPU model: folds, layers, decode", "[gpu][model][fuse]") {
+    compare_fused("config/models/yolov5n-eca.yaml", 1, Shape{2, 3, 64, 96}, 33);
+}
+
+namespace {
+
 // A fixed synthetic batch: textured uint8 images (n, 3, h, w) with 1–3 filled rectangles each, and their
 // targets (image, class, x, y, w, h) normalised, as the loader hands them to train.cpp.
 Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {

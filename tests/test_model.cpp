@@ -302,3 +302,139 @@ TEST_CASE("a Concat before a module that takes no parts is concatenated", "[mode
     CHECK(std::isfinite(sum));
     CHECK(sum > 0);
 }
+
+// ----------------------------------------------------------------------------------------------------
+// Model::fuse (YOLOv5's fuse_conv_and_bn)
+
+// YOLOv5's init, then every BN's γ, β and running statistics drawn away from 1, 0, 0, 1 so the fold matters.
+static void init_with_bn_stats(Model& m, uint64_t seed) {
+    Rng rng(seed);
+    m.init_weights(rng);
+    for (int i = 0; i < m.params.size(); ++i) {
+        const Param& p = m.params[i];
+        if (p.name.find(".bn.") == std::string::npos) continue;
+        const bool var = p.name.find("running_var") != std::string::npos;
+        const double lo = var ? 0.2 : p.kind == ParamKind::NormWeight ? 0.5 : -0.5, hi = var ? 2.0 : lo + 1.0;
+        for (int64_t j = 0; j < p.value.numel(); ++j) {
+            const double v = rng.uniform_double(lo, hi);
+            if (p.value.dtype == DType::F64) p.value.ptr<double>()[j] = v;
+            else p.value.ptr<float>()[j] = (float)v;
+        }
+    }
+}
+
+// Eval forward with the tape off: every row's output (host copies) and the decoded predictions last.
+template <class T> static std::vector<std::vector<T>> eval_outputs(Model& m, const Tensor& x) {
+    TestCtx tc;
+    NoGrad ng(tc.tape);
+    std::vector<Var> outs;
+    Model::Output o = m.forward(tc.ctx, Tape::constant(x), false, &outs);
+    std::vector<std::vector<T>> r;
+    for (const Var& v : outs) r.emplace_back(v.t.ptr<T>(), v.t.ptr<T>() + v.t.numel());
+    r.emplace_back(o.decoded.ptr<T>(), o.decoded.ptr<T>() + o.decoded.numel());
+    return r;
+}
+
+template <class T> static double rel_err_v(const std::vector<T>& got, const std::vector<T>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        num = std::max(num, std::fabs((double)got[i] - (double)want[i]));
+        den = std::max(den, std::fabs((double)want[i]));
+    }
+    return num / std::max(den, 1e-30);
+}
+
+// Fused and unfused eval forwards differ only by reassociation: conv(x, w·s) + b against (conv(x, w) − mean)·s + β
+// rounds differently, about one f32 ulp (6e-8) of each layer's magnitude, and 60 Convs in a row plus the
+// Detect sigmoid/exp decode carry it on (eval BN has no batch statistics to amplify it). Measured worst tensor:
+// 6.5e-7 (yolov5n) and 5.8e-7 (yolov5n-eca) in f32, 1.8e-15 in f64; the bounds leave a factor of 15 and 50.
+template <class T> static void check_fused_equals_unfused(const char* yaml, int nc) {
+    const bool f64 = std::is_same<T, double>::value;
+    const double tol = f64 ? 1e-13 : 1e-5;
+    Model m(src(yaml), nc);
+    m.allocate(Device::CPU, dtype_of<T>());
+    init_with_bn_stats(m, 77);
+    TestCtx data;
+    Rng rng(78);
+    Tensor x = rand_tensor(data.data, {2, 3, 64, 96}, dtype_of<T>(), rng, 0, 1);
+    const std::vector<std::vector<T>> ref = eval_outputs<T>(m, x);
+    m.fuse();
+    REQUIRE(m.fused());
+    const std::vector<std::vector<T>> got = eval_outputs<T>(m, x);
+    REQUIRE(got.size() == ref.size());
+    double worst = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        REQUIRE(got[i].size() == ref[i].size());
+        const double e = rel_err_v(got[i], ref[i]);
+        worst = std::max(worst, e);
+        INFO((i + 1 == ref.size() ? std::string("decoded") : "layer " + std::to_string(i)) << " rel err " << e);
+        CHECK(e <= tol);
+    }
+    INFO(yaml << (f64 ? " f64" : " f32") << ": worst fused vs unfused rel err " << worst);
+    // The fused path really ran: bits differ somewhere (a silent fallback would give equal outputs).
+    CHECK(worst > 0);
+}
+
+TEST_CASE("fused inference equals the unfused eval forward", "[model][fuse]") {
+    SECTION("yolov5n f32") { check_fused_equals_unfused<float>("config/models/yolov5n.yaml", 80); }
+    SECTION("yolov5n f64") { check_fused_equals_unfused<double>("config/models/yolov5n.yaml", 80); }
+    SECTION("yolov5n-eca f32") { check_fused_equals_unfused<float>("config/models/yolov5n-eca.yaml", 1); }
+    SECTION("yolov5n-eca f64") { check_fused_equals_unfused<double>("config/models/yolov5n-eca.yaml", 1); }
+}
+
+TEST_CASE("fuse folds as fuse_conv_and_bn, refolds on new weights, refuses training", "[model][fuse]") {
+    Model m(src("config/models/yolov5n.yaml"), 3);
+    m.allocate(Device::CPU);
+    init_with_bn_stats(m, 5);
+    m.fuse();
+    // The fold in f32 with PyTorch's order of operations, bit for bit; every BN'd Conv has one, Detect's none.
+    const Param &w = *m.params.find("model.0.conv.weight"), &g = *m.params.find("model.0.bn.weight"),
+                &b = *m.params.find("model.0.bn.bias"), &mu = *m.params.find("model.0.bn.running_mean"),
+                &var = *m.params.find("model.0.bn.running_var");
+    const ParamStore::Fold* f = m.params.fold((int)(&w - &m.params[0]));
+    REQUIRE(f);
+    CHECK(f->w.shape == w.shape);
+    CHECK(f->b.shape == Shape({w.shape[0]}));
+    const int64_t per = w.shape.numel() / w.shape[0];
+    int wrong = 0;
+    for (int64_t k = 0; k < w.shape[0]; ++k) {
+        const float gk = g.value.ptr<float>()[k], sd = std::sqrt(var.value.ptr<float>()[k] + kBnEps), scale = gk / sd;
+        for (int64_t j = 0; j < per; ++j)
+            wrong += f->w.ptr<float>()[k * per + j] != scale * w.value.ptr<float>()[k * per + j];
+        wrong += f->b.ptr<float>()[k] != b.value.ptr<float>()[k] - gk * mu.value.ptr<float>()[k] / sd;
+    }
+    CHECK(wrong == 0);
+    int folds = 0;
+    for (int i = 0; i < m.params.size(); ++i) folds += m.params.fold(i) != nullptr;
+    CHECK(folds == 57);  // yolov5n's Conv modules, C3/SPPF ones included
+    CHECK(m.params.fold((int)(m.params.find("model.24.m.0.weight") - &m.params[0])) == nullptr);
+
+    TestCtx tc;
+    Rng rng(6);
+    Tensor x = rand_tensor(tc.data, {1, 3, 64, 64}, DType::F32, rng, 0, 1);
+    // A training forward of a fused model is refused; after unfuse() it runs.
+    CHECK_THROWS_WITH(m.forward(tc.ctx, Tape::constant(x), true), Contains("fused for inference"));
+    // Eval with the tape recording takes the conv → BN path (gradients reach the real parameters): the unfused bits.
+    Model u(src("config/models/yolov5n.yaml"), 3);
+    u.allocate(Device::CPU);
+    init_with_bn_stats(u, 5);
+    Model::Output ru = u.forward(tc.ctx, Tape::constant(x), false), rf = m.forward(tc.ctx, Tape::constant(x), false);
+    CHECK(std::memcmp(ru.decoded.data, rf.decoded.data, ru.decoded.bytes()) == 0);
+
+    // New weights (load_weights) are folded again: the fused model follows the file, not the old snapshot.
+    const std::string path = "/tmp/y5_test_fuse.safetensors";
+    u.save_weights(path, {});
+    Model v(src("config/models/yolov5n.yaml"), 3);
+    v.allocate(Device::CPU);
+    init_with_bn_stats(v, 9);
+    v.fuse();
+    v.load_weights(path);
+    REQUIRE(v.fused());
+    const std::vector<std::vector<float>> a = eval_outputs<float>(u, x), bv = eval_outputs<float>(v, x);
+    CHECK(rel_err_v(bv.back(), a.back()) <= 1e-5);
+    std::remove(path.c_str());
+
+    m.unfuse();
+    CHECK(!m.fused());
+    CHECK_NOTHROW(m.forward(tc.ctx, Tape::constant(x), true));
+}

@@ -43,6 +43,16 @@ fi
 # Bad input: a missing data yaml is one clear error line and exit 1.
 if "$build/y5train" --data nope.yaml --cfg "$src/config/models/yolov5n.yaml" --epochs 1 2> err.log; then exit 1; fi
 grep -q "nope.yaml: data yaml does not exist" err.log || { cat err.log; exit 1; }
+# cuDNN flags: listed in --help, kept in opt.yaml (deterministic by default), a negative --workspace refused.
+"$build/y5train" --help > help.log
+grep -q -- "--no-deterministic" help.log && grep -q -- "--workspace" help.log || { echo "--help lacks the cuDNN flags"; cat help.log; exit 1; }
+grep -q "^deterministic: true" $run/opt.yaml && grep -q "^workspace: 256" $run/opt.yaml || { echo "opt.yaml lacks the cuDNN flags"; cat $run/opt.yaml; exit 1; }
+if "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --workspace -1 2> ws.err; then exit 1; fi
+grep -q -- "--workspace: Value -1 not in range" ws.err || { cat ws.err; exit 1; }
+if [ -x "$build/bench_kernels" ]; then  # CUDA builds: --op names are checked before the device
+  if "$build/bench_kernels" --op nms,bogus 2> op.err; then echo "bench_kernels accepted --op bogus"; exit 1; fi
+  grep -q -- "--op bogus: no such benchmark; valid: .*nms" op.err || { cat op.err; exit 1; }
+fi
 # A diverging run (lr0 1e30) stops at the first non-finite loss, naming the epoch and batch, and keeps the
 # last good checkpoint.
 sed 's/^lr0: .*/lr0: 1.0e30/' "$src/config/hyps/hyp.scratch-low.yaml" > hyp.diverge.yaml

@@ -217,6 +217,7 @@ int main(int argc, char** argv) {
         const int dev_index = y5::parse_device(device);
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
         auto model = y5::Model::from_weights(weights, cuda);
+        model->fuse();  // as detect.py's DetectMultiBackend(fuse=True): Conv+BN folded
         std::vector<std::string> names;
         for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
         {

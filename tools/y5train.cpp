@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
     app.add_flag("--exist-ok", o.exist_ok, "existing project/name ok, do not increment");
     app.add_flag("--cos-lr", o.cos_lr, "cosine (one-cycle) LR schedule instead of linear");
     app.add_option("--seed", o.seed, "global training seed")->capture_default_str();
+    app.add_flag("--deterministic,!--no-deterministic", o.deterministic,
+                 "cuDNN: deterministic convolution algorithms only; on by default, as train.py's "
+                 "init_seeds(deterministic=True). --no-deterministic (or --deterministic=false) allows faster ones");
+    app.add_option("--workspace", o.workspace_mib, "cuDNN: workspace cap per convolution pass, in MiB "
+                   "(0: algorithms that need none; the GPU work arena is sized from it)")->capture_default_str()
+        ->check(CLI::Range(0, 1 << 20));
     app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
         // measured, scaled to the batch, and checked against the memory there is.
         size_t a1 = 0, w1 = 0, g1 = 0;
         y5::measure_step_memory(*model, imgsz + 32, imgsz + 32, lh, &a1, &w1, &g1);
+        model->fuse();  // as val.py's DetectMultiBackend(fuse=True); after measuring, which runs a training step
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
         // The work arena also holds the GPU NMS's scratch; no op's scratch is live then, so the larger counts.
