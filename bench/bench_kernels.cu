@@ -40,6 +40,7 @@
 #include "kernels/activation.h"
 #include "kernels/batchnorm.h"
 #include "kernels/concat.h"
+#include "kernels/conv2d.h"
 #include "kernels/eca.h"
 #include "kernels/image.h"
 #include "kernels/loss.h"
@@ -355,6 +356,46 @@ void concat2(Bench& b, int N, int Ca, int Cb, int H, int W) {
     b.check("  memcpy2D baseline: out", mout, out, 0, 0);
     const double ms = b.B.time_ms(ours, b.repeats), base = b.B.time_ms(memcpy2d, b.repeats);
     b.rows.push_back({"concat (2 inputs)", shape, ms, 8.0 * no, true, "cudaMemcpy2DAsync x2", base});
+}
+
+// ----------------------------------------------------------------------------------------------------
+// A C3's cv3 / a head C3's cv1 over two channel parts: conv2d_parts (cuBLAS GEMMs against column slices of the
+// weight, no concat) against the path it replaced, concat + cuDNN 1×1 convolution. Both f32 with TF32 off (the
+// check is against the CPU's im2col + OpenBLAS). Must move: read both parts and write out: 4(N·C·HW + N·K·HW).
+
+void conv_parts(Bench& b, int N, int Ca, int Cb, int K, int H, int W) {
+    const bool tf32 = conv_allow_tf32();
+    conv_set_allow_tf32(false);
+    const int HW = H * W, C = Ca + Cb;
+    const int64_t na = (int64_t)N * Ca * HW, nb = (int64_t)N * Cb * HW, ny = (int64_t)N * K * HW;
+    const std::string shape = shape_str({N, Ca, H, W}) + "+" + std::to_string(Cb) + "->" + std::to_string(K);
+    const float ws = 1.0f / std::sqrt((float)C);
+    const std::vector<float> a = b.uniform(na, -1.f, 1.f), c = b.uniform(nb, -1.f, 1.f), w = b.uniform((int64_t)K * C, -ws, ws);
+    std::vector<float> cat(na + nb), y(ny);
+    concat_forward_cpu(cat.data(), a.data(), N, Ca, HW, C, 0);
+    concat_forward_cpu(cat.data(), c.data(), N, Cb, HW, C, Ca);
+    conv2d_fprop_cpu(y.data(), cat.data(), w.data(), (const float*)nullptr, (float*)nullptr, N, C, H, W, K, 1, 1, 1, 0);
+
+    cudaStream_t s = b.ctx->stream;
+    float *da = b.upload(a), *dc = b.upload(c), *dw = b.upload(w), *dy = b.dalloc(ny);
+    const float* parts[2] = {da, dc};
+    const int Cs[2] = {Ca, Cb};
+    auto ours = [&] { conv1x1_parts_fprop_cuda(b.ctx, dy, parts, Cs, 2, dw, nullptr, N, K, HW); };
+    const Conv2dGeom g{N, C, H, W, K, 1, 1, 1, 0};
+    const size_t wsb = conv2d_workspace_cuda(b.ctx, g, ConvPass::Fprop);
+    float *dcat = b.dalloc(na + nb), *cy = b.dalloc(ny), *wsp = b.dalloc((int64_t)(wsb + 3) / 4);
+    auto base = [&] {
+        concat_forward_cuda(dcat, da, N, Ca, HW, C, 0, s);
+        concat_forward_cuda(dcat, dc, N, Cb, HW, C, Ca, s);
+        conv2d_fprop_cuda(b.ctx, g, cy, dcat, dw, nullptr, wsp, wsb);
+    };
+    ours();
+    base();
+    b.check("conv parts " + shape + " out", dy, y, 1e-4, 1e-4);
+    b.check("  concat + cudnn baseline: out", cy, y, 1e-4, 1e-4);
+    const double ms = b.B.time_ms(ours, b.repeats), bms = b.B.time_ms(base, b.repeats);
+    b.rows.push_back({"1x1 conv over 2 parts (cublas)", shape, ms, 4.0 * (na + nb + ny), true, "concat + cudnn 1x1", bms});
+    conv_set_allow_tf32(tf32);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -679,6 +720,10 @@ static const std::vector<OpBench>& op_benches() {
          {[](Bench& b, int N) { concat2(b, N, 16, 16, 160, 160); },
           [](Bench& b, int N) { concat2(b, N, 128, 128, 40, 40); },
           [](Bench& b, int N) { concat2(b, N, 64, 64, 80, 80); }}},
+        {"conv_parts", "1x1 conv over a concat's two parts (C3 cv3 of layers 2, 6; head C3 cv1 of layer 13)",
+         {[](Bench& b, int N) { conv_parts(b, N, 16, 16, 32, 160, 160); },
+          [](Bench& b, int N) { conv_parts(b, N, 64, 64, 128, 40, 40); },
+          [](Bench& b, int N) { conv_parts(b, N, 128, 128, 64, 40, 40); }}},
         {"eca", "ECA chain (yolov5n-eca layers 5, 11)",
          {[](Bench& b, int N) { eca_chain(b, N, 64, 80, 80); }, [](Bench& b, int N) { eca_chain(b, N, 256, 20, 20); }}},
         {"yolo_loss", "YOLOv5's loss, 8 boxes per image", {[](Bench& b, int N) { yolo_loss_bench(b, N, 8); }}},
