@@ -164,23 +164,6 @@ struct Trainer {
     }
 };
 
-// Model::forward's loop in training mode, one layer at a time with a stamp after each; returns the Detect
-// maps. It keeps every row's output where Model::forward keeps only those a later row reads (arena views:
-// the memory is the same).
-std::vector<Var> forward_by_layer(Model& m, Ctx& c, const Var& x, Marks& marks) {
-    std::vector<Var> y(m.layers.size()), maps;
-    for (size_t i = 0; i < m.layers.size(); ++i) {
-        Module& mod = *m.layers[i];
-        std::vector<Var> in;
-        for (int f : mod.from) in.push_back(f < 0 ? x : y[f]);
-        std::vector<Var> r = mod.forward(c, in, true);
-        if (&mod == m.detect) maps = r;
-        y[i] = r[0];
-        marks.mark();
-    }
-    return maps;
-}
-
 // One training step as engine/train.cpp's loop runs it. With marks: stamps after the upload, each layer,
 // the loss, the backward, the clip, SGD + zero_grad, and the EMA.
 void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
@@ -189,8 +172,9 @@ void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
     w.act->reset();
     Tensor x = batch_images(w.ctx, b), t = batch_targets(b);
     if (marks) marks->mark();
-    std::vector<Var> maps = marks ? forward_by_layer(T.model, w.ctx, Tape::constant(x), *marks)
-                                  : T.model.forward(w.ctx, Tape::constant(x), true).maps;
+    std::function<void(size_t)> stamp;
+    if (marks) stamp = [marks](size_t) { marks->mark(); };
+    std::vector<Var> maps = T.model.forward(w.ctx, Tape::constant(x), true, nullptr, stamp).maps;
     YoloLoss L = yolo_loss(w.ctx, maps, t, T.anchors, T.lh);
     Y5_CHECK(std::isfinite(L.items.total), "bench_step: the loss is %g", L.items.total);
     if (marks) marks->mark();

@@ -459,17 +459,19 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
             }
             with_dtype("batchnorm2d backward", x.t, [&](auto z) {
                 using T = decltype(z);
+                // A gradient nobody has touched is allocated zeroed: the reference may then park dz in it.
+                const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
                 T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
                 const T* dy = c.tape->grad(y).template ptr<T>();
                 par(C, [&](int64_t c0, int64_t c1) {
                     if (training)
                         batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
                                                         beta.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW, act,
-                                                        (int)c0, (int)c1);
+                                                        (int)c0, (int)c1, dx_zero);
                     else
                         batchnorm_backward_eval_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
                                                        beta.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
-                                                       C, HW, eps, act, (int)c0, (int)c1);
+                                                       C, HW, eps, act, (int)c0, (int)c1, dx_zero);
                 });
             });
         });

@@ -120,20 +120,24 @@ void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* b
 // Backward of channel c given its statistics: mean and invstd are the saved batch ones (training) or the running
 // mean and eval 1/std (eval). dgamma/dbeta (+=) are this channel's entries; training: dinp += bn_train_dx(dz),
 // eval: dinp += bn_eval_dx(dz) (the statistics are constants).
+// dinp_zero: dinp holds zeros (a gradient nobody has added to yet). The first pass then parks dz there and the
+// second reads it back instead of recomputing act'(z), the costly part on the CPU; same bits either way.
 template <class T>
 void batchnorm_backward_channel_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, int N, int C, int HW,
-                                    int c, T mean, T invstd, T gamma, T beta, Act a, bool training) {
+                                    int c, T mean, T invstd, T gamma, T beta, Act a, bool training, bool dinp_zero) {
     const int64_t M = (int64_t)N * HW;
+    const bool park = dinp && dinp_zero;
     T dz[kBnChunk], xh[kBnChunk];
     double sdy = 0, sdyx = 0;
     for (int n = 0; n < N; ++n)
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
             const int64_t j = ((int64_t)n * C + c) * HW + i0;
-            bn_act_dz_cpu(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
+            T* d = park ? dinp + j : dz;
+            bn_act_dz_cpu(d, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
             for (int i = 0; i < m; ++i) {
-                sdy += dz[i];
-                sdyx += (double)dz[i] * xh[i];
+                sdy += d[i];
+                sdyx += (double)d[i] * xh[i];
             }
         }
     if (dbeta) *dbeta += T(sdy);
@@ -144,6 +148,13 @@ void batchnorm_backward_channel_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout,
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
             const int64_t j = ((int64_t)n * C + c) * HW + i0;
+            if (park) {
+                for (int i = 0; i < m; ++i) {
+                    const T x = bn_xhat(inp[j + i], mean, invstd), g = dinp[j + i];
+                    dinp[j + i] = training ? bn_train_dx(g, x, gamma, invstd, mdy, mdyx) : bn_eval_dx(g, gamma, invstd);
+                }
+                continue;
+            }
             bn_act_dz_cpu(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
             for (int i = 0; i < m; ++i)
                 dinp[j + i] += training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx) : bn_eval_dx(dz[i], gamma, invstd);
@@ -153,20 +164,20 @@ void batchnorm_backward_channel_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout,
 template <class T>
 void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
                                   const T* beta, const T* save_mean, const T* save_invstd, int N, int C, int HW, Act a,
-                                  int c_begin = 0, int c_end = INT_MAX) {
+                                  int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
         batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
-                                       HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true);
+                                       HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true, dinp_zero);
 }
 
 template <class T>
 void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
                                  const T* beta, const T* running_mean, const T* running_var, int N, int C, int HW,
-                                 float eps, Act a, int c_begin = 0, int c_end = INT_MAX) {
+                                 float eps, Act a, int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
         batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
                                        HW, c, running_mean[c], bn_eval_invstd(running_var[c], eps), gamma[c], beta[c],
-                                       a, false);
+                                       a, false, dinp_zero);
 }
 
 // ----------------------------------------------------------------------------------------------------

@@ -391,7 +391,8 @@ void Model::init_weights(Rng& rng) {
 // ----------------------------------------------------------------------------------------------------
 // Forward
 
-Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs) {
+Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs,
+                             const std::function<void(size_t)>& after_layer) {
     Y5_CHECK(!training || !fused(), "%s is fused for inference (Model::fuse): its folded Conv weights would go stale "
              "as training changes the parameters; unfuse() it before a training forward", name.c_str());
     Y5_CHECK(x.t.ndim() == 4 && x.t.dim(1) == 3, "model input must be (N, 3, H, W), got %s", x.t.str().c_str());
@@ -418,6 +419,7 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
         }
         if (layer_outputs) layer_outputs->push_back(r.size() > 1 ? concat(c, r) : r[0]);
         y[i] = std::move(r);
+        if (after_layer) after_layer(i);
     }
     if (!training) out.decoded = detect->decode(c, out.maps);
     return out;

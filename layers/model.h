@@ -10,6 +10,7 @@
  */
 #pragma once
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,8 +38,10 @@ public:
         std::vector<Var> maps;  // per level (bs, na, ny, nx, 5+nc)
         Tensor decoded;         // eval only: (bs, Σ na·ny·nx, 5+nc)
     };
-    // layer_outputs, if given, receives every row's output (Detect's first map for the Detect row).
-    Output forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs = nullptr);
+    // layer_outputs, if given, receives every row's output (Detect's first map for the Detect row; a Concat's
+    // parts concatenated). after_layer, if given, is called after each row (bench_step's per-layer timing).
+    Output forward(Ctx& c, const Var& x, bool training, std::vector<Var>* layer_outputs = nullptr,
+                   const std::function<void(size_t)>& after_layer = {});
 
     std::string summary(int imgsz = 640) const;  // YOLOv5's table and "N layers, P parameters, ... GFLOPs"
     int64_t num_parameters() const { return params.count(true); }

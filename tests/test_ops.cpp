@@ -341,10 +341,14 @@ TEST_CASE("batchnorm2d with a fused activation equals BN then the activation", "
                     Tensor seed = rand_tensor(tc.data, x.shape, dt, rng);
                     Tensor rm1 = rand_tensor(tc.data, {C}, dt, rng, -0.1, 0.1), rv1 = rand_tensor(tc.data, {C}, dt, rng, 0.5, 1.5);
                     Tensor rm2 = copy_of(tc.data, rm1), rv2 = copy_of(tc.data, rv1);
+                    // y + x as well (the add's backward runs first, so BN adds to a gradient already holding one
+                    // contribution), or y alone (BN's backward meets a zeroed gradient).
+                    const bool reuse_x = std::string(spec) == "nn.SiLU()" || std::string(spec) == "nn.ReLU()";
                     auto run = [&](bool fused, Tensor rm, Tensor rv) {
                         Var xv = tc.tape.leaf(x), gv = tc.tape.leaf(g), bv = tc.tape.leaf(b);
                         Var y = fused ? batchnorm2d(tc.ctx, xv, gv, bv, rm, rv, training, 1e-3f, 0.03f, a)
                                       : activation(tc.ctx, batchnorm2d(tc.ctx, xv, gv, bv, rm, rv, training, 1e-3f, 0.03f), a);
+                        if (reuse_x) y = add(tc.ctx, y, xv);
                         tc.tape.backward(y, &seed);
                         std::vector<Tensor> r;
                         for (Tensor t : {y.t, tc.tape.grad(xv), tc.tape.grad(gv), tc.tape.grad(bv)})
