@@ -14,8 +14,14 @@ build="${Y5_BUILD_DIR:-build-gpu}"
 out="${Y5_GPU_CHECK_OUT:-runs/gpu_check}"
 rm -rf "$out" && mkdir -p "$out"
 declare -a names results
+# Every step's limit is cut to what is left of the whole run's budget (Y5_GPU_CHECK_SECONDS, default 570), so the
+# check ends inside a 10-minute call whatever hangs; a step with under 10 s left is skipped and says so.
+deadline=$((SECONDS + ${Y5_GPU_CHECK_SECONDS:-570}))
 step() {  # step NAME SECONDS COMMAND...: runs it under a time limit, records PASS/FAIL and its time
   local name="$1" limit="$2"; shift 2
+  local left=$((deadline - SECONDS))
+  if [ "$left" -lt 10 ]; then skip "$name" "no time left in the run's budget"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
   echo "=== $name: $*"
   if timeout "$limit" "$@"; then results+=("PASS $((SECONDS - t0))s"); else results+=("FAIL (rc $?) $((SECONDS - t0))s"); fi
