@@ -884,6 +884,50 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     return y;
 }
 
+Var eca(Ctx& c, const Var& x, const Var& w) {
+    const char* op = "eca";
+    check_rank(op, "input", x.t, 4);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(w.t.ndim() == 1 && w.t.dim(0) % 2 == 1, "eca: weight %s must be (k) with k odd", w.t.str().c_str());
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3), k = w.t.dim(0);
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    Tensor pooled = c.act->tensor(Shape{N, C}, x.t.dtype), gate = c.act->tensor(Shape{N, C}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        eca_forward_cuda(out.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N,
+                         C, HW, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            eca_forward_cpu<T>(out.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, HW, k);
+        });
+    }
+    Var y = c.tape->output(out, {&x, &w});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, y, pooled, gate, N, C, HW, k] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                eca_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
+                                  x.t.ptr<float>(), w.t.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), N, C, HW,
+                                  k, ws.get<float>((int64_t)N * C), c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("eca backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                eca_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
+                                    x.t.ptr<T>(), w.t.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), N, C, HW, k,
+                                    ws.get<T>((int64_t)N * C));
+            });
+        });
+    return y;
+}
+
 // ----------------------------------------------------------------------------------------------------
 // transpose12, space_to_depth2
 

@@ -62,6 +62,9 @@ Var add(Ctx& c, const Var& a, const Var& b);      // same shape
 Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C)
 Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C)
 Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
+// ECA fused: x·σ(conv1d_channels(global_avgpool(x), w)), w (k) with k odd; the four ops above in two passes over x
+// (forward) and two plus a small one (backward), keeping only the (N,C) means and gates.
+Var eca(Ctx& c, const Var& x, const Var& w);
 Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape
 Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2)
 

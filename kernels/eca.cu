@@ -5,10 +5,13 @@
  *   float sums, then a block tree). The tensors are small ((N,C) pooled vectors).
  * scale_channels: forward is a plane kernel over the N·C planes; backward is one block per plane, which
  *   writes dx and reduces Σ dout·x for ds (per-thread float sums, then a block tree).
+ * eca (fused): the pool's mean kernel, then one plane pass that computes each plane's gate and scales it;
+ *   backward: one block per plane for dz, the weight-gradient kernel, then one plane pass for dx.
  * No atomics: every run gives the same bits.
  */
 #include "kernels/cuda_utils.cuh"
 #include "kernels/eca.h"
+#include "kernels/pool.h"
 
 namespace y5 {
 
@@ -73,8 +76,48 @@ __global__ static void scale_channels_backward_kernel(float* dx, float* ds, cons
     }
 }
 
+// ECA forward, pass 2 (pass 1 is the pool's mean kernel): plane grid; every block of plane p computes its gate
+// from row n of pooled (k multiply-adds), the x = 0 block stores it, and all scale their part of the plane.
+__global__ static void eca_scale_kernel(float* out, float* gate, const float* x, const float* pooled,
+                                        const float* weight, int C, int HW, int k, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int64_t n = p / C;
+        const float s = eca_gate(pooled + n * C, weight, C, k, (int)(p - n * C));
+        if (blockIdx.x == 0 && threadIdx.x == 0) gate[p] = s;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            out[p * HW + i] = x[p * HW + i] * s;
+    }
+}
+
+// ECA backward, pass 1: one block per plane: dz[p] = (Σ dout·x)·s(1 − s).
+__global__ static void eca_dz_kernel(float* dz, const float* dout, const float* x, const float* gate, int HW, int64_t P) {
+    for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+        const float *dy = dout + p * HW, *xp = x + p * HW;
+        float acc = 0.f;
+        for (int i = threadIdx.x; i < HW; i += blockDim.x) acc += dy[i] * xp[i];
+        acc = block_sum(acc);
+        if (threadIdx.x == 0) dz[p] = acc * (gate[p] * (1.f - gate[p]));
+    }
+}
+
+// ECA backward, pass 2 (after the weight gradient's kernel): plane grid, dx += dout·s + dp/HW with dp from dz.
+__global__ static void eca_dx_kernel(float* dx, const float* dout, const float* gate, const float* dz,
+                                     const float* weight, int C, int HW, int k, int64_t P) {
+    for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+        const int64_t n = p / C;
+        const float g = conv1d_channels_dinp_at(0.f, dz + n * C, weight, C, k, (int)(p - n * C)) / (float)HW;
+        const float s = gate[p];
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
+            dx[p * HW + i] = eca_dx(dx[p * HW + i], dout[p * HW + i], s, g);
+    }
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Launchers
+
+// Threads per block for the per-plane reductions: a multiple of 32 (block_sum needs whole warps).
+static int plane_block(int HW) { return HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32; }
+static int plane_blocks(int64_t P) { return (int)(P < 65535 * 8 ? P : 65535 * 8); }
 
 void conv1d_channels_forward_cuda(float* out, const float* inp, const float* weight, int N, int C, int k,
                                   cudaStream_t stream) {
@@ -109,10 +152,31 @@ void scale_channels_backward_cuda(float* dx, float* ds, const float* dout, const
                                   int HW, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0 || !(dx || ds)) return;
-    const int block = HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32;  // a multiple of 32, as block_sum needs
-    const int grid = (int)(P < 65535 * 8 ? P : 65535 * 8);
-    scale_channels_backward_kernel<<<grid, block, 0, stream>>>(dx, ds, dout, x, s, HW, P);
+    scale_channels_backward_kernel<<<plane_blocks(P), plane_block(HW), 0, stream>>>(dx, ds, dout, x, s, HW, P);
     Y5_LAUNCH_CHECK();
+}
+
+void eca_forward_cuda(float* out, float* pooled, float* gate, const float* x, const float* weight, int N, int C, int HW,
+                      int k, cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0) return;
+    global_avgpool_forward_cuda(pooled, x, N, C, HW, stream);
+    eca_scale_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, gate, x, pooled, weight, C, HW, k, P);
+    Y5_LAUNCH_CHECK();
+}
+
+void eca_backward_cuda(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                       const float* pooled, const float* gate, int N, int C, int HW, int k, float* dz,
+                       cudaStream_t stream) {
+    const int64_t P = (int64_t)N * C;
+    if (P * HW == 0 || !(dx || dweight)) return;
+    eca_dz_kernel<<<plane_blocks(P), plane_block(HW), 0, stream>>>(dz, dout, x, gate, HW, P);
+    Y5_LAUNCH_CHECK();
+    if (dweight) conv1d_channels_backward_cuda(nullptr, dweight, dz, pooled, weight, N, C, k, stream);
+    if (dx) {
+        eca_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dx, dout, gate, dz, weight, C, HW, k, P);
+        Y5_LAUNCH_CHECK();
+    }
 }
 
 }  // namespace y5

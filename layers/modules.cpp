@@ -190,8 +190,7 @@ struct ECA : Module {
         const Param& p = (*ps)[w];
         Var wv = c.tape->param(p.value, p.grad);
         Var flat{wv.t.view({k}), wv.id};
-        Var s = sigmoid(c, conv1d_channels(c, global_avgpool(c, in[0]), flat));
-        return {scale_channels(c, in[0], s)};
+        return {eca(c, in[0], flat)};  // x·σ(conv1d(avgpool(x))), fused
     }
     Shape out_shape(const std::vector<Shape>& in) const override { return in[0]; }
     double macs(const std::vector<Shape>& in) const override {

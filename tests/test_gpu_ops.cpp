@@ -393,6 +393,25 @@ TEST_CASE("ECA chain on the GPU against the CPU reference", "[gpu][ops][eca]") {
                rng, kElem, {Tol{1e-5, 1e-4}, Tol{1e-3, 1e-4}});
 }
 
+TEST_CASE("eca (fused) CUDA kernels against the CPU reference", "[gpu][ops][eca]") {
+    // yolov5n-eca's ECAs at 640 (P3 C3 output, SPPF output), k 3 and 5, and awkward shapes (HW under a warp,
+    // one channel, k larger than C).
+    Gpu& g = gpu();
+    Rng rng(213);
+    struct Case {
+        Shape s;
+        int k;
+    };
+    for (Case k : {Case{{1, 1, 1, 1}, 3}, Case{{3, 2, 3, 5}, 5}, Case{{2, 7, 33, 31}, 3}, Case{{2, 64, 80, 80}, 3},
+                   Case{{2, 256, 20, 20}, 5}}) {
+        g.reset();
+        Tensor x = rand_tensor(g.host, k.s, DType::F32, rng), w = rand_tensor(g.host, {k.k}, DType::F32, rng);
+        compare_op("eca fused " + k.s.str(), {x, w}, {true, true},
+                   [](Ctx& c, const std::vector<Var>& v, bool) { return eca(c, v[0], v[1]); }, rng, kElem,
+                   {Tol{1e-5, 1e-4}, Tol{1e-3, 1e-4}});
+    }
+}
+
 TEST_CASE("transpose12 CUDA kernels against the CPU reference", "[gpu][ops][reshape]") {
     Gpu& g = gpu();
     Rng rng(211);

@@ -299,6 +299,44 @@ TEST_CASE("conv2d_parts equals a 1x1 conv2d of the concat", "[ops][conv2d][parts
     }
 }
 
+TEST_CASE("eca (fused) equals the four ops it replaces, and its gradient", "[ops][eca]") {
+    for (DType dt : {DType::F64, DType::F32})
+        for (int k : {1, 3, 5}) {
+            DYNAMIC_SECTION(dtype_name(dt) << " k " << k) {
+                TestCtx tc;
+                Rng rng(31);
+                Tensor x = rand_tensor(tc.data, {3, 6, 5, 7}, dt, rng), w = rand_tensor(tc.data, {k}, dt, rng, -2, 2);
+                Tensor seed = rand_tensor(tc.data, x.shape, dt, rng);
+                auto run = [&](bool fused) {
+                    Var xv = tc.tape.leaf(x), wv = tc.tape.leaf(w);
+                    Var y = fused ? eca(tc.ctx, xv, wv)
+                                  : scale_channels(tc.ctx, xv,
+                                                   sigmoid(tc.ctx, conv1d_channels(tc.ctx, global_avgpool(tc.ctx, xv), wv)));
+                    tc.tape.backward(y, &seed);
+                    std::vector<Tensor> r = {copy_of(tc.data, y.t), copy_of(tc.data, tc.tape.grad(xv)),
+                                             copy_of(tc.data, tc.tape.grad(wv))};
+                    tc.tape.clear();
+                    return r;
+                };
+                const std::vector<Tensor> f = run(true), u = run(false);
+                const double tol = dt == DType::F64 ? 1e-12 : 1e-5;
+                require_close(f[0], u[0], tol, tol, "output");
+                require_close(f[1], u[1], tol, tol, "dx");
+                require_close(f[2], u[2], tol, tol, "dw");
+            }
+        }
+    SECTION("gradient by finite differences") {
+        TestCtx tc;
+        Rng rng(32);
+        gradcheck(tc, {rand_tensor(tc.data, {2, 5, 3, 4}, DType::F64, rng), rand_tensor(tc.data, {3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return eca(c, v[0], v[1]); }, rng);
+        GradCheck big;
+        big.max_checks = 40;
+        gradcheck(tc, {rand_tensor(tc.data, {1, 64, 80, 80}, DType::F64, rng), rand_tensor(tc.data, {3}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return eca(c, v[0], v[1]); }, rng, big);  // yolov5n-eca P3 at 640
+    }
+}
+
 TEST_CASE("batchnorm2d gradient in training and eval mode", "[ops][batchnorm][gradcheck]") {
     struct Case {
         int N, C, H, W, probes;
