@@ -87,6 +87,15 @@ void col2im(T* img, const T* col, int C, int H, int W, int R, int S, int stride,
             }
 }
 
+// One image's bias gradient: dbias[k] += Σ_p dy[k][p], dy (K,P).
+template <class T> void bias_grad_cpu(T* dbias, const T* dy, int K, int P) {
+    for (int k = 0; k < K; ++k) {
+        T acc = 0;
+        for (int p = 0; p < P; ++p) acc += dy[(int64_t)k * P + p];
+        dbias[k] += acc;
+    }
+}
+
 template <class T>
 void conv2d_fprop_cpu(T* out, const T* inp, const T* weight, const T* bias, T* col, int N, int C, int H, int W,
                       int K, int R, int S, int stride, int pad) {
@@ -113,12 +122,7 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     for (int n = 0; n < N; ++n) {
         const T* x = inp + (int64_t)n * C * H * W;
         const T* dy = dout + (int64_t)n * K * P;
-        if (dbias)
-            for (int k = 0; k < K; ++k) {
-                T acc = 0;
-                for (int p = 0; p < P; ++p) acc += dy[(int64_t)k * P + p];
-                dbias[k] += acc;
-            }
+        if (dbias) bias_grad_cpu(dbias, dy, K, P);
         if (dweight) {  // wgrad: dW (K,CRS) += dy (K,P) · colᵀ (P,CRS)
             if (!pointwise) im2col(col, x, C, H, W, R, S, stride, pad, Ho, Wo);
             gemm(false, true, K, CRS, P, T(1), dy, P, pointwise ? x : col, P, T(1), dweight, CRS);
@@ -165,12 +169,7 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
     for (int i = 0; i < m; ++i) C += Cs[i];
     for (int n = 0; n < N; ++n) {
         const T* dy = dout + (int64_t)n * K * P;
-        if (dbias)
-            for (int k = 0; k < K; ++k) {
-                T acc = 0;
-                for (int p = 0; p < P; ++p) acc += dy[(int64_t)k * P + p];
-                dbias[k] += acc;
-            }
+        if (dbias) bias_grad_cpu(dbias, dy, K, P);
         for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
             const int64_t off = (int64_t)n * Cs[i] * P;
             if (dweight) gemm(false, true, K, Cs[i], P, T(1), dy, P, xs[i] + off, P, T(1), dweight + c0, C);
