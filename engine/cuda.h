@@ -19,7 +19,9 @@ struct CudaContext {
     cudaStream_t stream = nullptr;
     cublasHandle_t cublas = nullptr;
     cudnnHandle_t cudnn = nullptr;
+    void* cublas_workspace = nullptr;  // kCublasWorkspace bytes, set on the handle
 };
+constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
 const char* cublas_status_string(cublasStatus_t s);
 bool sync_debug();  // reads Y5_SYNC_DEBUG once
