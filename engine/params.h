@@ -59,6 +59,13 @@ public:
 
     void zero_grad(CudaContext* cuda = nullptr);  // on cuda's stream; nullptr: the context given to allocate()
 
+    // Each Conv followed by a BatchNorm, as ConvBN registers it: the indices of the conv weight and the BN's
+    // weight, bias, running mean and running variance (what Model::fuse folds).
+    struct ConvBnIndices {
+        int w, g, b, rm, rv;
+    };
+    std::vector<ConvBnIndices> conv_bns;
+
     // Inference folds (Model::fuse): for parameter i, a Conv's weight, the pair that replaces that Conv and its
     // BatchNorm in an eval forward: weight (K,C,R,S) with the BN scale folded in, and bias (K). The tensors
     // live in the model's own store; `folds` is empty when the model is not fused.

@@ -127,7 +127,7 @@ void Tape::clear() {
     closures_.clear();
     output_of_.clear();
     pending_ = -1;
-    free_.clear();
+    for (auto& bucket : free_) bucket.second.clear();  // the arena is rewound; the buckets keep their capacity
     arena_->reset();
 }
 

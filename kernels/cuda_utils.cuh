@@ -28,6 +28,11 @@ static inline dim3 plane_grid(int64_t P, int64_t L) {
     return dim3((unsigned)gx, (unsigned)gy);
 }
 
+// One block per plane for a per-plane reduction (block_sum): threads, a multiple of 32, and blocks (a grid-stride
+// loop over the P planes past the cap).
+static inline int plane_reduce_block(int64_t L) { return L >= kBlock ? kBlock : (int)CEIL_DIV(L, (int64_t)32) * 32; }
+static inline int plane_reduce_grid(int64_t P) { return (int)(P < 65535 * 8 ? P : 65535 * 8); }
+
 // Sum over the 32 lanes of a warp; every lane gets the same result (xor butterfly, addition is commutative).
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

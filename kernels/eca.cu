@@ -115,9 +115,6 @@ __global__ static void eca_dx_kernel(float* dx, const float* dout, const float* 
 // ----------------------------------------------------------------------------------------------------
 // Launchers
 
-// Threads per block for the per-plane reductions: a multiple of 32 (block_sum needs whole warps).
-static int plane_block(int HW) { return HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32; }
-static int plane_blocks(int64_t P) { return (int)(P < 65535 * 8 ? P : 65535 * 8); }
 
 void conv1d_channels_forward_cuda(float* out, const float* inp, const float* weight, int N, int C, int k,
                                   cudaStream_t stream) {
@@ -152,7 +149,7 @@ void scale_channels_backward_cuda(float* dx, float* ds, const float* dout, const
                                   int HW, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0 || !(dx || ds)) return;
-    scale_channels_backward_kernel<<<plane_blocks(P), plane_block(HW), 0, stream>>>(dx, ds, dout, x, s, HW, P);
+    scale_channels_backward_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(dx, ds, dout, x, s, HW, P);
     Y5_LAUNCH_CHECK();
 }
 
@@ -170,7 +167,7 @@ void eca_backward_cuda(float* dx, float* dweight, const float* dout, const float
                        cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0 || !(dx || dweight)) return;
-    eca_dz_kernel<<<plane_blocks(P), plane_block(HW), 0, stream>>>(dz, dout, x, gate, HW, P);
+    eca_dz_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(dz, dout, x, gate, HW, P);
     Y5_LAUNCH_CHECK();
     if (dweight) conv1d_channels_backward_cuda(nullptr, dweight, dz, pooled, weight, N, C, k, stream);
     if (dx) {

@@ -190,9 +190,7 @@ void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N,
 void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0) return;
-    const int block = HW >= kBlock ? kBlock : CEIL_DIV(HW, 32) * 32;  // a multiple of 32, as block_sum needs
-    const int grid = (int)(P < 65535 * 8 ? P : 65535 * 8);
-    global_avgpool_forward_kernel<<<grid, block, 0, stream>>>(out, inp, HW, P);
+    global_avgpool_forward_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(out, inp, HW, P);
     Y5_LAUNCH_CHECK();
 }
 

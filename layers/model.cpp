@@ -6,6 +6,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -466,31 +467,22 @@ void fold_conv(const ParamStore& ps, int w, int g, int be, int rm, int rv, const
 
 void Model::fuse() {
     Y5_CHECK(params.allocated(), "fuse before allocate");
-    std::map<std::string, int> index;
-    for (int i = 0; i < params.size(); ++i) index[params[i].name] = i;
-    struct Conv {
-        int w, g, b, rm, rv, fw, fb;
-    };
-    std::vector<Conv> convs;
     auto store = std::make_unique<ParamStore>();
-    const std::string suffix = ".conv.weight";
-    for (int i = 0; i < params.size(); ++i) {
-        const std::string& n = params[i].name;
-        if (n.size() <= suffix.size() || n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
-        const std::string pre = n.substr(0, n.size() - suffix.size());
-        if (!index.count(pre + ".bn.weight")) continue;  // Detect's convs have a bias and no BN
-        const Shape& ws = params[i].shape;
-        convs.push_back({i, index.at(pre + ".bn.weight"), index.at(pre + ".bn.bias"), index.at(pre + ".bn.running_mean"),
-                         index.at(pre + ".bn.running_var"), store->add(n, ws, ParamKind::Buffer),
-                         store->add(pre + ".conv.bias", Shape{ws[0]}, ParamKind::Buffer)});
+    std::vector<std::array<int, 2>> at;  // per conv_bns entry: its folded weight and bias in `store`
+    for (const ParamStore::ConvBnIndices& cb : params.conv_bns) {
+        const Param& w = params[cb.w];
+        const std::string pre = w.name.substr(0, w.name.size() - std::string(".weight").size());
+        at.push_back({store->add(w.name, w.shape, ParamKind::Buffer),
+                      store->add(pre + ".bias", Shape{w.shape[0]}, ParamKind::Buffer)});
     }
     store->allocate(params.device(), params.dtype(), params.cuda());
     params.folds.assign(params.size(), ParamStore::Fold{});
-    for (const Conv& cv : convs) {
-        const Tensor &fw = (*store)[cv.fw].value, &fb = (*store)[cv.fb].value;
-        if (params.dtype() == DType::F64) fold_conv<double>(params, cv.w, cv.g, cv.b, cv.rm, cv.rv, fw, fb);
-        else fold_conv<float>(params, cv.w, cv.g, cv.b, cv.rm, cv.rv, fw, fb);
-        params.folds[cv.w] = {fw, fb};
+    for (size_t i = 0; i < at.size(); ++i) {
+        const ParamStore::ConvBnIndices& cb = params.conv_bns[i];
+        const Tensor &fw = (*store)[at[i][0]].value, &fb = (*store)[at[i][1]].value;
+        if (params.dtype() == DType::F64) fold_conv<double>(params, cb.w, cb.g, cb.b, cb.rm, cb.rv, fw, fb);
+        else fold_conv<float>(params, cb.w, cb.g, cb.b, cb.rm, cb.rv, fw, fb);
+        params.folds[cb.w] = {fw, fb};
     }
     folded_ = std::move(store);
 }

@@ -27,26 +27,31 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
     bn_b = store.add(prefix + ".bn.bias", {c2}, ParamKind::Bias);
     rm = store.add(prefix + ".bn.running_mean", {c2}, ParamKind::Buffer);
     rv = store.add(prefix + ".bn.running_var", {c2}, ParamKind::Buffer);
+    store.conv_bns.push_back({w, bn_w, bn_b, rm, rv});
 }
 
-Var ConvBN::forward(Ctx& c, const Var& x, bool training) const { return forward(c, std::vector<Var>{x}, training); }
-
-Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
-    if (parts.size() > 1 && (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts))
-        return forward(c, concat(c, parts), training);
-    auto conv = [&](const Var& wv, const Var* b) {
-        return parts.size() == 1 ? conv2d(c, parts[0], wv, b, s, p) : conv2d_parts(c, parts, wv, b);
-    };
-    // A fused model (Model::fuse) in inference: conv with the folded weight and bias, then the activation.
-    // Training, or a recording tape (gradients wanted for the real parameters), takes the conv → BN path.
-    const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : ps->fold(w);
+// The Conv's convolution (conv(weight, bias) over the input, or over its parts), then BN + activation; or, in a
+// fused model's inference (Model::fuse), the folded weight and bias and the activation. Training, or a
+// recording tape (gradients wanted for the real parameters), takes the conv → BN path.
+template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool training, ConvFn&& conv) {
+    const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : m.ps->fold(m.w);
     if (f) {
         const Var b = Tape::constant(f->b);
         const Var y = conv(Tape::constant(f->w), &b);
-        return act.kind == ActKind::Identity ? y : activation(c, y, act);
+        return m.act.kind == ActKind::Identity ? y : activation(c, y, m.act);
     }
-    return batchnorm2d(c, conv(param(c, *ps, w), nullptr), param(c, *ps, bn_w), param(c, *ps, bn_b), (*ps)[rm].value,
-                       (*ps)[rv].value, training, kBnEps, kBnMomentum, act);
+    return batchnorm2d(c, conv(param(c, *m.ps, m.w), nullptr), param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b),
+                       (*m.ps)[m.rm].value, (*m.ps)[m.rv].value, training, kBnEps, kBnMomentum, m.act);
+}
+
+Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
+    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d(c, x, wv, b, s, p); });
+}
+
+Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
+    if (parts.size() == 1) return forward(c, parts[0], training);
+    if (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts) return forward(c, concat(c, parts), training);
+    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d_parts(c, parts, wv, b); });
 }
 
 Shape ConvBN::out_shape(Shape in) const {
