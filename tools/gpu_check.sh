@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a machine with a GPU and the CUDA toolkit, inside 10 minutes: build, run every GPU test,
-# compute-sanitizer memcheck over a short training run, train yolov5n on ../shared/data/coco128 at 640 for
+# compute-sanitizer over the GPU tests (memcheck, racecheck, synccheck) and memcheck over a short training run, train yolov5n on ../shared/data/coco128 at 640 for
 # 3 epochs on the GPU, validate and detect with the result, run the benchmarks, and print a summary table.
 # Paste the summary into bench/RESULTS.md with the date and the GPU.
 #   bash tools/gpu_check.sh            (Y5_BUILD_DIR=... to reuse a build folder)
@@ -43,6 +43,13 @@ step "GPU tests" 240 "$build/y5_tests_gpu"  # with the whole-model tests (their 
 synth="$out/synth"
 "$build/y5data" --synthetic "$synth" --images 16 >/dev/null
 if command -v compute-sanitizer >/dev/null 2>&1; then
+  # The GPU tests under each tool: memcheck (out-of-bounds and misaligned accesses, leaks), racecheck (shared-memory
+  # hazards inside a block), synccheck (barriers and warp intrinsics used illegally). The kernel tests only
+  # ([gpu] minus the whole-model cases, which memcheck slows past the budget).
+  for tool in memcheck racecheck synccheck; do
+    step "$tool: GPU kernel tests" 90 compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
+      "$build/y5_tests_gpu" "~[model]"
+  done
   step "memcheck: 2 training epochs" 150 compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
     "$build/y5train" --data "$synth/data.yaml" --cfg config/models/yolov5n.yaml --weights '' --imgsz 64 --epochs 2 \
     --batch-size 8 --workers 2 --device 0 --project "$out" --name memcheck --exist-ok
@@ -67,10 +74,18 @@ else
   skip "train yolov5n coco128 640 x3 (GPU)" "$coco not found"
 fi
 
+# A benchmark that finds no usable device prints so and exits 0 (right on a CPU machine); here it is a failure.
+bench_on_gpu() {
+  local log; log=$(mktemp)
+  "$@" 2>&1 | tee "$log"; local rc=${PIPESTATUS[0]}
+  if grep -qi "no usable CUDA device" "$log"; then echo "no usable CUDA device: counted as a failure"; rc=1; fi
+  rm -f "$log"; return "$rc"
+}
+export -f bench_on_gpu  # step runs its command under timeout, which needs a program: bash -c calls the function
 shopt -s nullglob
 benches=("$build"/bench_*)
 if [ ${#benches[@]} -gt 0 ]; then
-  for b in "${benches[@]}"; do step "$(basename "$b")" 90 "$b"; done
+  for b in "${benches[@]}"; do step "$(basename "$b")" 90 bash -c 'bench_on_gpu "$@"' _ "$b"; done
 else
   skip "benchmarks" "no bench_* programs built"
 fi

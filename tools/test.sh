@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One command: install what is missing, build y5 (with CUDA when the toolkit is present), run every test.
-#   bash tools/test.sh            GPU tests skip themselves (CTest "skipped") when no GPU is present
-#   Y5_BUILD_DIR=... overrides the build folder (default: build)
+# One command: install what is missing, build y5 (with CUDA when the toolkit is present), run every test; then build
+# y5's CUDA code for the emulated CUDA device (tests/cudaemu) and run the GPU suite on it, in forward and in
+# reverse thread order, with the emulator's own tests.
+#   bash tools/test.sh            GPU tests in the first build skip themselves (CTest "skipped") when no GPU is present
+#   Y5_BUILD_DIR=... overrides the build folder (default: build); Y5_EMU_BUILD_DIR the emulated one (build-emu)
+#   Y5_SKIP_EMU=1 runs only the first build's tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -11,3 +14,9 @@ jobs="$(nproc)"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure -j "$jobs"
+[ "${Y5_SKIP_EMU:-0}" = 1 ] && exit 0
+
+emu="${Y5_EMU_BUILD_DIR:-build-emu}"
+cmake -S . -B "$emu" -DCMAKE_BUILD_TYPE=Release -DY5_CUDA_EMU=ON
+cmake --build "$emu" -j "$jobs"
+ctest --test-dir "$emu" --output-on-failure -j "$jobs" -L "emu|cudaemu"

@@ -1,0 +1,59 @@
+/*
+ * cudaemu's cuBLAS stand-in: the part of cuBLAS's v2 API that y5 calls (engine/cuda.cu, kernels/conv2d.cu),
+ * with cuBLAS's own enum values. Implemented in tests/cudaemu/cublas.cpp on top of the emulated runtime:
+ * arguments are checked as cuBLAS checks them, every batch's matrices against the allocation table, and the
+ * products run with OpenBLAS, queued on the handle's stream. Pointer mode host only; the math mode is
+ * recorded, results are plain f32.
+ * Calls that can fail take the caller's file and line as defaulted arguments (as in cuda_runtime.h).
+ */
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+typedef struct cublasContext* cublasHandle_t;
+
+enum cublasStatus_t {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_NOT_INITIALIZED = 1,
+    CUBLAS_STATUS_ALLOC_FAILED = 3,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_ARCH_MISMATCH = 8,
+    CUBLAS_STATUS_MAPPING_ERROR = 11,
+    CUBLAS_STATUS_EXECUTION_FAILED = 13,
+    CUBLAS_STATUS_INTERNAL_ERROR = 14,
+    CUBLAS_STATUS_NOT_SUPPORTED = 15,
+    CUBLAS_STATUS_LICENSE_ERROR = 16,
+};
+
+enum cublasOperation_t {
+    CUBLAS_OP_N = 0,
+    CUBLAS_OP_T = 1,
+    CUBLAS_OP_C = 2,
+    CUBLAS_OP_HERMITAN = 2,
+    CUBLAS_OP_CONJG = 3,
+};
+
+// The low bits are a mode, CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION a flag that may be or-ed in.
+enum cublasMath_t {
+    CUBLAS_DEFAULT_MATH = 0,
+    CUBLAS_TENSOR_OP_MATH = 1,
+    CUBLAS_PEDANTIC_MATH = 2,
+    CUBLAS_TF32_TENSOR_OP_MATH = 3,
+    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16,
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t* handle, CUDAEMU_SITE);
+cublasStatus_t cublasDestroy(cublasHandle_t handle, CUDAEMU_SITE);
+// As in cuBLAS, setting the stream also drops a workspace given with cublasSetWorkspace.
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream, CUDAEMU_SITE);
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void* workspace, size_t workspaceSizeInBytes, CUDAEMU_SITE);
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode, CUDAEMU_SITE);
+
+// Column-major, per batch i: C_i (m,n) = alpha·op(A_i)·op(B_i) + beta·C_i with A_i = A + i·strideA (op(A) is
+// (m,k)), likewise B_i (op(B) (k,n)) and C_i; alpha and beta read from host memory at the call.
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                         int m, int n, int k, const float* alpha, const float* A, int lda,
+                                         long long int strideA, const float* B, int ldb, long long int strideB,
+                                         const float* beta, float* C, int ldc, long long int strideC, int batchCount,
+                                         CUDAEMU_SITE);
