@@ -203,23 +203,43 @@ bool overlap(const Range& a, const Range& b) {
     return a0 < b0 + std::max<size_t>(b.bytes, 1) && b0 < a0 + std::max<size_t>(a.bytes, 1);
 }
 
-// An op about to run against every earlier-queued op still pending on another stream: those are not ordered
-// before it (its own dependencies have run), so touching the same bytes with a write is a race.
+// True when pending op y is ordered after op x (x is about to run): some chain of y's dependencies and of the ops
+// before y in its own stream reaches x's stream at or after x.
+bool ordered_after(const Op& y, const Op& x, std::set<const Op*>& seen) {
+    std::vector<const Op*> edges;
+    for (auto& d : y.deps) edges.push_back(d.get());
+    auto& q = y.stream->queue;
+    for (size_t i = 0; i < q.size() && q[i].get() != &y; ++i) edges.push_back(q[i].get());
+    for (const Op* t : edges) {
+        if (t->done) continue;  // it ran before x runs, so it cannot order y after x
+        if (t->stream == x.stream && t->seq >= x.seq) return true;
+        if (seen.insert(t).second && ordered_after(*t, x, seen)) return true;
+    }
+    return false;
+}
+
+// An op about to run against every op still pending on another stream that nothing orders with it: one queued
+// earlier (its own dependencies have all run, so that one is not among them), or one queued later that does not
+// wait for it. Touching the same bytes, one of them writing, is a race.
 void race_check(const Op& op) {
     auto check = [&](Stream* st) {
         if (st == op.stream) return;
         for (auto& other : st->queue) {
-            if (other->seq > op.seq || other->done || other->running) continue;
+            if (other->done || other->running) continue;
+            bool hit = false;
+            const Range *ra = nullptr, *rb = nullptr;
             for (const Range& a : op.ranges)
                 for (const Range& b : other->ranges)
-                    if (overlap(a, b)) {
-                        fault(cudaErrorIllegalState,
-                              "race: %s (%s) touches %p, which %s (%s), queued before it on another stream, %s; "
-                              "nothing orders the two streams (synchronise, or record and wait on an event)",
-                              op.what.c_str(), op.site.c_str(), a.p, other->what.c_str(), other->site.c_str(),
-                              b.write ? "writes" : "reads");
-                        return;
-                    }
+                    if (!hit && overlap(a, b)) hit = true, ra = &a, rb = &b;
+            if (!hit) continue;
+            std::set<const Op*> seen;
+            if (other->seq > op.seq && ordered_after(*other, op, seen)) continue;
+            fault(cudaErrorIllegalState,
+                  "race: %s (%s) touches %p, which %s (%s), queued %s it on another stream, %s; nothing orders the "
+                  "two streams (synchronise, or record and wait on an event)",
+                  op.what.c_str(), op.site.c_str(), ra->p, other->what.c_str(), other->site.c_str(),
+                  other->seq < op.seq ? "before" : "after", rb->write ? "writes" : "reads");
+            return;
         }
     };
     check(&S().legacy);
@@ -484,6 +504,7 @@ void reset_for_tests() {
     for (Event* e : S().events) delete e;
     S().events.clear();
     S().sticky = S().last = cudaSuccess;
+    S().stats = Stats{0, 0};  // the launch count seeds the random order: a reset makes a schedule reproducible
     S().settings = read_settings();
 }
 

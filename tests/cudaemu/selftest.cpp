@@ -762,6 +762,16 @@ TEST_CASE("streams: an event orders two non-blocking streams (cudaStreamWaitEven
                                         "), queued before it on another stream, writes"));
         CHECK(b[0] == 0);
     }
+    SECTION("without it, running the earlier work first also finds the race") {
+        launch_fill(a, n, 3, s1);
+        launch_twice(a, b, n, s2);
+        Stderr err;
+        CHECK(cudaStreamSynchronize(s1) == cudaErrorIllegalState);
+        CHECK_THAT(err.text(), Contains("race: kernel fill (planted.cu:" + std::to_string(planted_line("fill-launch")) +
+                                        ")"));
+        CHECK_THAT(err.text(), Contains("which kernel twice (planted.cu:" + std::to_string(planted_line("twice-launch")) +
+                                        "), queued after it on another stream, reads"));
+    }
 }
 
 TEST_CASE("copies: cudaMemcpyAsync from pageable memory is staged at the call") {
