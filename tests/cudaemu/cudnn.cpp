@@ -116,6 +116,21 @@ cudnnStatus_t lookup(const Call& c, Registry<T>& reg, const T* p, const char* na
         if (s_ != CUDNN_STATUS_SUCCESS) return s_;          \
     } while (0)
 
+// cudnnCreate* and cudnnDestroy*: a new object in its registry; a destroyed one stays there, marked.
+template <class T> cudnnStatus_t create_in(const Call& c, Registry<T>& reg, T** out) {
+    if (!out) return fail(c, CUDNN_STATUS_BAD_PARAM, "the output pointer is null");
+    std::lock_guard<std::mutex> lk(g_mu);
+    *out = reg.create();
+    return CUDNN_STATUS_SUCCESS;
+}
+template <class T> cudnnStatus_t destroy_in(const Call& c, Registry<T>& reg, const T* p, const char* name) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    T* o = nullptr;
+    CUDNN_TRY(lookup(c, reg, p, name, false, &o));
+    o->live = false;
+    return CUDNN_STATUS_SUCCESS;
+}
+
 bool valid_format(cudnnTensorFormat_t f) { return f >= CUDNN_TENSOR_NCHW && f <= CUDNN_TENSOR_NCHW_VECT_C; }
 bool valid_type(cudnnDataType_t t) { return t >= CUDNN_DATA_FLOAT && t <= CUDNN_DATA_FAST_FLOAT_FOR_FP8; }
 
@@ -518,20 +533,11 @@ const char* cudnnGetErrorString(cudnnStatus_t s) {
 }
 
 cudnnStatus_t cudnnCreate(cudnnHandle_t* handle, const char* file, int line) {
-    const Call c{"cudnnCreate", file, line};
-    if (!handle) return fail(c, CUDNN_STATUS_BAD_PARAM, "handle is null");
-    std::lock_guard<std::mutex> lk(g_mu);
-    *handle = handles().create();
-    return CUDNN_STATUS_SUCCESS;
+    return create_in(Call{"cudnnCreate", file, line}, handles(), handle);
 }
 
 cudnnStatus_t cudnnDestroy(cudnnHandle_t handle, const char* file, int line) {
-    const Call c{"cudnnDestroy", file, line};
-    std::lock_guard<std::mutex> lk(g_mu);
-    cudnnContext* h = nullptr;
-    CUDNN_TRY(lookup(c, handles(), handle, "the handle", false, &h));
-    h->live = false;
-    return CUDNN_STATUS_SUCCESS;
+    return destroy_in(Call{"cudnnDestroy", file, line}, handles(), handle, "the handle");
 }
 
 cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t stream, const char* file, int line) {
@@ -546,20 +552,11 @@ cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t stream, const ch
 // ---------------------------------------------------------------------------------------------------- descriptors
 
 cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* desc, const char* file, int line) {
-    const Call c{"cudnnCreateTensorDescriptor", file, line};
-    if (!desc) return fail(c, CUDNN_STATUS_BAD_PARAM, "desc is null");
-    std::lock_guard<std::mutex> lk(g_mu);
-    *desc = tensors().create();
-    return CUDNN_STATUS_SUCCESS;
+    return create_in(Call{"cudnnCreateTensorDescriptor", file, line}, tensors(), desc);
 }
 
 cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t desc, const char* file, int line) {
-    const Call c{"cudnnDestroyTensorDescriptor", file, line};
-    std::lock_guard<std::mutex> lk(g_mu);
-    cudnnTensorStruct* t = nullptr;
-    CUDNN_TRY(lookup(c, tensors(), desc, "the tensor descriptor", false, &t));
-    t->live = false;
-    return CUDNN_STATUS_SUCCESS;
+    return destroy_in(Call{"cudnnDestroyTensorDescriptor", file, line}, tensors(), desc, "the tensor descriptor");
 }
 
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t desc, cudnnTensorFormat_t format,
@@ -576,20 +573,11 @@ cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t desc, cudnnTens
 }
 
 cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* desc, const char* file, int line) {
-    const Call c{"cudnnCreateFilterDescriptor", file, line};
-    if (!desc) return fail(c, CUDNN_STATUS_BAD_PARAM, "desc is null");
-    std::lock_guard<std::mutex> lk(g_mu);
-    *desc = filters().create();
-    return CUDNN_STATUS_SUCCESS;
+    return create_in(Call{"cudnnCreateFilterDescriptor", file, line}, filters(), desc);
 }
 
 cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t desc, const char* file, int line) {
-    const Call c{"cudnnDestroyFilterDescriptor", file, line};
-    std::lock_guard<std::mutex> lk(g_mu);
-    cudnnFilterStruct* f = nullptr;
-    CUDNN_TRY(lookup(c, filters(), desc, "the filter descriptor", false, &f));
-    f->live = false;
-    return CUDNN_STATUS_SUCCESS;
+    return destroy_in(Call{"cudnnDestroyFilterDescriptor", file, line}, filters(), desc, "the filter descriptor");
 }
 
 cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t desc, cudnnDataType_t dataType,
@@ -606,20 +594,11 @@ cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t desc, cudnnData
 }
 
 cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* desc, const char* file, int line) {
-    const Call c{"cudnnCreateConvolutionDescriptor", file, line};
-    if (!desc) return fail(c, CUDNN_STATUS_BAD_PARAM, "desc is null");
-    std::lock_guard<std::mutex> lk(g_mu);
-    *desc = convs().create();
-    return CUDNN_STATUS_SUCCESS;
+    return create_in(Call{"cudnnCreateConvolutionDescriptor", file, line}, convs(), desc);
 }
 
 cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t desc, const char* file, int line) {
-    const Call c{"cudnnDestroyConvolutionDescriptor", file, line};
-    std::lock_guard<std::mutex> lk(g_mu);
-    cudnnConvolutionStruct* d = nullptr;
-    CUDNN_TRY(lookup(c, convs(), desc, "the convolution descriptor", false, &d));
-    d->live = false;
-    return CUDNN_STATUS_SUCCESS;
+    return destroy_in(Call{"cudnnDestroyConvolutionDescriptor", file, line}, convs(), desc, "the convolution descriptor");
 }
 
 cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t desc, int pad_h, int pad_w, int u, int v,

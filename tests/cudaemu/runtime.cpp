@@ -419,25 +419,28 @@ Stats& stats_mut() { return S().stats; }
 std::recursive_mutex& runtime_mutex() { return S().mu; }
 bool sticky_error() { return S().sticky != cudaSuccess; }
 
-cudaError_t fault(cudaError_t code, const char* fmt, ...) {
+// Prints "cudaemu: <message>" as one line.
+static void report(const char* fmt, va_list ap) {
     char b[2048];
+    std::vsnprintf(b, sizeof b, fmt, ap);
+    std::fprintf(stderr, "cudaemu: %s\n", b);
+}
+
+cudaError_t fault(cudaError_t code, const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    std::vsnprintf(b, sizeof b, fmt, ap);
+    report(fmt, ap);
     va_end(ap);
-    std::fprintf(stderr, "cudaemu: %s\n", b);
     std::lock_guard<std::recursive_mutex> lock(S().mu);
     if (S().sticky == cudaSuccess) S().sticky = code;
     return code;
 }
 
 cudaError_t launch_error(cudaError_t code, const char* fmt, ...) {
-    char b[2048];
     va_list ap;
     va_start(ap, fmt);
-    std::vsnprintf(b, sizeof b, fmt, ap);
+    report(fmt, ap);
     va_end(ap);
-    std::fprintf(stderr, "cudaemu: %s\n", b);
     std::lock_guard<std::recursive_mutex> lock(S().mu);
     return set_last(code);
 }
