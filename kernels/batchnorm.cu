@@ -70,7 +70,7 @@ template <class T> __device__ __forceinline__ void warp_welford(T& n, T& mean, T
     }
 }
 
-// Merges the Welford states of the block into thread 0. Every thread must call it.
+// Merges the Welford states of the block into thread 0 (blockDim.x as for block_sum). Every thread must call it.
 __device__ __forceinline__ void block_welford(float& n, float& mean, float& m2) {
     __shared__ float sn[32], sm[32], sq[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;

@@ -247,6 +247,7 @@ void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
 // Bias kernels
 
 constexpr int kBlock = 256;
+static_assert((kBlock & (kBlock - 1)) == 0 && kBlock <= 1024, "bias_grad_kernel's tree halves kBlock: a power of two");
 
 // out[n,k,p] += b[k] over the N·K·P outputs.
 __global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t P) {

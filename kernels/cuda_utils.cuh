@@ -28,9 +28,19 @@ static inline dim3 plane_grid(int64_t P, int64_t L) {
     return dim3((unsigned)gx, (unsigned)gy);
 }
 
+// A block for block_sum (and batchnorm.cu's block_welford): whole warps, at most 32 of them. Their full-mask
+// shuffles name all 32 lanes of a warp, and the last step reads one partial per warp from a lane.
+constexpr bool whole_warps(int threads) { return threads >= 32 && threads <= 1024 && threads % 32 == 0; }
+static_assert(whole_warps(kBlock), "kBlock: the reductions' blocks must be whole warps, at most 1024 threads");
+
 // One block per plane for a per-plane reduction (block_sum): threads, a multiple of 32, and blocks (a grid-stride
 // loop over the P planes past the cap).
-static inline int plane_reduce_block(int64_t L) { return L >= kBlock ? kBlock : (int)CEIL_DIV(L, (int64_t)32) * 32; }
+static inline int plane_reduce_block(int64_t L) {
+    const int threads = L >= kBlock ? kBlock : (int)CEIL_DIV(L, (int64_t)32) * 32;
+    Y5_CHECK(whole_warps(threads), "plane_reduce_block: %d threads for planes of %lld; block_sum needs a multiple of 32 "
+             "up to 1024", threads, (long long)L);
+    return threads;
+}
 static inline int plane_reduce_grid(int64_t P) { return (int)(P < 65535 * 8 ? P : 65535 * 8); }
 
 // Sum over the 32 lanes of a warp; every lane gets the same result (xor butterfly, addition is commutative).
@@ -43,7 +53,7 @@ __device__ __forceinline__ double warp_sum(double v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024), valid in every thread. Safe to call
+// Sum over the block (blockDim.x a multiple of 32, at most 1024: whole_warps), valid in every thread. Safe to call
 // repeatedly (in a loop): the first barrier keeps a fast warp from overwriting `part` while a slow one
 // still reads the previous call's values. Every thread of the block must call it.
 __device__ __forceinline__ float block_sum(float v) {

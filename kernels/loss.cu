@@ -24,6 +24,10 @@ static constexpr int kWarpsPerBlock = 4;   // loss_targets_kernel: one warp per 
 static constexpr int kObjBlock = 256;      // loss_obj_kernel; loss_obj_blocks() divides by the same 256
 static constexpr int kReduceBlock = 256;   // loss_reduce_kernel (one block)
 static constexpr int kBlock = 256;         // backward
+static_assert(kWarpsPerBlock * 32 <= 1024, "loss_targets_kernel: at most 1024 threads");
+static_assert((kObjBlock & (kObjBlock - 1)) == 0 && (kReduceBlock & (kReduceBlock - 1)) == 0 && kObjBlock <= 1024 &&
+                  kReduceBlock <= 1024,
+              "block_sum halves the block: a power of two, at most 1024 threads");
 
 // Sum of v over the block (blockDim.x a power of two, sh of blockDim.x doubles), in a fixed order; every
 // thread gets the result. Safe to call repeatedly with the same sh.

@@ -40,6 +40,7 @@ __global__ void ema_kernel(float* ema, const float* model, int64_t n, float d) {
 
 // In-block tree sum of one double per thread (blockDim.x == B, a power of two); the result in s[0].
 template <int B> __device__ void block_sum(double* s, double v) {
+    static_assert(B >= 1 && B <= 1024 && (B & (B - 1)) == 0, "block_sum<B>: the tree halves B, at most 1024 threads");
     s[threadIdx.x] = v;
     __syncthreads();
     for (int h = B / 2; h > 0; h >>= 1) {

@@ -215,6 +215,18 @@ TEST_CASE("yolo loss on the GPU: two levels (balance table of 5), device targets
     SECTION("device targets and anchors") { run_loss_case(c, 5, true); }
 }
 
+TEST_CASE("yolo loss on the GPU: a level of more than 1024 objectness blocks", "[gpu][loss][grid]") {
+    // loss_obj_blocks caps the objectness kernel at 1024 blocks of 256 cells and the blocks loop over the rest:
+    // 1·3·300·300 = 270000 cells need 1055.
+    Rng rng(208);
+    LossCase c = v5n_640(1, 1);
+    c.grids = {{300, 300}, {150, 150}, {75, 75}};
+    random_targets(c.targets, rng, c.bs, c.nc, 20, -1, 0.005, 0.3);
+    edge_targets(c.targets, 0, c.nc, 0.02f, 0.03f);
+    REQUIRE(loss_obj_blocks(3 * 300 * 300) == 1024);
+    run_loss_case(c, 8);
+}
+
 TEST_CASE("yolo loss on the GPU is deterministic", "[gpu][loss]") {
     Gpu& g = gpu();
     g.reset();

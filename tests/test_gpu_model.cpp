@@ -6,11 +6,14 @@
  *       forward, every parameter gradient of Σ seed ⊙ maps, the BN running statistics that forward leaves, and
  *       the decoded output of an eval forward; on the fixtures also against YOLOv5's float64 results with the
  *       CPU f32 path's own tolerances; and a second GPU backward gives the same gradient bits.
- *   (b) ten training steps on fixed synthetic batches with train.cpp's calls (batch_images, forward, yolo_loss,
+ *   (b) training steps on fixed synthetic batches with train.cpp's calls (batch_images, forward, yolo_loss,
  *       backward, clip_grad_norm, sgd_step, zero_grad, ema_update): every step's loss items and gradient norm,
- *       then the weights and the EMA.
+ *       then every weight, BN statistic, momentum and EMA value; four steps each started from the CPU's state
+ *       (the run is chaotic), and two at a small learning rate where each side carries its own state. Each
+ *       step costs the emulated device ~11 s whatever the image size (its BN reductions' shuffles, per channel).
  * TF32 is off for these tests (kernels/conv2d.h), so both sides compute in f32 and differ only by the order of
- * their sums.
+ * their sums. GPU-vs-CPU comparisons are per element (check_elems); those against YOLOv5's float64 fixtures
+ * keep tests/test_model.cpp's per-tensor criterion.
  */
 #include <algorithm>
 #include <cmath>
@@ -36,14 +39,24 @@ namespace {
 
 std::string src(const std::string& rel) { return std::string(Y5_SOURCE_DIR) + "/" + rel; }
 
-// Tolerances, as per-tensor relative errors max |got − want| / max |want| (tests/test_model.cpp's criterion).
-// The CPU f32 path is within 5e-5 (forward) and 9e-5 (gradients) of YOLOv5's float64 results on the fixtures
-// (README): float32 rounding, amplified by training-mode BatchNorm over the few values per channel of the deep
-// layers (12 at 2×3×64×96). The GPU sums in other orders (cuDNN's FMA kernels, BN statistics by slices), so its
-// own error is of the same size and GPU − CPU at most about twice it; the bounds leave a factor of ~5 over that.
-constexpr double kFwdTol = 5e-4, kGradTol = 1e-3;
-// Against the float64 fixtures the GPU gets the CPU f32 path's own bounds (tests/test_model.cpp).
+// Against the float64 fixtures the GPU gets the CPU f32 path's own bounds (tests/test_model.cpp), as per-tensor
+// relative errors max |got − want| / max |want|.
 constexpr double kFixtureFwdTol = 2e-4, kFixtureGradTol = 5e-4;
+
+// GPU against CPU, per element: |gpu − cpu| ≤ t·(|cpu| + rms), rms over the compared tensor (check_elems). t is
+// 5–10× the largest any element needed on the emulated device (tests/cudaemu; the same in forward and reverse thread
+// order), worst over the fixtures, the 640 case and the fused models, and ≥ 3× how far 0.5–2 ulp random changes of
+// the CPU model's weights move the CPU's own results (about the rounding a reordered sum adds, as cuDNN's will):
+//   training forward, every layer   1.7e-4 (yolov5n, layer 23)      weights ±2 ulp: 3.0e-4  → 1e-3
+//   Detect maps                     7.9e-6                           1.5e-5                  → 5e-5
+//   parameter gradients             1.05e-3 (yolov5n-eca, model.25)  1.2e-3                  → 6e-3
+//   BN running statistics           3.1e-6                           5.0e-6                  → 2e-5
+//   eval decode, boxes and scores   3.0e-7 (fused: 3.7e-7)           9.4e-7                  → 3e-6
+//   fused eval layers               7.3e-7                           eval layers 2.1e-6      → 7e-6
+// The training-mode errors are large for f32 because BatchNorm over the few values per channel of the deep layers
+// (12 at 2×3×64×96) amplifies any rounding difference; on the emulator the convolutions are y5's CPU ones (the
+// cuDNN stand-in), so there the difference starts in BN's float statistics (by slices, against the CPU's double).
+constexpr double kFwdT = 1e-3, kMapT = 5e-5, kGradT = 6e-3, kStatsT = 2e-5, kDecodedT = 3e-6, kFusedT = 7e-6;
 
 struct Tf32Off {  // compare f32 with f32: no TF32 tensor-core convolutions while a test runs
     bool was = conv_allow_tf32();
@@ -82,12 +95,11 @@ Tensor to_device(Side& s, const std::vector<float>& v, Shape shape) {
     return d;
 }
 
-// max |got − want| / max |want| over [begin, begin + n); infinite when got has a NaN or an infinity.
-double rel_err(const std::vector<float>& got, const std::vector<float>& want, size_t begin = 0, size_t n = SIZE_MAX) {
+// max |got − want| / max |want| (the fixtures' criterion); infinite when got has a NaN or an infinity.
+double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
     REQUIRE(got.size() == want.size());
-    const size_t end = n == SIZE_MAX ? got.size() : begin + n;
     double num = 0, den = 0;
-    for (size_t i = begin; i < end; ++i) {
+    for (size_t i = 0; i < got.size(); ++i) {
         if (!std::isfinite(got[i])) return INFINITY;
         num = std::max(num, (double)std::fabs(got[i] - want[i]));
         den = std::max(den, (double)std::fabs(want[i]));
@@ -101,6 +113,37 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& want, si
         INFO(what << ": rel err " << e_);          \
         CHECK(e_ <= (tol));                        \
     } while (0)
+
+// |got − want| ≤ t·(|want| + rms) element by element over want[0, n), rms the root mean square of want there:
+// rtol t, and an atol t·rms scaled to the tensor, because an element that is a sum of terms of both signs (a
+// convolution's output, a gradient, a normalised value) carries an error of the size of its terms, not of its
+// own value near zero. Failures are recorded and the test goes on.
+void check_elems(const std::string& what, const float* got, const float* want, int64_t n, double t) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += (double)want[i] * want[i];
+    const double rms = n ? std::sqrt(ss / n) : 0;
+    const Tensor g(const_cast<float*>(got), Shape{n}, DType::F32, Device::CPU);
+    const Tensor w(const_cast<float*>(want), Shape{n}, DType::F32, Device::CPU);
+    check_close(g, w, t * rms, t, what);
+}
+void check_elems(const std::string& what, const std::vector<float>& got, const std::vector<float>& want, double t) {
+    REQUIRE(got.size() == want.size());
+    check_elems(what, got.data(), want.data(), (int64_t)got.size(), t);
+}
+
+// Decoded rows (…, 5 + nc): boxes in pixels and scores in [0, 1] compared separately, each against its own rms.
+void check_decoded(const std::string& what, const std::vector<float>& got, const std::vector<float>& want, int no,
+                   double t) {
+    REQUIRE(got.size() == want.size());
+    std::vector<float> bg, bw, sg, sw;
+    for (size_t i = 0; i < got.size(); ++i) {
+        const bool box = (int)(i % no) < 4;
+        (box ? bg : sg).push_back(got[i]);
+        (box ? bw : sw).push_back(want[i]);
+    }
+    check_elems(what + " boxes", bg, bw, t);
+    check_elems(what + " scores", sg, sw, t);
+}
 
 // The same model on both devices with the same weights: loaded from a file, or YOLOv5's init (seeded) with
 // the BN affine parameters drawn away from 1 and 0 so that they matter.
@@ -151,7 +194,7 @@ void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input,
     for (size_t i = 0; i + 1 < lc.size(); ++i) {
         REQUIRE(lg[i].shape() == lc[i].shape());
         const std::vector<float> got = to_host(gs.ctx, lg[i].t), want = to_host(cs.ctx, lc[i].t);
-        CHECK_REL("layer " << i << " " << lc[i].t.str(), rel_err(got, want), kFwdTol);
+        check_elems("layer " + std::to_string(i) + " " + lc[i].t.str(), got, want, kFwdT);
         if (fx) CHECK_REL("layer " << i << " vs YOLOv5", rel_err(got, fx->read_f32("out.layer." + std::to_string(i))),
                           kFixtureFwdTol);
     }
@@ -161,7 +204,7 @@ void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input,
     for (size_t j = 0; j < oc.maps.size(); ++j) {
         REQUIRE(og.maps[j].shape() == oc.maps[j].shape());
         const std::vector<float> got = to_host(gs.ctx, og.maps[j].t), want = to_host(cs.ctx, oc.maps[j].t);
-        CHECK_REL("Detect map " << j, rel_err(got, want), kFwdTol);
+        check_elems("Detect map " + std::to_string(j), got, want, kMapT);
         if (fx) CHECK_REL("Detect map " << j << " vs YOLOv5", rel_err(got, fx->read_f32("out.detect." + std::to_string(j))),
                           kFixtureFwdTol);
         REQUIRE((int64_t)seeds[j].size() == oc.maps[j].t.numel());
@@ -179,11 +222,10 @@ void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input,
     for (int i = 0; i < m.cpu.params.size(); ++i) {
         const Param& p = m.cpu.params[i];
         if (!p.trainable()) continue;
-        CHECK_REL("grad " << p.name, rel_err(gg, gc, (size_t)p.offset, (size_t)p.shape.numel()), kGradTol);
+        check_elems("grad " + p.name, gg.data() + p.offset, gc.data() + p.offset, p.shape.numel(), kGradT);
         if (fx) {
-            const std::vector<float> want = fx->read_f32("grad." + p.name);
             const std::vector<float> got(gg.begin() + p.offset, gg.begin() + p.offset + p.shape.numel());
-            CHECK_REL("grad " << p.name << " vs YOLOv5", rel_err(got, want), kFixtureGradTol);
+            CHECK_REL("grad " << p.name << " vs YOLOv5", rel_err(got, fx->read_f32("grad." + p.name)), kFixtureGradTol);
         }
         ++checked;
     }
@@ -194,7 +236,7 @@ void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input,
     for (int i = 0; i < m.cpu.params.size(); ++i) {
         const Param& p = m.cpu.params[i];
         if (p.name.find("running_") == std::string::npos) continue;
-        CHECK_REL(p.name, rel_err(vg, vc, (size_t)p.offset, (size_t)p.shape.numel()), kFwdTol);
+        check_elems(p.name, vg.data() + p.offset, vc.data() + p.offset, p.shape.numel(), kStatsT);
         if (fx) {
             const std::vector<float> got(vg.begin() + p.offset, vg.begin() + p.offset + p.shape.numel());
             CHECK_REL(p.name << " vs YOLOv5", rel_err(got, fx->read_f32("after." + p.name)), kFixtureFwdTol);
@@ -222,7 +264,7 @@ void compare_model(Pair& m, Side& cs, Side& gs, const std::vector<float>& input,
     REQUIRE(eg.decoded.device == Device::CUDA);
     REQUIRE(eg.decoded.shape == ec.decoded.shape);
     const std::vector<float> dg = to_host(gs.ctx, eg.decoded);
-    CHECK_REL("decoded", rel_err(dg, to_host(cs.ctx, ec.decoded)), kFwdTol);
+    check_decoded("decoded", dg, to_host(cs.ctx, ec.decoded), (int)ec.decoded.shape[2], kDecodedT);
     if (fx) CHECK_REL("decoded vs YOLOv5", rel_err(dg, fx->read_f32("out.decoded")), kFixtureFwdTol);
 }
 
@@ -313,11 +355,12 @@ void compare_fused(const char* yaml, int nc, Shape in, uint64_t seed) {
     Model::Output eg = m.gpu.forward(gs.ctx, Tape::constant(to_device(gs, x, in)), false, &lg);
     REQUIRE(lc.size() == lg.size());
     for (size_t i = 0; i < lc.size(); ++i)
-        CHECK_REL("fused layer " << i, rel_err(to_host(gs.ctx, lg[i].t), to_host(cs.ctx, lc[i].t)), kFwdTol);
+        check_elems("fused layer " + std::to_string(i), to_host(gs.ctx, lg[i].t), to_host(cs.ctx, lc[i].t), kFusedT);
     REQUIRE(eg.decoded.device == Device::CUDA);
     const std::vector<float> dg = to_host(gs.ctx, eg.decoded);
-    CHECK_REL("fused decoded, GPU vs CPU", rel_err(dg, to_host(cs.ctx, ec.decoded)), kFwdTol);
-    CHECK_REL("fused vs unfused decoded on the GPU", rel_err(dg, unfused), kFwdTol);
+    const int no = (int)ec.decoded.shape[2];
+    check_decoded("fused decoded, GPU vs CPU", dg, to_host(cs.ctx, ec.decoded), no, kDecodedT);
+    check_decoded("fused vs unfused decoded on the GPU", dg, unfused, no, kDecodedT);
 }
 
 }  // namespace
@@ -360,75 +403,131 @@ Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {
     return b;
 }
 
+// One side of the training comparison: a model, its EMA, its arenas, and the optimizer updates so far.
+struct Trainer {
+    Model& model;
+    Model& ema;
+    Side& side;
+    int64_t updates = 0;
+    // One iteration of train.cpp's loop with accumulate 1: its calls, in its order. *norm: the gradient norm.
+    LossItems step(const Batch& b, const LossHyp& lh, const SgdGroup* groups, double* norm) {
+        side.reset();
+        std::vector<float> anchors_host;
+        const Tensor anchors = model.loss_anchors(&anchors_host);
+        Tensor x = batch_images(side.ctx, b), t = batch_targets(b);
+        Model::Output out = model.forward(side.ctx, Tape::constant(x), true);
+        YoloLoss L = yolo_loss(side.ctx, out.maps, t, anchors, lh);
+        side.tape.backward(L.total);
+        *norm = clip_grad_norm(model.params, 10.0);
+        sgd_step(model.params, groups);
+        model.params.zero_grad(side.ctx.cuda);
+        ema_update(ema.params, model.params, ema_decay(++updates));
+        return L.items;
+    }
+};
+
+// yolov5n (nc 3) on both devices from the same weights, an EMA each, and fixed synthetic batches of 4 images of
+// 64×96 (hyp.scratch-low.yaml's loss gains scaled as train.py scales them: 3 levels, nc 3, imgsz 96).
+struct TrainPair {
+    static constexpr int nc = 3, bs = 4, h = 64, w = 96;
+    Pair m;
+    Model ema_c, ema_g;
+    Side cs, gs;
+    LossHyp lh;
+    std::vector<Batch> batches;
+    Trainer rc, rg;
+    TrainPair(Gpu& g, int steps)
+        : m(src("config/models/yolov5n.yaml"), nc, g.cuda, "", 10), ema_c(src("config/models/yolov5n.yaml"), nc),
+          ema_g(src("config/models/yolov5n.yaml"), nc), cs(Device::CPU, nullptr, size_t(1) << 30, size_t(1) << 30),
+          gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20), rc{m.cpu, ema_c, cs}, rg{m.gpu, ema_g, gs} {
+        ema_c.allocate(Device::CPU);
+        ema_g.allocate(Device::CUDA, DType::F32, g.cuda);
+        copy(cs.ctx, ema_c.params.values_flat(), m.cpu.params.values_flat());
+        copy(gs.ctx, ema_g.params.values_flat(), m.gpu.params.values_flat());
+        m.cpu.params.zero_grad();
+        m.gpu.params.zero_grad();
+        lh.box = 0.05, lh.cls = 0.5 * nc / 80.0, lh.obj = 1.0 * (w / 640.0) * (w / 640.0), lh.anchor_t = 4.0;
+        Rng rng(11);
+        for (int s = 0; s < steps; ++s) batches.push_back(synthetic_batch(rng, bs, h, w, nc));
+    }
+    // The GPU side takes the CPU side's weights, BN statistics, momentum and EMA (the gradients are zero on both).
+    void sync() {
+        copy(gs.ctx, m.gpu.params.values_flat(), m.cpu.params.values_flat());
+        copy(gs.ctx, m.gpu.params.momentum_flat(), m.cpu.params.momentum_flat());
+        copy(gs.ctx, ema_g.params.values_flat(), ema_c.params.values_flat());
+    }
+};
+
+// One step's bounds, GPU against CPU: relative for the loss items and the gradient norm, check_elems's t for every
+// parameter's value, momentum and EMA. Measured worst on the emulator (forward and reverse order, the same) over
+// 10 steps from the CPU's state and 4 carried ones: loss items 1.1e-6, gradient norm 4.5e-5, values 2.4e-5 (a deep
+// BN's running mean), momentum 1.1e-3 (the step's clipped gradient: the gradients' 1e-3 above), EMA 2.4e-5.
+struct StepTol {
+    double loss, norm, value, momentum, ema;
+};
+constexpr StepTol kStepTol{5e-6, 3e-4, 2e-4, 6e-3, 2e-4};
+
+void check_scalar(const std::string& what, double got, double want, double t) {
+    INFO(what << ": gpu " << got << ", cpu " << want);
+    CHECK(std::fabs(got - want) <= t * std::fabs(want));
+}
+
+// One step on both sides (batch s), then everything the step produced: the loss items, the gradient norm, and
+// every parameter's value (weights and BN statistics), momentum and EMA.
+void step_and_check(TrainPair& t, int s, const SgdGroup* groups, const StepTol& tol, const std::string& tag) {
+    double nc = 0, ng = 0;
+    const LossItems a = t.rc.step(t.batches[s], t.lh, groups, &nc), b = t.rg.step(t.batches[s], t.lh, groups, &ng);
+    const std::string at = tag + " step " + std::to_string(s) + ": ";
+    CHECK(std::isfinite(b.total));
+    check_scalar(at + "lbox", b.lbox, a.lbox, tol.loss);
+    check_scalar(at + "lobj", b.lobj, a.lobj, tol.loss);
+    check_scalar(at + "lcls", b.lcls, a.lcls, tol.loss);
+    check_scalar(at + "total", b.total, a.total, tol.loss);
+    check_scalar(at + "grad norm", ng, nc, tol.norm);
+    Ctx& gc = t.gs.ctx;
+    const std::vector<float> vg = to_host(gc, t.m.gpu.params.values_flat()), vc = to_host(gc, t.m.cpu.params.values_flat());
+    const std::vector<float> mg = to_host(gc, t.m.gpu.params.momentum_flat()), mc = to_host(gc, t.m.cpu.params.momentum_flat());
+    const std::vector<float> eg = to_host(gc, t.ema_g.params.values_flat()), ec = to_host(gc, t.ema_c.params.values_flat());
+    for (int i = 0; i < t.m.cpu.params.size(); ++i) {
+        const Param& p = t.m.cpu.params[i];
+        const int64_t o = p.offset, n = p.shape.numel();
+        check_elems(at + "value " + p.name, vg.data() + o, vc.data() + o, n, tol.value);
+        if (p.trainable()) check_elems(at + "momentum " + p.name, mg.data() + o, mc.data() + o, n, tol.momentum);
+        check_elems(at + "EMA " + p.name, eg.data() + o, ec.data() + o, n, tol.ema);
+    }
+}
+
 }  // namespace
 
-TEST_CASE("ten training steps on the GPU give the CPU's losses", "[gpu][model][train]") {
+TEST_CASE("training steps on the GPU, each from the CPU's state, equal the CPU's", "[gpu][model][train]") {
+    // The run itself is chaotic: with these learning rates (biases 0.05, no warmup) a 1e-6 relative change of the
+    // CPU run's initial weights puts the CPU's own weights 6.9e-5, 2.1e-3, 4.3e-2 apart after steps 0, 1, 2 and
+    // the gradient norms 31% apart at step 2 (at 128×160 the same: 4.9e-5, 1.5e-3, 5.7e-2), as GPU against CPU
+    // went (7.9e-6, 1.4e-3, 2.3e-2). So each step starts from the CPU's state and is compared as one step.
     Gpu& g = gpu();
     g.reset();
     Tf32Off tf;
-    const int nc = 3, bs = 4, h = 128, w = 160, steps = 10;
-    Pair m(src("config/models/yolov5n.yaml"), nc, g.cuda, "", 10);
-    Model ema_c(src("config/models/yolov5n.yaml"), nc), ema_g(src("config/models/yolov5n.yaml"), nc);
-    ema_c.allocate(Device::CPU);
-    ema_g.allocate(Device::CUDA, DType::F32, g.cuda);
-    Side cs(Device::CPU, nullptr, size_t(2) << 30, size_t(1) << 30), gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20);
-    copy(cs.ctx, ema_c.params.values_flat(), m.cpu.params.values_flat());
-    copy(gs.ctx, ema_g.params.values_flat(), m.gpu.params.values_flat());
-    // hyp.scratch-low.yaml scaled as train.py scales it (3 levels, nc 3, imgsz 160).
-    LossHyp lh;
-    lh.box = 0.05, lh.cls = 0.5 * nc / 80.0, lh.obj = 1.0 * (160 / 640.0) * (160 / 640.0), lh.anchor_t = 4.0;
-    SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};  // warmup-like: biases faster
-    Rng rng(11);
-    std::vector<Batch> batches;
-    for (int s = 0; s < steps; ++s) batches.push_back(synthetic_batch(rng, bs, h, w, nc));
-
-    struct Run {
-        Model& model;
-        Model& ema;
-        Side& side;
-        int64_t updates = 0;
-        // One iteration of train.cpp's loop with accumulate 1: its calls, in its order.
-        LossItems step(const Batch& b, const LossHyp& lh, const SgdGroup* groups, double* norm) {
-            side.reset();
-            std::vector<float> anchors_host;
-            const Tensor anchors = model.loss_anchors(&anchors_host);
-            Tensor x = batch_images(side.ctx, b), t = batch_targets(b);
-            Model::Output out = model.forward(side.ctx, Tape::constant(x), true);
-            YoloLoss L = yolo_loss(side.ctx, out.maps, t, anchors, lh);
-            side.tape.backward(L.total);
-            *norm = clip_grad_norm(model.params, 10.0);
-            sgd_step(model.params, groups);
-            model.params.zero_grad(side.ctx.cuda);
-            ema_update(ema.params, model.params, ema_decay(++updates));
-            return L.items;
-        }
-    };
-    Run rc{m.cpu, ema_c, cs}, rg{m.gpu, ema_g, gs};
-    m.cpu.params.zero_grad();
-    m.gpu.params.zero_grad();
-    // Both sides start from the same bits; each step's f32 differences (~1e-6 relative) feed the next step's
-    // weights through the optimizer, so the bound on the losses grows with the step.
+    const int steps = 4;
+    TrainPair t(g, steps);
+    const SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};  // warmup-like: biases faster
     for (int s = 0; s < steps; ++s) {
-        double nc_ = 0, ng_ = 0;
-        const LossItems a = rc.step(batches[s], lh, groups, &nc_), b = rg.step(batches[s], lh, groups, &ng_);
-        const double tol = 2e-4 * (1 + s);
-        auto close = [&](double got, double want) { return std::fabs(got - want) <= tol * std::fabs(want) + 1e-7; };
-        INFO("step " << s << ": cpu lbox " << a.lbox << " lobj " << a.lobj << " lcls " << a.lcls << " norm " << nc_
-                     << "; gpu lbox " << b.lbox << " lobj " << b.lobj << " lcls " << b.lcls << " norm " << ng_);
-        CHECK(std::isfinite(b.total));
-        CHECK(close(b.lbox, a.lbox));
-        CHECK(close(b.lobj, a.lobj));
-        CHECK(close(b.lcls, a.lcls));
-        CHECK(close(b.total, a.total));
-        CHECK(close(ng_, nc_));
-    }
-    // Where ten steps left the weights (BN statistics included) and the EMA.
-    const std::vector<float> vg = to_host(gs.ctx, m.gpu.params.values_flat()), vc = to_host(cs.ctx, m.cpu.params.values_flat());
-    const std::vector<float> eg = to_host(gs.ctx, ema_g.params.values_flat()), ec = to_host(cs.ctx, ema_c.params.values_flat());
-    for (int i = 0; i < m.cpu.params.size(); ++i) {
-        const Param& p = m.cpu.params[i];
-        CHECK_REL("after 10 steps: " << p.name, rel_err(vg, vc, (size_t)p.offset, (size_t)p.shape.numel()), 2e-3);
-        CHECK_REL("EMA after 10 steps: " << p.name, rel_err(eg, ec, (size_t)p.offset, (size_t)p.shape.numel()), 2e-3);
+        t.sync();
+        step_and_check(t, s, groups, kStepTol, "from the CPU's state,");
     }
 }
+
+TEST_CASE("training steps on the GPU at a small learning rate stay with the CPU's", "[gpu][model][train]") {
+    // Each side carries its own weights, momentum, EMA and BN statistics from step to step. At 1/1000 of the
+    // learning rates above the run is not chaotic: a 1e-6 relative change of the initial weights stays ≤ 7e-5
+    // apart in the weights (from step 0 on, not growing), ≤ 3e-4 in the gradient norm and ≤ 4e-6 in the loss over
+    // ten CPU steps (at 1/100 it already grows: 5e-4 in the weights after ten).
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    const int steps = 2;
+    TrainPair t(g, steps);
+    const SgdGroup groups[3] = {{5e-5, 0.9, 0.0}, {1e-5, 0.9, 5e-4}, {1e-5, 0.9, 0.0}};
+    for (int s = 0; s < steps; ++s) step_and_check(t, s, groups, kStepTol, "carried,");
+}
+
 #endif

@@ -112,6 +112,29 @@ void compare_op1(const std::string& what, const Tensor& x, const DevOp& op, Rng&
     compare_op(what, {x}, {true}, op, rng, out_tol, {grad_tol});
 }
 
+// batchnorm2d with YOLOv5's eps and momentum on random x in [lo, hi), γ, β and running statistics, against the
+// CPU: the output, dx (when x_grad), dγ, dβ, and the running statistics the call leaves.
+void compare_bn(Shape s, double lo, double hi, bool x_grad, bool training, Act act, Rng& rng) {
+    Gpu& g = gpu();
+    g.reset();
+    const int C = (int)s[1];
+    const int64_t M = s[0] * s[2] * s[3];
+    Tensor x = rand_tensor(g.host, s, DType::F32, rng, lo, hi);
+    Tensor gamma = rand_tensor(g.host, {C}, DType::F32, rng, 0.5, 1.5), beta = rand_tensor(g.host, {C}, DType::F32, rng);
+    Tensor rm = rand_tensor(g.host, {C}, DType::F32, rng, lo, hi), rv = rand_tensor(g.host, {C}, DType::F32, rng, 0.2, 1.2);
+    Tensor cpu_rm = copy_of(g.host, rm), cpu_rv = copy_of(g.host, rv), gpu_rm = g.upload(rm), gpu_rv = g.upload(rv);
+    DevOp op = [&](Ctx& c, const std::vector<Var>& v, bool on_gpu) {
+        return batchnorm2d(c, v[0], v[1], v[2], on_gpu ? gpu_rm : cpu_rm, on_gpu ? gpu_rv : cpu_rv, training, 1e-3f, 0.03f,
+                           act);
+    };
+    // Training: the output and dx carry the float statistics' error (about 1e-6 relative).
+    const Tol elem = training ? Tol{2e-5, 2e-5} : Tol{1e-5, 1e-5};
+    compare_op(std::string(training ? "training " : "eval ") + act_name(act) + (x_grad ? "" : ", no dx"), {x, gamma, beta},
+               {x_grad, true, true}, op, rng, elem, {elem, bn_sum_tol(M), bn_sum_tol(M)});
+    require_close(g.download(gpu_rm), cpu_rm, 1e-6, 1e-5, "running_mean");
+    require_close(g.download(gpu_rv), cpu_rv, 1e-6, 1e-5, "running_var");
+}
+
 }  // namespace
 
 TEST_CASE("activation and sigmoid CUDA kernels against the CPU reference", "[gpu][ops][activation]") {
@@ -141,7 +164,6 @@ TEST_CASE("activation and sigmoid CUDA kernels against the CPU reference", "[gpu
 }
 
 TEST_CASE("batchnorm2d CUDA kernels against the CPU reference", "[gpu][ops][batchnorm]") {
-    Gpu& g = gpu();
     Rng rng(202);
     struct Case {
         Shape s;
@@ -155,35 +177,14 @@ TEST_CASE("batchnorm2d CUDA kernels against the CPU reference", "[gpu][ops][batc
         {{2, 16, 320, 320}, -1, 1, true},   // yolov5n's first Conv at 640
         {{2, 256, 20, 20}, -1, 1, true},    // yolov5n's deepest layers
     };
-    const float eps = 1e-3f, momentum = 0.03f;  // YOLOv5's
     // The fused activation: none (a plain BN), SiLU (every yolov5n Conv) and, on the small shapes, two others.
     const Act acts[] = {kNoAct, {ActKind::SiLU, 0.f}, {ActKind::LeakyReLU, 0.1f}, {ActKind::Hardswish, 0.f}};
     for (const Case& k : cases)
         for (bool training : {true, false})
-        for (Act act : acts) {
-            if (k.s.numel() > 100000 && act.kind != ActKind::SiLU && act.kind != ActKind::Identity) continue;
-            INFO("fused " << act_name(act));
-            g.reset();
-            const int C = (int)k.s[1];
-            const int64_t M = k.s[0] * k.s[2] * k.s[3];
-            Tensor x = rand_tensor(g.host, k.s, DType::F32, rng, k.lo, k.hi);
-            Tensor gamma = rand_tensor(g.host, {C}, DType::F32, rng, 0.5, 1.5);
-            Tensor beta = rand_tensor(g.host, {C}, DType::F32, rng);
-            Tensor rm = rand_tensor(g.host, {C}, DType::F32, rng, k.lo, k.hi);
-            Tensor rv = rand_tensor(g.host, {C}, DType::F32, rng, 0.2, 1.2);
-            Tensor cpu_rm = copy_of(g.host, rm), cpu_rv = copy_of(g.host, rv);
-            Tensor gpu_rm = g.upload(rm), gpu_rv = g.upload(rv);
-            DevOp op = [&](Ctx& c, const std::vector<Var>& v, bool on_gpu) {
-                return batchnorm2d(c, v[0], v[1], v[2], on_gpu ? gpu_rm : cpu_rm, on_gpu ? gpu_rv : cpu_rv, training,
-                                   eps, momentum, act);
-            };
-            // Training: the output and dx carry the float statistics' error (about 1e-6 relative).
-            const Tol elem = training ? Tol{2e-5, 2e-5} : Tol{1e-5, 1e-5};
-            compare_op(std::string(training ? "training" : "eval") + (k.x_grad ? "" : ", no dx"), {x, gamma, beta},
-                       {k.x_grad, true, true}, op, rng, elem, {elem, bn_sum_tol(M), bn_sum_tol(M)});
-            require_close(g.download(gpu_rm), cpu_rm, 1e-6, 1e-5, "running_mean");
-            require_close(g.download(gpu_rv), cpu_rv, 1e-6, 1e-5, "running_var");
-        }
+            for (Act act : acts) {
+                if (k.s.numel() > 100000 && act.kind != ActKind::SiLU && act.kind != ActKind::Identity) continue;
+                compare_bn(k.s, k.lo, k.hi, k.x_grad, training, act, rng);
+            }
 }
 
 TEST_CASE("batchnorm2d CUDA saved and running statistics at yolov5n's largest shape", "[gpu][ops][batchnorm]") {
@@ -217,7 +218,11 @@ TEST_CASE("batchnorm2d CUDA saved and running statistics at yolov5n's largest sh
         require_close(g.download(dinvstd), invstd, 1e-6, 1e-5, "saved 1/std");
         require_close(g.download(drm), rm, 1e-6, 1e-5, "running_mean");
         require_close(g.download(drv), rv, 1e-6, 1e-5, "running_var");
-        if (x.numel() < (int64_t(1) << 24)) require_close(g.download(dout), out, 2e-5, 2e-5, "output");
+        // The output goes into x's host buffer, which the CPU reference is done with: at 64·16·320·320 floats (400 MB)
+        // the 1 GiB host arena holds x and out, not a third tensor.
+        Tensor got(x.data, x.shape, DType::F32, Device::CPU);
+        copy(g.ctx, got, dout);
+        require_close(got, out, 2e-5, 2e-5, "output");
     }
 }
 
@@ -435,6 +440,99 @@ TEST_CASE("space_to_depth2 CUDA kernels against the CPU reference", "[gpu][ops][
         Tensor x = rand_tensor(g.host, s, DType::F32, rng);
         compare_op1("space_to_depth2", x, [](Ctx& c, const std::vector<Var>& v, bool) { return space_to_depth2(c, v[0]); },
                     rng, kExact, kExact);
+    }
+}
+
+TEST_CASE("CUDA kernels over more than 65535 planes against the CPU reference", "[gpu][ops][grid]") {
+    // Grid y and z stop at 65535 blocks: plane_grid (kernels/cuda_utils.cuh) and transpose_grid cap there and loop
+    // over the rest. Every op whose launch takes such a grid gets P > 65535 planes (or images, batches, row tiles)
+    // of 1–4 elements, so some blocks walk two planes and the grid-stride step (p += gridDim.y) decides results
+    // there. Tolerances as in each op's own test. BatchNorm's channel grids and the per-plane reductions' grid cap
+    // elsewhere: the next case.
+    Gpu& g = gpu();
+    Rng rng(220);
+    g.reset();
+    // BatchNorm: normalise and dx over N·C = 70002 planes of two values (plane_grid).
+    for (bool training : {true, false})
+        DYNAMIC_SECTION("batchnorm2d " << (training ? "training" : "eval")) {
+            compare_bn(Shape{35001, 2, 1, 2}, -1, 1, true, training, Act{ActKind::SiLU, 0.f}, rng);
+        }
+    // Max-pool (k 3 over 1×3 planes: windows past the plane on both sides), upsample and global_avgpool's backward.
+    SECTION("maxpool2d") {
+        compare_op1("maxpool2d", rand_tensor(g.host, {2, 35001, 1, 3}, DType::F32, rng),
+                    [](Ctx& c, const std::vector<Var>& v, bool) { return maxpool2d(c, v[0], 3, 1, 1); }, rng, kExact, kExact);
+    }
+    SECTION("upsample_nearest") {
+        compare_op1("upsample_nearest", rand_tensor(g.host, {2, 35001, 1, 1}, DType::F32, rng),
+                    [](Ctx& c, const std::vector<Var>& v, bool) { return upsample_nearest(c, v[0], 2); }, rng, kExact, kExact);
+    }
+    SECTION("global_avgpool") {
+        compare_op1("global_avgpool", rand_tensor(g.host, {2, 35001, 1, 3}, DType::F32, rng),
+                    [](Ctx& c, const std::vector<Var>& v, bool) { return global_avgpool(c, v[0]); }, rng, Tol{1e-6, 1e-5},
+                    kExact);
+    }
+    SECTION("concat") {  // its grid's y walks the N = 70001 images
+        std::vector<Tensor> xs = {rand_tensor(g.host, {70001, 1, 1, 1}, DType::F32, rng),
+                                  rand_tensor(g.host, {70001, 2, 1, 1}, DType::F32, rng)};
+        compare_op("concat", xs, {true, true}, [](Ctx& c, const std::vector<Var>& v, bool) { return concat(c, v); }, rng,
+                   kExact, {kExact, kExact});
+    }
+    SECTION("scale_channels") {
+        compare_op("scale_channels",
+                   {rand_tensor(g.host, {2, 35001, 1, 3}, DType::F32, rng), rand_tensor(g.host, {2, 35001}, DType::F32, rng)},
+                   {true, true}, [](Ctx& c, const std::vector<Var>& v, bool) { return scale_channels(c, v[0], v[1]); }, rng,
+                   kExact, {kElem, sum_tol(3)});
+    }
+    SECTION("eca fused") {
+        compare_op("eca fused",
+                   {rand_tensor(g.host, {2, 35001, 1, 3}, DType::F32, rng), rand_tensor(g.host, {3}, DType::F32, rng)},
+                   {true, true}, [](Ctx& c, const std::vector<Var>& v, bool) { return eca(c, v[0], v[1]); }, rng, kElem,
+                   {Tol{1e-5, 1e-4}, Tol{1e-3, 1e-4}});
+    }
+    SECTION("space_to_depth2") {  // N·4C = 70008 output planes of one element
+        compare_op1("space_to_depth2", rand_tensor(g.host, {2, 8751, 2, 2}, DType::F32, rng),
+                    [](Ctx& c, const std::vector<Var>& v, bool) { return space_to_depth2(c, v[0]); }, rng, kExact, kExact);
+    }
+    // transpose12: 70001 batches (grid z), and 2.1M rows, 65625 row tiles (grid y), forward for (1, R, 1) and
+    // backward, whose transpose is the other way round, for (1, 1, R).
+    for (Shape s : {Shape{70001, 1, 2}, Shape{1, 2100000, 1}, Shape{1, 1, 2100000}})
+        DYNAMIC_SECTION("transpose12 " << s.str()) {
+            const Shape out{s[0], s[2], s[1]};
+            compare_op1("transpose12", rand_tensor(g.host, s, DType::F32, rng),
+                        [=](Ctx& c, const std::vector<Var>& v, bool) { return transpose12(c, v[0], out); }, rng, kExact,
+                        kExact);
+        }
+}
+
+TEST_CASE("CUDA kernels over more than 65535 channels and 524280 reduced planes against the CPU reference",
+          "[gpu][ops][grid]" Y5_EMU_SLOW) {
+    // The other capped grids: BatchNorm's slice and channel grids (y and x capped at 65535 channels) and the
+    // per-plane reductions' plane_reduce_grid (65535·8 blocks). Their blocks shuffle (block_welford, block_sum),
+    // which the emulated device runs about 0.3 µs per lane and shuffle: ~3 min for the BatchNorm cases, ~1 min
+    // per reduction, so there they run only when asked for (tests/test_gpu.h).
+    Gpu& g = gpu();
+    Rng rng(221);
+    g.reset();
+    for (bool training : {true, false})  // C = 65537, two values each: the last two channels come from the loop
+        DYNAMIC_SECTION("batchnorm2d " << (training ? "training" : "eval")) {
+            compare_bn(Shape{1, 65537, 1, 2}, -1, 1, true, training, Act{ActKind::SiLU, 0.f}, rng);
+        }
+    SECTION("global_avgpool") {  // forward: one block per plane of 1×2, 524282 planes
+        compare_op1("global_avgpool", rand_tensor(g.host, {2, 262141, 1, 2}, DType::F32, rng),
+                    [](Ctx& c, const std::vector<Var>& v, bool) { return global_avgpool(c, v[0]); }, rng, Tol{1e-6, 1e-5},
+                    kExact);
+    }
+    SECTION("scale_channels") {  // backward: one block per plane
+        compare_op("scale_channels",
+                   {rand_tensor(g.host, {2, 262141, 1, 2}, DType::F32, rng), rand_tensor(g.host, {2, 262141}, DType::F32, rng)},
+                   {true, true}, [](Ctx& c, const std::vector<Var>& v, bool) { return scale_channels(c, v[0], v[1]); }, rng,
+                   kExact, {kElem, sum_tol(2)});
+    }
+    SECTION("eca fused") {  // the pool's forward and the dz pass: one block per plane
+        compare_op("eca fused",
+                   {rand_tensor(g.host, {2, 262141, 1, 2}, DType::F32, rng), rand_tensor(g.host, {5}, DType::F32, rng)},
+                   {true, true}, [](Ctx& c, const std::vector<Var>& v, bool) { return eca(c, v[0], v[1]); }, rng, kElem,
+                   {Tol{1e-5, 1e-4}, Tol{1e-3, 1e-4}});
     }
 }
 

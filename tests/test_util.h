@@ -1,10 +1,12 @@
 /*
- * Test helpers: a CPU context with its arenas, seeded random tensors, a tolerance compare that reports
- * the worst element, and a finite-difference gradient check in double through the ops and the tape.
+ * Test helpers: a CPU context with its arenas, seeded random tensors, a per-element tolerance compare that
+ * reports the worst element (fatal or not), and a finite-difference gradient check in double through the ops
+ * and the tape.
  */
 #pragma once
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -79,26 +81,52 @@ inline double at(const Tensor& t, int64_t i) {
     return t.dtype == DType::F64 ? t.ptr<double>()[i] : (double)t.ptr<float>()[i];
 }
 
-// |got − want| ≤ atol + rtol·|want| everywhere; on failure reports the worst element.
-inline void require_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
-    REQUIRE(got.shape == want.shape);
+// |got − want| ≤ atol + rtol·|want| element by element: the element furthest over its bound (−1 when none is
+// over; a NaN is always over), the largest absolute error, and the largest share of its bound an element used
+// (over 1 fails; reported, so a failure says by how much).
+struct CloseStats {
     int64_t worst = -1;
-    double worst_excess = 0, max_abs = 0;
+    double max_abs = 0, used = 0;
+};
+
+inline CloseStats close_stats(const Tensor& got, const Tensor& want, double atol, double rtol) {
+    CloseStats r;
+    double worst_excess = 0;
     for (int64_t i = 0; i < got.numel(); ++i) {
-        double g = at(got, i), w = at(want, i);
-        double err = std::fabs(g - w);
-        max_abs = std::max(max_abs, err);
-        double excess = err - (atol + rtol * std::fabs(w));
-        if (!(excess <= 0) && (worst < 0 || excess > worst_excess || std::isnan(err))) {
-            worst = i;
+        const double g = at(got, i), w = at(want, i), err = std::fabs(g - w), bound = atol + rtol * std::fabs(w);
+        r.max_abs = std::max(r.max_abs, err);
+        const double u = bound > 0 ? err / bound : (err > 0 ? INFINITY : 0.0);
+        r.used = std::isnan(u) || std::isnan(r.used) ? NAN : std::max(r.used, u);
+        const double excess = err - bound;
+        if (!(excess <= 0) && (r.worst < 0 || excess > worst_excess || std::isnan(err))) {
+            r.worst = i;
             worst_excess = excess;
         }
     }
-    INFO(what << ": max abs err " << max_abs << (worst >= 0 ? "; worst at " + std::to_string(worst) + ": got " +
-                                                                  fmt(at(got, worst)) + " want " +
-                                                                  fmt(at(want, worst))
-                                                            : std::string()));
-    REQUIRE(worst < 0);
+    return r;
+}
+
+inline std::string close_report(const CloseStats& r, const Tensor& got, const Tensor& want, const std::string& what) {
+    return what + ": max abs err " + fmt(r.max_abs) + ", " + fmt(r.used) + " of the bound" +
+           (r.worst >= 0 ? "; worst at " + std::to_string(r.worst) + ": got " + fmt(at(got, r.worst)) + " want " +
+                               fmt(at(want, r.worst))
+                         : std::string());
+}
+
+// |got − want| ≤ atol + rtol·|want| everywhere; on failure reports the worst element and ends the test case.
+inline void require_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
+    REQUIRE(got.shape == want.shape);
+    const CloseStats r = close_stats(got, want, atol, rtol);
+    INFO(close_report(r, got, want, what));
+    REQUIRE(r.worst < 0);
+}
+
+// As require_close, but a failure is recorded and the test case goes on (many tensors, each reported).
+inline void check_close(const Tensor& got, const Tensor& want, double atol, double rtol, const std::string& what) {
+    REQUIRE(got.shape == want.shape);
+    const CloseStats r = close_stats(got, want, atol, rtol);
+    INFO(close_report(r, got, want, what));
+    CHECK(r.worst < 0);
 }
 
 struct GradCheck {
