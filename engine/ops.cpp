@@ -198,7 +198,7 @@ static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const V
     Tensor out = c.act->tensor(
         Shape{g.N, g.K, conv_out_size(g.H, g.R, g.stride, g.pad), conv_out_size(g.W, g.S, g.stride, g.pad)}, DType::F32);
     {
-        Scratch ws(c.work);
+        Scratch ws(c.conv_work ? c.conv_work : c.work);
         const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
         conv2d_fprop_cuda(c.cuda, g, out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(),
                           b ? b->t.ptr<float>() : nullptr, ws.get<char>((int64_t)bytes), bytes);
@@ -213,7 +213,7 @@ static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const V
             size_t bytes = 0;
             if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
             if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
-            Scratch ws(c.work);
+            Scratch ws(c.conv_work ? c.conv_work : c.work);
             void* wsp = ws.get<char>((int64_t)bytes);
             if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<float>(), wsp, bytes);
             if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<float>(), wsp, bytes);

@@ -346,6 +346,13 @@ std::string train(const TrainOptions& opt_in) {
     if (!resuming) model.params.zero_grad(cuda);
     const char* stop_env = std::getenv("Y5_STOP_AFTER_EPOCH");
     const int stop_after = stop_env ? std::atoi(stop_env) : -1;
+    // Y5_LOSS_LOG=path appends each batch's losses and lr, unaveraged, to compare devices or runs batch by batch.
+    const char* loss_log_env = std::getenv("Y5_LOSS_LOG");
+    std::unique_ptr<FILE, int (*)(FILE*)> loss_log(nullptr, std::fclose);
+    if (loss_log_env && *loss_log_env) {
+        loss_log.reset(std::fopen(loss_log_env, "a"));
+        Y5_CHECK(loss_log, "Y5_LOSS_LOG=%s: cannot open for appending", loss_log_env);
+    }
     const auto t_start = std::chrono::steady_clock::now();
     bool prefetched = false;
     for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
@@ -382,6 +389,11 @@ std::string train(const TrainOptions& opt_in) {
                 last_opt_step = ni;
             }
             for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
+            if (loss_log) {  // flushed per line: a killed run keeps every batch it finished
+                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, i, L.items.lbox, L.items.lobj,
+                             L.items.lcls, st.lr[0], st.lr[1], st.lr[2]);
+                std::fflush(loss_log.get());
+            }
             if (ni < 3) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
             const double items[3] = {L.items.lbox, L.items.lobj, L.items.lcls};
             for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
@@ -419,7 +431,7 @@ std::string train(const TrainOptions& opt_in) {
                                 {last_opt_step, accumulate});
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
                 save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
-                                epoch, best_fitness, updates, opt_yaml, names_meta);
+                                epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
         }
         if (epoch == stop_after) {
             std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());

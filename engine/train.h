@@ -31,7 +31,8 @@ void set_conv_options(bool deterministic, int workspace_mib);
 // Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the
 // momentum buffers and best fitness, and continues at the next epoch with the same data order (the loader's
 // draws depend on the seed and epoch only). Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after
-// epoch N's checkpoints are written, as if it were killed there (for the resume test).
+// epoch N's checkpoints are written, as if it were killed there (for the resume test). Y5_LOSS_LOG=path appends
+// one line per batch: epoch, batch, lbox, lobj, lcls (this batch's, not running means) and the 3 groups' lr.
 std::string train(const TrainOptions& opt);
 
 }  // namespace y5

@@ -4,9 +4,11 @@
 #include "engine/workspace.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "engine/device.h"
+#include "engine/val.h"
 #include "layers/model.h"
 
 #if Y5_CUDA
@@ -23,11 +25,7 @@ void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act
     // and the runtime's own allocations (a third each, as before, took 83% of the free memory at once).
     size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
     if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
-    size_t work_b = big / 2;
-#if Y5_CUDA
-    // Whatever algorithm the heuristics pick must fit: a pass's cuDNN workspace may reach the limit.
-    if (dev == Device::CUDA) work_b = std::max(work_b, conv_workspace_limit() + ((size_t)64 << 20));
-#endif
+    const size_t work_b = big / 2;
     // The training forward below updates the BN running statistics: keep a host copy of the values and put
     // it back afterwards, so measuring leaves the model as it was (YOLOv5 starts from the initialised stats).
     Ctx hc;
@@ -38,8 +36,22 @@ void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act
     copy(hc, saved_t, values);
     Workspace ws;
     ws.make(dev, cuda, big, work_b, big);
-    Tensor x = ws.act->tensor(Shape{1, 3, h, w});
-    fill(ws.ctx, x, 0.5);
+#if Y5_CUDA
+    // cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch that grows with the
+    // batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB for y5val's
+    // batch of 32 at 64 px on the emulated device). Whatever algorithm the heuristics pick must fit its arena.
+    std::unique_ptr<Arena> conv_ws;
+    if (dev == Device::CUDA) {
+        conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
+        ws.ctx.conv_work = conv_ws.get();
+    }
+#endif
+    // The image goes through batch_images as a training batch does: on the GPU its uint8 upload is scratch
+    // in the work arena, which the peak must include.
+    Batch b;
+    b.n = 1, b.h = h, b.w = w;
+    b.images.assign((size_t)3 * h * w, 128);
+    Tensor x = batch_images(ws.ctx, b);
     std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
     Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);

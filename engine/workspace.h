@@ -29,7 +29,8 @@ struct Workspace {
 };
 
 // Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
-// parameter store's CUDA context): the activation, workspace and activation-gradient arenas. Leaves the model's gradients zeroed and its values
+// parameter store's CUDA context): the activation, workspace and activation-gradient arenas. On the GPU the
+// workspace peak leaves out cuDNN's workspace (work_bytes_for_batch adds its limit). Leaves the model's gradients zeroed and its values
 // (the BN running statistics the training forward updates) as they were.
 void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads);
 

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# End to end on the emulated CUDA device (a -DY5_CUDA_EMU=ON build, tests/cudaemu), against the CPU:
+#  1. y5train --device 0 gives the --device cpu run's per-batch losses (Y5_LOSS_LOG) to 1e-4 relative, and the
+#     same lr;
+#  2. a device run stopped after epoch 0 (Y5_STOP_AFTER_EPOCH) and resumed gives the uninterrupted device run's
+#     results.csv and per-batch losses exactly;
+#  3. y5val and y5detect --device 0 (fused BN, NMS on the device) give the CPU's table and detections with the
+#     weights of 1 (tolerances below).
+# Two images at batch 1: 2 batches an epoch. The warmup's accumulation is 2 from the second batch on, so the
+# optimizer steps at batch 0 only in epoch 0 and the checkpoint the resume starts from holds accumulated
+# gradients. The model is yolov5n at half width: the emulator's time goes to the BatchNorm reductions (a block
+# of 256 threads per channel, whatever the batch), so yolov5n itself takes ~3 min here against ~1.5; the code
+# paths are the same, and tests/test_gpu_model.cpp compares yolov5n itself on both devices.
+#   bash tests/emu_e2e.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build="$1"; src="$2"
+work="$(mktemp -d /tmp/y5_emu_e2e.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+# The emulator fills every allocation with 0xFF: a 4 GB device (16 by default) keeps the arenas y5 sizes from
+# its free memory small; these runs need under 1 GB.
+export CUDAEMU_MEMORY_MB=4096
+"$build/y5data" --synthetic synth --images 2 >/dev/null
+sed 's/^width_multiple: .*/width_multiple: 0.125/' "$src/config/models/yolov5n.yaml" > yolov5n-half.yaml
+"$build/y5data" --synthetic eval --images 16 --seed 1 >/dev/null  # for y5val and y5detect: 16 other images
+args=(--data synth/data.yaml --cfg yolov5n-half.yaml --hyp "$src/config/hyps/hyp.scratch-low.yaml"
+      --weights '' --imgsz 64 --epochs 2 --batch-size 1 --workers 2)
+fail() { echo "emu_e2e: $1"; shift; for f in "$@"; do echo "--- $f"; tail -n 30 "$f"; done; exit 1; }
+
+# 1. Per batch: epoch, batch, lbox, lobj, lcls, lr0-2. The lr come from the host schedule: equal as text.
+Y5_LOSS_LOG=cpu.log "$build/y5train" "${args[@]}" --device cpu --name cpu > cpu.out 2>&1 || fail "CPU training failed" cpu.out
+Y5_LOSS_LOG=dev.log "$build/y5train" "${args[@]}" --device 0 --name dev > dev.out 2>&1 || fail "device training failed" dev.out
+[ "$(wc -l < cpu.log)" -eq 4 ] || fail "the CPU run should have logged 4 batches" cpu.log
+awk 'NR == FNR { c[FNR] = $0; next }
+     { split(c[FNR], a, " ")
+       if (a[1] != $1 || a[2] != $2 || a[6] != $6 || a[7] != $7 || a[8] != $8) { print "line " FNR " differs: " c[FNR] " | " $0; bad = 1 }
+       for (k = 3; k <= 5; ++k) {
+         d = a[k] - $k; d = d < 0 ? -d : d; m = a[k] < 0 ? -a[k] : a[k]; r = m > 0 ? d / m : d
+         if (r > worst) worst = r
+         if (r > 1e-4) { print "epoch " $1 " batch " $2 " loss " k - 2 ": cpu " a[k] ", device " $k; bad = 1 } } }
+     END { if (FNR != length(c)) { print "the logs differ in length"; bad = 1 }
+           printf "emu_e2e: per-batch losses, device against CPU: largest relative difference %.2g\n", worst
+           exit bad }' cpu.log dev.log || fail "device losses differ from the CPU's by more than 1e-4" cpu.log dev.log
+
+# 2. Resume on the device: stopped after epoch 0, continued; every results.csv column and every batch's losses
+# (all printed digits) as the uninterrupted device run.
+Y5_STOP_AFTER_EPOCH=0 Y5_LOSS_LOG=cut.log "$build/y5train" "${args[@]}" --device 0 --name cut > cut.out 2>&1 ||
+  fail "the device run to be cut failed" cut.out
+[ "$(wc -l < runs/train/cut/results.csv)" -eq 2 ] || fail "the cut run should have stopped after epoch 0" cut.out
+Y5_LOSS_LOG=cut.log "$build/y5train" --resume runs/train/cut/weights/last.safetensors > resumed.out 2>&1 ||
+  fail "resuming on the device failed" resumed.out
+grep -q "Resuming training from runs/train/cut/weights/last.safetensors from epoch 1 to 2" resumed.out ||
+  fail "no resume message" resumed.out
+diff runs/train/dev/results.csv runs/train/cut/results.csv || fail "the resumed device run's results.csv differs from the uninterrupted one's"
+diff dev.log cut.log || fail "the resumed device run's per-batch losses differ from the uninterrupted one's"
+
+# 3. y5val and y5detect (both fold BN; NMS on the device) with the device-trained weights, at 128 px. The two
+# forwards differ by float rounding in a few outputs only (measured: 8 of 6048 decoded values, by <= 5.2e-7
+# relative) and the device NMS equals the CPU's bit for bit on equal inputs, so the results can differ only
+# through ties: an untrained model gives many boxes the same score, greedy NMS keeps whichever of two
+# overlapping tied boxes comes first and suppresses differently from there. How chaotic that is: the CPU's
+# own y5val table changes twofold when the weights are perturbed by 1e-6 relative, so a tolerance on the
+# table could not tell a bug from a tie, and the table must be equal. y5detect's labels, in NMS order (score
+# descending), must be equal (class, box within 0.01 = y5detect's 1-px rounding, conf within 1e-4 relative)
+# up to the first group of tied scores (2e-5 relative: %g prints 6 digits) that holds different detections;
+# each of those must have a counterpart on the other side of the same class overlapping it by IoU > 0.45 (the
+# one NMS kept instead). That image is compared no further, and at least 3/4 of all detections must have been.
+w=runs/train/dev/weights/best.safetensors
+for d in cpu 0; do
+  "$build/y5val" --data eval/data.yaml --task train --weights "$w" --imgsz 128 --workers 1 --device "$d" > "val_$d.out" 2>&1 ||
+    fail "y5val --device $d failed" "val_$d.out"
+  grep -v "^Speed:" "val_$d.out" > "val_$d.table"
+  "$build/y5detect" --source eval/images/train --weights "$w" --imgsz 128 --conf-thres 0.001 --save-txt --save-conf \
+    --nosave --name "det_$d" --device "$d" > "det_$d.out" 2>&1 || fail "y5detect --device $d failed" "det_$d.out"
+done
+grep -q "^ *all *16 *33 " val_cpu.table || fail "y5val printed no table" val_cpu.out
+diff val_cpu.table val_0.table || fail "y5val's table on the device differs from the CPU's"
+(cd runs/detect/det_cpu/labels && ls) > det_cpu.files
+(cd runs/detect/det_0/labels && ls) > det_0.files
+diff det_cpu.files det_0.files || fail "y5detect wrote labels for different images"
+[ "$(wc -l < det_cpu.files)" -eq 16 ] || fail "y5detect should have found detections in all 16 images" det_cpu.out
+while read -r f; do
+  awk -v img="$f" '
+    function abs(x) { return x < 0 ? -x : x }
+    function rel(p, q, tol) { return abs(p - q) <= tol * (abs(p) > abs(q) ? abs(p) : abs(q)) }
+    function same(p, q,  a, b) {
+      split(p, a, " "); split(q, b, " ")
+      return a[1] == b[1] && abs(a[2] - b[2]) <= 0.01 && abs(a[3] - b[3]) <= 0.01 && abs(a[4] - b[4]) <= 0.01 &&
+             abs(a[5] - b[5]) <= 0.01 && rel(a[6], b[6], 1e-4)
+    }
+    function rival(p, q,  a, b, w, h) {  # same class and IoU > 0.45 (normalised xywh)
+      split(p, a, " "); split(q, b, " ")
+      w = (a[2] + a[4] / 2 < b[2] + b[4] / 2 ? a[2] + a[4] / 2 : b[2] + b[4] / 2) - (a[2] - a[4] / 2 > b[2] - b[4] / 2 ? a[2] - a[4] / 2 : b[2] - b[4] / 2)
+      h = (a[3] + a[5] / 2 < b[3] + b[5] / 2 ? a[3] + a[5] / 2 : b[3] + b[5] / 2) - (a[3] - a[5] / 2 > b[3] - b[5] / 2 ? a[3] - a[5] / 2 : b[3] - b[5] / 2)
+      if (a[1] != b[1] || w <= 0 || h <= 0) return 0
+      return w * h / (a[4] * a[5] + b[4] * b[5] - w * h) > 0.45
+    }
+    function conf(p,  a) { split(p, a, " "); return a[6] }
+    NR == FNR { n1++; A[n1] = $0; next }
+    { n2++; B[n2] = $0 }
+    END {
+      i = j = 1; diverged = 0
+      while (i <= n1 && j <= n2 && !diverged) {
+        if (same(A[i], B[j])) { ++i; ++j; continue }
+        c = conf(A[i])
+        if (!rel(c, conf(B[j]), 2e-5)) { print img ": detection " i " differs, not at a tie: " A[i] " | " B[j]; exit 1 }
+        for (e1 = i; e1 < n1 && rel(conf(A[e1 + 1]), c, 2e-5); ++e1) {}  # the tied group on each side
+        for (e2 = j; e2 < n2 && rel(conf(B[e2 + 1]), c, 2e-5); ++e2) {}
+        split("", ua); split("", ub); left = 0
+        for (k = i; k <= e1; ++k)
+          for (l = j; l <= e2 && !ua[k]; ++l) if (!ub[l] && same(A[k], B[l])) ua[k] = ub[l] = 1
+        for (k = i; k <= e1; ++k) if (!ua[k]) {
+          ++left; ok = 0
+          for (l = j; l <= e2 && !ok; ++l) ok = !ub[l] && rival(A[k], B[l])
+          if (!ok) { print img ": only on the CPU, with no tied rival on the device: " A[k]; exit 1 }
+        }
+        for (l = j; l <= e2; ++l) if (!ub[l]) {
+          ++left; ok = 0
+          for (k = i; k <= e1 && !ok; ++k) ok = !ua[k] && rival(A[k], B[l])
+          if (!ok) { print img ": only on the device, with no tied rival on the CPU: " B[l]; exit 1 }
+        }
+        if (left) diverged = 1
+        else { i = e1 + 1; j = e2 + 1 }  # the same detections, tied, in another order
+      }
+      if (!diverged && (i <= n1 || j <= n2)) { print img ": " n1 " detections on the CPU, " n2 " on the device"; exit 1 }
+      print n1, i - 1, diverged > "/dev/stderr"
+    }' "runs/detect/det_cpu/labels/$f" "runs/detect/det_0/labels/$f" 2>> det.counts ||
+    fail "y5detect's detections on the device differ from the CPU's ($f)"
+done < det_cpu.files
+awk '{ n += $1; m += $2; t += $3 }
+     END { printf "emu_e2e: y5detect: %d of %d detections equal in NMS order; %d of %d images diverge after a tie\n", m, n, t, NR
+           exit m < 0.75 * n }' det.counts || fail "fewer than 3/4 of the detections could be compared"
+echo "emu_e2e: OK"
