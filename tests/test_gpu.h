@@ -52,8 +52,8 @@ Gpu& gpu();  // created on first use (tests/test_gpu.cpp)
 
 }  // namespace y5test
 
-// Tag for cases that take minutes on the emulated device (tests/cudaemu) and milliseconds on a GPU: hidden on the
-// emulator (run them by name or by the tag [emu-slow]), always run on a GPU.
+// Tag for cases that take minutes on the emulated device (tests/cudaemu) and milliseconds on a GPU: hidden from the
+// emulated runs in both orders and run there once by their tag (CTest gpu_emu_slow); always run on a GPU.
 #if Y5_CUDA_EMU
 #define Y5_EMU_SLOW "[.][emu-slow]"
 #else
