@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
-#include "engine/device.h"
+#include "kernels/cuda.h"
+#include "engine/device/device.h"
 
 namespace y5bench {
 

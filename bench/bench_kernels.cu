@@ -32,11 +32,11 @@
 #include <vector>
 
 #include "bench/bench.h"
-#include "engine/arena.h"
-#include "engine/ops.h"
-#include "engine/optim.h"
-#include "engine/rng.h"
-#include "engine/workspace.h"
+#include "engine/core/arena.h"
+#include "engine/ops/ops.h"
+#include "engine/autograd/optim.h"
+#include "engine/core/rng.h"
+#include "engine/app/workspace.h"
 #include "kernels/activation.h"
 #include "kernels/batchnorm.h"
 #include "kernels/concat.h"
@@ -48,6 +48,7 @@
 #include "kernels/pool.h"
 #include "kernels/sgd.h"
 #include "kernels/upsample.h"
+#include "layers/yolo.h"
 
 using namespace y5;
 using namespace y5bench;
@@ -595,7 +596,7 @@ void optimizer(Bench& b, int64_t n) {
 }
 
 // ----------------------------------------------------------------------------------------------------
-// The batch upload (engine/val.cpp's batch_images): uint8 (N,3,H,W) from pinned memory to the device, then
+// The batch upload (engine/app/val.cpp's batch_images): uint8 (N,3,H,W) from pinned memory to the device, then
 // /255 to float there. The kernel alone must move 5 bytes per element (read 1, write 4). The whole
 // upload, timed by the host clock, against the baseline it replaces: convert on the CPU, upload 4× the
 // bytes. Its GB/s counts the uint8 bytes delivered per second.

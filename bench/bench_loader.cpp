@@ -9,9 +9,9 @@
 #include <cstdio>
 #include <thread>
 
-#include "engine/check.h"
-#include "engine/dataset.h"
-#include "engine/loader.h"
+#include "kernels/check.h"
+#include "engine/data/dataset.h"
+#include "engine/data/loader.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"bench_loader: images/s of the training data pipeline"};

@@ -8,10 +8,10 @@
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
- * A step is what engine/train.cpp runs for a batch, with the same calls: batch_images (the uint8 upload
+ * A step is what engine/app/train.cpp runs for a batch, with the same calls: batch_images (the uint8 upload
  * and /255), Model::forward in training mode, yolo_loss, the tape's backward, clip_grad_norm(10),
  * sgd_step over the three groups, zero_grad and ema_update, on arenas sized by the same one-image
- * measuring pass (engine/workspace.h). Two differences: the optimizer steps after every batch (train.py
+ * measuring pass (engine/app/workspace.h). Two differences: the optimizer steps after every batch (train.py
  * accumulates to a nominal batch of 64, so at batch 16 it steps every 4th: the optimizer rows below say
  * what that saves), and the data are synthetic (random pixels, 8 random boxes per image, drawn once), so
  * the data pipeline, bench_loader's subject, is not part of the figure.
@@ -32,20 +32,21 @@
 #include <thread>
 #include <vector>
 
-#include "engine/check.h"
-#include "engine/device.h"
-#include "engine/loader.h"
-#include "engine/optim.h"
-#include "engine/rng.h"
-#include "engine/train.h"
-#include "engine/val.h"
-#include "engine/workspace.h"
+#include "kernels/check.h"
+#include "engine/device/device.h"
+#include "engine/data/loader.h"
+#include "engine/autograd/optim.h"
+#include "engine/core/rng.h"
+#include "engine/app/train.h"
+#include "engine/app/val.h"
+#include "engine/app/workspace.h"
 #include "layers/model.h"
 #if Y5_CUDA
 #include <cuda_runtime.h>
 
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/conv2d.h"
+#include "layers/yolo.h"
 #endif
 
 using namespace y5;
@@ -164,7 +165,7 @@ struct Trainer {
     }
 };
 
-// One training step as engine/train.cpp's loop runs it. With marks: stamps after the upload, each layer,
+// One training step as engine/app/train.cpp's loop runs it. With marks: stamps after the upload, each layer,
 // the loss, the backward, the clip, SGD + zero_grad, and the EMA.
 void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
     if (marks) marks->mark();

@@ -14,7 +14,7 @@
 #include <string>
 #include <type_traits>
 
-#include "engine/check.h"
+#include "kernels/check.h"
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here

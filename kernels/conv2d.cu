@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/conv2d.h"
 
 namespace y5 {

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/common.h"
 
 namespace y5 {

@@ -2,7 +2,7 @@
  * CUDA side of kernels/elementwise.h: grid-stride loops over n floats, one thread per element.
  * Tested against the CPU references in tests/test_gpu.cpp; benchmarked in bench/bench_elementwise.cu.
  */
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/elementwise.h"
 
 namespace y5 {

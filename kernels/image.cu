@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/image.h"
 
 namespace y5 {

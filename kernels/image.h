@@ -1,7 +1,7 @@
 /*
  * Batch images uint8 → float: x = v / 255 per element, the layout kept. The loader already writes batches as
- * (N,3,H,W) CHW RGB (engine/loader.cpp: HWC BGR → CHW RGB), so this is YOLOv5's `imgs.float() / 255` on
- * the flat batch. CPU reference here (engine/val.cpp's batch_images calls it); CUDA launcher in
+ * (N,3,H,W) CHW RGB (engine/data/loader.cpp: HWC BGR → CHW RGB), so this is YOLOv5's `imgs.float() / 255` on
+ * the flat batch. CPU reference here (engine/app/val.cpp's batch_images calls it); CUDA launcher in
  * kernels/image.cu. Both use u8_to_unit, and float division is exact-rounded on both sides, so the results
  * are bit-identical.
  */

@@ -14,7 +14,7 @@
  * the items exactly as yolo_loss_cpu does (in double).
  * Tested against yolo_loss_cpu in tests/test_gpu_loss.cpp.
  */
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 

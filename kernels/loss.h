@@ -10,6 +10,8 @@
  *          (last write wins on duplicates), 0 elsewhere; balance = [4, 1, 0.4] (3 levels)
  *   lcls = Σ_levels mean BCE(p_cls, one-hot(cp, cn)) when nc > 1
  *   total = (box·lbox + obj·lobj + cls·lcls) · bs; items = (box·lbox, obj·lobj, cls·lcls)
+ * (The host side, build_targets and the loss over whole maps, is layers/yolo.h; this file holds what its CPU
+ * reference and the CUDA kernels share.)
  * The gradient of total with respect to every map is computed alongside: CIoU's α is a constant (no_grad
  * in YOLOv5), min/max split a tie's gradient in half and clamp(0) passes it at 0, as PyTorch does.
  * Templated on T so the gradient check runs in double.
@@ -146,150 +148,6 @@ template <class T> Y5_HD void loss_decode_box_grad(const T* s, const T* anch, co
 template <class T> Y5_HD T loss_tobj(T iou) { return iou > T(0) ? iou : T(0); }
 
 // ----------------------------------------------------------------------------------------------------
-// build_targets (host)
-
-template <class T> struct LevelTargets {
-    std::vector<int> b, a, gj, gi, cls;
-    std::vector<T> tbox;  // (n, 4): x, y offsets within the cell, w, h in grid units
-    std::vector<T> anch;  // (n, 2) matched anchor, grid units
-    int size() const { return (int)b.size(); }
-};
-
-// targets (nt, 6); anchors (na, 2) of this level; grid ny × nx.
-template <class T>
-LevelTargets<T> build_targets_level(const T* targets, int nt, const T* anchors, int na, int ny, int nx, double anchor_t) {
-    LevelTargets<T> out;
-    struct Kept {
-        int a;
-        T img, cls, gx, gy, gw, gh;
-    };
-    std::vector<Kept> kept;  // anchor-major, then target order: YOLOv5's t[j]
-    for (int a = 0; a < na; ++a)
-        for (int t = 0; t < nt; ++t) {
-            const T* r = targets + 6 * t;
-            T gw = r[4] * T(nx), gh = r[5] * T(ny);
-            T rw = gw / anchors[2 * a], rh = gh / anchors[2 * a + 1];
-            T m = y5_max(y5_max(rw, T(1) / rw), y5_max(rh, T(1) / rh));
-            if (m < T(anchor_t)) kept.push_back({a, r[0], r[1], r[2] * T(nx), r[3] * T(ny), gw, gh});
-        }
-    // Offsets (0,0), (0.5,0), (0,0.5), (−0.5,0), (0,−0.5): the centre cell, then left, up, right, down
-    // neighbours when the centre lies in that half of its cell and not in the border cell.
-    const T g = T(0.5), offx[5] = {0, g, 0, -g, 0}, offy[5] = {0, 0, g, 0, -g};
-    for (int o = 0; o < 5; ++o)
-        for (const Kept& k : kept) {
-            const T gxi = T(nx) - k.gx, gyi = T(ny) - k.gy;
-            bool use = true;
-            if (o == 1) use = std::fmod(k.gx, T(1)) < g && k.gx > T(1);
-            if (o == 2) use = std::fmod(k.gy, T(1)) < g && k.gy > T(1);
-            if (o == 3) use = std::fmod(gxi, T(1)) < g && gxi > T(1);
-            if (o == 4) use = std::fmod(gyi, T(1)) < g && gyi > T(1);
-            if (!use) continue;
-            int gi = (int)(k.gx - offx[o]), gj = (int)(k.gy - offy[o]);  // .long() truncates
-            gi = gi < 0 ? 0 : (gi > nx - 1 ? nx - 1 : gi);               // clamp_ in place: tbox sees it
-            gj = gj < 0 ? 0 : (gj > ny - 1 ? ny - 1 : gj);
-            out.b.push_back((int)k.img);
-            out.a.push_back(k.a);
-            out.gj.push_back(gj);
-            out.gi.push_back(gi);
-            out.cls.push_back((int)k.cls);
-            out.tbox.insert(out.tbox.end(), {k.gx - T(gi), k.gy - T(gj), k.gw, k.gh});
-            out.anch.insert(out.anch.end(), {anchors[2 * k.a], anchors[2 * k.a + 1]});
-        }
-    return out;
-}
-
-// ----------------------------------------------------------------------------------------------------
-// Loss and gradient (host)
-
-struct LossItems {
-    double lbox = 0, lobj = 0, lcls = 0, total = 0;
-};
-
-// The values YOLOv5 computes under no_grad / detach (CIoU's α, the objectness targets), per level. A
-// finite-difference check records them at the base point and replays them, so it differentiates the
-// same function that autograd does.
-template <class T> struct LossDetached {
-    bool replay = false;
-    std::vector<std::vector<T>> alpha, tobj;
-};
-
-// maps[i] (bs, na, ny[i], nx[i], no); dmaps[i] (same shapes) receive d total / d map (overwritten) unless null.
-template <class T>
-LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>& dmaps, const std::vector<int>& ny,
-                        const std::vector<int>& nx, int bs, int na, int no, const T* targets, int nt, const T* anchors,
-                        const LossHyp& h, LossDetached<T>* detached = nullptr) {
-    const int nl = (int)maps.size(), nc = no - 5;
-    const double balance3[3] = {4.0, 1.0, 0.4}, balance5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
-    const T cp = T(1.0 - 0.5 * h.label_smoothing), cn = T(0.5 * h.label_smoothing);
-    LossItems L;
-    if (detached && !detached->replay) {
-        detached->alpha.assign(nl, {});
-        detached->tobj.assign(nl, {});
-    }
-    std::vector<LevelTargets<T>> lt;
-    for (int i = 0; i < nl; ++i) lt.push_back(build_targets_level(targets, nt, anchors + 2 * na * i, na, ny[i], nx[i], h.anchor_t));
-    for (int i = 0; i < nl; ++i) {
-        const T* p = maps[i];
-        T* dp = dmaps.empty() ? nullptr : dmaps[i];
-        const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
-        if (dp)
-            for (int64_t j = 0; j < cells * no; ++j) dp[j] = T(0);
-        std::vector<T> tobj(cells, T(0));
-        const LevelTargets<T>& t = lt[i];
-        const int n = t.size();
-        const bool replay = detached && detached->replay;
-        if (detached && !replay) detached->alpha[i].assign(n, T(0));
-        if (n) {
-            double sbox = 0, scls = 0;
-            const T gbox = T(-h.box * bs / n);              // d total / d CIoU_k
-            const T gcls = T(h.cls * bs / ((double)n * nc));  // d total / d (mean BCE element)
-            for (int k = 0; k < n; ++k) {
-                const int64_t c = loss_cell(t.b[k], t.a[k], t.gj[k], t.gi[k], na, ny[i], nx[i]);
-                const T* ps = p + c * no;
-                T s[4], pb[4];
-                loss_decode_box(ps, &t.anch[2 * k], s, pb);
-                T dpb[4] = {0, 0, 0, 0};
-                const T iou = ciou(pb, &t.tbox[4 * k], gbox, dp ? dpb : nullptr,
-                                   detached ? &detached->alpha[i][k] : nullptr, replay);
-                sbox += 1.0 - (double)iou;
-                tobj[c] = loss_tobj(iou);
-                if (dp) {
-                    T draw[4];
-                    loss_decode_box_grad(s, &t.anch[2 * k], dpb, draw);
-                    T* d = dp + c * no;
-                    for (int q = 0; q < 4; ++q) d[q] += draw[q];
-                }
-                if (nc > 1)
-                    for (int q = 0; q < nc; ++q) {
-                        const T tt = q == t.cls[k] ? cp : cn;
-                        scls += (double)bce_logits(ps[5 + q], tt, T(h.cls_pw));
-                        if (dp) dp[c * no + 5 + q] += gcls * bce_logits_grad(ps[5 + q], tt, T(h.cls_pw));
-                    }
-            }
-            L.lbox += sbox / n;
-            if (nc > 1) L.lcls += scls / ((double)n * nc);
-        }
-        if (detached) {
-            if (replay) tobj = detached->tobj[i];
-            else detached->tobj[i] = tobj;
-        }
-        const double bal = nl == 3 ? balance3[i] : balance5[i];
-        const T gobj = T(h.obj * bal * bs / (double)cells);
-        double sobj = 0;
-        for (int64_t c = 0; c < cells; ++c) {
-            sobj += (double)bce_logits(p[c * no + 4], tobj[c], T(h.obj_pw));
-            if (dp) dp[c * no + 4] += gobj * bce_logits_grad(p[c * no + 4], tobj[c], T(h.obj_pw));
-        }
-        L.lobj += sobj / (double)cells * bal;
-    }
-    L.lbox *= h.box;
-    L.lobj *= h.obj;
-    L.lcls *= h.cls;
-    L.total = (L.lbox + L.lobj + L.lcls) * bs;
-    return L;
-}
-
-// ----------------------------------------------------------------------------------------------------
 // CUDA path (f32; kernels/loss.cu)
 
 // One build_targets entry as the kernels read it.
@@ -297,27 +155,6 @@ struct LossTargetPacked {
     int b, a, gj, gi, cls;
     float tbox[4], anch[2];
 };
-
-// Orders a level's entries by cell, keeping list order within a cell, into out, and writes the group
-// starts: entries starts[g] .. starts[g + 1] − 1 are those of the g-th distinct cell (starts has
-// groups + 1 elements). A group's last entry is the last in list order, the one whose CIoU sets tobj.
-inline void pack_level_targets(const LevelTargets<float>& lt, int na, int ny, int nx, std::vector<LossTargetPacked>& out,
-                               std::vector<int>& starts) {
-    const int n = lt.size();
-    std::vector<std::pair<int64_t, int>> key(n);  // (cell, list index): unique, so the order is total
-    for (int k = 0; k < n; ++k) key[k] = {loss_cell(lt.b[k], lt.a[k], lt.gj[k], lt.gi[k], na, ny, nx), k};
-    std::sort(key.begin(), key.end());
-    out.resize(n);
-    starts.clear();
-    for (int j = 0; j < n; ++j) {
-        const int k = key[j].second;
-        if (j == 0 || key[j].first != key[j - 1].first) starts.push_back(j);
-        out[j] = LossTargetPacked{lt.b[k], lt.a[k], lt.gj[k], lt.gi[k], lt.cls[k],
-                                  {lt.tbox[4 * k], lt.tbox[4 * k + 1], lt.tbox[4 * k + 2], lt.tbox[4 * k + 3]},
-                                  {lt.anch[2 * k], lt.anch[2 * k + 1]}};
-    }
-    starts.push_back(n);
-}
 
 constexpr int kLossMaxLevels = 5;  // YOLOv5's balance table has 3 or 5 entries
 

@@ -104,50 +104,6 @@ Y5_HD float nms_iou(const float* a, const float* b) {
     return nms_div(inter, nms_sub(nms_add(area_a, area_b), inter));
 }
 
-inline std::vector<Detection> nms_image(const float* pred, int N, int no, const NmsParams& p) {
-    const int nc = no - 5;
-    const bool multi = p.multi_label && nc > 1;
-    std::vector<Detection> x;
-    for (int i = 0; i < N; ++i) {
-        const float* r = pred + (int64_t)i * no;
-        if (!(r[4] > p.conf_thres)) continue;
-        float b[4];
-        nms_xyxy(r, b);
-        if (multi) {
-            for (int c = 0; c < nc; ++c) {
-                const float s = nms_score(r, c);
-                if (s > p.conf_thres) x.push_back({b[0], b[1], b[2], b[3], s, (float)c});
-            }
-        } else {
-            const int best = nms_best_class(r, nc);
-            const float s = nms_score(r, best);
-            if (s > p.conf_thres) x.push_back({b[0], b[1], b[2], b[3], s, (float)best});
-        }
-    }
-    if (!p.classes.empty())
-        x.erase(std::remove_if(x.begin(), x.end(),
-                               [&](const Detection& d) {
-                                   return std::find(p.classes.begin(), p.classes.end(), (int)d[5]) == p.classes.end();
-                               }),
-                x.end());
-    std::stable_sort(x.begin(), x.end(), [](const Detection& a, const Detection& b) { return a[4] > b[4]; });
-    if ((int)x.size() > p.max_nms) x.resize(p.max_nms);
-
-    // Greedy suppression over class-offset boxes (all boxes in one pass, as torchvision's batched trick).
-    const int n = (int)x.size();
-    std::vector<std::array<float, 4>> boxes(n);
-    for (int i = 0; i < n; ++i) nms_offset_box(x[i].data(), (int)x[i][5], p.agnostic, boxes[i].data());
-    std::vector<char> suppressed(n, 0);
-    std::vector<Detection> out;
-    for (int i = 0; i < n && (int)out.size() < p.max_det; ++i) {
-        if (suppressed[i]) continue;
-        out.push_back(x[i]);
-        for (int j = i + 1; j < n; ++j)
-            if (!suppressed[j] && nms_iou(boxes[i].data(), boxes[j].data()) > p.iou_thres) suppressed[j] = 1;
-    }
-    return out;
-}
-
 // ----------------------------------------------------------------------------------------------------
 // CUDA path (kernels/nms.cu; CUDA builds only)
 

@@ -3,12 +3,12 @@
  * kernel each over a flat range, calling the same Y5_HD functions as the CPU references, and
  * clip_grad_norm's norm as a deterministic two-stage reduction in double followed by the scaling, with the
  * factor computed on the device.
- * Tested against engine/optim.cpp's CPU path in tests/test_gpu_optim.cpp.
+ * Tested against engine/autograd/optim.cpp's CPU path in tests/test_gpu_optim.cpp.
  */
 #include <algorithm>
 #include <cstdint>
 
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #include "kernels/sgd.h"
 
 namespace y5 {

@@ -13,8 +13,8 @@
 #include <set>
 #include <sstream>
 
-#include "engine/device.h"
-#include "engine/safetensors.h"
+#include "engine/device/device.h"
+#include "engine/core/safetensors.h"
 
 namespace y5 {
 

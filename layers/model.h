@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/rng.h"
+#include "engine/core/rng.h"
 #include "layers/modules.h"
 
 namespace y5 {

@@ -9,7 +9,7 @@
 #include "kernels/detect.h"
 
 #if Y5_CUDA
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 #endif
 
 namespace y5 {

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/ops.h"
-#include "engine/params.h"
+#include "engine/ops/ops.h"
+#include "engine/autograd/params.h"
 
 namespace y5 {
 

@@ -9,10 +9,10 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "engine/augment.h"
-#include "engine/loader.h"
-#include "engine/safetensors.h"
-#include "engine/synthetic.h"
+#include "engine/data/augment.h"
+#include "engine/data/loader.h"
+#include "engine/core/safetensors.h"
+#include "engine/data/synthetic.h"
 #include "tests/test_util.h"
 
 using namespace y5;

@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/check.h"
-#include "engine/dataset.h"
-#include "engine/synthetic.h"
-#include "engine/val.h"
+#include "kernels/check.h"
+#include "engine/data/dataset.h"
+#include "engine/data/synthetic.h"
+#include "engine/app/val.h"
 #include "kernels/image.h"
 #include "tests/test_util.h"
 

@@ -6,9 +6,9 @@
 #include <cstring>
 #include <set>
 
-#include "engine/device.h"
-#include "engine/params.h"
-#include "engine/threadpool.h"
+#include "engine/device/device.h"
+#include "engine/autograd/params.h"
+#include "engine/core/threadpool.h"
 #include "tests/test_util.h"
 
 using namespace y5;

@@ -7,8 +7,8 @@
 #include <cstdio>
 #include <cstring>
 
-#include "engine/device.h"
-#include "engine/params.h"
+#include "engine/device/device.h"
+#include "engine/autograd/params.h"
 #include "kernels/elementwise.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"

@@ -3,12 +3,12 @@
  * upload/download helpers. Included by the tests/test_gpu*.cpp files of the y5_tests_gpu binary.
  */
 #pragma once
-#include "engine/device.h"
-#include "engine/ops.h"
+#include "engine/device/device.h"
+#include "engine/ops/ops.h"
 #include "tests/test_util.h"
 
 #if Y5_CUDA
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
 
 namespace y5test {
 

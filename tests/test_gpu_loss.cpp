@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/yolo.h"
 #include "tests/test_gpu.h"
 
 #if Y5_CUDA

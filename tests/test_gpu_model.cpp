@@ -22,12 +22,13 @@
 #include <memory>
 #include <vector>
 
-#include "engine/loader.h"
-#include "engine/optim.h"
-#include "engine/safetensors.h"
-#include "engine/val.h"
+#include "engine/data/loader.h"
+#include "engine/autograd/optim.h"
+#include "engine/core/safetensors.h"
+#include "engine/app/val.h"
 #include "kernels/conv2d.h"
 #include "layers/model.h"
+#include "layers/yolo.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
 

@@ -20,6 +20,7 @@
 #include "kernels/batchnorm.h"
 #include "kernels/detect.h"
 #include "kernels/nms.h"
+#include "layers/yolo.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
 

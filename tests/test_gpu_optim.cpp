@@ -1,16 +1,16 @@
 /*
- * The optimizer on the GPU (kernels/sgd.cu through engine/optim.cpp) against the same calls on a CPU f32
+ * The optimizer on the GPU (kernels/sgd.cu through engine/autograd/optim.cpp) against the same calls on a CPU f32
  * ParamStore: nesterov SGD over the three groups for several steps (values and momentum), clip_grad_norm
  * (the norm, the clipped gradients, determinism of the reduction), the EMA over values and buffers; and
- * the uint8 → float image conversion (kernels/image.cu, engine/val.cpp's batch_images) against the CPU
+ * the uint8 → float image conversion (kernels/image.cu, engine/app/val.cpp's batch_images) against the CPU
  * reference, bit for bit.
  */
 #include <cstring>
 #include <vector>
 
-#include "engine/optim.h"
-#include "engine/params.h"
-#include "engine/val.h"
+#include "engine/autograd/optim.h"
+#include "engine/autograd/params.h"
+#include "engine/app/val.h"
 #include "kernels/image.h"
 #include "kernels/sgd.h"
 #include "tests/test_gpu.h"

@@ -4,7 +4,8 @@
  */
 #include <cstring>
 
-#include "engine/safetensors.h"
+#include "engine/core/safetensors.h"
+#include "layers/yolo.h"
 #include "tests/test_util.h"
 
 using namespace y5;

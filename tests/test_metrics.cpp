@@ -5,8 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engine/metrics.h"
-#include "engine/safetensors.h"
+#include "engine/app/metrics.h"
+#include "engine/core/safetensors.h"
+#include "layers/yolo.h"
 #include "tests/test_util.h"
 
 using namespace y5;

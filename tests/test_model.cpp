@@ -10,7 +10,7 @@
 #include <sstream>
 #include <type_traits>
 
-#include "engine/safetensors.h"
+#include "engine/core/safetensors.h"
 #include "layers/model.h"
 #include "tests/test_util.h"
 

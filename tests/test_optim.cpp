@@ -5,8 +5,8 @@
  */
 #include <cstring>
 
-#include "engine/optim.h"
-#include "engine/safetensors.h"
+#include "engine/autograd/optim.h"
+#include "engine/core/safetensors.h"
 #include "tests/test_util.h"
 
 using namespace y5;

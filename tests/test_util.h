@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/arena.h"
-#include "engine/ops.h"
-#include "engine/rng.h"
-#include "engine/tape.h"
+#include "engine/core/arena.h"
+#include "engine/ops/ops.h"
+#include "engine/core/rng.h"
+#include "engine/autograd/tape.h"
 
 namespace y5test {
 using namespace y5;

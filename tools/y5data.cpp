@@ -10,11 +10,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "engine/check.h"
-#include "engine/dataset.h"
-#include "engine/loader.h"
-#include "engine/plots.h"
-#include "engine/synthetic.h"
+#include "kernels/check.h"
+#include "engine/data/dataset.h"
+#include "engine/data/loader.h"
+#include "engine/app/plots.h"
+#include "engine/data/synthetic.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"y5data: scan and validate a YOLO-format dataset, or write the built-in synthetic one"};

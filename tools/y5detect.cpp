@@ -19,16 +19,17 @@
 #include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
 
-#include "engine/augment.h"
-#include "engine/check.h"
-#include "engine/device.h"
-#include "engine/plots.h"
-#include "engine/safetensors.h"
+#include "engine/data/augment.h"
+#include "kernels/check.h"
+#include "engine/device/device.h"
+#include "engine/app/plots.h"
+#include "engine/core/safetensors.h"
 #include "kernels/nms.h"
 #include "layers/model.h"
 
 #if Y5_CUDA
-#include "engine/cuda.h"
+#include "kernels/cuda.h"
+#include "layers/yolo.h"
 #endif
 
 namespace fs = std::filesystem;

@@ -8,8 +8,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include "engine/check.h"
-#include "engine/train.h"
+#include "kernels/check.h"
+#include "engine/app/train.h"
 #include "layers/model.h"
 
 int main(int argc, char** argv) {

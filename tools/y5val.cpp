@@ -7,13 +7,13 @@
 #include <chrono>
 #include <cstdio>
 
-#include "engine/check.h"
-#include "engine/dataset.h"
-#include "engine/device.h"
-#include "engine/hyp.h"
-#include "engine/loader.h"
-#include "engine/val.h"
-#include "engine/workspace.h"
+#include "kernels/check.h"
+#include "engine/data/dataset.h"
+#include "engine/device/device.h"
+#include "engine/app/hyp.h"
+#include "engine/data/loader.h"
+#include "engine/app/val.h"
+#include "engine/app/workspace.h"
 #include "layers/model.h"
 
 int main(int argc, char** argv) {

@@ -1,5 +1,5 @@
 /*
- * cudaemu's cuBLAS stand-in: the part of cuBLAS's v2 API that y5 calls (engine/cuda.cu, kernels/conv2d.cu),
+ * cudaemu's cuBLAS stand-in: the part of cuBLAS's v2 API that y5 calls (engine/device/cuda.cu, kernels/conv2d.cu),
  * with cuBLAS's own enum values. Implemented in tests/cudaemu/cublas.cpp on top of the emulated runtime:
  * arguments are checked as cuBLAS checks them, every batch's matrices against the allocation table, and the
  * products run with OpenBLAS, queued on the handle's stream. Pointer mode host only; the math mode is

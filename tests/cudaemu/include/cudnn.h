@@ -1,6 +1,6 @@
 /*
  * cudaemu's cuDNN stand-in: the part of cuDNN 9's legacy convolution API that y5 calls (kernels/conv2d.cu,
- * engine/cuda.cu), with cuDNN's own enum values and perf structs, so the host code compiles unchanged.
+ * engine/device/cuda.cu), with cuDNN's own enum values and perf structs, so the host code compiles unchanged.
  * Implemented in tests/cudaemu/cudnn.cpp on top of the emulated runtime: descriptors are checked as cuDNN
  * checks them, the algorithm queries return a fixed, varied candidate list (workspace sizes, determinism,
  * math types) so y5's own choice runs, and the three passes compute with y5's CPU convolution, queued on the

@@ -1,0 +1,475 @@
+/*
+ * The training loop of YOLOv5 v7.0's train.py on y5's engine. One loop for both devices: the model, EMA,
+ * arenas and tape live on the chosen device, targets and the schedule on the host, and checkpoints are
+ * written from host copies.
+ */
+#include "engine/app/train.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <yaml-cpp/yaml.h>
+
+#include "kernels/check.h"
+#include "engine/data/dataset.h"
+#include "engine/device/device.h"
+#include "engine/app/hyp.h"
+#include "engine/data/loader.h"
+#include "engine/autograd/optim.h"
+#include "engine/app/plots.h"
+#include "engine/core/safetensors.h"
+#include "engine/app/val.h"
+#include "engine/app/workspace.h"
+#include "layers/model.h"
+#if Y5_CUDA
+#include "kernels/conv2d.h"
+#include "layers/yolo.h"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace y5 {
+
+namespace {
+
+std::string increment_path(const std::string& base, bool exist_ok) {
+    if (exist_ok || !fs::exists(base)) return base;
+    for (int n = 2;; ++n)
+        if (!fs::exists(base + std::to_string(n))) return base + std::to_string(n);
+}
+
+// A host copy of t (itself when t is already on the host); keep owns the copied bytes.
+Tensor host_view(const Tensor& t, std::vector<std::vector<char>>& keep, CudaContext* cuda) {
+    if (t.device == Device::CPU) return t;
+    keep.emplace_back(t.bytes());
+    copy_device_to_host(keep.back().data(), t.data, t.bytes(), cuda);
+    return Tensor(keep.back().data(), t.shape, t.dtype, Device::CPU);
+}
+
+std::string results_header() {
+    const char* keys[] = {"epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                          "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                          "val/cls_loss", "x/lr0", "x/lr1", "x/lr2"};
+    std::string s;
+    char b[64];
+    for (const char* k : keys) {
+        snprintf(b, sizeof b, "%20s,", k);
+        s += b;
+    }
+    s.pop_back();
+    return s + "\n";
+}
+
+std::string results_row(int epoch, const std::vector<double>& vals) {
+    char b[64];
+    snprintf(b, sizeof b, "%20.5g,", (double)epoch);
+    std::string s = b;
+    for (double v : vals) {
+        snprintf(b, sizeof b, "%20.5g,", v);
+        s += b;
+    }
+    s.pop_back();
+    return s + "\n";
+}
+
+struct TrainState {
+    int64_t last_opt_step = -1;
+    int accumulate = 1;
+};
+
+void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
+                     double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names,
+                     const TrainState& ts = {}) {
+    std::vector<SaveItem> items;
+    std::vector<std::vector<char>> keep;  // host copies of device tensors
+    CudaContext* cuda = live.params.cuda();
+    auto add_all = [&](const Model& m, const std::string& prefix) {
+        for (int i = 0; i < m.params.size(); ++i)
+            items.push_back({prefix + m.params[i].name, host_view(m.params[i].value, keep, cuda)});
+    };
+    if (with_state) {
+        add_all(live, "");
+        if (ema) add_all(*ema, "ema.");
+        for (int i = 0; i < live.params.size(); ++i)
+            if (live.params[i].trainable()) {
+                items.push_back({"optimizer.momentum." + live.params[i].name, host_view(live.params.momentum(i), keep, cuda)});
+                // gradients accumulated since the last step, so a resumed run continues exactly
+                items.push_back({"optimizer.grad." + live.params[i].name, host_view(live.params[i].grad, keep, cuda)});
+            }
+    } else {
+        add_all(ema ? *ema : live, "");  // a stripped checkpoint: the EMA weights as the model, as strip_optimizer
+    }
+    std::map<std::string, std::string> meta = {{"format", "y5 checkpoint v1"},
+                                               {"epoch", std::to_string(epoch)},
+                                               {"best_fitness", std::to_string(best_fitness)},
+                                               {"updates", std::to_string(updates)},
+                                               {"opt", opt_yaml},
+                                               {"names", names},
+                                               {"last_opt_step", std::to_string(ts.last_opt_step)},
+                                               {"accumulate", std::to_string(ts.accumulate)}};
+    live.add_metadata(meta);
+    save_safetensors(path, items, meta);
+}
+
+std::string fmt_mem(size_t b) {
+    char s[16];
+    snprintf(s, sizeof s, "%.3gG", b / 1e9);
+    return s;
+}
+
+}  // namespace
+
+// The newest runs/train/*/weights/last.safetensors (YOLOv5's get_latest_run).
+static std::string latest_run() {
+    std::string best;
+    fs::file_time_type t{};
+    if (fs::exists("runs/train"))
+        for (const auto& e : fs::directory_iterator("runs/train")) {
+            const fs::path p = e.path() / "weights" / "last.safetensors";
+            if (fs::exists(p) && (best.empty() || fs::last_write_time(p) > t)) best = p.string(), t = fs::last_write_time(p);
+        }
+    Y5_CHECK(!best.empty(), "--resume: no runs/train/*/weights/last.safetensors to resume");
+    return best;
+}
+
+// The options a checkpoint was trained with (its opt.yaml, kept in the metadata).
+static TrainOptions options_from(const std::string& ckpt) {
+    SafeTensorsFile f(ckpt);
+    Y5_CHECK(f.metadata().count("opt"), "%s: not a y5 training checkpoint (no options in its metadata)", ckpt.c_str());
+    bool has_state = false;
+    for (const std::string& n : f.names()) has_state = has_state || n.rfind("ema.", 0) == 0;
+    Y5_CHECK(has_state, "%s: this run has finished (its checkpoint was stripped); nothing to resume", ckpt.c_str());
+    YAML::Node y = YAML::Load(f.metadata().at("opt"));
+    TrainOptions o;
+    auto str = [&](const char* k) { return y[k] && !y[k].IsNull() ? y[k].as<std::string>() : std::string(); };
+    o.weights = str("weights"), o.cfg = str("cfg"), o.data = str("data"), o.hyp = str("hyp");
+    o.epochs = y["epochs"].as<int>(), o.batch_size = y["batch_size"].as<int>(), o.imgsz = y["imgsz"].as<int>();
+    o.rect = y["rect"].as<bool>(), o.nosave = y["nosave"].as<bool>(), o.noval = y["noval"].as<bool>();
+    o.cache = str("cache"), o.device = str("device"), o.single_cls = y["single_cls"].as<bool>();
+    o.workers = y["workers"].as<int>(), o.project = str("project"), o.name = str("name");
+    o.cos_lr = y["cos_lr"].as<bool>(), o.label_smoothing = y["label_smoothing"].as<double>();
+    o.patience = y["patience"].as<int>(), o.save_period = y["save_period"].as<int>(), o.seed = y["seed"].as<int>();
+    if (y["deterministic"]) o.deterministic = y["deterministic"].as<bool>();  // runs before these options: defaults
+    if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
+    o.exist_ok = true;
+    o.resume = ckpt;
+    return o;
+}
+
+void set_conv_options(bool deterministic, int workspace_mib) {
+    Y5_CHECK(workspace_mib >= 0 && workspace_mib <= (1 << 20), "--workspace %d: the cuDNN workspace cap is in MiB, "
+             "from 0 (only algorithms that need none) to 1048576", workspace_mib);
+#if Y5_CUDA
+    conv_set_deterministic(deterministic);
+    conv_set_workspace_limit((size_t)workspace_mib << 20);
+#else
+    (void)deterministic;
+#endif
+}
+
+std::string train(const TrainOptions& opt_in) {
+    const TrainOptions opt = opt_in.resume.empty() ? opt_in
+                             : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    set_conv_options(opt.deterministic, opt.workspace_mib);  // before measure_step_memory sizes the arenas
+    const int device_index = parse_device(opt.device);
+    const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
+    CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(device_index) : nullptr;
+    struct CudaRelease {
+        CudaContext* c;
+        ~CudaRelease() { cuda_context_destroy(c); }
+    } cuda_release{cuda};
+    Ctx dctx;  // for copies between host and device
+    dctx.cuda = cuda;
+    Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
+    Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
+    const bool resuming = !opt.resume.empty();
+    const std::string save_dir = resuming ? fs::path(opt.resume).parent_path().parent_path().string()
+                                          : increment_path(opt.project + "/" + opt.name, opt.exist_ok);
+    fs::create_directories(save_dir + "/weights");
+    const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
+
+    std::string hyp_path = opt.hyp;
+    if (hyp_path.empty()) {
+        hyp_path = "config/hyps/hyp.scratch-low.yaml";
+        if (!fs::exists(hyp_path)) hyp_path = std::string(Y5_CONFIG_DIR) + "/hyps/hyp.scratch-low.yaml";
+    }
+    Hyp hyp = load_hyp(hyp_path);
+    DataConfig data = load_data_yaml(opt.data);
+    const int nc = opt.single_cls ? 1 : data.nc;
+    std::vector<std::string> names = opt.single_cls ? std::vector<std::string>{"item"} : data.names;
+    std::string names_meta;  // class names, one per line, in the checkpoints' metadata
+    for (const std::string& n : names) names_meta += (names_meta.empty() ? "" : "\n") + n;
+
+    // opt.yaml (also kept in every checkpoint's metadata, where --resume reads it back).
+    auto yn = [](bool b) { return b ? "true" : "false"; };
+    std::ostringstream oy;
+    oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
+       << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
+       << "\nrect: " << yn(opt.rect) << "\nnosave: " << yn(opt.nosave) << "\nnoval: " << yn(opt.noval)
+       << "\ncache: " << (opt.cache.empty() ? "null" : opt.cache) << "\ndevice: " << opt.device
+       << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
+       << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
+       << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
+       << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
+       << "\nworkspace: " << opt.workspace_mib << "\nsave_dir: " << save_dir << "\n";
+    int start_epoch = 0;
+    const std::string opt_yaml = oy.str();
+    if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
+    std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
+
+    // Data: scan, check classes before anything trains, loaders.
+    Dataset train_ds = scan_dataset(data.splits.at("train"), opt.workers);
+    std::printf("train: %d images, %d backgrounds, %d corrupt, %lld instances\n", train_ds.stats.images,
+                train_ds.stats.backgrounds, train_ds.stats.corrupt, (long long)train_ds.stats.instances);
+    for (const std::string& w : train_ds.stats.warnings) std::printf("%s\n", w.c_str());
+    if (!opt.single_cls) {
+        std::vector<std::string> bad = check_classes(train_ds, nc);
+        Y5_CHECK(bad.empty(), "%s (and %zu more): labels must be < nc=%d in %s", bad.empty() ? "" : bad[0].c_str(),
+                 bad.size() - 1, nc, opt.data.c_str());
+    }
+    Dataset val_ds = scan_dataset(data.splits.at("val"), opt.workers);
+    for (Dataset* d : {&train_ds, &val_ds})
+        for (ImageRecord& r : d->records)
+            for (LabelRow& l : r.labels)
+                if (opt.single_cls) l.cls = 0;
+
+    // Model, EMA, hyperparameters scaled as train.py scales them.
+    Model model(opt.cfg, nc), ema(opt.cfg, nc);
+    model.allocate(dev, DType::F32, cuda);
+    ema.allocate(dev, DType::F32, cuda);
+    Rng init_rng((uint64_t)opt.seed, 1);
+    model.init_weights(init_rng);
+    if (!opt.weights.empty()) model.load_weights(opt.weights, cuda);
+    copy(dctx, ema.params.values_flat(), model.params.values_flat());
+    const int nl = model.detect->nl;
+    LossHyp lh;
+    lh.box = hyp["box"] * 3.0 / nl;
+    lh.cls = hyp["cls"] * nc / 80.0 * 3.0 / nl;
+    lh.obj = hyp["obj"] * (opt.imgsz / 640.0) * (opt.imgsz / 640.0) * 3.0 / nl;
+    lh.anchor_t = hyp["anchor_t"], lh.cls_pw = hyp["cls_pw"], lh.obj_pw = hyp["obj_pw"];
+    lh.label_smoothing = opt.label_smoothing;
+    AugmentHyp ah;
+    ah.hsv_h = (float)hyp["hsv_h"], ah.hsv_s = (float)hyp["hsv_s"], ah.hsv_v = (float)hyp["hsv_v"];
+    ah.degrees = (float)hyp["degrees"], ah.translate = (float)hyp["translate"], ah.scale = (float)hyp["scale"];
+    ah.shear = (float)hyp["shear"], ah.perspective = (float)hyp["perspective"], ah.flipud = (float)hyp["flipud"];
+    ah.fliplr = (float)hyp["fliplr"], ah.mosaic = (float)hyp["mosaic"];
+
+    LoaderOptions tl;
+    tl.img_size = opt.imgsz, tl.batch_size = opt.batch_size, tl.workers = std::max(1, opt.workers);
+    tl.augment = true, tl.rect = opt.rect, tl.shuffle = !opt.rect, tl.cache_ram = opt.cache == "ram";
+    tl.hyp = ah, tl.seed = (uint64_t)opt.seed;
+    if (opt.rect) tl.hyp.mosaic = 0;  // YOLOv5: rect training is incompatible with mosaic
+    DataLoader train_loader(train_ds, tl);
+    LoaderOptions vl = tl;
+    vl.batch_size = opt.batch_size * 2, vl.augment = false, vl.rect = true, vl.shuffle = false, vl.pad = 0.5;
+    DataLoader val_loader(val_ds, vl);
+    if (!train_loader.cache_message().empty()) std::printf("%s\n", train_loader.cache_message().c_str());
+
+    const int nb = train_loader.num_batches(), nbs = 64;
+    Schedule sched(hyp["lr0"], hyp["lrf"], hyp["momentum"], hyp["warmup_epochs"], hyp["warmup_momentum"],
+                   hyp["warmup_bias_lr"], opt.epochs, nb, opt.batch_size, opt.cos_lr, nbs);
+    int accumulate = sched.initial_accumulate();
+    const double weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / nbs;
+
+    // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
+    size_t a1 = 0, w1 = 0, g1 = 0;
+    measure_step_memory(model, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
+    const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
+    size_t va = 0, vw = 0, vg = 0;
+    measure_step_memory(model, val_side, val_side, lh, &va, &vw, &vg);
+    Workspace tw, vwks;
+    const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
+    const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
+    // Linux would hand out more than it has and kill the process on first touch: check before allocating.
+    // On the GPU the check is against the device's free memory (cudaMalloc would fail anyway, less clearly).
+    size_t free_b = 0, total_b = 0;
+    const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                              : mem_available_bytes();
+    // Scratch per op, not per image: engine/app/workspace.h (w1 + 16 MiB overflowed with more CPU threads than 2).
+    const size_t t_work = work_bytes_for_batch(model, w1, opt.batch_size);
+    // Validation's work arena also holds its GPU NMS's scratch (engine/app/val.h), used after the forward's.
+    ValOptions nms_vo;
+    nms_vo.single_cls = opt.single_cls;
+    const size_t v_work = std::max(work_bytes_for_batch(model, vw, vl.batch_size),
+                                   val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo) + ((size_t)16 << 20));
+    const double need = (double)(t_act + t_grad + v_act + t_work + v_work);
+    Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
+             "batch %d at --imgsz %d needs %.1f GB of %s memory for activations and gradients but %.1f GB are "
+             "available: lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9,
+             dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9);
+    tw.make(dev, cuda, t_act, t_work, t_grad);
+    vwks.make(dev, cuda, v_act, v_work, 1 << 20);
+    std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
+                "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
+                (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
+                fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
+    std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
+
+    std::vector<float> anchors_host;
+    const Tensor anchors = model.loss_anchors(&anchors_host);
+    const bool tty = isatty(fileno(stdout));
+    int64_t last_opt_step = -1, updates = 0;
+    double best_fitness = 0;
+    int best_epoch = 0;
+    if (resuming) {
+        SafeTensorsFile ck(opt.resume);
+        model.load_weights(opt.resume, cuda);
+        ema.load_weights(opt.resume, cuda, "ema.");
+        for (int i = 0; i < model.params.size(); ++i)
+            if (model.params[i].trainable()) {
+                const Shape& shape = model.params[i].shape;  // read_f32 checks it
+                std::vector<float> m = ck.read_f32("optimizer.momentum." + model.params[i].name, &shape);
+                copy(dctx, model.params.momentum(i), Tensor(m.data(), shape, DType::F32, Device::CPU));
+                std::vector<float> g = ck.read_f32("optimizer.grad." + model.params[i].name, &shape);
+                copy(dctx, model.params[i].grad, Tensor(g.data(), shape, DType::F32, Device::CPU));
+            }
+        // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
+        // resumed run equal the uninterrupted one.
+        last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
+        accumulate = std::stoi(ck.metadata().at("accumulate"));
+        start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
+        best_fitness = std::stod(ck.metadata().at("best_fitness"));
+        updates = std::stoll(ck.metadata().at("updates"));
+        best_epoch = start_epoch - 1;
+        Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
+                 opt.epochs);
+        std::printf("Resuming training from %s from epoch %d to %d total epochs\n", opt.resume.c_str(), start_epoch,
+                    opt.epochs);
+    } else {
+        std::ofstream(save_dir + "/results.csv") << results_header();
+    }
+    if (!resuming) model.params.zero_grad(cuda);
+    const char* stop_env = std::getenv("Y5_STOP_AFTER_EPOCH");
+    const int stop_after = stop_env ? std::atoi(stop_env) : -1;
+    // Y5_LOSS_LOG=path appends each batch's losses and lr, unaveraged, to compare devices or runs batch by batch.
+    const char* loss_log_env = std::getenv("Y5_LOSS_LOG");
+    std::unique_ptr<FILE, int (*)(FILE*)> loss_log(nullptr, std::fclose);
+    if (loss_log_env && *loss_log_env) {
+        loss_log.reset(std::fopen(loss_log_env, "a"));
+        Y5_CHECK(loss_log, "Y5_LOSS_LOG=%s: cannot open for appending", loss_log_env);
+    }
+    const auto t_start = std::chrono::steady_clock::now();
+    bool prefetched = false;
+    for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
+        if (!prefetched) train_loader.start_epoch(epoch);
+        prefetched = false;
+        double mloss[3] = {0, 0, 0};
+        double lr_logged[3] = {0, 0, 0};
+        Batch b;
+        const auto t0 = std::chrono::steady_clock::now();
+        std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
+        for (int i = 0; i < nb && train_loader.next(b); ++i) {
+            if (i + 1 == nb && epoch + 1 < opt.epochs && epoch != stop_after) {  // the next epoch's data loads meanwhile
+                train_loader.start_epoch(epoch + 1);
+                prefetched = true;
+            }
+            const int64_t ni = i + (int64_t)nb * epoch;
+            ScheduleState st = sched.at(ni, epoch, accumulate);
+            accumulate = st.accumulate;
+            tw.tape->clear();
+            tw.act->reset();
+            Tensor x = batch_images(tw.ctx, b), t = batch_targets(b);
+            Model::Output out = model.forward(tw.ctx, Tape::constant(x), true);
+            YoloLoss L = yolo_loss(tw.ctx, out.maps, t, anchors, lh);
+            Y5_CHECK(std::isfinite(L.items.total), "loss is %g at epoch %d, batch %d; training stopped, the last good "
+                     "checkpoint is %s", L.items.total, epoch, i, w_last.c_str());
+            tw.tape->backward(L.total);
+            if (ni - last_opt_step >= accumulate) {
+                clip_grad_norm(model.params, 10.0);
+                SgdGroup groups[3];
+                for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
+                sgd_step(model.params, groups);
+                model.params.zero_grad(cuda);
+                ema_update(ema.params, model.params, ema_decay(++updates));
+                last_opt_step = ni;
+            }
+            for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
+            if (loss_log) {  // flushed per line: a killed run keeps every batch it finished
+                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, i, L.items.lbox, L.items.lobj,
+                             L.items.lcls, st.lr[0], st.lr[1], st.lr[2]);
+                std::fflush(loss_log.get());
+            }
+            if (ni < 3) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
+            const double items[3] = {L.items.lbox, L.items.lobj, L.items.lcls};
+            for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
+            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const double rate = (i + 1) / el;
+            if (tty || i + 1 == nb) {
+                char ep[32];
+                snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
+                std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
+                            fmt_mem(tw.peak()).c_str(), mloss[0], mloss[1], mloss[2],
+                            (long long)b.num_targets(), b.w, i + 1, nb, rate, (nb - i - 1) / rate, tty ? "" : "\n");
+                std::fflush(stdout);
+            }
+        }
+        if (tty) std::printf("\n");
+
+        const bool final_epoch = epoch + 1 == opt.epochs;
+        ValResult vr;
+        if (!opt.noval || final_epoch) {
+            vwks.tape->clear();
+            ValOptions vo;
+            vo.single_cls = opt.single_cls;
+            vr = validate(ema, val_loader, vwks.ctx, lh, vo);
+            std::printf("%s", val_table(vr, names, false).c_str());
+        }
+        const double fi = vr.fitness();
+        if (fi >= best_fitness) best_fitness = fi, best_epoch = epoch;
+        std::ofstream(save_dir + "/results.csv", std::ios::app)
+            << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
+                                   vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
+        if (!opt.nosave || final_epoch) {
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
+            if (best_epoch == epoch)
+                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta,
+                                {last_opt_step, accumulate});
+            if (opt.save_period > 0 && epoch % opt.save_period == 0)
+                save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
+                                epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
+        }
+        if (epoch == stop_after) {
+            std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());
+            return save_dir;
+        }
+        if (epoch - best_epoch >= opt.patience) {
+            std::printf("Stopping training early as no improvement observed in last %d epochs. Best results observed at "
+                        "epoch %d, best model saved as %s.\n", opt.patience, best_epoch, w_best.c_str());
+            break;
+        }
+    }
+    const double hours = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 3600;
+    // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
+    for (const std::string& w : {w_last, w_best})
+        if (fs::exists(w)) {
+            Model m(opt.cfg, nc);
+            m.allocate(Device::CPU);
+            m.load_weights(w, nullptr, "ema.");
+            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, updates, opt_yaml, names_meta);
+        }
+    std::printf("\n%d epochs completed in %.3f hours.\nOptimizer stripped from %s\nOptimizer stripped from %s\n", opt.epochs,
+                hours, w_last.c_str(), w_best.c_str());
+    if (fs::exists(w_best)) {
+        std::printf("\nValidating %s...\n", w_best.c_str());
+        Model m(opt.cfg, nc);
+        m.allocate(dev, DType::F32, cuda);
+        m.load_weights(w_best, cuda);
+        m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not
+        vwks.tape->clear();
+        ValOptions vo;
+        vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;
+        ValResult vr = validate(m, val_loader, vwks.ctx, lh, vo);
+        std::printf("%s", val_table(vr, names).c_str());
+    }
+    plot_results(save_dir + "/results.csv", save_dir + "/results.png");
+    std::printf("Results saved to %s\n", save_dir.c_str());
+    return save_dir;
+}
+
+}  // namespace y5

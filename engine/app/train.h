@@ -1,0 +1,38 @@
+/*
+ * Training with YOLOv5 v7.0's recipe (train.py): data and model set-up, hyp scaling, nominal batch 64 with
+ * accumulation and weight-decay scaling, warmup, linear or one-cycle LR, nesterov SGD in 3 groups, gradient
+ * clipping at 10, EMA, validation of the EMA model each epoch, fitness, early stopping, results.csv and
+ * best/last checkpoints written atomically into runs/train/expN.
+ */
+#pragma once
+#include <string>
+
+namespace y5 {
+
+struct TrainOptions {
+    std::string data, cfg, weights, hyp;  // hyp "": config/hyps/hyp.scratch-low.yaml (here, else y5's own copy)
+    int epochs = 100, batch_size = 16, imgsz = 640, workers = 8, patience = 100, save_period = -1;
+    std::string device = "cpu", project = "runs/train", name = "exp";
+    bool exist_ok = false, cos_lr = false, rect = false, noval = false, nosave = false, single_cls = false;
+    std::string cache;  // "" or "ram"
+    std::string resume;  // a last.safetensors to continue, or "latest" (the newest under runs/train); "" starts fresh
+    double label_smoothing = 0.0;
+    int seed = 0;
+    // cuDNN convolutions (kernels/conv2d.h); the CPU ops are deterministic and use no cuDNN workspace.
+    bool deterministic = true;  // as train.py's init_seeds(deterministic=True); false allows faster algorithms
+    int workspace_mib = 256;    // the most workspace one convolution pass may use; sizes the work arena
+};
+
+// Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run
+// before any arena is sized: engine/app/workspace.cpp reads conv_workspace_limit(). A negative size is an error.
+void set_conv_options(bool deterministic, int workspace_mib);
+
+// Runs the training; returns the run folder. Progress and results go to stdout.
+// Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the
+// momentum buffers and best fitness, and continues at the next epoch with the same data order (the loader's
+// draws depend on the seed and epoch only). Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after
+// epoch N's checkpoints are written, as if it were killed there (for the resume test). Y5_LOSS_LOG=path appends
+// one line per batch: epoch, batch, lbox, lobj, lcls (this batch's, not running means) and the 3 groups' lr.
+std::string train(const TrainOptions& opt);
+
+}  // namespace y5

@@ -1,0 +1,210 @@
+#include "engine/app/val.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "kernels/check.h"
+#include "engine/device/device.h"
+#include "engine/app/plots.h"
+#include "kernels/image.h"
+
+#if Y5_CUDA
+#include "kernels/cuda.h"
+#endif
+
+namespace y5 {
+
+Tensor batch_images(Ctx& c, const Batch& b) {
+    Tensor x = c.act->tensor(Shape{b.n, 3, b.h, b.w});
+    const int64_t n = (int64_t)b.images.size();
+    Y5_CHECK(n == x.numel(), "batch_images: %lld bytes for a (%d, 3, %d, %d) batch", (long long)n, b.n, b.h, b.w);
+    if (x.device == Device::CUDA) {
+#if Y5_CUDA
+        // The uint8 batch goes up as is (a quarter of the float bytes; from pinned memory) into the work
+        // arena and is converted there; the arena space is reused by later work on the same stream.
+        Y5_CHECK(c.work && c.work->device() == Device::CUDA && c.cuda, "batch_images: CUDA needs a device work arena");
+        const size_t mark = c.work->mark();
+        uint8_t* dev = static_cast<uint8_t*>(c.work->alloc(std::max<int64_t>(n, 1)));
+        copy_host_to_device(dev, b.images.data(), (size_t)n, c.cuda);
+        images_u8_to_f32_cuda(x.ptr<float>(), dev, n, c.cuda->stream);
+        c.work->reset(mark);
+        return x;
+#else
+        Y5_FAIL("batch_images: CUDA tensor in a build without CUDA");
+#endif
+    }
+    images_u8_to_f32_cpu(x.ptr<float>(), b.images.data(), n);
+    return x;
+}
+
+Tensor batch_targets(const Batch& b) {
+    return Tensor(const_cast<float*>(b.targets.data()), Shape{b.num_targets(), 6}, DType::F32, Device::CPU);
+}
+
+// scale_boxes: from the letterboxed batch image back to the original, then clip_boxes.
+static void to_original(float* xyxy, const std::array<double, 6>& s) {
+    const double gain = s[2], padw = s[4], padh = s[5], h0 = s[0], w0 = s[1];
+    xyxy[0] = (float)std::clamp((xyxy[0] - padw) / gain, 0.0, w0);
+    xyxy[2] = (float)std::clamp((xyxy[2] - padw) / gain, 0.0, w0);
+    xyxy[1] = (float)std::clamp((xyxy[1] - padh) / gain, 0.0, h0);
+    xyxy[3] = (float)std::clamp((xyxy[3] - padh) / gain, 0.0, h0);
+}
+
+// val.py's NMS settings.
+static NmsParams val_nms_params(const ValOptions& o) {
+    NmsParams np;
+    np.conf_thres = o.conf_thres, np.iou_thres = o.iou_thres, np.multi_label = true, np.agnostic = o.single_cls;
+    np.max_det = o.max_det;
+    return np;
+}
+
+size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o) {
+    if (m.params.device() != Device::CUDA) return 0;
+#if Y5_CUDA
+    // Rows of the decoded output at side × side (the scratch never shrinks with more rows: nms.h).
+    int64_t N = 0;
+    for (float s : m.detect->stride) {
+        const int64_t g = CEIL_DIV((int64_t)side, (int64_t)s);
+        N += (int64_t)m.detect->na * g * g;
+    }
+    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, val_nms_params(o));
+#else
+    (void)side, (void)batch, (void)o;
+    return 0;
+#endif
+}
+
+ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm) {
+    ValResult R;
+    std::vector<std::array<bool, kIouThresholds>> tp;
+    std::vector<double> conf;
+    std::vector<int> pcls, tcls;
+    const NmsParams np = val_nms_params(o);
+    std::vector<float> anchors_host;
+    const Tensor anchors = m.loss_anchors(&anchors_host);
+    NoGrad ng(*c.tape);
+    loader.start_epoch(0);
+    Batch b;
+    int batches = 0;
+    std::vector<std::vector<Detection>> dets;
+    // On a terminal, a progress line (batches, rate, ETA) that the table replaces when validation ends.
+    const bool tty = isatty(fileno(stdout));
+    const int nb = loader.num_batches();
+    const auto t0 = std::chrono::steady_clock::now();
+    while (loader.next(b)) {
+        c.act->reset();
+        Tensor x = batch_images(c, b), t = batch_targets(b);
+        Model::Output out = m.forward(c, Tape::constant(x), false);
+        YoloLoss L = yolo_loss(c, out.maps, t, anchors, hyp);
+        R.loss[0] += L.items.lbox, R.loss[1] += L.items.lobj, R.loss[2] += L.items.lcls;
+        ++batches;
+        const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
+        const float* dec = out.decoded.ptr<float>();  // (n, N, no)
+        if (out.decoded.device == Device::CUDA) {
+#if Y5_CUDA
+            // On the device, with scratch from the work arena: only the detections come to the host.
+            const size_t mark = c.work->mark(), bytes = nms_cuda_scratch_bytes(b.n, (int)N, (int)no, np);
+            void* scratch = c.work->alloc(bytes);
+            dets = nms_batch_cuda(dec, b.n, (int)N, (int)no, np, scratch, bytes, c.cuda->stream);
+            c.work->reset(mark);
+#else
+            Y5_FAIL("validate: CUDA tensor in a build without CUDA");
+#endif
+        } else {
+            dets.assign(b.n, {});
+            for (int i = 0; i < b.n; ++i) dets[i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
+        }
+        const bool plot = !o.plot_dir.empty() && batches <= 3;
+        std::vector<std::array<float, 7>> plotted;  // predictions over 0.25, normalised to the batch image
+        for (int i = 0; i < b.n; ++i) {
+            std::vector<Detection>& det = dets[i];
+            if (plot)
+                for (const Detection& d : det)
+                    if (d[4] > 0.25f)
+                        plotted.push_back({(float)i, d[5], (d[0] + d[2]) / 2 / b.w, (d[1] + d[3]) / 2 / b.h,
+                                           (d[2] - d[0]) / b.w, (d[3] - d[1]) / b.h, d[4]});
+            std::vector<Label> lab;
+            for (int64_t k = 0; k < b.num_targets(); ++k) {
+                const float* r = &b.targets[6 * k];
+                if ((int)r[0] != i) continue;
+                float box[4] = {(r[2] - r[4] / 2) * b.w, (r[3] - r[5] / 2) * b.h, (r[2] + r[4] / 2) * b.w, (r[3] + r[5] / 2) * b.h};
+                to_original(box, b.shapes[i]);
+                lab.push_back({(int)r[1], box[0], box[1], box[2], box[3]});
+                tcls.push_back((int)r[1]);
+            }
+            R.images++;
+            R.instances += (int64_t)lab.size();
+            if (det.empty()) {
+                if (!lab.empty() && cm) cm->process_batch(nullptr, lab);
+                continue;
+            }
+            if (o.single_cls)
+                for (Detection& d : det) d[5] = 0;
+            for (Detection& d : det) to_original(d.data(), b.shapes[i]);
+            std::vector<std::array<bool, kIouThresholds>> correct(det.size());
+            for (auto& x : correct) x.fill(false);
+            if (!lab.empty()) {
+                correct = match_predictions(det, lab);
+                if (cm) cm->process_batch(&det, lab);
+            }
+            for (size_t k = 0; k < det.size(); ++k) {
+                tp.push_back(correct[k]);
+                conf.push_back(det[k][4]);
+                pcls.push_back((int)det[k][5]);
+            }
+        }
+        if (tty) {
+            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            std::printf("\r%22s %d/%d batches %.2fit/s ETA %.0fs", "validating", batches, nb, batches / el,
+                        (nb - batches) * el / batches);
+            std::fflush(stdout);
+        }
+        if (plot) {
+            static const std::vector<std::string> none;
+            const std::string base = o.plot_dir + "/val_batch" + std::to_string(batches - 1);
+            plot_batch(b, o.names ? *o.names : none, base + "_labels.jpg");
+            plot_predictions(b, plotted, o.names ? *o.names : none, base + "_pred.jpg");
+        }
+    }
+    if (tty) std::printf("\r\033[K");
+    for (double& l : R.loss) l /= std::max(batches, 1);
+    bool any = false;
+    for (const auto& r : tp) any = any || r[0];
+    if (any) {
+        R.per_class = ap_per_class(tp, conf, pcls, tcls);
+        R.mp = R.per_class.mp, R.mr = R.per_class.mr, R.map50 = R.per_class.map50, R.map = R.per_class.map;
+    }
+    int maxc = 0;
+    for (int cl : tcls) maxc = std::max(maxc, cl + 1);
+    R.class_instances.assign(maxc, 0);
+    for (int cl : tcls) R.class_instances[cl]++;
+    return R;
+}
+
+std::string val_table(const ValResult& r, const std::vector<std::string>& names, bool per_class) {
+    std::string s;
+    char line[256];
+    snprintf(line, sizeof line, "%22s%11s%11s%11s%11s%11s%11s\n", "Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95");
+    s += line;
+    snprintf(line, sizeof line, "%22s%11d%11lld%11.3g%11.3g%11.3g%11.3g\n", "all", r.images, (long long)r.instances, r.mp,
+             r.mr, r.map50, r.map);
+    s += line;
+    for (size_t i = 0; per_class && i < r.per_class.classes.size(); ++i) {
+        const int c = r.per_class.classes[i];
+        double ap = 0;
+        for (int t = 0; t < kIouThresholds; ++t) ap += r.per_class.ap[i][t] / kIouThresholds;
+        snprintf(line, sizeof line, "%22s%11d%11lld%11.3g%11.3g%11.3g%11.3g\n",
+                 c < (int)names.size() ? names[c].c_str() : std::to_string(c).c_str(), r.images,
+                 (long long)(c < (int)r.class_instances.size() ? r.class_instances[c] : 0), r.per_class.p[i], r.per_class.r[i],
+                 r.per_class.ap[i][0], ap);
+        s += line;
+    }
+    return s;
+}
+
+}  // namespace y5
+

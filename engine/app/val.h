@@ -1,0 +1,53 @@
+/*
+ * Validation as YOLOv5's val.py runs it: eval-mode forward, the loss on the raw maps, NMS (conf 0.001,
+ * IoU 0.6, multi-label, max_det 300), boxes and labels scaled back to the original images, the TP matrix,
+ * ap_per_class (when any detection is a TP), and the confusion matrix fed only for images with labels.
+ * NMS runs where the decoded predictions are: on the GPU (nms_batch_cuda, scratch from the context's work
+ * arena, only the detections downloaded) or on the host (nms_image).
+ */
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/data/loader.h"
+#include "engine/app/metrics.h"
+#include "layers/model.h"
+#include "layers/yolo.h"
+
+namespace y5 {
+
+// Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena (on its device).
+Tensor batch_images(Ctx& c, const Batch& b);
+// Targets (nt, 6) (image, class, x, y, w, h): a host view of the batch's own array, valid while b is. They stay
+// on the host on every device: the loss builds its target lists there (kernels/loss.h).
+Tensor batch_targets(const Batch& b);
+
+struct ValResult {
+    double mp = 0, mr = 0, map50 = 0, map = 0;
+    double loss[3] = {0, 0, 0};  // box, obj, cls: mean over batches
+    int images = 0;
+    int64_t instances = 0;
+    ApResult per_class;
+    std::vector<int64_t> class_instances;
+    double fitness() const { return y5::fitness(mp, mr, map50, map); }
+};
+
+struct ValOptions {
+    float conf_thres = 0.001f, iou_thres = 0.6f;
+    int max_det = 300;
+    bool single_cls = false;
+    std::string plot_dir;                        // if set: val_batch{0,1,2}_{labels,pred}.jpg go there
+    const std::vector<std::string>* names = nullptr;
+};
+
+// Work-arena bytes validate()'s GPU NMS takes for a batch of `batch` images at most side × side pixels (0 for a
+// model on the CPU): size the work arena to at least this.
+size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
+
+ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o = {},
+                   ConfusionMatrix* cm = nullptr);
+
+// val.py's table: Class, Images, Instances, P, R, mAP50, mAP50-95 for all and per class.
+std::string val_table(const ValResult& r, const std::vector<std::string>& names, bool per_class = true);
+
+}  // namespace y5

@@ -1,0 +1,133 @@
+#include "engine/autograd/optim.h"
+
+#include <algorithm>
+
+#include "kernels/check.h"
+#include "kernels/sgd.h"
+
+#if Y5_CUDA
+#include "kernels/cuda.h"
+#endif
+
+namespace y5 {
+
+template <class F> static void on_host(const ParamStore& ps, const char* what, F&& f) {
+    Tensor t = ps.values_flat();
+    Y5_CHECK(t.device == Device::CPU, "internal: %s: CPU path for parameters on %s", what, device_name(t.device));
+    if (t.dtype == DType::F64) f(double(0));
+    else f(float(0));
+}
+
+// CUDA stores run the kernels of kernels/sgd.cu on the stream of the context they were allocated with.
+static bool on_device(const ParamStore& ps, const char* what) {
+    Y5_CHECK(ps.allocated(), "%s: parameter blocks not allocated", what);
+    if (ps.device() != Device::CUDA) return false;
+#if Y5_CUDA
+    Y5_CHECK(ps.dtype() == DType::F32, "%s: CUDA parameters must be f32, got %s", what, dtype_name(ps.dtype()));
+    Y5_CHECK(ps.cuda() != nullptr, "%s: the CUDA parameter store was allocated without a CUDA context", what);
+    return true;
+#else
+    Y5_FAIL("%s: CUDA parameters in a build without CUDA", what);
+#endif
+}
+
+void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
+    if (on_device(ps, "sgd_step")) {
+#if Y5_CUDA
+        float* p = ps.trainable_flat().ptr<float>();
+        const float* g = ps.grads_flat().ptr<float>();
+        float* buf = ps.momentum_flat().ptr<float>();
+        for (int k = 0; k < 3; ++k) {
+            auto r = ps.group_range(k);
+            sgd_cuda(p + r.first, g + r.first, buf + r.first, r.second - r.first, float(groups[k].lr),
+                     float(groups[k].momentum), float(groups[k].weight_decay), ps.cuda()->stream);
+        }
+#endif
+        return;
+    }
+    on_host(ps, "sgd_step", [&](auto z) {
+        using T = decltype(z);
+        T* p = ps.trainable_flat().ptr<T>();
+        const T* g = ps.grads_flat().ptr<T>();
+        T* buf = ps.momentum_flat().ptr<T>();
+        for (int k = 0; k < 3; ++k) {
+            auto r = ps.group_range(k);
+            sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr), T(groups[k].momentum),
+                       T(groups[k].weight_decay));
+        }
+    });
+}
+
+double clip_grad_norm(ParamStore& ps, double max_norm) {
+    if (on_device(ps, "clip_grad_norm")) {
+#if Y5_CUDA
+        return clip_grad_norm_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), max_norm, ps.device_scratch(),
+                                   ParamStore::kDeviceScratchBytes, ps.cuda()->stream);
+#endif
+    }
+    double norm = 0;
+    on_host(ps, "clip_grad_norm", [&](auto z) {
+        using T = decltype(z);
+        T* g = ps.grads_flat().ptr<T>();
+        const int64_t n = ps.grads_flat().numel();
+        double ss = 0;
+        for (int64_t i = 0; i < n; ++i) ss += (double)g[i] * g[i];
+        norm = std::sqrt(ss);
+        const double coef = clip_coef(norm, max_norm);
+        for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
+    });
+    return norm;
+}
+
+double ema_decay(int64_t updates, double decay, double tau) { return decay * (1 - std::exp(-(double)updates / tau)); }
+
+void ema_update(ParamStore& ema, const ParamStore& model, double d) {
+    Y5_CHECK(ema.values_flat().numel() == model.values_flat().numel(), "EMA and model parameter blocks differ in size");
+    Y5_CHECK(ema.device() == model.device() && ema.dtype() == model.dtype(), "ema_update: EMA on %s %s, model on %s %s",
+             device_name(ema.device()), dtype_name(ema.dtype()), device_name(model.device()), dtype_name(model.dtype()));
+    if (on_device(ema, "ema_update")) {
+#if Y5_CUDA
+        ema_cuda(ema.values_flat().ptr<float>(), model.values_flat().ptr<float>(), ema.values_flat().numel(), float(d),
+                 ema.cuda()->stream);
+#endif
+        return;
+    }
+    on_host(ema, "ema_update", [&](auto z) {
+        using T = decltype(z);
+        ema_cpu<T>(ema.values_flat().ptr<T>(), model.values_flat().ptr<T>(), ema.values_flat().numel(), T(d));
+    });
+}
+
+Schedule::Schedule(double lr0, double lrf, double momentum, double warmup_epochs, double warmup_momentum,
+                   double warmup_bias_lr, int epochs, int nb, int bs, bool cos_lr, int nbs)
+    : lr0_(lr0), lrf_(lrf), momentum_(momentum), warmup_momentum_(warmup_momentum), warmup_bias_lr_(warmup_bias_lr),
+      epochs_(epochs), nb_(nb), bs_(bs), nbs_(nbs), cos_(cos_lr) {
+    nw_ = warmup_epochs > 0 ? std::max((int)std::nearbyint(warmup_epochs * nb), 100) : -1;
+    acc0_ = std::max((int)std::nearbyint((double)nbs / bs), 1);
+}
+
+ScheduleState Schedule::at(int64_t ni, int epoch, int accumulate) const {
+    ScheduleState s;
+    // Outside warmup the lr is what LambdaLR set at the end of the previous epoch (lf(epoch − 1); lf(0) in
+    // epoch 0), except in the epoch where warmup ended, which keeps the warmup end point lf(epoch).
+    const bool warmup_epoch = nw_ >= 0 && epoch == nw_ / nb_;
+    const double after = lr0_ * lf(warmup_epoch ? epoch : std::max(epoch - 1, 0));
+    for (int j = 0; j < 3; ++j) s.lr[j] = after, s.momentum[j] = momentum_;
+    s.accumulate = accumulate;
+    if (ni <= nw_) {
+        const double base = lr0_ * lf(epoch);
+        auto interp = [&](double a, double b) {  // np.interp(ni, [0, nw], [a, b]), numpy's arithmetic
+            if (ni == nw_) return b;
+            const double slope = (b - a) / (double)nw_;
+            return slope * (double)ni + a;
+        };
+        s.accumulate = std::max(1, (int)std::nearbyint(interp(1, (double)nbs_ / bs_)));
+        for (int j = 0; j < 3; ++j) {
+            s.lr[j] = interp(j == 0 ? warmup_bias_lr_ : 0.0, base);
+            s.momentum[j] = interp(warmup_momentum_, momentum_);
+        }
+    }
+    return s;
+}
+
+}  // namespace y5

@@ -1,0 +1,134 @@
+#include "engine/autograd/tape.h"
+
+#include <cstring>
+#include <vector>
+
+#include "engine/device/device.h"
+
+namespace y5 {
+
+// A null context would put device work on the legacy default stream, which the context's non-blocking stream
+// does not wait for: a race with the kernels, so a CUDA gradient needs the tape's context.
+static void check_cuda(const Tensor& t, CudaContext* cuda) {
+    Y5_CHECK(t.device == Device::CPU || cuda, "tape: CUDA gradient %s but the tape was made without a CUDA context",
+             t.str().c_str());
+}
+
+static void zero(Tensor t, CudaContext* cuda) {
+    check_cuda(t, cuda);
+    if (t.device == Device::CPU) std::memset(t.data, 0, t.bytes());
+    else device_memset_zero(t.data, t.bytes(), cuda);
+}
+
+Var Tape::param(Tensor value, Tensor grad) {
+    if (!recording_) return Var{value, -1};
+    Y5_CHECK(same_layout(value, grad), "parameter %s and its gradient %s differ in layout", value.str().c_str(),
+             grad.str().c_str());
+    nodes_.push_back(Node{value, grad, true});
+    return Var{value, (int)nodes_.size() - 1};
+}
+
+Var Tape::leaf(Tensor value) {
+    nodes_.push_back(Node{value, Tensor(), false});
+    return Var{value, (int)nodes_.size() - 1};
+}
+
+Var Tape::output(Tensor value, std::initializer_list<const Var*> inputs) {
+    bool any = false;
+    for (const Var* v : inputs) any = any || (v && v->requires_grad());
+    return output(value, any);
+}
+
+Var Tape::output(Tensor value, bool any_input_requires_grad) {
+    if (!recording_ || !any_input_requires_grad) return Var{value, -1};
+    Var v = leaf(value);
+    pending_ = v.id;
+    return v;
+}
+
+void Tape::record(std::function<void()> backward_fn) {
+    Y5_CHECK(recording_, "internal: an op recorded a backward closure while the tape is not recording");
+    closures_.push_back(std::move(backward_fn));
+    output_of_.push_back(pending_);
+    pending_ = -1;
+}
+
+Tensor Tape::grad(const Var& v) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
+    Node& n = nodes_[v.id];
+    Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
+             n.value.str().c_str());
+    if (!n.grad_ready) {
+        const size_t bytes = n.value.bytes();
+        auto it = free_.find(bytes);
+        if (it != free_.end() && !it->second.empty()) {
+            n.grad = Tensor(it->second.back(), n.value.shape, n.value.dtype, arena_->device());
+            it->second.pop_back();
+        } else {
+            n.grad = arena_->tensor(n.value.shape, n.value.dtype);
+        }
+        zero(n.grad, cuda_);
+        n.grad_ready = true;
+    }
+    return n.grad;
+}
+
+// The closures in reverse; after each, its output's gradient goes to the free list (reused on the GPU in stream
+// order, so a later kernel never overwrites memory an earlier one still reads).
+void Tape::run_backward() {
+    for (size_t i = closures_.size(); i-- > 0;) {
+        closures_[i]();
+        const int id = output_of_[i];
+        if (id < 0 || !nodes_[id].grad_ready) continue;
+        Node& n = nodes_[id];
+        free_[n.value.bytes()].push_back(n.grad.data);
+        n.grad = Tensor();
+        n.grad_ready = false;
+        n.released = true;
+    }
+}
+
+void Tape::backward(const Var& root, const Tensor* s) {
+    seed(root, s);
+    run_backward();
+}
+
+void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
+    Y5_CHECK(roots.size() == seeds.size(), "backward: %zu roots but %zu seeds", roots.size(), seeds.size());
+    for (size_t i = 0; i < roots.size(); ++i) seed(roots[i], &seeds[i]);
+    run_backward();
+}
+
+void Tape::seed(const Var& root, const Tensor* seed) {
+    Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
+    Tensor g = grad(root);
+    check_cuda(g, cuda_);
+    if (seed) {
+        Y5_CHECK(seed->numel() == g.numel() && seed->dtype == g.dtype && seed->device == g.device,
+                 "backward: seed %s does not match root %s", seed->str().c_str(), g.str().c_str());
+        if (g.device == Device::CPU) std::memcpy(g.data, seed->data, g.bytes());
+        else copy_device_to_device(g.data, seed->data, g.bytes(), cuda_);
+    } else {
+        Y5_CHECK(g.numel() == 1, "backward: root %s is not a scalar; pass a seed gradient", g.str().c_str());
+        if (g.dtype == DType::F64) {
+            double one = 1.0;
+            if (g.device == Device::CPU) std::memcpy(g.data, &one, 8);
+            else copy_host_to_device(g.data, &one, 8, cuda_);
+        } else {
+            float one = 1.0f;
+            if (g.device == Device::CPU) std::memcpy(g.data, &one, 4);
+            else copy_host_to_device(g.data, &one, 4, cuda_);
+        }
+    }
+}
+
+void Tape::clear() {
+    nodes_.clear();
+    closures_.clear();
+    output_of_.clear();
+    pending_ = -1;
+    for (auto& bucket : free_) bucket.second.clear();  // the arena is rewound; the buckets keep their capacity
+    arena_->reset();
+}
+
+}  // namespace y5

@@ -1,0 +1,96 @@
+/*
+ * Autograd tape. Ops (engine/ops/ops.h) return Vars: a tensor plus the id of its node on the tape. When an
+ * op has an input that needs a gradient and the tape is recording, it registers its output as a node
+ * and records a backward closure next to its forward code. backward() seeds the root's gradient and
+ * runs the closures in reverse order of recording, which is a valid topological order because every op
+ * recorded after its inputs existed.
+ * Gradients always accumulate (+=): a tensor used by two ops (a C3 split, a Concat skip, SPPF's cascade)
+ * receives both contributions with no special case. A node's gradient is allocated from the gradient
+ * arena and zeroed on first touch; a parameter's points into the parameter-gradient block instead.
+ * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
+ * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
+ * Gradient release: an op's output gradient is read last by that op's own backward (every other reader was
+ * recorded later and so ran earlier), so backward() returns it to a free list right after, and a later
+ * gradient of the same byte size reuses the memory, as PyTorch frees intermediate gradients during backward.
+ * The arena's peak is then the largest set of gradients alive at once, not all of them. Parameters' and
+ * leaves' gradients are kept; asking for a released one is an error.
+ */
+#pragma once
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/core/arena.h"
+
+namespace y5 {
+
+struct CudaContext;
+
+struct Var {
+    Tensor t;
+    int id = -1;  // node on the tape; −1: no gradient flows into or through this value
+    bool requires_grad() const { return id >= 0; }
+    const Shape& shape() const { return t.shape; }
+};
+
+class Tape {
+public:
+    explicit Tape(Arena* grad_arena, CudaContext* cuda = nullptr) : arena_(grad_arena), cuda_(cuda) {}
+
+    bool recording() const { return recording_; }
+    void set_recording(bool on) { recording_ = on; }
+
+    // A parameter: its gradient accumulates into `grad` (a view of the parameter-gradient block).
+    Var param(Tensor value, Tensor grad);
+    // A leaf that wants a gradient, allocated on first use (inputs of gradient checks).
+    Var leaf(Tensor value);
+    static Var constant(Tensor value) { return Var{value, -1}; }
+
+    // The output of an op: a node when recording and any input requires a gradient, else a constant. The op's
+    // next record() is its backward, after which the output's gradient is released.
+    Var output(Tensor value, std::initializer_list<const Var*> inputs);
+    Var output(Tensor value, bool any_input_requires_grad);
+    void record(std::function<void()> backward_fn);
+
+    bool has_grad(const Var& v) const { return v.id >= 0 && nodes_[v.id].grad_ready; }
+    Tensor grad(const Var& v);  // allocates and zeroes on first call
+
+    // Runs the closures in reverse. With no seed the root must hold one element and gets gradient 1;
+    // otherwise its gradient is `seed` (same shape), i.e. the gradient of Σ seed ⊙ root.
+    void backward(const Var& root, const Tensor* seed = nullptr);
+    // Several roots at once (Detect's three maps): the gradient of Σ_i Σ seeds[i] ⊙ roots[i].
+    void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
+    void clear();
+
+    size_t size() const { return closures_.size(); }
+
+private:
+    void seed(const Var& root, const Tensor* seed);
+    void run_backward();
+    struct Node {
+        Tensor value, grad;
+        bool grad_ready = false;
+        bool released = false;
+    };
+    Arena* arena_;
+    CudaContext* cuda_;
+    bool recording_ = true;
+    std::vector<Node> nodes_;
+    std::vector<std::function<void()>> closures_;
+    std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
+    int pending_ = -1;            // the latest op output, waiting for its op's record()
+    std::unordered_map<size_t, std::vector<void*>> free_;  // released gradient memory by byte size
+};
+
+// Recording off for a scope: NoGrad ng(tape); model.forward(...)
+class NoGrad {
+public:
+    explicit NoGrad(Tape& t) : tape_(t), was_(t.recording()) { t.set_recording(false); }
+    ~NoGrad() { tape_.set_recording(was_); }
+
+private:
+    Tape& tape_;
+    bool was_;
+};
+
+}  // namespace y5

@@ -1,0 +1,951 @@
+/*
+ * Ops: shape checks, output allocation, device/dtype dispatch and backward recording. The math lives
+ * in kernels/ (CPU references in the headers, CUDA launchers in the .cu files); nothing here loops
+ * over elements.
+ */
+#include "engine/ops/op.h"
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "engine/device/device.h"
+#include "engine/core/threadpool.h"
+#include "kernels/batchnorm.h"
+#include "kernels/concat.h"
+#include "kernels/conv2d.h"
+#include "kernels/eca.h"
+#include "kernels/elementwise.h"
+#include "kernels/pool.h"
+#include "kernels/reshape.h"
+#include "kernels/upsample.h"
+
+#if Y5_CUDA
+#include "kernels/cuda.h"
+#endif
+
+namespace y5 {
+
+// CPU threads: one pool with a thread per core (Y5_THREADS=n overrides), the caller being one of them.
+// OpenBLAS is set to one thread because the ops call it per image from several threads at once, and its
+// own threads spin (sched_yield) on these small GEMMs: a third of the CPU time was lost that way.
+struct CpuPool {
+    int threads;
+    ThreadPool* pool;  // threads − 1 workers, or null for one thread; lives as long as the program
+};
+
+static const CpuPool& cpu_pool() {
+    static const CpuPool p = [] {
+        const char* e = std::getenv("Y5_THREADS");
+        const int n = std::max(1, e ? std::atoi(e) : (int)std::thread::hardware_concurrency());
+        openblas_set_num_threads(1);
+        return CpuPool{n, n > 1 ? new ThreadPool(n - 1) : nullptr};
+    }();
+    return p;
+}
+
+int cpu_op_threads() { return cpu_pool().threads; }
+
+void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
+    const CpuPool& p = cpu_pool();
+    if (p.pool) p.pool->parallel_for(n, fn, min_chunk);
+    else if (n > 0) fn(0, n);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Tensor utilities
+
+void fill(Ctx& c, Tensor t, double v) {
+    if (t.device == Device::CUDA) {
+#if Y5_CUDA
+        Y5_CHECK(c.cuda && t.dtype == DType::F32, "fill: CUDA tensor %s needs f32 and a CUDA context", t.str().c_str());
+        fill_cuda(t.ptr<float>(), (float)v, t.numel(), c.cuda->stream);
+        return;
+#else
+        (void)c;
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    }
+    with_dtype("fill", t, [&](auto z) {
+        using T = decltype(z);
+        fill_cpu(t.ptr<T>(), T(v), t.numel());
+    });
+}
+
+void copy(Ctx& c, Tensor dst, const Tensor& src) {
+    Y5_CHECK(dst.shape == src.shape && dst.dtype == src.dtype, "copy: %s into %s", src.str().c_str(),
+             dst.str().c_str());
+    // A null context would mean the legacy default stream, not ordered with the context's non-blocking one.
+    Y5_CHECK((dst.device == Device::CPU && src.device == Device::CPU) || c.cuda,
+             "copy: %s into %s needs the context's CUDA context", src.str().c_str(), dst.str().c_str());
+    if (dst.device == Device::CPU && src.device == Device::CPU) std::memcpy(dst.data, src.data, dst.bytes());
+    else if (dst.device == Device::CUDA && src.device == Device::CPU) copy_host_to_device(dst.data, src.data, dst.bytes(), c.cuda);
+    else if (dst.device == Device::CPU) copy_device_to_host(dst.data, src.data, dst.bytes(), c.cuda);
+    else copy_device_to_device(dst.data, src.data, dst.bytes(), c.cuda);
+}
+
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
+    check_same("axpy", y, x);
+    Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
+    if (y.device == Device::CUDA) {
+#if Y5_CUDA
+        Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
+        axpy_cuda(y.ptr<float>(), (float)a, x.ptr<float>(), y.numel(), c.cuda->stream);
+        return;
+#else
+        (void)c;
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    }
+    with_dtype("axpy", y, [&](auto z) {
+        using T = decltype(z);
+        axpy_cpu(y.ptr<T>(), T(a), x.ptr<T>(), y.numel());
+    });
+}
+
+// ----------------------------------------------------------------------------------------------------
+// conv2d
+
+// The CPU convolutions' backward over G groups of images in parallel: fn(g, dw_g, db_g) for each group, group 0
+// accumulating into dw/db themselves and groups 1..G−1 into zeroed partials of nw and K values that are added
+// in group order afterwards (the same bits whatever the threads' timing). dw/db may be null.
+template <class T, class F>
+static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn) {
+    T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
+    T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
+    if (pw) fill_cpu(pw, T(0), nw * (G - 1));
+    if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
+    par(G, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g)
+            fn(g, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr, db ? (g ? pb + (g - 1) * K : db) : nullptr);
+    });
+    for (int g = 1; g < G; ++g) {
+        if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
+        if (db) axpy_cpu(db, T(1), pb + (g - 1) * K, (int64_t)K);
+    }
+}
+
+#if Y5_CUDA
+// The CUDA path (cuDNN, kernels/conv2d.cu), f32. Each pass's workspace comes from the work arena for the
+// call; the algorithm (and so the size) is chosen on the first call for the geometry and cached.
+static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const Var& bias, const Conv2dGeom& g) {
+    Tensor out = c.act->tensor(
+        Shape{g.N, g.K, conv_out_size(g.H, g.R, g.stride, g.pad), conv_out_size(g.W, g.S, g.stride, g.pad)}, DType::F32);
+    {
+        Scratch ws(c.conv_work ? c.conv_work : c.work);
+        const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
+        conv2d_fprop_cuda(c.cuda, g, out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(),
+                          b ? b->t.ptr<float>() : nullptr, ws.get<char>((int64_t)bytes), bytes);
+    }
+    Var y = c.tape->output(out, {&x, &w, b});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, bias, y, g] {
+            if (!c.tape->has_grad(y)) return;
+            float *dx = grad_ptr<float>(c, x), *dw = grad_ptr<float>(c, w), *db = grad_ptr<float>(c, bias);
+            const float* dy = c.tape->grad(y).ptr<float>();
+            // dgrad and wgrad run one after the other on the stream, so they share one workspace.
+            size_t bytes = 0;
+            if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
+            if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
+            Scratch ws(c.conv_work ? c.conv_work : c.work);
+            void* wsp = ws.get<char>((int64_t)bytes);
+            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<float>(), wsp, bytes);
+            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<float>(), wsp, bytes);
+        });
+    return y;
+}
+#endif
+
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
+    const char* op = "conv2d";
+    check_rank(op, "input", x.t, 4);
+    check_rank(op, "weight", w.t, 4);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    const int K = w.t.dim(0), R = w.t.dim(2), S = w.t.dim(3);
+    Y5_CHECK(w.t.dim(1) == C, "conv2d: input %s has %d channels but weight %s expects %lld", x.t.str().c_str(), C,
+             w.t.str().c_str(), (long long)w.t.dim(1));
+    Y5_CHECK(stride >= 1 && pad >= 0, "conv2d: stride %d, pad %d", stride, pad);
+    Var bias = b ? *b : Var{};
+    if (b) {
+        check_same(op, x.t, b->t);
+        Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv2d: bias %s does not match %d output channels",
+                 b->t.str().c_str(), K);
+    }
+    const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
+    Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
+             x.t.str().c_str());
+    if (on_cuda(op, x.t)) {
+#if Y5_CUDA
+        return conv2d_cuda(c, x, w, b, bias, Conv2dGeom{N, C, H, W, K, R, S, stride, pad});
+#endif
+    }
+    Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
+    const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    // The batch is split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
+    const int G = std::min(N, cpu_op_threads());
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    with_dtype(op, x.t, [&](auto z) {
+        using T = decltype(z);
+        Scratch ws(c.work);
+        T* col = ws.get<T>(ncol * G);
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
+        par(G, [&](int64_t g0, int64_t g1) {
+            for (int64_t g = g0; g < g1; ++g) {
+                const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, col ? col + g * ncol : nullptr,
+                                    n1 - n0, C, H, W, K, R, S, stride, pad);
+            }
+        });
+    });
+    Var y = c.tape->output(out, {&x, &w, b});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, bias, y, N, C, H, W, K, R, S, stride, pad, ncol, G, in_img, out_img] {
+            if (!c.tape->has_grad(y)) return;
+            with_dtype("conv2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                Scratch ws(c.work);
+                T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                T* col = ws.get<T>(ncol * G);
+                par_weight_grads<T>(ws, dw, db, (int64_t)K * C * R * S, K, G, [&](int64_t g, T* gw, T* gb) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                                           x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + g * ncol : nullptr,
+                                           n1 - n0, C, H, W, K, R, S, stride, pad);
+                });
+            });
+        });
+    return y;
+}
+
+Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
+    const char* op = "conv2d_parts";
+    Y5_CHECK(!xs.empty(), "conv2d_parts: no inputs");
+    if (xs.size() == 1) return conv2d(c, xs[0], w, b, 1, 0);
+    const int m = (int)xs.size();
+    Y5_CHECK(m <= kMaxConvParts, "conv2d_parts: %d parts, at most %d", m, kMaxConvParts);
+    check_rank(op, "weight", w.t, 4);
+    const int N = xs[0].t.dim(0), H = xs[0].t.dim(2), W = xs[0].t.dim(3), P = H * W, K = w.t.dim(0);
+    std::array<int, kMaxConvParts> Cs{};
+    int C = 0;
+    for (int i = 0; i < m; ++i) {
+        const Tensor& t = xs[i].t;
+        check_rank(op, "input", t, 4);
+        check_same(op, w.t, t);
+        Y5_CHECK(t.dim(0) == N && t.dim(2) == H && t.dim(3) == W,
+                 "conv2d_parts: part %s does not match %s outside the channel dimension", t.str().c_str(),
+                 xs[0].t.str().c_str());
+        Cs[i] = (int)t.dim(1);
+        C += Cs[i];
+    }
+    check_ctx(op, c, xs[0].t);
+    Y5_CHECK(w.t.dim(1) == C && w.t.dim(2) == 1 && w.t.dim(3) == 1,
+             "conv2d_parts: weight %s must be (K, %d, 1, 1) for parts of %d channels in all", w.t.str().c_str(), C, C);
+    Var bias = b ? *b : Var{};
+    if (b) {
+        check_same(op, w.t, b->t);
+        Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv2d_parts: bias %s does not match %d output channels",
+                 b->t.str().c_str(), K);
+    }
+    const bool cuda = on_cuda(op, xs[0].t);
+    Tensor out = c.act->tensor(Shape{N, K, H, W}, xs[0].t.dtype);
+    const int G = std::min(N, cpu_op_threads());
+    if (cuda) {
+#if Y5_CUDA
+        const float* xp[kMaxConvParts];
+        for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>();
+        conv1x1_parts_fprop_cuda(c.cuda, out.ptr<float>(), xp, Cs.data(), m, w.t.ptr<float>(),
+                                 b ? b->t.ptr<float>() : nullptr, N, K, P);
+#endif
+    } else {
+        with_dtype(op, out, [&](auto z) {
+            using T = decltype(z);
+            par(G, [&](int64_t g0, int64_t g1) {
+                for (int64_t g = g0; g < g1; ++g) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const T* xp[kMaxConvParts];
+                    for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
+                    conv1x1_parts_fprop_cpu<T>(out.ptr<T>() + (int64_t)n0 * K * P, xp, Cs.data(), m, w.t.ptr<T>(),
+                                               b ? b->t.ptr<T>() : nullptr, n1 - n0, K, P);
+                }
+            });
+        });
+    }
+    bool any = w.requires_grad() || (b && b->requires_grad());
+    for (const Var& v : xs) any = any || v.requires_grad();
+    Var y = c.tape->output(out, any);
+    if (y.requires_grad())
+        c.tape->record([&c, xs, w, bias, y, m, N, K, P, G, Cs] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (y.t.device == Device::CUDA) {
+#if Y5_CUDA
+                const float* xp[kMaxConvParts];
+                float* dxp[kMaxConvParts];
+                for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>(), dxp[i] = grad_ptr<float>(c, xs[i]);
+                float* dw = grad_ptr<float>(c, w);
+                const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
+                conv1x1_parts_backward_cuda(c.cuda, dxp, dw, grad_ptr<float>(c, bias), c.tape->grad(y).ptr<float>(), xp,
+                                            Cs.data(), m, w.t.ptr<float>(), N, K, P, ws.get<char>((int64_t)bytes),
+                                            bytes);
+#endif
+                return;
+            }
+            with_dtype("conv2d_parts backward", y.t, [&](auto z) {
+                using T = decltype(z);
+                T* dxp[kMaxConvParts];
+                for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par_weight_grads<T>(ws, grad_ptr<T>(c, w), grad_ptr<T>(c, bias), w.t.numel(), K, G,
+                                    [&](int64_t g, T* gw, T* gb) {
+                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const T* xg[kMaxConvParts];
+                    T* dxg[kMaxConvParts];
+                    for (int i = 0; i < m; ++i) {
+                        const int64_t off = (int64_t)n0 * Cs[i] * P;
+                        xg[i] = xs[i].t.ptr<T>() + off;
+                        dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
+                    }
+                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m, w.t.ptr<T>(),
+                                                  n1 - n0, K, P);
+                });
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// batchnorm2d
+
+Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
+                bool training, float eps, float momentum, Act act) {
+    const char* op = "batchnorm2d";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma.t, &beta.t, &running_mean, &running_var}) {
+        check_same(op, x.t, *t);
+        Y5_CHECK(t->ndim() == 1 && t->dim(0) == C, "batchnorm2d: per-channel tensor %s does not match input %s",
+                 t->str().c_str(), x.t.str().c_str());
+    }
+    Y5_CHECK(!training || (int64_t)N * HW > 1,
+             "batchnorm2d: training mode needs more than one value per channel, input %s", x.t.str().c_str());
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    Tensor mean, invstd;
+    if (training) {
+        mean = c.act->tensor(Shape{C}, x.t.dtype);
+        invstd = c.act->tensor(Shape{C}, x.t.dtype);
+    }
+    if (cuda) {
+#if Y5_CUDA
+        Scratch ws(c.work);
+        float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
+        if (training)
+            batchnorm_forward_train_cuda(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(),
+                                         running_mean.ptr<float>(), running_var.ptr<float>(), x.t.ptr<float>(),
+                                         gamma.t.ptr<float>(), beta.t.ptr<float>(), N, C, HW, eps, momentum, act,
+                                         scratch, c.cuda->stream);
+        else
+            batchnorm_forward_eval_cuda(out.ptr<float>(), x.t.ptr<float>(), gamma.t.ptr<float>(), beta.t.ptr<float>(),
+                                        running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps, act,
+                                        scratch, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            par(C, [&](int64_t c0, int64_t c1) {  // channels are independent
+                if (training)
+                    batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
+                                                   running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                   beta.t.ptr<T>(), N, C, HW, eps, momentum, act, (int)c0, (int)c1);
+                else
+                    batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
+                                                  running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, act,
+                                                  (int)c0, (int)c1);
+            });
+        });
+    }
+    Var y = c.tape->output(out, {&x, &gamma, &beta});
+    if (y.requires_grad())
+        c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, act, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                // dx only when x wants one: the kernels take null gradients.
+                Scratch ws(c.work);
+                float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
+                float *dx = grad_ptr<float>(c, x), *dg = grad_ptr<float>(c, gamma), *db = grad_ptr<float>(c, beta);
+                const float* dy = c.tape->grad(y).ptr<float>();
+                if (training)
+                    batchnorm_backward_train_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
+                                                  beta.t.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(), N, C, HW,
+                                                  act, scratch, c.cuda->stream);
+                else
+                    batchnorm_backward_eval_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
+                                                 beta.t.ptr<float>(), running_mean.ptr<float>(),
+                                                 running_var.ptr<float>(), N, C, HW, eps, act, scratch,
+                                                 c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("batchnorm2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                // A gradient nobody has touched is allocated zeroed: the reference may then park dz in it.
+                const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
+                T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(C, [&](int64_t c0, int64_t c1) {
+                    if (training)
+                        batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                        beta.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW, act,
+                                                        (int)c0, (int)c1, dx_zero);
+                    else
+                        batchnorm_backward_eval_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
+                                                       beta.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
+                                                       C, HW, eps, act, (int)c0, (int)c1, dx_zero);
+                });
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// activation, sigmoid
+
+Var activation(Ctx& c, const Var& x, Act a) {
+    const char* op = "activation";
+    check_ctx(op, c, x.t);
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        act_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), x.t.numel(), a, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par(x.t.numel(), [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, a] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                act_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), x.t.numel(),
+                                  a, c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("activation backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(x.t.numel(), [&](int64_t b, int64_t e) { act_backward_cpu<T>(dx + b, dy + b, xp + b, e - b, a); },
+                    kElemChunk);
+            });
+        });
+    return y;
+}
+
+Var sigmoid(Ctx& c, const Var& x) { return activation(c, x, Act{ActKind::Sigmoid, 0.f}); }
+
+// ----------------------------------------------------------------------------------------------------
+// maxpool2d, upsample_nearest
+
+Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
+    const char* op = "maxpool2d";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(k >= 1 && stride >= 1 && pad >= 0 && 2 * pad <= k,
+             "maxpool2d: kernel %d, stride %d, pad %d (PyTorch requires pad <= kernel/2)", k, stride, pad);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    Y5_CHECK(H + 2 * pad >= k && W + 2 * pad >= k, "maxpool2d: kernel %d larger than padded input %s", k,
+             x.t.str().c_str());
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C, Ho, Wo}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        maxpool2d_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, stride, pad, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {  // planes are independent
+                maxpool2d_forward_cpu<T>(yp + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, k, stride, pad);
+            });
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, Ho, Wo, k, stride, pad] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                Scratch ws(c.work);  // each output's argmax, as the CPU reference recomputes it
+                maxpool2d_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), N, C, H,
+                                        W, k, stride, pad, ws.get<int>((int64_t)N * C * Ho * Wo), c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("maxpool2d backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                    maxpool2d_backward_cpu<T>(dx + p0 * H * W, dy + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H,
+                                              W, k, stride, pad);
+                });
+            });
+        });
+    return y;
+}
+
+Var sppf_pool(Ctx& c, const Var& x, int k) {
+    const char* op = "sppf_pool";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(k >= 1 && k % 2 == 1, "sppf_pool: kernel %d (SPPF pools with an odd kernel, stride 1, pad k/2)", k);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    const int64_t P = (int64_t)N * C;
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, 4 * C, H, W}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        sppf_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            par(P, [&](int64_t p0, int64_t p1) { sppf_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), p0, p1, C, H, W, k); });
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, P, k] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                sppf_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), y.t.ptr<float>(), N, C, H, W, k,
+                                   ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)), c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("sppf_pool backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                // One range of planes per CPU thread, each with its own 2·H·W scratch.
+                const int R = (int)std::min<int64_t>(P, cpu_op_threads());
+                T* scratch = ws.get<T>((int64_t)R * 2 * H * W);
+                T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(R, [&](int64_t r0, int64_t r1) {
+                    for (int64_t r = r0; r < r1; ++r)
+                        sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k,
+                                             scratch + r * 2 * H * W);
+                });
+            });
+        });
+    return y;
+}
+
+Var upsample_nearest(Ctx& c, const Var& x, int s) {
+    const char* op = "upsample_nearest";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        upsample_nearest_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, s, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, s);
+            });
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W, s] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                upsample_nearest_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W, s,
+                                               c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("upsample_nearest backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                T* dx = grad_ptr<T>(c, x);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                    upsample_nearest_backward_cpu<T>(dx + p0 * H * W, dy + p0 * H * W * s * s, 1, (int)(p1 - p0), H, W, s);
+                });
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// concat, add
+
+Var concat(Ctx& c, const std::vector<Var>& xs) {
+    const char* op = "concat";
+    Y5_CHECK(!xs.empty(), "concat: no inputs");
+    for (const Var& v : xs) {
+        check_rank(op, "input", v.t, 4);
+        check_same(op, xs[0].t, v.t);
+        Y5_CHECK(v.t.dim(0) == xs[0].t.dim(0) && v.t.dim(2) == xs[0].t.dim(2) && v.t.dim(3) == xs[0].t.dim(3),
+                 "concat: input %s does not match %s outside the channel dimension", v.t.str().c_str(),
+                 xs[0].t.str().c_str());
+    }
+    check_ctx(op, c, xs[0].t);
+    const bool cuda = on_cuda(op, xs[0].t);
+    const int N = xs[0].t.dim(0), HW = xs[0].t.dim(2) * xs[0].t.dim(3);
+    int Co = 0;
+    for (const Var& v : xs) Co += v.t.dim(1);
+    Tensor out = c.act->tensor(Shape{N, Co, xs[0].t.dim(2), xs[0].t.dim(3)}, xs[0].t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        int c0 = 0;
+        for (const Var& v : xs) {
+            concat_forward_cuda(out.ptr<float>(), v.t.ptr<float>(), N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
+            c0 += v.t.dim(1);
+        }
+#endif
+    } else {
+        with_dtype(op, out, [&](auto z) {
+            using T = decltype(z);
+            int c0 = 0;
+            for (const Var& v : xs) {
+                concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
+                c0 += v.t.dim(1);
+            }
+        });
+    }
+    bool any = false;
+    for (const Var& v : xs) any = any || v.requires_grad();
+    Var y = c.tape->output(out, any);
+    if (y.requires_grad())
+        c.tape->record([&c, xs, y, N, HW, Co] {
+            if (!c.tape->has_grad(y)) return;
+            if (y.t.device == Device::CUDA) {
+#if Y5_CUDA
+                const float* dy = c.tape->grad(y).ptr<float>();
+                int c0 = 0;
+                for (const Var& v : xs) {
+                    if (v.requires_grad())
+                        concat_backward_cuda(grad_ptr<float>(c, v), dy, N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
+                    c0 += v.t.dim(1);
+                }
+#endif
+                return;
+            }
+            with_dtype("concat backward", y.t, [&](auto z) {
+                using T = decltype(z);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                int c0 = 0;
+                for (const Var& v : xs) {
+                    if (v.requires_grad()) concat_backward_cpu<T>(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
+                    c0 += v.t.dim(1);
+                }
+            });
+        });
+    return y;
+}
+
+Var add(Ctx& c, const Var& a, const Var& b) {
+    const char* op = "add";
+    check_same(op, a.t, b.t);
+    Y5_CHECK(a.t.shape == b.t.shape, "add: shapes %s and %s differ", a.t.str().c_str(), b.t.str().c_str());
+    check_ctx(op, c, a.t);
+    Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
+    if (a.t.device == Device::CUDA) {
+#if Y5_CUDA
+        add_cuda(out.ptr<float>(), a.t.ptr<float>(), b.t.ptr<float>(), out.numel(), c.cuda->stream);
+#else
+        Y5_FAIL("%s", kNoCudaBuild);
+#endif
+    } else {
+        with_dtype(op, a.t, [&](auto z) {
+            using T = decltype(z);
+            add_cpu<T>(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
+        });
+    }
+    Var y = c.tape->output(out, {&a, &b});
+    if (y.requires_grad())
+        c.tape->record([&c, a, b, y] {
+            if (!c.tape->has_grad(y)) return;
+            Tensor dy = c.tape->grad(y);
+            if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
+            if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// global_avgpool, conv1d_channels, scale_channels (ECA)
+
+Var global_avgpool(Ctx& c, const Var& x) {
+    const char* op = "global_avgpool";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    const bool cuda = on_cuda(op, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    Y5_CHECK(HW > 0, "global_avgpool: empty input %s", x.t.str().c_str());
+    Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        global_avgpool_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                global_avgpool_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, HW,
+                                             c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("global_avgpool backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                global_avgpool_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, HW);
+            });
+        });
+    return y;
+}
+
+Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
+    const char* op = "conv1d_channels";
+    check_rank(op, "input", x.t, 2);
+    check_rank(op, "weight", w.t, 1);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), k = w.t.dim(0);
+    Y5_CHECK(k % 2 == 1, "conv1d_channels: kernel size %d must be odd", k);
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        conv1d_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            conv1d_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+        });
+    }
+    Var y = c.tape->output(out, {&x, &w});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, y, N, C, k] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                conv1d_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
+                                              x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("conv1d_channels backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                conv1d_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
+                                                x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+            });
+        });
+    return y;
+}
+
+Var scale_channels(Ctx& c, const Var& x, const Var& s) {
+    const char* op = "scale_channels";
+    check_rank(op, "input", x.t, 4);
+    check_rank(op, "scale", s.t, 2);
+    check_same(op, x.t, s.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    Y5_CHECK(s.t.dim(0) == N && s.t.dim(1) == C, "scale_channels: scale %s does not match input %s",
+             s.t.str().c_str(), x.t.str().c_str());
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        scale_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            scale_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+        });
+    }
+    Var y = c.tape->output(out, {&x, &s});
+    if (y.requires_grad())
+        c.tape->record([&c, x, s, y, N, C, HW] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                scale_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, s), c.tape->grad(y).ptr<float>(),
+                                             x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("scale_channels backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                scale_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, s), c.tape->grad(y).template ptr<T>(),
+                                               x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+            });
+        });
+    return y;
+}
+
+Var eca(Ctx& c, const Var& x, const Var& w) {
+    const char* op = "eca";
+    check_rank(op, "input", x.t, 4);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    Y5_CHECK(w.t.ndim() == 1 && w.t.dim(0) % 2 == 1, "eca: weight %s must be (k) with k odd", w.t.str().c_str());
+    const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3), k = w.t.dim(0);
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
+    Tensor pooled = c.act->tensor(Shape{N, C}, x.t.dtype), gate = c.act->tensor(Shape{N, C}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        eca_forward_cuda(out.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N,
+                         C, HW, k, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            eca_forward_cpu<T>(out.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, HW, k);
+        });
+    }
+    Var y = c.tape->output(out, {&x, &w});
+    if (y.requires_grad())
+        c.tape->record([&c, x, w, y, pooled, gate, N, C, HW, k] {
+            if (!c.tape->has_grad(y)) return;
+            Scratch ws(c.work);
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                eca_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
+                                  x.t.ptr<float>(), w.t.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), N, C, HW,
+                                  k, ws.get<float>((int64_t)N * C), c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("eca backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                eca_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
+                                    x.t.ptr<T>(), w.t.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), N, C, HW, k,
+                                    ws.get<T>((int64_t)N * C));
+            });
+        });
+    return y;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// transpose12, space_to_depth2
+
+Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
+    const char* op = "transpose12";
+    check_ctx(op, c, x.t);
+    Y5_CHECK(x.t.ndim() == 3, "transpose12: input must be viewed as (B,M,N), got %s", x.t.str().c_str());
+    const int B = x.t.dim(0), M = x.t.dim(1), N = x.t.dim(2);
+    Y5_CHECK(out_shape.numel() == x.t.numel(), "transpose12: output shape %s does not hold %s",
+             out_shape.str().c_str(), x.t.str().c_str());
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(out_shape, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        transpose12_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), B, M, N, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+            par(B, [&](int64_t b0, int64_t b1) {  // matrices are independent
+                transpose12_forward_cpu<T>(yp + b0 * M * N, xp + b0 * M * N, (int)(b1 - b0), M, N);
+            });
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, B, M, N] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                transpose12_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), B, M, N, c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("transpose12 backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                T* dx = grad_ptr<T>(c, x);
+                const T* dy = c.tape->grad(y).template ptr<T>();
+                par(B, [&](int64_t b0, int64_t b1) {
+                    transpose12_backward_cpu<T>(dx + b0 * M * N, dy + b0 * M * N, (int)(b1 - b0), M, N);
+                });
+            });
+        });
+    return y;
+}
+
+Var space_to_depth2(Ctx& c, const Var& x) {
+    const char* op = "space_to_depth2";
+    check_rank(op, "input", x.t, 4);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
+    Y5_CHECK(H % 2 == 0 && W % 2 == 0, "space_to_depth2 (Focus): input %s needs even height and width",
+             x.t.str().c_str());
+    const bool cuda = on_cuda(op, x.t);
+    Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
+    if (cuda) {
+#if Y5_CUDA
+        space_to_depth2_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, c.cuda->stream);
+#endif
+    } else {
+        with_dtype(op, x.t, [&](auto z) {
+            using T = decltype(z);
+            space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
+        });
+    }
+    Var y = c.tape->output(out, {&x});
+    if (y.requires_grad())
+        c.tape->record([&c, x, y, N, C, H, W] {
+            if (!c.tape->has_grad(y)) return;
+            if (x.t.device == Device::CUDA) {
+#if Y5_CUDA
+                space_to_depth2_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W,
+                                              c.cuda->stream);
+#endif
+                return;
+            }
+            with_dtype("space_to_depth2 backward", x.t, [&](auto z) {
+                using T = decltype(z);
+                space_to_depth2_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W);
+            });
+        });
+    return y;
+}
+
+}  // namespace y5

@@ -1,0 +1,74 @@
+/*
+ * Ops on Vars: the layer between layers/ (which own parameters) and kernels/ (raw pointers). Each op
+ * checks shapes, allocates its output from the activation arena, runs the CPU reference or the CUDA
+ * launcher for the tensors' device, and, when the tape is recording, records its backward next to it.
+ * CPU ops run in f32, or in f64 for gradient checks; CUDA ops run in f32.
+ * A bad request (rank or shape mismatch, mixed devices or dtypes, an op with no kernel on the device)
+ * is a y5::Error that names the op and the shapes.
+ *
+ * Shapes: images are (N,C,H,W); pooled vectors (N,C).
+ */
+#pragma once
+#include <vector>
+
+#include "engine/core/arena.h"
+#include "engine/autograd/tape.h"
+#include "kernels/activation.h"
+
+namespace y5 {
+
+struct CudaContext;
+
+// Everything an op needs besides its inputs. One per device, created once by the program.
+struct Ctx {
+    Arena* act = nullptr;   // outputs and saved statistics; rewound after each step
+    Arena* work = nullptr;  // scratch that lives for one op call (im2col columns)
+    Tape* tape = nullptr;
+    CudaContext* cuda = nullptr;  // required for CUDA tensors
+    // cuDNN's workspace when set, else `work`: measure_step_memory keeps it apart, since it is capped by the
+    // workspace limit whatever the batch while the other scratch grows with it.
+    Arena* conv_work = nullptr;
+};
+
+// CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
+// per thread from the work arena, so sizing that arena needs it (engine/app/workspace.h).
+int cpu_op_threads();
+
+// ---- tensor utilities (no tape)
+void fill(Ctx& c, Tensor t, double v);
+void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x
+
+// ---- differentiable ops
+// x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo)
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);
+// A 1×1 convolution (stride 1, no padding) of the channel concatenation of xs without building it: xs[i]
+// (N,C_i,H,W), w (K,ΣC_i,1,1), b (K) or null → (N,K,H,W), the same as conv2d(concat(xs), w, b, 1, 0) up to float
+// reassociation. C3's cv3 and the head's C3 after a Concat read their inputs this way (at most 8 parts).
+constexpr int kMaxConvParts = 8;
+Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b);
+// x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
+// updates the running ones (PyTorch semantics); eval uses the running ones. `act` is fused: the result is
+// act(bn(x)) and bn(x) is never stored (the backward recomputes it), which is what a Conv's BN+SiLU needs.
+Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
+                bool training, float eps, float momentum, Act act = kNoAct);
+Var activation(Ctx& c, const Var& x, Act a);  // any shape
+Var sigmoid(Ctx& c, const Var& x);            // any shape
+Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
+// SPPF's pools fused: x (N,C,H,W) → (N,4C,H,W) = cat(x, m(x), m(m(x)), m(m(m(x)))), m = maxpool2d(k, 1, k/2)
+// (k odd); the same values and gradients as those four ops and the concat, without their intermediates.
+Var sppf_pool(Ctx& c, const Var& x, int k);
+Var upsample_nearest(Ctx& c, const Var& x, int scale);
+Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W)
+Var add(Ctx& c, const Var& a, const Var& b);      // same shape
+Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C)
+Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C)
+Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
+// ECA fused: x·σ(conv1d_channels(global_avgpool(x), w)), w (k) with k odd; the four ops above in two passes over x
+// (forward) and two plus a small one (backward), keeping only the (N,C) means and gates.
+Var eca(Ctx& c, const Var& x, const Var& w);
+Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape
+Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2)
+
+
+}  // namespace y5
