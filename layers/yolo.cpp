@@ -1,7 +1,8 @@
 /*
- * The YOLO loss op: argument checks, build_targets and the loss on the host for CPU maps (yolo_loss_cpu),
- * or the targets grouped on the host and the loss kernels of kernels/loss.cu for CUDA maps; its backward
- * scales the saved gradient maps by the upstream gradient.
+ * The YOLO loss op, defined like the engine's ops (engine/ops/op.h: dispatch, finish): argument checks,
+ * build_targets and the loss on the host for CPU maps (yolo_loss_cpu), or the targets grouped on the host and
+ * the loss kernels of kernels/loss.cu for CUDA maps; its backward scales the saved gradient maps by the
+ * upstream gradient.
  */
 #include "layers/yolo.h"
 
@@ -9,10 +10,6 @@
 
 #include "engine/device/device.h"
 #include "engine/ops/op.h"
-
-#if Y5_CUDA
-#include "kernels/cuda.h"
-#endif
 
 namespace y5 {
 
@@ -26,11 +23,12 @@ template <class T> static void check_loss_targets(const T* tp, int nt, int bs, i
     }
 }
 
-#if Y5_CUDA
 // The CUDA loss: build_targets on the host (it needs only the targets, anchors and grid sizes), each
 // level's list grouped by cell (pack_level_targets), all levels packed into one host buffer and uploaded
 // with one copy into the workspace, the kernels enqueued (kernels/loss.cu), and the four items downloaded
-// with one copy. dmaps (empty: no gradient) and total are device tensors; tp and ap host f32.
+// with one copy. dmaps (empty: no gradient) and total are device tensors of T (f32, the kernels'); tp and ap
+// host f32. A template, so that a build without CUDA, which never calls it, needs no launcher.
+template <class T>
 static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const std::vector<Tensor>& dmaps,
                                      Tensor total, const float* tp, int nt, const float* ap, const LossHyp& hyp,
                                      const std::vector<int>& ny, const std::vector<int>& nx, int bs, int na, int no) {
@@ -63,8 +61,8 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
     for (int i = 0; i < nl; ++i) {
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
         LossLevelCuda& L = lv[i];
-        L.map = maps[i].t.ptr<float>();
-        L.dmap = dmaps.empty() ? nullptr : dmaps[i].ptr<float>();
+        L.map = maps[i].t.ptr<T>();
+        L.dmap = dmaps.empty() ? nullptr : dmaps[i].ptr<T>();
         L.ny = ny[i], L.nx = nx[i], L.n = n[i], L.groups = groups[i];
         L.targets = reinterpret_cast<const LossTargetPacked*>(dbuf + off_t[i]);
         L.group_start = reinterpret_cast<const int*>(dbuf + off_s[i]);
@@ -74,14 +72,13 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
     double* items = s.get<double>(4);
-    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total.ptr<float>(), c.cuda->stream);
+    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total.ptr<T>(), stream(c));
     double h[4];
     copy_device_to_host(h, items, sizeof h, c.cuda);  // waits for the kernels, so the scratch may be released
     LossItems L;
     L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
     return L;
 }
-#endif
 
 YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors,
                    const LossHyp& hyp) {
@@ -116,71 +113,57 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
     const int nt = targets.dim(0);
     YoloLoss out;
     Tensor total = c.act->tensor(Shape{1}, maps[0].t.dtype);
-    bool any = false;
-    for (const Var& m : maps) any = any || m.requires_grad();
-    const bool grad = c.tape->recording() && any;
-    std::vector<Tensor> dmaps;
-    if (cuda) {
-#if Y5_CUDA
-        // Host copies of targets and anchors (already there when they are CPU tensors, the usual case).
-        std::vector<float> th, ah;
-        const float* tp = static_cast<const float*>(targets.data);
-        const float* ap = static_cast<const float*>(anchors.data);
-        if (targets.device == Device::CUDA && nt > 0) {
-            th.resize(targets.numel());
-            copy_device_to_host(th.data(), targets.data, targets.bytes(), c.cuda);
-            tp = th.data();
-        }
-        if (anchors.device == Device::CUDA) {
-            ah.resize(anchors.numel());
-            copy_device_to_host(ah.data(), anchors.data, anchors.bytes(), c.cuda);
-            ap = ah.data();
-        }
-        check_loss_targets(tp, nt, bs, no - 5);
-        if (grad)
-            for (const Var& m : maps) dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
-        out.items = yolo_loss_cuda_path(c, maps, dmaps, total, tp, nt, ap, hyp, ny, nx, bs, na, no);
-#else
-        Y5_FAIL("%s", kNoCudaBuild);
-#endif
-    } else with_dtype(op, total, [&](auto z) {
-        using T = decltype(z);
-        const T* tp = targets.ptr<T>();
-        check_loss_targets(tp, nt, bs, no - 5);
-        std::vector<const T*> mp;
-        std::vector<T*> dp;
-        for (const Var& m : maps) {
-            mp.push_back(m.t.ptr<T>());
-            if (grad) {
-                dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
-                dp.push_back(dmaps.back().ptr<T>());
+    const bool grad = c.tape->recording() && any_grad(maps);
+    std::vector<Tensor> dmaps;  // d total / d map per level, saved for the backward when a map wants a gradient
+    dispatch(op, maps[0].t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) {
+            // Host copies of targets and anchors (already there when they are CPU tensors, the usual case).
+            std::vector<float> th, ah;
+            const float* tp = static_cast<const float*>(targets.data);
+            const float* ap = static_cast<const float*>(anchors.data);
+            if (targets.device == Device::CUDA && nt > 0) {
+                th.resize(targets.numel());
+                copy_device_to_host(th.data(), targets.data, targets.bytes(), c.cuda);
+                tp = th.data();
             }
+            if (anchors.device == Device::CUDA) {
+                ah.resize(anchors.numel());
+                copy_device_to_host(ah.data(), anchors.data, anchors.bytes(), c.cuda);
+                ap = ah.data();
+            }
+            check_loss_targets(tp, nt, bs, no - 5);
+            if (grad)
+                for (const Var& m : maps) dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
+            out.items = yolo_loss_cuda_path<T>(c, maps, dmaps, total, tp, nt, ap, hyp, ny, nx, bs, na, no);
+        } else {
+            const T* tp = targets.ptr<T>();
+            check_loss_targets(tp, nt, bs, no - 5);
+            std::vector<const T*> mp;
+            std::vector<T*> dp;
+            for (const Var& m : maps) {
+                mp.push_back(m.t.ptr<T>());
+                if (grad) {
+                    dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
+                    dp.push_back(dmaps.back().ptr<T>());
+                }
+            }
+            out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, anchors.ptr<T>(), hyp);
+            total.ptr<T>()[0] = T(out.items.total);
         }
-        out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, anchors.ptr<T>(), hyp);
-        total.ptr<T>()[0] = T(out.items.total);
     });
-    out.total = c.tape->output(total, grad);
-    if (grad) {
-        Var y = out.total;
-        c.tape->record([&c, maps, dmaps, y] {
-            if (!c.tape->has_grad(y)) return;
-            Tensor g = c.tape->grad(y);
-            if (g.device == Device::CUDA) {  // g stays on the device: the kernel reads it, no round trip
-#if Y5_CUDA
-                for (size_t i = 0; i < maps.size(); ++i)
-                    if (maps[i].requires_grad())
-                        yolo_loss_backward_cuda(c.tape->grad(maps[i]).ptr<float>(), g.ptr<float>(),
-                                                dmaps[i].ptr<float>(), dmaps[i].numel(), c.cuda->stream);
-                return;
-#else
-                Y5_FAIL("%s", kNoCudaBuild);
-#endif
-            }
-            const double gy = g.dtype == DType::F64 ? g.ptr<double>()[0] : (double)g.ptr<float>()[0];
-            for (size_t i = 0; i < maps.size(); ++i)
-                if (maps[i].requires_grad()) axpy(c, c.tape->grad(maps[i]).view(dmaps[i].shape), gy, dmaps[i]);
-        });
-    }
+    out.total = finish(c, op, total, grad, [&c, maps, dmaps](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        const T* g = c.tape->grad(y).template ptr<T>();
+        for (size_t i = 0; i < maps.size(); ++i) {
+            if (!maps[i].requires_grad()) continue;
+            Tensor dm = c.tape->grad(maps[i]);
+            // CUDA: g stays on the device, the kernel reads it (no round trip).
+            if constexpr (d.cuda)
+                yolo_loss_backward_cuda(dm.ptr<T>(), g, dmaps[i].ptr<T>(), dmaps[i].numel(), stream(c));
+            else axpy(c, dm.view(dmaps[i].shape), (double)g[0], dmaps[i]);
+        }
+    });
     return out;
 }
 

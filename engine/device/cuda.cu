@@ -78,6 +78,7 @@ void host_free_pinned(void* p) {
 
 // A null context means the legacy default stream (set-up code that runs before any context exists).
 static cudaStream_t stream_of(CudaContext* ctx) { return ctx ? ctx->stream : cudaStream_t(0); }
+cudaStream_t cuda_stream(CudaContext* ctx) { return stream_of(ctx); }
 
 void* device_alloc(size_t bytes, const char* what) {
     void* p = nullptr;

@@ -22,6 +22,7 @@ void copy_device_to_host(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s
 void copy_device_to_device(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void device_memset_zero(void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void device_synchronize(CudaContext*) {}
+cudaStream_t cuda_stream(CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 int cuda_device_count() { return 0; }
 bool device_memory_info(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = 0;

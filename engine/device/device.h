@@ -7,9 +7,14 @@
 #include <cstddef>
 #include <string>
 
+typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
+
 namespace y5 {
 
 struct CudaContext;  // stream, cuBLAS and cuDNN handles: kernels/cuda.h
+
+// The context's stream, which the ops pass to the CUDA launchers (null ctx: the default stream).
+cudaStream_t cuda_stream(CudaContext* ctx);
 
 // True when a CUDA device can be used. Any error from the runtime (no driver, "driver version is
 // insufficient", no device) means false; *why then says what happened.

@@ -1,18 +1,47 @@
 /*
- * What an op's definition uses (engine/ops/ops.cpp, and ops defined above the engine such as the YOLO loss in
- * layers/yolo.cpp): argument checks that name the op and the shapes, the device and dtype dispatch, gradient
- * pointers, per-call scratch from the work arena, and the CPU thread pool.
+ * How an op is defined (engine/ops/ops.cpp, and ops above the engine such as the YOLO loss in layers/yolo.cpp).
+ * One function per op, read top to bottom:
+ *
+ *   Var my_op(Ctx& c, const Var& x, int k) {
+ *       const char* op = "my_op";
+ *       check_rank(op, "input", x.t, 4);                      // argument checks, naming the op and the shapes
+ *       check_ctx(op, c, x.t);
+ *       const int N = x.t.dim(0), C = x.t.dim(1);
+ *       Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);    // the shape rule
+ *       dispatch(op, x.t, [&](auto d) {                        // forward
+ *           using T = typename decltype(d)::T;
+ *           if constexpr (d.cuda) my_op_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, k, stream(c));
+ *           else my_op_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, k);
+ *       });
+ *       return finish(c, op, out, {&x}, [&c, x, N, C, k](auto d, const Var& y) {   // backward, by value
+ *           using T = typename decltype(d)::T;
+ *           if constexpr (d.cuda) my_op_backward_cuda(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), ...);
+ *           else my_op_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), ...);
+ *       });
+ *   }
+ *
+ * dispatch() is the one place that maps (device, dtype) to code; finish() the one place that makes the output
+ * Var and records the backward. Only the branch for the device an op runs on is instantiated, so the CUDA
+ * launchers (declared in the kernels/ headers, defined in their .cu files) need not exist in a build without
+ * CUDA, and no op definition has an #if. Ops with more structure (conv2d's cuDNN workspace, batchnorm's train
+ * and eval, the YOLO loss's host targets) keep it inside their own two branches.
+ * Adding an op: kernels/my_op.h (CPU reference, launcher declarations) and kernels/my_op.cu (listed in
+ * CMakeLists.txt's Y5_CU_KERNELS), its declaration in ops.h and definition in ops.cpp, a test (CPU: gradient
+ * check; GPU: against the CPU reference) and a bench case.
  */
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
+#include <vector>
 
+#include "engine/device/device.h"
 #include "engine/ops/ops.h"
 
 namespace y5 {
 
 // ----------------------------------------------------------------------------------------------------
-// Checks and dispatch
+// Checks
 
 inline void check_rank(const char* op, const char* what, const Tensor& t, int rank) {
     Y5_CHECK(t.data != nullptr, "%s: %s is an undefined tensor", op, what);
@@ -32,26 +61,71 @@ inline void check_ctx(const char* op, Ctx& c, const Tensor& t) {
              t.str().c_str());
 }
 
-#if !Y5_CUDA
-constexpr const char* kNoCudaBuild = "CUDA tensor in a build without CUDA";
+// ----------------------------------------------------------------------------------------------------
+// Dispatch
+
+#if Y5_CUDA
+constexpr bool kCudaBuild = true;
+#else
+constexpr bool kCudaBuild = false;
 #endif
 
-// True when t is a CUDA tensor: the op then runs its CUDA launchers, which take f32 only. Another dtype, or
-// a CUDA tensor in a build without CUDA, is an error naming the op.
-inline bool on_cuda(const char* op, const Tensor& t) {
-    if (t.device != Device::CUDA) return false;
-#if !Y5_CUDA
-    Y5_FAIL("%s: %s", op, kNoCudaBuild);
-#endif
-    Y5_CHECK(t.dtype == DType::F32, "%s: CUDA tensors must be f32, got %s", op, t.str().c_str());
-    return true;
+// What dispatch passes an op's code: the element type T and whether it runs on CUDA (`if constexpr (d.cuda)`).
+template <class Elem, bool Cuda> struct On {
+    using T = Elem;
+    static constexpr bool cuda = Cuda;
+};
+
+// Runs f(On<T, cuda>{}) for t's device and dtype: CPU f32 → float, CPU f64 → double (gradient checks), CUDA
+// f32 → float on the CUDA launchers. Any other combination is an error naming the op and the tensor. f16 is
+// added here, once for every op: CUDA f16 → f(On<half type, true>{}) when the launchers have f16 overloads.
+template <class F> void dispatch(const char* op, const Tensor& t, F&& f) {
+    if (t.device == Device::CPU) {
+        switch (t.dtype) {
+            case DType::F32: return f(On<float, false>{});
+            case DType::F64: return f(On<double, false>{});
+            default: Y5_FAIL("%s: dtype %s is not supported by this op: %s", op, dtype_name(t.dtype), t.str().c_str());
+        }
+    }
+    if constexpr (kCudaBuild) {  // discarded without CUDA: f's CUDA branch is then never instantiated
+        switch (t.dtype) {
+            case DType::F32: return f(On<float, true>{});
+            default: Y5_FAIL("%s: CUDA tensors must be f32, got %s", op, t.str().c_str());
+        }
+    } else {
+        Y5_FAIL("%s: CUDA tensor %s in a build without CUDA", op, t.str().c_str());
+    }
 }
 
-// Calls f(T{}) with T = float or double according to t's dtype.
-template <class F> void with_dtype(const char* op, const Tensor& t, F&& f) {
-    if (t.dtype == DType::F32) f(float(0));
-    else if (t.dtype == DType::F64) f(double(0));
-    else Y5_FAIL("%s: dtype %s is not supported by this op", op, dtype_name(t.dtype));
+inline cudaStream_t stream(Ctx& c) { return cuda_stream(c.cuda); }
+
+// ----------------------------------------------------------------------------------------------------
+// Output and backward
+
+inline bool any_grad(std::initializer_list<const Var*> vs) {
+    for (const Var* v : vs)
+        if (v && v->requires_grad()) return true;
+    return false;
+}
+inline bool any_grad(const std::vector<Var>& vs) {
+    for (const Var& v : vs)
+        if (v.requires_grad()) return true;
+    return false;
+}
+
+// The op's output as a Var. It is a tape node when the tape records and `grad` (some input needs a gradient);
+// then bwd(d, y) is recorded as its backward: it runs during Tape::backward, only when y received a gradient,
+// dispatched on y's device and dtype like the forward. bwd captures by value: it outlives the op's call.
+template <class B> Var finish(Ctx& c, const char* op, Tensor out, bool grad, B bwd) {
+    Var y = c.tape->output(out, grad);
+    if (y.requires_grad())
+        c.tape->record([&c, op, y, bwd] {
+            if (c.tape->has_grad(y)) dispatch(op, y.t, [&](auto d) { bwd(d, y); });
+        });
+    return y;
+}
+template <class B> Var finish(Ctx& c, const char* op, Tensor out, std::initializer_list<const Var*> inputs, B bwd) {
+    return finish(c, op, out, any_grad(inputs), std::move(bwd));
 }
 
 template <class T> T* grad_ptr(Ctx& c, const Var& v) {

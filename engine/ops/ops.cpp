@@ -1,7 +1,8 @@
 /*
- * Ops: shape checks, output allocation, device/dtype dispatch and backward recording. The math lives
- * in kernels/ (CPU references in the headers, CUDA launchers in the .cu files); nothing here loops
- * over elements.
+ * Ops, each one function in the pattern of engine/ops/op.h (which also says how to add one): argument checks,
+ * the output's shape, the forward (dispatch: the CPU reference over par() chunks, or the CUDA launcher) and
+ * the backward (finish: recorded on the tape, the same two branches). The math lives in kernels/ (CPU
+ * references in the headers, CUDA launchers in the .cu files); nothing here loops over elements.
  */
 #include "engine/ops/op.h"
 
@@ -20,10 +21,6 @@
 #include "kernels/pool.h"
 #include "kernels/reshape.h"
 #include "kernels/upsample.h"
-
-#if Y5_CUDA
-#include "kernels/cuda.h"
-#endif
 
 namespace y5 {
 
@@ -57,19 +54,12 @@ void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min
 // Tensor utilities
 
 void fill(Ctx& c, Tensor t, double v) {
-    if (t.device == Device::CUDA) {
-#if Y5_CUDA
-        Y5_CHECK(c.cuda && t.dtype == DType::F32, "fill: CUDA tensor %s needs f32 and a CUDA context", t.str().c_str());
-        fill_cuda(t.ptr<float>(), (float)v, t.numel(), c.cuda->stream);
-        return;
-#else
-        (void)c;
-        Y5_FAIL("%s", kNoCudaBuild);
-#endif
-    }
-    with_dtype("fill", t, [&](auto z) {
-        using T = decltype(z);
-        fill_cpu(t.ptr<T>(), T(v), t.numel());
+    dispatch("fill", t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) {
+            Y5_CHECK(c.cuda, "fill: CUDA tensor %s needs f32 and a CUDA context", t.str().c_str());
+            fill_cuda(t.ptr<T>(), T(v), t.numel(), stream(c));
+        } else fill_cpu(t.ptr<T>(), T(v), t.numel());
     });
 }
 
@@ -88,19 +78,12 @@ void copy(Ctx& c, Tensor dst, const Tensor& src) {
 void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
     check_same("axpy", y, x);
     Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
-    if (y.device == Device::CUDA) {
-#if Y5_CUDA
-        Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
-        axpy_cuda(y.ptr<float>(), (float)a, x.ptr<float>(), y.numel(), c.cuda->stream);
-        return;
-#else
-        (void)c;
-        Y5_FAIL("%s", kNoCudaBuild);
-#endif
-    }
-    with_dtype("axpy", y, [&](auto z) {
-        using T = decltype(z);
-        axpy_cpu(y.ptr<T>(), T(a), x.ptr<T>(), y.numel());
+    dispatch("axpy", y, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) {
+            Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
+            axpy_cuda(y.ptr<T>(), T(a), x.ptr<T>(), y.numel(), stream(c));
+        } else axpy_cpu(y.ptr<T>(), T(a), x.ptr<T>(), y.numel());
     });
 }
 
@@ -126,37 +109,9 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
     }
 }
 
-#if Y5_CUDA
-// The CUDA path (cuDNN, kernels/conv2d.cu), f32. Each pass's workspace comes from the work arena for the
-// call; the algorithm (and so the size) is chosen on the first call for the geometry and cached.
-static Var conv2d_cuda(Ctx& c, const Var& x, const Var& w, const Var* b, const Var& bias, const Conv2dGeom& g) {
-    Tensor out = c.act->tensor(
-        Shape{g.N, g.K, conv_out_size(g.H, g.R, g.stride, g.pad), conv_out_size(g.W, g.S, g.stride, g.pad)}, DType::F32);
-    {
-        Scratch ws(c.conv_work ? c.conv_work : c.work);
-        const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
-        conv2d_fprop_cuda(c.cuda, g, out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(),
-                          b ? b->t.ptr<float>() : nullptr, ws.get<char>((int64_t)bytes), bytes);
-    }
-    Var y = c.tape->output(out, {&x, &w, b});
-    if (y.requires_grad())
-        c.tape->record([&c, x, w, bias, y, g] {
-            if (!c.tape->has_grad(y)) return;
-            float *dx = grad_ptr<float>(c, x), *dw = grad_ptr<float>(c, w), *db = grad_ptr<float>(c, bias);
-            const float* dy = c.tape->grad(y).ptr<float>();
-            // dgrad and wgrad run one after the other on the stream, so they share one workspace.
-            size_t bytes = 0;
-            if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
-            if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
-            Scratch ws(c.conv_work ? c.conv_work : c.work);
-            void* wsp = ws.get<char>((int64_t)bytes);
-            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<float>(), wsp, bytes);
-            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<float>(), wsp, bytes);
-        });
-    return y;
-}
-#endif
-
+// CPU: the batch split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
+// CUDA: cuDNN (kernels/conv2d.cu). Each pass's workspace comes from Ctx::conv_work (else work) for the call; the
+// algorithm (and so the size) is chosen on the first call for the geometry and cached.
 Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
@@ -177,50 +132,58 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
     Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
              x.t.str().c_str());
-    if (on_cuda(op, x.t)) {
-#if Y5_CUDA
-        return conv2d_cuda(c, x, w, b, bias, Conv2dGeom{N, C, H, W, K, R, S, stride, pad});
-#endif
-    }
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
+    const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad};
     const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
-    // The batch is split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
     const int G = std::min(N, cpu_op_threads());
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
-    with_dtype(op, x.t, [&](auto z) {
-        using T = decltype(z);
-        Scratch ws(c.work);
-        T* col = ws.get<T>(ncol * G);
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
-        par(G, [&](int64_t g0, int64_t g1) {
-            for (int64_t g = g0; g < g1; ++g) {
-                const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
-                conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, col ? col + g * ncol : nullptr,
-                                    n1 - n0, C, H, W, K, R, S, stride, pad);
-            }
-        });
-    });
-    Var y = c.tape->output(out, {&x, &w, b});
-    if (y.requires_grad())
-        c.tape->record([&c, x, w, bias, y, N, C, H, W, K, R, S, stride, pad, ncol, G, in_img, out_img] {
-            if (!c.tape->has_grad(y)) return;
-            with_dtype("conv2d backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                Scratch ws(c.work);
-                T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                T* col = ws.get<T>(ncol * G);
-                par_weight_grads<T>(ws, dw, db, (int64_t)K * C * R * S, K, G, [&](int64_t g, T* gw, T* gb) {
-                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
-                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
-                                           x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + g * ncol : nullptr,
-                                           n1 - n0, C, H, W, K, R, S, stride, pad);
-                });
+        if constexpr (d.cuda) {
+            Scratch ws(c.conv_work ? c.conv_work : c.work);
+            const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
+            conv2d_fprop_cuda(c.cuda, g, yp, xp, wp, bp, ws.get<char>((int64_t)bytes), bytes);
+        } else {
+            Scratch ws(c.work);
+            T* col = ws.get<T>(ncol * G);
+            par(G, [&](int64_t g0, int64_t g1) {
+                for (int64_t gi = g0; gi < g1; ++gi) {
+                    const int n0 = (int)(N * gi / G), n1 = (int)(N * (gi + 1) / G);
+                    conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, col ? col + gi * ncol : nullptr,
+                                        n1 - n0, C, H, W, K, R, S, stride, pad);
+                }
             });
-        });
-    return y;
+        }
+    });
+    return finish(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, G, in_img, out_img](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) {
+            // dgrad and wgrad run one after the other on the stream, so they share one workspace.
+            size_t bytes = 0;
+            if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
+            if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
+            Scratch ws(c.conv_work ? c.conv_work : c.work);
+            void* wsp = ws.get<char>((int64_t)bytes);
+            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes);
+            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<T>(), wsp, bytes);
+        } else {
+            Scratch ws(c.work);
+            T* col = ws.get<T>(ncol * G);
+            par_weight_grads<T>(ws, dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, G, [&](int64_t gi, T* gw, T* gb) {
+                const int n0 = (int)(g.N * gi / G), n1 = (int)(g.N * (gi + 1) / G);
+                conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                                       x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + gi * ncol : nullptr,
+                                       n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+            });
+        }
+    });
 }
 
+// A 1×1 convolution over the parts' channels in turn, with each part's own pointer (per group of images on the
+// CPU); the backward's CUDA weight gradient needs conv1x1_parts_workspace_cuda bytes of scratch.
 Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
     const char* op = "conv2d_parts";
     Y5_CHECK(!xs.empty(), "conv2d_parts: no inputs");
@@ -250,76 +213,62 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
         Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv2d_parts: bias %s does not match %d output channels",
                  b->t.str().c_str(), K);
     }
-    const bool cuda = on_cuda(op, xs[0].t);
     Tensor out = c.act->tensor(Shape{N, K, H, W}, xs[0].t.dtype);
     const int G = std::min(N, cpu_op_threads());
-    if (cuda) {
-#if Y5_CUDA
-        const float* xp[kMaxConvParts];
-        for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>();
-        conv1x1_parts_fprop_cuda(c.cuda, out.ptr<float>(), xp, Cs.data(), m, w.t.ptr<float>(),
-                                 b ? b->t.ptr<float>() : nullptr, N, K, P);
-#endif
-    } else {
-        with_dtype(op, out, [&](auto z) {
-            using T = decltype(z);
+    dispatch(op, xs[0].t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
+        if constexpr (d.cuda) {
+            const T* xp[kMaxConvParts];
+            for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
+            conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P);
+        } else {
             par(G, [&](int64_t g0, int64_t g1) {
                 for (int64_t g = g0; g < g1; ++g) {
                     const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
                     const T* xp[kMaxConvParts];
                     for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
-                    conv1x1_parts_fprop_cpu<T>(out.ptr<T>() + (int64_t)n0 * K * P, xp, Cs.data(), m, w.t.ptr<T>(),
-                                               b ? b->t.ptr<T>() : nullptr, n1 - n0, K, P);
+                    conv1x1_parts_fprop_cpu<T>(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp, n1 - n0, K, P);
                 }
             });
-        });
-    }
-    bool any = w.requires_grad() || (b && b->requires_grad());
-    for (const Var& v : xs) any = any || v.requires_grad();
-    Var y = c.tape->output(out, any);
-    if (y.requires_grad())
-        c.tape->record([&c, xs, w, bias, y, m, N, K, P, G, Cs] {
-            if (!c.tape->has_grad(y)) return;
-            Scratch ws(c.work);
-            if (y.t.device == Device::CUDA) {
-#if Y5_CUDA
-                const float* xp[kMaxConvParts];
-                float* dxp[kMaxConvParts];
-                for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<float>(), dxp[i] = grad_ptr<float>(c, xs[i]);
-                float* dw = grad_ptr<float>(c, w);
-                const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
-                conv1x1_parts_backward_cuda(c.cuda, dxp, dw, grad_ptr<float>(c, bias), c.tape->grad(y).ptr<float>(), xp,
-                                            Cs.data(), m, w.t.ptr<float>(), N, K, P, ws.get<char>((int64_t)bytes),
-                                            bytes);
-#endif
-                return;
-            }
-            with_dtype("conv2d_parts backward", y.t, [&](auto z) {
-                using T = decltype(z);
-                T* dxp[kMaxConvParts];
-                for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par_weight_grads<T>(ws, grad_ptr<T>(c, w), grad_ptr<T>(c, bias), w.t.numel(), K, G,
-                                    [&](int64_t g, T* gw, T* gb) {
-                    const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
-                    const T* xg[kMaxConvParts];
-                    T* dxg[kMaxConvParts];
-                    for (int i = 0; i < m; ++i) {
-                        const int64_t off = (int64_t)n0 * Cs[i] * P;
-                        xg[i] = xs[i].t.ptr<T>() + off;
-                        dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
-                    }
-                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m, w.t.ptr<T>(),
-                                                  n1 - n0, K, P);
-                });
+        }
+    });
+    const bool grad = any_grad(xs) || any_grad({&w, b});
+    return finish(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, G, Cs](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        Scratch ws(c.work);
+        T* dxp[kMaxConvParts];
+        for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
+        T *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) {
+            const T* xp[kMaxConvParts];
+            for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
+            const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
+            conv1x1_parts_backward_cuda(c.cuda, dxp, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
+                                        ws.get<char>((int64_t)bytes), bytes);
+        } else {
+            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, G, [&](int64_t g, T* gw, T* gb) {
+                const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                const T* xg[kMaxConvParts];
+                T* dxg[kMaxConvParts];
+                for (int i = 0; i < m; ++i) {
+                    const int64_t off = (int64_t)n0 * Cs[i] * P;
+                    xg[i] = xs[i].t.ptr<T>() + off;
+                    dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
+                }
+                conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m, w.t.ptr<T>(),
+                                              n1 - n0, K, P);
             });
-        });
-    return y;
+        }
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------
 // batchnorm2d
 
+// CPU: channels are independent, so par() splits them. CUDA: batchnorm_cuda_scratch(N, C, HW) floats of scratch
+// per pass. Training saves the batch mean and invstd for the backward; eval reads the running statistics.
 Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
                 bool training, float eps, float momentum, Act act) {
     const char* op = "batchnorm2d";
@@ -333,131 +282,94 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
     }
     Y5_CHECK(!training || (int64_t)N * HW > 1,
              "batchnorm2d: training mode needs more than one value per channel, input %s", x.t.str().c_str());
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    Tensor mean, invstd;
+    Tensor mean, invstd;  // (C), training only
     if (training) {
         mean = c.act->tensor(Shape{C}, x.t.dtype);
         invstd = c.act->tensor(Shape{C}, x.t.dtype);
     }
-    if (cuda) {
-#if Y5_CUDA
-        Scratch ws(c.work);
-        float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
-        if (training)
-            batchnorm_forward_train_cuda(out.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(),
-                                         running_mean.ptr<float>(), running_var.ptr<float>(), x.t.ptr<float>(),
-                                         gamma.t.ptr<float>(), beta.t.ptr<float>(), N, C, HW, eps, momentum, act,
-                                         scratch, c.cuda->stream);
-        else
-            batchnorm_forward_eval_cuda(out.ptr<float>(), x.t.ptr<float>(), gamma.t.ptr<float>(), beta.t.ptr<float>(),
-                                        running_mean.ptr<float>(), running_var.ptr<float>(), N, C, HW, eps, act,
-                                        scratch, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            par(C, [&](int64_t c0, int64_t c1) {  // channels are independent
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *gp = gamma.t.ptr<T>(), *bp = beta.t.ptr<T>();
+        T *rm = running_mean.ptr<T>(), *rv = running_var.ptr<T>();
+        T *mp = training ? mean.ptr<T>() : nullptr, *ip = training ? invstd.ptr<T>() : nullptr;
+        if constexpr (d.cuda) {
+            Scratch ws(c.work);
+            T* scratch = ws.get<T>(batchnorm_cuda_scratch(N, C, HW));
+            if (training)
+                batchnorm_forward_train_cuda(yp, mp, ip, rm, rv, xp, gp, bp, N, C, HW, eps, momentum, act, scratch,
+                                             stream(c));
+            else batchnorm_forward_eval_cuda(yp, xp, gp, bp, rm, rv, N, C, HW, eps, act, scratch, stream(c));
+        } else {
+            par(C, [&](int64_t c0, int64_t c1) {
                 if (training)
-                    batchnorm_forward_train_cpu<T>(out.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), running_mean.ptr<T>(),
-                                                   running_var.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(),
-                                                   beta.t.ptr<T>(), N, C, HW, eps, momentum, act, (int)c0, (int)c1);
+                    batchnorm_forward_train_cpu<T>(yp, mp, ip, rm, rv, xp, gp, bp, N, C, HW, eps, momentum, act,
+                                                   (int)c0, (int)c1);
                 else
-                    batchnorm_forward_eval_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), gamma.t.ptr<T>(), beta.t.ptr<T>(),
-                                                  running_mean.ptr<T>(), running_var.ptr<T>(), N, C, HW, eps, act,
-                                                  (int)c0, (int)c1);
+                    batchnorm_forward_eval_cpu<T>(yp, xp, gp, bp, rm, rv, N, C, HW, eps, act, (int)c0, (int)c1);
             });
-        });
-    }
-    Var y = c.tape->output(out, {&x, &gamma, &beta});
-    if (y.requires_grad())
-        c.tape->record([&c, x, gamma, beta, y, mean, invstd, running_mean, running_var, training, eps, act, N, C, HW] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                // dx only when x wants one: the kernels take null gradients.
-                Scratch ws(c.work);
-                float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
-                float *dx = grad_ptr<float>(c, x), *dg = grad_ptr<float>(c, gamma), *db = grad_ptr<float>(c, beta);
-                const float* dy = c.tape->grad(y).ptr<float>();
+        }
+    });
+    return finish(c, op, out, {&x, &gamma, &beta},
+                  [&c, x, gamma, beta, mean, invstd, running_mean, running_var, training, eps, act, N, C,
+                   HW](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        // A gradient nobody has touched is allocated zeroed: the CPU reference may then park dz in it.
+        const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
+        // dx only when x wants one: the kernels take null gradients.
+        T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *db = grad_ptr<T>(c, beta);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        T *xp = x.t.ptr<T>(), *gp = gamma.t.ptr<T>(), *bp = beta.t.ptr<T>();
+        if constexpr (d.cuda) {
+            Scratch ws(c.work);
+            T* scratch = ws.get<T>(batchnorm_cuda_scratch(N, C, HW));
+            if (training)
+                batchnorm_backward_train_cuda(dx, dg, db, dy, xp, gp, bp, mean.ptr<T>(), invstd.ptr<T>(), N, C, HW,
+                                              act, scratch, stream(c));
+            else
+                batchnorm_backward_eval_cuda(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<T>(), running_var.ptr<T>(),
+                                             N, C, HW, eps, act, scratch, stream(c));
+        } else {
+            par(C, [&](int64_t c0, int64_t c1) {
                 if (training)
-                    batchnorm_backward_train_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
-                                                  beta.t.ptr<float>(), mean.ptr<float>(), invstd.ptr<float>(), N, C, HW,
-                                                  act, scratch, c.cuda->stream);
+                    batchnorm_backward_train_cpu<T>(dx, dg, db, dy, xp, gp, bp, mean.ptr<T>(), invstd.ptr<T>(), N, C,
+                                                    HW, act, (int)c0, (int)c1, dx_zero);
                 else
-                    batchnorm_backward_eval_cuda(dx, dg, db, dy, x.t.ptr<float>(), gamma.t.ptr<float>(),
-                                                 beta.t.ptr<float>(), running_mean.ptr<float>(),
-                                                 running_var.ptr<float>(), N, C, HW, eps, act, scratch,
-                                                 c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("batchnorm2d backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                // A gradient nobody has touched is allocated zeroed: the reference may then park dz in it.
-                const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
-                T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *dbeta = grad_ptr<T>(c, beta);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par(C, [&](int64_t c0, int64_t c1) {
-                    if (training)
-                        batchnorm_backward_train_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
-                                                        beta.t.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), N, C, HW, act,
-                                                        (int)c0, (int)c1, dx_zero);
-                    else
-                        batchnorm_backward_eval_cpu<T>(dx, dg, dbeta, dy, x.t.ptr<T>(), gamma.t.ptr<T>(),
-                                                       beta.t.ptr<T>(), running_mean.ptr<T>(), running_var.ptr<T>(), N,
-                                                       C, HW, eps, act, (int)c0, (int)c1, dx_zero);
-                });
+                    batchnorm_backward_eval_cpu<T>(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<T>(),
+                                                   running_var.ptr<T>(), N, C, HW, eps, act, (int)c0, (int)c1, dx_zero);
             });
-        });
-    return y;
+        }
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------
 // activation, sigmoid
 
+// Any shape, element by element: the CPU splits it into chunks of at least kElemChunk.
 Var activation(Ctx& c, const Var& x, Act a) {
     const char* op = "activation";
     check_ctx(op, c, x.t);
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        act_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), x.t.numel(), a, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
-            par(x.t.numel(), [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, a] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                act_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), x.t.numel(),
-                                  a, c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("activation backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par(x.t.numel(), [&](int64_t b, int64_t e) { act_backward_cpu<T>(dx + b, dy + b, xp + b, e - b, a); },
-                    kElemChunk);
-            });
-        });
-    return y;
+    const int64_t n = x.t.numel();
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        if constexpr (d.cuda) act_forward_cuda(yp, xp, n, a, stream(c));
+        else par(n, [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
+    });
+    return finish(c, op, out, {&x}, [&c, x, a, n](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) act_backward_cuda(dx, dy, xp, n, a, stream(c));
+        else par(n, [&](int64_t b, int64_t e) { act_backward_cpu<T>(dx + b, dy + b, xp + b, e - b, a); }, kElemChunk);
+    });
 }
 
 Var sigmoid(Ctx& c, const Var& x) { return activation(c, x, Act{ActKind::Sigmoid, 0.f}); }
 
 // ----------------------------------------------------------------------------------------------------
-// maxpool2d, upsample_nearest
+// maxpool2d, sppf_pool, upsample_nearest: the CPU splits the N·C planes, which are independent.
 
 Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     const char* op = "maxpool2d";
@@ -469,44 +381,31 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     Y5_CHECK(H + 2 * pad >= k && W + 2 * pad >= k, "maxpool2d: kernel %d larger than padded input %s", k,
              x.t.str().c_str());
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C, Ho, Wo}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        maxpool2d_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, stride, pad, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
-            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {  // planes are independent
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        if constexpr (d.cuda) maxpool2d_forward_cuda(yp, xp, N, C, H, W, k, stride, pad, stream(c));
+        else
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
                 maxpool2d_forward_cpu<T>(yp + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, k, stride, pad);
             });
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, H, W, Ho, Wo, k, stride, pad] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                Scratch ws(c.work);  // each output's argmax, as the CPU reference recomputes it
-                maxpool2d_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), x.t.ptr<float>(), N, C, H,
-                                        W, k, stride, pad, ws.get<int>((int64_t)N * C * Ho * Wo), c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("maxpool2d backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
-                    maxpool2d_backward_cpu<T>(dx + p0 * H * W, dy + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H,
-                                              W, k, stride, pad);
-                });
+    });
+    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, Ho, Wo, k, stride, pad](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) {
+            Scratch ws(c.work);  // each output's argmax, as the CPU reference recomputes it
+            maxpool2d_backward_cuda(dx, dy, xp, N, C, H, W, k, stride, pad, ws.get<int>((int64_t)N * C * Ho * Wo),
+                                    stream(c));
+        } else {
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                maxpool2d_backward_cpu<T>(dx + p0 * H * W, dy + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H, W,
+                                          k, stride, pad);
             });
-        });
-    return y;
+        }
+    });
 }
 
 Var sppf_pool(Ctx& c, const Var& x, int k) {
@@ -516,45 +415,31 @@ Var sppf_pool(Ctx& c, const Var& x, int k) {
     Y5_CHECK(k >= 1 && k % 2 == 1, "sppf_pool: kernel %d (SPPF pools with an odd kernel, stride 1, pad k/2)", k);
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     const int64_t P = (int64_t)N * C;
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, 4 * C, H, W}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        sppf_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, k, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            par(P, [&](int64_t p0, int64_t p1) { sppf_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), p0, p1, C, H, W, k); });
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, H, W, P, k] {
-            if (!c.tape->has_grad(y)) return;
-            Scratch ws(c.work);
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                sppf_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), y.t.ptr<float>(), N, C, H, W, k,
-                                   ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)), c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("sppf_pool backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                // One range of planes per CPU thread, each with its own 2·H·W scratch.
-                const int R = (int)std::min<int64_t>(P, cpu_op_threads());
-                T* scratch = ws.get<T>((int64_t)R * 2 * H * W);
-                T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par(R, [&](int64_t r0, int64_t r1) {
-                    for (int64_t r = r0; r < r1; ++r)
-                        sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k,
-                                             scratch + r * 2 * H * W);
-                });
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        if constexpr (d.cuda) sppf_forward_cuda(yp, xp, N, C, H, W, k, stream(c));
+        else par(P, [&](int64_t p0, int64_t p1) { sppf_forward_cpu<T>(yp, xp, p0, p1, C, H, W, k); });
+    });
+    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, P, k](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        Scratch ws(c.work);
+        T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) {
+            sppf_backward_cuda(dx, dy, yp, N, C, H, W, k, ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)),
+                               stream(c));
+        } else {
+            // One range of planes per CPU thread, each with its own 2·H·W scratch.
+            const int R = (int)std::min<int64_t>(P, cpu_op_threads());
+            T* scratch = ws.get<T>((int64_t)R * 2 * H * W);
+            par(R, [&](int64_t r0, int64_t r1) {
+                for (int64_t r = r0; r < r1; ++r)
+                    sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k, scratch + r * 2 * H * W);
             });
-        });
-    return y;
+        }
+    });
 }
 
 Var upsample_nearest(Ctx& c, const Var& x, int s) {
@@ -563,47 +448,32 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
     check_ctx(op, c, x.t);
     Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        upsample_nearest_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, s, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        if constexpr (d.cuda) upsample_nearest_forward_cuda(yp, xp, N, C, H, W, s, stream(c));
+        else
             par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
                 upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, s);
             });
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, H, W, s] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                upsample_nearest_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W, s,
-                                               c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("upsample_nearest backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                T* dx = grad_ptr<T>(c, x);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
-                    upsample_nearest_backward_cpu<T>(dx + p0 * H * W, dy + p0 * H * W * s * s, 1, (int)(p1 - p0), H, W, s);
-                });
+    });
+    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, s](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T* dx = grad_ptr<T>(c, x);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) upsample_nearest_backward_cuda(dx, dy, N, C, H, W, s, stream(c));
+        else
+            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                upsample_nearest_backward_cpu<T>(dx + p0 * H * W, dy + p0 * H * W * s * s, 1, (int)(p1 - p0), H, W, s);
             });
-        });
-    return y;
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------
 // concat, add
 
+// Each input is copied into (and its gradient read back from) its channel range [c0, c0 + Ci) of the output.
 Var concat(Ctx& c, const std::vector<Var>& xs) {
     const char* op = "concat";
     Y5_CHECK(!xs.empty(), "concat: no inputs");
@@ -615,58 +485,31 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
                  xs[0].t.str().c_str());
     }
     check_ctx(op, c, xs[0].t);
-    const bool cuda = on_cuda(op, xs[0].t);
     const int N = xs[0].t.dim(0), HW = xs[0].t.dim(2) * xs[0].t.dim(3);
     int Co = 0;
     for (const Var& v : xs) Co += v.t.dim(1);
     Tensor out = c.act->tensor(Shape{N, Co, xs[0].t.dim(2), xs[0].t.dim(3)}, xs[0].t.dtype);
-    if (cuda) {
-#if Y5_CUDA
+    dispatch(op, xs[0].t, [&](auto d) {
+        using T = typename decltype(d)::T;
         int c0 = 0;
         for (const Var& v : xs) {
-            concat_forward_cuda(out.ptr<float>(), v.t.ptr<float>(), N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
+            if constexpr (d.cuda) concat_forward_cuda(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0, stream(c));
+            else concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
             c0 += v.t.dim(1);
         }
-#endif
-    } else {
-        with_dtype(op, out, [&](auto z) {
-            using T = decltype(z);
-            int c0 = 0;
-            for (const Var& v : xs) {
-                concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
-                c0 += v.t.dim(1);
+    });
+    return finish(c, op, out, any_grad(xs), [&c, xs, N, HW, Co](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        int c0 = 0;
+        for (const Var& v : xs) {
+            if (v.requires_grad()) {
+                if constexpr (d.cuda) concat_backward_cuda(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0, stream(c));
+                else concat_backward_cpu<T>(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
             }
-        });
-    }
-    bool any = false;
-    for (const Var& v : xs) any = any || v.requires_grad();
-    Var y = c.tape->output(out, any);
-    if (y.requires_grad())
-        c.tape->record([&c, xs, y, N, HW, Co] {
-            if (!c.tape->has_grad(y)) return;
-            if (y.t.device == Device::CUDA) {
-#if Y5_CUDA
-                const float* dy = c.tape->grad(y).ptr<float>();
-                int c0 = 0;
-                for (const Var& v : xs) {
-                    if (v.requires_grad())
-                        concat_backward_cuda(grad_ptr<float>(c, v), dy, N, v.t.dim(1), HW, Co, c0, c.cuda->stream);
-                    c0 += v.t.dim(1);
-                }
-#endif
-                return;
-            }
-            with_dtype("concat backward", y.t, [&](auto z) {
-                using T = decltype(z);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                int c0 = 0;
-                for (const Var& v : xs) {
-                    if (v.requires_grad()) concat_backward_cpu<T>(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
-                    c0 += v.t.dim(1);
-                }
-            });
-        });
-    return y;
+            c0 += v.t.dim(1);
+        }
+    });
 }
 
 Var add(Ctx& c, const Var& a, const Var& b) {
@@ -675,67 +518,40 @@ Var add(Ctx& c, const Var& a, const Var& b) {
     Y5_CHECK(a.t.shape == b.t.shape, "add: shapes %s and %s differ", a.t.str().c_str(), b.t.str().c_str());
     check_ctx(op, c, a.t);
     Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
-    if (a.t.device == Device::CUDA) {
-#if Y5_CUDA
-        add_cuda(out.ptr<float>(), a.t.ptr<float>(), b.t.ptr<float>(), out.numel(), c.cuda->stream);
-#else
-        Y5_FAIL("%s", kNoCudaBuild);
-#endif
-    } else {
-        with_dtype(op, a.t, [&](auto z) {
-            using T = decltype(z);
-            add_cpu<T>(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
-        });
-    }
-    Var y = c.tape->output(out, {&a, &b});
-    if (y.requires_grad())
-        c.tape->record([&c, a, b, y] {
-            if (!c.tape->has_grad(y)) return;
-            Tensor dy = c.tape->grad(y);
-            if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
-            if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
-        });
-    return y;
+    dispatch(op, a.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) add_cuda(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel(), stream(c));
+        else add_cpu<T>(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
+    });
+    return finish(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
+        Tensor dy = c.tape->grad(y);
+        if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
+        if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------
-// global_avgpool, conv1d_channels, scale_channels (ECA)
+// global_avgpool, conv1d_channels, scale_channels, eca (ECA's pieces, and ECA fused)
 
 Var global_avgpool(Ctx& c, const Var& x) {
     const char* op = "global_avgpool";
     check_rank(op, "input", x.t, 4);
     check_ctx(op, c, x.t);
-    const bool cuda = on_cuda(op, x.t);
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
     Y5_CHECK(HW > 0, "global_avgpool: empty input %s", x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        global_avgpool_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, HW, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, HW] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                global_avgpool_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, HW,
-                                             c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("global_avgpool backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                global_avgpool_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, HW);
-            });
-        });
-    return y;
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) global_avgpool_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, HW, stream(c));
+        else global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
+    });
+    return finish(c, op, out, {&x}, [&c, x, N, C, HW](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T* dx = grad_ptr<T>(c, x);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) global_avgpool_backward_cuda(dx, dy, N, C, HW, stream(c));
+        else global_avgpool_backward_cpu<T>(dx, dy, N, C, HW);
+    });
 }
 
 Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
@@ -746,36 +562,20 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
     check_ctx(op, c, x.t);
     const int N = x.t.dim(0), C = x.t.dim(1), k = w.t.dim(0);
     Y5_CHECK(k % 2 == 1, "conv1d_channels: kernel size %d must be odd", k);
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        conv1d_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            conv1d_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
-        });
-    }
-    Var y = c.tape->output(out, {&x, &w});
-    if (y.requires_grad())
-        c.tape->record([&c, x, w, y, N, C, k] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                conv1d_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
-                                              x.t.ptr<float>(), w.t.ptr<float>(), N, C, k, c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("conv1d_channels backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                conv1d_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
-                                                x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
-            });
-        });
-    return y;
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
+        if constexpr (d.cuda) conv1d_channels_forward_cuda(yp, xp, wp, N, C, k, stream(c));
+        else conv1d_channels_forward_cpu<T>(yp, xp, wp, N, C, k);
+    });
+    return finish(c, op, out, {&x, &w}, [&c, x, w, N, C, k](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) conv1d_channels_backward_cuda(dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k, stream(c));
+        else conv1d_channels_backward_cpu<T>(dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+    });
 }
 
 Var scale_channels(Ctx& c, const Var& x, const Var& s) {
@@ -787,38 +587,23 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
     Y5_CHECK(s.t.dim(0) == N && s.t.dim(1) == C, "scale_channels: scale %s does not match input %s",
              s.t.str().c_str(), x.t.str().c_str());
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        scale_channels_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            scale_channels_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
-        });
-    }
-    Var y = c.tape->output(out, {&x, &s});
-    if (y.requires_grad())
-        c.tape->record([&c, x, s, y, N, C, HW] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                scale_channels_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, s), c.tape->grad(y).ptr<float>(),
-                                             x.t.ptr<float>(), s.t.ptr<float>(), N, C, HW, c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("scale_channels backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                scale_channels_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, s), c.tape->grad(y).template ptr<T>(),
-                                               x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
-            });
-        });
-    return y;
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *sp = s.t.ptr<T>();
+        if constexpr (d.cuda) scale_channels_forward_cuda(yp, xp, sp, N, C, HW, stream(c));
+        else scale_channels_forward_cpu<T>(yp, xp, sp, N, C, HW);
+    });
+    return finish(c, op, out, {&x, &s}, [&c, x, s, N, C, HW](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *ds = grad_ptr<T>(c, s);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) scale_channels_backward_cuda(dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW, stream(c));
+        else scale_channels_backward_cpu<T>(dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+    });
 }
 
+// Saves the (N,C) pooled means and gates for the backward, which takes N·C values of scratch.
 Var eca(Ctx& c, const Var& x, const Var& w) {
     const char* op = "eca";
     check_rank(op, "input", x.t, 4);
@@ -826,41 +611,23 @@ Var eca(Ctx& c, const Var& x, const Var& w) {
     check_ctx(op, c, x.t);
     Y5_CHECK(w.t.ndim() == 1 && w.t.dim(0) % 2 == 1, "eca: weight %s must be (k) with k odd", w.t.str().c_str());
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3), k = w.t.dim(0);
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
     Tensor pooled = c.act->tensor(Shape{N, C}, x.t.dtype), gate = c.act->tensor(Shape{N, C}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        eca_forward_cuda(out.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), x.t.ptr<float>(), w.t.ptr<float>(), N,
-                         C, HW, k, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            eca_forward_cpu<T>(out.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), x.t.ptr<T>(), w.t.ptr<T>(), N, C, HW, k);
-        });
-    }
-    Var y = c.tape->output(out, {&x, &w});
-    if (y.requires_grad())
-        c.tape->record([&c, x, w, y, pooled, gate, N, C, HW, k] {
-            if (!c.tape->has_grad(y)) return;
-            Scratch ws(c.work);
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                eca_backward_cuda(grad_ptr<float>(c, x), grad_ptr<float>(c, w), c.tape->grad(y).ptr<float>(),
-                                  x.t.ptr<float>(), w.t.ptr<float>(), pooled.ptr<float>(), gate.ptr<float>(), N, C, HW,
-                                  k, ws.get<float>((int64_t)N * C), c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("eca backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                eca_backward_cpu<T>(grad_ptr<T>(c, x), grad_ptr<T>(c, w), c.tape->grad(y).template ptr<T>(),
-                                    x.t.ptr<T>(), w.t.ptr<T>(), pooled.ptr<T>(), gate.ptr<T>(), N, C, HW, k,
-                                    ws.get<T>((int64_t)N * C));
-            });
-        });
-    return y;
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
+        if constexpr (d.cuda) eca_forward_cuda(yp, pp, gp, xp, wp, N, C, HW, k, stream(c));
+        else eca_forward_cpu<T>(yp, pp, gp, xp, wp, N, C, HW, k);
+    });
+    return finish(c, op, out, {&x, &w}, [&c, x, w, pooled, gate, N, C, HW, k](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        Scratch ws(c.work);
+        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
+        T *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *scratch = ws.get<T>((int64_t)N * C);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) eca_backward_cuda(dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch, stream(c));
+        else eca_backward_cpu<T>(dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch);
+    });
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -873,41 +640,26 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     const int B = x.t.dim(0), M = x.t.dim(1), N = x.t.dim(2);
     Y5_CHECK(out_shape.numel() == x.t.numel(), "transpose12: output shape %s does not hold %s",
              out_shape.str().c_str(), x.t.str().c_str());
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(out_shape, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        transpose12_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), B, M, N, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        if constexpr (d.cuda) transpose12_forward_cuda(yp, xp, B, M, N, stream(c));
+        else
             par(B, [&](int64_t b0, int64_t b1) {  // matrices are independent
                 transpose12_forward_cpu<T>(yp + b0 * M * N, xp + b0 * M * N, (int)(b1 - b0), M, N);
             });
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, B, M, N] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                transpose12_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), B, M, N, c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("transpose12 backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                T* dx = grad_ptr<T>(c, x);
-                const T* dy = c.tape->grad(y).template ptr<T>();
-                par(B, [&](int64_t b0, int64_t b1) {
-                    transpose12_backward_cpu<T>(dx + b0 * M * N, dy + b0 * M * N, (int)(b1 - b0), M, N);
-                });
+    });
+    return finish(c, op, out, {&x}, [&c, x, B, M, N](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T* dx = grad_ptr<T>(c, x);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) transpose12_backward_cuda(dx, dy, B, M, N, stream(c));
+        else
+            par(B, [&](int64_t b0, int64_t b1) {
+                transpose12_backward_cpu<T>(dx + b0 * M * N, dy + b0 * M * N, (int)(b1 - b0), M, N);
             });
-        });
-    return y;
+    });
 }
 
 Var space_to_depth2(Ctx& c, const Var& x) {
@@ -917,35 +669,19 @@ Var space_to_depth2(Ctx& c, const Var& x) {
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     Y5_CHECK(H % 2 == 0 && W % 2 == 0, "space_to_depth2 (Focus): input %s needs even height and width",
              x.t.str().c_str());
-    const bool cuda = on_cuda(op, x.t);
     Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
-    if (cuda) {
-#if Y5_CUDA
-        space_to_depth2_forward_cuda(out.ptr<float>(), x.t.ptr<float>(), N, C, H, W, c.cuda->stream);
-#endif
-    } else {
-        with_dtype(op, x.t, [&](auto z) {
-            using T = decltype(z);
-            space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
-        });
-    }
-    Var y = c.tape->output(out, {&x});
-    if (y.requires_grad())
-        c.tape->record([&c, x, y, N, C, H, W] {
-            if (!c.tape->has_grad(y)) return;
-            if (x.t.device == Device::CUDA) {
-#if Y5_CUDA
-                space_to_depth2_backward_cuda(grad_ptr<float>(c, x), c.tape->grad(y).ptr<float>(), N, C, H, W,
-                                              c.cuda->stream);
-#endif
-                return;
-            }
-            with_dtype("space_to_depth2 backward", x.t, [&](auto z) {
-                using T = decltype(z);
-                space_to_depth2_backward_cpu<T>(grad_ptr<T>(c, x), c.tape->grad(y).template ptr<T>(), N, C, H, W);
-            });
-        });
-    return y;
+    dispatch(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        if constexpr (d.cuda) space_to_depth2_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, stream(c));
+        else space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
+    });
+    return finish(c, op, out, {&x}, [&c, x, N, C, H, W](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T* dx = grad_ptr<T>(c, x);
+        const T* dy = c.tape->grad(y).template ptr<T>();
+        if constexpr (d.cuda) space_to_depth2_backward_cuda(dx, dy, N, C, H, W, stream(c));
+        else space_to_depth2_backward_cpu<T>(dx, dy, N, C, H, W);
+    });
 }
 
 }  // namespace y5
