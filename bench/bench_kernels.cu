@@ -36,7 +36,7 @@
 #include "engine/ops/ops.h"
 #include "engine/autograd/optim.h"
 #include "engine/core/rng.h"
-#include "engine/app/workspace.h"
+#include "engine/app/memory.h"
 #include "kernels/activation.h"
 #include "kernels/batchnorm.h"
 #include "kernels/concat.h"
@@ -471,7 +471,7 @@ void yolo_loss_bench(Bench& b, int bs, int targets_per_image) {
     // The GPU side runs through ops.h, so it needs the training step's arenas and tape.
     Workspace ws;
     const size_t map_bytes = (size_t)elems * sizeof(float);
-    ws.make(Device::CUDA, b.ctx, 3 * map_bytes + (64 << 20), 64 << 20, 2 * map_bytes + (64 << 20));
+    ws.make(Device::CUDA, b.ctx, StepMemory{3 * map_bytes + (64 << 20), 64 << 20, 2 * map_bytes + (64 << 20)});
     std::vector<Tensor> dev_maps;
     for (size_t i = 0; i < maps.size(); ++i) {
         dev_maps.push_back(ws.act->tensor(Shape{bs, na, ny[i], nx[i], no}));

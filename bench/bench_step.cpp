@@ -8,10 +8,9 @@
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
- * A step is what engine/app/train.cpp runs for a batch, with the same calls: batch_images (the uint8 upload
- * and /255), Model::forward in training mode, yolo_loss, the tape's backward, clip_grad_norm(10),
- * sgd_step over the three groups, zero_grad and ema_update, on arenas sized by the same one-image
- * measuring pass (engine/app/workspace.h). Two differences: the optimizer steps after every batch (train.py
+ * A step is y5train's own (TrainStep, engine/app/step.h): batch_images (the uint8 upload and /255),
+ * Model::forward in training mode, yolo_loss, the tape's backward, clip_grad_norm(10), sgd_step over the three
+ * groups, zero_grad and ema_update, on arenas from the same memory plan (engine/app/memory.h). Two differences: the optimizer steps after every batch (train.py
  * accumulates to a nominal batch of 64, so at batch 16 it steps every 4th: the optimizer rows below say
  * what that saves), and the data are synthetic (random pixels, 8 random boxes per image, drawn once), so
  * the data pipeline, bench_loader's subject, is not part of the figure.
@@ -28,6 +27,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,7 +39,8 @@
 #include "engine/core/rng.h"
 #include "engine/app/train.h"
 #include "engine/app/val.h"
-#include "engine/app/workspace.h"
+#include "engine/app/memory.h"
+#include "engine/app/step.h"
 #include "layers/model.h"
 #if Y5_CUDA
 #include <cuda_runtime.h>
@@ -137,10 +138,9 @@ struct Trainer {
     Model model, ema;
     CudaContext* cuda;
     LossHyp lh;
-    Tensor anchors;  // on the host, as train.cpp passes them
-    std::vector<float> anchors_host;
     SgdGroup groups[3];
-    int64_t updates = 0;
+    std::unique_ptr<TrainStep> step;  // engine/app/step.h: the step y5train runs
+    int64_t ni = 0;                   // iterations so far: with accumulate 1 the optimizer steps after each
 
     Trainer(const std::string& cfg, Device dev, CudaContext* c, int imgsz) : model(cfg, 80), ema(cfg, 80), cuda(c) {
         model.allocate(dev, DType::F32, cuda);
@@ -153,7 +153,7 @@ struct Trainer {
         // hyp.scratch-low's gains as train.py scales them: for 3 levels and 80 classes only obj changes, by
         // (imgsz/640)².
         lh.obj *= (imgsz / 640.0) * (imgsz / 640.0);
-        anchors = model.loss_anchors(&anchors_host);
+        step = std::make_unique<TrainStep>(model, ema, lh);
         // Group 1 (weights) decays. The rates do not change the timing; small ones keep the random run finite.
         for (int j = 0; j < 3; ++j) groups[j] = {1e-3, 0.937, j == 1 ? 5e-4 : 0.0};
     }
@@ -165,29 +165,14 @@ struct Trainer {
     }
 };
 
-// One training step as engine/app/train.cpp's loop runs it. With marks: stamps after the upload, each layer,
-// the loss, the backward, the clip, SGD + zero_grad, and the EMA.
+// One training step, y5train's (engine/app/step.h), with the optimizer every batch. With marks: stamps after the
+// upload, each layer, the loss, the backward, the clip, SGD + zero_grad, and the EMA.
 void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
     if (marks) marks->mark();
-    w.tape->clear();
-    w.act->reset();
-    Tensor x = batch_images(w.ctx, b), t = batch_targets(b);
-    if (marks) marks->mark();
-    std::function<void(size_t)> stamp;
-    if (marks) stamp = [marks](size_t) { marks->mark(); };
-    std::vector<Var> maps = T.model.forward(w.ctx, Tape::constant(x), true, nullptr, stamp).maps;
-    YoloLoss L = yolo_loss(w.ctx, maps, t, T.anchors, T.lh);
-    Y5_CHECK(std::isfinite(L.items.total), "bench_step: the loss is %g", L.items.total);
-    if (marks) marks->mark();
-    w.tape->backward(L.total);
-    if (marks) marks->mark();
-    clip_grad_norm(T.model.params, 10.0);
-    if (marks) marks->mark();
-    sgd_step(T.model.params, T.groups);
-    T.model.params.zero_grad(T.cuda);
-    if (marks) marks->mark();
-    ema_update(T.ema.params, T.model.params, ema_decay(++T.updates));
-    if (marks) marks->mark();
+    std::function<void()> mark;
+    if (marks) mark = [marks] { marks->mark(); };
+    const StepResult r = T.step->run(w.ctx, b, T.ni++, 1, T.groups, mark);
+    Y5_CHECK(r.finite, "bench_step: the loss is %g", r.items.total);
 }
 
 // bs random images at imgsz² and 8 random boxes of the 80 classes per image.
@@ -275,7 +260,7 @@ int main(int argc, char** argv) {
         }
         const int idx = parse_device(device);
         const Device dev = idx >= 0 ? Device::CUDA : Device::CPU;
-        set_conv_options(deterministic, workspace_mib);  // before measure_step_memory sizes the arenas
+        set_conv_options(deterministic, workspace_mib);  // before the memory plan measures
         if (batches.empty()) batches = cpu ? std::vector<int>{4} : std::vector<int>{16, 32, 64};
         if (warmup < 0) warmup = cpu ? 2 : 3;
         if (steps < 0) steps = cpu ? 3 : 20;
@@ -289,12 +274,11 @@ int main(int argc, char** argv) {
         if (cuda) device_memory_info(&free0, &total);
 
         Trainer T(cfg, dev, cuda, imgsz);
-        size_t a1 = 0, w1 = 0, g1 = 0;
-        measure_step_memory(T.model, imgsz, imgsz, T.lh, &a1, &w1, &g1);
+        const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh);
         const double gflops = T.model.gflops(imgsz);  // forward, per image
         std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d; one image's step: %.0f MB "
                     "activations, %.0f MB activation gradients, %.0f MB scratch\n", T.model.name.c_str(),
-                    (long long)T.model.num_parameters(), gflops, imgsz, a1 / 1e6, g1 / 1e6, w1 / 1e6);
+                    (long long)T.model.num_parameters(), gflops, imgsz, one.act / 1e6, one.grads / 1e6, one.work / 1e6);
 #if Y5_CUDA
         if (cuda) {
             cudaDeviceProp prop{};
@@ -317,21 +301,17 @@ int main(int argc, char** argv) {
                 std::printf("%6d skipped: %.0f s spent, past --budget %.0f\n", bs, seconds_since(t_start), budget);
                 continue;
             }
-            // The arenas as train.cpp sizes them, checked against what is free before allocating.
-            const size_t act_b = a1 * bs * 11 / 10 + (64 << 20), grad_b = g1 * bs * 11 / 10 + (64 << 20),
-                         work_b = work_bytes_for_batch(T.model, w1, bs);
-            size_t free_b = 0, total_b = 0;
-            const double avail = cuda ? (device_memory_info(&free_b, &total_b) ? (double)free_b : 0)
-                                      : (double)mem_available_bytes();
-            const double need = (double)act_b + grad_b + work_b;
-            if (avail > 0 && need > 0.9 * avail) {
-                std::printf("%6d skipped: needs %.1f GB for activations and gradients, %.1f GB %s\n", bs, need / 1e9,
-                            avail / 1e9, cuda ? "free on the GPU" : "available");
+            // The arenas as y5train plans them (engine/app/memory.h), checked against what is free before allocating.
+            const StepMemory plan = plan_training(T.model, one, bs);
+            try {
+                check_fits(dev, {plan}, "batch " + std::to_string(bs), "the batch");
+            } catch (const Error& e) {
+                std::printf("%6d skipped: %s\n", bs, e.what());
                 continue;
             }
             Workspace w;
             try {
-                w.make(dev, cuda, act_b, work_b, grad_b);
+                w.make(dev, cuda, plan);
             } catch (const Error& e) {
                 std::printf("%6d skipped: %s\n", bs, e.what());
                 continue;
@@ -349,7 +329,7 @@ int main(int argc, char** argv) {
             if (cuda) device_synchronize(cuda);
             const double s = seconds_since(t0), ips = bs * done / s;
             size_t free_now = 0;
-            if (cuda) device_memory_info(&free_now, &total_b);
+            if (cuda) device_memory_info(&free_now, &total);
             const double used = cuda ? (double)free0 - (double)free_now : peak_rss_bytes();
             const double reserved = (double)w.act->capacity() + w.work->capacity() + w.grads->capacity();
             std::printf("%6d %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, done, 1000 * s / done, ips,

@@ -24,22 +24,7 @@ struct CudaContext {
 };
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
-inline const char* cublas_status_string(cublasStatus_t s) {
-    switch (s) {
-        case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-        case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-        case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
-        case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-        case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
-        case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
-        case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-        case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
-        case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-        case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
-        default: return "unknown cuBLAS status";
-    }
-}
-
+// True when Y5_SYNC_DEBUG is set and not "0" (read once).
 inline bool sync_debug() {
     static const bool on = [] {
         const char* v = std::getenv("Y5_SYNC_DEBUG");
@@ -58,7 +43,7 @@ inline bool sync_debug() {
 #define CUBLAS_CHECK(call)                                                                        \
     do {                                                                                          \
         cublasStatus_t s_ = (call);                                                               \
-        if (s_ != CUBLAS_STATUS_SUCCESS) Y5_FAIL("%s failed: %s", #call, ::y5::cublas_status_string(s_)); \
+        if (s_ != CUBLAS_STATUS_SUCCESS) Y5_FAIL("%s failed: %s", #call, cublasGetStatusName(s_)); \
     } while (0)
 #define CUDNN_CHECK(call)                                                                         \
     do {                                                                                          \

@@ -6,8 +6,8 @@
  *       forward, every parameter gradient of Σ seed ⊙ maps, the BN running statistics that forward leaves, and
  *       the decoded output of an eval forward; on the fixtures also against YOLOv5's float64 results with the
  *       CPU f32 path's own tolerances; and a second GPU backward gives the same gradient bits.
- *   (b) training steps on fixed synthetic batches with train.cpp's calls (batch_images, forward, yolo_loss,
- *       backward, clip_grad_norm, sgd_step, zero_grad, ema_update): every step's loss items and gradient norm,
+ *   (b) training steps on fixed synthetic batches through y5train's own step (TrainStep: batch_images, forward,
+ *       yolo_loss, backward, clip_grad_norm, sgd_step, zero_grad, ema_update): every step's loss items and gradient norm,
  *       then every weight, BN statistic, momentum and EMA value; four steps each started from the CPU's state
  *       (the run is chaotic), and two at a small learning rate where each side carries its own state. Each
  *       step costs the emulated device ~11 s whatever the image size (its BN reductions' shuffles, per channel).
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "engine/data/loader.h"
+#include "engine/app/step.h"
 #include "engine/autograd/optim.h"
 #include "engine/core/safetensors.h"
 #include "engine/app/val.h"
@@ -404,26 +405,18 @@ Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {
     return b;
 }
 
-// One side of the training comparison: a model, its EMA, its arenas, and the optimizer updates so far.
+// One side of the training comparison: y5train's step (engine/app/step.h) over a model, its EMA and its arenas.
 struct Trainer {
-    Model& model;
-    Model& ema;
     Side& side;
-    int64_t updates = 0;
-    // One iteration of train.cpp's loop with accumulate 1: its calls, in its order. *norm: the gradient norm.
-    LossItems step(const Batch& b, const LossHyp& lh, const SgdGroup* groups, double* norm) {
+    TrainStep step;
+    int64_t ni = 0;
+    // One iteration with accumulate 1 (the optimizer steps every batch). *norm: the gradient norm.
+    LossItems run(const Batch& b, const SgdGroup* groups, double* norm) {
         side.reset();
-        std::vector<float> anchors_host;
-        const Tensor anchors = model.loss_anchors(&anchors_host);
-        Tensor x = batch_images(side.ctx, b), t = batch_targets(b);
-        Model::Output out = model.forward(side.ctx, Tape::constant(x), true);
-        YoloLoss L = yolo_loss(side.ctx, out.maps, t, anchors, lh);
-        side.tape.backward(L.total);
-        *norm = clip_grad_norm(model.params, 10.0);
-        sgd_step(model.params, groups);
-        model.params.zero_grad(side.ctx.cuda);
-        ema_update(ema.params, model.params, ema_decay(++updates));
-        return L.items;
+        const StepResult r = step.run(side.ctx, b, ni++, 1, groups);
+        REQUIRE(r.stepped);
+        *norm = r.grad_norm;
+        return r.items;
     }
 };
 
@@ -440,16 +433,21 @@ struct TrainPair {
     TrainPair(Gpu& g, int steps)
         : m(src("config/models/yolov5n.yaml"), nc, g.cuda, "", 10), ema_c(src("config/models/yolov5n.yaml"), nc),
           ema_g(src("config/models/yolov5n.yaml"), nc), cs(Device::CPU, nullptr, size_t(1) << 30, size_t(1) << 30),
-          gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20), rc{m.cpu, ema_c, cs}, rg{m.gpu, ema_g, gs} {
+          gs(Device::CUDA, g.cuda, size_t(1) << 30, size_t(512) << 20), lh(loss_hyp()),
+          rc{cs, TrainStep(m.cpu, ema_c, lh)}, rg{gs, TrainStep(m.gpu, ema_g, lh)} {
         ema_c.allocate(Device::CPU);
         ema_g.allocate(Device::CUDA, DType::F32, g.cuda);
         copy(cs.ctx, ema_c.params.values_flat(), m.cpu.params.values_flat());
         copy(gs.ctx, ema_g.params.values_flat(), m.gpu.params.values_flat());
         m.cpu.params.zero_grad();
         m.gpu.params.zero_grad();
-        lh.box = 0.05, lh.cls = 0.5 * nc / 80.0, lh.obj = 1.0 * (w / 640.0) * (w / 640.0), lh.anchor_t = 4.0;
         Rng rng(11);
         for (int s = 0; s < steps; ++s) batches.push_back(synthetic_batch(rng, bs, h, w, nc));
+    }
+    static LossHyp loss_hyp() {
+        LossHyp lh;
+        lh.box = 0.05, lh.cls = 0.5 * nc / 80.0, lh.obj = 1.0 * (w / 640.0) * (w / 640.0), lh.anchor_t = 4.0;
+        return lh;
     }
     // The GPU side takes the CPU side's weights, BN statistics, momentum and EMA (the gradients are zero on both).
     void sync() {
@@ -477,7 +475,7 @@ void check_scalar(const std::string& what, double got, double want, double t) {
 // every parameter's value (weights and BN statistics), momentum and EMA.
 void step_and_check(TrainPair& t, int s, const SgdGroup* groups, const StepTol& tol, const std::string& tag) {
     double nc = 0, ng = 0;
-    const LossItems a = t.rc.step(t.batches[s], t.lh, groups, &nc), b = t.rg.step(t.batches[s], t.lh, groups, &ng);
+    const LossItems a = t.rc.run(t.batches[s], groups, &nc), b = t.rg.run(t.batches[s], groups, &ng);
     const std::string at = tag + " step " + std::to_string(s) + ": ";
     CHECK(std::isfinite(b.total));
     check_scalar(at + "lbox", b.lbox, a.lbox, tol.loss);

@@ -23,6 +23,7 @@
 #include "kernels/check.h"
 #include "engine/device/device.h"
 #include "engine/app/plots.h"
+#include "engine/app/memory.h"
 #include "engine/core/safetensors.h"
 #include "kernels/nms.h"
 #include "layers/model.h"
@@ -75,19 +76,20 @@ static std::vector<std::string> sources(const std::string& s) {
 struct Detector {
     y5::Model& model;
     y5::Device dev;
-    y5::Arena act{"activations", dev, (size_t)2 << 30}, work{"workspace", dev, (size_t)1 << 30},
-        grads{"gradients", dev, 1 << 20}, host{"host input", y5::Device::CPU, (size_t)1 << 30};
-    y5::Tape tape;
-    y5::Ctx c;
+    y5::Workspace ws;  // the memory plan's arenas (engine/app/memory.h)
+    y5::Ctx& c = ws.ctx;
+    y5::Arena host;  // the letterboxed image as floats, before its upload
     y5::NmsParams nms;
     int imgsz;
     double t_pre = 0, t_inf = 0, t_nms = 0;
     int frames = 0, last_h = 0, last_w = 0;
 
-    Detector(y5::Model& m, int size)
-        : model(m), dev(m.params.device()), tape(&grads, m.params.cuda()), imgsz(size) {
-        c.act = &act, c.work = &work, c.tape = &tape, c.cuda = m.params.cuda();
-        tape.set_recording(false);
+    // Images letterboxed to at most side × side, on the arenas of plan.
+    Detector(y5::Model& m, int size, int side, const y5::StepMemory& plan)
+        : model(m), dev(m.params.device()), host("host input", y5::Device::CPU, (size_t)3 * side * side * sizeof(float) + (1 << 20)),
+          imgsz(size) {
+        ws.make(dev, m.params.cuda(), plan);
+        ws.tape->set_recording(false);
     }
 
     // Detections in im0's pixels: x1 y1 x2 y2 (rounded), conf, class.
@@ -96,7 +98,7 @@ struct Detector {
         y5::LetterboxInfo lb;
         const int stride = (int)model.detect->stride.back();
         cv::Mat im = y5::letterbox(im0, imgsz, imgsz, &lb, /*autopad=*/true, false, true, stride);
-        act.reset();
+        ws.act->reset();
         host.reset();
         y5::Tensor xh = host.tensor(y5::Shape{1, 3, im.rows, im.cols});
         float* p = xh.ptr<float>();
@@ -106,7 +108,7 @@ struct Detector {
                     p[((size_t)(2 - ch) * im.rows + y) * im.cols + xx] = im.at<cv::Vec3b>(y, xx)[ch] / 255.0f;
         y5::Tensor x = xh;
         if (dev == y5::Device::CUDA) {
-            x = act.tensor(xh.shape);
+            x = ws.act->tensor(xh.shape);
             y5::copy(c, x, xh);
         }
         const auto t1 = Clock::now();
@@ -118,12 +120,12 @@ struct Detector {
         std::vector<y5::Detection> det;
         if (dev == y5::Device::CUDA) {
 #if Y5_CUDA
-            // NMS on the device (scratch from the 1 GB work arena: under 120 MB for one image in best-class
-            // mode at any size, as kernels/nms.h counts), only the detections downloaded.
-            const size_t mark = work.mark(), bytes = y5::nms_cuda_scratch_bytes(1, N, no, nms);
-            void* scratch = work.alloc(bytes);
+            // NMS on the device (scratch from the work arena, which the plan sized for it), only the detections
+            // downloaded.
+            const size_t mark = ws.work->mark(), bytes = y5::nms_cuda_scratch_bytes(1, N, no, nms);
+            void* scratch = ws.work->alloc(bytes);
             det = y5::nms_batch_cuda(dec, 1, N, no, nms, scratch, bytes, c.cuda->stream)[0];
-            work.reset(mark);
+            ws.work->reset(mark);
 #endif
         } else {
             det = y5::nms_image(dec, N, no, nms);
@@ -218,6 +220,14 @@ int main(int argc, char** argv) {
         const int dev_index = y5::parse_device(device);
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
         auto model = y5::Model::from_weights(weights, cuda);
+        y5::NmsParams nms;
+        nms.conf_thres = conf, nms.iou_thres = iou, nms.max_det = max_det, nms.classes = classes, nms.agnostic = agnostic;
+        // The memory plan for one image letterboxed to at most imgsz rounded up to the stride, with the GPU NMS's
+        // scratch; measured before fusing (measuring runs a training step).
+        const int stride = (int)model->detect->stride.back(), side = (imgsz + stride - 1) / stride * stride;
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, side, side, y5::LossHyp{}), 1,
+                                                       y5::nms_scratch_bytes(*model, side, 1, nms));
+        y5::check_fits(model->params.device(), {plan}, "--imgsz " + std::to_string(imgsz), "--imgsz");
         model->fuse();  // as detect.py's DetectMultiBackend(fuse=True): Conv+BN folded
         std::vector<std::string> names;
         for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
@@ -238,9 +248,8 @@ int main(int argc, char** argv) {
                     break;
                 }
         fs::create_directories(save_txt ? dir + "/labels" : dir);
-        Detector det(*model, imgsz);
-        det.nms.conf_thres = conf, det.nms.iou_thres = iou, det.nms.max_det = max_det, det.nms.classes = classes;
-        det.nms.agnostic = agnostic;
+        Detector det(*model, imgsz, side, plan);
+        det.nms = nms;
         const std::vector<std::string> files = sources(source);
         int k = 0;
         for (const std::string& file : files) {

@@ -13,7 +13,7 @@
 #include "engine/app/hyp.h"
 #include "engine/data/loader.h"
 #include "engine/app/val.h"
-#include "engine/app/workspace.h"
+#include "engine/app/memory.h"
 #include "layers/model.h"
 
 int main(int argc, char** argv) {
@@ -51,27 +51,18 @@ int main(int argc, char** argv) {
         o.img_size = imgsz, o.batch_size = batch, o.workers = std::max(1, workers), o.rect = true, o.pad = 0.5;
         y5::DataLoader loader(ds, o);
         y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
-        // Arenas as y5train sizes its validation's: a one-image step at the largest rect side (imgsz + 32)
-        // measured, scaled to the batch, and checked against the memory there is.
-        size_t a1 = 0, w1 = 0, g1 = 0;
-        y5::measure_step_memory(*model, imgsz + 32, imgsz + 32, lh, &a1, &w1, &g1);
-        model->fuse();  // as val.py's DetectMultiBackend(fuse=True); after measuring, which runs a training step
+        // Arenas as y5train plans its validation's (engine/app/memory.h): rect batches with sides at most
+        // imgsz + 32, with the GPU NMS's scratch; measured before fusing, since measuring runs a training step.
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
-        // The work arena also holds the GPU NMS's scratch; no op's scratch is live then, so the larger counts.
-        const size_t act_b = a1 * batch * 11 / 10 + ((size_t)64 << 20),
-                     work_b = std::max(y5::work_bytes_for_batch(*model, w1, batch),
-                                       y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo) + ((size_t)16 << 20));
-        size_t free_b = 0, total_b = 0;
-        const int64_t avail = dev == y5::Device::CUDA ? (y5::device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
-                                                      : y5::mem_available_bytes();
-        Y5_CHECK(avail <= 0 || (double)(act_b + work_b) < 0.9 * (double)avail,
-                 "batch %d at --imgsz %d needs %.1f GB of %s memory but %.1f GB are available: lower --batch-size",
-                 batch, imgsz, (act_b + work_b) / 1e9, dev == y5::Device::CUDA ? "GPU" : "CPU", avail / 1e9);
-        y5::Arena act("activations", dev, act_b), work("workspace", dev, work_b), grads("gradients", dev, 1 << 20);
-        y5::Tape tape(&grads, cuda);
-        y5::Ctx c;
-        c.act = &act, c.work = &work, c.tape = &tape, c.cuda = cuda;
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, imgsz + 32, imgsz + 32, lh), batch,
+                                                       y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo));
+        y5::check_fits(dev, {plan}, "batch " + std::to_string(batch) + " at --imgsz " + std::to_string(imgsz),
+                       "--batch-size");
+        model->fuse();  // as val.py's DetectMultiBackend(fuse=True)
+        y5::Workspace ws;
+        ws.make(dev, cuda, plan);
+        y5::Ctx& c = ws.ctx;
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -25,7 +25,8 @@
 #include "engine/app/plots.h"
 #include "engine/core/safetensors.h"
 #include "engine/app/val.h"
-#include "engine/app/workspace.h"
+#include "engine/app/memory.h"
+#include "engine/app/step.h"
 #include "layers/model.h"
 #if Y5_CUDA
 #include "kernels/conv2d.h"
@@ -176,7 +177,7 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 std::string train(const TrainOptions& opt_in) {
     const TrainOptions opt = opt_in.resume.empty() ? opt_in
                              : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
-    set_conv_options(opt.deterministic, opt.workspace_mib);  // before measure_step_memory sizes the arenas
+    set_conv_options(opt.deterministic, opt.workspace_mib);  // before the memory plan measures (engine/app/memory.h)
     const int device_index = parse_device(opt.device);
     const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
     CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(device_index) : nullptr;
@@ -277,44 +278,27 @@ std::string train(const TrainOptions& opt_in) {
     int accumulate = sched.initial_accumulate();
     const double weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / nbs;
 
-    // Arenas from a one-image measuring pass, scaled to the batch (activations grow linearly with it).
-    size_t a1 = 0, w1 = 0, g1 = 0;
-    measure_step_memory(model, opt.imgsz, opt.imgsz, lh, &a1, &w1, &g1);
-    const int val_side = opt.imgsz + 32;  // rect validation shapes are at most ceil(imgsz/32 + 0.5)·32
-    size_t va = 0, vw = 0, vg = 0;
-    measure_step_memory(model, val_side, val_side, lh, &va, &vw, &vg);
-    Workspace tw, vwks;
-    const size_t t_act = a1 * opt.batch_size * 11 / 10 + (64 << 20), t_grad = g1 * opt.batch_size * 11 / 10 + (64 << 20);
-    const size_t v_act = va * vl.batch_size * 11 / 10 + (64 << 20);
-    // Linux would hand out more than it has and kill the process on first touch: check before allocating.
-    // On the GPU the check is against the device's free memory (cudaMalloc would fail anyway, less clearly).
-    size_t free_b = 0, total_b = 0;
-    const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
-                                              : mem_available_bytes();
-    // Scratch per op, not per image: engine/app/workspace.h (w1 + 16 MiB overflowed with more CPU threads than 2).
-    const size_t t_work = work_bytes_for_batch(model, w1, opt.batch_size);
-    // Validation's work arena also holds its GPU NMS's scratch (engine/app/val.h), used after the forward's.
+    // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, validation's rect batches
+    // whose sides are at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32), with its GPU NMS's scratch.
+    const int val_side = opt.imgsz + 32;
     ValOptions nms_vo;
     nms_vo.single_cls = opt.single_cls;
-    const size_t v_work = std::max(work_bytes_for_batch(model, vw, vl.batch_size),
-                                   val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo) + ((size_t)16 << 20));
-    const double need = (double)(t_act + t_grad + v_act + t_work + v_work);
-    Y5_CHECK(avail <= 0 || need < 0.9 * (double)avail,
-             "batch %d at --imgsz %d needs %.1f GB of %s memory for activations and gradients but %.1f GB are "
-             "available: lower --batch-size or --imgsz", opt.batch_size, opt.imgsz, need / 1e9,
-             dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9);
-    tw.make(dev, cuda, t_act, t_work, t_grad);
-    vwks.make(dev, cuda, v_act, v_work, 1 << 20);
+    const StepMemory t_plan = plan_training(model, measure_one_image(model, opt.imgsz, opt.imgsz, lh), opt.batch_size);
+    const StepMemory v_plan = plan_inference(model, measure_one_image(model, val_side, val_side, lh), vl.batch_size,
+                                             val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo));
+    check_fits(dev, {t_plan, v_plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
+               "--batch-size or --imgsz");
+    Workspace tw, vwks;
+    tw.make(dev, cuda, t_plan);
+    vwks.make(dev, cuda, v_plan);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
                 "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
                 fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
     std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
 
-    std::vector<float> anchors_host;
-    const Tensor anchors = model.loss_anchors(&anchors_host);
+    TrainStep step(model, ema, lh);
     const bool tty = isatty(fileno(stdout));
-    int64_t last_opt_step = -1, updates = 0;
     double best_fitness = 0;
     int best_epoch = 0;
     if (resuming) {
@@ -331,11 +315,11 @@ std::string train(const TrainOptions& opt_in) {
             }
         // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
         // resumed run equal the uninterrupted one.
-        last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
+        step.last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
         accumulate = std::stoi(ck.metadata().at("accumulate"));
         start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
         best_fitness = std::stod(ck.metadata().at("best_fitness"));
-        updates = std::stoll(ck.metadata().at("updates"));
+        step.updates = std::stoll(ck.metadata().at("updates"));
         best_epoch = start_epoch - 1;
         Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
                  opt.epochs);
@@ -372,31 +356,20 @@ std::string train(const TrainOptions& opt_in) {
             const int64_t ni = i + (int64_t)nb * epoch;
             ScheduleState st = sched.at(ni, epoch, accumulate);
             accumulate = st.accumulate;
-            tw.tape->clear();
-            tw.act->reset();
-            Tensor x = batch_images(tw.ctx, b), t = batch_targets(b);
-            Model::Output out = model.forward(tw.ctx, Tape::constant(x), true);
-            YoloLoss L = yolo_loss(tw.ctx, out.maps, t, anchors, lh);
-            Y5_CHECK(std::isfinite(L.items.total), "loss is %g at epoch %d, batch %d; training stopped, the last good "
-                     "checkpoint is %s", L.items.total, epoch, i, w_last.c_str());
-            tw.tape->backward(L.total);
-            if (ni - last_opt_step >= accumulate) {
-                clip_grad_norm(model.params, 10.0);
-                SgdGroup groups[3];
-                for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
-                sgd_step(model.params, groups);
-                model.params.zero_grad(cuda);
-                ema_update(ema.params, model.params, ema_decay(++updates));
-                last_opt_step = ni;
-            }
+            SgdGroup groups[3];
+            for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
+            const StepResult r = step.run(tw.ctx, b, ni, accumulate, groups);
+            const LossItems& li = r.items;
+            Y5_CHECK(r.finite, "loss is %g at epoch %d, batch %d; training stopped, the last good checkpoint is %s",
+                     li.total, epoch, i, w_last.c_str());
             for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
             if (loss_log) {  // flushed per line: a killed run keeps every batch it finished
-                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, i, L.items.lbox, L.items.lobj,
-                             L.items.lcls, st.lr[0], st.lr[1], st.lr[2]);
+                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, i, li.lbox, li.lobj,
+                             li.lcls, st.lr[0], st.lr[1], st.lr[2]);
                 std::fflush(loss_log.get());
             }
             if (ni < 3) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
-            const double items[3] = {L.items.lbox, L.items.lobj, L.items.lcls};
+            const double items[3] = {li.lbox, li.lobj, li.lcls};
             for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
             const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             const double rate = (i + 1) / el;
@@ -426,13 +399,13 @@ std::string train(const TrainOptions& opt_in) {
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
         if (!opt.nosave || final_epoch) {
-            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, {step.last_opt_step, accumulate});
             if (best_epoch == epoch)
-                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, updates, opt_yaml, names_meta,
-                                {last_opt_step, accumulate});
+                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta,
+                                {step.last_opt_step, accumulate});
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
                 save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
-                                epoch, best_fitness, updates, opt_yaml, names_meta, {last_opt_step, accumulate});
+                                epoch, best_fitness, step.updates, opt_yaml, names_meta, {step.last_opt_step, accumulate});
         }
         if (epoch == stop_after) {
             std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());
@@ -451,7 +424,7 @@ std::string train(const TrainOptions& opt_in) {
             Model m(opt.cfg, nc);
             m.allocate(Device::CPU);
             m.load_weights(w, nullptr, "ema.");
-            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, updates, opt_yaml, names_meta);
+            save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, step.updates, opt_yaml, names_meta);
         }
     std::printf("\n%d epochs completed in %.3f hours.\nOptimizer stripped from %s\nOptimizer stripped from %s\n", opt.epochs,
                 hours, w_last.c_str(), w_best.c_str());

@@ -24,7 +24,7 @@ struct TrainOptions {
 };
 
 // Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run
-// before any arena is sized: engine/app/workspace.cpp reads conv_workspace_limit(). A negative size is an error.
+// before any arena is sized: engine/app/memory.cpp reads conv_workspace_limit(). A negative size is an error.
 void set_conv_options(bool deterministic, int workspace_mib);
 
 // Runs the training; returns the run folder. Progress and results go to stdout.

@@ -9,6 +9,7 @@
 
 #include "kernels/check.h"
 #include "engine/device/device.h"
+#include "engine/app/memory.h"
 #include "engine/app/plots.h"
 #include "kernels/image.h"
 
@@ -63,19 +64,7 @@ static NmsParams val_nms_params(const ValOptions& o) {
 }
 
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o) {
-    if (m.params.device() != Device::CUDA) return 0;
-#if Y5_CUDA
-    // Rows of the decoded output at side × side (the scratch never shrinks with more rows: nms.h).
-    int64_t N = 0;
-    for (float s : m.detect->stride) {
-        const int64_t g = CEIL_DIV((int64_t)side, (int64_t)s);
-        N += (int64_t)m.detect->na * g * g;
-    }
-    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, val_nms_params(o));
-#else
-    (void)side, (void)batch, (void)o;
-    return 0;
-#endif
+    return nms_scratch_bytes(m, side, batch, val_nms_params(o));
 }
 
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm) {

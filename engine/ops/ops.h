@@ -25,13 +25,13 @@ struct Ctx {
     Arena* work = nullptr;  // scratch that lives for one op call (im2col columns)
     Tape* tape = nullptr;
     CudaContext* cuda = nullptr;  // required for CUDA tensors
-    // cuDNN's workspace when set, else `work`: measure_step_memory keeps it apart, since it is capped by the
+    // cuDNN's workspace when set, else `work`: measure_one_image (engine/app/memory.h) keeps it apart, since it is capped by the
     // workspace limit whatever the batch while the other scratch grows with it.
     Arena* conv_work = nullptr;
 };
 
 // CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
-// per thread from the work arena, so sizing that arena needs it (engine/app/workspace.h).
+// per thread from the work arena, so sizing that arena needs it (engine/app/memory.h).
 int cpu_op_threads();
 
 // ---- tensor utilities (no tape)

@@ -49,6 +49,7 @@ cublasStatus_t cublasDestroy(cublasHandle_t handle, CUDAEMU_SITE);
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream, CUDAEMU_SITE);
 cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void* workspace, size_t workspaceSizeInBytes, CUDAEMU_SITE);
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode, CUDAEMU_SITE);
+const char* cublasGetStatusName(cublasStatus_t status);  // "CUBLAS_STATUS_INVALID_VALUE", ...
 
 // Column-major, per batch i: C_i (m,n) = alpha·op(A_i)·op(B_i) + beta·C_i with A_i = A + i·strideA (op(A) is
 // (m,k)), likewise B_i (op(B) (k,n)) and C_i; alpha and beta read from host memory at the call.

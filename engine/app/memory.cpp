@@ -1,12 +1,14 @@
 /*
- * measure_step_memory: one image's training step on throw-away arenas, to read their peaks (engine/app/workspace.h).
+ * The memory plan (engine/app/memory.h): the one-image measuring pass, the scaling to a batch, and the check
+ * against the memory there is.
  */
-#include "engine/app/workspace.h"
+#include "engine/app/memory.h"
 
 #include <algorithm>
 #include <memory>
 #include <vector>
 
+#include "engine/data/loader.h"
 #include "engine/device/device.h"
 #include "engine/app/val.h"
 #include "layers/model.h"
@@ -18,7 +20,7 @@
 
 namespace y5 {
 
-void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act, size_t* work, size_t* grads) {
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp) {
     const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
     // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
@@ -36,7 +38,7 @@ void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act
     const Tensor saved_t(saved.data(), values.shape, values.dtype, Device::CPU);
     copy(hc, saved_t, values);
     Workspace ws;
-    ws.make(dev, cuda, big, work_b, big);
+    ws.make(dev, cuda, StepMemory{big, work_b, big});
 #if Y5_CUDA
     // cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch that grows with the
     // batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB for y5val's
@@ -60,10 +62,11 @@ void measure_step_memory(Model& m, int h, int w, const LossHyp& hyp, size_t* act
     YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
     ws.tape->backward(L.total);
     if (cuda) device_synchronize(cuda);
-    *act = ws.act->peak(), *work = ws.work->peak(), *grads = ws.grads->peak();
+    const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak()};
     m.params.zero_grad(cuda);
     copy(hc, values, saved_t);
     if (cuda) device_synchronize(cuda);
+    return peak;
 }
 
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
@@ -85,6 +88,45 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
             partial = std::max(partial, (size_t)(p.shape.numel() + p.shape[0]) * dtype_size(m.params.dtype()));
     }
     return G * work1 + (G - 1) * partial + margin;
+}
+
+// Activations and their gradients grow linearly with the batch; 10 % and 64 MiB of headroom.
+static size_t scale_linear(size_t one, int batch) { return one * (size_t)batch * 11 / 10 + ((size_t)64 << 20); }
+
+StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
+    return {scale_linear(one.act, batch), work_bytes_for_batch(m, one.work, batch), scale_linear(one.grads, batch)};
+}
+
+size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p) {
+    if (m.params.device() != Device::CUDA) return 0;
+#if Y5_CUDA
+    // Rows of the decoded output at side × side (the scratch never shrinks with more rows: kernels/nms.h).
+    int64_t N = 0;
+    for (float s : m.detect->stride) {
+        const int64_t g = CEIL_DIV((int64_t)side, (int64_t)s);
+        N += (int64_t)m.detect->na * g * g;
+    }
+    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, p);
+#else
+    (void)side, (void)batch, (void)p;
+    return 0;
+#endif
+}
+
+StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
+    // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
+    const size_t work = std::max(work_bytes_for_batch(m, one.work, batch), nms_bytes + ((size_t)16 << 20));
+    return {scale_linear(one.act, batch), work, (size_t)1 << 20};
+}
+
+void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower) {
+    size_t need = 0, free_b = 0, total_b = 0;
+    for (const StepMemory& p : plans) need += p.total();
+    const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                              : mem_available_bytes();
+    Y5_CHECK(avail <= 0 || (double)need < 0.9 * (double)avail,
+             "%s needs %.1f GB of %s memory for activations, gradients and scratch but %.1f GB are available: lower %s",
+             what.c_str(), need / 1e9, dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9, lower);
 }
 
 }  // namespace y5

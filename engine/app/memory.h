@@ -1,0 +1,73 @@
+/*
+ * The memory plan: the size of every arena a step uses, decided here for every program (y5train's training
+ * and validation, y5val, y5detect, bench_step). One image's step is measured on the model's device
+ * (measure_one_image: its training forward, loss and backward on throw-away arenas), then scaled to the batch:
+ * activations and activation gradients linearly, with 10 % + 64 MiB of headroom; scratch per op, not per image
+ * (work_bytes_for_batch). check_fits compares a plan with the memory there is before anything is allocated, and
+ * Workspace allocates it: the activation, scratch and activation-gradient arenas and the tape over them.
+ */
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/ops/ops.h"
+#include "layers/yolo.h"
+
+namespace y5 {
+
+class Model;
+
+// Bytes of the three arenas of a step.
+struct StepMemory {
+    size_t act = 0, work = 0, grads = 0;
+    size_t total() const { return act + work + grads; }
+};
+
+// Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
+// parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
+// adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
+// training forward updates) as they were.
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp);
+
+// The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
+// scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of
+// them) plus a weight-gradient partial per extra thread; a cuDNN pass's workspace depends on the algorithm chosen
+// for the batch's geometry but never exceeds conv_workspace_limit(). No op's scratch outlives the op, so the
+// largest single op counts.
+size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);
+
+// Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square).
+StepMemory plan_training(const Model& m, const StepMemory& one, int batch);
+
+// Evaluation forwards (validation with its loss, or detection) of `batch` images from one image's measure at
+// side × side, side the largest a batch may have; no gradients. A training step's measure bounds the eval
+// forward's; take it before the model is fused. nms_bytes: the GPU NMS's scratch (nms_scratch_bytes), taken from
+// the work arena after the forward's scratch is free.
+StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes);
+
+// Scratch bytes of the GPU NMS (kernels/nms.h) for `batch` images of at most side × side under p; 0 on the CPU.
+size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p);
+
+// A y5::Error when the plans together need more than 90 % of the memory available on dev (the GPU's free memory,
+// or MemAvailable on the CPU, where Linux would overcommit and kill the process on first touch); `what` names the
+// request ("batch 64 at --imgsz 640") and `lower` the flags that reduce it.
+void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower);
+
+// The arenas of one plan and the tape over them.
+struct Workspace {
+    std::unique_ptr<Arena> act, work, grads;
+    std::unique_ptr<Tape> tape;
+    Ctx ctx;
+    void make(Device dev, CudaContext* cuda, const StepMemory& m) {
+        act = std::make_unique<Arena>("activations", dev, m.act);
+        work = std::make_unique<Arena>("workspace", dev, m.work);
+        grads = std::make_unique<Arena>("activation gradients", dev, m.grads);
+        tape = std::make_unique<Tape>(grads.get(), cuda);
+        ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get(), ctx.cuda = cuda;
+    }
+    size_t peak() const { return act->peak() + work->peak() + grads->peak(); }
+};
+
+}  // namespace y5
