@@ -5,7 +5,8 @@
  * act_forward / act_grad are the per-element math (Y5_HD, shared with CUDA); the CPU references below
  * and the CUDA kernels (kernels/activation.cu) loop over a flat buffer: out (n), inp (n). Backward
  * accumulates: dinp += dout · f'(inp).
- * parse_act reads the yaml spelling (Decisions 4: "nn.SiLU()", "nn.LeakyReLU(0.1)", ...).
+ * parse_act reads the activation as YOLOv5's model yaml spells it ("nn.SiLU()", "nn.LeakyReLU(0.1)", ...),
+ * so a yaml written for YOLOv5 selects the same activation in y5.
  */
 #pragma once
 #include <cstdint>

@@ -4,7 +4,7 @@
  * 64·320·320 values in yolov5n's first layer):
  *   1. grid (S, C): block (s, c) reduces slice s of channel c's values, taken in (n, i) order and cut into
  *      S contiguous slices, to one partial: per-thread float accumulation (Welford for the mean and
- *      variance, plain sums for the backward), then a warp-shuffle and shared-memory tree;
+ *      variance, plain sums for the backward), then block_reduce (kernels/cuda_utils.cuh);
  *   2. one warp per channel merges its S partials in double, in a fixed order.
  * The element-wise passes (normalise, dx) run over the N·C planes with the per-channel values in registers.
  * The activation is fused: the forward writes act(bn(x)) only, and the backward recomputes z = bn(x) where it
@@ -44,50 +44,35 @@ struct RowWalk {
     }
 };
 
-// Welford's update: count n, mean, M2 = Σ(x − mean)² of the values seen so far.
-__device__ __forceinline__ void welford_add(float& n, float& mean, float& m2, float x) {
-    n += 1.f;
-    const float d = x - mean;
-    mean += d / n;
-    m2 += d * (x - mean);
+// Welford state of the values seen so far: count n, mean, M2 = Σ(x − mean)².
+template <class T> struct Welford {
+    T n, mean, m2;
+};
+
+// Welford's update with one value.
+__device__ __forceinline__ void welford_add(Welford<float>& w, float x) {
+    w.n += 1.f;
+    const float d = x - w.mean;
+    w.mean += d / w.n;
+    w.m2 += d * (x - w.mean);
 }
 
-// Chan et al.'s merge of partial state b into a (float within a block, double across blocks).
-template <class T> __device__ __forceinline__ void chan_merge(T& n, T& mean, T& m2, T nb, T meanb, T m2b) {
-    if (nb == T(0)) return;
-    const T nn = n + nb, d = meanb - mean, f = nb / nn;
-    mean += d * f;
-    m2 += m2b + d * d * n * f;
-    n = nn;
-}
+// Chan et al.'s merge of state b into a (float within a block, double across blocks), the combine op of
+// block_reduce / warp_reduce. The zero state is its identity (b.n == 0 returns a unchanged).
+struct WelfordMerge {
+    template <class T> __device__ __forceinline__ Welford<T> operator()(Welford<T> a, Welford<T> b) const {
+        if (b.n == T(0)) return a;
+        const T nn = a.n + b.n, d = b.mean - a.mean, f = b.n / nn;
+        a.mean += d * f;
+        a.m2 += b.m2 + d * d * a.n * f;
+        a.n = nn;
+        return a;
+    }
+};
 
-// Merges the Welford states of a warp into lane 0 (tree by shfl_down; the other lanes' results are partial).
-template <class T> __device__ __forceinline__ void warp_welford(T& n, T& mean, T& m2) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const T nb = __shfl_down_sync(0xffffffffu, n, o), mb = __shfl_down_sync(0xffffffffu, mean, o),
-                qb = __shfl_down_sync(0xffffffffu, m2, o);
-        chan_merge(n, mean, m2, nb, mb, qb);
-    }
-}
-
-// Merges the Welford states of the block into thread 0 (blockDim.x as for block_sum). Every thread must call it.
-__device__ __forceinline__ void block_welford(float& n, float& mean, float& m2) {
-    __shared__ float sn[32], sm[32], sq[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    warp_welford(n, mean, m2);
-    __syncthreads();  // a previous call's reads of sn/sm/sq are done
-    if (lane == 0) {
-        sn[warp] = n;
-        sm[warp] = mean;
-        sq[warp] = m2;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        n = lane < nwarps ? sn[lane] : 0.f;
-        mean = lane < nwarps ? sm[lane] : 0.f;
-        m2 = lane < nwarps ? sq[lane] : 0.f;
-        warp_welford(n, mean, m2);
-    }
+// warp_reduce's shuffle for a state: one shuffle per field.
+template <class T> __device__ __forceinline__ Welford<T> shfl_xor(Welford<T> w, int o) {
+    return {shfl_xor(w.n, o), shfl_xor(w.mean, o), shfl_xor(w.m2, o)};
 }
 
 // Step 1 of the forward statistics: grid (S, ≤ C), block kBlock. partial[(c·S + s)·3] = (count, mean, M2).
@@ -95,16 +80,16 @@ __global__ static void bn_stats_kernel(float* partial, const float* inp, int N, 
     const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
     const int64_t m0 = blockIdx.x * len, m1 = y5_min(M, m0 + len);
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
-        float n = 0.f, mean = 0.f, m2 = 0.f;
+        Welford<float> st{};
         RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
         for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next())
-            welford_add(n, mean, m2, inp[((int64_t)w.n * C + c) * HW + w.i]);
-        block_welford(n, mean, m2);
+            welford_add(st, inp[((int64_t)w.n * C + c) * HW + w.i]);
+        st = block_reduce(st, WelfordMerge{});  // merge is not commutative: thread 0 holds the stated order
         if (threadIdx.x == 0) {
             float* p = partial + ((int64_t)c * S + blockIdx.x) * 3;
-            p[0] = n;
-            p[1] = mean;
-            p[2] = m2;
+            p[0] = st.n;
+            p[1] = st.mean;
+            p[2] = st.m2;
         }
     }
 }
@@ -116,17 +101,17 @@ __global__ static void bn_stats_finalize_kernel(float* save_mean, float* save_in
                                                 float eps, float momentum) {
     const int lane = threadIdx.x;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
-        double n = 0, mean = 0, m2 = 0;
+        Welford<double> st{};
         for (int s = lane; s < S; s += 32) {
             const float* p = partial + ((int64_t)c * S + s) * 3;
-            chan_merge(n, mean, m2, (double)p[0], (double)p[1], (double)p[2]);
+            st = WelfordMerge{}(st, Welford<double>{p[0], p[1], p[2]});
         }
-        warp_welford(n, mean, m2);
+        st = warp_reduce(st, WelfordMerge{});
         if (lane == 0) {
-            const double var = m2 / (double)M;
-            save_mean[c] = (float)mean;
+            const double var = st.m2 / (double)M;
+            save_mean[c] = (float)st.mean;
             save_invstd[c] = (float)bn_invstd(var, eps);
-            bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
+            bn_update_running(running_mean + c, running_var + c, st.mean, var, M, momentum);
         }
     }
 }
@@ -225,19 +210,16 @@ __global__ static void bn_dx_kernel(float* dinp, const float* dout, const float*
 // ----------------------------------------------------------------------------------------------------
 // Launchers
 
-static dim3 slice_grid(int S, int C) { return dim3((unsigned)S, (unsigned)(C < 65535 ? C : 65535)); }
-static int channel_grid(int C) { return C < 65535 ? C : 65535; }  // blocks of one warp, one per channel
-
 // Σdz, Σdz·x̂ per channel: dgamma/dbeta += them; mean_dy, mean_dyx = them / M.
 static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx, const float* dout,
                          const float* inp, const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int N, int C, int HW, Act a, float* partial, cudaStream_t stream) {
     const int S = bn_slices(N, HW);
-    bn_grad_sums_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, gamma, beta, N, C,
-                                                                 HW, S, a);
+    bn_grad_sums_kernel<<<grid_2d(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, gamma, beta, N, C, HW,
+                                                              S, a);
     Y5_LAUNCH_CHECK();
-    bn_grad_finalize_kernel<<<channel_grid(C), 32, 0, stream>>>(dgamma, dbeta, mean_dy, mean_dyx, partial, C, S,
-                                                               (int64_t)N * HW);
+    bn_grad_finalize_kernel<<<grid_1d(C, 1), 32, 0, stream>>>(dgamma, dbeta, mean_dy, mean_dyx, partial, C, S,
+                                                              (int64_t)N * HW);
     Y5_LAUNCH_CHECK();
 }
 
@@ -246,10 +228,10 @@ void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invs
                                   int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0) return;
     const int S = bn_slices(N, HW);
-    bn_stats_kernel<<<slice_grid(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
+    bn_stats_kernel<<<grid_2d(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
     Y5_LAUNCH_CHECK();
-    bn_stats_finalize_kernel<<<channel_grid(C), 32, 0, stream>>>(save_mean, save_invstd, running_mean, running_var,
-                                                                scratch, C, S, (int64_t)N * HW, eps, momentum);
+    bn_stats_finalize_kernel<<<grid_1d(C, 1), 32, 0, stream>>>(save_mean, save_invstd, running_mean, running_var,
+                                                               scratch, C, S, (int64_t)N * HW, eps, momentum);
     Y5_LAUNCH_CHECK();
     const int64_t P = (int64_t)N * C;
     bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, save_mean, save_invstd, gamma, beta, C,

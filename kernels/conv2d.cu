@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda.h"
 #include "kernels/conv2d.h"
+#include "kernels/cuda_utils.cuh"
 
 namespace y5 {
 
@@ -246,32 +246,23 @@ void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
 // ----------------------------------------------------------------------------------------------------
 // Bias kernels
 
-constexpr int kBlock = 256;
-static_assert((kBlock & (kBlock - 1)) == 0 && kBlock <= 1024, "bias_grad_kernel's tree halves kBlock: a power of two");
-
 // out[n,k,p] += b[k] over the N·K·P outputs.
 __global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t P) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         out[i] += b[(i / P) % K];
 }
 
-// db[k] += Σ_n Σ_p dy[n,k,p]: one block per channel, each thread a fixed strided subset, then a shared-memory
-// tree; the order depends only on the shape, so the result is deterministic.
+// db[k] += Σ_n Σ_p dy[n,k,p]: one block per channel (kBlock threads), each thread a fixed strided subset, then
+// block_sum; the order depends only on the shape, so the result is deterministic.
 __global__ void bias_grad_kernel(float* db, const float* dy, int N, int K, int64_t P) {
-    __shared__ float part[kBlock];
     const int k = blockIdx.x;
     float acc = 0.0f;
     for (int n = 0; n < N; ++n) {
         const float* row = dy + ((int64_t)n * K + k) * P;
-        for (int64_t p = threadIdx.x; p < P; p += kBlock) acc += row[p];
+        for (int64_t p = threadIdx.x; p < P; p += blockDim.x) acc += row[p];
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int h = kBlock / 2; h > 0; h >>= 1) {
-        if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) db[k] += part[0];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) db[k] += acc;
 }
 
 // dweight[k·C + c0 + c] += Σ_n partial[n, k, c] over (K, Ci), images added in order (deterministic).
@@ -284,8 +275,6 @@ __global__ void sum_partials_kernel(float* dweight, const float* partial, int N,
         dweight[(int64_t)k * C + c0 + c] += acc;
     }
 }
-
-int blocks_for(int64_t total) { return (int)std::min<int64_t>(std::max<int64_t>(CEIL_DIV(total, (int64_t)kBlock), 1), 65535 * 8); }
 
 }  // namespace
 
@@ -307,8 +296,7 @@ void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const 
                                         p.y, out));
     if (bias) {
         const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
-        const int64_t blocks = std::min<int64_t>(CEIL_DIV(total, (int64_t)kBlock), 65535 * 8);
-        bias_add_kernel<<<(int)blocks, kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+        bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
         Y5_LAUNCH_CHECK();
     }
 }
@@ -369,7 +357,7 @@ void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* 
                                                (long long)K * P, N));
     if (bias) {
         const int64_t total = (int64_t)N * K * P;
-        bias_add_kernel<<<blocks_for(total), kBlock, 0, ctx->stream>>>(out, bias, total, K, P);
+        bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, K, P);
         Y5_LAUNCH_CHECK();
     }
 }
@@ -396,7 +384,7 @@ void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dwe
             CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Ci, K, P, &one, xs[i], P,
                                                    (long long)Ci * P, dout, P, (long long)K * P, &zero, partial, Ci,
                                                    (long long)K * Ci, N));
-            sum_partials_kernel<<<blocks_for((int64_t)K * Ci), kBlock, 0, ctx->stream>>>(dweight, partial, N, K, Ci, C,
+            sum_partials_kernel<<<grid_1d((int64_t)K * Ci), kBlock, 0, ctx->stream>>>(dweight, partial, N, K, Ci, C,
                                                                                         c0);
             Y5_LAUNCH_CHECK();
         }

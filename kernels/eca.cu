@@ -2,9 +2,9 @@
  * CUDA side of kernels/eca.h.
  * conv1d_channels: one thread per (n, c) for the output and the input gradient (a gather, with the CPU's
  *   order of additions); the weight gradient is one block per tap j reducing its N·C products (per-thread
- *   float sums, then a block tree). The tensors are small ((N,C) pooled vectors).
+ *   float sums, then block_sum). The tensors are small ((N,C) pooled vectors).
  * scale_channels: forward is a plane kernel over the N·C planes; backward is one block per plane, which
- *   writes dx and reduces Σ dout·x for ds (per-thread float sums, then a block tree).
+ *   writes dx and reduces Σ dout·x for ds (per-thread float sums, then block_sum).
  * eca (fused): the pool's mean kernel, then one plane pass that computes each plane's gate and scales it;
  *   backward: one block per plane for dz, the weight-gradient kernel, then one plane pass for dx.
  * No atomics: every run gives the same bits.
@@ -149,7 +149,7 @@ void scale_channels_backward_cuda(float* dx, float* ds, const float* dout, const
                                   int HW, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0 || !(dx || ds)) return;
-    scale_channels_backward_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(dx, ds, dout, x, s, HW, P);
+    scale_channels_backward_kernel<<<grid_1d(P, 1), plane_reduce_block(HW), 0, stream>>>(dx, ds, dout, x, s, HW, P);
     Y5_LAUNCH_CHECK();
 }
 
@@ -167,7 +167,7 @@ void eca_backward_cuda(float* dx, float* dweight, const float* dout, const float
                        cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0 || !(dx || dweight)) return;
-    eca_dz_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(dz, dout, x, gate, HW, P);
+    eca_dz_kernel<<<grid_1d(P, 1), plane_reduce_block(HW), 0, stream>>>(dz, dout, x, gate, HW, P);
     Y5_LAUNCH_CHECK();
     if (dweight) conv1d_channels_backward_cuda(nullptr, dweight, dz, pooled, weight, N, C, k, stream);
     if (dx) {

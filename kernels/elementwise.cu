@@ -1,18 +1,11 @@
 /*
  * CUDA side of kernels/elementwise.h: grid-stride loops over n floats, one thread per element.
- * Tested against the CPU references in tests/test_gpu.cpp; benchmarked in bench/bench_elementwise.cu.
+ * Tested against the CPU references in tests/test_gpu.cpp.
  */
-#include "kernels/cuda.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/elementwise.h"
 
 namespace y5 {
-
-static constexpr int kBlock = 256;
-
-static int grid_for(int64_t n) {
-    int64_t g = CEIL_DIV(n, (int64_t)kBlock);
-    return (int)(g < 65535 * 8 ? (g > 0 ? g : 1) : 65535 * 8);
-}
 
 // ----------------------------------------------------------------------------------------------------
 // CUDA kernels
@@ -42,25 +35,25 @@ __global__ static void add_kernel(float* out, const float* a, const float* b, in
 
 void fill_cuda(float* out, float v, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    fill_kernel<<<grid_for(n), kBlock, 0, stream>>>(out, v, n);
+    fill_kernel<<<grid_1d(n), kBlock, 0, stream>>>(out, v, n);
     Y5_LAUNCH_CHECK();
 }
 
 void copy_cuda(float* out, const float* inp, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    copy_kernel<<<grid_for(n), kBlock, 0, stream>>>(out, inp, n);
+    copy_kernel<<<grid_1d(n), kBlock, 0, stream>>>(out, inp, n);
     Y5_LAUNCH_CHECK();
 }
 
 void axpy_cuda(float* y, float a, const float* x, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    axpy_kernel<<<grid_for(n), kBlock, 0, stream>>>(y, a, x, n);
+    axpy_kernel<<<grid_1d(n), kBlock, 0, stream>>>(y, a, x, n);
     Y5_LAUNCH_CHECK();
 }
 
 void add_cuda(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    add_kernel<<<grid_for(n), kBlock, 0, stream>>>(out, a, b, n);
+    add_kernel<<<grid_1d(n), kBlock, 0, stream>>>(out, a, b, n);
     Y5_LAUNCH_CHECK();
 }
 

@@ -6,19 +6,12 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernels/cuda.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/image.h"
 
 namespace y5 {
 
 namespace {
-
-constexpr int kBlock = 256;
-
-int grid_for(int64_t n) {
-    int64_t g = CEIL_DIV(n, (int64_t)kBlock);
-    return (int)(g < 65535 * 8 ? (g > 0 ? g : 1) : 65535 * 8);
-}
 
 // n4 groups of four: in as uchar4 (4-byte aligned), out as float4 (16-byte aligned).
 __global__ void u8_to_f32_vec4_kernel(float4* out, const uchar4* in, int64_t n4) {
@@ -40,12 +33,12 @@ void images_u8_to_f32_cuda(float* out, const uint8_t* in, int64_t n, cudaStream_
     const bool aligned = (uintptr_t)in % 4 == 0 && (uintptr_t)out % 16 == 0;
     const int64_t n4 = aligned ? n / 4 : 0, tail = n - 4 * n4;
     if (n4 > 0) {
-        u8_to_f32_vec4_kernel<<<grid_for(n4), kBlock, 0, stream>>>(reinterpret_cast<float4*>(out),
+        u8_to_f32_vec4_kernel<<<grid_1d(n4), kBlock, 0, stream>>>(reinterpret_cast<float4*>(out),
                                                                     reinterpret_cast<const uchar4*>(in), n4);
         Y5_LAUNCH_CHECK();
     }
     if (tail > 0) {
-        u8_to_f32_kernel<<<grid_for(tail), kBlock, 0, stream>>>(out + 4 * n4, in + 4 * n4, tail);
+        u8_to_f32_kernel<<<grid_1d(tail), kBlock, 0, stream>>>(out + 4 * n4, in + 4 * n4, tail);
         Y5_LAUNCH_CHECK();
     }
 }

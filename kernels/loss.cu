@@ -10,43 +10,25 @@
  *      and the result does not change from run to run;
  *   3. loss_obj_kernel over all cells: objectness BCE against tobj and its gradient into dmap[..4], one
  *      double partial sum per block (the block count depends only on the level's size);
- * then loss_reduce_kernel (one block) sums the per-cell and per-block terms with a fixed tree and forms
- * the items exactly as yolo_loss_cpu does (in double).
+ * then loss_reduce_kernel (one block) sums the per-cell and per-block terms (block_sum: a fixed order) and
+ * forms the items exactly as yolo_loss_cpu does (in double).
  * Tested against yolo_loss_cpu in tests/test_gpu_loss.cpp.
  */
-#include "kernels/cuda.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/elementwise.h"
 #include "kernels/loss.h"
 
 namespace y5 {
 
-static constexpr int kWarpsPerBlock = 4;   // loss_targets_kernel: one warp per matched cell
-static constexpr int kObjBlock = 256;      // loss_obj_kernel; loss_obj_blocks() divides by the same 256
-static constexpr int kReduceBlock = 256;   // loss_reduce_kernel (one block)
-static constexpr int kBlock = 256;         // backward
-static_assert(kWarpsPerBlock * 32 <= 1024, "loss_targets_kernel: at most 1024 threads");
-static_assert((kObjBlock & (kObjBlock - 1)) == 0 && (kReduceBlock & (kReduceBlock - 1)) == 0 && kObjBlock <= 1024 &&
-                  kReduceBlock <= 1024,
-              "block_sum halves the block: a power of two, at most 1024 threads");
+// loss_targets_kernel: one warp per matched cell. loss_obj_kernel and loss_reduce_kernel use kBlock threads.
+static constexpr int kWarpsPerBlock = 4;
+static_assert(reduce_block_ok(kWarpsPerBlock * 32), "loss_targets_kernel: whole warps, at most 1024 threads");
 
-// Sum of v over the block (blockDim.x a power of two, sh of blockDim.x doubles), in a fixed order; every
-// thread gets the result. Safe to call repeatedly with the same sh.
-__device__ static double block_sum(double v, double* sh) {
-    __syncthreads();  // the previous call's readers of sh[0] are done
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    return sh[0];
-}
-
-// Σ x[0..n) in double over the block.
-__device__ static double block_sum_array(const double* x, int64_t n, double* sh) {
+// Σ x[0..n) in double over the block: per-thread strided sums, then block_sum.
+__device__ static double block_sum_array(const double* x, int64_t n) {
     double s = 0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
-    return block_sum(s, sh);
+    return block_sum(s);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -102,7 +84,7 @@ __global__ static void loss_targets_kernel(const float* __restrict__ p, float* _
             }
             if (dp) dp[c * no + 5 + q] = dq;
         }
-        for (int off = 16; off > 0; off >>= 1) scls += __shfl_down_sync(0xffffffffu, scls, off);
+        scls = warp_sum(scls);
     }
     if (lane == 0) group_cls[g] = scls;
 }
@@ -110,14 +92,13 @@ __global__ static void loss_targets_kernel(const float* __restrict__ p, float* _
 // Objectness over all cells; partial[blockIdx.x] = this block's Σ BCE.
 __global__ static void loss_obj_kernel(const float* __restrict__ p, float* __restrict__ dp, const float* __restrict__ tobj,
                                        int64_t cells, int no, float gobj, float pw, double* __restrict__ partial) {
-    __shared__ double sh[kObjBlock];
     double s = 0;
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cells; c += (int64_t)gridDim.x * blockDim.x) {
         const float x = p[c * no + 4], t = tobj[c];
         s += (double)bce_logits(x, t, pw);
         if (dp) dp[c * no + 4] = gobj * bce_logits_grad(x, t, pw);  // dmap was zeroed: = is the CPU's +=
     }
-    s = block_sum(s, sh);
+    s = block_sum(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -134,12 +115,11 @@ struct LossReduceArgs {
 
 // One block: the level sums, then the items in yolo_loss_cpu's order of operations.
 __global__ static void loss_reduce_kernel(LossReduceArgs a, double* __restrict__ items, float* __restrict__ total) {
-    __shared__ double sh[kReduceBlock];
     double lbox = 0, lobj = 0, lcls = 0;
     for (int i = 0; i < a.nl; ++i) {
-        const double sobj = block_sum_array(a.obj[i], a.obj_blocks[i], sh);
-        const double sbox = block_sum_array(a.box[i], a.groups[i], sh);
-        const double scls = block_sum_array(a.cls[i], a.groups[i], sh);
+        const double sobj = block_sum_array(a.obj[i], a.obj_blocks[i]);
+        const double sbox = block_sum_array(a.box[i], a.groups[i]);
+        const double scls = block_sum_array(a.cls[i], a.groups[i]);
         if (a.n[i]) {
             lbox += sbox / a.n[i];
             if (a.nc > 1) lcls += scls / ((double)a.n[i] * a.nc);
@@ -196,21 +176,19 @@ void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no,
         const double bal = nl == 3 ? balance3[i] : balance5[i];
         const float gobj = float(h.obj * bal * bs / (double)cells);
         const int blocks = loss_obj_blocks(cells);
-        loss_obj_kernel<<<blocks, kObjBlock, 0, stream>>>(L.map, L.dmap, L.tobj, cells, no, gobj, obj_pw, L.obj_partial);
+        loss_obj_kernel<<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, L.tobj, cells, no, gobj, obj_pw, L.obj_partial);
         Y5_LAUNCH_CHECK();
         ra.obj[i] = L.obj_partial, ra.box[i] = L.group_box, ra.cls[i] = L.group_cls;
         ra.obj_blocks[i] = blocks, ra.groups[i] = L.groups, ra.n[i] = L.n;
         ra.cells[i] = cells, ra.bal[i] = bal;
     }
-    loss_reduce_kernel<<<1, kReduceBlock, 0, stream>>>(ra, items_out, total_out);
+    loss_reduce_kernel<<<1, kBlock, 0, stream>>>(ra, items_out, total_out);
     Y5_LAUNCH_CHECK();
 }
 
 void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    int64_t blocks = CEIL_DIV(n, (int64_t)kBlock);
-    if (blocks > 65535 * 8) blocks = 65535 * 8;
-    loss_backward_kernel<<<(int)blocks, kBlock, 0, stream>>>(grad, g, dmap, n);
+    loss_backward_kernel<<<grid_1d(n), kBlock, 0, stream>>>(grad, g, dmap, n);
     Y5_LAUNCH_CHECK();
 }
 

@@ -5,7 +5,8 @@
  * conf_thres (multi_label, only when nc > 1) or the best class per box (score > conf_thres); class filter;
  * sort by score (descending, ties in index order), keep max_nms; offset boxes by class·7680 unless
  * agnostic; greedy NMS suppressing IoU > iou_thres (torchvision.ops.nms); keep max_det.
- * No wall-clock limit (Decisions 2). Output rows: x1, y1, x2, y2, score, class.
+ * No wall-clock limit (YOLOv5 stops after 0.5 + 0.05·bs seconds; y5 does not, so the detections never
+ * depend on the machine's speed). Output rows: x1, y1, x2, y2, score, class.
  * The per-row math (nms_xyxy, nms_score, nms_best_class, nms_offset_box, nms_iou) is Y5_HD: the CUDA path
  * in kernels/nms.cu (nms_batch_cuda, all images of a batch at once) calls the same definitions, and gives
  * the same detections bit for bit, in the same order.

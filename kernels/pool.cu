@@ -7,7 +7,7 @@
  *   them in the CPU reference's order (outputs row-major), so the result is bitwise the CPU's.
  * SPPF: one block per plane runs the three pools in turn with a barrier between them, writing the concat's
  *   slices directly; its backward runs the cascade's three routings the same way (gather, no atomics).
- * global_avgpool forward: one block per plane, per-thread float sums then a block tree; backward is a
+ * global_avgpool forward: one block per plane, per-thread float sums then block_sum; backward is a
  *   plane kernel.
  */
 #include "kernels/cuda_utils.cuh"
@@ -190,7 +190,7 @@ void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N,
 void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * HW == 0) return;
-    global_avgpool_forward_kernel<<<plane_reduce_grid(P), plane_reduce_block(HW), 0, stream>>>(out, inp, HW, P);
+    global_avgpool_forward_kernel<<<grid_1d(P, 1), plane_reduce_block(HW), 0, stream>>>(out, inp, HW, P);
     Y5_LAUNCH_CHECK();
 }
 

@@ -8,21 +8,16 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernels/cuda.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/sgd.h"
 
 namespace y5 {
 
 namespace {
 
-constexpr int kBlock = 256;
 constexpr int kReduceBlocks = 1024;  // most first-stage blocks (partial sums); the second stage is one block of this size
 constexpr int64_t kReducePerThread = 16;
-
-int grid_for(int64_t n) {
-    int64_t g = CEIL_DIV(n, (int64_t)kBlock);
-    return (int)(g < 65535 * 8 ? (g > 0 ? g : 1) : 65535 * 8);
-}
+static_assert(reduce_block_ok(kReduceBlocks), "sumsq_final_kernel: one block of kReduceBlocks threads for block_sum");
 
 __global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -38,35 +33,22 @@ __global__ void ema_kernel(float* ema, const float* model, int64_t n, float d) {
         ema[i] = ema_lerp<float>(ema[i], model[i], d);
 }
 
-// In-block tree sum of one double per thread (blockDim.x == B, a power of two); the result in s[0].
-template <int B> __device__ void block_sum(double* s, double v) {
-    static_assert(B >= 1 && B <= 1024 && (B & (B - 1)) == 0, "block_sum<B>: the tree halves B, at most 1024 threads");
-    s[threadIdx.x] = v;
-    __syncthreads();
-    for (int h = B / 2; h > 0; h >>= 1) {
-        if ((int)threadIdx.x < h) s[threadIdx.x] += s[threadIdx.x + h];
-        __syncthreads();
-    }
-}
-
 // Stage 1: partial[b] = Σ g[i]² over block b's grid-stride share, in double.
 __global__ void sumsq_partial_kernel(double* partial, const float* g, int64_t n) {
-    __shared__ double s[kBlock];
     double acc = 0.0;
     for (int64_t i = blockIdx.x * (int64_t)kBlock + threadIdx.x; i < n; i += (int64_t)gridDim.x * kBlock) {
         const double v = g[i];
         acc += v * v;
     }
-    block_sum<kBlock>(s, acc);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 // Stage 2 (one block of kReduceBlocks threads): out[0] = ‖g‖₂, out[1] = clip_coef(‖g‖₂, max_norm).
 __global__ void sumsq_final_kernel(double* out, const double* partial, int blocks, double max_norm) {
-    __shared__ double s[kReduceBlocks];
-    block_sum<kReduceBlocks>(s, (int)threadIdx.x < blocks ? partial[threadIdx.x] : 0.0);
+    const double sum = block_sum((int)threadIdx.x < blocks ? partial[threadIdx.x] : 0.0);
     if (threadIdx.x == 0) {
-        const double norm = sqrt(s[0]);
+        const double norm = sqrt(sum);
         out[0] = norm;
         out[1] = clip_coef(norm, max_norm);
     }
@@ -84,13 +66,13 @@ __global__ void scale_kernel(float* g, int64_t n, const double* coef_ptr) {
 
 void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream) {
     if (n <= 0) return;
-    sgd_kernel<<<grid_for(n), kBlock, 0, stream>>>(p, g, buf, n, lr, m, wd);
+    sgd_kernel<<<grid_1d(n), kBlock, 0, stream>>>(p, g, buf, n, lr, m, wd);
     Y5_LAUNCH_CHECK();
 }
 
 void ema_cuda(float* ema, const float* model, int64_t n, float d, cudaStream_t stream) {
     if (n <= 0) return;
-    ema_kernel<<<grid_for(n), kBlock, 0, stream>>>(ema, model, n, d);
+    ema_kernel<<<grid_1d(n), kBlock, 0, stream>>>(ema, model, n, d);
     Y5_LAUNCH_CHECK();
 }
 
@@ -110,7 +92,7 @@ double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, 
     Y5_LAUNCH_CHECK();
     sumsq_final_kernel<<<1, kReduceBlocks, 0, stream>>>(out, partial, blocks, max_norm);
     Y5_LAUNCH_CHECK();
-    scale_kernel<<<grid_for(n), kBlock, 0, stream>>>(g, n, out + 1);
+    scale_kernel<<<grid_1d(n), kBlock, 0, stream>>>(g, n, out + 1);
     Y5_LAUNCH_CHECK();
     double norm = 0.0;
     CUDA_CHECK(cudaMemcpyAsync(&norm, out, sizeof(double), cudaMemcpyDeviceToHost, stream));

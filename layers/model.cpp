@@ -276,7 +276,7 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             printed = py_repr(args, nc, anchors_repr);
         } else if (mod == "ECA") {
             int k = arg_int(rc, args, 1, 3, "kernel");
-            if (k == 0) {  // the paper's adaptive size (Decisions 3)
+            if (k == 0) {  // the ECA paper's adaptive size (γ = 2, b = 1): t = ⌊|log2 c1 + 1| / 2⌋, made odd
                 int t = (int)(std::fabs(std::log2((double)c1) + 1) / 2);
                 k = t % 2 ? t : t + 1;
             }

@@ -187,7 +187,8 @@ struct Focus : Module {
     int torch_modules() const override { return 4; }
 };
 
-// ECA (Decisions 3): x · σ(conv1d_k(avgpool(x))) across channels; parameter "conv.weight" (1, 1, k).
+// ECA (Efficient Channel Attention, Wang et al. 2020; a y5 extension, not in YOLOv5): x · σ(conv1d_k(avgpool(x)))
+// across channels, no bias; parameter "conv.weight" (1, 1, k).
 struct ECA : Module {
     ParamStore* ps = nullptr;
     int w = -1, k = 3;

@@ -20,6 +20,7 @@
 #include "kernels/batchnorm.h"
 #include "kernels/detect.h"
 #include "kernels/nms.h"
+#include "kernels/pool.h"
 #include "layers/yolo.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
@@ -342,6 +343,59 @@ TEST_CASE("global_avgpool CUDA kernels against the CPU reference", "[gpu][ops][p
         // division and addition as the CPU.
         compare_op1("global_avgpool", x, [](Ctx& c, const std::vector<Var>& v, bool) { return global_avgpool(c, v[0]); },
                     rng, Tol{1e-6, 1e-5}, kExact);
+    }
+}
+
+// block_reduce's stated order (kernels/cuda_utils.cuh) for a sum over a block of T threads (whole warps): thread
+// t adds x[t], x[t + T], ... in turn; within each warp an xor butterfly (o = 16, 8, 4, 2, 1: lane l sets
+// v = v + v of lane l ^ o); warp w's result is lane w's value in a second butterfly, lanes past the last warp
+// holding 0; thread 0's value is the sum.
+float block_sum_in_stated_order(const float* x, int n, int T) {
+    auto butterfly = [](std::vector<float> v) {
+        for (int o = 16; o > 0; o >>= 1) {
+            std::vector<float> w(32);
+            for (int l = 0; l < 32; ++l) w[l] = v[l] + v[l ^ o];
+            v = w;
+        }
+        return v[0];
+    };
+    std::vector<float> part(32, 0.f);
+    for (int w = 0; w < T / 32; ++w) {
+        std::vector<float> v(32, 0.f);
+        for (int l = 0; l < 32; ++l)
+            for (int i = 32 * w + l; i < n; i += T) v[l] += x[i];
+        part[w] = butterfly(v);
+    }
+    return butterfly(part);
+}
+
+TEST_CASE("block_reduce order: global_avgpool's forward is the stated block sum, bit for bit", "[gpu][ops][reduce]") {
+    // global_avgpool_forward_cuda runs one block per plane: out[p] = block_sum(per-thread sums) / HW, with
+    // kBlock = 256 threads, or whole warps covering the plane when it is smaller (plane_reduce_block). Values
+    // of magnitudes 2^-12 .. 2^12 make a sum's bits depend on its order, so another order fails this test.
+    Gpu& g = gpu();
+    Rng rng(311);
+    for (int HW : {4096, 1000, 80, 32, 7}) {
+        g.reset();
+        const int N = 2, C = 3, T = HW >= 256 ? 256 : (HW + 31) / 32 * 32;
+        Tensor x = g.host.tensor({N, C, 1, HW}, DType::F32);
+        float* xp = x.ptr<float>();
+        for (int64_t i = 0; i < x.numel(); ++i)
+            xp[i] = std::ldexp(rng.uniform(-1.f, 1.f), (int)std::floor(rng.uniform(-12.f, 12.f)));
+        Tensor xd = g.upload(x), yd = g.act.tensor({N, C}, DType::F32);
+        global_avgpool_forward_cuda(yd.ptr<float>(), xd.ptr<float>(), N, C, HW, g.cuda->stream);
+        Tensor y = g.download(yd);
+        int differs_from_sequential = 0;
+        for (int p = 0; p < N * C; ++p) {
+            const float* xs = xp + (int64_t)p * HW;
+            const float want = block_sum_in_stated_order(xs, HW, T) / (float)HW;
+            float seq = 0.f;
+            for (int i = 0; i < HW; ++i) seq += xs[i];
+            differs_from_sequential += seq / (float)HW != want;
+            INFO("HW " << HW << " plane " << p);
+            CHECK(std::memcmp(&y.ptr<float>()[p], &want, sizeof(float)) == 0);
+        }
+        if (HW >= 1000) CHECK(differs_from_sequential > 0);  // the data tells orders apart
     }
 }
 

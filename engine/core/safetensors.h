@@ -1,7 +1,7 @@
 /*
  * safetensors files (https://github.com/huggingface/safetensors): 8-byte little-endian header length,
  * a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then raw little-endian
- * data. y5 weights and checkpoints use it with PyTorch state_dict names (Decisions 5), so PyTorch users
+ * data. y5 weights and checkpoints use it with PyTorch state_dict names ("model.0.conv.weight", ...), so PyTorch users
  * open them with the safetensors package and y5 reads fixtures written by torch.
  * Reading accepts F16/BF16/F32/F64 floats and I64/I32 integers; every error names the file.
  * Writing goes to "<path>.tmp" and is renamed over <path>, so a crash never leaves a half-written file.
