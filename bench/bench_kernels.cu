@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "engine/app/main.h"
 #include "engine/core/arena.h"
 #include "engine/ops/ops.h"
 #include "engine/autograd/optim.h"
@@ -789,9 +790,8 @@ int main(int argc, char** argv) {
             ok = b.ok;
         }
         cuda_context_destroy(ctx);
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "bench_kernels: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("bench_kernels");
     }
     if (!ok) {
         std::printf("\nbench_kernels: MISMATCH: a GPU result (or a baseline's) differs from the CPU reference (FAIL lines above)\n");

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
 #include "engine/data/loader.h"
@@ -53,8 +54,7 @@ int main(int argc, char** argv) {
             std::printf("%8d %12.1f %12.1f %12lld\n", w, images / s, 1000 * s / batches, (long long)batches);
         }
         return 0;
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "bench_loader: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("bench_loader");
     }
 }

@@ -39,6 +39,7 @@
 #include "engine/core/rng.h"
 #include "engine/app/train.h"
 #include "engine/app/val.h"
+#include "engine/app/main.h"
 #include "engine/app/memory.h"
 #include "engine/app/step.h"
 #include "layers/model.h"
@@ -347,8 +348,7 @@ int main(int argc, char** argv) {
         }
         if (!layer_passes.empty()) print_breakdown(T, layer_batch, imgsz, layer_passes, cuda != nullptr);
         return 0;
-    } catch (const Error& e) {
-        std::fprintf(stderr, "bench_step: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return error_exit("bench_step");
     }
 }

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
 #include "engine/data/loader.h"
@@ -86,8 +87,7 @@ int main(int argc, char** argv) {
             }
         }
         return status;
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "y5data: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("y5data");
     }
 }

@@ -19,6 +19,7 @@
 #include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
 
+#include "engine/app/main.h"
 #include "engine/data/augment.h"
 #include "kernels/check.h"
 #include "engine/device/device.h"
@@ -298,8 +299,7 @@ int main(int argc, char** argv) {
                     det.t_pre / n, det.t_inf / n, det.t_nms / n, det.last_h, det.last_w);
         if (!nosave || save_txt) std::printf("Results saved to %s\n", dir.c_str());
         return 0;
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "y5detect: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("y5detect");
     }
 }

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/app/train.h"
 #include "layers/model.h"
@@ -66,8 +67,7 @@ int main(int argc, char** argv) {
         }
         y5::train(o);
         return 0;
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "y5train: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("y5train");
     }
 }

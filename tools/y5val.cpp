@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
 #include "engine/device/device.h"
@@ -70,8 +71,7 @@ int main(int argc, char** argv) {
         std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
                     batch, model->name.c_str());
         return 0;
-    } catch (const y5::Error& e) {
-        std::fprintf(stderr, "y5val: error: %s\n", e.what());
-        return 1;
+    } catch (...) {
+        return y5::error_exit("y5val");
     }
 }

@@ -25,7 +25,7 @@
  * launchers (declared in the kernels/ headers, defined in their .cu files) need not exist in a build without
  * CUDA, and no op definition has an #if. Ops with more structure (conv2d's cuDNN workspace, batchnorm's train
  * and eval, the YOLO loss's host targets) keep it inside their own two branches.
- * Adding an op: kernels/my_op.h (CPU reference, launcher declarations) and kernels/my_op.cu (listed in
+ * Adding an op: kernels/<op>.h (CPU reference, launcher declarations) and kernels/<op>.cu (listed in
  * CMakeLists.txt's Y5_CU_KERNELS), its declaration in ops.h and definition in ops.cpp, a test (CPU: gradient
  * check; GPU: against the CPU reference) and a bench case.
  */
