@@ -10,8 +10,7 @@
  *       Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);    // the shape rule
  *       dispatch(op, x.t, [&](auto d) {                        // forward
  *           using T = typename decltype(d)::T;
- *           if constexpr (d.cuda) my_op_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, k, stream(c));
- *           else my_op_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, k);
+ *           Y5_CPU_OR_CUDA(my_op_forward, out.ptr<T>(), x.t.ptr<T>(), N, C, k);  // my_op_forward_cuda / _cpu<T>
  *       });
  *       return finish(c, op, out, {&x}, [&c, x, N, C, k](auto d, const Var& y) {   // backward, by value
  *           using T = typename decltype(d)::T;
@@ -20,6 +19,8 @@
  *       });
  *   }
  *
+ * Where the two sides differ (the CPU splits work over threads with par(), CUDA takes scratch), the lambda says
+ * `if constexpr (d.cuda) ... else ...` itself.
  * dispatch() is the one place that maps (device, dtype) to code; finish() the one place that makes the output
  * Var and records the backward. Only the branch for the device an op runs on is instantiated, so the CUDA
  * launchers (declared in the kernels/ headers, defined in their .cu files) need not exist in a build without
@@ -98,6 +99,15 @@ template <class F> void dispatch(const char* op, const Tensor& t, F&& f) {
 }
 
 inline cudaStream_t stream(Ctx& c) { return cuda_stream(c.cuda); }
+
+// The usual op code, where the CPU reference and the CUDA launcher take the same arguments: name_cuda(args...,
+// stream(c)) on CUDA, name_cpu<T>(args...) on the CPU. Written inside dispatch's or finish's lambda, where d, T
+// and c (the op's Ctx) are in scope.
+#define Y5_CPU_OR_CUDA(name, ...)                                 \
+    do {                                                          \
+        if constexpr (d.cuda) name##_cuda(__VA_ARGS__, stream(c)); \
+        else name##_cpu<T>(__VA_ARGS__);                          \
+    } while (0)
 
 // ----------------------------------------------------------------------------------------------------
 // Output and backward

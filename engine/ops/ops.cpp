@@ -493,8 +493,7 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
         using T = typename decltype(d)::T;
         int c0 = 0;
         for (const Var& v : xs) {
-            if constexpr (d.cuda) concat_forward_cuda(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0, stream(c));
-            else concat_forward_cpu<T>(out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
+            Y5_CPU_OR_CUDA(concat_forward, out.ptr<T>(), v.t.ptr<T>(), N, v.t.dim(1), HW, Co, c0);
             c0 += v.t.dim(1);
         }
     });
@@ -504,8 +503,7 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
         int c0 = 0;
         for (const Var& v : xs) {
             if (v.requires_grad()) {
-                if constexpr (d.cuda) concat_backward_cuda(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0, stream(c));
-                else concat_backward_cpu<T>(grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
+                Y5_CPU_OR_CUDA(concat_backward, grad_ptr<T>(c, v), dy, N, v.t.dim(1), HW, Co, c0);
             }
             c0 += v.t.dim(1);
         }
@@ -520,8 +518,7 @@ Var add(Ctx& c, const Var& a, const Var& b) {
     Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
     dispatch(op, a.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        if constexpr (d.cuda) add_cuda(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel(), stream(c));
-        else add_cpu<T>(out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
+        Y5_CPU_OR_CUDA(add, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
     });
     return finish(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
         Tensor dy = c.tape->grad(y);
@@ -542,15 +539,13 @@ Var global_avgpool(Ctx& c, const Var& x) {
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
     dispatch(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        if constexpr (d.cuda) global_avgpool_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, HW, stream(c));
-        else global_avgpool_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
+        Y5_CPU_OR_CUDA(global_avgpool_forward, out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
     });
     return finish(c, op, out, {&x}, [&c, x, N, C, HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        if constexpr (d.cuda) global_avgpool_backward_cuda(dx, dy, N, C, HW, stream(c));
-        else global_avgpool_backward_cpu<T>(dx, dy, N, C, HW);
+        Y5_CPU_OR_CUDA(global_avgpool_backward, dx, dy, N, C, HW);
     });
 }
 
@@ -566,15 +561,13 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
     dispatch(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
-        if constexpr (d.cuda) conv1d_channels_forward_cuda(yp, xp, wp, N, C, k, stream(c));
-        else conv1d_channels_forward_cpu<T>(yp, xp, wp, N, C, k);
+        Y5_CPU_OR_CUDA(conv1d_channels_forward, yp, xp, wp, N, C, k);
     });
     return finish(c, op, out, {&x, &w}, [&c, x, w, N, C, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        if constexpr (d.cuda) conv1d_channels_backward_cuda(dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k, stream(c));
-        else conv1d_channels_backward_cpu<T>(dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+        Y5_CPU_OR_CUDA(conv1d_channels_backward, dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
     });
 }
 
@@ -591,15 +584,13 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     dispatch(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *sp = s.t.ptr<T>();
-        if constexpr (d.cuda) scale_channels_forward_cuda(yp, xp, sp, N, C, HW, stream(c));
-        else scale_channels_forward_cpu<T>(yp, xp, sp, N, C, HW);
+        Y5_CPU_OR_CUDA(scale_channels_forward, yp, xp, sp, N, C, HW);
     });
     return finish(c, op, out, {&x, &s}, [&c, x, s, N, C, HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *ds = grad_ptr<T>(c, s);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        if constexpr (d.cuda) scale_channels_backward_cuda(dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW, stream(c));
-        else scale_channels_backward_cpu<T>(dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+        Y5_CPU_OR_CUDA(scale_channels_backward, dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
     });
 }
 
@@ -616,8 +607,7 @@ Var eca(Ctx& c, const Var& x, const Var& w) {
     dispatch(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
-        if constexpr (d.cuda) eca_forward_cuda(yp, pp, gp, xp, wp, N, C, HW, k, stream(c));
-        else eca_forward_cpu<T>(yp, pp, gp, xp, wp, N, C, HW, k);
+        Y5_CPU_OR_CUDA(eca_forward, yp, pp, gp, xp, wp, N, C, HW, k);
     });
     return finish(c, op, out, {&x, &w}, [&c, x, w, pooled, gate, N, C, HW, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
@@ -625,8 +615,7 @@ Var eca(Ctx& c, const Var& x, const Var& w) {
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
         T *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *scratch = ws.get<T>((int64_t)N * C);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        if constexpr (d.cuda) eca_backward_cuda(dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch, stream(c));
-        else eca_backward_cpu<T>(dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch);
+        Y5_CPU_OR_CUDA(eca_backward, dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch);
     });
 }
 
@@ -672,15 +661,13 @@ Var space_to_depth2(Ctx& c, const Var& x) {
     Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
     dispatch(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        if constexpr (d.cuda) space_to_depth2_forward_cuda(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W, stream(c));
-        else space_to_depth2_forward_cpu<T>(out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
+        Y5_CPU_OR_CUDA(space_to_depth2_forward, out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
     });
     return finish(c, op, out, {&x}, [&c, x, N, C, H, W](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        if constexpr (d.cuda) space_to_depth2_backward_cuda(dx, dy, N, C, H, W, stream(c));
-        else space_to_depth2_backward_cpu<T>(dx, dy, N, C, H, W);
+        Y5_CPU_OR_CUDA(space_to_depth2_backward, dx, dy, N, C, H, W);
     });
 }
 
