@@ -2,7 +2,8 @@
  * CUDA side of kernels/sgd.h: the optimizer's element-wise updates (nesterov SGD, EMA) as one grid-stride
  * kernel each over a flat range, calling the same Y5_HD functions as the CPU references, and
  * clip_grad_norm's norm as a deterministic two-stage reduction in double followed by the scaling, with the
- * factor computed on the device.
+ * factor computed on the device; GradScaler's unscale as one grid-stride kernel that raises a device flag on an
+ * inf or NaN.
  * Tested against engine/autograd/optim.cpp's CPU path in tests/test_gpu_optim.cpp.
  */
 #include <algorithm>
@@ -62,6 +63,18 @@ __global__ void scale_kernel(float* g, int64_t n, const double* coef_ptr) {
         g[i] = (float)((double)g[i] * coef);
 }
 
+// g = amp_unscale(g, inv_scale); *found_inf = 1 if any g was inf or NaN (only ever 1 is stored, so the racing
+// stores of several threads leave the same value).
+__global__ void amp_unscale_kernel(float* g, int64_t n, float inv_scale, int* found_inf) {
+    bool found = false;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        found |= amp_unscale<float>(gi, inv_scale);
+        g[i] = gi;
+    }
+    if (found) *found_inf = 1;
+}
+
 }  // namespace
 
 void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream) {
@@ -98,6 +111,23 @@ double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, 
     CUDA_CHECK(cudaMemcpyAsync(&norm, out, sizeof(double), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     return norm;
+}
+
+size_t amp_unscale_scratch_bytes() { return sizeof(int); }
+
+bool amp_unscale_cuda(float* g, int64_t n, float inv_scale, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+    Y5_CHECK(scratch && scratch_bytes >= amp_unscale_scratch_bytes() && (uintptr_t)scratch % alignof(int) == 0,
+             "amp_unscale_cuda: needs %zu bytes of aligned device scratch, got %zu", amp_unscale_scratch_bytes(),
+             scratch_bytes);
+    if (n <= 0) return false;
+    int* flag = static_cast<int*>(scratch);
+    CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream));
+    amp_unscale_kernel<<<grid_1d(n), kBlock, 0, stream>>>(g, n, inv_scale, flag);
+    Y5_LAUNCH_CHECK();
+    int found = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&found, flag, sizeof(int), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return found != 0;
 }
 
 }  // namespace y5

@@ -1,10 +1,12 @@
 /*
  * The optimizer on the GPU (kernels/sgd.cu through engine/autograd/optim.cpp) against the same calls on a CPU f32
  * ParamStore: nesterov SGD over the three groups for several steps (values and momentum), clip_grad_norm
- * (the norm, the clipped gradients, determinism of the reduction), the EMA over values and buffers; and
+ * (the norm, the clipped gradients, determinism of the reduction), the EMA over values and buffers, GradScaler's
+ * unscale (the gradients bit for bit, found_inf); and
  * the uint8 → float image conversion (kernels/image.cu, engine/app/val.cpp's batch_images) against the CPU
  * reference, bit for bit.
  */
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -130,6 +132,51 @@ TEST_CASE("EMA on the GPU equals the CPU path over values and buffers", "[gpu][o
         g.host.reset();
     }
     g.reset();
+}
+
+TEST_CASE("GradScaler unscale on the GPU equals the CPU path bit for bit, found_inf included", "[gpu][optim][amp]") {
+    Gpu& g = gpu();
+    // 0: no inf/NaN; 1: one at a random position; 2: many of each kind at random positions
+    for (int nonfinite : {0, 1, 2}) {
+        // 1: torch's no-multiply shortcut; 2^-10: inv_scale 1024, large finite gradients overflow (not flagged);
+        // 0: inv_scale inf (0·inf is NaN)
+        for (float scale : {65536.f, 1.f, 3.f, 0.0009765625f, 0.f}) {
+            DYNAMIC_SECTION("non-finite case " << nonfinite << ", scale " << scale) {
+                g.reset();
+                Rng rng(307 + nonfinite);
+                Stores s(g, rng, 200000);
+                // Every magnitude: sign · (1 + u) · 2^e, e over the f32 exponents (subnormals too), a few zeros.
+                float* cg = s.cpu.grads_flat().ptr<float>();
+                const int64_t n = s.cpu.grads_flat().numel();
+                for (int64_t i = 0; i < n; ++i) {
+                    const int e = (int)rng.randint(277) - 149;
+                    cg[i] = (rng.uniform() < 0.5f ? -1.f : 1.f) * std::ldexp(1.f + rng.uniform(), e);
+                    if (rng.randint(50) == 0) cg[i] = 0.f;
+                }
+                const float kinds[3] = {INFINITY, -INFINITY, NAN};
+                const int count = nonfinite == 0 ? 0 : nonfinite == 1 ? 1 : 300;
+                for (int k = 0; k < count; ++k) cg[rng.randint((uint32_t)n)] = kinds[k % 3];
+                copy(g.ctx, s.gpu.grads_flat(), s.cpu.grads_flat());
+                GradScaler scaler(scale);
+                const bool want = scaler.unscale(s.cpu);
+                const bool got = scaler.unscale(s.gpu);
+                CHECK(want == (nonfinite != 0));
+                CHECK(got == want);
+                // Bit for bit, except that a NaN is any NaN (x86 keeps an input NaN's bits and makes 0·inf
+                // 0xffc00000, a GPU gives 0x7fffffff).
+                Tensor dg = g.download(s.gpu.grads_flat());
+                const float* a = dg.ptr<float>();
+                int64_t bad = 0, first = -1;
+                for (int64_t i = 0; i < n; ++i) {
+                    const bool same = std::isnan(a[i]) ? std::isnan(cg[i]) : std::memcmp(&a[i], &cg[i], 4) == 0;
+                    if (!same && bad++ == 0) first = i;
+                }
+                INFO(bad << " of " << n << " differ, first at " << first);
+                CHECK(bad == 0);
+                g.reset();
+            }
+        }
+    }
 }
 
 TEST_CASE("optimizer calls on mismatched stores are errors", "[gpu][optim][errors]") {

@@ -98,6 +98,49 @@ void ema_update(ParamStore& ema, const ParamStore& model, double d) {
     });
 }
 
+GradScaler::GradScaler(float init_scale, double growth_factor, double backoff_factor, int growth_interval)
+    : scale_(init_scale), growth_factor_(growth_factor), backoff_factor_(backoff_factor),
+      growth_interval_(growth_interval) {
+    Y5_CHECK(growth_factor > 1.0 && backoff_factor < 1.0 && growth_interval > 0,
+             "GradScaler: growth factor %g must be > 1, backoff factor %g < 1, growth interval %d > 0", growth_factor,
+             backoff_factor, growth_interval);
+}
+
+bool GradScaler::unscale(ParamStore& ps) const {
+    const float inv = inv_scale();
+    if (on_device(ps, "GradScaler::unscale")) {
+#if Y5_CUDA
+        // The flag lives in the store's optimizer scratch, which clip_grad_norm also uses: both run in the order
+        // of the store's stream and copy their result back before they return.
+        return amp_unscale_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), inv, ps.device_scratch(),
+                                ParamStore::kDeviceScratchBytes, ps.cuda()->stream);
+#endif
+    }
+    bool found_inf = false;
+    on_host(ps, "GradScaler::unscale", [&](auto z) {
+        using T = decltype(z);
+        found_inf = amp_unscale_cpu<T>(ps.grads_flat().ptr<T>(), ps.grads_flat().numel(), inv);
+    });
+    return found_inf;
+}
+
+// torch's _amp_update_scale_ (the factors are doubles there too: f32 scale times double, rounded to f32).
+void GradScaler::update(bool found_inf) {
+    if (found_inf) {
+        scale_ = (float)((double)scale_ * backoff_factor_);
+        tracker_ = 0;
+        return;
+    }
+    const int32_t successful = tracker_ + 1;
+    if (successful == growth_interval_) {
+        const float grown = (float)((double)scale_ * growth_factor_);
+        if (std::isfinite(grown)) scale_ = grown;
+        tracker_ = 0;
+    } else {
+        tracker_ = successful;
+    }
+}
+
 Schedule::Schedule(double lr0, double lrf, double momentum, double warmup_epochs, double warmup_momentum,
                    double warmup_bias_lr, int epochs, int nb, int bs, bool cos_lr, int nbs)
     : lr0_(lr0), lrf_(lrf), momentum_(momentum), warmup_momentum_(warmup_momentum), warmup_bias_lr_(warmup_bias_lr),

@@ -9,6 +9,7 @@
  *     interp from warmup_momentum to momentum
  *   step when ni − last_opt_step ≥ accumulate; clip_grad_norm(10) before it
  *   EMA: d = 0.9999·(1 − exp(−updates/2000)) over every floating state entry (BN buffers included)
+ *   GradScaler: torch.cuda.amp.GradScaler's loss scaling for AMP (not used by y5train yet)
  */
 #pragma once
 #include <cmath>
@@ -32,6 +33,42 @@ double clip_grad_norm(ParamStore& ps, double max_norm);
 double ema_decay(int64_t updates, double decay = 0.9999, double tau = 2000);
 // ema ← d·ema + (1 − d)·model over all values (parameters and buffers); both stores share one layout.
 void ema_update(ParamStore& ema, const ParamStore& model, double d);
+
+// torch.cuda.amp.GradScaler, the loss scaler of train.py's mixed precision (GradScaler(enabled=amp)); y5train does
+// not use it yet (it trains in f32; the f16 datapath comes first). train.py per optimizer step, after
+// scaler.scale(loss).backward() on every batch (the loss times loss_scale()):
+//   found_inf = unscale(ps); clip_grad_norm(ps, 10); if (!found_inf) sgd_step(...); update(found_inf);
+//   zero the gradients; ema_update (also after a skipped step)
+// The state is torch's: the scale as an f32 and an int32 growth tracker (consecutive steps without inf/NaN).
+class GradScaler {
+public:
+    static constexpr float kInitScale = 65536.f;  // 2^16
+    static constexpr double kGrowthFactor = 2.0, kBackoffFactor = 0.5;
+    static constexpr int kGrowthInterval = 2000;
+
+    explicit GradScaler(float init_scale = kInitScale, double growth_factor = kGrowthFactor,
+                        double backoff_factor = kBackoffFactor, int growth_interval = kGrowthInterval);
+    float loss_scale() const { return scale_; }
+    // torch's inv_scale: the f32 reciprocal computed in double (inf for a scale of 0 or below 2^-128).
+    float inv_scale() const { return (float)(1.0 / (double)scale_); }
+    // scaler.unscale_: every trainable gradient g = g·inv_scale() (left as is when that is 1); returns whether any
+    // gradient was inf or NaN before the multiply (train.py then skips the optimizer step). Runs where the store
+    // lives; a CUDA store's flag comes back to the host (one synchronisation).
+    bool unscale(ParamStore& ps) const;
+    // scaler.update(): found_inf → scale·backoff, tracker 0; else the tracker counts the step and at growth_interval
+    // the scale grows by growth_factor (kept when that would be inf), tracker 0. Products in double rounded to f32.
+    void update(bool found_inf);
+    // Checkpoint state: state_dict's "scale" and "_growth_tracker" (the factors and the interval are the
+    // constructor's; train.py uses torch's defaults, the k constants).
+    int32_t growth_tracker() const { return tracker_; }
+    void set_state(float scale, int32_t growth_tracker) { scale_ = scale, tracker_ = growth_tracker; }
+
+private:
+    float scale_;
+    int32_t tracker_ = 0;
+    double growth_factor_, backoff_factor_;
+    int growth_interval_;
+};
 
 inline double lf_linear(double epoch, int epochs, double lrf) { return (1 - epoch / epochs) * (1.0 - lrf) + lrf; }
 inline double lf_cos(double epoch, int epochs, double lrf) {
