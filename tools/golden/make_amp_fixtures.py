@@ -7,7 +7,8 @@ Writes (path relative to the repository root):
   tests/fixtures/amp_scaler.safetensors   (< 200 KB, byte-reproducible: sorted header keys, see common.py)
 
 Regenerate (from the repository root; CPU only; needs torch, numpy, safetensors, not yolov5):
-  /work/venv-torch/bin/python tools/golden/make_amp_fixtures.py
+  V/bin/python tools/golden/make_amp_fixtures.py     (V: a virtualenv made with python3 -m venv V &&
+                                                      V/bin/pip install torch numpy safetensors)
 
 Each step of a run is driven as train.py drives the scaler (accumulate 1, so every batch is an optimizer step):
   scaler.scale(loss).backward(); scaler.unscale_(optimizer); scaler.step(optimizer); scaler.update();
