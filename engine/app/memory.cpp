@@ -10,6 +10,7 @@
 
 #include "engine/data/loader.h"
 #include "engine/device/device.h"
+#include "engine/ops/op.h"
 #include "engine/app/val.h"
 #include "layers/model.h"
 
@@ -79,15 +80,15 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
 #endif
     }
     // CPU conv2d: G = min(batch, threads) im2col buffers, each at most work1 (the largest, at one image, G = 1),
-    // and in the backward G − 1 partial weight and bias gradients of the layer.
-    const size_t G = std::min(b, (size_t)std::max(cpu_op_threads(), 1));
+    // and in the backward grad_groups(batch) − 1 partial weight and bias gradients of the layer (engine/ops/op.h).
+    const size_t G = std::min(b, (size_t)std::max(cpu_op_threads(), 1)), groups = (size_t)grad_groups((int)b);
     size_t partial = 0;
     for (int i = 0; i < m.params.size(); ++i) {
         const Param& p = m.params[i];
         if (p.kind == ParamKind::Weight && p.shape.ndim == 4)
             partial = std::max(partial, (size_t)(p.shape.numel() + p.shape[0]) * dtype_size(m.params.dtype()));
     }
-    return G * work1 + (G - 1) * partial + margin;
+    return G * work1 + (groups - 1) * partial + margin;
 }
 
 // Activations and their gradients grow linearly with the batch; 10 % and 64 MiB of headroom.

@@ -33,9 +33,9 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp);
 
 // The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
 // scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of
-// them) plus a weight-gradient partial per extra thread; a cuDNN pass's workspace depends on the algorithm chosen
-// for the batch's geometry but never exceeds conv_workspace_limit(). No op's scratch outlives the op, so the
-// largest single op counts.
+// them) plus a weight-gradient partial per image group past the first (grad_groups, engine/ops/op.h); a cuDNN
+// pass's workspace depends on the algorithm chosen for the batch's geometry but never exceeds
+// conv_workspace_limit(). No op's scratch outlives the op, so the largest single op counts.
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);
 
 // Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square).

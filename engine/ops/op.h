@@ -162,4 +162,12 @@ struct Scratch {
 void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1);
 constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
 
+// The CPU convolutions' weight gradients are summed over groups of whole images, each group into its own partial,
+// the partials then added in group order: grad_groups(N) = min(N, 8) groups whatever the number of threads, so a
+// seeded run gives the same bits with any Y5_THREADS. The threads share the groups: grad_slots(G) =
+// min(G, cpu_op_threads()) of them run at once, each with its own scratch (an im2col buffer).
+constexpr int kGradGroups = 8;
+inline int grad_groups(int N) { return N < kGradGroups ? (N > 1 ? N : 1) : kGradGroups; }
+inline int grad_slots(int G) { return G < cpu_op_threads() ? G : cpu_op_threads(); }
+
 }  // namespace y5

@@ -90,18 +90,22 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
 // ----------------------------------------------------------------------------------------------------
 // conv2d
 
-// The CPU convolutions' backward over G groups of images in parallel: fn(g, dw_g, db_g) for each group, group 0
-// accumulating into dw/db themselves and groups 1..G−1 into zeroed partials of nw and K values that are added
-// in group order afterwards (the same bits whatever the threads' timing). dw/db may be null.
+// The CPU convolutions' backward over grad_groups(N) groups of images: fn(g, slot, dw_g, db_g) for each group g,
+// group 0 accumulating into dw/db themselves and groups 1..G−1 into zeroed partials of nw and K values that are
+// added in group order afterwards. The groups depend on the batch alone, so the gradients have the same bits
+// whatever the number of CPU threads and their timing; the threads take the groups in turn, and slot (< threads)
+// names the thread's own scratch (its im2col buffer). dw/db may be null.
 template <class T, class F>
 static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn) {
     T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
     T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
     if (pw) fill_cpu(pw, T(0), nw * (G - 1));
     if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
-    par(G, [&](int64_t g0, int64_t g1) {
-        for (int64_t g = g0; g < g1; ++g)
-            fn(g, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr, db ? (g ? pb + (g - 1) * K : db) : nullptr);
+    const int S = grad_slots(G);
+    par(S, [&](int64_t s0, int64_t s1) {
+        for (int64_t s = s0; s < s1; ++s)
+            for (int64_t g = s; g < G; g += S)
+                fn(g, s, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr, db ? (g ? pb + (g - 1) * K : db) : nullptr);
     });
     for (int g = 1; g < G; ++g) {
         if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
@@ -156,7 +160,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             });
         }
     });
-    return finish(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, G, in_img, out_img](auto d, const Var& y) {
+    return finish(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, in_img, out_img](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -171,11 +175,13 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<T>(), wsp, bytes);
         } else {
             Scratch ws(c.work);
-            T* col = ws.get<T>(ncol * G);
-            par_weight_grads<T>(ws, dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, G, [&](int64_t gi, T* gw, T* gb) {
-                const int n0 = (int)(g.N * gi / G), n1 = (int)(g.N * (gi + 1) / G);
+            const int Gb = grad_groups(g.N);
+            T* col = ws.get<T>(ncol * grad_slots(Gb));
+            par_weight_grads<T>(ws, dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
+                                [&](int64_t gi, int64_t slot, T* gw, T* gb) {
+                const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
                 conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
-                                       x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + gi * ncol : nullptr,
+                                       x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + slot * ncol : nullptr,
                                        n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
             });
         }
@@ -234,7 +240,7 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
         }
     });
     const bool grad = any_grad(xs) || any_grad({&w, b});
-    return finish(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, G, Cs](auto d, const Var& y) {
+    return finish(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
@@ -248,8 +254,9 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
             conv1x1_parts_backward_cuda(c.cuda, dxp, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
                                         ws.get<char>((int64_t)bytes), bytes);
         } else {
-            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, G, [&](int64_t g, T* gw, T* gb) {
-                const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+            const int Gb = grad_groups(N);
+            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t, T* gw, T* gb) {
+                const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
                 const T* xg[kMaxConvParts];
                 T* dxg[kMaxConvParts];
                 for (int i = 0; i < m; ++i) {
