@@ -17,10 +17,16 @@ done
 expected='               epoch,      train/box_loss,      train/obj_loss,      train/cls_loss,   metrics/precision,      metrics/recall,     metrics/mAP_0.5,metrics/mAP_0.5:0.95,        val/box_loss,        val/obj_loss,        val/cls_loss,               x/lr0,               x/lr1,               x/lr2'
 [ "$(head -1 $run/results.csv)" == "$expected" ] || { echo "results.csv header differs from YOLOv5's"; head -1 $run/results.csv; exit 1; }
 [ "$(wc -l < $run/results.csv)" -eq 3 ] || { echo "results.csv should have a header and 2 rows"; cat $run/results.csv; exit 1; }
-# A second run goes to exp2, as YOLOv5 increments.
-"$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --hyp "$src/config/hyps/hyp.scratch-low.yaml" \
+# A second run goes to exp2, as YOLOv5 increments; bare yaml names as YOLOv5's tutorials write them resolve to
+# y5's config/ folders (here, outside the source tree, those it was built from).
+"$build/y5train" --data synth/data.yaml --cfg yolov5n.yaml --hyp hyp.scratch-low.yaml \
   --imgsz 64 --epochs 1 --batch-size 4 --workers 1 --nosave > train2.log
 [ -s runs/train/exp2/results.csv ] || { echo "second run did not go to exp2"; exit 1; }
+grep -q "^cfg: .*config/models/yolov5n.yaml$" runs/train/exp2/opt.yaml || { echo "--cfg yolov5n.yaml not resolved"; cat runs/train/exp2/opt.yaml; exit 1; }
+# A name found nowhere is an error before any dataset work, saying where y5 looked.
+if "$build/y5train" --data synth/data.yaml --cfg nosuch.yaml --imgsz 64 --epochs 1 > bad.log 2> bad.err; then exit 1; fi
+grep -q "^y5train: error: .*--cfg nosuch.yaml: no such file, nor config/models/nosuch[.]yaml, nor " bad.err || { cat bad.err; exit 1; }
+if grep -q "^train:" bad.log; then echo "the dataset was scanned before --cfg was checked"; exit 1; fi
 "$build/y5val" --data synth/data.yaml --weights $run/weights/best.safetensors --imgsz 64 --workers 1 > val.log
 grep -q "^ *all *2 " val.log || { echo "y5val table missing"; cat val.log; exit 1; }
 # At its defaults (640, batch 32) on a full batch too: its arenas are sized for that, not fixed (3 GB overflowed).
@@ -42,7 +48,7 @@ else
 fi
 # Bad input: a missing data yaml is one clear error line and exit 1.
 if "$build/y5train" --data nope.yaml --cfg "$src/config/models/yolov5n.yaml" --epochs 1 2> err.log; then exit 1; fi
-grep -q "nope.yaml: data yaml does not exist" err.log || { cat err.log; exit 1; }
+grep -q -- "--data nope.yaml: no such file, nor config/data/nope[.]yaml" err.log || { cat err.log; exit 1; }
 # cuDNN flags: listed in --help, kept in opt.yaml (deterministic by default), a negative --workspace refused.
 "$build/y5train" --help > help.log
 grep -q -- "--no-deterministic" help.log && grep -q -- "--workspace" help.log || { echo "--help lacks the cuDNN flags"; cat help.log; exit 1; }

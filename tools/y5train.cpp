@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include "engine/app/config.h"
 #include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/app/train.h"
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
                 std::fprintf(stderr, "y5train: error: --summary needs --cfg\n");
                 return 2;
             }
-            y5::Model model(o.cfg, nc);
+            y5::Model model(y5::resolve_config(o.cfg, "models", "--cfg"), nc);
             std::fputs(model.summary(o.imgsz).c_str(), stdout);
             return 0;
         }

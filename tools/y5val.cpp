@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "engine/app/config.h"
 #include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
         const int dev_index = y5::parse_device(device);
         const y5::Device dev = dev_index >= 0 ? y5::Device::CUDA : y5::Device::CPU;
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
-        y5::DataConfig cfg = y5::load_data_yaml(data);
+        y5::DataConfig cfg = y5::load_data_yaml(y5::resolve_config(data, "data", "--data"));
         Y5_CHECK(cfg.splits.count(task), "%s has no '%s' split", data.c_str(), task.c_str());
         auto model = y5::Model::from_weights(weights, cuda);
         Y5_CHECK(single_cls || model->nc == cfg.nc, "%s has nc=%d but %s has %d classes", weights.c_str(), model->nc,

@@ -19,6 +19,7 @@
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
 #include "engine/device/device.h"
+#include "engine/app/config.h"
 #include "engine/app/hyp.h"
 #include "engine/data/loader.h"
 #include "engine/autograd/optim.h"
@@ -175,8 +176,11 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 }
 
 std::string train(const TrainOptions& opt_in) {
-    const TrainOptions opt = opt_in.resume.empty() ? opt_in
-                             : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    TrainOptions opt = opt_in.resume.empty() ? opt_in : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    // Bare yaml names (--cfg yolov5n.yaml) as train.py finds them, before any dataset work.
+    opt.cfg = resolve_config(opt.cfg, "models", "--cfg");
+    opt.data = resolve_config(opt.data, "data", "--data");
+    if (!opt.hyp.empty()) opt.hyp = resolve_config(opt.hyp, "hyps", "--hyp");
     set_conv_options(opt.deterministic, opt.workspace_mib);  // before the memory plan measures (engine/app/memory.h)
     const int device_index = parse_device(opt.device);
     const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
