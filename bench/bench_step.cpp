@@ -4,7 +4,10 @@
  *   ./build/bench_step                        GPU 0: batch 16, 32 and 64 at 640 (a batch that does not fit
  *                                             in GPU memory is skipped, saying so)
  *   ./build/bench_step --device cpu           the CPU: batch 4 at 640, 3 timed steps
- *   options: --cfg --imgsz --batch 16,32 --warmup --steps --seconds --budget --no-layers
+ *   ./build/bench_step --plan --imgsz 640 --batch-size 64 [--device cpu]
+ *                                             the memory y5train's plan allocates for that configuration (one
+ *                                             image's step measured, nothing trained), ending "total <bytes> bytes"
+ *   options: --cfg --imgsz --batch 16 32 --warmup --steps --seconds --budget --no-layers
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
@@ -229,18 +232,40 @@ void print_breakdown(const Trainer& T, int bs, int imgsz, const std::vector<std:
 
 }  // namespace
 
+// --plan: the arenas y5train's memory plan (engine/app/memory.h) allocates for training batches of bs at imgsz and
+// its validation (batches of 2·bs with sides up to imgsz + 32, with the GPU NMS's scratch), and the parameter
+// blocks of the model and its EMA (values, gradients, momentum), as y5train sizes them before its memory check.
+void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz, const std::vector<int>& batches) {
+    Trainer T(cfg, dev, cuda, imgsz);
+    const int val_side = imgsz + 32;
+    const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh);
+    const StepMemory vone = measure_one_image(T.model, val_side, val_side, T.lh);
+    std::printf("%s at %d on %s: one image's step %zu activation, %zu activation-gradient, %zu scratch bytes\n",
+                T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", one.act, one.grads, one.work);
+    for (int bs : batches) {
+        const StepMemory tp = plan_training(T.model, one, bs);
+        const StepMemory vp = plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs));
+        const size_t params = (size_t)T.param_bytes();
+        std::printf("batch %d: activations %zu, activation gradients %zu, workspace %zu, validation %zu, "
+                    "parameters + optimizer %zu\n", bs, tp.act, tp.grads, tp.work, vp.total(), params);
+        std::printf("total %zu bytes\n", tp.total() + vp.total() + params);
+    }
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"bench_step: yolov5n training step images/s, memory, and time per phase and layer"};
     std::string device = "0", cfg = std::string(Y5_CONFIG_DIR) + "/models/yolov5n.yaml";
     int imgsz = 640, warmup = -1, steps = -1;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
-    bool no_layers = false, deterministic = true;
+    bool no_layers = false, deterministic = true, plan = false;
     int workspace_mib = 256;
     app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
     app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
     app.add_option("--imgsz", imgsz)->capture_default_str();
-    app.add_option("--batch", batches, "batch sizes (default: 16 32 64 on the GPU, 4 on the CPU)");
+    app.add_option("--batch,--batch-size", batches, "batch sizes (default: 16 32 64 on the GPU, 4 on the CPU)");
+    app.add_flag("--plan", plan, "print the memory y5train's plan allocates for --imgsz and each batch (one image's "
+                 "step measured, nothing trained) and exit");
     app.add_option("--warmup", warmup, "untimed steps first (default: 3 GPU, 2 CPU)");
     app.add_option("--steps", steps, "timed steps (default: 20 GPU, 3 CPU)");
     app.add_option("--seconds", seconds, "stop timing a batch size after this long (default: 8 GPU, 600 CPU)");
@@ -273,6 +298,10 @@ int main(int argc, char** argv) {
         } release{cuda};
         size_t free0 = 0, total = 0;
         if (cuda) device_memory_info(&free0, &total);
+        if (plan) {
+            print_plan(cfg, dev, cuda, imgsz, batches);
+            return 0;
+        }
 
         Trainer T(cfg, dev, cuda, imgsz);
         const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh);
