@@ -16,7 +16,6 @@
 
 #if Y5_CUDA
 #include "kernels/conv2d.h"
-#include "layers/yolo.h"
 #endif
 
 namespace y5 {

@@ -29,9 +29,9 @@
 #include "engine/app/memory.h"
 #include "engine/app/step.h"
 #include "layers/model.h"
+#include "layers/yolo.h"
 #if Y5_CUDA
 #include "kernels/conv2d.h"
-#include "layers/yolo.h"
 #endif
 
 namespace fs = std::filesystem;
@@ -199,11 +199,7 @@ std::string train(const TrainOptions& opt_in) {
     fs::create_directories(save_dir + "/weights");
     const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
 
-    std::string hyp_path = opt.hyp;
-    if (hyp_path.empty()) {
-        hyp_path = "config/hyps/hyp.scratch-low.yaml";
-        if (!fs::exists(hyp_path)) hyp_path = std::string(Y5_CONFIG_DIR) + "/hyps/hyp.scratch-low.yaml";
-    }
+    const std::string hyp_path = opt.hyp.empty() ? resolve_config("hyp.scratch-low.yaml", "hyps", "--hyp") : opt.hyp;
     Hyp hyp = load_hyp(hyp_path);
     DataConfig data = load_data_yaml(opt.data);
     const int nc = opt.single_cls ? 1 : data.nc;
