@@ -37,15 +37,30 @@ struct TestCtx {
     }
 };
 
-// Uniform [lo, hi) values (never all zeros), in f32 or f64.
+// Uniform [lo, hi) values (never all zeros), in f32, f64 or f16 (rounded to nearest).
 inline Tensor rand_tensor(Arena& a, Shape s, DType t, Rng& rng, double lo = -1.0, double hi = 1.0) {
     Tensor x = a.tensor(s, t);
     for (int64_t i = 0; i < x.numel(); ++i) {
         double v = rng.uniform_double(lo, hi);
         if (t == DType::F64) x.ptr<double>()[i] = v;
+        else if (t == DType::F16) x.ptr<f16>()[i] = f32_to_f16((float)v);
         else x.ptr<float>()[i] = (float)v;
     }
     return x;
+}
+
+// A host tensor's values in dtype t (f32, f64, f16; f16 rounds to nearest even).
+inline Tensor as_dtype(Arena& a, const Tensor& x, DType t) {
+    Tensor y = a.tensor(x.shape, t);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+        const double v = x.dtype == DType::F64 ? x.ptr<double>()[i]
+                         : x.dtype == DType::F16 ? (double)f16_to_f32(x.ptr<f16>()[i])
+                                                 : (double)x.ptr<float>()[i];
+        if (t == DType::F64) y.ptr<double>()[i] = v;
+        else if (t == DType::F16) y.ptr<f16>()[i] = f32_to_f16((float)v);
+        else y.ptr<float>()[i] = (float)v;
+    }
+    return y;
 }
 
 // A host copy of a host tensor in arena a.
@@ -78,7 +93,9 @@ inline std::string fmt(double v) {
 }
 
 inline double at(const Tensor& t, int64_t i) {
-    return t.dtype == DType::F64 ? t.ptr<double>()[i] : (double)t.ptr<float>()[i];
+    return t.dtype == DType::F64   ? t.ptr<double>()[i]
+           : t.dtype == DType::F16 ? (double)f16_to_f32(t.ptr<f16>()[i])
+                                   : (double)t.ptr<float>()[i];
 }
 
 // |got − want| ≤ atol + rtol·|want| element by element: the element furthest over its bound (−1 when none is

@@ -88,8 +88,8 @@ void Tape::run_backward() {
     }
 }
 
-void Tape::backward(const Var& root, const Tensor* s) {
-    seed(root, s);
+void Tape::backward(const Var& root, const Tensor* s, double scale) {
+    seed(root, s, scale);
     run_backward();
 }
 
@@ -99,7 +99,7 @@ void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& se
     run_backward();
 }
 
-void Tape::seed(const Var& root, const Tensor* seed) {
+void Tape::seed(const Var& root, const Tensor* seed, double scale) {
     Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
     Tensor g = grad(root);
     check_cuda(g, cuda_);
@@ -110,15 +110,12 @@ void Tape::seed(const Var& root, const Tensor* seed) {
         else copy_device_to_device(g.data, seed->data, g.bytes(), cuda_);
     } else {
         Y5_CHECK(g.numel() == 1, "backward: root %s is not a scalar; pass a seed gradient", g.str().c_str());
-        if (g.dtype == DType::F64) {
-            double one = 1.0;
-            if (g.device == Device::CPU) std::memcpy(g.data, &one, 8);
-            else copy_host_to_device(g.data, &one, 8, cuda_);
-        } else {
-            float one = 1.0f;
-            if (g.device == Device::CPU) std::memcpy(g.data, &one, 4);
-            else copy_host_to_device(g.data, &one, 4, cuda_);
-        }
+        const double d = scale;
+        const float f = (float)scale;
+        const f16 h = f32_to_f16(f);
+        const void* v = g.dtype == DType::F64 ? (const void*)&d : g.dtype == DType::F32 ? (const void*)&f : &h;
+        if (g.device == Device::CPU) std::memcpy(g.data, v, g.bytes());
+        else copy_host_to_device(g.data, v, g.bytes(), cuda_);
     }
 }
 

@@ -55,9 +55,9 @@ public:
     bool has_grad(const Var& v) const { return v.id >= 0 && nodes_[v.id].grad_ready; }
     Tensor grad(const Var& v);  // allocates and zeroes on first call
 
-    // Runs the closures in reverse. With no seed the root must hold one element and gets gradient 1;
-    // otherwise its gradient is `seed` (same shape), i.e. the gradient of Σ seed ⊙ root.
-    void backward(const Var& root, const Tensor* seed = nullptr);
+    // Runs the closures in reverse. With no seed the root must hold one element and gets gradient `scale` (1, or
+    // mixed precision's loss scale); otherwise its gradient is `seed` (same shape), the gradient of Σ seed ⊙ root.
+    void backward(const Var& root, const Tensor* seed = nullptr, double scale = 1.0);
     // Several roots at once (Detect's three maps): the gradient of Σ_i Σ seeds[i] ⊙ roots[i].
     void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
     void clear();
@@ -65,7 +65,7 @@ public:
     size_t size() const { return closures_.size(); }
 
 private:
-    void seed(const Var& root, const Tensor* seed);
+    void seed(const Var& root, const Tensor* seed, double scale = 1.0);
     void run_backward();
     struct Node {
         Tensor value, grad;

@@ -1,8 +1,8 @@
 /*
  * Tensor: a non-owning view of memory that an Arena (or the caller) owns.
  * Shape is any rank up to kMaxDims, row-major (NCHW for images, (bs,3,ny,nx,5+nc) for Detect maps).
- * dtype: f32 is the engine's type; f64 runs the CPU references for gradient checks; f16 is reserved
- * for mixed precision (storage only, no op accepts it yet).
+ * dtype: f32 is the engine's type; f64 runs the CPU references for gradient checks; f16 (kernels/common.h) is
+ * mixed precision's storage for activations and their gradients (the ops that accept it say so in ops.h).
  */
 #pragma once
 #include <cstddef>
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/check.h"
+#include "kernels/common.h"
 
 namespace y5 {
 
@@ -24,6 +25,7 @@ inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cu
 template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::F32; }
 template <> constexpr DType dtype_of<double>() { return DType::F64; }
+template <> constexpr DType dtype_of<f16>() { return DType::F16; }
 
 constexpr int kMaxDims = 6;
 

@@ -77,21 +77,31 @@ template <class Elem, bool Cuda> struct On {
     static constexpr bool cuda = Cuda;
 };
 
+// dispatch<kF16>: the op has f16 code (mixed precision's activations); plain dispatch rejects f16 tensors.
+constexpr bool kF16 = true;
+
 // Runs f(On<T, cuda>{}) for t's device and dtype: CPU f32 → float, CPU f64 → double (gradient checks), CUDA
-// f32 → float on the CUDA launchers. Any other combination is an error naming the op and the tensor. f16 is
-// added here, once for every op: CUDA f16 → f(On<half type, true>{}) when the launchers have f16 overloads.
-template <class F> void dispatch(const char* op, const Tensor& t, F&& f) {
+// f32 → float on the CUDA launchers, and with WithF16 f16 → y5::f16 on either device (the CPU references and the
+// CUDA launchers have f16 versions that load and store f16 and compute in float). Any other combination is an
+// error naming the op and the tensor.
+template <bool WithF16 = false, class F> void dispatch(const char* op, const Tensor& t, F&& f) {
     if (t.device == Device::CPU) {
         switch (t.dtype) {
             case DType::F32: return f(On<float, false>{});
             case DType::F64: return f(On<double, false>{});
+            case DType::F16:
+                if constexpr (WithF16) return f(On<f16, false>{});
+                [[fallthrough]];
             default: Y5_FAIL("%s: dtype %s is not supported by this op: %s", op, dtype_name(t.dtype), t.str().c_str());
         }
     }
     if constexpr (kCudaBuild) {  // discarded without CUDA: f's CUDA branch is then never instantiated
         switch (t.dtype) {
             case DType::F32: return f(On<float, true>{});
-            default: Y5_FAIL("%s: CUDA tensors must be f32, got %s", op, t.str().c_str());
+            case DType::F16:
+                if constexpr (WithF16) return f(On<f16, true>{});
+                [[fallthrough]];
+            default: Y5_FAIL("%s: CUDA tensors must be f32%s, got %s", op, WithF16 ? " or f16" : "", t.str().c_str());
         }
     } else {
         Y5_FAIL("%s: CUDA tensor %s in a build without CUDA", op, t.str().c_str());
@@ -126,16 +136,18 @@ inline bool any_grad(const std::vector<Var>& vs) {
 // The op's output as a Var. It is a tape node when the tape records and `grad` (some input needs a gradient);
 // then bwd(d, y) is recorded as its backward: it runs during Tape::backward, only when y received a gradient,
 // dispatched on y's device and dtype like the forward. bwd captures by value: it outlives the op's call.
-template <class B> Var finish(Ctx& c, const char* op, Tensor out, bool grad, B bwd) {
+// finish<kF16> for an op whose backward has f16 code.
+template <bool WithF16 = false, class B> Var finish(Ctx& c, const char* op, Tensor out, bool grad, B bwd) {
     Var y = c.tape->output(out, grad);
     if (y.requires_grad())
         c.tape->record([&c, op, y, bwd] {
-            if (c.tape->has_grad(y)) dispatch(op, y.t, [&](auto d) { bwd(d, y); });
+            if (c.tape->has_grad(y)) dispatch<WithF16>(op, y.t, [&](auto d) { bwd(d, y); });
         });
     return y;
 }
-template <class B> Var finish(Ctx& c, const char* op, Tensor out, std::initializer_list<const Var*> inputs, B bwd) {
-    return finish(c, op, out, any_grad(inputs), std::move(bwd));
+template <bool WithF16 = false, class B>
+Var finish(Ctx& c, const char* op, Tensor out, std::initializer_list<const Var*> inputs, B bwd) {
+    return finish<WithF16>(c, op, out, any_grad(inputs), std::move(bwd));
 }
 
 template <class T> T* grad_ptr(Ctx& c, const Var& v) {

@@ -54,12 +54,12 @@ void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min
 // Tensor utilities
 
 void fill(Ctx& c, Tensor t, double v) {
-    dispatch("fill", t, [&](auto d) {
+    dispatch<kF16>("fill", t, [&](auto d) {
         using T = typename decltype(d)::T;
         if constexpr (d.cuda) {
-            Y5_CHECK(c.cuda, "fill: CUDA tensor %s needs f32 and a CUDA context", t.str().c_str());
-            fill_cuda(t.ptr<T>(), T(v), t.numel(), stream(c));
-        } else fill_cpu(t.ptr<T>(), T(v), t.numel());
+            Y5_CHECK(c.cuda, "fill: CUDA tensor %s needs a CUDA context", t.str().c_str());
+            fill_cuda(t.ptr<T>(), (acc_t<T>)v, t.numel(), stream(c));
+        } else fill_cpu<T>(t.ptr<T>(), (acc_t<T>)v, t.numel());
     });
 }
 
@@ -78,12 +78,55 @@ void copy(Ctx& c, Tensor dst, const Tensor& src) {
 void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
     check_same("axpy", y, x);
     Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
-    dispatch("axpy", y, [&](auto d) {
+    dispatch<kF16>("axpy", y, [&](auto d) {
         using T = typename decltype(d)::T;
         if constexpr (d.cuda) {
             Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
-            axpy_cuda(y.ptr<T>(), T(a), x.ptr<T>(), y.numel(), stream(c));
-        } else axpy_cpu(y.ptr<T>(), T(a), x.ptr<T>(), y.numel());
+            axpy_cuda(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel(), stream(c));
+        } else axpy_cpu<T>(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel());
+    });
+}
+
+// dst = src converted, or (add) dst += src converted: f32 ↔ f16 (or the same dtype), over par() chunks on the CPU.
+static void convert_impl(Ctx& c, Tensor dst, const Tensor& src, bool add) {
+    const char* op = add ? "convert_add" : "convert";
+    Y5_CHECK(dst.shape.numel() == src.shape.numel() && dst.device == src.device, "%s: %s into %s", op,
+             src.str().c_str(), dst.str().c_str());
+    Y5_CHECK(dst.dtype != DType::F64 && src.dtype != DType::F64, "%s: %s into %s (f32 and f16 only)", op,
+             src.str().c_str(), dst.str().c_str());
+    const int64_t n = dst.numel();
+    auto run = [&](auto* dp, const auto* sp) {
+        if (dst.device == Device::CUDA) {
+            if constexpr (kCudaBuild) {
+                Y5_CHECK(c.cuda, "%s: CUDA tensor %s but the context has no CUDA context", op, dst.str().c_str());
+                if constexpr (std::is_same_v<decltype(dp), decltype(sp)>) Y5_FAIL("%s: same dtype on CUDA", op);
+                else if (add) cast_add_cuda(dp, sp, n, stream(c));
+                else cast_cuda(dp, sp, n, stream(c));
+            }
+        } else {
+            par(n, [&](int64_t i0, int64_t i1) {
+                if (add) cast_add_cpu(dp + i0, sp + i0, i1 - i0);
+                else cast_cpu(dp + i0, sp + i0, i1 - i0);
+            }, kElemChunk);
+        }
+    };
+    if (dst.dtype == DType::F16 && src.dtype == DType::F32) run(dst.ptr<f16>(), src.ptr<float>());
+    else if (dst.dtype == DType::F32 && src.dtype == DType::F16) run(dst.ptr<float>(), src.ptr<f16>());
+    else if (dst.dtype == src.dtype && add) axpy(c, dst, 1.0, src.view(dst.shape));
+    else if (dst.dtype == src.dtype) copy(c, dst, src.view(dst.shape));
+    else Y5_FAIL("%s: %s into %s", op, src.str().c_str(), dst.str().c_str());
+}
+
+void convert(Ctx& c, Tensor dst, const Tensor& src) { convert_impl(c, dst, src, false); }
+void convert_add(Ctx& c, Tensor dst, const Tensor& src) { convert_impl(c, dst, src, true); }
+
+Var cast(Ctx& c, const Var& x, DType to) {
+    if (x.t.dtype == to) return x;
+    check_ctx("cast", c, x.t);
+    Tensor out = c.act->tensor(x.t.shape, to);
+    convert(c, out, x.t);
+    return finish<kF16>(c, "cast", out, {&x}, [&c, x](auto, const Var& y) {
+        convert_add(c, c.tape->grad(x), c.tape->grad(y));
     });
 }
 
@@ -523,11 +566,11 @@ Var add(Ctx& c, const Var& a, const Var& b) {
     Y5_CHECK(a.t.shape == b.t.shape, "add: shapes %s and %s differ", a.t.str().c_str(), b.t.str().c_str());
     check_ctx(op, c, a.t);
     Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
-    dispatch(op, a.t, [&](auto d) {
+    dispatch<kF16>(op, a.t, [&](auto d) {
         using T = typename decltype(d)::T;
         Y5_CPU_OR_CUDA(add, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
     });
-    return finish(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
+    return finish<kF16>(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
         Tensor dy = c.tape->grad(y);
         if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
         if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);

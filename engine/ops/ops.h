@@ -37,9 +37,15 @@ int cpu_op_threads();
 // ---- tensor utilities (no tape)
 void fill(Ctx& c, Tensor t, double v);
 void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype
-void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x);  // y += a·x (f32, f64, f16)
+// Mixed precision's conversions, same element count, f32 ↔ f16 (round to nearest even): dst = src, dst += src.
+void convert(Ctx& c, Tensor dst, const Tensor& src);
+void convert_add(Ctx& c, Tensor dst, const Tensor& src);
 
 // ---- differentiable ops
+// Ops marked [f16] also take f16 tensors (mixed precision): f16 storage, float arithmetic.
+// x as dtype `to` (f32 ↔ f16); x itself when it has that dtype. The backward adds the gradient converted back.
+Var cast(Ctx& c, const Var& x, DType to);  // [f16]
 // x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo)
 Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);
 // A 1×1 convolution (stride 1, no padding) of the channel concatenation of xs without building it: xs[i]
@@ -60,7 +66,7 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
 Var sppf_pool(Ctx& c, const Var& x, int k);
 Var upsample_nearest(Ctx& c, const Var& x, int scale);
 Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W)
-Var add(Ctx& c, const Var& a, const Var& b);      // same shape
+Var add(Ctx& c, const Var& a, const Var& b);      // same shape [f16]
 Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C)
 Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C)
 Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
