@@ -8,6 +8,7 @@
  *                                             the memory y5train's plan allocates for that configuration (one
  *                                             image's step measured, nothing trained), ending "total <bytes> bytes"
  *   options: --cfg --imgsz --batch 16 32 --warmup --steps --seconds --budget --no-layers
+ *            --amp off|on|both (mixed precision as y5train --amp; default both on the GPU, off on the CPU)
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
@@ -195,7 +196,8 @@ Batch synthetic_batch(int bs, int imgsz, Rng& rng) {
 std::string short_type(const std::string& t) { return t.substr(t.rfind('.') + 1); }
 
 // The per-phase and per-layer table of one batch size: median over the passes of each interval.
-void print_breakdown(const Trainer& T, int bs, int imgsz, const std::vector<std::vector<double>>& passes, bool gpu) {
+void print_breakdown(const Trainer& T, int bs, bool amp, int imgsz, const std::vector<std::vector<double>>& passes,
+                     bool gpu) {
     const size_t L = T.model.layers.size();
     std::vector<double> ms;
     for (size_t i = 0; i < passes[0].size(); ++i) {
@@ -206,8 +208,8 @@ void print_breakdown(const Trainer& T, int bs, int imgsz, const std::vector<std:
     double total = 0, fwd = 0;
     for (double v : ms) total += v;
     for (size_t i = 0; i < L; ++i) fwd += ms[1 + i];
-    std::printf("\nwhere a step's time goes: batch %d at %d, median of %zu instrumented steps (%s)\n", bs, imgsz,
-                passes.size(), gpu ? "CUDA events" : "host clock");
+    std::printf("\nwhere a step's time goes: batch %d at %d, %s, median of %zu instrumented steps (%s)\n", bs, imgsz,
+                amp ? "AMP" : "f32", passes.size(), gpu ? "CUDA events" : "host clock");
     std::printf("%-36s %-22s %10s %7s\n", "phase / layer", "output", "ms", "%step");
     auto line = [&](const std::string& name, const std::string& shape, double v) {
         std::printf("%-36s %-22s %10.3f %6.1f%%\n", name.c_str(), shape.c_str(), v, 100 * v / total);
@@ -235,13 +237,15 @@ void print_breakdown(const Trainer& T, int bs, int imgsz, const std::vector<std:
 // --plan: the arenas y5train's memory plan (engine/app/memory.h) allocates for training batches of bs at imgsz and
 // its validation (batches of 2·bs with sides up to imgsz + 32, with the GPU NMS's scratch), and the parameter
 // blocks of the model and its EMA (values, gradients, momentum), as y5train sizes them before its memory check.
-void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz, const std::vector<int>& batches) {
+void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz, const std::vector<int>& batches,
+                bool amp) {
     Trainer T(cfg, dev, cuda, imgsz);
     const int val_side = imgsz + 32;
-    const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh);
-    const StepMemory vone = measure_one_image(T.model, val_side, val_side, T.lh);
-    std::printf("%s at %d on %s: one image's step %zu activation, %zu activation-gradient, %zu scratch bytes\n",
-                T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", one.act, one.grads, one.work);
+    const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp);
+    const StepMemory vone = measure_one_image(T.model, val_side, val_side, T.lh, amp);
+    std::printf("%s at %d on %s, %s: one image's step %zu activation, %zu activation-gradient, %zu scratch bytes\n",
+                T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", one.act, one.grads,
+                one.work);
     for (int bs : batches) {
         const StepMemory tp = plan_training(T.model, one, bs);
         const StepMemory vp = plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs));
@@ -260,6 +264,9 @@ int main(int argc, char** argv) {
     double seconds = -1, budget = 40;
     bool no_layers = false, deterministic = true, plan = false;
     int workspace_mib = 256;
+    std::string amp_mode;
+    app.add_option("--amp", amp_mode, "mixed precision: off, on, or both (f32 then AMP; the default on the GPU; the "
+                   "CPU's is off)")->check(CLI::IsMember({"off", "on", "both"}));
     app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
     app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
     app.add_option("--imgsz", imgsz)->capture_default_str();
@@ -291,6 +298,10 @@ int main(int argc, char** argv) {
         if (warmup < 0) warmup = cpu ? 2 : 3;
         if (steps < 0) steps = cpu ? 3 : 20;
         if (seconds < 0) seconds = cpu ? 600 : 8;
+        if (amp_mode.empty()) amp_mode = cpu ? "off" : "both";
+        std::vector<bool> amps;
+        if (amp_mode != "on") amps.push_back(false);
+        if (amp_mode != "off") amps.push_back(true);
         CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(idx) : nullptr;
         struct Release {
             CudaContext* c;
@@ -299,16 +310,19 @@ int main(int argc, char** argv) {
         size_t free0 = 0, total = 0;
         if (cuda) device_memory_info(&free0, &total);
         if (plan) {
-            print_plan(cfg, dev, cuda, imgsz, batches);
+            for (bool amp : amps) print_plan(cfg, dev, cuda, imgsz, batches, amp);
             return 0;
         }
 
         Trainer T(cfg, dev, cuda, imgsz);
-        const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh);
+        std::vector<StepMemory> ones;
+        for (bool amp : amps) ones.push_back(measure_one_image(T.model, imgsz, imgsz, T.lh, amp));
         const double gflops = T.model.gflops(imgsz);  // forward, per image
-        std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d; one image's step: %.0f MB "
-                    "activations, %.0f MB activation gradients, %.0f MB scratch\n", T.model.name.c_str(),
-                    (long long)T.model.num_parameters(), gflops, imgsz, one.act / 1e6, one.grads / 1e6, one.work / 1e6);
+        std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d\n", T.model.name.c_str(),
+                    (long long)T.model.num_parameters(), gflops, imgsz);
+        for (size_t a = 0; a < amps.size(); ++a)
+            std::printf("one image's step, %s: %.0f MB activations, %.0f MB activation gradients, %.0f MB scratch\n",
+                        amps[a] ? "AMP" : "f32", ones[a].act / 1e6, ones[a].grads / 1e6, ones[a].work / 1e6);
 #if Y5_CUDA
         if (cuda) {
             cudaDeviceProp prop{};
@@ -320,15 +334,21 @@ int main(int argc, char** argv) {
 #endif
         if (!cuda) std::printf("device: CPU, %u threads\n", std::thread::hardware_concurrency());
         std::printf("step = upload, forward, loss, backward, clip, SGD, EMA (optimizer every batch); synthetic data\n\n");
-        std::printf("%6s %6s %10s %10s %13s %12s %12s %10s %14s\n", "batch", "steps", "ms/step", "images/s",
+        std::printf("%6s %6s %6s %10s %10s %13s %12s %12s %10s %14s\n", "batch", "prec", "steps", "ms/step", "images/s",
                     "TFLOP/s(3xF)", "arenas peak", "reserved", "params", cuda ? "GPU mem used" : "peak RSS");
 
         Rng rng(1, 3);
         std::vector<std::vector<double>> layer_passes;
         int layer_batch = 0;
-        for (int bs : batches) {
+        bool layer_amp = false;
+        for (size_t run = 0; run < batches.size() * amps.size(); ++run) {  // each batch size in f32, then AMP
+            const int bs = batches[run / amps.size()];
+            const bool amp = amps[run % amps.size()];
+            const StepMemory& one = ones[run % amps.size()];
+            T.step->amp = amp;
             if (cuda && seconds_since(t_start) > budget) {
-                std::printf("%6d skipped: %.0f s spent, past --budget %.0f\n", bs, seconds_since(t_start), budget);
+                std::printf("%6d %6s skipped: %.0f s spent, past --budget %.0f\n", bs, amp ? "amp" : "f32",
+                            seconds_since(t_start), budget);
                 continue;
             }
             // The arenas as y5train plans them (engine/app/memory.h), checked against what is free before allocating.
@@ -336,14 +356,14 @@ int main(int argc, char** argv) {
             try {
                 check_fits(dev, {plan}, "batch " + std::to_string(bs), "the batch");
             } catch (const Error& e) {
-                std::printf("%6d skipped: %s\n", bs, e.what());
+                std::printf("%6d %6s skipped: %s\n", bs, amp ? "amp" : "f32", e.what());
                 continue;
             }
             Workspace w;
             try {
                 w.make(dev, cuda, plan);
             } catch (const Error& e) {
-                std::printf("%6d skipped: %s\n", bs, e.what());
+                std::printf("%6d %6s skipped: %s\n", bs, amp ? "amp" : "f32", e.what());
                 continue;
             }
             const Batch b = synthetic_batch(bs, imgsz, rng);
@@ -362,7 +382,8 @@ int main(int argc, char** argv) {
             if (cuda) device_memory_info(&free_now, &total);
             const double used = cuda ? (double)free0 - (double)free_now : peak_rss_bytes();
             const double reserved = (double)w.act->capacity() + w.work->capacity() + w.grads->capacity();
-            std::printf("%6d %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, done, 1000 * s / done, ips,
+            std::printf("%6d %6s %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, amp ? "amp" : "f32",
+                        done, 1000 * s / done, ips,
                         3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);
             std::fflush(stdout);
             if (!no_layers && layer_passes.empty()) {
@@ -372,10 +393,10 @@ int main(int argc, char** argv) {
                     train_step(T, w, b, &marks);
                     layer_passes.push_back(marks.intervals_ms());
                 }
-                layer_batch = bs;
+                layer_batch = bs, layer_amp = amp;
             }
         }
-        if (!layer_passes.empty()) print_breakdown(T, layer_batch, imgsz, layer_passes, cuda != nullptr);
+        if (!layer_passes.empty()) print_breakdown(T, layer_batch, layer_amp, imgsz, layer_passes, cuda != nullptr);
         return 0;
     } catch (...) {
         return error_exit("bench_step");

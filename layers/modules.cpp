@@ -16,6 +16,11 @@ namespace y5 {
 
 static Var param(Ctx& c, ParamStore& ps, int i) { return c.tape->param(ps[i].value, ps[i].grad); }
 
+// A convolution's argument under autocast (Ctx::autocast): as f16, through the differentiable cast, so an f32
+// weight's gradient arrives in f32 (torch's autocast casts conv inputs, weights and biases the same way). The
+// f16 weight copies are made per forward, from the f32 master weights the optimizer updates.
+static Var amp(Ctx& c, const Var& v) { return c.autocast ? cast(c, v, DType::F16) : v; }
+
 // ----------------------------------------------------------------------------------------------------
 // ConvBN
 
@@ -36,22 +41,25 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
 template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool training, ConvFn&& conv) {
     const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : m.ps->fold(m.w);
     if (f) {
-        const Var b = Tape::constant(f->b);
-        const Var y = conv(Tape::constant(f->w), &b);
+        const Var b = amp(c, Tape::constant(f->b));
+        const Var y = conv(amp(c, Tape::constant(f->w)), &b);
         return m.act.kind == ActKind::Identity ? y : activation(c, y, m.act);
     }
-    return batchnorm2d(c, conv(param(c, *m.ps, m.w), nullptr), param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b),
+    return batchnorm2d(c, conv(amp(c, param(c, *m.ps, m.w)), nullptr), param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b),
                        (*m.ps)[m.rm].value, (*m.ps)[m.rv].value, training, kBnEps, kBnMomentum, m.act);
 }
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
-    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d(c, x, wv, b, s, p); });
+    const Var xa = amp(c, x);
+    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d(c, xa, wv, b, s, p); });
 }
 
 Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
     if (parts.size() == 1) return forward(c, parts[0], training);
     if (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts) return forward(c, concat(c, parts), training);
-    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d_parts(c, parts, wv, b); });
+    std::vector<Var> pa;
+    for (const Var& v : parts) pa.push_back(amp(c, v));
+    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d_parts(c, pa, wv, b); });
 }
 
 Shape ConvBN::out_shape(Shape in) const {
@@ -347,8 +355,8 @@ std::unique_ptr<Detect> make_detect(ParamStore& ps, const std::string& prefix, i
 std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
     std::vector<Var> maps;
     for (int i = 0; i < nl; ++i) {
-        Var bias = param(c, *ps, b[i]);
-        Var y = conv2d(c, in[i], param(c, *ps, w[i]), &bias, 1, 0);  // (bs, na·no, ny, nx)
+        Var bias = amp(c, param(c, *ps, b[i]));
+        Var y = conv2d(c, amp(c, in[i]), amp(c, param(c, *ps, w[i])), &bias, 1, 0);  // (bs, na·no, ny, nx)
         const int64_t bs = y.t.dim(0), ny = y.t.dim(2), nx = y.t.dim(3);
         Var v{y.t.view({bs * na, no, ny * nx}), y.id};
         maps.push_back(transpose12(c, v, Shape{bs, na, ny, nx, no}));  // (bs, na, ny, nx, no)
@@ -367,11 +375,16 @@ Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
     const int64_t bs = maps[0].t.dim(0);
     int64_t total = 0;
     for (const Var& m : maps) total += m.t.dim(1) * m.t.dim(2) * m.t.dim(3);
-    Tensor out = c.act->tensor(Shape{bs, total, no}, maps[0].t.dtype);
+    const bool f16 = maps[0].t.dtype == DType::F16;  // mixed precision's maps: decoded in f32
+    Tensor out = c.act->tensor(Shape{bs, total, no}, f16 ? DType::F32 : maps[0].t.dtype);
     const Tensor anc = (*ps)[anchors].value;
     int64_t offset = 0;
     for (int i = 0; i < nl; ++i) {
-        const Tensor& m = maps[i].t;
+        Tensor m = maps[i].t;
+        if (f16) {
+            m = c.act->tensor(maps[i].t.shape, DType::F32);
+            convert(c, m, maps[i].t);
+        }
         const int ny = m.dim(2), nx = m.dim(3);
         if (m.device == Device::CUDA) {
 #if Y5_CUDA

@@ -84,6 +84,11 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
                    const LossHyp& hyp) {
     const char* op = "yolo_loss";
     Y5_CHECK(!maps.empty(), "yolo_loss: no maps");
+    if (maps[0].t.dtype == DType::F16) {  // mixed precision: the loss in f32 from the f16 maps (and f16 gradients back)
+        std::vector<Var> m32;
+        for (const Var& m : maps) m32.push_back(cast(c, m, DType::F32));
+        return yolo_loss(c, m32, targets, anchors, hyp);
+    }
     const int nl = (int)maps.size();
     const int bs = maps[0].t.dim(0), na = maps[0].t.dim(1), no = maps[0].t.dim(4);
     std::vector<int> ny, nx;

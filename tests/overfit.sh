@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Training really learns: yolov5n overfits 8 synthetic images (CPU, imgsz 96, no augmentation, one optimizer
 # step per epoch since batch 64 = YOLOv5's nominal batch): the box loss falls below half of its start and
-# mAP50 on those images rises above 0.5. About 2 minutes on 2 cores.
-#   bash tests/overfit.sh BUILD_DIR SOURCE_DIR
+# mAP50 on those images rises above 0.5. About 2 minutes on 2 cores. Extra arguments go to y5train (CTest
+# overfit_amp passes --amp: the same with mixed precision).
+#   bash tests/overfit.sh BUILD_DIR SOURCE_DIR [y5train args...]
 set -euo pipefail
-build="$1"; src="$2"
+build="$1"; src="$2"; shift 2
 work="$(mktemp -d /tmp/y5_overfit.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -14,7 +15,7 @@ sed -e 's/^mosaic: .*/mosaic: 0.0/' -e 's/^fliplr: .*/fliplr: 0.0/' -e 's/^scale
     -e 's/^translate: .*/translate: 0.0/' -e 's/^hsv_\([hsv]\): .*/hsv_\1: 0.0/' \
     "$src/config/hyps/hyp.scratch-low.yaml" > hyp.yaml
 "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --hyp hyp.yaml --weights '' \
-  --imgsz 96 --epochs 600 --batch-size 64 --workers 2 --noval --device cpu > train.log
+  --imgsz 96 --epochs 600 --batch-size 64 --workers 2 --noval --device cpu "$@" > train.log
 csv=runs/train/exp/results.csv
 first=$(sed -n 2p $csv | cut -d, -f2 | tr -d ' ')
 last=$(tail -1 $csv | cut -d, -f2 | tr -d ' ')

@@ -18,6 +18,7 @@
 #include "engine/ops/ops.h"
 #include "engine/core/rng.h"
 #include "engine/autograd/tape.h"
+#include "engine/data/loader.h"
 
 namespace y5test {
 using namespace y5;
@@ -229,6 +230,33 @@ inline void gradcheck(TestCtx& tc, const std::vector<Tensor>& inputs, const OpFn
     GradResult r = gradcheck_run(tc, inputs, f, rng, opt);
     INFO(r.report);
     CHECK(r.bad == 0);
+}
+
+// A fixed synthetic batch: textured uint8 images (n, 3, h, w) with 1–3 filled rectangles each, and their
+// targets (image, class, x, y, w, h) normalised, as the loader hands them to train.cpp.
+inline Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {
+    Batch b;
+    b.n = n, b.h = h, b.w = w;
+    b.images.resize((size_t)n * 3 * h * w);
+    for (int i = 0; i < n; ++i) {
+        uint8_t* im = b.images.data() + (size_t)i * 3 * h * w;
+        for (int c = 0; c < 3; ++c)
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x)
+                    im[((size_t)c * h + y) * w + x] = (uint8_t)(96 + 40 * std::sin(0.21 * x + 0.13 * y + c) + rng.randint(24));
+        const int objects = 1 + (int)rng.randint(3);
+        for (int k = 0; k < objects; ++k) {
+            const int bw = 12 + (int)rng.randint(w / 2), bh = 12 + (int)rng.randint(h / 2);
+            const int x0 = (int)rng.randint(w - bw), y0 = (int)rng.randint(h - bh), cls = (int)rng.randint(nc);
+            const uint8_t col[3] = {(uint8_t)rng.randint(256), (uint8_t)rng.randint(256), (uint8_t)rng.randint(256)};
+            for (int c = 0; c < 3; ++c)
+                for (int y = y0; y < y0 + bh; ++y)
+                    for (int x = x0; x < x0 + bw; ++x) im[((size_t)c * h + y) * w + x] = col[c];
+            b.targets.insert(b.targets.end(), {(float)i, (float)cls, (x0 + bw / 2.0f) / w, (y0 + bh / 2.0f) / h,
+                                               (float)bw / w, (float)bh / h});
+        }
+    }
+    return b;
 }
 
 }  // namespace y5test

@@ -85,9 +85,33 @@ export -f bench_on_gpu  # step runs its command under timeout, which needs a pro
 shopt -s nullglob
 benches=("$build"/bench_*)
 if [ ${#benches[@]} -gt 0 ]; then
-  for b in "${benches[@]}"; do step "$(basename "$b")" 90 bash -c 'bench_on_gpu "$@"' _ "$b"; done
+  for b in "${benches[@]}"; do
+    step "$(basename "$b")" 90 bash -c 'bench_on_gpu "$@" | tee "'"$out"'/$(basename "$1").log"' _ "$b"
+  done
 else
   skip "benchmarks" "no bench_* programs built"
+fi
+# PyTorch YOLOv5 v7.0's step beside bench_step's (f32 and AMP, NCHW and channels_last), where this machine has torch
+# and yolov5 (nothing is installed here: the machine may have no network). The ratio table compares like with like:
+# y5 f32 with torch f32, y5 AMP with torch AMP, each batch size (NCHW torch; its channels_last rows are printed too).
+if python3 -c "import torch, yolov5" >/dev/null 2>&1; then
+  step "peer: PyTorch YOLOv5 step" 150 bash -c "python3 bench/peer_yolov5_step.py --device 0 --batch 16 32 64 --steps 20 \
+    --warmup 3 --amp both --channels-last both | tee '$out/peer.log'"
+  if [ -s "$out/bench_step.log" ] && [ -s "$out/peer.log" ]; then
+    echo "=== y5 / PyTorch (images/s ratio > 1: y5 faster; memory ratio < 1: y5 smaller)"
+    awk 'FNR == 1 { f++ }
+         f == 1 && $1 ~ /^[0-9]+$/ && ($2 == "f32" || $2 == "amp") && $4 ~ /^[0-9.]+$/ {
+           k = $1 " " $2; y5ips[k] = $5; y5mem[k] = $NF; sub(/GB/, "", y5mem[k]) }
+         f == 2 && $1 ~ /^[0-9]+$/ && $3 == "no" { k = $1 " " $2; ptips[k] = $6; ptmem[k] = $NF; sub(/GB/, "", ptmem[k]) }
+         END { printf "%6s %5s %12s %12s %10s %12s %12s %10s\n", "batch", "prec", "y5 img/s", "torch img/s", "ratio",
+                 "y5 GPU GB", "torch rsvd GB", "ratio"
+               for (k in y5ips) if (k in ptips) { split(k, a, " ")
+                 printf "%6s %5s %12.1f %12.1f %10.2f %12.2f %12.2f %10.2f\n", a[1], a[2], y5ips[k], ptips[k],
+                   y5ips[k] / ptips[k], y5mem[k], ptmem[k], (ptmem[k] > 0 ? y5mem[k] / ptmem[k] : 0) } }' \
+      "$out/bench_step.log" "$out/peer.log" | sort -n
+  fi
+else
+  skip "peer: PyTorch YOLOv5 step" "python3 cannot import torch and yolov5 here"
 fi
 step "CPU unit tests" 120 ctest --test-dir "$build" -LE "gpu|e2e" -j "$(nproc)"
 

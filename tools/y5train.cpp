@@ -39,6 +39,10 @@ int main(int argc, char** argv) {
     app.add_option("--workspace", o.workspace_mib, "cuDNN: workspace cap per convolution pass, in MiB "
                    "(0: algorithms that need none; the GPU work arena is sized from it)")->capture_default_str()
         ->check(CLI::Range(0, 1 << 20));
+    bool amp_on = false, amp_off = false;
+    CLI::Option* amp_opt = app.add_flag("--amp", amp_on, "mixed precision (f16 activations, loss scaling); the default "
+                                        "on CUDA devices, allowed on the CPU");
+    app.add_flag("--no-amp", amp_off, "train in f32 (the default on the CPU)")->excludes(amp_opt);
     app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");
@@ -52,6 +56,7 @@ int main(int argc, char** argv) {
     app.add_flag("--summary", summary, "print the model summary for --cfg and exit");
     app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
     CLI11_PARSE(app, argc, argv);
+    o.amp = amp_on ? 1 : amp_off ? 0 : -1;
     try {
         if (summary) {
             if (o.cfg.empty()) {

@@ -20,7 +20,7 @@
 
 namespace y5 {
 
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp) {
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast) {
     const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
     // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
@@ -39,6 +39,7 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp) {
     copy(hc, saved_t, values);
     Workspace ws;
     ws.make(dev, cuda, StepMemory{big, work_b, big});
+    ws.ctx.autocast = autocast;
 #if Y5_CUDA
     // cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch that grows with the
     // batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB for y5val's

@@ -28,8 +28,8 @@ struct StepMemory {
 // Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
 // parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
 // adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
-// training forward updates) as they were.
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp);
+// training forward updates) as they were. autocast: mixed precision's step (Ctx::autocast, f16 activations).
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false);
 
 // The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
 // scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of

@@ -19,6 +19,7 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     StepResult r;
     c.tape->clear();
     c.act->reset();
+    c.autocast = amp;
     Tensor x = batch_images(c, b), t = batch_targets(b);
     stamp();
     std::function<void(size_t)> layer_done;
@@ -29,13 +30,15 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     r.finite = std::isfinite(L.items.total);
     if (!r.finite) return r;
     stamp();
-    c.tape->backward(L.total);
+    c.tape->backward(L.total, nullptr, amp ? scaler.loss_scale() : 1.0);
     stamp();
     if (ni - last_opt_step < accumulate) return r;
     r.stepped = true;
+    r.skipped = amp && scaler.unscale(model.params);
     r.grad_norm = clip_grad_norm(model.params, 10.0);
     stamp();
-    sgd_step(model.params, groups);
+    if (!r.skipped) sgd_step(model.params, groups);
+    if (amp) scaler.update(r.skipped);
     model.params.zero_grad(c.cuda);
     stamp();
     ema_update(ema.params, model.params, ema_decay(++updates));

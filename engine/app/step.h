@@ -4,6 +4,9 @@
  * forward, the loss, the tape's backward into the model's gradients (which accumulate over batches), and, when
  * the optimizer is due (ni − last_opt_step ≥ accumulate), clip_grad_norm(10), nesterov SGD over the three
  * parameter groups, zero_grad and the EMA update with decay ema_decay(updates).
+ * Mixed precision (amp, train.py's autocast + GradScaler): the forward under Ctx::autocast, the backward seeded
+ * with the loss scale, and at the optimizer step unscale (finding any inf/NaN), the clip, SGD unless a gradient
+ * was inf/NaN, the scaler's update, zero_grad and the EMA update (also after a skipped step, as train.py).
  */
 #pragma once
 #include <cstdint>
@@ -22,6 +25,7 @@ struct StepResult {
     LossItems items;
     bool finite = true;    // false: the loss is NaN or infinite, and nothing after the loss ran
     bool stepped = false;  // the optimizer ran
+    bool skipped = false;  // mixed precision: an inf/NaN gradient at the optimizer step; SGD skipped, scale halved
     double grad_norm = 0;  // the gradients' norm before clipping, when the optimizer ran
 };
 
@@ -41,6 +45,8 @@ public:
     LossHyp hyp;
     int64_t last_opt_step = -1;  // the iteration of the last optimizer step; −1 before the first
     int64_t updates = 0;         // optimizer steps so far (the EMA's update count)
+    bool amp = false;            // mixed precision; the scaler's state goes into checkpoints
+    GradScaler scaler;
 
 private:
     std::vector<float> anchors_host_;

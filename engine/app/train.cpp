@@ -87,7 +87,7 @@ struct TrainState {
 
 void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
                      double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names,
-                     const TrainState& ts = {}) {
+                     const TrainState& ts = {}, const GradScaler* scaler = nullptr) {
     std::vector<SaveItem> items;
     std::vector<std::vector<char>> keep;  // host copies of device tensors
     CudaContext* cuda = live.params.cuda();
@@ -115,6 +115,12 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"names", names},
                                                {"last_opt_step", std::to_string(ts.last_opt_step)},
                                                {"accumulate", std::to_string(ts.accumulate)}};
+    if (scaler) {  // mixed precision: the GradScaler's state_dict, so a resumed run keeps its loss scale
+        char b[32];
+        snprintf(b, sizeof b, "%.9g", (double)scaler->loss_scale());
+        meta["amp_scale"] = b;
+        meta["amp_growth_tracker"] = std::to_string(scaler->growth_tracker());
+    }
     live.add_metadata(meta);
     save_safetensors(path, items, meta);
 }
@@ -159,6 +165,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     o.patience = y["patience"].as<int>(), o.save_period = y["save_period"].as<int>(), o.seed = y["seed"].as<int>();
     if (y["deterministic"]) o.deterministic = y["deterministic"].as<bool>();  // runs before these options: defaults
     if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
+    if (y["amp"]) o.amp = y["amp"].as<bool>() ? 1 : 0;
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -191,6 +198,7 @@ std::string train(const TrainOptions& opt_in) {
     } cuda_release{cuda};
     Ctx dctx;  // for copies between host and device
     dctx.cuda = cuda;
+    const bool amp = opt.amp < 0 ? dev == Device::CUDA : opt.amp == 1;
     Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
     Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
     const bool resuming = !opt.resume.empty();
@@ -218,7 +226,7 @@ std::string train(const TrainOptions& opt_in) {
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
-       << "\nworkspace: " << opt.workspace_mib << "\nsave_dir: " << save_dir << "\n";
+       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
     if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
@@ -283,14 +291,15 @@ std::string train(const TrainOptions& opt_in) {
     const int val_side = opt.imgsz + 32;
     ValOptions nms_vo;
     nms_vo.single_cls = opt.single_cls;
-    const StepMemory t_plan = plan_training(model, measure_one_image(model, opt.imgsz, opt.imgsz, lh), opt.batch_size);
-    const StepMemory v_plan = plan_inference(model, measure_one_image(model, val_side, val_side, lh), vl.batch_size,
+    const StepMemory t_plan = plan_training(model, measure_one_image(model, opt.imgsz, opt.imgsz, lh, amp), opt.batch_size);
+    const StepMemory v_plan = plan_inference(model, measure_one_image(model, val_side, val_side, lh, amp), vl.batch_size,
                                              val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo));
     check_fits(dev, {t_plan, v_plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
     Workspace tw, vwks;
     tw.make(dev, cuda, t_plan);
     vwks.make(dev, cuda, v_plan);
+    vwks.ctx.autocast = amp;  // train.py validates with half=amp
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
                 "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
@@ -298,6 +307,8 @@ std::string train(const TrainOptions& opt_in) {
     std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
 
     TrainStep step(model, ema, lh);
+    step.amp = amp;
+    std::printf("AMP: %s\n", amp ? "mixed precision (f16 activations, f32 weights, loss scaling from 65536)" : "off (f32)");
     const bool tty = isatty(fileno(stdout));
     double best_fitness = 0;
     int best_epoch = 0;
@@ -320,6 +331,9 @@ std::string train(const TrainOptions& opt_in) {
         start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
         best_fitness = std::stod(ck.metadata().at("best_fitness"));
         step.updates = std::stoll(ck.metadata().at("updates"));
+        if (amp && ck.metadata().count("amp_scale"))
+            step.scaler.set_state(std::stof(ck.metadata().at("amp_scale")),
+                                  std::stoi(ck.metadata().at("amp_growth_tracker")));
         best_epoch = start_epoch - 1;
         Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
                  opt.epochs);
@@ -345,6 +359,7 @@ std::string train(const TrainOptions& opt_in) {
         prefetched = false;
         double mloss[3] = {0, 0, 0};
         double lr_logged[3] = {0, 0, 0};
+        int skipped = 0;  // mixed precision's optimizer steps skipped for inf/NaN gradients
         Batch b;
         const auto t0 = std::chrono::steady_clock::now();
         std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
@@ -359,6 +374,7 @@ std::string train(const TrainOptions& opt_in) {
             SgdGroup groups[3];
             for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
             const StepResult r = step.run(tw.ctx, b, ni, accumulate, groups);
+            skipped += r.skipped;
             const LossItems& li = r.items;
             Y5_CHECK(r.finite, "loss is %g at epoch %d, batch %d; training stopped, the last good checkpoint is %s",
                      li.total, epoch, i, w_last.c_str());
@@ -383,6 +399,9 @@ std::string train(const TrainOptions& opt_in) {
             }
         }
         if (tty) std::printf("\n");
+        if (skipped)
+            std::printf("AMP: %d optimizer step%s skipped for inf/NaN gradients this epoch; loss scale now %g\n", skipped,
+                        skipped > 1 ? "s" : "", (double)step.scaler.loss_scale());
 
         const bool final_epoch = epoch + 1 == opt.epochs;
         ValResult vr;
@@ -399,13 +418,14 @@ std::string train(const TrainOptions& opt_in) {
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
         if (!opt.nosave || final_epoch) {
-            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, {step.last_opt_step, accumulate});
+            const TrainState ts{step.last_opt_step, accumulate};
+            const GradScaler* sc = amp ? &step.scaler : nullptr;
+            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
             if (best_epoch == epoch)
-                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta,
-                                {step.last_opt_step, accumulate});
+                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
                 save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
-                                epoch, best_fitness, step.updates, opt_yaml, names_meta, {step.last_opt_step, accumulate});
+                                epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
         }
         if (epoch == stop_after) {
             std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());

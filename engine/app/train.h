@@ -21,6 +21,9 @@ struct TrainOptions {
     // cuDNN convolutions (kernels/conv2d.h); the CPU ops are deterministic and use no cuDNN workspace.
     bool deterministic = true;  // as train.py's init_seeds(deterministic=True); false allows faster algorithms
     int workspace_mib = 256;    // the most workspace one convolution pass may use; sizes the work arena
+    // Mixed precision (train.py's amp: autocast + GradScaler): 1 on, 0 off, −1 as YOLOv5 (on for CUDA devices,
+    // off on the CPU, where it is allowed so that CI runs the f16 path).
+    int amp = -1;
 };
 
 // Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run

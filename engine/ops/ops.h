@@ -28,6 +28,10 @@ struct Ctx {
     // cuDNN's workspace when set, else `work`: measure_one_image (engine/app/memory.h) keeps it apart, since it is capped by the
     // workspace limit whatever the batch while the other scratch grows with it.
     Arena* conv_work = nullptr;
+    // Mixed precision (torch.autocast(dtype=float16) on YOLOv5's model): the modules cast each convolution's input,
+    // weight and bias to f16, so activations and their gradients are f16 from the first conv on; BatchNorm and ECA
+    // keep f32 parameters, and the loss and Detect's decode read the f16 maps in f32 (layers/).
+    bool autocast = false;
 };
 
 // CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
