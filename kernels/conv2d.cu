@@ -1,11 +1,12 @@
 /*
  * CUDA side of kernels/conv2d.h: every cuDNN call of y5 lives in this file. cuDNN's legacy (v7-style)
  * convolution API: cudnnConvolutionForward / BackwardData / BackwardFilter with algorithms from
- * cudnnGet*Algorithm_v7 (heuristics) or cudnnFind*Algorithm (timing), plus two small kernels for the
- * bias (added in fprop; its gradient reduced in a fixed order). The legacy API is marked deprecated in
+ * cudnnGet*Algorithm_v7 (heuristics) or cudnnFind*Algorithm (timing), plus small kernels for the bias (added
+ * in fprop; its gradient reduced in a fixed order), in f32 or f16 (float math, f16 storage, PyTorch's
+ * PSEUDO_HALF_CONFIG), and the cuBLAS GEMMs of the 1×1 convolution over parts. The legacy API is marked deprecated in
  * cuDNN 9 (warnings only with CUDNN_WARN_DEPRECATED) but fully present, and the same calls build with
  * cuDNN 8.9.
- * Tested against the CPU reference in tests/test_gpu_conv.cpp.
+ * Tested against the CPU reference in tests/test_gpu_conv.cpp (f32) and tests/test_gpu_f16_conv.cpp (f16).
  */
 #include <algorithm>
 #include <array>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/conv2d.h"
@@ -65,8 +67,8 @@ struct Plan {
     }
 };
 
-// (device, N, C, H, W, K, R, S, stride, pad, deterministic, allow_tf32, benchmark, workspace limit)
-using Key = std::array<int64_t, 14>;
+// (device, N, C, H, W, K, R, S, stride, pad, f16, deterministic, allow_tf32, benchmark, workspace limit)
+using Key = std::array<int64_t, 15>;
 
 // Lives as long as the program (never destroyed at exit, when cuDNN may already be unloaded);
 // conv_clear_cache() frees the descriptors explicitly.
@@ -79,18 +81,31 @@ const char* pass_name(ConvPass p) { return p == ConvPass::Fprop ? "fprop" : p ==
 
 std::string geom_str(const Conv2dGeom& g) {
     char s[160];
-    snprintf(s, sizeof s, "input (%d,%d,%d,%d), weight (%d,%d,%d,%d), stride %d, pad %d", g.N, g.C, g.H, g.W, g.K, g.C,
-             g.R, g.S, g.stride, g.pad);
+    snprintf(s, sizeof s, "input (%d,%d,%d,%d), weight (%d,%d,%d,%d), stride %d, pad %d, %s", g.N, g.C, g.H, g.W, g.K,
+             g.C, g.R, g.S, g.stride, g.pad, g.f16 ? "f16" : "f32");
     return s;
 }
 
-cudnnMathType_t base_math(const Settings& s) { return s.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH; }
+// f16: tensor-op math (tensor cores; PyTorch's setting for half). f32: TF32 only when allowed.
+cudnnMathType_t base_math(const Settings& s, bool f16) {
+    if (f16) return CUDNN_TENSOR_OP_MATH;
+    return s.allow_tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+}
 
-// A candidate's math type is allowed when it cannot use TF32 (or FP16 conversion) unless TF32 is allowed.
-bool math_allowed(cudnnMathType_t m, const Settings& s) {
+// A candidate's math type is allowed when it cannot use TF32 (or FP16 conversion) unless TF32 is allowed. For f16
+// data every math type but ALLOW_CONVERSION (which has nothing to convert) keeps float accumulation; TF32 does
+// not apply.
+bool math_allowed(cudnnMathType_t m, const Settings& s, bool f16) {
     if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) return false;  // may down-convert f32 to f16
+    if (f16) return true;
     if (!s.allow_tf32) return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;  // the descriptor stays FMA
     return true;
+}
+
+// The descriptor's math type for a chosen candidate: its own (as PyTorch sets it after choosing), except f32 with
+// TF32 off, which stays CUDNN_FMA_MATH.
+cudnnMathType_t chosen_math(cudnnMathType_t m, const Settings& s, bool f16) {
+    return f16 || s.allow_tf32 ? m : CUDNN_FMA_MATH;
 }
 
 std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
@@ -110,16 +125,17 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.C, g.H, g.W));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.K, p->Ho, p->Wo));
+    const cudnnDataType_t dt = g.f16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, g.N, g.C, g.H, g.W));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, dt, g.N, g.K, p->Ho, p->Wo));
     // Filter layout (K, C, R, S): CUDNN_TENSOR_NCHW, PyTorch's weight layout.
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
     for (auto& c : p->conv) {
         CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c));
-        // Cross-correlation (no kernel flip), as torch.nn.Conv2d; f32 accumulation.
+        // Cross-correlation (no kernel flip), as torch.nn.Conv2d; f32 accumulation (for f16 data too).
         CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                     CUDNN_DATA_FLOAT));
-        CUDNN_CHECK(cudnnSetConvolutionMathType(c, base_math(s)));
+        CUDNN_CHECK(cudnnSetConvolutionMathType(c, base_math(s, g.f16)));
     }
     int n = 0, k = 0, h = 0, w = 0;
     CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv[0], p->x, p->w, &n, &k, &h, &w));
@@ -144,10 +160,8 @@ PassChoice choose(const std::vector<Perf>& perf, int count, cudnnConvolutionDesc
         seen += line;
         if (c.status != CUDNN_STATUS_SUCCESS) continue;
         if (s.deterministic && c.determinism != CUDNN_DETERMINISTIC) continue;
-        if (!math_allowed(c.mathType, s)) continue;
-        // With TF32 off the descriptor keeps CUDNN_FMA_MATH; with it on, the candidate's own math type (as
-        // PyTorch sets it after choosing).
-        CUDNN_CHECK(cudnnSetConvolutionMathType(conv, s.allow_tf32 ? c.mathType : CUDNN_FMA_MATH));
+        if (!math_allowed(c.mathType, s, p.g.f16)) continue;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(conv, chosen_math(c.mathType, s, p.g.f16)));
         size_t ws = 0;
         if (workspace_of(c.algo, &ws) != CUDNN_STATUS_SUCCESS) continue;
         if (ws > s.ws_limit) continue;
@@ -221,8 +235,8 @@ Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
     Y5_CHECK(ctx && ctx->cudnn, "conv2d (cuDNN): no CUDA context");
     std::lock_guard<std::mutex> lk(g_mu);
     const Settings s = g_settings;
-    const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, s.deterministic, s.allow_tf32,
-                  s.benchmark, (int64_t)s.ws_limit};
+    const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.f16, s.deterministic,
+                  s.allow_tf32, s.benchmark, (int64_t)s.ws_limit};
     auto& m = plans();
     auto it = m.find(key);
     if (it == m.end()) it = m.emplace(key, make_plan(g, s)).first;
@@ -246,33 +260,49 @@ void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
 // ----------------------------------------------------------------------------------------------------
 // Bias kernels
 
-// out[n,k,p] += b[k] over the N·K·P outputs.
+// out[n,k,p] += b[k] over the N·K·P outputs (f32, after the convolution).
 __global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t P) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         out[i] += b[(i / P) % K];
 }
 
+// out[n,k,p] = b[k] (f16, before cuDNN adds the convolution in float with beta = 1: one rounding per output).
+__global__ void bias_fill_kernel(f16* out, const f16* b, int64_t total, int K, int64_t P) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = b[(i / P) % K];
+}
+
+// out[n,k,p] = st(acc[n,k,p] + b[k]) (b may be null): the f16 parts' float sum rounded once.
+__global__ void round_bias_kernel(f16* out, const float* acc, const f16* b, int64_t total, int K, int64_t P) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = st<f16>(b ? acc[i] + ld(b[(i / P) % K]) : acc[i]);
+}
+
 // db[k] += Σ_n Σ_p dy[n,k,p]: one block per channel (kBlock threads), each thread a fixed strided subset, then
-// block_sum; the order depends only on the shape, so the result is deterministic.
-__global__ void bias_grad_kernel(float* db, const float* dy, int N, int K, int64_t P) {
+// block_sum; the order depends only on the shape, so the result is deterministic. Summed in float, db[k] rounded
+// once (f16).
+template <class T> __global__ void bias_grad_kernel(T* db, const T* dy, int N, int K, int64_t P) {
     const int k = blockIdx.x;
     float acc = 0.0f;
     for (int n = 0; n < N; ++n) {
-        const float* row = dy + ((int64_t)n * K + k) * P;
-        for (int64_t p = threadIdx.x; p < P; p += blockDim.x) acc += row[p];
+        const T* row = dy + ((int64_t)n * K + k) * P;
+        for (int64_t p = threadIdx.x; p < P; p += blockDim.x) acc += ld(row[p]);
     }
     acc = block_sum(acc);
-    if (threadIdx.x == 0) db[k] += acc;
+    if (threadIdx.x == 0) db[k] = st<T>(ld(db[k]) + acc);
 }
 
-// dweight[k·C + c0 + c] += Σ_n partial[n, k, c] over (K, Ci), images added in order (deterministic).
-__global__ void sum_partials_kernel(float* dweight, const float* partial, int N, int K, int Ci, int C, int c0) {
+// dweight[k·C + c0 + c] += Σ_n partial[n, k, c] over (K, Ci), images added in order (deterministic); the partials
+// are float, dweight rounded once (f16).
+template <class T>
+__global__ void sum_partials_kernel(T* dweight, const float* partial, int N, int K, int Ci, int C, int c0) {
     const int64_t kc = (int64_t)K * Ci;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < kc; i += (int64_t)gridDim.x * blockDim.x) {
         float acc = 0.0f;
         for (int n = 0; n < N; ++n) acc += partial[(int64_t)n * kc + i];
         const int k = (int)(i / Ci), c = (int)(i - (int64_t)k * Ci);
-        dweight[(int64_t)k * C + c0 + c] += acc;
+        T& d = dweight[(int64_t)k * C + c0 + c];
+        d = st<T>(ld(d) + acc);
     }
 }
 
@@ -285,24 +315,45 @@ size_t conv2d_workspace_cuda(CudaContext* ctx, const Conv2dGeom& g, ConvPass pas
     return plan_for(ctx, g, pass).pass[(int)pass].ws;
 }
 
-void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
-                       const float* bias, void* workspace, size_t workspace_bytes) {
+// The passes for storage type T (float or f16), checked against g.f16.
+template <class T> static void check_dtype(const Conv2dGeom& g) {
+    Y5_CHECK(g.f16 == (std::is_same_v<T, f16>), "conv2d (cuDNN): %s pointers for a geometry of %s", g.f16 ? "f32" : "f16",
+             geom_str(g).c_str());
+}
+
+template <class T>
+static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, const T* weight, const T* bias,
+                  void* workspace, size_t workspace_bytes) {
+    check_dtype<T>(g);
     Plan& p = plan_for(ctx, g, ConvPass::Fprop);
     check_workspace(p, ConvPass::Fprop, workspace, workspace_bytes);
+    const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
+    // f16 with bias: out = b first, then out = conv + 1·out in float inside cuDNN, rounded once. f32: the bias is
+    // added after the convolution.
+    constexpr bool half = std::is_same_v<T, f16>;
+    if constexpr (half) {
+        if (bias) {
+            bias_fill_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+            Y5_LAUNCH_CHECK();
+        }
+    }
     const float one = 1.0f, zero = 0.0f;
-    // y = 1·conv(x, w) + 0·y
+    // y = 1·conv(x, w) + beta·y (alpha and beta are float for f32 and for PSEUDO_HALF_CONFIG)
     CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p.x, inp, p.w, weight, p.conv[0],
-                                        (cudnnConvolutionFwdAlgo_t)p.pass[0].algo, workspace, workspace_bytes, &zero,
-                                        p.y, out));
-    if (bias) {
-        const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
-        bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
-        Y5_LAUNCH_CHECK();
+                                        (cudnnConvolutionFwdAlgo_t)p.pass[0].algo, workspace, workspace_bytes,
+                                        half && bias ? &one : &zero, p.y, out));
+    if constexpr (!half) {
+        if (bias) {
+            bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+            Y5_LAUNCH_CHECK();
+        }
     }
 }
 
-void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
-                       void* workspace, size_t workspace_bytes) {
+template <class T>
+static void dgrad(CudaContext* ctx, const Conv2dGeom& g, T* dinp, const T* dout, const T* weight, void* workspace,
+                  size_t workspace_bytes) {
+    check_dtype<T>(g);
     Plan& p = plan_for(ctx, g, ConvPass::Dgrad);
     check_workspace(p, ConvPass::Dgrad, workspace, workspace_bytes);
     const float one = 1.0f;
@@ -312,8 +363,10 @@ void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const
                                              &one, p.x, dinp));
 }
 
-void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
-                       const float* inp, void* workspace, size_t workspace_bytes) {
+template <class T>
+static void wgrad(CudaContext* ctx, const Conv2dGeom& g, T* dweight, T* dbias, const T* dout, const T* inp,
+                  void* workspace, size_t workspace_bytes) {
+    check_dtype<T>(g);
     if (dweight) {
         Plan& p = plan_for(ctx, g, ConvPass::Wgrad);
         check_workspace(p, ConvPass::Wgrad, workspace, workspace_bytes);
@@ -326,17 +379,68 @@ void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, fl
     if (dbias) {
         Y5_CHECK(ctx, "conv2d (cuDNN): no CUDA context");
         const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
-        bias_grad_kernel<<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P);
+        bias_grad_kernel<T><<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P);
         Y5_LAUNCH_CHECK();
     }
+}
+
+void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
+                       const float* bias, void* workspace, size_t workspace_bytes) {
+    fprop(ctx, g, out, inp, weight, bias, workspace, workspace_bytes);
+}
+void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* out, const f16* inp, const f16* weight,
+                       const f16* bias, void* workspace, size_t workspace_bytes) {
+    fprop(ctx, g, out, inp, weight, bias, workspace, workspace_bytes);
+}
+void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
+                       void* workspace, size_t workspace_bytes) {
+    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes);
+}
+void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dinp, const f16* dout, const f16* weight,
+                       void* workspace, size_t workspace_bytes) {
+    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes);
+}
+void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
+                       const float* inp, void* workspace, size_t workspace_bytes) {
+    wgrad(ctx, g, dweight, dbias, dout, inp, workspace, workspace_bytes);
+}
+void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dweight, f16* dbias, const f16* dout,
+                       const f16* inp, void* workspace, size_t workspace_bytes) {
+    wgrad(ctx, g, dweight, dbias, dout, inp, workspace, workspace_bytes);
 }
 
 // ----------------------------------------------------------------------------------------------------
 // 1×1 convolution over channel parts (cuBLAS). Row-major (K,P) = (K,Ci)·(Ci,P) is column-major
 // (P,K) = (P,Ci)·(Ci,K), so each row-major product below is written as its column-major transpose.
+// f32: cublasSgemmStridedBatched. f16: cublasGemmStridedBatchedEx, f16 A and B, C f16 or float, CUBLAS_COMPUTE_32F
+// with float alpha/beta.
 
-static void set_gemm_math(CudaContext* ctx) {
-    CUBLAS_CHECK(cublasSetMathMode(ctx->cublas, conv_allow_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+static void set_gemm_math(CudaContext* ctx, bool f16) {
+    // f16: tensor cores, with every reduction (split-K) kept in float, so each output is rounded once.
+    const cublasMath_t m = f16 ? (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                           : conv_allow_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH
+                                               : CUBLAS_DEFAULT_MATH;
+    CUBLAS_CHECK(cublasSetMathMode(ctx->cublas, m));
+}
+
+template <class T> constexpr cudaDataType_t cuda_type() { return std::is_same_v<T, f16> ? CUDA_R_16F : CUDA_R_32F; }
+
+// Column-major strided-batched C = alpha·op(A)·op(B) + beta·C with A, B of type T and C of type TC (float or
+// f16 for T = f16; float for T = float).
+template <class T, class TC>
+static void gemm_batched(CudaContext* ctx, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                         const T* A, int lda, long long sa, const T* B, int ldb, long long sb, float beta, TC* C,
+                         int ldc, long long sc, int batch) {
+    const float one = 1.0f;
+    if constexpr (std::is_same_v<T, float>) {
+        static_assert(std::is_same_v<TC, float>, "f32 GEMMs write f32");
+        CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, ta, tb, m, n, k, &one, A, lda, sa, B, ldb, sb, &beta, C,
+                                               ldc, sc, batch));
+    } else {
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx->cublas, ta, tb, m, n, k, &one, A, cuda_type<T>(), lda, sa, B,
+                                                cuda_type<T>(), ldb, sb, &beta, C, cuda_type<TC>(), ldc, sc, batch,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
 }
 
 size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m) {
@@ -345,32 +449,50 @@ size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m) {
     return (size_t)N * K * cmax * sizeof(float);
 }
 
-void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
-                              const float* weight, const float* bias, int N, int K, int P) {
+size_t conv1x1_parts_fprop_workspace_cuda(int N, int K, int P, bool f16) {
+    return f16 ? (size_t)N * K * P * sizeof(float) : 0;
+}
+
+template <class T>
+static void parts_fprop(CudaContext* ctx, T* out, const T* const* xs, const int* Cs, int m, const T* weight,
+                        const T* bias, int N, int K, int P, void* workspace, size_t workspace_bytes) {
     int C = 0;
     for (int i = 0; i < m; ++i) C += Cs[i];
-    set_gemm_math(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    constexpr bool half = std::is_same_v<T, f16>;
+    set_gemm_math(ctx, half);
+    // f32: straight into out. f16: the parts summed in a float buffer, then rounded once with the bias.
+    using Acc = float;
+    Acc* acc = nullptr;
+    if constexpr (half) {
+        const size_t need = conv1x1_parts_fprop_workspace_cuda(N, K, P, true);
+        Y5_CHECK(workspace && workspace_bytes >= need, "conv1x1 parts (f16): %zu workspace bytes given, %zu needed",
+                 workspace_bytes, need);
+        acc = static_cast<Acc*>(workspace);
+    } else {
+        acc = out;
+    }
     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])  // per image n: y_n (+)= W_i·x_{i,n}
-        CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, P, K, Cs[i], &one, xs[i], P,
-                                               (long long)Cs[i] * P, weight + c0, C, 0, i ? &one : &zero, out, P,
-                                               (long long)K * P, N));
-    if (bias) {
-        const int64_t total = (int64_t)N * K * P;
+        gemm_batched(ctx, CUBLAS_OP_N, CUBLAS_OP_N, P, K, Cs[i], xs[i], P, (long long)Cs[i] * P, weight + c0, C, 0,
+                     i ? 1.0f : 0.0f, acc, P, (long long)K * P, N);
+    const int64_t total = (int64_t)N * K * P;
+    if constexpr (half) {
+        round_bias_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, acc, bias, total, K, P);
+        Y5_LAUNCH_CHECK();
+    } else if (bias) {
         bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, K, P);
         Y5_LAUNCH_CHECK();
     }
 }
 
-void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dweight, float* dbias, const float* dout,
-                                 const float* const* xs, const int* Cs, int m, const float* weight, int N, int K, int P,
-                                 void* workspace, size_t workspace_bytes) {
+template <class T>
+static void parts_backward(CudaContext* ctx, T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs,
+                           const int* Cs, int m, const T* weight, int N, int K, int P, void* workspace,
+                           size_t workspace_bytes) {
     int C = 0;
     for (int i = 0; i < m; ++i) C += Cs[i];
-    set_gemm_math(ctx);
-    const float one = 1.0f, zero = 0.0f;
+    set_gemm_math(ctx, std::is_same_v<T, f16>);
     if (dbias) {
-        bias_grad_kernel<<<K, kBlock, 0, ctx->stream>>>(dbias, dout, N, K, P);
+        bias_grad_kernel<T><<<K, kBlock, 0, ctx->stream>>>(dbias, dout, N, K, P);
         Y5_LAUNCH_CHECK();
     }
     if (dweight)
@@ -380,19 +502,36 @@ void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dwe
     float* partial = static_cast<float*>(workspace);
     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
         const int Ci = Cs[i];
-        if (dweight) {  // partial_n (K,Ci) = dy_n (K,P)·x_{i,n}ᵀ, then dW_i += Σ_n partial_n
-            CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_T, CUBLAS_OP_N, Ci, K, P, &one, xs[i], P,
-                                                   (long long)Ci * P, dout, P, (long long)K * P, &zero, partial, Ci,
-                                                   (long long)K * Ci, N));
-            sum_partials_kernel<<<grid_1d((int64_t)K * Ci), kBlock, 0, ctx->stream>>>(dweight, partial, N, K, Ci, C,
-                                                                                        c0);
+        if (dweight) {  // partial_n (K,Ci) = dy_n (K,P)·x_{i,n}ᵀ in float, then dW_i += Σ_n partial_n
+            gemm_batched(ctx, CUBLAS_OP_T, CUBLAS_OP_N, Ci, K, P, xs[i], P, (long long)Ci * P, dout, P,
+                         (long long)K * P, 0.0f, partial, Ci, (long long)K * Ci, N);
+            sum_partials_kernel<T><<<grid_1d((int64_t)K * Ci), kBlock, 0, ctx->stream>>>(dweight, partial, N, K, Ci,
+                                                                                           C, c0);
             Y5_LAUNCH_CHECK();
         }
         if (dxs[i])  // dx_{i,n} (Ci,P) += W_iᵀ (Ci,K)·dy_n (K,P)
-            CUBLAS_CHECK(cublasSgemmStridedBatched(ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_T, P, Ci, K, &one, dout, P,
-                                                   (long long)K * P, weight + c0, C, 0, &one, dxs[i], P,
-                                                   (long long)Ci * P, N));
+            gemm_batched(ctx, CUBLAS_OP_N, CUBLAS_OP_T, P, Ci, K, dout, P, (long long)K * P, weight + c0, C, 0, 1.0f,
+                         dxs[i], P, (long long)Ci * P, N);
     }
+}
+
+void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
+                              const float* weight, const float* bias, int N, int K, int P) {
+    parts_fprop(ctx, out, xs, Cs, m, weight, bias, N, K, P, nullptr, 0);
+}
+void conv1x1_parts_fprop_cuda(CudaContext* ctx, f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
+                              const f16* bias, int N, int K, int P, void* workspace, size_t workspace_bytes) {
+    parts_fprop(ctx, out, xs, Cs, m, weight, bias, N, K, P, workspace, workspace_bytes);
+}
+void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dweight, float* dbias, const float* dout,
+                                 const float* const* xs, const int* Cs, int m, const float* weight, int N, int K, int P,
+                                 void* workspace, size_t workspace_bytes) {
+    parts_backward(ctx, dxs, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
+}
+void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, f16* dweight, f16* dbias, const f16* dout,
+                                 const f16* const* xs, const int* Cs, int m, const f16* weight, int N, int K, int P,
+                                 void* workspace, size_t workspace_bytes) {
+    parts_backward(ctx, dxs, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
 }
 
 // ----------------------------------------------------------------------------------------------------

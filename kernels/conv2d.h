@@ -6,14 +6,18 @@
  * Backward accumulates into dinp/dweight/dbias (+=); any of them may be null to skip it.
  * col is caller-provided workspace of conv2d_col_elems(...) elements (0 for 1×1, stride 1, pad 0,
  * where the image itself is the column matrix). Templated on T so gradient checks run in double.
- * CUDA: the same three passes through cuDNN (kernels/conv2d.cu), declared at the end of this file.
+ * f16 (mixed precision, torch.autocast's semantics): f16 operands, float arithmetic, one rounding per output.
+ * The *_f16_cpu references convert one image at a time to float scratch, run the f32 passes and round once.
+ * CUDA: the same three passes through cuDNN (kernels/conv2d.cu), declared at the end of this file; f32 or f16.
  */
 #pragma once
 #include <cblas.h>
 
 #include <cstring>
 
+#include "kernels/check.h"
 #include "kernels/common.h"
+#include "kernels/elementwise.h"
 
 namespace y5 {
 
@@ -140,6 +144,50 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 }
 
 // ----------------------------------------------------------------------------------------------------
+// f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass above runs, and each output
+// is rounded once: fprop out = st(conv + bias); dgrad dinp = st(ld(dinp) + dgrad). The weight gradients stay
+// float: dweight32/dbias32 are float accumulators (+=) that the caller sums over its groups of images and adds
+// into the f16 gradients with one rounding (engine/ops/ops.cpp). Both sums over images run in the f32 pass's order,
+// so from zeroed gradients every f16 result is the f32 result rounded once.
+// scratch: conv2d_f16_scratch_elems(...) floats per thread: the weight and bias, one image's x, y or dy, and dx.
+
+inline int64_t conv2d_f16_scratch_elems(int C, int H, int W, int K, int R, int S, int Ho, int Wo) {
+    return (int64_t)K * C * R * S + K + 2 * (int64_t)C * H * W + (int64_t)K * Ho * Wo;
+}
+
+inline void conv2d_fprop_f16_cpu(f16* out, const f16* inp, const f16* weight, const f16* bias, float* col,
+                                 float* scratch, int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+    const int64_t nw = (int64_t)K * C * R * S, in_img = (int64_t)C * H * W;
+    float *w = scratch, *b = bias ? w + nw : nullptr, *x = w + nw + K, *y = x + in_img;
+    cast_cpu(w, weight, nw);
+    if (bias) cast_cpu(b, bias, K);
+    for (int n = 0; n < N; ++n) {
+        cast_cpu(x, inp + n * in_img, in_img);
+        conv2d_fprop_cpu<float>(y, x, w, b, col, 1, C, H, W, K, R, S, stride, pad);
+        cast_cpu(out + n * K * P, y, K * P);
+    }
+}
+
+// dinp may be null (no dgrad), dweight32/dbias32 too; weight is read only for dgrad, inp only for wgrad.
+inline void conv2d_backward_f16_cpu(f16* dinp, float* dweight32, float* dbias32, const f16* dout, const f16* inp,
+                                    const f16* weight, float* col, float* scratch, int N, int C, int H, int W, int K,
+                                    int R, int S, int stride, int pad) {
+    const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+    const int64_t nw = (int64_t)K * C * R * S, in_img = (int64_t)C * H * W;
+    float *w = scratch, *x = w + nw + K, *dx = x + in_img, *dy = dx + in_img;
+    if (dinp) cast_cpu(w, weight, nw);
+    for (int n = 0; n < N; ++n) {
+        cast_cpu(dy, dout + n * K * P, K * P);
+        if (dweight32) cast_cpu(x, inp + n * in_img, in_img);
+        if (dinp) fill_cpu(dx, 0.0f, in_img);
+        conv2d_backward_cpu<float>(dinp ? dx : nullptr, dweight32, dbias32, dy, x, w, col, 1, C, H, W, K, R, S, stride,
+                                   pad);
+        if (dinp) cast_add_cpu(dinp + n * in_img, dx, in_img);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------
 // 1×1 convolution over channel parts: conv2d(cat(x_0, …, x_{m−1}), weight) without the concat. x_i (N,C_i,P),
 // weight (K,C) with C = Σ C_i; part i meets the columns [c_i, c_i + C_i) of the weight, a submatrix with
 // leading dimension C, which BLAS takes as it is. Per image: out (K,P) = Σ_i W_i·x_i (+ bias),
@@ -178,11 +226,69 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
     }
 }
 
+// f16 parts, as the f16 convolution above: per image the parts (C·P), the output or its gradient (K·P) and the parts'
+// gradients (C·P) in float scratch of conv1x1_parts_f16_scratch_elems(...) floats per thread, with the weight and
+// bias; out and dxs rounded once per element, dweight32/dbias32 float accumulators for the caller.
+constexpr int kConv1x1PartsF16Max = 8;  // parts the f16 references take (ops.h's kMaxConvParts)
+
+inline int64_t conv1x1_parts_f16_scratch_elems(int C, int K, int P) {
+    return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P;
+}
+
+inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
+                                        const f16* bias, float* scratch, int N, int K, int P) {
+    int C = 0;
+    for (int i = 0; i < m; ++i) C += Cs[i];
+    Y5_CHECK(m <= kConv1x1PartsF16Max, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsF16Max);
+    float *w = scratch, *b = bias ? w + (int64_t)K * C : nullptr, *x = w + (int64_t)K * C + K, *y = x + (int64_t)C * P;
+    float* x32[kConv1x1PartsF16Max];
+    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) x32[i] = x + (int64_t)c0 * P;
+    cast_cpu(w, weight, (int64_t)K * C);
+    if (bias) cast_cpu(b, bias, K);
+    for (int n = 0; n < N; ++n) {
+        for (int i = 0; i < m; ++i) cast_cpu(x32[i], xs[i] + (int64_t)n * Cs[i] * P, (int64_t)Cs[i] * P);
+        conv1x1_parts_fprop_cpu<float>(y, x32, Cs, m, w, b, 1, K, P);
+        cast_cpu(out + (int64_t)n * K * P, y, (int64_t)K * P);
+    }
+}
+
+inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, float* dbias32, const f16* dout,
+                                           const f16* const* xs, const int* Cs, int m, const f16* weight,
+                                           float* scratch, int N, int K, int P) {
+    int C = 0;
+    bool any_dx = false;
+    for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
+    Y5_CHECK(m <= kConv1x1PartsF16Max, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsF16Max);
+    float *w = scratch, *x = w + (int64_t)K * C + K, *dx = x + (int64_t)C * P, *dy = dx + (int64_t)C * P;
+    float* x32[kConv1x1PartsF16Max];
+    float* dx32[kConv1x1PartsF16Max];
+    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
+        x32[i] = x + (int64_t)c0 * P;
+        dx32[i] = dxs[i] ? dx + (int64_t)c0 * P : nullptr;
+    }
+    if (any_dx) cast_cpu(w, weight, (int64_t)K * C);
+    for (int n = 0; n < N; ++n) {
+        cast_cpu(dy, dout + (int64_t)n * K * P, (int64_t)K * P);
+        for (int i = 0; i < m; ++i) {
+            const int64_t off = (int64_t)n * Cs[i] * P, len = (int64_t)Cs[i] * P;
+            if (dweight32) cast_cpu(x32[i], xs[i] + off, len);
+            if (dx32[i]) fill_cpu(dx32[i], 0.0f, len);
+        }
+        conv1x1_parts_backward_cpu<float>(dx32, dweight32, dbias32, dy, x32, Cs, m, w, 1, K, P);
+        for (int i = 0; i < m; ++i)
+            if (dxs[i]) cast_add_cpu(dxs[i] + (int64_t)n * Cs[i] * P, dx32[i], (int64_t)Cs[i] * P);
+    }
+}
+
 // ----------------------------------------------------------------------------------------------------
-// CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, f32 NCHW, groups 1,
+// CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, NCHW, groups 1,
 // dilation 1, cross-correlation (PyTorch's conv2d). The same semantics as the CPU reference: fprop writes
 // out (= conv + bias); dgrad and wgrad ACCUMULATE into dinp / dweight / dbias (cuDNN's beta = 1).
 // All calls run on the context's stream (its cuDNN handle is bound to it).
+// f32, or f16 (Conv2dGeom::f16 and the f16 overloads): CUDNN_DATA_HALF tensors and filter with a float compute type
+// (PSEUDO_HALF_CONFIG, what PyTorch's autocast runs), tensor-op math; every output is rounded to f16 once: the
+// bias is written into out first and the convolution added with beta = 1, the gradients are added with beta = 1
+// (dinp, dweight) or by the bias-gradient kernel in float (dbias).
 //
 // Algorithms: chosen once per (device, geometry, pass, settings) and cached with their descriptors, never
 // per call. By default from cuDNN's heuristics (cudnnGet*_v7), as PyTorch does with
@@ -200,6 +306,7 @@ struct Conv2dGeom {
     int N, C, H, W;  // input (N,C,H,W)
     int K, R, S;     // weight (K,C,R,S)
     int stride, pad;
+    bool f16 = false;  // f16 tensors (else f32); part of the plan cache's key
 };
 
 enum class ConvPass : int { Fprop = 0, Dgrad = 1, Wgrad = 2 };
@@ -216,6 +323,13 @@ void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const
 // by a fixed-order reduction, so it is deterministic.
 void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
                        const float* inp, void* workspace, size_t workspace_bytes);
+// The same for f16 (g.f16 set).
+void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* out, const f16* inp, const f16* weight,
+                       const f16* bias, void* workspace, size_t workspace_bytes);
+void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dinp, const f16* dout, const f16* weight,
+                       void* workspace, size_t workspace_bytes);
+void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dweight, f16* dbias, const f16* dout,
+                       const f16* inp, void* workspace, size_t workspace_bytes);
 
 // Settings (process-wide; each combination has its own cache entries, so changing one never reuses an
 // algorithm chosen under another).
@@ -247,11 +361,21 @@ void conv_clear_cache();
 // conv_allow_tf32(), as cuDNN's 1×1 convolutions in PyTorch do. Every sum has a fixed order: wgrad writes one
 // partial per image (cuBLAS strided-batched) and a kernel adds them in image order, no atomics.
 // conv1x1_parts_workspace_cuda: bytes of device scratch the backward needs (N·K·max C_i floats).
+// f16: cublasGemmStridedBatchedEx with f16 A and B and float accumulation (CUBLAS_COMPUTE_32F, reductions kept in
+// float). The forward sums the parts into a float buffer of conv1x1_parts_fprop_workspace_cuda bytes (N·K·P
+// floats; none for f32) and rounds once with the bias added; dx_i is an f16 C with beta = 1 (one rounding); the
+// weight gradient's per-image partials are float, added into dweight with one rounding.
 size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m);
+size_t conv1x1_parts_fprop_workspace_cuda(int N, int K, int P, bool f16);
 void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
                               const float* weight, const float* bias, int N, int K, int P);
+void conv1x1_parts_fprop_cuda(CudaContext* ctx, f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
+                              const f16* bias, int N, int K, int P, void* workspace, size_t workspace_bytes);
 void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, float* dweight, float* dbias, const float* dout,
                                  const float* const* xs, const int* Cs, int m, const float* weight, int N, int K, int P,
+                                 void* workspace, size_t workspace_bytes);
+void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, f16* dweight, f16* dbias, const f16* dout,
+                                 const f16* const* xs, const int* Cs, int m, const f16* weight, int N, int K, int P,
                                  void* workspace, size_t workspace_bytes);
 
 }  // namespace y5

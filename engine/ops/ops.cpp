@@ -138,27 +138,42 @@ Var cast(Ctx& c, const Var& x, DType to) {
 // added in group order afterwards. The groups depend on the batch alone, so the gradients have the same bits
 // whatever the number of CPU threads and their timing; the threads take the groups in turn, and slot (< threads)
 // names the thread's own scratch (its im2col buffer). dw/db may be null.
+// f16: the gradients are summed in float (fn gets float partials, group 0's zeroed too), in the same order, and
+// added into the f16 dw/db with one rounding each; from zeroed gradients that is the f32 result rounded once.
 template <class T, class F>
 static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn) {
-    T* pw = dw ? ws.get<T>(nw * (G - 1)) : nullptr;
-    T* pb = db ? ws.get<T>((int64_t)K * (G - 1)) : nullptr;
-    if (pw) fill_cpu(pw, T(0), nw * (G - 1));
-    if (pb) fill_cpu(pb, T(0), (int64_t)K * (G - 1));
+    using A = acc_t<T>;
+    constexpr bool half = !std::is_same_v<A, T>;
+    const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
+    A* pw = dw ? ws.get<A>(nw * np) : nullptr;
+    A* pb = db ? ws.get<A>((int64_t)K * np) : nullptr;
+    if (pw) fill_cpu(pw, A(0), nw * np);
+    if (pb) fill_cpu(pb, A(0), (int64_t)K * np);
+    auto part = [&](A* p, T* own, int64_t g, int64_t n) -> A* {
+        if constexpr (half) return p + g * n;
+        else return g ? p + (g - 1) * n : own;
+    };
     const int S = grad_slots(G);
     par(S, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s)
             for (int64_t g = s; g < G; g += S)
-                fn(g, s, dw ? (g ? pw + (g - 1) * nw : dw) : nullptr, db ? (g ? pb + (g - 1) * K : db) : nullptr);
+                fn(g, s, dw ? part(pw, dw, g, nw) : nullptr, db ? part(pb, db, g, K) : nullptr);
     });
     for (int g = 1; g < G; ++g) {
-        if (dw) axpy_cpu(dw, T(1), pw + (g - 1) * nw, nw);
-        if (db) axpy_cpu(db, T(1), pb + (g - 1) * K, (int64_t)K);
+        if (dw) axpy_cpu(part(pw, dw, 0, nw), A(1), part(pw, dw, g, nw), nw);
+        if (db) axpy_cpu(part(pb, db, 0, K), A(1), part(pb, db, g, K), (int64_t)K);
+    }
+    if constexpr (half) {
+        if (dw) cast_add_cpu(dw, pw, nw);
+        if (db) cast_add_cpu(db, pb, (int64_t)K);
     }
 }
 
 // CPU: the batch split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
 // CUDA: cuDNN (kernels/conv2d.cu). Each pass's workspace comes from Ctx::conv_work (else work) for the call; the
 // algorithm (and so the size) is chosen on the first call for the geometry and cached.
+// f16 (x, w, b and the output; mixed dtypes are an error): float arithmetic, one rounding per output and per
+// gradient element; the CPU threads also get float scratch for one image and the weights (kernels/conv2d.h).
 Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
@@ -180,11 +195,12 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     Y5_CHECK(H + 2 * pad >= R && W + 2 * pad >= S, "conv2d: kernel %dx%d larger than padded input %s", R, S,
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
-    const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad};
+    const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad, x.t.dtype == DType::F16};
     const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    const int64_t nscr = x.t.dtype == DType::F16 ? conv2d_f16_scratch_elems(C, H, W, K, R, S, Ho, Wo) : 0;
     const int G = std::min(N, cpu_op_threads());
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
         if constexpr (d.cuda) {
@@ -193,17 +209,23 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             conv2d_fprop_cuda(c.cuda, g, yp, xp, wp, bp, ws.get<char>((int64_t)bytes), bytes);
         } else {
             Scratch ws(c.work);
-            T* col = ws.get<T>(ncol * G);
+            acc_t<T>* col = ws.get<acc_t<T>>(ncol * G);
+            float* scr = ws.get<float>(nscr * G);
             par(G, [&](int64_t g0, int64_t g1) {
                 for (int64_t gi = g0; gi < g1; ++gi) {
                     const int n0 = (int)(N * gi / G), n1 = (int)(N * (gi + 1) / G);
-                    conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, col ? col + gi * ncol : nullptr,
-                                        n1 - n0, C, H, W, K, R, S, stride, pad);
+                    acc_t<T>* cg = col ? col + gi * ncol : nullptr;
+                    if constexpr (std::is_same_v<T, f16>)
+                        conv2d_fprop_f16_cpu(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, scr + gi * nscr,
+                                             n1 - n0, C, H, W, K, R, S, stride, pad);
+                    else
+                        conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, n1 - n0, C, H, W, K, R, S,
+                                            stride, pad);
                 }
             });
         }
     });
-    return finish(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, in_img, out_img](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, nscr, in_img, out_img](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -217,22 +239,32 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes);
             if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<T>(), wsp, bytes);
         } else {
+            using A = acc_t<T>;
             Scratch ws(c.work);
             const int Gb = grad_groups(g.N);
-            T* col = ws.get<T>(ncol * grad_slots(Gb));
+            A* col = ws.get<A>(ncol * grad_slots(Gb));
+            float* scr = ws.get<float>(nscr * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
-                                [&](int64_t gi, int64_t slot, T* gw, T* gb) {
+                                [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
-                conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
-                                       x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), col ? col + slot * ncol : nullptr,
-                                       n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                A* cs = col ? col + slot * ncol : nullptr;
+                if constexpr (std::is_same_v<T, f16>)
+                    conv2d_backward_f16_cpu(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                                            x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
+                                            g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                else
+                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                                           x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
+                                           g.R, g.S, g.stride, g.pad);
             });
         }
     });
 }
 
 // A 1×1 convolution over the parts' channels in turn, with each part's own pointer (per group of images on the
-// CPU); the backward's CUDA weight gradient needs conv1x1_parts_workspace_cuda bytes of scratch.
+// CPU); the backward's CUDA weight gradient needs conv1x1_parts_workspace_cuda bytes of scratch, the f16 forward
+// conv1x1_parts_fprop_workspace_cuda bytes (its float sum). f16 as conv2d: float arithmetic, one rounding per
+// element; on the CPU with float scratch per thread (kernels/conv2d.h).
 Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
     const char* op = "conv2d_parts";
     Y5_CHECK(!xs.empty(), "conv2d_parts: no inputs");
@@ -264,26 +296,41 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
     }
     Tensor out = c.act->tensor(Shape{N, K, H, W}, xs[0].t.dtype);
     const int G = std::min(N, cpu_op_threads());
-    dispatch(op, xs[0].t, [&](auto d) {
+    static_assert(kMaxConvParts <= kConv1x1PartsF16Max, "the f16 CPU reference takes kMaxConvParts parts");
+    const int64_t nscr = xs[0].t.dtype == DType::F16 ? conv1x1_parts_f16_scratch_elems(C, K, P) : 0;
+    dispatch<kF16>(op, xs[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
         if constexpr (d.cuda) {
             const T* xp[kMaxConvParts];
             for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
-            conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P);
+            if constexpr (std::is_same_v<T, f16>) {
+                Scratch ws(c.work);
+                const size_t bytes = conv1x1_parts_fprop_workspace_cuda(N, K, P, true);
+                conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P, ws.get<char>((int64_t)bytes),
+                                         bytes);
+            } else {
+                conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P);
+            }
         } else {
+            Scratch ws(c.work);
+            float* scr = ws.get<float>(nscr * G);
             par(G, [&](int64_t g0, int64_t g1) {
                 for (int64_t g = g0; g < g1; ++g) {
                     const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
                     const T* xp[kMaxConvParts];
                     for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
-                    conv1x1_parts_fprop_cpu<T>(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp, n1 - n0, K, P);
+                    if constexpr (std::is_same_v<T, f16>)
+                        conv1x1_parts_fprop_f16_cpu(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp,
+                                                    scr + g * nscr, n1 - n0, K, P);
+                    else
+                        conv1x1_parts_fprop_cpu<T>(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp, n1 - n0, K, P);
                 }
             });
         }
     });
     const bool grad = any_grad(xs) || any_grad({&w, b});
-    return finish(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs, nscr](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
@@ -297,8 +344,10 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
             conv1x1_parts_backward_cuda(c.cuda, dxp, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
                                         ws.get<char>((int64_t)bytes), bytes);
         } else {
+            using A = acc_t<T>;
             const int Gb = grad_groups(N);
-            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t, T* gw, T* gb) {
+            float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
                 const T* xg[kMaxConvParts];
                 T* dxg[kMaxConvParts];
@@ -307,8 +356,12 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
                     xg[i] = xs[i].t.ptr<T>() + off;
                     dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
                 }
-                conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m, w.t.ptr<T>(),
-                                              n1 - n0, K, P);
+                if constexpr (std::is_same_v<T, f16>)
+                    conv1x1_parts_backward_f16_cpu(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
+                                                   w.t.ptr<T>(), scr + slot * nscr, n1 - n0, K, P);
+                else
+                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
+                                                  w.t.ptr<T>(), n1 - n0, K, P);
             });
         }
     });

@@ -50,13 +50,13 @@ void convert_add(Ctx& c, Tensor dst, const Tensor& src);
 // Ops marked [f16] also take f16 tensors (mixed precision): f16 storage, float arithmetic.
 // x as dtype `to` (f32 ↔ f16); x itself when it has that dtype. The backward adds the gradient converted back.
 Var cast(Ctx& c, const Var& x, DType to);  // [f16]
-// x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo)
-Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);
+// x (N,C,H,W), w (K,C,R,S), b (K) or null → (N,K,Ho,Wo); f16: x, w, b all f16 (the model casts w and b)
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad);  // [f16]
 // A 1×1 convolution (stride 1, no padding) of the channel concatenation of xs without building it: xs[i]
 // (N,C_i,H,W), w (K,ΣC_i,1,1), b (K) or null → (N,K,H,W), the same as conv2d(concat(xs), w, b, 1, 0) up to float
 // reassociation. C3's cv3 and the head's C3 after a Concat read their inputs this way (at most 8 parts).
 constexpr int kMaxConvParts = 8;
-Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b);
+Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b);  // [f16]
 // x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
 // updates the running ones (PyTorch semantics); eval uses the running ones. `act` is fused: the result is
 // act(bn(x)) and bn(x) is never stored (the backward recomputes it), which is what a Conv's BN+SiLU needs.

@@ -14,6 +14,12 @@
  *     queues the work on the handle's stream. When it runs it fills the workspace with 0xFF (callers that
  *     share a workspace across streams see it) and computes with y5's CPU convolution (kernels/conv2d.h)
  *     into a temporary: out = alpha·result + beta·out, out not read when beta is 0.
+ *   - Data types: f32 (FLOAT data, FLOAT compute: FLOAT_CONFIG) and f16 (HALF data, FLOAT compute:
+ *     PSEUDO_HALF_CONFIG, what PyTorch runs under autocast). x, w and y must share the data type
+ *     (CUDNN_STATUS_BAD_PARAM otherwise); HALF compute (TRUE_HALF_CONFIG) and FLOAT data with HALF compute are
+ *     CUDNN_STATUS_NOT_SUPPORTED, like every other type. HALF operands are converted to float, the f32
+ *     convolution runs, and out = f16(alpha·result + beta·out) is rounded once; pointer extents and workspaces
+ *     count 2-byte elements. Every math type (tensor-op math included) is reported and runs for HALF.
  * Every failure prints one line "cudaemu: <call> at <file>:<line>: <reason> (<status>)"; cuDNN itself only
  * returns the status. A pointer outside the allocation table is a fault of cudaemu::check_device_range
  * (sticky, as on a GPU) and the call returns CUDNN_STATUS_EXECUTION_FAILED.
@@ -35,8 +41,9 @@
 #include "emu.h"
 #include "kernels/conv2d.h"
 
-// The objects behind cuDNN's opaque pointers. Only NCHW f32 descriptors are ever set, so the dimensions are
-// all a tensor or filter holds; a convolution holds one pad and one stride (y5's convolutions are square).
+// The objects behind cuDNN's opaque pointers. Only NCHW f32 or f16 descriptors are ever set, so the dimensions
+// and the data type are all a tensor or filter holds; a convolution holds one pad and one stride (y5's
+// convolutions are square) and its compute type.
 struct cudnnContext {
     bool live = true;
     cudaStream_t stream = 0;
@@ -44,14 +51,17 @@ struct cudnnContext {
 struct cudnnTensorStruct {
     bool live = true, set = false;
     int n = 0, c = 0, h = 0, w = 0;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
 };
 struct cudnnFilterStruct {
     bool live = true, set = false;
     int k = 0, c = 0, h = 0, w = 0;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
 };
 struct cudnnConvolutionStruct {
     bool live = true, set = false;
     int pad = 0, stride = 0;
+    cudnnDataType_t compute = CUDNN_DATA_FLOAT;
     cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 };
 
@@ -134,7 +144,7 @@ template <class T> cudnnStatus_t destroy_in(const Call& c, Registry<T>& reg, con
 bool valid_format(cudnnTensorFormat_t f) { return f >= CUDNN_TENSOR_NCHW && f <= CUDNN_TENSOR_NCHW_VECT_C; }
 bool valid_type(cudnnDataType_t t) { return t >= CUDNN_DATA_FLOAT && t <= CUDNN_DATA_FAST_FLOAT_FOR_FP8; }
 
-// Shared by the tensor and filter setters: cuDNN's checks, then the stand-in's NCHW f32 limit.
+// Shared by the tensor and filter setters: cuDNN's checks, then the stand-in's NCHW f32/f16 limit.
 cudnnStatus_t check_4d(const Call& c, cudnnTensorFormat_t format, cudnnDataType_t type, int a, int b, int h, int w) {
     if (!valid_format(format))
         return fail(c, CUDNN_STATUS_BAD_PARAM, "format %d is not a cudnnTensorFormat_t", (int)format);
@@ -143,8 +153,8 @@ cudnnStatus_t check_4d(const Call& c, cudnnTensorFormat_t format, cudnnDataType_
         return fail(c, CUDNN_STATUS_BAD_PARAM, "dimensions (%d,%d,%d,%d) are not all positive", a, b, h, w);
     if ((int64_t)a * b * h * w > INT32_MAX)
         return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "(%d,%d,%d,%d) is over 2^31 elements", a, b, h, w);
-    if (format != CUDNN_TENSOR_NCHW || type != CUDNN_DATA_FLOAT)
-        return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "format %d, data type %d: the stand-in has NCHW f32 only",
+    if (format != CUDNN_TENSOR_NCHW || (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_HALF))
+        return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "format %d, data type %d: the stand-in has NCHW f32 and f16 only",
                     (int)format, (int)type);
     return CUDNN_STATUS_SUCCESS;
 }
@@ -152,10 +162,13 @@ cudnnStatus_t check_4d(const Call& c, cudnnTensorFormat_t format, cudnnDataType_
 // ---------------------------------------------------------------------------------------------------- problems
 
 // One convolution as the descriptors describe it: input (N,C,H,W), filter (K,C,R,S), output (N,K,Ho,Wo),
-// and the convolution descriptor's math type (it selects the kernel variant, hence the workspace).
+// the convolution descriptor's math type (it selects the kernel variant, hence the workspace) and the data
+// type (half: f16 data, float compute).
 struct Problem {
     int N, C, H, W, K, R, S, stride, pad, Ho, Wo;
     cudnnMathType_t math;
+    bool half;
+    size_t esize() const { return half ? 2 : 4; }
     int64_t x_elems() const { return (int64_t)N * C * H * W; }
     int64_t w_elems() const { return (int64_t)K * C * R * S; }
     int64_t y_elems() const { return (int64_t)N * K * Ho * Wo; }
@@ -170,6 +183,8 @@ cudnnStatus_t problem_of(const Call& c, cudnnTensorDescriptor_t xd, cudnnFilterD
     CUDNN_TRY(lookup(c, tensors(), xd, xname, true, &x));
     CUDNN_TRY(lookup(c, filters(), wd, "the filter descriptor", true, &w));
     CUDNN_TRY(lookup(c, convs(), cd, "the convolution descriptor", true, &conv));
+    if (x->type != w->type)
+        return fail(c, CUDNN_STATUS_BAD_PARAM, "%s has data type %d, the filter %d", xname, (int)x->type, (int)w->type);
     if (x->c != w->c)
         return fail(c, CUDNN_STATUS_BAD_PARAM, "%s has %d channels, the filter (%d,%d,%d,%d) %d (groups 1)", xname,
                     x->c, w->k, w->c, w->h, w->w, w->c);
@@ -178,7 +193,7 @@ cudnnStatus_t problem_of(const Call& c, cudnnTensorDescriptor_t xd, cudnnFilterD
                     x->h + 2 * conv->pad, x->w + 2 * conv->pad);
     *p = Problem{x->n, x->c, x->h, x->w, w->k, w->h, w->w, conv->stride, conv->pad,
                  (x->h + 2 * conv->pad - w->h) / conv->stride + 1, (x->w + 2 * conv->pad - w->w) / conv->stride + 1,
-                 conv->math};
+                 conv->math, x->type == CUDNN_DATA_HALF};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -191,9 +206,18 @@ cudnnStatus_t resolve(const Call& c, cudnnHandle_t h, cudnnTensorDescriptor_t xd
     CUDNN_TRY(lookup(c, handles(), h, "the handle", false, &ctx));
     CUDNN_TRY(problem_of(c, xd, wd, cd, xname, p));
     CUDNN_TRY(lookup(c, tensors(), yd, yname, true, &y));
+    cudnnConvolutionStruct* conv = convs().find(cd);  // found live and set by problem_of
+    if (conv->compute != CUDNN_DATA_FLOAT)  // TRUE_HALF_CONFIG, or FLOAT data with HALF compute (no configuration)
+        return fail(c, CUDNN_STATUS_NOT_SUPPORTED,
+                    "compute type %d with %s data: the stand-in computes in float only (FLOAT_CONFIG, "
+                    "PSEUDO_HALF_CONFIG)",
+                    (int)conv->compute, p->half ? "HALF" : "FLOAT");
     if (y->n != p->N || y->c != p->K || y->h != p->Ho || y->w != p->Wo)
         return fail(c, CUDNN_STATUS_BAD_PARAM, "%s is (%d,%d,%d,%d), the convolution's output (%d,%d,%d,%d)", yname,
                     y->n, y->c, y->h, y->w, p->N, p->K, p->Ho, p->Wo);
+    if ((y->type == CUDNN_DATA_HALF) != p->half)
+        return fail(c, CUDNN_STATUS_BAD_PARAM, "%s has data type %d, %s %d", yname, (int)y->type, xname,
+                    p->half ? (int)CUDNN_DATA_HALF : (int)CUDNN_DATA_FLOAT);
     if (stream) *stream = ctx->stream;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -238,7 +262,7 @@ uint64_t pow2_ceil(uint64_t v) {
 size_t workspace(Kind k, cudnnMathType_t math, const Problem& p) {
     const uint64_t crs = (uint64_t)p.C * p.R * p.S, NC = (uint64_t)p.N * p.C, NK = (uint64_t)p.N * p.K;
     const uint64_t KC = (uint64_t)p.K * p.C;
-    const uint64_t col = 4 * crs * p.Ho * p.Wo;  // one image's im2col matrix, f32
+    const uint64_t col = p.esize() * crs * p.Ho * p.Wo;  // one image's im2col matrix, in the data type
     uint64_t b = 0;
     switch (k) {
         case kPrecomp: b = tensor_op(math) ? col : 8 * crs; break;  // converted copy, or the offset tables
@@ -417,11 +441,12 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
         if (!o->p) return fail(c, CUDNN_STATUS_BAD_PARAM, "%s is null", o->name);
 
     // Every extent against the allocation table (a fault line each), then aliasing between them.
+    const size_t es = p.esize();
     bool ok = true;
     for (const Operand* o : {&in0, &in1, &out}) {
         char what[96];
-        snprintf(what, sizeof what, "%s: %s (%lld floats)", c.fn, o->name, (long long)o->elems);
-        ok = cudaemu::check_device_range(o->p, (size_t)o->elems * sizeof(float), what, c.file, c.line) && ok;
+        snprintf(what, sizeof what, "%s: %s (%lld %s)", c.fn, o->name, (long long)o->elems, p.half ? "halves" : "floats");
+        ok = cudaemu::check_device_range(o->p, (size_t)o->elems * es, what, c.file, c.line) && ok;
     }
     if (ws_bytes > 0) {
         char what[96];
@@ -429,28 +454,39 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
         ok = cudaemu::check_device_range(ws, ws_bytes, what, c.file, c.line) && ok;
     }
     if (!ok) return CUDNN_STATUS_EXECUTION_FAILED;  // as the kernel's fault would be
-    const size_t out_bytes = (size_t)out.elems * sizeof(float);
+    const size_t out_bytes = (size_t)out.elems * es;
     for (const Operand* o : {&in0, &in1}) {
-        if (overlap(out.p, out_bytes, o->p, (size_t)o->elems * sizeof(float)))
+        if (overlap(out.p, out_bytes, o->p, (size_t)o->elems * es))
             return fail(c, CUDNN_STATUS_BAD_PARAM, "%s overlaps %s (no in-place convolution)", out.name, o->name);
-        if (overlap(ws, ws_bytes, o->p, (size_t)o->elems * sizeof(float)))
+        if (overlap(ws, ws_bytes, o->p, (size_t)o->elems * es))
             return fail(c, CUDNN_STATUS_BAD_PARAM, "the workspace overlaps %s", o->name);
     }
     if (overlap(ws, ws_bytes, out.p, out_bytes))
         return fail(c, CUDNN_STATUS_BAD_PARAM, "the workspace overlaps %s", out.name);
 
+    // alpha and beta are float for FLOAT_CONFIG and PSEUDO_HALF_CONFIG alike.
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
-    const float* x0 = static_cast<const float*>(in0.p);
-    const float* x1 = static_cast<const float*>(in1.p);
-    float* y = static_cast<float*>(const_cast<void*>(out.p));
-    std::vector<cudaemu::Range> ranges = {{in0.p, (size_t)in0.elems * sizeof(float), false},
-                                          {in1.p, (size_t)in1.elems * sizeof(float), false},
+    const void* in0p = in0.p;
+    const void* in1p = in1.p;
+    void* outp = const_cast<void*>(out.p);
+    std::vector<cudaemu::Range> ranges = {{in0.p, (size_t)in0.elems * es, false},
+                                          {in1.p, (size_t)in1.elems * es, false},
                                           {out.p, out_bytes, true}};
     if (ws_bytes > 0) ranges.push_back({ws, ws_bytes, true});
     cudaemu::enqueue(
         stream, c.fn,
-        [pass, p, a, b, x0, x1, y, ws, ws_bytes, n_out = out.elems]() {
+        [pass, p, a, b, in0p, in1p, outp, ws, ws_bytes, n_in0 = in0.elems, n_in1 = in1.elems, n_out = out.elems]() {
             if (ws_bytes > 0) std::memset(ws, 0xFF, ws_bytes);
+            // f16 operands as float copies (read now, when the work runs), f32 ones in place.
+            std::vector<float> c0, c1;
+            auto as_float = [&](const void* q, int64_t n, std::vector<float>& tmp) -> const float* {
+                if (!p.half) return static_cast<const float*>(q);
+                tmp.resize((size_t)n);
+                for (int64_t i = 0; i < n; ++i) tmp[(size_t)i] = y5::f16_to_f32(static_cast<const y5::f16*>(q)[i]);
+                return tmp.data();
+            };
+            const float* x0 = as_float(in0p, n_in0, c0);
+            const float* x1 = as_float(in1p, n_in1, c1);
             // y5's CPU passes: fprop overwrites its output, the backward ones accumulate (into zeros here).
             std::vector<float> r((size_t)n_out, 0.0f);
             std::vector<float> col((size_t)std::max<int64_t>(
@@ -464,6 +500,15 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
             else  // x0 = dy, x1 = x; the weight is unread without dinp (r stands in)
                 y5::conv2d_backward_cpu((float*)nullptr, r.data(), (float*)nullptr, x0, x1, r.data(), col.data(), p.N,
                                         p.C, p.H, p.W, p.K, p.R, p.S, p.stride, p.pad);
+            if (p.half) {  // out = f16(alpha·r + beta·out), one rounding
+                y5::f16* y = static_cast<y5::f16*>(outp);
+                if (b == 0.0f)
+                    for (int64_t i = 0; i < n_out; ++i) y[i] = y5::f32_to_f16(a * r[i]);
+                else
+                    for (int64_t i = 0; i < n_out; ++i) y[i] = y5::f32_to_f16(a * r[i] + b * y5::f16_to_f32(y[i]));
+                return;
+            }
+            float* y = static_cast<float*>(outp);
             if (b == 0.0f)
                 for (int64_t i = 0; i < n_out; ++i) y[i] = a * r[i];
             else
@@ -568,6 +613,7 @@ cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t desc, cudnnTens
     CUDNN_TRY(lookup(c, tensors(), desc, "the tensor descriptor", false, &t));
     CUDNN_TRY(check_4d(c, format, dataType, n, c_, h, w));
     t->n = n, t->c = c_, t->h = h, t->w = w;
+    t->type = dataType;
     t->set = true;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -589,6 +635,7 @@ cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t desc, cudnnData
     CUDNN_TRY(lookup(c, filters(), desc, "the filter descriptor", false, &f));
     CUDNN_TRY(check_4d(c, format, dataType, k, c_, h, w));
     f->k = k, f->c = c_, f->h = h, f->w = w;
+    f->type = dataType;
     f->set = true;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -615,14 +662,17 @@ cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t desc,
         return fail(c, CUDNN_STATUS_BAD_PARAM, "mode %d is not a cudnnConvolutionMode_t", (int)mode);
     if (!valid_type(computeType))
         return fail(c, CUDNN_STATUS_BAD_PARAM, "compute type %d is not a cudnnDataType_t", (int)computeType);
-    if (dilation_h != 1 || dilation_w != 1 || mode != CUDNN_CROSS_CORRELATION || computeType != CUDNN_DATA_FLOAT ||
-        pad_h != pad_w || u != v)
+    // HALF compute is a valid setting (TRUE_HALF_CONFIG); the passes reject it, as cuDNN rejects a configuration
+    // it has no kernel for, when the data type is known.
+    if (dilation_h != 1 || dilation_w != 1 || mode != CUDNN_CROSS_CORRELATION ||
+        (computeType != CUDNN_DATA_FLOAT && computeType != CUDNN_DATA_HALF) || pad_h != pad_w || u != v)
         return fail(c, CUDNN_STATUS_NOT_SUPPORTED,
                     "pad %dx%d, stride %dx%d, dilation %dx%d, mode %d, compute type %d: the stand-in has square pad "
-                    "and stride, dilation 1, cross-correlation, f32 only",
+                    "and stride, dilation 1, cross-correlation, f32 or f16 compute only",
                     pad_h, pad_w, u, v, dilation_h, dilation_w, (int)mode, (int)computeType);
     d->pad = pad_h;
     d->stride = u;
+    d->compute = computeType;
     d->set = true;
     return CUDNN_STATUS_SUCCESS;
 }
