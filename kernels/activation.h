@@ -3,8 +3,8 @@
  *   SiLU x·σ(x) | ReLU max(x,0) | ReLU6 min(max(x,0),6) | LeakyReLU(α) | Hardswish x·relu6(x+3)/6
  *   Identity | Sigmoid σ(x)
  * act_forward / act_grad are the per-element math (Y5_HD, shared with CUDA); the CPU references below
- * and the CUDA kernels (kernels/activation.cu) loop over a flat buffer: out (n), inp (n). Backward
- * accumulates: dinp += dout · f'(inp).
+ * and the CUDA kernels (kernels/activation.cu) loop over a flat buffer: out (n), inp (n), f32 or f16 (mixed
+ * precision: f16 storage, float math, one rounding per output). Backward accumulates: dinp += dout · f'(inp).
  * parse_act reads the activation as YOLOv5's model yaml spells it ("nn.SiLU()", "nn.LeakyReLU(0.1)", ...),
  * so a yaml written for YOLOv5 selects the same activation in y5.
  */
@@ -89,16 +89,31 @@ inline float exp_cpu_vec(float x) {
     return p * scale;
 }
 
+// f16 storage: chunks of kActChunk values are widened to float, run through the float code (its vectorised SiLU
+// included) and rounded once per output, so an f16 result is the f32 op's result on the same values, rounded.
+constexpr int kActChunk = 256;
+
 template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) {
-    if constexpr (std::is_same_v<T, float>)
-        if (a.kind == ActKind::SiLU) {  // x·σ(x) = x / (1 + e^−x)
-            for (int64_t i = 0; i < n; ++i) out[i] = inp[i] / (1.0f + exp_cpu_vec(-inp[i]));
-            return;
+    if constexpr (std::is_same_v<T, f16>) {
+        float x[kActChunk];
+        for (int64_t i0 = 0; i0 < n; i0 += kActChunk) {
+            const int m = (int)(n - i0 < kActChunk ? n - i0 : kActChunk);
+            for (int i = 0; i < m; ++i) x[i] = ld(inp[i0 + i]);
+            act_forward_cpu<float>(x, x, m, a);
+            for (int i = 0; i < m; ++i) out[i0 + i] = st<f16>(x[i]);
         }
-    for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
+    } else {
+        if constexpr (std::is_same_v<T, float>)
+            if (a.kind == ActKind::SiLU) {  // x·σ(x) = x / (1 + e^−x)
+                for (int64_t i = 0; i < n; ++i) out[i] = inp[i] / (1.0f + exp_cpu_vec(-inp[i]));
+                return;
+            }
+        for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
+    }
 }
 
-// g = f'(inp) over n values (the fused BatchNorm+activation backward recomputes it from the normalised value).
+// g = f'(inp) over n values, T the compute type (float or double; the fused BatchNorm+activation backward
+// recomputes it from the normalised value).
 template <class T> void act_grad_cpu(T* g, const T* inp, int64_t n, Act a) {
     if constexpr (std::is_same_v<T, float>)
         if (a.kind == ActKind::SiLU) {
@@ -111,23 +126,36 @@ template <class T> void act_grad_cpu(T* g, const T* inp, int64_t n, Act a) {
     for (int64_t i = 0; i < n; ++i) g[i] = act_grad(a, inp[i]);
 }
 
+// dinp += dout·f'(inp); f16: in float per chunk, dinp rounded once.
 template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, int64_t n, Act a) {
-    if constexpr (std::is_same_v<T, float>)
-        if (a.kind == ActKind::SiLU) {
-            for (int64_t i = 0; i < n; ++i) {
-                const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
-                dinp[i] += dout[i] * (s * (1.0f + inp[i] * (1.0f - s)));
-            }
-            return;
+    if constexpr (std::is_same_v<T, f16>) {
+        float g[kActChunk];
+        for (int64_t i0 = 0; i0 < n; i0 += kActChunk) {
+            const int m = (int)(n - i0 < kActChunk ? n - i0 : kActChunk);
+            for (int i = 0; i < m; ++i) g[i] = ld(inp[i0 + i]);
+            act_grad_cpu<float>(g, g, m, a);
+            for (int i = 0; i < m; ++i) dinp[i0 + i] = st<f16>(ld(dinp[i0 + i]) + ld(dout[i0 + i]) * g[i]);
         }
-    for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);
+    } else {
+        if constexpr (std::is_same_v<T, float>)
+            if (a.kind == ActKind::SiLU) {
+                for (int64_t i = 0; i < n; ++i) {
+                    const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
+                    dinp[i] += dout[i] * (s * (1.0f + inp[i] * (1.0f - s)));
+                }
+                return;
+            }
+        for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------------
-// CUDA launchers (kernels/activation.cu, f32, same arguments plus the stream); built only with Y5_CUDA.
+// CUDA launchers (kernels/activation.cu, f32 or f16, same arguments plus the stream); built only with Y5_CUDA.
 
 void act_forward_cuda(float* out, const float* inp, int64_t n, Act a, cudaStream_t stream);
 void act_backward_cuda(float* dinp, const float* dout, const float* inp, int64_t n, Act a, cudaStream_t stream);
+void act_forward_cuda(f16* out, const f16* inp, int64_t n, Act a, cudaStream_t stream);
+void act_backward_cuda(f16* dinp, const f16* dout, const f16* inp, int64_t n, Act a, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------------
 // Names

@@ -1,5 +1,6 @@
 /*
- * CUDA side of kernels/batchnorm.h. inp/out (N,C,HW); a channel's M = N·HW values are N rows of HW.
+ * CUDA side of kernels/batchnorm.h. inp/out (N,C,HW), f32 or f16 (loaded as float, each output rounded once; the
+ * per-channel tensors and all statistics stay f32 either way); a channel's M = N·HW values are N rows of HW.
  * Statistics in two deterministic steps, so the GPU is busy even with few channels (16 channels of
  * 64·320·320 values in yolov5n's first layer):
  *   1. grid (S, C): block (s, c) reduces slice s of channel c's values, taken in (n, i) order and cut into
@@ -76,14 +77,14 @@ template <class T> __device__ __forceinline__ Welford<T> shfl_xor(Welford<T> w, 
 }
 
 // Step 1 of the forward statistics: grid (S, ≤ C), block kBlock. partial[(c·S + s)·3] = (count, mean, M2).
-__global__ static void bn_stats_kernel(float* partial, const float* inp, int N, int C, int HW, int S) {
+template <class T> __global__ static void bn_stats_kernel(float* partial, const T* inp, int N, int C, int HW, int S) {
     const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
     const int64_t m0 = blockIdx.x * len, m1 = y5_min(M, m0 + len);
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
         Welford<float> st{};
         RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
         for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next())
-            welford_add(st, inp[((int64_t)w.n * C + c) * HW + w.i]);
+            welford_add(st, ld(inp[((int64_t)w.n * C + c) * HW + w.i]));
         st = block_reduce(st, WelfordMerge{});  // merge is not commutative: thread 0 holds the stated order
         if (threadIdx.x == 0) {
             float* p = partial + ((int64_t)c * S + blockIdx.x) * 3;
@@ -117,15 +118,16 @@ __global__ static void bn_stats_finalize_kernel(float* save_mean, float* save_in
 }
 
 // out = act(bn_apply(inp)) over P = N·C planes of HW (plane grid); channel c = plane % C.
-__global__ static void bn_normalize_kernel(float* out, const float* inp, const float* mean, const float* invstd,
+template <class T>
+__global__ static void bn_normalize_kernel(T* out, const T* inp, const float* mean, const float* invstd,
                                            const float* gamma, const float* beta, int C, int HW, int64_t P, Act a) {
     for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
         const int c = (int)(p % C);
         const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
-        const float* x = inp + p * HW;
-        float* y = out + p * HW;
+        const T* x = inp + p * HW;
+        T* y = out + p * HW;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x)
-            y[i] = act_forward(a, bn_apply(x[i], mu, is, g, b));
+            y[i] = st<T>(act_forward(a, bn_apply(ld(x[i]), mu, is, g, b)));
     }
 }
 
@@ -141,7 +143,8 @@ __device__ __forceinline__ float bn_dz(float dy, float x, float mu, float is, fl
 }
 
 // Step 1 of the backward sums, slices as bn_stats_kernel: partial[(c·S + s)·2] = (Σdz, Σdz·x̂).
-__global__ static void bn_grad_sums_kernel(float* partial, const float* dout, const float* inp, const float* mean,
+template <class T>
+__global__ static void bn_grad_sums_kernel(float* partial, const T* dout, const T* inp, const float* mean,
                                            const float* invstd, const float* gamma, const float* beta, int N, int C,
                                            int HW, int S, Act a) {
     const int64_t M = (int64_t)N * HW, len = CEIL_DIV(M, (int64_t)S);
@@ -152,7 +155,7 @@ __global__ static void bn_grad_sums_kernel(float* partial, const float* dout, co
         RowWalk w(m0 + threadIdx.x, blockDim.x, HW);
         for (int64_t m = m0 + threadIdx.x; m < m1; m += blockDim.x, w.next()) {
             const int64_t j = ((int64_t)w.n * C + c) * HW + w.i;
-            const float x = inp[j], dz = bn_dz(dout[j], x, mu, is, g, b, a);
+            const float x = ld(inp[j]), dz = bn_dz(ld(dout[j]), x, mu, is, g, b, a);
             sdy += dz;
             sdyx += dz * bn_xhat(x, mu, is);
         }
@@ -191,18 +194,20 @@ __global__ static void bn_grad_finalize_kernel(float* dgamma, float* dbeta, floa
 
 // dinp += bn_train_dx(dz, ...) (training) or bn_eval_dx(dz, ...) (eval: mean_dy/mean_dyx unused) over the
 // N·C planes (plane grid).
-__global__ static void bn_dx_kernel(float* dinp, const float* dout, const float* inp, const float* mean,
-                                    const float* invstd, const float* gamma, const float* beta, const float* mean_dy,
-                                    const float* mean_dyx, int C, int HW, int64_t P, Act a, bool training) {
+template <class T>
+__global__ static void bn_dx_kernel(T* dinp, const T* dout, const T* inp, const float* mean, const float* invstd,
+                                    const float* gamma, const float* beta, const float* mean_dy, const float* mean_dyx,
+                                    int C, int HW, int64_t P, Act a, bool training) {
     for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
         const int c = (int)(p % C);
         const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
         const float mdy = training ? mean_dy[c] : 0.f, mdyx = training ? mean_dyx[c] : 0.f;
-        const float *x = inp + p * HW, *dy = dout + p * HW;
-        float* dx = dinp + p * HW;
+        const T *x = inp + p * HW, *dy = dout + p * HW;
+        T* dx = dinp + p * HW;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x) {
-            const float dz = bn_dz(dy[i], x[i], mu, is, g, b, a);
-            dx[i] += training ? bn_train_dx(dz, bn_xhat(x[i], mu, is), g, is, mdy, mdyx) : bn_eval_dx(dz, g, is);
+            const float xi = ld(x[i]), dz = bn_dz(ld(dy[i]), xi, mu, is, g, b, a);
+            dx[i] = st<T>(ld(dx[i]) + (training ? bn_train_dx(dz, bn_xhat(xi, mu, is), g, is, mdy, mdyx)
+                                                : bn_eval_dx(dz, g, is)));
         }
     }
 }
@@ -211,80 +216,135 @@ __global__ static void bn_dx_kernel(float* dinp, const float* dout, const float*
 // Launchers
 
 // Σdz, Σdz·x̂ per channel: dgamma/dbeta += them; mean_dy, mean_dyx = them / M.
-static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx, const float* dout,
-                         const float* inp, const float* mean, const float* invstd, const float* gamma,
-                         const float* beta, int N, int C, int HW, Act a, float* partial, cudaStream_t stream) {
+template <class T>
+static void bn_grad_sums(float* dgamma, float* dbeta, float* mean_dy, float* mean_dyx, const T* dout, const T* inp,
+                         const float* mean, const float* invstd, const float* gamma, const float* beta, int N, int C,
+                         int HW, Act a, float* partial, cudaStream_t stream) {
     const int S = bn_slices(N, HW);
-    bn_grad_sums_kernel<<<grid_2d(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, gamma, beta, N, C, HW,
-                                                              S, a);
+    bn_grad_sums_kernel<T><<<grid_2d(S, C), kBlock, 0, stream>>>(partial, dout, inp, mean, invstd, gamma, beta, N, C,
+                                                                 HW, S, a);
     Y5_LAUNCH_CHECK();
     bn_grad_finalize_kernel<<<grid_1d(C, 1), 32, 0, stream>>>(dgamma, dbeta, mean_dy, mean_dyx, partial, C, S,
                                                               (int64_t)N * HW);
     Y5_LAUNCH_CHECK();
 }
 
-void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
-                                  float* running_var, const float* inp, const float* gamma, const float* beta, int N,
-                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
+template <class T>
+static void bn_forward_train(T* out, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                             const T* inp, const float* gamma, const float* beta, int N, int C, int HW, float eps,
+                             float momentum, Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0) return;
     const int S = bn_slices(N, HW);
-    bn_stats_kernel<<<grid_2d(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
+    bn_stats_kernel<T><<<grid_2d(S, C), kBlock, 0, stream>>>(scratch, inp, N, C, HW, S);
     Y5_LAUNCH_CHECK();
     bn_stats_finalize_kernel<<<grid_1d(C, 1), 32, 0, stream>>>(save_mean, save_invstd, running_mean, running_var,
                                                                scratch, C, S, (int64_t)N * HW, eps, momentum);
     Y5_LAUNCH_CHECK();
     const int64_t P = (int64_t)N * C;
-    bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, save_mean, save_invstd, gamma, beta, C,
-                                                                  HW, P, a);
+    bn_normalize_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, save_mean, save_invstd, gamma, beta, C,
+                                                                     HW, P, a);
     Y5_LAUNCH_CHECK();
 }
 
-void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
-                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
-                                 Act a, float* scratch, cudaStream_t stream) {
+template <class T>
+static void bn_forward_eval(T* out, const T* inp, const float* gamma, const float* beta, const float* running_mean,
+                            const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                            cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0) return;
     float* invstd = scratch + batchnorm_cuda_scratch(N, C, HW) - C;
     bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
     Y5_LAUNCH_CHECK();
     const int64_t P = (int64_t)N * C;
-    bn_normalize_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, running_mean, invstd, gamma, beta, C, HW,
-                                                                  P, a);
+    bn_normalize_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, running_mean, invstd, gamma, beta, C,
+                                                                     HW, P, a);
     Y5_LAUNCH_CHECK();
 }
 
-void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                   const float* gamma, const float* beta, const float* save_mean,
-                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
-                                   cudaStream_t stream) {
+template <class T>
+static void bn_backward_train(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp, const float* gamma,
+                              const float* beta, const float* save_mean, const float* save_invstd, int N, int C,
+                              int HW, Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float* mean_dyx = mean_dy + C;
-    bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, save_mean, save_invstd, gamma, beta, N, C, HW, a, scratch,
-                 stream);
+    bn_grad_sums<T>(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, save_mean, save_invstd, gamma, beta, N, C, HW, a,
+                    scratch, stream);
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
-    bn_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma, beta, mean_dy,
-                                                           mean_dyx, C, HW, P, a, true);
+    bn_dx_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma, beta,
+                                                              mean_dy, mean_dyx, C, HW, P, a, true);
     Y5_LAUNCH_CHECK();
 }
 
-void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
-                                  const float* gamma, const float* beta, const float* running_mean,
-                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
-                                  cudaStream_t stream) {
+template <class T>
+static void bn_backward_eval(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp, const float* gamma,
+                             const float* beta, const float* running_mean, const float* running_var, int N, int C,
+                             int HW, float eps, Act a, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float *mean_dyx = mean_dy + C, *invstd = mean_dy + 2 * C;
     bn_eval_invstd_kernel<<<grid_1d(C), kBlock, 0, stream>>>(invstd, running_var, C, eps);
     Y5_LAUNCH_CHECK();
     if (dgamma || dbeta)
-        bn_grad_sums(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, running_mean, invstd, gamma, beta, N, C, HW, a,
-                     scratch, stream);
+        bn_grad_sums<T>(dgamma, dbeta, mean_dy, mean_dyx, dout, inp, running_mean, invstd, gamma, beta, N, C, HW, a,
+                        scratch, stream);
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
-    bn_dx_kernel<<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, running_mean, invstd, gamma, beta, mean_dy,
-                                                           mean_dyx, C, HW, P, a, false);
+    bn_dx_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, running_mean, invstd, gamma, beta,
+                                                              mean_dy, mean_dyx, C, HW, P, a, false);
     Y5_LAUNCH_CHECK();
+}
+
+void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const float* inp, const float* gamma, const float* beta, int N,
+                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
+    bn_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, gamma, beta, N, C, HW, eps, momentum,
+                     a, scratch, stream);
+}
+void batchnorm_forward_train_cuda(f16* out, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const f16* inp, const float* gamma, const float* beta, int N,
+                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
+    bn_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, gamma, beta, N, C, HW, eps, momentum,
+                     a, scratch, stream);
+}
+
+void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
+                                 Act a, float* scratch, cudaStream_t stream) {
+    bn_forward_eval(out, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch, stream);
+}
+void batchnorm_forward_eval_cuda(f16* out, const f16* inp, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
+                                 Act a, float* scratch, cudaStream_t stream) {
+    bn_forward_eval(out, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch, stream);
+}
+
+void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                   const float* gamma, const float* beta, const float* save_mean,
+                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   cudaStream_t stream) {
+    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, scratch, stream);
+}
+void batchnorm_backward_train_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
+                                   const float* gamma, const float* beta, const float* save_mean,
+                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   cudaStream_t stream) {
+    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, scratch, stream);
+}
+
+void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                  const float* gamma, const float* beta, const float* running_mean,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  cudaStream_t stream) {
+    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch,
+                     stream);
+}
+void batchnorm_backward_eval_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
+                                  const float* gamma, const float* beta, const float* running_mean,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  cudaStream_t stream) {
+    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch,
+                     stream);
 }
 
 }  // namespace y5

@@ -10,6 +10,9 @@
  * recomputes z = bn(x) from x and the statistics to get act'(z).
  * Backward accumulates into dinp, dgamma, dbeta (+=); any of them may be null.
  * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
+ * Mixed precision (torch's batch_norm under autocast): inp/out/dinp/dout may be f16 with everything per-channel
+ * (gamma, beta, running and saved statistics, dgamma, dbeta) f32; f16 is widened on load, the math is float
+ * (acc_t<T>), and each f16 output is rounded once. f32 and f64 keep one type throughout.
  * Each function handles channels [c_begin, min(C, c_end)) (all by default), so callers can split the
  * channels over threads; channels are independent.
  * The CUDA kernels (kernels/batchnorm.cu) share the per-element and per-channel math below.
@@ -53,137 +56,150 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 // Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
 template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
-// One row of the fused output: out = act(bn_apply(inp)) over n values (in place through out, so the float
-// SiLU takes the vectorised loop).
-template <class T>
-void bn_act_row_cpu(T* out, const T* inp, int64_t n, T mean, T invstd, T gamma, T beta, Act a) {
-    for (int64_t i = 0; i < n; ++i) out[i] = bn_apply(inp[i], mean, invstd, gamma, beta);
-    if (a.kind != ActKind::Identity) act_forward_cpu(out, out, n, a);
+// One row of the fused output: out = act(bn_apply(inp)) over n values, in chunks of kBnChunk through a buffer in
+// the compute type A (so the float SiLU takes the vectorised loop, and f16 is rounded once per output).
+constexpr int kBnChunk = 256;
+template <class T, class A>
+void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, A beta, Act a) {
+    A z[kBnChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kBnChunk) {
+        const int m = (int)y5_min<int64_t>(kBnChunk, n - i0);
+        for (int i = 0; i < m; ++i) z[i] = bn_apply<A>(ld(inp[i0 + i]), mean, invstd, gamma, beta);
+        if (a.kind != ActKind::Identity) act_forward_cpu<A>(z, z, m, a);
+        for (int i = 0; i < m; ++i) out[i0 + i] = st<T>(z[i]);
+    }
 }
 
 // The gradient at the BatchNorm output, dz = dout·act'(z), z = bn_apply(inp) recomputed (the fused op keeps no
-// z), and x̂, for n ≤ kBnChunk values.
-constexpr int kBnChunk = 256;
-template <class T>
-void bn_act_dz_cpu(T* dz, T* xhat, const T* dout, const T* inp, int n, T mean, T invstd, T gamma, T beta, Act a) {
-    for (int i = 0; i < n; ++i) xhat[i] = bn_xhat(inp[i], mean, invstd);
+// z), and x̂, for n ≤ kBnChunk values; dz and x̂ in the compute type A.
+template <class T, class A>
+void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A invstd, A gamma, A beta, Act a) {
+    for (int i = 0; i < n; ++i) xhat[i] = bn_xhat<A>(ld(inp[i]), mean, invstd);
     if (a.kind == ActKind::Identity) {
-        for (int i = 0; i < n; ++i) dz[i] = dout[i];
+        for (int i = 0; i < n; ++i) dz[i] = ld(dout[i]);
         return;
     }
-    for (int i = 0; i < n; ++i) dz[i] = bn_apply(inp[i], mean, invstd, gamma, beta);
+    for (int i = 0; i < n; ++i) dz[i] = bn_apply<A>(ld(inp[i]), mean, invstd, gamma, beta);
     act_grad_cpu(dz, dz, n, a);
-    for (int i = 0; i < n; ++i) dz[i] *= dout[i];
+    for (int i = 0; i < n; ++i) dz[i] *= ld(dout[i]);
 }
 
-template <class T>
-void batchnorm_forward_train_cpu(T* out, T* save_mean, T* save_invstd, T* running_mean, T* running_var, const T* inp,
-                                 const T* gamma, const T* beta, int N, int C, int HW, float eps, float momentum, Act a,
+// T: the storage type of inp/out/dinp/dout (float, double, f16); A = acc_t<T>: the parameters, statistics and
+// their gradients (f16's are float, as torch's batch_norm under autocast), and the per-element math.
+template <class T, class A = acc_t<T>>
+void batchnorm_forward_train_cpu(T* out, A* save_mean, A* save_invstd, A* running_mean, A* running_var, const T* inp,
+                                 const A* gamma, const A* beta, int N, int C, int HW, float eps, float momentum, Act a,
                                  int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         double sum = 0;
         for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) sum += inp[((int64_t)n * C + c) * HW + i];
+            for (int i = 0; i < HW; ++i) sum += ld(inp[((int64_t)n * C + c) * HW + i]);
         const double mean = sum / M;
         double ss = 0;
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < HW; ++i) {
-                double d = inp[((int64_t)n * C + c) * HW + i] - mean;
+                double d = ld(inp[((int64_t)n * C + c) * HW + i]) - mean;
                 ss += d * d;
             }
         const double var = ss / M;
-        const T invstd = T(bn_invstd(var, eps));
+        const A invstd = A(bn_invstd(var, eps));
         for (int n = 0; n < N; ++n) {
             const int64_t j = ((int64_t)n * C + c) * HW;
-            bn_act_row_cpu(out + j, inp + j, HW, T(mean), invstd, gamma[c], beta[c], a);
+            bn_act_row_cpu<T, A>(out + j, inp + j, HW, A(mean), invstd, gamma[c], beta[c], a);
         }
-        save_mean[c] = T(mean);
+        save_mean[c] = A(mean);
         save_invstd[c] = invstd;
         bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
     }
 }
 
-template <class T>
-void batchnorm_forward_eval_cpu(T* out, const T* inp, const T* gamma, const T* beta, const T* running_mean,
-                                const T* running_var, int N, int C, int HW, float eps, Act a, int c_begin = 0,
+template <class T, class A = acc_t<T>>
+void batchnorm_forward_eval_cpu(T* out, const T* inp, const A* gamma, const A* beta, const A* running_mean,
+                                const A* running_var, int N, int C, int HW, float eps, Act a, int c_begin = 0,
                                 int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        const T invstd = bn_eval_invstd(running_var[c], eps);
+        const A invstd = bn_eval_invstd(running_var[c], eps);
         for (int n = 0; n < N; ++n) {
             const int64_t j = ((int64_t)n * C + c) * HW;
-            bn_act_row_cpu(out + j, inp + j, HW, running_mean[c], invstd, gamma[c], beta[c], a);
+            bn_act_row_cpu<T, A>(out + j, inp + j, HW, running_mean[c], invstd, gamma[c], beta[c], a);
         }
     }
 }
 
 // Backward of channel c given its statistics: mean and invstd are the saved batch ones (training) or the running
 // mean and eval 1/std (eval). dgamma/dbeta (+=) are this channel's entries; training: dinp += bn_train_dx(dz),
-// eval: dinp += bn_eval_dx(dz) (the statistics are constants).
+// eval: dinp += bn_eval_dx(dz) (the statistics are constants); f16 dinp is rounded once, after the +=.
 // dinp_zero: dinp holds zeros (a gradient nobody has added to yet). The first pass then parks dz there and the
-// second reads it back instead of recomputing act'(z), the costly part on the CPU; same bits either way.
-template <class T>
-void batchnorm_backward_channel_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, int N, int C, int HW,
-                                    int c, T mean, T invstd, T gamma, T beta, Act a, bool training, bool dinp_zero) {
+// second reads it back instead of recomputing act'(z), the costly part on the CPU; same bits either way. Not for
+// f16, whose dinp would round dz.
+template <class T, class A = acc_t<T>>
+void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, int N, int C, int HW,
+                                    int c, A mean, A invstd, A gamma, A beta, Act a, bool training, bool dinp_zero) {
     const int64_t M = (int64_t)N * HW;
-    const bool park = dinp && dinp_zero;
-    T dz[kBnChunk], xh[kBnChunk];
+    const bool park = std::is_same_v<T, A> && dinp && dinp_zero;
+    A dz[kBnChunk], xh[kBnChunk];
     double sdy = 0, sdyx = 0;
     for (int n = 0; n < N; ++n)
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
             const int64_t j = ((int64_t)n * C + c) * HW + i0;
-            T* d = park ? dinp + j : dz;
-            bn_act_dz_cpu(d, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
+            A* d = dz;
+            if constexpr (std::is_same_v<T, A>) d = park ? dinp + j : dz;
+            bn_act_dz_cpu<T, A>(d, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
             for (int i = 0; i < m; ++i) {
                 sdy += d[i];
                 sdyx += (double)d[i] * xh[i];
             }
         }
-    if (dbeta) *dbeta += T(sdy);
-    if (dgamma) *dgamma += T(sdyx);
+    if (dbeta) *dbeta += A(sdy);
+    if (dgamma) *dgamma += A(sdyx);
     if (!dinp) return;
-    const T mdy = T(sdy / M), mdyx = T(sdyx / M);
+    const A mdy = A(sdy / M), mdyx = A(sdyx / M);
     for (int n = 0; n < N; ++n)
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
             const int64_t j = ((int64_t)n * C + c) * HW + i0;
-            if (park) {
-                for (int i = 0; i < m; ++i) {
-                    const T x = bn_xhat(inp[j + i], mean, invstd), g = dinp[j + i];
-                    dinp[j + i] = training ? bn_train_dx(g, x, gamma, invstd, mdy, mdyx) : bn_eval_dx(g, gamma, invstd);
+            if constexpr (std::is_same_v<T, A>)
+                if (park) {
+                    for (int i = 0; i < m; ++i) {
+                        const A x = bn_xhat(inp[j + i], mean, invstd), g = dinp[j + i];
+                        dinp[j + i] = training ? bn_train_dx(g, x, gamma, invstd, mdy, mdyx) : bn_eval_dx(g, gamma, invstd);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            bn_act_dz_cpu(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
+            bn_act_dz_cpu<T, A>(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
             for (int i = 0; i < m; ++i)
-                dinp[j + i] += training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx) : bn_eval_dx(dz[i], gamma, invstd);
+                dinp[j + i] = st<T>(ld(dinp[j + i]) + (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
+                                                                 : bn_eval_dx(dz[i], gamma, invstd)));
         }
 }
 
-template <class T>
-void batchnorm_backward_train_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                  const T* beta, const T* save_mean, const T* save_invstd, int N, int C, int HW, Act a,
+template <class T, class A = acc_t<T>>
+void batchnorm_backward_train_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, const A* gamma,
+                                  const A* beta, const A* save_mean, const A* save_invstd, int N, int C, int HW, Act a,
                                   int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
-        batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
-                                       HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true, dinp_zero);
+        batchnorm_backward_channel_cpu<T, A>(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout,
+                                             inp, N, C, HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true,
+                                             dinp_zero);
 }
 
-template <class T>
-void batchnorm_backward_eval_cpu(T* dinp, T* dgamma, T* dbeta, const T* dout, const T* inp, const T* gamma,
-                                 const T* beta, const T* running_mean, const T* running_var, int N, int C, int HW,
+template <class T, class A = acc_t<T>>
+void batchnorm_backward_eval_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, const A* gamma,
+                                 const A* beta, const A* running_mean, const A* running_var, int N, int C, int HW,
                                  float eps, Act a, int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
-        batchnorm_backward_channel_cpu(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout, inp, N, C,
-                                       HW, c, running_mean[c], bn_eval_invstd(running_var[c], eps), gamma[c], beta[c],
-                                       a, false, dinp_zero);
+        batchnorm_backward_channel_cpu<T, A>(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout,
+                                             inp, N, C, HW, c, running_mean[c], bn_eval_invstd(running_var[c], eps),
+                                             gamma[c], beta[c], a, false, dinp_zero);
 }
 
 // ----------------------------------------------------------------------------------------------------
-// CUDA launchers (kernels/batchnorm.cu, f32, the CPU reference's arguments for all channels plus scratch
-// and the stream); built only with Y5_CUDA. `scratch` is batchnorm_cuda_scratch(N, C, HW) floats of device
-// workspace for the call (per-block partial statistics). Backward: dinp, dgamma, dbeta may each be null.
+// CUDA launchers (kernels/batchnorm.cu, the CPU reference's arguments for all channels plus scratch and the
+// stream): f32, and f16 inp/out/dinp/dout with f32 per-channel tensors; built only with Y5_CUDA. `scratch` is
+// batchnorm_cuda_scratch(N, C, HW) floats of device workspace for the call (per-block partial statistics), for
+// either storage type. Backward: dinp, dgamma, dbeta may each be null.
 
 int64_t batchnorm_cuda_scratch(int N, int C, int HW);
 void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
@@ -197,6 +213,20 @@ void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, con
                                    const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
                                    cudaStream_t stream);
 void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
+                                  const float* gamma, const float* beta, const float* running_mean,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  cudaStream_t stream);
+void batchnorm_forward_train_cuda(f16* out, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, const f16* inp, const float* gamma, const float* beta, int N,
+                                  int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream);
+void batchnorm_forward_eval_cuda(f16* out, const f16* inp, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
+                                 Act a, float* scratch, cudaStream_t stream);
+void batchnorm_backward_train_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
+                                   const float* gamma, const float* beta, const float* save_mean,
+                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   cudaStream_t stream);
+void batchnorm_backward_eval_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
                                   const float* gamma, const float* beta, const float* running_mean,
                                   const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
                                   cudaStream_t stream);

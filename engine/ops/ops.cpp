@@ -372,14 +372,20 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
 
 // CPU: channels are independent, so par() splits them. CUDA: batchnorm_cuda_scratch(N, C, HW) floats of scratch
 // per pass. Training saves the batch mean and invstd for the backward; eval reads the running statistics.
+// dtypes: x f32 or f64 with per-channel tensors of the same dtype, or (mixed precision) x f16 with f32 ones; out
+// and dx have x's dtype, the saved statistics and dgamma/dbeta the parameters' (A = acc_t<T>).
 Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
                 bool training, float eps, float momentum, Act act) {
     const char* op = "batchnorm2d";
     check_rank(op, "input", x.t, 4);
     check_ctx(op, c, x.t);
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
+    const DType pdt = x.t.dtype == DType::F16 ? DType::F32 : x.t.dtype;  // the per-channel tensors' dtype
     for (const Tensor* t : std::initializer_list<const Tensor*>{&gamma.t, &beta.t, &running_mean, &running_var}) {
-        check_same(op, x.t, *t);
+        Y5_CHECK(t->device == x.t.device, "batchnorm2d: tensors on different devices: %s and %s", x.t.str().c_str(),
+                 t->str().c_str());
+        Y5_CHECK(t->dtype == pdt, "batchnorm2d: input %s needs %s per-channel tensors, got %s", x.t.str().c_str(),
+                 dtype_name(pdt), t->str().c_str());
         Y5_CHECK(t->ndim() == 1 && t->dim(0) == C, "batchnorm2d: per-channel tensor %s does not match input %s",
                  t->str().c_str(), x.t.str().c_str());
     }
@@ -388,17 +394,18 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
     Tensor mean, invstd;  // (C), training only
     if (training) {
-        mean = c.act->tensor(Shape{C}, x.t.dtype);
-        invstd = c.act->tensor(Shape{C}, x.t.dtype);
+        mean = c.act->tensor(Shape{C}, pdt);
+        invstd = c.act->tensor(Shape{C}, pdt);
     }
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *gp = gamma.t.ptr<T>(), *bp = beta.t.ptr<T>();
-        T *rm = running_mean.ptr<T>(), *rv = running_var.ptr<T>();
-        T *mp = training ? mean.ptr<T>() : nullptr, *ip = training ? invstd.ptr<T>() : nullptr;
+        using A = acc_t<T>;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        A *gp = gamma.t.ptr<A>(), *bp = beta.t.ptr<A>(), *rm = running_mean.ptr<A>(), *rv = running_var.ptr<A>();
+        A *mp = training ? mean.ptr<A>() : nullptr, *ip = training ? invstd.ptr<A>() : nullptr;
         if constexpr (d.cuda) {
             Scratch ws(c.work);
-            T* scratch = ws.get<T>(batchnorm_cuda_scratch(N, C, HW));
+            float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
             if (training)
                 batchnorm_forward_train_cuda(yp, mp, ip, rm, rv, xp, gp, bp, N, C, HW, eps, momentum, act, scratch,
                                              stream(c));
@@ -413,33 +420,36 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
             });
         }
     });
-    return finish(c, op, out, {&x, &gamma, &beta},
-                  [&c, x, gamma, beta, mean, invstd, running_mean, running_var, training, eps, act, N, C,
-                   HW](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x, &gamma, &beta},
+                        [&c, x, gamma, beta, mean, invstd, running_mean, running_var, training, eps, act, N, C,
+                         HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
+        using A = acc_t<T>;
         // A gradient nobody has touched is allocated zeroed: the CPU reference may then park dz in it.
         const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
         // dx only when x wants one: the kernels take null gradients.
-        T *dx = grad_ptr<T>(c, x), *dg = grad_ptr<T>(c, gamma), *db = grad_ptr<T>(c, beta);
+        T* dx = grad_ptr<T>(c, x);
+        A *dg = grad_ptr<A>(c, gamma), *db = grad_ptr<A>(c, beta);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        T *xp = x.t.ptr<T>(), *gp = gamma.t.ptr<T>(), *bp = beta.t.ptr<T>();
+        T* xp = x.t.ptr<T>();
+        A *gp = gamma.t.ptr<A>(), *bp = beta.t.ptr<A>();
         if constexpr (d.cuda) {
             Scratch ws(c.work);
-            T* scratch = ws.get<T>(batchnorm_cuda_scratch(N, C, HW));
+            float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
             if (training)
-                batchnorm_backward_train_cuda(dx, dg, db, dy, xp, gp, bp, mean.ptr<T>(), invstd.ptr<T>(), N, C, HW,
+                batchnorm_backward_train_cuda(dx, dg, db, dy, xp, gp, bp, mean.ptr<A>(), invstd.ptr<A>(), N, C, HW,
                                               act, scratch, stream(c));
             else
-                batchnorm_backward_eval_cuda(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<T>(), running_var.ptr<T>(),
+                batchnorm_backward_eval_cuda(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<A>(), running_var.ptr<A>(),
                                              N, C, HW, eps, act, scratch, stream(c));
         } else {
             par(C, [&](int64_t c0, int64_t c1) {
                 if (training)
-                    batchnorm_backward_train_cpu<T>(dx, dg, db, dy, xp, gp, bp, mean.ptr<T>(), invstd.ptr<T>(), N, C,
+                    batchnorm_backward_train_cpu<T>(dx, dg, db, dy, xp, gp, bp, mean.ptr<A>(), invstd.ptr<A>(), N, C,
                                                     HW, act, (int)c0, (int)c1, dx_zero);
                 else
-                    batchnorm_backward_eval_cpu<T>(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<T>(),
-                                                   running_var.ptr<T>(), N, C, HW, eps, act, (int)c0, (int)c1, dx_zero);
+                    batchnorm_backward_eval_cpu<T>(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<A>(),
+                                                   running_var.ptr<A>(), N, C, HW, eps, act, (int)c0, (int)c1, dx_zero);
             });
         }
     });
@@ -448,19 +458,20 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
 // ----------------------------------------------------------------------------------------------------
 // activation, sigmoid
 
-// Any shape, element by element: the CPU splits it into chunks of at least kElemChunk.
+// Any shape, element by element: the CPU splits it into chunks of at least kElemChunk. f16: float math, one
+// rounding per output.
 Var activation(Ctx& c, const Var& x, Act a) {
     const char* op = "activation";
     check_ctx(op, c, x.t);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
     const int64_t n = x.t.numel();
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
         if constexpr (d.cuda) act_forward_cuda(yp, xp, n, a, stream(c));
         else par(n, [&](int64_t b, int64_t e) { act_forward_cpu<T>(yp + b, xp + b, e - b, a); }, kElemChunk);
     });
-    return finish(c, op, out, {&x}, [&c, x, a, n](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, a, n](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
         const T* dy = c.tape->grad(y).template ptr<T>();

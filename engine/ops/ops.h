@@ -60,10 +60,11 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
 // x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
 // updates the running ones (PyTorch semantics); eval uses the running ones. `act` is fused: the result is
 // act(bn(x)) and bn(x) is never stored (the backward recomputes it), which is what a Conv's BN+SiLU needs.
+// [f16]: x (so out, dx) f16 with f32 gamma, beta and running statistics (dgamma, dbeta f32), as under autocast.
 Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor running_mean, Tensor running_var,
-                bool training, float eps, float momentum, Act act = kNoAct);
-Var activation(Ctx& c, const Var& x, Act a);  // any shape
-Var sigmoid(Ctx& c, const Var& x);            // any shape
+                bool training, float eps, float momentum, Act act = kNoAct);  // [f16]
+Var activation(Ctx& c, const Var& x, Act a);  // any shape [f16]
+Var sigmoid(Ctx& c, const Var& x);            // any shape [f16]
 Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
 // SPPF's pools fused: x (N,C,H,W) → (N,4C,H,W) = cat(x, m(x), m(m(x)), m(m(m(x)))), m = maxpool2d(k, 1, k/2)
 // (k odd); the same values and gradients as those four ops and the concat, without their intermediates.
