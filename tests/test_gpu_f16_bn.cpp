@@ -11,6 +11,7 @@
  * statistics) keep the f32 tests' tolerances: their terms come from the same f16 values on both sides.
  */
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,9 +39,6 @@ constexpr Tol kBn16{2e-5, 1e-3};
 // dγ/dβ, as the f32 test's bn_sum_tol: M-term sums, float per block on the GPU, double on the CPU.
 Tol bn_sum_tol(int64_t M) { return Tol{5e-6 * std::sqrt((double)M) + 1e-5, 1e-5}; }
 
-// A host tensor of `s` in dtype t with random values, for starting gradients.
-Tensor rand_like(Arena& a, Shape s, DType t, Rng& rng) { return rand_tensor(a, s, t, rng); }
-
 // Runs f on the CPU and on the GPU with the given host inputs (all wanting gradients, each starting at the same
 // random values in its own dtype), backward with the same random upstream gradient in the output's dtype;
 // compares the output and every input gradient.
@@ -60,7 +58,7 @@ void compare16(const std::string& what, const std::vector<Tensor>& inputs, const
         Tensor d = g.upload(inputs[i]);
         gv.push_back(wants_grad[i] ? g.tape.leaf(d) : Tape::constant(d));
         if (wants_grad[i]) {
-            Tensor start = rand_like(g.host, inputs[i].shape, inputs[i].dtype, rng);
+            Tensor start = rand_tensor(g.host, inputs[i].shape, inputs[i].dtype, rng);
             copy(tc.ctx, tc.tape.grad(cv[i]), start);
             copy(g.ctx, g.tape.grad(gv[i]), start);
         }
@@ -71,7 +69,7 @@ void compare16(const std::string& what, const std::vector<Tensor>& inputs, const
     REQUIRE(gy.t.dtype == DType::F16);
     REQUIRE(cy.t.dtype == DType::F16);
     require_close(g.download(gy.t), cy.t, out_tol.atol, out_tol.rtol, what + " output");
-    Tensor seed = rand_like(g.host, cy.shape(), DType::F16, rng);
+    Tensor seed = rand_tensor(g.host, cy.shape(), DType::F16, rng);
     Tensor dseed = g.upload(seed);
     tc.tape.backward(cy, &seed);
     g.tape.backward(gy, &dseed);
