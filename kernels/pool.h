@@ -1,15 +1,21 @@
 /*
- * Pooling, CPU reference.
+ * Pooling, CPU reference, over a storage type T: f32, f64 (gradient checks) or f16 (mixed precision: loads with
+ * ld(), float arithmetic, one st<T>() rounding per stored value).
  * maxpool2d: inp (N,C,H,W) → out (N,C,Ho,Wo), Ho = (H + 2·pad − k)/stride + 1, padding never wins
  *   (PyTorch pads with −inf). The backward routes each output gradient to the first maximum of its
  *   window in row-major order (PyTorch's tie rule); it recomputes that argmax from inp instead of
- *   storing indices. SPPF uses k 5, stride 1, pad 2.
- * sppf: SPPF's three cascaded stride-1 pools fused into one op that writes cat(x, y1, y2, y3).
- * global_avgpool: inp (N,C,H,W) → out (N,C), the mean over H·W (ECA's squeeze).
+ *   storing indices. SPPF uses k 5, stride 1, pad 2. Forward copies (exact in f16); the backward adds each
+ *   input's routed gradients onto its old value in acc_t<T> (outputs row-major) and rounds once.
+ * sppf: SPPF's three cascaded stride-1 pools fused into one op that writes cat(x, y1, y2, y3). Its backward
+ *   keeps the cascade's intermediate gradients in acc_t<T> (float for f16) and rounds dinp once.
+ * global_avgpool: inp (N,C,H,W) → out (N,C), the mean over H·W (ECA's squeeze), summed in double on the CPU.
  * Backward accumulates into dinp (+=).
  * The CUDA kernels (kernels/pool.cu) share maxpool_argmax, so both sides pick the same element.
  */
 #pragma once
+#include <type_traits>
+#include <vector>
+
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
@@ -20,7 +26,7 @@ namespace y5 {
 // window lies wholly in the padding (impossible when pad ≤ k/2).
 template <class T> Y5_HD int maxpool_argmax(const T* plane, int H, int W, int ho, int wo, int k, int stride, int pad) {
     int best = -1;
-    T m = T(0);
+    acc_t<T> m = 0;
     const int h0 = ho * stride - pad, w0 = wo * stride - pad;
     for (int i = 0; i < k; ++i) {
         int h = h0 + i;
@@ -28,7 +34,7 @@ template <class T> Y5_HD int maxpool_argmax(const T* plane, int H, int W, int ho
         for (int j = 0; j < k; ++j) {
             int w = w0 + j;
             if (w < 0 || w >= W) continue;
-            T v = plane[h * W + w];
+            const acc_t<T> v = ld(plane[h * W + w]);
             if (best < 0 || v > m || v != v) {
                 best = h * W + w;
                 m = v;
@@ -48,24 +54,38 @@ void maxpool2d_forward_cpu(T* out, const T* inp, int N, int C, int H, int W, int
         for (int ho = 0; ho < Ho; ++ho)
             for (int wo = 0; wo < Wo; ++wo) {
                 int a = maxpool_argmax(plane, H, W, ho, wo, k, stride, pad);
-                o[ho * Wo + wo] = a >= 0 ? plane[a] : T(-INFINITY);
+                o[ho * Wo + wo] = a >= 0 ? plane[a] : st<T>(-INFINITY);
             }
     }
 }
 
+// One plane's routing: dx[argmax of output o] += dy[o] for the outputs in row-major order, in A (acc_t of the
+// storage type) whatever dy's and plane's storage types.
+template <class A, class G, class T>
+void maxpool2d_route_plane(A* dx, const G* dy, const T* plane, int H, int W, int k, int stride, int pad) {
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    for (int ho = 0; ho < Ho; ++ho)
+        for (int wo = 0; wo < Wo; ++wo) {
+            int a = maxpool_argmax(plane, H, W, ho, wo, k, stride, pad);
+            if (a >= 0) dx[a] += ld(dy[ho * Wo + wo]);
+        }
+}
+
+// f16: each plane of dinp goes through a float copy, so every element is rounded once after all its routes.
 template <class T>
 void maxpool2d_backward_cpu(T* dinp, const T* dout, const T* inp, int N, int C, int H, int W, int k, int stride,
                             int pad) {
-    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+    const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1, HW = H * W;
+    constexpr bool kF16 = std::is_same_v<T, f16>;
+    std::vector<float> acc(kF16 ? HW : 0);
     for (int64_t nc = 0; nc < (int64_t)N * C; ++nc) {
-        const T* plane = inp + nc * H * W;
-        const T* dy = dout + nc * Ho * Wo;
-        T* dx = dinp + nc * H * W;
-        for (int ho = 0; ho < Ho; ++ho)
-            for (int wo = 0; wo < Wo; ++wo) {
-                int a = maxpool_argmax(plane, H, W, ho, wo, k, stride, pad);
-                if (a >= 0) dx[a] += dy[ho * Wo + wo];
-            }
+        const T *plane = inp + nc * HW, *dy = dout + nc * Ho * Wo;
+        T* dx = dinp + nc * HW;
+        if constexpr (kF16) {
+            for (int i = 0; i < HW; ++i) acc[i] = ld(dx[i]);
+            maxpool2d_route_plane(acc.data(), dy, plane, H, W, k, stride, pad);
+            for (int i = 0; i < HW; ++i) dx[i] = st<T>(acc[i]);
+        } else maxpool2d_route_plane(dx, dy, plane, H, W, k, stride, pad);
     }
 }
 
@@ -85,55 +105,71 @@ template <class T> void sppf_forward_cpu(T* out, const T* inp, int64_t p0, int64
     }
 }
 
-// The backward of the cascade, in the order the tape runs the unfused ops (so the sums are bitwise the
-// same): with g_s the output gradient's slices and R(d | y) maxpool's routing of d to the maxima in y,
+// The backward of the cascade, in the order the tape runs the unfused ops (so in f32 and f64 the sums are
+// bitwise the same): with g_s the output gradient's slices and R(d | y) maxpool's routing of d to the maxima in y,
 //   d2 = g2 + R(g3 | y2),  d1 = g1 + R(d2 | y1),  dinp += g0 + R(d1 | x).
-// out: the forward's output (its slices are the pools' inputs). scratch: 2·H·W values.
+// d2, d1 and dinp's new value are held in acc_t<T> (float for f16) and dinp is rounded once at the end, where
+// the unfused f16 ops would round d2 and d1 and every add.
+// out: the forward's output (its slices are the pools' inputs). scratch: 3·H·W values.
 template <class T>
 void sppf_backward_cpu(T* dinp, const T* dout, const T* out, int64_t p0, int64_t p1, int C, int H, int W, int k,
-                       T* scratch) {
+                       acc_t<T>* scratch) {
     const int HW = H * W, pad = k / 2;
-    T *d2 = scratch, *d1 = scratch + HW;
+    acc_t<T> *d2 = scratch, *d1 = scratch + HW, *acc = scratch + 2 * HW;
     for (int64_t p = p0; p < p1; ++p) {
         const T *g[4], *y[4];
         for (int s = 0; s < 4; ++s) g[s] = dout + sppf_slice(p, s, C, HW), y[s] = out + sppf_slice(p, s, C, HW);
         T* dx = dinp + p * HW;
-        for (int i = 0; i < HW; ++i) d2[i] = g[2][i], d1[i] = g[1][i], dx[i] += g[0][i];
-        maxpool2d_backward_cpu(d2, g[3], y[2], 1, 1, H, W, k, 1, pad);
-        maxpool2d_backward_cpu(d1, d2, y[1], 1, 1, H, W, k, 1, pad);
-        maxpool2d_backward_cpu(dx, d1, y[0], 1, 1, H, W, k, 1, pad);
+        for (int i = 0; i < HW; ++i) d2[i] = ld(g[2][i]), d1[i] = ld(g[1][i]), acc[i] = ld(dx[i]) + ld(g[0][i]);
+        maxpool2d_route_plane(d2, g[3], y[2], H, W, k, 1, pad);
+        maxpool2d_route_plane(d1, d2, y[1], H, W, k, 1, pad);
+        maxpool2d_route_plane(acc, d1, y[0], H, W, k, 1, pad);
+        for (int i = 0; i < HW; ++i) dx[i] = st<T>(acc[i]);
     }
 }
 
-template <class T> void global_avgpool_forward_cpu(T* out, const T* inp, int N, int C, int HW) {
+// O: the output's storage type, T by default (fused ECA keeps f16 x's means in float).
+template <class T, class O = T> void global_avgpool_forward_cpu(O* out, const T* inp, int N, int C, int HW) {
     for (int64_t nc = 0; nc < (int64_t)N * C; ++nc) {
         double s = 0;
-        for (int i = 0; i < HW; ++i) s += inp[nc * HW + i];
-        out[nc] = T(s / HW);
+        for (int i = 0; i < HW; ++i) s += ld(inp[nc * HW + i]);
+        out[nc] = st<O>((acc_t<O>)(s / HW));
     }
 }
 
 template <class T> void global_avgpool_backward_cpu(T* dinp, const T* dout, int N, int C, int HW) {
     for (int64_t nc = 0; nc < (int64_t)N * C; ++nc) {
-        T g = dout[nc] / T(HW);
-        for (int i = 0; i < HW; ++i) dinp[nc * HW + i] += g;
+        const acc_t<T> g = ld(dout[nc]) / acc_t<T>(HW);
+        for (int i = 0; i < HW; ++i) dinp[nc * HW + i] = st<T>(ld(dinp[nc * HW + i]) + g);
     }
 }
 
 // ----------------------------------------------------------------------------------------------------
-// CUDA launchers (kernels/pool.cu, f32, the CPU reference's arguments plus the stream); built only with
-// Y5_CUDA. maxpool2d_backward_cuda takes `argmax`, N·C·Ho·Wo ints of device scratch for the call.
+// CUDA launchers (kernels/pool.cu, the CPU reference's arguments plus the stream; f32 and f16 overloads); built
+// only with Y5_CUDA. maxpool2d_backward_cuda takes `argmax`, N·C·Ho·Wo ints of device scratch for the call.
 
 void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int k, int stride, int pad,
                             cudaStream_t stream);
+void maxpool2d_forward_cuda(f16* out, const f16* inp, int N, int C, int H, int W, int k, int stride, int pad,
+                            cudaStream_t stream);
 void maxpool2d_backward_cuda(float* dinp, const float* dout, const float* inp, int N, int C, int H, int W, int k,
                              int stride, int pad, int* argmax, cudaStream_t stream);
-// sppf_backward_cuda takes sppf_cuda_scratch(N, C, H, W) bytes of device scratch for the call.
+void maxpool2d_backward_cuda(f16* dinp, const f16* dout, const f16* inp, int N, int C, int H, int W, int k,
+                             int stride, int pad, int* argmax, cudaStream_t stream);
+// sppf_backward_cuda takes sppf_cuda_scratch(N, C, H, W) bytes of device scratch for the call (either dtype: the
+// cascade's intermediate gradients are float).
 void sppf_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int k, cudaStream_t stream);
+void sppf_forward_cuda(f16* out, const f16* inp, int N, int C, int H, int W, int k, cudaStream_t stream);
 size_t sppf_cuda_scratch(int N, int C, int H, int W);
 void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N, int C, int H, int W, int k,
                         void* scratch, cudaStream_t stream);
+void sppf_backward_cuda(f16* dinp, const f16* dout, const f16* out, int N, int C, int H, int W, int k, void* scratch,
+                        cudaStream_t stream);
+// global_avgpool forward: f32 → f32, f16 → f16, and f16 → f32 (fused ECA's means).
 void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream);
+void global_avgpool_forward_cuda(f16* out, const f16* inp, int N, int C, int HW, cudaStream_t stream);
+void global_avgpool_forward_cuda(float* out, const f16* inp, int N, int C, int HW, cudaStream_t stream);
 void global_avgpool_backward_cuda(float* dinp, const float* dout, int N, int C, int HW, cudaStream_t stream);
+void global_avgpool_backward_cuda(f16* dinp, const f16* dout, int N, int C, int HW, cudaStream_t stream);
 
 }  // namespace y5

@@ -5,6 +5,7 @@
  * space_to_depth2: Focus's slicing, inp (N,C,H,W) → out (N,4C,H/2,W/2), channel blocks in PyTorch's order
  *   x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2].
  * Backward accumulates into dinp (+=).
+ * T: f32, f64, or f16 (both are copies, exact in f16; each input gets one gradient, added in float and rounded once).
  * The CUDA kernels (kernels/reshape.cu) share s2d_dy / s2d_dx.
  */
 #pragma once
@@ -23,7 +24,10 @@ template <class T> void transpose12_forward_cpu(T* out, const T* inp, int B, int
 template <class T> void transpose12_backward_cpu(T* dinp, const T* dout, int B, int M, int N) {
     for (int64_t b = 0; b < B; ++b)
         for (int m = 0; m < M; ++m)
-            for (int n = 0; n < N; ++n) dinp[(b * M + m) * N + n] += dout[(b * N + n) * M + m];
+            for (int n = 0; n < N; ++n) {
+                T& dx = dinp[(b * M + m) * N + n];
+                dx = st<T>(ld(dx) + ld(dout[(b * N + n) * M + m]));
+            }
 }
 
 // Source (row, column) offsets of channel block q: (0,0), (1,0), (0,1), (1,1).
@@ -47,15 +51,21 @@ template <class T> void space_to_depth2_backward_cpu(T* dinp, const T* dout, int
         for (int q = 0; q < 4; ++q)
             for (int c = 0; c < C; ++c)
                 for (int y = 0; y < Ho; ++y)
-                    for (int x = 0; x < Wo; ++x)
-                        dinp[(((int64_t)n * C + c) * H + 2 * y + s2d_dy(q)) * W + 2 * x + s2d_dx(q)] +=
-                            dout[(((int64_t)n * 4 * C + q * C + c) * Ho + y) * Wo + x];
+                    for (int x = 0; x < Wo; ++x) {
+                        T& dx = dinp[(((int64_t)n * C + c) * H + 2 * y + s2d_dy(q)) * W + 2 * x + s2d_dx(q)];
+                        dx = st<T>(ld(dx) + ld(dout[(((int64_t)n * 4 * C + q * C + c) * Ho + y) * Wo + x]));
+                    }
 }
 
-// CUDA launchers (kernels/reshape.cu, f32, the CPU reference's arguments plus the stream); built only with Y5_CUDA.
+// CUDA launchers (kernels/reshape.cu, the CPU reference's arguments plus the stream; f32 and f16); built only with
+// Y5_CUDA.
 void transpose12_forward_cuda(float* out, const float* inp, int B, int M, int N, cudaStream_t stream);
+void transpose12_forward_cuda(f16* out, const f16* inp, int B, int M, int N, cudaStream_t stream);
 void transpose12_backward_cuda(float* dinp, const float* dout, int B, int M, int N, cudaStream_t stream);
+void transpose12_backward_cuda(f16* dinp, const f16* dout, int B, int M, int N, cudaStream_t stream);
 void space_to_depth2_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, cudaStream_t stream);
+void space_to_depth2_forward_cuda(f16* out, const f16* inp, int N, int C, int H, int W, cudaStream_t stream);
 void space_to_depth2_backward_cuda(float* dinp, const float* dout, int N, int C, int H, int W, cudaStream_t stream);
+void space_to_depth2_backward_cuda(f16* dinp, const f16* dout, int N, int C, int H, int W, cudaStream_t stream);
 
 }  // namespace y5

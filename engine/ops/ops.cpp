@@ -496,7 +496,7 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
              x.t.str().c_str());
     const int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
     Tensor out = c.act->tensor(Shape{N, C, Ho, Wo}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
         if constexpr (d.cuda) maxpool2d_forward_cuda(yp, xp, N, C, H, W, k, stride, pad, stream(c));
@@ -505,7 +505,7 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
                 maxpool2d_forward_cpu<T>(yp + p0 * Ho * Wo, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, k, stride, pad);
             });
     });
-    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, Ho, Wo, k, stride, pad](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, Ho, Wo, k, stride, pad](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -530,13 +530,13 @@ Var sppf_pool(Ctx& c, const Var& x, int k) {
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     const int64_t P = (int64_t)N * C;
     Tensor out = c.act->tensor(Shape{N, 4 * C, H, W}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
         if constexpr (d.cuda) sppf_forward_cuda(yp, xp, N, C, H, W, k, stream(c));
         else par(P, [&](int64_t p0, int64_t p1) { sppf_forward_cpu<T>(yp, xp, p0, p1, C, H, W, k); });
     });
-    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, P, k](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, P, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
@@ -545,12 +545,12 @@ Var sppf_pool(Ctx& c, const Var& x, int k) {
             sppf_backward_cuda(dx, dy, yp, N, C, H, W, k, ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)),
                                stream(c));
         } else {
-            // One range of planes per CPU thread, each with its own 2·H·W scratch.
+            // One range of planes per CPU thread, each with its own 3·H·W scratch (float for f16).
             const int R = (int)std::min<int64_t>(P, cpu_op_threads());
-            T* scratch = ws.get<T>((int64_t)R * 2 * H * W);
+            acc_t<T>* scratch = ws.get<acc_t<T>>((int64_t)R * 3 * H * W);
             par(R, [&](int64_t r0, int64_t r1) {
                 for (int64_t r = r0; r < r1; ++r)
-                    sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k, scratch + r * 2 * H * W);
+                    sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k, scratch + r * 3 * H * W);
             });
         }
     });
@@ -563,7 +563,7 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
     Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
         if constexpr (d.cuda) upsample_nearest_forward_cuda(yp, xp, N, C, H, W, s, stream(c));
@@ -572,7 +572,7 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
                 upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, s);
             });
     });
-    return finish(c, op, out, {&x}, [&c, x, N, C, H, W, s](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, s](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -603,7 +603,7 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
     int Co = 0;
     for (const Var& v : xs) Co += v.t.dim(1);
     Tensor out = c.act->tensor(Shape{N, Co, xs[0].t.dim(2), xs[0].t.dim(3)}, xs[0].t.dtype);
-    dispatch(op, xs[0].t, [&](auto d) {
+    dispatch<kF16>(op, xs[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
         int c0 = 0;
         for (const Var& v : xs) {
@@ -611,7 +611,7 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
             c0 += v.t.dim(1);
         }
     });
-    return finish(c, op, out, any_grad(xs), [&c, xs, N, HW, Co](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, any_grad(xs), [&c, xs, N, HW, Co](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         const T* dy = c.tape->grad(y).template ptr<T>();
         int c0 = 0;
@@ -651,11 +651,11 @@ Var global_avgpool(Ctx& c, const Var& x) {
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3);
     Y5_CHECK(HW > 0, "global_avgpool: empty input %s", x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         Y5_CPU_OR_CUDA(global_avgpool_forward, out.ptr<T>(), x.t.ptr<T>(), N, C, HW);
     });
-    return finish(c, op, out, {&x}, [&c, x, N, C, HW](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -672,12 +672,12 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
     const int N = x.t.dim(0), C = x.t.dim(1), k = w.t.dim(0);
     Y5_CHECK(k % 2 == 1, "conv1d_channels: kernel size %d must be odd", k);
     Tensor out = c.act->tensor(Shape{N, C}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
         Y5_CPU_OR_CUDA(conv1d_channels_forward, yp, xp, wp, N, C, k);
     });
-    return finish(c, op, out, {&x, &w}, [&c, x, w, N, C, k](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x, &w}, [&c, x, w, N, C, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -695,12 +695,12 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     Y5_CHECK(s.t.dim(0) == N && s.t.dim(1) == C, "scale_channels: scale %s does not match input %s",
              s.t.str().c_str(), x.t.str().c_str());
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *sp = s.t.ptr<T>();
         Y5_CPU_OR_CUDA(scale_channels_forward, yp, xp, sp, N, C, HW);
     });
-    return finish(c, op, out, {&x, &s}, [&c, x, s, N, C, HW](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x, &s}, [&c, x, s, N, C, HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *ds = grad_ptr<T>(c, s);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -708,26 +708,33 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
     });
 }
 
-// Saves the (N,C) pooled means and gates for the backward, which takes N·C values of scratch.
+// Saves the (N,C) pooled means and gates for the backward, which takes N·C values of scratch. Mixed precision:
+// with f16 x (and out, dx), w, its gradient, the means, gates and scratch stay f32.
 Var eca(Ctx& c, const Var& x, const Var& w) {
     const char* op = "eca";
     check_rank(op, "input", x.t, 4);
-    check_same(op, x.t, w.t);
     check_ctx(op, c, x.t);
+    const DType pdt = x.t.dtype == DType::F16 ? DType::F32 : x.t.dtype;  // w's, the means' and the gates' dtype
+    Y5_CHECK(w.t.device == x.t.device && w.t.dtype == pdt, "eca: weight %s for input %s must be %s on its device",
+             w.t.str().c_str(), x.t.str().c_str(), dtype_name(pdt));
     Y5_CHECK(w.t.ndim() == 1 && w.t.dim(0) % 2 == 1, "eca: weight %s must be (k) with k odd", w.t.str().c_str());
     const int N = x.t.dim(0), C = x.t.dim(1), HW = x.t.dim(2) * x.t.dim(3), k = w.t.dim(0);
     Tensor out = c.act->tensor(x.t.shape, x.t.dtype);
-    Tensor pooled = c.act->tensor(Shape{N, C}, x.t.dtype), gate = c.act->tensor(Shape{N, C}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    Tensor pooled = c.act->tensor(Shape{N, C}, pdt), gate = c.act->tensor(Shape{N, C}, pdt);
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        T *yp = out.ptr<T>(), *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
+        using A = acc_t<T>;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
+        A *pp = pooled.ptr<A>(), *gp = gate.ptr<A>(), *wp = w.t.ptr<A>();
         Y5_CPU_OR_CUDA(eca_forward, yp, pp, gp, xp, wp, N, C, HW, k);
     });
-    return finish(c, op, out, {&x, &w}, [&c, x, w, pooled, gate, N, C, HW, k](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x, &w}, [&c, x, w, pooled, gate, N, C, HW, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
+        using A = acc_t<T>;
         Scratch ws(c.work);
-        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>();
-        T *pp = pooled.ptr<T>(), *gp = gate.ptr<T>(), *scratch = ws.get<T>((int64_t)N * C);
+        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        A *dw = grad_ptr<A>(c, w), *wp = w.t.ptr<A>(), *pp = pooled.ptr<A>(), *gp = gate.ptr<A>();
+        A* scratch = ws.get<A>((int64_t)N * C);
         const T* dy = c.tape->grad(y).template ptr<T>();
         Y5_CPU_OR_CUDA(eca_backward, dx, dw, dy, xp, wp, pp, gp, N, C, HW, k, scratch);
     });
@@ -744,7 +751,7 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     Y5_CHECK(out_shape.numel() == x.t.numel(), "transpose12: output shape %s does not hold %s",
              out_shape.str().c_str(), x.t.str().c_str());
     Tensor out = c.act->tensor(out_shape, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
         if constexpr (d.cuda) transpose12_forward_cuda(yp, xp, B, M, N, stream(c));
@@ -753,7 +760,7 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
                 transpose12_forward_cpu<T>(yp + b0 * M * N, xp + b0 * M * N, (int)(b1 - b0), M, N);
             });
     });
-    return finish(c, op, out, {&x}, [&c, x, B, M, N](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, B, M, N](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -773,11 +780,11 @@ Var space_to_depth2(Ctx& c, const Var& x) {
     Y5_CHECK(H % 2 == 0 && W % 2 == 0, "space_to_depth2 (Focus): input %s needs even height and width",
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, 4 * C, H / 2, W / 2}, x.t.dtype);
-    dispatch(op, x.t, [&](auto d) {
+    dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         Y5_CPU_OR_CUDA(space_to_depth2_forward, out.ptr<T>(), x.t.ptr<T>(), N, C, H, W);
     });
-    return finish(c, op, out, {&x}, [&c, x, N, C, H, W](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();

@@ -65,21 +65,23 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
                 bool training, float eps, float momentum, Act act = kNoAct);  // [f16]
 Var activation(Ctx& c, const Var& x, Act a);  // any shape [f16]
 Var sigmoid(Ctx& c, const Var& x);            // any shape [f16]
-Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);
+Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad);  // [f16]
 // SPPF's pools fused: x (N,C,H,W) → (N,4C,H,W) = cat(x, m(x), m(m(x)), m(m(m(x)))), m = maxpool2d(k, 1, k/2)
-// (k odd); the same values and gradients as those four ops and the concat, without their intermediates.
-Var sppf_pool(Ctx& c, const Var& x, int k);
-Var upsample_nearest(Ctx& c, const Var& x, int scale);
-Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W)
+// (k odd); the same values and gradients as those four ops and the concat, without their intermediates (in f16
+// the cascade's gradients stay float and dx is rounded once).
+Var sppf_pool(Ctx& c, const Var& x, int k);  // [f16]
+Var upsample_nearest(Ctx& c, const Var& x, int scale);  // [f16]
+Var concat(Ctx& c, const std::vector<Var>& xs);  // along channels (dim 1) of (N,Ci,H,W) [f16]
 Var add(Ctx& c, const Var& a, const Var& b);      // same shape [f16]
-Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C)
-Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C)
-Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W)
+Var global_avgpool(Ctx& c, const Var& x);         // (N,C,H,W) → (N,C) [f16]
+Var conv1d_channels(Ctx& c, const Var& x, const Var& w);  // x (N,C), w (k), k odd → (N,C) [f16]
+Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N,C) → (N,C,H,W) [f16]
 // ECA fused: x·σ(conv1d_channels(global_avgpool(x), w)), w (k) with k odd; the four ops above in two passes over x
-// (forward) and two plus a small one (backward), keeping only the (N,C) means and gates.
-Var eca(Ctx& c, const Var& x, const Var& w);
-Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape
-Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2)
+// (forward) and two plus a small one (backward), keeping only the (N,C) means and gates. Mixed precision: f16 x
+// (out, dx) with w, its gradient and the saved means and gates in f32.
+Var eca(Ctx& c, const Var& x, const Var& w);  // [f16]
+Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape [f16]
+Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2) [f16]
 
 
 }  // namespace y5
