@@ -28,29 +28,40 @@ args=(--data synth/data.yaml --cfg yolov5n-half.yaml --hyp "$src/config/hyps/hyp
 fail() { echo "emu_e2e: $1"; shift; for f in "$@"; do echo "--- $f"; tail -n 30 "$f"; done; exit 1; }
 
 # 1. Per batch: epoch, batch, lbox, lobj, lcls, lr0-2. The lr come from the host schedule: equal as text. In f32 the
-# two sides differ by the order of float sums; with --amp each f16 value stored can differ by one f16 rounding
-# (2^-11) where those sums straddle a rounding boundary, and such differences pass through the layers.
-AMP_TOL=2e-3
+# two sides differ by the order of float sums (measured 8.5e-6). With --amp each stored f16 value can differ by one
+# f16 rounding (2^-11) where those sums straddle a rounding boundary: the first batch's losses (the same weights on
+# both sides) differ by up to 1.5e-3 (measured), against 9.5e-3 between the CPU's f32 and AMP runs, so 3e-3 there
+# tells f16 from f32. Every optimizer step (biases at lr 0.1 in warmup, this tiny model's deep BatchNorms over a
+# few values per channel) amplifies the difference: 1.9e-2 by the second batch (the CPU's own f32 and AMP runs
+# are 3e-3 to 1e-2 apart there), so later batches get 5e-2, and the first batch must be nearer the CPU's AMP
+# losses than its f32 ones.
+AMP_TOL0=3e-3 AMP_TOL=5e-2
 for mode in f32 amp; do
-  flag=--no-amp; tol=1e-4
-  [ "$mode" = amp ] && flag=--amp && tol=$AMP_TOL
+  flag=--no-amp; tol0=1e-4; tol=1e-4
+  [ "$mode" = amp ] && flag=--amp && tol0=$AMP_TOL0 && tol=$AMP_TOL
   Y5_LOSS_LOG=cpu$mode.log "$build/y5train" "${args[@]}" $flag --device cpu --name cpu$mode > cpu$mode.out 2>&1 ||
     fail "CPU $mode training failed" cpu$mode.out
   Y5_LOSS_LOG=dev$mode.log "$build/y5train" "${args[@]}" $flag --device 0 --name dev$mode > dev$mode.out 2>&1 ||
     fail "device $mode training failed" dev$mode.out
   [ "$(wc -l < cpu$mode.log)" -eq 4 ] || fail "the CPU run should have logged 4 batches" cpu$mode.log
-  awk -v tol="$tol" -v mode="$mode" 'NR == FNR { c[FNR] = $0; next }
+  awk -v tol0="$tol0" -v tol="$tol" -v mode="$mode" 'NR == FNR { c[FNR] = $0; next }
        { split(c[FNR], a, " ")
          if (a[1] != $1 || a[2] != $2 || a[6] != $6 || a[7] != $7 || a[8] != $8) { print "line " FNR " differs: " c[FNR] " | " $0; bad = 1 }
          for (k = 3; k <= 5; ++k) {
            d = a[k] - $k; d = d < 0 ? -d : d; m = a[k] < 0 ? -a[k] : a[k]; r = m > 0 ? d / m : d
            if (r > worst) worst = r
-           if (r > tol) { print "epoch " $1 " batch " $2 " loss " k - 2 ": cpu " a[k] ", device " $k; bad = 1 } } }
+           if (r > (FNR == 1 ? tol0 : tol)) { print "epoch " $1 " batch " $2 " loss " k - 2 ": cpu " a[k] ", device " $k; bad = 1 } } }
        END { if (FNR != length(c)) { print "the logs differ in length"; bad = 1 }
              printf "emu_e2e: %s per-batch losses, device against CPU: largest relative difference %.2g\n", mode, worst
              exit bad }' cpu$mode.log dev$mode.log ||
-    fail "$mode device losses differ from the CPU's by more than $tol" cpu$mode.log dev$mode.log
+    fail "$mode device losses differ from the CPU's by more than $tol0 (first batch) or $tol" cpu$mode.log dev$mode.log
 done
+# The device's AMP run is f16: its first batch's losses are nearer the CPU's AMP ones than the CPU's f32 ones.
+paste -d' ' <(head -1 devamp.log) <(head -1 cpuamp.log) <(head -1 cpuf32.log) | awk '
+  function rel(p, q) { return (p > q ? p - q : q - p) / q }
+  { da = rel($3, $11) + rel($4, $12) + rel($5, $13); df = rel($3, $19) + rel($4, $20) + rel($5, $21)
+    printf "emu_e2e: first batch, device AMP against the CPU: AMP %.2g, f32 %.2g (summed relative differences)\n", da, df
+    exit !(da < df) }' || fail "the device's --amp losses are not nearer the CPU's AMP losses than its f32 ones"
 grep -q "^AMP: mixed precision" devamp.out || fail "--amp did not train in mixed precision" devamp.out
 if cmp -s <(cut -d' ' -f3-5 cpuf32.log) <(cut -d' ' -f3-5 cpuamp.log); then fail "the --amp losses equal the f32 ones"; fi
 
