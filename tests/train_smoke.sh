@@ -39,6 +39,13 @@ img="$(ls synth/images/val/*.jpg | head -1)"
 out="runs/detect/exp/$(basename "$img")"
 [ -s "$out" ] || { echo "y5detect wrote no annotated image"; cat det.log; exit 1; }
 grep -q "^Speed:" det.log || { echo "y5detect printed no timings"; exit 1; }
+# --half (val.py's and detect.py's flag; f16 activations as y5train --amp) runs on the CPU too.
+"$build/y5val" --data synth/data.yaml --weights $run/weights/best.safetensors --imgsz 64 --workers 1 --half > valh.log
+grep -q "^ *all *2 " valh.log || { echo "y5val --half table missing"; cat valh.log; exit 1; }
+"$build/y5detect" --source "$img" --weights $run/weights/best.safetensors --imgsz 64 --conf-thres 0.001 --save-txt \
+  --save-conf --half --name half > deth.log
+lab="labels/$(basename "${img%.*}").txt"
+[ -s "runs/detect/half/$lab" ] || { echo "y5detect --half wrote no labels"; cat deth.log; exit 1; }
 bus="$src/../shared/data/images/bus.jpg"
 if [ -f "$bus" ]; then  # a user's clone has no ../shared
   "$build/y5detect" --source "$bus" --weights $run/weights/best.safetensors --imgsz 64 --name bus > bus.log

@@ -86,11 +86,12 @@ struct Detector {
     int frames = 0, last_h = 0, last_w = 0;
 
     // Images letterboxed to at most side × side, on the arenas of plan.
-    Detector(y5::Model& m, int size, int side, const y5::StepMemory& plan)
+    Detector(y5::Model& m, int size, int side, const y5::StepMemory& plan, bool half)
         : model(m), dev(m.params.device()), host("host input", y5::Device::CPU, (size_t)3 * side * side * sizeof(float) + (1 << 20)),
           imgsz(size) {
         ws.make(dev, m.params.cuda(), plan);
         ws.tape->set_recording(false);
+        ws.ctx.autocast = half;
     }
 
     // Detections in im0's pixels: x1 y1 x2 y2 (rounded), conf, class.
@@ -200,7 +201,7 @@ int main(int argc, char** argv) {
     int imgsz = 640, max_det = 1000;
     float conf = 0.25f, iou = 0.45f;
     std::vector<int> classes;
-    bool agnostic = false, save_txt = false, save_conf = false, nosave = false, exist_ok = false;
+    bool agnostic = false, save_txt = false, save_conf = false, nosave = false, exist_ok = false, half = false;
     app.add_option("--source", source, "image, folder, glob or video")->required();
     app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
@@ -216,6 +217,7 @@ int main(int argc, char** argv) {
     app.add_option("--name", name, "save results to project/name")->capture_default_str();
     app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
     app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
+    app.add_flag("--half", half, "FP16 half-precision inference (f16 activations, as y5train --amp; also on the CPU)");
     CLI11_PARSE(app, argc, argv);
     try {
         const int dev_index = y5::parse_device(device);
@@ -226,7 +228,7 @@ int main(int argc, char** argv) {
         // The memory plan for one image letterboxed to at most imgsz rounded up to the stride, with the GPU NMS's
         // scratch; measured before fusing (measuring runs a training step).
         const int stride = (int)model->detect->stride.back(), side = (imgsz + stride - 1) / stride * stride;
-        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, side, side, y5::LossHyp{}), 1,
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, side, side, y5::LossHyp{}, half), 1,
                                                        y5::nms_scratch_bytes(*model, side, 1, nms));
         y5::check_fits(model->params.device(), {plan}, "--imgsz " + std::to_string(imgsz), "--imgsz");
         model->fuse();  // as detect.py's DetectMultiBackend(fuse=True): Conv+BN folded
@@ -249,7 +251,7 @@ int main(int argc, char** argv) {
                     break;
                 }
         fs::create_directories(save_txt ? dir + "/labels" : dir);
-        Detector det(*model, imgsz, side, plan);
+        Detector det(*model, imgsz, side, plan, half);
         det.nms = nms;
         const std::vector<std::string> files = sources(source);
         int k = 0;

@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
     std::string data, weights, task = "val", device = "cpu";
     int imgsz = 640, batch = 32, workers = 8, max_det = 300;
     float conf = 0.001f, iou = 0.6f;
-    bool single_cls = false, verbose = true;
+    bool single_cls = false, verbose = true, half = false;
     app.add_option("--data", data, "dataset yaml")->required();
     app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
     app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
     app.add_option("--workers", workers, "data loader threads")->capture_default_str();
     app.add_flag("--single-cls", single_cls, "treat as single-class dataset");
+    app.add_flag("--half", half, "FP16 half-precision inference (f16 activations, as y5train --amp; also on the CPU)");
     CLI11_PARSE(app, argc, argv);
     try {
         const int dev_index = y5::parse_device(device);
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
         // imgsz + 32, with the GPU NMS's scratch; measured before fusing, since measuring runs a training step.
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
-        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, imgsz + 32, imgsz + 32, lh), batch,
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, imgsz + 32, imgsz + 32, lh, half), batch,
                                                        y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo));
         y5::check_fits(dev, {plan}, "batch " + std::to_string(batch) + " at --imgsz " + std::to_string(imgsz),
                        "--batch-size");
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
         y5::Workspace ws;
         ws.make(dev, cuda, plan);
         y5::Ctx& c = ws.ctx;
+        c.autocast = half;
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
