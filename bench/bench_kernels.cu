@@ -6,9 +6,11 @@
  * bytes the op must move, that as a share of the device's measured device-to-device copy bandwidth, and
  * beside it the baseline the kernel replaces where there is one (cuDNN, cudaMemcpy2D, cuBLAS or the CPU
  * path), whose result is checked the same way.
- *   ./build/bench_kernels [--repeats 50] [--batch 16] [--op NAME[,NAME...]]
+ *   ./build/bench_kernels [--repeats 50] [--batch 16] [--op NAME[,NAME...]] [--imgsz 640]
  * --op (repeatable, or a comma list) runs only the named benchmarks, as llm.c's one-kernel dev/cuda programs
- * do; --help lists the names, an unknown one is an error (checked before looking for a GPU).
+ * do; --help lists the names, an unknown one is an error (checked before looking for a GPU). Without --op every
+ * benchmark runs except conv_layout (cuDNN NCHW vs NHWC, issue #14; --op conv_layout, its own gpu_check step),
+ * which prints its own per-geometry table and adds its totals to the final one; --imgsz scales its geometries.
  * NMS (val.py's settings at 640) is timed against the download of the decoded tensor + the CPU reference.
  * Without a usable GPU it prints "no usable CUDA device: <why>" and exits 0.
  *
@@ -26,9 +28,11 @@
 #include <cudnn.h>
 
 #include <CLI/CLI.hpp>
+#include <array>
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bench/bench.h"
@@ -683,6 +687,199 @@ void nms_bench(Bench& b, int bs) {
     b.rows.push_back({"nms val (multi-label), host incl.", shape, ms, 4.0 * n, false, "D2H + CPU nms_image", base});
 }
 
+// ----------------------------------------------------------------------------------------------------
+// cuDNN's convolution layout (issue #14): every distinct convolution geometry of yolov5n at --imgsz (640) through
+// y5's cuDNN launchers (kernels/conv2d.h) in NCHW, y5's layout, and in NHWC (Conv2dGeom::nhwc: channels-last
+// tensors, filter (K,R,S,C)), which cuDNN's tensor-core kernels for f16 prefer. fprop, dgrad and wgrad (each
+// accumulating, as in training; no bias: its kernels are y5's own), timed one by one, under the current conv settings
+// (y5's training defaults: heuristic algorithms, deterministic, TF32 allowed for f32). Per geometry: its uses in
+// yolov5n (PyTorch's module list; y5 runs the C3 cv3s and the head C3s' cv1/cv2 after a concat through cuBLAS,
+// conv_parts above, but the decision is about cuDNN), each pass's time in both layouts, their ratio (NCHW / NHWC,
+// > 1: NHWC faster); then the totals over yolov5n's 60 convolutions (each geometry times its uses) in f16 (AMP's
+// convolutions) and f32. Checked: NHWC's y, dx and dw, transposed back, against NCHW's from zeroed gradients (the
+// GPU conv tests check NCHW against the CPU). Tolerance as tests/test_gpu_conv_layout.cpp: both sides within
+// 1e-4·max(1, max|want|) of the exact result, so 2e-4·max apart, plus 2^−10 relative (f16: two roundings) or 2e-4
+// (f32), or 2e-2 with TF32 (its 10-bit inputs; the TF32 test's 1e-2 per side). The layout's whole cost in training
+// would add transposes at the model's ends; these times are the convolutions alone. Must move (the table's bytes):
+// fprop x, w → y; dgrad dy, w, dx → dx; wgrad x, dy, dw → dw: (4|x| + 3|y| + 4|w|) elements.
+
+struct ConvGeo {
+    int C, H, K, R, stride, pad, uses;  // square input H×H, kernel R×R; input (N,C,H,H), weight (K,C,R,R)
+};
+
+// config/models/yolov5n.yaml at 640 (depth 0.33, width 0.25): backbone Convs, C3s (cv1, cv2, Bottleneck 1×1 and 3×3,
+// cv3), SPPF's two 1×1s, the head's Convs and C3s, Detect's three 1×1s (3·85 outputs); 60 convolutions.
+const ConvGeo kYolov5nConvs[] = {
+    {3, 640, 16, 6, 2, 2, 1},     // 0 Conv 6×6 s2 p2 (stem)
+    {16, 320, 32, 3, 2, 1, 1},    // 1 Conv s2
+    {32, 160, 16, 1, 1, 0, 2},    // 2 C3 cv1, cv2
+    {16, 160, 16, 1, 1, 0, 1},    // 2 Bottleneck cv1
+    {16, 160, 16, 3, 1, 1, 1},    // 2 Bottleneck cv2
+    {32, 160, 32, 1, 1, 0, 1},    // 2 C3 cv3
+    {32, 160, 64, 3, 2, 1, 1},    // 3 Conv s2
+    {64, 80, 32, 1, 1, 0, 2},     // 4 C3 cv1, cv2
+    {32, 80, 32, 1, 1, 0, 3},     // 4 (x2), 17 Bottleneck cv1
+    {32, 80, 32, 3, 1, 1, 3},     // 4 (x2), 17 Bottleneck cv2
+    {64, 80, 64, 1, 1, 0, 2},     // 4, 17 C3 cv3
+    {64, 80, 128, 3, 2, 1, 1},    // 5 Conv s2
+    {128, 40, 64, 1, 1, 0, 5},    // 6, 20 C3 cv1, cv2; 14 Conv 1×1
+    {64, 40, 64, 1, 1, 0, 5},     // 6 (x3), 13, 20 Bottleneck cv1
+    {64, 40, 64, 3, 1, 1, 5},     // 6 (x3), 13, 20 Bottleneck cv2
+    {128, 40, 128, 1, 1, 0, 3},   // 6, 13, 20 C3 cv3
+    {128, 40, 256, 3, 2, 1, 1},   // 7 Conv s2
+    {256, 20, 128, 1, 1, 0, 6},   // 8, 23 C3 cv1, cv2; 9 SPPF cv1; 10 Conv 1×1
+    {128, 20, 128, 1, 1, 0, 2},   // 8, 23 Bottleneck cv1
+    {128, 20, 128, 3, 1, 1, 2},   // 8, 23 Bottleneck cv2
+    {256, 20, 256, 1, 1, 0, 2},   // 8, 23 C3 cv3
+    {512, 20, 256, 1, 1, 0, 1},   // 9 SPPF cv2
+    {256, 40, 64, 1, 1, 0, 2},    // 13 C3 cv1, cv2
+    {128, 80, 32, 1, 1, 0, 2},    // 17 C3 cv1, cv2
+    {64, 80, 64, 3, 2, 1, 1},     // 18 Conv s2
+    {128, 40, 128, 3, 2, 1, 1},   // 21 Conv s2
+    {64, 80, 255, 1, 1, 0, 1},    // 24 Detect P3
+    {128, 40, 255, 1, 1, 0, 1},   // 24 Detect P4
+    {256, 20, 255, 1, 1, 0, 1},   // 24 Detect P5
+};
+
+// (A,B,H,W) ↔ (A,H,W,B) on the host.
+template <class T> std::vector<T> nchw_to_nhwc(const std::vector<T>& v, int64_t A, int64_t B, int64_t HW) {
+    std::vector<T> r(v.size());
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t c = 0; c < B; ++c)
+            for (int64_t q = 0; q < HW; ++q) r[(a * HW + q) * B + c] = v[(a * B + c) * HW + q];
+    return r;
+}
+template <class T> std::vector<T> nhwc_to_nchw(const std::vector<T>& v, int64_t A, int64_t B, int64_t HW) {
+    std::vector<T> r(v.size());
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t c = 0; c < B; ++c)
+            for (int64_t q = 0; q < HW; ++q) r[(a * B + c) * HW + q] = v[(a * HW + q) * B + c];
+    return r;
+}
+
+// One geometry in storage type T (float or f16), both layouts: the three passes' median times per layout
+// ([layout][pass], ms) and the bytes they must move; adds its check lines.
+struct LayoutTimes {
+    std::array<std::array<double, 3>, 2> ms{};
+    double bytes = 0;
+};
+
+template <class T> LayoutTimes conv_layout_geo(Bench& b, int N, const ConvGeo& cg, int imgsz) {
+    constexpr bool half = std::is_same_v<T, f16>;
+    const int H = cg.H * imgsz / 640, Ho = conv_out_size(H, cg.R, cg.stride, cg.pad);
+    const int64_t nx = (int64_t)N * cg.C * H * H, ny = (int64_t)N * cg.K * Ho * Ho, nw = (int64_t)cg.K * cg.C * cg.R * cg.R;
+    const float ws = 1.0f / std::sqrt((float)cg.C * cg.R * cg.R);  // outputs O(1)
+    auto store = [](const std::vector<float>& v) {
+        std::vector<T> r(v.size());
+        for (size_t i = 0; i < v.size(); ++i) r[i] = st<T>(v[i]);
+        return r;
+    };
+    const std::vector<T> x = store(b.uniform(nx, -1.f, 1.f)), w = store(b.uniform(nw, -ws, ws)),
+                         dy = store(b.uniform(ny, -1.f, 1.f));
+    auto dev = [&](int64_t n) { return static_cast<T*>(b.dev.alloc((size_t)n * sizeof(T))); };
+    T *dx_ = dev(nx), *dw_ = dev(nw), *ddy = dev(ny), *ddx = dev(nx), *ddw = dev(nw), *dyo = dev(ny);
+    auto put = [&](T* d, const std::vector<T>& h) {
+        CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    };
+    auto get = [&](const T* d, int64_t n) {
+        b.B.sync();
+        std::vector<T> h((size_t)n);
+        CUDA_CHECK(cudaMemcpy(h.data(), d, (size_t)n * sizeof(T), cudaMemcpyDeviceToHost));
+        return h;
+    };
+    Conv2dGeom g[2];
+    size_t wsb = 0;
+    for (int l = 0; l < 2; ++l) {
+        g[l] = Conv2dGeom{N, cg.C, H, H, cg.K, cg.R, cg.R, cg.stride, cg.pad, half, l == 1};
+        for (ConvPass p : {ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad})
+            wsb = std::max(wsb, conv2d_workspace_cuda(b.ctx, g[l], p));
+    }
+    void* wsp = wsb ? b.dev.alloc(wsb) : nullptr;
+    LayoutTimes r;
+    std::vector<float> want[3];  // NCHW's y, dx, dw
+    const char* names[3] = {"y", "dx", "dw"};
+    const bool tf32 = !half && conv_allow_tf32();
+    const double rtol = half ? std::ldexp(1.0, -10) : tf32 ? 2e-2 : 2e-4;
+    const double rel = tf32 ? 2e-2 : 2e-4;
+    char shape[96];
+    snprintf(shape, sizeof shape, "(%d,%d,%d,%d) k%d s%d -> %d", N, cg.C, H, H, cg.R, cg.stride, cg.K);
+    for (int l = 0; l < 2; ++l) {
+        const bool nhwc = l == 1;
+        const int64_t HW = (int64_t)H * H, HWo = (int64_t)Ho * Ho, RS = (int64_t)cg.R * cg.R;
+        put(dx_, nhwc ? nchw_to_nhwc(x, N, cg.C, HW) : x);
+        put(dw_, nhwc ? nchw_to_nhwc(w, cg.K, cg.C, RS) : w);
+        put(ddy, nhwc ? nchw_to_nhwc(dy, N, cg.K, HWo) : dy);
+        CUDA_CHECK(cudaMemset(ddx, 0, (size_t)nx * sizeof(T)));
+        CUDA_CHECK(cudaMemset(ddw, 0, (size_t)nw * sizeof(T)));
+        auto fprop = [&] { conv2d_fprop_cuda(b.ctx, g[l], dyo, dx_, dw_, nullptr, wsp, wsb); };
+        auto dgrad = [&] { conv2d_dgrad_cuda(b.ctx, g[l], ddx, ddy, dw_, wsp, wsb); };
+        auto wgrad = [&] { conv2d_wgrad_cuda(b.ctx, g[l], ddw, nullptr, ddy, dx_, wsp, wsb); };
+        fprop();
+        dgrad();
+        wgrad();
+        const int64_t n[3] = {ny, nx, nw}, A[3] = {N, N, cg.K}, B[3] = {cg.K, cg.C, cg.C}, Q[3] = {HWo, HW, RS};
+        const T* d[3] = {dyo, ddx, ddw};
+        for (int i = 0; i < 3; ++i) {
+            std::vector<T> h = get(d[i], n[i]);
+            if (nhwc) h = nhwc_to_nchw(h, A[i], B[i], Q[i]);
+            std::vector<float> f(h.size());
+            for (size_t j = 0; j < h.size(); ++j) f[j] = ld(h[j]);
+            if (!nhwc) {
+                want[i] = std::move(f);
+                continue;
+            }
+            float mx = 0;
+            for (float v : want[i]) mx = std::max(mx, std::fabs(v));
+            b.ok = check_close(std::string("conv ") + (half ? "f16 " : "f32 ") + shape + " NHWC " + names[i], f, want[i],
+                               rel * std::max(1.0f, mx), rtol) && b.ok;
+        }
+        r.ms[l] = {b.B.time_ms(fprop, b.repeats), b.B.time_ms(dgrad, b.repeats), b.B.time_ms(wgrad, b.repeats)};
+    }
+    r.bytes = sizeof(T) * (4.0 * nx + 3.0 * ny + 4.0 * nw);
+    return r;
+}
+
+template <class T> void conv_layout(Bench& b, int N, int imgsz) {
+    constexpr bool half = std::is_same_v<T, f16>;
+    std::printf("\nconv_layout %s, batch %d, %d: ms per pass (median of %d), NCHW | NHWC | ratio NCHW/NHWC (> 1: NHWC "
+                "faster)\n",
+                half ? "f16" : "f32", N, imgsz, b.repeats);
+    std::printf("  %-34s %4s   %-23s %-23s %-23s %s\n", "input, kernel, stride -> K", "uses", "fprop", "dgrad",
+                "wgrad", "fprop+dgrad+wgrad");
+    auto cell = [](double a, double c) {
+        char s[40];
+        snprintf(s, sizeof s, "%7.4f %7.4f %6.2fx", a, c, a / c);
+        return std::string(s);
+    };
+    std::array<std::array<double, 4>, 2> total{};  // [layout][pass, all], weighted by uses
+    double bytes = 0;
+    for (const ConvGeo& cg : kYolov5nConvs) {
+        b.dev.reset();
+        const LayoutTimes t = conv_layout_geo<T>(b, N, cg, imgsz);
+        const auto& ms = t.ms;
+        bytes += cg.uses * t.bytes;
+        double all[2];
+        for (int l = 0; l < 2; ++l) {
+            all[l] = ms[l][0] + ms[l][1] + ms[l][2];
+            for (int p = 0; p < 3; ++p) total[l][p] += cg.uses * ms[l][p];
+            total[l][3] += cg.uses * all[l];
+        }
+        const int H = cg.H * imgsz / 640;
+        char geo[64];
+        snprintf(geo, sizeof geo, "(%d,%d,%d,%d) k%d s%d -> %d", N, cg.C, H, H, cg.R, cg.stride, cg.K);
+        std::printf("  %-34s %4d   %s %s %s %s\n", geo, cg.uses, cell(ms[0][0], ms[1][0]).c_str(),
+                    cell(ms[0][1], ms[1][1]).c_str(), cell(ms[0][2], ms[1][2]).c_str(), cell(all[0], all[1]).c_str());
+    }
+    int uses = 0;
+    for (const ConvGeo& cg : kYolov5nConvs) uses += cg.uses;
+    std::printf("  %-34s %4d   %s %s %s %s\n", (std::string("total ") + (half ? "f16" : "f32") + " (x uses)").c_str(),
+                uses, cell(total[0][0], total[1][0]).c_str(), cell(total[0][1], total[1][1]).c_str(),
+                cell(total[0][2], total[1][2]).c_str(), cell(total[0][3], total[1][3]).c_str());
+    b.rows.push_back({std::string("conv NHWC fprop+dgrad+wgrad ") + (half ? "f16" : "f32"),
+                      "yolov5n x" + std::to_string(uses) + " @" + std::to_string(imgsz), total[1][3], bytes, true,
+                      "NCHW (y5's layout)", total[0][3]});
+}
+
 void print_table(const std::vector<Row>& rows, double copy_gbs) {
     std::printf("\n%-38s %-24s %9s %8s %7s   %-28s %9s %8s\n", "op", "shape", "ms", "GB/s", "%copy", "baseline", "base ms",
                 "speedup");
@@ -702,13 +899,17 @@ void print_table(const std::vector<Row>& rows, double copy_gbs) {
 }  // namespace
 
 // The benchmarks --op selects from, in the order they run: name, what, and one call per yolov5n shape (the
-// buffers are released between shapes).
+// buffers are released between shapes). An on-request one runs only when --op names it (it takes long enough to
+// have its own step in tools/gpu_check.sh).
 using ShapeBench = std::function<void(Bench&, int)>;  // (bench, batch)
 struct OpBench {
     const char* name;
     const char* what;
     std::vector<ShapeBench> shapes;
+    bool on_request = false;
 };
+
+int g_conv_imgsz = 640;  // --imgsz: conv_layout's input size
 
 static const std::vector<OpBench>& op_benches() {
     static const std::vector<OpBench> ops = {
@@ -737,6 +938,10 @@ static const std::vector<OpBench>& op_benches() {
         {"optimizer", "SGD + EMA over yolov5n's parameters", {[](Bench& b, int) { optimizer(b, kYolov5nParams); }}},
         {"image_upload", "uint8 batch upload and /255 at 640", {[](Bench& b, int N) { image_upload(b, N, 640, 640); }}},
         {"nms", "NMS at val.py's settings", {[](Bench& b, int N) { nms_bench(b, N); }}},
+        {"conv_layout", "cuDNN convolutions NCHW vs NHWC, yolov5n's 29 geometries, f16 and f32 (on request only)",
+         {[](Bench& b, int N) { conv_layout<f16>(b, N, g_conv_imgsz); },
+          [](Bench& b, int N) { conv_layout<float>(b, N, g_conv_imgsz); }},
+         true},
     };
     return ops;
 }
@@ -750,9 +955,15 @@ int main(int argc, char** argv) {
     app.add_option("--repeats", repeats, "timed runs per op (the median is reported)")->capture_default_str();
     app.add_option("--batch", batch, "batch size of the shapes")->capture_default_str();
     app.add_option("--op", only, names_help)->delimiter(',')->type_name("NAME");
+    app.add_option("--imgsz", g_conv_imgsz, "conv_layout's image size (a multiple of 32)")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
+    if (g_conv_imgsz < 32 || g_conv_imgsz % 32) {
+        std::fprintf(stderr, "bench_kernels: error: --imgsz %d: a positive multiple of 32\n", g_conv_imgsz);
+        return 2;
+    }
     // The names first, so a typo fails here even on a machine with no GPU.
-    std::vector<bool> selected(op_benches().size(), only.empty());
+    std::vector<bool> selected(op_benches().size());
+    for (size_t i = 0; i < op_benches().size(); ++i) selected[i] = only.empty() && !op_benches()[i].on_request;
     for (const std::string& n : only) {
         size_t i = 0;
         while (i < op_benches().size() && n != op_benches()[i].name) ++i;

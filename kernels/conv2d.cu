@@ -3,10 +3,12 @@
  * convolution API: cudnnConvolutionForward / BackwardData / BackwardFilter with algorithms from
  * cudnnGet*Algorithm_v7 (heuristics) or cudnnFind*Algorithm (timing), plus small kernels for the bias (added
  * in fprop; its gradient reduced in a fixed order), in f32 or f16 (float math, f16 storage, PyTorch's
- * PSEUDO_HALF_CONFIG), and the cuBLAS GEMMs of the 1×1 convolution over parts. The legacy API is marked deprecated in
+ * PSEUDO_HALF_CONFIG), NCHW or NHWC (Conv2dGeom::nhwc), and the cuBLAS GEMMs of the 1×1 convolution over parts.
+ * The legacy API is marked deprecated in
  * cuDNN 9 (warnings only with CUDNN_WARN_DEPRECATED) but fully present, and the same calls build with
  * cuDNN 8.9.
- * Tested against the CPU reference in tests/test_gpu_conv.cpp (f32) and tests/test_gpu_f16_conv.cpp (f16).
+ * Tested against the CPU reference in tests/test_gpu_conv.cpp (f32) and tests/test_gpu_f16_conv.cpp (f16); NHWC
+ * against NCHW in tests/test_gpu_conv_layout.cpp.
  */
 #include <algorithm>
 #include <array>
@@ -67,8 +69,8 @@ struct Plan {
     }
 };
 
-// (device, N, C, H, W, K, R, S, stride, pad, f16, deterministic, allow_tf32, benchmark, workspace limit)
-using Key = std::array<int64_t, 15>;
+// (device, N, C, H, W, K, R, S, stride, pad, f16, nhwc, deterministic, allow_tf32, benchmark, workspace limit)
+using Key = std::array<int64_t, 16>;
 
 // Lives as long as the program (never destroyed at exit, when cuDNN may already be unloaded);
 // conv_clear_cache() frees the descriptors explicitly.
@@ -81,8 +83,9 @@ const char* pass_name(ConvPass p) { return p == ConvPass::Fprop ? "fprop" : p ==
 
 std::string geom_str(const Conv2dGeom& g) {
     char s[160];
-    snprintf(s, sizeof s, "input (%d,%d,%d,%d), weight (%d,%d,%d,%d), stride %d, pad %d, %s", g.N, g.C, g.H, g.W, g.K,
-             g.C, g.R, g.S, g.stride, g.pad, g.f16 ? "f16" : "f32");
+    snprintf(s, sizeof s, "input (%d,%d,%d,%d), weight (%d,%d,%d,%d), stride %d, pad %d, %s, %s (N,C,H,W and K,C,R,S "
+             "named in NCHW order)", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride, g.pad, g.f16 ? "f16" : "f32",
+             g.nhwc ? "NHWC" : "NCHW");
     return s;
 }
 
@@ -126,10 +129,12 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
     const cudnnDataType_t dt = g.f16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, g.N, g.C, g.H, g.W));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, dt, g.N, g.K, p->Ho, p->Wo));
-    // Filter layout (K, C, R, S): CUDNN_TENSOR_NCHW, PyTorch's weight layout.
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
+    // The dimensions are given in NCHW order whatever the format; the format says how memory holds them.
+    const cudnnTensorFormat_t fmt = g.nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, fmt, dt, g.N, g.C, g.H, g.W));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, fmt, dt, g.N, g.K, p->Ho, p->Wo));
+    // Filter (K, C, R, S) under CUDNN_TENSOR_NCHW (PyTorch's weight layout), (K, R, S, C) under CUDNN_TENSOR_NHWC.
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, fmt, g.K, g.C, g.R, g.S));
     for (auto& c : p->conv) {
         CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c));
         // Cross-correlation (no kernel flip), as torch.nn.Conv2d; f32 accumulation (for f16 data too).
@@ -235,7 +240,7 @@ Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
     Y5_CHECK(ctx && ctx->cudnn, "conv2d (cuDNN): no CUDA context");
     std::lock_guard<std::mutex> lk(g_mu);
     const Settings s = g_settings;
-    const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.f16, s.deterministic,
+    const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.f16, g.nhwc, s.deterministic,
                   s.allow_tf32, s.benchmark, (int64_t)s.ws_limit};
     auto& m = plans();
     auto it = m.find(key);
@@ -258,18 +263,19 @@ void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Bias kernels
+// Bias kernels. Element i of an output of N·K·P elements is in channel (i / cstride) % K: cstride = P for NCHW
+// (N,K,P), 1 for NHWC (N,P,K).
 
-// out[n,k,p] += b[k] over the N·K·P outputs (f32, after the convolution).
-__global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t P) {
+// out[i] += b[channel of i] over the N·K·P outputs (f32, after the convolution).
+__global__ void bias_add_kernel(float* out, const float* b, int64_t total, int K, int64_t cstride) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        out[i] += b[(i / P) % K];
+        out[i] += b[(i / cstride) % K];
 }
 
-// out[n,k,p] = b[k] (f16, before cuDNN adds the convolution in float with beta = 1: one rounding per output).
-__global__ void bias_fill_kernel(f16* out, const f16* b, int64_t total, int K, int64_t P) {
+// out[i] = b[channel of i] (f16, before cuDNN adds the convolution in float with beta = 1: one rounding per output).
+__global__ void bias_fill_kernel(f16* out, const f16* b, int64_t total, int K, int64_t cstride) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = b[(i / P) % K];
+        out[i] = b[(i / cstride) % K];
 }
 
 // out[n,k,p] = st(acc[n,k,p] + b[k]) (b may be null): the f16 parts' float sum rounded once.
@@ -280,13 +286,15 @@ __global__ void round_bias_kernel(f16* out, const float* acc, const f16* b, int6
 
 // db[k] += Σ_n Σ_p dy[n,k,p]: one block per channel (kBlock threads), each thread a fixed strided subset, then
 // block_sum; the order depends only on the shape, so the result is deterministic. Summed in float, db[k] rounded
-// once (f16).
-template <class T> __global__ void bias_grad_kernel(T* db, const T* dy, int N, int K, int64_t P) {
+// once (f16). dy[n,k,p] is at n·K·P + k·cs + p·ps: NCHW cs = P, ps = 1; NHWC cs = 1, ps = K (the same terms in the
+// same order, so both layouts give the same bits; NHWC's reads are strided, fine for a K-element result).
+template <class T>
+__global__ void bias_grad_kernel(T* db, const T* dy, int N, int K, int64_t P, int64_t cs, int64_t ps) {
     const int k = blockIdx.x;
     float acc = 0.0f;
     for (int n = 0; n < N; ++n) {
-        const T* row = dy + ((int64_t)n * K + k) * P;
-        for (int64_t p = threadIdx.x; p < P; p += blockDim.x) acc += ld(row[p]);
+        const T* img = dy + (int64_t)n * K * P + k * cs;
+        for (int64_t p = threadIdx.x; p < P; p += blockDim.x) acc += ld(img[p * ps]);
     }
     acc = block_sum(acc);
     if (threadIdx.x == 0) db[k] = st<T>(ld(db[k]) + acc);
@@ -333,7 +341,7 @@ static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, c
     constexpr bool half = std::is_same_v<T, f16>;
     if constexpr (half) {
         if (bias) {
-            bias_fill_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+            bias_fill_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, g.nhwc ? 1 : P);
             Y5_LAUNCH_CHECK();
         }
     }
@@ -344,7 +352,7 @@ static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, c
                                         half && bias ? &one : &zero, p.y, out));
     if constexpr (!half) {
         if (bias) {
-            bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, P);
+            bias_add_kernel<<<grid_1d(total), kBlock, 0, ctx->stream>>>(out, bias, total, g.K, g.nhwc ? 1 : P);
             Y5_LAUNCH_CHECK();
         }
     }
@@ -379,7 +387,8 @@ static void wgrad(CudaContext* ctx, const Conv2dGeom& g, T* dweight, T* dbias, c
     if (dbias) {
         Y5_CHECK(ctx, "conv2d (cuDNN): no CUDA context");
         const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
-        bias_grad_kernel<T><<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P);
+        const int64_t cs = g.nhwc ? 1 : P, ps = g.nhwc ? g.K : 1;  // dout[n,k,p] at n·K·P + k·cs + p·ps
+        bias_grad_kernel<T><<<g.K, kBlock, 0, ctx->stream>>>(dbias, dout, g.N, g.K, P, cs, ps);
         Y5_LAUNCH_CHECK();
     }
 }
@@ -492,7 +501,7 @@ static void parts_backward(CudaContext* ctx, T* const* dxs, T* dweight, T* dbias
     for (int i = 0; i < m; ++i) C += Cs[i];
     set_gemm_math(ctx, std::is_same_v<T, f16>);
     if (dbias) {
-        bias_grad_kernel<T><<<K, kBlock, 0, ctx->stream>>>(dbias, dout, N, K, P);
+        bias_grad_kernel<T><<<K, kBlock, 0, ctx->stream>>>(dbias, dout, N, K, P, P, 1);
         Y5_LAUNCH_CHECK();
     }
     if (dweight)

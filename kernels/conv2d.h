@@ -281,7 +281,7 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
 }
 
 // ----------------------------------------------------------------------------------------------------
-// CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, NCHW, groups 1,
+// CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, NCHW (or NHWC, below), groups 1,
 // dilation 1, cross-correlation (PyTorch's conv2d). The same semantics as the CPU reference: fprop writes
 // out (= conv + bias); dgrad and wgrad ACCUMULATE into dinp / dweight / dbias (cuDNN's beta = 1).
 // All calls run on the context's stream (its cuDNN handle is bound to it).
@@ -299,6 +299,13 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
 // Workspace: the caller asks conv2d_workspace_cuda for the pass's bytes (this selects the algorithm on first
 // use) and passes that much device memory (ops.cpp takes it from the Ctx's work arena, so the step never
 // cudaMallocs). Dgrad and wgrad may share one buffer: they run one after the other on the stream.
+//
+// Layout (Conv2dGeom::nhwc, the one switch point; issue #14): false, y5's layout: inp (N,C,H,W), weight (K,C,R,S),
+// out (N,K,Ho,Wo). true: channels last, inp (N,H,W,C), weight (K,R,S,C), out (N,Ho,Wo,K): CUDNN_TENSOR_NHWC on the
+// x, y and filter descriptors, which cuDNN's tensor-core kernels for f16 prefer. The bias kernels (its add in
+// fprop, its gradient in wgrad) index either layout; the bias gradient sums each channel in the same order in both,
+// so it is bit-identical across layouts. y5's ops pass NCHW; NHWC is for measuring (bench_kernels conv_layout)
+// and tests/test_gpu_conv_layout.cpp. The 1×1 convolution over parts (cuBLAS, below) is NCHW only.
 
 struct CudaContext;
 
@@ -306,14 +313,15 @@ struct Conv2dGeom {
     int N, C, H, W;  // input (N,C,H,W)
     int K, R, S;     // weight (K,C,R,S)
     int stride, pad;
-    bool f16 = false;  // f16 tensors (else f32); part of the plan cache's key
+    bool f16 = false;   // f16 tensors (else f32); part of the plan cache's key
+    bool nhwc = false;  // channels-last tensors and filter (else NCHW, y5's layout); part of the plan cache's key
 };
 
 enum class ConvPass : int { Fprop = 0, Dgrad = 1, Wgrad = 2 };
 
 // Workspace bytes the pass's algorithm needs (0 is possible); selects and caches the algorithm on first use.
 size_t conv2d_workspace_cuda(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass);
-// out (N,K,Ho,Wo) = conv(inp, weight) + bias (bias may be null).
+// out (N,K,Ho,Wo) = conv(inp, weight) + bias (bias may be null); shapes as above for g.nhwc.
 void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
                        const float* bias, void* workspace, size_t workspace_bytes);
 // dinp += dgrad(dout, weight).

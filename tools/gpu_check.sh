@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command for a machine with a GPU and the CUDA toolkit, inside 10 minutes: build, run every GPU test,
-# compute-sanitizer over the GPU tests (memcheck, racecheck, synccheck) and memcheck over a short training run, train yolov5n on ../shared/data/coco128 at 640 for
+# One command for a machine with a GPU and the CUDA toolkit, inside 10 minutes: build, run every GPU test, time cuDNN's
+# convolutions NCHW vs NHWC (bench_kernels --op conv_layout, issue #14), compute-sanitizer over the GPU tests (memcheck, racecheck, synccheck) and memcheck over a short training run, train yolov5n on ../shared/data/coco128 at 640 for
 # 3 epochs on the GPU, validate and detect with the result, run the benchmarks, and print a summary table.
 # Paste the summary into bench/RESULTS.md with the date and the GPU.
 #   bash tools/gpu_check.sh            (Y5_BUILD_DIR=... to reuse a build folder)
@@ -28,6 +28,14 @@ step() {  # step NAME SECONDS COMMAND...: runs it under a time limit, records PA
   names+=("$name")
 }
 skip() { names+=("$1"); results+=("skipped: $2"); echo "=== $1: skipped ($2)"; }
+# A benchmark that finds no usable device prints so and exits 0 (right on a CPU machine); here it is a failure.
+bench_on_gpu() {
+  local log; log=$(mktemp)
+  "$@" 2>&1 | tee "$log"; local rc=${PIPESTATUS[0]}
+  if grep -qi "no usable CUDA device" "$log"; then echo "no usable CUDA device: counted as a failure"; rc=1; fi
+  rm -f "$log"; return "$rc"
+}
+export -f bench_on_gpu  # step runs its command under timeout, which needs a program: bash -c calls the function
 
 echo "=== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader || true
@@ -39,6 +47,10 @@ step "configure" 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DY5_CUDA
 step "build" 300 cmake --build "$build" -j "$(nproc)"
 # The GPU test binary directly: its "no device" exit (77) counts as a failure here.
 step "GPU tests" 240 "$build/y5_tests_gpu"  # with the whole-model tests (their CPU references)
+# cuDNN NCHW vs NHWC at yolov5n's convolutions (issue #14: the layout decision), early so that the budget never skips it;
+# bench_kernels runs it only when named. About 29 geometries x 2 layouts x 3 passes x (20 + 2) runs, f16 and f32.
+step "bench_kernels conv_layout" 150 bash -c 'bench_on_gpu "$@" | tee "'"$out"'/bench_kernels_conv_layout.log"' _ \
+  "$build/bench_kernels" --op conv_layout --repeats 20
 
 synth="$out/synth"
 "$build/y5data" --synthetic "$synth" --images 16 >/dev/null
@@ -74,14 +86,6 @@ else
   skip "train yolov5n coco128 640 x3 (GPU)" "$coco not found"
 fi
 
-# A benchmark that finds no usable device prints so and exits 0 (right on a CPU machine); here it is a failure.
-bench_on_gpu() {
-  local log; log=$(mktemp)
-  "$@" 2>&1 | tee "$log"; local rc=${PIPESTATUS[0]}
-  if grep -qi "no usable CUDA device" "$log"; then echo "no usable CUDA device: counted as a failure"; rc=1; fi
-  rm -f "$log"; return "$rc"
-}
-export -f bench_on_gpu  # step runs its command under timeout, which needs a program: bash -c calls the function
 shopt -s nullglob
 benches=("$build"/bench_*)
 if [ ${#benches[@]} -gt 0 ]; then

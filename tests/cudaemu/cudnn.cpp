@@ -20,6 +20,11 @@
  *     CUDNN_STATUS_NOT_SUPPORTED, like every other type. HALF operands are converted to float, the f32
  *     convolution runs, and out = f16(alpha·result + beta·out) is rounded once; pointer extents and workspaces
  *     count 2-byte elements. Every math type (tensor-op math included) is reported and runs for HALF.
+ *   - Layouts: NCHW or NHWC (CUDNN_TENSOR_NHWC: a tensor (N,C,H,W) held as (N,H,W,C), a filter (K,C,R,S) held as
+ *     (K,R,S,C); dimensions are given in NCHW order either way, as in cuDNN), per descriptor. An NHWC operand is
+ *     transposed to NCHW when the work runs, the same CPU convolution computes, and an NHWC output is transposed
+ *     back before out = alpha·result + beta·out, so each output element gets the same float value in either
+ *     layout. Pointer extents are checked as for NCHW (the element counts do not depend on the layout).
  * Every failure prints one line "cudaemu: <call> at <file>:<line>: <reason> (<status>)"; cuDNN itself only
  * returns the status. A pointer outside the allocation table is a fault of cudaemu::check_device_range
  * (sticky, as on a GPU) and the call returns CUDNN_STATUS_EXECUTION_FAILED.
@@ -41,9 +46,9 @@
 #include "emu.h"
 #include "kernels/conv2d.h"
 
-// The objects behind cuDNN's opaque pointers. Only NCHW f32 or f16 descriptors are ever set, so the dimensions
-// and the data type are all a tensor or filter holds; a convolution holds one pad and one stride (y5's
-// convolutions are square) and its compute type.
+// The objects behind cuDNN's opaque pointers. Only NCHW or NHWC f32 or f16 descriptors are ever set, so the
+// dimensions (in NCHW order), the layout and the data type are all a tensor or filter holds; a convolution holds one
+// pad and one stride (y5's convolutions are square) and its compute type.
 struct cudnnContext {
     bool live = true;
     cudaStream_t stream = 0;
@@ -51,11 +56,13 @@ struct cudnnContext {
 struct cudnnTensorStruct {
     bool live = true, set = false;
     int n = 0, c = 0, h = 0, w = 0;
+    bool nhwc = false;  // held as (n,h,w,c)
     cudnnDataType_t type = CUDNN_DATA_FLOAT;
 };
 struct cudnnFilterStruct {
     bool live = true, set = false;
     int k = 0, c = 0, h = 0, w = 0;
+    bool nhwc = false;  // held as (k,h,w,c)
     cudnnDataType_t type = CUDNN_DATA_FLOAT;
 };
 struct cudnnConvolutionStruct {
@@ -144,7 +151,7 @@ template <class T> cudnnStatus_t destroy_in(const Call& c, Registry<T>& reg, con
 bool valid_format(cudnnTensorFormat_t f) { return f >= CUDNN_TENSOR_NCHW && f <= CUDNN_TENSOR_NCHW_VECT_C; }
 bool valid_type(cudnnDataType_t t) { return t >= CUDNN_DATA_FLOAT && t <= CUDNN_DATA_FAST_FLOAT_FOR_FP8; }
 
-// Shared by the tensor and filter setters: cuDNN's checks, then the stand-in's NCHW f32/f16 limit.
+// Shared by the tensor and filter setters: cuDNN's checks, then the stand-in's NCHW/NHWC f32/f16 limit.
 cudnnStatus_t check_4d(const Call& c, cudnnTensorFormat_t format, cudnnDataType_t type, int a, int b, int h, int w) {
     if (!valid_format(format))
         return fail(c, CUDNN_STATUS_BAD_PARAM, "format %d is not a cudnnTensorFormat_t", (int)format);
@@ -153,25 +160,24 @@ cudnnStatus_t check_4d(const Call& c, cudnnTensorFormat_t format, cudnnDataType_
         return fail(c, CUDNN_STATUS_BAD_PARAM, "dimensions (%d,%d,%d,%d) are not all positive", a, b, h, w);
     if ((int64_t)a * b * h * w > INT32_MAX)
         return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "(%d,%d,%d,%d) is over 2^31 elements", a, b, h, w);
-    if (format != CUDNN_TENSOR_NCHW || (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_HALF))
-        return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "format %d, data type %d: the stand-in has NCHW f32 and f16 only",
-                    (int)format, (int)type);
+    if ((format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC) ||
+        (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_HALF))
+        return fail(c, CUDNN_STATUS_NOT_SUPPORTED,
+                    "format %d, data type %d: the stand-in has NCHW and NHWC, f32 and f16 only", (int)format, (int)type);
     return CUDNN_STATUS_SUCCESS;
 }
 
 // ---------------------------------------------------------------------------------------------------- problems
 
 // One convolution as the descriptors describe it: input (N,C,H,W), filter (K,C,R,S), output (N,K,Ho,Wo),
-// the convolution descriptor's math type (it selects the kernel variant, hence the workspace) and the data
-// type (half: f16 data, float compute).
+// the convolution descriptor's math type (it selects the kernel variant, hence the workspace), the data
+// type (half: f16 data, float compute) and each operand's layout (NHWC: channels last).
 struct Problem {
     int N, C, H, W, K, R, S, stride, pad, Ho, Wo;
     cudnnMathType_t math;
     bool half;
+    bool x_nhwc, w_nhwc, y_nhwc;
     size_t esize() const { return half ? 2 : 4; }
-    int64_t x_elems() const { return (int64_t)N * C * H * W; }
-    int64_t w_elems() const { return (int64_t)K * C * R * S; }
-    int64_t y_elems() const { return (int64_t)N * K * Ho * Wo; }
 };
 
 // The problem of x, w and conv (output dimensions computed, as cudnnGetConvolution2dForwardOutputDim does).
@@ -193,7 +199,7 @@ cudnnStatus_t problem_of(const Call& c, cudnnTensorDescriptor_t xd, cudnnFilterD
                     x->h + 2 * conv->pad, x->w + 2 * conv->pad);
     *p = Problem{x->n, x->c, x->h, x->w, w->k, w->h, w->w, conv->stride, conv->pad,
                  (x->h + 2 * conv->pad - w->h) / conv->stride + 1, (x->w + 2 * conv->pad - w->w) / conv->stride + 1,
-                 conv->math, x->type == CUDNN_DATA_HALF};
+                 conv->math, x->type == CUDNN_DATA_HALF, x->nhwc, w->nhwc, false};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -218,6 +224,7 @@ cudnnStatus_t resolve(const Call& c, cudnnHandle_t h, cudnnTensorDescriptor_t xd
     if ((y->type == CUDNN_DATA_HALF) != p->half)
         return fail(c, CUDNN_STATUS_BAD_PARAM, "%s has data type %d, %s %d", yname, (int)y->type, xname,
                     p->half ? (int)CUDNN_DATA_HALF : (int)CUDNN_DATA_FLOAT);
+    p->y_nhwc = y->nhwc;
     if (stream) *stream = ctx->stream;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -411,12 +418,34 @@ cudnnStatus_t workspace_size(const Call& c, Pass pass, const Problem& p, int alg
 
 // ---------------------------------------------------------------------------------------------------- passes
 
-// A pass's operands: two inputs and the output, with their element counts, named as cuDNN names them.
+// A pass's operands: two inputs and the output, named as cuDNN names them, with their dimensions in NCHW order
+// (a, b, h, w), their layout and element count.
 struct Operand {
     const char* name;
     const void* p;
-    int64_t elems;
+    int a, b, h, w;
+    bool nhwc;
+    int64_t elems() const { return (int64_t)a * b * h * w; }
 };
+Operand x_operand(const Problem& p, const char* name, const void* q) { return {name, q, p.N, p.C, p.H, p.W, p.x_nhwc}; }
+Operand w_operand(const Problem& p, const char* name, const void* q) { return {name, q, p.K, p.C, p.R, p.S, p.w_nhwc}; }
+Operand y_operand(const Problem& p, const char* name, const void* q) {
+    return {name, q, p.N, p.K, p.Ho, p.Wo, p.y_nhwc};
+}
+
+// (A,B,H,W) held as (A,H,W,B) → held as (A,B,H,W), and back.
+void nhwc_to_nchw(float* dst, const float* src, int A, int B, int H, int W) {
+    const int64_t HW = (int64_t)H * W;
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t q = 0; q < HW; ++q)
+            for (int64_t c = 0; c < B; ++c) dst[(a * B + c) * HW + q] = src[(a * HW + q) * B + c];
+}
+void nchw_to_nhwc(float* dst, const float* src, int A, int B, int H, int W) {
+    const int64_t HW = (int64_t)H * W;
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t q = 0; q < HW; ++q)
+            for (int64_t c = 0; c < B; ++c) dst[(a * HW + q) * B + c] = src[(a * B + c) * HW + q];
+}
 
 bool overlap(const void* a, size_t na, const void* b, size_t nb) {
     const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
@@ -445,8 +474,9 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
     bool ok = true;
     for (const Operand* o : {&in0, &in1, &out}) {
         char what[96];
-        snprintf(what, sizeof what, "%s: %s (%lld %s)", c.fn, o->name, (long long)o->elems, p.half ? "halves" : "floats");
-        ok = cudaemu::check_device_range(o->p, (size_t)o->elems * es, what, c.file, c.line) && ok;
+        snprintf(what, sizeof what, "%s: %s (%lld %s)", c.fn, o->name, (long long)o->elems(),
+                 p.half ? "halves" : "floats");
+        ok = cudaemu::check_device_range(o->p, (size_t)o->elems() * es, what, c.file, c.line) && ok;
     }
     if (ws_bytes > 0) {
         char what[96];
@@ -454,11 +484,11 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
         ok = cudaemu::check_device_range(ws, ws_bytes, what, c.file, c.line) && ok;
     }
     if (!ok) return CUDNN_STATUS_EXECUTION_FAILED;  // as the kernel's fault would be
-    const size_t out_bytes = (size_t)out.elems * es;
+    const size_t out_bytes = (size_t)out.elems() * es;
     for (const Operand* o : {&in0, &in1}) {
-        if (overlap(out.p, out_bytes, o->p, (size_t)o->elems * es))
+        if (overlap(out.p, out_bytes, o->p, (size_t)o->elems() * es))
             return fail(c, CUDNN_STATUS_BAD_PARAM, "%s overlaps %s (no in-place convolution)", out.name, o->name);
-        if (overlap(ws, ws_bytes, o->p, (size_t)o->elems * es))
+        if (overlap(ws, ws_bytes, o->p, (size_t)o->elems() * es))
             return fail(c, CUDNN_STATUS_BAD_PARAM, "the workspace overlaps %s", o->name);
     }
     if (overlap(ws, ws_bytes, out.p, out_bytes))
@@ -466,27 +496,38 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
 
     // alpha and beta are float for FLOAT_CONFIG and PSEUDO_HALF_CONFIG alike.
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
-    const void* in0p = in0.p;
-    const void* in1p = in1.p;
     void* outp = const_cast<void*>(out.p);
-    std::vector<cudaemu::Range> ranges = {{in0.p, (size_t)in0.elems * es, false},
-                                          {in1.p, (size_t)in1.elems * es, false},
+    std::vector<cudaemu::Range> ranges = {{in0.p, (size_t)in0.elems() * es, false},
+                                          {in1.p, (size_t)in1.elems() * es, false},
                                           {out.p, out_bytes, true}};
     if (ws_bytes > 0) ranges.push_back({ws, ws_bytes, true});
     cudaemu::enqueue(
         stream, c.fn,
-        [pass, p, a, b, in0p, in1p, outp, ws, ws_bytes, n_in0 = in0.elems, n_in1 = in1.elems, n_out = out.elems]() {
+        [pass, p, a, b, in0, in1, out, outp, ws, ws_bytes, n_out = out.elems()]() {
             if (ws_bytes > 0) std::memset(ws, 0xFF, ws_bytes);
-            // f16 operands as float copies (read now, when the work runs), f32 ones in place.
+            // Each input as float NCHW (read now, when the work runs): f16 converted, NHWC transposed, both into tmp;
+            // an f32 NCHW one in place.
             std::vector<float> c0, c1;
-            auto as_float = [&](const void* q, int64_t n, std::vector<float>& tmp) -> const float* {
-                if (!p.half) return static_cast<const float*>(q);
+            auto as_nchw = [&](const Operand& o, std::vector<float>& tmp) -> const float* {
+                const int64_t n = o.elems();
+                if (!p.half && !o.nhwc) return static_cast<const float*>(o.p);
+                std::vector<float> f;
+                const float* src = static_cast<const float*>(o.p);
+                if (p.half) {
+                    f.resize((size_t)n);
+                    for (int64_t i = 0; i < n; ++i) f[(size_t)i] = y5::f16_to_f32(static_cast<const y5::f16*>(o.p)[i]);
+                    src = f.data();
+                }
+                if (!o.nhwc) {
+                    tmp.swap(f);
+                    return tmp.data();
+                }
                 tmp.resize((size_t)n);
-                for (int64_t i = 0; i < n; ++i) tmp[(size_t)i] = y5::f16_to_f32(static_cast<const y5::f16*>(q)[i]);
+                nhwc_to_nchw(tmp.data(), src, o.a, o.b, o.h, o.w);
                 return tmp.data();
             };
-            const float* x0 = as_float(in0p, n_in0, c0);
-            const float* x1 = as_float(in1p, n_in1, c1);
+            const float* x0 = as_nchw(in0, c0);
+            const float* x1 = as_nchw(in1, c1);
             // y5's CPU passes: fprop overwrites its output, the backward ones accumulate (into zeros here).
             std::vector<float> r((size_t)n_out, 0.0f);
             std::vector<float> col((size_t)std::max<int64_t>(
@@ -500,6 +541,11 @@ cudnnStatus_t run_pass(const Call& c, Pass pass, const Problem& p, cudaStream_t 
             else  // x0 = dy, x1 = x; the weight is unread without dinp (r stands in)
                 y5::conv2d_backward_cpu((float*)nullptr, r.data(), (float*)nullptr, x0, x1, r.data(), col.data(), p.N,
                                         p.C, p.H, p.W, p.K, p.R, p.S, p.stride, p.pad);
+            if (out.nhwc) {  // the result in the output's layout
+                std::vector<float> t((size_t)n_out);
+                nchw_to_nhwc(t.data(), r.data(), out.a, out.b, out.h, out.w);
+                r.swap(t);
+            }
             if (p.half) {  // out = f16(alpha·r + beta·out), one rounding
                 y5::f16* y = static_cast<y5::f16*>(outp);
                 if (b == 0.0f)
@@ -613,6 +659,7 @@ cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t desc, cudnnTens
     CUDNN_TRY(lookup(c, tensors(), desc, "the tensor descriptor", false, &t));
     CUDNN_TRY(check_4d(c, format, dataType, n, c_, h, w));
     t->n = n, t->c = c_, t->h = h, t->w = w;
+    t->nhwc = format == CUDNN_TENSOR_NHWC;
     t->type = dataType;
     t->set = true;
     return CUDNN_STATUS_SUCCESS;
@@ -635,6 +682,7 @@ cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t desc, cudnnData
     CUDNN_TRY(lookup(c, filters(), desc, "the filter descriptor", false, &f));
     CUDNN_TRY(check_4d(c, format, dataType, k, c_, h, w));
     f->k = k, f->c = c_, f->h = h, f->w = w;
+    f->nhwc = format == CUDNN_TENSOR_NHWC;
     f->type = dataType;
     f->set = true;
     return CUDNN_STATUS_SUCCESS;
@@ -863,8 +911,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
         std::lock_guard<std::mutex> lk(g_mu);
         CUDNN_TRY(resolve(c, handle, xDesc, "xDesc", wDesc, convDesc, yDesc, "yDesc", &p, &stream));
     }
-    return run_pass(c, kFwd, p, stream, (int)algo, alpha, beta, {"x", x, p.x_elems()}, {"w", w, p.w_elems()},
-                    {"y", y, p.y_elems()}, workSpace, workSpaceSizeInBytes);
+    return run_pass(c, kFwd, p, stream, (int)algo, alpha, beta, x_operand(p, "x", x), w_operand(p, "w", w),
+                    y_operand(p, "y", y), workSpace, workSpaceSizeInBytes);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alpha, const cudnnFilterDescriptor_t wDesc,
@@ -880,8 +928,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
         std::lock_guard<std::mutex> lk(g_mu);
         CUDNN_TRY(resolve(c, handle, dxDesc, "dxDesc", wDesc, convDesc, dyDesc, "dyDesc", &p, &stream));
     }
-    return run_pass(c, kBwdData, p, stream, (int)algo, alpha, beta, {"dy", dy, p.y_elems()}, {"w", w, p.w_elems()},
-                    {"dx", dx, p.x_elems()}, workSpace, workSpaceSizeInBytes);
+    return run_pass(c, kBwdData, p, stream, (int)algo, alpha, beta, y_operand(p, "dy", dy), w_operand(p, "w", w),
+                    x_operand(p, "dx", dx), workSpace, workSpaceSizeInBytes);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* alpha,
@@ -899,6 +947,6 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* a
         std::lock_guard<std::mutex> lk(g_mu);
         CUDNN_TRY(resolve(c, handle, xDesc, "xDesc", dwDesc, convDesc, dyDesc, "dyDesc", &p, &stream));
     }
-    return run_pass(c, kBwdFilter, p, stream, (int)algo, alpha, beta, {"dy", dy, p.y_elems()}, {"x", x, p.x_elems()},
-                    {"dw", dw, p.w_elems()}, workSpace, workSpaceSizeInBytes);
+    return run_pass(c, kBwdFilter, p, stream, (int)algo, alpha, beta, y_operand(p, "dy", dy), x_operand(p, "x", x),
+                    w_operand(p, "dw", dw), workSpace, workSpaceSizeInBytes);
 }

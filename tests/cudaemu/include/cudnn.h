@@ -4,9 +4,9 @@
  * Implemented in tests/cudaemu/cudnn.cpp on top of the emulated runtime: descriptors are checked as cuDNN
  * checks them, the algorithm queries return a fixed, varied candidate list (workspace sizes, determinism,
  * math types) so y5's own choice runs, and the three passes compute with y5's CPU convolution, queued on the
- * handle's stream. 4-d NCHW f32 (FLOAT_CONFIG) or f16 with float compute (PSEUDO_HALF_CONFIG: HALF tensors and
- * filter, FLOAT convolution compute type; computed in float, outputs rounded to f16 once), groups 1, dilation 1,
- * cross-correlation only.
+ * handle's stream. 4-d NCHW or NHWC (per descriptor), f32 (FLOAT_CONFIG) or f16 with float compute
+ * (PSEUDO_HALF_CONFIG: HALF tensors and filter, FLOAT convolution compute type; computed in float, outputs rounded to
+ * f16 once), groups 1, dilation 1, cross-correlation only.
  * Calls that can fail take the caller's file and line as defaulted arguments (as in cuda_runtime.h), so the
  * one-line report of a failure names the call site.
  */
