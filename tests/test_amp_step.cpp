@@ -28,7 +28,7 @@ std::vector<float> host(const Tensor& t) {
 // A model, its EMA and the step, with a snapshot of the state to rerun a step from it.
 struct AmpRig {
     static constexpr int nc = 3, bs = 2, h = 256, w = 256;
-    Model model{src("config/models/yolov5n.yaml"), nc}, ema{src("config/models/yolov5n.yaml"), nc};
+    Model model, ema;
     TestCtx tc;
     LossHyp lh;
     std::unique_ptr<TrainStep> step;
@@ -36,7 +36,7 @@ struct AmpRig {
     Batch batch;
     const SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};
 
-    AmpRig() {
+    explicit AmpRig(const std::string& yaml = "config/models/yolov5n.yaml") : model(src(yaml), nc), ema(src(yaml), nc) {
         model.allocate(Device::CPU);
         ema.allocate(Device::CPU);
         Rng init(5, 1);
@@ -73,7 +73,10 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b, int64_
 }  // namespace
 
 TEST_CASE("an AMP training step runs in f16 and stays within f16's precision of the f32 step", "[amp][train]") {
-    AmpRig r;
+    const std::string yaml = GENERATE(as<std::string>{}, "config/models/yolov5n.yaml", "config/models/yolov5n-eca.yaml");
+    const bool eca = yaml.find("eca") != std::string::npos;
+    INFO(yaml);
+    AmpRig r(yaml);
     const StepResult f = r.run(false);
     const std::vector<float> vf = host(r.model.params.values_flat());
     const StepResult a = r.run(true);
@@ -98,12 +101,16 @@ TEST_CASE("an AMP training step runs in f16 and stays within f16's precision of 
     // tensor, L2) 9.5 %; the same f32 step with its conv weights alone perturbed by ±2e-4 relative (about one f16
     // rounding, 2^−12, in the weights only, where AMP rounds every activation and gradient) moves 0.6 % and 4.5 %. So 5 % and 25 %:
     // f16's precision, not a wrong gradient (tests/test_amp_model.cpp compares each tensor with torch's).
+    // yolov5n-eca is more sensitive: each ECA gate's gradient is Σ dy·x over the whole map (f16 dy, heavy
+    // cancellation) and reaches every earlier layer. Measured: gradient norm 11 %, update 49 % (the weight
+    // perturbation: 1.6 % and 8.2 %); bounds 25 % and 75 % (an unrelated update would be ~140 %).
+    const double norm_tol = eca ? 0.25 : 5e-2, update_tol = eca ? 0.75 : 0.25;
     INFO("f32 items " << f.items.lbox << " " << f.items.lobj << " " << f.items.lcls << ", amp " << a.items.lbox << " "
                       << a.items.lobj << " " << a.items.lcls << "; grad norm f32 " << f.grad_norm << " amp " << a.grad_norm);
     CHECK(std::fabs(a.items.lbox - f.items.lbox) <= 1e-2 * f.items.lbox);
     CHECK(std::fabs(a.items.lobj - f.items.lobj) <= 1e-2 * f.items.lobj);
     CHECK(std::fabs(a.items.lcls - f.items.lcls) <= 1e-2 * f.items.lcls);
-    CHECK(std::fabs(a.grad_norm - f.grad_norm) <= 5e-2 * f.grad_norm);
+    CHECK(std::fabs(a.grad_norm - f.grad_norm) <= norm_tol * f.grad_norm);
     CHECK(a.items.total != f.items.total);  // not the f32 path
     // The update (value after − before) of every trainable tensor, as one vector: ‖u_amp − u_f32‖ / ‖u_f32‖.
     double dd = 0, ff = 0;
@@ -116,7 +123,7 @@ TEST_CASE("an AMP training step runs in f16 and stays within f16's precision of 
         }
     }
     INFO("update difference " << std::sqrt(dd / ff));
-    CHECK(std::sqrt(dd / ff) <= 0.25);
+    CHECK(std::sqrt(dd / ff) <= update_tol);
     CHECK(dd > 0);
 }
 
