@@ -4,7 +4,9 @@
  *   → out rows [offset, offset + na·ny·nx) of (bs, total, no):
  *   xy = (σ·2 + (grid − 0.5))·s,  wh = (σ·2)²·(anchor·s),  conf and classes = σ.
  * The arithmetic follows PyTorch's order so that f32 results match to rounding.
- * CUDA launcher in kernels/detect.cu (same arguments plus the stream; anchors on the device).
+ * map stored as S (f32, f64, or mixed precision's f16), read as T = acc_t<S>; out, anchors and stride T (an f16
+ * map decodes into f32, exactly the f32 decode of its values widened to float).
+ * CUDA launchers in kernels/detect.cu (same arguments plus the stream; anchors on the device), f32 or f16 map.
  */
 #pragma once
 #include "kernels/common.h"
@@ -25,21 +27,24 @@ template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw,
     return p;
 }
 
-template <class T>
-void detect_decode_cpu(T* out, const T* map, const T* anchors, T stride, int bs, int na, int ny, int nx, int no,
-                       int64_t total, int64_t offset) {
+template <class S>
+void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na, int ny,
+                       int nx, int no, int64_t total, int64_t offset) {
+    using T = acc_t<S>;
     for (int b = 0; b < bs; ++b)
         for (int a = 0; a < na; ++a)
             for (int y = 0; y < ny; ++y)
                 for (int x = 0; x < nx; ++x) {
-                    const T* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
+                    const S* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
                     T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
                     for (int j = 0; j < no; ++j)
-                        o[j] = detect_decode_value(j, m[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
+                        o[j] = detect_decode_value(j, ld(m[j]), x, y, anchors[2 * a], anchors[2 * a + 1], stride);
                 }
 }
 
 void detect_decode_cuda(float* out, const float* map, const float* anchors, float stride, int bs, int na, int ny, int nx,
+                        int no, int64_t total, int64_t offset, cudaStream_t stream);
+void detect_decode_cuda(float* out, const f16* map, const float* anchors, float stride, int bs, int na, int ny, int nx,
                         int no, int64_t total, int64_t offset, cudaStream_t stream);
 
 }  // namespace y5

@@ -1,8 +1,8 @@
 /*
- * CUDA side of kernels/loss.h: YOLOv5's ComputeLoss in f32, forward and d total / d maps, equal to
- * yolo_loss_cpu<float> up to float rounding (nvcc contracts a·b + c into FMAs; the sums run in double in
- * another order). Per level, on one stream:
- *   1. zero dmap (when a gradient is wanted) and tobj;
+ * CUDA side of kernels/loss.h: YOLOv5's ComputeLoss on f32 or f16 maps (read as float), forward and
+ * d total / d maps, equal to yolo_loss_cpu<float> / <f16> up to float rounding (nvcc contracts a·b + c into
+ * FMAs; the sums run in double in another order). Per level, on one stream:
+ *   1. zero dmap (when a gradient is wanted and is overwritten, not accumulated) and tobj;
  *   2. loss_targets_kernel, one warp per matched cell (a group of pack_level_targets): for the cell's
  *      build_targets entries in list order, box decode + CIoU and its gradient into dmap[..0..3], class BCE
  *      and its gradient into dmap[..5..], tobj[cell] = clamp(CIoU of the last entry, 0). The warp owns its
@@ -34,19 +34,24 @@ __device__ static double block_sum_array(const double* x, int64_t n) {
 // ----------------------------------------------------------------------------------------------------
 // Kernels
 
-// Warp g handles group g: entries start[g] .. start[g + 1] − 1, all on one cell, in list order.
-__global__ static void loss_targets_kernel(const float* __restrict__ p, float* __restrict__ dp, float* __restrict__ tobj,
-                                           const LossTargetPacked* __restrict__ tg, const int* __restrict__ start,
-                                           int groups, double* __restrict__ group_box, double* __restrict__ group_cls,
-                                           int na, int ny, int nx, int no, float gbox, float gcls, float pw, float cp,
-                                           float cn) {
+// Warp g handles group g: entries start[g] .. start[g + 1] − 1, all on one cell, in list order. S: the maps'
+// storage (float or f16), read as float. gscale: null, or the upstream gradient to accumulate with.
+template <class S>
+__global__ static void loss_targets_kernel(const S* __restrict__ p, S* __restrict__ dp, const float* __restrict__ gscale,
+                                           float* __restrict__ tobj, const LossTargetPacked* __restrict__ tg,
+                                           const int* __restrict__ start, int groups, double* __restrict__ group_box,
+                                           double* __restrict__ group_cls, int na, int ny, int nx, int no, float gbox,
+                                           float gcls, float pw, float cp, float cn) {
     const int lane = threadIdx.x & 31;
     const int g = blockIdx.x * kWarpsPerBlock + (int)(threadIdx.x >> 5);
     if (g >= groups) return;  // the same for the whole warp: the shuffles below see all 32 lanes
     const int k0 = start[g], k1 = start[g + 1];
     const int64_t c = loss_cell(tg[k0].b, tg[k0].a, tg[k0].gj, tg[k0].gi, na, ny, nx);
-    const float* ps = p + c * no;
+    const S* ps = p + c * no;
     const int nc = no - 5;
+    const bool accum = gscale != nullptr;
+    const float gs = accum ? gscale[0] : 1.f;
+    const float raw[4] = {ld(ps[0]), ld(ps[1]), ld(ps[2]), ld(ps[3])};
 
     // Box: every lane computes the same values (a cell has one or a few entries); lane 0 writes them.
     float d[4] = {0.f, 0.f, 0.f, 0.f}, last = 0.f;
@@ -54,7 +59,7 @@ __global__ static void loss_targets_kernel(const float* __restrict__ p, float* _
     for (int k = k0; k < k1; ++k) {
         const LossTargetPacked& t = tg[k];
         float s[4], pb[4], dpb[4] = {0.f, 0.f, 0.f, 0.f};
-        loss_decode_box(ps, t.anch, s, pb);
+        loss_decode_box(raw, t.anch, s, pb);
         const float iou = ciou(pb, t.tbox, gbox, dp ? dpb : nullptr);
         sbox += 1.0 - (double)iou;
         last = loss_tobj(iou);  // the last entry in list order wins, as tobj[c] = ... in the CPU loop
@@ -68,21 +73,21 @@ __global__ static void loss_targets_kernel(const float* __restrict__ p, float* _
         tobj[c] = last;
         group_box[g] = sbox;
         if (dp)
-            for (int q = 0; q < 4; ++q) dp[c * no + q] = d[q];
+            for (int q = 0; q < 4; ++q) loss_grad_put(dp + c * no + q, d[q], accum, gs);
     }
 
     // Classes: lanes split the nc channels; each adds its channel's terms over the entries in list order.
     double scls = 0;
     if (nc > 1) {
         for (int q = lane; q < nc; q += 32) {
-            const float x = ps[5 + q];
+            const float x = ld(ps[5 + q]);
             float dq = 0.f;
             for (int k = k0; k < k1; ++k) {
                 const float tt = q == tg[k].cls ? cp : cn;
                 scls += (double)bce_logits(x, tt, pw);
                 if (dp) dq += gcls * bce_logits_grad(x, tt, pw);
             }
-            if (dp) dp[c * no + 5 + q] = dq;
+            if (dp) loss_grad_put(dp + c * no + 5 + q, dq, accum, gs);
         }
         scls = warp_sum(scls);
     }
@@ -90,13 +95,18 @@ __global__ static void loss_targets_kernel(const float* __restrict__ p, float* _
 }
 
 // Objectness over all cells; partial[blockIdx.x] = this block's Σ BCE.
-__global__ static void loss_obj_kernel(const float* __restrict__ p, float* __restrict__ dp, const float* __restrict__ tobj,
-                                       int64_t cells, int no, float gobj, float pw, double* __restrict__ partial) {
+template <class S>
+__global__ static void loss_obj_kernel(const S* __restrict__ p, S* __restrict__ dp, const float* __restrict__ gscale,
+                                       const float* __restrict__ tobj, int64_t cells, int no, float gobj, float pw,
+                                       double* __restrict__ partial) {
+    const bool accum = gscale != nullptr;
+    const float gs = accum ? gscale[0] : 1.f;
     double s = 0;
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cells; c += (int64_t)gridDim.x * blockDim.x) {
-        const float x = p[c * no + 4], t = tobj[c];
+        const float x = ld(p[c * no + 4]), t = tobj[c];
         s += (double)bce_logits(x, t, pw);
-        if (dp) dp[c * no + 4] = gobj * bce_logits_grad(x, t, pw);  // dmap was zeroed: = is the CPU's +=
+        // Overwriting: dmap was zeroed, so = is the CPU's +=. Accumulating: the one rounded add per element.
+        if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, t, pw), accum, gs);
     }
     s = block_sum(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
@@ -149,8 +159,9 @@ __global__ static void loss_backward_kernel(float* __restrict__ y, const float* 
 // ----------------------------------------------------------------------------------------------------
 // Launchers
 
-void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no, const LossHyp& h, double* items_out,
-                    float* total_out, cudaStream_t stream) {
+template <class S>
+static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, int na, int no, const LossHyp& h,
+                             double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
     Y5_CHECK(nl >= 1 && nl <= kLossMaxLevels, "yolo_loss_cuda: %d levels (1 to %d supported)", nl, kLossMaxLevels);
     Y5_CHECK(no > 5, "yolo_loss_cuda: %d channels per anchor, need 5 + nc", no);
     const int nc = no - 5;
@@ -161,22 +172,23 @@ void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no,
     ra.nl = nl, ra.nc = nc, ra.bs = bs;
     ra.box_gain = h.box, ra.obj_gain = h.obj, ra.cls_gain = h.cls;
     for (int i = 0; i < nl; ++i) {
-        const LossLevelCuda& L = levels[i];
+        const LossLevelCudaT<S>& L = levels[i];
         const int64_t cells = (int64_t)bs * na * L.ny * L.nx;
-        if (L.dmap) CUDA_CHECK(cudaMemsetAsync(L.dmap, 0, (size_t)(cells * no) * sizeof(float), stream));
+        if (L.dmap && !gscale) CUDA_CHECK(cudaMemsetAsync(L.dmap, 0, (size_t)(cells * no) * sizeof(S), stream));
         CUDA_CHECK(cudaMemsetAsync(L.tobj, 0, (size_t)cells * sizeof(float), stream));
         if (L.groups > 0) {
             const float gbox = float(-h.box * bs / L.n);                 // as yolo_loss_cpu's gbox, gcls
             const float gcls = float(h.cls * bs / ((double)L.n * nc));
-            loss_targets_kernel<<<CEIL_DIV(L.groups, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
-                L.map, L.dmap, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny, L.nx, no,
-                gbox, gcls, cls_pw, cp, cn);
+            loss_targets_kernel<S><<<CEIL_DIV(L.groups, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
+                L.map, L.dmap, gscale, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny,
+                L.nx, no, gbox, gcls, cls_pw, cp, cn);
             Y5_LAUNCH_CHECK();
         }
         const double bal = nl == 3 ? balance3[i] : balance5[i];
         const float gobj = float(h.obj * bal * bs / (double)cells);
         const int blocks = loss_obj_blocks(cells);
-        loss_obj_kernel<<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, L.tobj, cells, no, gobj, obj_pw, L.obj_partial);
+        loss_obj_kernel<S><<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, gscale, L.tobj, cells, no, gobj, obj_pw,
+                                                          L.obj_partial);
         Y5_LAUNCH_CHECK();
         ra.obj[i] = L.obj_partial, ra.box[i] = L.group_box, ra.cls[i] = L.group_cls;
         ra.obj_blocks[i] = blocks, ra.groups[i] = L.groups, ra.n[i] = L.n;
@@ -184,6 +196,15 @@ void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no,
     }
     loss_reduce_kernel<<<1, kBlock, 0, stream>>>(ra, items_out, total_out);
     Y5_LAUNCH_CHECK();
+}
+
+void yolo_loss_cuda(const LossLevelCudaT<float>* levels, int nl, int bs, int na, int no, const LossHyp& h,
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
+    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream);
+}
+void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, int no, const LossHyp& h,
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
+    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream);
 }
 
 void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream) {

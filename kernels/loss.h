@@ -14,10 +14,15 @@
  * reference and the CUDA kernels share.)
  * The gradient of total with respect to every map is computed alongside: CIoU's α is a constant (no_grad
  * in YOLOv5), min/max split a tie's gradient in half and clamp(0) passes it at 0, as PyTorch does.
- * Templated on T so the gradient check runs in double.
+ * The math is templated on T so the gradient check runs in double. Maps are stored as S (f32, f64, or
+ * mixed precision's f16) and read as T = acc_t<S> (float for f16): an f16 map's loss is the f32 loss of its
+ * values widened to float. A gradient element is summed in T and stored once (loss_grad_put): either written
+ * (d total / d map, the f32 path's saved dmap) or accumulated into an existing gradient with the upstream
+ * gradient g, grad = st(g·d + ld(grad)) (the f16 path, whose backward recomputes the loss instead of saving
+ * an f32 dmap: one rounding per element, as axpy of the f32 path's dmap would round it).
  *
- * CUDA (kernels/loss.cu, f32): build_targets stays on the host (it depends only on the targets, anchors and
- * grid sizes); pack_level_targets groups each level's list by cell, the groups are uploaded in one copy,
+ * CUDA (kernels/loss.cu, f32 or f16 maps): build_targets stays on the host (it depends only on the targets,
+ * anchors and grid sizes); pack_level_targets groups each level's list by cell, the groups are uploaded in one copy,
  * and per level one warp per matched cell computes box, class and objectness-target terms for all of that
  * cell's entries in list order (so duplicates add their gradients and the last one sets tobj, exactly as
  * the loop below, without atomics), a dense kernel does the objectness BCE over all cells, and one block
@@ -147,8 +152,14 @@ template <class T> Y5_HD void loss_decode_box_grad(const T* s, const T* anch, co
 // Objectness target of a matched cell: CIoU.detach().clamp(0).
 template <class T> Y5_HD T loss_tobj(T iou) { return iou > T(0) ? iou : T(0); }
 
+// Stores gradient element d (d total / d map, summed in T = acc_t<S>) at `at`: with accumulate, the backward's
+// grad += g·d (axpy_op's g·d + y) rounded once; otherwise d itself (the forward's dmap).
+template <class S> Y5_HD void loss_grad_put(S* at, acc_t<S> d, bool accumulate, acc_t<S> g) {
+    *at = accumulate ? st<S>(g * d + ld(*at)) : st<S>(d);
+}
+
 // ----------------------------------------------------------------------------------------------------
-// CUDA path (f32; kernels/loss.cu)
+// CUDA path (f32 or f16 maps; kernels/loss.cu)
 
 // One build_targets entry as the kernels read it.
 struct LossTargetPacked {
@@ -165,12 +176,12 @@ inline int loss_obj_blocks(int64_t cells) {
     return (int)(b < 1 ? 1 : (b > 1024 ? 1024 : b));
 }
 
-// One level's device pointers. targets/group_start: pack_level_targets' output, uploaded. Scratch (device,
-// contents irrelevant on entry): tobj (bs·na·ny·nx), group_box and group_cls (groups), obj_partial
-// (loss_obj_blocks(cells)).
-struct LossLevelCuda {
-    const float* map = nullptr;  // (bs, na, ny, nx, no)
-    float* dmap = nullptr;       // same shape; d total / d map, overwritten; null: no gradient
+// One level's device pointers, maps stored as S (float or f16). targets/group_start: pack_level_targets'
+// output, uploaded. Scratch (device, contents irrelevant on entry): tobj (bs·na·ny·nx), group_box and group_cls
+// (groups), obj_partial (loss_obj_blocks(cells)).
+template <class S> struct LossLevelCudaT {
+    const S* map = nullptr;  // (bs, na, ny, nx, no)
+    S* dmap = nullptr;       // same shape; d total / d map, overwritten, or accumulated (gscale); null: no gradient
     int ny = 0, nx = 0;
     int n = 0, groups = 0;
     const LossTargetPacked* targets = nullptr;
@@ -180,11 +191,16 @@ struct LossLevelCuda {
     double* group_cls = nullptr;
     double* obj_partial = nullptr;
 };
+using LossLevelCuda = LossLevelCudaT<float>;
 
 // Enqueues the loss on `stream`: items_out (device, 4 doubles) receives lbox, lobj, lcls, total as
-// yolo_loss_cpu's LossItems; total_out (device, 1 float) the total.
-void yolo_loss_cuda(const LossLevelCuda* levels, int nl, int bs, int na, int no, const LossHyp& h, double* items_out,
-                    float* total_out, cudaStream_t stream);
+// yolo_loss_cpu's LossItems; total_out (device, 1 float) the total. gscale null: each level's dmap (if any) is
+// overwritten with d total / d map; gscale a device scalar g (the loss's upstream gradient): g·d total / d map
+// is added into dmap with one rounding per element (loss_grad_put), the f16 backward.
+void yolo_loss_cuda(const LossLevelCudaT<float>* levels, int nl, int bs, int na, int no, const LossHyp& h,
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream);
+void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, int no, const LossHyp& h,
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream);
 // grad += (*g)·dmap over n elements, g a device scalar (the upstream gradient of the loss): the backward
 // of yolo_loss without reading g on the host.
 void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream);

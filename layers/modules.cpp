@@ -375,29 +375,33 @@ Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
     const int64_t bs = maps[0].t.dim(0);
     int64_t total = 0;
     for (const Var& m : maps) total += m.t.dim(1) * m.t.dim(2) * m.t.dim(3);
-    const bool f16 = maps[0].t.dtype == DType::F16;  // mixed precision's maps: decoded in f32
-    Tensor out = c.act->tensor(Shape{bs, total, no}, f16 ? DType::F32 : maps[0].t.dtype);
+    const bool f16m = maps[0].t.dtype == DType::F16;  // mixed precision's maps: read as float, decoded into f32
+    Tensor out = c.act->tensor(Shape{bs, total, no}, f16m ? DType::F32 : maps[0].t.dtype);
     const Tensor anc = (*ps)[anchors].value;
     int64_t offset = 0;
     for (int i = 0; i < nl; ++i) {
-        Tensor m = maps[i].t;
-        if (f16) {
-            m = c.act->tensor(maps[i].t.shape, DType::F32);
-            convert(c, m, maps[i].t);
-        }
+        const Tensor& m = maps[i].t;
         const int ny = m.dim(2), nx = m.dim(3);
         if (m.device == Device::CUDA) {
 #if Y5_CUDA
-            Y5_CHECK(m.dtype == DType::F32 && anc.device == Device::CUDA, "Detect.decode: CUDA maps must be f32 with the "
-                     "anchors on the device, got %s and %s", m.str().c_str(), anc.str().c_str());
-            detect_decode_cuda(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], (int)bs, na,
-                               ny, nx, no, total, offset, c.cuda->stream);
+            Y5_CHECK((m.dtype == DType::F32 || m.dtype == DType::F16) && anc.device == Device::CUDA, "Detect.decode: "
+                     "CUDA maps must be f32 or f16 with the anchors on the device, got %s and %s", m.str().c_str(),
+                     anc.str().c_str());
+            if (f16m)
+                detect_decode_cuda(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i, stride[i], (int)bs, na,
+                                   ny, nx, no, total, offset, c.cuda->stream);
+            else
+                detect_decode_cuda(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], (int)bs,
+                                   na, ny, nx, no, total, offset, c.cuda->stream);
 #else
             Y5_FAIL("Detect.decode: CUDA tensor in a build without CUDA");
 #endif
         } else if (m.dtype == DType::F64)
             detect_decode_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i, stride[i], bs,
                                       na, ny, nx, no, total, offset);
+        else if (f16m)
+            detect_decode_cpu<f16>(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na, ny,
+                                   nx, no, total, offset);
         else
             detect_decode_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na,
                                      ny, nx, no, total, offset);

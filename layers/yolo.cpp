@@ -1,12 +1,16 @@
 /*
  * The YOLO loss op, defined like the engine's ops (engine/ops/op.h: dispatch, finish): argument checks,
  * build_targets and the loss on the host for CPU maps (yolo_loss_cpu), or the targets grouped on the host and
- * the loss kernels of kernels/loss.cu for CUDA maps; its backward scales the saved gradient maps by the
- * upstream gradient.
+ * the loss kernels of kernels/loss.cu for CUDA maps. f32/f64 maps: the forward saves d total / d maps and the
+ * backward scales them by the upstream gradient. f16 maps (mixed precision): the loss is computed in float from
+ * the f16 values and nothing is saved; the backward runs the loss again and adds g · d total / d map into the
+ * maps' f16 gradients, one rounding per element.
  */
 #include "layers/yolo.h"
 
 #include <cstring>
+#include <memory>
+#include <type_traits>
 
 #include "engine/device/device.h"
 #include "engine/ops/op.h"
@@ -25,13 +29,16 @@ template <class T> static void check_loss_targets(const T* tp, int nt, int bs, i
 
 // The CUDA loss: build_targets on the host (it needs only the targets, anchors and grid sizes), each
 // level's list grouped by cell (pack_level_targets), all levels packed into one host buffer and uploaded
-// with one copy into the workspace, the kernels enqueued (kernels/loss.cu), and the four items downloaded
-// with one copy. dmaps (empty: no gradient) and total are device tensors of T (f32, the kernels'); tp and ap
-// host f32. A template, so that a build without CUDA, which never calls it, needs no launcher.
-template <class T>
+// with one copy into the workspace, and the kernels enqueued (kernels/loss.cu). S: the maps' storage (f32 or
+// f16). dmaps (empty, or an undefined tensor for a level: no gradient) are device tensors of S, overwritten
+// with d total / d map, or with gscale (a device scalar) accumulated with it; total a device f32 scalar; tp and
+// ap host f32. With want_items the four items are downloaded with one copy (else they are 0). A template, so
+// that a build without CUDA, which never calls it, needs no launcher.
+template <class S>
 static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const std::vector<Tensor>& dmaps,
-                                     Tensor total, const float* tp, int nt, const float* ap, const LossHyp& hyp,
-                                     const std::vector<int>& ny, const std::vector<int>& nx, int bs, int na, int no) {
+                                     float* total, const float* gscale, bool want_items, const float* tp, int nt,
+                                     const float* ap, const LossHyp& hyp, const std::vector<int>& ny,
+                                     const std::vector<int>& nx, int bs, int na, int no) {
     const int nl = (int)maps.size();
     Y5_CHECK(nl <= kLossMaxLevels, "yolo_loss: %d levels; the CUDA loss supports up to %d", nl, kLossMaxLevels);
     std::vector<char> buf;
@@ -56,13 +63,13 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
     Y5_CHECK(c.work && c.work->device() == Device::CUDA, "yolo_loss: CUDA maps need a device workspace arena (Ctx::work)");
     Scratch s(c.work);
     char* dbuf = s.get<char>((int64_t)buf.size());
-    copy_host_to_device(dbuf, buf.data(), buf.size(), c.cuda);
-    LossLevelCuda lv[kLossMaxLevels];
+    copy_host_to_device(dbuf, buf.data(), buf.size(), c.cuda);  // synchronous: buf may go when this returns
+    LossLevelCudaT<S> lv[kLossMaxLevels];
     for (int i = 0; i < nl; ++i) {
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
-        LossLevelCuda& L = lv[i];
-        L.map = maps[i].t.ptr<T>();
-        L.dmap = dmaps.empty() ? nullptr : dmaps[i].ptr<T>();
+        LossLevelCudaT<S>& L = lv[i];
+        L.map = maps[i].t.ptr<S>();
+        L.dmap = dmaps.empty() || !dmaps[i].data ? nullptr : dmaps[i].ptr<S>();
         L.ny = ny[i], L.nx = nx[i], L.n = n[i], L.groups = groups[i];
         L.targets = reinterpret_cast<const LossTargetPacked*>(dbuf + off_t[i]);
         L.group_start = reinterpret_cast<const int*>(dbuf + off_s[i]);
@@ -72,23 +79,29 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
     double* items = s.get<double>(4);
-    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total.ptr<T>(), stream(c));
-    double h[4];
-    copy_device_to_host(h, items, sizeof h, c.cuda);  // waits for the kernels, so the scratch may be released
+    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c));
     LossItems L;
-    L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
-    return L;
+    if (want_items) {
+        double h[4];
+        copy_device_to_host(h, items, sizeof h, c.cuda);  // waits for the kernels
+        L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
+    }
+    return L;  // the scratch is released; the kernels still queued on the stream run before any later user
+}
+
+// Host f32 copy of a CUDA or CPU tensor (targets, anchors).
+static std::vector<float> host_f32(Ctx& c, const Tensor& t) {
+    std::vector<float> h(t.numel());
+    if (t.numel() == 0) return h;
+    if (t.device == Device::CUDA) copy_device_to_host(h.data(), t.data, t.bytes(), c.cuda);
+    else std::memcpy(h.data(), t.data, t.bytes());
+    return h;
 }
 
 YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors,
                    const LossHyp& hyp) {
     const char* op = "yolo_loss";
     Y5_CHECK(!maps.empty(), "yolo_loss: no maps");
-    if (maps[0].t.dtype == DType::F16) {  // mixed precision: the loss in f32 from the f16 maps (and f16 gradients back)
-        std::vector<Var> m32;
-        for (const Var& m : maps) m32.push_back(cast(c, m, DType::F32));
-        return yolo_loss(c, m32, targets, anchors, hyp);
-    }
     const int nl = (int)maps.size();
     const int bs = maps[0].t.dim(0), na = maps[0].t.dim(1), no = maps[0].t.dim(4);
     std::vector<int> ny, nx;
@@ -106,60 +119,83 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
              targets.str().c_str());
     Y5_CHECK(anchors.ndim() == 3 && anchors.dim(0) == nl && anchors.dim(1) == na && anchors.dim(2) == 2,
              "yolo_loss: anchors %s do not match %d levels of %d anchors", anchors.str().c_str(), nl, na);
-    const bool cuda = maps[0].t.device == Device::CUDA;
-    if (cuda) {
-        Y5_CHECK(maps[0].t.dtype == DType::F32 && targets.dtype == DType::F32 && anchors.dtype == DType::F32,
-                 "yolo_loss: CUDA maps need f32 maps, targets and anchors; got %s, %s, %s", maps[0].t.str().c_str(),
-                 targets.str().c_str(), anchors.str().c_str());
+    const bool cuda = maps[0].t.device == Device::CUDA, half = maps[0].t.dtype == DType::F16;
+    if (cuda || half) {
+        Y5_CHECK((maps[0].t.dtype == DType::F32 || half) && targets.dtype == DType::F32 && anchors.dtype == DType::F32,
+                 "yolo_loss: %s maps need f32 targets and anchors (and CUDA maps f32 or f16); got %s, %s, %s",
+                 cuda ? "CUDA" : "f16", maps[0].t.str().c_str(), targets.str().c_str(), anchors.str().c_str());
+        Y5_CHECK(cuda || (targets.device == Device::CPU && anchors.device == Device::CPU),
+                 "yolo_loss: CPU maps need CPU targets and anchors; got %s, %s", targets.str().c_str(),
+                 anchors.str().c_str());
     } else {
         check_same(op, maps[0].t, targets);
         check_same(op, maps[0].t, anchors);
     }
     const int nt = targets.dim(0);
     YoloLoss out;
-    Tensor total = c.act->tensor(Shape{1}, maps[0].t.dtype);
+    // f16 maps (mixed precision): the loss is f32, as the f32 loss of the maps widened to float.
+    Tensor total = c.act->tensor(Shape{1}, half ? DType::F32 : maps[0].t.dtype);
     const bool grad = c.tape->recording() && any_grad(maps);
-    std::vector<Tensor> dmaps;  // d total / d map per level, saved for the backward when a map wants a gradient
-    dispatch(op, maps[0].t, [&](auto d) {
+    // f32/f64: d total / d map per level, saved for the backward when a map wants a gradient. f16: nothing is
+    // saved; the backward runs the loss again and adds g · d total / d map into the f16 gradients directly.
+    std::vector<Tensor> dmaps;
+    // Host f32 targets and anchors (CUDA or f16 maps), kept for the f16 backward.
+    auto th = std::make_shared<std::vector<float>>(), ah = std::make_shared<std::vector<float>>();
+    if (cuda || half) {
+        *th = host_f32(c, targets);
+        *ah = host_f32(c, anchors);
+        check_loss_targets(th->data(), nt, bs, no - 5);
+    }
+    dispatch<kF16>(op, maps[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
+        using A = acc_t<T>;  // the loss's type: float for f16 maps
         if constexpr (d.cuda) {
-            // Host copies of targets and anchors (already there when they are CPU tensors, the usual case).
-            std::vector<float> th, ah;
-            const float* tp = static_cast<const float*>(targets.data);
-            const float* ap = static_cast<const float*>(anchors.data);
-            if (targets.device == Device::CUDA && nt > 0) {
-                th.resize(targets.numel());
-                copy_device_to_host(th.data(), targets.data, targets.bytes(), c.cuda);
-                tp = th.data();
-            }
-            if (anchors.device == Device::CUDA) {
-                ah.resize(anchors.numel());
-                copy_device_to_host(ah.data(), anchors.data, anchors.bytes(), c.cuda);
-                ap = ah.data();
-            }
-            check_loss_targets(tp, nt, bs, no - 5);
-            if (grad)
+            if (grad && !half)
                 for (const Var& m : maps) dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
-            out.items = yolo_loss_cuda_path<T>(c, maps, dmaps, total, tp, nt, ap, hyp, ny, nx, bs, na, no);
+            out.items = yolo_loss_cuda_path<T>(c, maps, dmaps, total.ptr<float>(), nullptr, true, th->data(), nt,
+                                               ah->data(), hyp, ny, nx, bs, na, no);
         } else {
-            const T* tp = targets.ptr<T>();
-            check_loss_targets(tp, nt, bs, no - 5);
+            const A* tp = half ? reinterpret_cast<const A*>(th->data()) : targets.ptr<A>();
+            const A* ap = half ? reinterpret_cast<const A*>(ah->data()) : anchors.ptr<A>();
+            if (!half) check_loss_targets(tp, nt, bs, no - 5);
             std::vector<const T*> mp;
             std::vector<T*> dp;
             for (const Var& m : maps) {
                 mp.push_back(m.t.ptr<T>());
-                if (grad) {
+                if (grad && !half) {
                     dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
                     dp.push_back(dmaps.back().ptr<T>());
                 }
             }
-            out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, anchors.ptr<T>(), hyp);
-            total.ptr<T>()[0] = T(out.items.total);
+            out.items = yolo_loss_cpu<T>(mp, dp, ny, nx, bs, na, no, tp, nt, ap, hyp);
+            total.ptr<A>()[0] = A(out.items.total);
         }
     });
-    out.total = finish(c, op, total, grad, [&c, maps, dmaps](auto d, const Var& y) {
-        using T = typename decltype(d)::T;
+    out.total = finish(c, op, total, grad, [&c, maps, dmaps, half, th, ah, nt, hyp, ny, nx, bs, na, no](auto d,
+                                                                                                    const Var& y) {
+        using T = typename decltype(d)::T;  // total's: float (f32 or f16 maps) or double
         const T* g = c.tape->grad(y).template ptr<T>();
+        if (half) {
+            if constexpr (std::is_same_v<T, float>) {
+                std::vector<Tensor> grads;  // the maps' f16 gradients, undefined where a map wants none
+                for (const Var& m : maps) grads.push_back(m.requires_grad() ? c.tape->grad(m) : Tensor());
+                if constexpr (d.cuda) {
+                    // g stays on the device, the kernels read it (no round trip).
+                    Scratch s(c.work);
+                    yolo_loss_cuda_path<f16>(c, maps, grads, s.get<float>(1), g, false, th->data(), nt, ah->data(),
+                                             hyp, ny, nx, bs, na, no);
+                } else {
+                    std::vector<const f16*> mp;
+                    std::vector<f16*> dp;
+                    for (size_t i = 0; i < maps.size(); ++i) {
+                        mp.push_back(maps[i].t.ptr<f16>());
+                        dp.push_back(grads[i].data ? grads[i].ptr<f16>() : nullptr);
+                    }
+                    yolo_loss_cpu<f16>(mp, dp, ny, nx, bs, na, no, th->data(), nt, ah->data(), hyp, nullptr, g);
+                }
+            }
+            return;
+        }
         for (size_t i = 0; i < maps.size(); ++i) {
             if (!maps[i].requires_grad()) continue;
             Tensor dm = c.tape->grad(maps[i]);

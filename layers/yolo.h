@@ -10,6 +10,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -87,12 +88,19 @@ template <class T> struct LossDetached {
     std::vector<std::vector<T>> alpha, tobj;
 };
 
-// maps[i] (bs, na, ny[i], nx[i], no); dmaps[i] (same shapes) receive d total / d map (overwritten) unless null.
-template <class T>
-LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>& dmaps, const std::vector<int>& ny,
-                        const std::vector<int>& nx, int bs, int na, int no, const T* targets, int nt, const T* anchors,
-                        const LossHyp& h, LossDetached<T>* detached = nullptr) {
+// maps[i] (bs, na, ny[i], nx[i], no) stored as S (float, double or f16), read as T = acc_t<S>; targets and
+// anchors T. dmaps[i] (same shapes; dmaps empty or dmaps[i] null: none) receive d total / d map, overwritten,
+// or with gscale, *gscale · d total / d map added into them (the f16 backward). Each element's gradient is
+// summed in T in list order and stored once (loss_grad_put).
+template <class S>
+LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>& dmaps, const std::vector<int>& ny,
+                        const std::vector<int>& nx, int bs, int na, int no, const acc_t<S>* targets, int nt,
+                        const acc_t<S>* anchors, const LossHyp& h, LossDetached<acc_t<S>>* detached = nullptr,
+                        const acc_t<S>* gscale = nullptr) {
+    using T = acc_t<S>;
     const int nl = (int)maps.size(), nc = no - 5;
+    const bool accum = gscale != nullptr;
+    const T gs = accum ? *gscale : T(1);
     const double balance3[3] = {4.0, 1.0, 0.4}, balance5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
     const T cp = T(1.0 - 0.5 * h.label_smoothing), cn = T(0.5 * h.label_smoothing);
     LossItems L;
@@ -103,12 +111,16 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
     std::vector<LevelTargets<T>> lt;
     for (int i = 0; i < nl; ++i) lt.push_back(build_targets_level(targets, nt, anchors + 2 * na * i, na, ny[i], nx[i], h.anchor_t));
     for (int i = 0; i < nl; ++i) {
-        const T* p = maps[i];
-        T* dp = dmaps.empty() ? nullptr : dmaps[i];
+        const S* p = maps[i];
+        S* dp = dmaps.empty() ? nullptr : dmaps[i];
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
-        if (dp)
-            for (int64_t j = 0; j < cells * no; ++j) dp[j] = T(0);
+        if (dp && !accum)
+            for (int64_t j = 0; j < cells * no; ++j) dp[j] = st<S>(T(0));
         std::vector<T> tobj(cells, T(0));
+        // Box and class gradients of the matched cells, summed in T: (slots, no), a slot per distinct cell.
+        std::vector<T> acc;
+        std::vector<int64_t> slot_cell;
+        std::unordered_map<int64_t, int> slot;
         const LevelTargets<T>& t = lt[i];
         const int n = t.size();
         const bool replay = detached && detached->replay;
@@ -119,9 +131,19 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
             const T gcls = T(h.cls * bs / ((double)n * nc));  // d total / d (mean BCE element)
             for (int k = 0; k < n; ++k) {
                 const int64_t c = loss_cell(t.b[k], t.a[k], t.gj[k], t.gi[k], na, ny[i], nx[i]);
-                const T* ps = p + c * no;
+                const S* ps = p + c * no;
+                T* d = nullptr;
+                if (dp) {
+                    auto [it, fresh] = slot.emplace(c, (int)slot_cell.size());
+                    if (fresh) {
+                        slot_cell.push_back(c);
+                        acc.resize(acc.size() + no, T(0));
+                    }
+                    d = &acc[(size_t)it->second * no];
+                }
+                const T raw[4] = {ld(ps[0]), ld(ps[1]), ld(ps[2]), ld(ps[3])};
                 T s[4], pb[4];
-                loss_decode_box(ps, &t.anch[2 * k], s, pb);
+                loss_decode_box(raw, &t.anch[2 * k], s, pb);
                 T dpb[4] = {0, 0, 0, 0};
                 const T iou = ciou(pb, &t.tbox[4 * k], gbox, dp ? dpb : nullptr,
                                    detached ? &detached->alpha[i][k] : nullptr, replay);
@@ -130,16 +152,19 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
                 if (dp) {
                     T draw[4];
                     loss_decode_box_grad(s, &t.anch[2 * k], dpb, draw);
-                    T* d = dp + c * no;
                     for (int q = 0; q < 4; ++q) d[q] += draw[q];
                 }
                 if (nc > 1)
                     for (int q = 0; q < nc; ++q) {
-                        const T tt = q == t.cls[k] ? cp : cn;
-                        scls += (double)bce_logits(ps[5 + q], tt, T(h.cls_pw));
-                        if (dp) dp[c * no + 5 + q] += gcls * bce_logits_grad(ps[5 + q], tt, T(h.cls_pw));
+                        const T tt = q == t.cls[k] ? cp : cn, x = ld(ps[5 + q]);
+                        scls += (double)bce_logits(x, tt, T(h.cls_pw));
+                        if (dp) d[5 + q] += gcls * bce_logits_grad(x, tt, T(h.cls_pw));
                     }
             }
+            for (size_t j = 0; j < slot_cell.size(); ++j)
+                for (int q = 0; q < no; ++q)
+                    if (q != 4 && (q < 4 || nc > 1))
+                        loss_grad_put(dp + slot_cell[j] * no + q, acc[j * no + q], accum, gs);
             L.lbox += sbox / n;
             if (nc > 1) L.lcls += scls / ((double)n * nc);
         }
@@ -151,8 +176,9 @@ LossItems yolo_loss_cpu(const std::vector<const T*>& maps, const std::vector<T*>
         const T gobj = T(h.obj * bal * bs / (double)cells);
         double sobj = 0;
         for (int64_t c = 0; c < cells; ++c) {
-            sobj += (double)bce_logits(p[c * no + 4], tobj[c], T(h.obj_pw));
-            if (dp) dp[c * no + 4] += gobj * bce_logits_grad(p[c * no + 4], tobj[c], T(h.obj_pw));
+            const T x = ld(p[c * no + 4]);
+            sobj += (double)bce_logits(x, tobj[c], T(h.obj_pw));
+            if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, tobj[c], T(h.obj_pw)), accum, gs);
         }
         L.lobj += sobj / (double)cells * bal;
     }
@@ -190,9 +216,11 @@ inline void pack_level_targets(const LevelTargets<float>& lt, int na, int ny, in
 // YOLOv5's ComputeLoss: maps (bs, na, ny, nx, 5+nc) per level, targets (nt, 6) (image, class, x, y, w, h)
 // normalised, anchors (nl, na, 2) in grid units. total is a one-element tensor (loss × bs); items the
 // three logged components after their gains.
-// CPU maps: targets and anchors on the CPU too, same dtype. CUDA maps (f32): targets and anchors f32 on
-// either device, the CPU preferred (build_targets runs on the host; device ones cost one small download
-// each); the step then makes one upload of the target lists and one download of the items.
+// CPU maps: targets and anchors on the CPU too, same dtype (f32 for f16 maps). CUDA maps (f32 or f16):
+// targets and anchors f32 on either device, the CPU preferred (build_targets runs on the host; device ones
+// cost one small download each); the step then makes one upload of the target lists and one download of the
+// items. [f16] f16 maps (mixed precision): total f32, the loss of the maps' values widened to float; the
+// backward recomputes the loss and adds into the maps' f16 gradients (no f32 copy or saved gradient map).
 struct YoloLoss {
     Var total;
     LossItems items;
