@@ -23,6 +23,58 @@ Gpu& gpu() {
     static Gpu g;
     return g;
 }
+
+TestCtx& cpu() {
+    static TestCtx t;
+    return t;
+}
+
+void compare_op(const std::string& what, const std::vector<Tensor>& inputs, const std::vector<bool>& wants_grad,
+                const DevOp& op, Rng& rng, Tol out_tol, const std::vector<Tol>& grad_tol) {
+    Gpu& g = gpu();
+    TestCtx& tc = cpu();
+    tc.tape.clear();
+    tc.act.reset();
+    tc.work.reset();
+    tc.grads.reset();
+    REQUIRE(wants_grad.size() == inputs.size());
+    REQUIRE(grad_tol.size() == inputs.size());
+    std::string shapes;
+    for (const Tensor& t : inputs) shapes += (shapes.empty() ? "" : " ") + t.str();
+    INFO(what << ", inputs " << shapes);
+
+    std::vector<Var> cv, gv;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        cv.push_back(wants_grad[i] ? tc.tape.leaf(inputs[i]) : Tape::constant(inputs[i]));
+        Tensor d = g.upload(inputs[i]);
+        gv.push_back(wants_grad[i] ? g.tape.leaf(d) : Tape::constant(d));
+        if (wants_grad[i]) {
+            Tensor start = rand_tensor(g.host, inputs[i].shape, inputs[i].dtype, rng);
+            copy(tc.ctx, tc.tape.grad(cv[i]), start);
+            copy(g.ctx, g.tape.grad(gv[i]), start);
+        }
+    }
+    Var cy = op(tc.ctx, cv, false);
+    Var gy = op(g.ctx, gv, true);
+    REQUIRE(gy.t.device == Device::CUDA);
+    REQUIRE(gy.t.dtype == cy.t.dtype);
+    REQUIRE(gy.shape() == cy.shape());
+    require_close(g.download(gy.t), cy.t, out_tol.atol, out_tol.rtol, what + " output");
+
+    Tensor seed = rand_tensor(g.host, cy.shape(), cy.t.dtype, rng);
+    Tensor dseed = g.upload(seed);
+    tc.tape.backward(cy, &seed);
+    g.tape.backward(gy, &dseed);
+    for (size_t i = 0; i < inputs.size(); ++i)
+        if (wants_grad[i]) {
+            Tensor gg = g.download(g.tape.grad(gv[i]));
+            REQUIRE(gg.dtype == inputs[i].dtype);
+            require_close(gg, tc.tape.grad(cv[i]), grad_tol[i].atol, grad_tol[i].rtol,
+                          what + " d input " + std::to_string(i));
+        }
+    tc.tape.clear();
+    g.tape.clear();
+}
 }  // namespace y5test
 
 TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwise]") {

@@ -31,9 +31,9 @@ std::string geo_str(const Geo& g) {
     return s;
 }
 
-// The CPU reference's context, shared by the cases, emptied for the next one.
-TestCtx& cpu() {
-    static TestCtx t;
+// The shared CPU context (tests/test_gpu.h), emptied for the next case.
+TestCtx& fresh_cpu() {
+    TestCtx& t = cpu();
     t.tape.clear();
     t.act.reset();
     t.work.reset();
@@ -99,7 +99,7 @@ Result run_conv(Ctx& c, Tape& tape, bool on_gpu, const Geo& g, const Tensor& x, 
 void compare_case(const Geo& g, Rng& rng, double atol = 1e-4, double rtol = 1e-4) {
     Gpu& G = gpu();
     G.reset();
-    TestCtx& T = cpu();
+    TestCtx& T = fresh_cpu();
     INFO(geo_str(g));
     const double wscale = 1.0 / std::sqrt((double)g.C * g.R * g.S);  // keeps the output O(1)
     Tensor x = rand_tensor(T.data, {g.N, g.C, g.H, g.W}, DType::F32, rng);
@@ -268,7 +268,7 @@ TEST_CASE("conv2d_parts on the GPU equals the CPU reference", "[gpu][conv][parts
     };
     for (const Case& k : cases) {
         G.reset();
-        TestCtx& T = cpu();
+        TestCtx& T = fresh_cpu();
         int C = 0;
         for (int ci : k.Cs) C += ci;
         INFO("parts of " << C << " channels, N " << k.N << ", K " << k.K << ", " << k.H << "x" << k.W);

@@ -24,62 +24,10 @@ using namespace y5test;
 
 namespace {
 
-TestCtx& cpu() {
-    static TestCtx t;
-    return t;
-}
-
-struct Tol {
-    double atol, rtol;
-};
 // One f16 ulp (2^−10 relative) on top of the f32 tests' element-wise tolerance (1e-6 abs, 1e-5 rel).
 constexpr Tol kAct16{1e-6, 1e-3};
 // BatchNorm's f16 outputs: the f32 test's training tolerance (2e-5: the float statistics' error) plus one ulp.
 constexpr Tol kBn16{2e-5, 1e-3};
-// dγ/dβ, as the f32 test's bn_sum_tol: M-term sums, float per block on the GPU, double on the CPU.
-Tol bn_sum_tol(int64_t M) { return Tol{5e-6 * std::sqrt((double)M) + 1e-5, 1e-5}; }
-
-// Runs f on the CPU and on the GPU with the given host inputs (all wanting gradients, each starting at the same
-// random values in its own dtype), backward with the same random upstream gradient in the output's dtype;
-// compares the output and every input gradient.
-using DevOp = std::function<Var(Ctx&, const std::vector<Var>&, bool gpu)>;
-void compare16(const std::string& what, const std::vector<Tensor>& inputs, const std::vector<bool>& wants_grad,
-               const DevOp& op, Rng& rng, Tol out_tol, const std::vector<Tol>& grad_tol) {
-    Gpu& g = gpu();
-    TestCtx& tc = cpu();
-    tc.tape.clear();
-    tc.act.reset();
-    tc.work.reset();
-    tc.grads.reset();
-    INFO(what);
-    std::vector<Var> cv, gv;
-    for (size_t i = 0; i < inputs.size(); ++i) {
-        cv.push_back(wants_grad[i] ? tc.tape.leaf(inputs[i]) : Tape::constant(inputs[i]));
-        Tensor d = g.upload(inputs[i]);
-        gv.push_back(wants_grad[i] ? g.tape.leaf(d) : Tape::constant(d));
-        if (wants_grad[i]) {
-            Tensor start = rand_tensor(g.host, inputs[i].shape, inputs[i].dtype, rng);
-            copy(tc.ctx, tc.tape.grad(cv[i]), start);
-            copy(g.ctx, g.tape.grad(gv[i]), start);
-        }
-    }
-    Var cy = op(tc.ctx, cv, false);
-    Var gy = op(g.ctx, gv, true);
-    REQUIRE(gy.t.device == Device::CUDA);
-    REQUIRE(gy.t.dtype == DType::F16);
-    REQUIRE(cy.t.dtype == DType::F16);
-    require_close(g.download(gy.t), cy.t, out_tol.atol, out_tol.rtol, what + " output");
-    Tensor seed = rand_tensor(g.host, cy.shape(), DType::F16, rng);
-    Tensor dseed = g.upload(seed);
-    tc.tape.backward(cy, &seed);
-    g.tape.backward(gy, &dseed);
-    for (size_t i = 0; i < inputs.size(); ++i)
-        if (wants_grad[i])
-            require_close(g.download(g.tape.grad(gv[i])), tc.tape.grad(cv[i]), grad_tol[i].atol, grad_tol[i].rtol,
-                          what + " d input " + std::to_string(i));
-    tc.tape.clear();
-    g.tape.clear();
-}
 
 void compare_bn16(Shape s, double lo, double hi, bool x_grad, bool training, Act act, Rng& rng) {
     Gpu& g = gpu();
@@ -94,7 +42,7 @@ void compare_bn16(Shape s, double lo, double hi, bool x_grad, bool training, Act
         return batchnorm2d(c, v[0], v[1], v[2], on_gpu ? gpu_rm : cpu_rm, on_gpu ? gpu_rv : cpu_rv, training, 1e-3f,
                            0.03f, act);
     };
-    compare16(std::string(training ? "training " : "eval ") + act_name(act) + " " + s.str() + (x_grad ? "" : ", no dx"),
+    compare_op(std::string(training ? "training " : "eval ") + act_name(act) + " " + s.str() + (x_grad ? "" : ", no dx"),
               {x, gamma, beta}, {x_grad, true, true}, op, rng, kBn16, {kBn16, bn_sum_tol(M), bn_sum_tol(M)});
     require_close(g.download(gpu_rm), cpu_rm, 1e-6, 1e-5, "running_mean");
     require_close(g.download(gpu_rv), cpu_rv, 1e-6, 1e-5, "running_var");
@@ -112,19 +60,19 @@ TEST_CASE("activation and sigmoid CUDA kernels in f16 against the CPU f16 refere
         for (Act a : kinds) {
             g.reset();
             Tensor x = rand_tensor(g.host, s, DType::F16, rng, -8, 8);
-            compare16(act_name(a) + " " + s.str(), {x}, {true},
+            compare_op(act_name(a) + " " + s.str(), {x}, {true},
                       [a](Ctx& c, const std::vector<Var>& v, bool) { return activation(c, v[0], a); }, rng, kAct16,
                       {kAct16});
         }
     // A yolov5n-sized SiLU (P2 at 640 after the first Conv, N = 2), and the sigmoid entry point on a Detect map.
     g.reset();
     Tensor x = rand_tensor(g.host, {2, 16, 160, 160}, DType::F16, rng, -8, 8);
-    compare16("SiLU (2,16,160,160)", {x}, {true},
+    compare_op("SiLU (2,16,160,160)", {x}, {true},
               [](Ctx& c, const std::vector<Var>& v, bool) { return activation(c, v[0], Act{ActKind::SiLU, 0.f}); }, rng,
               kAct16, {kAct16});
     g.reset();
     x = rand_tensor(g.host, {2, 255, 20, 20}, DType::F16, rng, -8, 8);
-    compare16("sigmoid (2,255,20,20)", {x}, {true},
+    compare_op("sigmoid (2,255,20,20)", {x}, {true},
               [](Ctx& c, const std::vector<Var>& v, bool) { return sigmoid(c, v[0]); }, rng, kAct16, {kAct16});
 }
 

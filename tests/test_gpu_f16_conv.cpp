@@ -36,8 +36,8 @@ std::string geo_str(const Geo& g) {
     return s;
 }
 
-TestCtx& cpu() {
-    static TestCtx t;
+TestCtx& fresh_cpu() {  // the shared CPU context (tests/test_gpu.h), emptied for the next case
+    TestCtx& t = cpu();
     t.tape.clear();
     t.act.reset();
     t.work.reset();
@@ -106,7 +106,7 @@ Result run_conv(Ctx& c, Tape& tape, bool on_gpu, const Geo& g, const std::vector
 void compare_case(const Geo& g, Rng& rng) {
     Gpu& G = gpu();
     G.reset();
-    TestCtx& T = cpu();
+    TestCtx& T = fresh_cpu();
     INFO(geo_str(g));
     const double wscale = 1.0 / std::sqrt((double)g.C * g.R * g.S);
     const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
@@ -159,7 +159,7 @@ TEST_CASE("conv2d f16 and f32 of one geometry have their own cached plans", "[gp
     for (DType dt : {DType::F32, DType::F16, DType::F32}) {
         Tensor x = rand_tensor(G.host, {g.N, g.C, g.H, g.W}, dt, rng), w = rand_tensor(G.host, {g.K, g.C, 3, 3}, dt, rng);
         Var y = conv2d(G.ctx, Tape::constant(G.upload(x)), Tape::constant(G.upload(w)), nullptr, 1, 1);
-        TestCtx& T = cpu();
+        TestCtx& T = fresh_cpu();
         Var want = conv2d(T.ctx, Tape::constant(x), Tape::constant(w), nullptr, 1, 1);
         if (dt == DType::F16) require_f16_close(G.download(y.t), want.t, true, "f16 output");
         else require_close(G.download(y.t), want.t, 1e-4, 1e-4, "f32 output");
@@ -191,7 +191,7 @@ TEST_CASE("conv2d_parts in f16 on the GPU equals the CPU f16 reference", "[gpu][
     };
     for (const Case& k : cases) {
         G.reset();
-        TestCtx& T = cpu();
+        TestCtx& T = fresh_cpu();
         int C = 0;
         for (int ci : k.Cs) C += ci;
         INFO("parts of " << C << " channels, N " << k.N << ", K " << k.K << ", " << k.H << "x" << k.W);

@@ -32,87 +32,12 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-// The CPU reference's context, shared by the cases.
-TestCtx& cpu() {
-    static TestCtx t;
-    return t;
-}
-
-struct Tol {
-    double atol, rtol;
-};
-constexpr Tol kExact{0, 0};
 constexpr Tol kElem{1e-6, 1e-5};
 
 // Tolerance for a float sum of `count` terms of magnitude about 1 against the CPU's: the CPU references of
 // conv1d_channels' weight and scale_channels' scale gradients add in float one term after another (error
 // up to about count·ε·|sum|, typically √count·ε), the GPU in a tree.
 Tol sum_tol(int64_t count) { return Tol{1e-7 * (double)count + 1e-5, 1e-5}; }
-
-// BatchNorm's dgamma/dbeta: the CPU sums M terms in double, the GPU in float per block (then double across
-// blocks), each from its own saved statistics (float Welford on the GPU, double on the CPU): about 1e-6
-// of the sum's √M scale.
-Tol bn_sum_tol(int64_t M) { return Tol{5e-6 * std::sqrt((double)M) + 1e-5, 1e-5}; }
-
-// Builds the op from its inputs on either device; `gpu` picks the device's copies of any other tensors
-// the op takes (BatchNorm's running statistics).
-using DevOp = std::function<Var(Ctx&, const std::vector<Var>&, bool gpu)>;
-
-std::string shape_str(const std::vector<Tensor>& ts) {
-    std::string s;
-    for (const Tensor& t : ts) s += (s.empty() ? "" : " ") + t.shape.str();
-    return s;
-}
-
-// Runs op on the CPU and on the GPU with the same f32 inputs (host tensors), the same random starting
-// input gradients and the same random upstream gradient; compares the output (out_tol) and the gradient of
-// every input with wants_grad (grad_tol[i]). Call g.reset() before making the inputs.
-void compare_op(const std::string& what, const std::vector<Tensor>& inputs, const std::vector<bool>& wants_grad,
-                const DevOp& op, Rng& rng, Tol out_tol, const std::vector<Tol>& grad_tol) {
-    Gpu& g = gpu();
-    TestCtx& tc = cpu();
-    tc.tape.clear();
-    tc.act.reset();
-    tc.work.reset();
-    tc.grads.reset();
-    REQUIRE(wants_grad.size() == inputs.size());
-    REQUIRE(grad_tol.size() == inputs.size());
-    INFO(what << ", inputs " << shape_str(inputs));
-
-    std::vector<Var> cv, gv;
-    std::vector<Tensor> start(inputs.size());
-    for (size_t i = 0; i < inputs.size(); ++i) {
-        cv.push_back(wants_grad[i] ? tc.tape.leaf(inputs[i]) : Tape::constant(inputs[i]));
-        Tensor d = g.upload(inputs[i]);
-        gv.push_back(wants_grad[i] ? g.tape.leaf(d) : Tape::constant(d));
-        if (wants_grad[i]) {
-            start[i] = rand_tensor(g.host, inputs[i].shape, DType::F32, rng);
-            copy(tc.ctx, tc.tape.grad(cv[i]), start[i]);
-            copy(g.ctx, g.tape.grad(gv[i]), start[i]);
-        }
-    }
-    Var cy = op(tc.ctx, cv, false);
-    Var gy = op(g.ctx, gv, true);
-    REQUIRE(gy.t.device == Device::CUDA);
-    REQUIRE(gy.shape() == cy.shape());
-    require_close(g.download(gy.t), cy.t, out_tol.atol, out_tol.rtol, what + " output");
-
-    Tensor seed = rand_tensor(g.host, cy.shape(), DType::F32, rng);
-    Tensor dseed = g.upload(seed);
-    tc.tape.backward(cy, &seed);
-    g.tape.backward(gy, &dseed);
-    for (size_t i = 0; i < inputs.size(); ++i)
-        if (wants_grad[i])
-            require_close(g.download(g.tape.grad(gv[i])), tc.tape.grad(cv[i]), grad_tol[i].atol, grad_tol[i].rtol,
-                          what + " d input " + std::to_string(i));
-    tc.tape.clear();
-    g.tape.clear();
-}
-
-// One op input, all inputs with gradients.
-void compare_op1(const std::string& what, const Tensor& x, const DevOp& op, Rng& rng, Tol out_tol, Tol grad_tol) {
-    compare_op(what, {x}, {true}, op, rng, out_tol, {grad_tol});
-}
 
 // batchnorm2d with YOLOv5's eps and momentum on random x in [lo, hi), γ, β and running statistics, against the
 // CPU: the output, dx (when x_grad), dγ, dβ, and the running statistics the call leaves.
