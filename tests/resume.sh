@@ -16,10 +16,16 @@ for mode in f32 amp; do
   "$build/y5train" "${args[@]}" "${extra[@]}" --name full$mode > full$mode.log
   Y5_STOP_AFTER_EPOCH=1 "$build/y5train" "${args[@]}" "${extra[@]}" --name cut$mode > cut$mode.log
   [ "$(wc -l < runs/train/cut$mode/results.csv)" -eq 3 ] || { echo "the cut $mode run should have stopped after 2 epochs"; exit 1; }
+  scale=$(grep -ao '"amp_scale":"[^"]*"' runs/train/cut$mode/weights/last.safetensors | cut -d'"' -f4 || true)
   "$build/y5train" --resume runs/train/cut$mode/weights/last.safetensors > resumed$mode.log
   grep -q "Resuming training from runs/train/cut$mode/weights/last.safetensors from epoch 2 to 4" resumed$mode.log ||
     { cat resumed$mode.log; exit 1; }
-  [ "$mode" = f32 ] || grep -q "^AMP: mixed precision" resumed$mode.log || { echo "--resume lost --amp"; exit 1; }
+  if [ "$mode" = amp ]; then
+    grep -q "^AMP: mixed precision" resumed$mode.log || { echo "--resume lost --amp"; exit 1; }
+    # The scaler's state: in the cut checkpoint's metadata (read before resuming), and back in the resumed run.
+    [ -n "$scale" ] || { echo "no scaler state saved"; exit 1; }
+    grep -q "^AMP: loss scale $scale, [0-9]* steps since" resumed$mode.log || { echo "scaler state $scale not restored"; exit 1; }
+  fi
   # Train losses and lr (columns 1-4 and 12-14) of every epoch must match; validation runs only at the end.
   cut -d, -f1-4,12-14 runs/train/full$mode/results.csv > a.csv
   cut -d, -f1-4,12-14 runs/train/cut$mode/results.csv > b.csv

@@ -331,9 +331,12 @@ std::string train(const TrainOptions& opt_in) {
         start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
         best_fitness = std::stod(ck.metadata().at("best_fitness"));
         step.updates = std::stoll(ck.metadata().at("updates"));
-        if (amp && ck.metadata().count("amp_scale"))
+        if (amp && ck.metadata().count("amp_scale")) {
             step.scaler.set_state(std::stof(ck.metadata().at("amp_scale")),
                                   std::stoi(ck.metadata().at("amp_growth_tracker")));
+            std::printf("AMP: loss scale %g, %d steps since it last changed (from the checkpoint)\n",
+                        (double)step.scaler.loss_scale(), (int)step.scaler.growth_tracker());
+        }
         best_epoch = start_epoch - 1;
         Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
                  opt.epochs);
