@@ -109,6 +109,35 @@ TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwi
     }
 }
 
+TEST_CASE("f16 casts and elementwise ops on the GPU equal the CPU's bit for bit", "[gpu][f16][elementwise]") {
+    // Each is one float operation on widened values and one rounding on both sides: exact.
+    Gpu& g = gpu();
+    Rng rng(102);
+    for (int64_t n : {int64_t(1), int64_t(1000), int64_t(1 << 20) + 3}) {
+        DYNAMIC_SECTION("n = " << n) {
+            g.reset();
+            Tensor a = rand_tensor(g.host, {n}, DType::F16, rng, -100, 100), b = rand_tensor(g.host, {n}, DType::F16, rng);
+            Tensor x32 = rand_tensor(g.host, {n}, DType::F32, rng, -60000, 60000);  // across f16's range
+            compare_op("add f16", {a, b}, {true, true},
+                       [](Ctx& c, const std::vector<Var>& v, bool) { return add(c, v[0], v[1]); }, rng, kExact,
+                       {kExact, kExact});
+            compare_op("cast f32 -> f16", {x32}, {true},
+                       [](Ctx& c, const std::vector<Var>& v, bool) { return cast(c, v[0], DType::F16); }, rng, kExact,
+                       {kExact});
+            compare_op("cast f16 -> f32", {a}, {true},
+                       [](Ctx& c, const std::vector<Var>& v, bool) { return cast(c, v[0], DType::F32); }, rng, kExact,
+                       {kExact});
+            Tensor y = copy_of(g.host, b), dy = g.upload(b), da = g.upload(a);
+            axpy(cpu().ctx, y, -0.37, a);
+            axpy(g.ctx, dy, -0.37, da);
+            require_close(g.download(dy), y, 0, 0, "axpy f16");
+            fill(cpu().ctx, y, 0.1);
+            fill(g.ctx, dy, 0.1);
+            require_close(g.download(dy), y, 0, 0, "fill f16");
+        }
+    }
+}
+
 TEST_CASE("tape on the GPU: add forward and backward with fan-out", "[gpu][tape]") {
     Gpu& g = gpu();
     g.act.reset();
