@@ -234,26 +234,84 @@ void print_breakdown(const Trainer& T, int bs, bool amp, int imgsz, const std::v
 
 }  // namespace
 
-// --plan: the arenas y5train's memory plan (engine/app/memory.h) allocates for training batches of bs at imgsz and
-// its validation (batches of 2·bs with sides up to imgsz + 32, with the GPU NMS's scratch), and the parameter
-// blocks of the model and its EMA (values, gradients, momentum), as y5train sizes them before its memory check.
+// --plan: per category, the bytes y5train's memory plan (engine/app/memory.h) allocates for training batches of bs
+// at imgsz and its validation (batches of 2·bs with sides up to imgsz + 32, with the GPU NMS's scratch, on the
+// training arenas), the parameter blocks of the model and its EMA (values, gradients, momentum), and the loader's
+// pinned batches on the GPU; then the physical floor of each at the largest batch, and one line
+// "total <bytes> bytes" (device memory: arenas and parameters) for the largest batch, after a line per smaller one.
+// The floor: activations, every convolution's output once (what a backward needs with BN + activation recomputed);
+// activation gradients, the largest set live at a row boundary of the backward (the row's output and input
+// gradients and those of the skip connections that span it); parameters, one value, gradient and momentum per
+// parameter and the EMA's value; validation nothing beyond the training arenas; scratch and pinned as planned.
 void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz, const std::vector<int>& batches,
                 bool amp) {
     Trainer T(cfg, dev, cuda, imgsz);
     const int val_side = imgsz + 32;
     const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp);
-    const StepMemory vone = measure_one_image(T.model, val_side, val_side, T.lh, amp);
-    std::printf("%s at %d on %s, %s: one image's step %zu activation, %zu activation-gradient, %zu scratch bytes\n",
-                T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", one.act, one.grads,
-                one.work);
-    for (int bs : batches) {
-        const StepMemory tp = plan_training(T.model, one, bs);
-        const StepMemory vp = plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs));
-        const size_t params = (size_t)T.param_bytes();
-        std::printf("batch %d: activations %zu, activation gradients %zu, workspace %zu, validation %zu, "
-                    "parameters + optimizer %zu\n", bs, tp.act, tp.grads, tp.work, vp.total(), params);
-        std::printf("total %zu bytes\n", tp.total() + vp.total() + params);
+    const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true);
+    std::printf("%s at %d on %s, %s: one image's training step %.1f MB activations, %.1f MB activation gradients, "
+                "%.1f MB scratch; its validation forward (%d) %.1f MB\n", T.model.name.c_str(), imgsz,
+                cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", one.act / 1e6, one.grads / 1e6, one.work / 1e6,
+                val_side, vone.act / 1e6);
+    // Shapes per row at one image (the bench breakdown's dry run) for the floors.
+    const Model& M = T.model;
+    const size_t L = M.layers.size();
+    std::vector<Shape> out(L);
+    std::vector<int64_t> in_v(L, 0), last(L, -1);
+    double conv_v = 0;
+    for (size_t i = 0; i < L; ++i) {
+        std::vector<Shape> in;
+        for (int f : M.layers[i]->from) {
+            in.push_back(f < 0 ? Shape{1, 3, imgsz, imgsz} : out[f]);
+            if (f >= 0) in_v[i] += out[f].numel(), last[f] = std::max<int64_t>(last[f], (int64_t)i);
+        }
+        out[i] = M.layers[i]->out_shape(in);
+        conv_v += (double)M.layers[i]->conv_values(in);
     }
+    double grad_v = 0;  // the largest live set at a row of the backward, elements per image
+    for (size_t i = 0; i < L; ++i) {
+        double live = (double)(M.layers[i].get() == M.detect ? 0 : out[i].numel()) + in_v[i];
+        for (size_t j = 0; j < i; ++j) {
+            bool input = false;
+            for (int f : M.layers[i]->from) input = input || f == (int)j;
+            if (!input && last[j] > (int64_t)i) live += (double)out[j].numel();
+        }
+        grad_v = std::max(grad_v, live);
+    }
+    const double esize = amp ? 2 : 4, params = T.param_bytes();
+    const double params_floor = 4.0 * 4 * (double)T.model.params.count(false);
+    // The loader's uint8 batches are pinned on the GPU only: its ring (2 per worker, y5train's 8 workers) and the
+    // batch being trained; host memory, not in the total.
+    const size_t pinned1 = cuda ? (size_t)3 * imgsz * imgsz : 0;
+    const int loader_slots = 2 * 8 + 1;
+    std::printf("%-40s", "category");
+    for (int bs : batches) std::printf(" %11s%-3d", "batch ", bs);
+    std::printf(" %14s\n", "floor (largest)");
+    std::vector<StepMemory> tp, vp, sp;
+    for (int bs : batches) {
+        tp.push_back(plan_training(T.model, one, bs));
+        vp.push_back(plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs)));
+        sp.push_back(plan_shared(tp.back(), vp.back()));
+    }
+    const double bmax = batches.back();
+    auto row = [&](const char* name, const std::function<double(size_t)>& bytes, double floor) {
+        std::printf("%-40s", name);
+        for (size_t k = 0; k < batches.size(); ++k) std::printf(" %12.3fGB", bytes(k) / 1e9);
+        if (floor >= 0) std::printf(" %12.3fGB\n", floor / 1e9);
+        else std::printf(" %14s\n", "-");
+    };
+    row("activations", [&](size_t k) { return (double)tp[k].act; }, conv_v * esize * bmax);
+    row("activation gradients", [&](size_t k) { return (double)tp[k].grads; }, grad_v * esize * bmax);
+    row("workspace (scratch)", [&](size_t k) { return (double)tp[k].work; }, -1);
+    row("validation (beyond the training arenas)", [&](size_t k) { return (double)(sp[k].total() - tp[k].total()); }, 0);
+    row("  its own need (batch 2x, on them)", [&](size_t k) { return (double)vp[k].total(); }, -1);
+    row("parameters + optimizer (model, EMA)", [&](size_t) { return params; }, params_floor);
+    const double floor_total = (conv_v + grad_v) * esize * bmax + params_floor + (double)tp.back().work;
+    row("total (device memory)", [&](size_t k) { return (double)sp[k].total() + params; }, floor_total);
+    row("pinned host (loader ring, 8 workers)", [&](size_t k) { return (double)pinned1 * batches[k] * loader_slots; }, -1);
+    for (size_t k = 0; k + 1 < batches.size(); ++k)
+        std::printf("batch %d: total %zu bytes\n", batches[k], sp[k].total() + (size_t)params);
+    std::printf("total %zu bytes\n", sp.back().total() + (size_t)params);
 }
 
 int main(int argc, char** argv) {

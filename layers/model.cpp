@@ -405,6 +405,31 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     // them concatenated, once: the concat replaces the parts for any later reader.
     std::vector<std::vector<Var>> y(layers.size());
     std::vector<Var> input{x};
+    // Liveness (inference on a tracking activation arena, engine/core/arena.h): after each row, every block that
+    // no later row reads (and that is not a Detect map) goes back, the input's included; last[i + 1] is the last
+    // row that reads row i (last[0]: the input). A Concat row's parts are its sources' tensors, so reading it keeps
+    // them; the check is by memory, not by row.
+    const bool liveness = c.act->tracking() && !c.tape->recording() && !layer_outputs;
+    std::vector<int> last(layers.size() + 1, -1);
+    for (size_t i = 0; i < layers.size(); ++i)
+        for (int f : layers[i]->from) last[f + 1] = std::max(last[f + 1], (int)i);
+    auto sweep = [&](int i) {
+        std::vector<const Tensor*> live;
+        for (int j = -1; j <= i; ++j)
+            if (last[j + 1] > i)
+                for (const Var& v : j < 0 ? input : y[j]) live.push_back(&v.t);
+        for (const Var& v : out.maps) live.push_back(&v.t);
+        const std::vector<Arena::Block> blocks = c.act->blocks();
+        for (const Arena::Block& b : blocks) {
+            const char* lo = c.act->base() + b.off;
+            bool used = false;
+            for (const Tensor* t : live) {
+                const char* d = static_cast<const char*>(t->data);
+                used = used || (d < lo + b.bytes && d + t->bytes() > lo);
+            }
+            if (!used) c.act->release(lo);
+        }
+    };
     for (size_t i = 0; i < layers.size(); ++i) {
         Module& m = *layers[i];
         std::vector<Var> in;
@@ -420,6 +445,7 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
         }
         if (layer_outputs) layer_outputs->push_back(r.size() > 1 ? concat(c, r) : r[0]);
         y[i] = std::move(r);
+        if (liveness) sweep((int)i);
         if (after_layer) after_layer(i);
     }
     if (!training) out.decoded = detect->decode(c, out.maps);

@@ -21,6 +21,13 @@ static Var param(Ctx& c, ParamStore& ps, int i) { return c.tape->param(ps[i].val
 // f16 weight copies are made per forward, from the f32 master weights the optimizer updates.
 static Var amp(Ctx& c, const Var& v) { return c.autocast ? cast(c, v, DType::F16) : v; }
 
+// Inference on a tracking activation arena (engine/core/arena.h, Model::forward's liveness): v, an intermediate
+// that nothing reads again, goes back to the arena at once instead of at the end of its row. Unless `out` is v
+// itself (an op that returned its input).
+static void drop(Ctx& c, const Var& v, const Var& out) {
+    if (c.act->tracking() && !c.tape->recording() && v.t.data != out.t.data) c.act->release(v.t.data);
+}
+
 // ----------------------------------------------------------------------------------------------------
 // ConvBN
 
@@ -43,10 +50,16 @@ template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool trainin
     if (f) {
         const Var b = amp(c, Tape::constant(f->b));
         const Var y = conv(amp(c, Tape::constant(f->w)), &b);
-        return m.act.kind == ActKind::Identity ? y : activation(c, y, m.act);
+        if (m.act.kind == ActKind::Identity) return y;
+        const Var a = activation(c, y, m.act);
+        drop(c, y, a);
+        return a;
     }
-    return batchnorm2d(c, conv(amp(c, param(c, *m.ps, m.w)), nullptr), param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b),
-                       (*m.ps)[m.rm].value, (*m.ps)[m.rv].value, training, kBnEps, kBnMomentum, m.act);
+    const Var z = conv(amp(c, param(c, *m.ps, m.w)), nullptr);
+    const Var a = batchnorm2d(c, z, param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b), (*m.ps)[m.rm].value,
+                              (*m.ps)[m.rv].value, training, kBnEps, kBnMomentum, m.act);
+    drop(c, z, a);
+    return a;
 }
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
@@ -86,6 +99,7 @@ struct Conv : Module {
     Shape out_shape(const std::vector<Shape>& in) const override { return cv.out_shape(in[0]); }
     double macs(const std::vector<Shape>& in) const override { return cv.macs(in[0]); }
     int torch_modules() const override { return 3; }  // Conv, Conv2d, BatchNorm2d (the activation is shared)
+    int64_t conv_values(const std::vector<Shape>& in) const override { return cv.values(in[0]); }
 };
 
 // Bottleneck(c1, c2, shortcut, e=1.0 inside C3 / 0.5 alone): cv2(cv1(x)) (+ x when shortcut and c1 == c2)
@@ -99,12 +113,17 @@ struct BottleneckBlock {
         add = shortcut && c1 == c2;
     }
     Var forward(Ctx& c, const Var& x, bool training) const {
-        Var y = cv2.forward(c, cv1.forward(c, x, training), training);
-        return add ? ::y5::add(c, x, y) : y;
+        const Var h = cv1.forward(c, x, training), y = cv2.forward(c, h, training);
+        drop(c, h, y);
+        if (!add) return y;
+        const Var s = ::y5::add(c, x, y);
+        drop(c, y, s);
+        return s;
     }
     Shape out_shape(Shape in) const { return cv2.out_shape(cv1.out_shape(in)); }
     double macs(Shape in) const { return cv1.macs(in) + cv2.macs(cv1.out_shape(in)); }
     int64_t params() const { return cv1.params() + cv2.params(); }
+    int64_t values(Shape in) const { return cv1.values(in) + cv2.values(cv1.out_shape(in)); }
 };
 
 struct Bottleneck : Module {
@@ -115,6 +134,7 @@ struct Bottleneck : Module {
     Shape out_shape(const std::vector<Shape>& in) const override { return b.out_shape(in[0]); }
     double macs(const std::vector<Shape>& in) const override { return b.macs(in[0]); }
     int torch_modules() const override { return 7; }
+    int64_t conv_values(const std::vector<Shape>& in) const override { return b.values(in[0]); }
 };
 
 // C3(c1, c2, n, shortcut): cv3(cat(m(cv1(x)), cv2(x))), c_ = c2/2, m = n Bottlenecks(c_, c_, e=1.0).
@@ -124,8 +144,15 @@ struct C3 : Module {
     std::vector<BottleneckBlock> m;
     std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
         Var y = cv1.forward(c, in, training);
-        for (const BottleneckBlock& b : m) y = b.forward(c, y, training);
-        return {cv3.forward(c, std::vector<Var>{y, cv2.forward(c, in, training)}, training)};
+        for (const BottleneckBlock& b : m) {
+            const Var next = b.forward(c, y, training);
+            drop(c, y, next);
+            y = next;
+        }
+        const Var y2 = cv2.forward(c, in, training), out = cv3.forward(c, std::vector<Var>{y, y2}, training);
+        drop(c, y, out);
+        drop(c, y2, out);
+        return {out};
     }
     bool takes_parts() const override { return true; }
     Shape out_shape(const std::vector<Shape>& in) const override {
@@ -139,6 +166,12 @@ struct C3 : Module {
         return t + cv3.macs(Shape{h[0], 2 * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 11 + 7 * (int)m.size(); }  // C3, 3 Conv, Sequential, Bottlenecks
+    int64_t conv_values(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        int64_t v = cv1.values(in[0]) + cv2.values(in[0]) + cv3.values(Shape{h[0], 2 * h[1], h[2], h[3]});
+        for (const BottleneckBlock& b : m) v += b.values(h);
+        return v;
+    }
 };
 
 // SPPF(c1, c2, k): x = cv1(x); y1 = m(x); y2 = m(y1); cv2(cat(x, y1, y2, m(y2))), m = MaxPool2d(k, 1, k//2)
@@ -146,7 +179,11 @@ struct SPPF : Module {
     ConvBN cv1, cv2;
     int k = 5;
     std::vector<Var> forward(Ctx& c, const std::vector<Var>& in, bool training) override {
-        return {cv2.forward(c, sppf_pool(c, cv1.forward(c, in[0], training), k), training)};  // the cascade, fused
+        const Var h = cv1.forward(c, in[0], training), p = sppf_pool(c, h, k);  // the cascade, fused
+        drop(c, h, p);
+        const Var out = cv2.forward(c, p, training);
+        drop(c, p, out);
+        return {out};
     }
     Shape out_shape(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);
@@ -157,6 +194,10 @@ struct SPPF : Module {
         return cv1.macs(in[0]) + cv2.macs(Shape{h[0], 4 * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 8; }  // SPPF, 2 Conv, MaxPool2d
+    int64_t conv_values(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv1.values(in[0]) + cv2.values(Shape{h[0], 4 * h[1], h[2], h[3]});
+    }
 };
 
 // SPP(c1, c2, k=(5, 9, 13)): x = cv1(x); cv2(cat(x, *(pool_k(x) for k)))
@@ -178,6 +219,10 @@ struct SPP : Module {
         return cv1.macs(in[0]) + cv2.macs(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 8 + (int)ks.size(); }  // SPP, 2 Conv, ModuleList, pools
+    int64_t conv_values(const std::vector<Shape>& in) const override {
+        Shape h = cv1.out_shape(in[0]);
+        return cv1.values(in[0]) + cv2.values(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
+    }
 };
 
 // Focus(c1, c2, k, s, p): conv(cat(x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]))
@@ -193,6 +238,9 @@ struct Focus : Module {
         return conv.macs(Shape{in[0][0], 4 * in[0][1], in[0][2] / 2, in[0][3] / 2});
     }
     int torch_modules() const override { return 4; }
+    int64_t conv_values(const std::vector<Shape>& in) const override {
+        return conv.values(Shape{in[0][0], 4 * in[0][1], in[0][2] / 2, in[0][3] / 2});
+    }
 };
 
 // ECA (Efficient Channel Attention, Wang et al. 2020; a y5 extension, not in YOLOv5): x · σ(conv1d_k(avgpool(x)))

@@ -36,6 +36,7 @@ struct ConvBN {
     Shape out_shape(Shape in) const;
     int64_t conv_out(int64_t h) const;
     double macs(Shape in) const;  // conv + BN (thop counts BN as 4 per element)
+    int64_t values(Shape in) const { return out_shape(in).numel(); }
     int64_t params() const { return (int64_t)c2 * c1 * k * k + 2 * c2; }
 };
 
@@ -58,6 +59,9 @@ struct Module {
     virtual Shape out_shape(const std::vector<Shape>& in) const = 0;
     virtual double macs(const std::vector<Shape>& in) const = 0;
     virtual int torch_modules() const = 0;
+    // Elements of every convolution output the module computes for these inputs: what a backward must keep at
+    // least (bench_step's physical floor of the stored activations).
+    virtual int64_t conv_values(const std::vector<Shape>&) const { return 0; }
 };
 
 std::unique_ptr<Module> make_conv(ParamStore& ps, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act);
@@ -84,6 +88,11 @@ struct Detect : Module {
     Shape out_shape(const std::vector<Shape>& in) const override { return in[0]; }
     double macs(const std::vector<Shape>& in) const override;
     int torch_modules() const override { return 2 + nl; }  // Detect, ModuleList, nl Conv2d
+    int64_t conv_values(const std::vector<Shape>& in) const override {
+        int64_t v = 0;
+        for (int i = 0; i < nl; ++i) v += in[i][0] * na * no * in[i][2] * in[i][3];
+        return v;
+    }
     // Decoded predictions (bs, Σ na·ny·nx, no) from the maps, in pixels of the input (no gradient).
     Tensor decode(Ctx& c, const std::vector<Var>& maps) const;
 };

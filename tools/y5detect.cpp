@@ -91,6 +91,7 @@ struct Detector {
           imgsz(size) {
         ws.make(dev, m.params.cuda(), plan);
         ws.tape->set_recording(false);
+        ws.act->set_tracking(true);  // the forward keeps only live tensors (Model::forward's liveness)
         ws.ctx.autocast = half;
     }
 
@@ -226,12 +227,12 @@ int main(int argc, char** argv) {
         y5::NmsParams nms;
         nms.conf_thres = conf, nms.iou_thres = iou, nms.max_det = max_det, nms.classes = classes, nms.agnostic = agnostic;
         // The memory plan for one image letterboxed to at most imgsz rounded up to the stride, with the GPU NMS's
-        // scratch; measured before fusing (measuring runs a training step).
-        const int stride = (int)model->detect->stride.back(), side = (imgsz + stride - 1) / stride * stride;
-        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, side, side, y5::LossHyp{}, half), 1,
-                                                       y5::nms_scratch_bytes(*model, side, 1, nms));
-        y5::check_fits(model->params.device(), {plan}, "--imgsz " + std::to_string(imgsz), "--imgsz");
+        // scratch, measured on the fused model that runs.
         model->fuse();  // as detect.py's DetectMultiBackend(fuse=True): Conv+BN folded
+        const int stride = (int)model->detect->stride.back(), side = (imgsz + stride - 1) / stride * stride;
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_eval_image(*model, side, side, y5::LossHyp{}, half, false),
+                                                       1, y5::nms_scratch_bytes(*model, side, 1, nms));
+        y5::check_fits(model->params.device(), {plan}, "--imgsz " + std::to_string(imgsz), "--imgsz");
         std::vector<std::string> names;
         for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
         {

@@ -55,14 +55,14 @@ int main(int argc, char** argv) {
         y5::DataLoader loader(ds, o);
         y5::LossHyp lh;  // val.py's loss uses the model's hyp; the table does not depend on it
         // Arenas as y5train plans its validation's (engine/app/memory.h): rect batches with sides at most
-        // imgsz + 32, with the GPU NMS's scratch; measured before fusing, since measuring runs a training step.
+        // imgsz + 32, with the GPU NMS's scratch; measured on the fused model that runs.
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
-        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_one_image(*model, imgsz + 32, imgsz + 32, lh, half), batch,
-                                                       y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo));
+        model->fuse();  // as val.py's DetectMultiBackend(fuse=True)
+        const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_eval_image(*model, imgsz + 32, imgsz + 32, lh, half, true),
+                                                       batch, y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo));
         y5::check_fits(dev, {plan}, "batch " + std::to_string(batch) + " at --imgsz " + std::to_string(imgsz),
                        "--batch-size");
-        model->fuse();  // as val.py's DetectMultiBackend(fuse=True)
         y5::Workspace ws;
         ws.make(dev, cuda, plan);
         y5::Ctx& c = ws.ctx;

@@ -70,6 +70,41 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     return peak;
 }
 
+StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss) {
+    const Device dev = m.params.device();
+    CudaContext* cuda = m.params.cuda();
+    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
+    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
+    Workspace ws;
+    ws.make(dev, cuda, StepMemory{big, big / 2, (size_t)1 << 20});
+    ws.ctx.autocast = autocast;
+#if Y5_CUDA
+    std::unique_ptr<Arena> conv_ws;  // cuDNN's workspace apart, as in measure_one_image
+    if (dev == Device::CUDA) {
+        conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
+        ws.ctx.conv_work = conv_ws.get();
+    }
+#endif
+    NoGrad ng(*ws.tape);
+    ws.act->set_tracking(true);
+    Batch b;
+    b.n = 1, b.h = h, b.w = w;
+    b.images.assign((size_t)3 * h * w, 128);
+    Tensor x = batch_images(ws.ctx, b);
+    Model::Output o = m.forward(ws.ctx, Tape::constant(x), false);
+    if (with_loss) {
+        std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f}, anchors_host;
+        Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
+        yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
+    }
+    if (cuda) device_synchronize(cuda);
+    return StepMemory{ws.act->peak(), ws.work->peak(), 0};
+}
+
+StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
+    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.grads, b.grads)};
+}
+
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
     const size_t b = (size_t)std::max(batch, 1), margin = (size_t)16 << 20;
     if (m.params.device() == Device::CUDA) {
@@ -117,14 +152,26 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
     // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
     const size_t work = std::max(work_bytes_for_batch(m, one.work, batch), nms_bytes + ((size_t)16 << 20));
-    return {scale_linear(one.act, batch), work, (size_t)1 << 20};
+    return {scale_linear(one.act, batch), work, 0};
 }
 
-void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower) {
+StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls) {
+    const int val_side = imgsz + 32;
+    ValOptions vo;
+    vo.single_cls = single_cls;
+    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp), batch);
+    const StepMemory v = plan_inference(m, measure_eval_image(m, val_side, val_side, hyp, amp, true), val_batch,
+                                        val_nms_scratch_bytes(m, val_side, val_batch, vo));
+    return plan_shared(t, v);
+}
+
+void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
+                int64_t available) {
     size_t need = 0, free_b = 0, total_b = 0;
     for (const StepMemory& p : plans) need += p.total();
-    const int64_t avail = dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
-                                              : mem_available_bytes();
+    const int64_t avail = available >= 0 ? available
+                          : dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                                : mem_available_bytes();
     Y5_CHECK(avail <= 0 || (double)need < 0.9 * (double)avail,
              "%s needs %.1f GB of %s memory for activations, gradients and scratch but %.1f GB are available: lower %s",
              what.c_str(), need / 1e9, dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9, lower);

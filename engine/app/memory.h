@@ -8,6 +8,7 @@
  */
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,11 @@ struct StepMemory {
     size_t total() const { return act + work + grads; }
 };
 
+// Peak bytes of one image's inference at h × w: the eval forward with the tape off on a tracking activation arena
+// (Model::forward's liveness: only the tensors later rows read stay), Detect's decode and, with_loss, validation's
+// loss on the maps. Any model state (fused or not, on its device); changes nothing.
+StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss);
+
 // Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
 // parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
 // adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
@@ -41,19 +47,29 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);
 // Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square).
 StepMemory plan_training(const Model& m, const StepMemory& one, int batch);
 
-// Evaluation forwards (validation with its loss, or detection) of `batch` images from one image's measure at
-// side × side, side the largest a batch may have; no gradients. A training step's measure bounds the eval
-// forward's; take it before the model is fused. nms_bytes: the GPU NMS's scratch (nms_scratch_bytes), taken from
-// the work arena after the forward's scratch is free.
+// Evaluation forwards (validation with its loss, or detection) of `batch` images from one image's inference
+// measure (measure_eval_image) at side × side, side the largest a batch may have; no gradients. nms_bytes: the GPU
+// NMS's scratch (nms_scratch_bytes), taken from the work arena after the forward's scratch is free.
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes);
+
+// Arenas that serve two plans one after the other (y5train's training steps, then its validation on the same,
+// idle, arenas): the larger of each.
+StepMemory plan_shared(const StepMemory& a, const StepMemory& b);
 
 // Scratch bytes of the GPU NMS (kernels/nms.h) for `batch` images of at most side × side under p; 0 on the CPU.
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p);
 
+// y5train's arenas: training batches of `batch` at imgsz × imgsz and validation's rect batches of val_batch with
+// sides at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32) and its GPU NMS's scratch, one after the other on the same
+// arenas (plan_shared). amp: mixed precision for both, as train.py validates with half=amp.
+StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls);
+
 // A y5::Error when the plans together need more than 90 % of the memory available on dev (the GPU's free memory,
 // or MemAvailable on the CPU, where Linux would overcommit and kill the process on first touch); `what` names the
-// request ("batch 64 at --imgsz 640") and `lower` the flags that reduce it.
-void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower);
+// request ("batch 64 at --imgsz 640") and `lower` the flags that reduce it. available ≥ 0 replaces the reading
+// (bytes; a device budget to check a plan against, as the tests do for a 15 GB T4).
+void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
+                int64_t available = -1);
 
 // The arenas of one plan and the tape over them.
 struct Workspace {

@@ -286,20 +286,13 @@ std::string train(const TrainOptions& opt_in) {
     int accumulate = sched.initial_accumulate();
     const double weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / nbs;
 
-    // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, validation's rect batches
-    // whose sides are at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32), with its GPU NMS's scratch.
-    const int val_side = opt.imgsz + 32;
-    ValOptions nms_vo;
-    nms_vo.single_cls = opt.single_cls;
-    const StepMemory t_plan = plan_training(model, measure_one_image(model, opt.imgsz, opt.imgsz, lh, amp), opt.batch_size);
-    const StepMemory v_plan = plan_inference(model, measure_one_image(model, val_side, val_side, lh, amp), vl.batch_size,
-                                             val_nms_scratch_bytes(model, val_side, vl.batch_size, nms_vo));
-    check_fits(dev, {t_plan, v_plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
+    // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, and validation's rect batches
+    // on the same arenas (idle between epochs).
+    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.batch_size, vl.batch_size, lh, amp, opt.single_cls);
+    check_fits(dev, {plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
-    Workspace tw, vwks;
-    tw.make(dev, cuda, t_plan);
-    vwks.make(dev, cuda, v_plan);
-    vwks.ctx.autocast = amp;  // train.py validates with half=amp
+    Workspace tw;
+    tw.make(dev, cuda, plan);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
                 "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
@@ -409,10 +402,11 @@ std::string train(const TrainOptions& opt_in) {
         const bool final_epoch = epoch + 1 == opt.epochs;
         ValResult vr;
         if (!opt.noval || final_epoch) {
-            vwks.tape->clear();
+            tw.tape->clear();
+            tw.ctx.autocast = amp;  // train.py validates with half=amp
             ValOptions vo;
             vo.single_cls = opt.single_cls;
-            vr = validate(ema, val_loader, vwks.ctx, lh, vo);
+            vr = validate(ema, val_loader, tw.ctx, lh, vo);
             std::printf("%s", val_table(vr, names, false).c_str());
         }
         const double fi = vr.fitness();
@@ -457,10 +451,11 @@ std::string train(const TrainOptions& opt_in) {
         m.allocate(dev, DType::F32, cuda);
         m.load_weights(w_best, cuda);
         m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not
-        vwks.tape->clear();
+        tw.tape->clear();
+        tw.ctx.autocast = amp;
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;
-        ValResult vr = validate(m, val_loader, vwks.ctx, lh, vo);
+        ValResult vr = validate(m, val_loader, tw.ctx, lh, vo);
         std::printf("%s", val_table(vr, names).c_str());
     }
     plot_results(save_dir + "/results.csv", save_dir + "/results.png");

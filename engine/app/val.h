@@ -2,6 +2,8 @@
  * Validation as YOLOv5's val.py runs it: eval-mode forward, the loss on the raw maps, NMS (conf 0.001,
  * IoU 0.6, multi-label, max_det 300), boxes and labels scaled back to the original images, the TP matrix,
  * ap_per_class (when any detection is a TP), and the confusion matrix fed only for images with labels.
+ * The forward runs on the context's activation arena in tracking mode (only the tensors later rows read stay:
+ * Model::forward's liveness), so y5train validates on its idle training arenas.
  * NMS runs where the decoded predictions are: on the GPU (nms_batch_cuda, scratch from the context's work
  * arena, only the detections downloaded) or on the host (nms_image).
  */

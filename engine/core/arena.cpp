@@ -1,5 +1,6 @@
 #include "engine/core/arena.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "engine/device/device.h"
@@ -31,6 +32,32 @@ Arena::~Arena() {
 
 void* Arena::alloc(size_t bytes, size_t align) {
     Y5_CHECK(align && (align & (align - 1)) == 0, "arena '%s': alignment %zu is not a power of two", name_.c_str(), align);
+    if (tracking_) {
+        // Blocks are whole multiples of kAlign at kAlign offsets, so every hole is aligned for the default.
+        bytes = std::max<size_t>((bytes + kAlign - 1) / kAlign * kAlign, kAlign);
+        size_t start = 0;
+        bool found = false;
+        for (size_t i = 0; i < free_.size() && align <= kAlign; ++i)
+            if (free_[i].bytes >= bytes) {
+                start = free_[i].off;
+                free_[i].off += bytes, free_[i].bytes -= bytes;
+                if (!free_[i].bytes) free_.erase(free_.begin() + i);
+                found = true;
+                break;
+            }
+        if (!found) {
+            start = (used_ + std::max(align, kAlign) - 1) & ~(std::max(align, kAlign) - 1);
+            Y5_CHECK(start + bytes <= capacity_, "arena '%s' overflow: %zu bytes requested with %s of %s used",
+                     name_.c_str(), bytes, mib(used_).c_str(), mib(capacity_).c_str());
+            if (start > used_) free_.push_back(Block{used_, start - used_});  // the alignment gap, reusable
+            used_ = start + bytes;
+            if (used_ > peak_) peak_ = used_;
+        }
+        const Block b{start, bytes};
+        blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), b,
+                                        [](const Block& x, const Block& y) { return x.off < y.off; }), b);
+        return base_ + start;
+    }
     size_t start = (used_ + align - 1) & ~(align - 1);
     Y5_CHECK(start + bytes <= capacity_, "arena '%s' overflow: %zu bytes requested with %s of %s used",
              name_.c_str(), bytes, mib(used_).c_str(), mib(capacity_).c_str());
@@ -46,6 +73,29 @@ Tensor Arena::tensor(Shape shape, DType dtype) {
 void Arena::reset(size_t mark) {
     Y5_CHECK(mark <= used_, "arena '%s': reset to %zu beyond the %zu bytes in use", name_.c_str(), mark, used_);
     used_ = mark;
+    auto beyond = [mark](const Block& b) { return b.off + b.bytes > mark; };
+    blocks_.erase(std::remove_if(blocks_.begin(), blocks_.end(), beyond), blocks_.end());
+    free_.erase(std::remove_if(free_.begin(), free_.end(), beyond), free_.end());
+}
+
+void Arena::set_tracking(bool on) {
+    Y5_CHECK(!on || used_ == 0, "arena '%s': tracking starts on an empty arena (%zu bytes in use)", name_.c_str(), used_);
+    tracking_ = on;
+}
+
+void Arena::release(const void* p) {
+    const size_t off = (size_t)(static_cast<const char*>(p) - base_);
+    auto it = std::upper_bound(blocks_.begin(), blocks_.end(), off, [](size_t o, const Block& b) { return o < b.off; });
+    Y5_CHECK(it != blocks_.begin() && off < (it - 1)->off + (it - 1)->bytes && p >= base_,
+             "arena '%s': release of %p, which is not a tracked block", name_.c_str(), p);
+    Block b = *(it - 1);
+    blocks_.erase(it - 1);
+    // Into the holes in offset order, merged with a neighbour on either side; a hole that reaches the top lowers it.
+    auto f = std::upper_bound(free_.begin(), free_.end(), b.off, [](size_t o, const Block& x) { return o < x.off; });
+    if (f != free_.end() && b.off + b.bytes == f->off) b.bytes += f->bytes, f = free_.erase(f);
+    if (f != free_.begin() && (f - 1)->off + (f - 1)->bytes == b.off) b.off = (f - 1)->off, b.bytes += (f - 1)->bytes, f = free_.erase(f - 1);
+    if (b.off + b.bytes == used_) used_ = b.off;
+    else free_.insert(f, b);
 }
 
 }  // namespace y5

@@ -4,10 +4,16 @@
  * training step reuses the same bytes every iteration and never calls malloc/cudaMalloc.
  * Every allocation is aligned (default 256 B, cuDNN/cuBLAS friendly); overflowing is a y5::Error that
  * names the arena and the sizes, so "batch too large" reads as such.
+ * Tracking (inference with the tape off: Model::forward's liveness): while on, every allocation is a block that
+ * release() gives back; later allocations reuse released space (first fit, lowest address first, neighbours
+ * coalesced) and releasing the topmost block lowers the top. The peak is then the most bytes live at once, not
+ * the sum of every tensor the forward made. On the GPU a released block is reused in stream order, so a later
+ * kernel never overwrites what an earlier one still reads. reset() forgets the blocks.
  */
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "engine/core/tensor.h"
 
@@ -28,6 +34,15 @@ public:
     size_t mark() const { return used_; }
     void reset(size_t mark = 0);
 
+    struct Block {
+        size_t off, bytes;
+    };
+    void set_tracking(bool on);  // from an empty arena; off keeps the blocks' space until the next reset
+    bool tracking() const { return tracking_; }
+    // A tracked block back to the arena, by any address inside it (a view's data); untracked memory is an error.
+    void release(const void* p);
+    const std::vector<Block>& blocks() const { return blocks_; }  // tracked and not released, in address order
+
     const std::string& name() const { return name_; }
     Device device() const { return device_; }
     size_t used() const { return used_; }
@@ -40,6 +55,8 @@ private:
     Device device_;
     char* base_ = nullptr;
     size_t capacity_ = 0, used_ = 0, peak_ = 0;
+    bool tracking_ = false;
+    std::vector<Block> blocks_, free_;  // both sorted by offset; free_ holds only holes below used_
 };
 
 }  // namespace y5
