@@ -59,14 +59,7 @@ Tensor Tape::grad(const Var& v) {
     Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
              n.value.str().c_str());
     if (!n.grad_ready) {
-        const size_t bytes = n.value.bytes();
-        auto it = free_.find(bytes);
-        if (it != free_.end() && !it->second.empty()) {
-            n.grad = Tensor(it->second.back(), n.value.shape, n.value.dtype, arena_->device());
-            it->second.pop_back();
-        } else {
-            n.grad = arena_->tensor(n.value.shape, n.value.dtype);
-        }
+        n.grad = arena_->tensor(n.value.shape, n.value.dtype);
         zero(n.grad, cuda_);
         n.grad_ready = true;
     }
@@ -81,7 +74,7 @@ void Tape::run_backward() {
         const int id = output_of_[i];
         if (id < 0 || !nodes_[id].grad_ready) continue;
         Node& n = nodes_[id];
-        free_[n.value.bytes()].push_back(n.grad.data);
+        if (arena_->tracking()) arena_->release(n.grad.data);
         n.grad = Tensor();
         n.grad_ready = false;
         n.released = true;
@@ -124,7 +117,6 @@ void Tape::clear() {
     closures_.clear();
     output_of_.clear();
     pending_ = -1;
-    for (auto& bucket : free_) bucket.second.clear();  // the arena is rewound; the buckets keep their capacity
     arena_->reset();
 }
 

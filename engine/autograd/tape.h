@@ -10,14 +10,14 @@
  * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
  * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
  * Gradient release: an op's output gradient is read last by that op's own backward (every other reader was
- * recorded later and so ran earlier), so backward() returns it to a free list right after, and a later
- * gradient of the same byte size reuses the memory, as PyTorch frees intermediate gradients during backward.
+ * recorded later and so ran earlier), so backward() returns it to the arena right after (a tracking arena:
+ * first fit, neighbours coalesced), and later gradients of any shape reuse the memory, as PyTorch frees
+ * intermediate gradients during backward.
  * The arena's peak is then the largest set of gradients alive at once, not all of them. Parameters' and
  * leaves' gradients are kept; asking for a released one is an error.
  */
 #pragma once
 #include <functional>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/core/arena.h"
@@ -35,7 +35,11 @@ struct Var {
 
 class Tape {
 public:
-    explicit Tape(Arena* grad_arena, CudaContext* cuda = nullptr) : arena_(grad_arena), cuda_(cuda) {}
+    // The gradient arena is put in tracking mode (engine/core/arena.h) when it is empty, so released gradients'
+    // memory is reused whatever their shapes.
+    explicit Tape(Arena* grad_arena, CudaContext* cuda = nullptr) : arena_(grad_arena), cuda_(cuda) {
+        if (arena_ && arena_->used() == 0) arena_->set_tracking(true);
+    }
 
     bool recording() const { return recording_; }
     void set_recording(bool on) { recording_ = on; }
@@ -79,7 +83,6 @@ private:
     std::vector<std::function<void()>> closures_;
     std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
     int pending_ = -1;            // the latest op output, waiting for its op's record()
-    std::unordered_map<size_t, std::vector<void*>> free_;  // released gradient memory by byte size
 };
 
 // Recording off for a scope: NoGrad ng(tape); model.forward(...)
