@@ -3,7 +3,8 @@
 utils/autoanchor.py (PyPI `yolov5` 7.0.13: check_anchors, kmean_anchors, check_anchor_order) on the CPU.
 
 Writes (path relative to the repository root):
-  tests/fixtures/autoanchor.safetensors   (small, byte-reproducible: sorted header keys as the other fixtures)
+  tests/fixtures/autoanchor.safetensors   (27 kB, byte-reproducible: seeded, sorted header keys as the other fixtures)
+Read by tests/test_autoanchor.cpp.
 
 Regenerate (from the repository root; CPU only, nothing is downloaded; needs scipy for kmean_anchors):
   /work/venv-torch/bin/python tools/golden/make_autoanchor_fixtures.py
