@@ -46,6 +46,8 @@ int main(int argc, char** argv) {
     app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");
+    app.add_flag("--noautoanchor", o.noautoanchor, "disable AutoAnchor (the anchor fit check and k-means/genetic "
+                 "re-fit before training)");
     app.add_flag("--nosave", o.nosave, "only save the final checkpoint");
     app.add_option("--patience", o.patience, "epochs to wait for no improvement (early stopping)")->capture_default_str();
     app.add_option("--save-period", o.save_period, "save a checkpoint every N epochs (disabled if < 1)")->capture_default_str();

@@ -20,6 +20,7 @@
 #include "engine/data/dataset.h"
 #include "engine/device/device.h"
 #include "engine/app/config.h"
+#include "engine/app/autoanchor.h"
 #include "engine/app/hyp.h"
 #include "engine/data/loader.h"
 #include "engine/autograd/optim.h"
@@ -159,6 +160,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     o.weights = str("weights"), o.cfg = str("cfg"), o.data = str("data"), o.hyp = str("hyp");
     o.epochs = y["epochs"].as<int>(), o.batch_size = y["batch_size"].as<int>(), o.imgsz = y["imgsz"].as<int>();
     o.rect = y["rect"].as<bool>(), o.nosave = y["nosave"].as<bool>(), o.noval = y["noval"].as<bool>();
+    if (y["noautoanchor"]) o.noautoanchor = y["noautoanchor"].as<bool>();  // older checkpoints: the default
     o.cache = str("cache"), o.device = str("device"), o.single_cls = y["single_cls"].as<bool>();
     o.workers = y["workers"].as<int>(), o.project = str("project"), o.name = str("name");
     o.cos_lr = y["cos_lr"].as<bool>(), o.label_smoothing = y["label_smoothing"].as<double>();
@@ -221,6 +223,7 @@ std::string train(const TrainOptions& opt_in) {
     oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
        << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
        << "\nrect: " << yn(opt.rect) << "\nnosave: " << yn(opt.nosave) << "\nnoval: " << yn(opt.noval)
+       << "\nnoautoanchor: " << yn(opt.noautoanchor)
        << "\ncache: " << (opt.cache.empty() ? "null" : opt.cache) << "\ndevice: " << opt.device
        << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
@@ -255,6 +258,9 @@ std::string train(const TrainOptions& opt_in) {
     Rng init_rng((uint64_t)opt.seed, 1);
     model.init_weights(init_rng);
     if (!opt.weights.empty()) model.load_weights(opt.weights, cuda);
+    // AutoAnchor as train.py runs it (not on resume: the checkpoint holds the anchors); before the EMA copy, so
+    // the EMA, the checkpoints and the loss (TrainStep reads the anchors once) all have the evolved anchors.
+    if (!resuming && !opt.noautoanchor) check_anchors(train_ds, model, hyp["anchor_t"], opt.imgsz, (uint64_t)opt.seed);
     copy(dctx, ema.params.values_flat(), model.params.values_flat());
     const int nl = model.detect->nl;
     LossHyp lh;

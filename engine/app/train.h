@@ -14,6 +14,7 @@ struct TrainOptions {
     int epochs = 100, batch_size = 16, imgsz = 640, workers = 8, patience = 100, save_period = -1;
     std::string device = "cpu", project = "runs/train", name = "exp";
     bool exist_ok = false, cos_lr = false, rect = false, noval = false, nosave = false, single_cls = false;
+    bool noautoanchor = false;  // skip AutoAnchor (engine/app/autoanchor.h) before the first epoch
     std::string cache;  // "" or "ram"
     std::string resume;  // a last.safetensors to continue, or "latest" (the newest under runs/train); "" starts fresh
     double label_smoothing = 0.0;
