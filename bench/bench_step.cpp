@@ -9,6 +9,7 @@
  *                                             image's step measured, nothing trained), ending "total <bytes> bytes"
  *   options: --cfg --imgsz --batch 16 32 --warmup --steps --seconds --budget --no-layers
  *            --amp off|on|both (mixed precision as y5train --amp; default both on the GPU, off on the CPU)
+ *            --no-recompute (keep every BatchNorm + activation output instead of rebuilding it in the backward)
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
@@ -244,15 +245,15 @@ void print_breakdown(const Trainer& T, int bs, bool amp, int imgsz, const std::v
 // gradients and those of the skip connections that span it); parameters, one value, gradient and momentum per
 // parameter and the EMA's value; validation nothing beyond the training arenas; scratch and pinned as planned.
 void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz, const std::vector<int>& batches,
-                bool amp) {
+                bool amp, bool recompute) {
     Trainer T(cfg, dev, cuda, imgsz);
     const int val_side = imgsz + 32;
-    const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp);
+    const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp, recompute);
     const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true);
-    std::printf("%s at %d on %s, %s: one image's training step %.1f MB activations, %.1f MB activation gradients, "
-                "%.1f MB scratch; its validation forward (%d) %.1f MB\n", T.model.name.c_str(), imgsz,
-                cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", one.act / 1e6, one.grads / 1e6, one.work / 1e6,
-                val_side, vone.act / 1e6);
+    std::printf("%s at %d on %s, %s, recompute %s: one image's training step %.1f MB activations, %.1f MB activation "
+                "gradients, %.1f MB scratch; its validation forward (%d) %.1f MB\n", T.model.name.c_str(), imgsz,
+                cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", recompute ? "on" : "off", one.act / 1e6,
+                one.grads / 1e6, one.work / 1e6, val_side, vone.act / 1e6);
     // Shapes per row at one image (the bench breakdown's dry run) for the floors.
     const Model& M = T.model;
     const size_t L = M.layers.size();
@@ -320,12 +321,14 @@ int main(int argc, char** argv) {
     int imgsz = 640, warmup = -1, steps = -1;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
-    bool no_layers = false, deterministic = true, plan = false;
+    bool no_layers = false, deterministic = true, plan = false, recompute = true;
     int workspace_mib = 256;
     std::string amp_mode;
     app.add_option("--amp", amp_mode, "mixed precision: off, on, or both (f32 then AMP; the default on the GPU; the "
                    "CPU's is off)")->check(CLI::IsMember({"off", "on", "both"}));
     app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
+    app.add_flag("--recompute,!--no-recompute", recompute, "BatchNorm + activation outputs rebuilt in the backward "
+                 "(y5train's default) or kept");
     app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
     app.add_option("--imgsz", imgsz)->capture_default_str();
     app.add_option("--batch,--batch-size", batches, "batch sizes (default: 16 32 64 on the GPU, 4 on the CPU)");
@@ -368,13 +371,13 @@ int main(int argc, char** argv) {
         size_t free0 = 0, total = 0;
         if (cuda) device_memory_info(&free0, &total);
         if (plan) {
-            for (bool amp : amps) print_plan(cfg, dev, cuda, imgsz, batches, amp);
+            for (bool amp : amps) print_plan(cfg, dev, cuda, imgsz, batches, amp, recompute);
             return 0;
         }
 
         Trainer T(cfg, dev, cuda, imgsz);
         std::vector<StepMemory> ones;
-        for (bool amp : amps) ones.push_back(measure_one_image(T.model, imgsz, imgsz, T.lh, amp));
+        for (bool amp : amps) ones.push_back(measure_one_image(T.model, imgsz, imgsz, T.lh, amp, recompute));
         const double gflops = T.model.gflops(imgsz);  // forward, per image
         std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d\n", T.model.name.c_str(),
                     (long long)T.model.num_parameters(), gflops, imgsz);
@@ -404,6 +407,7 @@ int main(int argc, char** argv) {
             const bool amp = amps[run % amps.size()];
             const StepMemory& one = ones[run % amps.size()];
             T.step->amp = amp;
+            T.step->recompute = recompute;
             if (cuda && seconds_since(t_start) > budget) {
                 std::printf("%6d %6s skipped: %.0f s spent, past --budget %.0f\n", bs, amp ? "amp" : "f32",
                             seconds_since(t_start), budget);

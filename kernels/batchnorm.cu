@@ -247,6 +247,15 @@ static void bn_forward_train(T* out, float* save_mean, float* save_invstd, float
 }
 
 template <class T>
+static void bn_apply(T* out, const T* inp, const float* mean, const float* invstd, const float* gamma, const float* beta,
+                     int N, int C, int HW, Act a, cudaStream_t stream) {
+    if ((int64_t)N * C * HW == 0) return;
+    const int64_t P = (int64_t)N * C;
+    bn_normalize_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(out, inp, mean, invstd, gamma, beta, C, HW, P, a);
+    Y5_LAUNCH_CHECK();
+}
+
+template <class T>
 static void bn_forward_eval(T* out, const T* inp, const float* gamma, const float* beta, const float* running_mean,
                             const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
                             cudaStream_t stream) {
@@ -306,6 +315,15 @@ void batchnorm_forward_train_cuda(f16* out, float* save_mean, float* save_invstd
                                   int C, int HW, float eps, float momentum, Act a, float* scratch, cudaStream_t stream) {
     bn_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, gamma, beta, N, C, HW, eps, momentum,
                      a, scratch, stream);
+}
+
+void batchnorm_apply_cuda(float* out, const float* inp, const float* mean, const float* invstd, const float* gamma,
+                          const float* beta, int N, int C, int HW, Act a, cudaStream_t stream) {
+    bn_apply(out, inp, mean, invstd, gamma, beta, N, C, HW, a, stream);
+}
+void batchnorm_apply_cuda(f16* out, const f16* inp, const float* mean, const float* invstd, const float* gamma,
+                          const float* beta, int N, int C, int HW, Act a, cudaStream_t stream) {
+    bn_apply(out, inp, mean, invstd, gamma, beta, N, C, HW, a, stream);
 }
 
 void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,

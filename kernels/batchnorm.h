@@ -114,6 +114,17 @@ void batchnorm_forward_train_cpu(T* out, A* save_mean, A* save_invstd, A* runnin
     }
 }
 
+// out = act(bn_apply(inp)) with the given per-channel mean and invstd: with a training forward's saved statistics,
+// its output bit for bit (recomputation rebuilds it in the backward instead of keeping it).
+template <class T, class A = acc_t<T>>
+void batchnorm_apply_cpu(T* out, const T* inp, const A* mean, const A* invstd, const A* gamma, const A* beta, int N,
+                         int C, int HW, Act a, int c_begin = 0, int c_end = INT_MAX) {
+    for (int c = c_begin; c < y5_min(C, c_end); ++c)
+        for (int n = 0; n < N; ++n) {
+            const int64_t j = ((int64_t)n * C + c) * HW;
+            bn_act_row_cpu<T, A>(out + j, inp + j, HW, mean[c], invstd[c], gamma[c], beta[c], a);
+        }
+}
 template <class T, class A = acc_t<T>>
 void batchnorm_forward_eval_cpu(T* out, const T* inp, const A* gamma, const A* beta, const A* running_mean,
                                 const A* running_var, int N, int C, int HW, float eps, Act a, int c_begin = 0,
@@ -208,6 +219,11 @@ void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invs
 void batchnorm_forward_eval_cuda(float* out, const float* inp, const float* gamma, const float* beta,
                                  const float* running_mean, const float* running_var, int N, int C, int HW, float eps,
                                  Act a, float* scratch, cudaStream_t stream);
+// batchnorm_apply_cpu's launcher: the training forward's normalising kernel, so the same bits.
+void batchnorm_apply_cuda(float* out, const float* inp, const float* mean, const float* invstd, const float* gamma,
+                          const float* beta, int N, int C, int HW, Act a, cudaStream_t stream);
+void batchnorm_apply_cuda(f16* out, const f16* inp, const float* mean, const float* invstd, const float* gamma,
+                          const float* beta, int N, int C, int HW, Act a, cudaStream_t stream);
 void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
                                    const float* gamma, const float* beta, const float* save_mean,
                                    const float* save_invstd, int N, int C, int HW, Act a, float* scratch,

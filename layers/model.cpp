@@ -405,29 +405,49 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     // them concatenated, once: the concat replaces the parts for any later reader.
     std::vector<std::vector<Var>> y(layers.size());
     std::vector<Var> input{x};
-    // Liveness (inference on a tracking activation arena, engine/core/arena.h): after each row, every block that
-    // no later row reads (and that is not a Detect map) goes back, the input's included; last[i + 1] is the last
-    // row that reads row i (last[0]: the input). A Concat row's parts are its sources' tensors, so reading it keeps
-    // them; the check is by memory, not by row.
-    const bool liveness = c.act->tracking() && !c.tape->recording() && !layer_outputs;
+    // Liveness (a tracking activation arena, engine/core/arena.h): after each row, memory that no later row reads
+    // (and that is not a Detect map) goes back. In inference every such block, the input's included; in training
+    // with recomputation (Ctx::recompute) the row outputs the tape can rebuild (Tape::drop). last[i + 1] is the
+    // last row that reads row i (last[0]: the input). A Concat row's parts are its sources' tensors, so reading it
+    // keeps them; the check is by memory, not by row.
+    const bool inference = !c.tape->recording();
+    const bool liveness = c.act->tracking() && (inference || c.recompute) && !layer_outputs;
     std::vector<int> last(layers.size() + 1, -1);
     for (size_t i = 0; i < layers.size(); ++i)
         for (int f : layers[i]->from) last[f + 1] = std::max(last[f + 1], (int)i);
+    bool x_released = false;  // its memory may hold a later block: release once
     auto sweep = [&](int i) {
         std::vector<const Tensor*> live;
         for (int j = -1; j <= i; ++j)
             if (last[j + 1] > i)
                 for (const Var& v : j < 0 ? input : y[j]) live.push_back(&v.t);
         for (const Var& v : out.maps) live.push_back(&v.t);
+        auto is_live = [&](const char* lo, size_t bytes) {
+            for (const Tensor* t : live) {
+                const char* d = static_cast<const char*>(t->data);
+                if (d < lo + bytes && d + t->bytes() > lo) return true;
+            }
+            return false;
+        };
+        if (!inference) {
+            // Under autocast the image is read only by the casts to f16 of the rows that take it (whose backward
+            // reads nothing): once they ran, its f32 memory goes back.
+            if (c.autocast && last[0] <= i && !x_released && !x.requires_grad() && c.act->owns(x.t.data) &&
+                !is_live(static_cast<const char*>(x.t.data), x.t.bytes())) {
+                c.act->release(x.t.data);
+                x_released = true;
+            }
+            for (int j = 0; j <= i; ++j)
+                if (last[j + 1] <= i)
+                    for (const Var& v : y[j])
+                        if (c.tape->recomputable(v) && !is_live(static_cast<const char*>(v.t.data), v.t.bytes()))
+                            c.tape->drop(v, c.act);
+            return;
+        }
         const std::vector<Arena::Block> blocks = c.act->blocks();
         for (const Arena::Block& b : blocks) {
             const char* lo = c.act->base() + b.off;
-            bool used = false;
-            for (const Tensor* t : live) {
-                const char* d = static_cast<const char*>(t->data);
-                used = used || (d < lo + b.bytes && d + t->bytes() > lo);
-            }
-            if (!used) c.act->release(lo);
+            if (!is_live(lo, b.bytes)) c.act->release(lo);
         }
     };
     for (size_t i = 0; i < layers.size(); ++i) {

@@ -21,11 +21,13 @@ static Var param(Ctx& c, ParamStore& ps, int i) { return c.tape->param(ps[i].val
 // f16 weight copies are made per forward, from the f32 master weights the optimizer updates.
 static Var amp(Ctx& c, const Var& v) { return c.autocast ? cast(c, v, DType::F16) : v; }
 
-// Inference on a tracking activation arena (engine/core/arena.h, Model::forward's liveness): v, an intermediate
-// that nothing reads again, goes back to the arena at once instead of at the end of its row. Unless `out` is v
-// itself (an op that returned its input).
+// v, an intermediate the forward no longer reads (unless `out` is v itself: an op that returned its input), goes
+// back to the tracking activation arena (engine/core/arena.h) at once: in inference (Model::forward's liveness),
+// or in training when the tape can rebuild it for the backward (Ctx::recompute: a BatchNorm + activation output).
 static void drop(Ctx& c, const Var& v, const Var& out) {
-    if (c.act->tracking() && !c.tape->recording() && v.t.data != out.t.data) c.act->release(v.t.data);
+    if (v.t.data == out.t.data || !c.act->tracking()) return;
+    if (!c.tape->recording()) c.act->release(v.t.data);
+    else if (c.recompute && c.tape->recomputable(v)) c.tape->drop(v, c.act);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -408,6 +410,9 @@ std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
         const int64_t bs = y.t.dim(0), ny = y.t.dim(2), nx = y.t.dim(3);
         Var v{y.t.view({bs * na, no, ny * nx}), y.id};
         maps.push_back(transpose12(c, v, Shape{bs, na, ny, nx, no}));  // (bs, na, ny, nx, no)
+        // y is dead once transposed: no backward reads a conv's output or a transpose's input.
+        if (c.recompute && c.tape->recording() && y.requires_grad() && c.act->tracking()) c.tape->drop(y, c.act, true);
+        else drop(c, y, maps.back());
     }
     return maps;
 }

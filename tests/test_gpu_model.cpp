@@ -76,6 +76,7 @@ struct Side {
         : act("model test activations", d, act_b), work("model test workspace", d, work_b),
           grads("model test gradients", d, act_b), tape(&grads, cuda) {
         ctx.act = &act, ctx.work = &work, ctx.tape = &tape, ctx.cuda = cuda;
+        act.set_tracking(true);  // as y5train's Workspace: TrainStep's recomputation drops and rebuilds on both sides
     }
     void reset() {
         tape.clear();

@@ -43,6 +43,8 @@ int main(int argc, char** argv) {
     CLI::Option* amp_opt = app.add_flag("--amp", amp_on, "mixed precision (f16 activations, loss scaling); the default "
                                         "on CUDA devices, allowed on the CPU");
     app.add_flag("--no-amp", amp_off, "train in f32 (the default on the CPU)")->excludes(amp_opt);
+    app.add_flag("--recompute,!--no-recompute", o.recompute, "rebuild BatchNorm + activation outputs in the backward "
+                 "instead of keeping them (less memory, a little slower); on by default");
     app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");

@@ -20,7 +20,16 @@
 
 namespace y5 {
 
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast) {
+// The f16 copies of the convolution weights an autocast forward makes (modules.cpp amp()), one block each.
+static size_t weight_copy_bytes(const Model& m, bool autocast) {
+    size_t b = 0;
+    for (int i = 0; autocast && i < m.params.size(); ++i)
+        if (m.params[i].kind == ParamKind::Weight && m.params[i].shape.ndim == 4)
+            b += ((size_t)m.params[i].shape.numel() * 2 + Arena::kAlign - 1) / Arena::kAlign * Arena::kAlign;
+    return b;
+}
+
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute) {
     const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
     // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
@@ -40,6 +49,7 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     Workspace ws;
     ws.make(dev, cuda, StepMemory{big, work_b, big});
     ws.ctx.autocast = autocast;
+    ws.ctx.recompute = recompute;
 #if Y5_CUDA
     // cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch that grows with the
     // batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB for y5val's
@@ -63,7 +73,8 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
     ws.tape->backward(L.total);
     if (cuda) device_synchronize(cuda);
-    const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak()};
+    const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak(),
+                          std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
     m.params.zero_grad(cuda);
     copy(hc, values, saved_t);
     if (cuda) device_synchronize(cuda);
@@ -98,11 +109,11 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
         yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
     }
     if (cuda) device_synchronize(cuda);
-    return StepMemory{ws.act->peak(), ws.work->peak(), 0};
+    return StepMemory{ws.act->peak(), ws.work->peak(), 0, std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
 }
 
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
-    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.grads, b.grads)};
+    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.grads, b.grads), std::max(a.fixed, b.fixed)};
 }
 
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
@@ -126,11 +137,14 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
     return G * work1 + (groups - 1) * partial + margin;
 }
 
-// Activations and their gradients grow linearly with the batch; 10 % and 64 MiB of headroom.
-static size_t scale_linear(size_t one, int batch) { return one * (size_t)batch * 11 / 10 + ((size_t)64 << 20); }
+// Activations and their gradients grow linearly with the batch (but for `fixed` bytes); 10 % and 64 MiB of headroom.
+static size_t scale_linear(size_t one, int batch, size_t fixed = 0) {
+    return (one - fixed) * (size_t)batch * 11 / 10 + fixed + ((size_t)64 << 20);
+}
 
 StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
-    return {scale_linear(one.act, batch), work_bytes_for_batch(m, one.work, batch), scale_linear(one.grads, batch)};
+    return {scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one.work, batch),
+            scale_linear(one.grads, batch), one.fixed};
 }
 
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p) {
@@ -152,14 +166,15 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
     // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
     const size_t work = std::max(work_bytes_for_batch(m, one.work, batch), nms_bytes + ((size_t)16 << 20));
-    return {scale_linear(one.act, batch), work, 0};
+    return {scale_linear(one.act, batch, one.fixed), work, 0, one.fixed};
 }
 
-StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls) {
+StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
+                          bool recompute) {
     const int val_side = imgsz + 32;
     ValOptions vo;
     vo.single_cls = single_cls;
-    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp), batch);
+    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp, recompute), batch);
     const StepMemory v = plan_inference(m, measure_eval_image(m, val_side, val_side, hyp, amp, true), val_batch,
                                         val_nms_scratch_bytes(m, val_side, val_batch, vo));
     return plan_shared(t, v);

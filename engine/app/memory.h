@@ -20,9 +20,10 @@ namespace y5 {
 
 class Model;
 
-// Bytes of the three arenas of a step.
+// Bytes of the three arenas of a step. fixed: the part of act that does not grow with the batch (under autocast
+// the f16 copies of the convolution weights, made once per forward).
 struct StepMemory {
-    size_t act = 0, work = 0, grads = 0;
+    size_t act = 0, work = 0, grads = 0, fixed = 0;
     size_t total() const { return act + work + grads; }
 };
 
@@ -35,7 +36,8 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
 // parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
 // adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
 // training forward updates) as they were. autocast: mixed precision's step (Ctx::autocast, f16 activations).
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false);
+// recompute: Ctx::recompute's step (BatchNorm + activation outputs dropped after the forward, rebuilt in backward).
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false, bool recompute = true);
 
 // The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
 // scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of
@@ -62,7 +64,8 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 // y5train's arenas: training batches of `batch` at imgsz × imgsz and validation's rect batches of val_batch with
 // sides at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32) and its GPU NMS's scratch, one after the other on the same
 // arenas (plan_shared). amp: mixed precision for both, as train.py validates with half=amp.
-StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls);
+StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
+                          bool recompute = true);
 
 // A y5::Error when the plans together need more than 90 % of the memory available on dev (the GPU's free memory,
 // or MemAvailable on the CPU, where Linux would overcommit and kill the process on first touch); `what` names the
@@ -71,7 +74,8 @@ StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const L
 void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
                 int64_t available = -1);
 
-// The arenas of one plan and the tape over them.
+// The arenas of one plan and the tape over them; the activation arena tracks (engine/core/arena.h), for the
+// inference forward's liveness and training's recomputation.
 struct Workspace {
     std::unique_ptr<Arena> act, work, grads;
     std::unique_ptr<Tape> tape;
@@ -80,6 +84,7 @@ struct Workspace {
         act = std::make_unique<Arena>("activations", dev, m.act);
         work = std::make_unique<Arena>("workspace", dev, m.work);
         grads = std::make_unique<Arena>("activation gradients", dev, m.grads);
+        act->set_tracking(true);
         tape = std::make_unique<Tape>(grads.get(), cuda);
         ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get(), ctx.cuda = cuda;
     }

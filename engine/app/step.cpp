@@ -20,6 +20,7 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     c.tape->clear();
     c.act->reset();
     c.autocast = amp;
+    c.recompute = recompute;
     Tensor x = batch_images(c, b), t = batch_targets(b);
     stamp();
     std::function<void(size_t)> layer_done;

@@ -46,6 +46,7 @@ public:
     int64_t last_opt_step = -1;  // the iteration of the last optimizer step; −1 before the first
     int64_t updates = 0;         // optimizer steps so far (the EMA's update count)
     bool amp = false;            // mixed precision; the scaler's state goes into checkpoints
+    bool recompute = true;       // Ctx::recompute: BatchNorm + activation outputs rebuilt in the backward
     GradScaler scaler;
 
 private:

@@ -168,6 +168,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["deterministic"]) o.deterministic = y["deterministic"].as<bool>();  // runs before these options: defaults
     if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
     if (y["amp"]) o.amp = y["amp"].as<bool>() ? 1 : 0;
+    if (y["recompute"]) o.recompute = y["recompute"].as<bool>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -229,7 +230,7 @@ std::string train(const TrainOptions& opt_in) {
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
-       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nsave_dir: " << save_dir << "\n";
+       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute) << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
     if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
@@ -294,7 +295,8 @@ std::string train(const TrainOptions& opt_in) {
 
     // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, and validation's rect batches
     // on the same arenas (idle between epochs).
-    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.batch_size, vl.batch_size, lh, amp, opt.single_cls);
+    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.batch_size, vl.batch_size, lh, amp, opt.single_cls,
+                                           opt.recompute);
     check_fits(dev, {plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
     Workspace tw;
@@ -307,6 +309,7 @@ std::string train(const TrainOptions& opt_in) {
 
     TrainStep step(model, ema, lh);
     step.amp = amp;
+    step.recompute = opt.recompute;
     std::printf("AMP: %s\n", amp ? "mixed precision (f16 activations, f32 weights, loss scaling from 65536)" : "off (f32)");
     const bool tty = isatty(fileno(stdout));
     double best_fitness = 0;

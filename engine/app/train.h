@@ -25,6 +25,9 @@ struct TrainOptions {
     // Mixed precision (train.py's amp: autocast + GradScaler): 1 on, 0 off, −1 as YOLOv5 (on for CUDA devices,
     // off on the CPU, where it is allowed so that CI runs the f16 path).
     int amp = -1;
+    // Recomputation (Ctx::recompute): BatchNorm + activation outputs are dropped after the forward and rebuilt in the
+    // backward, less memory for a little time; false keeps them.
+    bool recompute = true;
 };
 
 // Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run

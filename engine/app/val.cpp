@@ -77,13 +77,14 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     const Tensor anchors = m.loss_anchors(&anchors_host);
     NoGrad ng(*c.tape);
     // The forward keeps only the tensors later rows read (Model::forward's liveness), on the arena as it finds it
-    // (y5train's training arena, idle meanwhile), rewound and untracked again when validation ends.
+    // (y5train's training arena, idle meanwhile), rewound when validation ends.
     c.act->reset();
-    c.act->set_tracking(true);
     struct Untrack {
         Arena* a;
-        ~Untrack() { a->reset(), a->set_tracking(false); }
-    } untrack{c.act};
+        bool was;
+        ~Untrack() { a->reset(), a->set_tracking(was); }
+    } untrack{c.act, c.act->tracking()};
+    c.act->set_tracking(true);
     loader.start_epoch(0);
     Batch b;
     int batches = 0;

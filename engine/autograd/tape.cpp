@@ -24,12 +24,16 @@ Var Tape::param(Tensor value, Tensor grad) {
     if (!recording_) return Var{value, -1};
     Y5_CHECK(same_layout(value, grad), "parameter %s and its gradient %s differ in layout", value.str().c_str(),
              grad.str().c_str());
-    nodes_.push_back(Node{value, grad, true});
+    Node n;
+    n.value = value, n.grad = grad, n.grad_ready = true;
+    nodes_.push_back(n);
     return Var{value, (int)nodes_.size() - 1};
 }
 
 Var Tape::leaf(Tensor value) {
-    nodes_.push_back(Node{value, Tensor(), false});
+    Node n;
+    n.value = value;
+    nodes_.push_back(n);
     return Var{value, (int)nodes_.size() - 1};
 }
 
@@ -66,12 +70,41 @@ Tensor Tape::grad(const Var& v) {
     return n.grad;
 }
 
+void Tape::set_recompute(const Var& v, std::function<void(Tensor)> fn) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "set_recompute: a value that is not on the tape");
+    nodes_[v.id].recompute = std::move(fn);
+}
+
+void Tape::drop(const Var& v, Arena* values, bool dead) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "drop: a value that is not on the tape");
+    Node& n = nodes_[v.id];
+    if (n.values) return;
+    Y5_CHECK(dead || n.recompute, "drop: %s has no recompute function", n.value.str().c_str());
+    values->release(n.value.data);
+    n.values = values;
+}
+
+Tensor Tape::value(const Var& v) {
+    if (v.id < 0 || !nodes_[v.id].values) return v.t;
+    Node& n = nodes_[v.id];
+    if (!n.rebuilt.defined()) {
+        Y5_CHECK(n.recompute, "internal: %s was dropped as dead but a backward reads it", n.value.str().c_str());
+        n.rebuilt = n.values->tensor(n.value.shape, n.value.dtype);
+        n.recompute(n.rebuilt);
+    }
+    return n.rebuilt;
+}
+
 // The closures in reverse; after each, its output's gradient goes to the free list (reused on the GPU in stream
 // order, so a later kernel never overwrites memory an earlier one still reads).
 void Tape::run_backward() {
     for (size_t i = closures_.size(); i-- > 0;) {
         closures_[i]();
         const int id = output_of_[i];
+        if (id >= 0 && nodes_[id].rebuilt.defined()) {  // every reader of a rebuilt value has run
+            nodes_[id].values->release(nodes_[id].rebuilt.data);
+            nodes_[id].rebuilt = Tensor();
+        }
         if (id < 0 || !nodes_[id].grad_ready) continue;
         Node& n = nodes_[id];
         if (arena_->tracking()) arena_->release(n.grad.data);

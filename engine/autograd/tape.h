@@ -9,6 +9,12 @@
  * arena and zeroed on first touch; a parameter's points into the parameter-gradient block instead.
  * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
  * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
+ * Recomputation (Ctx::recompute, llm.c-style): an op whose output is cheap to rebuild from what the backward keeps
+ * anyway (BatchNorm + activation from the conv output and the batch statistics) registers a recompute function.
+ * drop() then gives the output's memory back to the activation arena (tracking) once the forward is done with
+ * it; a backward closure reads its inputs through value(), which rebuilds a dropped one the first time and keeps
+ * it until the node's own backward has run. A dropped value nothing reads in backward may have no function
+ * (drop(v, arena, true): Detect's conv output, which its transpose replaced); value() of it is an error.
  * Gradient release: an op's output gradient is read last by that op's own backward (every other reader was
  * recorded later and so ran earlier), so backward() returns it to the arena right after (a tracking arena:
  * first fit, neighbours coalesced), and later gradients of any shape reuse the memory, as PyTorch frees
@@ -57,6 +63,15 @@ public:
     void record(std::function<void()> backward_fn);
 
     bool has_grad(const Var& v) const { return v.id >= 0 && nodes_[v.id].grad_ready; }
+
+    // Recomputation: fn(dst) writes v's value into dst (v's shape and dtype).
+    void set_recompute(const Var& v, std::function<void(Tensor)> fn);
+    bool recomputable(const Var& v) const { return v.id >= 0 && (bool)nodes_[v.id].recompute; }
+    // v's memory back to `values` (a tracking arena, the one v was allocated from); a no-op if already dropped.
+    // dead: nothing reads v in backward, so it needs no recompute function.
+    void drop(const Var& v, Arena* values, bool dead = false);
+    // v's value for a backward closure: v.t, or, dropped, rebuilt into the arena it was dropped to.
+    Tensor value(const Var& v);
     Tensor grad(const Var& v);  // allocates and zeroes on first call
 
     // Runs the closures in reverse. With no seed the root must hold one element and gets gradient `scale` (1, or
@@ -75,6 +90,9 @@ private:
         Tensor value, grad;
         bool grad_ready = false;
         bool released = false;
+        std::function<void(Tensor)> recompute;  // recomputation: rebuilds value
+        Arena* values = nullptr;                // dropped: value's memory went back here
+        Tensor rebuilt;                         // dropped and rebuilt by value(), until the node's backward ran
     };
     Arena* arena_;
     CudaContext* cuda_;

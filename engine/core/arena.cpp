@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "engine/device/device.h"
 
@@ -83,6 +84,14 @@ void Arena::set_tracking(bool on) {
     tracking_ = on;
 }
 
+bool Arena::owns(const void* p) const {
+    const char* q = static_cast<const char*>(p);
+    if (!tracking_ || q < base_ || q >= base_ + capacity_) return false;
+    const size_t off = (size_t)(q - base_);
+    auto it = std::upper_bound(blocks_.begin(), blocks_.end(), off, [](size_t o, const Block& b) { return o < b.off; });
+    return it != blocks_.begin() && off < (it - 1)->off + (it - 1)->bytes;
+}
+
 void Arena::release(const void* p) {
     const size_t off = (size_t)(static_cast<const char*>(p) - base_);
     auto it = std::upper_bound(blocks_.begin(), blocks_.end(), off, [](size_t o, const Block& b) { return o < b.off; });
@@ -90,6 +99,7 @@ void Arena::release(const void* p) {
              "arena '%s': release of %p, which is not a tracked block", name_.c_str(), p);
     Block b = *(it - 1);
     blocks_.erase(it - 1);
+    if (poison_ && device_ == Device::CPU) std::memset(base_ + b.off, 0xFF, b.bytes);
     // Into the holes in offset order, merged with a neighbour on either side; a hole that reaches the top lowers it.
     auto f = std::upper_bound(free_.begin(), free_.end(), b.off, [](size_t o, const Block& x) { return o < x.off; });
     if (f != free_.end() && b.off + b.bytes == f->off) b.bytes += f->bytes, f = free_.erase(f);

@@ -41,7 +41,11 @@ public:
     bool tracking() const { return tracking_; }
     // A tracked block back to the arena, by any address inside it (a view's data); untracked memory is an error.
     void release(const void* p);
+    bool owns(const void* p) const;  // p inside a tracked block
     const std::vector<Block>& blocks() const { return blocks_; }  // tracked and not released, in address order
+    // Tests (CPU): released blocks are filled with 0xFF bytes (NaN in f16, f32 and f64), so a read of released
+    // memory shows in the results.
+    void set_poison(bool on) { poison_ = on; }
 
     const std::string& name() const { return name_; }
     Device device() const { return device_; }
@@ -55,7 +59,7 @@ private:
     Device device_;
     char* base_ = nullptr;
     size_t capacity_ = 0, used_ = 0, peak_ = 0;
-    bool tracking_ = false;
+    bool tracking_ = false, poison_ = false;
     std::vector<Block> blocks_, free_;  // both sorted by offset; free_ holds only holes below used_
 };
 

@@ -229,6 +229,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
+        const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();  // read for dw only: recomputed if dropped
         if constexpr (d.cuda) {
             // dgrad and wgrad run one after the other on the stream, so they share one workspace.
             size_t bytes = 0;
@@ -237,7 +238,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             Scratch ws(c.conv_work ? c.conv_work : c.work);
             void* wsp = ws.get<char>((int64_t)bytes);
             if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes);
-            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, x.t.ptr<T>(), wsp, bytes);
+            if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, xp, wsp, bytes);
         } else {
             using A = acc_t<T>;
             Scratch ws(c.work);
@@ -250,11 +251,11 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                 A* cs = col ? col + slot * ncol : nullptr;
                 if constexpr (std::is_same_v<T, f16>)
                     conv2d_backward_f16_cpu(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
-                                            x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
+                                            xp + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
                                             g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                 else
                     conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
-                                           x.t.ptr<T>() + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
+                                           xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad);
             });
         }
@@ -337,9 +338,11 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
         for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
         T *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
+        const T* xv[kMaxConvParts];  // the parts, recomputed if dropped
+        for (int i = 0; i < m; ++i) xv[i] = dw ? c.tape->value(xs[i]).template ptr<T>() : xs[i].t.ptr<T>();
         if constexpr (d.cuda) {
             const T* xp[kMaxConvParts];
-            for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
+            for (int i = 0; i < m; ++i) xp[i] = xv[i];
             const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
             conv1x1_parts_backward_cuda(c.cuda, dxp, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
                                         ws.get<char>((int64_t)bytes), bytes);
@@ -353,7 +356,7 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
                 T* dxg[kMaxConvParts];
                 for (int i = 0; i < m; ++i) {
                     const int64_t off = (int64_t)n0 * Cs[i] * P;
-                    xg[i] = xs[i].t.ptr<T>() + off;
+                    xg[i] = xv[i] + off;
                     dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
                 }
                 if constexpr (std::is_same_v<T, f16>)
@@ -420,7 +423,7 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
             });
         }
     });
-    return finish<kF16>(c, op, out, {&x, &gamma, &beta},
+    Var y = finish<kF16>(c, op, out, {&x, &gamma, &beta},
                         [&c, x, gamma, beta, mean, invstd, running_mean, running_var, training, eps, act, N, C,
                          HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
@@ -431,7 +434,7 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
         T* dx = grad_ptr<T>(c, x);
         A *dg = grad_ptr<A>(c, gamma), *db = grad_ptr<A>(c, beta);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        T* xp = x.t.ptr<T>();
+        T* xp = c.tape->value(x).template ptr<T>();
         A *gp = gamma.t.ptr<A>(), *bp = beta.t.ptr<A>();
         if constexpr (d.cuda) {
             Scratch ws(c.work);
@@ -453,6 +456,22 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
             });
         }
     });
+    // Recomputation: the output again from x and the saved statistics, the forward's own normalising pass.
+    if (c.recompute && training && y.requires_grad())
+        c.tape->set_recompute(y, [&c, x, gamma, beta, mean, invstd, act, N, C, HW](Tensor dst) {
+            dispatch<kF16>("batchnorm2d (recompute)", dst, [&](auto d) {
+                using T = typename decltype(d)::T;
+                using A = acc_t<T>;
+                const T* xp = c.tape->value(x).template ptr<T>();
+                T* yp = dst.ptr<T>();
+                const A *mp = mean.ptr<A>(), *ip = invstd.ptr<A>(), *gp = gamma.t.ptr<A>(), *bp = beta.t.ptr<A>();
+                if constexpr (d.cuda) batchnorm_apply_cuda(yp, xp, mp, ip, gp, bp, N, C, HW, act, stream(c));
+                else par(C, [&](int64_t c0, int64_t c1) {
+                    batchnorm_apply_cpu<T>(yp, xp, mp, ip, gp, bp, N, C, HW, act, (int)c0, (int)c1);
+                });
+            });
+        });
+    return y;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -473,7 +492,7 @@ Var activation(Ctx& c, const Var& x, Act a) {
     });
     return finish<kF16>(c, op, out, {&x}, [&c, x, a, n](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        T *dx = grad_ptr<T>(c, x), *xp = c.tape->value(x).template ptr<T>();
         const T* dy = c.tape->grad(y).template ptr<T>();
         if constexpr (d.cuda) act_backward_cuda(dx, dy, xp, n, a, stream(c));
         else par(n, [&](int64_t b, int64_t e) { act_backward_cpu<T>(dx + b, dy + b, xp + b, e - b, a); }, kElemChunk);
@@ -507,7 +526,7 @@ Var maxpool2d(Ctx& c, const Var& x, int k, int stride, int pad) {
     });
     return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, Ho, Wo, k, stride, pad](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        T *dx = grad_ptr<T>(c, x), *xp = c.tape->value(x).template ptr<T>();
         const T* dy = c.tape->grad(y).template ptr<T>();
         if constexpr (d.cuda) {
             Scratch ws(c.work);  // each output's argmax, as the CPU reference recomputes it
@@ -634,11 +653,20 @@ Var add(Ctx& c, const Var& a, const Var& b) {
         using T = typename decltype(d)::T;
         Y5_CPU_OR_CUDA(add, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
     });
-    return finish<kF16>(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
+    Var y = finish<kF16>(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
         Tensor dy = c.tape->grad(y);
         if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
         if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
     });
+    if (c.recompute && y.requires_grad())  // rebuilt from its inputs (themselves rebuilt if dropped)
+        c.tape->set_recompute(y, [&c, a, b](Tensor dst) {
+            const Tensor av = c.tape->value(a), bv = c.tape->value(b);
+            dispatch<kF16>("add (recompute)", dst, [&](auto d) {
+                using T = typename decltype(d)::T;
+                Y5_CPU_OR_CUDA(add, dst.ptr<T>(), av.ptr<T>(), bv.ptr<T>(), dst.numel());
+            });
+        });
+    return y;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -681,7 +709,7 @@ Var conv1d_channels(Ctx& c, const Var& x, const Var& w) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        Y5_CPU_OR_CUDA(conv1d_channels_backward, dx, dw, dy, x.t.ptr<T>(), w.t.ptr<T>(), N, C, k);
+        Y5_CPU_OR_CUDA(conv1d_channels_backward, dx, dw, dy, c.tape->value(x).template ptr<T>(), w.t.ptr<T>(), N, C, k);
     });
 }
 
@@ -704,7 +732,8 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *ds = grad_ptr<T>(c, s);
         const T* dy = c.tape->grad(y).template ptr<T>();
-        Y5_CPU_OR_CUDA(scale_channels_backward, dx, ds, dy, x.t.ptr<T>(), s.t.ptr<T>(), N, C, HW);
+        Y5_CPU_OR_CUDA(scale_channels_backward, dx, ds, dy, c.tape->value(x).template ptr<T>(),
+                       c.tape->value(s).template ptr<T>(), N, C, HW);
     });
 }
 
@@ -732,7 +761,7 @@ Var eca(Ctx& c, const Var& x, const Var& w) {
         using T = typename decltype(d)::T;
         using A = acc_t<T>;
         Scratch ws(c.work);
-        T *dx = grad_ptr<T>(c, x), *xp = x.t.ptr<T>();
+        T *dx = grad_ptr<T>(c, x), *xp = c.tape->value(x).template ptr<T>();
         A *dw = grad_ptr<A>(c, w), *wp = w.t.ptr<A>(), *pp = pooled.ptr<A>(), *gp = gate.ptr<A>();
         A* scratch = ws.get<A>((int64_t)N * C);
         const T* dy = c.tape->grad(y).template ptr<T>();

@@ -32,6 +32,10 @@ struct Ctx {
     // weight and bias to f16, so activations and their gradients are f16 from the first conv on; BatchNorm and ECA
     // keep f32 parameters, and the loss and Detect's decode read the f16 maps in f32 (layers/).
     bool autocast = false;
+    // Recomputation (y5train's --recompute, llm.c-style): a training batchnorm2d's output is rebuilt in the backward
+    // from the conv output and the batch statistics it keeps anyway, so the layers drop it from the (tracking)
+    // activation arena once the forward is done with it (Tape::drop); ops read saved inputs through Tape::value.
+    bool recompute = false;
 };
 
 // CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
