@@ -1,5 +1,5 @@
 /*
- * CUDA side of kernels/sgd.h: the optimizer's element-wise updates (nesterov SGD, EMA) as one grid-stride
+ * CUDA side of kernels/sgd.h: the optimizer's element-wise updates (nesterov SGD, Adam/AdamW, EMA) as one grid-stride
  * kernel each over a flat range, calling the same Y5_HD functions as the CPU references, and
  * clip_grad_norm's norm as a deterministic two-stage reduction in double followed by the scaling, with the
  * factor computed on the device; GradScaler's unscale as one grid-stride kernel that raises a device flag on an
@@ -26,6 +26,16 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, floa
         sgd_nesterov<float>(pi, g[i], bi, lr, m, wd);
         p[i] = pi;
         buf[i] = bi;
+    }
+}
+
+__global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n, AdamScalars<float> s) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float pi = p[i], mi = m[i], vi = v[i];
+        adam_update<float>(pi, g[i], mi, vi, s);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
     }
 }
 
@@ -80,6 +90,13 @@ __global__ void amp_unscale_kernel(float* g, int64_t n, float inv_scale, int* fo
 void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream) {
     if (n <= 0) return;
     sgd_kernel<<<grid_1d(n), kBlock, 0, stream>>>(p, g, buf, n, lr, m, wd);
+    Y5_LAUNCH_CHECK();
+}
+
+void adam_cuda(float* p, const float* g, float* m, float* v, int64_t n, const AdamScalars<float>& s,
+               cudaStream_t stream) {
+    if (n <= 0) return;
+    adam_kernel<<<grid_1d(n), kBlock, 0, stream>>>(p, g, m, v, n, s);
     Y5_LAUNCH_CHECK();
 }
 

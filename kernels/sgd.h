@@ -4,6 +4,14 @@
  *   sgd: PyTorch SGD(momentum m, dampening 0, nesterov=True, weight_decay wd), per element:
  *        d = g + wd·p;  buf = m·buf + d;  d = d + m·buf;  p −= lr·d
  *        (torch starts buf as a copy of d; with buf zero-initialised m·0 + d is the same value)
+ *   adam: torch.optim.Adam / AdamW (single-tensor path, amsgrad off) at step t, per element:
+ *        AdamW: p = p·(1 − lr·wd);  Adam: g = g + wd·p
+ *        m = lerp(m, g, 1 − β1);  v = β2·v + (1 − β2)·g·g
+ *        p = p + (−step_size)·m / (sqrt(v) / bc2_sqrt + eps)
+ *        with step_size = lr / (1 − β1^t), bc2_sqrt = (1 − β2^t)^0.5: per group in double on the host, as torch
+ *        computes them in Python, then rounded to T. The L2 add, the lerp and the v update are fused
+ *        multiply-adds, as torch's vectorised CPU kernels compute them (f32 results within an ulp of torch's:
+ *        tests/test_adam.cpp).
  *   ema: v = d·v + (1 − d)·w (YOLOv5 ModelEMA over every floating state entry)
  *   amp_unscale: torch's _amp_foreach_non_finite_check_and_unscale_ (GradScaler.unscale_), per element:
  *        found_inf |= !isfinite(g) (on g as it comes in, before scaling);  g = inv_scale == 1 ? g : g·inv_scale
@@ -23,6 +31,33 @@ template <class T> Y5_HD void sgd_nesterov(T& p, T g, T& buf, T lr, T m, T wd) {
     buf = m * buf + d;
     d = d + m * buf;
     p = p - lr * d;
+}
+
+// One group's Adam scalars for a step, rounded to T (adam_scalars in engine/autograd/optim.cpp computes them).
+template <class T> struct AdamScalars {
+    T keep;            // AdamW: 1 − lr·wd (1: no decoupled decay)
+    T l2;              // Adam: wd, added to the gradient (0: none)
+    T w1, beta2, w2;   // 1 − β1 (lerp weight), β2, 1 − β2
+    T neg_step_size;   // −lr / (1 − β1^t)
+    T bc2_sqrt, eps;   // (1 − β2^t)^0.5, eps
+};
+
+Y5_HD float y5_fma(float a, float b, float c) { return fmaf(a, b, c); }
+Y5_HD double y5_fma(double a, double b, double c) { return fma(a, b, c); }
+
+// torch's lerp(a, b, w) as its vectorised CPU kernel computes it (one rounding: fmadd): a + w·(b − a) for
+// |w| < 0.5, else b + (w − 1)·(b − a).
+template <class T> Y5_HD T torch_lerp(T a, T b, T w) {
+    return (w < T(0.5) && w > T(-0.5)) ? y5_fma(w, b - a, a) : y5_fma(w - T(1), b - a, b);
+}
+
+template <class T> Y5_HD void adam_update(T& p, T g, T& m, T& v, const AdamScalars<T>& s) {
+    if (s.keep != T(1)) p = p * s.keep;
+    if (s.l2 != T(0)) g = y5_fma(s.l2, p, g);
+    m = torch_lerp(m, g, s.w1);
+    v = y5_fma(s.w2 * g, g, v * s.beta2);
+    const T denom = y5_sqrt(v) / s.bc2_sqrt + s.eps;
+    p = p + s.neg_step_size * m / denom;
 }
 
 template <class T> Y5_HD T ema_lerp(T v, T w, T d) { return d * v + (T(1) - d) * w; }
@@ -50,6 +85,10 @@ template <class T> void sgd_cpu(T* p, const T* g, T* buf, int64_t n, T lr, T m, 
     for (int64_t i = 0; i < n; ++i) sgd_nesterov(p[i], g[i], buf[i], lr, m, wd);
 }
 
+template <class T> void adam_cpu(T* p, const T* g, T* m, T* v, int64_t n, const AdamScalars<T>& s) {
+    for (int64_t i = 0; i < n; ++i) adam_update(p[i], g[i], m[i], v[i], s);
+}
+
 template <class T> void ema_cpu(T* ema, const T* model, int64_t n, T d) {
     for (int64_t i = 0; i < n; ++i) ema[i] = ema_lerp(ema[i], model[i], d);
 }
@@ -67,6 +106,9 @@ Y5_HD double clip_coef(double norm, double max_norm) { return y5_min(1.0, max_no
 // ---- CUDA launchers (kernels/sgd.cu); built only with Y5_CUDA. f32, on the given stream.
 // p, buf updated in place over n elements with sgd_nesterov.
 void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream);
+// p, m (exp_avg), v (exp_avg_sq) updated in place over n elements with adam_update.
+void adam_cuda(float* p, const float* g, float* m, float* v, int64_t n, const AdamScalars<float>& s,
+               cudaStream_t stream);
 // ema = ema_lerp(ema, model, d) over n elements.
 void ema_cuda(float* ema, const float* model, int64_t n, float d, cudaStream_t stream);
 // Device scratch that clip_grad_norm_cuda needs (partial sums and the norm).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # --resume continues a run killed after an epoch exactly as if it had not stopped: on the CPU with the same
-# seed, the resumed run's per-epoch losses and lr equal an uninterrupted run's (results.csv rows compared); in f32
-# and with --amp (opt.yaml brings the mode back, the checkpoint the loss scaler's state).
+# seed, the resumed run's per-epoch losses and lr equal an uninterrupted run's (results.csv rows compared); in f32,
+# with --amp (opt.yaml brings the mode back, the checkpoint the loss scaler's state) and with --optimizer Adam (the
+# checkpoint holds exp_avg, exp_avg_sq and the step counts of its bias correction).
 #   bash tests/resume.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$1"; src="$2"
@@ -11,12 +12,15 @@ cd "$work"
 "$build/y5data" --synthetic synth --images 8 >/dev/null
 args=(--data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --hyp "$src/config/hyps/hyp.scratch-low.yaml"
       --weights '' --imgsz 64 --epochs 4 --batch-size 4 --workers 2 --noval --device cpu)
-for mode in f32 amp; do
-  extra=(); [ "$mode" = amp ] && extra=(--amp)
+for mode in f32 amp adam; do
+  extra=(); [ "$mode" = amp ] && extra=(--amp); [ "$mode" = adam ] && extra=(--optimizer Adam)
   "$build/y5train" "${args[@]}" "${extra[@]}" --name full$mode > full$mode.log
   Y5_STOP_AFTER_EPOCH=1 "$build/y5train" "${args[@]}" "${extra[@]}" --name cut$mode > cut$mode.log
   [ "$(wc -l < runs/train/cut$mode/results.csv)" -eq 3 ] || { echo "the cut $mode run should have stopped after 2 epochs"; exit 1; }
   scale=$(grep -ao '"amp_scale":"[^"]*"' runs/train/cut$mode/weights/last.safetensors | cut -d'"' -f4 || true)
+  # Adam's state in the cut checkpoint (read before resuming, which strips it at the end): exp_avg_sq, step counts.
+  adam_state=$({ grep -aoE '"optimizer[.]exp_avg_sq[.]model[.]0[.]conv[.]weight"|"adam_step":"[1-9][0-9]*,' \
+    runs/train/cut$mode/weights/last.safetensors || true; } | sort -u | wc -l)
   "$build/y5train" --resume runs/train/cut$mode/weights/last.safetensors > resumed$mode.log
   grep -q "Resuming training from runs/train/cut$mode/weights/last.safetensors from epoch 2 to 4" resumed$mode.log ||
     { cat resumed$mode.log; exit 1; }
@@ -26,15 +30,21 @@ for mode in f32 amp; do
     [ -n "$scale" ] || { echo "no scaler state saved"; exit 1; }
     grep -q "^AMP: loss scale $scale, [0-9]* steps since" resumed$mode.log || { echo "scaler state $scale not restored"; exit 1; }
   fi
+  if [ "$mode" = adam ]; then
+    grep -q "^optimizer: Adam(lr=0.01) with parameter groups " resumed$mode.log || { echo "--resume lost --optimizer Adam"; exit 1; }
+    [ "$adam_state" = 2 ] || { echo "the cut Adam checkpoint lacks exp_avg_sq or its step counts"; exit 1; }
+  fi
   # Train losses and lr (columns 1-4 and 12-14) of every epoch must match; validation runs only at the end.
   cut -d, -f1-4,12-14 runs/train/full$mode/results.csv > a.csv
   cut -d, -f1-4,12-14 runs/train/cut$mode/results.csv > b.csv
   diff a.csv b.csv || { echo "resumed $mode losses differ from the uninterrupted run"; exit 1; }
 done
-# The AMP run trained in f16: its losses are not the f32 run's.
-if cmp -s <(cut -d, -f2-4 runs/train/fullf32/results.csv) <(cut -d, -f2-4 runs/train/fullamp/results.csv); then
-  echo "the --amp run's losses equal the f32 run's"; exit 1
-fi
+# The AMP run trained in f16, the Adam run with Adam: their losses are not the f32 SGD run's.
+for other in amp adam; do
+  if cmp -s <(cut -d, -f2-4 runs/train/fullf32/results.csv) <(cut -d, -f2-4 runs/train/full$other/results.csv); then
+    echo "the $other run's losses equal the f32 SGD run's"; exit 1
+  fi
+done
 # A finished (stripped) checkpoint is not resumable.
 if "$build/y5train" --resume runs/train/fullf32/weights/last.safetensors 2> err.log; then exit 1; fi
 grep -q "nothing to resume" err.log || { cat err.log; exit 1; }

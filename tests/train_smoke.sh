@@ -19,9 +19,21 @@ expected='               epoch,      train/box_loss,      train/obj_loss,      t
 [ "$(wc -l < $run/results.csv)" -eq 3 ] || { echo "results.csv should have a header and 2 rows"; cat $run/results.csv; exit 1; }
 # A second run goes to exp2, as YOLOv5 increments; bare yaml names as YOLOv5's tutorials write them resolve to
 # y5's config/ folders (here, outside the source tree, those it was built from).
+# It also takes --noplots (no picture at all in its folder, though it validates best at the end) and --sync-bn
+# (accepted, a no-op on one device).
 "$build/y5train" --data synth/data.yaml --cfg yolov5n.yaml --hyp hyp.scratch-low.yaml \
-  --imgsz 64 --epochs 1 --batch-size 4 --workers 1 --nosave > train2.log
+  --imgsz 64 --epochs 1 --batch-size 4 --workers 1 --nosave --noplots --sync-bn > train2.log
 [ -s runs/train/exp2/results.csv ] || { echo "second run did not go to exp2"; exit 1; }
+[ -s runs/train/exp2/weights/best.safetensors ] || { echo "the --noplots run saved no best"; exit 1; }
+pics=$(find runs/train/exp2 -name '*.jpg' -o -name '*.png')
+[ -z "$pics" ] || { echo "--noplots wrote pictures: $pics"; exit 1; }
+grep -q "^noplots: true$" runs/train/exp2/opt.yaml && grep -q "^sync_bn: true$" runs/train/exp2/opt.yaml &&
+  grep -q "^optimizer: SGD$" runs/train/exp2/opt.yaml || { echo "opt.yaml lacks optimizer/noplots/sync_bn"; exit 1; }
+# smart_optimizer's line as train.py logs it (yolov5n: 57 BN weights, 60 conv weights, 60 biases).
+grep -q "^optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight(decay=0.0005), 60 bias$" train.log ||
+  { echo "no smart_optimizer line"; cat train.log; exit 1; }
+if "$build/y5train" --data synth/data.yaml --cfg yolov5n.yaml --optimizer RMSProp 2> opt.err; then exit 1; fi
+grep -q -- "--optimizer: RMSProp not in {SGD,Adam,AdamW}" opt.err || { cat opt.err; exit 1; }
 grep -q "^cfg: .*config/models/yolov5n.yaml$" runs/train/exp2/opt.yaml || { echo "--cfg yolov5n.yaml not resolved"; cat runs/train/exp2/opt.yaml; exit 1; }
 # A name found nowhere is an error before any dataset work, saying where y5 looked.
 if "$build/y5train" --data synth/data.yaml --cfg nosuch.yaml --imgsz 64 --epochs 1 > bad.log 2> bad.err; then exit 1; fi
@@ -59,6 +71,8 @@ grep -q -- "--data nope.yaml: no such file, nor config/data/nope[.]yaml" err.log
 # cuDNN flags: listed in --help, kept in opt.yaml (deterministic by default), a negative --workspace refused.
 "$build/y5train" --help > help.log
 grep -q -- "--no-deterministic" help.log && grep -q -- "--workspace" help.log || { echo "--help lacks the cuDNN flags"; cat help.log; exit 1; }
+grep -q -- "--optimizer" help.log && grep -q -- "--noplots" help.log && grep -q -- "--sync-bn.*no effect" help.log ||
+  { echo "--help lacks --optimizer, --noplots or --sync-bn"; cat help.log; exit 1; }
 grep -q "^deterministic: true" $run/opt.yaml && grep -q "^workspace: 256" $run/opt.yaml || { echo "opt.yaml lacks the cuDNN flags"; cat $run/opt.yaml; exit 1; }
 if "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --workspace -1 2> ws.err; then exit 1; fi
 grep -q -- "--workspace: Value -1 not in range" ws.err || { cat ws.err; exit 1; }

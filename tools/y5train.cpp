@@ -45,6 +45,12 @@ int main(int argc, char** argv) {
     app.add_flag("--no-amp", amp_off, "train in f32 (the default on the CPU)")->excludes(amp_opt);
     app.add_flag("--recompute,!--no-recompute", o.recompute, "rebuild BatchNorm + activation outputs in the backward "
                  "instead of keeping them (less memory, a little slower); on by default");
+    app.add_option("--optimizer", o.optimizer, "optimizer, as train.py's smart_optimizer: SGD (nesterov), Adam "
+                   "(betas (momentum, 0.999), decay added to the gradient) or AdamW (decoupled decay)")
+        ->capture_default_str()->check(CLI::IsMember({"SGD", "Adam", "AdamW"}));
+    app.add_flag("--sync-bn", o.sync_bn, "use SyncBatchNorm, only available in DDP mode: accepted, no effect (y5 "
+                 "trains on one device, where train.py does not convert either)");
+    app.add_flag("--noplots", o.noplots, "save no plot files (train_batch*.jpg, val_batch*.jpg, results.png)");
     app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");

@@ -38,7 +38,7 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     r.skipped = amp && scaler.unscale(model.params);
     r.grad_norm = clip_grad_norm(model.params, 10.0);
     stamp();
-    if (!r.skipped) sgd_step(model.params, groups);
+    if (!r.skipped) optimizer.step(model.params, groups);
     if (amp) scaler.update(r.skipped);
     model.params.zero_grad(c.cuda);
     stamp();

@@ -2,8 +2,9 @@
  * One training step of YOLOv5 v7.0's train.py loop, the only one in y5: y5train's loop, bench_step and the GPU
  * model test all run it. For a loader batch: the images uploaded and scaled (batch_images), the model's training
  * forward, the loss, the tape's backward into the model's gradients (which accumulate over batches), and, when
- * the optimizer is due (ni − last_opt_step ≥ accumulate), clip_grad_norm(10), nesterov SGD over the three
- * parameter groups, zero_grad and the EMA update with decay ema_decay(updates).
+ * the optimizer is due (ni − last_opt_step ≥ accumulate), clip_grad_norm(10), the optimizer (nesterov SGD,
+ * or --optimizer's Adam/AdamW) over the three parameter groups, zero_grad and the EMA update with decay
+ * ema_decay(updates).
  * Mixed precision (amp, train.py's autocast + GradScaler): the forward under Ctx::autocast, the backward seeded
  * with the loss scale, and at the optimizer step unscale (finding any inf/NaN), the clip, SGD unless a gradient
  * was inf/NaN, the scaler's update, zero_grad and the EMA update (also after a skipped step, as train.py).
@@ -48,6 +49,7 @@ public:
     bool amp = false;            // mixed precision; the scaler's state goes into checkpoints
     bool recompute = true;       // Ctx::recompute: BatchNorm + activation outputs rebuilt in the backward
     GradScaler scaler;
+    Optimizer optimizer;  // SGD unless set (train.cpp's --optimizer); its state goes into checkpoints
 
 private:
     std::vector<float> anchors_host_;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -88,7 +89,7 @@ struct TrainState {
 
 void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
                      double best_fitness, int64_t updates, const std::string& opt_yaml, const std::string& names,
-                     const TrainState& ts = {}, const GradScaler* scaler = nullptr) {
+                     const TrainState& ts = {}, const GradScaler* scaler = nullptr, const Optimizer* optim = nullptr) {
     std::vector<SaveItem> items;
     std::vector<std::vector<char>> keep;  // host copies of device tensors
     CudaContext* cuda = live.params.cuda();
@@ -99,9 +100,16 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
     if (with_state) {
         add_all(live, "");
         if (ema) add_all(*ema, "ema.");
+        const bool adam = optim && optim->kind != OptimizerKind::SGD;  // Adam's exp_avg is the momentum block
         for (int i = 0; i < live.params.size(); ++i)
             if (live.params[i].trainable()) {
-                items.push_back({"optimizer.momentum." + live.params[i].name, host_view(live.params.momentum(i), keep, cuda)});
+                const std::string& n = live.params[i].name;
+                items.push_back({(adam ? "optimizer.exp_avg." : "optimizer.momentum.") + n,
+                                 host_view(live.params.momentum(i), keep, cuda)});
+                if (adam) {
+                    const Tensor v = optim->exp_avg_sq(live.params, i);
+                    items.push_back({"optimizer.exp_avg_sq." + n, host_view(v, keep, cuda)});
+                }
                 // gradients accumulated since the last step, so a resumed run continues exactly
                 items.push_back({"optimizer.grad." + live.params[i].name, host_view(live.params[i].grad, keep, cuda)});
             }
@@ -116,6 +124,10 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"names", names},
                                                {"last_opt_step", std::to_string(ts.last_opt_step)},
                                                {"accumulate", std::to_string(ts.accumulate)}};
+    if (optim) meta["optimizer"] = optimizer_name(optim->kind);
+    if (optim && optim->kind != OptimizerKind::SGD)  // torch's state['step'] per group, for the bias correction
+        meta["adam_step"] = std::to_string(optim->steps[0]) + "," + std::to_string(optim->steps[1]) + "," +
+                            std::to_string(optim->steps[2]);
     if (scaler) {  // mixed precision: the GradScaler's state_dict, so a resumed run keeps its loss scale
         char b[32];
         snprintf(b, sizeof b, "%.9g", (double)scaler->loss_scale());
@@ -124,6 +136,31 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
     }
     live.add_metadata(meta);
     save_safetensors(path, items, meta);
+}
+
+// A double as Python's repr writes it (the shortest string that reads back: 0.01, 0.0005, 1e-05, 1.0), for
+// smart_optimizer's line.
+std::string py_float(double v) {
+    if (!std::isfinite(v)) return std::isnan(v) ? "nan" : v < 0 ? "-inf" : "inf";
+    char b[40];
+    for (int p = 1; p <= 17; ++p) {
+        snprintf(b, sizeof b, "%.*e", p - 1, v);
+        if (std::strtod(b, nullptr) == v) break;
+    }
+    std::string m = b, sign = m[0] == '-' ? "-" : "";
+    const size_t e_at = m.find('e');
+    const int e = std::atoi(m.c_str() + e_at + 1);
+    std::string d;  // the significant digits
+    for (size_t i = sign.size(); i < e_at; ++i)
+        if (m[i] != '.') d += m[i];
+    while (d.size() > 1 && d.back() == '0') d.pop_back();
+    if (e < -4 || e >= 16) {  // repr's scientific form: 1e-05, 2.5e+16
+        snprintf(b, sizeof b, "e%c%02d", e < 0 ? '-' : '+', std::abs(e));
+        return sign + d.substr(0, 1) + (d.size() > 1 ? "." + d.substr(1) : "") + b;
+    }
+    if (e < 0) return sign + "0." + std::string(-e - 1, '0') + d;
+    if ((int)d.size() <= e + 1) return sign + d + std::string(e + 1 - d.size(), '0') + ".0";
+    return sign + d.substr(0, e + 1) + "." + d.substr(e + 1);
 }
 
 std::string fmt_mem(size_t b) {
@@ -169,6 +206,9 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
     if (y["amp"]) o.amp = y["amp"].as<bool>() ? 1 : 0;
     if (y["recompute"]) o.recompute = y["recompute"].as<bool>();
+    if (y["optimizer"]) o.optimizer = y["optimizer"].as<std::string>();  // older checkpoints: SGD
+    if (y["noplots"]) o.noplots = y["noplots"].as<bool>();
+    if (y["sync_bn"]) o.sync_bn = y["sync_bn"].as<bool>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -192,6 +232,7 @@ std::string train(const TrainOptions& opt_in) {
     opt.data = resolve_config(opt.data, "data", "--data");
     if (!opt.hyp.empty()) opt.hyp = resolve_config(opt.hyp, "hyps", "--hyp");
     set_conv_options(opt.deterministic, opt.workspace_mib);  // before the memory plan measures (engine/app/memory.h)
+    const OptimizerKind optimizer_kind = parse_optimizer(opt.optimizer);
     const int device_index = parse_device(opt.device);
     const Device dev = device_index >= 0 ? Device::CUDA : Device::CPU;
     CudaContext* cuda = dev == Device::CUDA ? cuda_context_create(device_index) : nullptr;
@@ -230,7 +271,9 @@ std::string train(const TrainOptions& opt_in) {
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
-       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute) << "\nsave_dir: " << save_dir << "\n";
+       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute)
+       << "\noptimizer: " << opt.optimizer << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
+       << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
     if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
@@ -291,7 +334,16 @@ std::string train(const TrainOptions& opt_in) {
     Schedule sched(hyp["lr0"], hyp["lrf"], hyp["momentum"], hyp["warmup_epochs"], hyp["warmup_momentum"],
                    hyp["warmup_bias_lr"], opt.epochs, nb, opt.batch_size, opt.cos_lr, nbs);
     int accumulate = sched.initial_accumulate();
-    const double weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / nbs;
+    const double weight_decay = hyp["weight_decay"] * ((double)(opt.batch_size * accumulate) / nbs);  // as train.py
+    // smart_optimizer: its state lives on the device with the model (allocated before the memory check).
+    Optimizer optimizer(optimizer_kind, hyp["momentum"]);
+    optimizer.allocate(model.params);
+    int groups_n[3] = {0, 0, 0};
+    for (int i = 0; i < model.params.size(); ++i)
+        if (model.params[i].trainable()) ++groups_n[(int)model.params[i].kind];
+    std::printf("optimizer: %s(lr=%s) with parameter groups %d weight(decay=0.0), %d weight(decay=%s), %d bias\n",
+                optimizer_name(optimizer_kind), py_float(hyp["lr0"]).c_str(), groups_n[2], groups_n[1],
+                py_float(weight_decay).c_str(), groups_n[0]);
 
     // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, and validation's rect batches
     // on the same arenas (idle between epochs).
@@ -310,6 +362,7 @@ std::string train(const TrainOptions& opt_in) {
     TrainStep step(model, ema, lh);
     step.amp = amp;
     step.recompute = opt.recompute;
+    step.optimizer = std::move(optimizer);
     std::printf("AMP: %s\n", amp ? "mixed precision (f16 activations, f32 weights, loss scaling from 65536)" : "off (f32)");
     const bool tty = isatty(fileno(stdout));
     double best_fitness = 0;
@@ -318,11 +371,18 @@ std::string train(const TrainOptions& opt_in) {
         SafeTensorsFile ck(opt.resume);
         model.load_weights(opt.resume, cuda);
         ema.load_weights(opt.resume, cuda, "ema.");
+        const bool adam = optimizer_kind != OptimizerKind::SGD;
         for (int i = 0; i < model.params.size(); ++i)
             if (model.params[i].trainable()) {
                 const Shape& shape = model.params[i].shape;  // read_f32 checks it
-                std::vector<float> m = ck.read_f32("optimizer.momentum." + model.params[i].name, &shape);
+                const std::string& n = model.params[i].name;
+                std::vector<float> m = ck.read_f32((adam ? "optimizer.exp_avg." : "optimizer.momentum.") + n, &shape);
                 copy(dctx, model.params.momentum(i), Tensor(m.data(), shape, DType::F32, Device::CPU));
+                if (adam) {
+                    std::vector<float> v = ck.read_f32("optimizer.exp_avg_sq." + n, &shape);
+                    copy(dctx, step.optimizer.exp_avg_sq(model.params, i),
+                         Tensor(v.data(), shape, DType::F32, Device::CPU));
+                }
                 std::vector<float> g = ck.read_f32("optimizer.grad." + model.params[i].name, &shape);
                 copy(dctx, model.params[i].grad, Tensor(g.data(), shape, DType::F32, Device::CPU));
             }
@@ -333,6 +393,15 @@ std::string train(const TrainOptions& opt_in) {
         start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
         best_fitness = std::stod(ck.metadata().at("best_fitness"));
         step.updates = std::stoll(ck.metadata().at("updates"));
+        if (adam) {
+            Y5_CHECK(ck.metadata().count("adam_step"), "%s: an %s run's checkpoint without its step counts (adam_step)",
+                     opt.resume.c_str(), opt.optimizer.c_str());
+            std::istringstream st(ck.metadata().at("adam_step"));
+            char comma;
+            st >> step.optimizer.steps[0] >> comma >> step.optimizer.steps[1] >> comma >> step.optimizer.steps[2];
+            Y5_CHECK(!st.fail(), "%s: adam_step '%s' is not three step counts", opt.resume.c_str(),
+                     ck.metadata().at("adam_step").c_str());
+        }
         if (amp && ck.metadata().count("amp_scale")) {
             step.scaler.set_state(std::stof(ck.metadata().at("amp_scale")),
                                   std::stoi(ck.metadata().at("amp_growth_tracker")));
@@ -389,7 +458,7 @@ std::string train(const TrainOptions& opt_in) {
                              li.lcls, st.lr[0], st.lr[1], st.lr[2]);
                 std::fflush(loss_log.get());
             }
-            if (ni < 3) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
+            if (ni < 3 && !opt.noplots) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
             const double items[3] = {li.lbox, li.lobj, li.lcls};
             for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
             const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -426,12 +495,14 @@ std::string train(const TrainOptions& opt_in) {
         if (!opt.nosave || final_epoch) {
             const TrainState ts{step.last_opt_step, accumulate};
             const GradScaler* sc = amp ? &step.scaler : nullptr;
-            save_checkpoint(w_last, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
-            if (best_epoch == epoch)
-                save_checkpoint(w_best, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
+            const Optimizer* op = &step.optimizer;
+            auto save = [&](const std::string& w) {
+                save_checkpoint(w, model, &ema, true, epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc, op);
+            };
+            save(w_last);
+            if (best_epoch == epoch) save(w_best);
             if (opt.save_period > 0 && epoch % opt.save_period == 0)
-                save_checkpoint(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors", model, &ema, true,
-                                epoch, best_fitness, step.updates, opt_yaml, names_meta, ts, sc);
+                save(save_dir + "/weights/epoch" + std::to_string(epoch) + ".safetensors");
         }
         if (epoch == stop_after) {
             std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());
@@ -463,11 +534,11 @@ std::string train(const TrainOptions& opt_in) {
         tw.tape->clear();
         tw.ctx.autocast = amp;
         ValOptions vo;
-        vo.single_cls = opt.single_cls, vo.plot_dir = save_dir, vo.names = &names;
+        vo.single_cls = opt.single_cls, vo.plot_dir = opt.noplots ? "" : save_dir, vo.names = &names;
         ValResult vr = validate(m, val_loader, tw.ctx, lh, vo);
         std::printf("%s", val_table(vr, names).c_str());
     }
-    plot_results(save_dir + "/results.csv", save_dir + "/results.png");
+    if (!opt.noplots) plot_results(save_dir + "/results.csv", save_dir + "/results.png");
     std::printf("Results saved to %s\n", save_dir.c_str());
     return save_dir;
 }

@@ -1,7 +1,7 @@
 /*
  * Training with YOLOv5 v7.0's recipe (train.py): data and model set-up, hyp scaling, nominal batch 64 with
- * accumulation and weight-decay scaling, warmup, linear or one-cycle LR, nesterov SGD in 3 groups, gradient
- * clipping at 10, EMA, validation of the EMA model each epoch, fitness, early stopping, results.csv and
+ * accumulation and weight-decay scaling, warmup, linear or one-cycle LR, nesterov SGD (or Adam, AdamW) in 3
+ * groups, gradient clipping at 10, EMA, validation of the EMA model each epoch, fitness, early stopping, results.csv and
  * best/last checkpoints written atomically into runs/train/expN.
  */
 #pragma once
@@ -28,6 +28,9 @@ struct TrainOptions {
     // Recomputation (Ctx::recompute): BatchNorm + activation outputs are dropped after the forward and rebuilt in the
     // backward, less memory for a little time; false keeps them.
     bool recompute = true;
+    std::string optimizer = "SGD";  // train.py's --optimizer: SGD, Adam or AdamW (smart_optimizer's three groups)
+    bool noplots = false;           // write no pictures (train/val batches, results.png)
+    bool sync_bn = false;           // accepted; train.py converts to SyncBatchNorm only under DDP, so one device: no-op
 };
 
 // Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run
@@ -36,9 +39,10 @@ void set_conv_options(bool deterministic, int workspace_mib);
 
 // Runs the training; returns the run folder. Progress and results go to stdout.
 // Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the
-// momentum buffers and best fitness, and continues at the next epoch with the same data order (the loader's
-// draws depend on the seed and epoch only). Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after
-// epoch N's checkpoints are written, as if it were killed there (for the resume test). Y5_LOSS_LOG=path appends
+// optimizer's state (SGD's momentum, or Adam's exp_avg, exp_avg_sq and step counts) and best fitness, and
+// continues at the next epoch with the same data order (the loader's draws depend on the seed and epoch only).
+// Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after epoch N's checkpoints are written, as if it
+// were killed there (for the resume test). Y5_LOSS_LOG=path appends
 // one line per batch: epoch, batch, lbox, lobj, lcls (this batch's, not running means) and the 3 groups' lr.
 std::string train(const TrainOptions& opt);
 

@@ -1,7 +1,9 @@
 #include "engine/autograd/optim.h"
 
 #include <algorithm>
+#include <cstring>
 
+#include "engine/device/device.h"
 #include "kernels/check.h"
 #include "kernels/sgd.h"
 
@@ -54,6 +56,87 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
             auto r = ps.group_range(k);
             sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr), T(groups[k].momentum),
                        T(groups[k].weight_decay));
+        }
+    });
+}
+
+OptimizerKind parse_optimizer(const std::string& name) {
+    if (name == "SGD") return OptimizerKind::SGD;
+    if (name == "Adam") return OptimizerKind::Adam;
+    if (name == "AdamW") return OptimizerKind::AdamW;
+    Y5_FAIL("--optimizer %s: expected SGD, Adam or AdamW", name.c_str());
+}
+
+const char* optimizer_name(OptimizerKind kind) {
+    return kind == OptimizerKind::Adam ? "Adam" : kind == OptimizerKind::AdamW ? "AdamW" : "SGD";
+}
+
+Optimizer::Optimizer(OptimizerKind kind, double beta1) : kind(kind), beta1(beta1) {}
+
+void Optimizer::allocate(const ParamStore& ps) {
+    Y5_CHECK(ps.allocated(), "Optimizer::allocate: parameter blocks not allocated");
+    if (kind == OptimizerKind::SGD) return;
+    n_ = ps.trainable_elems(), dtype_ = ps.dtype();
+    const size_t bytes = std::max<int64_t>(n_, 1) * dtype_size(dtype_);
+    exp_avg_sq_ = std::make_unique<Arena>("exp_avg_sq", ps.device(), bytes);
+    exp_avg_sq_->alloc(bytes);
+    if (ps.device() == Device::CPU) std::memset(exp_avg_sq_->base(), 0, bytes);
+    else device_memset_zero(exp_avg_sq_->base(), bytes, ps.cuda());
+}
+
+Tensor Optimizer::exp_avg_sq_flat() const {
+    Y5_CHECK(exp_avg_sq_, "%s: no exp_avg_sq (an SGD optimizer, or allocate() not called)", optimizer_name(kind));
+    return Tensor(exp_avg_sq_->base(), Shape{n_}, dtype_, exp_avg_sq_->device());
+}
+
+Tensor Optimizer::exp_avg_sq(const ParamStore& ps, int i) const {
+    const Param& p = ps[i];
+    Y5_CHECK(p.trainable(), "parameter '%s' is a buffer and has no optimizer state", p.name.c_str());
+    return Tensor(static_cast<char*>(exp_avg_sq_flat().data) + p.offset * dtype_size(dtype_), p.shape, dtype_,
+                  exp_avg_sq_->device());
+}
+
+// torch's per-group scalars for step t, in double as its Python code computes them, then rounded to T.
+template <class T> static AdamScalars<T> adam_scalars(const Optimizer& o, const SgdGroup& g, int64_t t) {
+    const bool decoupled = o.kind == OptimizerKind::AdamW;
+    AdamScalars<T> s;
+    s.keep = T(decoupled && g.weight_decay != 0 ? 1 - g.lr * g.weight_decay : 1.0);
+    s.l2 = T(decoupled ? 0.0 : g.weight_decay);
+    s.w1 = T(1 - o.beta1), s.beta2 = T(o.beta2), s.w2 = T(1 - o.beta2);
+    s.neg_step_size = T(-(g.lr / (1 - std::pow(o.beta1, (double)t))));
+    s.bc2_sqrt = T(std::pow(1 - std::pow(o.beta2, (double)t), 0.5));
+    s.eps = T(o.eps);
+    return s;
+}
+
+void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
+    if (kind == OptimizerKind::SGD) return sgd_step(ps, groups);
+    Tensor v = exp_avg_sq_flat();
+    Y5_CHECK(v.numel() == ps.trainable_elems() && v.device == ps.device() && v.dtype == ps.dtype(),
+             "%s: optimizer state allocated for another parameter store", optimizer_name(kind));
+    for (int k = 0; k < 3; ++k) ++steps[k];
+    if (on_device(ps, "adam_step")) {
+#if Y5_CUDA
+        float* p = ps.trainable_flat().ptr<float>();
+        const float* g = ps.grads_flat().ptr<float>();
+        float *m = ps.momentum_flat().ptr<float>(), *vp = v.ptr<float>();
+        for (int k = 0; k < 3; ++k) {
+            auto r = ps.group_range(k);
+            adam_cuda(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
+                      adam_scalars<float>(*this, groups[k], steps[k]), ps.cuda()->stream);
+        }
+#endif
+        return;
+    }
+    on_host(ps, "adam_step", [&](auto z) {
+        using T = decltype(z);
+        T* p = ps.trainable_flat().ptr<T>();
+        const T* g = ps.grads_flat().ptr<T>();
+        T *m = ps.momentum_flat().ptr<T>(), *vp = v.ptr<T>();
+        for (int k = 0; k < 3; ++k) {
+            auto r = ps.group_range(k);
+            adam_cpu<T>(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
+                        adam_scalars<T>(*this, groups[k], steps[k]));
         }
     });
 }

@@ -1,6 +1,7 @@
 /*
  * YOLOv5 v7.0's optimisation recipe (train.py, utils/torch_utils.py), on a ParamStore:
- *   3 groups: 0 biases, 1 weights (decayed), 2 BatchNorm weights; nesterov SGD
+ *   3 groups: 0 biases, 1 weights (decayed), 2 BatchNorm weights; nesterov SGD, or with --optimizer
+ *     torch's Adam (decay as L2 on the gradient) / AdamW (decoupled decay), betas (momentum, 0.999), eps 1e-8
  *   lf: linear (1 − x/epochs)(1 − lrf) + lrf, or --cos-lr ((1 − cos(xπ/epochs))/2)(lrf − 1) + 1; LambdaLR
  *     stepped after each epoch, so after warmup epoch e trains at lr0·lf(e − 1) (YOLOv5's off-by-one, kept),
  *     and the epoch in which warmup ends keeps the warmup end point lr0·lf(e)
@@ -14,6 +15,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "engine/autograd/params.h"
 
@@ -30,6 +33,36 @@ struct SgdGroup {
 void sgd_step(ParamStore& ps, const SgdGroup groups[3]);
 // torch.nn.utils.clip_grad_norm_: scales every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)); returns ‖g‖₂.
 double clip_grad_norm(ParamStore& ps, double max_norm);
+// train.py's --optimizer, as smart_optimizer builds it.
+enum class OptimizerKind : uint8_t { SGD, Adam, AdamW };
+OptimizerKind parse_optimizer(const std::string& name);  // "SGD", "Adam" or "AdamW", as train.py spells them
+const char* optimizer_name(OptimizerKind kind);
+
+// The optimizer of a run: SGD (sgd_step, state in the store's momentum block) or Adam/AdamW, whose first moment
+// exp_avg is the store's momentum block (SGD's buffer, unused by Adam) and whose second moment exp_avg_sq is a
+// block of the same layout that allocate() makes on the store's device. Adam's β1 is hyp momentum, fixed: train.py's
+// warmup sets x['momentum'] only in groups that have that key, and Adam's have betas instead, so step() ignores
+// the groups' momentum. A default-constructed Optimizer is SGD and needs no allocate().
+class Optimizer {
+public:
+    Optimizer() = default;
+    Optimizer(OptimizerKind kind, double beta1);
+    void allocate(const ParamStore& ps);  // Adam/AdamW: exp_avg_sq, zeroed (torch's state starts at zeros)
+    // One step over the three groups (lr, weight decay, and for SGD momentum, per group); Adam counts it per group.
+    void step(ParamStore& ps, const SgdGroup groups[3]);
+    Tensor exp_avg_sq_flat() const;                     // Adam/AdamW: the trainable prefix's layout
+    Tensor exp_avg_sq(const ParamStore& ps, int i) const;  // the block of trainable parameter i
+
+    OptimizerKind kind = OptimizerKind::SGD;
+    double beta1 = 0.937, beta2 = 0.999, eps = 1e-8;
+    int64_t steps[3] = {0, 0, 0};  // Adam: torch's state['step'] of each group's tensors (bias correction)
+
+private:
+    std::unique_ptr<Arena> exp_avg_sq_;
+    int64_t n_ = 0;  // elements of exp_avg_sq (the store's trainable prefix)
+    DType dtype_ = DType::F32;
+};
+
 double ema_decay(int64_t updates, double decay = 0.9999, double tau = 2000);
 // ema ← d·ema + (1 − d)·model over all values (parameters and buffers); both stores share one layout.
 void ema_update(ParamStore& ema, const ParamStore& model, double d);
