@@ -321,6 +321,7 @@ std::string train(const TrainOptions& opt_in) {
 
     LoaderOptions tl;
     tl.img_size = opt.imgsz, tl.batch_size = opt.batch_size, tl.workers = std::max(1, opt.workers);
+    tl.pinned = dev == Device::CUDA;  // page-locked batches only for uploads to a GPU
     tl.augment = true, tl.rect = opt.rect, tl.shuffle = !opt.rect, tl.cache_ram = opt.cache == "ram";
     tl.hyp = ah, tl.seed = (uint64_t)opt.seed;
     if (opt.rect) tl.hyp.mosaic = 0;  // YOLOv5: rect training is incompatible with mosaic
@@ -428,13 +429,13 @@ std::string train(const TrainOptions& opt_in) {
     }
     const auto t_start = std::chrono::steady_clock::now();
     bool prefetched = false;
+    Batch b;  // kept across epochs with the loader's ring: its (pinned) memory is allocated once
     for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
         if (!prefetched) train_loader.start_epoch(epoch);
         prefetched = false;
         double mloss[3] = {0, 0, 0};
         double lr_logged[3] = {0, 0, 0};
         int skipped = 0;  // mixed precision's optimizer steps skipped for inf/NaN gradients
-        Batch b;
         const auto t0 = std::chrono::steady_clock::now();
         std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
         for (int i = 0; i < nb && train_loader.next(b); ++i) {

@@ -13,10 +13,16 @@
 
 namespace y5 {
 
+// The loader's workers set it from LoaderOptions::pinned: whether their batches ask for page-locked memory.
+static thread_local bool t_pin = true;
+static std::atomic<int64_t> g_pinned_allocs{0};
+int64_t pinned_allocations() { return g_pinned_allocs.load(); }
+
 // Pinned blocks carry a header so deallocate knows which allocator made them.
 template <class T> T* PinnedAllocator<T>::allocate(size_t n) {
     const size_t bytes = n * sizeof(T) + 64;
-    char* p = static_cast<char*>(host_alloc_pinned(bytes));
+    if (t_pin) g_pinned_allocs++;
+    char* p = t_pin ? static_cast<char*>(host_alloc_pinned(bytes)) : nullptr;
     const bool pinned = p != nullptr;
     if (!pinned) p = static_cast<char*>(std::malloc(bytes));
     if (!p) throw std::bad_alloc();
@@ -219,8 +225,10 @@ void DataLoader::start_epoch(int epoch) {
     }
     const int workers = std::max(1, opt_.workers);
     const int slots = opt_.prefetch > 0 ? opt_.prefetch : 2 * workers;
-    slots_.clear();
-    for (int i = 0; i < slots; ++i) slots_.push_back(std::make_unique<Batch>());
+    if ((int)slots_.size() != slots) {  // kept across epochs: their (pinned) memory is reused
+        slots_.clear();
+        for (int i = 0; i < slots; ++i) slots_.push_back(std::make_unique<Batch>());
+    }
     slot_batch_.assign(slots, -1);
     slot_done_.assign(slots, 0);
     slot_labels_.assign(slots, {});
@@ -230,6 +238,7 @@ void DataLoader::start_epoch(int epoch) {
     const int n = size(), bs = opt_.batch_size;
     for (int w = 0; w < workers; ++w)
         workers_.emplace_back([this, n, bs, slots] {
+            t_pin = opt_.pinned;
             for (;;) {
                 const int p = claim_++;
                 if (p >= n || stop_) return;

@@ -30,10 +30,14 @@ struct LoaderOptions {
     double pad = 0.0;
     AugmentHyp hyp;
     uint64_t seed = 0;
+    bool pinned = true;  // batch images page-locked when a CUDA device is usable; y5train: only when it trains on one
 };
 
-// Batch images live in page-locked memory when a CUDA device is usable (fast asynchronous upload),
-// in ordinary memory otherwise.
+// Batch images live in page-locked memory when a CUDA device is usable and the loader's `pinned` is set (fast
+// asynchronous upload), in ordinary memory otherwise. The loader keeps its ring of batches across epochs, so a
+// consumer that keeps its Batch too allocates no memory after the first epoch.
+// pinned_allocations(): the allocations that asked for page-locked memory so far (tests).
+int64_t pinned_allocations();
 template <class T> struct PinnedAllocator {
     using value_type = T;
     PinnedAllocator() = default;
