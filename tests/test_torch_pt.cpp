@@ -33,17 +33,22 @@ std::string le32(uint32_t v) { return std::string{(char)v, (char)(v >> 8), (char
 std::string str(const std::string& s) { return "X" + le32((uint32_t)s.size()) + s; }  // BINUNICODE
 std::string global(const std::string& mod, const std::string& name) { return "c" + mod + "\n" + name + "\n"; }
 std::string int1(int v) { return "K" + std::string(1, (char)v); }                      // BININT1
+std::string long8(int64_t v) {                                                           // LONG1 of 8 bytes
+    std::string s = "\x8a\x08";
+    for (int i = 0; i < 8; ++i) s += (char)(v >> (8 * i));
+    return s;
+}
 const std::string kProto = "\x80\x02", kStop = ".";
 
 // _rebuild_tensor_v2(('storage', <dtype>Storage, key, 'cpu', numel), offset, size, stride, False, OrderedDict())
 std::string tensor(const std::string& storage, const std::string& key, int numel, int offset,
-                   std::vector<int> size, std::vector<int> stride) {
+                   std::vector<int64_t> size, std::vector<int64_t> stride) {
     std::string p = global("torch._utils", "_rebuild_tensor_v2") + "(";
     p += "(" + str("storage") + global("torch", storage) + str(key) + str("cpu") + int1(numel) + "tQ";
     p += int1(offset) + "(";
-    for (int s : size) p += int1(s);
+    for (int64_t s : size) p += long8(s);
     p += "t(";
-    for (int s : stride) p += int1(s);
+    for (int64_t s : stride) p += long8(s);
     p += "t\x89" + global("collections", "OrderedDict") + ")R" + "tR";
     return p;
 }
@@ -195,6 +200,14 @@ TEST_CASE("the unpickler rebuilds tensors with their strides and dtypes", "[pt]"
     write_zip(path, {{"archive/data.pkl", kProto + tensor("FloatStorage", "0", 4, 2, {3}, {1}) + kStop},
                      {"archive/data/0", bytes_of({1, 2, 3, 4})}});
     CHECK_THAT(error_of([&] { TorchPtFile g(path); }, path), Contains("tensor reaches past its storage 0"));
+    // Sizes and strides whose products overflow 64 bits do not wrap around into the storage.
+    const int64_t big = int64_t(1) << 62;
+    write_zip(path, {{"archive/data.pkl", kProto + tensor("FloatStorage", "0", 4, 0, {big + 1, 4}, {big, 1}) + kStop},
+                     {"archive/data/0", bytes_of({1, 2, 3, 4})}});
+    CHECK_THAT(error_of([&] { TorchPtFile g(path); }, path), Contains("tensor reaches past its storage 0"));
+    write_zip(path, {{"archive/data.pkl", kProto + tensor("FloatStorage", "0", 4, 0, {big, 4}, {0, 0}) + kStop},
+                     {"archive/data/0", bytes_of({1, 2, 3, 4})}});
+    CHECK_THAT(error_of([&] { TorchPtFile g(path); }, path), Contains("tensor reaches past its storage 0"));
     std::remove(path.c_str());
 }
 
@@ -227,6 +240,16 @@ TEST_CASE("hostile, truncated and foreign .pt files fail with one line naming th
     CHECK_THAT(error_of(load, path), Contains("a zip without <archive>/data.pkl"));
     std::ofstream(path, std::ios::binary) << "not a zip at all";
     CHECK_THAT(error_of(load, path), Contains("not a readable PyTorch zip checkpoint"));
+    // A damaged byte inside data.pkl (torch stores entries uncompressed): the zip's CRC catches it.
+    {
+        std::ifstream in(src("tests/fixtures/pt_last_tiny.pt"), std::ios::binary);
+        std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const size_t at = all.find("\x80\x02}");
+        REQUIRE(at != std::string::npos);
+        all[at + 100] ^= 0x20;
+        std::ofstream(path, std::ios::binary) << all;
+        CHECK_THAT(error_of(load, path), Contains("cannot read pt_last_tiny/data.pkl") && Contains("CRC"));
+    }
     for (const std::string& whole : {src("tests/fixtures/pt_last_tiny.pt"), kYolov5n}) {
         if (!fs::exists(whole)) continue;
         std::ifstream in(whole, std::ios::binary);

@@ -415,20 +415,18 @@ private:
             PyRef t = make(PyObj::Tensor);
             t->key = a[0]->key, t->dtype = a[0]->dtype, t->storage_numel = a[0]->storage_numel;
             t->offset = a[1]->i, t->shape = ints(*a[2]), t->stride = ints(*a[3]);
-            // Every element must lie inside the storage.
-            int64_t last = t->offset;
-            bool empty = false;
+            // Every element inside the storage, and no more elements than it holds (a checkpoint has no
+            // broadcast, stride-0 views); overflow-checked, as the numbers come from the file.
+            int64_t last = t->offset, n = 1, span;
+            bool bad = t->offset < 0;
             for (size_t d = 0; d < t->shape.size(); ++d) {
                 if (t->shape[d] < 0 || t->stride[d] < 0) fail(at, "tensor with a negative size or stride");
-                if (t->shape[d] == 0) empty = true;
-                else last += (t->shape[d] - 1) * t->stride[d];
+                if (t->shape[d] == 0) n = 0;
+                else bad = bad || __builtin_mul_overflow(t->shape[d] - 1, t->stride[d], &span) ||
+                           __builtin_add_overflow(last, span, &last) || __builtin_mul_overflow(n, t->shape[d], &n);
             }
-            if (t->offset < 0 || (!empty && last >= t->storage_numel))
+            if (bad || (n > 0 && (last >= t->storage_numel || n > t->storage_numel)))
                 fail(at, "tensor reaches past its storage " + t->key);
-            // No broadcast (stride-0) views in a checkpoint: at most as many elements as the storage holds.
-            int64_t n = 1;
-            for (int64_t d : t->shape)
-                if (d && (n = n * d) > t->storage_numel) fail(at, "tensor has more elements than its storage " + t->key);
             return t;
         }
         if (fn == "torch._utils._rebuild_parameter" || fn == "torch._utils._rebuild_parameter_with_state") {
@@ -526,9 +524,8 @@ std::vector<uint8_t> TorchPtFile::entry(const std::string& name) const {
 template <class T> static std::vector<T> convert(const std::string& path, const PyObj& t, const std::vector<uint8_t>& b) {
     Y5_CHECK(t.is(PyObj::Tensor), "%s: expected a tensor, got %s", path.c_str(), t.describe().c_str());
     const size_t es = dtype_size(t.dtype);
-    Y5_CHECK(b.size() >= (size_t)t.storage_numel * es, "%s: storage %s holds %zu bytes, its %lld %s elements need %zu",
-             path.c_str(), t.key.c_str(), b.size(), (long long)t.storage_numel, t.dtype.c_str(),
-             (size_t)t.storage_numel * es);
+    Y5_CHECK((uint64_t)t.storage_numel <= b.size() / es, "%s: storage %s holds %zu bytes, too few for its %lld %s "
+             "elements", path.c_str(), t.key.c_str(), b.size(), (long long)t.storage_numel, t.dtype.c_str());
     const int kind = t.dtype == "F16" ? 0 : t.dtype == "BF16" ? 1 : t.dtype == "F32" ? 2 : t.dtype == "F64" ? 3 : -1;
     Y5_CHECK(kind >= 0, "%s: storage %s holds %s, not floats", path.c_str(), t.key.c_str(), t.dtype.c_str());
     auto value = [&](int64_t k) -> T {
