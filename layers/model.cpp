@@ -15,6 +15,7 @@
 
 #include "engine/device/device.h"
 #include "engine/core/safetensors.h"
+#include "engine/core/torch_pt.h"
 
 namespace y5 {
 
@@ -105,7 +106,13 @@ Tensor Model::loss_anchors(std::vector<float>* keep) const {
     return Tensor(keep->data(), a.shape, a.dtype, Device::CPU);
 }
 
+static bool is_torch_pt(const std::string& path) {
+    const std::string ext = path.substr(path.find_last_of('.') + 1);
+    return path.find('.') != std::string::npos && (ext == "pt" || ext == "pth");
+}
+
 std::unique_ptr<Model> Model::from_weights(const std::string& weights, CudaContext* cuda) {
+    if (is_torch_pt(weights)) return from_torch_pt(weights, cuda);
     SafeTensorsFile f(weights);
     const auto& m = f.metadata();
     Y5_CHECK(m.count("yaml") && m.count("nc"), "%s: no model yaml in its metadata (not a y5 weights file); pass --cfg",
@@ -114,6 +121,10 @@ std::unique_ptr<Model> Model::from_weights(const std::string& weights, CudaConte
     auto model = std::unique_ptr<Model>(new Model(name, m.at("yaml"), std::stoi(m.at("nc"))));
     model->allocate(cuda ? Device::CUDA : Device::CPU, DType::F32, cuda);
     model->load_weights(weights, cuda);
+    if (m.count("names")) {  // one per line, as y5train writes them
+        std::stringstream ss(m.at("names"));
+        for (std::string item; std::getline(ss, item, '\n');) model->class_names.push_back(item);
+    }
     return model;
 }
 
@@ -580,25 +591,41 @@ std::string Model::summary(int imgsz) const {
 // ----------------------------------------------------------------------------------------------------
 // Weights
 
+struct WeightSource {
+    std::string path;
+    std::vector<std::string> names;
+    std::function<Shape(const std::string&)> shape;
+    std::function<std::vector<float>(const std::string&)> read_f32;
+    std::function<std::vector<double>(const std::string&)> read_f64;
+};
+
 void Model::load_weights(const std::string& path, CudaContext* cuda, const std::string& prefix) {
+    SafeTensorsFile f(path);
+    load_tensors({path, f.names(), [&](const std::string& n) { return f.shape(n); },
+                  [&](const std::string& n) { return f.read_f32(n); }, [&](const std::string& n) { return f.read_f64(n); }},
+                 cuda, prefix);
+}
+
+void Model::load_tensors(const WeightSource& f, CudaContext* cuda, const std::string& prefix) {
     Y5_CHECK(params.allocated(), "load_weights before allocate");
     // Copies go on the store's stream when no context is given: a null context would mean the legacy default
     // stream, which is not ordered with the context's non-blocking stream (kernels still reading the weights).
     if (!cuda) cuda = params.cuda();
-    SafeTensorsFile f(path);
+    const std::string& path = f.path;
+    std::set<std::string> has(f.names.begin(), f.names.end());
     std::vector<std::string> missing, misshaped, unexpected;
     std::set<std::string> known;
     for (int i = 0; i < params.size(); ++i) {
         const Param& p = params[i];
         const std::string key = prefix + p.name;
         known.insert(key);
-        if (!f.has(key)) {
+        if (!has.count(key)) {
             missing.push_back(key);
             continue;
         }
         if (f.shape(key) != p.shape) misshaped.push_back(key + " " + f.shape(key).str() + " vs model " + p.shape.str());
     }
-    for (const std::string& n : f.names()) {
+    for (const std::string& n : f.names) {
         const bool other = n.rfind(prefix + "model.", 0) != 0;  // other prefixes: training state, fixtures
         const bool counter = n.size() > 20 && n.compare(n.size() - 20, 20, ".num_batches_tracked") == 0;
         if (!other && !counter && !known.count(n)) unexpected.push_back(n);
@@ -654,6 +681,200 @@ void Model::add_metadata(std::map<std::string, std::string>& meta) const {
     meta["yaml"] = yaml_text;
     meta["yaml_name"] = yaml_path.substr(yaml_path.find_last_of('/') + 1);
     meta["nc"] = std::to_string(nc);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// YOLOv5 .pt checkpoints: torch.save({'model': DetectionModel, 'ema': DetectionModel or None, 'optimizer', ...}),
+// the nn.Module tree read as data by engine/core/torch_pt.h. The model is rebuilt from its `yaml` attribute (the
+// yaml dict YOLOv5 built it from, written back as yaml text), its state_dict names are its paths of `_modules`
+// keys down to each `_parameters` / `_buffers` entry ("model.0.conv.weight"), which are y5's names.
+
+namespace {
+
+std::string yaml_float(double v) {  // the shortest text that reads back as v, always with a '.' or an exponent
+    char b[40];
+    for (int prec = 1; prec <= 17; ++prec) {
+        snprintf(b, sizeof b, "%.*g", prec, v);
+        if (std::strtod(b, nullptr) == v) break;
+    }
+    std::string t = b;
+    return t.find_first_of(".eEn") == std::string::npos ? t + ".0" : t;
+}
+
+// A yaml dict value as flow yaml: strings single-quoted (YOLOv5's 'None', 'nearest', 'nc' read back as the same
+// scalars), Python's True/False/None as YOLOv5's yaml files write them.
+std::string yaml_flow(const PyObj& o, const std::string& file) {
+    switch (o.kind) {
+        case PyObj::None: return "None";
+        case PyObj::Bool: return o.i ? "True" : "False";
+        case PyObj::Int: return std::to_string(o.i);
+        case PyObj::Float: return yaml_float(o.f);
+        case PyObj::Str: {
+            std::string q = "'";
+            for (char c : o.s) q += c == '\'' ? std::string("''") : std::string(1, c);
+            return q + "'";
+        }
+        case PyObj::List:
+        case PyObj::Tuple: {
+            std::string t = "[";
+            for (size_t i = 0; i < o.items.size(); ++i) t += (i ? ", " : "") + yaml_flow(*o.items[i], file);
+            return t + "]";
+        }
+        case PyObj::Dict: {
+            std::string t = "{";
+            for (size_t i = 0; i < o.dict.size(); ++i)
+                t += (i ? ", " : "") + yaml_flow(*o.dict[i].first, file) + ": " + yaml_flow(*o.dict[i].second, file);
+            return t + "}";
+        }
+        default: Y5_FAIL("%s: the model's yaml dict holds %s", file.c_str(), o.describe().c_str());
+    }
+}
+
+// The yaml dict as text, one row per line for lists of lists (backbone, head, anchors); `anchors` replaces the
+// dict's anchors when not empty.
+std::string yaml_text_of(const PyObj& y, const std::string& file, const std::string& anchors) {
+    std::string t = "# the yaml dict of " + file.substr(file.find_last_of('/') + 1) + "\n";
+    for (const auto& kv : y.dict) {
+        Y5_CHECK(kv.first->is(PyObj::Str), "%s: the model's yaml dict has a key that is %s", file.c_str(),
+                 kv.first->describe().c_str());
+        const PyObj& v = *kv.second;
+        if (kv.first->s == "anchors" && !anchors.empty()) {
+            t += "anchors:\n" + anchors;
+            continue;
+        }
+        bool rows = v.is(PyObj::List) && !v.items.empty();
+        for (const auto& it : v.items) rows = rows && it->is(PyObj::List);
+        t += kv.first->s + ":";
+        if (rows)
+            for (const auto& it : v.items) t += "\n  - " + yaml_flow(*it, file);
+        else
+            t += " " + yaml_flow(v, file);
+        t += "\n";
+    }
+    return t;
+}
+
+// Every tensor of an nn.Module tree under its state_dict name: _parameters, then _buffers (less the
+// non-persistent ones), then each child module's, as Module.state_dict orders them.
+void collect_tensors(const PyObj& m, const std::string& prefix, const std::string& file,
+                     std::vector<std::pair<std::string, const PyObj*>>& out) {
+    Y5_CHECK(m.is(PyObj::Object) && m.state && m.state->is(PyObj::Dict), "%s: module %s is %s, not an nn.Module",
+             file.c_str(), prefix.empty() ? "(root)" : prefix.c_str(), m.describe().c_str());
+    std::set<std::string> skip;
+    if (const PyObj* np = m.get("_non_persistent_buffers_set"))
+        for (const auto& x : np->items) skip.insert(x->s);
+    for (const char* part : {"_parameters", "_buffers", "_modules"}) {
+        const PyObj* d = m.get(part);
+        Y5_CHECK(d && d->is(PyObj::Dict), "%s: module %s (%s) has no %s dict", file.c_str(),
+                 prefix.empty() ? "(root)" : prefix.c_str(), m.s.c_str(), part);
+        for (const auto& kv : d->dict) {
+            const PyObj& v = *kv.second;
+            Y5_CHECK(kv.first->is(PyObj::Str), "%s: a %s key of %s is not a string", file.c_str(), part, m.s.c_str());
+            const std::string name = prefix + kv.first->s;
+            if (v.is(PyObj::None) || (part == std::string("_buffers") && skip.count(kv.first->s))) continue;
+            if (part == std::string("_modules")) {
+                collect_tensors(v, name + ".", file, out);
+                continue;
+            }
+            Y5_CHECK(v.is(PyObj::Tensor), "%s: %s is %s, not a tensor", file.c_str(), name.c_str(), v.describe().c_str());
+            out.emplace_back(name, &v);
+        }
+    }
+}
+
+bool is_yolov5_detection_model(const std::string& cls) {
+    for (const char* c : {"models.yolo.DetectionModel", "models.yolo.Model", "yolov5.models.yolo.DetectionModel",
+                          "yolov5.models.yolo.Model"})
+        if (cls == c) return true;
+    return false;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::from_torch_pt(const std::string& path, CudaContext* cuda) {
+    TorchPtFile pt(path);
+    const PyObj& ck = pt.root();
+    Y5_CHECK(ck.is(PyObj::Dict) && ck.get("model"), "%s: not a YOLOv5 checkpoint: the pickle holds %s, not a dict with "
+             "a 'model'", path.c_str(), ck.describe().c_str());
+    const PyObj* ema = ck.get("ema");
+    const bool use_ema = ema && !ema->is(PyObj::None);
+    const PyObj& m = use_ema ? *ema : *ck.get("model");
+    const char* which = use_ema ? "ema" : "model";
+    Y5_CHECK(m.is(PyObj::Object) && is_yolov5_detection_model(m.s), "%s: '%s' is %s, not a YOLOv5 detection model "
+             "(models.yolo.DetectionModel)", path.c_str(), which, m.describe().c_str());
+    const PyObj* opt = ck.get("optimizer");
+    if (opt && !opt->is(PyObj::None))
+        fprintf(stderr, "%s: a training checkpoint: using its '%s' weights; its optimizer state is ignored\n",
+                path.c_str(), which);
+
+    const PyObj* yaml = m.get("yaml");
+    Y5_CHECK(yaml && yaml->is(PyObj::Dict), "%s: the %s has no yaml dict (a model built from a yaml file has one)",
+             path.c_str(), m.s.c_str());
+    std::vector<std::pair<std::string, const PyObj*>> tensors;
+    collect_tensors(m, "", path, tensors);
+    const PyObj* stride_t = m.get("stride");
+    Y5_CHECK(stride_t && stride_t->is(PyObj::Tensor), "%s: the model has no stride tensor", path.c_str());
+    const std::vector<double> stride = pt.read_f64(*stride_t);
+
+    // A yaml whose anchors were a count (AutoAnchor computed them): the anchors buffer, in pixels.
+    std::string anchors;
+    const PyObj* ya = yaml->get("anchors");
+    if (!ya || !ya->is(PyObj::List)) {
+        const PyObj* buf = nullptr;
+        for (const auto& t : tensors)
+            if (t.first.size() > 8 && t.first.compare(t.first.size() - 8, 8, ".anchors") == 0) buf = t.second;
+        Y5_CHECK(buf && buf->shape.size() == 3 && buf->shape[0] == (int64_t)stride.size(), "%s: the yaml's anchors "
+                 "are not a list and the model has no (nl, na, 2) anchors buffer", path.c_str());
+        const std::vector<double> a = pt.read_f64(*buf);
+        for (int64_t l = 0, k = 0; l < buf->shape[0]; ++l) {
+            anchors += "  - [";
+            for (int64_t j = 0; j < buf->shape[1] * 2; ++j, ++k) anchors += (j ? ", " : "") + yaml_float(a[k] * stride[l]);
+            anchors += "]\n";
+        }
+    }
+
+    int nc = 0;
+    if (const PyObj* n = m.get("nc")) nc = n->is(PyObj::Int) ? (int)n->i : 0;
+    std::string yaml_name = "model.yaml";
+    if (const PyObj* f = m.get("yaml_file"); f && f->is(PyObj::Str) && !f->s.empty())
+        yaml_name = f->s.substr(f->s.find_last_of("/\\") + 1);
+    auto model = std::unique_ptr<Model>(new Model(yaml_name, yaml_text_of(*yaml, path, anchors), nc));
+
+    // The strides YOLOv5 measured must be the ones y5's dry run finds.
+    std::string want, got;
+    for (double s : stride) want += (want.empty() ? "" : ",") + yaml_float(s);
+    for (float s : model->detect->stride) got += (got.empty() ? "" : ",") + yaml_float(s);
+    Y5_CHECK(want == got, "%s: the checkpoint's strides %s differ from %s of the model its yaml builds", path.c_str(),
+             want.c_str(), got.c_str());
+
+    if (const PyObj* names = m.get("names")) {  // a list, or {index: name} as YOLOv5 v7.0's check_dataset makes it
+        if (names->is(PyObj::List) || names->is(PyObj::Tuple)) {
+            for (const auto& x : names->items) model->class_names.push_back(x->is(PyObj::Str) ? x->s : "?");
+        } else if (names->is(PyObj::Dict)) {
+            model->class_names.assign(names->dict.size(), "");
+            for (const auto& kv : names->dict) {
+                Y5_CHECK(kv.first->is(PyObj::Int) && kv.first->i >= 0 && kv.first->i < (int64_t)names->dict.size() &&
+                         kv.second->is(PyObj::Str), "%s: names is not {0: name, 1: name, ...}", path.c_str());
+                model->class_names[kv.first->i] = kv.second->s;
+            }
+        }
+    }
+
+    model->allocate(cuda ? Device::CUDA : Device::CPU, DType::F32, cuda);
+    std::map<std::string, const PyObj*> by_name(tensors.begin(), tensors.end());
+    WeightSource src{path, {}, {}, {}, {}};
+    for (const auto& t : tensors) src.names.push_back(t.first);
+    src.shape = [&](const std::string& n) {
+        const PyObj& t = *by_name.at(n);
+        Y5_CHECK((int)t.shape.size() <= kMaxDims, "%s: %s has rank %zu", path.c_str(), n.c_str(), t.shape.size());
+        Shape s;
+        for (int64_t d : t.shape) s.d[s.ndim++] = d;
+        return s;
+    };
+    src.read_f32 = [&](const std::string& n) { return pt.read_f32(*by_name.at(n)); };
+    src.read_f64 = [&](const std::string& n) { return pt.read_f64(*by_name.at(n)); };
+    model->load_tensors(src, cuda, "");
+    return model;
 }
 
 }  // namespace y5

@@ -20,12 +20,16 @@
 
 namespace y5 {
 
+struct WeightSource;  // a weights file's tensors by state_dict name (model.cpp)
+
 class Model {
 public:
     // Parses and builds the graph and registers every parameter; nc > 0 overrides the yaml's nc.
     explicit Model(const std::string& yaml_path, int nc = 0);
-    // The model a y5 weights file describes (its metadata holds the yaml and nc), weights loaded, on the CPU or,
-    // given a context, on its CUDA device.
+    // The model a weights file describes, weights loaded, on the CPU or, given a context, on its CUDA device:
+    // a y5 .safetensors (its metadata holds the yaml, nc and class names) or a YOLOv5 .pt/.pth checkpoint (the
+    // model's yaml dict, nc, names, strides and the weights of `ema` if present, else `model`, fp16 or fp32;
+    // read by engine/core/torch_pt.h, which runs no pickled code).
     static std::unique_ptr<Model> from_weights(const std::string& weights_path, CudaContext* cuda = nullptr);
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
@@ -73,12 +77,15 @@ public:
     ParamStore params;
     std::string yaml_path, yaml_text, name;  // name: "YOLOv5n", as YOLOv5 derives it from the file name
     int nc = 0;
+    std::vector<std::string> class_names;    // from_weights: the file's class names, when it has them
     Act act;
     std::vector<std::unique_ptr<Module>> layers;
     Detect* detect = nullptr;
 
 private:
     Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
+    static std::unique_ptr<Model> from_torch_pt(const std::string& path, CudaContext* cuda);
+    void load_tensors(const WeightSource& src, CudaContext* cuda, const std::string& prefix);
     std::unique_ptr<ParamStore> folded_;  // fuse(): "<conv>.conv.weight" / "<conv>.conv.bias", as buffers
 };
 

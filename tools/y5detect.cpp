@@ -1,6 +1,6 @@
 /*
  * y5detect: detection on images, folders, globs and videos, as YOLOv5's detect.py.
- *   y5detect --source ../shared/data/images/bus.jpg --weights best.safetensors [--imgsz 640]
+ *   y5detect --source ../shared/data/images/bus.jpg --weights best.safetensors (or yolov5n.pt) [--imgsz 640]
  *            [--conf-thres 0.25] [--iou-thres 0.45] [--max-det 1000] [--classes 0 2] [--agnostic-nms]
  *            [--save-txt] [--save-conf] [--nosave] [--project runs/detect] [--name exp] [--exist-ok]
  * Each image is letterboxed to the smallest stride-32 rectangle (auto=True), detections are scaled back to
@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <glob.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -25,7 +24,6 @@
 #include "engine/device/device.h"
 #include "engine/app/plots.h"
 #include "engine/app/memory.h"
-#include "engine/core/safetensors.h"
 #include "kernels/nms.h"
 #include "layers/model.h"
 
@@ -204,7 +202,7 @@ int main(int argc, char** argv) {
     std::vector<int> classes;
     bool agnostic = false, save_txt = false, save_conf = false, nosave = false, exist_ok = false, half = false;
     app.add_option("--source", source, "image, folder, glob or video")->required();
-    app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
+    app.add_option("--weights", weights, "weights: y5train's .safetensors or a YOLOv5 .pt (yolov5n.pt, best.pt)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
     app.add_option("--conf-thres", conf, "confidence threshold")->capture_default_str();
     app.add_option("--iou-thres", iou, "NMS IoU threshold")->capture_default_str();
@@ -233,17 +231,9 @@ int main(int argc, char** argv) {
         const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_eval_image(*model, side, side, y5::LossHyp{}, half, false),
                                                        1, y5::nms_scratch_bytes(*model, side, 1, nms));
         y5::check_fits(model->params.device(), {plan}, "--imgsz " + std::to_string(imgsz), "--imgsz");
-        std::vector<std::string> names;
-        for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
-        {
-            y5::SafeTensorsFile f(weights);
-            if (f.metadata().count("names")) {
-                std::string all = f.metadata().at("names"), item;
-                std::stringstream ss(all);
-                names.clear();
-                while (std::getline(ss, item, '\n')) names.push_back(item);
-            }
-        }
+        std::vector<std::string> names = model->class_names;  // the weights file's; else the class indices
+        if (names.empty())
+            for (int i = 0; i < model->nc; ++i) names.push_back(std::to_string(i));
         std::string dir = project + "/" + name;
         if (!exist_ok && fs::exists(dir))
             for (int n = 2;; ++n)

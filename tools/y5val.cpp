@@ -2,6 +2,7 @@
  * y5val: YOLOv5 val.py's table (Class, Images, Instances, P, R, mAP50, mAP50-95) for a weights file and a
  * data.yaml, with val.py's defaults (conf 0.001, IoU 0.6, max_det 300, rect batches padded 0.5).
  *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
+ *   y5val --data coco128.yaml --weights yolov5n.pt                   (a YOLOv5 checkpoint, read without Python)
  */
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -19,13 +20,13 @@
 #include "layers/model.h"
 
 int main(int argc, char** argv) {
-    CLI::App app{"y5val: mAP of a y5 weights file on a dataset (YOLOv5 val.py)"};
+    CLI::App app{"y5val: mAP of a weights file (y5 .safetensors or YOLOv5 .pt) on a dataset (YOLOv5 val.py)"};
     std::string data, weights, task = "val", device = "cpu";
     int imgsz = 640, batch = 32, workers = 8, max_det = 300;
     float conf = 0.001f, iou = 0.6f;
     bool single_cls = false, verbose = true, half = false;
     app.add_option("--data", data, "dataset yaml")->required();
-    app.add_option("--weights", weights, "weights (safetensors written by y5train)")->required()->check(CLI::ExistingFile);
+    app.add_option("--weights", weights, "weights: y5train's .safetensors or a YOLOv5 .pt (yolov5n.pt, best.pt)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
     app.add_option("--batch-size", batch, "batch size")->capture_default_str();
     app.add_option("--conf-thres", conf, "confidence threshold")->capture_default_str();
@@ -70,7 +71,9 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        std::printf("%s", y5::val_table(r, cfg.names, verbose).c_str());
+        // The model's class names when its file has them, as val.py's model.names; else the data yaml's.
+        const bool own = !single_cls && model->class_names.size() == (size_t)model->nc;
+        std::printf("%s", y5::val_table(r, own ? model->class_names : cfg.names, verbose).c_str());
         std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
                     batch, model->name.c_str());
         return 0;
