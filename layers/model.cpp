@@ -461,8 +461,12 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
             if (!is_live(lo, b.bytes)) c.act->release(lo);
         }
     };
+    if (labels_.empty())
+        for (const auto& l : layers)
+            labels_.push_back("model." + std::to_string(l->index) + " " + l->type.substr(l->type.rfind('.') + 1));
     for (size_t i = 0; i < layers.size(); ++i) {
         Module& m = *layers[i];
+        c.act->set_label(labels_[i].c_str());
         std::vector<Var> in;
         for (int f : m.from) {
             std::vector<Var>& src = f < 0 ? input : y[f];
@@ -479,7 +483,9 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
         if (liveness) sweep((int)i);
         if (after_layer) after_layer(i);
     }
+    c.act->set_label("Detect decode");
     if (!training) out.decoded = detect->decode(c, out.maps);
+    c.act->set_label(nullptr);
     return out;
 }
 

@@ -87,6 +87,7 @@ private:
     static std::unique_ptr<Model> from_torch_pt(const std::string& path, CudaContext* cuda);
     void load_tensors(const WeightSource& src, CudaContext* cuda, const std::string& prefix);
     std::unique_ptr<ParamStore> folded_;  // fuse(): "<conv>.conv.weight" / "<conv>.conv.bias", as buffers
+    std::vector<std::string> labels_;     // "model.3 Conv": the activation arena's labels per row (Arena::set_label)
 };
 
 }  // namespace y5

@@ -5,6 +5,7 @@
 #include "engine/app/memory.h"
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -29,7 +30,8 @@ static size_t weight_copy_bytes(const Model& m, bool autocast) {
     return b;
 }
 
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute) {
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute,
+                             std::vector<std::pair<std::string, size_t>>* live_at_peak) {
     const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
     // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
@@ -65,13 +67,24 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     Batch b;
     b.n = 1, b.h = h, b.w = w;
     b.images.assign((size_t)3 * h * w, 128);
+    ws.act->set_peak_snapshots(live_at_peak != nullptr);
+    ws.act->set_label("input image");
     Tensor x = batch_images(ws.ctx, b);
     std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
     Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
     std::vector<float> anchors_host;
+    ws.act->set_label("loss");
     YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
+    ws.act->set_label("backward (rebuilt)");
     ws.tape->backward(L.total);
+    ws.act->set_label(nullptr);
+    if (live_at_peak) {
+        std::map<std::string, size_t> by;
+        for (const Arena::Block& blk : ws.act->peak_blocks()) by[blk.label ? blk.label : "other"] += blk.bytes;
+        live_at_peak->assign(by.begin(), by.end());
+        std::sort(live_at_peak->begin(), live_at_peak->end(), [](const auto& a, const auto& c) { return a.second > c.second; });
+    }
     if (cuda) device_synchronize(cuda);
     const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak(),
                           std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/ops/ops.h"
@@ -37,7 +38,10 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
 // adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
 // training forward updates) as they were. autocast: mixed precision's step (Ctx::autocast, f16 activations).
 // recompute: Ctx::recompute's step (BatchNorm + activation outputs dropped after the forward, rebuilt in backward).
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false, bool recompute = true);
+// live_at_peak, if given, receives the activation bytes live at the activation peak by what made them (the model's
+// row, "input image", "loss", "backward (rebuilt)"), largest first: bench_step names them.
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false, bool recompute = true,
+                             std::vector<std::pair<std::string, size_t>>* live_at_peak = nullptr);
 
 // The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
 // scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of

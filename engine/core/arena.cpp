@@ -52,11 +52,14 @@ void* Arena::alloc(size_t bytes, size_t align) {
                      name_.c_str(), bytes, mib(used_).c_str(), mib(capacity_).c_str());
             if (start > used_) free_.push_back(Block{used_, start - used_});  // the alignment gap, reusable
             used_ = start + bytes;
-            if (used_ > peak_) peak_ = used_;
         }
-        const Block b{start, bytes};
+        const Block b{start, bytes, label_};
         blocks_.insert(std::upper_bound(blocks_.begin(), blocks_.end(), b,
                                         [](const Block& x, const Block& y) { return x.off < y.off; }), b);
+        if (used_ > peak_) {
+            peak_ = used_;
+            if (snapshots_) peak_blocks_ = blocks_;
+        }
         return base_ + start;
     }
     size_t start = (used_ + align - 1) & ~(align - 1);

@@ -36,6 +36,7 @@ public:
 
     struct Block {
         size_t off, bytes;
+        const char* label = nullptr;  // set_label's at allocation
     };
     void set_tracking(bool on);  // from an empty arena; off keeps the blocks' space until the next reset
     bool tracking() const { return tracking_; }
@@ -46,6 +47,12 @@ public:
     // Tests (CPU): released blocks are filled with 0xFF bytes (NaN in f16, f32 and f64), so a read of released
     // memory shows in the results.
     void set_poison(bool on) { poison_ = on; }
+    // Measuring (bench_step --plan): tracked blocks carry the label current at their allocation (a string that
+    // outlives them: Model::forward's row names), and with snapshots on, the blocks live when the peak was reached
+    // are kept (peak_blocks()).
+    void set_label(const char* label) { label_ = label; }
+    void set_peak_snapshots(bool on) { snapshots_ = on; }
+    const std::vector<Block>& peak_blocks() const { return peak_blocks_; }
 
     const std::string& name() const { return name_; }
     Device device() const { return device_; }
@@ -59,8 +66,10 @@ private:
     Device device_;
     char* base_ = nullptr;
     size_t capacity_ = 0, used_ = 0, peak_ = 0;
-    bool tracking_ = false, poison_ = false;
+    bool tracking_ = false, poison_ = false, snapshots_ = false;
+    const char* label_ = nullptr;
     std::vector<Block> blocks_, free_;  // both sorted by offset; free_ holds only holes below used_
+    std::vector<Block> peak_blocks_;
 };
 
 }  // namespace y5
