@@ -429,7 +429,7 @@ std::string train(const TrainOptions& opt_in) {
     }
     const auto t_start = std::chrono::steady_clock::now();
     bool prefetched = false;
-    Batch b;  // kept across epochs with the loader's ring: its (pinned) memory is allocated once
+    Batch b, vb;  // kept across epochs with the loaders' rings: their (pinned) memory is allocated once
     for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
         if (!prefetched) train_loader.start_epoch(epoch);
         prefetched = false;
@@ -485,7 +485,7 @@ std::string train(const TrainOptions& opt_in) {
             tw.ctx.autocast = amp;  // train.py validates with half=amp
             ValOptions vo;
             vo.single_cls = opt.single_cls;
-            vr = validate(ema, val_loader, tw.ctx, lh, vo);
+            vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
             std::printf("%s", val_table(vr, names, false).c_str());
         }
         const double fi = vr.fitness();
@@ -536,7 +536,7 @@ std::string train(const TrainOptions& opt_in) {
         tw.ctx.autocast = amp;
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = opt.noplots ? "" : save_dir, vo.names = &names;
-        ValResult vr = validate(m, val_loader, tw.ctx, lh, vo);
+        ValResult vr = validate(m, val_loader, tw.ctx, lh, vo, nullptr, &vb);
         std::printf("%s", val_table(vr, names).c_str());
     }
     if (!opt.noplots) plot_results(save_dir + "/results.csv", save_dir + "/results.png");

@@ -67,7 +67,8 @@ size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptio
     return nms_scratch_bytes(m, side, batch, val_nms_params(o));
 }
 
-ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm) {
+ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm,
+                   Batch* batch) {
     ValResult R;
     std::vector<std::array<bool, kIouThresholds>> tp;
     std::vector<double> conf;
@@ -86,7 +87,8 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     } untrack{c.act, c.act->tracking()};
     c.act->set_tracking(true);
     loader.start_epoch(0);
-    Batch b;
+    Batch own;
+    Batch& b = batch ? *batch : own;  // the caller's, kept across calls: its (pinned) memory allocated once
     int batches = 0;
     std::vector<std::vector<Detection>> dets;
     // On a terminal, a progress line (batches, rate, ETA) that the table replaces when validation ends.

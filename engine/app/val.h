@@ -47,7 +47,7 @@ struct ValOptions {
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
 
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o = {},
-                   ConfusionMatrix* cm = nullptr);
+                   ConfusionMatrix* cm = nullptr, Batch* batch = nullptr);
 
 // val.py's table: Class, Images, Instances, P, R, mAP50, mAP50-95 for all and per class.
 std::string val_table(const ValResult& r, const std::vector<std::string>& names, bool per_class = true);
