@@ -11,6 +11,10 @@ cd "$work"
 "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --hyp "$src/config/hyps/hyp.scratch-low.yaml" \
   --weights '' --imgsz 64 --epochs 2 --batch-size 4 --workers 2 --device cpu > train.log
 run=runs/train/exp
+# train.py's first line (plain: not a terminal), and which reading of the data yaml's relative path: was used.
+grep -q "^hyperparameters: lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0, .*, iou_t=0.2, .*, copy_paste=0.0$" train.log ||
+  { echo "no hyperparameters line as train.py prints it"; head -3 train.log; exit 1; }
+grep -q "^data: path '.' is .*/synth, relative to the yaml's folder" train.log || { echo "no data path note"; head -3 train.log; exit 1; }
 for f in opt.yaml hyp.yaml results.csv weights/last.safetensors weights/best.safetensors; do
   [ -s "$run/$f" ] || { echo "missing $run/$f"; cat train.log; exit 1; }
 done
@@ -50,7 +54,8 @@ img="$(ls synth/images/val/*.jpg | head -1)"
 "$build/y5detect" --source "$img" --weights $run/weights/best.safetensors --imgsz 64 --conf-thres 0.001 --save-txt --save-conf > det.log
 out="runs/detect/exp/$(basename "$img")"
 [ -s "$out" ] || { echo "y5detect wrote no annotated image"; cat det.log; exit 1; }
-grep -q "^Speed:" det.log || { echo "y5detect printed no timings"; exit 1; }
+grep -Eq "^Speed: [0-9.]+ms pre-process, [0-9.]+ms inference, [0-9.]+ms NMS per image at shape \(1, 3, 64, 64\)$" det.log ||
+  { echo "y5detect's Speed line is not detect.py's"; cat det.log; exit 1; }
 # --half (val.py's and detect.py's flag; f16 activations as y5train --amp) runs on the CPU too.
 "$build/y5val" --data synth/data.yaml --weights $run/weights/best.safetensors --imgsz 64 --workers 1 --half > valh.log
 grep -q "^ *all *2 " valh.log || { echo "y5val --half table missing"; cat valh.log; exit 1; }
@@ -60,10 +65,22 @@ lab="labels/$(basename "${img%.*}").txt"
 [ -s "runs/detect/half/$lab" ] || { echo "y5detect --half wrote no labels"; cat deth.log; exit 1; }
 bus="$src/../shared/data/images/bus.jpg"
 if [ -f "$bus" ]; then  # a user's clone has no ../shared
-  "$build/y5detect" --source "$bus" --weights $run/weights/best.safetensors --imgsz 64 --name bus > bus.log
+  "$build/y5detect" --source "$bus" --weights $run/weights/best.safetensors --imgsz 128 --name bus > bus.log
   [ -s runs/detect/bus/bus.jpg ] || { echo "y5detect wrote no annotated bus.jpg"; cat bus.log; exit 1; }
+  # detect.py's shape is (1, 3, *imgsz), not the last letterbox (128x96 for the portrait bus.jpg).
+  grep -q "^image 1/1 .*: 128x96 " bus.log && grep -q "at shape (1, 3, 128, 128)$" bus.log || { cat bus.log; exit 1; }
 else
   echo "../shared/data/images/bus.jpg is absent: skipping the bus.jpg detection"
+fi
+coco="$src/../shared/data/coco128/coco128.yaml" pt="$src/../shared/weights/yolov5n.pt"
+if [ -f "$coco" ] && [ -f "$pt" ]; then  # val.py's per-class rows: nc 80 needs --verbose
+  "$build/y5val" --data "$coco" --weights "$pt" --imgsz 128 --workers 2 > v80.log
+  "$build/y5val" --data "$coco" --weights "$pt" --imgsz 128 --workers 2 --verbose > v80v.log
+  [ "$(grep -A1 '^ *all ' v80.log | tail -1 | cut -c1-6)" = "Speed:" ] || { echo "nc 80 printed class rows"; cat v80.log; exit 1; }
+  grep -q "^ *person  *128 " v80v.log || { echo "--verbose printed no class rows"; cat v80v.log; exit 1; }
+  grep -q "^data: path '.' is .*coco128, relative to the yaml's folder" v80.log || { cat v80.log; exit 1; }
+else
+  echo "../shared coco128 or yolov5n.pt is absent: skipping y5val's per-class rows check"
 fi
 # Bad input: a missing data yaml is one clear error line and exit 1.
 if "$build/y5train" --data nope.yaml --cfg "$src/config/models/yolov5n.yaml" --epochs 1 2> err.log; then exit 1; fi

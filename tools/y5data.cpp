@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         y5::DataConfig cfg = y5::load_data_yaml(data);
+        if (!cfg.root_note.empty()) std::printf("%s\n", cfg.root_note.c_str());
         int status = 0;
         for (const char* s : {"train", "val", "test"}) {
             if ((split != "all" && split != s) || !cfg.splits.count(s)) continue;

@@ -288,8 +288,9 @@ int main(int argc, char** argv) {
             }
         }
         const int n = std::max(det.frames, 1);
+        // detect.py names (1, 3, *imgsz): --imgsz made a multiple of the stride, not the last letterboxed shape.
         std::printf("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape (1, 3, %d, %d)\n",
-                    det.t_pre / n, det.t_inf / n, det.t_nms / n, det.last_h, det.last_w);
+                    det.t_pre / n, det.t_inf / n, det.t_nms / n, side, side);
         if (!nosave || save_txt) std::printf("Results saved to %s\n", dir.c_str());
         return 0;
     } catch (...) {

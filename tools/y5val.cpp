@@ -3,6 +3,7 @@
  * data.yaml, with val.py's defaults (conf 0.001, IoU 0.6, max_det 300, rect batches padded 0.5).
  *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
  *   y5val --data coco128.yaml --weights yolov5n.pt                   (a YOLOv5 checkpoint, read without Python)
+ * Per-class rows as val.py prints them: with --verbose, or when the dataset has fewer than 50 classes (never for one).
  */
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
     std::string data, weights, task = "val", device = "cpu";
     int imgsz = 640, batch = 32, workers = 8, max_det = 300;
     float conf = 0.001f, iou = 0.6f;
-    bool single_cls = false, verbose = true, half = false;
+    bool single_cls = false, verbose = false, half = false;
     app.add_option("--data", data, "dataset yaml")->required();
     app.add_option("--weights", weights, "weights: y5train's .safetensors or a YOLOv5 .pt (yolov5n.pt, best.pt)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
     app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
     app.add_option("--workers", workers, "data loader threads")->capture_default_str();
     app.add_flag("--single-cls", single_cls, "treat as single-class dataset");
+    app.add_flag("--verbose", verbose, "report mAP by class (always when nc < 50)");
     app.add_flag("--half", half, "FP16 half-precision inference (f16 activations, as y5train --amp; also on the CPU)");
     CLI11_PARSE(app, argc, argv);
     try {
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
         const y5::Device dev = dev_index >= 0 ? y5::Device::CUDA : y5::Device::CPU;
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
         y5::DataConfig cfg = y5::load_data_yaml(y5::resolve_config(data, "data", "--data"));
+        if (!cfg.root_note.empty()) std::printf("%s\n", cfg.root_note.c_str());
         Y5_CHECK(cfg.splits.count(task), "%s has no '%s' split", data.c_str(), task.c_str());
         auto model = y5::Model::from_weights(weights, cuda);
         Y5_CHECK(single_cls || model->nc == cfg.nc, "%s has nc=%d but %s has %d classes", weights.c_str(), model->nc,
@@ -73,7 +76,9 @@ int main(int argc, char** argv) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         // The model's class names when its file has them, as val.py's model.names; else the data yaml's.
         const bool own = !single_cls && model->class_names.size() == (size_t)model->nc;
-        std::printf("%s", y5::val_table(r, own ? model->class_names : cfg.names, verbose).c_str());
+        const int nc = single_cls ? 1 : cfg.nc;  // val.py: nc = 1 if single_cls else data['nc']
+        std::printf("%s", y5::val_table(r, own ? model->class_names : cfg.names,
+                                        y5::val_per_class_rows(verbose, nc, false)).c_str());
         std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
                     batch, model->name.c_str());
         return 0;

@@ -138,31 +138,6 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
     save_safetensors(path, items, meta);
 }
 
-// A double as Python's repr writes it (the shortest string that reads back: 0.01, 0.0005, 1e-05, 1.0), for
-// smart_optimizer's line.
-std::string py_float(double v) {
-    if (!std::isfinite(v)) return std::isnan(v) ? "nan" : v < 0 ? "-inf" : "inf";
-    char b[40];
-    for (int p = 1; p <= 17; ++p) {
-        snprintf(b, sizeof b, "%.*e", p - 1, v);
-        if (std::strtod(b, nullptr) == v) break;
-    }
-    std::string m = b, sign = m[0] == '-' ? "-" : "";
-    const size_t e_at = m.find('e');
-    const int e = std::atoi(m.c_str() + e_at + 1);
-    std::string d;  // the significant digits
-    for (size_t i = sign.size(); i < e_at; ++i)
-        if (m[i] != '.') d += m[i];
-    while (d.size() > 1 && d.back() == '0') d.pop_back();
-    if (e < -4 || e >= 16) {  // repr's scientific form: 1e-05, 2.5e+16
-        snprintf(b, sizeof b, "e%c%02d", e < 0 ? '-' : '+', std::abs(e));
-        return sign + d.substr(0, 1) + (d.size() > 1 ? "." + d.substr(1) : "") + b;
-    }
-    if (e < 0) return sign + "0." + std::string(-e - 1, '0') + d;
-    if ((int)d.size() <= e + 1) return sign + d + std::string(e + 1 - d.size(), '0') + ".0";
-    return sign + d.substr(0, e + 1) + "." + d.substr(e + 1);
-}
-
 std::string fmt_mem(size_t b) {
     char s[16];
     snprintf(s, sizeof s, "%.3gG", b / 1e9);
@@ -253,7 +228,9 @@ std::string train(const TrainOptions& opt_in) {
 
     const std::string hyp_path = opt.hyp.empty() ? resolve_config("hyp.scratch-low.yaml", "hyps", "--hyp") : opt.hyp;
     Hyp hyp = load_hyp(hyp_path);
+    std::printf("%s\n", hyp_line(hyp_path, hyp, isatty(fileno(stdout))).c_str());  // train.py's first line
     DataConfig data = load_data_yaml(opt.data);
+    if (!data.root_note.empty()) std::printf("%s\n", data.root_note.c_str());
     const int nc = opt.single_cls ? 1 : data.nc;
     std::vector<std::string> names = opt.single_cls ? std::vector<std::string>{"item"} : data.names;
     std::string names_meta;  // class names, one per line, in the checkpoints' metadata
@@ -537,7 +514,7 @@ std::string train(const TrainOptions& opt_in) {
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = opt.noplots ? "" : save_dir, vo.names = &names;
         ValResult vr = validate(m, val_loader, tw.ctx, lh, vo, nullptr, &vb);
-        std::printf("%s", val_table(vr, names).c_str());
+        std::printf("%s", val_table(vr, names, val_per_class_rows(true, nc, true)).c_str());  // train.py: verbose=True
     }
     if (!opt.noplots) plot_results(save_dir + "/results.csv", save_dir + "/results.png");
     std::printf("Results saved to %s\n", save_dir.c_str());

@@ -54,14 +54,6 @@ DataConfig load_data_yaml(const std::string& path) {
     for (const char* k : {"train", "val", "names"})
         Y5_CHECK(y[k] && !y[k].IsNull(), "%s: data.yaml '%s:' field missing", path.c_str(), k);
 
-    const fs::path yaml_dir = fs::absolute(path).parent_path();
-    fs::path root = yaml_dir;
-    if (y["path"] && !y["path"].IsNull()) {
-        fs::path p = y["path"].as<std::string>();
-        root = p.is_absolute() ? p : yaml_dir / p;
-    }
-    d.root = fs::weakly_canonical(root).string();
-
     const YAML::Node names = y["names"];
     if (names.IsSequence()) {
         for (const auto& n : names) d.names.push_back(n.as<std::string>());
@@ -96,17 +88,48 @@ DataConfig load_data_yaml(const std::string& path) {
     }
     for (const char* k : {"train", "val", "test"}) {
         if (!y[k] || y[k].IsNull()) continue;
-        std::vector<std::string> src;
+        std::vector<std::string>& src = d.splits[k];
         if (y[k].IsSequence())
             for (const auto& s : y[k]) src.push_back(s.as<std::string>());
         else
             src.push_back(y[k].as<std::string>());
+    }
+
+    // The root. A relative `path:` is read as YOLOv5 reads it (check_dataset: relative to its repo root; here
+    // the working directory) when the train and val sources exist there, else relative to the yaml's folder
+    // (y5's reading, so `path: .` beside the images works from anywhere); root_note says which. No `path:`:
+    // the yaml's folder.
+    const fs::path yaml_dir = fs::absolute(path).parent_path();
+    fs::path root = yaml_dir;
+    if (y["path"] && !y["path"].IsNull()) {
+        const std::string text = y["path"].as<std::string>();
+        const fs::path p = text;
+        if (p.is_absolute()) {
+            root = p;
+        } else {
+            auto has_sources = [&](const fs::path& r) {  // the folder and every relative train/val source in it
+                if (!fs::is_directory(r)) return false;
+                for (const char* k : {"train", "val"})
+                    for (const std::string& s : d.splits[k])
+                        if (!fs::path(s).is_absolute() && !fs::exists(r / s)) return false;
+                return true;
+            };
+            const fs::path cwd_root = fs::absolute(p), yaml_root = yaml_dir / p;
+            const bool in_cwd = has_sources(cwd_root), in_yaml = has_sources(yaml_root);
+            root = in_cwd ? cwd_root : yaml_root;
+            d.root_note = "data: path '" + text + "' is " + fs::weakly_canonical(root).string() +
+                          (in_cwd    ? ", relative to the working directory (as YOLOv5 reads it)"
+                           : in_yaml ? ", relative to the yaml's folder (its train/val are not under the working directory)"
+                                     : ", relative to the yaml's folder (its train/val are not there nor under the "
+                                       "working directory)");
+        }
+    }
+    d.root = fs::weakly_canonical(root).string();
+    for (auto& [k, src] : d.splits)
         for (std::string& s : src) {
             fs::path p = s;
             s = (p.is_absolute() ? p : fs::path(d.root) / p).lexically_normal().string();
         }
-        d.splits[k] = src;
-    }
     return d;
 }
 

@@ -1,6 +1,7 @@
 /*
  * YOLO-format datasets as YOLOv5 v7.0 reads them (utils/general.py check_dataset, utils/dataloaders.py).
- *   data.yaml: path (relative to the yaml's folder), train/val/test as a folder, a list of folders, or a
+ *   data.yaml: path (relative: to the working directory, as check_dataset reads it relative to YOLOv5's root,
+ *     when the train and val sources are there, else to the yaml's folder; none: the yaml's folder), train/val/test as a folder, a list of folders, or a
  *     .txt list of image paths; names as a list or a {id: name} map; nc (optional, must equal len(names)).
  *   images → labels: the last /images/ becomes /labels/ and the extension .txt.
  *   verify_image_label: the image must decode, be at least 10×10 and (JPEG) end with FFD9; label rows have
@@ -22,6 +23,7 @@ namespace y5 {
 
 struct DataConfig {
     std::string yaml_path, root;  // root: the resolved `path`
+    std::string root_note;        // for a relative `path`: which reading was used (printed by the tools)
     std::map<std::string, std::vector<std::string>> splits;  // "train"/"val"/"test" → resolved sources
     std::vector<std::string> names;
     int nc = 0;
