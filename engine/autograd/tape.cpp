@@ -95,8 +95,8 @@ Tensor Tape::value(const Var& v) {
     return n.rebuilt;
 }
 
-// The closures in reverse; after each, its output's gradient goes to the free list (reused on the GPU in stream
-// order, so a later kernel never overwrites memory an earlier one still reads).
+// The closures in reverse; after each, its output's gradient (and a value it rebuilt) goes back to its arena
+// (reused on the GPU in stream order, so a later kernel never overwrites memory an earlier one still reads).
 void Tape::run_backward() {
     for (size_t i = closures_.size(); i-- > 0;) {
         closures_[i]();

@@ -96,17 +96,19 @@ bool Arena::owns(const void* p) const {
 }
 
 void Arena::release(const void* p) {
+    Y5_CHECK(owns(p), "arena '%s': release of %p, which is not a tracked block", name_.c_str(), p);
     const size_t off = (size_t)(static_cast<const char*>(p) - base_);
     auto it = std::upper_bound(blocks_.begin(), blocks_.end(), off, [](size_t o, const Block& b) { return o < b.off; });
-    Y5_CHECK(it != blocks_.begin() && off < (it - 1)->off + (it - 1)->bytes && p >= base_,
-             "arena '%s': release of %p, which is not a tracked block", name_.c_str(), p);
     Block b = *(it - 1);
     blocks_.erase(it - 1);
     if (poison_ && device_ == Device::CPU) std::memset(base_ + b.off, 0xFF, b.bytes);
     // Into the holes in offset order, merged with a neighbour on either side; a hole that reaches the top lowers it.
     auto f = std::upper_bound(free_.begin(), free_.end(), b.off, [](size_t o, const Block& x) { return o < x.off; });
     if (f != free_.end() && b.off + b.bytes == f->off) b.bytes += f->bytes, f = free_.erase(f);
-    if (f != free_.begin() && (f - 1)->off + (f - 1)->bytes == b.off) b.off = (f - 1)->off, b.bytes += (f - 1)->bytes, f = free_.erase(f - 1);
+    if (f != free_.begin() && (f - 1)->off + (f - 1)->bytes == b.off) {
+        b.off = (f - 1)->off, b.bytes += (f - 1)->bytes;
+        f = free_.erase(f - 1);
+    }
     if (b.off + b.bytes == used_) used_ = b.off;
     else free_.insert(f, b);
 }
