@@ -250,18 +250,23 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     const int val_side = imgsz + 32;
     std::vector<std::pair<std::string, size_t>> live;
     const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp, recompute, &live);
-    const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true);
+    std::vector<std::pair<std::string, size_t>> vlive;
+    const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true, &vlive);
     std::printf("%s at %d on %s, %s, recompute %s: one image's training step %.1f MB activations, %.1f MB activation "
                 "gradients, %.1f MB scratch; its validation forward (%d) %.1f MB\n", T.model.name.c_str(), imgsz,
                 cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", recompute ? "on" : "off", one.act / 1e6,
                 one.grads / 1e6, one.work / 1e6, val_side, vone.act / 1e6);
-    std::printf("live at one image's activation peak (%.1f MB):", one.act / 1e6);
-    for (size_t k = 0; k < live.size() && k < 8; ++k)
-        std::printf("%s %s %.1f MB", k ? "," : "", live[k].first.c_str(), live[k].second / 1e6);
-    size_t rest = 0;
-    for (size_t k = 8; k < live.size(); ++k) rest += live[k].second;
-    if (rest) std::printf(", the rest %.1f MB", rest / 1e6);
-    std::printf("\n");
+    auto print_live = [](const char* what, size_t peak, const std::vector<std::pair<std::string, size_t>>& l) {
+        std::printf("live at %s (%.1f MB):", what, peak / 1e6);
+        size_t rest = 0;
+        for (size_t k = 0; k < l.size(); ++k)
+            if (k < 8) std::printf("%s %s %.1f MB", k ? "," : "", l[k].first.c_str(), l[k].second / 1e6);
+            else rest += l[k].second;
+        if (rest) std::printf(", the rest %.1f MB", rest / 1e6);
+        std::printf("\n");
+    };
+    print_live("one image's training activation peak", one.act, live);
+    print_live("one image's validation forward peak", vone.act, vlive);
     // Shapes per row at one image (the bench breakdown's dry run) for the floors.
     const Model& M = T.model;
     const size_t L = M.layers.size();

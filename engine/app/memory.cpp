@@ -21,6 +21,15 @@
 
 namespace y5 {
 
+// The bytes of the peak's live blocks by label, largest first.
+static void live_by_label(const Arena& a, std::vector<std::pair<std::string, size_t>>* out) {
+    if (!out) return;
+    std::map<std::string, size_t> by;
+    for (const Arena::Block& blk : a.peak_blocks()) by[blk.label ? blk.label : "other"] += blk.bytes;
+    out->assign(by.begin(), by.end());
+    std::sort(out->begin(), out->end(), [](const auto& x, const auto& y) { return x.second > y.second; });
+}
+
 // The f16 copies of the convolution weights an autocast forward makes (modules.cpp amp()), one block each.
 static size_t weight_copy_bytes(const Model& m, bool autocast) {
     size_t b = 0;
@@ -79,12 +88,7 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     ws.act->set_label("backward (rebuilt)");
     ws.tape->backward(L.total);
     ws.act->set_label(nullptr);
-    if (live_at_peak) {
-        std::map<std::string, size_t> by;
-        for (const Arena::Block& blk : ws.act->peak_blocks()) by[blk.label ? blk.label : "other"] += blk.bytes;
-        live_at_peak->assign(by.begin(), by.end());
-        std::sort(live_at_peak->begin(), live_at_peak->end(), [](const auto& a, const auto& c) { return a.second > c.second; });
-    }
+    live_by_label(*ws.act, live_at_peak);
     if (cuda) device_synchronize(cuda);
     const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak(),
                           std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
@@ -94,7 +98,8 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     return peak;
 }
 
-StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss) {
+StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss,
+                              std::vector<std::pair<std::string, size_t>>* live_at_peak) {
     const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
     size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
@@ -110,18 +115,22 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
     }
 #endif
     NoGrad ng(*ws.tape);
-    ws.act->set_tracking(true);
+    ws.act->set_peak_snapshots(live_at_peak != nullptr);
+    ws.act->set_label("input image");
     Batch b;
     b.n = 1, b.h = h, b.w = w;
     b.images.assign((size_t)3 * h * w, 128);
     Tensor x = batch_images(ws.ctx, b);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), false);
+    ws.act->set_label("loss");
     if (with_loss) {
         std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f}, anchors_host;
         Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
         yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
     }
     if (cuda) device_synchronize(cuda);
+    ws.act->set_label(nullptr);
+    live_by_label(*ws.act, live_at_peak);
     return StepMemory{ws.act->peak(), ws.work->peak(), 0, std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
 }
 

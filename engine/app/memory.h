@@ -31,7 +31,8 @@ struct StepMemory {
 // Peak bytes of one image's inference at h × w: the eval forward with the tape off on a tracking activation arena
 // (Model::forward's liveness: only the tensors later rows read stay), Detect's decode and, with_loss, validation's
 // loss on the maps. Any model state (fused or not, on its device); changes nothing.
-StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss);
+StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss,
+                              std::vector<std::pair<std::string, size_t>>* live_at_peak = nullptr);
 
 // Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
 // parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
