@@ -556,7 +556,7 @@ std::string train(const TrainOptions& opt_in) {
     // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
     for (const std::string& w : {w_last, w_best})
         if (fs::exists(w)) {
-            Model m(opt.cfg, nc);
+            Model m(yaml.first, yaml.second, nc);
             m.allocate(Device::CPU);
             m.load_weights(w, nullptr, "ema.");
             save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, step.updates, opt_yaml, names_meta);
@@ -565,7 +565,7 @@ std::string train(const TrainOptions& opt_in) {
                 hours, w_last.c_str(), w_best.c_str());
     if (fs::exists(w_best)) {
         std::printf("\nValidating %s...\n", w_best.c_str());
-        Model m(opt.cfg, nc);
+        Model m(yaml.first, yaml.second, nc);
         m.allocate(dev, DType::F32, cuda);
         m.load_weights(w_best, cuda);
         m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not
