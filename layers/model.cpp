@@ -797,30 +797,31 @@ bool is_yolov5_detection_model(const std::string& cls) {
 
 }  // namespace
 
-std::unique_ptr<Model> Model::from_torch_pt(const std::string& path, CudaContext* cuda) {
-    TorchPtFile pt(path);
+// The checkpoint's detection model: `ema` if present and use_ema, else `model`. *which names it.
+static const PyObj& pt_model(const TorchPtFile& pt, bool use_ema, const char** which) {
     const PyObj& ck = pt.root();
+    const std::string& path = pt.path();
     Y5_CHECK(ck.is(PyObj::Dict) && ck.get("model"), "%s: not a YOLOv5 checkpoint: the pickle holds %s, not a dict with "
              "a 'model'", path.c_str(), ck.describe().c_str());
     const PyObj* ema = ck.get("ema");
-    const bool use_ema = ema && !ema->is(PyObj::None);
+    use_ema = use_ema && ema && !ema->is(PyObj::None);
     const PyObj& m = use_ema ? *ema : *ck.get("model");
-    const char* which = use_ema ? "ema" : "model";
+    *which = use_ema ? "ema" : "model";
     Y5_CHECK(m.is(PyObj::Object) && is_yolov5_detection_model(m.s), "%s: '%s' is %s, not a YOLOv5 detection model "
-             "(models.yolo.DetectionModel)", path.c_str(), which, m.describe().c_str());
-    const PyObj* opt = ck.get("optimizer");
-    if (opt && !opt->is(PyObj::None))
-        fprintf(stderr, "%s: a training checkpoint: using its '%s' weights; its optimizer state is ignored\n",
-                path.c_str(), which);
+             "(models.yolo.DetectionModel)", path.c_str(), *which, m.describe().c_str());
+    return m;
+}
 
+// A checkpoint model's yaml as text (its tensors, for an anchors buffer) and its measured strides.
+static std::string pt_yaml(const TorchPtFile& pt, const PyObj& m,
+                           const std::vector<std::pair<std::string, const PyObj*>>& tensors, std::vector<double>* stride) {
+    const std::string& path = pt.path();
     const PyObj* yaml = m.get("yaml");
     Y5_CHECK(yaml && yaml->is(PyObj::Dict), "%s: the %s has no yaml dict (a model built from a yaml file has one)",
              path.c_str(), m.s.c_str());
-    std::vector<std::pair<std::string, const PyObj*>> tensors;
-    collect_tensors(m, "", path, tensors);
     const PyObj* stride_t = m.get("stride");
     Y5_CHECK(stride_t && stride_t->is(PyObj::Tensor), "%s: the model has no stride tensor", path.c_str());
-    const std::vector<double> stride = pt.read_f64(*stride_t);
+    *stride = pt.read_f64(*stride_t);
 
     // A yaml whose anchors were a count (AutoAnchor computed them): the anchors buffer, in pixels.
     std::string anchors;
@@ -829,22 +830,59 @@ std::unique_ptr<Model> Model::from_torch_pt(const std::string& path, CudaContext
         const PyObj* buf = nullptr;
         for (const auto& t : tensors)
             if (t.first.size() > 8 && t.first.compare(t.first.size() - 8, 8, ".anchors") == 0) buf = t.second;
-        Y5_CHECK(buf && buf->shape.size() == 3 && buf->shape[0] == (int64_t)stride.size(), "%s: the yaml's anchors "
+        Y5_CHECK(buf && buf->shape.size() == 3 && buf->shape[0] == (int64_t)stride->size(), "%s: the yaml's anchors "
                  "are not a list and the model has no (nl, na, 2) anchors buffer", path.c_str());
         const std::vector<double> a = pt.read_f64(*buf);
         for (int64_t l = 0, k = 0; l < buf->shape[0]; ++l) {
             anchors += "  - [";
-            for (int64_t j = 0; j < buf->shape[1] * 2; ++j, ++k) anchors += (j ? ", " : "") + yaml_float(a[k] * stride[l]);
+            for (int64_t j = 0; j < buf->shape[1] * 2; ++j, ++k) anchors += (j ? ", " : "") + yaml_float(a[k] * (*stride)[l]);
             anchors += "]\n";
         }
     }
+    return yaml_text_of(*yaml, path, anchors);
+}
+
+static std::string pt_yaml_name(const PyObj& m) {
+    if (const PyObj* f = m.get("yaml_file"); f && f->is(PyObj::Str) && !f->s.empty())
+        return f->s.substr(f->s.find_last_of("/\\") + 1);
+    return "model.yaml";
+}
+
+// A checkpoint model's tensors as a WeightSource; `by_name` keeps the lookup the functions use.
+static WeightSource pt_source(const TorchPtFile& pt, const std::vector<std::pair<std::string, const PyObj*>>& tensors,
+                              std::map<std::string, const PyObj*>& by_name) {
+    by_name = std::map<std::string, const PyObj*>(tensors.begin(), tensors.end());
+    const std::string path = pt.path();
+    WeightSource src{path, {}, {}, {}, {}};
+    for (const auto& t : tensors) src.names.push_back(t.first);
+    src.shape = [&by_name, path](const std::string& n) {
+        const PyObj& t = *by_name.at(n);
+        Y5_CHECK((int)t.shape.size() <= kMaxDims, "%s: %s has rank %zu", path.c_str(), n.c_str(), t.shape.size());
+        Shape s;
+        for (int64_t d : t.shape) s.d[s.ndim++] = d;
+        return s;
+    };
+    src.read_f32 = [&by_name, &pt](const std::string& n) { return pt.read_f32(*by_name.at(n)); };
+    src.read_f64 = [&by_name, &pt](const std::string& n) { return pt.read_f64(*by_name.at(n)); };
+    return src;
+}
+
+std::unique_ptr<Model> Model::from_torch_pt(const std::string& path, CudaContext* cuda) {
+    TorchPtFile pt(path);
+    const char* which = nullptr;
+    const PyObj& m = pt_model(pt, true, &which);
+    const PyObj* opt = pt.root().get("optimizer");
+    if (opt && !opt->is(PyObj::None))
+        fprintf(stderr, "%s: a training checkpoint: using its '%s' weights; its optimizer state is ignored\n",
+                path.c_str(), which);
+    std::vector<std::pair<std::string, const PyObj*>> tensors;
+    collect_tensors(m, "", path, tensors);
+    std::vector<double> stride;
+    const std::string text = pt_yaml(pt, m, tensors, &stride);
 
     int nc = 0;
     if (const PyObj* n = m.get("nc")) nc = n->is(PyObj::Int) ? (int)n->i : 0;
-    std::string yaml_name = "model.yaml";
-    if (const PyObj* f = m.get("yaml_file"); f && f->is(PyObj::Str) && !f->s.empty())
-        yaml_name = f->s.substr(f->s.find_last_of("/\\") + 1);
-    auto model = std::unique_ptr<Model>(new Model(yaml_name, yaml_text_of(*yaml, path, anchors), nc));
+    auto model = std::unique_ptr<Model>(new Model(pt_yaml_name(m), text, nc));
 
     // The strides YOLOv5 measured must be the ones y5's dry run finds.
     std::string want, got;
@@ -867,20 +905,85 @@ std::unique_ptr<Model> Model::from_torch_pt(const std::string& path, CudaContext
     }
 
     model->allocate(cuda ? Device::CUDA : Device::CPU, DType::F32, cuda);
-    std::map<std::string, const PyObj*> by_name(tensors.begin(), tensors.end());
-    WeightSource src{path, {}, {}, {}, {}};
-    for (const auto& t : tensors) src.names.push_back(t.first);
-    src.shape = [&](const std::string& n) {
-        const PyObj& t = *by_name.at(n);
-        Y5_CHECK((int)t.shape.size() <= kMaxDims, "%s: %s has rank %zu", path.c_str(), n.c_str(), t.shape.size());
-        Shape s;
-        for (int64_t d : t.shape) s.d[s.ndim++] = d;
-        return s;
-    };
-    src.read_f32 = [&](const std::string& n) { return pt.read_f32(*by_name.at(n)); };
-    src.read_f64 = [&](const std::string& n) { return pt.read_f64(*by_name.at(n)); };
+    std::map<std::string, const PyObj*> by_name;
+    const WeightSource src = pt_source(pt, tensors, by_name);
     model->load_tensors(src, cuda, "");
     return model;
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Fine-tuning (train.py --weights): the model comes from --cfg or the file's yaml, and the file's tensors are
+// transferred by name and shape (utils/general.py's intersect_dicts, then load_state_dict(strict=False)).
+
+std::pair<std::string, std::string> Model::weights_yaml(const std::string& path) {
+    if (is_torch_pt(path)) {
+        TorchPtFile pt(path);
+        const char* which = nullptr;
+        const PyObj& m = pt_model(pt, false, &which);  // train.py: ckpt['model'].yaml
+        std::vector<std::pair<std::string, const PyObj*>> tensors;
+        collect_tensors(m, "", path, tensors);
+        std::vector<double> stride;
+        return {pt_yaml_name(m), pt_yaml(pt, m, tensors, &stride)};
+    }
+    SafeTensorsFile f(path);
+    const auto& m = f.metadata();
+    Y5_CHECK(m.count("yaml"), "%s: no model yaml in its metadata (not a y5 weights file); pass --cfg", path.c_str());
+    return {m.count("yaml_name") ? m.at("yaml_name") : "model.yaml", m.at("yaml")};
+}
+
+Model::Transfer Model::transfer_weights(const std::string& path, const std::vector<std::string>& exclude,
+                                        CudaContext* cuda) {
+    Y5_CHECK(params.allocated(), "transfer_weights before allocate");
+    if (!cuda) cuda = params.cuda();  // as load_weights
+    std::unique_ptr<TorchPtFile> pt;
+    std::unique_ptr<SafeTensorsFile> st;
+    std::vector<std::pair<std::string, const PyObj*>> tensors;
+    std::map<std::string, const PyObj*> by_name;
+    WeightSource src;
+    if (is_torch_pt(path)) {
+        pt = std::make_unique<TorchPtFile>(path);
+        const char* which = nullptr;
+        collect_tensors(pt_model(*pt, false, &which), "", path, tensors);  // train.py: ckpt['model'], not the EMA
+        src = pt_source(*pt, tensors, by_name);
+    } else {
+        st = std::make_unique<SafeTensorsFile>(path);
+        SafeTensorsFile& f = *st;
+        src = {path, f.names(), [&f](const std::string& n) { return f.shape(n); },
+               [&f](const std::string& n) { return f.read_f32(n); }, [&f](const std::string& n) { return f.read_f64(n); }};
+    }
+    auto excluded = [&](const std::string& n) {
+        for (const std::string& x : exclude)
+            if (n.find(x) != std::string::npos) return true;
+        return false;
+    };
+    std::set<std::string> has(src.names.begin(), src.names.end());
+    // PyTorch's state_dict also holds each BatchNorm's num_batches_tracked, which y5 does not keep (it only counts
+    // for momentum=None): counted as train.py counts them, one per running_mean, transferred when the file has it.
+    Transfer r;
+    r.total = params.size();
+    for (int i = 0; i < params.size(); ++i) {
+        const Param& p = params[i];
+        const std::string& n = p.name;
+        if (n.size() > 13 && n.compare(n.size() - 13, 13, ".running_mean") == 0) {
+            ++r.total;
+            const std::string nbt = n.substr(0, n.size() - 13) + ".num_batches_tracked";
+            if (has.count(nbt) && !excluded(nbt) && src.shape(nbt).numel() == 1) ++r.transferred;
+        }
+        if (!has.count(n) || excluded(n) || src.shape(n) != p.shape) continue;
+        ++r.transferred;
+        const Tensor& t = p.value;
+        if (t.dtype == DType::F64) {
+            std::vector<double> v = src.read_f64(n);
+            if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
+            else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
+        } else {
+            std::vector<float> v = src.read_f32(n);
+            if (t.device == Device::CPU) std::memcpy(t.data, v.data(), t.bytes());
+            else copy_host_to_device(t.data, v.data(), t.bytes(), cuda);
+        }
+    }
+    if (fused()) fuse();
+    return r;
 }
 
 }  // namespace y5

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/core/rng.h"
@@ -26,6 +27,8 @@ class Model {
 public:
     // Parses and builds the graph and registers every parameter; nc > 0 overrides the yaml's nc.
     explicit Model(const std::string& yaml_path, int nc = 0);
+    // The same from yaml text; yaml_path only names it (messages, the model's name).
+    Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
     // The model a weights file describes, weights loaded, on the CPU or, given a context, on its CUDA device:
     // a y5 .safetensors (its metadata holds the yaml, nc and class names) or a YOLOv5 .pt/.pth checkpoint (the
     // model's yaml dict, nc, names, strides and the weights of `ema` if present, else `model`, fp16 or fp32;
@@ -71,6 +74,20 @@ public:
     void save_weights(const std::string& path, const std::map<std::string, std::string>& metadata,
                       CudaContext* cuda = nullptr) const;
 
+    // Fine-tuning, as train.py with --weights. weights_yaml: the file's model yaml, {file name, text} (a .pt's
+    // ckpt['model'].yaml, y5's metadata), for a model built without --cfg. transfer_weights: utils/general.py's
+    // intersect_dicts + load_state_dict(strict=False): each tensor of the file (a .pt's 'model', as train.py reads
+    // it, not its EMA; a y5 file's model.*) whose name is one of the model's, with the same shape and none of the
+    // `exclude` substrings in its name, is copied in; the other parameters keep their values. The counts are
+    // train.py's "Transferred N/M items": M = len(model.state_dict()), which holds each BatchNorm's
+    // num_batches_tracked (y5 keeps none; counted, and transferred when the file has them: .pt files do).
+    static std::pair<std::string, std::string> weights_yaml(const std::string& weights_path);
+    struct Transfer {
+        int transferred = 0, total = 0;
+    };
+    Transfer transfer_weights(const std::string& weights_path, const std::vector<std::string>& exclude,
+                              CudaContext* cuda = nullptr);
+
     // The yaml text, its file name and nc: what from_weights needs to rebuild the model from a weights file.
     void add_metadata(std::map<std::string, std::string>& meta) const;
 
@@ -83,7 +100,6 @@ public:
     Detect* detect = nullptr;
 
 private:
-    Model(const std::string& yaml_path, const std::string& yaml_text, int nc);
     static std::unique_ptr<Model> from_torch_pt(const std::string& path, CudaContext* cuda);
     void load_tensors(const WeightSource& src, CudaContext* cuda, const std::string& prefix);
     std::unique_ptr<ParamStore> folded_;  // fuse(): "<conv>.conv.weight" / "<conv>.conv.bias", as buffers

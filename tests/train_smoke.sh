@@ -43,6 +43,25 @@ grep -q "^cfg: .*config/models/yolov5n.yaml$" runs/train/exp2/opt.yaml || { echo
 if "$build/y5train" --data synth/data.yaml --cfg nosuch.yaml --imgsz 64 --epochs 1 > bad.log 2> bad.err; then exit 1; fi
 grep -q "^y5train: error: .*--cfg nosuch.yaml: no such file, nor config/models/nosuch[.]yaml, nor " bad.err || { cat bad.err; exit 1; }
 if grep -q "^train:" bad.log; then echo "the dataset was scanned before --cfg was checked"; exit 1; fi
+# Fine-tuning as train.py: from y5's own weights with --cfg (the anchors excluded: 292 − 1 of 349 state_dict
+# items, y5 files hold no num_batches_tracked), and from the official yolov5n.pt without --cfg (the model is the
+# checkpoint's yaml with the data's nc; its Detect convolutions do not fit and start fresh) with --freeze 10.
+"$build/y5train" --data synth/data.yaml --cfg yolov5n.yaml --weights $run/weights/best.safetensors --imgsz 64 \
+  --epochs 1 --batch-size 4 --workers 1 --noplots --name ft > ft.log
+grep -q "^Transferred 291/349 items from $run/weights/best.safetensors$" ft.log || { echo "no Transferred line"; cat ft.log; exit 1; }
+[ -s runs/train/ft/weights/best.safetensors ] || { echo "the fine-tuning run saved no best"; cat ft.log; exit 1; }
+if [ -f "$src/../shared/weights/yolov5n.pt" ]; then  # a user's clone has no ../shared
+  "$build/y5train" --data synth/data.yaml --weights "$src/../shared/weights/yolov5n.pt" --freeze 10 --single-cls --imgsz 64 \
+    --epochs 1 --batch-size 4 --workers 1 --noplots --name ftpt > ftpt.log
+  grep -q "^Transferred 343/349 items from .*yolov5n.pt$" ftpt.log || { echo "no Transferred line"; cat ftpt.log; exit 1; }
+  # train.py's named_parameters of model.0. .. model.9.: 99 weights and biases
+  [ "$(grep -c "^freezing model\.[0-9]\." ftpt.log)" -eq 99 ] && ! grep -q "^freezing model\.1[0-9]" ftpt.log ||
+    { echo "--freeze 10 froze other parameters"; grep "^freezing" ftpt.log; exit 1; }
+  grep -q "^freeze: \[10\]$" runs/train/ftpt/opt.yaml || { echo "opt.yaml lacks freeze"; exit 1; }
+  [ -s runs/train/ftpt/weights/best.safetensors ] || { echo "the .pt fine-tuning run saved no best"; cat ftpt.log; exit 1; }
+else
+  echo "../shared/weights/yolov5n.pt is absent: skipping the .pt fine-tuning run"
+fi
 "$build/y5val" --data synth/data.yaml --weights $run/weights/best.safetensors --imgsz 64 --workers 1 > val.log
 grep -q "^ *all *2 " val.log || { echo "y5val table missing"; cat val.log; exit 1; }
 # At its defaults (640, batch 32) on a full batch too: its arenas are sized for that, not fixed (3 GB overflowed).

@@ -21,7 +21,11 @@ int main(int argc, char** argv) {
     int nc = 0;
     app.add_option("--data", o.data, "dataset yaml (path, train, val, names)");
     app.add_option("--cfg", o.cfg, "model yaml, e.g. config/models/yolov5n.yaml");
-    app.add_option("--weights", o.weights, "initial weights (safetensors); '' trains from scratch")->capture_default_str();
+    app.add_option("--weights", o.weights, "initial weights to fine-tune from: a YOLOv5 .pt or a y5 .safetensors "
+                   "(tensors transferred by name and shape; without --cfg the model is the file's); '' trains from "
+                   "scratch")->capture_default_str();
+    app.add_option("--freeze", o.freeze, "freeze layers: N freezes 0 .. N-1 (backbone=10), several values the listed "
+                   "layers (first3=0 1 2)")->expected(1, -1)->capture_default_str();
     app.add_option("--hyp", o.hyp, "hyperparameter yaml")->default_str("config/hyps/hyp.scratch-low.yaml");
     app.add_option("--epochs", o.epochs, "total training epochs")->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--batch-size", o.batch_size, "images per batch")->capture_default_str()->check(CLI::PositiveNumber);
@@ -77,8 +81,9 @@ int main(int argc, char** argv) {
             std::fputs(model.summary(o.imgsz).c_str(), stdout);
             return 0;
         }
-        if (o.resume.empty() && (o.data.empty() || o.cfg.empty())) {
-            std::fprintf(stderr, "y5train: error: --data and --cfg are required for training (or pass --resume, --summary)\n");
+        if (o.resume.empty() && (o.data.empty() || (o.cfg.empty() && o.weights.empty()))) {
+            std::fprintf(stderr, "y5train: error: --data and --cfg or --weights are required for training (or pass "
+                         "--resume, --summary)\n");
             return 2;
         }
         y5::train(o);

@@ -184,6 +184,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["optimizer"]) o.optimizer = y["optimizer"].as<std::string>();  // older checkpoints: SGD
     if (y["noplots"]) o.noplots = y["noplots"].as<bool>();
     if (y["sync_bn"]) o.sync_bn = y["sync_bn"].as<bool>();
+    if (y["freeze"]) o.freeze = y["freeze"].as<std::vector<int>>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -203,7 +204,8 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 std::string train(const TrainOptions& opt_in) {
     TrainOptions opt = opt_in.resume.empty() ? opt_in : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
     // Bare yaml names (--cfg yolov5n.yaml) as train.py finds them, before any dataset work.
-    opt.cfg = resolve_config(opt.cfg, "models", "--cfg");
+    Y5_CHECK(!opt.cfg.empty() || !opt.weights.empty(), "--cfg or --weights is needed: the model comes from one of them");
+    if (!opt.cfg.empty()) opt.cfg = resolve_config(opt.cfg, "models", "--cfg");
     opt.data = resolve_config(opt.data, "data", "--data");
     if (!opt.hyp.empty()) opt.hyp = resolve_config(opt.hyp, "hyps", "--hyp");
     set_conv_options(opt.deterministic, opt.workspace_mib);  // before the memory plan measures (engine/app/memory.h)
@@ -238,6 +240,8 @@ std::string train(const TrainOptions& opt_in) {
 
     // opt.yaml (also kept in every checkpoint's metadata, where --resume reads it back).
     auto yn = [](bool b) { return b ? "true" : "false"; };
+    std::string freeze_list;
+    for (int f : opt.freeze) freeze_list += (freeze_list.empty() ? "" : ", ") + std::to_string(f);
     std::ostringstream oy;
     oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
        << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
@@ -249,7 +253,7 @@ std::string train(const TrainOptions& opt_in) {
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
        << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute)
-       << "\noptimizer: " << opt.optimizer << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
+       << "\nfreeze: [" << freeze_list << "]\noptimizer: " << opt.optimizer << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
        << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
@@ -272,13 +276,46 @@ std::string train(const TrainOptions& opt_in) {
             for (LabelRow& l : r.labels)
                 if (opt.single_cls) l.cls = 0;
 
-    // Model, EMA, hyperparameters scaled as train.py scales them.
-    Model model(opt.cfg, nc), ema(opt.cfg, nc);
+    // Model and EMA from --cfg, else from the --weights file's yaml with the data's nc (train.py: Model(cfg or
+    // ckpt['model'].yaml, nc=nc); a resumed run's from its checkpoint's), then hyperparameters scaled as train.py.
+    std::pair<std::string, std::string> yaml;
+    if (opt.cfg.empty()) {
+        yaml = Model::weights_yaml(resuming ? opt.resume : opt.weights);
+    } else {
+        std::ifstream in(opt.cfg);
+        Y5_CHECK(in, "%s: cannot open model yaml", opt.cfg.c_str());
+        std::stringstream ss;
+        ss << in.rdbuf();
+        yaml = {opt.cfg, ss.str()};
+    }
+    Model model(yaml.first, yaml.second, nc), ema(yaml.first, yaml.second, nc);
     model.allocate(dev, DType::F32, cuda);
     ema.allocate(dev, DType::F32, cuda);
     Rng init_rng((uint64_t)opt.seed, 1);
     model.init_weights(init_rng);
-    if (!opt.weights.empty()) model.load_weights(opt.weights, cuda);
+    // Fine-tuning: tensors transferred by name and shape, the anchors kept from --cfg when one is given (train.py's
+    // exclude). A resumed run loads its own checkpoint below instead.
+    if (!opt.weights.empty() && !resuming) {
+        const std::vector<std::string> exclude = opt.cfg.empty() ? std::vector<std::string>{} : std::vector<std::string>{"anchor"};
+        const Model::Transfer t = model.transfer_weights(opt.weights, exclude, cuda);
+        std::printf("Transferred %d/%d items from %s\n", t.transferred, t.total, opt.weights.c_str());
+    }
+    // --freeze as train.py: one value N freezes layers 0 .. N−1, several freeze the listed layers; a parameter is
+    // frozen when its name holds "model.{i}." (a substring test, as train.py's).
+    std::vector<std::string> freeze;
+    if (opt.freeze.size() > 1)
+        for (int i : opt.freeze) freeze.push_back("model." + std::to_string(i) + ".");
+    else
+        for (int i = 0; i < (opt.freeze.empty() ? 0 : opt.freeze[0]); ++i) freeze.push_back("model." + std::to_string(i) + ".");
+    for (int i = 0; i < model.params.size(); ++i) {
+        Param& p = model.params[i];
+        for (const std::string& f : freeze)
+            if (p.trainable() && p.name.find(f) != std::string::npos) {
+                std::printf("freezing %s\n", p.name.c_str());
+                p.frozen = true;
+                break;
+            }
+    }
     // AutoAnchor as train.py runs it (not on resume: the checkpoint holds the anchors); before the EMA copy, so
     // the EMA, the checkpoints and the loss (TrainStep reads the anchors once) all have the evolved anchors.
     if (!resuming && !opt.noautoanchor) check_anchors(train_ds, model, hyp["anchor_t"], opt.imgsz, (uint64_t)opt.seed);
@@ -496,7 +533,7 @@ std::string train(const TrainOptions& opt_in) {
     // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
     for (const std::string& w : {w_last, w_best})
         if (fs::exists(w)) {
-            Model m(opt.cfg, nc);
+            Model m(yaml.first, yaml.second, nc);
             m.allocate(Device::CPU);
             m.load_weights(w, nullptr, "ema.");
             save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, step.updates, opt_yaml, names_meta);
@@ -505,7 +542,7 @@ std::string train(const TrainOptions& opt_in) {
                 hours, w_last.c_str(), w_best.c_str());
     if (fs::exists(w_best)) {
         std::printf("\nValidating %s...\n", w_best.c_str());
-        Model m(opt.cfg, nc);
+        Model m(yaml.first, yaml.second, nc);
         m.allocate(dev, DType::F32, cuda);
         m.load_weights(w_best, cuda);
         m.fuse();  // train.py validates best.pt through attempt_load, which fuses; the per-epoch EMA runs do not

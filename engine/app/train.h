@@ -6,11 +6,15 @@
  */
 #pragma once
 #include <string>
+#include <vector>
 
 namespace y5 {
 
 struct TrainOptions {
     std::string data, cfg, weights, hyp;  // hyp "": config/hyps/hyp.scratch-low.yaml (here, else y5's own copy)
+    // weights: fine-tune from a YOLOv5 .pt or a y5 .safetensors (Model::transfer_weights); without cfg the model is
+    // the file's yaml with the data's nc. freeze: train.py's --freeze, {N} layers 0 .. N−1, or the listed layers.
+    std::vector<int> freeze = {0};
     int epochs = 100, batch_size = 16, imgsz = 640, workers = 8, patience = 100, save_period = -1;
     std::string device = "cpu", project = "runs/train", name = "exp";
     bool exist_ok = false, cos_lr = false, rect = false, noval = false, nosave = false, single_cls = false;

@@ -39,11 +39,10 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
         float* p = ps.trainable_flat().ptr<float>();
         const float* g = ps.grads_flat().ptr<float>();
         float* buf = ps.momentum_flat().ptr<float>();
-        for (int k = 0; k < 3; ++k) {
-            auto r = ps.group_range(k);
-            sgd_cuda(p + r.first, g + r.first, buf + r.first, r.second - r.first, float(groups[k].lr),
-                     float(groups[k].momentum), float(groups[k].weight_decay), ps.cuda()->stream);
-        }
+        for (int k = 0; k < 3; ++k)
+            for (auto r : ps.update_ranges(k))
+                sgd_cuda(p + r.first, g + r.first, buf + r.first, r.second - r.first, float(groups[k].lr),
+                         float(groups[k].momentum), float(groups[k].weight_decay), ps.cuda()->stream);
 #endif
         return;
     }
@@ -52,11 +51,10 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
         T* p = ps.trainable_flat().ptr<T>();
         const T* g = ps.grads_flat().ptr<T>();
         T* buf = ps.momentum_flat().ptr<T>();
-        for (int k = 0; k < 3; ++k) {
-            auto r = ps.group_range(k);
-            sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr), T(groups[k].momentum),
-                       T(groups[k].weight_decay));
-        }
+        for (int k = 0; k < 3; ++k)
+            for (auto r : ps.update_ranges(k))
+                sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr),
+                           T(groups[k].momentum), T(groups[k].weight_decay));
     });
 }
 
@@ -120,11 +118,10 @@ void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
         float* p = ps.trainable_flat().ptr<float>();
         const float* g = ps.grads_flat().ptr<float>();
         float *m = ps.momentum_flat().ptr<float>(), *vp = v.ptr<float>();
-        for (int k = 0; k < 3; ++k) {
-            auto r = ps.group_range(k);
-            adam_cuda(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
-                      adam_scalars<float>(*this, groups[k], steps[k]), ps.cuda()->stream);
-        }
+        for (int k = 0; k < 3; ++k)
+            for (auto r : ps.update_ranges(k))
+                adam_cuda(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
+                          adam_scalars<float>(*this, groups[k], steps[k]), ps.cuda()->stream);
 #endif
         return;
     }
@@ -133,15 +130,15 @@ void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
         T* p = ps.trainable_flat().ptr<T>();
         const T* g = ps.grads_flat().ptr<T>();
         T *m = ps.momentum_flat().ptr<T>(), *vp = v.ptr<T>();
-        for (int k = 0; k < 3; ++k) {
-            auto r = ps.group_range(k);
-            adam_cpu<T>(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
-                        adam_scalars<T>(*this, groups[k], steps[k]));
-        }
+        for (int k = 0; k < 3; ++k)
+            for (auto r : ps.update_ranges(k))
+                adam_cpu<T>(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
+                            adam_scalars<T>(*this, groups[k], steps[k]));
     });
 }
 
 double clip_grad_norm(ParamStore& ps, double max_norm) {
+    ps.zero_frozen_grads();  // frozen: no gradient in torch, so none in the norm
     if (on_device(ps, "clip_grad_norm")) {
 #if Y5_CUDA
         return clip_grad_norm_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), max_norm, ps.device_scratch(),
@@ -191,6 +188,7 @@ GradScaler::GradScaler(float init_scale, double growth_factor, double backoff_fa
 
 bool GradScaler::unscale(ParamStore& ps) const {
     const float inv = inv_scale();
+    ps.zero_frozen_grads();  // frozen: no gradient in torch, so no inf/NaN from them either
     if (on_device(ps, "GradScaler::unscale")) {
 #if Y5_CUDA
         // The flag lives in the store's optimizer scratch, which clip_grad_norm also uses: both run in the order

@@ -1,5 +1,6 @@
 #include "engine/autograd/params.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/device/device.h"
@@ -70,6 +71,30 @@ Tensor ParamStore::momentum(int i) const {
     const Param& p = params_[i];
     Y5_CHECK(p.trainable(), "parameter '%s' is a buffer and has no momentum", p.name.c_str());
     return Tensor(momentum_->base() + p.offset * dtype_size(dtype_), p.shape, dtype_, device_);
+}
+
+std::vector<std::pair<int64_t, int64_t>> ParamStore::update_ranges(int g) const {
+    std::vector<std::pair<int64_t, int64_t>> runs;
+    int64_t begin = group_begin_[g];
+    std::vector<const Param*> frozen;  // group g's frozen parameters by offset
+    for (const Param& p : params_)
+        if (p.frozen && p.trainable() && p.offset >= group_begin_[g] && p.offset < group_begin_[g + 1]) frozen.push_back(&p);
+    std::sort(frozen.begin(), frozen.end(), [](const Param* a, const Param* b) { return a->offset < b->offset; });
+    for (const Param* p : frozen) {
+        if (p->offset > begin) runs.emplace_back(begin, p->offset);
+        begin = std::min(round_up(p->offset + p->shape.numel(), kAlignElems), group_begin_[g + 1]);
+    }
+    if (begin < group_begin_[g + 1]) runs.emplace_back(begin, group_begin_[g + 1]);
+    return runs;
+}
+
+void ParamStore::zero_frozen_grads(CudaContext* cuda) {
+    if (!cuda) cuda = cuda_;
+    for (const Param& p : params_) {
+        if (!p.frozen || !p.trainable()) continue;
+        if (device_ == Device::CPU) std::memset(p.grad.data, 0, p.grad.bytes());
+        else device_memset_zero(p.grad.data, p.grad.bytes(), cuda);
+    }
 }
 
 int64_t ParamStore::count(bool trainable_only) const {

@@ -30,6 +30,9 @@ struct Param {
     ParamKind kind;
     int64_t offset = 0;  // elements from the start of each block
     Tensor value, grad;  // grad undefined for buffers
+    // train.py's --freeze (requires_grad False): the optimizer steps skip it (no decay, no momentum, value kept)
+    // and its gradient, still computed, is zeroed before the gradient norm (torch: grad None, not in the norm).
+    bool frozen = false;
     bool trainable() const { return kind != ParamKind::Buffer; }
 };
 
@@ -55,6 +58,11 @@ public:
     int64_t trainable_elems() const { return trainable_elems_; }
     // Elements [begin, end) of optimizer group g (0 biases, 1 decayed weights, 2 norm weights) in the blocks.
     std::pair<int64_t, int64_t> group_range(int g) const { return {group_begin_[g], group_begin_[g + 1]}; }
+    // The parts of group g the optimizer updates: runs of elements of parameters that are not frozen (the group's
+    // whole range, one run, when none is).
+    std::vector<std::pair<int64_t, int64_t>> update_ranges(int g) const;
+    // Zeroes the gradients of frozen parameters (on cuda's stream; nullptr: the context given to allocate()).
+    void zero_frozen_grads(CudaContext* cuda = nullptr);
     int64_t count(bool trainable_only) const;  // parameters as PyTorch counts them (no padding)
 
     void zero_grad(CudaContext* cuda = nullptr);  // on cuda's stream; nullptr: the context given to allocate()
