@@ -136,12 +136,14 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
     // f16 maps (mixed precision): the loss is f32, as the f32 loss of the maps widened to float.
     Tensor total = c.act->tensor(Shape{1}, half ? DType::F32 : maps[0].t.dtype);
     const bool grad = c.tape->recording() && any_grad(maps);
-    // f32/f64: d total / d map per level, saved for the backward when a map wants a gradient. f16: nothing is
-    // saved; the backward runs the loss again and adds g · d total / d map into the f16 gradients directly.
+    // f32/f64: d total / d map per level, saved for the backward when a map wants a gradient. f16, and f32 under
+    // recomputation (Ctx::recompute): nothing is saved; the backward runs the loss again and adds g · d total / d map
+    // into the maps' gradients directly (the same bits as the saved map's axpy: one g·d + 0 per element).
+    const bool replay = half || (grad && c.recompute && maps[0].t.dtype == DType::F32);
     std::vector<Tensor> dmaps;
-    // Host f32 targets and anchors (CUDA or f16 maps), kept for the f16 backward.
+    // Host f32 targets and anchors (CUDA maps, or a replaying backward), kept for the backward.
     auto th = std::make_shared<std::vector<float>>(), ah = std::make_shared<std::vector<float>>();
-    if (cuda || half) {
+    if (cuda || replay) {
         *th = host_f32(c, targets);
         *ah = host_f32(c, anchors);
         check_loss_targets(th->data(), nt, bs, no - 5);
@@ -150,7 +152,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         using T = typename decltype(d)::T;
         using A = acc_t<T>;  // the loss's type: float for f16 maps
         if constexpr (d.cuda) {
-            if (grad && !half)
+            if (grad && !replay)
                 for (const Var& m : maps) dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
             out.items = yolo_loss_cuda_path<T>(c, maps, dmaps, total.ptr<float>(), nullptr, true, th->data(), nt,
                                                ah->data(), hyp, ny, nx, bs, na, no);
@@ -162,7 +164,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
             std::vector<T*> dp;
             for (const Var& m : maps) {
                 mp.push_back(m.t.ptr<T>());
-                if (grad && !half) {
+                if (grad && !replay) {
                     dmaps.push_back(c.act->tensor(m.t.shape, m.t.dtype));
                     dp.push_back(dmaps.back().ptr<T>());
                 }
@@ -171,28 +173,33 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
             total.ptr<A>()[0] = A(out.items.total);
         }
     });
-    out.total = finish(c, op, total, grad, [&c, maps, dmaps, half, th, ah, nt, hyp, ny, nx, bs, na, no](auto d,
-                                                                                                    const Var& y) {
+    out.total = finish(c, op, total, grad, [&c, maps, dmaps, half, replay, th, ah, nt, hyp, ny, nx, bs, na,
+                                            no](auto d, const Var& y) {
         using T = typename decltype(d)::T;  // total's: float (f32 or f16 maps) or double
         const T* g = c.tape->grad(y).template ptr<T>();
-        if (half) {
+        if (replay) {
             if constexpr (std::is_same_v<T, float>) {
-                std::vector<Tensor> grads;  // the maps' f16 gradients, undefined where a map wants none
+                std::vector<Tensor> grads;  // the maps' gradients (f16 or f32), undefined where a map wants none
                 for (const Var& m : maps) grads.push_back(m.requires_grad() ? c.tape->grad(m) : Tensor());
-                if constexpr (d.cuda) {
-                    // g stays on the device, the kernels read it (no round trip).
-                    Scratch s(c.work);
-                    yolo_loss_cuda_path<f16>(c, maps, grads, s.get<float>(1), g, false, th->data(), nt, ah->data(),
-                                             hyp, ny, nx, bs, na, no);
-                } else {
-                    std::vector<const f16*> mp;
-                    std::vector<f16*> dp;
-                    for (size_t i = 0; i < maps.size(); ++i) {
-                        mp.push_back(maps[i].t.ptr<f16>());
-                        dp.push_back(grads[i].data ? grads[i].ptr<f16>() : nullptr);
+                auto run = [&](auto map_type) {  // S: the maps' storage type
+                    using S = decltype(map_type);
+                    if constexpr (d.cuda) {
+                        // g stays on the device, the kernels read it (no round trip).
+                        Scratch s(c.work);
+                        yolo_loss_cuda_path<S>(c, maps, grads, s.get<float>(1), g, false, th->data(), nt, ah->data(),
+                                               hyp, ny, nx, bs, na, no);
+                    } else {
+                        std::vector<const S*> mp;
+                        std::vector<S*> dp;
+                        for (size_t i = 0; i < maps.size(); ++i) {
+                            mp.push_back(maps[i].t.ptr<S>());
+                            dp.push_back(grads[i].data ? grads[i].ptr<S>() : nullptr);
+                        }
+                        yolo_loss_cpu<S>(mp, dp, ny, nx, bs, na, no, th->data(), nt, ah->data(), hyp, nullptr, g);
                     }
-                    yolo_loss_cpu<f16>(mp, dp, ny, nx, bs, na, no, th->data(), nt, ah->data(), hyp, nullptr, g);
-                }
+                };
+                if (half) run(f16{});
+                else run(float{});
             }
             return;
         }
