@@ -39,16 +39,32 @@ static size_t weight_copy_bytes(const Model& m, bool autocast) {
     return b;
 }
 
+// The throw-away arenas a measure runs on, on the model's device. CPU: reserved address space, of which only the
+// touched pages become memory. CUDA: real allocations, so a share of what is free: act + grads + work = 2.5·big,
+// half of it, leaving the rest to cuDNN's and the runtime's own allocations (a third each, as before, took 83% of
+// the free memory at once). cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch
+// that grows with the batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB
+// for y5val's batch of 32 at 64 px on the emulated device). Whatever algorithm the heuristics pick must fit it.
+struct MeasureSpace {
+    Workspace ws;
+    std::unique_ptr<Arena> conv_ws;
+    MeasureSpace(const Model& m, bool gradients) {
+        const Device dev = m.params.device();
+        size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
+        if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
+        ws.make(dev, m.params.cuda(), StepMemory{big, big / 2, gradients ? big : (size_t)1 << 20});
+#if Y5_CUDA
+        if (dev == Device::CUDA) {
+            conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
+            ws.ctx.conv_work = conv_ws.get();
+        }
+#endif
+    }
+};
+
 StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute,
                              std::vector<std::pair<std::string, size_t>>* live_at_peak) {
-    const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
-    // CPU: reserved address space, of which only the touched pages become memory. CUDA: real allocations,
-    // so a share of what is free: act + grads + work = 2.5·big, half of it, leaving the rest to cuDNN's
-    // and the runtime's own allocations (a third each, as before, took 83% of the free memory at once).
-    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
-    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
-    const size_t work_b = big / 2;
     // The training forward below updates the BN running statistics: keep a host copy of the values and put
     // it back afterwards, so measuring leaves the model as it was (YOLOv5 starts from the initialised stats).
     Ctx hc;
@@ -57,20 +73,10 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     std::vector<char> saved(values.bytes());
     const Tensor saved_t(saved.data(), values.shape, values.dtype, Device::CPU);
     copy(hc, saved_t, values);
-    Workspace ws;
-    ws.make(dev, cuda, StepMemory{big, work_b, big});
+    MeasureSpace space(m, true);
+    Workspace& ws = space.ws;
     ws.ctx.autocast = autocast;
     ws.ctx.recompute = recompute;
-#if Y5_CUDA
-    // cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch that grows with the
-    // batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB for y5val's
-    // batch of 32 at 64 px on the emulated device). Whatever algorithm the heuristics pick must fit its arena.
-    std::unique_ptr<Arena> conv_ws;
-    if (dev == Device::CUDA) {
-        conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
-        ws.ctx.conv_work = conv_ws.get();
-    }
-#endif
     // The image goes through batch_images as a training batch does: on the GPU its uint8 upload is scratch
     // in the work arena, which the peak must include.
     Batch b;
@@ -100,20 +106,10 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
 
 StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss,
                               std::vector<std::pair<std::string, size_t>>* live_at_peak) {
-    const Device dev = m.params.device();
     CudaContext* cuda = m.params.cuda();
-    size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
-    if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
-    Workspace ws;
-    ws.make(dev, cuda, StepMemory{big, big / 2, (size_t)1 << 20});
+    MeasureSpace space(m, false);
+    Workspace& ws = space.ws;
     ws.ctx.autocast = autocast;
-#if Y5_CUDA
-    std::unique_ptr<Arena> conv_ws;  // cuDNN's workspace apart, as in measure_one_image
-    if (dev == Device::CUDA) {
-        conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
-        ws.ctx.conv_work = conv_ws.get();
-    }
-#endif
     NoGrad ng(*ws.tape);
     ws.act->set_peak_snapshots(live_at_peak != nullptr);
     ws.act->set_label("input image");
