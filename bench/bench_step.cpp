@@ -237,7 +237,7 @@ void print_breakdown(const Trainer& T, int bs, bool amp, int imgsz, const std::v
 
 // --plan: per category, the bytes y5train's memory plan (engine/app/memory.h) allocates for training batches of bs
 // at imgsz and its validation (batches of 2·bs with sides up to imgsz + 32, with the GPU NMS's scratch, on the
-// training arenas), the parameter blocks of the model and its EMA (values, gradients, momentum), and the loader's
+// training arenas, in chunks of as many images as they hold: plan_validation), the parameter blocks of the model and its EMA (values, gradients, momentum), and the loader's
 // pinned batches on the GPU; then the physical floor of each at the largest batch, and one line
 // "total <bytes> bytes" (device memory: arenas and parameters) for the largest batch, after a line per smaller one.
 // The floor: activations, every convolution's output once (what a backward needs with BN + activation recomputed);
@@ -301,10 +301,13 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     std::printf("%-40s", "category");
     for (int bs : batches) std::printf(" %11s%-3d", "batch ", bs);
     std::printf(" %14s\n", "floor (largest)");
-    std::vector<StepMemory> tp, vp, sp;
-    for (int bs : batches) {
+    std::vector<StepMemory> tp, vp, sp, vall;
+    std::vector<int> chunk(batches.size());
+    for (size_t k = 0; k < batches.size(); ++k) {
+        const int bs = batches[k];
         tp.push_back(plan_training(T.model, one, bs));
-        vp.push_back(plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs)));
+        vp.push_back(plan_validation(T.model, tp.back(), vone, val_side, 2 * bs, false, &chunk[k]));
+        vall.push_back(plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs)));
         sp.push_back(plan_shared(tp.back(), vp.back()));
     }
     const double bmax = batches.back();
@@ -318,7 +321,10 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     row("activation gradients", [&](size_t k) { return (double)tp[k].grads; }, grad_v * esize * bmax);
     row("workspace (scratch)", [&](size_t k) { return (double)tp[k].work; }, -1);
     row("validation (beyond the training arenas)", [&](size_t k) { return (double)(sp[k].total() - tp[k].total()); }, 0);
-    row("  its own need (batch 2x, on them)", [&](size_t k) { return (double)vp[k].total(); }, -1);
+    row("  its batch 2x in one forward", [&](size_t k) { return (double)vall[k].total(); }, -1);
+    std::printf("%-40s", "  images per validation forward");
+    for (size_t k = 0; k < batches.size(); ++k) std::printf(" %14d", chunk[k]);
+    std::printf("\n");
     row("parameters + optimizer (model, EMA)", [&](size_t) { return params; }, params_floor);
     const double floor_total = (conv_v + grad_v) * esize * bmax + params_floor + (double)tp.back().work;
     row("total (device memory)", [&](size_t k) { return (double)sp[k].total() + params; }, floor_total);

@@ -130,6 +130,7 @@ __global__ static void loss_reduce_kernel(LossReduceArgs a, double* __restrict__
         const double sobj = block_sum_array(a.obj[i], a.obj_blocks[i]);
         const double sbox = block_sum_array(a.box[i], a.groups[i]);
         const double scls = block_sum_array(a.cls[i], a.groups[i]);
+        if (threadIdx.x == 0) items[4 + 3 * i] = sbox, items[5 + 3 * i] = scls, items[6 + 3 * i] = sobj;
         if (a.n[i]) {
             lbox += sbox / a.n[i];
             if (a.nc > 1) lcls += scls / ((double)a.n[i] * a.nc);
@@ -165,7 +166,6 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
     Y5_CHECK(nl >= 1 && nl <= kLossMaxLevels, "yolo_loss_cuda: %d levels (1 to %d supported)", nl, kLossMaxLevels);
     Y5_CHECK(no > 5, "yolo_loss_cuda: %d channels per anchor, need 5 + nc", no);
     const int nc = no - 5;
-    const double balance3[3] = {4.0, 1.0, 0.4}, balance5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
     const float cp = float(1.0 - 0.5 * h.label_smoothing), cn = float(0.5 * h.label_smoothing);
     const float cls_pw = float(h.cls_pw), obj_pw = float(h.obj_pw);
     LossReduceArgs ra{};
@@ -184,7 +184,7 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
                 L.nx, no, gbox, gcls, cls_pw, cp, cn);
             Y5_LAUNCH_CHECK();
         }
-        const double bal = nl == 3 ? balance3[i] : balance5[i];
+        const double bal = loss_balance(nl, i);
         const float gobj = float(h.obj * bal * bs / (double)cells);
         const int blocks = loss_obj_blocks(cells);
         loss_obj_kernel<S><<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, gscale, L.tobj, cells, no, gobj, obj_pw,

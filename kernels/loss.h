@@ -169,6 +169,12 @@ struct LossTargetPacked {
 
 constexpr int kLossMaxLevels = 5;  // YOLOv5's balance table has 3 or 5 entries
 
+// Level i's objectness weight among nl levels (ComputeLoss's balance: [4, 1, 0.4], or five entries for P3-P7).
+Y5_HD double loss_balance(int nl, int i) {
+    const double b3[3] = {4.0, 1.0, 0.4}, b5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
+    return nl == 3 ? b3[i] : b5[i];
+}
+
 // Blocks of the dense objectness kernel for a level of `cells` cells: fixed by the size alone, so the
 // partial sums (one per block) and their reduction are deterministic.
 inline int loss_obj_blocks(int64_t cells) {
@@ -193,8 +199,8 @@ template <class S> struct LossLevelCudaT {
 };
 using LossLevelCuda = LossLevelCudaT<float>;
 
-// Enqueues the loss on `stream`: items_out (device, 4 doubles) receives lbox, lobj, lcls, total as
-// yolo_loss_cpu's LossItems; total_out (device, 1 float) the total. gscale null: each level's dmap (if any) is
+// Enqueues the loss on `stream`: items_out (device, 4 + 3·nl doubles) receives lbox, lobj, lcls, total as
+// yolo_loss_cpu's LossItems, then per level its sums Σ(1 − CIoU), Σ class BCE, Σ objectness BCE; total_out (device, 1 float) the total. gscale null: each level's dmap (if any) is
 // overwritten with d total / d map; gscale a device scalar g (the loss's upstream gradient): g·d total / d map
 // is added into dmap with one rounding per element (loss_grad_put), the f16 backward.
 void yolo_loss_cuda(const LossLevelCudaT<float>* levels, int nl, int bs, int na, int no, const LossHyp& h,

@@ -78,13 +78,18 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
         L.group_cls = s.get<double>(groups[i]);
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
-    double* items = s.get<double>(4);
+    double* items = s.get<double>(4 + 3 * kLossMaxLevels);
     yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c));
     LossItems L;
     if (want_items) {
-        double h[4];
-        copy_device_to_host(h, items, sizeof h, c.cuda);  // waits for the kernels
+        double h[4 + 3 * kLossMaxLevels];
+        copy_device_to_host(h, items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);  // waits for the kernels
         L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
+        L.nl = nl, L.bs = bs;
+        for (int i = 0; i < nl; ++i) {
+            L.sbox[i] = h[4 + 3 * i], L.scls[i] = h[5 + 3 * i], L.sobj[i] = h[6 + 3 * i];
+            L.n[i] = n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
+        }
     }
     return L;  // the scratch is released; the kernels still queued on the stream run before any later user
 }
@@ -96,6 +101,32 @@ static std::vector<float> host_f32(Ctx& c, const Tensor& t) {
     if (t.device == Device::CUDA) copy_device_to_host(h.data(), t.data, t.bytes(), c.cuda);
     else std::memcpy(h.data(), t.data, t.bytes());
     return h;
+}
+
+LossItems combine_loss_items(const std::vector<LossItems>& parts, const LossHyp& h, int nc) {
+    LossItems L;
+    if (parts.empty()) return L;
+    L.nl = parts[0].nl;
+    for (const LossItems& p : parts) {
+        Y5_CHECK(p.nl == L.nl, "combine_loss_items: parts with %d and %d levels", L.nl, p.nl);
+        for (int i = 0; i < L.nl; ++i) {
+            L.sbox[i] += p.sbox[i], L.scls[i] += p.scls[i], L.sobj[i] += p.sobj[i];
+            L.n[i] += p.n[i], L.cells[i] += p.cells[i];
+        }
+    }
+    for (int i = 0; i < L.nl; ++i) {
+        if (L.n[i]) {
+            L.lbox += L.sbox[i] / (double)L.n[i];
+            if (nc > 1) L.lcls += L.scls[i] / ((double)L.n[i] * nc);
+        }
+        if (L.cells[i]) L.lobj += L.sobj[i] / (double)L.cells[i] * loss_balance(L.nl, i);
+    }
+    L.lbox *= h.box;
+    L.lobj *= h.obj;
+    L.lcls *= h.cls;
+    for (const LossItems& p : parts) L.bs += p.bs;
+    L.total = (L.lbox + L.lobj + L.lcls) * L.bs;
+    return L;
 }
 
 YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, const Tensor& anchors,

@@ -78,7 +78,17 @@ LevelTargets<T> build_targets_level(const T* targets, int nt, const T* anchors, 
 
 struct LossItems {
     double lbox = 0, lobj = 0, lcls = 0, total = 0;
+    // Per level, before the means and gains: Σ(1 − CIoU) and Σ class BCE over the matched targets (n of them),
+    // Σ objectness BCE over the cells. Images split into parts give sums and counts that add up to the whole
+    // batch's (combine_loss_items: validation's image chunks).
+    int nl = 0, bs = 0;
+    double sbox[kLossMaxLevels] = {}, scls[kLossMaxLevels] = {}, sobj[kLossMaxLevels] = {};
+    int64_t n[kLossMaxLevels] = {}, cells[kLossMaxLevels] = {};
 };
+
+// The items of a batch from those of its parts (disjoint image sets, the same hyp and nc): the level sums
+// added, then the means and gains as yolo_loss_cpu forms them; total for the parts' images together.
+LossItems combine_loss_items(const std::vector<LossItems>& parts, const LossHyp& h, int nc);
 
 // The values YOLOv5 computes under no_grad / detach (CIoU's α, the objectness targets), per level. A
 // finite-difference check records them at the base point and replays them, so it differentiates the
@@ -101,9 +111,9 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
     const int nl = (int)maps.size(), nc = no - 5;
     const bool accum = gscale != nullptr;
     const T gs = accum ? *gscale : T(1);
-    const double balance3[3] = {4.0, 1.0, 0.4}, balance5[5] = {4.0, 1.0, 0.25, 0.06, 0.02};
     const T cp = T(1.0 - 0.5 * h.label_smoothing), cn = T(0.5 * h.label_smoothing);
     LossItems L;
+    L.nl = nl, L.bs = bs;
     if (detached && !detached->replay) {
         detached->alpha.assign(nl, {});
         detached->tobj.assign(nl, {});
@@ -167,12 +177,13 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
                         loss_grad_put(dp + slot_cell[j] * no + q, acc[j * no + q], accum, gs);
             L.lbox += sbox / n;
             if (nc > 1) L.lcls += scls / ((double)n * nc);
+            L.sbox[i] = sbox, L.scls[i] = scls, L.n[i] = n;
         }
         if (detached) {
             if (replay) tobj = detached->tobj[i];
             else detached->tobj[i] = tobj;
         }
-        const double bal = nl == 3 ? balance3[i] : balance5[i];
+        const double bal = loss_balance(nl, i);
         const T gobj = T(h.obj * bal * bs / (double)cells);
         double sobj = 0;
         for (int64_t c = 0; c < cells; ++c) {
@@ -181,6 +192,7 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
             if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, tobj[c], T(h.obj_pw)), accum, gs);
         }
         L.lobj += sobj / (double)cells * bal;
+        L.sobj[i] = sobj, L.cells[i] = cells;
     }
     L.lbox *= h.box;
     L.lobj *= h.obj;

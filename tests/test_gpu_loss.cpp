@@ -67,7 +67,7 @@ void edge_targets(std::vector<float>& t, int b, int nc, float w, float h) {
 // |got − want| ≤ tol·|want| (+ 1e-12 for components that are 0 on both sides: lcls with nc = 1, lbox
 // without targets). The sums run in double over float terms in another order; 1e-5 is float rounding
 // with a wide margin.
-void check_item(double got, double want, const char* what) {
+void check_item(double got, double want, const std::string& what) {
     INFO(what << ": gpu " << got << ", cpu " << want);
     CHECK(std::fabs(got - want) <= 1e-5 * std::fabs(want) + 1e-12);
 }
@@ -132,6 +132,17 @@ void run_loss_case(const LossCase& lc, uint64_t seed, bool device_inputs = false
         check_item(V.items.lobj, want.lobj, "lobj without gradient");
         check_item(V.items.lcls, want.lcls, "lcls without gradient");
         CHECK(!V.total.requires_grad());
+        // The level sums and counts validation's chunks combine (combine_loss_items).
+        REQUIRE(V.items.nl == want.nl);
+        CHECK(V.items.bs == want.bs);
+        for (int i = 0; i < nl; ++i) {
+            const std::string l = " of level " + std::to_string(i);
+            check_item(V.items.sbox[i], want.sbox[i], "sbox" + l);
+            check_item(V.items.scls[i], want.scls[i], "scls" + l);
+            check_item(V.items.sobj[i], want.sobj[i], "sobj" + l);
+            CHECK(V.items.n[i] == want.n[i]);
+            CHECK(V.items.cells[i] == want.cells[i]);
+        }
     }
     g.tape.clear();
 }

@@ -4,7 +4,9 @@
  * with a lower peak, the plan bounding a real batch, and y5train's plan for YOLOv5's seed command (batch 64 at
  * 640) against a 15 GB device budget.
  */
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "engine/app/memory.h"
 #include "engine/app/val.h"
@@ -248,5 +250,111 @@ TEST_CASE("recomputation gives the same gradients with less activation memory", 
         const std::string yaml = write_yaml("focus_spp.yaml", s);
         check_recompute(yaml, DType::F32, false);
         check_recompute(yaml, DType::F32, true);
+    }
+}
+
+// The loss items of a batch equal those combined from its parts' level sums (validation's image chunks).
+TEST_CASE("loss items combine from parts of a batch", "[memory][val]") {
+    Rng rng(21);
+    const int bs = 5, na = 3, nc = 4, no = 5 + nc;
+    const std::vector<int> ny{8, 4, 2}, nx{6, 3, 2};
+    std::vector<std::vector<float>> maps(3);
+    for (int i = 0; i < 3; ++i) {
+        maps[i].resize((size_t)bs * na * ny[i] * nx[i] * no);
+        for (float& v : maps[i]) v = (float)rng.uniform_double(-3, 3);
+    }
+    std::vector<float> targets;  // (image, class, x, y, w, h): images 0, 2, 3 and 4 have objects
+    for (int img : {0, 0, 2, 3, 3, 3, 4})
+        targets.insert(targets.end(), {(float)img, (float)rng.randint(nc), (float)rng.uniform_double(0.2, 0.8),
+                                       (float)rng.uniform_double(0.2, 0.8), (float)rng.uniform_double(0.05, 0.4),
+                                       (float)rng.uniform_double(0.05, 0.4)});
+    const std::vector<float> anchors{1.25f, 1.625f, 2.0f, 3.75f, 4.125f, 2.875f, 1.875f, 3.8125f, 3.875f,
+                                     2.8125f, 3.6875f, 7.4375f, 3.625f, 2.8125f, 4.875f, 6.1875f, 11.65625f, 10.1875f};
+    LossHyp h;
+    h.label_smoothing = 0.1;
+    // Images [i0, i1) of the batch: their maps' slices and their targets, renumbered.
+    auto items = [&](int i0, int i1) {
+        std::vector<const float*> mp;
+        for (int i = 0; i < 3; ++i) mp.push_back(maps[i].data() + (size_t)i0 * na * ny[i] * nx[i] * no);
+        std::vector<float> t;
+        for (size_t k = 0; k < targets.size(); k += 6)
+            if (targets[k] >= i0 && targets[k] < i1) {
+                t.insert(t.end(), targets.begin() + k, targets.begin() + k + 6);
+                t[t.size() - 6] -= (float)i0;
+            }
+        return yolo_loss_cpu<float>(mp, {}, ny, nx, i1 - i0, na, no, t.data(), (int)t.size() / 6, anchors.data(), h);
+    };
+    const LossItems whole = items(0, bs);
+    CHECK(whole.nl == 3);
+    CHECK(whole.n[0] + whole.n[1] + whole.n[2] > 0);
+    for (const std::vector<int>& cuts : std::vector<std::vector<int>>{{0, 5}, {0, 2, 5}, {0, 1, 2, 3, 4, 5}, {0, 3, 5}}) {
+        std::vector<LossItems> parts;
+        for (size_t j = 0; j + 1 < cuts.size(); ++j) parts.push_back(items(cuts[j], cuts[j + 1]));
+        const LossItems c = combine_loss_items(parts, h, nc);
+        INFO(parts.size() << " parts");
+        CHECK(c.bs == bs);
+        CHECK_THAT(c.lbox, Catch::Matchers::WithinRel(whole.lbox, 1e-12));
+        CHECK_THAT(c.lobj, Catch::Matchers::WithinRel(whole.lobj, 1e-12));
+        CHECK_THAT(c.lcls, Catch::Matchers::WithinRel(whole.lcls, 1e-12));
+        CHECK_THAT(c.total, Catch::Matchers::WithinRel(whole.total, 1e-12));
+    }
+    // One part per image: the images without targets have no box or class terms, only objectness.
+    CHECK(items(1, 2).n[0] + items(1, 2).n[1] + items(1, 2).n[2] == 0);
+    CHECK(items(1, 2).lobj > 0);
+}
+
+// validate() with its batches split into chunks of images (y5train on arenas planned for training) gives the same
+// table, confusion matrix and losses as whole batches: the official yolov5n on 12 coco128 images at 320.
+TEST_CASE("validation in chunks of images gives the whole batches' results", "[memory][val]") {
+    namespace fs = std::filesystem;
+    const std::string shared = std::string(Y5_SOURCE_DIR) + "/../shared";
+    const std::string dir = "/tmp/y5_test_val_chunks";
+    fs::remove_all(dir);
+    fs::create_directories(dir + "/images");
+    fs::create_directories(dir + "/labels");
+    std::vector<fs::path> imgs;
+    for (const auto& e : fs::directory_iterator(shared + "/data/coco128/images/train2017")) imgs.push_back(e.path());
+    std::sort(imgs.begin(), imgs.end());
+    for (int i = 0; i < 12; ++i) {
+        fs::copy_file(imgs[i], dir + "/images/" + imgs[i].filename().string());
+        const fs::path lab = fs::path(shared + "/data/coco128/labels/train2017") / (imgs[i].stem().string() + ".txt");
+        if (fs::exists(lab)) fs::copy_file(lab, dir + "/labels/" + lab.filename().string());
+    }
+    auto model = Model::from_weights(shared + "/weights/yolov5n.pt", nullptr);
+    model->fuse();
+    Dataset ds = scan_dataset({dir + "/images"});
+    LoaderOptions o;
+    o.img_size = 320, o.batch_size = 5, o.workers = 1, o.rect = true, o.pad = 0.5;
+    DataLoader loader(ds, o);
+    const LossHyp lh;
+    struct Run {
+        ValResult r;
+        std::vector<double> cm;
+    };
+    auto run = [&](int chunk) {
+        TestCtx tc;
+        ValOptions vo;
+        vo.chunk = chunk;
+        ConfusionMatrix cm(80);
+        Run out;
+        out.r = validate(*model, loader, tc.ctx, lh, vo, &cm);
+        for (int i = 0; i <= 80; ++i)
+            for (int j = 0; j <= 80; ++j) out.cm.push_back(cm.at(i, j));
+        return out;
+    };
+    const Run whole = run(0);
+    REQUIRE(whole.r.images == 12);
+    CHECK(whole.r.map50 > 0.3);  // the real model finds the objects: the comparison has detections to compare
+    for (int chunk : {1, 2, 4}) {
+        const Run c = run(chunk);
+        INFO("chunks of " << chunk);
+        CHECK(c.r.images == whole.r.images);
+        CHECK(c.r.instances == whole.r.instances);
+        CHECK(c.r.mp == whole.r.mp);
+        CHECK(c.r.mr == whole.r.mr);
+        CHECK(c.r.map50 == whole.r.map50);
+        CHECK(c.r.map == whole.r.map);
+        CHECK(c.cm == whole.cm);
+        for (int k = 0; k < 3; ++k) CHECK_THAT(c.r.loss[k], Catch::Matchers::WithinRel(whole.r.loss[k], 1e-9));
     }
 }

@@ -25,6 +25,8 @@ namespace y5 {
 static void live_by_label(const Arena& a, std::vector<std::pair<std::string, size_t>>* out) {
     if (!out) return;
     std::map<std::string, size_t> by;
+    if (getenv("Y5_DBG_PEAK"))
+        for (const Arena::Block& blk : a.peak_blocks()) fprintf(stderr, "  %10zu %9zu %s\n", blk.off, blk.bytes, blk.label ? blk.label : "other");
     for (const Arena::Block& blk : a.peak_blocks()) by[blk.label ? blk.label : "other"] += blk.bytes;
     out->assign(by.begin(), by.end());
     std::sort(out->begin(), out->end(), [](const auto& x, const auto& y) { return x.second > y.second; });
@@ -188,14 +190,24 @@ StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute) {
+                          bool recompute, int* val_chunk) {
     const int val_side = imgsz + 32;
+    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp, recompute), batch);
+    const StepMemory one = measure_eval_image(m, val_side, val_side, hyp, amp, true);
+    return plan_shared(t, plan_validation(m, t, one, val_side, val_batch, single_cls, val_chunk));
+}
+
+StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory& one, int side, int val_batch,
+                           bool single_cls, int* chunk) {
     ValOptions vo;
     vo.single_cls = single_cls;
-    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp, recompute), batch);
-    const StepMemory v = plan_inference(m, measure_eval_image(m, val_side, val_side, hyp, amp, true), val_batch,
-                                        val_nms_scratch_bytes(m, val_side, val_batch, vo));
-    return plan_shared(t, v);
+    auto eval = [&](int k) { return plan_inference(m, one, k, val_nms_scratch_bytes(m, side, k, vo)); };
+    // The activations decide: the scratch (an im2col buffer per thread on the CPU, the uint8 upload and the NMS's
+    // on the GPU) is the smaller arena, and grows if validation's needs more.
+    int k = std::max(val_batch, 1);
+    while (k > 1 && eval(k).act > t.act) --k;
+    if (chunk) *chunk = k;
+    return eval(k);
 }
 
 void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,

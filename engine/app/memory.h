@@ -68,9 +68,17 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 
 // y5train's arenas: training batches of `batch` at imgsz × imgsz and validation's rect batches of val_batch with
 // sides at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32) and its GPU NMS's scratch, one after the other on the same
-// arenas (plan_shared). amp: mixed precision for both, as train.py validates with half=amp.
+// arenas (plan_shared). Validation runs its batches in chunks of images (ValOptions::chunk): *val_chunk receives
+// the most images of a batch (at most val_batch, at least 1) whose evaluation fits in the training plan, so the
+// arenas grow for validation only when one image does not fit. amp: mixed precision for both, as train.py
+// validates with half=amp.
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute = true);
+                          bool recompute = true, int* val_chunk = nullptr);
+
+// Validation's plan on training arenas t (plan_train_run's second half): one image's eval measure `one` at side ×
+// side scaled to the most images of a val_batch batch (at least 1) whose plan fits in t; *chunk receives that count.
+StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory& one, int side, int val_batch,
+                           bool single_cls, int* chunk);
 
 // A y5::Error when the plans together need more than 90 % of the memory available on dev (the GPU's free memory,
 // or MemAvailable on the CPU, where Linux would overcommit and kill the process on first touch); `what` names the

@@ -362,8 +362,9 @@ std::string train(const TrainOptions& opt_in) {
 
     // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, and validation's rect batches
     // on the same arenas (idle between epochs).
+    int val_chunk = 0;
     const StepMemory plan = plan_train_run(model, opt.imgsz, opt.batch_size, vl.batch_size, lh, amp, opt.single_cls,
-                                           opt.recompute);
+                                           opt.recompute, &val_chunk);
     check_fits(dev, {plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
     Workspace tw;
@@ -372,6 +373,9 @@ std::string train(const TrainOptions& opt_in) {
                 "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
                 fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
+    if (val_chunk < vl.batch_size)
+        std::printf("validation: batches of %d in forwards of %d images (what the training arenas hold; the same "
+                    "results)\n", vl.batch_size, val_chunk);
     std::printf("Logging results to %s\nStarting training for %d epochs...\n", save_dir.c_str(), opt.epochs);
 
     TrainStep step(model, ema, lh);
@@ -498,7 +502,7 @@ std::string train(const TrainOptions& opt_in) {
             tw.tape->clear();
             tw.ctx.autocast = amp;  // train.py validates with half=amp
             ValOptions vo;
-            vo.single_cls = opt.single_cls;
+            vo.single_cls = opt.single_cls, vo.chunk = val_chunk;
             vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
             std::printf("%s", val_table(vr, names, false).c_str());
         }
@@ -550,6 +554,7 @@ std::string train(const TrainOptions& opt_in) {
         tw.ctx.autocast = amp;
         ValOptions vo;
         vo.single_cls = opt.single_cls, vo.plot_dir = opt.noplots ? "" : save_dir, vo.names = &names;
+        vo.chunk = val_chunk;
         ValResult vr = validate(m, val_loader, tw.ctx, lh, vo, nullptr, &vb);
         std::printf("%s", val_table(vr, names, val_per_class_rows(true, nc, true)).c_str());  // train.py: verbose=True
     }

@@ -19,10 +19,15 @@
 
 namespace y5 {
 
-Tensor batch_images(Ctx& c, const Batch& b) {
-    Tensor x = c.act->tensor(Shape{b.n, 3, b.h, b.w});
-    const int64_t n = (int64_t)b.images.size();
-    Y5_CHECK(n == x.numel(), "batch_images: %lld bytes for a (%d, 3, %d, %d) batch", (long long)n, b.n, b.h, b.w);
+Tensor batch_images(Ctx& c, const Batch& b, int first, int count) {
+    if (count < 0) count = b.n - first;
+    Y5_CHECK(first >= 0 && first + count <= b.n, "batch_images: images %d..%d of a batch of %d", first,
+             first + count - 1, b.n);
+    Tensor x = c.act->tensor(Shape{count, 3, b.h, b.w});
+    Y5_CHECK((int64_t)b.images.size() == (int64_t)b.n * 3 * b.h * b.w, "batch_images: %zu bytes for a (%d, 3, %d, %d) "
+             "batch", b.images.size(), b.n, b.h, b.w);
+    const int64_t n = x.numel();
+    const uint8_t* src = b.images.data() + (size_t)first * 3 * b.h * b.w;
     if (x.device == Device::CUDA) {
 #if Y5_CUDA
         // The uint8 batch goes up as is (a quarter of the float bytes; from pinned memory) into the work
@@ -30,7 +35,7 @@ Tensor batch_images(Ctx& c, const Batch& b) {
         Y5_CHECK(c.work && c.work->device() == Device::CUDA && c.cuda, "batch_images: CUDA needs a device work arena");
         const size_t mark = c.work->mark();
         uint8_t* dev = static_cast<uint8_t*>(c.work->alloc(std::max<int64_t>(n, 1)));
-        copy_host_to_device(dev, b.images.data(), (size_t)n, c.cuda);
+        copy_host_to_device(dev, src, (size_t)n, c.cuda);
         images_u8_to_f32_cuda(x.ptr<float>(), dev, n, c.cuda->stream);
         c.work->reset(mark);
         return x;
@@ -38,7 +43,7 @@ Tensor batch_images(Ctx& c, const Batch& b) {
         Y5_FAIL("batch_images: CUDA tensor in a build without CUDA");
 #endif
     }
-    images_u8_to_f32_cpu(x.ptr<float>(), b.images.data(), n);
+    images_u8_to_f32_cpu(x.ptr<float>(), src, n);
     return x;
 }
 
@@ -95,29 +100,51 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     const bool tty = isatty(fileno(stdout));
     const int nb = loader.num_batches();
     const auto t0 = std::chrono::steady_clock::now();
+    std::vector<LossItems> parts;
+    std::vector<float> chunk_targets;
     while (loader.next(b)) {
-        c.act->reset();
-        Tensor x = batch_images(c, b), t = batch_targets(b);
-        Model::Output out = m.forward(c, Tape::constant(x), false);
-        YoloLoss L = yolo_loss(c, out.maps, t, anchors, hyp);
-        R.loss[0] += L.items.lbox, R.loss[1] += L.items.lobj, R.loss[2] += L.items.lcls;
-        ++batches;
-        const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
-        const float* dec = out.decoded.ptr<float>();  // (n, N, no)
-        if (out.decoded.device == Device::CUDA) {
+        // The batch in chunks of at most `step` images: forward, loss and NMS per chunk; detections for all.
+        const int step = o.chunk > 0 ? std::min(o.chunk, b.n) : b.n;
+        dets.assign(b.n, {});
+        parts.clear();
+        for (int i0 = 0; i0 < b.n; i0 += step) {
+            const int k = std::min(step, b.n - i0);
+            c.act->reset();
+            Tensor x = batch_images(c, b, i0, k), t = batch_targets(b);
+            if (k < b.n) {  // the chunk's targets, their image index relative to it
+                chunk_targets.clear();
+                for (int64_t j = 0; j < b.num_targets(); ++j) {
+                    const float* r = &b.targets[6 * j];
+                    if ((int)r[0] < i0 || (int)r[0] >= i0 + k) continue;
+                    chunk_targets.insert(chunk_targets.end(), r, r + 6);
+                    chunk_targets[chunk_targets.size() - 6] = r[0] - (float)i0;
+                }
+                t = Tensor(chunk_targets.data(), Shape{(int64_t)chunk_targets.size() / 6, 6}, DType::F32, Device::CPU);
+            }
+            Model::Output out = m.forward(c, Tape::constant(x), false);
+            parts.push_back(yolo_loss(c, out.maps, t, anchors, hyp).items);
+            const int64_t N = out.decoded.dim(1), no = out.decoded.dim(2);
+            const float* dec = out.decoded.ptr<float>();  // (k, N, no)
+            if (out.decoded.device == Device::CUDA) {
 #if Y5_CUDA
-            // On the device, with scratch from the work arena: only the detections come to the host.
-            const size_t mark = c.work->mark(), bytes = nms_cuda_scratch_bytes(b.n, (int)N, (int)no, np);
-            void* scratch = c.work->alloc(bytes);
-            dets = nms_batch_cuda(dec, b.n, (int)N, (int)no, np, scratch, bytes, c.cuda->stream);
-            c.work->reset(mark);
+                // On the device, with scratch from the work arena: only the detections come to the host.
+                const size_t mark = c.work->mark(), bytes = nms_cuda_scratch_bytes(k, (int)N, (int)no, np);
+                void* scratch = c.work->alloc(bytes);
+                std::vector<std::vector<Detection>> d = nms_batch_cuda(dec, k, (int)N, (int)no, np, scratch, bytes,
+                                                                       c.cuda->stream);
+                c.work->reset(mark);
+                for (int i = 0; i < k; ++i) dets[i0 + i] = std::move(d[i]);
 #else
-            Y5_FAIL("validate: CUDA tensor in a build without CUDA");
+                Y5_FAIL("validate: CUDA tensor in a build without CUDA");
 #endif
-        } else {
-            dets.assign(b.n, {});
-            for (int i = 0; i < b.n; ++i) dets[i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
+            } else {
+                for (int i = 0; i < k; ++i) dets[i0 + i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
+            }
         }
+        // One chunk: its items as they are (bit for bit the unchunked run's); several: from their level sums.
+        const LossItems L = parts.size() == 1 ? parts[0] : combine_loss_items(parts, hyp, m.detect->no - 5);
+        R.loss[0] += L.lbox, R.loss[1] += L.lobj, R.loss[2] += L.lcls;
+        ++batches;
         const bool plot = !o.plot_dir.empty() && batches <= 3;
         std::vector<std::array<float, 7>> plotted;  // predictions over 0.25, normalised to the batch image
         for (int i = 0; i < b.n; ++i) {

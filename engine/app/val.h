@@ -3,7 +3,8 @@
  * IoU 0.6, multi-label, max_det 300), boxes and labels scaled back to the original images, the TP matrix,
  * ap_per_class (when any detection is a TP), and the confusion matrix fed only for images with labels.
  * The forward runs on the context's activation arena in tracking mode (only the tensors later rows read stay:
- * Model::forward's liveness), so y5train validates on its idle training arenas.
+ * Model::forward's liveness), a batch in chunks of images if asked (ValOptions::chunk), so y5train validates on
+ * its idle training arenas.
  * NMS runs where the decoded predictions are: on the GPU (nms_batch_cuda, scratch from the context's work
  * arena, only the detections downloaded) or on the host (nms_image).
  */
@@ -18,8 +19,9 @@
 
 namespace y5 {
 
-// Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena (on its device).
-Tensor batch_images(Ctx& c, const Batch& b);
+// Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena (on its device); with count ≥ 0 only
+// images first .. first + count − 1.
+Tensor batch_images(Ctx& c, const Batch& b, int first = 0, int count = -1);
 // Targets (nt, 6) (image, class, x, y, w, h): a host view of the batch's own array, valid while b is. They stay
 // on the host on every device: the loss builds its target lists there (kernels/loss.h).
 Tensor batch_targets(const Batch& b);
@@ -40,6 +42,11 @@ struct ValOptions {
     bool single_cls = false;
     std::string plot_dir;                        // if set: val_batch{0,1,2}_{labels,pred}.jpg go there
     const std::vector<std::string>* names = nullptr;
+    // Images per forward (0: the whole batch). A batch runs as chunks of this many images with the batch's shape
+    // (eval-mode forwards are per image, the loss items are combined from the chunks' level sums), so the
+    // results are the batch's while the arenas hold only a chunk: y5train validates batch 2·B on arenas planned
+    // for its training (val_chunk, engine/app/memory.h).
+    int chunk = 0;
 };
 
 // Work-arena bytes validate()'s GPU NMS takes for a batch of `batch` images at most side × side pixels (0 for a

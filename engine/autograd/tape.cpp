@@ -1,6 +1,7 @@
 #include "engine/autograd/tape.h"
 
 #include <cstring>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/device/device.h"
@@ -82,6 +83,7 @@ void Tape::drop(const Var& v, Arena* values, bool dead) {
     Y5_CHECK(dead || n.recompute, "drop: %s has no recompute function", n.value.str().c_str());
     values->release(n.value.data);
     n.values = values;
+    dropped_to_ = values;
 }
 
 Tensor Tape::value(const Var& v) {
@@ -98,6 +100,17 @@ Tensor Tape::value(const Var& v) {
 // The closures in reverse; after each, its output's gradient (and a value it rebuilt) goes back to its arena
 // (reused on the GPU in stream order, so a later kernel never overwrites memory an earlier one still reads).
 void Tape::run_backward() {
+    // Values freed as their ops' backwards run (after drop()): per block of the arena, the nodes whose values lie
+    // in it (not dropped ones: their memory went back already). Leaves and nodes without a closure keep theirs.
+    Arena* va = dropped_to_ && dropped_to_->tracking() ? dropped_to_ : nullptr;
+    std::unordered_map<size_t, int> users;  // block offset -> values in it whose op's backward has not run
+    std::vector<int64_t> block(nodes_.size(), -1);
+    if (va)
+        for (size_t id = 0; id < nodes_.size(); ++id)
+            if (const Arena::Block* b = nodes_[id].values ? nullptr : va->block_of(nodes_[id].value.data)) {
+                block[id] = (int64_t)b->off;
+                users[b->off]++;
+            }
     for (size_t i = closures_.size(); i-- > 0;) {
         closures_[i]();
         const int id = output_of_[i];
@@ -105,6 +118,7 @@ void Tape::run_backward() {
             nodes_[id].values->release(nodes_[id].rebuilt.data);
             nodes_[id].rebuilt = Tensor();
         }
+        if (id >= 0 && block[id] >= 0 && --users[(size_t)block[id]] == 0) va->release(va->base() + block[id]);
         if (id < 0 || !nodes_[id].grad_ready) continue;
         Node& n = nodes_[id];
         if (arena_->tracking()) arena_->release(n.grad.data);
@@ -150,6 +164,7 @@ void Tape::clear() {
     closures_.clear();
     output_of_.clear();
     pending_ = -1;
+    dropped_to_ = nullptr;
     arena_->reset();
 }
 

@@ -15,6 +15,11 @@
  * it; a backward closure reads its inputs through value(), which rebuilds a dropped one the first time and keeps
  * it until the node's own backward has run. A dropped value nothing reads in backward may have no function
  * (drop(v, arena, true): Detect's conv output, which its transpose replaced); value() of it is an error.
+ * Values freed in the backward (with recomputation: a tape that dropped values into an arena): a forward value is
+ * read last by its own op's backward too (its readers were recorded later and ran earlier), so once that closure
+ * ran, the value's block goes back to the arena — when no other value still waiting for its backward lies in the
+ * same block (views: a C3's split, a reshape). The backward's late rebuilt values then reuse the memory of the
+ * deep rows, and the caller may not read forward values after backward().
  * Gradient release: an op's output gradient is read last by that op's own backward (every other reader was
  * recorded later and so ran earlier), so backward() returns it to the arena right after (a tracking arena:
  * first fit, neighbours coalesced), and later gradients of any shape reuse the memory, as PyTorch frees
@@ -100,6 +105,7 @@ private:
     std::vector<Node> nodes_;
     std::vector<std::function<void()>> closures_;
     std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
+    Arena* dropped_to_ = nullptr; // the arena drop() gave values to: backward frees the others there too
     int pending_ = -1;            // the latest op output, waiting for its op's record()
 };
 

@@ -87,13 +87,15 @@ void Arena::set_tracking(bool on) {
     tracking_ = on;
 }
 
-bool Arena::owns(const void* p) const {
+const Arena::Block* Arena::block_of(const void* p) const {
     const char* q = static_cast<const char*>(p);
-    if (!tracking_ || q < base_ || q >= base_ + capacity_) return false;
+    if (!tracking_ || q < base_ || q >= base_ + capacity_) return nullptr;
     const size_t off = (size_t)(q - base_);
     auto it = std::upper_bound(blocks_.begin(), blocks_.end(), off, [](size_t o, const Block& b) { return o < b.off; });
-    return it != blocks_.begin() && off < (it - 1)->off + (it - 1)->bytes;
+    return it != blocks_.begin() && off < (it - 1)->off + (it - 1)->bytes ? &*(it - 1) : nullptr;
 }
+
+bool Arena::owns(const void* p) const { return block_of(p) != nullptr; }
 
 void Arena::release(const void* p) {
     Y5_CHECK(owns(p), "arena '%s': release of %p, which is not a tracked block", name_.c_str(), p);

@@ -43,6 +43,7 @@ public:
     // A tracked block back to the arena, by any address inside it (a view's data); untracked memory is an error.
     void release(const void* p);
     bool owns(const void* p) const;  // p inside a tracked block
+    const Block* block_of(const void* p) const;  // the tracked block p lies in, or null
     const std::vector<Block>& blocks() const { return blocks_; }  // tracked and not released, in address order
     // Tests (CPU): released blocks are filled with 0xFF bytes (NaN in f16, f32 and f64), so a read of released
     // memory shows in the results.
