@@ -3,12 +3,14 @@
  *   y5train --data coco128.yaml --cfg yolov5n.yaml --weights '' --epochs 150 --batch-size 64 --img-size 640
  *           --hyp hyp.scratch-low.yaml
  * writes runs/train/expN/{opt.yaml, hyp.yaml, results.csv, weights/{last,best}.safetensors}.
- * --summary prints YOLOv5's model table for --cfg and exits.
+ * --summary prints YOLOv5's model table for --cfg and exits. --evolve [N] runs train.py's hyperparameter evolution
+ * (engine/app/evolve.h) into runs/evolve/expN; with --exist-ok (or train.py's --resume) it continues that folder's evolve.csv.
  */
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "engine/app/config.h"
+#include "engine/app/evolve.h"
 #include "engine/app/main.h"
 #include "kernels/check.h"
 #include "engine/app/train.h"
@@ -67,10 +69,15 @@ int main(int argc, char** argv) {
     app.add_option("--label-smoothing", o.label_smoothing, "label smoothing epsilon")->capture_default_str();
     app.add_option("--resume", o.resume, "resume from a last.safetensors (no value: the most recent run)")
         ->expected(0, 1)->default_str("latest");
+    int evolve = 0;
+    app.add_option("--evolve", evolve, "evolve hyperparameters for N generations (no value: 300) as train.py; into "
+                   "runs/evolve/expN, continuing its evolve.csv with --exist-ok --name X")
+        ->expected(0, 1)->default_str("300")->check(CLI::PositiveNumber);
     app.add_flag("--summary", summary, "print the model summary for --cfg and exit");
     app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
     CLI11_PARSE(app, argc, argv);
     o.amp = amp_on ? 1 : amp_off ? 0 : -1;
+    if (evolve) o.exist_ok = o.exist_ok || !o.resume.empty(), o.resume.clear();  // train.py: --resume means exist_ok
     try {
         if (summary) {
             if (o.cfg.empty()) {
@@ -86,7 +93,8 @@ int main(int argc, char** argv) {
                          "--resume, --summary)\n");
             return 2;
         }
-        y5::train(o);
+        if (evolve) y5::evolve(o, evolve);
+        else y5::train(o);
         return 0;
     } catch (...) {
         return y5::error_exit("y5train");

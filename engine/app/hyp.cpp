@@ -45,6 +45,7 @@ Hyp load_hyp(const std::string& path) {
         const std::string k = it->first.as<std::string>();
         bool known = false;
         for (const char* x : kKeys) known = known || k == x;
+        known = known || k == "anchors";  // optional, as in YOLOv5's hyps (hyp_evolve.yaml has it); see y5train --evolve
         Y5_CHECK(known, "%s: line %d: unknown hyperparameter '%s'", path.c_str(), it->first.Mark().line + 1, k.c_str());
         try {
             h.v[k] = it->second.as<double>();

@@ -201,8 +201,9 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 #endif
 }
 
-std::string train(const TrainOptions& opt_in) {
+std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     TrainOptions opt = opt_in.resume.empty() ? opt_in : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    if (opt.evolve) opt.noplots = true;  // train.py: plots = not evolve and not noplots
     // Bare yaml names (--cfg yolov5n.yaml) as train.py finds them, before any dataset work.
     Y5_CHECK(!opt.cfg.empty() || !opt.weights.empty(), "--cfg or --weights is needed: the model comes from one of them");
     if (!opt.cfg.empty()) opt.cfg = resolve_config(opt.cfg, "models", "--cfg");
@@ -225,11 +226,12 @@ std::string train(const TrainOptions& opt_in) {
     const bool resuming = !opt.resume.empty();
     const std::string save_dir = resuming ? fs::path(opt.resume).parent_path().parent_path().string()
                                           : increment_path(opt.project + "/" + opt.name, opt.exist_ok);
-    fs::create_directories(save_dir + "/weights");
+    fs::create_directories(opt.evolve ? save_dir : save_dir + "/weights");
     const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
 
     const std::string hyp_path = opt.hyp.empty() ? resolve_config("hyp.scratch-low.yaml", "hyps", "--hyp") : opt.hyp;
     Hyp hyp = load_hyp(hyp_path);
+    for (const auto& [k, x] : opt.hyp_values) hyp.v[k] = x;  // --evolve's generation
     std::printf("%s\n", hyp_line(hyp_path, hyp, isatty(fileno(stdout))).c_str());  // train.py's first line
     DataConfig data = load_data_yaml(opt.data);
     if (!data.root_note.empty()) std::printf("%s\n", data.root_note.c_str());
@@ -257,8 +259,8 @@ std::string train(const TrainOptions& opt_in) {
        << "\nsave_dir: " << save_dir << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
-    if (!resuming) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
-    std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
+    if (!resuming && !opt.evolve) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
+    if (!opt.evolve) std::ofstream(save_dir + "/hyp.yaml") << hyp.yaml();
 
     // Data: scan, check classes before anything trains, loaders.
     Dataset train_ds = scan_dataset(data.splits.at("train"), opt.workers);
@@ -432,7 +434,7 @@ std::string train(const TrainOptions& opt_in) {
                  opt.epochs);
         std::printf("Resuming training from %s from epoch %d to %d total epochs\n", opt.resume.c_str(), start_epoch,
                     opt.epochs);
-    } else {
+    } else if (!opt.evolve || !fs::exists(save_dir + "/results.csv")) {  // --evolve: generations append, as train.py
         std::ofstream(save_dir + "/results.csv") << results_header();
     }
     if (!resuming) model.params.zero_grad(cuda);
@@ -505,13 +507,14 @@ std::string train(const TrainOptions& opt_in) {
             vo.single_cls = opt.single_cls, vo.chunk = val_chunk;
             vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
             std::printf("%s", val_table(vr, names, false).c_str());
+            if (results) *results = {vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1], vr.loss[2]};
         }
         const double fi = vr.fitness();
         if (fi >= best_fitness) best_fitness = fi, best_epoch = epoch;
         std::ofstream(save_dir + "/results.csv", std::ios::app)
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
-        if (!opt.nosave || final_epoch) {
+        if (!opt.nosave || (final_epoch && !opt.evolve)) {  // train.py: --evolve saves no checkpoint
             const TrainState ts{step.last_opt_step, accumulate};
             const GradScaler* sc = amp ? &step.scaler : nullptr;
             const Optimizer* op = &step.optimizer;
@@ -535,15 +538,15 @@ std::string train(const TrainOptions& opt_in) {
     }
     const double hours = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 3600;
     // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
+    std::printf("\n%d epochs completed in %.3f hours.\n", opt.epochs, hours);
     for (const std::string& w : {w_last, w_best})
-        if (fs::exists(w)) {
+        if (fs::exists(w)) {  // none under --evolve
             Model m(yaml.first, yaml.second, nc);
             m.allocate(Device::CPU);
             m.load_weights(w, nullptr, "ema.");
             save_checkpoint(w, m, nullptr, false, opt.epochs - 1, best_fitness, step.updates, opt_yaml, names_meta);
+            std::printf("Optimizer stripped from %s\n", w.c_str());
         }
-    std::printf("\n%d epochs completed in %.3f hours.\nOptimizer stripped from %s\nOptimizer stripped from %s\n", opt.epochs,
-                hours, w_last.c_str(), w_best.c_str());
     if (fs::exists(w_best)) {
         std::printf("\nValidating %s...\n", w_best.c_str());
         Model m(yaml.first, yaml.second, nc);
@@ -557,6 +560,7 @@ std::string train(const TrainOptions& opt_in) {
         vo.chunk = val_chunk;
         ValResult vr = validate(m, val_loader, tw.ctx, lh, vo, nullptr, &vb);
         std::printf("%s", val_table(vr, names, val_per_class_rows(true, nc, true)).c_str());  // train.py: verbose=True
+        if (results) *results = {vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1], vr.loss[2]};
     }
     if (!opt.noplots) plot_results(save_dir + "/results.csv", save_dir + "/results.png");
     std::printf("Results saved to %s\n", save_dir.c_str());

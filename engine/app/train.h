@@ -5,6 +5,7 @@
  * best/last checkpoints written atomically into runs/train/expN.
  */
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -35,19 +36,24 @@ struct TrainOptions {
     std::string optimizer = "SGD";  // train.py's --optimizer: SGD, Adam or AdamW (smart_optimizer's three groups)
     bool noplots = false;           // write no pictures (train/val batches, results.png)
     bool sync_bn = false;           // accepted; train.py converts to SyncBatchNorm only under DDP, so one device: no-op
+    // One generation of --evolve (engine/app/evolve.h), as train.py's train() with evolve set: these values replace
+    // the hyp yaml's; no opt.yaml, hyp.yaml, checkpoints or plots; results.csv is appended to.
+    bool evolve = false;
+    std::map<std::string, double> hyp_values;
 };
 
 // Applies --deterministic and --workspace to the cuDNN convolutions (no-op in a CPU-only build). Must run
 // before any arena is sized: engine/app/memory.cpp reads conv_workspace_limit(). A negative size is an error.
 void set_conv_options(bool deterministic, int workspace_mib);
 
-// Runs the training; returns the run folder. Progress and results go to stdout.
+// Runs the training; returns the run folder. Progress and results go to stdout. results (if given): the last
+// validation's P, R, mAP50, mAP50-95 and val box/obj/cls loss (best.safetensors' when it is validated at the end).
 // Resume reloads the run's options from the checkpoint, the live model, the EMA and its update count, the
 // optimizer's state (SGD's momentum, or Adam's exp_avg, exp_avg_sq and step counts) and best fitness, and
 // continues at the next epoch with the same data order (the loader's draws depend on the seed and epoch only).
 // Y5_STOP_AFTER_EPOCH=N in the environment ends a run right after epoch N's checkpoints are written, as if it
 // were killed there (for the resume test). Y5_LOSS_LOG=path appends
 // one line per batch: epoch, batch, lbox, lobj, lcls (this batch's, not running means) and the 3 groups' lr.
-std::string train(const TrainOptions& opt);
+std::string train(const TrainOptions& opt, std::vector<double>* results = nullptr);
 
 }  // namespace y5
