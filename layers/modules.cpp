@@ -406,13 +406,8 @@ std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
     std::vector<Var> maps;
     for (int i = 0; i < nl; ++i) {
         Var bias = amp(c, param(c, *ps, b[i]));
-        Var y = conv2d(c, amp(c, in[i]), amp(c, param(c, *ps, w[i])), &bias, 1, 0);  // (bs, na·no, ny, nx)
-        const int64_t bs = y.t.dim(0), ny = y.t.dim(2), nx = y.t.dim(3);
-        Var v{y.t.view({bs * na, no, ny * nx}), y.id};
-        maps.push_back(transpose12(c, v, Shape{bs, na, ny, nx, no}));  // (bs, na, ny, nx, no)
-        // y is dead once transposed: no backward reads a conv's output or a transpose's input.
-        if (c.recompute && c.tape->recording() && y.requires_grad() && c.act->tracking()) c.tape->drop(y, c.act, true);
-        else drop(c, y, maps.back());
+        // (bs, na, ny, nx, no): the conv's (bs, na·no, ny, nx) output exists only in scratch
+        maps.push_back(conv1x1_maps(c, amp(c, in[i]), amp(c, param(c, *ps, w[i])), &bias, na));
     }
     return maps;
 }

@@ -330,3 +330,67 @@ TEST_CASE("conv2d CUDA: algorithms are cached per geometry and settings; bad req
     G.reset();
 }
 #endif
+
+#if Y5_CUDA
+// Detect's head op (conv1x1_maps: the conv's output only in the work arena, transposed into (N, na, H, W, no)) on the
+// GPU against the CPU op, f32 and f16, with the whole batch in one chunk and with the work arena's free space cut to
+// what 2 images need, so that several chunks run (the weight and bias gradients then add per chunk). Gradients pre-filled at random.
+// Tolerances as conv2d's (f32: 1e-4 of the largest magnitude; f16: the same δ and 2^−10 relative, and per extra
+// chunk one more f16 rounding of the weight and bias gradients, 2^−11 of their largest magnitude each).
+TEST_CASE("conv1x1_maps on the GPU equals the CPU op, in one chunk and in several", "[gpu][conv][maps]") {
+    ConvSettings settings(false, true, false);
+    Gpu& G = gpu();
+    Rng rng(241);
+    const int N = 5, C = 16, H = 9, W = 7, na = 3, no = 11, K = na * no;
+    for (DType dt : {DType::F32, DType::F16})
+        for (bool chunked : {false, true}) {
+            DYNAMIC_SECTION(dtype_name(dt) << (chunked ? ", in chunks" : ", one chunk")) {
+                G.reset();
+                TestCtx& T = fresh_cpu();
+                const double ws = 1.0 / std::sqrt((double)C);
+                std::vector<Tensor> in = {rand_tensor(T.data, {N, C, H, W}, dt, rng), rand_tensor(T.data, {K, C, 1, 1}, dt, rng, -ws, ws),
+                                          rand_tensor(T.data, {K}, dt, rng)};
+                std::vector<Tensor> g0;
+                for (const Tensor& t : in) g0.push_back(rand_tensor(T.data, t.shape, dt, rng));
+                Tensor dy = rand_tensor(T.data, {N, na, H, W, no}, dt, rng);
+                auto run = [&](bool on_gpu) {
+                    Ctx& c = on_gpu ? G.ctx : T.ctx;
+                    Tape& tape = on_gpu ? G.tape : T.tape;
+                    auto put = [&](const Tensor& t) { return on_gpu ? G.upload(t) : copy_of(T.data, t); };
+                    auto get = [&](const Tensor& t) { return on_gpu ? G.download(t) : copy_of(T.data, t); };
+                    std::vector<Var> v;
+                    for (size_t i = 0; i < in.size(); ++i) v.push_back(tape.param(put(in[i]), put(g0[i])));
+                    Tensor dyd = put(dy);
+                    size_t fill = 0;
+                    if (on_gpu && chunked) {  // leave room for 2 images' staging and the cuDNN workspace of 2
+                        size_t ws = 0;
+                        for (ConvPass p : {ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad})
+                            ws = std::max(ws, conv2d_workspace_cuda(G.cuda, Conv2dGeom{2, C, H, W, K, 1, 1, 1, 0,
+                                                                                       dt == DType::F16}, p));
+                        const size_t room = 2 * (size_t)K * H * W * dtype_size(dt) + ws + 8 * Arena::kAlign;
+                        fill = G.work.capacity() - G.work.used() - room;
+                        G.work.alloc(fill);
+                    }
+                    Var y = conv1x1_maps(c, v[0], v[1], &v[2], na);
+                    tape.backward(y, &dyd);
+                    std::vector<Tensor> r = {get(y.t), get(tape.grad(v[0])), get(tape.grad(v[1])), get(tape.grad(v[2]))};
+                    tape.clear();
+                    if (fill) G.work.reset();
+                    return r;
+                };
+                const std::vector<Tensor> want = run(false), got = run(true);
+                const char* names[4] = {"output", "dx", "dw", "db"};
+                for (int i = 0; i < 4; ++i) {
+                    INFO(names[i]);
+                    REQUIRE(got[i].dtype == dt);
+                    if (dt == DType::F32) require_close_scaled(got[i], want[i], 1e-4, 1e-4, names[i]);
+                    else {
+                        const double extra = (chunked && i >= 2) ? 3 * std::ldexp(1.0, -11) : 0;
+                        require_close(got[i], want[i], (1e-4 + extra) * std::max(1.0, max_abs(want[i])),
+                                      std::ldexp(1.0, -10), names[i]);
+                    }
+                }
+            }
+        }
+}
+#endif

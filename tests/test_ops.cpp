@@ -519,6 +519,52 @@ TEST_CASE("sppf_pool equals SPPF's three pools and concat, values and gradients 
     }
 }
 
+// Detect's head in one op: the same bits as conv2d then the (N·na, no, H·W) → (N, na, H, W, no) transpose, values and
+// every gradient, in f32, f64 and f16 (per image the same passes in the same order); its gradient by finite
+// differences.
+TEST_CASE("conv1x1_maps equals conv2d then transpose12, values and gradients bit for bit", "[ops][conv2d][maps]") {
+    const int na = 3, no = 7;
+    for (DType dt : {DType::F32, DType::F64, DType::F16})
+        for (int N : {1, 5, 11}) {  // 11 images: more than the 8 weight-gradient groups, uneven over the threads
+            DYNAMIC_SECTION(dtype_name(dt) << " N=" << N) {
+                TestCtx tc;
+                Rng rng(31);
+                const int C = 6, H = 5, W = 9;
+                Tensor x = rand_tensor(tc.data, {N, C, H, W}, dt, rng), w = rand_tensor(tc.data, {na * no, C, 1, 1}, dt, rng),
+                       b = rand_tensor(tc.data, {na * no}, dt, rng), seed = rand_tensor(tc.data, {N, na, H, W, no}, dt, rng);
+                auto run = [&](bool fused) {
+                    Var xv = tc.tape.leaf(x), wv = tc.tape.leaf(w), bv = tc.tape.leaf(b);
+                    Var y;
+                    if (fused) y = conv1x1_maps(tc.ctx, xv, wv, &bv, na);
+                    else {
+                        Var z = conv2d(tc.ctx, xv, wv, &bv, 1, 0);
+                        y = transpose12(tc.ctx, Var{z.t.view({N * na, no, H * W}), z.id}, Shape{N, na, H, W, no});
+                    }
+                    tc.tape.backward(y, &seed);
+                    std::vector<Tensor> r = {copy_of(tc.data, y.t), copy_of(tc.data, tc.tape.grad(xv)),
+                                             copy_of(tc.data, tc.tape.grad(wv)), copy_of(tc.data, tc.tape.grad(bv))};
+                    tc.tape.clear();
+                    return r;
+                };
+                const std::vector<Tensor> f = run(true), u = run(false);
+                REQUIRE(f[0].shape == Shape{N, na, H, W, no});
+                require_close(f[0], u[0], 0, 0, "output");
+                require_close(f[1], u[1], 0, 0, "dx");
+                require_close(f[2], u[2], 0, 0, "dw");
+                require_close(f[3], u[3], 0, 0, "db");
+            }
+        }
+    SECTION("gradient by finite differences, and a bad weight is refused") {
+        TestCtx tc;
+        Rng rng(32);
+        gradcheck(tc, {rand_tensor(tc.data, {2, 4, 3, 5}, DType::F64, rng), rand_tensor(tc.data, {na * no, 4, 1, 1}, DType::F64, rng),
+                       rand_tensor(tc.data, {na * no}, DType::F64, rng)},
+                  [](Ctx& c, const std::vector<Var>& v) { return conv1x1_maps(c, v[0], v[1], &v[2], na); }, rng);
+        Tensor x = rand_tensor(tc.data, {1, 4, 3, 3}, DType::F32, rng), w = rand_tensor(tc.data, {20, 4, 1, 1}, DType::F32, rng);
+        CHECK_THROWS_WITH(conv1x1_maps(tc.ctx, Tape::constant(x), Tape::constant(w), nullptr, 3), Catch::Contains("anchors"));
+    }
+}
+
 TEST_CASE("maxpool2d sends a tie's gradient to the first maximum as PyTorch does", "[ops][maxpool]") {
     TestCtx tc;
     Tensor x = f64_tensor(tc.data, {1, 1, 2, 2}, {3, 3, 1, 3});

@@ -801,6 +801,123 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     });
 }
 
+// The most images of a CUDA chunk: their (k, K, H, W) staging buffer and a pass's cuDNN workspace fit in what
+// the arena has free (halving from all N; at least 1). The work arena is sized for cuDNN's capped workspace and is
+// idle between ops, so the staging usually costs no memory the plan does not already hold.
+inline int maps_chunk_cuda(Ctx& c, Arena* a, Conv2dGeom g, int64_t img_bytes, std::initializer_list<ConvPass> passes) {
+    const size_t free_b = a->capacity() - a->used();
+    for (int k = g.N;; k = (k + 1) / 2) {
+        g.N = k;
+        size_t ws = 0;
+        for (ConvPass p : passes) ws = std::max(ws, conv2d_workspace_cuda(c.cuda, g, p));
+        if (k == 1 || (size_t)k * img_bytes + ws + 4 * Arena::kAlign <= free_b) return k;
+    }
+}
+
+// Detect's head: conv2d(x, w, b) (1×1, stride 1) viewed (N·na, no, H·W) and transposed to (N, na, H, W, no), with
+// the convolution's output only in scratch: per image on the CPU (a buffer per thread; the same per-image passes
+// as conv2d, so the same bits as conv2d then transpose12), per chunk of images on CUDA (staged in the work arena).
+Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
+    const char* op = "conv1x1_maps";
+    check_rank(op, "input", x.t, 4);
+    check_rank(op, "weight", w.t, 4);
+    check_same(op, x.t, w.t);
+    check_ctx(op, c, x.t);
+    const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3), K = w.t.dim(0);
+    Y5_CHECK(w.t.dim(1) == C && w.t.dim(2) == 1 && w.t.dim(3) == 1, "conv1x1_maps: weight %s is not a 1x1 "
+             "convolution over the %d channels of %s", w.t.str().c_str(), C, x.t.str().c_str());
+    Y5_CHECK(na >= 1 && K % na == 0, "conv1x1_maps: %d output channels are not %d anchors' worth", K, na);
+    Var bias = b ? *b : Var{};
+    if (b) {
+        check_same(op, x.t, b->t);
+        Y5_CHECK(b->t.ndim() == 1 && b->t.dim(0) == K, "conv1x1_maps: bias %s does not match %d output channels",
+                 b->t.str().c_str(), K);
+    }
+    const int no = K / na, P = H * W;
+    const int64_t in_img = (int64_t)C * P, out_img = (int64_t)K * P;
+    const bool half = x.t.dtype == DType::F16;
+    const int64_t nscr = half ? conv2d_f16_scratch_elems(C, H, W, K, 1, 1, H, W) : 0;
+    Tensor out = c.act->tensor(Shape{N, na, H, W, no}, x.t.dtype);
+    dispatch<kF16>(op, x.t, [&](auto d) {
+        using T = typename decltype(d)::T;
+        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
+        if constexpr (d.cuda) {
+            Scratch stage(c.work);
+            const int k = maps_chunk_cuda(c, c.work, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+                                          {ConvPass::Fprop});
+            T* tmp = stage.get<T>(k * out_img);
+            for (int n0 = 0; n0 < N; n0 += k) {
+                const Conv2dGeom g{std::min(k, N - n0), C, H, W, K, 1, 1, 1, 0, half};
+                Scratch ws(c.conv_work ? c.conv_work : c.work);
+                const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
+                conv2d_fprop_cuda(c.cuda, g, tmp, xp + n0 * in_img, wp, bp, ws.get<char>((int64_t)bytes), bytes);
+                transpose12_forward_cuda(yp + n0 * out_img, tmp, g.N * na, no, P, stream(c));
+            }
+        } else {
+            Scratch ws(c.work);
+            const int G = std::min(N, cpu_op_threads());
+            T* tmp = ws.get<T>(out_img * G);
+            float* scr = ws.get<float>(nscr * G);
+            par(G, [&](int64_t g0, int64_t g1) {
+                for (int64_t gi = g0; gi < g1; ++gi)
+                    for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
+                        T* t = tmp + gi * out_img;  // (K, P): this image's convolution
+                        if constexpr (std::is_same_v<T, f16>)
+                            conv2d_fprop_f16_cpu(t, xp + n * in_img, wp, bp, nullptr, scr + gi * nscr, 1, C, H, W, K,
+                                                 1, 1, 1, 0);
+                        else conv2d_fprop_cpu<T>(t, xp + n * in_img, wp, bp, nullptr, 1, C, H, W, K, 1, 1, 1, 0);
+                        transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
+                    }
+            });
+        }
+    });
+    return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
+                                                   half](auto d, const Var& y) {
+        using T = typename decltype(d)::T;
+        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+        const T* dy = c.tape->grad(y).template ptr<T>();  // (N, na, P, no)
+        const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();
+        if constexpr (d.cuda) {
+            // Per chunk: the gradient transposed back to (k, K, H, W) in the work arena, then dgrad and wgrad.
+            Scratch stage(c.work);
+            const int k = maps_chunk_cuda(c, c.work, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+                                          {ConvPass::Dgrad, ConvPass::Wgrad});
+            T* tmp = stage.get<T>(k * out_img);
+            for (int n0 = 0; n0 < N; n0 += k) {
+                const Conv2dGeom g{std::min(k, N - n0), C, H, W, K, 1, 1, 1, 0, half};
+                transpose12_forward_cuda(tmp, dy + n0 * out_img, g.N * na, P, no, stream(c));
+                size_t bytes = 0;
+                if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
+                if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
+                Scratch ws(c.conv_work ? c.conv_work : c.work);
+                void* wsp = ws.get<char>((int64_t)bytes);
+                if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes);
+                if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, tmp, xp + n0 * in_img, wsp, bytes);
+            }
+        } else {
+            // conv2d's backward (its image groups and their fixed summation order) with each image's gradient
+            // transposed back into the slot's buffer first.
+            using A = acc_t<T>;
+            Scratch ws(c.work);
+            const int Gb = grad_groups(N);
+            T* tmp = ws.get<T>(out_img * grad_slots(Gb));
+            float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            par_weight_grads<T>(ws, dw, db, (int64_t)K * C, K, Gb, [&](int64_t gi, int64_t slot, A* gw, A* gb) {
+                for (int n = (int)(N * gi / Gb); n < (int)(N * (gi + 1) / Gb); ++n) {
+                    T* t = tmp + slot * out_img;
+                    transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
+                    if constexpr (std::is_same_v<T, f16>)
+                        conv2d_backward_f16_cpu(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
+                                                w.t.ptr<T>(), nullptr, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
+                    else
+                        conv2d_backward_cpu<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
+                                               w.t.ptr<T>(), nullptr, 1, C, H, W, K, 1, 1, 1, 0);
+                }
+            });
+        }
+    });
+}
+
 Var space_to_depth2(Ctx& c, const Var& x) {
     const char* op = "space_to_depth2";
     check_rank(op, "input", x.t, 4);

@@ -85,6 +85,10 @@ Var scale_channels(Ctx& c, const Var& x, const Var& s);   // x (N,C,H,W) · s (N
 // (out, dx) with w, its gradient and the saved means and gates in f32.
 Var eca(Ctx& c, const Var& x, const Var& w);  // [f16]
 Var transpose12(Ctx& c, const Var& x, Shape out_shape);   // x viewed (B,M,N) → (B,N,M), returned as out_shape [f16]
+// YOLOv5 Detect's head conv and view/permute in one: x (N,C,H,W), w (na·no,C,1,1), b (na·no) or null → (N,na,H,W,no),
+// the convolution's (N,na·no,H,W) output kept only in scratch (per image on the CPU: conv2d then transpose12's bits;
+// per chunk of images staged in the work arena on CUDA). [f16]
+Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na);
 Var space_to_depth2(Ctx& c, const Var& x);                // Focus: (N,C,H,W) → (N,4C,H/2,W/2) [f16]
 
 
