@@ -32,12 +32,13 @@ struct Graph {
     int64_t bs;  // the batch in Reshape targets: N, or -1 with --dynamic
     int opset;   // Split's sizes and Squeeze's axes are attributes up to 12, inputs from 13 on
 
-    // A float tensor initializer (f32, or f16 with --half), dims as given.
-    std::string floats(const std::string& name, const std::vector<int64_t>& dims, const float* v, int64_t n) {
+    // A float tensor initializer (f32, or f16 with --half unless f32 is set), dims as given.
+    std::string floats(const std::string& name, const std::vector<int64_t>& dims, const float* v, int64_t n,
+                       bool f32 = false) {
         onnx::TensorProto* t = g->add_initializer();
         t->set_name(name);
         for (int64_t d : dims) t->add_dims(d);
-        if (half) {
+        if (half && !f32) {
             t->set_data_type(onnx::TensorProto::FLOAT16);
             std::string raw((size_t)n * 2, '\0');
             for (int64_t i = 0; i < n; ++i) {
@@ -51,8 +52,9 @@ struct Graph {
         }
         return name;
     }
-    std::string floats(const std::string& name, const std::vector<int64_t>& dims, const std::vector<float>& v) {
-        return floats(name, dims, v.data(), (int64_t)v.size());
+    std::string floats(const std::string& name, const std::vector<int64_t>& dims, const std::vector<float>& v,
+                       bool f32 = false) {
+        return floats(name, dims, v.data(), (int64_t)v.size(), f32);
     }
     std::string tensor(const std::string& name, const Tensor& t) {
         Y5_CHECK(t.device == Device::CPU && t.dtype == DType::F32, "export: %s must be an f32 CPU tensor, got %s",
@@ -99,7 +101,7 @@ struct Graph {
         a->set_name(name), a->set_type(onnx::AttributeProto::INTS);
         for (int64_t x : v) a->add_ints(x);
     }
-    std::string scalar(const std::string& name, float v) { return floats(name, {}, &v, 1); }
+    std::string scalar(const std::string& name, float v, bool f32 = false) { return floats(name, {}, &v, 1, f32); }
 };
 
 // A Conv row's (or a module's inner Conv's) ONNX: Conv with the folded weight and bias, then the activation in
@@ -243,11 +245,11 @@ struct Emitter {
             const auto dim = [&](int64_t k) {
                 const std::string g = G.node(scope, "Gather", {dims_yx, G.ints(prefix + ".yx." + L + "." + std::to_string(k), {k})});
                 const std::string c = G.node(scope, "Cast", {g});
-                G.attr("to", (int64_t)(G.half ? onnx::TensorProto::FLOAT16 : onnx::TensorProto::FLOAT));
+                G.attr("to", (int64_t)onnx::TensorProto::FLOAT);  // Range has no f16: the grid is made in f32
                 return c;
             };
             const std::string fy = dim(0), fx = dim(1);
-            const std::string zero = G.scalar(prefix + ".zero." + L, 0.f), one = G.scalar(prefix + ".one." + L, 1.f);
+            const std::string zero = G.scalar(prefix + ".zero." + L, 0.f, true), one = G.scalar(prefix + ".one." + L, 1.f, true);
             const auto range = [&](const std::string& n, const std::vector<int64_t>& shape) {
                 std::string sq;
                 if (G.opset >= 13) sq = G.node(scope, "Squeeze", {n, G.ints(prefix + ".sq." + L + "." + n, {0})});
@@ -262,7 +264,11 @@ struct Emitter {
             const std::string full = concat(scope, {G.ints(prefix + ".one11." + L, {1, 1}), dims_yx,
                                                     G.ints(prefix + ".one1." + L, {1})}, 0);
             const std::string ex = G.node(scope, "Expand", {gx, full}), ey = G.node(scope, "Expand", {gy, full});
-            grid = G.node(scope, "Sub", {concat(scope, {ex, ey}, 4), G.scalar(prefix + ".half." + L, 0.5f)});
+            grid = G.node(scope, "Sub", {concat(scope, {ex, ey}, 4), G.scalar(prefix + ".half." + L, 0.5f, true)});
+            if (G.half) {
+                grid = G.node(scope, "Cast", {grid});
+                G.attr("to", (int64_t)onnx::TensorProto::FLOAT16);
+            }
             std::vector<float> av;
             for (int a = 0; a < d.na; ++a) {
                 av.push_back(anc.ptr<float>()[(i * d.na + a) * 2] * st);
@@ -277,7 +283,8 @@ struct Emitter {
         const std::string q = G.node(scope, "Mul", {wh, two});
         const std::string owh = G.node(scope, "Mul", {G.node(scope, "Mul", {q, q}), anchor_grid});
         const std::string cat = concat(scope, {oxy, owh, conf}, 4);
-        return G.node(scope, "Reshape", {cat, G.ints(prefix + ".shape3." + L, {G.bs, -1, d.no})});
+        // (bs, na·ny·nx, no); dynamic: the batch copied from the map (0), as one Reshape takes only one −1
+        return G.node(scope, "Reshape", {cat, G.ints(prefix + ".shape3." + L, {dynamic ? 0 : G.bs, -1, d.no})});
     }
 };
 
@@ -445,8 +452,8 @@ void export_onnx(const Model& m, const std::string& path, const OnnxOptions& opt
             y = G.node(scope, "Mul", {in[0], gate});
         } else if (type == "Upsample") {  // torch's nn.Upsample(scale, 'nearest') at opset 12
             const int sc = row_int(args, 1, 2);
-            y = G.node(scope, "Resize", {in[0], G.floats(prefix + ".roi", {0}, nullptr, 0),
-                                         G.floats(prefix + ".scales", {4}, std::vector<float>{1, 1, (float)sc, (float)sc})});
+            y = G.node(scope, "Resize", {in[0], G.floats(prefix + ".roi", {0}, nullptr, 0, true),  // scales are f32 always
+                                         G.floats(prefix + ".scales", {4}, std::vector<float>{1, 1, (float)sc, (float)sc}, true)});
             G.attr("coordinate_transformation_mode", std::string("asymmetric"));
             G.attr("cubic_coeff_a", -0.75f);
             G.attr("mode", std::string("nearest"));
