@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         Y5_CHECK(device == "cpu", "--device %s: y5export runs on the CPU (the exported file is the same)", device.c_str());
         Y5_CHECK(batch >= 1, "--batch-size %d must be at least 1", batch);
+        Y5_CHECK(opset >= 12 && opset <= 17, "--opset %d: y5 writes opsets 12 to 17", opset);
         auto model = y5::Model::from_weights(weights);
         model->fuse();  // as export.py: attempt_load(..., fuse=True)
         float smax = 0;
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
             if (fmt == "onnx") {
                 tag = "ONNX";
                 out = stem.string() + ".onnx";
-                std::printf("\nONNX: starting export with onnx 1.12.0 (Debian libonnx), opset %d...\n", opset);
+                std::printf("\nONNX: starting export with onnx %s (libonnx), opset %d...\n", Y5_ONNX_VERSION, opset);
                 y5::OnnxOptions o;
                 o.height = h, o.width = w, o.batch = batch, o.dynamic = dynamic, o.half = half, o.opset = opset;
                 y5::export_onnx(*model, out, o);

@@ -17,8 +17,6 @@
 #include <map>
 #include <vector>
 
-#include "engine/core/safetensors.h"
-
 namespace y5 {
 
 namespace {

@@ -26,8 +26,8 @@ struct OnnxOptions {
     int opset = 12;
 };
 
-// Writes model (fused: Model::fuse(), on the CPU, f32) as ONNX to path. names: the class names (`names`
-// metadata; empty: class0, class1, ... as YOLOv5 names a model without any).
+// Writes model (fused: Model::fuse(), on the CPU, f32) as ONNX to path; the `names` metadata are its class_names
+// (none: class0, class1, ... as YOLOv5 names a model without any).
 void export_onnx(const Model& model, const std::string& path, const OnnxOptions& opt);
 
 // The model's weights (its state_dict, BatchNorms unfolded: what y5val and y5detect load) as a y5 .safetensors,
