@@ -2,8 +2,8 @@
  * y5export's ONNX (engine/app/export.h) run through OpenCV DNN (cv::dnn::readNetFromONNX, C++) against y5's own
  * fused eval forward (the decoded predictions y5detect hands to NMS), on random images (not zeros): the official
  * yolov5n.pt, yolov5n and yolov5n-eca from their yamls with random weights and random BatchNorm statistics (so
- * the fold matters), batch 2, --dynamic; the metadata export.py writes; --half's types; --include safetensors
- * loaded back by Model::from_weights (what y5val and y5detect call).
+ * the fold matters), and batch 2; the metadata export.py writes; --dynamic's axes and --half's types (OpenCV runs
+ * neither); --include safetensors loaded back by Model::from_weights (what y5val and y5detect call).
  * Tolerance |onnx − y5| ≤ 1e-4 + 1e-4·|y5|: the two run the same f32 operations but OpenCV's convolutions and
  * pooling sum in their own order (and its sigmoid is its own), so every layer differs by float reassociation;
  * the decoded boxes are in pixels (up to 640), where 1e-4 relative is 0.06 px.
