@@ -188,11 +188,12 @@ StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute) {
-    const int val_side = imgsz + 32;
+                          bool recompute, int train_side, int resize_from) {
+    const int val_side = imgsz + 32, side = train_side > 0 ? train_side : imgsz;
     ValOptions vo;
     vo.single_cls = single_cls;
-    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp, recompute), batch);
+    StepMemory t = plan_training(m, measure_one_image(m, side, side, hyp, amp, recompute), batch);
+    t.act += (size_t)batch * 3 * resize_from * resize_from * sizeof(float);  // the f32 batch before its resize
     const StepMemory v = plan_inference(m, measure_eval_image(m, val_side, val_side, hyp, amp, true), val_batch,
                                         val_nms_scratch_bytes(m, val_side, val_batch, vo));
     return plan_shared(t, v);

@@ -69,8 +69,11 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 // y5train's arenas: training batches of `batch` at imgsz × imgsz and validation's rect batches of val_batch with
 // sides at most imgsz + 32 (ceil(imgsz/32 + 0.5)·32) and its GPU NMS's scratch, one after the other on the same
 // arenas (plan_shared). amp: mixed precision for both, as train.py validates with half=amp.
+// train_side > 0: the training forward's largest side when it is not imgsz (--quad: 2·imgsz; --multi-scale: its
+// largest size); resize_from > 0: the side of the loader's batch, kept in the activation arena while the step runs
+// on its resized copy (--multi-scale). Validation stays at imgsz.
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute = true);
+                          bool recompute = true, int train_side = 0, int resize_from = 0);
 
 // A y5::Error when the plans together need more than 90 % of the memory available on dev (the GPU's free memory,
 // or MemAvailable on the CPU, where Linux would overcommit and kill the process on first touch); `what` names the
