@@ -128,6 +128,41 @@ std::unique_ptr<Model> Model::from_weights(const std::string& weights, CudaConte
     return model;
 }
 
+std::string Model::override_anchors(const std::string& path, const std::string& text, int na) {
+    Y5_CHECK(na >= 1, "%s: anchors=%d: at least one anchor per level", path.c_str(), na);
+    YAML::Node y;
+    try {
+        y = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+        Y5_FAIL("%s: line %d: malformed yaml: %s", path.c_str(), e.mark.line + 1, e.msg.c_str());
+    }
+    Y5_CHECK(y.IsMap() && y["anchors"] && y["anchors"].IsSequence() && y["anchors"].size() > 0,
+             "%s: no anchors list to override (anchors=%d)", path.c_str(), na);
+    const size_t nl = y["anchors"].size();
+    std::string lvl = "[";
+    for (int j = 0; j < 2 * na; ++j) lvl += (j ? ", " : "") + std::to_string(j);
+    lvl += "]";
+    std::string repl = "anchors: [";
+    for (size_t l = 0; l < nl; ++l) repl += (l ? ", " : "") + lvl;
+    repl += "]  # hyp anchors=" + std::to_string(na) + ": placeholders, fitted by AutoAnchor\n";
+    // The top-level `anchors:` line and its continuation (indented, list or comment lines) are replaced.
+    std::istringstream in(text);
+    std::string out, line;
+    bool in_anchors = false, done = false;
+    while (std::getline(in, line)) {
+        if (!done && line.rfind("anchors:", 0) == 0) {
+            out += repl;
+            in_anchors = done = true;
+            continue;
+        }
+        if (in_anchors && (line.empty() || line[0] == ' ' || line[0] == '\t' || line[0] == '-' || line[0] == '#')) continue;
+        in_anchors = false;
+        out += line + "\n";
+    }
+    Y5_CHECK(done, "%s: the anchors entry is not a top-level 'anchors:' line", path.c_str());
+    return out;
+}
+
 Model::Model(const std::string& path, const std::string& text, int nc_override) : yaml_path(path), yaml_text(text) {
     YAML::Node y;
     try {

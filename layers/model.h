@@ -34,6 +34,10 @@ public:
     // model's yaml dict, nc, names, strides and the weights of `ema` if present, else `model`, fp16 or fp32;
     // read by engine/core/torch_pt.h, which runs no pickled code).
     static std::unique_ptr<Model> from_weights(const std::string& weights_path, CudaContext* cuda = nullptr);
+    // train.py's Model(cfg, anchors=hyp['anchors']): the yaml text with its `anchors:` entry replaced by na
+    // placeholder anchors per level, YOLOv5's [list(range(na * 2))] * nl (nl: the yaml's anchor levels), for
+    // AutoAnchor to fit before training. The rest of the text is kept as it is.
+    static std::string override_anchors(const std::string& path, const std::string& yaml_text, int na);
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 

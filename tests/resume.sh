@@ -2,7 +2,8 @@
 # --resume continues a run killed after an epoch exactly as if it had not stopped: on the CPU with the same
 # seed, the resumed run's per-epoch losses and lr equal an uninterrupted run's (results.csv rows compared); in f32,
 # with --amp (opt.yaml brings the mode back, the checkpoint the loss scaler's state) and with --optimizer Adam (the
-# checkpoint holds exp_avg, exp_avg_sq and the step counts of its bias correction).
+# checkpoint holds exp_avg, exp_avg_sq and the step counts of its bias correction), and with --quad --multi-scale
+# --image-weights --cache disk (opt.yaml brings them back; the draws depend on the seed, epoch and batch only).
 #   bash tests/resume.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build="$1"; src="$2"
@@ -11,9 +12,11 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 "$build/y5data" --synthetic synth --images 8 >/dev/null
 args=(--data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --hyp "$src/config/hyps/hyp.scratch-low.yaml"
-      --weights '' --imgsz 64 --epochs 4 --batch-size 4 --workers 2 --noval --device cpu)
-for mode in f32 amp adam; do
-  extra=(); [ "$mode" = amp ] && extra=(--amp); [ "$mode" = adam ] && extra=(--optimizer Adam)
+      --weights '' --epochs 4 --workers 2 --noval --device cpu)
+for mode in f32 amp adam flags; do
+  extra=(--imgsz 64 --batch-size 4); [ "$mode" = amp ] && extra+=(--amp); [ "$mode" = adam ] && extra+=(--optimizer Adam)
+  # quad's 2x and multi-scale's 0.5x: at 64 a one-image batch of 32 px would leave BatchNorm one value per channel
+  [ "$mode" = flags ] && extra=(--imgsz 128 --batch-size 8 --quad --multi-scale --image-weights --cache disk)
   "$build/y5train" "${args[@]}" "${extra[@]}" --name full$mode > full$mode.log
   Y5_STOP_AFTER_EPOCH=1 "$build/y5train" "${args[@]}" "${extra[@]}" --name cut$mode > cut$mode.log
   [ "$(wc -l < runs/train/cut$mode/results.csv)" -eq 3 ] || { echo "the cut $mode run should have stopped after 2 epochs"; exit 1; }
@@ -29,6 +32,10 @@ for mode in f32 amp adam; do
     # The scaler's state: in the cut checkpoint's metadata (read before resuming), and back in the resumed run.
     [ -n "$scale" ] || { echo "no scaler state saved"; exit 1; }
     grep -q "^AMP: loss scale $scale, [0-9]* steps since" resumed$mode.log || { echo "scaler state $scale not restored"; exit 1; }
+  fi
+  if [ "$mode" = flags ]; then
+    [ "$(grep -cE '^(image_weights|quad|multi_scale): true|^cache: disk' runs/train/cut$mode/opt.yaml)" = 4 ] ||
+      { echo "opt.yaml lacks --quad, --multi-scale, --image-weights or --cache disk"; exit 1; }
   fi
   if [ "$mode" = adam ]; then
     grep -q "^optimizer: Adam(lr=0.01) with parameter groups " resumed$mode.log || { echo "--resume lost --optimizer Adam"; exit 1; }

@@ -57,7 +57,13 @@ int main(int argc, char** argv) {
     app.add_flag("--sync-bn", o.sync_bn, "use SyncBatchNorm, only available in DDP mode: accepted, no effect (y5 "
                  "trains on one device, where train.py does not convert either)");
     app.add_flag("--noplots", o.noplots, "save no plot files (train_batch*.jpg, val_batch*.jpg, results.png)");
-    app.add_option("--cache", o.cache, "cache images in 'ram'")->expected(0, 1)->default_str("ram");
+    app.add_option("--cache", o.cache, "cache images in 'ram' (resized) or 'disk' (YOLOv5's .npy beside each image)")
+        ->expected(0, 1)->default_str("ram")->check(CLI::IsMember({"ram", "disk"}));
+    app.add_flag("--image-weights", o.image_weights, "use weighted image selection for training (class weights from "
+                 "the labels and the last validation's per-class mAP)");
+    app.add_flag("--quad", o.quad, "quad dataloader (collate_fn4: batch/4 images of twice --imgsz, loss x4)");
+    app.add_flag("--multi-scale", o.multi_scale, "vary img-size +/- 50% per batch (stride-rounded, bilinear resize); "
+                 "memory is planned for the largest");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");
     app.add_flag("--noval", o.noval, "only validate the final epoch");
     app.add_flag("--noautoanchor", o.noautoanchor, "disable AutoAnchor (the anchor fit check and k-means/genetic "

@@ -305,9 +305,6 @@ std::string evolve(const TrainOptions& opt_in, int generations) {
         keys = ck;
         std::printf("evolve: continuing %s (%zu generations)\n", csv.c_str(), c.rows.size());
     }
-    if (!opt.noautoanchor)
-        std::printf("evolve: 'anchors' (anchors per level) is evolved and recorded as train.py does; y5 trains with "
-                    "the --cfg's number of anchors (AutoAnchor refits their shapes)\n");
     Rng rng((uint64_t)std::time(nullptr), 0x65766f6c7665ULL);  // train.py seeds its mutation with the time too
 
     for (int gen = 0; gen < generations; ++gen) {

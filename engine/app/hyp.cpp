@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "kernels/check.h"
@@ -27,6 +28,7 @@ std::string Hyp::yaml() const {
         snprintf(line, sizeof line, "%s: %.10g\n", k, (*this)[k]);
         s += line;
     }
+    if (v.count("anchors")) s += "anchors: " + std::to_string((int)std::nearbyint(v.at("anchors"))) + "\n";
     return s;
 }
 
@@ -43,7 +45,7 @@ Hyp load_hyp(const std::string& path) {
     Hyp h;
     for (auto it = y.begin(); it != y.end(); ++it) {
         const std::string k = it->first.as<std::string>();
-        bool known = false;
+        bool known = k == "anchors";  // optional: train.py's hyp.get('anchors'), placeholder anchors per level
         for (const char* x : kKeys) known = known || k == x;
         known = known || k == "anchors";  // optional, as in YOLOv5's hyps (hyp_evolve.yaml has it); see y5train --evolve
         Y5_CHECK(known, "%s: line %d: unknown hyperparameter '%s'", path.c_str(), it->first.Mark().line + 1, k.c_str());
@@ -57,6 +59,9 @@ Hyp load_hyp(const std::string& path) {
     Y5_CHECK(h["fl_gamma"] == 0, "%s: fl_gamma %g: focal loss is not supported", path.c_str(), h["fl_gamma"]);
     Y5_CHECK(h["mixup"] == 0 && h["copy_paste"] == 0, "%s: mixup and copy_paste are not supported (set them to 0)",
              path.c_str());
+    if (h.v.count("anchors"))
+        Y5_CHECK(h["anchors"] >= 0 && h["anchors"] <= 100, "%s: anchors %g must be an anchor count per level (0: the "
+                 "model yaml's)", path.c_str(), h["anchors"]);
     return h;
 }
 

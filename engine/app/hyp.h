@@ -1,7 +1,7 @@
 /*
  * Training hyperparameters: a YOLOv5 hyp yaml (config/hyps/hyp.scratch-low.yaml). Every key YOLOv5 reads
- * is required (anchors, anchors per level, is optional and unused: y5 builds the --cfg's anchors); an unknown
- * key or a non-number is an error naming the file and line.
+ * is required; an unknown key or a non-number is an error naming the file and line. `anchors` (optional, as
+ * train.py's hyp.get('anchors')): that many placeholder anchors per level, refitted by AutoAnchor.
  */
 #pragma once
 #include <map>

@@ -190,9 +190,10 @@ StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute, int* val_chunk) {
-    const int val_side = imgsz + 32;
-    const StepMemory t = plan_training(m, measure_one_image(m, imgsz, imgsz, hyp, amp, recompute), batch);
+                          bool recompute, int train_side, int resize_from, int* val_chunk) {
+    const int val_side = imgsz + 32, side = train_side > 0 ? train_side : imgsz;
+    StepMemory t = plan_training(m, measure_one_image(m, side, side, hyp, amp, recompute), batch);
+    t.act += (size_t)batch * 3 * resize_from * resize_from * sizeof(float);  // the f32 batch before its resize
     const StepMemory one = measure_eval_image(m, val_side, val_side, hyp, amp, true);
     return plan_shared(t, plan_validation(m, t, one, val_side, val_batch, single_cls, val_chunk));
 }

@@ -72,8 +72,11 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 // the most images of a batch (at most val_batch, at least 1) whose evaluation fits in the training plan, so the
 // arenas grow for validation only when one image does not fit. amp: mixed precision for both, as train.py
 // validates with half=amp.
+// train_side > 0: the training forward's largest side when it is not imgsz (--quad: 2·imgsz; --multi-scale: its
+// largest size); resize_from > 0: the side of the loader's batch, kept in the activation arena while the step runs
+// on its resized copy (--multi-scale). Validation stays at imgsz.
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
-                          bool recompute = true, int* val_chunk = nullptr);
+                          bool recompute = true, int train_side = 0, int resize_from = 0, int* val_chunk = nullptr);
 
 // Validation's plan on training arenas t (plan_train_run's second half): one image's eval measure `one` at side ×
 // side scaled to the most images of a val_batch batch (at least 1) whose plan fits in t; *chunk receives that count.

@@ -48,6 +48,8 @@ public:
     int64_t updates = 0;         // optimizer steps so far (the EMA's update count)
     bool amp = false;            // mixed precision; the scaler's state goes into checkpoints
     bool recompute = true;       // Ctx::recompute: BatchNorm + activation outputs rebuilt in the backward
+    double loss_gain = 1;        // the backward's seed factor: 4 under --quad (train.py: loss *= 4.)
+    int resize_h = 0, resize_w = 0;  // --multi-scale: the batch resized (bilinear) to this before the forward; 0: as is
     GradScaler scaler;
     Optimizer optimizer;  // SGD unless set (train.cpp's --optimizer); its state goes into checkpoints
 

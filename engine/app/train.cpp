@@ -85,6 +85,7 @@ std::string results_row(int epoch, const std::vector<double>& vals) {
 struct TrainState {
     int64_t last_opt_step = -1;
     int accumulate = 1;
+    std::string maps;  // --image-weights: the last validation's per-class mAP50-95, comma-separated ("" otherwise)
 };
 
 void save_checkpoint(const std::string& path, const Model& live, const Model* ema, bool with_state, int epoch,
@@ -124,6 +125,7 @@ void save_checkpoint(const std::string& path, const Model& live, const Model* em
                                                {"names", names},
                                                {"last_opt_step", std::to_string(ts.last_opt_step)},
                                                {"accumulate", std::to_string(ts.accumulate)}};
+    if (!ts.maps.empty()) meta["maps"] = ts.maps;
     if (optim) meta["optimizer"] = optimizer_name(optim->kind);
     if (optim && optim->kind != OptimizerKind::SGD)  // torch's state['step'] per group, for the bias correction
         meta["adam_step"] = std::to_string(optim->steps[0]) + "," + std::to_string(optim->steps[1]) + "," +
@@ -185,6 +187,9 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["noplots"]) o.noplots = y["noplots"].as<bool>();
     if (y["sync_bn"]) o.sync_bn = y["sync_bn"].as<bool>();
     if (y["freeze"]) o.freeze = y["freeze"].as<std::vector<int>>();
+    if (y["image_weights"]) o.image_weights = y["image_weights"].as<bool>();
+    if (y["quad"]) o.quad = y["quad"].as<bool>();
+    if (y["multi_scale"]) o.multi_scale = y["multi_scale"].as<bool>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -222,7 +227,9 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     dctx.cuda = cuda;
     const bool amp = opt.amp < 0 ? dev == Device::CUDA : opt.amp == 1;
     Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
-    Y5_CHECK(opt.cache.empty() || opt.cache == "ram", "--cache %s: only 'ram' is supported", opt.cache.c_str());
+    Y5_CHECK(opt.cache.empty() || opt.cache == "ram" || opt.cache == "disk", "--cache %s: 'ram' or 'disk'",
+             opt.cache.c_str());
+    Y5_CHECK(!(opt.image_weights && opt.rect), "--image-weights with --rect: rect batches need the sorted order");
     const bool resuming = !opt.resume.empty();
     const std::string save_dir = resuming ? fs::path(opt.resume).parent_path().parent_path().string()
                                           : increment_path(opt.project + "/" + opt.name, opt.exist_ok);
@@ -248,7 +255,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
        << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
        << "\nrect: " << yn(opt.rect) << "\nnosave: " << yn(opt.nosave) << "\nnoval: " << yn(opt.noval)
-       << "\nnoautoanchor: " << yn(opt.noautoanchor)
+       << "\nnoautoanchor: " << yn(opt.noautoanchor) << "\nimage_weights: " << yn(opt.image_weights)
+       << "\nquad: " << yn(opt.quad) << "\nmulti_scale: " << yn(opt.multi_scale)
        << "\ncache: " << (opt.cache.empty() ? "null" : opt.cache) << "\ndevice: " << opt.device
        << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
        << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
@@ -290,6 +298,13 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
         ss << in.rdbuf();
         yaml = {opt.cfg, ss.str()};
     }
+    // hyp `anchors: N` (train.py's Model(..., anchors=hyp.get('anchors'))): N placeholder anchors per level, also on
+    // resume (the checkpoint's anchors are then loaded over them), fitted by AutoAnchor below.
+    const int hyp_anchors = hyp.v.count("anchors") ? (int)std::nearbyint(hyp["anchors"]) : 0;
+    if (hyp_anchors > 0) {
+        std::printf("Overriding model.yaml anchors with anchors=%d\n", hyp_anchors);
+        yaml.second = Model::override_anchors(yaml.first, yaml.second, hyp_anchors);
+    }
     Model model(yaml.first, yaml.second, nc), ema(yaml.first, yaml.second, nc);
     model.allocate(dev, DType::F32, cuda);
     ema.allocate(dev, DType::F32, cuda);
@@ -298,7 +313,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     // Fine-tuning: tensors transferred by name and shape, the anchors kept from --cfg when one is given (train.py's
     // exclude). A resumed run loads its own checkpoint below instead.
     if (!opt.weights.empty() && !resuming) {
-        const std::vector<std::string> exclude = opt.cfg.empty() ? std::vector<std::string>{} : std::vector<std::string>{"anchor"};
+        const bool keep_anchors = !opt.cfg.empty() || hyp_anchors > 0;  // train.py: exclude when cfg or hyp anchors
+        const std::vector<std::string> exclude = keep_anchors ? std::vector<std::string>{"anchor"} : std::vector<std::string>{};
         const Model::Transfer t = model.transfer_weights(opt.weights, exclude, cuda);
         std::printf("Transferred %d/%d items from %s\n", t.transferred, t.total, opt.weights.c_str());
     }
@@ -339,11 +355,13 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     tl.img_size = opt.imgsz, tl.batch_size = opt.batch_size, tl.workers = std::max(1, opt.workers);
     tl.pinned = dev == Device::CUDA;  // page-locked batches only for uploads to a GPU
     tl.augment = true, tl.rect = opt.rect, tl.shuffle = !opt.rect, tl.cache_ram = opt.cache == "ram";
+    tl.cache_disk = opt.cache == "disk", tl.quad = opt.quad;
     tl.hyp = ah, tl.seed = (uint64_t)opt.seed;
     if (opt.rect) tl.hyp.mosaic = 0;  // YOLOv5: rect training is incompatible with mosaic
     DataLoader train_loader(train_ds, tl);
     LoaderOptions vl = tl;
     vl.batch_size = opt.batch_size * 2, vl.augment = false, vl.rect = true, vl.shuffle = false, vl.pad = 0.5;
+    vl.quad = false;
     DataLoader val_loader(val_ds, vl);
     if (!train_loader.cache_message().empty()) std::printf("%s\n", train_loader.cache_message().c_str());
 
@@ -362,11 +380,17 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
                 optimizer_name(optimizer_kind), py_float(hyp["lr0"]).c_str(), groups_n[2], groups_n[1],
                 py_float(weight_decay).c_str(), groups_n[0]);
 
-    // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz, and validation's rect batches
-    // on the same arenas (idle between epochs).
+    // Arenas from the memory plan (engine/app/memory.h): training batches at imgsz (--quad: batch/4 at 2·imgsz), and
+    // validation's rect batches on the same arenas (idle between epochs).
+    // --multi-scale: the forward at up to its largest size, the loader's batch kept beside its resized copy.
     int val_chunk = 0;
-    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.batch_size, vl.batch_size, lh, amp, opt.single_cls,
-                                           opt.recompute, &val_chunk);
+    int gs = 32;  // train.py: max(int(model.stride.max()), 32)
+    for (float s : model.detect->stride) gs = std::max(gs, (int)s);
+    const int batch_side = opt.quad ? 2 * opt.imgsz : opt.imgsz;
+    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.quad ? std::max(1, opt.batch_size / 4) : opt.batch_size,
+                                           vl.batch_size, lh, amp, opt.single_cls, opt.recompute,
+                                           opt.multi_scale ? multi_scale_max(opt.imgsz, gs) : batch_side,
+                                           opt.multi_scale ? batch_side : 0, &val_chunk);
     check_fits(dev, {plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
     Workspace tw;
@@ -383,7 +407,16 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     TrainStep step(model, ema, lh);
     step.amp = amp;
     step.recompute = opt.recompute;
+    step.loss_gain = opt.quad ? 4.0 : 1.0;  // train.py: if opt.quad: loss *= 4.
     step.optimizer = std::move(optimizer);
+    // --image-weights: model.class_weights (labels_to_class_weights · nc, float32) and maps, the last validation's
+    // per-class mAP50-95 (zeros before the first; restored on resume, where train.py would restart from zeros).
+    std::vector<float> class_weights;
+    std::vector<double> maps(nc, 0.0);
+    if (opt.image_weights) {
+        class_weights = labels_to_class_weights(train_ds, nc);
+        for (float& w : class_weights) w *= (float)nc;
+    }
     std::printf("AMP: %s\n", amp ? "mixed precision (f16 activations, f32 weights, loss scaling from 65536)" : "off (f32)");
     const bool tty = isatty(fileno(stdout));
     double best_fitness = 0;
@@ -429,6 +462,11 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             std::printf("AMP: loss scale %g, %d steps since it last changed (from the checkpoint)\n",
                         (double)step.scaler.loss_scale(), (int)step.scaler.growth_tracker());
         }
+        if (opt.image_weights && ck.metadata().count("maps")) {
+            std::istringstream ms(ck.metadata().at("maps"));
+            std::string item;
+            for (int c = 0; c < nc && std::getline(ms, item, ','); ++c) maps[c] = std::stod(item);
+        }
         best_epoch = start_epoch - 1;
         Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
                  opt.epochs);
@@ -451,6 +489,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     bool prefetched = false;
     Batch b, vb;  // kept across epochs with the loaders' rings: their (pinned) memory is allocated once
     for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
+        if (opt.image_weights)  // train.py: cw = class_weights·(1 − maps)²/nc, iw per image, random.choices
+            train_loader.set_image_weights(labels_to_image_weights(train_ds, nc, epoch_class_weights(class_weights, maps, nc)));
         if (!prefetched) train_loader.start_epoch(epoch);
         prefetched = false;
         double mloss[3] = {0, 0, 0};
@@ -459,11 +499,19 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
         const auto t0 = std::chrono::steady_clock::now();
         std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
         for (int i = 0; i < nb && train_loader.next(b); ++i) {
-            if (i + 1 == nb && epoch + 1 < opt.epochs && epoch != stop_after) {  // the next epoch's data loads meanwhile
+            // the next epoch's data loads meanwhile (not under --image-weights: its weights need this epoch's mAPs)
+            if (i + 1 == nb && epoch + 1 < opt.epochs && epoch != stop_after && !opt.image_weights) {
                 train_loader.start_epoch(epoch + 1);
                 prefetched = true;
             }
+            if (b.n == 0) continue;  // --quad: a last batch of fewer than 4 images collates to none
             const int64_t ni = i + (int64_t)nb * epoch;
+            step.resize_h = step.resize_w = 0;
+            if (opt.multi_scale) {  // train.py's size rule; the draw from this batch's own stream
+                Rng ms(opt.seed, ((0xB0000000ull + (uint64_t)epoch) << 32) | (uint32_t)i);
+                const int sz = multi_scale_size(opt.imgsz, gs, (int)ms.randint((uint32_t)multi_scale_span(opt.imgsz, gs)));
+                multi_scale_shape(sz, b.h, b.w, gs, &step.resize_h, &step.resize_w);
+            }
             ScheduleState st = sched.at(ni, epoch, accumulate);
             accumulate = st.accumulate;
             SgdGroup groups[3];
@@ -489,7 +537,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
                 snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
                 std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
                             fmt_mem(tw.peak()).c_str(), mloss[0], mloss[1], mloss[2],
-                            (long long)b.num_targets(), b.w, i + 1, nb, rate, (nb - i - 1) / rate, tty ? "" : "\n");
+                            (long long)b.num_targets(), step.resize_w ? step.resize_w : b.w, i + 1, nb, rate,
+                            (nb - i - 1) / rate, tty ? "" : "\n");
                 std::fflush(stdout);
             }
         }
@@ -508,6 +557,13 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
             std::printf("%s", val_table(vr, names, false).c_str());
             if (results) *results = {vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1], vr.loss[2]};
+            // val.py's maps: the overall mAP50-95 for classes without labels, else the class's own
+            std::fill(maps.begin(), maps.end(), vr.map);
+            for (size_t k = 0; k < vr.per_class.classes.size(); ++k) {
+                double a = 0;
+                for (double x : vr.per_class.ap[k]) a += x;
+                if (vr.per_class.classes[k] < nc) maps[vr.per_class.classes[k]] = a / kIouThresholds;
+            }
         }
         const double fi = vr.fitness();
         if (fi >= best_fitness) best_fitness = fi, best_epoch = epoch;
@@ -515,7 +571,11 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             << results_row(epoch, {mloss[0], mloss[1], mloss[2], vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1],
                                    vr.loss[2], lr_logged[0], lr_logged[1], lr_logged[2]});
         if (!opt.nosave || (final_epoch && !opt.evolve)) {  // train.py: --evolve saves no checkpoint
-            const TrainState ts{step.last_opt_step, accumulate};
+            TrainState ts{step.last_opt_step, accumulate, ""};
+            if (opt.image_weights) {
+                char v[32];
+                for (double m : maps) snprintf(v, sizeof v, "%.17g", m), ts.maps += (ts.maps.empty() ? "" : ",") + std::string(v);
+            }
             const GradScaler* sc = amp ? &step.scaler : nullptr;
             const Optimizer* op = &step.optimizer;
             auto save = [&](const std::string& w) {

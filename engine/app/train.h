@@ -20,7 +20,13 @@ struct TrainOptions {
     std::string device = "cpu", project = "runs/train", name = "exp";
     bool exist_ok = false, cos_lr = false, rect = false, noval = false, nosave = false, single_cls = false;
     bool noautoanchor = false;  // skip AutoAnchor (engine/app/autoanchor.h) before the first epoch
-    std::string cache;  // "" or "ram"
+    std::string cache;  // "", "ram" (resized images in memory) or "disk" (YOLOv5's .npy beside each image)
+    // train.py's --image-weights (class-weighted sampling each epoch from the last validation's per-class mAP) and
+    // --quad (collate_fn4: batch/4 images of 2·imgsz, the loss ×4); engine/data/loader.h.
+    bool image_weights = false, quad = false;
+    // train.py's --multi-scale: each batch resized (bilinear) to a random size in [0.5, 1.5]·imgsz, stride-rounded;
+    // the memory is planned for the largest; validation stays at imgsz.
+    bool multi_scale = false;
     std::string resume;  // a last.safetensors to continue, or "latest" (the newest under runs/train); "" starts fresh
     double label_smoothing = 0.0;
     int seed = 0;

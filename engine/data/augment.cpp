@@ -6,6 +6,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "kernels/check.h"
+#include "kernels/image.h"
 
 namespace y5 {
 
@@ -25,6 +26,28 @@ cv::Mat load_resize(const cv::Mat& im, int img_size, bool augment) {
     cv::resize(im, out, cv::Size((int)std::ceil(w0 * r), (int)std::ceil(h0 * r)), 0, 0,
                (augment || r > 1) ? cv::INTER_LINEAR : cv::INTER_AREA);
     return out;
+}
+
+void resize_bilinear(const float* x, int c, int h, int w, float* y, int oh, int ow) {
+    images_resize_bilinear_cpu(y, x, c, h, w, oh, ow);
+}
+
+int multi_scale_span(int imgsz, int gs) { return (int)(imgsz * 1.5) + gs - (int)(imgsz * 0.5); }
+
+int multi_scale_size(int imgsz, int gs, int k) {
+    Y5_CHECK(k >= 0 && k < multi_scale_span(imgsz, gs), "multi_scale_size: draw %d outside [0, %d)", k,
+             multi_scale_span(imgsz, gs));
+    return ((int)(imgsz * 0.5) + k) / gs * gs;
+}
+
+int multi_scale_max(int imgsz, int gs) { return multi_scale_size(imgsz, gs, multi_scale_span(imgsz, gs) - 1); }
+
+bool multi_scale_shape(int sz, int h, int w, int gs, int* nh, int* nw) {
+    const double sf = (double)sz / std::max(h, w);  // Python's true division, in double
+    if (sf == 1) return false;
+    *nh = (int)std::ceil(h * sf / gs) * gs;
+    *nw = (int)std::ceil(w * sf / gs) * gs;
+    return true;
 }
 
 cv::Mat letterbox(const cv::Mat& im, int new_h, int new_w, LetterboxInfo* info, bool autopad, bool scale_fill,

@@ -8,6 +8,8 @@
  *                    114, boxes by their 4 corners, clipped, filtered by box_candidates
  *   augment_hsv      gains r = U(−1,1)·[h,s,v] + 1 applied through 256-entry LUTs in HSV
  *   mosaic           4 images around a random centre on a 2s canvas, then random_perspective to s
+ *   resize_bilinear  torch's F.interpolate(mode='bilinear', align_corners=False) of planar float images
+ *   multi_scale_*    train.py's --multi-scale size rule and the batch's new shape
  * The random draws come from an Rng; a "draws" hook records or replays them for parity tests.
  */
 #pragma once
@@ -46,6 +48,19 @@ private:
 };
 
 cv::Mat load_resize(const cv::Mat& im, int img_size, bool augment);
+
+// F.interpolate(x, size=(oh, ow) or scale_factor=oh/h, mode='bilinear', align_corners=False) of c planes (c, h, w)
+// → (c, oh, ow), as PyTorch's CPU kernel (upsample_bilinear2d); kernels/image.h's CPU reference.
+void resize_bilinear(const float* x, int c, int h, int w, float* y, int oh, int ow);
+
+// train.py's --multi-scale, per batch: sz = random.randrange(int(imgsz·0.5), int(imgsz·1.5) + gs) // gs · gs. The
+// draw is k in [0, multi_scale_span): sz = (int(imgsz·0.5) + k) // gs · gs. multi_scale_max: the largest sz.
+int multi_scale_span(int imgsz, int gs);
+int multi_scale_size(int imgsz, int gs, int k);
+int multi_scale_max(int imgsz, int gs);
+// The batch (h, w) resized for sz: sf = sz / max(h, w); when sf != 1 each side becomes ceil(side·sf/gs)·gs
+// (returns false, no resize, when sf == 1).
+bool multi_scale_shape(int sz, int h, int w, int gs, int* nh, int* nw);
 
 struct LetterboxInfo {
     double ratio_w = 1, ratio_h = 1, pad_w = 0, pad_h = 0;  // (dw, dh) as YOLOv5 returns them: half the padding

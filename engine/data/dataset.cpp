@@ -462,4 +462,41 @@ std::vector<int64_t> class_counts(const Dataset& d, int nc) {
     return c;
 }
 
+std::vector<float> labels_to_class_weights(const Dataset& d, int nc) {
+    std::vector<double> w(nc, 0.0);
+    for (const ImageRecord& r : d.records)
+        for (const LabelRow& l : r.labels) {
+            const int c = (int)l.cls;
+            Y5_CHECK(c >= 0 && c < nc, "%s: class %d is not below nc=%d", r.label.c_str(), c, nc);
+            w[c] += 1;
+        }
+    double sum = 0;
+    for (double& x : w) sum += x = 1.0 / (x == 0 ? 1.0 : x);
+    std::vector<float> out(nc);
+    for (int c = 0; c < nc; ++c) out[c] = (float)(w[c] / sum);
+    return out;
+}
+
+std::vector<double> labels_to_image_weights(const Dataset& d, int nc, const std::vector<double>& class_weights) {
+    Y5_CHECK((int)class_weights.size() == nc, "labels_to_image_weights: %zu class weights for nc=%d", class_weights.size(), nc);
+    std::vector<double> out;
+    std::vector<int64_t> count(nc);
+    for (const ImageRecord& r : d.records) {
+        std::fill(count.begin(), count.end(), 0);
+        for (const LabelRow& l : r.labels) count[(int)l.cls]++;
+        double s = 0;
+        for (int c = 0; c < nc; ++c) s += class_weights[c] * (double)count[c];
+        out.push_back(s);
+    }
+    return out;
+}
+
+std::vector<double> epoch_class_weights(const std::vector<float>& class_weights, const std::vector<double>& maps, int nc) {
+    Y5_CHECK((int)class_weights.size() == nc && (int)maps.size() == nc, "epoch_class_weights: sizes %zu, %zu for nc=%d",
+             class_weights.size(), maps.size(), nc);
+    std::vector<double> cw(nc);
+    for (int c = 0; c < nc; ++c) cw[c] = (double)class_weights[c] * ((1 - maps[c]) * (1 - maps[c])) / nc;
+    return cw;
+}
+
 }  // namespace y5

@@ -69,4 +69,13 @@ std::vector<std::string> check_classes(const Dataset& d, int nc);
 // Instances per class (size nc; classes ≥ nc are not counted).
 std::vector<int64_t> class_counts(const Dataset& d, int nc);
 
+// --image-weights, as YOLOv5's utils/general.py: labels_to_class_weights = 1/count per class (a class without labels
+// counts 1), normalised to sum 1, as float32 (torch.from_numpy(...).float()); labels_to_image_weights = per image
+// Σ_c class_weights[c] · (labels of class c in the image).
+std::vector<float> labels_to_class_weights(const Dataset& d, int nc);
+std::vector<double> labels_to_image_weights(const Dataset& d, int nc, const std::vector<double>& class_weights);
+// train.py's per-epoch class weights: model.class_weights (= labels_to_class_weights · nc in float32) · (1 − maps)² / nc,
+// maps being the last validation's per-class mAP50-95.
+std::vector<double> epoch_class_weights(const std::vector<float>& class_weights, const std::vector<double>& maps, int nc);
+
 }  // namespace y5

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <numeric>
+#include <unistd.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -48,6 +49,142 @@ int64_t mem_available_bytes() {
     return -1;
 }
 
+std::string npy_path_for(const std::string& image) {
+    const size_t slash = image.find_last_of('/'), dot = image.find_last_of('.');
+    const bool has_ext = dot != std::string::npos && (slash == std::string::npos || dot > slash + 1);
+    return (has_ext ? image.substr(0, dot) : image) + ".npy";
+}
+
+void write_npy_u8(const std::string& path, const cv::Mat& im) {
+    Y5_CHECK(im.type() == CV_8UC3 && im.isContinuous(), "%s: only continuous uint8 3-channel images are cached",
+             path.c_str());
+    // np.save's format 1.0 header: magic, version, little-endian u16 length, the dict padded with spaces and
+    // ended by '\n' so that the data starts at a multiple of 64 bytes.
+    std::string dict = "{'descr': '|u1', 'fortran_order': False, 'shape': (" + std::to_string(im.rows) + ", " +
+                       std::to_string(im.cols) + ", 3), }";
+    const size_t total = (10 + dict.size() + 1 + 63) / 64 * 64;
+    dict.append(total - 10 - dict.size() - 1, ' ');
+    dict += '\n';
+    std::string head = "\x93NUMPY";
+    head += (char)1, head += (char)0, head += (char)(dict.size() & 0xff), head += (char)(dict.size() >> 8);
+    const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary);
+        Y5_CHECK(out, "%s: cannot write the --cache disk file (is the dataset folder writable?)", tmp.c_str());
+        out << head << dict;
+        out.write(reinterpret_cast<const char*>(im.data), (std::streamsize)im.total() * 3);
+        Y5_CHECK(out.good(), "%s: write failed", tmp.c_str());
+    }
+    Y5_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "%s: cannot rename to %s", tmp.c_str(), path.c_str());
+}
+
+bool read_npy_u8(const std::string& path, cv::Mat* im, std::string* why, bool header_only) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) return *why = "cannot open", false;
+    const int64_t size = (int64_t)in.tellg();
+    in.seekg(0);
+    char pre[12] = {};
+    in.read(pre, 10);
+    if (!in || std::memcmp(pre, "\x93NUMPY", 6) != 0) return *why = "not a .npy file (bad magic)", false;
+    const int major = (unsigned char)pre[6];
+    size_t hlen = (unsigned char)pre[8] | ((unsigned char)pre[9] << 8), start = 10;
+    if (major == 2 || major == 3) {  // 4-byte header length
+        in.read(pre + 10, 2);
+        hlen |= ((size_t)(unsigned char)pre[10] << 16) | ((size_t)(unsigned char)pre[11] << 24);
+        start = 12;
+    } else if (major != 1) {
+        return *why = "unknown .npy format version " + std::to_string(major), false;
+    }
+    if ((int64_t)(start + hlen) > size) return *why = "header longer than the file", false;
+    std::string dict(hlen, '\0');
+    in.read(&dict[0], (std::streamsize)hlen);
+    dict.erase(dict.find_last_not_of(" \n") + 1);
+    auto value = [&](const std::string& key) {  // the text after 'key': up to the next top-level ','
+        const size_t k = dict.find("'" + key + "':");
+        if (k == std::string::npos) return std::string();
+        size_t b = k + key.size() + 3, depth = 0, e = b;
+        for (; e < dict.size() && (depth || (dict[e] != ',' && dict[e] != '}')); ++e)
+            depth += dict[e] == '(' ? 1 : dict[e] == ')' ? -1 : 0;
+        std::string v = dict.substr(b, e - b);
+        v.erase(0, v.find_first_not_of(' '));
+        return v;
+    };
+    if (value("descr") != "'|u1'") return *why = "dtype " + value("descr") + " is not '|u1' (uint8)", false;
+    if (value("fortran_order") != "False") return *why = "fortran_order is not False", false;
+    int h = 0, w = 0, c = 0;
+    char tail = 0;
+    if (std::sscanf(value("shape").c_str(), "(%d, %d, %d%c", &h, &w, &c, &tail) != 4 || tail != ')' || h <= 0 ||
+        w <= 0 || c != 3)
+        return *why = "shape " + value("shape") + " is not (h, w, 3)", false;
+    if (size != (int64_t)(start + hlen) + (int64_t)h * w * 3)
+        return *why = "file size " + std::to_string(size) + " does not match shape (" + std::to_string(h) + ", " +
+                      std::to_string(w) + ", 3)", false;
+    if (header_only) return true;
+    im->create(h, w, CV_8UC3);
+    in.read(reinterpret_cast<char*>(im->data), (std::streamsize)h * w * 3);
+    if (!in) return *why = "short read", false;
+    return true;
+}
+
+std::vector<int> weighted_choices(const std::vector<double>& w, int k, Rng& rng) {
+    std::vector<double> cum(w.size());
+    double total = 0;
+    for (size_t i = 0; i < w.size(); ++i) {
+        Y5_CHECK(w[i] >= 0 && std::isfinite(w[i]), "image weight %zu is %g (must be finite and >= 0)", i, w[i]);
+        cum[i] = total += w[i];
+    }
+    Y5_CHECK(!w.empty() && total > 0, "--image-weights: the image weights sum to 0 (no labels in the training set?)");
+    std::vector<int> out(k);
+    for (int j = 0; j < k; ++j) {
+        const double u = rng.uniform_double() * total;
+        out[j] = std::min((int)(std::upper_bound(cum.begin(), cum.end(), u) - cum.begin()), (int)w.size() - 1);
+    }
+    return out;
+}
+
+void collate_quad(const Batch& in, Batch& out, const std::vector<double>& r) {
+    const int m = in.n / 4, h = in.h, w = in.w, H = 2 * h, W = 2 * w;
+    Y5_CHECK((int)r.size() >= m, "collate_quad: %zu draws for %d images", r.size(), m);
+    out.n = m, out.h = H, out.w = W;
+    out.images.resize((size_t)m * 3 * H * W);
+    out.targets.clear();
+    out.indices.assign(in.indices.begin(), in.indices.begin() + std::min((int)in.indices.size(), m));  // path[:n]
+    out.shapes.assign(in.shapes.begin(), in.shapes.begin() + std::min((int)in.shapes.size(), m));
+    std::vector<float> plane((size_t)h * w), big((size_t)H * W);
+    const int64_t nt = in.num_targets();
+    for (int i = 0; i < m; ++i) {
+        uint8_t* dst = out.images.data() + (size_t)i * 3 * H * W;
+        const int k = 4 * i;
+        if (r[i] < 0.5) {  // image k upscaled: bilinear on floats, then .type(uint8) truncates
+            for (int c = 0; c < 3; ++c) {
+                const uint8_t* src = in.images.data() + ((size_t)k * 3 + c) * h * w;
+                for (size_t j = 0; j < plane.size(); ++j) plane[j] = src[j];
+                resize_bilinear(plane.data(), 1, h, w, big.data(), H, W);
+                for (size_t j = 0; j < big.size(); ++j) dst[(size_t)c * H * W + j] = (uint8_t)big[j];
+            }
+            for (int64_t t = 0; t < nt; ++t)
+                if ((int)in.targets[t * 6] == k)
+                    out.targets.insert(out.targets.end(), {(float)i, in.targets[t * 6 + 1], in.targets[t * 6 + 2],
+                                                           in.targets[t * 6 + 3], in.targets[t * 6 + 4], in.targets[t * 6 + 5]});
+        } else {  // cat((cat(k, k+1 on h), cat(k+2, k+3 on h)) on w): k+1 below k, k+2 right of k
+            for (int q = 0; q < 4; ++q) {
+                const int oy = (q & 1) * h, ox = (q >> 1) * w;
+                for (int c = 0; c < 3; ++c)
+                    for (int y = 0; y < h; ++y)
+                        std::memcpy(dst + ((size_t)c * H + oy + y) * W + ox,
+                                    in.images.data() + (((size_t)(k + q) * 3 + c) * h + y) * w, (size_t)w);
+                for (int64_t t = 0; t < nt; ++t)
+                    if ((int)in.targets[t * 6] == k + q) {
+                        const float* l = &in.targets[t * 6];
+                        const float dx = (float)(q >> 1), dy = (float)(q & 1);
+                        out.targets.insert(out.targets.end(), {(float)i, l[1], (l[2] + dx) * 0.5f, (l[3] + dy) * 0.5f,
+                                                               l[4] * 0.5f, l[5] * 0.5f});
+                    }
+            }
+        }
+    }
+}
+
 DataLoader::DataLoader(const Dataset& data, const LoaderOptions& opt) : data_(data), opt_(opt) {
     cv::setNumThreads(0);  // the workers are the parallelism; OpenCV's own pool would oversubscribe (as YOLOv5 does)
     Y5_CHECK(opt.img_size > 0 && opt.img_size % opt.stride == 0, "--imgsz %d must be a positive multiple of the stride %d",
@@ -61,6 +198,28 @@ DataLoader::DataLoader(const Dataset& data, const LoaderOptions& opt) : data_(da
         std::vector<std::array<int, 2>> wh(n);
         for (int i = 0; i < n; ++i) wh[i] = {data.records[i].width, data.records[i].height};
         rect_batches(wh, opt_.img_size, opt_.batch_size, opt_.stride, opt_.pad, &order_, &rect_shapes_);
+    }
+    if (opt_.cache_disk) {
+        // cache_images_to_disk: one .npy per image, written when missing (and here also when malformed).
+        double bytes = 0;
+        std::string warnings;
+        for (const ImageRecord& r : data.records) {
+            const std::string npy = npy_path_for(r.image);
+            std::string why;
+            cv::Mat unused;
+            const bool exists = access(npy.c_str(), F_OK) == 0;
+            if (!exists || !read_npy_u8(npy, &unused, &why, true)) {
+                if (exists) warnings += "WARNING: " + npy + ": " + why + "; re-made from " + r.image + "\n";
+                const cv::Mat im = cv::imread(r.image, cv::IMREAD_COLOR);
+                Y5_CHECK(!im.empty(), "%s: image could not be read for --cache disk", r.image.c_str());
+                write_npy_u8(npy, im);
+            }
+            std::ifstream f(npy, std::ios::binary | std::ios::ate);
+            bytes += (double)f.tellg();
+        }
+        char msg[96];
+        snprintf(msg, sizeof msg, "Caching images (%.1fGB disk)", bytes / (1 << 30));
+        cache_msg_ = warnings + msg;
     }
     if (opt_.cache_ram) {
         // YOLOv5 check_cache_ram: bytes of 30 sampled resized images, scaled to the dataset, × 1.1 margin.
@@ -93,7 +252,14 @@ DataLoader::~DataLoader() { stop_workers(); }
 cv::Mat DataLoader::load(int record, bool augment) const {
     if (!cache_.empty() && !cache_[record].empty()) return cache_[record];
     const std::string& path = data_.records[record].image;
-    cv::Mat im = cv::imread(path, cv::IMREAD_COLOR);
+    cv::Mat im;
+    if (opt_.cache_disk) {
+        std::string why;
+        Y5_CHECK(read_npy_u8(npy_path_for(path), &im, &why), "%s: %s (it was valid when the loader started)",
+                 npy_path_for(path).c_str(), why.c_str());
+        return load_resize(im, opt_.img_size, augment);
+    }
+    im = cv::imread(path, cv::IMREAD_COLOR);
     Y5_CHECK(!im.empty(), "%s: image could not be read (it was readable when the dataset was scanned)", path.c_str());
     return load_resize(im, opt_.img_size, augment);
 }
@@ -113,7 +279,10 @@ cv::Mat DataLoader::mosaic(int record, Draws& d, std::vector<Box>* boxes) const 
     const int yc = (int)d.uniform(-border, 2 * s + border), xc = (int)d.uniform(-border, 2 * s + border);
     const int n = (int)data_.records.size();
     std::vector<int> idx = {record};
-    for (int k = 0; k < 3; ++k) idx.push_back(std::min(n - 1, (int)(d.random() * n)));  // random.choices
+    for (int k = 0; k < 3; ++k) {  // random.choices(dataset.indices): the epoch's weighted list under --image-weights
+        const int j = std::min(n - 1, (int)(d.random() * n));
+        idx.push_back(image_weights_.empty() ? j : epoch_order_[j]);
+    }
     for (int i = 3; i > 0; --i) std::swap(idx[i], idx[std::min(i, (int)(d.random() * (i + 1)))]);  // random.shuffle
     cv::Mat canvas(2 * s, 2 * s, CV_8UC3, cv::Scalar(114, 114, 114));
     std::vector<Box> all;
@@ -219,6 +388,12 @@ void DataLoader::start_epoch(int epoch) {
     claim_ = 0;
     error_.clear();
     epoch_order_ = order_;
+    if (!image_weights_.empty()) {
+        Y5_CHECK(image_weights_.size() == order_.size(), "--image-weights: %zu weights for %zu images",
+                 image_weights_.size(), order_.size());
+        Rng rng(opt_.seed, 0xD0000000ull + (uint64_t)epoch);
+        epoch_order_ = weighted_choices(image_weights_, (int)order_.size(), rng);
+    }
     if (opt_.shuffle) {
         Rng rng(opt_.seed, 0xE0000000ull + (uint64_t)epoch);
         for (int i = (int)epoch_order_.size() - 1; i > 0; --i) std::swap(epoch_order_[i], epoch_order_[rng.randint(i + 1)]);
@@ -286,7 +461,16 @@ bool DataLoader::next(Batch& out) {
     Batch& B = *slots_[s];
     for (int k = 0; k < B.n; ++k)  // targets in sample order: (image in batch, class, x, y, w, h)
         for (const auto& l : slot_labels_[s][k]) B.targets.insert(B.targets.end(), {(float)k, l[0], l[1], l[2], l[3], l[4]});
-    std::swap(out, B);
+    if (opt_.quad) {  // collate_fn4, one draw per output image from this epoch's and batch's own stream
+        Rng rng(opt_.seed, ((0xC0000000ull + (uint64_t)epoch_) << 32) | (uint32_t)b);
+        std::vector<double> r(B.n / 4);
+        for (double& x : r) x = rng.uniform_double();
+        t_pin = opt_.pinned;
+        collate_quad(B, quad_, r);
+        std::swap(out, quad_);
+    } else {
+        std::swap(out, B);
+    }
     slot_batch_[s] = -1;
     ++next_batch_;
     cv_.notify_all();

@@ -7,6 +7,13 @@
  * Batch: images (n, 3, h, w) uint8 RGB; targets (nt, 6) rows (image in batch, class, x, y, w, h) normalised.
  * --cache ram: resized images kept in memory after checking that they fit (an estimate from 30 images × 1.1
  * against MemAvailable, as YOLOv5 checks).
+ * --cache disk: each image decoded at full size (cv::imread, BGR uint8 HWC) is kept as YOLOv5's `.npy` beside it
+ * (the image path with its extension replaced, as Path.with_suffix('.npy')), so y5 and YOLOv5 share the files;
+ * a missing one is written, a malformed one re-made from the image with a warning, and samples read them.
+ * --image-weights (train.py): each epoch's samples are random.choices(range(n), weights, k=n) before the shuffle,
+ * and mosaic's partners come from that list, as YOLOv5's dataset.indices.
+ * --quad (collate_fn4): each batch of 4m images becomes m images of twice the size: with probability 0.5 the
+ * first of four upscaled 2x (bilinear), else the 2x2 tile (k, k+2 / k+1, k+3) with its labels moved and halved.
  */
 #pragma once
 #include <array>
@@ -26,7 +33,7 @@ namespace y5 {
 
 struct LoaderOptions {
     int img_size = 640, batch_size = 16, workers = 4, stride = 32, prefetch = 0;  // prefetch 0: 2 per worker
-    bool augment = false, rect = false, shuffle = false, cache_ram = false;
+    bool augment = false, rect = false, shuffle = false, cache_ram = false, cache_disk = false, quad = false;
     double pad = 0.0;
     AugmentHyp hyp;
     uint64_t seed = 0;
@@ -60,6 +67,22 @@ struct Batch {
 // MemAvailable from /proc/meminfo in bytes (−1 if unknown).
 int64_t mem_available_bytes();
 
+// YOLOv5's --cache disk file for an image: Path(image).with_suffix('.npy').
+std::string npy_path_for(const std::string& image);
+// A uint8 HWC 3-channel image as NumPy's np.save writes it (format 1.0, '|u1', C order), atomically.
+void write_npy_u8(const std::string& path, const cv::Mat& im);
+// Reads such a file; false with the reason in *why when the header is not exactly that (dtype '|u1',
+// fortran_order False, shape (h, w, 3)) or the file's size does not match. header_only: checks without reading.
+bool read_npy_u8(const std::string& path, cv::Mat* im, std::string* why, bool header_only = false);
+
+// random.choices(range(n), weights=w, k): bisect on the cumulative weights of u·total (Python's algorithm; the
+// uniforms from rng). Every weight ≥ 0 and their sum > 0.
+std::vector<int> weighted_choices(const std::vector<double>& w, int k, Rng& rng);
+
+// collate_fn4 on a batch of n images (h, w): m = n/4 images (2h, 2w); r[i] < 0.5 upscales image 4i, else tiles
+// 4i..4i+3. r holds m draws (injectable for tests).
+void collate_quad(const Batch& in, Batch& out, const std::vector<double>& r);
+
 class DataLoader {
 public:
     DataLoader(const Dataset& data, const LoaderOptions& opt);
@@ -72,6 +95,8 @@ public:
     const std::vector<int>& order() const { return order_; }
     std::string cache_message() const { return cache_msg_; }
 
+    // --image-weights: per-record sampling weights for the following start_epoch calls (empty: every record once).
+    void set_image_weights(std::vector<double> w) { image_weights_ = std::move(w); }
     void start_epoch(int epoch);  // orders the samples and starts the workers
     bool next(Batch& b);          // batches in order; false after the last one of the epoch
 
@@ -93,6 +118,8 @@ private:
     std::vector<std::array<int, 2>> rect_shapes_;  // per batch (h, w)
     std::vector<cv::Mat> cache_;
     std::string cache_msg_;
+    std::vector<double> image_weights_;
+    Batch quad_;  // --quad: the collated batch, swapped with the consumer's (its memory reused)
 
     int epoch_ = 0, next_batch_ = 0;
     std::vector<int> epoch_order_;
