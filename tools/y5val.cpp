@@ -4,10 +4,13 @@
  *   y5val --data data.yaml --weights runs/train/exp/weights/best.safetensors [--imgsz 640] [--batch-size 32]
  *   y5val --data coco128.yaml --weights yolov5n.pt                   (a YOLOv5 checkpoint, read without Python)
  * Per-class rows as val.py prints them: with --verbose, or when the dataset has fewer than 50 classes (never for one).
+ * As val.py (plots=True) it writes into --project/--name (runs/val/exp, exp2, ...): confusion_matrix.png, PR_curve.png,
+ * F1_curve.png, P_curve.png, R_curve.png and val_batch{0,1,2}_{labels,pred}.jpg; --noplots (y5's) writes none.
  */
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 
 #include "engine/app/config.h"
 #include "engine/app/main.h"
@@ -22,10 +25,10 @@
 
 int main(int argc, char** argv) {
     CLI::App app{"y5val: mAP of a weights file (y5 .safetensors or YOLOv5 .pt) on a dataset (YOLOv5 val.py)"};
-    std::string data, weights, task = "val", device = "cpu";
+    std::string data, weights, task = "val", device = "cpu", project = "runs/val", name = "exp";
     int imgsz = 640, batch = 32, workers = 8, max_det = 300;
     float conf = 0.001f, iou = 0.6f;
-    bool single_cls = false, verbose = false, half = false;
+    bool single_cls = false, verbose = false, half = false, exist_ok = false, noplots = false;
     app.add_option("--data", data, "dataset yaml")->required();
     app.add_option("--weights", weights, "weights: y5train's .safetensors or a YOLOv5 .pt (yolov5n.pt, best.pt)")->required()->check(CLI::ExistingFile);
     app.add_option("--imgsz,--img-size,--img", imgsz, "inference size (pixels)")->capture_default_str();
@@ -39,6 +42,10 @@ int main(int argc, char** argv) {
     app.add_flag("--single-cls", single_cls, "treat as single-class dataset");
     app.add_flag("--verbose", verbose, "report mAP by class (always when nc < 50)");
     app.add_flag("--half", half, "FP16 half-precision inference (f16 activations, as y5train --amp; also on the CPU)");
+    app.add_option("--project", project, "save to project/name")->capture_default_str();
+    app.add_option("--name", name, "save to project/name")->capture_default_str();
+    app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
+    app.add_flag("--noplots", noplots, "write no figures and no project/name folder");
     CLI11_PARSE(app, argc, argv);
     try {
         const int dev_index = y5::parse_device(device);
@@ -62,6 +69,17 @@ int main(int argc, char** argv) {
         // imgsz + 32, with the GPU NMS's scratch; measured on the fused model that runs.
         y5::ValOptions vo;
         vo.conf_thres = conf, vo.iou_thres = iou, vo.max_det = max_det, vo.single_cls = single_cls;
+        // The model's class names when its file has them, as val.py's model.names; else the data yaml's.
+        const bool own = !single_cls && model->class_names.size() == (size_t)model->nc;
+        const std::vector<std::string>& names = own ? model->class_names : cfg.names;
+        std::string save_dir;  // val.py's increment_path(project / name)
+        if (!noplots) {
+            namespace fs = std::filesystem;
+            save_dir = project + "/" + name;
+            for (int n = 2; !exist_ok && fs::exists(save_dir); ++n) save_dir = project + "/" + name + std::to_string(n);
+            fs::create_directories(save_dir);
+            vo.plot_dir = save_dir, vo.names = &names;
+        }
         model->fuse();  // as val.py's DetectMultiBackend(fuse=True)
         const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_eval_image(*model, imgsz + 32, imgsz + 32, lh, half, true),
                                                        batch, y5::val_nms_scratch_bytes(*model, imgsz + 32, batch, vo));
@@ -74,13 +92,12 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         y5::ValResult r = y5::validate(*model, loader, c, lh, vo);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        // The model's class names when its file has them, as val.py's model.names; else the data yaml's.
-        const bool own = !single_cls && model->class_names.size() == (size_t)model->nc;
         const int nc = single_cls ? 1 : cfg.nc;  // val.py: nc = 1 if single_cls else data['nc']
-        std::printf("%s", y5::val_table(r, own ? model->class_names : cfg.names,
+        std::printf("%s", y5::val_table(r, names,
                                         y5::val_per_class_rows(verbose, nc, false)).c_str());
         std::printf("Speed: %.1fms per image (load, inference, NMS, metrics) at batch %d, %s\n", 1000 * s / std::max(r.images, 1),
                     batch, model->name.c_str());
+        if (!noplots) std::printf("Results saved to %s\n", save_dir.c_str());
         return 0;
     } catch (...) {
         return y5::error_exit("y5val");

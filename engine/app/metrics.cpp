@@ -87,8 +87,9 @@ static std::vector<double> linspace(double a, double b, int n) {
     return v;
 }
 
-// utils/metrics.py compute_ap, method 'interp'
-double compute_ap(const std::vector<double>& recall, const std::vector<double>& precision) {
+// utils/metrics.py compute_ap, method 'interp'; with py: np.interp(px, mrec, mpre) for the PR curve.
+static double compute_ap(const std::vector<double>& recall, const std::vector<double>& precision, const std::vector<double>* px,
+                         std::vector<double>* py) {
     std::vector<double> mrec = {0.0}, mpre = {1.0};
     mrec.insert(mrec.end(), recall.begin(), recall.end());
     mpre.insert(mpre.end(), precision.begin(), precision.end());
@@ -100,11 +101,19 @@ double compute_ap(const std::vector<double>& recall, const std::vector<double>& 
     for (size_t i = 0; i < x.size(); ++i) y[i] = interp(x[i], mrec, mpre, mpre.front(), mpre.back());
     double ap = 0;
     for (size_t i = 0; i + 1 < x.size(); ++i) ap += (x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2.0;  // np.trapz
+    if (px) {
+        py->resize(px->size());
+        for (size_t i = 0; i < px->size(); ++i) (*py)[i] = interp((*px)[i], mrec, mpre, mpre.front(), mpre.back());
+    }
     return ap;
 }
 
+double compute_ap(const std::vector<double>& recall, const std::vector<double>& precision) {
+    return compute_ap(recall, precision, nullptr, nullptr);
+}
+
 // utils/metrics.py smooth(y, f): box filter of odd length with edge padding.
-static std::vector<double> smooth(const std::vector<double>& y, double f) {
+std::vector<double> box_smooth(const std::vector<double>& y, double f) {
     const int nf = (int)std::nearbyint(y.size() * f * 2) / 2 + 1;
     std::vector<double> yp(nf / 2, y.front());
     yp.insert(yp.end(), y.begin(), y.end());
@@ -133,6 +142,7 @@ ApResult ap_per_class(const std::vector<std::array<bool, kIouThresholds>>& tp, c
     const std::vector<double> px = linspace(0, 1, 1000);
     std::vector<std::vector<double>> P(nc, std::vector<double>(1000, 0.0)), Rc(nc, std::vector<double>(1000, 0.0));
     R.ap.assign(nc, {});
+    R.pr_curve.assign(nc, {});
     for (auto& a : R.ap) a.fill(0.0);
     int ci = 0;
     for (const auto& kv : counts) {
@@ -160,7 +170,8 @@ ApResult ap_per_class(const std::vector<std::array<bool, kIouThresholds>>& tp, c
                 Rc[ci][i] = interp(-px[i], negconf, recall[0], 0.0, recall[0].back());
                 P[ci][i] = interp(-px[i], negconf, precision[0], 1.0, precision[0].back());
             }
-            for (int t = 0; t < kIouThresholds; ++t) R.ap[ci][t] = compute_ap(recall[t], precision[t]);
+            for (int t = 0; t < kIouThresholds; ++t)
+                R.ap[ci][t] = compute_ap(recall[t], precision[t], t == 0 ? &px : nullptr, &R.pr_curve[ci]);
         }
         ++ci;
     }
@@ -172,7 +183,8 @@ ApResult ap_per_class(const std::vector<std::array<bool, kIouThresholds>>& tp, c
             f1_mean[i] += F1[c][i];
         }
     for (double& v : f1_mean) v /= nc;
-    const std::vector<double> sm = smooth(f1_mean, 0.1);
+    R.px = px, R.p_curve = P, R.r_curve = Rc, R.f1_curve = F1;
+    const std::vector<double> sm = box_smooth(f1_mean, 0.1);
     const int best = (int)(std::max_element(sm.begin(), sm.end()) - sm.begin());
     ci = 0;
     for (const auto& kv : counts) {
@@ -194,6 +206,27 @@ ApResult ap_per_class(const std::vector<std::array<bool, kIouThresholds>>& tp, c
         R.map += m / kIouThresholds / nc;
     }
     return R;
+}
+
+// scipy.ndimage.gaussian_filter1d: weights exp(-x²/2σ²) normalised over |x| ≤ radius = int(4σ + 0.5), correlated
+// with the input extended by 'reflect' (d c b a | a b c d | d c b a), repeated for inputs shorter than the radius.
+std::vector<double> gaussian_filter1d(const std::vector<double>& y, double sigma) {
+    const int n = (int)y.size(), radius = (int)(4.0 * sigma + 0.5);
+    std::vector<double> w(2 * radius + 1);
+    double sum = 0;
+    for (int k = -radius; k <= radius; ++k) sum += w[k + radius] = std::exp(-0.5 / (sigma * sigma) * k * k);
+    for (double& v : w) v /= sum;
+    std::vector<double> out(n);
+    for (int i = 0; i < n; ++i) {
+        double s = 0;
+        for (int k = -radius; k <= radius; ++k) {
+            int j = ((i + k) % (2 * n) + 2 * n) % (2 * n);  // period 2n of the reflected extension
+            if (j >= n) j = 2 * n - 1 - j;
+            s += w[k + radius] * y[j];
+        }
+        out[i] = s;
+    }
+    return out;
 }
 
 // utils/metrics.py ConfusionMatrix

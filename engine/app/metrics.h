@@ -37,11 +37,21 @@ struct ApResult {
     std::vector<double> tp, fp, p, r, f1;                  // per class, at the best mean-F1 confidence
     std::vector<std::array<double, kIouThresholds>> ap;    // per class, per threshold
     double mp = 0, mr = 0, map50 = 0, map = 0;             // means over classes
+    // Curves for the figures (YOLOv5's plot=True), over px = linspace(0, 1, 1000): per class P, R and F1 against
+    // the confidence px, and the precision at recall px (IoU 0.5; empty for a class without predictions).
+    std::vector<double> px;
+    std::vector<std::vector<double>> p_curve, r_curve, f1_curve, pr_curve;
 };
 
 // tp (n, 10), conf, pred_cls for every detection of the run; target_cls for every label.
 ApResult ap_per_class(const std::vector<std::array<bool, kIouThresholds>>& tp, const std::vector<double>& conf,
                       const std::vector<int>& pred_cls, const std::vector<int>& target_cls);
+
+// utils/metrics.py smooth(y, f): a box filter of odd length round(n·f·2)/2·2 + 1 with edge padding.
+std::vector<double> box_smooth(const std::vector<double>& y, double f);
+
+// scipy.ndimage.gaussian_filter1d(y, sigma, mode='reflect', truncate=4.0): plot_results' smoothed line.
+std::vector<double> gaussian_filter1d(const std::vector<double>& y, double sigma);
 
 // compute_ap: the 101-point interpolated area under the precision envelope.
 double compute_ap(const std::vector<double>& recall, const std::vector<double>& precision);

@@ -337,6 +337,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     // AutoAnchor as train.py runs it (not on resume: the checkpoint holds the anchors); before the EMA copy, so
     // the EMA, the checkpoints and the loss (TrainStep reads the anchors once) all have the evolved anchors.
     if (!resuming && !opt.noautoanchor) check_anchors(train_ds, model, hyp["anchor_t"], opt.imgsz, (uint64_t)opt.seed);
+    if (!resuming && !opt.noplots) plot_labels(train_ds, names, save_dir);  // train.py's on_pretrain_routine_end
     copy(dctx, ema.params.values_flat(), model.params.values_flat());
     const int nl = model.detect->nl;
     LossHyp lh;

@@ -75,6 +75,9 @@ size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptio
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o, ConfusionMatrix* cm,
                    Batch* batch) {
     ValResult R;
+    // val.py with plots=True draws the confusion matrix even when the caller keeps none.
+    ConfusionMatrix own_cm(o.single_cls ? 1 : m.nc);
+    if (!cm && !o.plot_dir.empty()) cm = &own_cm;
     std::vector<std::array<bool, kIouThresholds>> tp;
     std::vector<double> conf;
     std::vector<int> pcls, tcls;
@@ -204,6 +207,11 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
     if (any) {
         R.per_class = ap_per_class(tp, conf, pcls, tcls);
         R.mp = R.per_class.mp, R.mr = R.per_class.mr, R.map50 = R.per_class.map50, R.map = R.per_class.map;
+    }
+    if (!o.plot_dir.empty()) {  // val.py's plots: the curves (only when ap_per_class ran) and the confusion matrix
+        static const std::vector<std::string> none;
+        if (any) plot_val_curves(R.per_class, o.names ? *o.names : none, o.plot_dir);
+        plot_confusion_matrix(*cm, o.names ? *o.names : none, o.plot_dir);
     }
     int maxc = 0;
     for (int cl : tcls) maxc = std::max(maxc, cl + 1);

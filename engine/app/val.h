@@ -40,7 +40,8 @@ struct ValOptions {
     float conf_thres = 0.001f, iou_thres = 0.6f;
     int max_det = 300;
     bool single_cls = false;
-    std::string plot_dir;                        // if set: val_batch{0,1,2}_{labels,pred}.jpg go there
+    std::string plot_dir;                        // if set (val.py's plots): val_batch{0,1,2}_{labels,pred}.jpg,
+                                                 // confusion_matrix.png and PR/F1/P/R_curve.png go there
     const std::vector<std::string>* names = nullptr;
     // Images per forward (0: the whole batch). A batch runs as chunks of this many images with the batch's shape
     // (eval-mode forwards are per image, the loss items are combined from the chunks' level sums), so the
