@@ -109,6 +109,18 @@ grep -q -- "--data nope.yaml: no such file, nor config/data/nope[.]yaml" err.log
 grep -q -- "--no-deterministic" help.log && grep -q -- "--workspace" help.log || { echo "--help lacks the cuDNN flags"; cat help.log; exit 1; }
 grep -q -- "--optimizer" help.log && grep -q -- "--noplots" help.log && grep -q -- "--sync-bn.*no effect" help.log ||
   { echo "--help lacks --optimizer, --noplots or --sync-bn"; cat help.log; exit 1; }
+# train.py v7.0's flags but the logging services' are all taken: each name in --help.
+for f in --weights --cfg --data --hyp --epochs --batch-size --imgsz --img-size --rect --resume --nosave --noval \
+         --noautoanchor --noplots --evolve --bucket --cache --image-weights --device --multi-scale --single-cls \
+         --optimizer --sync-bn --workers --project --name --exist-ok --quad --cos-lr --label-smoothing --patience \
+         --freeze --save-period --seed --local_rank; do
+  grep -q -- "$f" help.log || { echo "--help lacks train.py's $f"; exit 1; }
+done
+# DDP's --local_rank takes only -1 and --bucket only '' (one device; no Google Cloud SDK): other values refused.
+if "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --local_rank 0 2> lr.err; then exit 1; fi
+grep -q -- "--local_rank: Value 0 not in range -1 to -1" lr.err || { cat lr.err; exit 1; }
+if "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --bucket b 2> bk.err; then exit 1; fi
+grep -q -- "--bucket: gsutil buckets are not supported" bk.err || { cat bk.err; exit 1; }
 grep -q "^deterministic: true" $run/opt.yaml && grep -q "^workspace: 256" $run/opt.yaml || { echo "opt.yaml lacks the cuDNN flags"; cat $run/opt.yaml; exit 1; }
 if "$build/y5train" --data synth/data.yaml --cfg "$src/config/models/yolov5n.yaml" --workspace -1 2> ws.err; then exit 1; fi
 grep -q -- "--workspace: Value -1 not in range" ws.err || { cat ws.err; exit 1; }

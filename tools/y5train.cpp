@@ -56,6 +56,13 @@ int main(int argc, char** argv) {
         ->capture_default_str()->check(CLI::IsMember({"SGD", "Adam", "AdamW"}));
     app.add_flag("--sync-bn", o.sync_bn, "use SyncBatchNorm, only available in DDP mode: accepted, no effect (y5 "
                  "trains on one device, where train.py does not convert either)");
+    int local_rank = -1;
+    app.add_option("--local_rank", local_rank, "DDP process rank, as train.py: only -1 (one process; y5 trains on one "
+                   "device)")->capture_default_str()->check(CLI::Range(-1, -1));
+    std::string bucket;
+    app.add_option("--bucket", bucket, "gsutil bucket train.py's --evolve syncs evolve.csv with: not supported (no "
+                   "Google Cloud SDK in y5; copy evolve.csv into the run folder and continue with --exist-ok)")
+        ->check([](const std::string& b) { return b.empty() ? std::string() : "gsutil buckets are not supported"; });
     app.add_flag("--noplots", o.noplots, "save no plot files (train_batch*.jpg, val_batch*.jpg, results.png)");
     app.add_option("--cache", o.cache, "cache images in 'ram' (resized) or 'disk' (YOLOv5's .npy beside each image)")
         ->expected(0, 1)->default_str("ram")->check(CLI::IsMember({"ram", "disk"}));
