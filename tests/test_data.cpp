@@ -2,6 +2,9 @@
  * Datasets: data.yaml rules, the coco128 scan YOLOv5 reports, the synthetic dataset, the label cache, and a
  * corpus of bad inputs with the message or warning each one gets.
  */
+#include <zip.h>
+
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -254,4 +257,68 @@ TEST_CASE("the loader's batch memory is allocated in the first epoch only, and p
         CHECK(after[1] <= 4 + 1);
         CHECK(after[2] == after[1]);
     }
+}
+
+// A data yaml's download: as check_dataset runs it when its sources are missing: the .zip fetched (a file:// URL
+// through libcurl, as an https one would be), unzipped into the datasets folder (path's parent) and removed; the
+// dataset then scans. A zip with an entry that climbs out of the folder, a missing URL and a download script are
+// one-line errors, and nothing is left behind.
+TEST_CASE("a data yaml's download: fetches and unzips a missing dataset", "[data][download]") {
+    const std::string dir = fresh_dir("download");
+    std::vector<fs::path> imgs;
+    for (const auto& e : fs::directory_iterator(kShared + "/data/coco128/images/train2017")) imgs.push_back(e.path());
+    std::sort(imgs.begin(), imgs.end());
+    auto make_zip = [&](const std::string& zpath, const std::vector<std::pair<std::string, std::string>>& files) {
+        int err = 0;
+        zip_t* z = zip_open(zpath.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+        REQUIRE(z);
+        std::vector<std::string> keep;
+        keep.reserve(files.size());
+        for (const auto& [name, src] : files) {
+            std::ifstream f(src, std::ios::binary);
+            keep.emplace_back((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+            zip_source_t* s = zip_source_buffer(z, keep.back().data(), keep.back().size(), 0);
+            REQUIRE(zip_file_add(z, name.c_str(), s, ZIP_FL_OVERWRITE) >= 0);
+        }
+        REQUIRE(zip_close(z) == 0);
+    };
+    std::vector<std::pair<std::string, std::string>> files;
+    for (int i = 0; i < 4; ++i) {
+        files.push_back({"tiny/images/train/" + imgs[i].filename().string(), imgs[i].string()});
+        const fs::path lab = fs::path(kShared + "/data/coco128/labels/train2017") / (imgs[i].stem().string() + ".txt");
+        if (fs::exists(lab)) files.push_back({"tiny/labels/train/" + lab.filename().string(), lab.string()});
+    }
+    make_zip(dir + "/tiny.zip", files);
+    auto yaml = [&](const std::string& name, const std::string& download) {
+        const std::string p = dir + "/" + name + ".yaml";
+        write(p, "path: " + dir + "/datasets/tiny\ntrain: images/train\nval: images/train\nnames: [" +
+                     std::string("a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x, y, z, ") +
+                     "aa, ab, ac, ad, ae, af, ag, ah, ai, aj, ak, al, am, an, ao, ap, aq, ar, as, at, au, av, aw, ax, "
+                     "ay, az, ba, bb, bc, bd, be, bf, bg, bh, bi, bj, bk, bl, bm, bn, bo, bp, bq, br, bs, bt, bu, bv, "
+                     "bw, bx, by, bz, ca, cb]\ndownload: " + download + "\n");
+        return p;
+    };
+    const DataConfig cfg = load_data_yaml(yaml("tiny", "file://" + dir + "/tiny.zip"));
+    CHECK(fs::is_directory(dir + "/datasets/tiny/images/train"));
+    CHECK(!fs::exists(dir + "/datasets/tiny.zip"));  // removed once unzipped
+    CHECK(cfg.root == fs::weakly_canonical(dir + "/datasets/tiny").string());
+    Dataset d = scan_dataset(cfg.splits.at("train"));
+    CHECK(d.records.size() == 4);
+    // Present now: a second load does not download again (the zip is gone, so it would fail).
+    fs::remove(dir + "/tiny.zip");
+    CHECK_NOTHROW(load_data_yaml(yaml("tiny", "file://" + dir + "/tiny.zip")));
+
+    fs::remove_all(dir + "/datasets");
+    CHECK_THROWS_WITH(load_data_yaml(yaml("gone", "file://" + dir + "/nope.zip")),
+                      Catch::Contains("download of file://" + dir + "/nope.zip failed"));
+    CHECK(!fs::exists(dir + "/datasets/nope.zip"));
+    CHECK(!fs::exists(dir + "/datasets/nope.zip.part"));
+    CHECK_THROWS_WITH(load_data_yaml(yaml("script", "bash data/scripts/get_coco.sh")),
+                      Catch::Contains("y5 runs no download scripts"));
+    make_zip(dir + "/evil.zip", {{"tiny/images/train/a.jpg", imgs[0].string()}, {"../../escaped.txt", imgs[0].string()}});
+    CHECK_THROWS_WITH(load_data_yaml(yaml("evil", "file://" + dir + "/evil.zip")),
+                      Catch::Contains("entry '../../escaped.txt' would be written outside"));
+    CHECK(!fs::exists(dir + "/escaped.txt"));
+    CHECK(!fs::exists(dir + "/datasets/tiny/images/train/a.jpg"));  // nothing written before the names were checked
+    CHECK(!fs::exists(dir + "/datasets/evil.zip"));
 }

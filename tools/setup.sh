@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what y5 needs to build on Debian (12 or newer), skipping what is already there:
 # a C++17 compiler, CMake, OpenBLAS, OpenCV, yaml-cpp, Catch2, nlohmann-json, CLI11, libzip (PyTorch .pt
-# checkpoints), ONNX and protobuf (y5export), PLplot with its cairo driver (the figures), and Boost.Context (the fibers of the emulated CUDA device, tests/cudaemu). The CUDA toolkit and cuDNN are not
+# checkpoints), libcurl (a data yaml's download:), ONNX and protobuf (y5export), PLplot with its cairo driver (the figures), and Boost.Context (the fibers of the emulated CUDA device, tests/cudaemu). The CUDA toolkit and cuDNN are not
 # Debian packages here: when nvcc is on PATH (or in /usr/local/cuda/bin) the CUDA backend is built
 # too, otherwise y5 builds CPU-only.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config libopenblas-dev libopencv-dev libyaml-cpp-dev catch2 nlohmann-json3-dev libcli11-dev libboost-context-dev libzip-dev libonnx-dev libprotobuf-dev libplplot-dev plplot-driver-cairo)
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopencv-dev libyaml-cpp-dev catch2 nlohmann-json3-dev libcli11-dev libboost-context-dev libzip-dev libcurl4-openssl-dev libonnx-dev libprotobuf-dev libplplot-dev plplot-driver-cairo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

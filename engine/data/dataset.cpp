@@ -16,6 +16,7 @@
 
 #include "kernels/check.h"
 #include "engine/core/threadpool.h"
+#include "engine/data/download.h"
 
 namespace fs = std::filesystem;
 
@@ -100,7 +101,7 @@ DataConfig load_data_yaml(const std::string& path) {
     // (y5's reading, so `path: .` beside the images works from anywhere); root_note says which. No `path:`:
     // the yaml's folder.
     const fs::path yaml_dir = fs::absolute(path).parent_path();
-    fs::path root = yaml_dir;
+    fs::path root = yaml_dir, download_root = yaml_dir;  // download_root: where a download's folder must appear
     if (y["path"] && !y["path"].IsNull()) {
         const std::string text = y["path"].as<std::string>();
         const fs::path p = text;
@@ -115,6 +116,7 @@ DataConfig load_data_yaml(const std::string& path) {
                 return true;
             };
             const fs::path cwd_root = fs::absolute(p), yaml_root = yaml_dir / p;
+            download_root = cwd_root;
             const bool in_cwd = has_sources(cwd_root), in_yaml = has_sources(yaml_root);
             root = in_cwd ? cwd_root : yaml_root;
             d.root_note = "data: path '" + text + "' is " + fs::weakly_canonical(root).string() +
@@ -123,6 +125,22 @@ DataConfig load_data_yaml(const std::string& path) {
                                      : ", relative to the yaml's folder (its train/val are not there nor under the "
                                        "working directory)");
         }
+    }
+    if (y["path"] && !y["path"].IsNull() && fs::path(y["path"].as<std::string>()).is_absolute()) download_root = root;
+    // Missing val sources (check_dataset looks at val only) and a `download:` URL: check_dataset's download into the
+    // datasets folder (the parent of `path`, read as YOLOv5 reads it), then the sources are looked for there.
+    std::vector<std::string> missing;
+    for (const char* k : {"val"})
+        for (const std::string& s : d.splits[k])
+            if (!fs::exists(fs::path(s).is_absolute() ? fs::path(s) : root / s)) missing.push_back((root / s).string());
+    if (!missing.empty() && y["download"] && y["download"].IsScalar()) {
+        std::string list;
+        for (const std::string& m : missing) list += (list.empty() ? "'" : ", '") + m + "'";
+        std::printf("\nDataset not found ⚠️, missing paths [%s]\n", list.c_str());
+        download_dataset(path, y["download"].as<std::string>(), download_root.parent_path().string());
+        root = download_root;
+        d.root_note = "data: path is " + fs::weakly_canonical(root).string() + ", downloaded from " +
+                      y["download"].as<std::string>();
     }
     d.root = fs::weakly_canonical(root).string();
     for (auto& [k, src] : d.splits)
