@@ -19,9 +19,10 @@ cases=0; failed=0; skipped=0
 expect() {
   local name="$1" want="$2" pat="$3"; shift 4
   cases=$((cases + 1))
-  "$@" > "$name.out" 2> "$name.err"
+  timeout 120 "$@" > "$name.out" 2> "$name.err"
   local rc=$? why=""
-  if [ $rc -ge 128 ]; then why="killed by a signal (exit $rc)"
+  if [ $rc -eq 124 ]; then why="still running after 120 s"
+  elif [ $rc -ge 128 ]; then why="killed by a signal (exit $rc)"
   elif [ "$want" = ok ] && [ $rc -ne 0 ]; then why="exit $rc, expected 0"
   elif [ "$want" = err ] && [ $rc -ne 1 ] && [ $rc -ne 2 ]; then why="exit $rc, expected 1 or 2"
   elif [ "$want" = err ] && ! grep -qE "^y5[a-z]*: error: .*${pat}" "$name.err"; then why="no 'y5x: error: ...$pat' line"
@@ -267,7 +268,7 @@ expect flag_workers_huge ok "1 epochs completed" -- \
 grep -q "^workers: [1-4]$" runs/train/workers/opt.yaml || { echo "FAIL flag_workers_huge: --workers not capped"; failed=$((failed + 1)); }
 expect flag_device err "device" -- "$build/y5val" --data base/data.yaml --weights $best --device 99
 expect flag_label_smoothing err "--label-smoothing 2: must be in \[0, 1\)" -- \
-  "$build/y5train" --data base/data.yaml --cfg "$cfg" --label-smoothing 2
+  "$build/y5train" --data base/data.yaml --cfg "$cfg" "${small[@]}" --epochs 1 --label-smoothing 2
 # --patience 0 disables early stopping (train.py's EarlyStopping: patience or inf), it does not stop at once.
 expect flag_patience_zero ok "2 epochs completed" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp "$hyp" \
   --imgsz 64 --epochs 2 --batch-size 4 --workers 1 --noplots --noautoanchor --noval --patience 0 --name patience
@@ -290,6 +291,8 @@ expect resume_copied ok "Results saved to runs/train/moved" -- "$build/y5train" 
 odd="we:ird #name 'q\" [x]"
 Y5_STOP_AFTER_EPOCH=0 "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp "$hyp" "${small[@]}" --epochs 2 --name "$odd" > /dev/null
 expect resume_odd_name ok "Results saved to runs/train/we:ird #name" -- "$build/y5train" --resume "runs/train/$odd/weights/last.safetensors"
+[ "$(ls runs/train | grep -c '^we:ird')" -eq 1 ] && [ "$(wc -l < "runs/train/$odd/results.csv")" -eq 3 ] ||
+  { echo "FAIL resume_odd_name: the stored name did not round-trip"; failed=$((failed + 1)); }
 head -c 3000 /dev/urandom > garbage.safetensors
 expect resume_garbage err "garbage.safetensors" -- "$build/y5train" --resume garbage.safetensors
 expect resume_missing err "nowhere.safetensors" -- "$build/y5train" --resume nowhere.safetensors
