@@ -40,11 +40,11 @@ root=$([ "$(id -u)" = 0 ] && echo yes || echo no)  # root reads files whatever t
 good=base/images/train/00000.jpg
 # ds NAME: a copy of the base dataset (4 training images); the case adds its file to NAME/images/train.
 ds() { rm -rf "$1"; cp -r base "$1"; }
-scan() { "$build/y5data" --data "$1/data.yaml" --split train --no-cache; }
+scan=("$build/y5data" --split train --no-cache --data)  # + NAME/data.yaml
 
 # ---- images: each is skipped with a counted warning naming it, as verify_image_label, or kept as YOLOv5 keeps it
 img_case() {  # NAME WANT PATTERN: the image is already in NAME/images/train
-  expect "$1" "$2" "$3" -- scan "$1"
+  expect "$1" "$2" "$3" -- "${scan[@]}" "$1/data.yaml"
 }
 ds img_empty; : > img_empty/images/train/x.jpg
 img_case img_empty ok "x.jpg: ignoring corrupt image/label: empty file"
@@ -104,14 +104,14 @@ img_case img_upper_ext ok " 5 images, 1 backgrounds, 0 corrupt"
 ds img_not_image_ext; cp $good img_not_image_ext/images/train/x.gif; echo hi > img_not_image_ext/images/train/notes.txt
 img_case img_not_image_ext ok " 4 images, 0 backgrounds, 0 corrupt"
 ds img_none; rm img_none/images/train/*
-expect img_none err "no images found in .*img_none/images/train" -- scan img_none
+expect img_none err "no images found in .*img_none/images/train" -- "${scan[@]}" img_none/data.yaml
 ds img_missing_dir; rm -r img_missing_dir/images/train
-expect img_missing_dir err "img_missing_dir/images/train does not exist" -- scan img_missing_dir
+expect img_missing_dir err "img_missing_dir/images/train does not exist" -- "${scan[@]}" img_missing_dir/data.yaml
 ds img_list_txt; (cd img_list_txt && printf './images/train/00000.jpg\r\n./images/train/00001.jpg\r\n\r\n' > train.txt &&
   sed -i 's#^train: .*#train: train.txt#' data.yaml)
 img_case img_list_txt ok " 2 images, 0 backgrounds, 0 corrupt"
 ds img_list_binary; head -c 3000 /dev/urandom > img_list_binary/train.txt; sed -i 's#^train: .*#train: train.txt#' img_list_binary/data.yaml
-expect img_list_binary err "no images found in .*train.txt" -- scan img_list_binary
+expect img_list_binary err "no images found in .*train.txt" -- "${scan[@]}" img_list_binary/data.yaml
 if [ $root = no ]; then
   ds img_unreadable; cp $good img_unreadable/images/train/x.jpg; chmod 000 img_unreadable/images/train/x.jpg
   img_case img_unreadable ok "x.jpg: ignoring corrupt image/label: cannot open the file: Permission denied"
@@ -166,7 +166,7 @@ python3 -c "print('0' + ' 0.5' * 100000)" > lbl_long_line/labels/train/x.txt
 img_case lbl_long_line ok " 5 images, 0 backgrounds, 0 corrupt"
 # A class id past 2^31 is reported as the number it is (it wrapped to INT_MIN and crashed the class counts).
 ds lbl_class_huge; cp $good lbl_class_huge/images/train/x.jpg; echo "3000000000 0.5 0.5 0.1 0.1" > lbl_class_huge/labels/train/x.txt
-expect lbl_class_huge err "x.txt:1: class 3000000000 exceeds nc=3" -- scan lbl_class_huge
+expect lbl_class_huge err "x.txt:1: class 3000000000 exceeds nc=3" -- "${scan[@]}" lbl_class_huge/data.yaml
 expect lbl_class_huge_train err "x.txt:1: class 3000000000 exceeds nc=3" -- \
   "$build/y5train" --data lbl_class_huge/data.yaml --cfg "$cfg" --hyp "$hyp" "${small[@]}" --epochs 1 --name lbl_class_huge
 
@@ -198,7 +198,7 @@ cache cache_ok 'true' "Scanning cache"
 
 # ---- data yamls: one line naming the file
 dy() {  # NAME PATTERN TEXT
-  ds "$1"; printf -- "$3" > "$1/data.yaml"; expect "$1" err "$2" -- scan "$1"
+  ds "$1"; printf -- "$3" > "$1/data.yaml"; expect "$1" err "$2" -- "${scan[@]}" "$1/data.yaml"
 }
 expect data_missing err "nowhere.yaml: data yaml does not exist" -- "$build/y5data" --data nowhere.yaml
 dy data_malformed "data.yaml: line [0-9]+: malformed yaml" 'train: [images/train\nval: images/val\nnames: [a]\n'
@@ -209,7 +209,7 @@ dy data_nc_text "data.yaml: line [0-9]+: nc must be an integer" 'train: images/t
 dy data_names_hugekey "data.yaml: line [0-9]+: names keys must be integers" 'train: images/train\nval: images/val\nnames:\n  0: a\n  99999999999: b\n'
 dy data_no_train "data.yaml: data.yaml 'train:' field missing" 'val: images/val\nnames: [a]\n'
 ds data_binary; head -c 2000 /dev/urandom > data_binary/data.yaml
-expect data_binary err "data.yaml" -- scan data_binary
+expect data_binary err "data.yaml" -- "${scan[@]}" data_binary/data.yaml
 
 # ---- model yamls (--cfg): numbers checked before anything is built
 my() {  # NAME PATTERN SED-EXPRESSION on yolov5n.yaml

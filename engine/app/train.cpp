@@ -7,10 +7,12 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -166,9 +168,8 @@ static TrainOptions options_from(const std::string& ckpt) {
     bool has_state = false;
     for (const std::string& n : f.names()) has_state = has_state || n.rfind("ema.", 0) == 0;
     Y5_CHECK(has_state, "%s: this run has finished (its checkpoint was stripped); nothing to resume", ckpt.c_str());
-    TrainOptions o;
-    try {  // the stored options: any missing, mistyped or malformed field names the checkpoint
     YAML::Node y = YAML::Load(f.metadata().at("opt"));
+    TrainOptions o;
     auto str = [&](const char* k) { return y[k] && !y[k].IsNull() ? y[k].as<std::string>() : std::string(); };
     o.weights = str("weights"), o.cfg = str("cfg"), o.data = str("data"), o.hyp = str("hyp");
     o.epochs = y["epochs"].as<int>(), o.batch_size = y["batch_size"].as<int>(), o.imgsz = y["imgsz"].as<int>();
@@ -186,12 +187,18 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["noplots"]) o.noplots = y["noplots"].as<bool>();
     if (y["sync_bn"]) o.sync_bn = y["sync_bn"].as<bool>();
     if (y["freeze"]) o.freeze = y["freeze"].as<std::vector<int>>();
-    } catch (const YAML::Exception& e) {
-        Y5_FAIL("%s: the training options stored in the checkpoint cannot be read: %s", ckpt.c_str(), e.what());
-    }
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
+}
+
+// options_from with a malformed, missing or mistyped stored field named by its checkpoint.
+static TrainOptions resume_options(const std::string& ckpt) {
+    try {
+        return options_from(ckpt);
+    } catch (const YAML::Exception& e) {
+        Y5_FAIL("%s: the training options stored in the checkpoint cannot be read: %s", ckpt.c_str(), e.what());
+    }
 }
 
 // Where a resumed run writes: the folder recorded in its options (train.py: opt.save_dir), wherever the checkpoint
@@ -215,7 +222,7 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 }
 
 std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
-    TrainOptions opt = opt_in.resume.empty() ? opt_in : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    TrainOptions opt = opt_in.resume.empty() ? opt_in : resume_options(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
     if (opt.evolve) opt.noplots = true;  // train.py: plots = not evolve and not noplots
     // Bare yaml names (--cfg yolov5n.yaml) as train.py finds them, before any dataset work.
     Y5_CHECK(!opt.cfg.empty() || !opt.weights.empty(), "--cfg or --weights is needed: the model comes from one of them");
@@ -257,8 +264,16 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     auto yn = [](bool b) { return b ? "true" : "false"; };
     std::string freeze_list;
     for (int f : opt.freeze) freeze_list += (freeze_list.empty() ? "" : ", ") + std::to_string(f);
-    // Strings as YAML double-quoted scalars, so that any path or name reads back as written (--resume).
+    // Strings as YAML reads them back (--resume): plain when they are a plain string to YAML (letters, digits,
+    // _ . / + -, not a number, bool or null), as yaml.safe_dump leaves them; else double-quoted with escapes.
     auto q = [](const std::string& v) {
+        std::string low = v;
+        for (char& c : low) c = (char)std::tolower((unsigned char)c);
+        bool plain = !v.empty() && (std::isalpha((unsigned char)v[0]) || v[0] == '_' || v[0] == '/') &&
+                     low != "true" && low != "false" && low != "yes" && low != "no" && low != "on" && low != "off" &&
+                     low != "null" && low != "y" && low != "n" && low != ".inf" && low != ".nan";
+        for (char c : v) plain = plain && (std::isalnum((unsigned char)c) || std::strchr("_./+-", c));
+        if (plain) return v;
         std::string t = "\"";
         for (unsigned char c : v) {
             if (c == '"' || c == '\\') {
