@@ -246,6 +246,9 @@ head -c 20000 $best > w_truncated.safetensors
 expect w_truncated err "w_truncated.safetensors" -- "$build/y5val" --data base/data.yaml --weights w_truncated.safetensors --imgsz 64
 python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', 1 << 62) + b'{}')" > w_header_huge.safetensors
 expect w_header_huge err "w_header_huge.safetensors" -- "$build/y5val" --data base/data.yaml --weights w_header_huge.safetensors --imgsz 64
+# y5detect skips an image past OpenCV's pixel limit as unreadable (detect.py: cv2.error ends the run).
+expect detect_bomb ok "x.png: cannot read the image, skipped" -- \
+  "$build/y5detect" --source img_bomb_png_opencv/images/train/x.png --weights $best --imgsz 64 --nosave
 echo "just text" > w_text.pt
 expect w_text err "w_text.pt" -- "$build/y5train" --data base/data.yaml --weights w_text.pt "${small[@]}" --epochs 1
 

@@ -254,7 +254,11 @@ int main(int argc, char** argv) {
             ++k;
             const std::string stem = fs::path(file).stem().string();
             if (is_image(file)) {
-                cv::Mat im0 = cv::imread(file, cv::IMREAD_COLOR);
+                cv::Mat im0;
+                try {
+                    im0 = cv::imread(file, cv::IMREAD_COLOR);
+                } catch (const cv::Exception&) {  // past OpenCV's pixel limit (CV_IO_MAX_IMAGE_PIXELS): skipped as unreadable
+                }
                 if (im0.empty()) {
                     std::printf("WARNING: %s: cannot read the image, skipped\n", file.c_str());
                     continue;
