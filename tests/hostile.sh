@@ -232,6 +232,10 @@ printf 'lr0: [0.01\n' > hyp_malformed.yaml
 expect hyp_malformed err "hyp_malformed.yaml" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp hyp_malformed.yaml "${small[@]}" --epochs 1
 sed 's/^lr0: .*/lr0: fast/' "$hyp" > hyp_text.yaml
 expect hyp_text err "hyp_text.yaml" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp hyp_text.yaml "${small[@]}" --epochs 1
+sed 's/^lr0: .*/lr0: .nan/' "$hyp" > hyp_nan.yaml
+expect hyp_nan err "hyp_nan.yaml: line [0-9]+: 'lr0' is nan" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp hyp_nan.yaml "${small[@]}" --epochs 1
+sed 's/^momentum: .*/momentum: -0.9/' "$hyp" > hyp_negative.yaml
+expect hyp_negative err "hyp_negative.yaml: line [0-9]+: 'momentum' is -0.9" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp hyp_negative.yaml "${small[@]}" --epochs 1
 
 # ---- a first real run, for the weights, flags and resume cases
 expect train_ok ok "1 epochs completed" -- "$build/y5train" --data base/data.yaml --cfg "$cfg" --hyp "$hyp" "${small[@]}" --epochs 1 --name ok
