@@ -238,12 +238,16 @@ int64_t header_pixels(const std::string& b) {
     return -1;
 }
 
-// A JPEG that does not end with FFD9: 0 when its last scan has an end-of-image marker after it (trailing bytes:
+// −1 for a JPEG that ends with FFD9; else 0 when its last scan has an end-of-image marker after it (trailing bytes:
 // PIL decodes it, and YOLOv5 re-saves it), 1 when the data stops inside the scan (truncated).
 int jpeg_tail(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
+    char end[2] = {0, 0};
+    f.seekg(-2, std::ios::end);
+    if (f.read(end, 2) && (unsigned char)end[0] == 0xFF && (unsigned char)end[1] == 0xD9) return -1;  // the usual case
+    f.clear();
+    f.seekg(0);
     const std::string b((std::istreambuf_iterator<char>(f)), {});
-    if (b.size() >= 2 && (unsigned char)b[b.size() - 2] == 0xFF && (unsigned char)b[b.size() - 1] == 0xD9) return -1;
     const size_t sos = b.rfind("\xFF\xDA");  // inside a scan FF is followed only by 00 or a restart marker
     return sos != std::string::npos && b.find("\xFF\xD9", sos) != std::string::npos ? 0 : 1;
 }
