@@ -40,7 +40,7 @@ bool is_int(const YAML::Node& n) {
     const std::string& s = n.Scalar();
     if (s.empty()) return false;
     size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
-    if (i == s.size()) return false;
+    if (i == s.size() || s.size() - i > 9) return false;  // more digits than an int holds: not an integer here
     for (; i < s.size(); ++i)
         if (s[i] < '0' || s[i] > '9') return false;
     return true;
@@ -189,7 +189,12 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
         Y5_FAIL("%s: line %d: nc, depth_multiple and width_multiple must be numbers", path.c_str(), e.mark.line + 1);
     }
     if (nc_override > 0) nc = nc_override;
-    Y5_CHECK(nc >= 1, "%s: nc must be at least 1, got %d", path.c_str(), nc);
+    Y5_CHECK(nc >= 1 && nc <= 100000, "%s: nc must be from 1 to 100000, got %d", path.c_str(), nc);
+    // 0 would divide by zero or build empty layers, huge values overflow the channel counts
+    Y5_CHECK(std::isfinite(gd) && gd > 0 && gd <= 100, "%s: depth_multiple %g must be above 0 and at most 100",
+             path.c_str(), gd);
+    Y5_CHECK(std::isfinite(gw) && gw > 0 && gw <= 100, "%s: width_multiple %g must be above 0 and at most 100",
+             path.c_str(), gw);
     if (y["activation"]) act = parse_act(y["activation"].as<std::string>());
 
     std::vector<std::vector<float>> anchors;
@@ -200,7 +205,17 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
         Y5_CHECK(lvl.IsSequence() && lvl.size() >= 2 && lvl.size() % 2 == 0, "%s: line %d: each anchor level needs "
                  "w,h pairs", path.c_str(), lvl.Mark().line + 1);
         std::vector<float> v;
-        for (const auto& a : lvl) v.push_back(a.as<float>());
+        for (const auto& a : lvl) {
+            float x = 0;
+            try {
+                x = a.as<float>();
+            } catch (const YAML::Exception&) {
+                Y5_FAIL("%s: line %d: anchor '%s' is not a number", path.c_str(), a.Mark().line + 1, a.Scalar().c_str());
+            }
+            Y5_CHECK(std::isfinite(x) && x > 0 && x <= 65536, "%s: line %d: anchor %g must be above 0 and at most 65536",
+                     path.c_str(), a.Mark().line + 1, x);
+            v.push_back(x);
+        }
         Y5_CHECK(v.size() == an[0].size(), "%s: line %d: every anchor level needs the same number of anchors",
                  path.c_str(), lvl.Mark().line + 1);
         anchors.push_back(v);
@@ -246,8 +261,9 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             if (f == -1 && i == 0) a = -1;
             from_abs[i].push_back(a);
         }
-        if (!is_int(r[1]) || r[1].as<int>() < 1) rc.fail("'number' must be a positive integer");
+        if (!is_int(r[1]) || r[1].as<int>() < 1 || r[1].as<int>() > 1000) rc.fail("'number' must be an integer from 1 to 1000");
         int n = r[1].as<int>();
+        if (n > 1 && n * gd > 1000) rc.fail("'number' times depth_multiple exceeds 1000 repeats");
         if (n > 1) n = std::max((int)std::nearbyint(n * gd), 1);
         const YAML::Node args = r[3];
         if (!args.IsSequence()) rc.fail("'args' must be a list");
@@ -263,13 +279,17 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
         const int c1 = in_ch(0);
         auto scaled_c2 = [&]() {
             if (args.size() < 1 || !is_int(args[0])) rc.fail("argument 0 (output channels) must be an integer");
-            int c2 = args[0].as<int>();
+            const int c2 = args[0].as<int>();
+            if (c2 < 1 || c2 > 65536 || (c2 != no && c2 * gw > 65536))
+                rc.fail("output channels " + std::to_string(c2) + " (times width_multiple) must be from 1 to 65536");
             return c2 != no ? make_divisible(c2 * gw, 8) : c2;
         };
         std::string printed;
         if (mod == "Conv" || mod == "Focus") {
             const int c2 = scaled_c2(), k = arg_int(rc, args, 1, 1, "kernel"), s = arg_int(rc, args, 2, 1, "stride");
             const int p = arg_int(rc, args, 3, k / 2, "padding"), g = arg_int(rc, args, 4, 1, "groups");
+            if (k < 1 || k > 31 || s < 1 || s > 64 || p < 0 || p > k)
+                rc.fail("kernel (1..31), stride (1..64) or padding (0..kernel) out of range");
             if (g != 1) rc.fail("groups > 1 are not supported");
             Act a = act;
             if (mod == "Conv") {
@@ -295,7 +315,9 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             }
         } else if (mod == "SPPF") {
             const int c2 = scaled_c2();
-            m = make_sppf(params, prefix, c1, c2, arg_int(rc, args, 1, 5, "kernel"), act);
+            const int k = arg_int(rc, args, 1, 5, "kernel");
+            if (k < 1 || k > 31 || k % 2 == 0) rc.fail("kernel must be odd, from 1 to 31");
+            m = make_sppf(params, prefix, c1, c2, k, act);
             printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
         } else if (mod == "SPP") {
             const int c2 = scaled_c2();
@@ -303,7 +325,11 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             if (args.size() > 1) {
                 if (!args[1].IsSequence()) rc.fail("argument 1 (kernels) must be a list");
                 ks.clear();
-                for (const auto& k : args[1]) ks.push_back(k.as<int>());
+                for (const auto& k : args[1]) {
+                    if (!is_int(k) || k.as<int>() < 1 || k.as<int>() > 31 || k.as<int>() % 2 == 0)
+                        rc.fail("argument 1 (kernels) must be odd integers from 1 to 31");
+                    ks.push_back(k.as<int>());
+                }
             }
             m = make_spp(params, prefix, c1, c2, ks, act);
             printed = "[" + std::to_string(c1) + ", " + std::to_string(c2) + rest + "]";
@@ -312,6 +338,7 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             const std::string mode = args.size() >= 3 ? args[2].Scalar() : "nearest";
             if (!none_size || args.size() < 2 || !is_int(args[1]) || mode != "nearest")
                 rc.fail("only nn.Upsample(None, <integer scale>, 'nearest') is supported");
+            if (args[1].as<int>() < 1 || args[1].as<int>() > 16) rc.fail("the scale must be from 1 to 16");
             m = make_upsample(c1, args[1].as<int>());
             printed = py_repr(args, nc, anchors_repr);
         } else if (mod == "Concat") {

@@ -36,8 +36,12 @@ int main(int argc, char** argv) {
     app.add_option("--synthetic", synthetic, "write the synthetic dataset into this folder and exit");
     app.add_option("--images", images, "training images of the synthetic dataset (validation: a quarter)")->capture_default_str();
     app.add_option("--seed", seed, "seed of the synthetic dataset")->capture_default_str();
-    CLI11_PARSE(app, argc, argv);
+    if (const int rc = y5::parse_flags(app, argc, argv, "y5data"); rc >= 0) return rc;
     try {
+        workers = y5::cap_workers(workers, 1 << 30);
+        Y5_CHECK(images >= 1 && images <= 1000000, "--images %d: must be from 1 to 1000000", images);
+        Y5_CHECK(show >= 0, "--show %d: must be 0 or more", show);
+        if (show > 0) imgsz = y5::check_img_size(imgsz, 32, 64);
         if (!synthetic.empty()) {
             y5::SyntheticSpec spec;
             spec.train_images = images;

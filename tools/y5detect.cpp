@@ -217,8 +217,12 @@ int main(int argc, char** argv) {
     app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
     app.add_option("--device", device, "cpu, or a CUDA device index such as 0")->capture_default_str();
     app.add_flag("--half", half, "FP16 half-precision inference (f16 activations, as y5train --amp; also on the CPU)");
-    CLI11_PARSE(app, argc, argv);
+    if (const int rc = y5::parse_flags(app, argc, argv, "y5detect"); rc >= 0) return rc;
     try {
+        Y5_CHECK(conf >= 0 && conf <= 1, "--conf-thres %g: valid values are between 0.0 and 1.0", conf);
+        Y5_CHECK(iou >= 0 && iou <= 1, "--iou-thres %g: valid values are between 0.0 and 1.0", iou);
+        Y5_CHECK(max_det >= 0, "--max-det %d: must be 0 or more", max_det);
+        imgsz = y5::check_img_size(imgsz, 32, 0);
         const int dev_index = y5::parse_device(device);
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;
         auto model = y5::Model::from_weights(weights, cuda);
@@ -250,7 +254,11 @@ int main(int argc, char** argv) {
             ++k;
             const std::string stem = fs::path(file).stem().string();
             if (is_image(file)) {
-                cv::Mat im0 = cv::imread(file, cv::IMREAD_COLOR);
+                cv::Mat im0;
+                try {
+                    im0 = cv::imread(file, cv::IMREAD_COLOR);
+                } catch (const cv::Exception&) {  // past OpenCV's pixel limit (CV_IO_MAX_IMAGE_PIXELS): skipped as unreadable
+                }
                 if (im0.empty()) {
                     std::printf("WARNING: %s: cannot read the image, skipped\n", file.c_str());
                     continue;

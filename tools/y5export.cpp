@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     app.add_flag("--dynamic", dynamic, "ONNX: dynamic axes (batch, height, width)");
     app.add_flag("--half", half, "FP16 half-precision export (ONNX weights and I/O; safetensors weights)");
     app.add_option("--device", device, "cpu (export runs on the CPU)")->capture_default_str();
-    CLI11_PARSE(app, argc, argv);
+    if (const int rc = y5::parse_flags(app, argc, argv, "y5export"); rc >= 0) return rc;
     try {
         const auto t0 = std::chrono::steady_clock::now();
         Y5_CHECK(device == "cpu", "--device %s: y5export runs on the CPU (the exported file is the same)", device.c_str());

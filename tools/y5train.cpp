@@ -88,10 +88,16 @@ int main(int argc, char** argv) {
         ->expected(0, 1)->default_str("300")->check(CLI::PositiveNumber);
     app.add_flag("--summary", summary, "print the model summary for --cfg and exit");
     app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
-    CLI11_PARSE(app, argc, argv);
+    if (const int rc = y5::parse_flags(app, argc, argv, "y5train"); rc >= 0) return rc;
     o.amp = amp_on ? 1 : amp_off ? 0 : -1;
     if (evolve) o.exist_ok = o.exist_ok || !o.resume.empty(), o.resume.clear();  // train.py: --resume means exist_ok
     try {
+        Y5_CHECK(o.batch_size <= 65536, "--batch-size %d: at most 65536", o.batch_size);
+        for (int f : o.freeze) Y5_CHECK(f >= 0, "--freeze %d: layer indices are 0 or more", f);
+        Y5_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing %g: must be in [0, 1)",
+                 o.label_smoothing);
+        o.imgsz = y5::check_img_size(o.imgsz, 32, 64);  // train.py: gs = max(stride, 32), floor gs * 2
+        o.workers = y5::cap_workers(o.workers, o.batch_size);
         if (summary) {
             if (o.cfg.empty()) {
                 std::fprintf(stderr, "y5train: error: --summary needs --cfg\n");

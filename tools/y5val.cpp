@@ -46,8 +46,14 @@ int main(int argc, char** argv) {
     app.add_option("--name", name, "save to project/name")->capture_default_str();
     app.add_flag("--exist-ok", exist_ok, "existing project/name ok, do not increment");
     app.add_flag("--noplots", noplots, "write no figures and no project/name folder");
-    CLI11_PARSE(app, argc, argv);
+    if (const int rc = y5::parse_flags(app, argc, argv, "y5val"); rc >= 0) return rc;
     try {
+        Y5_CHECK(batch >= 1 && batch <= 65536, "--batch-size %d: must be from 1 to 65536", batch);
+        Y5_CHECK(conf >= 0 && conf <= 1, "--conf-thres %g: valid values are between 0.0 and 1.0", conf);
+        Y5_CHECK(iou >= 0 && iou <= 1, "--iou-thres %g: valid values are between 0.0 and 1.0", iou);
+        Y5_CHECK(max_det >= 0, "--max-det %d: must be 0 or more", max_det);
+        imgsz = y5::check_img_size(imgsz, 32, 0);
+        workers = y5::cap_workers(workers, batch);
         const int dev_index = y5::parse_device(device);
         const y5::Device dev = dev_index >= 0 ? y5::Device::CUDA : y5::Device::CPU;
         y5::CudaContext* cuda = dev_index >= 0 ? y5::cuda_context_create(dev_index) : nullptr;

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+
 #include <cstdio>
 
 #include "kernels/check.h"
@@ -54,6 +55,9 @@ Hyp load_hyp(const std::string& path) {
         } catch (const YAML::Exception&) {
             Y5_FAIL("%s: line %d: '%s' must be a number", path.c_str(), it->second.Mark().line + 1, k.c_str());
         }
+        // every YOLOv5 hyperparameter is a rate, gain, probability or size: finite and not negative
+        Y5_CHECK(std::isfinite(h.v[k]) && h.v[k] >= 0, "%s: line %d: '%s' is %g; it must be a finite number, 0 or more",
+                 path.c_str(), it->second.Mark().line + 1, k.c_str(), h.v[k]);
     }
     for (const char* k : kKeys) Y5_CHECK(h.v.count(k), "%s: hyperparameter '%s' is missing", path.c_str(), k);
     Y5_CHECK(h["fl_gamma"] == 0, "%s: fl_gamma %g: focal loss is not supported", path.c_str(), h["fl_gamma"]);

@@ -8,12 +8,16 @@
  * one line.
  */
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
+
+#include <CLI/CLI.hpp>
 
 #include "kernels/check.h"
 
@@ -54,6 +58,38 @@ inline int error_exit(const char* prog) {
     }
     std::fprintf(stderr, "%s: error: %s\n", prog, msg.c_str());
     return 1;
+}
+
+// Parses the flags (CLI11): --help prints and returns 0; a bad flag or value prints "prog: error: <what>" and returns 2
+// (CLI11's own codes are 100 to 127); −1 means go on.
+template <class App> int parse_flags(App& app, int argc, char** argv, const char* prog) {
+    try {
+        app.parse(argc, argv);
+        return -1;
+    } catch (const CLI::ParseError& e) {
+        if (e.get_exit_code() == 0) return app.exit(e);
+        std::fflush(stdout);
+        std::fprintf(stderr, "%s: error: %s (see --help)\n", prog, one_line(e.what()).c_str());
+        return 2;
+    }
+}
+
+// general.py's check_img_size: an image size not a multiple of the stride s is rounded up to one (at least
+// `floor`), with YOLOv5's warning. Sizes past 2^16 are refused before anything is allocated for them.
+inline int check_img_size(int imgsz, int s, int floor) {
+    Y5_CHECK(imgsz >= 1 && imgsz <= 65536, "--imgsz %d: the image size must be from 1 to 65536 pixels", imgsz);
+    const int n = std::max((imgsz + s - 1) / s * s, floor);
+    if (n != imgsz)
+        std::printf("WARNING: --img-size %d must be multiple of max stride %d, updating to %d\n", imgsz, s, n);
+    return n;
+}
+
+// Loader threads as create_dataloader caps them: no more than the cores, nor the batch (0 for a batch of 1:
+// y5 then loads on one thread), nor the request.
+inline int cap_workers(int workers, int batch_size) {
+    Y5_CHECK(workers >= 0, "--workers %d: must be 0 or more", workers);
+    const int cores = std::max(1, (int)std::thread::hardware_concurrency());
+    return std::min({cores, batch_size > 1 ? batch_size : 0, workers});
 }
 
 }  // namespace y5

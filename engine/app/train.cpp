@@ -7,10 +7,12 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -195,6 +197,24 @@ static TrainOptions options_from(const std::string& ckpt) {
     return o;
 }
 
+// options_from with a malformed, missing or mistyped stored field named by its checkpoint.
+static TrainOptions resume_options(const std::string& ckpt) {
+    try {
+        return options_from(ckpt);
+    } catch (const YAML::Exception& e) {
+        Y5_FAIL("%s: the training options stored in the checkpoint cannot be read: %s", ckpt.c_str(), e.what());
+    }
+}
+
+// Where a resumed run writes: the folder recorded in its options (train.py: opt.save_dir), wherever the checkpoint
+// now is; for checkpoints without it, the checkpoint's run folder.
+static std::string recorded_save_dir(const std::string& ckpt) {
+    SafeTensorsFile f(ckpt);
+    const YAML::Node y = YAML::Load(f.metadata().at("opt"));
+    if (y["save_dir"] && y["save_dir"].IsScalar() && !y["save_dir"].Scalar().empty()) return y["save_dir"].Scalar();
+    return fs::path(ckpt).parent_path().parent_path().string();
+}
+
 void set_conv_options(bool deterministic, int workspace_mib) {
     Y5_CHECK(workspace_mib >= 0 && workspace_mib <= (1 << 20), "--workspace %d: the cuDNN workspace cap is in MiB, "
              "from 0 (only algorithms that need none) to 1048576", workspace_mib);
@@ -207,7 +227,7 @@ void set_conv_options(bool deterministic, int workspace_mib) {
 }
 
 std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
-    TrainOptions opt = opt_in.resume.empty() ? opt_in : options_from(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
+    TrainOptions opt = opt_in.resume.empty() ? opt_in : resume_options(opt_in.resume == "latest" ? latest_run() : opt_in.resume);
     if (opt.evolve) opt.noplots = true;  // train.py: plots = not evolve and not noplots
     // Bare yaml names (--cfg yolov5n.yaml) as train.py finds them, before any dataset work.
     Y5_CHECK(!opt.cfg.empty() || !opt.weights.empty(), "--cfg or --weights is needed: the model comes from one of them");
@@ -231,7 +251,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
              opt.cache.c_str());
     Y5_CHECK(!(opt.image_weights && opt.rect), "--image-weights with --rect: rect batches need the sorted order");
     const bool resuming = !opt.resume.empty();
-    const std::string save_dir = resuming ? fs::path(opt.resume).parent_path().parent_path().string()
+    const std::string save_dir = resuming ? recorded_save_dir(opt.resume)
                                           : increment_path(opt.project + "/" + opt.name, opt.exist_ok);
     fs::create_directories(opt.evolve ? save_dir : save_dir + "/weights");
     const std::string w_last = save_dir + "/weights/last.safetensors", w_best = save_dir + "/weights/best.safetensors";
@@ -251,20 +271,45 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     auto yn = [](bool b) { return b ? "true" : "false"; };
     std::string freeze_list;
     for (int f : opt.freeze) freeze_list += (freeze_list.empty() ? "" : ", ") + std::to_string(f);
+    // Strings as YAML reads them back (--resume): plain when they are a plain string to YAML (letters, digits,
+    // _ . / + -, not a number, bool or null), as yaml.safe_dump leaves them; else double-quoted with escapes.
+    auto q = [](const std::string& v) {
+        std::string low = v;
+        for (char& c : low) c = (char)std::tolower((unsigned char)c);
+        bool plain = !v.empty() && (std::isalpha((unsigned char)v[0]) || v[0] == '_' || v[0] == '/') &&
+                     low != "true" && low != "false" && low != "yes" && low != "no" && low != "on" && low != "off" &&
+                     low != "null" && low != "y" && low != "n" && low != ".inf" && low != ".nan";
+        for (char c : v) plain = plain && (std::isalnum((unsigned char)c) || std::strchr("_./+-", c));
+        if (plain) return v;
+        std::string t = "\"";
+        for (unsigned char c : v) {
+            if (c == '"' || c == '\\') {
+                t += '\\';
+                t += (char)c;
+            } else if (c < 0x20 || c == 0x7f) {
+                char b[8];
+                snprintf(b, sizeof b, "\\x%02x", c);
+                t += b;
+            } else {
+                t += (char)c;
+            }
+        }
+        return t + "\"";
+    };
     std::ostringstream oy;
-    oy << "weights: '" << opt.weights << "'\ncfg: " << opt.cfg << "\ndata: " << opt.data << "\nhyp: " << hyp_path
+    oy << "weights: " << q(opt.weights) << "\ncfg: " << q(opt.cfg) << "\ndata: " << q(opt.data) << "\nhyp: " << q(hyp_path)
        << "\nepochs: " << opt.epochs << "\nbatch_size: " << opt.batch_size << "\nimgsz: " << opt.imgsz
        << "\nrect: " << yn(opt.rect) << "\nnosave: " << yn(opt.nosave) << "\nnoval: " << yn(opt.noval)
        << "\nnoautoanchor: " << yn(opt.noautoanchor) << "\nimage_weights: " << yn(opt.image_weights)
        << "\nquad: " << yn(opt.quad) << "\nmulti_scale: " << yn(opt.multi_scale)
-       << "\ncache: " << (opt.cache.empty() ? "null" : opt.cache) << "\ndevice: " << opt.device
-       << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << opt.project
-       << "\nname: " << opt.name << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
+       << "\ncache: " << (opt.cache.empty() ? "null" : q(opt.cache)) << "\ndevice: " << q(opt.device)
+       << "\nsingle_cls: " << yn(opt.single_cls) << "\nworkers: " << opt.workers << "\nproject: " << q(opt.project)
+       << "\nname: " << q(opt.name) << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
        << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute)
-       << "\nfreeze: [" << freeze_list << "]\noptimizer: " << opt.optimizer << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
-       << "\nsave_dir: " << save_dir << "\n";
+       << "\nfreeze: [" << freeze_list << "]\noptimizer: " << q(opt.optimizer) << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
+       << "\nsave_dir: " << q(save_dir) << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
     if (!resuming && !opt.evolve) std::ofstream(save_dir + "/opt.yaml") << opt_yaml;
@@ -443,11 +488,18 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             }
         // YOLOv5 restarts last_opt_step at −1 on resume; keeping it (and the accumulated gradients) makes the
         // resumed run equal the uninterrupted one.
-        step.last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
-        accumulate = std::stoi(ck.metadata().at("accumulate"));
-        start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
-        best_fitness = std::stod(ck.metadata().at("best_fitness"));
-        step.updates = std::stoll(ck.metadata().at("updates"));
+        try {
+            step.last_opt_step = std::stoll(ck.metadata().at("last_opt_step"));
+            accumulate = std::stoi(ck.metadata().at("accumulate"));
+            start_epoch = std::stoi(ck.metadata().at("epoch")) + 1;
+            best_fitness = std::stod(ck.metadata().at("best_fitness"));
+            step.updates = std::stoll(ck.metadata().at("updates"));
+        } catch (const std::logic_error& e) {  // std::out_of_range (a missing key, a huge number), std::invalid_argument
+            Y5_FAIL("%s: the training state in its metadata (epoch, accumulate, updates, ...) is missing or not a "
+                    "number (%s)", opt.resume.c_str(), e.what());
+        }
+        Y5_CHECK(accumulate >= 1 && step.updates >= 0, "%s: accumulate %d or updates %lld in its metadata out of range",
+                 opt.resume.c_str(), accumulate, (long long)step.updates);
         if (adam) {
             Y5_CHECK(ck.metadata().count("adam_step"), "%s: an %s run's checkpoint without its step counts (adam_step)",
                      opt.resume.c_str(), opt.optimizer.c_str());
@@ -469,8 +521,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             for (int c = 0; c < nc && std::getline(ms, item, ','); ++c) maps[c] = std::stod(item);
         }
         best_epoch = start_epoch - 1;
-        Y5_CHECK(start_epoch < opt.epochs, "%s: training to %d epochs is finished, nothing to resume", opt.resume.c_str(),
-                 opt.epochs);
+        Y5_CHECK(start_epoch >= 1 && start_epoch <= opt.epochs, "%s: epoch %d in the checkpoint is outside its run's "
+                 "0..%d", opt.resume.c_str(), start_epoch - 1, opt.epochs - 1);
         std::printf("Resuming training from %s from epoch %d to %d total epochs\n", opt.resume.c_str(), start_epoch,
                     opt.epochs);
     } else if (!opt.evolve || !fs::exists(save_dir + "/results.csv")) {  // --evolve: generations append, as train.py
@@ -489,6 +541,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     const auto t_start = std::chrono::steady_clock::now();
     bool prefetched = false;
     Batch b, vb;  // kept across epochs with the loaders' rings: their (pinned) memory is allocated once
+    int epochs_done = 0;  // a run killed after its last epoch's checkpoint resumes to none, then strips and validates
     for (int epoch = start_epoch; epoch < opt.epochs; ++epoch) {
         if (opt.image_weights)  // train.py: cw = class_weights·(1 − maps)²/nc, iw per image, random.choices
             train_loader.set_image_weights(labels_to_image_weights(train_ds, nc, epoch_class_weights(class_weights, maps, nc)));
@@ -591,7 +644,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             std::printf("Y5_STOP_AFTER_EPOCH=%d: stopping as if killed; resume with --resume %s\n", stop_after, w_last.c_str());
             return save_dir;
         }
-        if (epoch - best_epoch >= opt.patience) {
+        epochs_done = epoch - start_epoch + 1;
+        if (opt.patience != 0 && epoch - best_epoch >= opt.patience) {  // train.py: --patience 0 never stops
             std::printf("Stopping training early as no improvement observed in last %d epochs. Best results observed at "
                         "epoch %d, best model saved as %s.\n", opt.patience, best_epoch, w_best.c_str());
             break;
@@ -599,7 +653,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     }
     const double hours = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 3600;
     // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
-    std::printf("\n%d epochs completed in %.3f hours.\n", opt.epochs, hours);
+    std::printf("\n%d epochs completed in %.3f hours.\n", epochs_done, hours);
     for (const std::string& w : {w_last, w_best})
         if (fs::exists(w)) {  // none under --evolve
             Model m(yaml.first, yaml.second, nc);

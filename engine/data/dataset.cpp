@@ -165,14 +165,33 @@ std::string label_path_for(const std::string& image) {
     return p + ".txt";
 }
 
+// Files under dir as YOLOv5 lists them, Python's glob('dir/**/*.*', recursive=True): names starting with '.' are
+// skipped (files and folders), as is an unreadable folder; each real folder is listed once, so a symlink loop
+// (which glob follows until the kernel's symlink limit, listing the same files again at every level) ends here.
+static void glob_files(const fs::path& dir, std::set<std::string>& seen, std::vector<std::string>& out) {
+    std::error_code ec;
+    const fs::path real = fs::canonical(dir, ec);
+    if (ec || !seen.insert(real.string()).second) return;
+    fs::directory_iterator it(dir, ec);
+    for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+        const fs::path p = it->path();
+        const std::string name = p.filename().string();
+        if (name.empty() || name[0] == '.') continue;
+        std::error_code e2;
+        if (name.find('.') != std::string::npos) out.push_back(p.string());  // a folder named x.jpg too, as glob
+        if (it->is_directory(e2)) glob_files(p, seen, out);
+    }
+}
+
 std::vector<std::string> list_images(const std::vector<std::string>& sources) {
     std::vector<std::string> files;
     for (const std::string& s : sources) {
         if (fs::is_directory(s)) {
-            for (const auto& e : fs::recursive_directory_iterator(s, fs::directory_options::follow_directory_symlink))
-                if (e.is_regular_file()) files.push_back(e.path().string());
+            std::set<std::string> seen;
+            glob_files(s, seen, files);
         } else if (fs::is_regular_file(s)) {
             std::ifstream in(s);
+            Y5_CHECK(in, "%s: cannot read the image list: %s", s.c_str(), std::strerror(errno));
             const std::string parent = fs::path(s).parent_path().string() + "/";
             std::string line;
             while (std::getline(in, line)) {
@@ -204,20 +223,130 @@ struct Verified {
     std::string warning;
 };
 
-bool jpeg_complete(const std::string& path) {
+// PIL's decompression-bomb limit: Image.open refuses more than 2 × MAX_IMAGE_PIXELS (89478485) pixels.
+constexpr int64_t kBombPixels = 2 * 89478485LL;
+
+// The file's first bytes (enough for the headers read below).
+std::string head_bytes(const std::string& path, size_t n) {
     std::ifstream f(path, std::ios::binary);
-    f.seekg(-2, std::ios::end);
-    char tail[2] = {0, 0};
-    f.read(tail, 2);
-    return f && (unsigned char)tail[0] == 0xFF && (unsigned char)tail[1] == 0xD9;
+    std::string b(n, '\0');
+    f.read(b.data(), (std::streamsize)n);
+    b.resize((size_t)std::max<std::streamsize>(f.gcount(), 0));
+    return b;
 }
 
-std::vector<std::string> split_ws(const std::string& s) {
-    std::istringstream in(s);
-    std::vector<std::string> t;
-    std::string x;
-    while (in >> x) t.push_back(x);
-    return t;
+// Width × height as the PNG, JPEG or BMP header declares it (−1: another format or no size found), read before
+// decoding so that a decompression bomb is refused as PIL refuses it, without allocating its pixels.
+int64_t header_pixels(const std::string& b) {
+    auto u8 = [&](size_t i) { return (int64_t)(unsigned char)b[i]; };
+    auto be32 = [&](size_t i) { return u8(i) << 24 | u8(i + 1) << 16 | u8(i + 2) << 8 | u8(i + 3); };
+    auto le32 = [&](size_t i) { return (int64_t)(int32_t)(uint32_t)(u8(i) | u8(i + 1) << 8 | u8(i + 2) << 16 | u8(i + 3) << 24); };
+    if (b.size() >= 24 && b.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return be32(16) * be32(20);
+    if (b.size() >= 26 && b[0] == 'B' && b[1] == 'M') return std::abs(le32(18)) * std::abs(le32(22));
+    if (b.size() >= 4 && u8(0) == 0xFF && u8(1) == 0xD8) {  // markers up to the first SOFn (height, width at +5)
+        for (size_t i = 2; i + 9 < b.size();) {
+            if (u8(i) != 0xFF) return -1;
+            const int64_t m = u8(i + 1), len = u8(i + 2) << 8 | u8(i + 3);
+            if (m == 0xFF) { ++i; continue; }
+            if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC)
+                return (u8(i + 5) << 8 | u8(i + 6)) * (u8(i + 7) << 8 | u8(i + 8));
+            i += 2 + (size_t)len;
+        }
+    }
+    return -1;
+}
+
+// −1 for a JPEG that ends with FFD9; else 0 when its last scan has an end-of-image marker after it (trailing bytes:
+// PIL decodes it, and YOLOv5 re-saves it), 1 when the data stops inside the scan (truncated).
+int jpeg_tail(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    char end[2] = {0, 0};
+    f.seekg(-2, std::ios::end);
+    if (f.read(end, 2) && (unsigned char)end[0] == 0xFF && (unsigned char)end[1] == 0xD9) return -1;  // the usual case
+    f.clear();
+    f.seekg(0);
+    const std::string b((std::istreambuf_iterator<char>(f)), {});
+    const size_t sos = b.rfind("\xFF\xDA");  // inside a scan FF is followed only by 00 or a restart marker
+    return sos != std::string::npos && b.find("\xFF\xD9", sos) != std::string::npos ? 0 : 1;
+}
+
+// Python's str.isspace / str.splitlines characters (a label file is read as UTF-8 text and split with them).
+bool py_space(char32_t c) {
+    return (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+bool py_line_break(char32_t c) {
+    return c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e) || c == 0x85 || c == 0x2028 ||
+           c == 0x2029;
+}
+
+// Strict UTF-8 as Python's decoder: false, with the offending byte and its offset, on any invalid sequence.
+bool utf8_decode(const std::string& in, std::u32string& out, size_t& bad_at) {
+    for (size_t i = 0; i < in.size();) {
+        const unsigned char c = (unsigned char)in[i];
+        int n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+        char32_t cp = n == 0 ? c : n == 1 ? c & 0x1f : n == 2 ? c & 0x0f : c & 0x07;
+        bool ok = n >= 0 && i + n < in.size() + (n == 0);
+        for (int k = 1; ok && k <= n; ++k) {
+            const unsigned char d = (unsigned char)in[i + k];
+            ok = (d & 0xc0) == 0x80;
+            cp = cp << 6 | (d & 0x3f);
+        }
+        ok = ok && !(n == 1 && cp < 0x80) && !(n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+             !(n == 3 && (cp < 0x10000 || cp > 0x10ffff));
+        if (!ok) {
+            bad_at = i;
+            return false;
+        }
+        out += cp;
+        i += (size_t)n + 1;
+    }
+    return true;
+}
+
+// Python's float(): [sign] digits with single '_' between them, an optional fraction and exponent, or
+// inf/infinity/nan in any case; hexadecimal, 'nan(...)' and other forms strtod takes are not numbers. ASCII
+// digits only (Python also takes other scripts' decimal digits).
+bool py_float(const std::u32string& t, float& out) {
+    std::string s;
+    for (char32_t c : t) {
+        if (c > 127) return false;
+        s += (char)c;
+    }
+    size_t i = (!s.empty() && (s[0] == '+' || s[0] == '-')) ? 1 : 0;
+    std::string word = s.substr(i);
+    std::transform(word.begin(), word.end(), word.begin(), [](unsigned char c) { return (char)std::tolower(c); });
+    if (word == "inf" || word == "infinity" || word == "nan") {
+        out = word == "nan" ? NAN : (s[0] == '-' ? -INFINITY : INFINITY);
+        return true;
+    }
+    std::string clean = s.substr(0, i);
+    auto digits = [&](bool required) {  // digit (_? digit)*
+        size_t n = 0;
+        while (i < s.size()) {
+            if (std::isdigit((unsigned char)s[i])) clean += s[i++], ++n;
+            else if (s[i] == '_' && n && i + 1 < s.size() && std::isdigit((unsigned char)s[i + 1])) ++i;
+            else break;
+        }
+        return n > 0 || !required;
+    };
+    const bool whole = digits(false);
+    bool frac = false;
+    if (i < s.size() && s[i] == '.') {
+        clean += s[i++];
+        const size_t at = clean.size();
+        digits(false);
+        frac = clean.size() > at;
+    }
+    if (!whole && !frac) return false;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        clean += s[i++];
+        if (i < s.size() && (s[i] == '+' || s[i] == '-')) clean += s[i++];
+        if (!digits(true)) return false;
+    }
+    if (i != s.size()) return false;
+    out = (float)std::strtod(clean.c_str(), nullptr);  // Python's double, then numpy's float32
+    return true;
 }
 
 Verified verify(ImageRecord& r) {
@@ -228,29 +357,91 @@ Verified verify(ImageRecord& r) {
     };
     std::error_code ec;
     const auto size = fs::file_size(r.image, ec);
-    if (ec) return bad("cannot read the file");
+    if (ec) return bad("cannot read the file: " + ec.message());
     if (size == 0) return bad("empty file (0 bytes)");
-    cv::Mat im = cv::imread(r.image, cv::IMREAD_COLOR);
+    if (!std::ifstream(r.image, std::ios::binary)) return bad(std::string("cannot open the file: ") + std::strerror(errno));
+    const std::string head = head_bytes(r.image, 1 << 16);
+    const int64_t pixels = header_pixels(head);
+    if (pixels > kBombPixels)
+        return bad("Image size (" + std::to_string(pixels) + " pixels) exceeds limit of " + std::to_string(kBombPixels) +
+                   " pixels, could be decompression bomb DOS attack.");
+    cv::Mat im;
+    try {
+        im = cv::imread(r.image, cv::IMREAD_COLOR);
+    } catch (const cv::Exception& e) {  // OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) on formats not read above
+        std::string what;
+        for (char c : std::string(e.what())) what += (c == '\n' || c == '\r') ? ' ' : c;
+        return bad("OpenCV cannot read it: " + what);
+    }
     if (im.empty()) return bad("cannot decode the image (not an image, or an unsupported format)");
-    const std::string ext = lower_ext(r.image);
-    if ((ext == "jpg" || ext == "jpeg") && !jpeg_complete(r.image)) return bad("truncated JPEG (no end-of-image marker)");
     if (im.cols < 10 || im.rows < 10) return bad("image size " + std::to_string(im.cols) + "x" + std::to_string(im.rows) + " <10 pixels");
     r.width = im.cols;
     r.height = im.rows;
+    if (head.size() >= 2 && (unsigned char)head[0] == 0xFF && (unsigned char)head[1] == 0xD8) {  // PIL: im.format, not the name
+        const int tail = jpeg_tail(r.image);
+        if (tail == 1) return bad("truncated JPEG (the data stops inside the image, before its end-of-image marker)");
+        if (tail == 0) {  // YOLOv5 re-saves it (quality 100, EXIF orientation applied; its 4:4:4 needs OpenCV 4.7) and keeps it
+            if (!cv::imwrite(r.image, im, {cv::IMWRITE_JPEG_QUALITY, 100}))
+                return bad("corrupt JPEG (bytes after its end-of-image marker) and it could not be rewritten");
+            v.warning = "WARNING: " + r.image + ": corrupt JPEG restored and saved";
+        }
+    }
 
-    std::ifstream lf(r.label);
-    if (!lf) {
+    // The label file as YOLOv5 reads it: UTF-8 text, split into lines (universal newlines, str.splitlines) and
+    // each line into fields (str.split); blank lines skipped; a missing file (or a folder) is a background.
+    if (!fs::is_regular_file(r.label, ec)) {
         v.ok = v.background = true;
         return v;
     }
-    std::vector<std::vector<std::string>> rows;
+    std::ifstream lf(r.label, std::ios::binary);
+    if (!lf) return bad(r.label + ": cannot read the label file: " + std::strerror(errno));
+    const std::string bytes((std::istreambuf_iterator<char>(lf)), {});
+    std::u32string text;
+    size_t bad_at = 0;
+    if (!utf8_decode(bytes, text, bad_at)) {
+        char b[96];
+        snprintf(b, sizeof b, ": 'utf-8' codec can't decode byte 0x%02x in position %zu", (unsigned char)bytes[bad_at], bad_at);
+        return bad(r.label + b);
+    }
+    std::vector<std::vector<std::u32string>> tok_rows;
     std::vector<int> lines;
-    std::string line;
-    for (int ln = 1; std::getline(lf, line); ++ln) {
-        std::vector<std::string> t = split_ws(line);
-        if (t.empty()) continue;
-        rows.push_back(t);
-        lines.push_back(ln);
+    {
+        std::vector<std::u32string> all_lines;
+        for (size_t i = 0, start = 0; i <= text.size(); ++i) {
+            if (i == text.size() || py_line_break(text[i])) {
+                all_lines.push_back(text.substr(start, i - start));
+                if (i + 1 < text.size() && text[i] == '\r' && text[i + 1] == '\n') ++i;
+                start = i + 1;
+            }
+        }
+        std::vector<std::vector<std::u32string>> split(all_lines.size());
+        int first = -1, last = -1;  // str.strip() drops whitespace-only lines at both ends
+        for (size_t l = 0; l < all_lines.size(); ++l) {
+            std::u32string cur;
+            for (char32_t c : all_lines[l] + U" ") {
+                if (!py_space(c)) cur += c;
+                else if (!cur.empty()) split[l].push_back(cur), cur.clear();
+            }
+            if (!split[l].empty()) last = (int)l, first = first < 0 ? (int)l : first;
+        }
+        for (int l = first; first >= 0 && l <= last; ++l) {
+            if (all_lines[l].empty()) continue;
+            if (split[l].empty())
+                return bad(r.label + ":" + std::to_string(l + 1) + ": a line of only whitespace between labels (YOLOv5 "
+                           "cannot read this file: inhomogeneous shape)");
+            tok_rows.push_back(split[l]);
+            lines.push_back(l + 1);
+        }
+    }
+    std::vector<std::vector<std::string>> rows;  // the fields as printable text, for messages
+    for (const auto& t : tok_rows) {
+        std::vector<std::string> row;
+        for (const std::u32string& x : t) {
+            std::string s;
+            for (char32_t c : x) s += c >= 32 && c < 127 ? (char)c : '?';
+            row.push_back(s);
+        }
+        rows.push_back(row);
     }
     bool segments = false;
     for (const auto& t : rows) segments = segments || t.size() > 6;
@@ -258,10 +449,9 @@ Verified verify(ImageRecord& r) {
     for (size_t i = 0; i < rows.size(); ++i) {
         const std::string where = r.label + ":" + std::to_string(lines[i]) + ": ";
         std::vector<float> f;
-        for (const std::string& s : rows[i]) {
-            char* end = nullptr;
-            float x = std::strtof(s.c_str(), &end);
-            if (!end || *end) return bad(where + "'" + s + "' is not a number");
+        for (size_t k = 0; k < rows[i].size(); ++k) {
+            float x = 0;
+            if (!py_float(tok_rows[i][k], x)) return bad(where + "'" + rows[i][k] + "' is not a number (Python's float rejects it)");
             f.push_back(x);
         }
         if (segments) {  // class, then polygon x y pairs: its bounding box (segments2boxes)
@@ -307,10 +497,10 @@ Verified verify(ImageRecord& r) {
 }
 
 // ----------------------------------------------------------------------------------------------------
-// Cache: magic, version, hash, then the records and the counts.
+// Cache: magic, version, dataset hash, checksum, body size (32 bytes); the body: the records, then the counts.
 
 constexpr uint32_t kCacheMagic = 0x43354C59;  // "YL5C"
-constexpr uint32_t kCacheVersion = 1;
+constexpr uint32_t kCacheVersion = 2;
 
 uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
     const unsigned char* b = static_cast<const unsigned char*>(p);
@@ -345,32 +535,62 @@ bool get_str(std::istream& i, std::string& s) {
     return (bool)i.read(s.data(), n);
 }
 
-bool read_cache(const std::string& path, uint64_t hash, Dataset& d) {
+// A cache is trusted only whole: its size, checksum and every count in it are checked against the bytes that are
+// there before anything is allocated, and its values against verify's rules. `why` says what was wrong with a
+// corrupt one (empty when it is merely absent or stale: another dataset hash or format version).
+bool read_cache(const std::string& path, uint64_t hash, Dataset& d, std::string& why) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return false;
+    if (!fs::is_regular_file(path, ec)) return why = "not a file", false;
     std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
+    if (!in) return why = std::string("cannot open it: ") + std::strerror(errno), false;
+    const std::string all((std::istreambuf_iterator<char>(in)), {});
+    std::istringstream head(all.substr(0, 32));
     uint32_t magic = 0, version = 0;
-    uint64_t h = 0, n = 0;
-    if (!get(in, magic) || magic != kCacheMagic || !get(in, version) || version != kCacheVersion || !get(in, h) ||
-        h != hash || !get(in, n))
-        return false;
+    uint64_t h = 0, sum = 0;
+    if (!get(head, magic) || magic != kCacheMagic) return why = "not a y5 label cache", false;
+    if (!get(head, version) || version != kCacheVersion || !get(head, h) || h != hash) return false;
+    if (!get(head, sum) || all.size() < 32) return why = "shorter than its header", false;
+    const std::string body = all.substr(32);
+    uint64_t body_size = 0;
+    std::memcpy(&body_size, all.data() + 24, sizeof body_size);
+    if (body_size != body.size()) return why = "its size does not match its header (a truncated or appended file)", false;
+    if (fnv1a(1469598103934665603ull, body.data(), body.size()) != (sum ^ body_size))
+        return why = "its checksum does not match (the file was changed)", false;
+    std::istringstream i(body);
+    auto left = [&]() { return (uint64_t)(body.size() - (size_t)i.tellg()); };
+    constexpr uint64_t kMinRecord = 4 + 4 + 4 + 4 + 4, kRow = sizeof(LabelRow) + sizeof(int);
+    uint64_t n = 0;
+    if (!get(i, n) || n > left() / kMinRecord) return why = "its record count exceeds the file", false;
     d.records.resize(n);
     for (ImageRecord& r : d.records) {
         uint32_t nl = 0;
-        if (!get_str(in, r.image) || !get_str(in, r.label) || !get(in, r.width) || !get(in, r.height) || !get(in, nl))
-            return false;
+        if (!get_str(i, r.image) || !get_str(i, r.label) || !get(i, r.width) || !get(i, r.height) || !get(i, nl) ||
+            nl > left() / kRow)
+            return why = "a record or its label count exceeds the file", false;
+        if (r.width < 10 || r.height < 10) return why = "an image size below 10 pixels", false;
         r.labels.resize(nl);
         r.label_lines.resize(nl);
-        for (uint32_t k = 0; k < nl; ++k)
-            if (!get(in, r.labels[k]) || !get(in, r.label_lines[k])) return false;
+        for (uint32_t k = 0; k < nl; ++k) {
+            const LabelRow& l = r.labels[k];
+            if (!get(i, r.labels[k]) || !get(i, r.label_lines[k])) return why = "a label row exceeds the file", false;
+            const float v[5] = {l.cls, l.x, l.y, l.w, l.h};
+            for (int c = 0; c < 5; ++c)
+                if (!std::isfinite(v[c]) || v[c] < 0 || (c > 0 && v[c] > 1)) return why = "a label value out of range", false;
+            if (l.cls != std::floor(l.cls) || r.label_lines[k] < 1) return why = "a label value out of range", false;
+        }
     }
     uint32_t nw = 0;
     ScanStats& s = d.stats;
-    if (!get(in, s.images) || !get(in, s.backgrounds) || !get(in, s.corrupt) || !get(in, s.duplicates_removed) ||
-        !get(in, s.instances) || !get(in, nw))
-        return false;
+    if (!get(i, s.images) || !get(i, s.backgrounds) || !get(i, s.corrupt) || !get(i, s.duplicates_removed) ||
+        !get(i, s.instances) || !get(i, nw) || nw > left() / 4)
+        return why = "its counts exceed the file", false;
+    if (s.images != (int)n || s.backgrounds < 0 || s.corrupt < 0 || s.duplicates_removed < 0 || s.instances < 0)
+        return why = "its counts do not match its records", false;
     s.warnings.resize(nw);
     for (std::string& w : s.warnings)
-        if (!get_str(in, w)) return false;
+        if (!get_str(i, w)) return why = "a warning exceeds the file", false;
+    if (left() != 0) return why = "bytes after its last record", false;
     s.from_cache = true;
     return true;
 }
@@ -384,37 +604,43 @@ void write_cache(const std::string& path, uint64_t hash, const Dataset& d, ScanS
                              " is not writeable; the labels will be rescanned next time");
         return;
     }
+    std::ostringstream o;
+    put<uint64_t>(o, d.records.size());
+    for (const ImageRecord& r : d.records) {
+        put_str(o, r.image);
+        put_str(o, r.label);
+        put(o, r.width);
+        put(o, r.height);
+        put<uint32_t>(o, (uint32_t)r.labels.size());
+        for (size_t k = 0; k < r.labels.size(); ++k) {
+            put(o, r.labels[k]);
+            put(o, r.label_lines[k]);
+        }
+    }
+    put(o, s.images);
+    put(o, s.backgrounds);
+    put(o, s.corrupt);
+    put(o, s.duplicates_removed);
+    put(o, s.instances);
+    put<uint32_t>(o, (uint32_t)s.warnings.size());
+    for (const std::string& w : s.warnings) put_str(o, w);
+    const std::string body = o.str();
+    const uint64_t body_size = body.size(), sum = fnv1a(1469598103934665603ull, body.data(), body.size()) ^ body_size;
     const std::string tmp = path + ".tmp";
     {
-        std::ofstream o(tmp, std::ios::binary);
-        if (!o) {
+        std::ofstream f(tmp, std::ios::binary);
+        if (!f) {
             s.warnings.push_back("WARNING: cache directory " + fs::path(path).parent_path().string() +
                                  " is not writeable; the labels will be rescanned next time");
             return;
         }
-        put(o, kCacheMagic);
-        put(o, kCacheVersion);
-        put(o, hash);
-        put<uint64_t>(o, d.records.size());
-        for (const ImageRecord& r : d.records) {
-            put_str(o, r.image);
-            put_str(o, r.label);
-            put(o, r.width);
-            put(o, r.height);
-            put<uint32_t>(o, (uint32_t)r.labels.size());
-            for (size_t k = 0; k < r.labels.size(); ++k) {
-                put(o, r.labels[k]);
-                put(o, r.label_lines[k]);
-            }
-        }
-        put(o, s.images);
-        put(o, s.backgrounds);
-        put(o, s.corrupt);
-        put(o, s.duplicates_removed);
-        put(o, s.instances);
-        put<uint32_t>(o, (uint32_t)s.warnings.size());
-        for (const std::string& w : s.warnings) put_str(o, w);
-        if (!o) {
+        put(f, kCacheMagic);
+        put(f, kCacheVersion);
+        put(f, hash);
+        put(f, sum);
+        put(f, body_size);
+        f.write(body.data(), (std::streamsize)body.size());
+        if (!f) {
             std::remove(tmp.c_str());
             s.warnings.push_back("WARNING: could not write the label cache " + path);
             return;
@@ -432,7 +658,10 @@ Dataset scan_dataset(const std::vector<std::string>& sources, int threads, bool 
     const std::string first_label = label_path_for(images[0]);
     d.cache_path = fs::path(first_label).parent_path().string() + ".y5cache";
     const uint64_t hash = dataset_hash(images);
-    if (use_cache && read_cache(d.cache_path, hash, d)) return d;
+    std::string why;
+    if (use_cache && read_cache(d.cache_path, hash, d, why)) return d;
+    d = Dataset{};
+    d.cache_path = fs::path(first_label).parent_path().string() + ".y5cache";
 
     std::vector<ImageRecord> recs(images.size());
     std::vector<Verified> ver(images.size());
@@ -459,6 +688,9 @@ Dataset scan_dataset(const std::vector<std::string>& sources, int threads, bool 
     }
     Y5_CHECK(!d.records.empty(), "%s: no usable images (%d corrupt)", sources[0].c_str(), s.corrupt);
     if (use_cache) write_cache(d.cache_path, hash, d, s);
+    if (!why.empty())  // YOLOv5 rescans when its cache cannot be loaded; y5 says why (not kept in the new cache)
+        s.warnings.insert(s.warnings.begin(), "WARNING: " + d.cache_path + ": ignoring the label cache, " + why +
+                                                  "; rescanned and rewritten");
     return d;
 }
 
@@ -466,9 +698,12 @@ std::vector<std::string> check_classes(const Dataset& d, int nc) {
     std::vector<std::string> bad;
     for (const ImageRecord& r : d.records)
         for (size_t k = 0; k < r.labels.size(); ++k)
-            if ((int)r.labels[k].cls >= nc)
-                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " +
-                              std::to_string((int)r.labels[k].cls) + " exceeds nc=" + std::to_string(nc));
+            if ((double)r.labels[k].cls >= nc) {  // compared as read: a class ≥ 2^31 does not wrap to a negative int
+                char c[64];
+                snprintf(c, sizeof c, "%.0f", (double)r.labels[k].cls);
+                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " + c + " exceeds nc=" +
+                              std::to_string(nc));
+            }
     return bad;
 }
 
@@ -476,7 +711,7 @@ std::vector<int64_t> class_counts(const Dataset& d, int nc) {
     std::vector<int64_t> c(nc, 0);
     for (const ImageRecord& r : d.records)
         for (const LabelRow& l : r.labels)
-            if ((int)l.cls < nc) c[(int)l.cls]++;
+            if ((double)l.cls < nc) c[(int)l.cls]++;
     return c;
 }
 

@@ -4,13 +4,19 @@
  *     when the train and val sources are there, else to the yaml's folder; none: the yaml's folder), train/val/test as a folder, a list of folders, or a
  *     .txt list of image paths; names as a list or a {id: name} map; nc (optional, must equal len(names)).
  *   images → labels: the last /images/ becomes /labels/ and the extension .txt.
- *   verify_image_label: the image must decode, be at least 10×10 and (JPEG) end with FFD9; label rows have
- *     5 columns (more than 6: a polygon, converted to its box), values ≥ 0, coordinates ≤ 1; duplicate rows
- *     are removed (warning); a missing or empty label file means a background image. An image that fails
- *     is skipped with a warning naming the file (and the label line).
+ *   folders are listed as YOLOv5's recursive glob of '*.*' lists them: dot names skipped, each real folder once.
+ *   verify_image_label: the image must decode, be at least 10×10 and within PIL's decompression-bomb limit
+ *     (read from the PNG/JPEG/BMP header first); a JPEG with bytes after its end marker is re-saved and kept
+ *     (YOLOv5's "corrupt JPEG restored and saved"), one cut inside its data is skipped. The label file is read
+ *     as YOLOv5 reads it: UTF-8, Python's line breaks (\r, \r\n, \f, U+2028, ...) and whitespace, Python's
+ *     float(); rows have 5 columns (more than 6: a polygon, converted to its box), values ≥ 0, coordinates ≤ 1;
+ *     duplicate rows are removed (warning); a missing or empty label file means a background image, an
+ *     unreadable one a corrupt image. An image that fails is skipped with a warning naming the file (and the
+ *     label line).
  *   class ids ≥ nc are collected and reported by check_classes(), which callers run before training.
  * A label cache (<labels folder>.y5cache) keyed by a hash of the image and label paths and sizes makes a
- * rescan of an unchanged dataset read one file.
+ * rescan of an unchanged dataset read one file; its size, checksum and counts are checked before use, and a
+ * damaged one is ignored with a warning, rescanned and rewritten.
  */
 #pragma once
 #include <array>
