@@ -212,7 +212,8 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             } catch (const YAML::Exception&) {
                 Y5_FAIL("%s: line %d: anchor '%s' is not a number", path.c_str(), a.Mark().line + 1, a.Scalar().c_str());
             }
-            Y5_CHECK(std::isfinite(x) && x > 0 && x <= 65536, "%s: line %d: anchor %g must be above 0 and at most 65536",
+            // 0 is allowed: YOLOv5's placeholders for a hyp `anchors: N` ([0, 1, 2, ...], fitted by AutoAnchor).
+            Y5_CHECK(std::isfinite(x) && x >= 0 && x <= 65536, "%s: line %d: anchor %g must be from 0 to 65536",
                      path.c_str(), a.Mark().line + 1, x);
             v.push_back(x);
         }

@@ -223,7 +223,7 @@ my cfg_stride_zero "stride .* out of range" '0,/\[64, 6, 2, 2\]/s//[64, 6, 0, 2]
 my cfg_kernel_negative "kernel .* out of range" '0,/\[64, 6, 2, 2\]/s//[64, -6, 2, 2]/'
 my cfg_number_huge "'number' must be an integer from 1 to 1000" '0,/\[-1, 3, C3/s//[-1, 99999999999, C3/'
 my cfg_upsample_zero "the scale must be from 1 to 16" "0,/'nearest'\]/s/None, 2, 'nearest'/None, 0, 'nearest'/"
-my cfg_anchor_nan "anchor nan must be above 0" '0,/10,13/s//.nan,13/'
+my cfg_anchor_nan "anchor nan must be from 0 to 65536" '0,/10,13/s//.nan,13/'
 my cfg_nc_huge "nc must be from 1 to 100000" 's/^nc: .*/nc: 2000000000/'
 my cfg_malformed "malformed yaml" 's/^backbone:/backbone: [/'
 
