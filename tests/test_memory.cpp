@@ -140,7 +140,7 @@ TEST_CASE("the inference plan bounds a real batch's peak", "[memory][plan]") {
 
 // YOLOv5's seed command on a T4 (15 GB): y5train's plan for batch 64 at 640 (validation: batch 128 with sides up to
 // 672), measured on the CPU path (the same planner; the GPU's adds cuDNN's capped workspace), must pass the check.
-// Measured with recomputation (y5train's default): f32 7.0 GB, AMP 3.7 GB. Before validation reused the training
+// Measured with recomputation (y5train's default): f32 6.2 GB, AMP 3.3 GB. Before validation reused the training
 // arenas, the gradients' memory was reused by any shape and the BatchNorm outputs were recomputed: 33.8 GB and
 // 18.3 GB, refused.
 TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][plan]") {
