@@ -508,6 +508,12 @@ std::vector<uint8_t> TorchPtFile::entry(const std::string& name) const {
     zip_stat_init(&st);
     Y5_CHECK(zip_stat(zip_, name.c_str(), 0, &st) == 0 && (st.valid & ZIP_STAT_SIZE), "%s: no entry %s in the zip",
              path_.c_str(), name.c_str());
+    // The sizes come from the file: a stored entry (torch.save's) holds as many bytes as it takes, a deflated one
+    // at most 1032 times as many, so a lying header cannot ask for any amount of memory.
+    Y5_CHECK((st.valid & ZIP_STAT_COMP_SIZE) && (st.valid & ZIP_STAT_COMP_METHOD) &&
+                 (st.comp_method == ZIP_CM_STORE ? st.size == st.comp_size : st.size / 1032 <= st.comp_size),
+             "%s: entry %s claims %llu bytes from %llu stored (a damaged zip)", path_.c_str(), name.c_str(),
+             (unsigned long long)st.size, (unsigned long long)st.comp_size);
     zip_file_t* f = zip_fopen(zip_, name.c_str(), 0);
     Y5_CHECK(f, "%s: cannot open %s: %s", path_.c_str(), name.c_str(), zip_strerror(zip_));
     std::vector<uint8_t> buf(st.size);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -327,18 +328,24 @@ bool get_str(std::istream& i, std::string& s) {
     return (bool)i.read(s.data(), n);
 }
 
-bool read_cache(const std::string& path, uint64_t hash, Dataset& d) {
-    std::ifstream in(path, std::ios::binary);
+// Fills out only when the whole cache reads: a damaged one leaves out as it was, to be rescanned. Counts are
+// checked against the bytes left, so a corrupt count cannot ask for more memory than the file could describe.
+bool read_cache(const std::string& path, uint64_t hash, Dataset& out) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) return false;
+    const uint64_t size = (uint64_t)in.tellg();
+    in.seekg(0);
     uint32_t magic = 0, version = 0;
     uint64_t h = 0, n = 0;
     if (!get(in, magic) || magic != kCacheMagic || !get(in, version) || version != kCacheVersion || !get(in, h) ||
-        h != hash || !get(in, n))
+        h != hash || !get(in, n) || n > size / 20)  // a record takes at least 20 bytes
         return false;
+    Dataset d;
     d.records.resize(n);
     for (ImageRecord& r : d.records) {
         uint32_t nl = 0;
-        if (!get_str(in, r.image) || !get_str(in, r.label) || !get(in, r.width) || !get(in, r.height) || !get(in, nl))
+        if (!get_str(in, r.image) || !get_str(in, r.label) || !get(in, r.width) || !get(in, r.height) || !get(in, nl) ||
+            nl > size / (sizeof(LabelRow) + 4))
             return false;
         r.labels.resize(nl);
         r.label_lines.resize(nl);
@@ -348,12 +355,14 @@ bool read_cache(const std::string& path, uint64_t hash, Dataset& d) {
     uint32_t nw = 0;
     ScanStats& s = d.stats;
     if (!get(in, s.images) || !get(in, s.backgrounds) || !get(in, s.corrupt) || !get(in, s.duplicates_removed) ||
-        !get(in, s.instances) || !get(in, nw))
+        !get(in, s.instances) || !get(in, nw) || nw > size / 4)
         return false;
     s.warnings.resize(nw);
     for (std::string& w : s.warnings)
         if (!get_str(in, w)) return false;
     s.from_cache = true;
+    d.cache_path = out.cache_path;
+    out = std::move(d);
     return true;
 }
 
@@ -444,13 +453,18 @@ Dataset scan_dataset(const std::vector<std::string>& sources, int threads, bool 
     return d;
 }
 
+// Class ids are compared as floats: a label file's id is any integer value (1e30 passes verify's rules) and a
+// damaged cache's any float, neither always an int. Negative or NaN ids (a damaged cache) are reported too.
 std::vector<std::string> check_classes(const Dataset& d, int nc) {
     std::vector<std::string> bad;
     for (const ImageRecord& r : d.records)
         for (size_t k = 0; k < r.labels.size(); ++k)
-            if ((int)r.labels[k].cls >= nc)
-                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " +
-                              std::to_string((int)r.labels[k].cls) + " exceeds nc=" + std::to_string(nc));
+            if (!(r.labels[k].cls >= 0 && r.labels[k].cls < (float)nc)) {
+                char cls[48];
+                std::snprintf(cls, sizeof cls, "%.0f", r.labels[k].cls);
+                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " + cls + " exceeds nc=" +
+                              std::to_string(nc));
+            }
     return bad;
 }
 
@@ -458,7 +472,7 @@ std::vector<int64_t> class_counts(const Dataset& d, int nc) {
     std::vector<int64_t> c(nc, 0);
     for (const ImageRecord& r : d.records)
         for (const LabelRow& l : r.labels)
-            if ((int)l.cls < nc) c[(int)l.cls]++;
+            if (l.cls >= 0 && l.cls < (float)nc) c[(int)l.cls]++;
     return c;
 }
 
