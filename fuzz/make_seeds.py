@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Seed files for the safetensors and .pt fuzz harnesses (fuzz/corpus/safetensors, fuzz/corpus/torch_pt), made with
-torch, safetensors and the `yolov5` package (7.0.13). The other corpora are copies of repository files, real
-labels and caches y5data wrote (fuzz/README.md).
+torch, safetensors and the `yolov5` package (7.0.13). The other corpora are copies of repository files, coco128
+labels, hand-written labels and the label caches y5data wrote for a three-image dataset.
 
 Writes:
   fuzz/corpus/safetensors/tiny.safetensors   F32, F16, BF16, F64, I64 tensors (one 0-d) and metadata, as y5 reads them
