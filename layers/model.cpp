@@ -154,7 +154,12 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
         Y5_FAIL("%s: line %d: nc, depth_multiple and width_multiple must be numbers", path.c_str(), e.mark.line + 1);
     }
     if (nc_override > 0) nc = nc_override;
-    Y5_CHECK(nc >= 1, "%s: nc must be at least 1, got %d", path.c_str(), nc);
+    Y5_CHECK(nc >= 1 && nc <= 100000, "%s: nc must be from 1 to 100000, got %d", path.c_str(), nc);
+    // 0 would divide by zero or build empty layers, huge values overflow the channel counts
+    Y5_CHECK(std::isfinite(gd) && gd > 0 && gd <= 100, "%s: depth_multiple %g must be above 0 and at most 100",
+             path.c_str(), gd);
+    Y5_CHECK(std::isfinite(gw) && gw > 0 && gw <= 100, "%s: width_multiple %g must be above 0 and at most 100",
+             path.c_str(), gw);
     if (y["activation"]) act = parse_act(y["activation"].as<std::string>());
 
     std::vector<std::vector<float>> anchors;
@@ -211,8 +216,9 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
             if (f == -1 && i == 0) a = -1;
             from_abs[i].push_back(a);
         }
-        if (!is_int(r[1]) || r[1].as<int>() < 1) rc.fail("'number' must be a positive integer");
+        if (!is_int(r[1]) || r[1].as<int>() < 1 || r[1].as<int>() > 1000) rc.fail("'number' must be an integer from 1 to 1000");
         int n = r[1].as<int>();
+        if (n > 1 && n * gd > 1000) rc.fail("'number' times depth_multiple exceeds 1000 repeats");
         if (n > 1) n = std::max((int)std::nearbyint(n * gd), 1);
         const YAML::Node args = r[3];
         if (!args.IsSequence()) rc.fail("'args' must be a list");

@@ -6,6 +6,7 @@
  *   label_class_1e30.txt                                    a label file whose class id is past int's range
  *   safetensors_*.safetensors                               headers whose shapes overflow, wrap or are negative
  *   pt_entry_size_lies.pt                                   a zip whose data.pkl entry claims 4 GB
+ *   model_depth_multiple_huge.yaml                          yolov5n.yaml with depth_multiple 8.9e16 (fuzz_yaml_model)
  */
 #include <catch2/catch.hpp>
 
@@ -19,6 +20,7 @@
 #include "engine/core/torch_pt.h"
 #include "engine/data/dataset.h"
 #include "kernels/check.h"
+#include "layers/model.h"
 
 using namespace y5;
 using Catch::Matchers::Contains;
@@ -109,6 +111,13 @@ TEST_CASE("fuzz regression: a .pt zip entry that claims more bytes than it store
     // data.pkl stored (uncompressed) in 6 bytes, its headers claiming 4294967280: before, y5 allocated that much.
     const std::string path = kFuzz + "pt_entry_size_lies.pt";
     CHECK_THROWS_WITH(TorchPtFile(path), Contains(path + ": entry archive/data.pkl claims 4294967280 bytes from 6 stored"));
+}
+
+TEST_CASE("fuzz regression: a model yaml's depth_multiple past int's range is refused", "[fuzz]") {
+    // Before: (int) of number × depth_multiple was undefined (UBSan), in practice INT_MIN, so max(·, 1) built one
+    // repeat and the yaml was accepted.
+    const std::string path = kFuzz + "model_depth_multiple_huge.yaml";
+    CHECK_THROWS_WITH(Model(path), Contains(path + ": depth_multiple 8.88889e+16 must be above 0 and at most 100"));
 }
 
 TEST_CASE("fuzz seeds: the committed corpus files parse", "[fuzz]") {
