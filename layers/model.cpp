@@ -234,13 +234,17 @@ Model::Model(const std::string& path, const std::string& text, int nc_override) 
         const int c1 = in_ch(0);
         auto scaled_c2 = [&]() {
             if (args.size() < 1 || !is_int(args[0])) rc.fail("argument 0 (output channels) must be an integer");
-            int c2 = args[0].as<int>();
+            const int c2 = args[0].as<int>();
+            if (c2 < 1 || c2 > 65536 || (c2 != no && c2 * gw > 65536))
+                rc.fail("output channels " + std::to_string(c2) + " (times width_multiple) must be from 1 to 65536");
             return c2 != no ? make_divisible(c2 * gw, 8) : c2;
         };
         std::string printed;
         if (mod == "Conv" || mod == "Focus") {
             const int c2 = scaled_c2(), k = arg_int(rc, args, 1, 1, "kernel"), s = arg_int(rc, args, 2, 1, "stride");
             const int p = arg_int(rc, args, 3, k / 2, "padding"), g = arg_int(rc, args, 4, 1, "groups");
+            if (k < 1 || k > 31 || s < 1 || s > 64 || p < 0 || p > k)
+                rc.fail("kernel (1..31), stride (1..64) or padding (0..kernel) out of range");
             if (g != 1) rc.fail("groups > 1 are not supported");
             Act a = act;
             if (mod == "Conv") {

@@ -7,6 +7,7 @@
  *   safetensors_*.safetensors                               headers whose shapes overflow, wrap or are negative
  *   pt_entry_size_lies.pt                                   a zip whose data.pkl entry claims 4 GB
  *   model_depth_multiple_huge.yaml                          yolov5n.yaml with depth_multiple 8.9e16 (fuzz_yaml_model)
+ *   model_conv_stride_0.yaml                                yolov5n.yaml with a Conv of stride 0 (fuzz_yaml_model)
  */
 #include <catch2/catch.hpp>
 
@@ -118,6 +119,12 @@ TEST_CASE("fuzz regression: a model yaml's depth_multiple past int's range is re
     // repeat and the yaml was accepted.
     const std::string path = kFuzz + "model_depth_multiple_huge.yaml";
     CHECK_THROWS_WITH(Model(path), Contains(path + ": depth_multiple 8.88889e+16 must be above 0 and at most 100"));
+}
+
+TEST_CASE("fuzz regression: a model yaml's Conv with stride 0 is refused", "[fuzz]") {
+    // Before: the shape dry run divided by the stride (UBSan: division by zero; SIGFPE without it).
+    const std::string path = kFuzz + "model_conv_stride_0.yaml";
+    CHECK_THROWS_WITH(Model(path), Contains("kernel (1..31), stride (1..64) or padding (0..kernel) out of range"));
 }
 
 TEST_CASE("fuzz seeds: the committed corpus files parse", "[fuzz]") {
