@@ -7,11 +7,13 @@
  *   safetensors_*.safetensors                               headers whose shapes overflow, wrap or are negative
  *   pt_entry_size_lies.pt                                   a zip whose data.pkl entry claims 4 GB
  *   model_depth_multiple_huge.yaml                          yolov5n.yaml with depth_multiple 8.9e16 (fuzz_yaml_model)
+ *   pkl_tuple_in_itself.pkl                                 a data.pkl appending a tuple to itself (fuzz_torch_pt)
  *   model_conv_stride_0.yaml                                yolov5n.yaml with a Conv of stride 0 (fuzz_yaml_model)
  */
 #include <catch2/catch.hpp>
 
 #include <opencv2/imgcodecs.hpp>
+#include <zip.h>
 
 #include <filesystem>
 #include <fstream>
@@ -125,6 +127,21 @@ TEST_CASE("fuzz regression: a model yaml's Conv with stride 0 is refused", "[fuz
     // Before: the shape dry run divided by the stride (UBSan: division by zero; SIGFPE without it).
     const std::string path = kFuzz + "model_conv_stride_0.yaml";
     CHECK_THROWS_WITH(Model(path), Contains("kernel (1..31), stride (1..64) or padding (0..kernel) out of range"));
+}
+
+TEST_CASE("fuzz regression: a pickle that puts a tuple inside itself is refused", "[fuzz]") {
+    // "N)2a": NONE, EMPTY_TUPLE, DUP, APPEND. Before: the tuple held a shared_ptr to itself and leaked (LeakSanitizer).
+    // Packed as fuzz_torch_pt packs a bare data.pkl.
+    const std::string pkl = read_bytes(kFuzz + "pkl_tuple_in_itself.pkl");
+    const std::string path = "/tmp/y5_test_fuzz_pkl_tuple.pt";
+    fs::remove(path);
+    int err = 0;
+    zip_t* z = zip_open(path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+    REQUIRE(z);
+    zip_source_t* src = zip_source_buffer(z, pkl.data(), pkl.size(), 0);
+    REQUIRE((src && zip_file_add(z, "archive/data.pkl", src, 0) >= 0));
+    REQUIRE(zip_close(z) == 0);
+    CHECK_THROWS_WITH(TorchPtFile(path), Contains(path + ": ") && Contains("a tuple put inside itself (a reference cycle)"));
 }
 
 TEST_CASE("fuzz seeds: the committed corpus files parse", "[fuzz]") {
