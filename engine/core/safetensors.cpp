@@ -83,6 +83,14 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
         }
         const size_t es = elem_size(e.dtype);
         Y5_CHECK(es, "%s: tensor '%s' has unsupported dtype %s", path.c_str(), it.key().c_str(), e.dtype.c_str());
+        // No negative size and no more elements than the data section has bytes, overflow-checked as the numbers
+        // come from the file (a wrapped product could otherwise match the offsets).
+        int64_t n = 1;
+        bool sizes_ok = true;
+        for (int64_t d : e.shape)
+            sizes_ok = sizes_ok && d >= 0 && !__builtin_mul_overflow(n, d, &n) && (uint64_t)n <= data_.size();
+        Y5_CHECK(sizes_ok, "%s: tensor '%s' has a negative size or more elements than the file holds", path.c_str(),
+                 it.key().c_str());
         Y5_CHECK(e.begin <= e.end && e.end <= data_.size() && e.end - e.begin == e.numel() * es,
                  "%s: tensor '%s' has data offsets [%zu, %zu) inconsistent with its shape or the file size %zu",
                  path.c_str(), it.key().c_str(), e.begin, e.end, data_.size());

@@ -170,6 +170,7 @@ public:
                     PyRef state = pop();
                     PyObj& o = *top(at);
                     if (o.is(PyObj::Object)) {
+                        no_self(at, o, state);
                         o.state = state;
                         o.depth = std::max(o.depth, state->depth + 1);
                         check_depth(at, o);
@@ -334,9 +335,15 @@ private:
     void check_depth(size_t at, const PyObj& o) const {
         if (o.depth > kMaxDepth) fail(at, "the pickle nests deeper than " + std::to_string(kMaxDepth) + " levels");
     }
+    // A container put inside itself would be a shared_ptr cycle, never freed (fuzz_torch_pt: "N)2a"). Longer
+    // cycles through other containers are not detected.
+    void no_self(size_t at, const PyObj& c, const PyRef& x) const {
+        if (x.get() == &c) fail(at, c.describe() + " put inside itself (a reference cycle)");
+    }
     void append(size_t at, PyObj& c, const PyRef& x) {
         if (!c.is(PyObj::List) && !c.is(PyObj::Tuple) && !c.is(PyObj::Set))
             fail(at, "APPEND to " + c.describe());
+        no_self(at, c, x);
         c.items.push_back(x);
         c.depth = std::max(c.depth, x->depth + 1);
         check_depth(at, c);
@@ -345,6 +352,8 @@ private:
         if (!d.is(PyObj::Dict)) fail(at, "SETITEM on " + d.describe());
         if (kv.size() % 2) fail(at, "malformed pickle: SETITEMS with an odd number of items");
         for (size_t j = 0; j < kv.size(); j += 2) {
+            no_self(at, d, kv[j]);
+            no_self(at, d, kv[j + 1]);
             d.dict.emplace_back(kv[j], kv[j + 1]);
             d.depth = std::max({d.depth, kv[j]->depth + 1, kv[j + 1]->depth + 1});
         }
@@ -357,6 +366,7 @@ private:
         return o;
     }
     void append_arg(size_t at, PyObj& o, const PyRef& a) {
+        no_self(at, o, a);
         o.items.push_back(a);
         o.depth = std::max(o.depth, a->depth + 1);
         check_depth(at, o);
@@ -508,6 +518,12 @@ std::vector<uint8_t> TorchPtFile::entry(const std::string& name) const {
     zip_stat_init(&st);
     Y5_CHECK(zip_stat(zip_, name.c_str(), 0, &st) == 0 && (st.valid & ZIP_STAT_SIZE), "%s: no entry %s in the zip",
              path_.c_str(), name.c_str());
+    // The sizes come from the file: a stored entry (torch.save's) holds as many bytes as it takes, a deflated one
+    // at most 1032 times as many, so a lying header cannot ask for any amount of memory.
+    Y5_CHECK((st.valid & ZIP_STAT_COMP_SIZE) && (st.valid & ZIP_STAT_COMP_METHOD) &&
+                 (st.comp_method == ZIP_CM_STORE ? st.size == st.comp_size : st.size / 1032 <= st.comp_size),
+             "%s: entry %s claims %llu bytes from %llu stored (a damaged zip)", path_.c_str(), name.c_str(),
+             (unsigned long long)st.size, (unsigned long long)st.comp_size);
     zip_file_t* f = zip_fopen(zip_, name.c_str(), 0);
     Y5_CHECK(f, "%s: cannot open %s: %s", path_.c_str(), name.c_str(), zip_strerror(zip_));
     std::vector<uint8_t> buf(st.size);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -694,14 +695,16 @@ Dataset scan_dataset(const std::vector<std::string>& sources, int threads, bool 
     return d;
 }
 
+// Class ids are compared as floats: a label file's id is any integer value (1e30 passes verify's rules) and a
+// damaged cache's any float, neither always an int. Negative or NaN ids (a damaged cache) are reported too.
 std::vector<std::string> check_classes(const Dataset& d, int nc) {
     std::vector<std::string> bad;
     for (const ImageRecord& r : d.records)
         for (size_t k = 0; k < r.labels.size(); ++k)
-            if ((double)r.labels[k].cls >= nc) {  // compared as read: a class ≥ 2^31 does not wrap to a negative int
-                char c[64];
-                snprintf(c, sizeof c, "%.0f", (double)r.labels[k].cls);
-                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " + c + " exceeds nc=" +
+            if (!(r.labels[k].cls >= 0 && r.labels[k].cls < (float)nc)) {
+                char cls[48];
+                std::snprintf(cls, sizeof cls, "%.0f", r.labels[k].cls);
+                bad.push_back(r.label + ":" + std::to_string(r.label_lines[k]) + ": class " + cls + " exceeds nc=" +
                               std::to_string(nc));
             }
     return bad;
@@ -711,7 +714,7 @@ std::vector<int64_t> class_counts(const Dataset& d, int nc) {
     std::vector<int64_t> c(nc, 0);
     for (const ImageRecord& r : d.records)
         for (const LabelRow& l : r.labels)
-            if ((double)l.cls < nc) c[(int)l.cls]++;
+            if (l.cls >= 0 && l.cls < (float)nc) c[(int)l.cls]++;
     return c;
 }
 
