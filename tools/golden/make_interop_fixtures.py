@@ -18,10 +18,13 @@ Two changes to YOLOv5, both what y5 does (README, Differences from YOLOv5), made
   - the NMS time limit: non_max_suppression drops the images not done after 0.5 + 0.05 * batch seconds, which a
     slow shared CPU can hit; during val.py's NMS calls the clock utils.general reads is frozen, so it never expires
     and no image is dropped (y5 has no limit).
+Shims for this environment, with no effect on the numbers: pkg_resources (common.py), torch.load's pre-2.6
+default weights_only=False for the official checkpoint, np.trapz (numpy >= 2.4), and no network (the pip
+package's Hugging Face lookup and check_dataset's font download are skipped).
 detect.run: ../shared/data/images/bus.jpg, imgsz 640, conf 0.25, iou 0.45, max_det 1000, save_txt, save_conf,
 nosave, device cpu (no change to YOLOv5).
 
-Regenerate (from the repository root; CPU only, nothing downloaded, a few minutes):
+Regenerate (from the repository root; CPU only, nothing downloaded, about a minute on 2 busy cores):
   /work/venv-torch/bin/python tools/golden/make_interop_fixtures.py
 """
 
@@ -104,9 +107,14 @@ def main():
         general.check_font = lambda *a, **k: None  # check_dataset fetches a font for plots: none drawn, no network
         stable_rect_sort()
         nms_without_time_limit()
-        rows = []  # ap_per_class's return, captured
+        rows = []  # ap_per_class's return (per-class P, R, AP), which val.run prints but does not return
         apc = val.ap_per_class
-        val.ap_per_class = lambda *a, **k: rows.append(apc(*a, **k)) or rows[-1]
+
+        def ap_per_class(*args, **kwargs):
+            rows.append(apc(*args, **kwargs))
+            return rows[-1]
+
+        val.ap_per_class = ap_per_class
         (mp, mr, map50, map_, *_), *_ = val.run(data=str(data / 'coco128.yaml'), weights=str(WEIGHTS),
                                                   batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6,
                                                   device='cpu', half=False, workers=2, plots=False,
