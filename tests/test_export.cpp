@@ -189,7 +189,7 @@ TEST_CASE("ONNX export --half writes f16 weights, input and output", "[export]")
     CHECK(resize == f32);
 }
 
-TEST_CASE("--include safetensors writes weights y5 loads back (f32 exactly, f16 rounded)", "[export]") {
+TEST_CASE("y5export --include safetensors writes weights y5 loads back (f32 exactly, f16 rounded)", "[export]") {
     auto m = random_model("config/models/yolov5n-eca.yaml", 41);
     m->class_names = {};
     for (int i = 0; i < m->nc; ++i) m->class_names.push_back("c" + std::to_string(i));

@@ -42,7 +42,7 @@ static Dataset iw_dataset() {
     return d;
 }
 
-TEST_CASE("--image-weights: class and image weights equal YOLOv5's labels_to_*_weights", "[trainflags]") {
+TEST_CASE("y5train --image-weights: class and image weights equal YOLOv5's labels_to_*_weights", "[trainflags]") {
     const Dataset d = iw_dataset();
     const int nc = 4;
     std::vector<float> cw0 = labels_to_class_weights(d, nc);
@@ -60,7 +60,7 @@ TEST_CASE("--image-weights: class and image weights equal YOLOv5's labels_to_*_w
     }
 }
 
-TEST_CASE("--image-weights: random.choices' frequencies follow the weights (chi-square, seeded)", "[trainflags]") {
+TEST_CASE("y5train --image-weights: random.choices' frequencies follow the weights (chi-square, seeded)", "[trainflags]") {
     const std::vector<double> w = fx().read_f64("iw.maps.iw");  // image 5 (a background) has weight 0
     double total = 0;
     for (double x : w) total += x;
@@ -103,7 +103,7 @@ TEST_CASE("bilinear resize equals F.interpolate(align_corners=False)", "[trainfl
     }
 }
 
-TEST_CASE("--quad: collate_quad equals YOLOv5's collate_fn4", "[trainflags]") {
+TEST_CASE("y5train --quad: collate_quad equals YOLOv5's collate_fn4", "[trainflags]") {
     Batch in;
     in.n = 8, in.h = 6, in.w = 10;
     const std::vector<float> ims = fx().read_f32("quad.images"), tg = fx().read_f32("quad.targets");
@@ -140,7 +140,7 @@ static std::string temp_dataset(const char* tag, int images) {
     return dir;
 }
 
-TEST_CASE("--quad: the loader gives batch/4 images of twice the size", "[trainflags]") {
+TEST_CASE("y5train --quad: the loader gives batch/4 images of twice the size", "[trainflags]") {
     const std::string dir = temp_dataset("quad", 10);
     const Dataset d = scan_dataset({dir + "/images/train"}, 1, false);
     LoaderOptions o;
@@ -159,7 +159,7 @@ TEST_CASE("--quad: the loader gives batch/4 images of twice the size", "[trainfl
     fs::remove_all(dir);
 }
 
-TEST_CASE("--image-weights: the loader's epoch draws only images with weight", "[trainflags]") {
+TEST_CASE("y5train --image-weights: the loader's epoch draws only images with weight", "[trainflags]") {
     const std::string dir = temp_dataset("iw", 8);
     const Dataset d = scan_dataset({dir + "/images/train"}, 1, false);
     LoaderOptions o;
@@ -176,7 +176,7 @@ TEST_CASE("--image-weights: the loader's epoch draws only images with weight", "
     fs::remove_all(dir);
 }
 
-TEST_CASE("--cache disk: np.save's bytes, cv::imread's pixels, malformed files re-made, same batches", "[trainflags]") {
+TEST_CASE("y5train --cache disk: np.save's bytes, cv::imread's pixels, malformed files re-made, same batches", "[trainflags]") {
     // The writer's bytes are np.save's, and the reader reads them back.
     const std::vector<float> npy = fx().read_f32("npy.bytes"), px = fx().read_f32("npy.image");
     cv::Mat im(5, 7, CV_8UC3);
@@ -277,7 +277,7 @@ TEST_CASE("hyp anchors: N placeholder anchors per level, then AutoAnchor fits th
     fs::remove_all(dir);
 }
 
-TEST_CASE("--multi-scale: sizes and shapes equal train.py's lines for every draw (imgsz 64, 320, 640)", "[trainflags]") {
+TEST_CASE("y5train --multi-scale: sizes and shapes equal train.py's lines for every draw (imgsz 64, 320, 640)", "[trainflags]") {
     const int gs = 32;
     const std::vector<float> shapes = fx().read_f32("ms.shapes");
     for (int imgsz : {64, 320, 640}) {

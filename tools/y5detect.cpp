@@ -184,7 +184,8 @@ static std::string summary_of(const std::vector<y5::Detection>& det, const std::
 
 static void write_txt(const std::string& path, const std::vector<y5::Detection>& det, int w, int h, bool conf) {
     std::ofstream f(path, std::ios::app);
-    for (const auto& d : det) {
+    for (auto it = det.rbegin(); it != det.rend(); ++it) {  // detect.py writes reversed(det): lowest confidence first
+        const y5::Detection& d = *it;
         char line[160];
         snprintf(line, sizeof line, "%d %g %g %g %g", (int)d[5], (d[0] + d[2]) / 2 / w, (d[1] + d[3]) / 2 / h, (d[2] - d[0]) / w,
                  (d[3] - d[1]) / h);
