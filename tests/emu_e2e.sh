@@ -92,9 +92,9 @@ diff dev.log cut.log || fail "the resumed device run's per-batch losses differ f
 # one NMS kept instead). That image is compared no further, and at least 3/4 of all detections must have been.
 w=runs/train/dev/weights/best.safetensors
 for d in cpu 0; do
-  "$build/y5val" --data eval/data.yaml --task train --weights "$w" --imgsz 128 --workers 1 --device "$d" > "val_$d.out" 2>&1 ||
-    fail "y5val --device $d failed" "val_$d.out"
-  grep -v "^Speed:" "val_$d.out" > "val_$d.table"
+  "$build/y5val" --data eval/data.yaml --task train --weights "$w" --imgsz 128 --workers 1 --device "$d" --noplots \
+    > "val_$d.out" 2>&1 || fail "y5val --device $d failed" "val_$d.out"
+  grep -v -e "^Speed:" -e "^Results saved to" "val_$d.out" > "val_$d.table"
   "$build/y5detect" --source eval/images/train --weights "$w" --imgsz 128 --conf-thres 0.001 --save-txt --save-conf \
     --nosave --name "det_$d" --device "$d" > "det_$d.out" 2>&1 || fail "y5detect --device $d failed" "det_$d.out"
 done
