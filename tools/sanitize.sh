@@ -11,6 +11,7 @@ build="${Y5_SANITIZE_BUILD_DIR:-build-asan}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DY5_SANITIZE=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target y5_tests
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"  # system libraries' process-long memory
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 "$build/y5_tests" "$@"
 echo "sanitize.sh: y5_tests ${1:-(every CPU test)} passed under ASan + UBSan"
