@@ -114,18 +114,8 @@ LossItems combine_loss_items(const std::vector<LossItems>& parts, const LossHyp&
             L.n[i] += p.n[i], L.cells[i] += p.cells[i];
         }
     }
-    for (int i = 0; i < L.nl; ++i) {
-        if (L.n[i]) {
-            L.lbox += L.sbox[i] / (double)L.n[i];
-            if (nc > 1) L.lcls += L.scls[i] / ((double)L.n[i] * nc);
-        }
-        if (L.cells[i]) L.lobj += L.sobj[i] / (double)L.cells[i] * loss_balance(L.nl, i);
-    }
-    L.lbox *= h.box;
-    L.lobj *= h.obj;
-    L.lcls *= h.cls;
     for (const LossItems& p : parts) L.bs += p.bs;
-    L.total = (L.lbox + L.lobj + L.lcls) * L.bs;
+    form_loss_items(L, h, nc);
     return L;
 }
 

@@ -86,6 +86,23 @@ struct LossItems {
     int64_t n[kLossMaxLevels] = {}, cells[kLossMaxLevels] = {};
 };
 
+// lbox, lobj, lcls and total from L's level sums and counts (L.nl, L.bs set): per level the means, in level order,
+// then the gains, as ComputeLoss forms them. yolo_loss_cpu and combine_loss_items both end with it.
+inline void form_loss_items(LossItems& L, const LossHyp& h, int nc) {
+    L.lbox = L.lobj = L.lcls = 0;
+    for (int i = 0; i < L.nl; ++i) {
+        if (L.n[i]) {
+            L.lbox += L.sbox[i] / (double)L.n[i];
+            if (nc > 1) L.lcls += L.scls[i] / ((double)L.n[i] * nc);
+        }
+        if (L.cells[i]) L.lobj += L.sobj[i] / (double)L.cells[i] * loss_balance(L.nl, i);
+    }
+    L.lbox *= h.box;
+    L.lobj *= h.obj;
+    L.lcls *= h.cls;
+    L.total = (L.lbox + L.lobj + L.lcls) * L.bs;
+}
+
 // The items of a batch from those of its parts (disjoint image sets, the same hyp and nc): the level sums
 // added, then the means and gains as yolo_loss_cpu forms them; total for the parts' images together.
 LossItems combine_loss_items(const std::vector<LossItems>& parts, const LossHyp& h, int nc);
@@ -175,8 +192,6 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
                 for (int q = 0; q < no; ++q)
                     if (q != 4 && (q < 4 || nc > 1))
                         loss_grad_put(dp + slot_cell[j] * no + q, acc[j * no + q], accum, gs);
-            L.lbox += sbox / n;
-            if (nc > 1) L.lcls += scls / ((double)n * nc);
             L.sbox[i] = sbox, L.scls[i] = scls, L.n[i] = n;
         }
         if (detached) {
@@ -191,13 +206,9 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
             sobj += (double)bce_logits(x, tobj[c], T(h.obj_pw));
             if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, tobj[c], T(h.obj_pw)), accum, gs);
         }
-        L.lobj += sobj / (double)cells * bal;
         L.sobj[i] = sobj, L.cells[i] = cells;
     }
-    L.lbox *= h.box;
-    L.lobj *= h.obj;
-    L.lcls *= h.cls;
-    L.total = (L.lbox + L.lobj + L.lcls) * bs;
+    form_loss_items(L, h, nc);
     return L;
 }
 
