@@ -56,6 +56,17 @@ ds img_trailing; { cat $good; printf 'trailing garbage'; } > img_trailing/images
 img_case img_trailing ok "x.jpg: corrupt JPEG restored and saved.*| 5 images, 0 backgrounds, 0 corrupt"
 grep -q " 5 images, .*0 corrupt" img_trailing.out || { echo "FAIL img_trailing: the restored JPEG was not kept"; failed=$((failed + 1)); }
 tail -c 2 img_trailing/images/train/x.jpg | od -An -tx1 | grep -q "ff d9" || { echo "FAIL img_trailing: not rewritten"; failed=$((failed + 1)); }
+# Without FFD9 at the end: restored when every scanline decodes from the bytes there are (PIL loads it), else
+# truncated (PIL: image file is truncated). Two COCO128 files with their last 2 bytes cut, one of each (YOLOv5's
+# outcomes in tests/fixtures/jpeg_eoi.txt); skipped in a clone without ../shared.
+coco="$src/../shared/data/coco128/images/train2017"
+if [ -d "$coco" ]; then
+  ds img_noeoi_complete; head -c -2 "$coco/000000000034.jpg" > img_noeoi_complete/images/train/x.jpg
+  img_case img_noeoi_complete ok "x.jpg: corrupt JPEG restored and saved"
+  grep -q " 5 images, .*0 corrupt" img_noeoi_complete.out || { echo "FAIL img_noeoi_complete: not kept"; failed=$((failed + 1)); }
+  ds img_noeoi_cut; head -c -2 "$coco/000000000009.jpg" > img_noeoi_cut/images/train/x.jpg
+  img_case img_noeoi_cut ok "x.jpg: ignoring corrupt image/label: truncated JPEG"
+fi
 ds img_png_named_jpg; python3 - img_png_named_jpg/images/train/x.jpg <<'EOF'
 import struct, sys, zlib
 def chunk(t, b): return struct.pack('>I', len(b)) + t + b + struct.pack('>I', zlib.crc32(t + b))

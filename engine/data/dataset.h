@@ -6,8 +6,9 @@
  *   images → labels: the last /images/ becomes /labels/ and the extension .txt.
  *   folders are listed as YOLOv5's recursive glob of '*.*' lists them: dot names skipped, each real folder once.
  *   verify_image_label: the image must decode, be at least 10×10 and within PIL's decompression-bomb limit
- *     (read from the PNG/JPEG/BMP header first); a JPEG with bytes after its end marker is re-saved and kept
- *     (YOLOv5's "corrupt JPEG restored and saved"), one cut inside its data is skipped. The label file is read
+ *     (read from the PNG/JPEG/BMP header first); a JPEG not ending with FFD9 is re-saved (quality 100, 4:4:4)
+ *     and kept when every scanline decodes from its bytes as PIL decodes it (YOLOv5's "corrupt JPEG restored
+ *     and saved"), else skipped as truncated. The label file is read
  *     as YOLOv5 reads it: UTF-8, Python's line breaks (\r, \r\n, \f, U+2028, ...) and whitespace, Python's
  *     float(); rows have 5 columns (more than 6: a polygon, converted to its box), values ≥ 0, coordinates ≤ 1;
  *     duplicate rows are removed (warning); a missing or empty label file means a background image, an
