@@ -229,6 +229,22 @@ TEST_CASE("hostile, truncated and foreign .pt files fail with one line naming th
     CHECK_THAT(error_of(load, path), Contains("'model' is an object torch.nn.modules.conv.Conv2d, not a YOLOv5 "
                                               "detection model"));
 
+    // A reference cycle through two lists (A = [B], B = [A], through the memo), and a chain nested 5000 deep whose
+    // lists were each empty when put into the one before (so no single insertion sees the depth): refused at STOP
+    // as cycle and depth, not freed recursively or leaked (the sanitizer suite runs this too).
+    write_zip(path, {{"archive/data.pkl", kProto + std::string("]q\0" "]q\x01" "h\0" "aa", 10) + kStop}});
+    CHECK_THAT(error_of(load, path), Contains("a list contains itself through other containers (a reference cycle)"));
+    {
+        std::string chain = kProto + "]r" + le32(0);
+        for (uint32_t i = 1; i <= 5000; ++i) chain += "]r" + le32(i) + "a0j" + le32(i);
+        write_zip(path, {{"archive/data.pkl", chain + "0j" + le32(0) + kStop}});
+        CHECK_THAT(error_of(load, path), Contains("the pickle nests deeper than 1000 levels"));
+        chain = kProto + "]r" + le32(0);  // the same 900 deep is a plain (if odd) pickle: no error about nesting
+        for (uint32_t i = 1; i <= 900; ++i) chain += "]r" + le32(i) + "a0j" + le32(i);
+        write_zip(path, {{"archive/data.pkl", chain + "0j" + le32(0) + kStop}});
+        CHECK_THAT(error_of(load, path), Contains("not a YOLOv5 checkpoint: the pickle holds a list"));
+    }
+
     // An opcode outside protocol 2's binary set (protocol 0's INT), and a pickle cut short.
     write_zip(path, {{"archive/data.pkl", kProto + "I1\n" + kStop}});
     CHECK_THAT(error_of(load, path), Contains("unsupported pickle opcode 0x49 (data.pkl byte 2)"));

@@ -100,6 +100,21 @@ bool allowed_global(const std::string& g) {
 class Unpickler {
 public:
     Unpickler(const std::string& file, const uint8_t* p, size_t n) : file_(file), p_(p), n_(n) {}
+    // On failure the containers made so far may form reference cycles (never freed) or chains deeper than the
+    // stack (freed recursively): every container is emptied while all are held, then released flat.
+    ~Unpickler() {
+        if (done_) return;
+        std::vector<PyRef> all;
+        for (const auto& w : made_)
+            if (PyRef o = w.lock()) all.push_back(std::move(o));
+        for (const PyRef& o : all) {
+            o->items.clear();
+            o->dict.clear();
+            o->state.reset();
+        }
+        stack_.clear();
+        memo_.clear();
+    }
 
     PyRef run() {
         for (;;) {
@@ -114,6 +129,8 @@ public:
                 case '.': {  // STOP
                     if (stack_.size() != 1 || !marks_.empty()) fail(at, "malformed pickle: STOP with a stack of " +
                                                                          std::to_string(stack_.size()));
+                    check_graph(at, stack_.back());
+                    done_ = true;
                     return stack_.back();
                 }
                 case '(': marks_.push_back(stack_.size()); break;  // MARK
@@ -294,12 +311,58 @@ private:
         o->s.assign((const char*)b, len);
         return o;
     }
-    static PyRef make(PyObj::Kind k) {
+    PyRef make(PyObj::Kind k) {
         PyRef o = std::make_shared<PyObj>();
         o->kind = k;
+        if (k == PyObj::Tuple || k == PyObj::List || k == PyObj::Set || k == PyObj::Dict || k == PyObj::Object)
+            made_.push_back(o);
         return o;
     }
-    static PyRef integer(int64_t v) {
+    // The finished graph, walked once without recursion: no reference cycle (a container reached again while it
+    // is open), and the true nesting within kMaxDepth. The per-insertion checks above see only the depth of what
+    // is inserted at that moment; a container filled after it was put into another (through the memo) escapes
+    // them, and so does a cycle through two or more containers. Sets each object's depth to its true nesting.
+    void check_graph(size_t at, const PyRef& root) {
+        std::unordered_map<const PyObj*, int> state;  // 1 open, 2 done
+        struct Frame {
+            PyObj* o;
+            size_t next;
+        };
+        auto children = [](const PyObj& o) {
+            std::vector<PyObj*> c;
+            for (const auto& x : o.items) c.push_back(x.get());
+            for (const auto& [k, v] : o.dict) c.push_back(k.get()), c.push_back(v.get());
+            if (o.state) c.push_back(o.state.get());
+            return c;
+        };
+        std::vector<Frame> path{{root.get(), 0}};
+        std::vector<std::vector<PyObj*>> kids{children(*root)};
+        state[root.get()] = 1;
+        root->depth = 1;
+        while (!path.empty()) {
+            Frame& f = path.back();
+            if (f.next == kids.back().size()) {
+                state[f.o] = 2;
+                int d = 1;
+                for (PyObj* c : kids.back()) d = std::max(d, c->depth + 1);
+                f.o->depth = d;
+                if (d > kMaxDepth) fail(at, "the pickle nests deeper than " + std::to_string(kMaxDepth) + " levels");
+                path.pop_back();
+                kids.pop_back();
+                continue;
+            }
+            PyObj* c = kids.back()[f.next++];
+            const int st = state[c];
+            if (st == 1) fail(at, c->describe() + " contains itself through other containers (a reference cycle)");
+            if (st == 2) continue;
+            if (path.size() >= (size_t)kMaxDepth)
+                fail(at, "the pickle nests deeper than " + std::to_string(kMaxDepth) + " levels");
+            state[c] = 1;
+            path.push_back({c, 0});
+            kids.push_back(children(*c));
+        }
+    }
+    PyRef integer(int64_t v) {
         PyRef o = make(PyObj::Int);
         o->i = v;
         return o;
@@ -335,8 +398,8 @@ private:
     void check_depth(size_t at, const PyObj& o) const {
         if (o.depth > kMaxDepth) fail(at, "the pickle nests deeper than " + std::to_string(kMaxDepth) + " levels");
     }
-    // A container put inside itself would be a shared_ptr cycle, never freed (fuzz_torch_pt: "N)2a"). Longer
-    // cycles through other containers are not detected.
+    // A container put inside itself would be a shared_ptr cycle, never freed (fuzz_torch_pt: "N)2a"); longer
+    // cycles are found by check_graph at STOP.
     void no_self(size_t at, const PyObj& c, const PyRef& x) const {
         if (x.get() == &c) fail(at, c.describe() + " put inside itself (a reference cycle)");
     }
@@ -465,6 +528,8 @@ private:
     size_t n_, pos_ = 0;
     std::vector<PyRef> stack_;
     std::vector<size_t> marks_;
+    std::vector<std::weak_ptr<PyObj>> made_;  // every container, to break cycles if the pickle fails
+    bool done_ = false;
     std::unordered_map<uint32_t, PyRef> memo_;
 };
 
