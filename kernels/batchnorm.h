@@ -98,6 +98,11 @@ void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, 
     for (int64_t i0 = 0; i0 < n; i0 += kBnChunk) {
         const int m = (int)y5_min<int64_t>(kBnChunk, n - i0);
         A* z = buf;
+        if constexpr (std::is_same_v<T, float>)
+            if (a.kind == ActKind::SiLU) {  // one pass: bn_apply then silu_cpu_vec, act_forward_cpu's float SiLU
+                for (int i = 0; i < m; ++i) out[i0 + i] = silu_cpu_vec(bn_apply<A>(inp[i0 + i], mean, invstd, gamma, beta));
+                continue;
+            }
         if constexpr (std::is_same_v<T, A>) z = out + i0;
         for (int i = 0; i < m; ++i) z[i] = bn_apply<A>(ld(inp[i0 + i]), mean, invstd, gamma, beta);
         if (a.kind != ActKind::Identity) act_forward_cpu<A>(z, z, m, a);
@@ -110,6 +115,15 @@ void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, 
 // z), and x̂, for n ≤ kBnChunk values; dz and x̂ in the compute type A.
 template <class T, class A>
 void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A invstd, A gamma, A beta, Act a) {
+    if constexpr (std::is_same_v<A, float>)
+        if (a.kind == ActKind::SiLU) {  // one pass; z = x̂·gamma + beta is bn_apply's value, bit for bit
+            for (int i = 0; i < n; ++i) {
+                const float xh = bn_xhat<A>(ld(inp[i]), mean, invstd), z = xh * gamma + beta;
+                xhat[i] = xh;
+                dz[i] = silu_grad_cpu_vec(z) * ld(dout[i]);
+            }
+            return;
+        }
     for (int i = 0; i < n; ++i) xhat[i] = bn_xhat<A>(ld(inp[i]), mean, invstd);
     if (a.kind == ActKind::Identity) {
         for (int i = 0; i < n; ++i) dz[i] = ld(dout[i]);
