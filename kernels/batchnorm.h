@@ -58,8 +58,8 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 // Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
 template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
-// Partial sums in kSumLanes doubles: add(lanes, x, n) adds f(x[i]) to lane i mod kSumLanes (n a multiple of
-// kSumLanes but for a row's last values), lanes_total combines them in a fixed tree.
+// Partial sums in kSumLanes doubles: lanes_add_sum / lanes_add_sqdev add x[i] / (x[i] − mean)² of a row to lane
+// i mod kSumLanes, lanes_total combines the lanes in a fixed tree.
 constexpr int kSumLanes = 16;
 inline double lanes_total(const double* s) {
     double t[kSumLanes];
@@ -68,7 +68,6 @@ inline double lanes_total(const double* s) {
         for (int l = 0; l < w; ++l) t[l] += t[l + w];
     return t[0];
 }
-// Σ x and Σ (x − mean)² of n values into lanes.
 template <class T> void lanes_add_sum(double* s, const T* x, int64_t n) {
     int64_t i = 0;
     for (; i + kSumLanes <= n; i += kSumLanes)
