@@ -89,6 +89,14 @@ inline float exp_cpu_vec(float x) {
     return p * scale;
 }
 
+// The float SiLU and its derivative on exp_cpu_vec, the forms every CPU SiLU loop uses (so fused loops elsewhere
+// give the same bits): x·σ(x) = x / (1 + e^−x), σ(x)·(1 + x·(1 − σ(x))).
+inline float silu_cpu_vec(float x) { return x / (1.0f + exp_cpu_vec(-x)); }
+inline float silu_grad_cpu_vec(float x) {
+    const float s = 1.0f / (1.0f + exp_cpu_vec(-x));
+    return s * (1.0f + x * (1.0f - s));
+}
+
 // f16 storage: chunks of kActChunk values are widened to float, run through the float code (its vectorised SiLU
 // included) and rounded once per output, so an f16 result is the f32 op's result on the same values, rounded.
 constexpr int kActChunk = 256;
@@ -105,7 +113,7 @@ template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) 
     } else {
         if constexpr (std::is_same_v<T, float>)
             if (a.kind == ActKind::SiLU) {  // x·σ(x) = x / (1 + e^−x)
-                for (int64_t i = 0; i < n; ++i) out[i] = inp[i] / (1.0f + exp_cpu_vec(-inp[i]));
+                for (int64_t i = 0; i < n; ++i) out[i] = silu_cpu_vec(inp[i]);
                 return;
             }
         for (int64_t i = 0; i < n; ++i) out[i] = act_forward(a, inp[i]);
@@ -117,10 +125,7 @@ template <class T> void act_forward_cpu(T* out, const T* inp, int64_t n, Act a) 
 template <class T> void act_grad_cpu(T* g, const T* inp, int64_t n, Act a) {
     if constexpr (std::is_same_v<T, float>)
         if (a.kind == ActKind::SiLU) {
-            for (int64_t i = 0; i < n; ++i) {
-                const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
-                g[i] = s * (1.0f + inp[i] * (1.0f - s));
-            }
+            for (int64_t i = 0; i < n; ++i) g[i] = silu_grad_cpu_vec(inp[i]);
             return;
         }
     for (int64_t i = 0; i < n; ++i) g[i] = act_grad(a, inp[i]);
@@ -139,10 +144,7 @@ template <class T> void act_backward_cpu(T* dinp, const T* dout, const T* inp, i
     } else {
         if constexpr (std::is_same_v<T, float>)
             if (a.kind == ActKind::SiLU) {
-                for (int64_t i = 0; i < n; ++i) {
-                    const float s = 1.0f / (1.0f + exp_cpu_vec(-inp[i]));
-                    dinp[i] += dout[i] * (s * (1.0f + inp[i] * (1.0f - s)));
-                }
+                for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * silu_grad_cpu_vec(inp[i]);
                 return;
             }
         for (int64_t i = 0; i < n; ++i) dinp[i] += dout[i] * act_grad(a, inp[i]);

@@ -9,7 +9,9 @@
  * plain BatchNorm), so a Conv's BN+SiLU is one pass over memory and keeps no intermediate tensor: the backward
  * recomputes z = bn(x) from x and the statistics to get act'(z).
  * Backward accumulates into dinp, dgamma, dbeta (+=); any of them may be null.
- * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320.
+ * Reductions accumulate in double whatever T is, so the reference is accurate at M = 64·320·320, each in kSumLanes
+ * interleaved partial sums (value i of a row goes to lane i mod kSumLanes) added in a fixed tree at the end: the
+ * compiler vectorises them (a single double chain is add-latency bound) and the order never depends on threads.
  * Mixed precision (torch's batch_norm under autocast): inp/out/dinp/dout may be f16 with everything per-channel
  * (gamma, beta, running and saved statistics, dgamma, dbeta) f32; f16 is widened on load, the math is float
  * (acc_t<T>), and each f16 output is rounded once. f32 and f64 keep one type throughout.
@@ -56,17 +58,55 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 // Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
 template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
+// Partial sums in kSumLanes doubles: lanes_add_sum / lanes_add_sqdev add x[i] / (x[i] − mean)² of a row to lane
+// i mod kSumLanes, lanes_total combines the lanes in a fixed tree.
+constexpr int kSumLanes = 16;
+inline double lanes_total(const double* s) {
+    double t[kSumLanes];
+    for (int l = 0; l < kSumLanes; ++l) t[l] = s[l];
+    for (int w = kSumLanes / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) t[l] += t[l + w];
+    return t[0];
+}
+template <class T> void lanes_add_sum(double* s, const T* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + kSumLanes <= n; i += kSumLanes)
+        for (int l = 0; l < kSumLanes; ++l) s[l] += (double)ld(x[i + l]);
+    for (int l = 0; i + l < n; ++l) s[l] += (double)ld(x[i + l]);
+}
+template <class T> void lanes_add_sqdev(double* s, const T* x, int64_t n, double mean) {
+    int64_t i = 0;
+    for (; i + kSumLanes <= n; i += kSumLanes)
+        for (int l = 0; l < kSumLanes; ++l) {
+            const double d = (double)ld(x[i + l]) - mean;
+            s[l] += d * d;
+        }
+    for (int l = 0; i + l < n; ++l) {
+        const double d = (double)ld(x[i + l]) - mean;
+        s[l] += d * d;
+    }
+}
+
 // One row of the fused output: out = act(bn_apply(inp)) over n values, in chunks of kBnChunk through a buffer in
-// the compute type A (so the float SiLU takes the vectorised loop, and f16 is rounded once per output).
+// the compute type A (so the float SiLU takes the vectorised loop, and f16 is rounded once per output); when T is
+// A the chunk is out itself (the same values, one pass fewer).
 constexpr int kBnChunk = 256;
 template <class T, class A>
 void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, A beta, Act a) {
-    A z[kBnChunk];
+    A buf[kBnChunk];
     for (int64_t i0 = 0; i0 < n; i0 += kBnChunk) {
         const int m = (int)y5_min<int64_t>(kBnChunk, n - i0);
+        A* z = buf;
+        if constexpr (std::is_same_v<T, float>)
+            if (a.kind == ActKind::SiLU) {  // one pass: bn_apply then silu_cpu_vec, act_forward_cpu's float SiLU
+                for (int i = 0; i < m; ++i) out[i0 + i] = silu_cpu_vec(bn_apply<A>(inp[i0 + i], mean, invstd, gamma, beta));
+                continue;
+            }
+        if constexpr (std::is_same_v<T, A>) z = out + i0;
         for (int i = 0; i < m; ++i) z[i] = bn_apply<A>(ld(inp[i0 + i]), mean, invstd, gamma, beta);
         if (a.kind != ActKind::Identity) act_forward_cpu<A>(z, z, m, a);
-        for (int i = 0; i < m; ++i) out[i0 + i] = st<T>(z[i]);
+        if constexpr (!std::is_same_v<T, A>)
+            for (int i = 0; i < m; ++i) out[i0 + i] = st<T>(z[i]);
     }
 }
 
@@ -74,6 +114,15 @@ void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, 
 // z), and x̂, for n ≤ kBnChunk values; dz and x̂ in the compute type A.
 template <class T, class A>
 void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A invstd, A gamma, A beta, Act a) {
+    if constexpr (std::is_same_v<A, float>)
+        if (a.kind == ActKind::SiLU) {  // one pass; z = x̂·gamma + beta is bn_apply's value, bit for bit
+            for (int i = 0; i < n; ++i) {
+                const float xh = bn_xhat<A>(ld(inp[i]), mean, invstd), z = xh * gamma + beta;
+                xhat[i] = xh;
+                dz[i] = silu_grad_cpu_vec(z) * ld(dout[i]);
+            }
+            return;
+        }
     for (int i = 0; i < n; ++i) xhat[i] = bn_xhat<A>(ld(inp[i]), mean, invstd);
     if (a.kind == ActKind::Identity) {
         for (int i = 0; i < n; ++i) dz[i] = ld(dout[i]);
@@ -92,17 +141,12 @@ void batchnorm_forward_train_cpu(T* out, A* save_mean, A* save_invstd, A* runnin
                                  int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        double sum = 0;
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) sum += ld(inp[((int64_t)n * C + c) * HW + i]);
-        const double mean = sum / M;
-        double ss = 0;
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < HW; ++i) {
-                double d = ld(inp[((int64_t)n * C + c) * HW + i]) - mean;
-                ss += d * d;
-            }
-        const double var = ss / M;
+        double s[kSumLanes] = {};
+        for (int n = 0; n < N; ++n) lanes_add_sum(s, inp + ((int64_t)n * C + c) * HW, HW);
+        const double mean = lanes_total(s) / M;
+        double ss[kSumLanes] = {};
+        for (int n = 0; n < N; ++n) lanes_add_sqdev(ss, inp + ((int64_t)n * C + c) * HW, HW, mean);
+        const double var = lanes_total(ss) / M;
         const A invstd = A(bn_invstd(var, eps));
         for (int n = 0; n < N; ++n) {
             const int64_t j = ((int64_t)n * C + c) * HW;
@@ -150,7 +194,7 @@ void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout,
     const int64_t M = (int64_t)N * HW;
     const bool park = std::is_same_v<T, A> && dinp && dinp_zero;
     A dz[kBnChunk], xh[kBnChunk];
-    double sdy = 0, sdyx = 0;
+    double sdy_l[kSumLanes] = {}, sdyx_l[kSumLanes] = {};  // lanes of Σdz and Σdz·x̂ (kBnChunk is a multiple)
     for (int n = 0; n < N; ++n)
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
@@ -158,11 +202,18 @@ void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout,
             A* d = dz;
             if constexpr (std::is_same_v<T, A>) d = park ? dinp + j : dz;
             bn_act_dz_cpu<T, A>(d, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
-            for (int i = 0; i < m; ++i) {
-                sdy += d[i];
-                sdyx += (double)d[i] * xh[i];
+            int i = 0;
+            for (; i + kSumLanes <= m; i += kSumLanes)
+                for (int l = 0; l < kSumLanes; ++l) {
+                    sdy_l[l] += (double)d[i + l];
+                    sdyx_l[l] += (double)d[i + l] * xh[i + l];
+                }
+            for (int l = 0; i + l < m; ++l) {
+                sdy_l[l] += (double)d[i + l];
+                sdyx_l[l] += (double)d[i + l] * xh[i + l];
             }
         }
+    const double sdy = lanes_total(sdy_l), sdyx = lanes_total(sdyx_l);
     if (dbeta) *dbeta += A(sdy);
     if (dgamma) *dgamma += A(sdyx);
     if (!dinp) return;

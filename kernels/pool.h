@@ -89,6 +89,42 @@ void maxpool2d_backward_cpu(T* dinp, const T* dout, const T* inp, int N, int C, 
     }
 }
 
+// Stride-1 pooling with pad k/2 (SPPF's), separably: the first maximum of each row's window, then the first of
+// those down the column's window. That is the row-major first maximum of the k×k window, NaN rule included, so
+// maxpool_argmax's choice, in 2k comparisons instead of k². arg (H·W): each output's input index h·W + w;
+// rowarg (H·W): scratch.
+template <class A> inline bool pool_takes(A m, A v) { return m == m && (v > m || v != v); }
+template <class T> void maxpool_s1_argmax_plane(int* arg, int* rowarg, const T* plane, int H, int W, int k) {
+    using A = acc_t<T>;
+    const int p = k / 2;
+    for (int h = 0; h < H; ++h)
+        for (int w = 0; w < W; ++w) {
+            const int j1 = y5_min(W - 1, w + p);
+            int b = h * W + y5_max(0, w - p);
+            A m = ld(plane[b]);
+            for (int j = h * W + y5_max(0, w - p) + 1; j <= h * W + j1; ++j) {
+                const A v = ld(plane[j]);
+                const bool t = pool_takes(m, v);
+                b = t ? j : b, m = t ? v : m;
+            }
+            rowarg[h * W + w] = b;
+        }
+    for (int h = 0; h < H; ++h) {
+        const int i0 = y5_max(0, h - p), i1 = y5_min(H - 1, h + p);
+        for (int w = 0; w < W; ++w) {
+            int b = rowarg[i0 * W + w];
+            A m = ld(plane[b]);
+            for (int i = i0 + 1; i <= i1; ++i) {
+                const int c = rowarg[i * W + w];
+                const A v = ld(plane[c]);
+                const bool t = pool_takes(m, v);
+                b = t ? c : b, m = t ? v : m;
+            }
+            arg[h * W + w] = b;
+        }
+    }
+}
+
 // SPPF's three cascaded pools, fused: x (N,C,H,W) → out (N,4C,H,W) = cat(x, y1, y2, y3) along channels,
 // y1 = m(x), y2 = m(y1), y3 = m(y2), m = maxpool(k, stride 1, pad k/2). The pools write straight into their
 // channel slices, so neither the three pooled tensors nor a concat copy exist. Slice s of plane p = n·C + c
@@ -97,11 +133,15 @@ Y5_HD int64_t sppf_slice(int64_t p, int s, int C, int HW) { return ((p / C * 4 +
 
 template <class T> void sppf_forward_cpu(T* out, const T* inp, int64_t p0, int64_t p1, int C, int H, int W, int k) {
     const int HW = H * W;
+    std::vector<int> arg(2 * (size_t)HW);
     for (int64_t p = p0; p < p1; ++p) {
         T* y[4];
         for (int s = 0; s < 4; ++s) y[s] = out + sppf_slice(p, s, C, HW);
         for (int i = 0; i < HW; ++i) y[0][i] = inp[p * HW + i];
-        for (int s = 1; s < 4; ++s) maxpool2d_forward_cpu(y[s], y[s - 1], 1, 1, H, W, k, 1, k / 2);
+        for (int s = 1; s < 4; ++s) {
+            maxpool_s1_argmax_plane(arg.data(), arg.data() + HW, y[s - 1], H, W, k);
+            for (int i = 0; i < HW; ++i) y[s][i] = y[s - 1][arg[i]];
+        }
     }
 }
 
@@ -114,16 +154,23 @@ template <class T> void sppf_forward_cpu(T* out, const T* inp, int64_t p0, int64
 template <class T>
 void sppf_backward_cpu(T* dinp, const T* dout, const T* out, int64_t p0, int64_t p1, int C, int H, int W, int k,
                        acc_t<T>* scratch) {
-    const int HW = H * W, pad = k / 2;
+    const int HW = H * W;
     acc_t<T> *d2 = scratch, *d1 = scratch + HW, *acc = scratch + 2 * HW;
+    std::vector<int> arg(2 * (size_t)HW);
+    // R(d | y) with each output's argmax from maxpool_s1_argmax_plane, added in row-major output order (as
+    // maxpool2d_route_plane does, so the same sums).
+    auto route = [&](acc_t<T>* dst, const auto* d, const T* y) {
+        maxpool_s1_argmax_plane(arg.data(), arg.data() + HW, y, H, W, k);
+        for (int i = 0; i < HW; ++i) dst[arg[i]] += ld(d[i]);
+    };
     for (int64_t p = p0; p < p1; ++p) {
         const T *g[4], *y[4];
         for (int s = 0; s < 4; ++s) g[s] = dout + sppf_slice(p, s, C, HW), y[s] = out + sppf_slice(p, s, C, HW);
         T* dx = dinp + p * HW;
         for (int i = 0; i < HW; ++i) d2[i] = ld(g[2][i]), d1[i] = ld(g[1][i]), acc[i] = ld(dx[i]) + ld(g[0][i]);
-        maxpool2d_route_plane(d2, g[3], y[2], H, W, k, 1, pad);
-        maxpool2d_route_plane(d1, d2, y[1], H, W, k, 1, pad);
-        maxpool2d_route_plane(acc, d1, y[0], H, W, k, 1, pad);
+        route(d2, g[3], y[2]);
+        route(d1, d2, y[1]);
+        route(acc, d1, y[0]);
         for (int i = 0; i < HW; ++i) dx[i] = st<T>(acc[i]);
     }
 }

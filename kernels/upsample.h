@@ -7,32 +7,53 @@
  * CUDA launchers in kernels/upsample.cu.
  */
 #pragma once
+#include <cstring>
+
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
 
 namespace y5 {
 
+// Input row r = nc·H + h becomes output rows r·s .. r·s + s − 1: the first built by repeating each value s times,
+// the others copies of it (no index division per element).
 template <class T> void upsample_nearest_forward_cpu(T* out, const T* inp, int N, int C, int H, int W, int s) {
-    const int Ho = H * s, Wo = W * s;
-    for (int64_t nc = 0; nc < (int64_t)N * C; ++nc)
-        for (int y = 0; y < Ho; ++y)
-            for (int x = 0; x < Wo; ++x) out[(nc * Ho + y) * Wo + x] = inp[(nc * H + y / s) * W + x / s];
+    const int64_t Wo = (int64_t)W * s;
+    for (int64_t r = 0; r < (int64_t)N * C * H; ++r) {
+        const T* x = inp + r * W;
+        T* o = out + r * s * Wo;
+        if (s == 2)
+            for (int w = 0; w < W; ++w) o[2 * w] = x[w], o[2 * w + 1] = x[w];
+        else
+            for (int w = 0; w < W; ++w)
+                for (int b = 0; b < s; ++b) o[(int64_t)w * s + b] = x[w];
+        for (int a = 1; a < s; ++a) std::memcpy(o + a * Wo, o, Wo * sizeof(T));
+    }
 }
 
-// dinp (h, w) gathers dout's block (s·h + a, s·w + b), a then b ascending.
+// dinp (h, w) gathers dout's block (s·h + a, s·w + b), a then b ascending (s = 2 spelled out, so it vectorises).
 template <class T> void upsample_nearest_backward_cpu(T* dinp, const T* dout, int N, int C, int H, int W, int s) {
-    const int Wo = W * s;
-    for (int64_t nc = 0; nc < (int64_t)N * C; ++nc)
-        for (int h = 0; h < H; ++h)
+    const int64_t Wo = (int64_t)W * s;
+    for (int64_t r = 0; r < (int64_t)N * C * H; ++r) {
+        T* dx = dinp + r * W;
+        const T *d0 = dout + r * s * Wo, *d1 = d0 + Wo;
+        if (s == 2)
             for (int w = 0; w < W; ++w) {
-                T* dx = dinp + (nc * H + h) * W + w;
-                const T* dy = dout + (nc * H * s + (int64_t)h * s) * Wo + (int64_t)w * s;
-                acc_t<T> acc = ld(*dx);
-                for (int a = 0; a < s; ++a)
-                    for (int b = 0; b < s; ++b) acc += ld(dy[(int64_t)a * Wo + b]);
-                *dx = st<T>(acc);
+                acc_t<T> acc = ld(dx[w]);
+                acc += ld(d0[2 * w]);
+                acc += ld(d0[2 * w + 1]);
+                acc += ld(d1[2 * w]);
+                acc += ld(d1[2 * w + 1]);
+                dx[w] = st<T>(acc);
             }
+        else
+            for (int w = 0; w < W; ++w) {
+                acc_t<T> acc = ld(dx[w]);
+                for (int a = 0; a < s; ++a)
+                    for (int b = 0; b < s; ++b) acc += ld(d0[a * Wo + (int64_t)w * s + b]);
+                dx[w] = st<T>(acc);
+            }
+    }
 }
 
 // CUDA launchers (kernels/upsample.cu, the CPU reference's arguments plus the stream; f32 and f16); built only

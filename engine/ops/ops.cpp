@@ -83,7 +83,11 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
         if constexpr (d.cuda) {
             Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
             axpy_cuda(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel(), stream(c));
-        } else axpy_cpu<T>(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel());
+        } else {
+            T* yp = y.ptr<T>();
+            const T* xp = x.ptr<T>();
+            par(y.numel(), [&](int64_t i0, int64_t i1) { axpy_cpu<T>(yp + i0, (acc_t<T>)a, xp + i0, i1 - i0); }, kElemChunk);
+        }
     });
 }
 
@@ -643,6 +647,12 @@ Var concat(Ctx& c, const std::vector<Var>& xs) {
     });
 }
 
+// out = a + b over n elements: the CUDA kernel, or the CPU's over par() chunks of at least kElemChunk.
+template <class T, bool cuda> static void add_n(Ctx& c, T* out, const T* a, const T* b, int64_t n) {
+    if constexpr (cuda) add_cuda(out, a, b, n, stream(c));
+    else par(n, [&](int64_t i0, int64_t i1) { add_cpu<T>(out + i0, a + i0, b + i0, i1 - i0); }, kElemChunk);
+}
+
 Var add(Ctx& c, const Var& a, const Var& b) {
     const char* op = "add";
     check_same(op, a.t, b.t);
@@ -651,7 +661,7 @@ Var add(Ctx& c, const Var& a, const Var& b) {
     Tensor out = c.act->tensor(a.t.shape, a.t.dtype);
     dispatch<kF16>(op, a.t, [&](auto d) {
         using T = typename decltype(d)::T;
-        Y5_CPU_OR_CUDA(add, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
+        add_n<T, d.cuda>(c, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
     });
     Var y = finish<kF16>(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
         Tensor dy = c.tape->grad(y);
@@ -663,7 +673,7 @@ Var add(Ctx& c, const Var& a, const Var& b) {
             const Tensor av = c.tape->value(a), bv = c.tape->value(b);
             dispatch<kF16>("add (recompute)", dst, [&](auto d) {
                 using T = typename decltype(d)::T;
-                Y5_CPU_OR_CUDA(add, dst.ptr<T>(), av.ptr<T>(), bv.ptr<T>(), dst.numel());
+                add_n<T, d.cuda>(c, dst.ptr<T>(), av.ptr<T>(), bv.ptr<T>(), dst.numel());
             });
         });
     return y;
