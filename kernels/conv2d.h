@@ -9,14 +9,19 @@
  * f16 (mixed precision, torch.autocast's semantics): f16 operands, float arithmetic, one rounding per output.
  * The *_f16_cpu references convert one image at a time to float scratch, run the f32 passes and round once.
  * CUDA: the same three passes through cuDNN (kernels/conv2d.cu), declared at the end of this file; f32 or f16.
+ * The ops call the *_run passes: f32 through oneDNN (kernels/conv2d_dnnl.h) when it is on, else these references.
  */
 #pragma once
 #include <cblas.h>
 
 #include <cstring>
 
+#include <algorithm>
+#include <type_traits>
+
 #include "kernels/check.h"
 #include "kernels/common.h"
+#include "kernels/conv2d_dnnl.h"
 #include "kernels/elementwise.h"
 
 namespace y5 {
@@ -143,8 +148,41 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     }
 }
 
+// The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
+// references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
+// columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
+inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const int64_t col = conv2d_col_elems(C, R, S, conv_out_size(H, R, stride, pad), conv_out_size(W, S, stride, pad),
+                                         stride, pad);
+    if (!f32 || !conv_dnnl_on()) return col;
+    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad) + 3) / 4));
+}
+
+template <class T>
+void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* work, int N, int C, int H, int W, int K,
+                      int R, int S, int stride, int pad) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) return conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+    conv2d_fprop_cpu<T>(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+}
+
+template <class T>
+void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, T* work, int N,
+                         int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+            if (dbias)
+                for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
+            if (dinp || dweight)
+                conv2d_dnnl_backward(dinp, dweight, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
+            return;
+        }
+    conv2d_backward_cpu<T>(dinp, dweight, dbias, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
+}
+
 // ----------------------------------------------------------------------------------------------------
-// f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass above runs, and each output
+// f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass the ops run (_run) runs, and each output
 // is rounded once: fprop out = st(conv + bias); dgrad dinp = st(ld(dinp) + dgrad). The weight gradients stay
 // float: dweight32/dbias32 are float accumulators (+=) that the caller sums over its groups of images and adds
 // into the f16 gradients with one rounding (engine/ops/ops.cpp). Both sums over images run in the f32 pass's order,
@@ -164,7 +202,7 @@ inline void conv2d_fprop_f16_cpu(f16* out, const f16* inp, const f16* weight, co
     if (bias) cast_cpu(b, bias, K);
     for (int n = 0; n < N; ++n) {
         cast_cpu(x, inp + n * in_img, in_img);
-        conv2d_fprop_cpu<float>(y, x, w, b, col, 1, C, H, W, K, R, S, stride, pad);
+        conv2d_fprop_run<float>(y, x, w, b, col, 1, C, H, W, K, R, S, stride, pad);
         cast_cpu(out + n * K * P, y, K * P);
     }
 }
@@ -181,7 +219,7 @@ inline void conv2d_backward_f16_cpu(f16* dinp, float* dweight32, float* dbias32,
         cast_cpu(dy, dout + n * K * P, K * P);
         if (dweight32) cast_cpu(x, inp + n * in_img, in_img);
         if (dinp) fill_cpu(dx, 0.0f, in_img);
-        conv2d_backward_cpu<float>(dinp ? dx : nullptr, dweight32, dbias32, dy, x, w, col, 1, C, H, W, K, R, S, stride,
+        conv2d_backward_run<float>(dinp ? dx : nullptr, dweight32, dbias32, dy, x, w, col, 1, C, H, W, K, R, S, stride,
                                    pad);
         if (dinp) cast_add_cpu(dinp + n * in_img, dx, in_img);
     }

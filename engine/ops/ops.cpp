@@ -196,7 +196,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad, x.t.dtype == DType::F16};
-    const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    const int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, R, S, stride, pad);
     const int64_t nscr = x.t.dtype == DType::F16 ? conv2d_f16_scratch_elems(C, H, W, K, R, S, Ho, Wo) : 0;
     const int G = std::min(N, cpu_op_threads());
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
@@ -215,11 +215,12 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                 for (int64_t gi = g0; gi < g1; ++gi) {
                     const int n0 = (int)(N * gi / G), n1 = (int)(N * (gi + 1) / G);
                     acc_t<T>* cg = col ? col + gi * ncol : nullptr;
+                    conv_dnnl_set_threads(std::max(1, cpu_op_threads() / G));  // batch 1: oneDNN's threads
                     if constexpr (std::is_same_v<T, f16>)
                         conv2d_fprop_f16_cpu(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, scr + gi * nscr,
                                              n1 - n0, C, H, W, K, R, S, stride, pad);
                     else
-                        conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, n1 - n0, C, H, W, K, R, S,
+                        conv2d_fprop_run<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, n1 - n0, C, H, W, K, R, S,
                                             stride, pad);
                 }
             });
@@ -249,12 +250,13 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
                 A* cs = col ? col + slot * ncol : nullptr;
+                conv_dnnl_set_threads(std::max(1, cpu_op_threads() / grad_slots(Gb)));  // dgrad's; wgrad runs on one
                 if constexpr (std::is_same_v<T, f16>)
                     conv2d_backward_f16_cpu(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                             xp + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
                                             g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                 else
-                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                    conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad);
             });
@@ -837,6 +839,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     const int64_t in_img = (int64_t)C * P, out_img = (int64_t)K * P;
     const bool half = x.t.dtype == DType::F16;
     const int64_t nscr = half ? conv2d_f16_scratch_elems(C, H, W, K, 1, 1, H, W) : 0;
+    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
     Tensor out = c.act->tensor(Shape{N, na, H, W, no}, x.t.dtype);
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
@@ -858,21 +861,24 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             const int G = std::min(N, cpu_op_threads());
             T* tmp = ws.get<T>(out_img * G);
             float* scr = ws.get<float>(nscr * G);
+            acc_t<T>* wk = ws.get<acc_t<T>>(nwk * G);
             par(G, [&](int64_t g0, int64_t g1) {
                 for (int64_t gi = g0; gi < g1; ++gi)
                     for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
                         T* t = tmp + gi * out_img;  // (K, P): this image's convolution
+                        acc_t<T>* wg = wk ? wk + gi * nwk : nullptr;
+                        conv_dnnl_set_threads(std::max(1, cpu_op_threads() / G));
                         if constexpr (std::is_same_v<T, f16>)
-                            conv2d_fprop_f16_cpu(t, xp + n * in_img, wp, bp, nullptr, scr + gi * nscr, 1, C, H, W, K,
+                            conv2d_fprop_f16_cpu(t, xp + n * in_img, wp, bp, wg, scr + gi * nscr, 1, C, H, W, K,
                                                  1, 1, 1, 0);
-                        else conv2d_fprop_cpu<T>(t, xp + n * in_img, wp, bp, nullptr, 1, C, H, W, K, 1, 1, 1, 0);
+                        else conv2d_fprop_run<T>(t, xp + n * in_img, wp, bp, wg, 1, C, H, W, K, 1, 1, 1, 0);
                         transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
                     }
             });
         }
     });
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
-                                                   half](auto d, const Var& y) {
+                                                   nwk, half](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();  // (N, na, P, no)
@@ -902,16 +908,19 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             const int Gb = grad_groups(N);
             T* tmp = ws.get<T>(out_img * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            A* wk = ws.get<A>(nwk * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, (int64_t)K * C, K, Gb, [&](int64_t gi, int64_t slot, A* gw, A* gb) {
+                conv_dnnl_set_threads(std::max(1, cpu_op_threads() / grad_slots(Gb)));
+                A* ws1 = wk ? wk + slot * nwk : nullptr;
                 for (int n = (int)(N * gi / Gb); n < (int)(N * (gi + 1) / Gb); ++n) {
                     T* t = tmp + slot * out_img;
                     transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
                     if constexpr (std::is_same_v<T, f16>)
                         conv2d_backward_f16_cpu(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
-                                                w.t.ptr<T>(), nullptr, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
+                                                w.t.ptr<T>(), ws1, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
                     else
-                        conv2d_backward_cpu<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
-                                               w.t.ptr<T>(), nullptr, 1, C, H, W, K, 1, 1, 1, 0);
+                        conv2d_backward_run<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
+                                               w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
                 }
             });
         }
