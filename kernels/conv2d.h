@@ -151,11 +151,13 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 // The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
 // references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
 // columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
-inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+// threads: the most OpenMP threads a call will be given (conv_dnnl_set_threads).
+inline int64_t conv2d_run_work_elems(bool f32, int threads, int C, int H, int W, int K, int R, int S, int stride,
+                                     int pad) {
     const int64_t col = conv2d_col_elems(C, R, S, conv_out_size(H, R, stride, pad), conv_out_size(W, S, stride, pad),
                                          stride, pad);
     if (!f32 || !conv_dnnl_on()) return col;
-    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad) + 3) / 4));
+    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad, threads) + 3) / 4));
 }
 
 template <class T>

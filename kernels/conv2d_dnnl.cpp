@@ -144,16 +144,29 @@ Plan make_plan(Pass pass, bool with_bias, int C, int H, int W, int K, int R, int
     return p;
 }
 
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int>;
+// The OpenMP threads the calling thread gives fprop and dgrad (libgomp keeps omp_set_num_threads per thread).
+thread_local int t_threads = 1;
+
+struct OmpThreads {  // omp_set_num_threads(n) for a scope, restored after
+    int prev;
+    explicit OmpThreads(int n) : prev(omp_get_max_threads()) { omp_set_num_threads(n); }
+    ~OmpThreads() { omp_set_num_threads(prev); }
+};
+
+// oneDNN fixes a primitive's split over threads when it is created, from omp_get_max_threads() then, and runs
+// that many whatever the setting at execution: the thread count is part of the plan.
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>> g_plans;  // a Plan never moves once made (callers keep the pointer)
 
-const Plan& plan(Pass pass, bool with_bias, int C, int H, int W, int K, int R, int S, int stride, int pad) {
-    const Key k{pass, with_bias, C, H, W, K, R, S, stride, pad};
+const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, int K, int R, int S, int stride,
+                 int pad) {
+    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad};
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_plans.find(k);
     if (it == g_plans.end()) {
         try {
+            OmpThreads omp(threads);
             it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, C, H, W, K, R, S, stride, pad)))
                      .first;
         } catch (const dnnl::error& e) {
@@ -179,15 +192,6 @@ memory in_mem(const Operand& o, const float* plain, char* work) {
     return m;
 }
 
-// The OpenMP threads the calling thread gives fprop and dgrad (libgomp keeps omp_set_num_threads per thread).
-thread_local int t_threads = 0;
-
-struct OmpThreads {  // omp_set_num_threads(n) for a scope, restored after
-    int prev;
-    explicit OmpThreads(int n) : prev(omp_get_max_threads()) { omp_set_num_threads(n); }
-    ~OmpThreads() { omp_set_num_threads(prev); }
-};
-
 }  // namespace
 
 bool conv_dnnl_on() {
@@ -203,11 +207,14 @@ bool conv_dnnl_on() {
 
 void conv_dnnl_set(bool on) { g_on.store(on ? 1 : 0); }
 
-void conv_dnnl_set_threads(int n) { t_threads = n; }
+void conv_dnnl_set_threads(int n) { t_threads = std::max(1, n); }
 
-size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad) {
-    size_t b = 0;
-    for (Pass p : {Fprop, Dgrad, Wgrad}) b = std::max(b, plan(p, p == Fprop, C, H, W, K, R, S, stride, pad).bytes);
+size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads) {
+    size_t b = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).bytes;
+    for (int t : {1, std::max(1, max_threads)})
+        for (Pass p : {Fprop, Dgrad})
+            for (bool bias : {false, p == Fprop})
+                b = std::max(b, plan(p, bias, t, C, H, W, K, R, S, stride, pad).bytes);
     return b + 64;  // the start aligned to 64 inside the caller's buffer
 }
 
@@ -215,9 +222,9 @@ static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uin
 
 void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
                        int H, int W, int K, int R, int S, int stride, int pad) {
-    const Plan& p = plan(Fprop, bias != nullptr, C, H, W, K, R, S, stride, pad);
+    const Plan& p = plan(Fprop, bias != nullptr, t_threads, C, H, W, K, R, S, stride, pad);
     char* wk = aligned(work);
-    OmpThreads omp(t_threads > 0 ? t_threads : omp_get_max_threads());
+    OmpThreads omp(t_threads);
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
     memory wm = in_mem(p.b, weight, wk), pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x),
@@ -242,8 +249,8 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
     if (dinp) {
-        const Plan& p = plan(Dgrad, false, C, H, W, K, R, S, stride, pad);
-        OmpThreads omp(t_threads > 0 ? t_threads : omp_get_max_threads());
+        const Plan& p = plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad);
+        OmpThreads omp(t_threads);
         memory wm = in_mem(p.b, weight, wk),
                pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
         for (int n = 0; n < N; ++n) {
@@ -255,7 +262,7 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
         }
     }
     if (dweight) {
-        const Plan& p = plan(Wgrad, false, C, H, W, K, R, S, stride, pad);
+        const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
         OmpThreads omp(1);  // one thread: the reduction over pixels in one fixed order
         memory pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
         for (int n = 0; n < N; ++n) {
@@ -284,7 +291,7 @@ bool conv_dnnl_built() { return false; }
 bool conv_dnnl_on() { return false; }
 void conv_dnnl_set(bool on) { Y5_CHECK(!on, "conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)"); }
 void conv_dnnl_set_threads(int) {}
-size_t conv2d_dnnl_work_bytes(int, int, int, int, int, int, int, int) { return 0; }
+size_t conv2d_dnnl_work_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
 void conv2d_dnnl_fprop(float*, const float*, const float*, const float*, void*, int, int, int, int, int, int, int, int,
                        int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");

@@ -114,14 +114,14 @@ Out run_ref(const Geo& g, const Data& d) {
 
 Out run_dnnl(const Geo& g, const Data& d, int threads) {
     const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
-    std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad));
+    std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, threads));
     Out o{std::vector<float>((int64_t)g.N * g.K * Ho * Wo), d.dx0, d.dw0};
     conv_dnnl_set_threads(threads);
     conv2d_dnnl_fprop(o.y.data(), d.x.data(), d.w.data(), g.bias ? d.b.data() : nullptr, work.data(), g.N, g.C, g.H,
                       g.W, g.K, g.R, g.S, g.stride, g.pad);
     conv2d_dnnl_backward(o.dx.data(), o.dw.data(), d.dy.data(), d.x.data(), d.w.data(), work.data(), g.N, g.C, g.H,
                          g.W, g.K, g.R, g.S, g.stride, g.pad);
-    conv_dnnl_set_threads(0);
+    conv_dnnl_set_threads(1);
     return o;
 }
 

@@ -196,7 +196,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad, x.t.dtype == DType::F16};
-    const int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, R, S, stride, pad);
+    const int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, cpu_op_threads(), C, H, W, K, R, S, stride, pad);
     const int64_t nscr = x.t.dtype == DType::F16 ? conv2d_f16_scratch_elems(C, H, W, K, R, S, Ho, Wo) : 0;
     const int G = std::min(N, cpu_op_threads());
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
@@ -839,7 +839,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     const int64_t in_img = (int64_t)C * P, out_img = (int64_t)K * P;
     const bool half = x.t.dtype == DType::F16;
     const int64_t nscr = half ? conv2d_f16_scratch_elems(C, H, W, K, 1, 1, H, W) : 0;
-    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
+    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, cpu_op_threads(), C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
     Tensor out = c.act->tensor(Shape{N, na, H, W, no}, x.t.dtype);
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
