@@ -151,14 +151,18 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 // The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
 // references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
 // columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
-// threads: the most OpenMP threads a call will be given (conv_dnnl_set_threads).
-inline int64_t conv2d_run_work_elems(bool f32, int threads, int C, int H, int W, int K, int R, int S, int stride,
-                                     int pad) {
+inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R, int S, int stride, int pad) {
     const int64_t col = conv2d_col_elems(C, R, S, conv_out_size(H, R, stride, pad), conv_out_size(W, S, stride, pad),
                                          stride, pad);
     if (!f32 || !conv_dnnl_on()) return col;
-    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad, threads) + 3) / 4));
+    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad, 1) + 3) / 4));
 }
+
+// Fewer images than threads (batch-1 inference): the ops split each image's output channels into conv_k_parts(K, want)
+// ranges [conv_k_start(K, parts, j), conv_k_start(K, parts, j + 1)), whole blocks of 16 (oneDNN's AVX-512 block),
+// one per thread, each a convolution of its own (weight rows k0.., bias k0.., output planes k0..).
+inline int conv_k_parts(int K, int want) { return std::max(1, std::min(want, (K + 15) / 16)); }
+inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K + 15) / 16) * j / parts)); }
 
 template <class T>
 void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* work, int N, int C, int H, int W, int K,

@@ -183,6 +183,51 @@ TEST_CASE("oneDNN conv2d's fprop and dgrad bits do not depend on the thread coun
     }
 }
 
+TEST_CASE("oneDNN fprop over a range of output channels gives the full convolution's bits", "[dnnl][conv][threads]") {
+    // Batch 1 with several threads splits the output channels (conv_k_parts), so its bits must be the
+    // whole convolution's: then y5detect gives the same boxes with any Y5_THREADS.
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    for (int K : {1, 16, 17, 24, 32, 255, 256})
+        for (int want : {1, 2, 3, 5}) {
+            const int parts = conv_k_parts(K, want);
+            REQUIRE(parts >= 1);
+            REQUIRE(parts <= want);
+            REQUIRE(conv_k_start(K, parts, 0) == 0);
+            REQUIRE(conv_k_start(K, parts, parts) == K);
+            for (int j = 0; j < parts; ++j) {
+                REQUIRE(conv_k_start(K, parts, j) < conv_k_start(K, parts, j + 1));
+                REQUIRE(conv_k_start(K, parts, j) % 16 == 0);
+            }
+        }
+    Rng rng(1804);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    geos.push_back({1, 3, 320, 320, 16, 6, 6, 2, 2, true});
+    geos.push_back({1, 64, 80, 80, 255, 1, 1, 1, 0, true});
+    for (Geo g : geos) {
+        g.N = 1;
+        const Data d = make_data(g, rng);
+        const Out full = run_dnnl(g, d, 1);
+        const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
+        for (int want : {2, 3}) {
+            const int parts = conv_k_parts(g.K, want);
+            INFO(geo_str(g) << ", " << parts << " parts");
+            std::vector<float> y(full.y.size());
+            for (int j = 0; j < parts; ++j) {
+                const int k0 = conv_k_start(g.K, parts, j), k1 = conv_k_start(g.K, parts, j + 1);
+                std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, k1 - k0, g.R, g.S, g.stride, g.pad, 1));
+                conv2d_dnnl_fprop(y.data() + k0 * P, d.x.data(), d.w.data() + (int64_t)k0 * g.C * g.R * g.S,
+                                  g.bias ? d.b.data() + k0 : nullptr, work.data(), 1, g.C, g.H, g.W, k1 - k0, g.R, g.S,
+                                  g.stride, g.pad);
+            }
+            REQUIRE(same_bits(y, full.y));
+        }
+    }
+}
+
 TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference path", "[dnnl][conv][parts]") {
     if (!conv_dnnl_built()) {
         WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");

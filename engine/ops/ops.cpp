@@ -196,10 +196,15 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad, x.t.dtype == DType::F16};
-    const int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, cpu_op_threads(), C, H, W, K, R, S, stride, pad);
+    int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, R, S, stride, pad);
     const int64_t nscr = x.t.dtype == DType::F16 ? conv2d_f16_scratch_elems(C, H, W, K, R, S, Ho, Wo) : 0;
     const int G = std::min(N, cpu_op_threads());
-    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    // oneDNN, fewer images than threads (batch-1 inference): each image's output channels split over the threads too.
+    const int KS = conv_dnnl_on() && x.t.dtype != DType::F64 ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+    for (int j = 0; j < KS; ++j)
+        ncol = std::max(ncol, conv2d_run_work_elems(true, C, H, W, conv_k_start(K, KS, j + 1) - conv_k_start(K, KS, j),
+                                                    R, S, stride, pad));
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo, P = (int64_t)Ho * Wo;
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
@@ -209,19 +214,26 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             conv2d_fprop_cuda(c.cuda, g, yp, xp, wp, bp, ws.get<char>((int64_t)bytes), bytes);
         } else {
             Scratch ws(c.work);
-            acc_t<T>* col = ws.get<acc_t<T>>(ncol * G);
-            float* scr = ws.get<float>(nscr * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t gi = g0; gi < g1; ++gi) {
+            acc_t<T>* col = ws.get<acc_t<T>>(ncol * G * KS);
+            float* scr = ws.get<float>(nscr * G * KS);
+            par(G * KS, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t) {
+                    const int64_t gi = t / KS;
                     const int n0 = (int)(N * gi / G), n1 = (int)(N * (gi + 1) / G);
-                    acc_t<T>* cg = col ? col + gi * ncol : nullptr;
-                    conv_dnnl_set_threads(std::max(1, cpu_op_threads() / G));  // batch 1: oneDNN's threads
-                    if constexpr (std::is_same_v<T, f16>)
-                        conv2d_fprop_f16_cpu(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, scr + gi * nscr,
-                                             n1 - n0, C, H, W, K, R, S, stride, pad);
-                    else
-                        conv2d_fprop_run<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, n1 - n0, C, H, W, K, R, S,
-                                            stride, pad);
+                    const int k0 = conv_k_start(K, KS, (int)(t % KS)), k1 = conv_k_start(K, KS, (int)(t % KS) + 1);
+                    acc_t<T>* cg = col ? col + t * ncol : nullptr;
+                    const T* bk = bp ? bp + k0 : nullptr;
+                    const int step = KS > 1 ? 1 : n1 - n0;  // split channels: one image at a time
+                    for (int n = n0; n < n1; n += step) {
+                        T* yk = yp + n * out_img + k0 * P;
+                        const T* wk = wp + (int64_t)k0 * C * R * S;
+                        if constexpr (std::is_same_v<T, f16>)
+                            conv2d_fprop_f16_cpu(yk, xp + n * in_img, wk, bk, cg, scr + t * nscr, step, C, H, W,
+                                                 k1 - k0, R, S, stride, pad);
+                        else
+                            conv2d_fprop_run<T>(yk, xp + n * in_img, wk, bk, cg, step, C, H, W, k1 - k0, R, S, stride,
+                                                pad);
+                    }
                 }
             });
         }
@@ -250,7 +262,6 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
                 A* cs = col ? col + slot * ncol : nullptr;
-                conv_dnnl_set_threads(std::max(1, cpu_op_threads() / grad_slots(Gb)));  // dgrad's; wgrad runs on one
                 if constexpr (std::is_same_v<T, f16>)
                     conv2d_backward_f16_cpu(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                             xp + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
@@ -839,7 +850,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     const int64_t in_img = (int64_t)C * P, out_img = (int64_t)K * P;
     const bool half = x.t.dtype == DType::F16;
     const int64_t nscr = half ? conv2d_f16_scratch_elems(C, H, W, K, 1, 1, H, W) : 0;
-    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, cpu_op_threads(), C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
+    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
     Tensor out = c.act->tensor(Shape{N, na, H, W, no}, x.t.dtype);
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
@@ -859,22 +870,46 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
         } else {
             Scratch ws(c.work);
             const int G = std::min(N, cpu_op_threads());
+            // As conv2d: fewer images than threads split each image's output channels over the threads (KS parts).
+            const int KS = conv_dnnl_on() && !std::is_same_v<T, double> ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+            int64_t nwk_k = nwk;
+            for (int j = 0; j < KS; ++j)
+                nwk_k = std::max(nwk_k, conv2d_run_work_elems(true, C, H, W, conv_k_start(K, KS, j + 1) -
+                                                                  conv_k_start(K, KS, j), 1, 1, 1, 0));
             T* tmp = ws.get<T>(out_img * G);
-            float* scr = ws.get<float>(nscr * G);
-            acc_t<T>* wk = ws.get<acc_t<T>>(nwk * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t gi = g0; gi < g1; ++gi)
-                    for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
-                        T* t = tmp + gi * out_img;  // (K, P): this image's convolution
-                        acc_t<T>* wg = wk ? wk + gi * nwk : nullptr;
-                        conv_dnnl_set_threads(std::max(1, cpu_op_threads() / G));
-                        if constexpr (std::is_same_v<T, f16>)
-                            conv2d_fprop_f16_cpu(t, xp + n * in_img, wp, bp, wg, scr + gi * nscr, 1, C, H, W, K,
-                                                 1, 1, 1, 0);
-                        else conv2d_fprop_run<T>(t, xp + n * in_img, wp, bp, wg, 1, C, H, W, K, 1, 1, 1, 0);
-                        transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
+            float* scr = ws.get<float>(nscr * G * KS);
+            acc_t<T>* wk = ws.get<acc_t<T>>(nwk_k * G * KS);
+            // Output channels [k0, k1) of image n into t (K, P), with task slot s's scratch.
+            auto conv = [&](int n, int64_t s, T* t, int k0, int k1) {
+                acc_t<T>* wg = wk ? wk + s * nwk_k : nullptr;
+                const T* bk = bp ? bp + k0 : nullptr;
+                if constexpr (std::is_same_v<T, f16>)
+                    conv2d_fprop_f16_cpu(t + k0 * P, xp + n * in_img, wp + (int64_t)k0 * C, bk, wg, scr + s * nscr, 1,
+                                         C, H, W, k1 - k0, 1, 1, 1, 0);
+                else
+                    conv2d_fprop_run<T>(t + k0 * P, xp + n * in_img, wp + (int64_t)k0 * C, bk, wg, 1, C, H, W, k1 - k0,
+                                        1, 1, 1, 0);
+            };
+            if (KS == 1) {
+                par(G, [&](int64_t g0, int64_t g1) {
+                    for (int64_t gi = g0; gi < g1; ++gi)
+                        for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
+                            T* t = tmp + gi * out_img;  // (K, P): this image's convolution
+                            conv(n, gi, t, 0, K);
+                            transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
+                        }
+                });
+            } else {  // G = N: image n's KS parts, then its transpose
+                par(G * KS, [&](int64_t t0, int64_t t1) {
+                    for (int64_t s = t0; s < t1; ++s) {
+                        const int j = (int)(s % KS);
+                        conv((int)(s / KS), s, tmp + s / KS * out_img, conv_k_start(K, KS, j), conv_k_start(K, KS, j + 1));
                     }
-            });
+                });
+                par(G, [&](int64_t g0, int64_t g1) {
+                    for (int64_t n = g0; n < g1; ++n) transpose12_forward_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P);
+                });
+            }
         }
     });
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
@@ -910,7 +945,6 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
             A* wk = ws.get<A>(nwk * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, (int64_t)K * C, K, Gb, [&](int64_t gi, int64_t slot, A* gw, A* gb) {
-                conv_dnnl_set_threads(std::max(1, cpu_op_threads() / grad_slots(Gb)));
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
                 for (int n = (int)(N * gi / Gb); n < (int)(N * (gi + 1) / Gb); ++n) {
                     T* t = tmp + slot * out_img;
