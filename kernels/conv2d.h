@@ -270,13 +270,65 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
     }
 }
 
+// The parts as the ops run them: f32 through oneDNN when it is on (per image the parts copied into one (C,P) buffer,
+// then conv2d's 1×1 passes over it; dx through a zeroed (C,P) buffer added into each part), else the references.
+// work: conv1x1_parts_run_work_elems(...) elements of T (0 when the references run).
+inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
+    if (!f32 || !conv_dnnl_on()) return 0;
+    return 2 * (int64_t)C * P + conv2d_run_work_elems(true, C, 1, P, K, 1, 1, 1, 0);
+}
+
+template <class T>
+void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
+                             int N, int K, int P) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            int C = 0;
+            for (int i = 0; i < m; ++i) C += Cs[i];
+            float *xc = work, *wk = work + 2 * (int64_t)C * P;
+            for (int n = 0; n < N; ++n) {
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                    std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
+                conv2d_dnnl_fprop(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+            }
+            return;
+        }
+    conv1x1_parts_fprop_cpu<T>(out, xs, Cs, m, weight, bias, N, K, P);
+}
+
+template <class T>
+void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
+                                int m, const T* weight, T* work, int N, int K, int P) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            int C = 0;
+            bool any_dx = false;
+            for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
+            float *xc = work, *dxc = work + (int64_t)C * P, *wk = work + 2 * (int64_t)C * P;
+            for (int n = 0; n < N; ++n) {
+                const float* dy = dout + (int64_t)n * K * P;
+                if (dbias) bias_grad_cpu(dbias, dy, K, P);
+                if (dweight)
+                    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                        std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
+                if (any_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
+                if (any_dx || dweight)
+                    conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                    if (dxs[i]) axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);
+            }
+            return;
+        }
+    conv1x1_parts_backward_cpu<T>(dxs, dweight, dbias, dout, xs, Cs, m, weight, N, K, P);
+}
+
 // f16 parts, as the f16 convolution above: per image the parts (C·P), the output or its gradient (K·P) and the parts'
 // gradients (C·P) in float scratch of conv1x1_parts_f16_scratch_elems(...) floats per thread, with the weight and
 // bias; out and dxs rounded once per element, dweight32/dbias32 float accumulators for the caller.
 constexpr int kConv1x1PartsF16Max = 8;  // parts the f16 references take (ops.h's kMaxConvParts)
 
 inline int64_t conv1x1_parts_f16_scratch_elems(int C, int K, int P) {
-    return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P;
+    return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P + conv1x1_parts_run_work_elems(true, C, K, P);
 }
 
 inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
@@ -291,7 +343,7 @@ inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const in
     if (bias) cast_cpu(b, bias, K);
     for (int n = 0; n < N; ++n) {
         for (int i = 0; i < m; ++i) cast_cpu(x32[i], xs[i] + (int64_t)n * Cs[i] * P, (int64_t)Cs[i] * P);
-        conv1x1_parts_fprop_cpu<float>(y, x32, Cs, m, w, b, 1, K, P);
+        conv1x1_parts_fprop_run<float>(y, x32, Cs, m, w, b, y + (int64_t)K * P, 1, K, P);
         cast_cpu(out + (int64_t)n * K * P, y, (int64_t)K * P);
     }
 }
@@ -318,7 +370,7 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
             if (dweight32) cast_cpu(x32[i], xs[i] + off, len);
             if (dx32[i]) fill_cpu(dx32[i], 0.0f, len);
         }
-        conv1x1_parts_backward_cpu<float>(dx32, dweight32, dbias32, dy, x32, Cs, m, w, 1, K, P);
+        conv1x1_parts_backward_run<float>(dx32, dweight32, dbias32, dy, x32, Cs, m, w, dy + (int64_t)K * P, 1, K, P);
         for (int i = 0; i < m; ++i)
             if (dxs[i]) cast_add_cpu(dxs[i] + (int64_t)n * Cs[i] * P, dx32[i], (int64_t)Cs[i] * P);
     }

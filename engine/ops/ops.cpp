@@ -312,6 +312,13 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
     const int G = std::min(N, cpu_op_threads());
     static_assert(kMaxConvParts <= kConv1x1PartsF16Max, "the f16 CPU reference takes kMaxConvParts parts");
     const int64_t nscr = xs[0].t.dtype == DType::F16 ? conv1x1_parts_f16_scratch_elems(C, K, P) : 0;
+    // oneDNN (f32): each group's parts copied into one buffer per image (nwk elements of work per thread); fewer
+    // images than threads split the output channels as conv2d does (KS parts).
+    const bool f32 = xs[0].t.dtype == DType::F32;
+    const int KS = f32 && conv_dnnl_on() ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+    int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
+    for (int j = 0; j < KS; ++j)
+        nwk = std::max(nwk, conv1x1_parts_run_work_elems(f32, C, conv_k_start(K, KS, j + 1) - conv_k_start(K, KS, j), P));
     dispatch<kF16>(op, xs[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
@@ -329,22 +336,27 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
         } else {
             Scratch ws(c.work);
             float* scr = ws.get<float>(nscr * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t g = g0; g < g1; ++g) {
+            T* wk = ws.get<T>(nwk * G * KS);
+            par(G * KS, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t) {
+                    const int64_t g = t / KS;  // KS > 1: one image per group
                     const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const int k0 = conv_k_start(K, KS, (int)(t % KS)), k1 = conv_k_start(K, KS, (int)(t % KS) + 1);
                     const T* xp[kMaxConvParts];
                     for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
                     if constexpr (std::is_same_v<T, f16>)
                         conv1x1_parts_fprop_f16_cpu(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp,
                                                     scr + g * nscr, n1 - n0, K, P);
                     else
-                        conv1x1_parts_fprop_cpu<T>(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp, n1 - n0, K, P);
+                        conv1x1_parts_fprop_run<T>(yp + ((int64_t)n0 * K + k0) * P, xp, Cs.data(), m,
+                                                   wp + (int64_t)k0 * C, bp ? bp + k0 : nullptr,
+                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P);
                 }
             });
         }
     });
     const bool grad = any_grad(xs) || any_grad({&w, b});
-    return finish<kF16>(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs, nscr](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs, nscr, f32, C](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
@@ -363,6 +375,8 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
             using A = acc_t<T>;
             const int Gb = grad_groups(N);
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            const int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
+            T* wk = ws.get<T>(nwk * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
                 const T* xg[kMaxConvParts];
@@ -376,8 +390,8 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
                     conv1x1_parts_backward_f16_cpu(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
                                                    w.t.ptr<T>(), scr + slot * nscr, n1 - n0, K, P);
                 else
-                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
-                                                  w.t.ptr<T>(), n1 - n0, K, P);
+                    conv1x1_parts_backward_run<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
+                                                  w.t.ptr<T>(), wk ? wk + slot * nwk : nullptr, n1 - n0, K, P);
             });
         }
     });
