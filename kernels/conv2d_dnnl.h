@@ -1,6 +1,7 @@
 /*
  * conv2d on the CPU through oneDNN (Debian's libdnnl-dev, OpenMP runtime): the f32 passes y5's ops run when built
- * with Y5_DNNL and not switched off (env Y5_CONV=ref, or conv_dnnl_set(false)); the im2col + BLAS references in
+ * with Y5_DNNL and not switched off (env Y5_CONV=ref, or conv_dnnl_set(false); the emulated CUDA build defaults to
+ * ref, Y5_CONV=dnnl turns it on there, because its cuDNN stand-in is the reference); the im2col + BLAS references in
  * kernels/conv2d.h stay the definition the tests compare against, and f64 always runs them.
  * Semantics as the references: inp (N,C,H,W), weight (K,C,R,S), bias (K) or null, out (N,K,Ho,Wo), NCHW;
  * fprop writes out, dgrad and wgrad ACCUMULATE (+=) into dinp / dweight (the bias gradient stays in conv2d.h).
