@@ -9,14 +9,19 @@
  * f16 (mixed precision, torch.autocast's semantics): f16 operands, float arithmetic, one rounding per output.
  * The *_f16_cpu references convert one image at a time to float scratch, run the f32 passes and round once.
  * CUDA: the same three passes through cuDNN (kernels/conv2d.cu), declared at the end of this file; f32 or f16.
+ * The ops call the *_run passes: f32 through oneDNN (kernels/conv2d_dnnl.h) when it is on, else these references.
  */
 #pragma once
 #include <cblas.h>
 
 #include <cstring>
 
+#include <algorithm>
+#include <type_traits>
+
 #include "kernels/check.h"
 #include "kernels/common.h"
+#include "kernels/conv2d_dnnl.h"
 #include "kernels/elementwise.h"
 
 namespace y5 {
@@ -143,8 +148,47 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     }
 }
 
+// The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
+// references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
+// columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
+inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const int64_t col = conv2d_col_elems(C, R, S, conv_out_size(H, R, stride, pad), conv_out_size(W, S, stride, pad),
+                                         stride, pad);
+    if (!f32 || !conv_dnnl_on()) return col;
+    return std::max(col, (int64_t)((conv2d_dnnl_work_bytes(C, H, W, K, R, S, stride, pad, 1) + 3) / 4));
+}
+
+// Fewer images than threads (batch-1 inference): the ops split each image's output channels into conv_k_parts(K, want)
+// ranges [conv_k_start(K, parts, j), conv_k_start(K, parts, j + 1)), whole blocks of 16 (oneDNN's AVX-512 block),
+// one per thread, each a convolution of its own (weight rows k0.., bias k0.., output planes k0..).
+inline int conv_k_parts(int K, int want) { return std::max(1, std::min(want, (K + 15) / 16)); }
+inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K + 15) / 16) * j / parts)); }
+
+template <class T>
+void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* work, int N, int C, int H, int W, int K,
+                      int R, int S, int stride, int pad) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) return conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+    conv2d_fprop_cpu<T>(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+}
+
+template <class T>
+void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, T* work, int N,
+                         int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+            if (dbias)
+                for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
+            if (dinp || dweight)
+                conv2d_dnnl_backward(dinp, dweight, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
+            return;
+        }
+    conv2d_backward_cpu<T>(dinp, dweight, dbias, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
+}
+
 // ----------------------------------------------------------------------------------------------------
-// f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass above runs, and each output
+// f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass the ops run (_run) runs, and each output
 // is rounded once: fprop out = st(conv + bias); dgrad dinp = st(ld(dinp) + dgrad). The weight gradients stay
 // float: dweight32/dbias32 are float accumulators (+=) that the caller sums over its groups of images and adds
 // into the f16 gradients with one rounding (engine/ops/ops.cpp). Both sums over images run in the f32 pass's order,
@@ -164,7 +208,7 @@ inline void conv2d_fprop_f16_cpu(f16* out, const f16* inp, const f16* weight, co
     if (bias) cast_cpu(b, bias, K);
     for (int n = 0; n < N; ++n) {
         cast_cpu(x, inp + n * in_img, in_img);
-        conv2d_fprop_cpu<float>(y, x, w, b, col, 1, C, H, W, K, R, S, stride, pad);
+        conv2d_fprop_run<float>(y, x, w, b, col, 1, C, H, W, K, R, S, stride, pad);
         cast_cpu(out + n * K * P, y, K * P);
     }
 }
@@ -181,7 +225,7 @@ inline void conv2d_backward_f16_cpu(f16* dinp, float* dweight32, float* dbias32,
         cast_cpu(dy, dout + n * K * P, K * P);
         if (dweight32) cast_cpu(x, inp + n * in_img, in_img);
         if (dinp) fill_cpu(dx, 0.0f, in_img);
-        conv2d_backward_cpu<float>(dinp ? dx : nullptr, dweight32, dbias32, dy, x, w, col, 1, C, H, W, K, R, S, stride,
+        conv2d_backward_run<float>(dinp ? dx : nullptr, dweight32, dbias32, dy, x, w, col, 1, C, H, W, K, R, S, stride,
                                    pad);
         if (dinp) cast_add_cpu(dinp + n * in_img, dx, in_img);
     }
@@ -226,13 +270,65 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
     }
 }
 
+// The parts as the ops run them: f32 through oneDNN when it is on (per image the parts copied into one (C,P) buffer,
+// then conv2d's 1×1 passes over it; dx through a zeroed (C,P) buffer added into each part), else the references.
+// work: conv1x1_parts_run_work_elems(...) elements of T (0 when the references run).
+inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
+    if (!f32 || !conv_dnnl_on()) return 0;
+    return 2 * (int64_t)C * P + conv2d_run_work_elems(true, C, 1, P, K, 1, 1, 1, 0);
+}
+
+template <class T>
+void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
+                             int N, int K, int P) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            int C = 0;
+            for (int i = 0; i < m; ++i) C += Cs[i];
+            float *xc = work, *wk = work + 2 * (int64_t)C * P;
+            for (int n = 0; n < N; ++n) {
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                    std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
+                conv2d_dnnl_fprop(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+            }
+            return;
+        }
+    conv1x1_parts_fprop_cpu<T>(out, xs, Cs, m, weight, bias, N, K, P);
+}
+
+template <class T>
+void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
+                                int m, const T* weight, T* work, int N, int K, int P) {
+    if constexpr (std::is_same_v<T, float>)
+        if (conv_dnnl_on()) {
+            int C = 0;
+            bool any_dx = false;
+            for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
+            float *xc = work, *dxc = work + (int64_t)C * P, *wk = work + 2 * (int64_t)C * P;
+            for (int n = 0; n < N; ++n) {
+                const float* dy = dout + (int64_t)n * K * P;
+                if (dbias) bias_grad_cpu(dbias, dy, K, P);
+                if (dweight)
+                    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                        std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
+                if (any_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
+                if (any_dx || dweight)
+                    conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                    if (dxs[i]) axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);
+            }
+            return;
+        }
+    conv1x1_parts_backward_cpu<T>(dxs, dweight, dbias, dout, xs, Cs, m, weight, N, K, P);
+}
+
 // f16 parts, as the f16 convolution above: per image the parts (C·P), the output or its gradient (K·P) and the parts'
 // gradients (C·P) in float scratch of conv1x1_parts_f16_scratch_elems(...) floats per thread, with the weight and
 // bias; out and dxs rounded once per element, dweight32/dbias32 float accumulators for the caller.
 constexpr int kConv1x1PartsF16Max = 8;  // parts the f16 references take (ops.h's kMaxConvParts)
 
 inline int64_t conv1x1_parts_f16_scratch_elems(int C, int K, int P) {
-    return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P;
+    return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P + conv1x1_parts_run_work_elems(true, C, K, P);
 }
 
 inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
@@ -247,7 +343,7 @@ inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const in
     if (bias) cast_cpu(b, bias, K);
     for (int n = 0; n < N; ++n) {
         for (int i = 0; i < m; ++i) cast_cpu(x32[i], xs[i] + (int64_t)n * Cs[i] * P, (int64_t)Cs[i] * P);
-        conv1x1_parts_fprop_cpu<float>(y, x32, Cs, m, w, b, 1, K, P);
+        conv1x1_parts_fprop_run<float>(y, x32, Cs, m, w, b, y + (int64_t)K * P, 1, K, P);
         cast_cpu(out + (int64_t)n * K * P, y, (int64_t)K * P);
     }
 }
@@ -274,7 +370,7 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
             if (dweight32) cast_cpu(x32[i], xs[i] + off, len);
             if (dx32[i]) fill_cpu(dx32[i], 0.0f, len);
         }
-        conv1x1_parts_backward_cpu<float>(dx32, dweight32, dbias32, dy, x32, Cs, m, w, 1, K, P);
+        conv1x1_parts_backward_run<float>(dx32, dweight32, dbias32, dy, x32, Cs, m, w, dy + (int64_t)K * P, 1, K, P);
         for (int i = 0; i < m; ++i)
             if (dxs[i]) cast_add_cpu(dxs[i] + (int64_t)n * Cs[i] * P, dx32[i], (int64_t)Cs[i] * P);
     }

@@ -8,7 +8,7 @@
 # too, otherwise y5 builds CPU-only.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config libopenblas-dev libopencv-dev libjpeg-dev libyaml-cpp-dev catch2 nlohmann-json3-dev libcli11-dev libboost-context-dev libzip-dev libcurl4-openssl-dev libonnx-dev libprotobuf-dev libplplot-dev plplot-driver-cairo clang)
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopencv-dev libjpeg-dev libyaml-cpp-dev catch2 nlohmann-json3-dev libcli11-dev libboost-context-dev libzip-dev libcurl4-openssl-dev libonnx-dev libprotobuf-dev libdnnl-dev libplplot-dev plplot-driver-cairo clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

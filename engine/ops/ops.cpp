@@ -200,10 +200,15 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
              x.t.str().c_str());
     Tensor out = c.act->tensor(Shape{N, K, Ho, Wo}, x.t.dtype);
     const Conv2dGeom g{N, C, H, W, K, R, S, stride, pad, x.t.dtype == DType::F16};
-    const int64_t ncol = conv2d_col_elems(C, R, S, Ho, Wo, stride, pad);
+    int64_t ncol = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, R, S, stride, pad);
     const int64_t nscr = x.t.dtype == DType::F16 ? conv2d_f16_scratch_elems(C, H, W, K, R, S, Ho, Wo) : 0;
     const int G = std::min(N, cpu_op_threads());
-    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    // oneDNN, fewer images than threads (batch-1 inference): each image's output channels split over the threads too.
+    const int KS = conv_dnnl_on() && x.t.dtype != DType::F64 ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+    for (int j = 0; j < KS; ++j)
+        ncol = std::max(ncol, conv2d_run_work_elems(true, C, H, W, conv_k_start(K, KS, j + 1) - conv_k_start(K, KS, j),
+                                                    R, S, stride, pad));
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo, P = (int64_t)Ho * Wo;
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
@@ -213,18 +218,26 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
             conv2d_fprop_cuda(c.cuda, g, yp, xp, wp, bp, ws.get<char>((int64_t)bytes), bytes);
         } else {
             Scratch ws(c.work);
-            acc_t<T>* col = ws.get<acc_t<T>>(ncol * G);
-            float* scr = ws.get<float>(nscr * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t gi = g0; gi < g1; ++gi) {
+            acc_t<T>* col = ws.get<acc_t<T>>(ncol * G * KS);
+            float* scr = ws.get<float>(nscr * G * KS);
+            par(G * KS, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t) {
+                    const int64_t gi = t / KS;
                     const int n0 = (int)(N * gi / G), n1 = (int)(N * (gi + 1) / G);
-                    acc_t<T>* cg = col ? col + gi * ncol : nullptr;
-                    if constexpr (std::is_same_v<T, f16>)
-                        conv2d_fprop_f16_cpu(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, scr + gi * nscr,
-                                             n1 - n0, C, H, W, K, R, S, stride, pad);
-                    else
-                        conv2d_fprop_cpu<T>(yp + n0 * out_img, xp + n0 * in_img, wp, bp, cg, n1 - n0, C, H, W, K, R, S,
-                                            stride, pad);
+                    const int k0 = conv_k_start(K, KS, (int)(t % KS)), k1 = conv_k_start(K, KS, (int)(t % KS) + 1);
+                    acc_t<T>* cg = col ? col + t * ncol : nullptr;
+                    const T* bk = bp ? bp + k0 : nullptr;
+                    const int step = KS > 1 ? 1 : n1 - n0;  // split channels: one image at a time
+                    for (int n = n0; n < n1; n += step) {
+                        T* yk = yp + n * out_img + k0 * P;
+                        const T* wk = wp + (int64_t)k0 * C * R * S;
+                        if constexpr (std::is_same_v<T, f16>)
+                            conv2d_fprop_f16_cpu(yk, xp + n * in_img, wk, bk, cg, scr + t * nscr, step, C, H, W,
+                                                 k1 - k0, R, S, stride, pad);
+                        else
+                            conv2d_fprop_run<T>(yk, xp + n * in_img, wk, bk, cg, step, C, H, W, k1 - k0, R, S, stride,
+                                                pad);
+                    }
                 }
             });
         }
@@ -258,7 +271,7 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                                             xp + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
                                             g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                 else
-                    conv2d_backward_cpu<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
+                    conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad);
             });
@@ -303,6 +316,13 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
     const int G = std::min(N, cpu_op_threads());
     static_assert(kMaxConvParts <= kConv1x1PartsF16Max, "the f16 CPU reference takes kMaxConvParts parts");
     const int64_t nscr = xs[0].t.dtype == DType::F16 ? conv1x1_parts_f16_scratch_elems(C, K, P) : 0;
+    // oneDNN (f32): each group's parts copied into one buffer per image (nwk elements of work per thread); fewer
+    // images than threads split the output channels as conv2d does (KS parts).
+    const bool f32 = xs[0].t.dtype == DType::F32;
+    const int KS = f32 && conv_dnnl_on() ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+    int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
+    for (int j = 0; j < KS; ++j)
+        nwk = std::max(nwk, conv1x1_parts_run_work_elems(f32, C, conv_k_start(K, KS, j + 1) - conv_k_start(K, KS, j), P));
     dispatch<kF16>(op, xs[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
@@ -320,22 +340,27 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
         } else {
             Scratch ws(c.work);
             float* scr = ws.get<float>(nscr * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t g = g0; g < g1; ++g) {
+            T* wk = ws.get<T>(nwk * G * KS);
+            par(G * KS, [&](int64_t t0, int64_t t1) {
+                for (int64_t t = t0; t < t1; ++t) {
+                    const int64_t g = t / KS;  // KS > 1: one image per group
                     const int n0 = (int)(N * g / G), n1 = (int)(N * (g + 1) / G);
+                    const int k0 = conv_k_start(K, KS, (int)(t % KS)), k1 = conv_k_start(K, KS, (int)(t % KS) + 1);
                     const T* xp[kMaxConvParts];
                     for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
                     if constexpr (std::is_same_v<T, f16>)
                         conv1x1_parts_fprop_f16_cpu(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp,
                                                     scr + g * nscr, n1 - n0, K, P);
                     else
-                        conv1x1_parts_fprop_cpu<T>(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp, n1 - n0, K, P);
+                        conv1x1_parts_fprop_run<T>(yp + ((int64_t)n0 * K + k0) * P, xp, Cs.data(), m,
+                                                   wp + (int64_t)k0 * C, bp ? bp + k0 : nullptr,
+                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P);
                 }
             });
         }
     });
     const bool grad = any_grad(xs) || any_grad({&w, b});
-    return finish<kF16>(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs, nscr](auto d, const Var& y) {
+    return finish<kF16>(c, op, out, grad, [&c, xs, w, bias, m, N, K, P, Cs, nscr, f32, C](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
@@ -354,6 +379,8 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
             using A = acc_t<T>;
             const int Gb = grad_groups(N);
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            const int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
+            T* wk = ws.get<T>(nwk * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
                 const T* xg[kMaxConvParts];
@@ -367,8 +394,8 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
                     conv1x1_parts_backward_f16_cpu(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
                                                    w.t.ptr<T>(), scr + slot * nscr, n1 - n0, K, P);
                 else
-                    conv1x1_parts_backward_cpu<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
-                                                  w.t.ptr<T>(), n1 - n0, K, P);
+                    conv1x1_parts_backward_run<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
+                                                  w.t.ptr<T>(), wk ? wk + slot * nwk : nullptr, n1 - n0, K, P);
             });
         }
     });
@@ -847,6 +874,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     const int64_t in_img = (int64_t)C * P, out_img = (int64_t)K * P;
     const bool half = x.t.dtype == DType::F16;
     const int64_t nscr = half ? conv2d_f16_scratch_elems(C, H, W, K, 1, 1, H, W) : 0;
+    const int64_t nwk = conv2d_run_work_elems(x.t.dtype != DType::F64, C, H, W, K, 1, 1, 1, 0);  // oneDNN's, per thread
     Tensor out = c.act->tensor(Shape{N, na, H, W, no}, x.t.dtype);
     dispatch<kF16>(op, x.t, [&](auto d) {
         using T = typename decltype(d)::T;
@@ -866,23 +894,50 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
         } else {
             Scratch ws(c.work);
             const int G = std::min(N, cpu_op_threads());
+            // As conv2d: fewer images than threads split each image's output channels over the threads (KS parts).
+            const int KS = conv_dnnl_on() && !std::is_same_v<T, double> ? conv_k_parts(K, cpu_op_threads() / G) : 1;
+            int64_t nwk_k = nwk;
+            for (int j = 0; j < KS; ++j)
+                nwk_k = std::max(nwk_k, conv2d_run_work_elems(true, C, H, W, conv_k_start(K, KS, j + 1) -
+                                                                  conv_k_start(K, KS, j), 1, 1, 1, 0));
             T* tmp = ws.get<T>(out_img * G);
-            float* scr = ws.get<float>(nscr * G);
-            par(G, [&](int64_t g0, int64_t g1) {
-                for (int64_t gi = g0; gi < g1; ++gi)
-                    for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
-                        T* t = tmp + gi * out_img;  // (K, P): this image's convolution
-                        if constexpr (std::is_same_v<T, f16>)
-                            conv2d_fprop_f16_cpu(t, xp + n * in_img, wp, bp, nullptr, scr + gi * nscr, 1, C, H, W, K,
-                                                 1, 1, 1, 0);
-                        else conv2d_fprop_cpu<T>(t, xp + n * in_img, wp, bp, nullptr, 1, C, H, W, K, 1, 1, 1, 0);
-                        transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
+            float* scr = ws.get<float>(nscr * G * KS);
+            acc_t<T>* wk = ws.get<acc_t<T>>(nwk_k * G * KS);
+            // Output channels [k0, k1) of image n into t (K, P), with task slot s's scratch.
+            auto conv = [&](int n, int64_t s, T* t, int k0, int k1) {
+                acc_t<T>* wg = wk ? wk + s * nwk_k : nullptr;
+                const T* bk = bp ? bp + k0 : nullptr;
+                if constexpr (std::is_same_v<T, f16>)
+                    conv2d_fprop_f16_cpu(t + k0 * P, xp + n * in_img, wp + (int64_t)k0 * C, bk, wg, scr + s * nscr, 1,
+                                         C, H, W, k1 - k0, 1, 1, 1, 0);
+                else
+                    conv2d_fprop_run<T>(t + k0 * P, xp + n * in_img, wp + (int64_t)k0 * C, bk, wg, 1, C, H, W, k1 - k0,
+                                        1, 1, 1, 0);
+            };
+            if (KS == 1) {
+                par(G, [&](int64_t g0, int64_t g1) {
+                    for (int64_t gi = g0; gi < g1; ++gi)
+                        for (int n = (int)(N * gi / G); n < (int)(N * (gi + 1) / G); ++n) {
+                            T* t = tmp + gi * out_img;  // (K, P): this image's convolution
+                            conv(n, gi, t, 0, K);
+                            transpose12_forward_cpu<T>(yp + n * out_img, t, na, no, P);
+                        }
+                });
+            } else {  // G = N: image n's KS parts, then its transpose
+                par(G * KS, [&](int64_t t0, int64_t t1) {
+                    for (int64_t s = t0; s < t1; ++s) {
+                        const int j = (int)(s % KS);
+                        conv((int)(s / KS), s, tmp + s / KS * out_img, conv_k_start(K, KS, j), conv_k_start(K, KS, j + 1));
                     }
-            });
+                });
+                par(G, [&](int64_t g0, int64_t g1) {
+                    for (int64_t n = g0; n < g1; ++n) transpose12_forward_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P);
+                });
+            }
         }
     });
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
-                                                   half](auto d, const Var& y) {
+                                                   nwk, half](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();  // (N, na, P, no)
@@ -912,16 +967,18 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             const int Gb = grad_groups(N);
             T* tmp = ws.get<T>(out_img * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            A* wk = ws.get<A>(nwk * grad_slots(Gb));
             par_weight_grads<T>(ws, dw, db, (int64_t)K * C, K, Gb, [&](int64_t gi, int64_t slot, A* gw, A* gb) {
+                A* ws1 = wk ? wk + slot * nwk : nullptr;
                 for (int n = (int)(N * gi / Gb); n < (int)(N * (gi + 1) / Gb); ++n) {
                     T* t = tmp + slot * out_img;
                     transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
                     if constexpr (std::is_same_v<T, f16>)
                         conv2d_backward_f16_cpu(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
-                                                w.t.ptr<T>(), nullptr, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
+                                                w.t.ptr<T>(), ws1, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
                     else
-                        conv2d_backward_cpu<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
-                                               w.t.ptr<T>(), nullptr, 1, C, H, W, K, 1, 1, 1, 0);
+                        conv2d_backward_run<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
+                                               w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
                 }
             });
         }

@@ -1,0 +1,316 @@
+/*
+ * conv2d through oneDNN on the CPU (see kernels/conv2d_dnnl.h for the contract). A plan per (pass, geometry):
+ * the primitive with layouts of oneDNN's choice, the reorders between them and y5's NCHW / (K,C,R,S), and the
+ * offsets of each buffer in the caller's work memory. Outputs that y5 accumulates into (dgrad, wgrad) are written
+ * by the primitive into work and added by a reorder with a sum post-op (dst = src + dst), one add per element.
+ */
+#include "kernels/conv2d_dnnl.h"
+
+#include "kernels/check.h"
+
+#if Y5_DNNL
+#include <omp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+
+#include <dnnl.hpp>
+
+#if defined(Y5_CUDA_EMU) && Y5_CUDA_EMU
+#define Y5_CUDA_EMU_BUILD 1
+#else
+#define Y5_CUDA_EMU_BUILD 0
+#endif
+
+namespace y5 {
+
+bool conv_dnnl_built() { return true; }
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+dnnl::engine& cpu_engine() {
+    static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+    return e;
+}
+
+// −1: not decided yet (read Y5_CONV on first use), 0 off, 1 on.
+std::atomic<int> g_on{-1};
+
+enum Pass { Fprop = 0, Dgrad = 1, Wgrad = 2 };
+
+// One tensor as the primitive takes it: its descriptor, and the reorder from (to) y5's plain layout when they differ.
+struct Operand {
+    memory::desc plain, md;
+    bool reordered = false;
+    dnnl::reorder to, from;  // plain → md (inputs), md → plain with sum (accumulated outputs) or without
+    size_t off = 0;          // in work, when reordered (or always, for accumulated outputs)
+};
+
+struct Plan {
+    dnnl::primitive prim;
+    Operand a, b, c;  // fprop: src, weights, dst; dgrad: diff_dst, weights, diff_src; wgrad: src, diff_dst, diff_weights
+    memory::desc bias;
+    size_t pad_off = 0, bytes = 0;
+};
+
+size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
+
+dnnl::primitive_attr user_scratchpad() {
+    dnnl::primitive_attr a;
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+}
+
+// An input operand: reordered from plain when oneDNN chose another layout.
+void input(Operand& o, const memory::desc& plain, const memory::desc& md, size_t& bytes) {
+    o.plain = plain, o.md = md;
+    o.reordered = plain != md;
+    if (o.reordered) {
+        o.to = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), plain, cpu_engine(), md));
+        o.off = bytes;
+        bytes += align_up(md.get_size());
+    }
+}
+
+// An output operand: written by the primitive into work, then reorder-added (accumulate) or reordered into plain.
+void output(Operand& o, const memory::desc& plain, const memory::desc& md, bool accumulate, size_t& bytes) {
+    o.plain = plain, o.md = md;
+    o.reordered = accumulate || plain != md;
+    if (!o.reordered) return;
+    dnnl::primitive_attr attr;  // reorders keep oneDNN's own (library) scratchpad: f32 ones need none
+    if (accumulate) {
+        dnnl::post_ops po;
+        po.append_sum(1.f);
+        attr.set_post_ops(po);
+    }
+    o.from = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), md, cpu_engine(), plain, attr));
+    o.off = bytes;
+    bytes += align_up(md.get_size());
+}
+
+Plan make_plan(Pass pass, bool with_bias, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
+    const memory::dims x_d{1, C, H, W}, w_d{K, C, R, S}, b_d{K}, y_d{1, K, Ho, Wo}, st{stride, stride},
+        pd{pad, pad};
+    const memory::desc x_any(x_d, dt::f32, tag::any), w_any(w_d, dt::f32, tag::any), y_any(y_d, dt::f32, tag::any);
+    const memory::desc x_pl(x_d, dt::f32, tag::nchw), w_pl(w_d, dt::f32, tag::oihw), y_pl(y_d, dt::f32, tag::nchw);
+    const memory::desc b_md(b_d, dt::f32, tag::x);
+    const auto alg = dnnl::algorithm::convolution_direct;
+    dnnl::primitive_attr attr = user_scratchpad();
+    using fwd = dnnl::convolution_forward;
+    const fwd::primitive_desc hint(
+        fwd::desc(dnnl::prop_kind::forward_training, alg, x_any, w_any, y_any, st, pd, pd), cpu_engine());
+    Plan p;
+    size_t bytes = 0;
+    if (pass == Fprop) {
+        const fwd::primitive_desc pdsc =
+            with_bias ? fwd::primitive_desc(fwd::desc(dnnl::prop_kind::forward_training, alg, x_any, w_any, b_md, y_any,
+                                                      st, pd, pd),
+                                            attr, cpu_engine())
+                      : fwd::primitive_desc(
+                            fwd::desc(dnnl::prop_kind::forward_training, alg, x_any, w_any, y_any, st, pd, pd), attr,
+                            cpu_engine());
+        p.prim = fwd(pdsc);
+        input(p.a, x_pl, pdsc.src_desc(), bytes);
+        input(p.b, w_pl, pdsc.weights_desc(), bytes);
+        output(p.c, y_pl, pdsc.dst_desc(), false, bytes);
+        p.bias = b_md;
+        p.pad_off = bytes;
+        bytes += align_up(pdsc.scratchpad_desc().get_size());
+    } else if (pass == Dgrad) {
+        using bwd = dnnl::convolution_backward_data;
+        const bwd::primitive_desc pdsc(bwd::desc(alg, x_any, w_any, y_any, st, pd, pd), attr, cpu_engine(), hint);
+        p.prim = bwd(pdsc);
+        input(p.a, y_pl, pdsc.diff_dst_desc(), bytes);
+        input(p.b, w_pl, pdsc.weights_desc(), bytes);
+        output(p.c, x_pl, pdsc.diff_src_desc(), true, bytes);
+        p.pad_off = bytes;
+        bytes += align_up(pdsc.scratchpad_desc().get_size());
+    } else {
+        using bwd = dnnl::convolution_backward_weights;
+        const bwd::primitive_desc pdsc(bwd::desc(alg, x_any, w_any, y_any, st, pd, pd), attr, cpu_engine(), hint);
+        p.prim = bwd(pdsc);
+        input(p.a, x_pl, pdsc.src_desc(), bytes);
+        input(p.b, y_pl, pdsc.diff_dst_desc(), bytes);
+        output(p.c, w_pl, pdsc.diff_weights_desc(), true, bytes);
+        p.pad_off = bytes;
+        bytes += align_up(pdsc.scratchpad_desc().get_size());
+    }
+    p.bytes = bytes;
+    return p;
+}
+
+// The OpenMP threads the calling thread gives fprop and dgrad (libgomp keeps omp_set_num_threads per thread).
+thread_local int t_threads = 1;
+
+struct OmpThreads {  // omp_set_num_threads(n) for a scope, restored after
+    int prev;
+    explicit OmpThreads(int n) : prev(omp_get_max_threads()) { omp_set_num_threads(n); }
+    ~OmpThreads() { omp_set_num_threads(prev); }
+};
+
+// oneDNN fixes a primitive's split over threads when it is created, from omp_get_max_threads() then, and runs
+// that many whatever the setting at execution: the thread count is part of the plan.
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
+std::mutex g_mu;
+std::map<Key, std::unique_ptr<Plan>> g_plans;  // a Plan never moves once made (callers keep the pointer)
+
+const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, int K, int R, int S, int stride,
+                 int pad) {
+    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad};
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_plans.find(k);
+    if (it == g_plans.end()) {
+        try {
+            OmpThreads omp(threads);
+            it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, C, H, W, K, R, S, stride, pad)))
+                     .first;
+        } catch (const dnnl::error& e) {
+            Y5_FAIL("conv2d (oneDNN): no primitive for x (%d,%d,%d) w (%d,%d,%d,%d) s%d p%d, pass %d: %s", C, H, W, K,
+                    C, R, S, stride, pad, (int)pass, e.what());
+        }
+    }
+    return *it->second;
+}
+
+dnnl::stream& cpu_stream() {
+    thread_local dnnl::stream s(cpu_engine());
+    return s;
+}
+
+memory mem(const memory::desc& md, const void* p) { return memory(md, cpu_engine(), const_cast<void*>(p)); }
+
+// The buffer the primitive reads for an input: reordered into work, or the plain tensor itself.
+memory in_mem(const Operand& o, const float* plain, char* work) {
+    if (!o.reordered) return mem(o.md, plain);
+    memory m = mem(o.md, work + o.off), src = mem(o.plain, plain);
+    o.to.execute(cpu_stream(), src, m);
+    return m;
+}
+
+}  // namespace
+
+bool conv_dnnl_on() {
+    int v = g_on.load(std::memory_order_relaxed);
+    if (v < 0) {
+        // The emulated CUDA build's cuDNN stand-in (tests/cudaemu) computes with the im2col reference, and its GPU
+        // tests expect the CPU ops' f16 bits from it: there the CPU ops default to the reference too.
+        const char* e = std::getenv("Y5_CONV");
+        const bool dflt = !Y5_CUDA_EMU_BUILD;
+        v = e ? (std::strcmp(e, "ref") == 0 ? 0 : 1) : dflt;
+        Y5_CHECK(!e || v == 0 || std::strcmp(e, "dnnl") == 0, "conv2d: Y5_CONV=%s, expected ref or dnnl", e);
+        g_on.store(v);
+    }
+    return v == 1;
+}
+
+void conv_dnnl_set(bool on) { g_on.store(on ? 1 : 0); }
+
+void conv_dnnl_set_threads(int n) { t_threads = std::max(1, n); }
+
+size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads) {
+    size_t b = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).bytes;
+    for (int t : {1, std::max(1, max_threads)})
+        for (Pass p : {Fprop, Dgrad})
+            for (bool bias : {false, p == Fprop})
+                b = std::max(b, plan(p, bias, t, C, H, W, K, R, S, stride, pad).bytes);
+    return b + 64;  // the start aligned to 64 inside the caller's buffer
+}
+
+static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
+
+void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
+                       int H, int W, int K, int R, int S, int stride, int pad) {
+    const Plan& p = plan(Fprop, bias != nullptr, t_threads, C, H, W, K, R, S, stride, pad);
+    char* wk = aligned(work);
+    OmpThreads omp(t_threads);
+    const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    memory wm = in_mem(p.b, weight, wk), pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x),
+                                                          wk + p.pad_off);
+    for (int n = 0; n < N; ++n) {
+        memory xm = in_mem(p.a, inp + n * in_img, wk);
+        memory ym = p.c.reordered ? mem(p.c.md, wk + p.c.off) : mem(p.c.md, out + n * out_img);
+        std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym},
+                                             {DNNL_ARG_SCRATCHPAD, pad_m}};
+        if (bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, bias)});
+        p.prim.execute(cpu_stream(), args);
+        if (p.c.reordered) {
+            memory dst = mem(p.c.plain, out + n * out_img);
+            p.c.from.execute(cpu_stream(), ym, dst);
+        }
+    }
+}
+
+void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                          void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    char* wk = aligned(work);
+    const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    if (dinp) {
+        const Plan& p = plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad);
+        OmpThreads omp(t_threads);
+        memory wm = in_mem(p.b, weight, wk),
+               pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+        for (int n = 0; n < N; ++n) {
+            memory dym = in_mem(p.a, dout + n * out_img, wk), dxm = mem(p.c.md, wk + p.c.off);
+            p.prim.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
+                                          {DNNL_ARG_SCRATCHPAD, pad_m}});
+            memory dst = mem(p.c.plain, dinp + n * in_img);
+            p.c.from.execute(cpu_stream(), dxm, dst);  // dinp += dgrad
+        }
+    }
+    if (dweight) {
+        const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+        OmpThreads omp(1);  // one thread: the reduction over pixels in one fixed order
+        memory pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+        for (int n = 0; n < N; ++n) {
+            memory xm = in_mem(p.a, inp + n * in_img, wk), dym = in_mem(p.b, dout + n * out_img, wk),
+                   dwm = mem(p.c.md, wk + p.c.off);
+            p.prim.execute(cpu_stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                                          {DNNL_ARG_SCRATCHPAD, pad_m}});
+            memory dst = mem(p.c.plain, dweight);
+            p.c.from.execute(cpu_stream(), dwm, dst);  // dweight += this image's wgrad
+        }
+    }
+}
+
+void conv_dnnl_clear_cache() {
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_plans.clear();
+}
+
+}  // namespace y5
+
+#else  // built without oneDNN (Y5_DNNL=OFF): the references run, these are never reached
+
+namespace y5 {
+
+bool conv_dnnl_built() { return false; }
+bool conv_dnnl_on() { return false; }
+void conv_dnnl_set(bool on) { Y5_CHECK(!on, "conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)"); }
+void conv_dnnl_set_threads(int) {}
+size_t conv2d_dnnl_work_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
+void conv2d_dnnl_fprop(float*, const float*, const float*, const float*, void*, int, int, int, int, int, int, int, int,
+                       int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void conv2d_dnnl_backward(float*, float*, const float*, const float*, const float*, void*, int, int, int, int, int,
+                          int, int, int, int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void conv_dnnl_clear_cache() {}
+
+}  // namespace y5
+
+#endif

@@ -1,0 +1,283 @@
+/*
+ * The oneDNN convolutions (kernels/conv2d_dnnl.h) against the im2col + BLAS references (kernels/conv2d.h), on
+ * fresh random inputs: fprop, dgrad and wgrad (accumulating into random starting gradients) for every distinct
+ * yolov5n convolution at 64 px and odd shapes, |dnnl − ref| ≤ atol + rtol·|ref|; the bits of fprop and dgrad with
+ * 1, 2 and 3 OpenMP threads (the ops rely on them being the same: batch 1 runs on oneDNN's threads, larger batches
+ * one image group per y5 thread); and the ops conv2d, conv2d_parts and conv1x1_maps (forward and every gradient)
+ * with oneDNN on against the same ops with it off (Y5_CONV=ref's path). Skipped in a build without oneDNN.
+ */
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "engine/ops/op.h"
+#include "kernels/conv2d.h"
+#include "tests/test_util.h"
+
+using namespace y5;
+using namespace y5test;
+
+namespace {
+
+struct Geo {
+    int N, C, H, W, K, R, S, stride, pad;
+    bool bias;
+};
+
+std::string geo_str(const Geo& g) {
+    char s[128];
+    snprintf(s, sizeof s, "x (%d,%d,%d,%d) w (%d,%d,%d,%d) s%d p%d%s", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride,
+             g.pad, g.bias ? " +bias" : "");
+    return s;
+}
+
+// yolov5n's convolutions at 64 px (backbone, SPPF, head, Detect), each (C, H, K, k, s) once, batch 2.
+std::vector<Geo> yolov5n_geos() {
+    struct L {
+        int C, H, K, k, s;
+        bool bias;
+    };
+    const L ls[] = {
+        {3, 64, 16, 6, 2, false},   {16, 32, 32, 3, 2, false},  {32, 16, 16, 1, 1, false}, {16, 16, 16, 1, 1, false},
+        {16, 16, 16, 3, 1, false},  {32, 16, 32, 1, 1, false},  {32, 16, 64, 3, 2, false}, {64, 8, 32, 1, 1, false},
+        {32, 8, 32, 1, 1, false},   {32, 8, 32, 3, 1, false},   {64, 8, 64, 1, 1, false},  {64, 8, 128, 3, 2, false},
+        {128, 4, 64, 1, 1, false},  {64, 4, 64, 1, 1, false},   {64, 4, 64, 3, 1, false},  {128, 4, 128, 1, 1, false},
+        {128, 4, 256, 3, 2, false}, {256, 2, 128, 1, 1, false}, {128, 2, 128, 1, 1, false}, {128, 2, 128, 3, 1, false},
+        {256, 2, 256, 1, 1, false}, {512, 2, 256, 1, 1, false}, {256, 4, 64, 1, 1, false},  {128, 4, 64, 1, 1, false},
+        {128, 8, 32, 1, 1, false},  {64, 8, 64, 3, 2, false},   {128, 4, 128, 3, 2, false},
+        {64, 8, 255, 1, 1, true},   {128, 4, 255, 1, 1, true},  {256, 2, 255, 1, 1, true},
+        {32, 16, 16, 3, 1, true},  // fused inference (BN folded in: every convolution has a bias)
+    };
+    std::vector<Geo> g;
+    for (const L& l : ls) g.push_back({2, l.C, l.H, l.H, l.K, l.k, l.k, l.s, l.k / 2 - (l.k == 6 ? 1 : 0), l.bias});
+    return g;
+}
+
+// Shapes off the beaten path: C = 3, stride 2 on odd sizes, K not a multiple of 8 or 16, batch 1 and 5.
+const std::vector<Geo> kOdd = {
+    {1, 3, 13, 11, 5, 3, 3, 2, 1, true},  {5, 3, 15, 17, 17, 6, 6, 2, 2, false}, {5, 7, 9, 9, 10, 3, 3, 1, 1, true},
+    {1, 20, 7, 5, 9, 1, 1, 2, 0, false},  {5, 16, 6, 6, 24, 1, 1, 1, 0, true},   {1, 1, 1, 1, 1, 1, 1, 1, 0, true},
+    {5, 24, 9, 13, 36, 3, 3, 2, 1, false}, {1, 48, 5, 5, 40, 5, 5, 1, 2, true},
+};
+
+std::vector<float> rand_vec(int64_t n, Rng& rng, double lo = -1.0, double hi = 1.0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = (float)rng.uniform_double(lo, hi);
+    return v;
+}
+
+// |got − want| ≤ atol + rtol·|want| everywhere; atol scaled by the largest |want| (sums of many O(1) products).
+void require_close_vec(const std::vector<float>& got, const std::vector<float>& want, double rtol, const char* what) {
+    REQUIRE(got.size() == want.size());
+    double m = 0;
+    for (float w : want) m = std::max(m, (double)std::fabs(w));
+    const double atol = rtol * std::max(1.0, m);
+    int64_t bad = 0, first = -1;
+    for (size_t i = 0; i < got.size(); ++i)
+        if (!(std::fabs((double)got[i] - want[i]) <= atol + rtol * std::fabs(want[i]))) {
+            if (first < 0) first = (int64_t)i;
+            ++bad;
+        }
+    INFO(what << ": " << bad << " of " << got.size() << " outside tolerance"
+              << (first >= 0 ? ", first at " + std::to_string(first) + ": " + std::to_string(got[first]) + " vs " +
+                                   std::to_string(want[first])
+                             : std::string()));
+    REQUIRE(bad == 0);
+}
+
+struct Data {
+    std::vector<float> x, w, b, dy, dx0, dw0;
+};
+
+Data make_data(const Geo& g, Rng& rng) {
+    const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+    const double ws = 1.0 / std::sqrt((double)g.C * g.R * g.S);
+    return {rand_vec((int64_t)g.N * g.C * g.H * g.W, rng),  rand_vec((int64_t)g.K * g.C * g.R * g.S, rng, -ws, ws),
+            rand_vec(g.K, rng),                              rand_vec((int64_t)g.N * g.K * Ho * Wo, rng),
+            rand_vec((int64_t)g.N * g.C * g.H * g.W, rng),  rand_vec((int64_t)g.K * g.C * g.R * g.S, rng)};
+}
+
+struct Out {
+    std::vector<float> y, dx, dw;
+};
+
+Out run_ref(const Geo& g, const Data& d) {
+    const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+    std::vector<float> col(std::max<int64_t>(1, conv2d_col_elems(g.C, g.R, g.S, Ho, Wo, g.stride, g.pad)));
+    Out o{std::vector<float>((int64_t)g.N * g.K * Ho * Wo), d.dx0, d.dw0};
+    conv2d_fprop_cpu<float>(o.y.data(), d.x.data(), d.w.data(), g.bias ? d.b.data() : nullptr, col.data(), g.N, g.C,
+                            g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+    conv2d_backward_cpu<float>(o.dx.data(), o.dw.data(), nullptr, d.dy.data(), d.x.data(), d.w.data(), col.data(), g.N,
+                               g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+    return o;
+}
+
+Out run_dnnl(const Geo& g, const Data& d, int threads) {
+    const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+    std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, threads));
+    Out o{std::vector<float>((int64_t)g.N * g.K * Ho * Wo), d.dx0, d.dw0};
+    conv_dnnl_set_threads(threads);
+    conv2d_dnnl_fprop(o.y.data(), d.x.data(), d.w.data(), g.bias ? d.b.data() : nullptr, work.data(), g.N, g.C, g.H,
+                      g.W, g.K, g.R, g.S, g.stride, g.pad);
+    conv2d_dnnl_backward(o.dx.data(), o.dw.data(), d.dy.data(), d.x.data(), d.w.data(), work.data(), g.N, g.C, g.H,
+                         g.W, g.K, g.R, g.S, g.stride, g.pad);
+    conv_dnnl_set_threads(1);
+    return o;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Turns oneDNN on or off for a scope, then back to what it was.
+struct DnnlSwitch {
+    bool prev;
+    explicit DnnlSwitch(bool on) : prev(conv_dnnl_on()) { conv_dnnl_set(on); }
+    ~DnnlSwitch() { conv_dnnl_set(prev); }
+};
+
+}  // namespace
+
+TEST_CASE("oneDNN conv2d matches the im2col + BLAS reference (fprop, dgrad, wgrad)", "[dnnl][conv]") {
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    Rng rng(1801);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    for (const Geo& g : geos) {
+        INFO(geo_str(g));
+        const Data d = make_data(g, rng);
+        const Out r = run_ref(g, d), o = run_dnnl(g, d, 2);
+        require_close_vec(o.y, r.y, 1e-5, "output");
+        require_close_vec(o.dx, r.dx, 1e-5, "dx (accumulated)");
+        require_close_vec(o.dw, r.dw, 1e-5, "dw (accumulated)");
+    }
+}
+
+TEST_CASE("oneDNN conv2d's fprop and dgrad bits do not depend on the thread count", "[dnnl][conv][threads]") {
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    Rng rng(1802);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    // At training sizes too: 320 px's first layers, where oneDNN has the most pixels to split.
+    geos.push_back({1, 3, 320, 320, 16, 6, 6, 2, 2, false});
+    geos.push_back({1, 16, 160, 160, 32, 3, 3, 2, 1, false});
+    geos.push_back({1, 32, 80, 80, 16, 1, 1, 1, 0, false});
+    geos.push_back({1, 16, 80, 80, 16, 3, 3, 1, 1, false});
+    for (const Geo& g : geos) {
+        INFO(geo_str(g));
+        const Data d = make_data(g, rng);
+        const Out a = run_dnnl(g, d, 1);
+        for (int t : {2, 3}) {
+            INFO(t << " threads against 1");
+            const Out b = run_dnnl(g, d, t);
+            REQUIRE(same_bits(a.y, b.y));
+            REQUIRE(same_bits(a.dx, b.dx));
+            REQUIRE(same_bits(a.dw, b.dw));  // wgrad runs on one thread whatever the setting
+        }
+    }
+}
+
+TEST_CASE("oneDNN fprop over a range of output channels gives the full convolution's bits", "[dnnl][conv][threads]") {
+    // Batch 1 with several threads splits the output channels (conv_k_parts), so its bits must be the
+    // whole convolution's: then y5detect gives the same boxes with any Y5_THREADS.
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    for (int K : {1, 16, 17, 24, 32, 255, 256})
+        for (int want : {1, 2, 3, 5}) {
+            const int parts = conv_k_parts(K, want);
+            REQUIRE(parts >= 1);
+            REQUIRE(parts <= want);
+            REQUIRE(conv_k_start(K, parts, 0) == 0);
+            REQUIRE(conv_k_start(K, parts, parts) == K);
+            for (int j = 0; j < parts; ++j) {
+                REQUIRE(conv_k_start(K, parts, j) < conv_k_start(K, parts, j + 1));
+                REQUIRE(conv_k_start(K, parts, j) % 16 == 0);
+            }
+        }
+    Rng rng(1804);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    geos.push_back({1, 3, 320, 320, 16, 6, 6, 2, 2, true});
+    geos.push_back({1, 64, 80, 80, 255, 1, 1, 1, 0, true});
+    for (Geo g : geos) {
+        g.N = 1;
+        const Data d = make_data(g, rng);
+        const Out full = run_dnnl(g, d, 1);
+        const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
+        for (int want : {2, 3}) {
+            const int parts = conv_k_parts(g.K, want);
+            INFO(geo_str(g) << ", " << parts << " parts");
+            std::vector<float> y(full.y.size());
+            for (int j = 0; j < parts; ++j) {
+                const int k0 = conv_k_start(g.K, parts, j), k1 = conv_k_start(g.K, parts, j + 1);
+                std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, k1 - k0, g.R, g.S, g.stride, g.pad, 1));
+                conv2d_dnnl_fprop(y.data() + k0 * P, d.x.data(), d.w.data() + (int64_t)k0 * g.C * g.R * g.S,
+                                  g.bias ? d.b.data() + k0 : nullptr, work.data(), 1, g.C, g.H, g.W, k1 - k0, g.R, g.S,
+                                  g.stride, g.pad);
+            }
+            REQUIRE(same_bits(y, full.y));
+        }
+    }
+}
+
+TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference path", "[dnnl][conv][parts]") {
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    Rng rng(1803);
+    TestCtx T;
+    auto run = [&](bool on, auto&& op, std::vector<Tensor> ins, const Tensor& dy) {
+        DnnlSwitch sw(on);
+        std::vector<Var> vs;
+        for (const Tensor& t : ins) vs.push_back(T.tape.leaf(t));
+        Var y = op(vs);
+        Tensor dyc = dy;
+        T.tape.backward(y, &dyc);
+        std::vector<Tensor> r = {copy_of(T.data, y.t)};
+        for (const Var& v : vs) r.push_back(copy_of(T.data, T.tape.grad(v)));
+        T.tape.clear();
+        return r;
+    };
+    auto compare = [&](const std::vector<Tensor>& got, const std::vector<Tensor>& want) {
+        REQUIRE(got.size() == want.size());
+        for (size_t i = 0; i < got.size(); ++i) {
+            double m = 0;
+            for (int64_t j = 0; j < want[i].numel(); ++j) m = std::max(m, std::fabs(at(want[i], j)));
+            require_close(got[i], want[i], 1e-5 * std::max(1.0, m), 1e-5, i ? "gradient " + std::to_string(i) : "output");
+        }
+    };
+    SECTION("conv2d, batch 5 (more images than threads), 3x3 stride 2 with a bias") {
+        Tensor x = rand_tensor(T.data, {5, 24, 17, 15}, DType::F32, rng), w = rand_tensor(T.data, {40, 24, 3, 3}, DType::F32, rng, -0.1, 0.1);
+        Tensor b = rand_tensor(T.data, {40}, DType::F32, rng), dy = rand_tensor(T.data, {5, 40, 9, 8}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], &v[2], 2, 1); };
+        compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
+    }
+    SECTION("conv2d, batch 1 (oneDNN's threads)") {
+        Tensor x = rand_tensor(T.data, {1, 16, 32, 32}, DType::F32, rng), w = rand_tensor(T.data, {32, 16, 3, 3}, DType::F32, rng, -0.1, 0.1);
+        Tensor dy = rand_tensor(T.data, {1, 32, 16, 16}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], nullptr, 2, 1); };
+        compare(run(true, op, {x, w}, dy), run(false, op, {x, w}, dy));
+    }
+    SECTION("conv2d_parts, three parts, batch 3") {
+        Tensor x0 = rand_tensor(T.data, {3, 16, 8, 8}, DType::F32, rng), x1 = rand_tensor(T.data, {3, 8, 8, 8}, DType::F32, rng);
+        Tensor x2 = rand_tensor(T.data, {3, 24, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {32, 48, 1, 1}, DType::F32, rng, -0.2, 0.2);
+        Tensor b = rand_tensor(T.data, {32}, DType::F32, rng), dy = rand_tensor(T.data, {3, 32, 8, 8}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1], v[2]}, v[3], &v[4]); };
+        compare(run(true, op, {x0, x1, x2, w, b}, dy), run(false, op, {x0, x1, x2, w, b}, dy));
+    }
+    SECTION("conv1x1_maps (Detect's head), batch 3, 3 anchors") {
+        Tensor x = rand_tensor(T.data, {3, 64, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {255, 64, 1, 1}, DType::F32, rng, -0.1, 0.1);
+        Tensor b = rand_tensor(T.data, {255}, DType::F32, rng), dy = rand_tensor(T.data, {3, 3, 8, 8, 85}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv1x1_maps(T.ctx, v[0], v[1], &v[2], 3); };
+        compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
+    }
+}
