@@ -19,18 +19,6 @@ using namespace y5test;
 
 namespace {
 
-struct Geo {
-    int N, C, H, W, K, R, S, stride, pad;
-    bool bias;
-};
-
-std::string geo_str(const Geo& g) {
-    char s[128];
-    snprintf(s, sizeof s, "x (%d,%d,%d,%d) w (%d,%d,%d,%d) s%d p%d%s", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride,
-             g.pad, g.bias ? " +bias" : "");
-    return s;
-}
-
 double max_abs(const Tensor& t) {
     double m = 0;
     for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(at(t, i)));

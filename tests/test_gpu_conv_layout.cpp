@@ -30,11 +30,6 @@ using namespace y5test;
 
 namespace {
 
-struct Geo {
-    int N, C, H, W, K, R, S, stride, pad;
-    bool bias;
-};
-
 std::string geo_str(const Geo& g, DType dt) {
     char s[160];
     snprintf(s, sizeof s, "x (%d,%d,%d,%d) w (%d,%d,%d,%d) s%d p%d%s %s", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S,

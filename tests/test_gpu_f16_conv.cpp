@@ -24,18 +24,6 @@ using namespace y5test;
 
 namespace {
 
-struct Geo {
-    int N, C, H, W, K, R, S, stride, pad;
-    bool bias;
-};
-
-std::string geo_str(const Geo& g) {
-    char s[128];
-    snprintf(s, sizeof s, "x (%d,%d,%d,%d) w (%d,%d,%d,%d) s%d p%d%s", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride,
-             g.pad, g.bias ? " +bias" : "");
-    return s;
-}
-
 TestCtx& fresh_cpu() {  // the shared CPU context (tests/test_gpu.h), emptied for the next case
     TestCtx& t = cpu();
     t.tape.clear();

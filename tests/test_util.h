@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -22,6 +23,19 @@
 
 namespace y5test {
 using namespace y5;
+
+// A convolution's geometry for the conv tests (CPU, oneDNN, GPU): input (N,C,H,W), weight (K,C,R,S), with or without bias.
+struct Geo {
+    int N, C, H, W, K, R, S, stride, pad;
+    bool bias;
+};
+
+inline std::string geo_str(const Geo& g) {
+    char s[128];
+    snprintf(s, sizeof s, "x (%d,%d,%d,%d) w (%d,%d,%d,%d) s%d p%d%s", g.N, g.C, g.H, g.W, g.K, g.C, g.R, g.S, g.stride,
+             g.pad, g.bias ? " +bias" : "");
+    return s;
+}
 
 // A CPU context: activations, scratch, gradients, and a separate arena for test-owned tensors.
 struct TestCtx {
