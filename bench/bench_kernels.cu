@@ -249,7 +249,7 @@ void bn_silu_backward(Bench& b, int N, int C, int H, int W) {
     float* scratch = b.dalloc(batchnorm_cuda_scratch(N, C, HW));
     auto ours = [&] {
         batchnorm_backward_train_cuda(d_dx, d_dg, d_db, d_dout, d_x, d_gamma, d_beta, d_mean, d_inv, N, C, HW, kSiLU,
-                                      scratch, s);
+                                      false, scratch, s);
     };
     float *c_dtmp = b.dalloc(n), *c_dx = b.upload(dx0), *c_dg = b.upload(dg0), *c_db = b.upload(db0);
     TensorDesc xd(N, C, H, W), bnd(1, C, 1, 1);
@@ -476,7 +476,7 @@ void yolo_loss_bench(Bench& b, int bs, int targets_per_image) {
     // The GPU side runs through ops.h, so it needs the training step's arenas and tape.
     Workspace ws;
     const size_t map_bytes = (size_t)elems * sizeof(float);
-    ws.make(Device::CUDA, b.ctx, StepMemory{3 * map_bytes + (64 << 20), 64 << 20, 2 * map_bytes + (64 << 20)});
+    ws.make(Device::CUDA, b.ctx, StepMemory{5 * map_bytes + (128 << 20), 64 << 20});  // maps and their gradients
     std::vector<Tensor> dev_maps;
     for (size_t i = 0; i < maps.size(); ++i) {
         dev_maps.push_back(ws.act->tensor(Shape{bs, na, ny[i], nx[i], no}));

@@ -252,10 +252,10 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp, recompute, &live);
     std::vector<std::pair<std::string, size_t>> vlive;
     const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true, &vlive);
-    std::printf("%s at %d on %s, %s, recompute %s: one image's training step %.1f MB activations, %.1f MB activation "
-                "gradients, %.1f MB scratch; its validation forward (%d) %.1f MB\n", T.model.name.c_str(), imgsz,
-                cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", recompute ? "on" : "off", one.act / 1e6,
-                one.grads / 1e6, one.work / 1e6, val_side, vone.act / 1e6);
+    std::printf("%s at %d on %s, %s, recompute %s: one image's training step %.1f MB activations and their gradients "
+                "(%.1f MB of gradients at the peak), %.1f MB scratch; its validation forward (%d) %.1f MB\n",
+                T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", recompute ? "on" : "off",
+                one.act / 1e6, one.grads / 1e6, one.work / 1e6, val_side, vone.act / 1e6);
     auto print_live = [](const char* what, size_t peak, const std::vector<std::pair<std::string, size_t>>& l) {
         std::printf("live at %s (%.1f MB):", what, peak / 1e6);
         size_t rest = 0;
@@ -265,7 +265,7 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
         if (rest) std::printf(", the rest %.1f MB", rest / 1e6);
         std::printf("\n");
     };
-    print_live("one image's training activation peak", one.act, live);
+    print_live("one image's training peak", one.act, live);
     print_live("one image's validation forward peak", vone.act, vlive);
     // Shapes per row at one image (the bench breakdown's dry run) for the floors.
     const Model& M = T.model;
@@ -317,8 +317,11 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
         if (floor >= 0) std::printf(" %12.3fGB\n", floor / 1e9);
         else std::printf(" %14s\n", "-");
     };
-    row("activations", [&](size_t k) { return (double)tp[k].act; }, conv_v * esize * bmax);
-    row("activation gradients", [&](size_t k) { return (double)tp[k].grads; }, grad_v * esize * bmax);
+    // One arena: its floor is the larger of the two moments' (the forward's end, every convolution output and no
+    // gradient yet; the backward's widest row, its gradients and at least its input's value).
+    row("activations and their gradients", [&](size_t k) { return (double)tp[k].act; },
+        std::max(conv_v, grad_v) * esize * bmax);
+    row("  of which gradients at the peak", [&](size_t k) { return (double)tp[k].grads; }, -1);
     row("workspace (scratch)", [&](size_t k) { return (double)tp[k].work; }, -1);
     row("validation (beyond the training arenas)", [&](size_t k) { return (double)(sp[k].total() - tp[k].total()); }, 0);
     row("  its batch 2x in one forward", [&](size_t k) { return (double)vall[k].total(); }, -1);
@@ -326,7 +329,7 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     for (size_t k = 0; k < batches.size(); ++k) std::printf(" %14d", chunk[k]);
     std::printf("\n");
     row("parameters + optimizer (model, EMA)", [&](size_t) { return params; }, params_floor);
-    const double floor_total = (conv_v + grad_v) * esize * bmax + params_floor + (double)tp.back().work;
+    const double floor_total = std::max(conv_v, grad_v) * esize * bmax + params_floor + (double)tp.back().work;
     row("total (device memory)", [&](size_t k) { return (double)sp[k].total() + params; }, floor_total);
     row("pinned host (loader ring, 8 workers)", [&](size_t k) { return (double)pinned1 * batches[k] * loader_slots; }, -1);
     for (size_t k = 0; k + 1 < batches.size(); ++k)
@@ -401,8 +404,8 @@ int main(int argc, char** argv) {
         std::printf("%s, %lld parameters, %.1f GFLOPs forward per image at %d\n", T.model.name.c_str(),
                     (long long)T.model.num_parameters(), gflops, imgsz);
         for (size_t a = 0; a < amps.size(); ++a)
-            std::printf("one image's step, %s: %.0f MB activations, %.0f MB activation gradients, %.0f MB scratch\n",
-                        amps[a] ? "AMP" : "f32", ones[a].act / 1e6, ones[a].grads / 1e6, ones[a].work / 1e6);
+            std::printf("one image's step, %s: %.0f MB activations and their gradients, %.0f MB scratch\n",
+                        amps[a] ? "AMP" : "f32", ones[a].act / 1e6, ones[a].work / 1e6);
 #if Y5_CUDA
         if (cuda) {
             cudaDeviceProp prop{};
@@ -462,7 +465,7 @@ int main(int argc, char** argv) {
             size_t free_now = 0;
             if (cuda) device_memory_info(&free_now, &total);
             const double used = cuda ? (double)free0 - (double)free_now : peak_rss_bytes();
-            const double reserved = (double)w.act->capacity() + w.work->capacity() + w.grads->capacity();
+            const double reserved = (double)w.act->capacity() + w.work->capacity();
             std::printf("%6d %6s %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, amp ? "amp" : "f32",
                         done, 1000 * s / done, ips,
                         3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);

@@ -193,11 +193,11 @@ __global__ static void bn_grad_finalize_kernel(float* dgamma, float* dbeta, floa
 }
 
 // dinp += bn_train_dx(dz, ...) (training) or bn_eval_dx(dz, ...) (eval: mean_dy/mean_dyx unused) over the
-// N·C planes (plane grid).
+// N·C planes (plane grid); overwrite: dinp = it (dinp may be dout: each thread reads dy[i] before writing dx[i]).
 template <class T>
 __global__ static void bn_dx_kernel(T* dinp, const T* dout, const T* inp, const float* mean, const float* invstd,
                                     const float* gamma, const float* beta, const float* mean_dy, const float* mean_dyx,
-                                    int C, int HW, int64_t P, Act a, bool training) {
+                                    int C, int HW, int64_t P, Act a, bool training, bool overwrite) {
     for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
         const int c = (int)(p % C);
         const float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
@@ -206,7 +206,7 @@ __global__ static void bn_dx_kernel(T* dinp, const T* dout, const T* inp, const 
         T* dx = dinp + p * HW;
         for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < HW; i += gridDim.x * blockDim.x) {
             const float xi = ld(x[i]), dz = bn_dz(ld(dy[i]), xi, mu, is, g, b, a);
-            dx[i] = st<T>(ld(dx[i]) + (training ? bn_train_dx(dz, bn_xhat(xi, mu, is), g, is, mdy, mdyx)
+            dx[i] = st<T>((overwrite ? 0.f : ld(dx[i])) + (training ? bn_train_dx(dz, bn_xhat(xi, mu, is), g, is, mdy, mdyx)
                                                 : bn_eval_dx(dz, g, is)));
         }
     }
@@ -272,7 +272,7 @@ static void bn_forward_eval(T* out, const T* inp, const float* gamma, const floa
 template <class T>
 static void bn_backward_train(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp, const float* gamma,
                               const float* beta, const float* save_mean, const float* save_invstd, int N, int C,
-                              int HW, Act a, float* scratch, cudaStream_t stream) {
+                              int HW, Act a, bool overwrite, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float* mean_dyx = mean_dy + C;
@@ -281,14 +281,14 @@ static void bn_backward_train(T* dinp, float* dgamma, float* dbeta, const T* dou
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
     bn_dx_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, save_mean, save_invstd, gamma, beta,
-                                                              mean_dy, mean_dyx, C, HW, P, a, true);
+                                                              mean_dy, mean_dyx, C, HW, P, a, true, overwrite);
     Y5_LAUNCH_CHECK();
 }
 
 template <class T>
 static void bn_backward_eval(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp, const float* gamma,
                              const float* beta, const float* running_mean, const float* running_var, int N, int C,
-                             int HW, float eps, Act a, float* scratch, cudaStream_t stream) {
+                             int HW, float eps, Act a, bool overwrite, float* scratch, cudaStream_t stream) {
     if ((int64_t)N * C * HW == 0 || !(dinp || dgamma || dbeta)) return;
     float* mean_dy = scratch + batchnorm_cuda_scratch(N, C, HW) - 3 * C;
     float *mean_dyx = mean_dy + C, *invstd = mean_dy + 2 * C;
@@ -300,7 +300,7 @@ static void bn_backward_eval(T* dinp, float* dgamma, float* dbeta, const T* dout
     if (!dinp) return;
     const int64_t P = (int64_t)N * C;
     bn_dx_kernel<T><<<plane_grid(P, HW), kBlock, 0, stream>>>(dinp, dout, inp, running_mean, invstd, gamma, beta,
-                                                              mean_dy, mean_dyx, C, HW, P, a, false);
+                                                              mean_dy, mean_dyx, C, HW, P, a, false, overwrite);
     Y5_LAUNCH_CHECK();
 }
 
@@ -339,29 +339,29 @@ void batchnorm_forward_eval_cuda(f16* out, const f16* inp, const float* gamma, c
 
 void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
                                    const float* gamma, const float* beta, const float* save_mean,
-                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   const float* save_invstd, int N, int C, int HW, Act a, bool overwrite, float* scratch,
                                    cudaStream_t stream) {
-    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, scratch, stream);
+    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, overwrite, scratch, stream);
 }
 void batchnorm_backward_train_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
                                    const float* gamma, const float* beta, const float* save_mean,
-                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   const float* save_invstd, int N, int C, int HW, Act a, bool overwrite, float* scratch,
                                    cudaStream_t stream) {
-    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, scratch, stream);
+    bn_backward_train(dinp, dgamma, dbeta, dout, inp, gamma, beta, save_mean, save_invstd, N, C, HW, a, overwrite, scratch, stream);
 }
 
 void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
                                   const float* gamma, const float* beta, const float* running_mean,
-                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, bool overwrite, float* scratch,
                                   cudaStream_t stream) {
-    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch,
+    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, overwrite, scratch,
                      stream);
 }
 void batchnorm_backward_eval_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
                                   const float* gamma, const float* beta, const float* running_mean,
-                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, bool overwrite, float* scratch,
                                   cudaStream_t stream) {
-    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, scratch,
+    bn_backward_eval(dinp, dgamma, dbeta, dout, inp, gamma, beta, running_mean, running_var, N, C, HW, eps, a, overwrite, scratch,
                      stream);
 }
 

@@ -111,7 +111,8 @@ void bn_act_row_cpu(T* out, const T* inp, int64_t n, A mean, A invstd, A gamma, 
 }
 
 // The gradient at the BatchNorm output, dz = dout·act'(z), z = bn_apply(inp) recomputed (the fused op keeps no
-// z), and x̂, for n ≤ kBnChunk values; dz and x̂ in the compute type A.
+// z), and x̂, for n ≤ kBnChunk values; dz and x̂ in the compute type A. dz may be dout (in place): each dout[i]
+// is read before dz[i] is written.
 template <class T, class A>
 void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A invstd, A gamma, A beta, Act a) {
     if constexpr (std::is_same_v<A, float>)
@@ -128,9 +129,10 @@ void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A
         for (int i = 0; i < n; ++i) dz[i] = ld(dout[i]);
         return;
     }
-    for (int i = 0; i < n; ++i) dz[i] = bn_apply<A>(ld(inp[i]), mean, invstd, gamma, beta);
-    act_grad_cpu(dz, dz, n, a);
-    for (int i = 0; i < n; ++i) dz[i] *= ld(dout[i]);
+    A g[kBnChunk];
+    for (int i = 0; i < n; ++i) g[i] = bn_apply<A>(ld(inp[i]), mean, invstd, gamma, beta);
+    act_grad_cpu(g, g, n, a);
+    for (int i = 0; i < n; ++i) dz[i] = g[i] * ld(dout[i]);
 }
 
 // T: the storage type of inp/out/dinp/dout (float, double, f16); A = acc_t<T>: the parameters, statistics and
@@ -185,14 +187,15 @@ void batchnorm_forward_eval_cpu(T* out, const T* inp, const A* gamma, const A* b
 // Backward of channel c given its statistics: mean and invstd are the saved batch ones (training) or the running
 // mean and eval 1/std (eval). dgamma/dbeta (+=) are this channel's entries; training: dinp += bn_train_dx(dz),
 // eval: dinp += bn_eval_dx(dz) (the statistics are constants); f16 dinp is rounded once, after the +=.
-// dinp_zero: dinp holds zeros (a gradient nobody has added to yet). The first pass then parks dz there and the
-// second reads it back instead of recomputing act'(z), the costly part on the CPU; same bits either way. Not for
-// f16, whose dinp would round dz.
+// overwrite: dinp = the gradient, not +=: its contents are ignored, and it may be dout itself (Tape::grad_from;
+// every element of dout is read before dinp's is written). The first pass then parks dz there and the second
+// reads it back instead of recomputing act'(z), the costly part on the CPU; same bits either way. Not for f16,
+// whose dinp would round dz.
 template <class T, class A = acc_t<T>>
 void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, int N, int C, int HW,
-                                    int c, A mean, A invstd, A gamma, A beta, Act a, bool training, bool dinp_zero) {
+                                    int c, A mean, A invstd, A gamma, A beta, Act a, bool training, bool overwrite) {
     const int64_t M = (int64_t)N * HW;
-    const bool park = std::is_same_v<T, A> && dinp && dinp_zero;
+    const bool park = std::is_same_v<T, A> && dinp && overwrite;
     A dz[kBnChunk], xh[kBnChunk];
     double sdy_l[kSumLanes] = {}, sdyx_l[kSumLanes] = {};  // lanes of Σdz and Σdz·x̂ (kBnChunk is a multiple)
     for (int n = 0; n < N; ++n)
@@ -232,36 +235,37 @@ void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout,
                 }
             bn_act_dz_cpu<T, A>(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
             for (int i = 0; i < m; ++i)
-                dinp[j + i] = st<T>(ld(dinp[j + i]) + (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
-                                                                 : bn_eval_dx(dz[i], gamma, invstd)));
+                dinp[j + i] = st<T>((overwrite ? A(0) : ld(dinp[j + i])) +
+                                    (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
+                                              : bn_eval_dx(dz[i], gamma, invstd)));
         }
 }
 
 template <class T, class A = acc_t<T>>
 void batchnorm_backward_train_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, const A* gamma,
                                   const A* beta, const A* save_mean, const A* save_invstd, int N, int C, int HW, Act a,
-                                  int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
+                                  int c_begin = 0, int c_end = INT_MAX, bool overwrite = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
         batchnorm_backward_channel_cpu<T, A>(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout,
                                              inp, N, C, HW, c, save_mean[c], save_invstd[c], gamma[c], beta[c], a, true,
-                                             dinp_zero);
+                                             overwrite);
 }
 
 template <class T, class A = acc_t<T>>
 void batchnorm_backward_eval_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout, const T* inp, const A* gamma,
                                  const A* beta, const A* running_mean, const A* running_var, int N, int C, int HW,
-                                 float eps, Act a, int c_begin = 0, int c_end = INT_MAX, bool dinp_zero = false) {
+                                 float eps, Act a, int c_begin = 0, int c_end = INT_MAX, bool overwrite = false) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
         batchnorm_backward_channel_cpu<T, A>(dinp, dgamma ? dgamma + c : nullptr, dbeta ? dbeta + c : nullptr, dout,
                                              inp, N, C, HW, c, running_mean[c], bn_eval_invstd(running_var[c], eps),
-                                             gamma[c], beta[c], a, false, dinp_zero);
+                                             gamma[c], beta[c], a, false, overwrite);
 }
 
 // ----------------------------------------------------------------------------------------------------
 // CUDA launchers (kernels/batchnorm.cu, the CPU reference's arguments for all channels plus scratch and the
 // stream): f32, and f16 inp/out/dinp/dout with f32 per-channel tensors; built only with Y5_CUDA. `scratch` is
 // batchnorm_cuda_scratch(N, C, HW) floats of device workspace for the call (per-block partial statistics), for
-// either storage type. Backward: dinp, dgamma, dbeta may each be null.
+// either storage type. Backward: dinp, dgamma, dbeta may each be null; overwrite as the CPU reference's.
 
 int64_t batchnorm_cuda_scratch(int N, int C, int HW);
 void batchnorm_forward_train_cuda(float* out, float* save_mean, float* save_invstd, float* running_mean,
@@ -277,11 +281,11 @@ void batchnorm_apply_cuda(f16* out, const f16* inp, const float* mean, const flo
                           const float* beta, int N, int C, int HW, Act a, cudaStream_t stream);
 void batchnorm_backward_train_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
                                    const float* gamma, const float* beta, const float* save_mean,
-                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   const float* save_invstd, int N, int C, int HW, Act a, bool overwrite, float* scratch,
                                    cudaStream_t stream);
 void batchnorm_backward_eval_cuda(float* dinp, float* dgamma, float* dbeta, const float* dout, const float* inp,
                                   const float* gamma, const float* beta, const float* running_mean,
-                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, bool overwrite, float* scratch,
                                   cudaStream_t stream);
 void batchnorm_forward_train_cuda(f16* out, float* save_mean, float* save_invstd, float* running_mean,
                                   float* running_var, const f16* inp, const float* gamma, const float* beta, int N,
@@ -291,11 +295,11 @@ void batchnorm_forward_eval_cuda(f16* out, const f16* inp, const float* gamma, c
                                  Act a, float* scratch, cudaStream_t stream);
 void batchnorm_backward_train_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
                                    const float* gamma, const float* beta, const float* save_mean,
-                                   const float* save_invstd, int N, int C, int HW, Act a, float* scratch,
+                                   const float* save_invstd, int N, int C, int HW, Act a, bool overwrite, float* scratch,
                                    cudaStream_t stream);
 void batchnorm_backward_eval_cuda(f16* dinp, float* dgamma, float* dbeta, const f16* dout, const f16* inp,
                                   const float* gamma, const float* beta, const float* running_mean,
-                                  const float* running_var, int N, int C, int HW, float eps, Act a, float* scratch,
+                                  const float* running_var, int N, int C, int HW, float eps, Act a, bool overwrite, float* scratch,
                                   cudaStream_t stream);
 
 }  // namespace y5

@@ -222,6 +222,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
                 if (half) run(f16{});
                 else run(float{});
             }
+            for (const Var& m : maps) c.tape->value_read(m);  // the maps' last reader: their memory goes back now
             return;
         }
         for (size_t i = 0; i < maps.size(); ++i) {
@@ -232,6 +233,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
                 yolo_loss_backward_cuda(dm.ptr<T>(), g, dmaps[i].ptr<T>(), dmaps[i].numel(), stream(c));
             else axpy(c, dm.view(dmaps[i].shape), (double)g[0], dmaps[i]);
         }
+        for (const Var& m : maps) c.tape->value_read(m);  // the saved dmaps, not the maps, were read
     });
     return out;
 }

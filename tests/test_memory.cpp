@@ -1,14 +1,15 @@
 /*
  * The memory plan (engine/app/memory.h) and inference liveness (engine/core/arena.h tracking, Model::forward):
  * the tracking arena's reuse and coalescing, the liveness forward giving the same bits as keeping everything
- * with a lower peak, the plan bounding a real batch, and y5train's plan for YOLOv5's seed command (batch 64 at
- * 640) against a 15 GB device budget.
+ * with a lower peak, the plan bounding a real batch, the training plan's replay equal to a real step's peaks, and
+ * y5train's plan for YOLOv5's seed command (batch 64 at 640) against a 15 GB device budget.
  */
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 
 #include "engine/app/memory.h"
+#include "engine/app/step.h"
 #include "engine/app/val.h"
 #include "layers/model.h"
 #include "tests/test_util.h"
@@ -138,9 +139,48 @@ TEST_CASE("the inference plan bounds a real batch's peak", "[memory][plan]") {
     }
 }
 
+// The training plan replays the step's allocations at the batch's sizes (replay_peak): a real step (TrainStep, as
+// y5train runs it: several targets per image, a non-square batch's worth of boxes) on arenas of exactly the planned
+// sizes reaches exactly the planned peaks, f32 and AMP, with and without recomputation. A replay that missed
+// fragmentation, or a plan that dropped back to the 10 % headroom, fails.
+TEST_CASE("the training plan is a real step's peak, exactly", "[memory][plan]") {
+    for (bool amp : {false, true})
+        for (bool recompute : {true, false}) {
+            Model m(src("config/models/yolov5n.yaml"), 80), ema(src("config/models/yolov5n.yaml"), 80);
+            m.allocate(Device::CPU);
+            ema.allocate(Device::CPU);
+            Rng rng(14);
+            m.init_weights(rng);
+            const LossHyp lh;
+            const int bs = 5, side = 160;
+            const StepMemory one = measure_one_image(m, side, side, lh, amp, recompute);
+            const StepMemory plan = plan_training(m, one, bs);
+            REQUIRE(one.traces);
+            Workspace w;
+            w.make(Device::CPU, nullptr, plan);
+            TrainStep step(m, ema, lh);
+            step.amp = amp, step.recompute = recompute;
+            Batch b;
+            b.n = bs, b.h = side, b.w = side;
+            b.images.resize((size_t)bs * 3 * side * side);
+            for (uint8_t& v : b.images) v = (uint8_t)rng.randint(256);
+            for (int i = 0; i < 3 * bs; ++i)
+                b.targets.insert(b.targets.end(), {(float)(i % bs), (float)(i % 80), rng.uniform(0.2f, 0.8f),
+                                                   rng.uniform(0.2f, 0.8f), rng.uniform(0.05f, 0.3f), rng.uniform(0.05f, 0.3f)});
+            const SgdGroup groups[3] = {{0.01, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};
+            for (int s = 0; s < 2; ++s) step.run(w.ctx, b, s, 1, groups);
+            INFO((amp ? "AMP" : "f32") << (recompute ? ", recompute" : "") << ": activations and gradients "
+                                       << w.act->peak() << " of " << plan.act << " planned (one image " << one.act
+                                       << "; at the peak " << plan.grads << " of gradients)");
+            CHECK(w.act->peak() == plan.act);
+            CHECK(plan.grads > 0);
+        }
+}
+
 // YOLOv5's seed command on a T4 (15 GB): y5train's plan for batch 64 at 640 (validation: batch 128 with sides up to
 // 672), measured on the CPU path (the same planner; the GPU's adds cuDNN's capped workspace), must pass the check.
-// Measured with recomputation (y5train's default): f32 6.2 GB, AMP 3.3 GB. Before validation reused the training
+// Measured with recomputation (y5train's default): f32 4.9 GB, AMP 2.6 GB (activations and their gradients in one
+// arena, planned by replaying the step's allocations). Before validation reused the training
 // arenas, the gradients' memory was reused by any shape and the BatchNorm outputs were recomputed: 33.8 GB and
 // 18.3 GB, refused.
 TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][plan]") {
@@ -251,6 +291,33 @@ TEST_CASE("recomputation gives the same gradients with less activation memory", 
         check_recompute(yaml, DType::F32, false);
         check_recompute(yaml, DType::F32, true);
     }
+}
+
+// A BatchNorm's backward writes its input's gradient over its output's (Tape::grad_from): one gradient of the
+// tensor's size is live, not two (a Conv's BN at 640 in the first layers: the gradients' peak). The values against
+// the accumulating path are checked by "batchnorm2d with a fused activation equals BN then the activation".
+TEST_CASE("a BatchNorm's input gradient takes its output gradient's memory", "[memory][grads]") {
+    for (DType dt : {DType::F32, DType::F16})
+        for (bool training : {true, false}) {
+            TestCtx tc;
+            Rng rng(31);
+            const DType pdt = dt == DType::F16 ? DType::F32 : dt;
+            Tensor x = rand_tensor(tc.data, {2, 8, 40, 40}, dt, rng, -2, 3), seed = rand_tensor(tc.data, x.shape, dt, rng);
+            Tensor g = rand_tensor(tc.data, {8}, pdt, rng, 0.5, 2), b = rand_tensor(tc.data, {8}, pdt, rng);
+            Tensor rm = rand_tensor(tc.data, {8}, pdt, rng, -0.1, 0.1), rv = rand_tensor(tc.data, {8}, pdt, rng, 0.5, 1.5);
+            Var xv = tc.tape.leaf(x), gv = tc.tape.leaf(g), bv = tc.tape.leaf(b);
+            Var y = batchnorm2d(tc.ctx, xv, gv, bv, rm, rv, training, 1e-3f, 0.03f, Act{ActKind::SiLU, 0.f});
+            tc.tape.backward(y, &seed);
+            const size_t one = (x.bytes() + Arena::kAlign - 1) / Arena::kAlign * Arena::kAlign;
+            INFO(dtype_name(dt) << (training ? " train" : " eval") << ": gradients' peak " << tc.grads.peak()
+                                << " bytes, one gradient " << one);
+            CHECK(tc.grads.peak() <= one + 2 * Arena::kAlign);  // dx (in dy's place), dgamma, dbeta
+            Tensor dx = tc.tape.grad(xv);
+            bool finite = true;
+            for (int64_t i = 0; i < dx.numel(); ++i)
+                finite = finite && std::isfinite(dt == DType::F16 ? f16_to_f32(dx.ptr<f16>()[i]) : dx.ptr<float>()[i]);
+            CHECK(finite);
+        }
 }
 
 // The loss items of a batch equal those combined from its parts' level sums (validation's image chunks).

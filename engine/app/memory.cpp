@@ -42,19 +42,19 @@ static size_t weight_copy_bytes(const Model& m, bool autocast) {
 }
 
 // The throw-away arenas a measure runs on, on the model's device. CPU: reserved address space, of which only the
-// touched pages become memory. CUDA: real allocations, so a share of what is free: act + grads + work = 2.5·big,
-// half of it, leaving the rest to cuDNN's and the runtime's own allocations (a third each, as before, took 83% of
+// touched pages become memory. CUDA: real allocations, so a share of what is free: act + work = 1.5·big, under
+// a third of it, leaving the rest to cuDNN's and the runtime's own allocations (a third each, as before, took 83% of
 // the free memory at once). cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch
 // that grows with the batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB
 // for y5val's batch of 32 at 64 px on the emulated device). Whatever algorithm the heuristics pick must fit it.
 struct MeasureSpace {
     Workspace ws;
     std::unique_ptr<Arena> conv_ws;
-    MeasureSpace(const Model& m, bool gradients) {
+    explicit MeasureSpace(const Model& m) {
         const Device dev = m.params.device();
         size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
         if (dev == Device::CUDA && device_memory_info(&free_b, &total_b)) big = std::min(big, free_b / 5);
-        ws.make(dev, m.params.cuda(), StepMemory{big, big / 2, gradients ? big : (size_t)1 << 20});
+        ws.make(dev, m.params.cuda(), StepMemory{big, big / 2});
 #if Y5_CUDA
         if (dev == Device::CUDA) {
             conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
@@ -64,8 +64,9 @@ struct MeasureSpace {
     }
 };
 
-StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute,
-                             std::vector<std::pair<std::string, size_t>>* live_at_peak) {
+// One training step of n images (measure_one_image), its allocations recorded into traces[n − 1] if given.
+static StepMemory measure_step(Model& m, int n, int h, int w, const LossHyp& hyp, bool autocast, bool recompute,
+                               std::vector<std::pair<std::string, size_t>>* live_at_peak, StepTraces* traces) {
     CudaContext* cuda = m.params.cuda();
     // The training forward below updates the BN running statistics: keep a host copy of the values and put
     // it back afterwards, so measuring leaves the model as it was (YOLOv5 starts from the initialised stats).
@@ -75,20 +76,22 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     std::vector<char> saved(values.bytes());
     const Tensor saved_t(saved.data(), values.shape, values.dtype, Device::CPU);
     copy(hc, saved_t, values);
-    MeasureSpace space(m, true);
+    MeasureSpace space(m);
     Workspace& ws = space.ws;
     ws.ctx.autocast = autocast;
     ws.ctx.recompute = recompute;
-    // The image goes through batch_images as a training batch does: on the GPU its uint8 upload is scratch
-    // in the work arena, which the peak must include.
+    if (traces) ws.act->set_trace(&traces->act[n - 1]);
+    // The images go through batch_images as a training batch does: on the GPU their uint8 upload is scratch
+    // in the work arena, which the peak must include. One target per image.
     Batch b;
-    b.n = 1, b.h = h, b.w = w;
-    b.images.assign((size_t)3 * h * w, 128);
-    ws.act->set_peak_snapshots(live_at_peak != nullptr);
+    b.n = n, b.h = h, b.w = w;
+    b.images.assign((size_t)n * 3 * h * w, 128);
+    ws.act->set_peak_snapshots(true);
     ws.act->set_label("input image");
     Tensor x = batch_images(ws.ctx, b);
-    std::vector<float> row = {0, 0, 0.5f, 0.5f, 0.2f, 0.2f};
-    Tensor t(row.data(), Shape{1, 6}, DType::F32, Device::CPU);
+    std::vector<float> rows;
+    for (int i = 0; i < n; ++i) rows.insert(rows.end(), {(float)i, 0, 0.5f, 0.5f, 0.2f, 0.2f});
+    Tensor t(rows.data(), Shape{n, 6}, DType::F32, Device::CPU);
     Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
     std::vector<float> anchors_host;
     ws.act->set_label("loss");
@@ -96,20 +99,32 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
     ws.act->set_label("backward (rebuilt)");
     ws.tape->backward(L.total);
     ws.act->set_label(nullptr);
+    ws.act->set_trace(nullptr);
     live_by_label(*ws.act, live_at_peak);
     if (cuda) device_synchronize(cuda);
-    const StepMemory peak{ws.act->peak(), ws.work->peak(), ws.grads->peak(),
-                          std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
+    size_t grads = 0;
+    for (const Arena::Block& blk : ws.act->peak_blocks()) grads += blk.label == kGradLabel ? blk.bytes : 0;
+    const StepMemory peak{ws.act->peak(), ws.work->peak(), std::min(ws.act->peak(), weight_copy_bytes(m, autocast)),
+                          grads};
     m.params.zero_grad(cuda);
     copy(hc, values, saved_t);
     if (cuda) device_synchronize(cuda);
     return peak;
 }
 
+StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool recompute,
+                             std::vector<std::pair<std::string, size_t>>* live_at_peak) {
+    auto traces = std::make_shared<StepTraces>();
+    StepMemory one = measure_step(m, 1, h, w, hyp, autocast, recompute, live_at_peak, traces.get());
+    measure_step(m, 2, h, w, hyp, autocast, recompute, nullptr, traces.get());
+    one.traces = traces;
+    return one;
+}
+
 StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast, bool with_loss,
                               std::vector<std::pair<std::string, size_t>>* live_at_peak) {
     CudaContext* cuda = m.params.cuda();
-    MeasureSpace space(m, false);
+    MeasureSpace space(m);
     Workspace& ws = space.ws;
     ws.ctx.autocast = autocast;
     NoGrad ng(*ws.tape);
@@ -129,11 +144,11 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
     if (cuda) device_synchronize(cuda);
     ws.act->set_label(nullptr);
     live_by_label(*ws.act, live_at_peak);
-    return StepMemory{ws.act->peak(), ws.work->peak(), 0, std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
+    return StepMemory{ws.act->peak(), ws.work->peak(), std::min(ws.act->peak(), weight_copy_bytes(m, autocast))};
 }
 
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
-    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.grads, b.grads), std::max(a.fixed, b.fixed)};
+    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.fixed, b.fixed), a.act >= b.act ? a.grads : b.grads};
 }
 
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
@@ -163,8 +178,16 @@ static size_t scale_linear(size_t one, int batch, size_t fixed = 0) {
 }
 
 StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
-    return {scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one.work, batch),
-            scale_linear(one.grads, batch), one.fixed};
+    const StepTraces* t = one.traces.get();
+    size_t act = 0;
+    std::vector<Arena::Block> at_peak;
+    if (t && replay_peak(t->act[0], 1, t->act[1], 2, std::max(batch, 1), &act, &at_peak)) {
+        size_t grads = 0;
+        for (const Arena::Block& blk : at_peak) grads += blk.label == kGradLabel ? blk.bytes : 0;
+        return {act, work_bytes_for_batch(m, one.work, batch), one.fixed, grads};
+    }
+    return {scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one.work, batch), one.fixed,
+            scale_linear(one.grads, batch)};
 }
 
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p) {
@@ -186,7 +209,7 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
     // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
     const size_t work = std::max(work_bytes_for_batch(m, one.work, batch), nms_bytes + ((size_t)16 << 20));
-    return {scale_linear(one.act, batch, one.fixed), work, 0, one.fixed};
+    return {scale_linear(one.act, batch, one.fixed), work, one.fixed};
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,

@@ -2,8 +2,12 @@
  * The memory plan: the size of every arena a step uses, decided here for every program (y5train's training
  * and validation, y5val, y5detect, bench_step). One image's step is measured on the model's device
  * (measure_one_image: its training forward, loss and backward on throw-away arenas), then scaled to the batch:
- * activations and activation gradients linearly, with 10 % + 64 MiB of headroom; scratch per op, not per image
- * (work_bytes_for_batch). check_fits compares a plan with the memory there is before anything is allocated, and
+ * training's activations and activation gradients exactly, by replaying the step's allocations at the batch's
+ * sizes (measured at one and two images: replay_peak, engine/core/arena.h); inference's linearly, with 10 % + 64 MiB
+ * of headroom; scratch per op, not per image (work_bytes_for_batch).
+ * Activations and their gradients share one arena (as PyTorch's caching allocator pools them): the forward's values
+ * peak at its end, before any gradient exists, and the gradients at the backward's end, after the values the
+ * backward read were freed, so the one arena needs far less than two arenas sized for the two peaks. check_fits compares a plan with the memory there is before anything is allocated, and
  * Workspace allocates it: the activation, scratch and activation-gradient arenas and the tape over them.
  */
 #pragma once
@@ -21,11 +25,22 @@ namespace y5 {
 
 class Model;
 
-// Bytes of the three arenas of a step. fixed: the part of act that does not grow with the batch (under autocast
-// the f16 copies of the convolution weights, made once per forward).
+// The allocations of a training step in the activation arena (values and gradients), recorded at one and at two
+// images: plan_training replays them at the batch's sizes.
+struct StepTraces {
+    std::vector<Arena::Event> act[2];
+};
+
+// Bytes of the two arenas of a step: act, the activations and (training) their gradients; work, scratch. fixed: the
+// part of act that does not grow with the batch (under autocast the f16 copies of the convolution weights, made
+// once per forward). grads: of act, the activation gradients live at its peak (reporting). traces:
+// measure_one_image's.
 struct StepMemory {
-    size_t act = 0, work = 0, grads = 0, fixed = 0;
-    size_t total() const { return act + work + grads; }
+    size_t act = 0, work = 0, fixed = 0, grads = 0;
+    std::shared_ptr<const StepTraces> traces;
+    StepMemory(size_t act = 0, size_t work = 0, size_t fixed = 0, size_t grads = 0)
+        : act(act), work(work), fixed(fixed), grads(grads) {}
+    size_t total() const { return act + work; }
 };
 
 // Peak bytes of one image's inference at h × w: the eval forward with the tape off on a tracking activation arena
@@ -40,7 +55,8 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
 // training forward updates) as they were. autocast: mixed precision's step (Ctx::autocast, f16 activations).
 // recompute: Ctx::recompute's step (BatchNorm + activation outputs dropped after the forward, rebuilt in backward).
 // live_at_peak, if given, receives the activation bytes live at the activation peak by what made them (the model's
-// row, "input image", "loss", "backward (rebuilt)"), largest first: bench_step names them.
+// row, "input image", "loss", "backward (rebuilt)"), largest first: bench_step names them. The step runs a second
+// time at two images for the traces (StepTraces).
 StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false, bool recompute = true,
                              std::vector<std::pair<std::string, size_t>>* live_at_peak = nullptr);
 
@@ -51,7 +67,9 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
 // conv_workspace_limit(). No op's scratch outlives the op, so the largest single op counts.
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);
 
-// Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square).
+// Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square): the
+// peaks of its traces replayed at `batch` images, or (traces that differ in more than sizes) the one-image peaks
+// scaled linearly with 10 % + 64 MiB of headroom.
 StepMemory plan_training(const Model& m, const StepMemory& one, int batch);
 
 // Evaluation forwards (validation with its loss, or detection) of `batch` images from one image's inference
@@ -90,21 +108,20 @@ StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory
 void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
                 int64_t available = -1);
 
-// The arenas of one plan and the tape over them; the activation arena tracks (engine/core/arena.h), for the
-// inference forward's liveness and training's recomputation.
+// The arenas of one plan and the tape over them: the activation arena tracks (engine/core/arena.h), for the
+// inference forward's liveness and training's recomputation, and holds the tape's gradients too.
 struct Workspace {
-    std::unique_ptr<Arena> act, work, grads;
+    std::unique_ptr<Arena> act, work;
     std::unique_ptr<Tape> tape;
     Ctx ctx;
     void make(Device dev, CudaContext* cuda, const StepMemory& m) {
-        act = std::make_unique<Arena>("activations", dev, m.act);
+        act = std::make_unique<Arena>("activations and gradients", dev, m.act);
         work = std::make_unique<Arena>("workspace", dev, m.work);
-        grads = std::make_unique<Arena>("activation gradients", dev, m.grads);
         act->set_tracking(true);
-        tape = std::make_unique<Tape>(grads.get(), cuda);
+        tape = std::make_unique<Tape>(act.get(), cuda);
         ctx.act = act.get(), ctx.work = work.get(), ctx.tape = tape.get(), ctx.cuda = cuda;
     }
-    size_t peak() const { return act->peak() + work->peak() + grads->peak(); }
+    size_t peak() const { return act->peak() + work->peak(); }
 };
 
 }  // namespace y5

@@ -442,9 +442,9 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     Workspace tw;
     tw.make(dev, cuda, plan);
     std::printf("%s summary: %d layers, %lld parameters; batch %d (accumulate %d to %d), %d batches per epoch; "
-                "memory: %s activations + %s gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
+                "memory: %s activations and gradients + %s workspace\n", model.name.c_str(), model.torch_layer_count(),
                 (long long)model.num_parameters(), opt.batch_size, accumulate, nbs, nb, fmt_mem(tw.act->capacity()).c_str(),
-                fmt_mem(tw.grads->capacity()).c_str(), fmt_mem(tw.work->capacity()).c_str());
+                fmt_mem(tw.work->capacity()).c_str());
     if (val_chunk < vl.batch_size)
         std::printf("validation: batches of %d in forwards of %d images (what the training arenas hold; the same "
                     "results)\n", vl.batch_size, val_chunk);

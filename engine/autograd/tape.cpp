@@ -15,6 +15,17 @@ static void check_cuda(const Tensor& t, CudaContext* cuda) {
              t.str().c_str());
 }
 
+const char kGradLabel[] = "activation gradients";
+
+// A gradient block from the arena, labelled as one.
+static Tensor grad_tensor(Arena* a, const Tensor& like) {
+    const char* was = a->label();
+    a->set_label(kGradLabel);
+    Tensor g = a->tensor(like.shape, like.dtype);
+    a->set_label(was);
+    return g;
+}
+
 static void zero(Tensor t, CudaContext* cuda) {
     check_cuda(t, cuda);
     if (t.device == Device::CPU) std::memset(t.data, 0, t.bytes());
@@ -64,11 +75,28 @@ Tensor Tape::grad(const Var& v) {
     Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
              n.value.str().c_str());
     if (!n.grad_ready) {
-        n.grad = arena_->tensor(n.value.shape, n.value.dtype);
+        n.grad = grad_tensor(arena_, n.value);
         zero(n.grad, cuda_);
         n.grad_ready = true;
     }
     return n.grad;
+}
+
+Tensor Tape::grad_from(const Var& x, const Var& y) {
+    Y5_CHECK(x.id >= 0 && y.id >= 0 && x.id < (int)nodes_.size() && y.id < (int)nodes_.size(),
+             "grad_from: a value that is not on the tape");
+    Node &nx = nodes_[x.id], &ny = nodes_[y.id];
+    Y5_CHECK(!nx.grad_ready && !nx.released, "grad_from: %s already has a gradient", nx.value.str().c_str());
+    if (ny.grad_ready && same_layout(nx.value, ny.grad) && arena_->tracking() && arena_->owns(ny.grad.data)) {
+        nx.grad = ny.grad;
+        ny.grad = Tensor();
+        ny.grad_ready = false;
+        ny.released = true;
+    } else {
+        nx.grad = grad_tensor(arena_, nx.value);
+    }
+    nx.grad_ready = true;
+    return nx.grad;
 }
 
 void Tape::set_recompute(const Var& v, std::function<void(Tensor)> fn) {
@@ -102,14 +130,14 @@ Tensor Tape::value(const Var& v) {
 void Tape::run_backward() {
     // Values freed as their ops' backwards run (after drop()): per block of the arena, the nodes whose values lie
     // in it (not dropped ones: their memory went back already). Leaves and nodes without a closure keep theirs.
-    Arena* va = dropped_to_ && dropped_to_->tracking() ? dropped_to_ : nullptr;
-    std::unordered_map<size_t, int> users;  // block offset -> values in it whose op's backward has not run
-    std::vector<int64_t> block(nodes_.size(), -1);
-    if (va)
+    va_ = dropped_to_ && dropped_to_->tracking() ? dropped_to_ : nullptr;
+    users_.clear();
+    block_.assign(nodes_.size(), -1);
+    if (va_)
         for (size_t id = 0; id < nodes_.size(); ++id)
-            if (const Arena::Block* b = nodes_[id].values ? nullptr : va->block_of(nodes_[id].value.data)) {
-                block[id] = (int64_t)b->off;
-                users[b->off]++;
+            if (const Arena::Block* b = nodes_[id].values ? nullptr : va_->block_of(nodes_[id].value.data)) {
+                block_[id] = (int64_t)b->off;
+                users_[b->off]++;
             }
     for (size_t i = closures_.size(); i-- > 0;) {
         closures_[i]();
@@ -118,7 +146,7 @@ void Tape::run_backward() {
             nodes_[id].values->release(nodes_[id].rebuilt.data);
             nodes_[id].rebuilt = Tensor();
         }
-        if (id >= 0 && block[id] >= 0 && --users[(size_t)block[id]] == 0) va->release(va->base() + block[id]);
+        if (id >= 0) release_value(id);
         if (id < 0 || !nodes_[id].grad_ready) continue;
         Node& n = nodes_[id];
         if (arena_->tracking()) arena_->release(n.grad.data);
@@ -126,6 +154,19 @@ void Tape::run_backward() {
         n.grad_ready = false;
         n.released = true;
     }
+    va_ = nullptr;
+    block_.clear();
+    users_.clear();
+}
+
+void Tape::release_value(int id) {
+    if (!va_ || block_[id] < 0) return;
+    if (--users_[(size_t)block_[id]] == 0) va_->release(va_->base() + block_[id]);
+    block_[id] = -1;
+}
+
+void Tape::value_read(const Var& v) {
+    if (v.id >= 0 && (size_t)v.id < block_.size()) release_value(v.id);
 }
 
 void Tape::backward(const Var& root, const Tensor* s, double scale) {

@@ -29,6 +29,7 @@
  */
 #pragma once
 #include <functional>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/core/arena.h"
@@ -36,6 +37,9 @@
 namespace y5 {
 
 struct CudaContext;
+
+// The label of the tape's gradient blocks in its arena (Arena::set_label): a measure tells them from values.
+extern const char kGradLabel[];
 
 struct Var {
     Tensor t;
@@ -77,7 +81,17 @@ public:
     void drop(const Var& v, Arena* values, bool dead = false);
     // v's value for a backward closure: v.t, or, dropped, rebuilt into the arena it was dropped to.
     Tensor value(const Var& v);
+    // In a backward closure: nothing that runs later in this backward reads v's value (the loss on Detect's maps:
+    // their own op's backward reads only their gradients), so its memory goes back now, not after that op's
+    // backward. A no-op outside backward, or for a value not freed in the backward.
+    void value_read(const Var& v);
     Tensor grad(const Var& v);  // allocates and zeroes on first call
+    // In-place gradient (an elementwise op's backward, BatchNorm + activation): x's gradient, for its first
+    // producer to overwrite, not add to. x must have none yet. When y (the op's output, same layout) holds its
+    // gradient in the tracking arena, that memory is handed to x: the caller reads dy before writing dx at each
+    // element, and y's gradient is released (asking for it is an error), so the two never occupy memory at once.
+    // Otherwise x's gradient is allocated (not zeroed). Read y's gradient first.
+    Tensor grad_from(const Var& x, const Var& y);
 
     // Runs the closures in reverse. With no seed the root must hold one element and gets gradient `scale` (1, or
     // mixed precision's loss scale); otherwise its gradient is `seed` (same shape), the gradient of Σ seed ⊙ root.
@@ -91,6 +105,7 @@ public:
 private:
     void seed(const Var& root, const Tensor* seed, double scale = 1.0);
     void run_backward();
+    void release_value(int id);
     struct Node {
         Tensor value, grad;
         bool grad_ready = false;
@@ -106,6 +121,11 @@ private:
     std::vector<std::function<void()>> closures_;
     std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
     Arena* dropped_to_ = nullptr; // the arena drop() gave values to: backward frees the others there too
+    // In backward: the arena values are freed to (dropped_to_, tracking), each node's value block in it (offset, or
+    // −1: not freed there, or freed already) and per block the values in it not yet freed.
+    Arena* va_ = nullptr;
+    std::vector<int64_t> block_;
+    std::unordered_map<size_t, int> users_;
     int pending_ = -1;            // the latest op output, waiting for its op's record()
 };
 

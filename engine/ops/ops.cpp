@@ -459,12 +459,12 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
                          HW](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         using A = acc_t<T>;
-        // A gradient nobody has touched is allocated zeroed: the CPU reference may then park dz in it.
-        const bool dx_zero = x.requires_grad() && !c.tape->has_grad(x);
-        // dx only when x wants one: the kernels take null gradients.
-        T* dx = grad_ptr<T>(c, x);
-        A *dg = grad_ptr<A>(c, gamma), *db = grad_ptr<A>(c, beta);
+        // dx only when x wants one (the kernels take null gradients). Its first producer (a Conv's BN: always) writes
+        // it in place of dy (Tape::grad_from), so the two never take memory at once; else it adds to it.
         const T* dy = c.tape->grad(y).template ptr<T>();
+        const bool over = x.requires_grad() && !c.tape->has_grad(x);
+        T* dx = over ? c.tape->grad_from(x, y).template ptr<T>() : grad_ptr<T>(c, x);
+        A *dg = grad_ptr<A>(c, gamma), *db = grad_ptr<A>(c, beta);
         T* xp = c.tape->value(x).template ptr<T>();
         A *gp = gamma.t.ptr<A>(), *bp = beta.t.ptr<A>();
         if constexpr (d.cuda) {
@@ -472,18 +472,18 @@ Var batchnorm2d(Ctx& c, const Var& x, const Var& gamma, const Var& beta, Tensor 
             float* scratch = ws.get<float>(batchnorm_cuda_scratch(N, C, HW));
             if (training)
                 batchnorm_backward_train_cuda(dx, dg, db, dy, xp, gp, bp, mean.ptr<A>(), invstd.ptr<A>(), N, C, HW,
-                                              act, scratch, stream(c));
+                                              act, over, scratch, stream(c));
             else
                 batchnorm_backward_eval_cuda(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<A>(), running_var.ptr<A>(),
-                                             N, C, HW, eps, act, scratch, stream(c));
+                                             N, C, HW, eps, act, over, scratch, stream(c));
         } else {
             par(C, [&](int64_t c0, int64_t c1) {
                 if (training)
                     batchnorm_backward_train_cpu<T>(dx, dg, db, dy, xp, gp, bp, mean.ptr<A>(), invstd.ptr<A>(), N, C,
-                                                    HW, act, (int)c0, (int)c1, dx_zero);
+                                                    HW, act, (int)c0, (int)c1, over);
                 else
                     batchnorm_backward_eval_cpu<T>(dx, dg, db, dy, xp, gp, bp, running_mean.ptr<A>(),
-                                                   running_var.ptr<A>(), N, C, HW, eps, act, (int)c0, (int)c1, dx_zero);
+                                                   running_var.ptr<A>(), N, C, HW, eps, act, (int)c0, (int)c1, over);
             });
         }
     });
