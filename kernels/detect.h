@@ -27,19 +27,26 @@ template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw,
     return p;
 }
 
+// Grid rows [y0, y1) of every image and anchor, so that threads can split a level; detect_decode_cpu: all rows.
 template <class S>
-void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na, int ny,
-                       int nx, int no, int64_t total, int64_t offset) {
+void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na,
+                            int ny, int nx, int no, int64_t total, int64_t offset, int y0, int y1) {
     using T = acc_t<S>;
     for (int b = 0; b < bs; ++b)
         for (int a = 0; a < na; ++a)
-            for (int y = 0; y < ny; ++y)
+            for (int y = y0; y < y1; ++y)
                 for (int x = 0; x < nx; ++x) {
                     const S* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
                     T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
                     for (int j = 0; j < no; ++j)
                         o[j] = detect_decode_value(j, ld(m[j]), x, y, anchors[2 * a], anchors[2 * a + 1], stride);
                 }
+}
+
+template <class S>
+void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na, int ny,
+                       int nx, int no, int64_t total, int64_t offset) {
+    detect_decode_rows_cpu<S>(out, map, anchors, stride, bs, na, ny, nx, no, total, offset, 0, ny);
 }
 
 void detect_decode_cuda(float* out, const float* map, const float* anchors, float stride, int bs, int na, int ny, int nx,

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "engine/ops/op.h"
 #include "kernels/detect.h"
 
 #if Y5_CUDA
@@ -442,15 +443,19 @@ Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
 #else
             Y5_FAIL("Detect.decode: CUDA tensor in a build without CUDA");
 #endif
-        } else if (m.dtype == DType::F64)
-            detect_decode_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i, stride[i], bs,
-                                      na, ny, nx, no, total, offset);
-        else if (f16m)
-            detect_decode_cpu<f16>(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na, ny,
-                                   nx, no, total, offset);
-        else
-            detect_decode_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na,
-                                     ny, nx, no, total, offset);
+        } else {  // the CPU threads split the level's grid rows
+            par(ny, [&](int64_t y0, int64_t y1) {
+                if (m.dtype == DType::F64)
+                    detect_decode_rows_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i,
+                                                   stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+                else if (f16m)
+                    detect_decode_rows_cpu<f16>(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i,
+                                                stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+                else
+                    detect_decode_rows_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i,
+                                                  stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+            }, 4);
+        }
         offset += (int64_t)na * ny * nx;
     }
     return out;

@@ -965,9 +965,10 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                         conv((int)(s / KS), s, tmp + s / KS * out_img, conv_k_start(K, KS, j), conv_k_start(K, KS, j + 1));
                     }
                 });
-                par(G, [&](int64_t g0, int64_t g1) {
-                    for (int64_t n = g0; n < g1; ++n) transpose12_forward_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P);
-                });
+                par(P, [&](int64_t p0, int64_t p1) {  // the transposes split over pixels, for the threads too
+                    for (int64_t n = 0; n < N; ++n)
+                        transpose12_cols_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P, (int)p0, (int)p1);
+                }, 256);
             }
         }
     });
