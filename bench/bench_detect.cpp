@@ -3,7 +3,7 @@
  * runtimes users deploy YOLOv5 with, on the same model: OpenCV DNN on the ONNX file y5export writes (its
  * default CPU backend). ONNX Runtime is bench/peer_onnxruntime.py (PyPI, outside CI), which prints the same rows.
  *   ./build/bench_detect [--weights ../shared/weights/yolov5n.pt] [--imgsz 640] [--warmup 2] [--runs 10]
- *                        [--threads 1 2]   (default: 1 and all cores)
+ *                        [--threads 1 2]   (default: 1 and all cores) [--y5-only]
  * Each thread count runs in a child process of its own (y5's CPU pool is sized once per process, from
  * Y5_THREADS): OpenCV gets cv::setNumThreads(n). Every run is one random image (uniform 0..1, not zeros);
  * ms per image is the median of --runs timed runs after --warmup untimed ones, host clock. The first run also
@@ -51,7 +51,7 @@ template <class F> static double time_ms(int warmup, int runs, F&& f) {
 }
 
 // One thread count, in this process: prints a row per runtime.
-static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads) {
+static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads, bool y5_only) {
     setenv("Y5_THREADS", std::to_string(threads).c_str(), 1);  // read once, by the first CPU op
     cv::setNumThreads(threads);
     auto model = y5::Model::from_weights(weights);
@@ -90,7 +90,13 @@ static void bench(const std::string& weights, int imgsz, int warmup, int runs, i
         cv::Mat out = net.forward("output0");
         if (theirs.empty()) theirs = out.clone();
     };
-    const double t_y5 = time_ms(warmup, runs, run_y5), t_cv = time_ms(warmup, runs, run_cv);
+    const double t_y5 = time_ms(warmup, runs, run_y5);
+    if (y5_only) {
+        std::printf("%-34s %8d %12.1f\n", "y5 (fused forward + decode)", threads, t_y5);
+        std::fflush(stdout);
+        return;
+    }
+    const double t_cv = time_ms(warmup, runs, run_cv);
     int64_t bad = 0;
     for (size_t i = 0; i < mine.size(); ++i)
         bad += std::fabs(theirs.ptr<float>()[i] - mine[i]) > 1e-4 + 1e-4 * std::fabs(mine[i]);
@@ -111,6 +117,8 @@ int main(int argc, char** argv) {
     app.add_option("--warmup", warmup, "untimed runs")->capture_default_str();
     app.add_option("--runs", runs, "timed runs (the median is printed)")->capture_default_str();
     app.add_option("--threads", threads, "thread counts (default: 1 and all cores)");
+    bool y5_only = false;
+    app.add_flag("--y5-only", y5_only, "time y5 alone (profiling): no OpenCV run, no comparison");
     CLI11_PARSE(app, argc, argv);
     const int all = (int)std::max(1u, std::thread::hardware_concurrency());
     if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
@@ -122,7 +130,7 @@ int main(int argc, char** argv) {
         const pid_t pid = fork();
         if (pid == 0) {
             try {
-                bench(weights, imgsz, warmup, runs, n);
+                bench(weights, imgsz, warmup, runs, n, y5_only);
                 std::_Exit(0);
             } catch (...) {
                 std::_Exit(y5::error_exit("bench_detect"));

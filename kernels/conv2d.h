@@ -164,12 +164,22 @@ inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R
 inline int conv_k_parts(int K, int want) { return std::max(1, std::min(want, (K + 15) / 16)); }
 inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K + 15) / 16) * j / parts)); }
 
+// act (inference): out = act(conv + bias), in oneDNN's primitive (its post-op) when it has the kind, else
+// act_forward_cpu over the output afterwards (the activation op's bits).
 template <class T>
 void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* work, int N, int C, int H, int W, int K,
-                      int R, int S, int stride, int pad) {
+                      int R, int S, int stride, int pad, Act act = kNoAct) {
+    const int64_t n_out = (int64_t)N * K * conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+    const bool apply = act.kind != ActKind::Identity;
     if constexpr (std::is_same_v<T, float>)
-        if (conv_dnnl_on()) return conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+        if (conv_dnnl_on()) {
+            const bool fuse = conv_dnnl_act_fusable(act);
+            conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad, fuse ? act : kNoAct);
+            if (apply && !fuse) act_forward_cpu<float>(out, out, n_out, act);
+            return;
+        }
     conv2d_fprop_cpu<T>(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
+    if (apply) act_forward_cpu<T>(out, out, n_out, act);
 }
 
 template <class T>
@@ -278,9 +288,10 @@ inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
     return 2 * (int64_t)C * P + conv2d_run_work_elems(true, C, 1, P, K, 1, 1, 1, 0);
 }
 
+// act (inference): as conv2d_fprop_run's.
 template <class T>
 void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
-                             int N, int K, int P) {
+                             int N, int K, int P, Act act = kNoAct) {
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             int C = 0;
@@ -289,11 +300,12 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
             for (int n = 0; n < N; ++n) {
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                     std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
-                conv2d_dnnl_fprop(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+                conv2d_fprop_run<float>(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0, act);
             }
             return;
         }
     conv1x1_parts_fprop_cpu<T>(out, xs, Cs, m, weight, bias, N, K, P);
+    if (act.kind != ActKind::Identity) act_forward_cpu<T>(out, out, (int64_t)N * K * P, act);
 }
 
 template <class T>

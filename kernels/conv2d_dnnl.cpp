@@ -98,7 +98,17 @@ void output(Operand& o, const memory::desc& plain, const memory::desc& md, bool 
     bytes += align_up(md.get_size());
 }
 
-Plan make_plan(Pass pass, bool with_bias, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+// The eltwise post-op for a fusable activation (none for Identity).
+void append_act(dnnl::post_ops& po, Act a) {
+    switch (a.kind) {
+        case ActKind::SiLU: po.append_eltwise(1.f, dnnl::algorithm::eltwise_swish, 1.f, 0.f); break;
+        case ActKind::ReLU: po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f); break;
+        case ActKind::LeakyReLU: po.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, a.alpha, 0.f); break;
+        default: break;
+    }
+}
+
+Plan make_plan(Pass pass, bool with_bias, Act act, int C, int H, int W, int K, int R, int S, int stride, int pad) {
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
     const memory::dims x_d{1, C, H, W}, w_d{K, C, R, S}, b_d{K}, y_d{1, K, Ho, Wo}, st{stride, stride},
         pd{pad, pad};
@@ -113,6 +123,11 @@ Plan make_plan(Pass pass, bool with_bias, int C, int H, int W, int K, int R, int
     Plan p;
     size_t bytes = 0;
     if (pass == Fprop) {
+        if (act.kind != ActKind::Identity) {
+            dnnl::post_ops po;
+            append_act(po, act);
+            attr.set_post_ops(po);
+        }
         const fwd::primitive_desc pdsc =
             with_bias ? fwd::primitive_desc(fwd::desc(dnnl::prop_kind::forward_training, alg, x_any, w_any, b_md, y_any,
                                                       st, pd, pd),
@@ -161,19 +176,20 @@ struct OmpThreads {  // omp_set_num_threads(n) for a scope, restored after
 
 // oneDNN fixes a primitive's split over threads when it is created, from omp_get_max_threads() then, and runs
 // that many whatever the setting at execution: the thread count is part of the plan.
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, float>;
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>> g_plans;  // a Plan never moves once made (callers keep the pointer)
 
 const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, int K, int R, int S, int stride,
-                 int pad) {
-    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad};
+                 int pad, Act act = kNoAct) {
+    const float alpha = act.kind == ActKind::LeakyReLU ? act.alpha : 0.f;
+    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad, (int)act.kind, alpha};
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_plans.find(k);
     if (it == g_plans.end()) {
         try {
             OmpThreads omp(threads);
-            it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, C, H, W, K, R, S, stride, pad)))
+            it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, act, C, H, W, K, R, S, stride, pad)))
                      .first;
         } catch (const dnnl::error& e) {
             Y5_FAIL("conv2d (oneDNN): no primitive for x (%d,%d,%d) w (%d,%d,%d,%d) s%d p%d, pass %d: %s", C, H, W, K,
@@ -218,20 +234,28 @@ void conv_dnnl_set(bool on) { g_on.store(on ? 1 : 0); }
 
 void conv_dnnl_set_threads(int n) { t_threads = std::max(1, n); }
 
+bool conv_dnnl_act_fusable(Act a) {
+    return a.kind == ActKind::Identity || a.kind == ActKind::SiLU || a.kind == ActKind::ReLU ||
+           a.kind == ActKind::LeakyReLU;
+}
+
 size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads) {
     size_t b = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).bytes;
     for (int t : {1, std::max(1, max_threads)})
         for (Pass p : {Fprop, Dgrad})
             for (bool bias : {false, p == Fprop})
                 b = std::max(b, plan(p, bias, t, C, H, W, K, R, S, stride, pad).bytes);
+    for (int t : {1, std::max(1, max_threads)})  // the inference fprop (bias and SiLU): its scratchpad may differ
+        b = std::max(b, plan(Fprop, true, t, C, H, W, K, R, S, stride, pad, Act{ActKind::SiLU, 0.f}).bytes);
     return b + 64;  // the start aligned to 64 inside the caller's buffer
 }
 
 static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
 
 void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
-                       int H, int W, int K, int R, int S, int stride, int pad) {
-    const Plan& p = plan(Fprop, bias != nullptr, t_threads, C, H, W, K, R, S, stride, pad);
+                       int H, int W, int K, int R, int S, int stride, int pad, Act act) {
+    Y5_CHECK(conv_dnnl_act_fusable(act), "conv2d (oneDNN): activation %d has no post-op", (int)act.kind);
+    const Plan& p = plan(Fprop, bias != nullptr, t_threads, C, H, W, K, R, S, stride, pad, act);
     char* wk = aligned(work);
     OmpThreads omp(t_threads);
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
@@ -300,9 +324,10 @@ bool conv_dnnl_built() { return false; }
 bool conv_dnnl_on() { return false; }
 void conv_dnnl_set(bool on) { Y5_CHECK(!on, "conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)"); }
 void conv_dnnl_set_threads(int) {}
+bool conv_dnnl_act_fusable(Act) { return false; }
 size_t conv2d_dnnl_work_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
 void conv2d_dnnl_fprop(float*, const float*, const float*, const float*, void*, int, int, int, int, int, int, int, int,
-                       int) {
+                       int, Act) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_backward(float*, float*, const float*, const float*, const float*, void*, int, int, int, int, int,

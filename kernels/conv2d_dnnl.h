@@ -15,9 +15,14 @@
  * pixels, not over the reduction, which tests/test_conv_dnnl.cpp checks bit for bit); wgrad runs on the calling
  * thread alone (oneDNN would split its reduction over pixels between threads). The thread count is part of a plan:
  * oneDNN fixes a primitive's split when it creates it.
+ * Inference: fprop with `act` applies the activation to each output (after the bias) in the primitive, as oneDNN's
+ * eltwise post-op, while the output is in cache: SiLU as eltwise_swish (α 1, oneDNN's own exp: not y5's bits),
+ * ReLU and LeakyReLU as eltwise_relu (α the slope, exact). conv_dnnl_act_fusable(a) says which; others are an error.
  */
 #pragma once
 #include <cstddef>
+
+#include "kernels/activation.h"
 
 namespace y5 {
 
@@ -27,8 +32,9 @@ void conv_dnnl_set(bool on);         // override the environment (tests, benches
 void conv_dnnl_set_threads(int n);   // OpenMP threads for this thread's fprop/dgrad calls (default 1)
 // Work bytes for any pass and any N, at 1 to max_threads threads (oneDNN's scratchpad grows with them).
 size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads);
+bool conv_dnnl_act_fusable(Act a);  // Identity, SiLU, ReLU, LeakyReLU
 void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
-                       int H, int W, int K, int R, int S, int stride, int pad);
+                       int H, int W, int K, int R, int S, int stride, int pad, Act act = kNoAct);
 // dinp and dweight may be null (skipped); weight is read for dgrad, inp for wgrad.
 void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                           void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad);

@@ -131,17 +131,39 @@ template <class T> void maxpool_s1_argmax_plane(int* arg, int* rowarg, const T* 
 // starts at sppf_slice(p, s).
 Y5_HD int64_t sppf_slice(int64_t p, int s, int C, int HW) { return ((p / C * 4 + s) * C + p % C) * HW; }
 
+// The forward's values alone: maxpool_s1_argmax_plane's comparisons in the same order (a row's window left to
+// right, then the column's rows top to bottom), keeping the value taken instead of its index, so out[i] is
+// plane[arg[i]] without the gathers; the column pass runs along rows (GCC vectorises it). rowmax (H·W): scratch.
+template <class T> void maxpool_s1_plane(T* out, T* rowmax, const T* plane, int H, int W, int k) {
+    const int p = k / 2;
+    for (int h = 0; h < H; ++h) {
+        const T* r = plane + (int64_t)h * W;
+        for (int w = 0; w < W; ++w) {
+            const int j1 = y5_min(W - 1, w + p);
+            T b = r[y5_max(0, w - p)];
+            for (int j = y5_max(0, w - p) + 1; j <= j1; ++j) b = pool_takes(ld(b), ld(r[j])) ? r[j] : b;
+            rowmax[(int64_t)h * W + w] = b;
+        }
+    }
+    for (int h = 0; h < H; ++h) {
+        const int i0 = y5_max(0, h - p), i1 = y5_min(H - 1, h + p);
+        T* o = out + (int64_t)h * W;
+        for (int w = 0; w < W; ++w) o[w] = rowmax[(int64_t)i0 * W + w];
+        for (int i = i0 + 1; i <= i1; ++i) {
+            const T* c = rowmax + (int64_t)i * W;
+            for (int w = 0; w < W; ++w) o[w] = pool_takes(ld(o[w]), ld(c[w])) ? c[w] : o[w];
+        }
+    }
+}
+
 template <class T> void sppf_forward_cpu(T* out, const T* inp, int64_t p0, int64_t p1, int C, int H, int W, int k) {
     const int HW = H * W;
-    std::vector<int> arg(2 * (size_t)HW);
+    std::vector<T> rowmax((size_t)HW);
     for (int64_t p = p0; p < p1; ++p) {
         T* y[4];
         for (int s = 0; s < 4; ++s) y[s] = out + sppf_slice(p, s, C, HW);
         for (int i = 0; i < HW; ++i) y[0][i] = inp[p * HW + i];
-        for (int s = 1; s < 4; ++s) {
-            maxpool_s1_argmax_plane(arg.data(), arg.data() + HW, y[s - 1], H, W, k);
-            for (int i = 0; i < HW; ++i) y[s][i] = y[s - 1][arg[i]];
-        }
+        for (int s = 1; s < 4; ++s) maxpool_s1_plane(y[s], rowmax.data(), y[s - 1], H, W, k);
     }
 }
 

@@ -15,10 +15,21 @@ typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so
 
 namespace y5 {
 
-template <class T> void transpose12_forward_cpu(T* out, const T* inp, int B, int M, int N) {
+// Columns [n0, n1) of each (M,N) matrix, i.e. rows n0..n1 of its (N,M) transpose (threads may split one matrix),
+// in 16×16 tiles so that the reads (along n) and the writes (along m) each stay in a few cache lines.
+template <class T> void transpose12_cols_cpu(T* out, const T* inp, int B, int M, int N, int n0, int n1) {
+    constexpr int kTile = 16;
     for (int64_t b = 0; b < B; ++b)
-        for (int m = 0; m < M; ++m)
-            for (int n = 0; n < N; ++n) out[(b * N + n) * M + m] = inp[(b * M + m) * N + n];
+        for (int i0 = n0; i0 < n1; i0 += kTile)
+            for (int m0 = 0; m0 < M; m0 += kTile) {
+                const int i1 = i0 + kTile < n1 ? i0 + kTile : n1, m1 = m0 + kTile < M ? m0 + kTile : M;
+                for (int n = i0; n < i1; ++n)
+                    for (int m = m0; m < m1; ++m) out[(b * N + n) * M + m] = inp[(b * M + m) * N + n];
+            }
+}
+
+template <class T> void transpose12_forward_cpu(T* out, const T* inp, int B, int M, int N) {
+    transpose12_cols_cpu<T>(out, inp, B, M, N, 0, N);
 }
 
 template <class T> void transpose12_backward_cpu(T* dinp, const T* dout, int B, int M, int N) {

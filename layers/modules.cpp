@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "engine/ops/op.h"
 #include "kernels/detect.h"
 
 #if Y5_CUDA
@@ -49,15 +50,11 @@ void ConvBN::setup(ParamStore& store, const std::string& prefix, int c1_, int c2
 // recording tape (gradients wanted for the real parameters), takes the conv → BN path.
 template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool training, ConvFn&& conv) {
     const ParamStore::Fold* f = training || c.tape->recording() ? nullptr : m.ps->fold(m.w);
-    if (f) {
+    if (f) {  // the activation inside the conv op (conv2d_act)
         const Var b = amp(c, Tape::constant(f->b));
-        const Var y = conv(amp(c, Tape::constant(f->w)), &b);
-        if (m.act.kind == ActKind::Identity) return y;
-        const Var a = activation(c, y, m.act);
-        drop(c, y, a);
-        return a;
+        return conv(amp(c, Tape::constant(f->w)), &b, m.act);
     }
-    const Var z = conv(amp(c, param(c, *m.ps, m.w)), nullptr);
+    const Var z = conv(amp(c, param(c, *m.ps, m.w)), nullptr, kNoAct);
     const Var a = batchnorm2d(c, z, param(c, *m.ps, m.bn_w), param(c, *m.ps, m.bn_b), (*m.ps)[m.rm].value,
                               (*m.ps)[m.rv].value, training, kBnEps, kBnMomentum, m.act);
     drop(c, z, a);
@@ -66,7 +63,8 @@ template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool trainin
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
     const Var xa = amp(c, x);
-    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d(c, xa, wv, b, s, p); });
+    return conv_bn(c, *this, training,
+                   [&](const Var& wv, const Var* b, Act a) { return conv2d_act(c, xa, wv, b, s, p, a); });
 }
 
 Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {
@@ -74,7 +72,8 @@ Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const 
     if (k != 1 || s != 1 || p != 0 || parts.size() > (size_t)kMaxConvParts) return forward(c, concat(c, parts), training);
     std::vector<Var> pa;
     for (const Var& v : parts) pa.push_back(amp(c, v));
-    return conv_bn(c, *this, training, [&](const Var& wv, const Var* b) { return conv2d_parts(c, pa, wv, b); });
+    return conv_bn(c, *this, training,
+                   [&](const Var& wv, const Var* b, Act a) { return conv2d_parts_act(c, pa, wv, b, a); });
 }
 
 Shape ConvBN::out_shape(Shape in) const {
@@ -444,15 +443,19 @@ Tensor Detect::decode(Ctx& c, const std::vector<Var>& maps) const {
 #else
             Y5_FAIL("Detect.decode: CUDA tensor in a build without CUDA");
 #endif
-        } else if (m.dtype == DType::F64)
-            detect_decode_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i, stride[i], bs,
-                                      na, ny, nx, no, total, offset);
-        else if (f16m)
-            detect_decode_cpu<f16>(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na, ny,
-                                   nx, no, total, offset);
-        else
-            detect_decode_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i, stride[i], bs, na,
-                                     ny, nx, no, total, offset);
+        } else {  // the CPU threads split the level's grid rows
+            par(ny, [&](int64_t y0, int64_t y1) {
+                if (m.dtype == DType::F64)
+                    detect_decode_rows_cpu<double>(out.ptr<double>(), m.ptr<double>(), anc.ptr<double>() + 2 * na * i,
+                                                   stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+                else if (f16m)
+                    detect_decode_rows_cpu<f16>(out.ptr<float>(), m.ptr<f16>(), anc.ptr<float>() + 2 * na * i,
+                                                stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+                else
+                    detect_decode_rows_cpu<float>(out.ptr<float>(), m.ptr<float>(), anc.ptr<float>() + 2 * na * i,
+                                                  stride[i], bs, na, ny, nx, no, total, offset, (int)y0, (int)y1);
+            }, 4);
+        }
         offset += (int64_t)na * ny * nx;
     }
     return out;

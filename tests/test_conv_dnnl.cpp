@@ -4,7 +4,9 @@
  * yolov5n convolution at 64 px and odd shapes, |dnnl − ref| ≤ atol + rtol·|ref|; the bits of fprop and dgrad with
  * 1, 2 and 3 OpenMP threads (the ops rely on them being the same: batch 1 runs on oneDNN's threads, larger batches
  * one image group per y5 thread); and the ops conv2d, conv2d_parts and conv1x1_maps (forward and every gradient)
- * with oneDNN on against the same ops with it off (Y5_CONV=ref's path). Skipped in a build without oneDNN.
+ * with oneDNN on against the same ops with it off (Y5_CONV=ref's path); inference's fprop with the activation as
+ * oneDNN's post-op against conv then y5's activation, and the ops conv2d_act / conv2d_parts_act against the two ops.
+ * Skipped in a build without oneDNN (but for the reference path's checks).
  */
 #include <cmath>
 #include <cstring>
@@ -267,5 +269,105 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         Tensor b = rand_tensor(T.data, {255}, DType::F32, rng), dy = rand_tensor(T.data, {3, 3, 8, 8, 85}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv1x1_maps(T.ctx, v[0], v[1], &v[2], 3); };
         compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
+    }
+}
+
+TEST_CASE("oneDNN fprop with the activation as its post-op matches conv then y5's activation", "[dnnl][conv][act]") {
+    // Inference (conv2d_act): bias and activation inside the primitive. SiLU is oneDNN's swish on its own exp, so
+    // the bits differ from y5's act_forward_cpu; the bound is fprop's. The channel split and the thread count
+    // must still not change the bits (y5detect's boxes do not depend on Y5_THREADS).
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    Rng rng(1805);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    geos.push_back({1, 3, 67, 61, 16, 6, 6, 2, 2, true});    // the stem on odd sizes
+    geos.push_back({1, 20, 23, 19, 40, 3, 3, 2, 1, true});   // C, K not multiples of 16
+    geos.push_back({1, 72, 11, 13, 85, 1, 1, 1, 0, true});   // 1×1, K odd
+    geos.push_back({2, 5, 9, 7, 33, 3, 3, 1, 1, false});     // no bias
+    for (const Act act : {Act{ActKind::SiLU, 0.f}, Act{ActKind::ReLU, 0.f}, Act{ActKind::LeakyReLU, 0.1f}}) {
+        REQUIRE(conv_dnnl_act_fusable(act));
+        for (const Geo& g : geos) {
+            INFO(geo_str(g) << ", activation " << (int)act.kind);
+            const Data d = make_data(g, rng);
+            const float* b = g.bias ? d.b.data() : nullptr;
+            const int64_t P = (int64_t)conv_out_size(g.H, g.R, g.stride, g.pad) * conv_out_size(g.W, g.S, g.stride, g.pad);
+            Out r = run_ref(g, d);
+            act_forward_cpu<float>(r.y.data(), r.y.data(), (int64_t)r.y.size(), act);
+            std::vector<float> y1(r.y.size()), y2(r.y.size()), ys(r.y.size());
+            for (int t : {1, 2}) {
+                std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, t));
+                conv_dnnl_set_threads(t);
+                conv2d_dnnl_fprop(t == 1 ? y1.data() : y2.data(), d.x.data(), d.w.data(), b, work.data(), g.N, g.C,
+                                  g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, act);
+                conv_dnnl_set_threads(1);
+            }
+            require_close_vec(y1, r.y, 1e-5, "conv + activation");
+            REQUIRE(same_bits(y1, y2));
+            const int parts = conv_k_parts(g.K, 2);
+            for (int n = 0; n < g.N; ++n)
+                for (int j = 0; j < parts; ++j) {
+                    const int k0 = conv_k_start(g.K, parts, j), k1 = conv_k_start(g.K, parts, j + 1);
+                    std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, k1 - k0, g.R, g.S, g.stride, g.pad, 1));
+                    conv2d_dnnl_fprop(ys.data() + ((int64_t)n * g.K + k0) * P, d.x.data() + (int64_t)n * g.C * g.H * g.W,
+                                      d.w.data() + (int64_t)k0 * g.C * g.R * g.S, b ? b + k0 : nullptr, work.data(), 1,
+                                      g.C, g.H, g.W, k1 - k0, g.R, g.S, g.stride, g.pad, act);
+                }
+            REQUIRE(same_bits(ys, y1));
+        }
+    }
+}
+
+TEST_CASE("conv2d_act and conv2d_parts_act match conv2d / conv2d_parts then activation", "[dnnl][conv][act][parts]") {
+    // With oneDNN on (SiLU fused in the primitive) within fprop's bound of the reference path's conv + activation;
+    // with it off, and in f16, the same bits as the two ops.
+    Rng rng(1806);
+    TestCtx T;
+    NoGrad ng(T.tape);
+    const Act silu{ActKind::SiLU, 0.f}, hsw{ActKind::Hardswish, 0.f};  // Hardswish: no post-op, applied after
+    Tensor x = rand_tensor(T.data, {1, 24, 17, 15}, DType::F32, rng), w = rand_tensor(T.data, {40, 24, 3, 3}, DType::F32, rng, -0.1, 0.1);
+    Tensor b = rand_tensor(T.data, {40}, DType::F32, rng);
+    Tensor x0 = rand_tensor(T.data, {3, 16, 8, 8}, DType::F32, rng), x1 = rand_tensor(T.data, {3, 8, 8, 8}, DType::F32, rng);
+    Tensor w1 = rand_tensor(T.data, {33, 24, 1, 1}, DType::F32, rng, -0.2, 0.2), b1 = rand_tensor(T.data, {33}, DType::F32, rng);
+    auto vars = [&](std::vector<Tensor> ts) {
+        std::vector<Var> v;
+        for (const Tensor& t : ts) v.push_back(Tape::constant(t));
+        return v;
+    };
+    auto fused = [&](const std::vector<Var>& v, Act a, bool parts) {
+        return copy_of(T.data, parts ? conv2d_parts_act(T.ctx, {v[0], v[1]}, v[2], &v[3], a).t
+                                     : conv2d_act(T.ctx, v[0], v[1], &v[2], 2, 1, a).t);
+    };
+    auto two_ops = [&](const std::vector<Var>& v, Act a, bool parts) {
+        const Var y = parts ? conv2d_parts(T.ctx, {v[0], v[1]}, v[2], &v[3]) : conv2d(T.ctx, v[0], v[1], &v[2], 2, 1);
+        return copy_of(T.data, activation(T.ctx, y, a).t);
+    };
+    for (bool parts : {false, true}) {
+        INFO((parts ? "conv2d_parts_act" : "conv2d_act"));
+        const std::vector<Tensor> ts = parts ? std::vector<Tensor>{x0, x1, w1, b1} : std::vector<Tensor>{x, w, b};
+        const std::vector<Var> v = vars(ts);
+        for (Act a : {silu, hsw}) {
+            INFO("activation " << (int)a.kind);
+            Tensor want;
+            {
+                DnnlSwitch sw(false);
+                want = two_ops(v, a, parts);
+                const Tensor got = fused(v, a, parts);
+                REQUIRE(std::memcmp(got.data, want.data, want.bytes()) == 0);
+            }
+            if (conv_dnnl_built()) {
+                DnnlSwitch sw(true);
+                double m = 0;
+                for (int64_t j = 0; j < want.numel(); ++j) m = std::max(m, std::fabs(at(want, j)));
+                require_close(fused(v, a, parts), want, 1e-5 * std::max(1.0, m), 1e-5, "oneDNN conv + activation");
+            }
+            std::vector<Tensor> th;
+            for (const Tensor& t : ts) th.push_back(as_dtype(T.data, t, DType::F16));
+            const std::vector<Var> vh = vars(th);
+            const Tensor got = fused(vh, a, parts), wh = two_ops(vh, a, parts);
+            REQUIRE(std::memcmp(got.data, wh.data, wh.bytes()) == 0);
+        }
     }
 }

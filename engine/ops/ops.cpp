@@ -178,7 +178,8 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
 // algorithm (and so the size) is chosen on the first call for the geometry and cached.
 // f16 (x, w, b and the output; mixed dtypes are an error): float arithmetic, one rounding per output and per
 // gradient element; the CPU threads also get float scratch for one image and the weights (kernels/conv2d.h).
-Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
+// act: applied to the output by the CPU forward (conv2d_act's inference path; kNoAct for conv2d itself).
+static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
     check_rank(op, "weight", w.t, 4);
@@ -231,12 +232,14 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
                     for (int n = n0; n < n1; n += step) {
                         T* yk = yp + n * out_img + k0 * P;
                         const T* wk = wp + (int64_t)k0 * C * R * S;
-                        if constexpr (std::is_same_v<T, f16>)
+                        if constexpr (std::is_same_v<T, f16>) {
                             conv2d_fprop_f16_cpu(yk, xp + n * in_img, wk, bk, cg, scr + t * nscr, step, C, H, W,
                                                  k1 - k0, R, S, stride, pad);
-                        else
+                            if (act.kind != ActKind::Identity) act_forward_cpu<T>(yk, yk, step * (k1 - k0) * P, act);
+                        } else {
                             conv2d_fprop_run<T>(yk, xp + n * in_img, wk, bk, cg, step, C, H, W, k1 - k0, R, S, stride,
-                                                pad);
+                                                pad, act);
+                        }
                     }
                 }
             });
@@ -279,14 +282,33 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
     });
 }
 
+Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad) {
+    return conv2d_impl(c, x, w, b, stride, pad, kNoAct);
+}
+
+// y = conv(...), then act(y) by the activation op, y released to a tracking arena (inference's liveness).
+template <class ConvFn> static Var conv_then_act(Ctx& c, Act act, ConvFn&& conv) {
+    const Var y = conv();
+    const Var a = activation(c, y, act);
+    if (c.act->tracking() && !c.tape->recording()) c.act->release(y.t.data);
+    return a;
+}
+
+Var conv2d_act(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act) {
+    if (act.kind == ActKind::Identity) return conv2d(c, x, w, b, stride, pad);
+    if (x.t.device != Device::CPU || c.tape->recording())
+        return conv_then_act(c, act, [&] { return conv2d(c, x, w, b, stride, pad); });
+    return conv2d_impl(c, x, w, b, stride, pad, act);
+}
+
 // A 1×1 convolution over the parts' channels in turn, with each part's own pointer (per group of images on the
 // CPU); the backward's CUDA weight gradient needs conv1x1_parts_workspace_cuda bytes of scratch, the f16 forward
 // conv1x1_parts_fprop_workspace_cuda bytes (its float sum). f16 as conv2d: float arithmetic, one rounding per
 // element; on the CPU with float scratch per thread (kernels/conv2d.h).
-Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
+static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b, Act act) {
     const char* op = "conv2d_parts";
     Y5_CHECK(!xs.empty(), "conv2d_parts: no inputs");
-    if (xs.size() == 1) return conv2d(c, xs[0], w, b, 1, 0);
+    if (xs.size() == 1) return conv2d_impl(c, xs[0], w, b, 1, 0, act);
     const int m = (int)xs.size();
     Y5_CHECK(m <= kMaxConvParts, "conv2d_parts: %d parts, at most %d", m, kMaxConvParts);
     check_rank(op, "weight", w.t, 4);
@@ -348,13 +370,15 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
                     const int k0 = conv_k_start(K, KS, (int)(t % KS)), k1 = conv_k_start(K, KS, (int)(t % KS) + 1);
                     const T* xp[kMaxConvParts];
                     for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>() + (int64_t)n0 * Cs[i] * P;
-                    if constexpr (std::is_same_v<T, f16>)
-                        conv1x1_parts_fprop_f16_cpu(yp + (int64_t)n0 * K * P, xp, Cs.data(), m, wp, bp,
-                                                    scr + g * nscr, n1 - n0, K, P);
-                    else
+                    if constexpr (std::is_same_v<T, f16>) {
+                        T* yg = yp + (int64_t)n0 * K * P;
+                        conv1x1_parts_fprop_f16_cpu(yg, xp, Cs.data(), m, wp, bp, scr + g * nscr, n1 - n0, K, P);
+                        if (act.kind != ActKind::Identity) act_forward_cpu<T>(yg, yg, (int64_t)(n1 - n0) * K * P, act);
+                    } else {
                         conv1x1_parts_fprop_run<T>(yp + ((int64_t)n0 * K + k0) * P, xp, Cs.data(), m,
                                                    wp + (int64_t)k0 * C, bp ? bp + k0 : nullptr,
-                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P);
+                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P, act);
+                    }
                 }
             });
         }
@@ -399,6 +423,17 @@ Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b)
             });
         }
     });
+}
+
+Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b) {
+    return conv2d_parts_impl(c, xs, w, b, kNoAct);
+}
+
+Var conv2d_parts_act(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b, Act act) {
+    if (act.kind == ActKind::Identity) return conv2d_parts(c, xs, w, b);
+    if (xs.empty() || xs[0].t.device != Device::CPU || c.tape->recording())
+        return conv_then_act(c, act, [&] { return conv2d_parts(c, xs, w, b); });
+    return conv2d_parts_impl(c, xs, w, b, act);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -930,9 +965,10 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                         conv((int)(s / KS), s, tmp + s / KS * out_img, conv_k_start(K, KS, j), conv_k_start(K, KS, j + 1));
                     }
                 });
-                par(G, [&](int64_t g0, int64_t g1) {
-                    for (int64_t n = g0; n < g1; ++n) transpose12_forward_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P);
-                });
+                par(P, [&](int64_t p0, int64_t p1) {  // the transposes split over pixels, for the threads too
+                    for (int64_t n = 0; n < N; ++n)
+                        transpose12_cols_cpu<T>(yp + n * out_img, tmp + n * out_img, na, no, P, (int)p0, (int)p1);
+                }, 256);
             }
         }
     });

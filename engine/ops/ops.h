@@ -61,6 +61,12 @@ Var conv2d(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad
 // reassociation. C3's cv3 and the head's C3 after a Concat read their inputs this way (at most 8 parts).
 constexpr int kMaxConvParts = 8;
 Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b);  // [f16]
+// Inference: act(conv2d(x, w, b)) and act(conv2d_parts(xs, w, b)) as one op, no intermediate. On the CPU each
+// thread applies the activation to its part of the output right after its convolution (f32 with oneDNN: inside the
+// primitive, its eltwise post-op, for the kinds conv_dnnl_act_fusable takes; then SiLU is oneDNN's, not y5's bits);
+// CUDA tensors, or a recording tape, run the two ops (the convolution's output released to a tracking arena). [f16]
+Var conv2d_act(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act);
+Var conv2d_parts_act(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b, Act act);
 // x (N,C,H,W); gamma, beta, running_mean, running_var (C). Training normalises with batch statistics and
 // updates the running ones (PyTorch semantics); eval uses the running ones. `act` is fused: the result is
 // act(bn(x)) and bn(x) is never stored (the backward recomputes it), which is what a Conv's BN+SiLU needs.
