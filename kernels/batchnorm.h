@@ -129,7 +129,7 @@ void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A
         for (int i = 0; i < n; ++i) dz[i] = ld(dout[i]);
         return;
     }
-    A g[kBnChunk];
+    A g[kBnChunk] = {};
     for (int i = 0; i < n; ++i) g[i] = bn_apply<A>(ld(inp[i]), mean, invstd, gamma, beta);
     act_grad_cpu(g, g, n, a);
     for (int i = 0; i < n; ++i) dz[i] = g[i] * ld(dout[i]);

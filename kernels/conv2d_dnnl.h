@@ -16,8 +16,10 @@
  * thread alone (oneDNN would split its reduction over pixels between threads). The thread count is part of a plan:
  * oneDNN fixes a primitive's split when it creates it.
  * Inference: fprop with `act` applies the activation to each output (after the bias) in the primitive, as oneDNN's
- * eltwise post-op, while the output is in cache: SiLU as eltwise_swish (α 1, oneDNN's own exp: not y5's bits),
- * ReLU and LeakyReLU as eltwise_relu (α the slope, exact). conv_dnnl_act_fusable(a) says which; others are an error.
+ * eltwise post-op, while the output is in cache: ReLU and LeakyReLU as eltwise_relu (α the slope, exact).
+ * conv_dnnl_act_fusable(a) says which; others are an error. Not SiLU: eltwise_swish's own exp changes the bits, and
+ * a box near a threshold then differs from the GPU's (tests/emu_e2e.sh compares y5val's tables); the caller applies
+ * y5's SiLU to the slice right after the primitive instead.
  */
 #pragma once
 #include <cstddef>

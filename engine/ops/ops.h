@@ -63,7 +63,7 @@ constexpr int kMaxConvParts = 8;
 Var conv2d_parts(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b);  // [f16]
 // Inference: act(conv2d(x, w, b)) and act(conv2d_parts(xs, w, b)) as one op, no intermediate. On the CPU each
 // thread applies the activation to its part of the output right after its convolution (f32 with oneDNN: inside the
-// primitive, its eltwise post-op, for the kinds conv_dnnl_act_fusable takes; then SiLU is oneDNN's, not y5's bits);
+// primitive, its eltwise post-op, for the kinds conv_dnnl_act_fusable takes, exact; SiLU is y5's, the same bits);
 // CUDA tensors, or a recording tape, run the two ops (the convolution's output released to a tracking arena). [f16]
 Var conv2d_act(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act);
 Var conv2d_parts_act(Ctx& c, const std::vector<Var>& xs, const Var& w, const Var* b, Act act);
