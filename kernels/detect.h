@@ -3,16 +3,14 @@
  *   map (bs, na, ny, nx, no) raw head output of one level, anchors (na, 2) in grid units, stride s
  *   → out rows [offset, offset + na·ny·nx) of (bs, total, no):
  *   xy = (σ·2 + (grid − 0.5))·s,  wh = (σ·2)²·(anchor·s),  conf and classes = σ.
- * The arithmetic follows PyTorch's order so that f32 results match to rounding (the float CPU decode's σ uses
- * exp_cpu_vec, within 2e-7 of libm's; the CUDA decode and f64 keep sigmoid()).
+ * The arithmetic follows PyTorch's order so that f32 results match to rounding; the CPU and CUDA decodes share
+ * detect_decode_value, so their boxes are the same bits (a vectorised σ on the CPU, within 2e-7, changed y5val's
+ * mAP against the GPU's: tests/emu_e2e.sh).
  * map stored as S (f32, f64, or mixed precision's f16), read as T = acc_t<S>; out, anchors and stride T (an f16
  * map decodes into f32, exactly the f32 decode of its values widened to float).
  * CUDA launchers in kernels/detect.cu (same arguments plus the stream; anchors on the device), f32 or f16 map.
  */
 #pragma once
-#include <type_traits>
-
-#include "kernels/activation.h"
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
@@ -34,13 +32,6 @@ template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw,
     return detect_decode_p(j, sigmoid(v), gx, gy, aw, ah, s);
 }
 
-// The float CPU decode's σ: sigmoid's two branches (never e^x of a large x) on exp_cpu_vec, branch-free so that GCC
-// vectorises a cell's loop (libm's expf per value was a tenth of a 640 detection); within 2e-7 of sigmoid.
-inline float sigmoid_cpu_vec(float x) {
-    const float e = exp_cpu_vec(x >= 0.f ? -x : x);
-    return (x >= 0.f ? 1.f : e) / (1.f + e);
-}
-
 // Grid rows [y0, y1) of every image and anchor, so that threads can split a level; detect_decode_cpu: all rows.
 template <class S>
 void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na,
@@ -52,14 +43,8 @@ void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors
                 for (int x = 0; x < nx; ++x) {
                     const S* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
                     T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
-                    if constexpr (std::is_same_v<T, float>) {  // σ of the whole row first, then the box terms
-                        for (int j = 0; j < no; ++j) o[j] = sigmoid_cpu_vec(ld(m[j]));
-                        for (int j = 0; j < 4 && j < no; ++j)
-                            o[j] = detect_decode_p(j, o[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
-                    } else {
-                        for (int j = 0; j < no; ++j)
-                            o[j] = detect_decode_value(j, ld(m[j]), x, y, anchors[2 * a], anchors[2 * a + 1], stride);
-                    }
+                    for (int j = 0; j < no; ++j)
+                        o[j] = detect_decode_value(j, ld(m[j]), x, y, anchors[2 * a], anchors[2 * a + 1], stride);
                 }
 }
 
