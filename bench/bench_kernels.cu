@@ -477,18 +477,14 @@ void yolo_loss_bench(Bench& b, int bs, int targets_per_image) {
     Workspace ws;
     const size_t map_bytes = (size_t)elems * sizeof(float);
     ws.make(Device::CUDA, b.ctx, StepMemory{5 * map_bytes + (128 << 20), 64 << 20});  // maps and their gradients
-    std::vector<Tensor> dev_maps;
-    for (size_t i = 0; i < maps.size(); ++i) {
-        dev_maps.push_back(ws.act->tensor(Shape{bs, na, ny[i], nx[i], no}));
-        CUDA_CHECK(cudaMemcpy(dev_maps.back().data, maps[i].data(), maps[i].size() * sizeof(float), cudaMemcpyHostToDevice));
-    }
-    const size_t mark = ws.act->mark();
+    std::vector<Tensor> dev_maps;  // the bench's own memory: the tape's clear() empties ws.act every run
+    for (size_t i = 0; i < maps.size(); ++i)
+        dev_maps.emplace_back(b.upload(maps[i]), Shape{bs, na, ny[i], nx[i], no}, DType::F32, Device::CUDA);
     const Tensor t_host(targets.data(), Shape{nt, 6}, DType::F32, Device::CPU);
     const Tensor a_host(anchors.data(), Shape{nl, na, 2}, DType::F32, Device::CPU);
     std::vector<Var> leaves;
     auto gpu = [&] {
         ws.tape->clear();
-        ws.act->reset(mark);
         leaves.clear();
         for (const Tensor& t : dev_maps) leaves.push_back(ws.tape->leaf(t));
         return yolo_loss(ws.ctx, leaves, t_host, a_host, hyp);

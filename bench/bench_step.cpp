@@ -11,6 +11,7 @@
  *            --amp off|on|both (mixed precision as y5train --amp; default both on the GPU, off on the CPU)
  *            --no-recompute (keep every BatchNorm + activation output instead of rebuilding it in the backward)
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
+ *            --cudnn-benchmark (cuDNN times the candidate algorithms instead of taking its heuristics' first)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
  * A step is y5train's own (TrainStep, engine/app/step.h): batch_images (the uint8 upload and /255),
@@ -343,7 +344,7 @@ int main(int argc, char** argv) {
     int imgsz = 640, warmup = -1, steps = -1;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
-    bool no_layers = false, deterministic = true, plan = false, recompute = true;
+    bool no_layers = false, deterministic = true, plan = false, recompute = true, cudnn_benchmark = false;
     int workspace_mib = 256;
     std::string amp_mode;
     app.add_option("--amp", amp_mode, "mixed precision: off, on, or both (f32 then AMP; the default on the GPU; the "
@@ -365,6 +366,8 @@ int main(int argc, char** argv) {
                  "cuDNN: deterministic convolution algorithms only; on by default (y5train's default), --no-deterministic allows faster ones");
     app.add_option("--workspace", workspace_mib, "cuDNN: workspace cap per convolution pass, in MiB")
         ->capture_default_str()->check(CLI::Range(0, 1 << 20));
+    app.add_flag("--cudnn-benchmark", cudnn_benchmark, "cuDNN: time the candidate algorithms (cudnnFind) instead of "
+                 "taking its heuristics' order (y5train's and YOLOv5's default)");
     CLI11_PARSE(app, argc, argv);
     const Clock::time_point t_start = Clock::now();
     try {
@@ -377,6 +380,9 @@ int main(int argc, char** argv) {
         const int idx = parse_device(device);
         const Device dev = idx >= 0 ? Device::CUDA : Device::CPU;
         set_conv_options(deterministic, workspace_mib);  // before the memory plan measures
+#if Y5_CUDA
+        conv_set_benchmark(cudnn_benchmark);
+#endif
         if (batches.empty()) batches = cpu ? std::vector<int>{4} : std::vector<int>{16, 32, 64};
         if (warmup < 0) warmup = cpu ? 2 : 3;
         if (steps < 0) steps = cpu ? 3 : 20;
@@ -410,9 +416,10 @@ int main(int argc, char** argv) {
         if (cuda) {
             cudaDeviceProp prop{};
             CUDA_CHECK(cudaGetDeviceProperties(&prop, idx));
-            std::printf("device: %s, %.1f GiB; cuDNN convolutions: TF32 %s, deterministic %s, workspace cap %zu MiB\n",
-                        prop.name, total / 1073741824.0, conv_allow_tf32() ? "on" : "off",
-                        conv_deterministic() ? "on" : "off", conv_workspace_limit() >> 20);
+            std::printf("device: %s, %.1f GiB; cuDNN convolutions: TF32 %s, deterministic %s, workspace cap %zu MiB, "
+                        "algorithms by %s\n", prop.name, total / 1073741824.0, conv_allow_tf32() ? "on" : "off",
+                        conv_deterministic() ? "on" : "off", conv_workspace_limit() >> 20,
+                        conv_benchmark() ? "timing (cudnnFind)" : "heuristics");
         }
 #endif
         if (!cuda) std::printf("device: CPU, %u threads\n", std::thread::hardware_concurrency());

@@ -44,7 +44,9 @@ Settings g_settings;
 struct PassChoice {
     bool chosen = false;
     int algo = 0;   // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
-    size_t ws = 0;  // workspace bytes
+    size_t ws = 0;  // workspace bytes (chunked: the most any part needs)
+    bool fits = true;  // ws within the workspace limit (choose() only)
+    int chunk = 0;  // > 0: no algorithm fits the limit at this batch; the pass runs over parts of `chunk` images
 };
 
 // Descriptors of one geometry (created once), a convolution descriptor per pass (each pass may settle on
@@ -152,33 +154,54 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
 
 // The first usable candidate in cuDNN's order. For each: its status, determinism and math type, then the
 // workspace it needs with the descriptor set to its math type (authoritative, and a candidate the
-// descriptor cannot run fails here and is skipped).
+// descriptor cannot run fails here and is skipped). When every usable candidate needs more than the workspace
+// limit: the one that needs least, marked as not fitting (plan_locked() then splits the batch).
 template <class Perf, class WsFn>
 PassChoice choose(const std::vector<Perf>& perf, int count, cudnnConvolutionDescriptor_t conv, const Settings& s,
                   WsFn workspace_of, const Plan& p, ConvPass pass) {
     std::string seen;
+    PassChoice least;
+    cudnnMathType_t least_math = CUDNN_DEFAULT_MATH;
     for (int i = 0; i < count; ++i) {
         const Perf& c = perf[i];
-        char line[96];
-        snprintf(line, sizeof line, " [algo %d: status %d, %s, math %d]", (int)c.algo, (int)c.status,
+        char line[128];
+        snprintf(line, sizeof line, " [algo %d: status %d, %s, math %d", (int)c.algo, (int)c.status,
                  c.determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic", (int)c.mathType);
         seen += line;
-        if (c.status != CUDNN_STATUS_SUCCESS) continue;
-        if (s.deterministic && c.determinism != CUDNN_DETERMINISTIC) continue;
-        if (!math_allowed(c.mathType, s, p.g.f16)) continue;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(conv, chosen_math(c.mathType, s, p.g.f16)));
         size_t ws = 0;
-        if (workspace_of(c.algo, &ws) != CUDNN_STATUS_SUCCESS) continue;
-        if (ws > s.ws_limit) continue;
-        PassChoice r;
-        r.chosen = true;
-        r.algo = (int)c.algo;
-        r.ws = ws;
-        return r;
+        const bool usable = c.status == CUDNN_STATUS_SUCCESS &&
+                            (!s.deterministic || c.determinism == CUDNN_DETERMINISTIC) &&
+                            math_allowed(c.mathType, s, p.g.f16);
+        if (usable) CUDNN_CHECK(cudnnSetConvolutionMathType(conv, chosen_math(c.mathType, s, p.g.f16)));
+        const bool sized = usable && workspace_of(c.algo, &ws) == CUDNN_STATUS_SUCCESS;
+        if (sized) {
+            snprintf(line, sizeof line, ", workspace %zu", ws);
+            seen += line;
+        }
+        seen += "]";
+        if (!sized) continue;
+        if (ws <= s.ws_limit) {
+            PassChoice r;
+            r.chosen = true;
+            r.algo = (int)c.algo;
+            r.ws = ws;
+            return r;
+        }
+        if (!least.chosen || ws < least.ws) {
+            least.chosen = true;
+            least.fits = false;
+            least.algo = (int)c.algo;
+            least.ws = ws;
+            least_math = chosen_math(c.mathType, s, p.g.f16);
+        }
     }
-    Y5_FAIL("conv2d (cuDNN): no %s algorithm for %s within a workspace limit of %zu bytes%s; candidates:%s",
-            pass_name(pass), geom_str(p.g).c_str(), s.ws_limit, s.deterministic ? " that is deterministic" : "",
-            seen.c_str());
+    Y5_CHECK(least.chosen, "conv2d (cuDNN): no %s algorithm for %s%s; candidates:%s", pass_name(pass),
+             geom_str(p.g).c_str(), s.deterministic ? " that is deterministic" : "", seen.c_str());
+    Y5_CHECK(p.g.N > 1, "conv2d (cuDNN): every %s algorithm for %s%s needs more than the workspace limit of %zu bytes "
+             "(the least %zu): raise --workspace; candidates:%s", pass_name(pass), geom_str(p.g).c_str(),
+             s.deterministic ? " that is deterministic" : "", s.ws_limit, least.ws, seen.c_str());
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv, least_math));
+    return least;
 }
 
 PassChoice select_fprop(cudnnHandle_t h, Plan& p, const Settings& s) {
@@ -234,12 +257,12 @@ PassChoice select_wgrad(cudnnHandle_t h, Plan& p, const Settings& s) {
                   p, ConvPass::Wgrad);
 }
 
-// The plan for g under the current settings with `pass` chosen. Plans are never freed while in use except
-// by conv_clear_cache(), so the reference stays valid for the call.
-Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
-    Y5_CHECK(ctx && ctx->cudnn, "conv2d (cuDNN): no CUDA context");
-    std::lock_guard<std::mutex> lk(g_mu);
-    const Settings s = g_settings;
+// The plan for g under settings s with `pass` chosen; g_mu held. Where no algorithm fits the workspace limit at
+// g's batch, the pass runs over parts of ceil(N/2) images (and the rest), each part planned the same way, so a
+// convolution never needs more than the limit (the memory plan counts on it) unless one image's every algorithm
+// does, which is an error (choose()). Seen on an H200: every deterministic dgrad of yolov5n's stride-2
+// (N,16,320,320) layer needs about 10 MB per image, so batch 32 exceeded the default 256 MiB.
+Plan& plan_locked(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass, const Settings& s) {
     const Key key{ctx->device, g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.f16, g.nhwc, s.deterministic,
                   s.allow_tf32, s.benchmark, (int64_t)s.ws_limit};
     auto& m = plans();
@@ -248,11 +271,37 @@ Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
     Plan& p = *it->second;
     const int i = (int)pass;
     if (!p.pass[i].chosen) {
-        if (pass == ConvPass::Fprop) p.pass[i] = select_fprop(ctx->cudnn, p, s);
-        else if (pass == ConvPass::Dgrad) p.pass[i] = select_dgrad(ctx->cudnn, p, s);
-        else p.pass[i] = select_wgrad(ctx->cudnn, p, s);
+        PassChoice c = pass == ConvPass::Fprop ? select_fprop(ctx->cudnn, p, s)
+                       : pass == ConvPass::Dgrad ? select_dgrad(ctx->cudnn, p, s)
+                                                 : select_wgrad(ctx->cudnn, p, s);
+        if (!c.fits) {
+            Conv2dGeom part = g;
+            part.N = (g.N + 1) / 2;
+            c.chunk = part.N;
+            c.ws = plan_locked(ctx, part, pass, s).pass[i].ws;
+            part.N = g.N - c.chunk;  // the rest: ceil(N/2) + floor(N/2)
+            if (part.N > 0) c.ws = std::max(c.ws, plan_locked(ctx, part, pass, s).pass[i].ws);
+            c.fits = true;
+        }
+        p.pass[i] = c;
     }
     return p;
+}
+
+// The plan for g under the current settings with `pass` chosen. Plans are never freed while in use except
+// by conv_clear_cache(), so the reference stays valid for the call.
+Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
+    Y5_CHECK(ctx && ctx->cudnn, "conv2d (cuDNN): no CUDA context");
+    std::lock_guard<std::mutex> lk(g_mu);
+    const Settings s = g_settings;
+    return plan_locked(ctx, g, pass, s);
+}
+
+// g for `n` of its images (a chunked pass's part).
+Conv2dGeom part_of(const Conv2dGeom& g, int n) {
+    Conv2dGeom part = g;
+    part.N = n;
+    return part;
 }
 
 void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
@@ -336,6 +385,14 @@ static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, c
     Plan& p = plan_for(ctx, g, ConvPass::Fprop);
     check_workspace(p, ConvPass::Fprop, workspace, workspace_bytes);
     const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
+    if (const int c = p.pass[0].chunk) {  // images are outermost in NCHW and NHWC alike
+        for (int n0 = 0; n0 < g.N; n0 += c) {
+            const int n = std::min(c, g.N - n0);
+            fprop(ctx, part_of(g, n), out + (int64_t)n0 * g.K * P, inp + (int64_t)n0 * g.C * g.H * g.W, weight, bias,
+                  workspace, workspace_bytes);
+        }
+        return;
+    }
     // f16 with bias: out = b first, then out = conv + 1·out in float inside cuDNN, rounded once. f32: the bias is
     // added after the convolution.
     constexpr bool half = std::is_same_v<T, f16>;
@@ -364,6 +421,14 @@ static void dgrad(CudaContext* ctx, const Conv2dGeom& g, T* dinp, const T* dout,
     check_dtype<T>(g);
     Plan& p = plan_for(ctx, g, ConvPass::Dgrad);
     check_workspace(p, ConvPass::Dgrad, workspace, workspace_bytes);
+    if (const int c = p.pass[1].chunk) {
+        for (int n0 = 0; n0 < g.N; n0 += c) {
+            const int n = std::min(c, g.N - n0);
+            dgrad(ctx, part_of(g, n), dinp + (int64_t)n0 * g.C * g.H * g.W, dout + (int64_t)n0 * g.K * p.Ho * p.Wo,
+                  weight, workspace, workspace_bytes);
+        }
+        return;
+    }
     const float one = 1.0f;
     // dx = 1·dgrad(w, dy) + 1·dx: accumulates, as the tape requires.
     CUDNN_CHECK(cudnnConvolutionBackwardData(ctx->cudnn, &one, p.w, weight, p.y, dout, p.conv[1],
@@ -379,10 +444,17 @@ static void wgrad(CudaContext* ctx, const Conv2dGeom& g, T* dweight, T* dbias, c
         Plan& p = plan_for(ctx, g, ConvPass::Wgrad);
         check_workspace(p, ConvPass::Wgrad, workspace, workspace_bytes);
         const float one = 1.0f;
-        // dw = 1·wgrad(x, dy) + 1·dw
-        CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx->cudnn, &one, p.x, inp, p.y, dout, p.conv[2],
-                                                   (cudnnConvolutionBwdFilterAlgo_t)p.pass[2].algo, workspace,
-                                                   workspace_bytes, &one, p.w, dweight));
+        if (const int c = p.pass[2].chunk) {  // each part adds its images' sum to dw; the bias gradient below, once
+            for (int n0 = 0; n0 < g.N; n0 += c) {
+                const int n = std::min(c, g.N - n0);
+                wgrad<T>(ctx, part_of(g, n), dweight, nullptr, dout + (int64_t)n0 * g.K * p.Ho * p.Wo,
+                         inp + (int64_t)n0 * g.C * g.H * g.W, workspace, workspace_bytes);
+            }
+        } else {  // dw = 1·wgrad(x, dy) + 1·dw
+            CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx->cudnn, &one, p.x, inp, p.y, dout, p.conv[2],
+                                                       (cudnnConvolutionBwdFilterAlgo_t)p.pass[2].algo, workspace,
+                                                       workspace_bytes, &one, p.w, dweight));
+        }
     }
     if (dbias) {
         Y5_CHECK(ctx, "conv2d (cuDNN): no CUDA context");

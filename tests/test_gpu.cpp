@@ -160,7 +160,7 @@ TEST_CASE("tape on the GPU: add forward and backward with fan-out", "[gpu][tape]
     g.tape.clear();
 }
 
-TEST_CASE("device parameter store and arena and out-of-memory errors", "[gpu][engine]") {
+TEST_CASE("device parameter store and arena and out-of-memory errors", "[gpu][engine][oom]") {
     Gpu& g = gpu();
     g.host.reset();
     ParamStore ps;

@@ -188,6 +188,26 @@ TEST_CASE("conv2d on the GPU with non-deterministic algorithms allowed still equ
         DYNAMIC_SECTION(geo_str(g)) { compare_case(g, rng); }
 }
 
+// With the workspace limit at what one image's passes need, a batch's passes stay within it (an algorithm that fits,
+// or the batch in parts: kernels/conv2d.cu's plan_locked) and still equal the CPU. On an H200 the stride-2 layers'
+// deterministic dgrads need about 10 MB per image at 640, so parts are what a real batch gets there.
+TEST_CASE("conv2d on the GPU within a workspace limit one image fills", "[gpu][conv]") {
+    ConvSettings s(false, true, false);  // restores the limit
+    Gpu& G = gpu();
+    Rng rng(206);
+    for (const Geo& g : {Geo{7, 16, 64, 64, 32, 3, 3, 2, 1, true}, Geo{8, 32, 40, 40, 64, 3, 3, 2, 1, false}})
+        DYNAMIC_SECTION(geo_str(g)) {
+            const ConvPass passes[3] = {ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad};
+            size_t one = 0;
+            for (ConvPass p : passes)
+                one = std::max(one, conv2d_workspace_cuda(G.cuda, Conv2dGeom{1, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad}, p));
+            conv_set_workspace_limit(one);
+            for (ConvPass p : passes)
+                CHECK(conv2d_workspace_cuda(G.cuda, Conv2dGeom{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad}, p) <= one);
+            compare_case(g, rng);
+        }
+}
+
 TEST_CASE("conv2d on the GPU with TF32 allowed is within TF32's precision", "[gpu][conv][tf32]") {
     // TF32 keeps 10 mantissa bits of each product's inputs: a relative error of about 5e-4 per term, so
     // 1e-2 (relative to the output's magnitude) bounds it with room; on GPUs before sm_80 this is f32.

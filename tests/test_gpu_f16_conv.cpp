@@ -4,8 +4,9 @@
  * db. Every gradient buffer starts with random f16 values, so accumulation (one rounding of old + new) is checked.
  * Both sides compute in float and round each element once, so they differ only where the float sums run in a
  * different order: per element, |gpu − cpu| ≤ δ + 2^−10·|cpu| (δ the float-order difference before rounding, then
- * each side rounded by at most half an f16 ulp). δ is bounded like the f32 tests' (tests/test_gpu_conv.cpp):
- * 1e-4 of the tensor's largest magnitude on a GPU (cuDNN's and cuBLAS's own orders, tensor cores).
+ * each side rounded by at most half an f16 ulp). On a GPU δ ≤ 2^−10 of the tensor's largest magnitude: cuDNN's and
+ * cuBLAS's tensor-core kernels sum in their own orders and may hold partial sums at f16 precision (first measured on an
+ * H200, 2026-12-04: up to 1.6e-4 of the largest magnitude where 1e-4, the f32 tests' bound, had been assumed).
  * On the emulated device the stand-ins run the CPU reference's float sums for the output and dx (both per image,
  * the same GEMMs; the bias enters as beta·out, the pre-filled gradient as beta·dx), so those are bit-identical;
  * dw and db sum over images in another order (all images in one pass, or the bias kernel's block reduction,
@@ -68,7 +69,7 @@ void require_f16_close(const Tensor& got, const Tensor& want, bool same_math, co
     const double delta = std::ldexp(1.0, -20);
 #else
     (void)same_math;
-    const double delta = 1e-4;
+    const double delta = std::ldexp(1.0, -10);
 #endif
     require_close(got, want, delta * std::max(1.0, max_abs(want)), std::ldexp(1.0, -10), what);
 }

@@ -135,6 +135,10 @@ TEST_CASE("the inference plan bounds a real batch's peak", "[memory][plan]") {
         INFO((amp ? "AMP" : "f32") << ": one image " << one.act << " bytes; batch of 6: peak " << tc.act.peak()
                                    << ", plan " << plan.act);
         CHECK(tc.act.peak() <= plan.act);
+        // Without the plan's 64 MiB of headroom (which hid it here): the per-image part of the measure must bound the
+        // batch. Seen on an H200 at 640, batch 128 in one forward: the AMP weight copies were counted as fixed though
+        // they are not live at the forward's peak, and the plan fell 0.1 GB short.
+        CHECK(tc.act.peak() <= plan.act - ((size_t)64 << 20));
         CHECK(tc.act.peak() > 3 * one.act);  // the measure is of the same thing: six images take several times one
     }
 }

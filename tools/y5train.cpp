@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
                  "cuDNN: deterministic convolution algorithms only; on by default, as train.py's "
                  "init_seeds(deterministic=True). --no-deterministic (or --deterministic=false) allows faster ones");
     app.add_option("--workspace", o.workspace_mib, "cuDNN: workspace cap per convolution pass, in MiB "
-                   "(0: algorithms that need none; the GPU work arena is sized from it)")->capture_default_str()
+                   "(0: algorithms that need none where cuDNN has one; where none fits, the one that needs least)")->capture_default_str()
         ->check(CLI::Range(0, 1 << 20));
     bool amp_on = false, amp_off = false;
     CLI::Option* amp_opt = app.add_flag("--amp", amp_on, "mixed precision (f16 activations, loss scaling); the default "

@@ -217,7 +217,7 @@ static std::string recorded_save_dir(const std::string& ckpt) {
 
 void set_conv_options(bool deterministic, int workspace_mib) {
     Y5_CHECK(workspace_mib >= 0 && workspace_mib <= (1 << 20), "--workspace %d: the cuDNN workspace cap is in MiB, "
-             "from 0 (only algorithms that need none) to 1048576", workspace_mib);
+             "from 0 (algorithms that need none where there is one) to 1048576", workspace_mib);
 #if Y5_CUDA
     conv_set_deterministic(deterministic);
     conv_set_workspace_limit((size_t)workspace_mib << 20);
