@@ -2,14 +2,16 @@
  * CUDA side of kernels/loss.h: YOLOv5's ComputeLoss on f32 or f16 maps (read as float), forward and
  * d total / d maps, equal to yolo_loss_cpu<float> / <f16> up to float rounding (nvcc contracts a·b + c into
  * FMAs; the sums run in double in another order). Per level, on one stream:
- *   1. zero dmap (when a gradient is wanted and is overwritten, not accumulated) and tobj;
+ *   1. tobj = −1 (no target yet);
  *   2. loss_targets_kernel, one warp per matched cell (a group of pack_level_targets): for the cell's
  *      build_targets entries in list order, box decode + CIoU and its gradient into dmap[..0..3], class BCE
  *      and its gradient into dmap[..5..], tobj[cell] = clamp(CIoU of the last entry, 0). The warp owns its
  *      cell, so duplicates (several entries on one cell) add up in the CPU loop's order with no atomics,
  *      and the result does not change from run to run;
- *   3. loss_obj_kernel over all cells: objectness BCE against tobj and its gradient into dmap[..4], one
- *      double partial sum per block (the block count depends only on the level's size);
+ *   3. loss_obj_kernel over all cells: objectness BCE against tobj (0 where still −1) and its gradient into
+ *      dmap[..4], one double partial sum per block (the block count depends only on the level's size); a
+ *      written (not accumulated) dmap's unmatched cells get zeros there (loss_zero_unmatched), so dmap may be
+ *      the map itself: each element is written after the last read of its value;
  * then loss_reduce_kernel (one block) sums the per-cell and per-block terms (block_sum: a fixed order) and
  * forms the items exactly as yolo_loss_cpu does (in double).
  * Tested against yolo_loss_cpu in tests/test_gpu_loss.cpp.
@@ -35,9 +37,10 @@ __device__ static double block_sum_array(const double* x, int64_t n) {
 // Kernels
 
 // Warp g handles group g: entries start[g] .. start[g + 1] − 1, all on one cell, in list order. S: the maps'
-// storage (float or f16), read as float. gscale: null, or the upstream gradient to accumulate with.
+// storage (float or f16), read as float. gscale: null, or the upstream gradient (accumulated with, or written
+// scaled). p and dp may be the same memory (no __restrict__ on them).
 template <class S>
-__global__ static void loss_targets_kernel(const S* __restrict__ p, S* __restrict__ dp, const float* __restrict__ gscale,
+__global__ static void loss_targets_kernel(const S* p, S* dp, const float* __restrict__ gscale, bool accumulate,
                                            float* __restrict__ tobj, const LossTargetPacked* __restrict__ tg,
                                            const int* __restrict__ start, int groups, double* __restrict__ group_box,
                                            double* __restrict__ group_cls, int na, int ny, int nx, int no, float gbox,
@@ -49,9 +52,10 @@ __global__ static void loss_targets_kernel(const S* __restrict__ p, S* __restric
     const int64_t c = loss_cell(tg[k0].b, tg[k0].a, tg[k0].gj, tg[k0].gi, na, ny, nx);
     const S* ps = p + c * no;
     const int nc = no - 5;
-    const bool accum = gscale != nullptr;
-    const float gs = accum ? gscale[0] : 1.f;
+    const bool accum = gscale != nullptr && accumulate;
+    const float gs = gscale ? gscale[0] : 1.f;
     const float raw[4] = {ld(ps[0]), ld(ps[1]), ld(ps[2]), ld(ps[3])};
+    __syncwarp();  // every lane has read the box before lane 0 writes its gradient over it
 
     // Box: every lane computes the same values (a cell has one or a few entries); lane 0 writes them.
     float d[4] = {0.f, 0.f, 0.f, 0.f}, last = 0.f;
@@ -96,17 +100,22 @@ __global__ static void loss_targets_kernel(const S* __restrict__ p, S* __restric
 
 // Objectness over all cells; partial[blockIdx.x] = this block's Σ BCE.
 template <class S>
-__global__ static void loss_obj_kernel(const S* __restrict__ p, S* __restrict__ dp, const float* __restrict__ gscale,
+__global__ static void loss_obj_kernel(const S* p, S* dp, const float* __restrict__ gscale, bool accumulate,
                                        const float* __restrict__ tobj, int64_t cells, int no, float gobj, float pw,
                                        double* __restrict__ partial) {
-    const bool accum = gscale != nullptr;
-    const float gs = accum ? gscale[0] : 1.f;
+    const bool accum = gscale != nullptr && accumulate;
+    const float gs = gscale ? gscale[0] : 1.f;
     double s = 0;
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cells; c += (int64_t)gridDim.x * blockDim.x) {
-        const float x = ld(p[c * no + 4]), t = tobj[c];
+        const bool matched = !(tobj[c] < 0.f);
+        const float x = ld(p[c * no + 4]), t = matched ? tobj[c] : 0.f;
         s += (double)bce_logits(x, t, pw);
-        // Overwriting: dmap was zeroed, so = is the CPU's +=. Accumulating: the one rounded add per element.
-        if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, t, pw), accum, gs);
+        // Accumulating: the one rounded add per element. Written: the cell's other channels too, where no
+        // target wrote them.
+        if (dp) {
+            loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, t, pw), accum, gs);
+            if (!accum) loss_zero_unmatched(dp + c * no, no, matched);
+        }
     }
     s = block_sum(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
@@ -162,7 +171,8 @@ __global__ static void loss_backward_kernel(float* __restrict__ y, const float* 
 
 template <class S>
 static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, int na, int no, const LossHyp& h,
-                             double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
+                             double* items_out, float* total_out, const float* gscale, cudaStream_t stream,
+                             bool accumulate) {
     Y5_CHECK(nl >= 1 && nl <= kLossMaxLevels, "yolo_loss_cuda: %d levels (1 to %d supported)", nl, kLossMaxLevels);
     Y5_CHECK(no > 5, "yolo_loss_cuda: %d channels per anchor, need 5 + nc", no);
     const int nc = no - 5;
@@ -174,21 +184,20 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
     for (int i = 0; i < nl; ++i) {
         const LossLevelCudaT<S>& L = levels[i];
         const int64_t cells = (int64_t)bs * na * L.ny * L.nx;
-        if (L.dmap && !gscale) CUDA_CHECK(cudaMemsetAsync(L.dmap, 0, (size_t)(cells * no) * sizeof(S), stream));
-        CUDA_CHECK(cudaMemsetAsync(L.tobj, 0, (size_t)cells * sizeof(float), stream));
+        fill_cuda(L.tobj, -1.f, cells, stream);  // no target on the cell (yet)
         if (L.groups > 0) {
             const float gbox = float(-h.box * bs / L.n);                 // as yolo_loss_cpu's gbox, gcls
             const float gcls = float(h.cls * bs / ((double)L.n * nc));
             loss_targets_kernel<S><<<CEIL_DIV(L.groups, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
-                L.map, L.dmap, gscale, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny,
+                L.map, L.dmap, gscale, accumulate, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny,
                 L.nx, no, gbox, gcls, cls_pw, cp, cn);
             Y5_LAUNCH_CHECK();
         }
         const double bal = loss_balance(nl, i);
         const float gobj = float(h.obj * bal * bs / (double)cells);
         const int blocks = loss_obj_blocks(cells);
-        loss_obj_kernel<S><<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, gscale, L.tobj, cells, no, gobj, obj_pw,
-                                                          L.obj_partial);
+        loss_obj_kernel<S><<<blocks, kBlock, 0, stream>>>(L.map, L.dmap, gscale, accumulate, L.tobj, cells, no, gobj,
+                                                          obj_pw, L.obj_partial);
         Y5_LAUNCH_CHECK();
         ra.obj[i] = L.obj_partial, ra.box[i] = L.group_box, ra.cls[i] = L.group_cls;
         ra.obj_blocks[i] = blocks, ra.groups[i] = L.groups, ra.n[i] = L.n;
@@ -199,12 +208,12 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
 }
 
 void yolo_loss_cuda(const LossLevelCudaT<float>* levels, int nl, int bs, int na, int no, const LossHyp& h,
-                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
-    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream);
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream, bool accumulate) {
+    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream, accumulate);
 }
 void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, int no, const LossHyp& h,
-                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream) {
-    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream);
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream, bool accumulate) {
+    yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream, accumulate);
 }
 
 void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream) {

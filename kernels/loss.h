@@ -152,10 +152,23 @@ template <class T> Y5_HD void loss_decode_box_grad(const T* s, const T* anch, co
 // Objectness target of a matched cell: CIoU.detach().clamp(0).
 template <class T> Y5_HD T loss_tobj(T iou) { return iou > T(0) ? iou : T(0); }
 
-// Stores gradient element d (d total / d map, summed in T = acc_t<S>) at `at`: with accumulate, the backward's
-// grad += g·d (axpy_op's g·d + y) rounded once; otherwise d itself (the forward's dmap).
+// Stores gradient element d (d total / d map, summed in T = acc_t<S>) at `at`: with accumulate, grad += g·d
+// (axpy_op's g·d + y) rounded once; otherwise g·d (g = 1: the forward's dmap; the backward's, written over the map).
 template <class S> Y5_HD void loss_grad_put(S* at, acc_t<S> d, bool accumulate, acc_t<S> g) {
-    *at = accumulate ? st<S>(g * d + ld(*at)) : st<S>(d);
+    *at = accumulate ? st<S>(g * d + ld(*at)) : st<S>(g * d);
+}
+
+// Written (not accumulated) gradients may lie over the maps themselves (the backward's, Tape::grad_over_value):
+// every element is then written after the last read of its value. Per cell: the matched cells' box and class
+// channels after the target pass has read them, the other cells' (and a one-class model's class channel) zeroed,
+// the objectness channel by the objectness pass that reads it.
+template <class S> Y5_HD void loss_zero_unmatched(S* dcell, int no, bool matched) {
+    if (matched) {
+        if (no == 6) dcell[5] = st<S>(acc_t<S>(0));  // one class: its channel has no loss term
+        return;
+    }
+    for (int q = 0; q < no; ++q)
+        if (q != 4) dcell[q] = st<S>(acc_t<S>(0));
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -187,7 +200,7 @@ inline int loss_obj_blocks(int64_t cells) {
 // (groups), obj_partial (loss_obj_blocks(cells)).
 template <class S> struct LossLevelCudaT {
     const S* map = nullptr;  // (bs, na, ny, nx, no)
-    S* dmap = nullptr;       // same shape; d total / d map, overwritten, or accumulated (gscale); null: no gradient
+    S* dmap = nullptr;       // same shape (may be map itself when written); d total / d map; null: no gradient
     int ny = 0, nx = 0;
     int n = 0, groups = 0;
     const LossTargetPacked* targets = nullptr;
@@ -202,11 +215,14 @@ using LossLevelCuda = LossLevelCudaT<float>;
 // Enqueues the loss on `stream`: items_out (device, 4 + 3·nl doubles) receives lbox, lobj, lcls, total as
 // yolo_loss_cpu's LossItems, then per level its sums Σ(1 − CIoU), Σ class BCE, Σ objectness BCE; total_out (device, 1 float) the total. gscale null: each level's dmap (if any) is
 // overwritten with d total / d map; gscale a device scalar g (the loss's upstream gradient): g·d total / d map
-// is added into dmap with one rounding per element (loss_grad_put), the f16 backward.
+// is added into dmap with one rounding per element (loss_grad_put), or with accumulate false written, dmap then
+// possibly the map itself (the backward over the maps' memory).
 void yolo_loss_cuda(const LossLevelCudaT<float>* levels, int nl, int bs, int na, int no, const LossHyp& h,
-                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream);
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream,
+                    bool accumulate = true);
 void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, int no, const LossHyp& h,
-                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream);
+                    double* items_out, float* total_out, const float* gscale, cudaStream_t stream,
+                    bool accumulate = true);
 // grad += (*g)·dmap over n elements, g a device scalar (the upstream gradient of the loss): the backward
 // of yolo_loss without reading g on the host.
 void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream);

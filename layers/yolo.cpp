@@ -38,7 +38,7 @@ template <class S>
 static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const std::vector<Tensor>& dmaps,
                                      float* total, const float* gscale, bool want_items, const float* tp, int nt,
                                      const float* ap, const LossHyp& hyp, const std::vector<int>& ny,
-                                     const std::vector<int>& nx, int bs, int na, int no) {
+                                     const std::vector<int>& nx, int bs, int na, int no, bool accumulate = true) {
     const int nl = (int)maps.size();
     Y5_CHECK(nl <= kLossMaxLevels, "yolo_loss: %d levels; the CUDA loss supports up to %d", nl, kLossMaxLevels);
     std::vector<char> buf;
@@ -79,7 +79,7 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
     double* items = s.get<double>(4 + 3 * kLossMaxLevels);
-    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c));
+    yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c), accumulate);
     LossItems L;
     if (want_items) {
         double h[4 + 3 * kLossMaxLevels];
@@ -200,15 +200,24 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         const T* g = c.tape->grad(y).template ptr<T>();
         if (replay) {
             if constexpr (std::is_same_v<T, float>) {
-                std::vector<Tensor> grads;  // the maps' gradients (f16 or f32), undefined where a map wants none
-                for (const Var& m : maps) grads.push_back(m.requires_grad() ? c.tape->grad(m) : Tensor());
+                // The maps' gradients (f16 or f32), undefined where a map wants none. Written over the maps
+                // themselves (nothing after the loss reads their values), so the loss backward's peak holds no
+                // gradient map beside the maps; added into them where an op recorded after the loss already
+                // gave a map a gradient.
+                bool accumulate = false;
+                for (const Var& m : maps) accumulate = accumulate || c.tape->has_grad(m);
+                std::vector<Tensor> grads;
+                for (const Var& m : maps)
+                    grads.push_back(!m.requires_grad() ? Tensor()
+                                    : accumulate       ? c.tape->grad(m)
+                                                       : c.tape->grad_over_value(m));
                 auto run = [&](auto map_type) {  // S: the maps' storage type
                     using S = decltype(map_type);
                     if constexpr (d.cuda) {
                         // g stays on the device, the kernels read it (no round trip).
                         Scratch s(c.work);
                         yolo_loss_cuda_path<S>(c, maps, grads, s.get<float>(1), g, false, th->data(), nt, ah->data(),
-                                               hyp, ny, nx, bs, na, no);
+                                               hyp, ny, nx, bs, na, no, accumulate);
                     } else {
                         std::vector<const S*> mp;
                         std::vector<S*> dp;
@@ -216,13 +225,14 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
                             mp.push_back(maps[i].t.ptr<S>());
                             dp.push_back(grads[i].data ? grads[i].ptr<S>() : nullptr);
                         }
-                        yolo_loss_cpu<S>(mp, dp, ny, nx, bs, na, no, th->data(), nt, ah->data(), hyp, nullptr, g);
+                        yolo_loss_cpu<S>(mp, dp, ny, nx, bs, na, no, th->data(), nt, ah->data(), hyp, nullptr, g,
+                                         accumulate);
                     }
                 };
                 if (half) run(f16{});
                 else run(float{});
             }
-            for (const Var& m : maps) c.tape->value_read(m);  // the maps' last reader: their memory goes back now
+            for (const Var& m : maps) c.tape->value_read(m);  // maps without a gradient: their memory goes back now
             return;
         }
         for (size_t i = 0; i < maps.size(); ++i) {

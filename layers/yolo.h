@@ -117,17 +117,18 @@ template <class T> struct LossDetached {
 
 // maps[i] (bs, na, ny[i], nx[i], no) stored as S (float, double or f16), read as T = acc_t<S>; targets and
 // anchors T. dmaps[i] (same shapes; dmaps empty or dmaps[i] null: none) receive d total / d map, overwritten,
-// or with gscale, *gscale · d total / d map added into them (the f16 backward). Each element's gradient is
-// summed in T in list order and stored once (loss_grad_put).
+// or with gscale, *gscale · d total / d map added into them (the f16 backward), or with gscale and accumulate
+// false written (the backward: dmaps[i] may then be maps[i] itself, loss_zero_unmatched). Each element's
+// gradient is summed in T in list order and stored once (loss_grad_put).
 template <class S>
 LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>& dmaps, const std::vector<int>& ny,
                         const std::vector<int>& nx, int bs, int na, int no, const acc_t<S>* targets, int nt,
                         const acc_t<S>* anchors, const LossHyp& h, LossDetached<acc_t<S>>* detached = nullptr,
-                        const acc_t<S>* gscale = nullptr) {
+                        const acc_t<S>* gscale = nullptr, bool accumulate = true) {
     using T = acc_t<S>;
     const int nl = (int)maps.size(), nc = no - 5;
-    const bool accum = gscale != nullptr;
-    const T gs = accum ? *gscale : T(1);
+    const bool accum = gscale != nullptr && accumulate;
+    const T gs = gscale ? *gscale : T(1);
     const T cp = T(1.0 - 0.5 * h.label_smoothing), cn = T(0.5 * h.label_smoothing);
     LossItems L;
     L.nl = nl, L.bs = bs;
@@ -141,8 +142,6 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
         const S* p = maps[i];
         S* dp = dmaps.empty() ? nullptr : dmaps[i];
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
-        if (dp && !accum)
-            for (int64_t j = 0; j < cells * no; ++j) dp[j] = st<S>(T(0));
         std::vector<T> tobj(cells, T(0));
         // Box and class gradients of the matched cells, summed in T: (slots, no), a slot per distinct cell.
         std::vector<T> acc;
@@ -193,6 +192,11 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
                     if (q != 4 && (q < 4 || nc > 1))
                         loss_grad_put(dp + slot_cell[j] * no + q, acc[j * no + q], accum, gs);
             L.sbox[i] = sbox, L.scls[i] = scls, L.n[i] = n;
+        }
+        if (dp && !accum) {  // after the target pass's reads; the objectness channels are the pass below's
+            std::vector<char> matched(cells, 0);
+            for (int64_t c : slot_cell) matched[c] = 1;
+            for (int64_t c = 0; c < cells; ++c) loss_zero_unmatched(dp + c * no, no, matched[c] != 0);
         }
         if (detached) {
             if (replay) tobj = detached->tobj[i];

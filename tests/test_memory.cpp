@@ -183,7 +183,7 @@ TEST_CASE("the training plan is a real step's peak, exactly", "[memory][plan]") 
 
 // YOLOv5's seed command on a T4 (15 GB): y5train's plan for batch 64 at 640 (validation: batch 128 with sides up to
 // 672), measured on the CPU path (the same planner; the GPU's adds cuDNN's capped workspace), must pass the check.
-// Measured with recomputation (y5train's default): f32 4.9 GB, AMP 2.6 GB (activations and their gradients in one
+// Measured with recomputation (y5train's default): f32 4.6 GB, AMP 2.4 GB (activations and their gradients in one
 // arena, planned by replaying the step's allocations). Before validation reused the training
 // arenas, the gradients' memory was reused by any shape and the BatchNorm outputs were recomputed: 33.8 GB and
 // 18.3 GB, refused.
@@ -231,7 +231,10 @@ struct TrainRun {
 
 // One training forward, the loss and the backward of a fresh model (seeded init), on a tracking activation arena
 // whose released blocks are poisoned (NaN): a backward that read a dropped value directly would give NaN.
-static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool recompute) {
+// map_reader: an op on map 0 recorded after the loss, seeded with zeros (its backward runs first). one_arena:
+// the gradients in the activations' arena, as y5train's Workspace has them (else TestCtx's own gradient arena).
+static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool recompute, bool map_reader = false,
+                          bool one_arena = false) {
     Model m(yaml, 3);
     m.allocate(Device::CPU, dt);
     Rng rng(21);
@@ -239,6 +242,8 @@ static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool
     TestCtx tc;
     tc.act.set_tracking(true);
     tc.act.set_poison(true);
+    Tape shared(&tc.act);
+    if (one_arena) tc.ctx.tape = &shared;
     tc.ctx.autocast = autocast, tc.ctx.recompute = recompute;
     Tensor xd = rand_tensor(tc.data, {2, 3, 128, 160}, dt, rng, 0, 1);
     Tensor x = tc.act.tensor(xd.shape, dt);
@@ -250,7 +255,16 @@ static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool
                                 : Tensor(rows.data(), Shape{3, 6}, DType::F32, Device::CPU);
     std::vector<float> ah;
     YoloLoss L = yolo_loss(tc.ctx, o.maps, t, m.loss_anchors(&ah), LossHyp{});
-    tc.tape.backward(L.total);
+    if (map_reader) {
+        Var z = add(tc.ctx, o.maps[0], o.maps[0]);
+        Tensor one = tc.data.tensor({1}, L.total.t.dtype), zeros = tc.data.tensor(z.t.shape, z.t.dtype);
+        std::memset(zeros.data, 0, zeros.bytes());
+        if (one.dtype == DType::F64) one.ptr<double>()[0] = 1.0;
+        else one.ptr<float>()[0] = 1.f;
+        tc.ctx.tape->backward({L.total, z}, {one, zeros});
+    } else {
+        tc.ctx.tape->backward(L.total);
+    }
     TrainRun r;
     const Tensor g = m.params.grads_flat(), v = m.params.values_flat();
     r.grads.assign((char*)g.data, (char*)g.data + g.bytes());
@@ -279,6 +293,27 @@ static void check_recompute(const std::string& yaml, DType dt, bool autocast) {
     INFO(yaml << (autocast ? " AMP" : "") << ": peak " << re.peak << " of " << keep.peak << " bytes ("
               << 100.0 * re.peak / keep.peak << " %)");
     CHECK(re.peak < keep.peak * (autocast ? 0.85 : 0.75));
+}
+
+// The loss's backward (recomputing, as y5train runs it) writes the maps' gradients over the maps themselves
+// (Tape::grad_over_value: no gradient map beside the maps at its peak); where an op after the loss gave a map a
+// gradient first, it adds into the gradients instead. The parameters' gradients are the same values either way.
+TEST_CASE("the loss's backward writes the maps' gradients over the maps", "[memory][grads]") {
+    for (bool autocast : {false, true}) {
+        const std::string yaml = src("config/models/yolov5n.yaml");
+        const TrainRun over = train_run(yaml, DType::F32, autocast, true, false, true),
+                       added = train_run(yaml, DType::F32, autocast, true, true, true);
+        REQUIRE(over.grads.size() == added.grads.size());
+        const float *a = (const float*)over.grads.data(), *b = (const float*)added.grads.data();
+        int64_t differ = 0, nonzero = 0;
+        for (size_t i = 0; i < over.grads.size() / sizeof(float); ++i) {
+            differ += !(a[i] == b[i]);
+            nonzero += a[i] != 0;
+        }
+        INFO((autocast ? "AMP" : "f32") << ": " << differ << " gradients differ, " << nonzero << " non-zero");
+        CHECK(differ == 0);
+        CHECK(nonzero > 1000);
+    }
 }
 
 TEST_CASE("recomputation gives the same gradients with less activation memory", "[memory][recompute]") {

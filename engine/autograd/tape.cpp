@@ -100,6 +100,22 @@ Tensor Tape::grad_from(const Var& x, const Var& y) {
     return nx.grad;
 }
 
+Tensor Tape::grad_over_value(const Var& v) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "grad_over_value: a value that is not on the tape");
+    Node& n = nodes_[v.id];
+    Y5_CHECK(!n.grad_ready && !n.released, "grad_over_value: %s already has a gradient", n.value.str().c_str());
+    const int64_t off = (size_t)v.id < block_.size() ? block_[v.id] : -1;
+    if (va_ == arena_ && off >= 0 && users_[(size_t)off] == 1 && n.value.data == va_->base() + off) {
+        users_.erase((size_t)off);  // the block is the gradient's now, released with it after v's op's backward
+        block_[v.id] = -1;
+        n.grad = n.value;
+    } else {
+        n.grad = grad_tensor(arena_, n.value);
+    }
+    n.grad_ready = true;
+    return n.grad;
+}
+
 void Tape::set_recompute(const Var& v, std::function<void(Tensor)> fn) {
     Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "set_recompute: a value that is not on the tape");
     nodes_[v.id].recompute = std::move(fn);

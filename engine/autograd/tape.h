@@ -92,6 +92,11 @@ public:
     // element, and y's gradient is released (asking for it is an error), so the two never occupy memory at once.
     // Otherwise x's gradient is allocated (not zeroed). Read y's gradient first.
     Tensor grad_from(const Var& x, const Var& y);
+    // In backward, for the last reader of v's value (the loss on Detect's maps, whose own op's backward reads only
+    // their gradients): v's gradient over v's value, which the caller reads before it writes each element. When the
+    // value is a whole block of the arena freed in backward, that block becomes the gradient (the value is gone);
+    // otherwise the gradient is allocated. Not zeroed either way: the caller writes every element.
+    Tensor grad_over_value(const Var& v);
 
     // Runs the closures in reverse. With no seed the root must hold one element and gets gradient `scale` (1, or
     // mixed precision's loss scale); otherwise its gradient is `seed` (same shape), the gradient of Σ seed ⊙ root.
