@@ -75,10 +75,11 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
   # The GPU tests under each tool: memcheck (out-of-bounds and misaligned accesses, leaks), racecheck (shared-memory
   # hazards inside a block), synccheck (barriers and warp intrinsics used illegally). The kernel tests only: not the
   # whole-model cases (memcheck slows them past the budget), not [oom] (its deliberate failed cudaMalloc is an API
-  # error to the tools); racecheck not the 640 convolutions either (90 s were not enough on an H200 for cuDNN's kernels).
+  # error to the tools); racecheck not the convolutions either: on an H200 it spent over 90 s in cuDNN's and
+  # cuBLAS's kernels there (the 640 geometries, then conv2d_parts at 80x80), which are not ours to check.
   for tool in memcheck racecheck synccheck; do
     filter="~[model]~[oom]"
-    [ "$tool" = racecheck ] && filter="~[model]~[oom]~[yolov5n]"
+    [ "$tool" = racecheck ] && filter="~[model]~[oom]~[conv]"
     step "$tool: GPU kernel tests" 90 compute-sanitizer --tool "$tool" --error-exitcode 1 --print-limit 20 \
       "$build/y5_tests_gpu" "$filter"
   done
