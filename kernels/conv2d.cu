@@ -45,7 +45,6 @@ struct PassChoice {
     bool chosen = false;
     int algo = 0;   // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
     size_t ws = 0;  // workspace bytes (chunked: the most any part needs)
-    bool fits = true;  // ws within the workspace limit (choose() only)
     int chunk = 0;  // > 0: no algorithm fits the limit at this batch; the pass runs over parts of `chunk` images
 };
 
@@ -155,7 +154,7 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, const Settings& s) {
 // The first usable candidate in cuDNN's order. For each: its status, determinism and math type, then the
 // workspace it needs with the descriptor set to its math type (authoritative, and a candidate the
 // descriptor cannot run fails here and is skipped). When every usable candidate needs more than the workspace
-// limit: the one that needs least, marked as not fitting (plan_locked() then splits the batch).
+// limit: the one that needs least (its ws over the limit: plan_locked() then splits the batch).
 template <class Perf, class WsFn>
 PassChoice choose(const std::vector<Perf>& perf, int count, cudnnConvolutionDescriptor_t conv, const Settings& s,
                   WsFn workspace_of, const Plan& p, ConvPass pass) {
@@ -189,7 +188,6 @@ PassChoice choose(const std::vector<Perf>& perf, int count, cudnnConvolutionDesc
         }
         if (!least.chosen || ws < least.ws) {
             least.chosen = true;
-            least.fits = false;
             least.algo = (int)c.algo;
             least.ws = ws;
             least_math = chosen_math(c.mathType, s, p.g.f16);
@@ -274,14 +272,13 @@ Plan& plan_locked(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass, const Se
         PassChoice c = pass == ConvPass::Fprop ? select_fprop(ctx->cudnn, p, s)
                        : pass == ConvPass::Dgrad ? select_dgrad(ctx->cudnn, p, s)
                                                  : select_wgrad(ctx->cudnn, p, s);
-        if (!c.fits) {
+        if (c.ws > s.ws_limit) {
             Conv2dGeom part = g;
             part.N = (g.N + 1) / 2;
             c.chunk = part.N;
             c.ws = plan_locked(ctx, part, pass, s).pass[i].ws;
             part.N = g.N - c.chunk;  // the rest: ceil(N/2) + floor(N/2)
             if (part.N > 0) c.ws = std::max(c.ws, plan_locked(ctx, part, pass, s).pass[i].ws);
-            c.fits = true;
         }
         p.pass[i] = c;
     }
@@ -297,11 +294,14 @@ Plan& plan_for(CudaContext* ctx, const Conv2dGeom& g, ConvPass pass) {
     return plan_locked(ctx, g, pass, s);
 }
 
-// g for `n` of its images (a chunked pass's part).
-Conv2dGeom part_of(const Conv2dGeom& g, int n) {
-    Conv2dGeom part = g;
-    part.N = n;
-    return part;
+// A chunked pass: f(part, n0) for each part of `chunk` images (the last may be smaller), part being g for its
+// images and n0 its first image (images are outermost in NCHW and NHWC alike, so a part's tensors start at n0's).
+template <class F> void over_parts(const Conv2dGeom& g, int chunk, F f) {
+    for (int n0 = 0; n0 < g.N; n0 += chunk) {
+        Conv2dGeom part = g;
+        part.N = std::min(chunk, g.N - n0);
+        f(part, (int64_t)n0);
+    }
 }
 
 void check_workspace(const Plan& p, ConvPass pass, void* ws, size_t bytes) {
@@ -385,12 +385,10 @@ static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, c
     Plan& p = plan_for(ctx, g, ConvPass::Fprop);
     check_workspace(p, ConvPass::Fprop, workspace, workspace_bytes);
     const int64_t P = (int64_t)p.Ho * p.Wo, total = (int64_t)g.N * g.K * P;
-    if (const int c = p.pass[0].chunk) {  // images are outermost in NCHW and NHWC alike
-        for (int n0 = 0; n0 < g.N; n0 += c) {
-            const int n = std::min(c, g.N - n0);
-            fprop(ctx, part_of(g, n), out + (int64_t)n0 * g.K * P, inp + (int64_t)n0 * g.C * g.H * g.W, weight, bias,
-                  workspace, workspace_bytes);
-        }
+    if (const int c = p.pass[0].chunk) {
+        over_parts(g, c, [&](const Conv2dGeom& part, int64_t n0) {
+            fprop(ctx, part, out + n0 * g.K * P, inp + n0 * g.C * g.H * g.W, weight, bias, workspace, workspace_bytes);
+        });
         return;
     }
     // f16 with bias: out = b first, then out = conv + 1·out in float inside cuDNN, rounded once. f32: the bias is
@@ -422,11 +420,10 @@ static void dgrad(CudaContext* ctx, const Conv2dGeom& g, T* dinp, const T* dout,
     Plan& p = plan_for(ctx, g, ConvPass::Dgrad);
     check_workspace(p, ConvPass::Dgrad, workspace, workspace_bytes);
     if (const int c = p.pass[1].chunk) {
-        for (int n0 = 0; n0 < g.N; n0 += c) {
-            const int n = std::min(c, g.N - n0);
-            dgrad(ctx, part_of(g, n), dinp + (int64_t)n0 * g.C * g.H * g.W, dout + (int64_t)n0 * g.K * p.Ho * p.Wo,
-                  weight, workspace, workspace_bytes);
-        }
+        over_parts(g, c, [&](const Conv2dGeom& part, int64_t n0) {
+            dgrad(ctx, part, dinp + n0 * g.C * g.H * g.W, dout + n0 * g.K * p.Ho * p.Wo, weight, workspace,
+                  workspace_bytes);
+        });
         return;
     }
     const float one = 1.0f;
@@ -445,11 +442,10 @@ static void wgrad(CudaContext* ctx, const Conv2dGeom& g, T* dweight, T* dbias, c
         check_workspace(p, ConvPass::Wgrad, workspace, workspace_bytes);
         const float one = 1.0f;
         if (const int c = p.pass[2].chunk) {  // each part adds its images' sum to dw; the bias gradient below, once
-            for (int n0 = 0; n0 < g.N; n0 += c) {
-                const int n = std::min(c, g.N - n0);
-                wgrad<T>(ctx, part_of(g, n), dweight, nullptr, dout + (int64_t)n0 * g.K * p.Ho * p.Wo,
-                         inp + (int64_t)n0 * g.C * g.H * g.W, workspace, workspace_bytes);
-            }
+            over_parts(g, c, [&](const Conv2dGeom& part, int64_t n0) {
+                wgrad<T>(ctx, part, dweight, nullptr, dout + n0 * g.K * p.Ho * p.Wo, inp + n0 * g.C * g.H * g.W,
+                         workspace, workspace_bytes);
+            });
         } else {  // dw = 1·wgrad(x, dy) + 1·dw
             CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx->cudnn, &one, p.x, inp, p.y, dout, p.conv[2],
                                                        (cudnnConvolutionBwdFilterAlgo_t)p.pass[2].algo, workspace,

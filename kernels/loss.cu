@@ -1,7 +1,7 @@
 /*
  * CUDA side of kernels/loss.h: YOLOv5's ComputeLoss on f32 or f16 maps (read as float), forward and
- * d total / d maps, equal to yolo_loss_cpu<float> / <f16> up to float rounding (nvcc contracts a·b + c into
- * FMAs; the sums run in double in another order). Per level, on one stream:
+ * d total / d maps, equal to yolo_loss_cpu<float> / <f16> up to float rounding (the sums run in double in
+ * another order). Per level, on one stream:
  *   1. tobj = −1 (no target yet);
  *   2. loss_targets_kernel, one warp per matched cell (a group of pack_level_targets): for the cell's
  *      build_targets entries in list order, box decode + CIoU and its gradient into dmap[..0..3], class BCE
@@ -107,8 +107,9 @@ __global__ static void loss_obj_kernel(const S* p, S* dp, const float* __restric
     const float gs = gscale ? gscale[0] : 1.f;
     double s = 0;
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < cells; c += (int64_t)gridDim.x * blockDim.x) {
-        const bool matched = !(tobj[c] < 0.f);
-        const float x = ld(p[c * no + 4]), t = matched ? tobj[c] : 0.f;
+        const float tc = tobj[c];
+        const bool matched = !(tc < 0.f);
+        const float x = ld(p[c * no + 4]), t = matched ? tc : 0.f;
         s += (double)bce_logits(x, t, pw);
         // Accumulating: the one rounded add per element. Written: the cell's other channels too, where no
         // target wrote them.

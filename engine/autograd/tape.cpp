@@ -1,6 +1,5 @@
 #include "engine/autograd/tape.h"
 
-#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 #include <vector>
@@ -183,10 +182,7 @@ void Tape::release_value(int id) {
 }
 
 void Tape::value_read(const Var& v) {
-    // Only an op's output: a leaf's memory is its owner's.
-    if (v.id >= 0 && (size_t)v.id < block_.size() &&
-        std::find(output_of_.begin(), output_of_.end(), v.id) != output_of_.end())
-        release_value(v.id);
+    if (v.id >= 0 && (size_t)v.id < block_.size()) release_value(v.id);
 }
 
 void Tape::backward(const Var& root, const Tensor* s, double scale) {

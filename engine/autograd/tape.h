@@ -83,7 +83,7 @@ public:
     Tensor value(const Var& v);
     // In a backward closure: nothing that runs later in this backward reads v's value (the loss on Detect's maps:
     // their own op's backward reads only their gradients), so its memory goes back now, not after that op's
-    // backward. A no-op outside backward, for a leaf, or for a value not freed in the backward.
+    // backward. A no-op outside backward, or for a value not freed in the backward.
     void value_read(const Var& v);
     Tensor grad(const Var& v);  // allocates and zeroes on first call
     // In-place gradient (an elementwise op's backward, BatchNorm + activation): x's gradient, for its first
