@@ -12,6 +12,7 @@
  *            --no-recompute (keep every BatchNorm + activation output instead of rebuilding it in the backward)
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  *            --cudnn-benchmark (cuDNN times the candidate algorithms instead of taking its heuristics' first)
+ *            --no-pipeline (GPU: the host waits for each step; y5train queues a step while the previous one runs)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
  * A step is y5train's own (TrainStep, engine/app/step.h): batch_images (the uint8 upload and /255),
@@ -173,13 +174,24 @@ struct Trainer {
 };
 
 // One training step, y5train's (engine/app/step.h), with the optimizer every batch. With marks: stamps after the
-// upload, each layer, the loss, the backward, the clip, SGD + zero_grad, and the EMA.
-void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks) {
-    if (marks) marks->mark();
+// upload, each layer, the loss, the backward, the clip, SGD + zero_grad, and the EMA (not pipelined). Pipelined
+// (the GPU, as y5train, unless --no-pipeline): the previous step's result collected after this one is queued.
+void collect_checked(Trainer& T) {
+    const StepResult r = T.step->collect();
+    Y5_CHECK(r.finite, "bench_step: the loss is %g", r.items.total);
+}
+
+void drain(Trainer& T) {
+    while (T.step->in_flight()) collect_checked(T);
+}
+
+void train_step(Trainer& T, Workspace& w, const Batch& b, Marks* marks, bool pipelined) {
+    if (marks) drain(T), marks->mark();
     std::function<void()> mark;
     if (marks) mark = [marks] { marks->mark(); };
-    const StepResult r = T.step->run(w.ctx, b, T.ni++, 1, T.groups, mark);
-    Y5_CHECK(r.finite, "bench_step: the loss is %g", r.items.total);
+    T.step->pipelined = pipelined && !marks;
+    T.step->run(w.ctx, b, T.ni++, 1, T.groups, mark);
+    while (T.step->in_flight() > (T.step->pipelined ? 1 : 0)) collect_checked(T);
 }
 
 // bs random images at imgsz² and 8 random boxes of the 80 classes per image.
@@ -307,6 +319,7 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     for (size_t k = 0; k < batches.size(); ++k) {
         const int bs = batches[k];
         tp.push_back(plan_training(T.model, one, bs));
+        tp.back().upload = upload_bytes(T.model, bs, imgsz);
         vp.push_back(plan_validation(T.model, tp.back(), vone, val_side, 2 * bs, false, &chunk[k]));
         vall.push_back(plan_inference(T.model, vone, 2 * bs, val_nms_scratch_bytes(T.model, val_side, 2 * bs)));
         sp.push_back(plan_shared(tp.back(), vp.back()));
@@ -324,6 +337,7 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
         std::max(conv_v, grad_v) * esize * bmax);
     row("  of which gradients at the peak", [&](size_t k) { return (double)tp[k].grads; }, -1);
     row("workspace (scratch)", [&](size_t k) { return (double)tp[k].work; }, -1);
+    if (cuda) row("batch upload (pipelined step)", [&](size_t k) { return (double)tp[k].upload; }, -1);
     row("validation (beyond the training arenas)", [&](size_t k) { return (double)(sp[k].total() - tp[k].total()); }, 0);
     row("  its batch 2x in one forward", [&](size_t k) { return (double)vall[k].total(); }, -1);
     std::printf("%-40s", "  images per validation forward");
@@ -342,6 +356,7 @@ int main(int argc, char** argv) {
     CLI::App app{"bench_step: yolov5n training step images/s, memory, and time per phase and layer"};
     std::string device = "0", cfg = std::string(Y5_CONFIG_DIR) + "/models/yolov5n.yaml";
     int imgsz = 640, warmup = -1, steps = -1;
+    bool no_pipeline = false;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
     bool no_layers = false, deterministic = true, plan = false, recompute = true, cudnn_benchmark = false;
@@ -358,6 +373,8 @@ int main(int argc, char** argv) {
     app.add_flag("--plan", plan, "print the memory y5train's plan allocates for --imgsz and each batch (one image's "
                  "step measured, nothing trained) and exit");
     app.add_option("--warmup", warmup, "untimed steps first (default: 3 GPU, 2 CPU)");
+    app.add_flag("--no-pipeline", no_pipeline, "GPU: wait for each step before queuing the next (y5train pipelines: "
+                 "its result is collected one step later)");
     app.add_option("--steps", steps, "timed steps (default: 20 GPU, 3 CPU)");
     app.add_option("--seconds", seconds, "stop timing a batch size after this long (default: 8 GPU, 600 CPU)");
     app.add_option("--budget", budget, "GPU: skip the remaining batch sizes after this many seconds")->capture_default_str();
@@ -369,6 +386,7 @@ int main(int argc, char** argv) {
     app.add_flag("--cudnn-benchmark", cudnn_benchmark, "cuDNN: time the candidate algorithms (cudnnFind) instead of "
                  "taking its heuristics' order (y5train's and YOLOv5's default)");
     CLI11_PARSE(app, argc, argv);
+    const bool pipeline = !no_pipeline;
     const Clock::time_point t_start = Clock::now();
     try {
         const bool cpu = device == "cpu";
@@ -458,15 +476,17 @@ int main(int argc, char** argv) {
                 continue;
             }
             const Batch b = synthetic_batch(bs, imgsz, rng);
-            for (int i = 0; i < warmup; ++i) train_step(T, w, b, nullptr);
+            for (int i = 0; i < warmup; ++i) train_step(T, w, b, nullptr, pipeline);
+            drain(T);
             if (cuda) device_synchronize(cuda);
             const Clock::time_point t0 = Clock::now();
             int done = 0;
             while (done < steps && (done < 1 || seconds_since(t0) < seconds)) {
-                train_step(T, w, b, nullptr);
+                train_step(T, w, b, nullptr, pipeline);
                 ++done;
                 if (cuda && done % 4 == 0) device_synchronize(cuda);  // so --seconds sees device time
             }
+            drain(T);
             if (cuda) device_synchronize(cuda);
             const double s = seconds_since(t0), ips = bs * done / s;
             size_t free_now = 0;
@@ -481,7 +501,7 @@ int main(int argc, char** argv) {
                 Marks marks(cuda);
                 for (int p = 0; p < 3; ++p) {
                     marks.clear();
-                    train_step(T, w, b, &marks);
+                    train_step(T, w, b, &marks, false);
                     layer_passes.push_back(marks.intervals_ms());
                 }
                 layer_batch = bs, layer_amp = amp;

@@ -21,6 +21,18 @@ struct CudaContext {
     cublasHandle_t cublas = nullptr;
     cudnnHandle_t cudnn = nullptr;
     void* cublas_workspace = nullptr;  // kCublasWorkspace bytes, set on the handle
+    cudaStream_t copy_stream = nullptr;  // uploads beside `stream` (the training batch's: engine/app/step.cpp)
+    // copy_host_to_device_staged's page-locked ring: a slot is reused once the copy that last read it has left.
+    // A pipelined training step stages three copies (the loss's targets twice, the tape's seed) and two steps may
+    // be queued: eight slots are reused only after collect() has waited for their step.
+    static constexpr int kStageSlots = 8;
+    struct StageSlot {
+        void* host = nullptr;
+        size_t cap = 0;
+        cudaEvent_t left = nullptr;
+    };
+    StageSlot stage[kStageSlots];
+    int stage_next = 0;
 };
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 

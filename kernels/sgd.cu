@@ -20,7 +20,9 @@ constexpr int kReduceBlocks = 1024;  // most first-stage blocks (partial sums); 
 constexpr int64_t kReducePerThread = 16;
 static_assert(reduce_block_ok(kReduceBlocks), "sumsq_final_kernel: one block of kReduceBlocks threads for block_sum");
 
-__global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd) {
+__global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd,
+                           const int32_t* skip) {
+    if (skip && *skip) return;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float pi = p[i], bi = buf[i];
         sgd_nesterov<float>(pi, g[i], bi, lr, m, wd);
@@ -85,11 +87,32 @@ __global__ void amp_unscale_kernel(float* g, int64_t n, float inv_scale, int* fo
     if (found) *found_inf = 1;
 }
 
+// amp_unscale_kernel with the scale read on the device.
+__global__ void amp_unscale_state_kernel(float* g, int64_t n, AmpState* st) {
+    const float inv_scale = amp_inv_scale(st->scale);
+    bool found = false;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        found |= amp_unscale<float>(gi, inv_scale);
+        g[i] = gi;
+    }
+    if (found) st->found_inf = 1;
+}
+
+__global__ void amp_update_kernel(AmpState* st, double growth, double backoff, int growth_interval) {
+    amp_update_scale(st->scale, st->tracker, st->found_inf != 0, growth, backoff, growth_interval);
+}
+
+__global__ void amp_seed_kernel(float* seed, const AmpState* st, double gain) {
+    *seed = (float)((double)st->scale * gain);
+}
+
 }  // namespace
 
-void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream) {
+void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream,
+              const int32_t* skip) {
     if (n <= 0) return;
-    sgd_kernel<<<grid_1d(n), kBlock, 0, stream>>>(p, g, buf, n, lr, m, wd);
+    sgd_kernel<<<grid_1d(n), kBlock, 0, stream>>>(p, g, buf, n, lr, m, wd, skip);
     Y5_LAUNCH_CHECK();
 }
 
@@ -108,12 +131,15 @@ void ema_cuda(float* ema, const float* model, int64_t n, float d, cudaStream_t s
 
 size_t clip_grad_norm_scratch_bytes() { return (kReduceBlocks + 2) * sizeof(double); }
 
-double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, size_t scratch_bytes,
-                           cudaStream_t stream) {
+void clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, size_t scratch_bytes, double* norm,
+                         cudaStream_t stream) {
     Y5_CHECK(scratch && scratch_bytes >= clip_grad_norm_scratch_bytes() && (uintptr_t)scratch % alignof(double) == 0,
              "clip_grad_norm_cuda: needs %zu bytes of aligned device scratch, got %zu", clip_grad_norm_scratch_bytes(),
              scratch_bytes);
-    if (n <= 0) return 0.0;
+    if (n <= 0) {
+        *norm = 0.0;
+        return;
+    }
     double* partial = static_cast<double*>(scratch);
     double* out = partial + kReduceBlocks;  // norm, coef
     // The block count depends only on n, so the summation order (and the result) is the same every run.
@@ -124,10 +150,7 @@ double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, 
     Y5_LAUNCH_CHECK();
     scale_kernel<<<grid_1d(n), kBlock, 0, stream>>>(g, n, out + 1);
     Y5_LAUNCH_CHECK();
-    double norm = 0.0;
-    CUDA_CHECK(cudaMemcpyAsync(&norm, out, sizeof(double), cudaMemcpyDeviceToHost, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    return norm;
+    CUDA_CHECK(cudaMemcpyAsync(norm, out, sizeof(double), cudaMemcpyDeviceToHost, stream));
 }
 
 size_t amp_unscale_scratch_bytes() { return sizeof(int); }
@@ -145,6 +168,23 @@ bool amp_unscale_cuda(float* g, int64_t n, float inv_scale, void* scratch, size_
     CUDA_CHECK(cudaMemcpyAsync(&found, flag, sizeof(int), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     return found != 0;
+}
+
+void amp_unscale_state_cuda(float* g, int64_t n, AmpState* st, cudaStream_t stream) {
+    CUDA_CHECK(cudaMemsetAsync(&st->found_inf, 0, sizeof(int32_t), stream));
+    if (n <= 0) return;
+    amp_unscale_state_kernel<<<grid_1d(n), kBlock, 0, stream>>>(g, n, st);
+    Y5_LAUNCH_CHECK();
+}
+
+void amp_update_cuda(AmpState* st, double growth, double backoff, int growth_interval, cudaStream_t stream) {
+    amp_update_kernel<<<1, 1, 0, stream>>>(st, growth, backoff, growth_interval);
+    Y5_LAUNCH_CHECK();
+}
+
+void amp_seed_cuda(float* seed, const AmpState* st, double gain, cudaStream_t stream) {
+    amp_seed_kernel<<<1, 1, 0, stream>>>(seed, st, gain);
+    Y5_LAUNCH_CHECK();
 }
 
 }  // namespace y5

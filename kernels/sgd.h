@@ -100,12 +100,45 @@ template <class T> bool amp_unscale_cpu(T* g, int64_t n, float inv_scale) {
     return found_inf;
 }
 
+// GradScaler's state where the scaler runs on the device (engine/app/step.h's pipelined mixed precision): the f32
+// scale, torch's int32 growth tracker, and the last unscale's inf/NaN flag.
+struct AmpState {
+    float scale;
+    int32_t tracker;
+    int32_t found_inf;
+    int32_t unused;
+};
+
+// torch's _amp_update_scale_ on (scale, tracker): found_inf → scale·backoff, tracker 0; else the tracker counts the
+// step and at growth_interval the scale grows by growth (kept when that would be inf), tracker 0. The products in
+// double, rounded to f32. GradScaler::update on the host and amp_update_cuda on the device.
+Y5_HD void amp_update_scale(float& scale, int32_t& tracker, bool found_inf, double growth, double backoff,
+                            int growth_interval) {
+    if (found_inf) {
+        scale = (float)((double)scale * backoff);
+        tracker = 0;
+        return;
+    }
+    const int32_t successful = tracker + 1;
+    if (successful == growth_interval) {
+        const float grown = (float)((double)scale * growth);
+        if (y5_isfinite(grown)) scale = grown;
+        tracker = 0;
+    } else {
+        tracker = successful;
+    }
+}
+
+// torch's inv_scale: the f32 reciprocal of the scale computed in double (GradScaler::inv_scale, the device's unscale).
+Y5_HD float amp_inv_scale(float scale) { return (float)(1.0 / (double)scale); }
+
 // torch.nn.utils.clip_grad_norm_'s factor for a norm: min(1, max_norm / (norm + 1e-6)).
 Y5_HD double clip_coef(double norm, double max_norm) { return y5_min(1.0, max_norm / (norm + 1e-6)); }
 
 // ---- CUDA launchers (kernels/sgd.cu); built only with Y5_CUDA. f32, on the given stream.
-// p, buf updated in place over n elements with sgd_nesterov.
-void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream);
+// p, buf updated in place over n elements with sgd_nesterov; nothing when skip (a device int, may be null) is set.
+void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream,
+              const int32_t* skip = nullptr);
 // p, m (exp_avg), v (exp_avg_sq) updated in place over n elements with adam_update.
 void adam_cuda(float* p, const float* g, float* m, float* v, int64_t n, const AdamScalars<float>& s,
                cudaStream_t stream);
@@ -114,11 +147,11 @@ void ema_cuda(float* ema, const float* model, int64_t n, float d, cudaStream_t s
 // Device scratch that clip_grad_norm_cuda needs (partial sums and the norm).
 size_t clip_grad_norm_scratch_bytes();
 // ‖g‖₂ over n elements (sum of squares in double by a two-stage reduction whose order depends only on n, so
-// it is deterministic), then g *= clip_coef(norm, max_norm) on the device; returns the norm (one scalar
-// copied to the host, which synchronises the stream). scratch: clip_grad_norm_scratch_bytes() of device
-// memory, 8-byte aligned.
-double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, size_t scratch_bytes,
-                           cudaStream_t stream);
+// it is deterministic), then g *= clip_coef(norm, max_norm) on the device; the norm is copied to the host's
+// *norm in stream order: page-locked memory receives it later (no host wait), ordinary memory before the call
+// returns (the copy waits). scratch: clip_grad_norm_scratch_bytes() of device memory, 8-byte aligned.
+void clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, size_t scratch_bytes, double* norm,
+                         cudaStream_t stream);
 // g = amp_unscale(g, inv_scale) over n elements; returns whether any was inf or NaN. The flag is an int in
 // device scratch (amp_unscale_scratch_bytes(), 4-byte aligned) that every thread meeting a non-finite value sets
 // to 1 (the same store from any number of threads: no atomics, deterministic), copied to the host once, which
@@ -126,5 +159,13 @@ double clip_grad_norm_cuda(float* g, int64_t n, double max_norm, void* scratch, 
 // scaler.step does with found_inf.item().
 size_t amp_unscale_scratch_bytes();
 bool amp_unscale_cuda(float* g, int64_t n, float inv_scale, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// The scaler on the device, no host wait (st: one AmpState in device memory):
+// amp_unscale_state_cuda: g = amp_unscale(g, amp_inv_scale(st->scale)) over n elements, st->found_inf = any inf/NaN;
+// amp_update_cuda: amp_update_scale on st's scale and tracker with st->found_inf;
+// amp_seed_cuda: *seed (a device f32) = st->scale · gain rounded to f32 (the backward's seed, as the host's
+// (float)(scale · gain)).
+void amp_unscale_state_cuda(float* g, int64_t n, AmpState* st, cudaStream_t stream);
+void amp_update_cuda(AmpState* st, double growth, double backoff, int growth_interval, cudaStream_t stream);
+void amp_seed_cuda(float* seed, const AmpState* st, double gain, cudaStream_t stream);
 
 }  // namespace y5

@@ -63,7 +63,7 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
     Y5_CHECK(c.work && c.work->device() == Device::CUDA, "yolo_loss: CUDA maps need a device workspace arena (Ctx::work)");
     Scratch s(c.work);
     char* dbuf = s.get<char>((int64_t)buf.size());
-    copy_host_to_device(dbuf, buf.data(), buf.size(), c.cuda);  // synchronous: buf may go when this returns
+    copy_host_to_device_staged(dbuf, buf.data(), buf.size(), c.cuda);  // buf may go when this returns
     LossLevelCudaT<S> lv[kLossMaxLevels];
     for (int i = 0; i < nl; ++i) {
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
@@ -78,17 +78,19 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
         L.group_cls = s.get<double>(groups[i]);
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
-    double* items = s.get<double>(4 + 3 * kLossMaxLevels);
+    double* items = s.get<double>(kLossItemsDoubles);
     yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c), accumulate);
     LossItems L;
     if (want_items) {
-        double h[4 + 3 * kLossMaxLevels];
-        copy_device_to_host(h, items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);  // waits for the kernels
-        L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
         L.nl = nl, L.bs = bs;
-        for (int i = 0; i < nl; ++i) {
-            L.sbox[i] = h[4 + 3 * i], L.scls[i] = h[5 + 3 * i], L.sobj[i] = h[6 + 3 * i];
-            L.n[i] = n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
+        for (int i = 0; i < nl; ++i) L.n[i] = n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
+        const size_t bytes = (size_t)(4 + 3 * nl) * sizeof(double);
+        if (c.loss_items_pinned) {
+            copy_device_to_host_async(c.loss_items_pinned, items, bytes, c.cuda);  // read by loss_items_arrived
+        } else {
+            double h[kLossItemsDoubles];
+            copy_device_to_host(h, items, bytes, c.cuda);  // waits for the kernels
+            loss_items_arrived(L, h);
         }
     }
     return L;  // the scratch is released; the kernels still queued on the stream run before any later user
@@ -101,6 +103,11 @@ static std::vector<float> host_f32(Ctx& c, const Tensor& t) {
     if (t.device == Device::CUDA) copy_device_to_host(h.data(), t.data, t.bytes(), c.cuda);
     else std::memcpy(h.data(), t.data, t.bytes());
     return h;
+}
+
+void loss_items_arrived(LossItems& L, const double* h) {
+    L.lbox = h[0], L.lobj = h[1], L.lcls = h[2], L.total = h[3];
+    for (int i = 0; i < L.nl; ++i) L.sbox[i] = h[4 + 3 * i], L.scls[i] = h[5 + 3 * i], L.sobj[i] = h[6 + 3 * i];
 }
 
 LossItems combine_loss_items(const std::vector<LossItems>& parts, const LossHyp& h, int nc) {

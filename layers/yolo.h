@@ -86,6 +86,12 @@ struct LossItems {
     int64_t n[kLossMaxLevels] = {}, cells[kLossMaxLevels] = {};
 };
 
+// The CUDA loss's device-computed items: lbox, lobj, lcls, total, then per level sbox, scls, sobj. With
+// Ctx::loss_items_pinned set, yolo_loss leaves them on their way there and returns L with only its counts (nl, bs,
+// n, cells); once they have arrived, loss_items_arrived(L, h) fills the rest.
+constexpr int kLossItemsDoubles = 4 + 3 * kLossMaxLevels;
+void loss_items_arrived(LossItems& L, const double* h);
+
 // lbox, lobj, lcls and total from L's level sums and counts (L.nl, L.bs set): per level the means, in level order,
 // then the gains, as ComputeLoss forms them. yolo_loss_cpu and combine_loss_items both end with it.
 inline void form_loss_items(LossItems& L, const LossHyp& h, int nc) {

@@ -32,6 +32,9 @@
 #include "layers/yolo.h"
 #include "tests/test_gpu.h"
 #include "tests/test_util.h"
+#if Y5_CUDA_EMU
+#include "tests/cudaemu/emu.h"
+#endif
 
 #if Y5_CUDA
 using namespace y5;
@@ -486,6 +489,104 @@ TEST_CASE("training steps on the GPU, each from the CPU's state, equal the CPU's
     for (int s = 0; s < steps; ++s) {
         t.sync();
         step_and_check(t, s, groups, kStepTol, "from the CPU's state,");
+    }
+}
+
+TEST_CASE("pipelined training steps on the GPU give the waiting steps' bits, and the host waits only to collect",
+          "[gpu][model][train]" Y5_EMU_SLOW) {
+    // y5train's pipelined step (engine/app/step.h): uploads on the copy stream, the loss items and the gradient
+    // norm into page-locked memory, mixed precision's scaler on the device, each step's result collected after the
+    // next one is queued. From the same state, three steps each way: the same loss items, norms, skips, loss scale,
+    // and weight, momentum and EMA bits; in f32, in AMP (some steps skipped), and in AMP from a scale so large that
+    // every step's gradients overflow (each skipped, the scale halved, SGD changing nothing). On the emulated device the steps
+    // after the first (and the last collect()) are counted: the host may wait twice per step (for the copy of the
+    // batch's images to leave before run() returns, and in collect()); the waiting step waits at least three times
+    // (its images' upload, the loss items, the clip's norm; the unscale's flag under AMP).
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    const int steps = 3;
+    TrainPair t(g, steps);
+    const SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};
+    struct Run {
+        std::vector<StepResult> r;
+        std::vector<float> values, momentum, ema;
+        float scale = 0;
+        int32_t tracker = 0;
+        uint64_t waits = 0;  // host waits over steps 1.. (emulated device)
+    };
+    auto run = [&](bool pipelined, bool amp, float scale) {
+        t.sync();
+        TrainStep& st = t.rg.step;
+        st.updates = 0, st.last_opt_step = -1, st.pipelined = pipelined, st.amp = amp;
+        st.scaler.set_state(scale, 0);
+        Run out;
+        uint64_t w0 = 0;
+        for (int s = 0; s < steps; ++s) {
+#if Y5_CUDA_EMU
+            if (s == 1) w0 = cudaemu::stats().host_waits;
+#endif
+            t.gs.reset();
+            st.run(t.gs.ctx, t.batches[s], s, 1, groups);
+            if (st.in_flight() == 2 || !pipelined) out.r.push_back(st.collect());
+        }
+        while (st.in_flight()) out.r.push_back(st.collect());
+#if Y5_CUDA_EMU
+        out.waits = cudaemu::stats().host_waits - w0;
+#endif
+        (void)w0;
+        Ctx& gc = t.gs.ctx;
+        out.values = to_host(gc, t.m.gpu.params.values_flat());
+        out.momentum = to_host(gc, t.m.gpu.params.momentum_flat());
+        out.ema = to_host(gc, t.ema_g.params.values_flat());
+        out.scale = st.scaler.loss_scale(), out.tracker = st.scaler.growth_tracker();
+        st.pipelined = false, st.amp = false;
+        return out;
+    };
+    // skips: f32 none; AMP from 2^16 some (this small model's first gradients overflow f16 at that scale: steps 0
+    // and 2 are skipped, as torch's GradScaler would) but not all; from 2^100 all.
+    enum Skips { kNone, kSome, kAll };
+    struct Case {
+        const char* name;
+        bool amp;
+        float scale;
+        Skips skips;
+    };
+    for (const Case& k : {Case{"f32", false, GradScaler::kInitScale, kNone}, Case{"AMP", true, GradScaler::kInitScale, kSome},
+                          Case{"AMP, overflowing", true, 0x1p100f, kAll}}) {
+        const Run a = run(false, k.amp, k.scale), b = run(true, k.amp, k.scale);
+        REQUIRE(a.r.size() == (size_t)steps);
+        REQUIRE(b.r.size() == (size_t)steps);
+        int skipped = 0;
+        for (const StepResult& r : a.r) skipped += r.skipped;
+        INFO(k.name << ": " << skipped << " of " << steps << " steps skipped");
+        CHECK(skipped == (k.skips == kNone ? 0 : k.skips == kAll ? steps : std::clamp(skipped, 1, steps - 1)));
+        for (int s = 0; s < steps; ++s) {
+            INFO(k.name << " step " << s << ": total " << a.r[s].items.total << " / " << b.r[s].items.total
+                        << ", norm " << a.r[s].grad_norm << " / " << b.r[s].grad_norm);
+            CHECK(b.r[s].finite);
+            CHECK(b.r[s].stepped);
+            CHECK(std::isfinite(a.r[s].items.total));
+            CHECK(b.r[s].skipped == a.r[s].skipped);
+            if (!a.r[s].skipped) CHECK(a.r[s].grad_norm > 0);
+            CHECK(b.r[s].items.lbox == a.r[s].items.lbox);
+            CHECK(b.r[s].items.lobj == a.r[s].items.lobj);
+            CHECK(b.r[s].items.lcls == a.r[s].items.lcls);
+            CHECK(b.r[s].items.total == a.r[s].items.total);
+            CHECK((b.r[s].grad_norm == a.r[s].grad_norm || (std::isnan(a.r[s].grad_norm) && std::isnan(b.r[s].grad_norm))));
+        }
+        INFO(k.name << ": loss scale " << a.scale << " / " << b.scale);
+        CHECK(b.scale == a.scale);
+        CHECK(b.tracker == a.tracker);
+        if (k.skips == kAll) CHECK(a.scale == std::ldexp(k.scale, -steps));
+        CHECK(std::memcmp(a.values.data(), b.values.data(), a.values.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(a.momentum.data(), b.momentum.data(), a.momentum.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(a.ema.data(), b.ema.data(), a.ema.size() * sizeof(float)) == 0);
+#if Y5_CUDA_EMU
+        INFO(k.name << ": host waits over steps 1-2: waiting " << a.waits << ", pipelined " << b.waits);
+        CHECK(b.waits <= 2 * (steps - 1) + 1);
+        CHECK(a.waits >= 3 * (steps - 1));
+#endif
     }
 }
 

@@ -150,8 +150,14 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
     return StepMemory{ws.act->peak(), ws.work->peak(), 0};
 }
 
+size_t upload_bytes(const Model& m, int batch, int side) {
+    return m.params.device() == Device::CUDA ? (size_t)std::max(batch, 1) * 3 * side * side : 0;
+}
+
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
-    return {std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.fixed, b.fixed), a.act >= b.act ? a.grads : b.grads};
+    StepMemory s{std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.fixed, b.fixed), a.act >= b.act ? a.grads : b.grads};
+    s.upload = a.upload + b.upload;
+    return s;
 }
 
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
@@ -220,6 +226,7 @@ StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const L
     const int val_side = imgsz + 32, side = train_side > 0 ? train_side : imgsz;
     StepMemory t = plan_training(m, measure_one_image(m, side, side, hyp, amp, recompute), batch);
     t.act += (size_t)batch * 3 * resize_from * resize_from * sizeof(float);  // the f32 batch before its resize
+    t.upload = upload_bytes(m, batch, resize_from > 0 ? resize_from : side);
     const StepMemory one = measure_eval_image(m, val_side, val_side, hyp, amp, true);
     return plan_shared(t, plan_validation(m, t, one, val_side, val_batch, single_cls, val_chunk));
 }

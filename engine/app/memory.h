@@ -37,10 +37,11 @@ struct StepTraces {
 // measure_one_image's.
 struct StepMemory {
     size_t act = 0, work = 0, fixed = 0, grads = 0;
+    size_t upload = 0;  // a GPU training step's batch upload buffer (TrainStep::reserve_upload), not an arena
     std::shared_ptr<const StepTraces> traces;
     StepMemory(size_t act = 0, size_t work = 0, size_t fixed = 0, size_t grads = 0)
         : act(act), work(work), fixed(fixed), grads(grads) {}
-    size_t total() const { return act + work; }
+    size_t total() const { return act + work + upload; }
 };
 
 // Peak bytes of one image's inference at h × w: the eval forward with the tape off on a tracking activation arena
@@ -93,6 +94,10 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 // train_side > 0: the training forward's largest side when it is not imgsz (--quad: 2·imgsz; --multi-scale: its
 // largest size); resize_from > 0: the side of the loader's batch, kept in the activation arena while the step runs
 // on its resized copy (--multi-scale). Validation stays at imgsz.
+// The pipelined GPU step's upload buffer (engine/app/step.h) for the loader's uint8 batches of `batch` images at
+// side × side; 0 on the CPU.
+size_t upload_bytes(const Model& m, int batch, int side);
+
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,
                           bool recompute = true, int train_side = 0, int resize_from = 0, int* val_chunk = nullptr);
 

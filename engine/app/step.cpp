@@ -4,6 +4,7 @@
 #include "engine/app/step.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/check.h"
 #include "kernels/image.h"
@@ -34,42 +35,139 @@ TrainStep::TrainStep(Model& model, Model& ema, const LossHyp& hyp) : model(model
     anchors_ = model.loss_anchors(&anchors_host_);
 }
 
+// No waits here (a destructor may run while a CUDA error unwinds): cudaFree and cudaFreeHost wait for the device.
+TrainStep::~TrainStep() {
+    if (upload_) device_free(upload_);
+    if (amp_dev_) device_free(amp_dev_);
+    for (Queued& q : q_) host_free_pinned(q.pinned);
+    for (DeviceEvent* e : {uploaded_, converted_, q_[0].done, q_[1].done}) event_destroy(e);
+}
+
+void TrainStep::reserve_upload(Ctx& c, size_t bytes) {
+    if (!c.cuda || bytes <= upload_cap_) return;
+    if (!uploaded_) uploaded_ = event_create(), converted_ = event_create();
+    if (upload_) device_free(upload_);  // cudaFree waits for the device: no copy or conversion still uses it
+    upload_ = nullptr, upload_cap_ = 0;  // device_alloc may throw: no dangling buffer
+    upload_ = device_alloc(bytes, "training batch upload");
+    upload_cap_ = bytes;
+}
+
+// Pipelined: b's uint8 images to the upload buffer on the copy stream, after the previous batch's conversion and
+// beside whatever the compute stream still runs, then converted into x (n, 3, h, w) f32 on the compute stream.
+Tensor TrainStep::upload_images(Ctx& c, const Batch& b) {
+    Tensor x = c.act->tensor(Shape{b.n, 3, b.h, b.w});
+    const size_t n = (size_t)x.numel();
+    Y5_CHECK(b.images.size() == n, "upload_images: %zu bytes for a (%d, 3, %d, %d) batch", b.images.size(), b.n, b.h, b.w);
+    reserve_upload(c, n);
+#if Y5_CUDA
+    stream_wait(c.cuda, converted_, true);
+    copy_host_to_device_async(upload_, b.images.data(), n, c.cuda);
+    event_record(uploaded_, c.cuda, true);
+    stream_wait(c.cuda, uploaded_);
+    images_u8_to_f32_cuda(x.ptr<float>(), static_cast<const uint8_t*>(upload_), (int64_t)n, c.cuda->stream);
+    event_record(converted_, c.cuda);
+#endif
+    return x;
+}
+
 StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, const SgdGroup groups[3],
                           const std::function<void()>& mark) {
+    const bool piped = pipelined && c.cuda && model.params.device() == Device::CUDA;
+    if (queued_ == 2 && !q_[head_].piped) head_ = (head_ + 1) % 2, --queued_;  // whole already: needs no collect()
+    Y5_CHECK(queued_ < 2, "TrainStep::run: two pipelined steps not collected yet");
     auto stamp = [&] {
         if (mark) mark();
     };
-    StepResult r;
+    // Mixed precision with SGD keeps the scaler on the device as well (Adam's step count stays on the host, so its
+    // unscale waits for the inf/NaN flag).
+    const bool amp_dev = piped && amp && optimizer.kind == OptimizerKind::SGD;
+    if (amp_dev && !amp_dev_) amp_dev_ = static_cast<AmpState*>(device_alloc(sizeof(AmpState) + 16, "loss scaler"));
+    if (amp_dev && queued_ == 0) {  // nothing in flight: the host's scaler is current (set, loaded, or collected)
+        const AmpState h{scaler.loss_scale(), scaler.growth_tracker(), 0, 0};
+        copy_host_to_device_staged(amp_dev_, &h, sizeof h, c.cuda);
+    }
+    Queued& q = q_[(head_ + queued_) % 2];
+    q.r = StepResult{};
+    q.piped = piped, q.amp_dev = amp_dev;
+    StepResult& r = q.r;
+    if (piped && !q.pinned) {
+        q.pinned = static_cast<double*>(host_alloc_pinned(kPinnedDoubles * sizeof(double)));
+        Y5_CHECK(q.pinned, "TrainStep: no page-locked host memory for the pipelined step");
+        q.done = event_create();
+    }
+    double* items_pinned = piped ? q.pinned : nullptr;
     c.tape->clear();
     c.act->reset();
     c.autocast = amp;
     c.recompute = recompute;
-    Tensor x = batch_images(c, b), t = batch_targets(b);
+    c.loss_items_pinned = items_pinned;
+    Tensor x = piped ? upload_images(c, b) : batch_images(c, b), t = batch_targets(b);
     if (resize_h > 0 && (resize_h != b.h || resize_w != b.w)) x = resize_images(c, x, resize_h, resize_w);
     stamp();
     std::function<void(size_t)> layer_done;
     if (mark) layer_done = [&](size_t) { mark(); };
     Model::Output out = model.forward(c, Tape::constant(x), true, nullptr, layer_done);
     YoloLoss L = yolo_loss(c, out.maps, t, anchors_, hyp);
+    c.loss_items_pinned = nullptr;
+    ++queued_;
     r.items = L.items;
-    r.finite = std::isfinite(L.items.total);
+    r.finite = piped || std::isfinite(L.items.total);  // pipelined: known at collect()
     if (!r.finite) return r;
     stamp();
-    c.tape->backward(L.total, nullptr, (amp ? scaler.loss_scale() : 1.0) * loss_gain);
+    if (amp_dev) {  // the seed scale · loss_gain, made on the device (after amp_dev_'s AmpState)
+        Tensor seed(reinterpret_cast<char*>(amp_dev_) + sizeof(AmpState), L.total.t.shape, DType::F32, Device::CUDA);
+#if Y5_CUDA
+        amp_seed_cuda(seed.ptr<float>(), amp_dev_, loss_gain, c.cuda->stream);
+#endif
+        c.tape->backward(L.total, &seed);
+    } else {
+        c.tape->backward(L.total, nullptr, (amp ? scaler.loss_scale() : 1.0) * loss_gain);
+    }
     stamp();
-    if (ni - last_opt_step < accumulate) return r;
-    r.stepped = true;
-    r.skipped = amp && scaler.unscale(model.params);
-    r.grad_norm = clip_grad_norm(model.params, 10.0);
-    stamp();
-    if (!r.skipped) optimizer.step(model.params, groups);
-    if (amp) scaler.update(r.skipped);
-    model.params.zero_grad(c.cuda);
-    stamp();
-    ema_update(ema.params, model.params, ema_decay(++updates));
-    stamp();
-    last_opt_step = ni;
+    if (ni - last_opt_step >= accumulate) {
+        r.stepped = true;
+        if (amp_dev) scaler.unscale_on_device(model.params, amp_dev_);
+        else r.skipped = amp && scaler.unscale(model.params);
+        r.grad_norm = clip_grad_norm(model.params, 10.0, items_pinned ? items_pinned + kLossItemsDoubles : nullptr);
+        stamp();
+        if (amp_dev) {  // SGD changes nothing when found_inf is set; the scaler's new state comes back with the items
+            sgd_step(model.params, groups, &amp_dev_->found_inf);
+            scaler.update_on_device(amp_dev_, c.cuda);
+            copy_device_to_host_async(items_pinned + kLossItemsDoubles + 1, amp_dev_, sizeof(AmpState), c.cuda);
+        } else {
+            if (!r.skipped) optimizer.step(model.params, groups);
+            if (amp) scaler.update(r.skipped);
+        }
+        model.params.zero_grad(c.cuda);
+        stamp();
+        ema_update(ema.params, model.params, ema_decay(++updates));
+        stamp();
+        last_opt_step = ni;
+    }
+    if (piped) {
+        event_record(q.done, c.cuda);
+        event_wait(uploaded_);  // b's images have left: the loader may refill b
+    }
     return r;
+}
+
+StepResult TrainStep::collect() {
+    Y5_CHECK(queued_ > 0, "TrainStep::collect: no step queued");
+    Queued& q = q_[head_];
+    head_ = (head_ + 1) % 2, --queued_;
+    if (q.piped) {
+        event_wait(q.done);
+        loss_items_arrived(q.r.items, q.pinned);
+        q.r.finite = std::isfinite(q.r.items.total);
+        if (q.r.stepped) q.r.grad_norm = q.pinned[kLossItemsDoubles];
+        if (q.r.stepped && q.amp_dev) {  // the device scaler's state after this step: the host's copy follows it
+            AmpState h;
+            std::memcpy(&h, q.pinned + kLossItemsDoubles + 1, sizeof h);
+            q.r.skipped = h.found_inf != 0;
+            scaler.set_state(h.scale, h.tracker);
+        }
+    }
+    return q.r;
 }
 
 }  // namespace y5

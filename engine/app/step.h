@@ -8,6 +8,7 @@
  * Mixed precision (amp, train.py's autocast + GradScaler): the forward under Ctx::autocast, the backward seeded
  * with the loss scale, and at the optimizer step unscale (finding any inf/NaN), the clip, SGD unless a gradient
  * was inf/NaN, the scaler's update, zero_grad and the EMA update (also after a skipped step, as train.py).
+ * On a GPU y5train runs it pipelined (TrainStep::pipelined): the host queues a step while the previous one runs.
  */
 #pragma once
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "engine/app/val.h"
 #include "engine/autograd/optim.h"
 #include "engine/data/loader.h"
+#include "engine/device/device.h"
 #include "layers/model.h"
 #include "layers/yolo.h"
 
@@ -34,12 +36,36 @@ class TrainStep {
 public:
     // model and ema live on one device; hyp is the loss's (train.py's scaled gains).
     TrainStep(Model& model, Model& ema, const LossHyp& hyp);
+    ~TrainStep();
+    TrainStep(const TrainStep&) = delete;
+    TrainStep& operator=(const TrainStep&) = delete;
 
     // Batch b as iteration ni, on c's arenas (rewound first) and tape. groups: the three groups' lr, momentum and
     // weight decay for this iteration. mark, when set, is called after the upload, after each layer's forward,
     // and after the loss, the backward, the clip, SGD with zero_grad, and the EMA (bench_step's time stamps).
+    // The step's result also waits for collect(); without `pipelined` the one returned here is already whole.
     StepResult run(Ctx& c, const Batch& b, int64_t ni, int accumulate, const SgdGroup groups[3],
                    const std::function<void()>& mark = {});
+    // The oldest step run() queued and collect() has not returned yet, whole (with `pipelined`, after waiting for
+    // the device to finish it). Two are kept: a third run() forgets the older of two steps that ran without
+    // `pipelined` (run() returned them whole) and refuses two pipelined ones. in_flight(): how many are kept.
+    StepResult collect();
+    int in_flight() const { return queued_; }
+
+    // Pipelined (CUDA; y5train sets it): run() queues the step and returns without waiting for the device, so the
+    // next step's kernels queue behind it and the GPU never waits for the host. The batch's uint8 images go up on
+    // the context's copy stream into a device buffer of their own (the previous step's kernels still running), the
+    // loss items and the gradient norm come back into page-locked memory, and run()'s result holds only the counts
+    // and `stepped`: the items, `finite`, the norm and `skipped` come with collect(). Mixed precision with SGD runs
+    // the scaler on the device (its seed, unscale, inf/NaN flag that SGD obeys, and update; `scaler` follows the
+    // device's state at each collect() and is uploaded when no step is in flight); with Adam the unscale still
+    // waits for the flag. The host waits only there, and for the copy of b's images before run()
+    // returns (b may then be refilled). A non-finite loss is found one step late, after its backward and optimizer
+    // step ran (their parameters are not saved: y5train stops at collect()).
+    bool pipelined = false;
+    // With `pipelined`: the upload buffer sized for batches of up to `bytes` images (b.images.size()) at once,
+    // instead of growing at the first larger batch (device memory: the plan counts it, engine/app/memory.h).
+    void reserve_upload(Ctx& c, size_t bytes);
 
     Model& model;
     Model& ema;
@@ -54,8 +80,27 @@ public:
     Optimizer optimizer;  // SGD unless set (train.cpp's --optimizer); its state goes into checkpoints
 
 private:
+    Tensor upload_images(Ctx& c, const Batch& b);
+
     std::vector<float> anchors_host_;
     Tensor anchors_;  // (nl, na, 2) in grid units, on the host
+    // Uncollected steps, oldest at head_. Pipelined: the loss items and the norm arrive in `pinned` (page-locked,
+    // kLossItemsDoubles + 1; an allocation per slot, so the host reads one while a copy into the other is queued).
+    struct Queued {
+        StepResult r;
+        bool piped = false, amp_dev = false;  // amp_dev: the scaler ran on the device (its state in `pinned` too)
+        double* pinned = nullptr;             // kPinnedDoubles: the loss items, the norm, an AmpState
+        DeviceEvent* done = nullptr;  // recorded after the step's last kernel
+    };
+    static constexpr int kPinnedDoubles = kLossItemsDoubles + 1 + (int)(sizeof(AmpState) / sizeof(double));
+    Queued q_[2];
+    int head_ = 0, queued_ = 0;
+    AmpState* amp_dev_ = nullptr;  // pipelined mixed precision with SGD: the scaler's state, then the backward's seed
+    // The upload buffer (device, upload_cap_ bytes); uploaded_ marks the copy stream's copy into it, converted_ the
+    // compute stream's last read of it.
+    void* upload_ = nullptr;
+    size_t upload_cap_ = 0;
+    DeviceEvent *uploaded_ = nullptr, *converted_ = nullptr;
 };
 
 }  // namespace y5

@@ -454,6 +454,10 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     step.amp = amp;
     step.recompute = opt.recompute;
     step.loss_gain = opt.quad ? 4.0 : 1.0;  // train.py: if opt.quad: loss *= 4.
+    // On a GPU the host queues a step while the previous one runs (engine/app/step.h); the loader's batches
+    // (batch_size images at imgsz, or a quarter as many at twice the side under --quad) go up beside it.
+    step.pipelined = dev == Device::CUDA;
+    if (step.pipelined) step.reserve_upload(tw.ctx, (size_t)opt.batch_size * 3 * opt.imgsz * opt.imgsz);
     step.optimizer = std::move(optimizer);
     // --image-weights: model.class_weights (labels_to_class_weights · nc, float32) and maps, the last validation's
     // per-class mAP50-95 (zeros before the first; restored on resume, where train.py would restart from zeros).
@@ -552,6 +556,41 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
         int skipped = 0;  // mixed precision's optimizer steps skipped for inf/NaN gradients
         const auto t0 = std::chrono::steady_clock::now();
         std::printf("\n%11s%11s%11s%11s%11s%11s%11s\n", "Epoch", "mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size");
+        // A step's losses, shown and checked once collected (pipelined on a GPU: one step after it was queued).
+        struct Shown {
+            int i;
+            double lr[3];
+            int64_t instances;
+            int size;
+        } shown[2];
+        int i_first = 0;  // shown[i_first]: the oldest step in flight
+        auto consume = [&] {
+            const StepResult r = step.collect();
+            const Shown& sh = shown[i_first];
+            i_first = (i_first + 1) % 2;
+            skipped += r.skipped;
+            const LossItems& li = r.items;
+            Y5_CHECK(r.finite, "loss is %g at epoch %d, batch %d; training stopped, the last good checkpoint is %s",
+                     li.total, epoch, sh.i, w_last.c_str());
+            for (int j = 0; j < 3; ++j) lr_logged[j] = sh.lr[j];
+            if (loss_log) {  // flushed per line: a killed run keeps every batch it finished
+                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, sh.i, li.lbox, li.lobj,
+                             li.lcls, sh.lr[0], sh.lr[1], sh.lr[2]);
+                std::fflush(loss_log.get());
+            }
+            const double items[3] = {li.lbox, li.lobj, li.lcls};
+            for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * sh.i + items[j]) / (sh.i + 1);
+            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const double rate = (sh.i + 1) / el;
+            if (tty || sh.i + 1 == nb) {
+                char ep[32];
+                snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
+                std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
+                            fmt_mem(tw.peak()).c_str(), mloss[0], mloss[1], mloss[2], (long long)sh.instances, sh.size,
+                            sh.i + 1, nb, rate, (nb - sh.i - 1) / rate, tty ? "" : "\n");
+                std::fflush(stdout);
+            }
+        };
         for (int i = 0; i < nb && train_loader.next(b); ++i) {
             // the next epoch's data loads meanwhile (not under --image-weights: its weights need this epoch's mAPs)
             if (i + 1 == nb && epoch + 1 < opt.epochs && epoch != stop_after && !opt.image_weights) {
@@ -570,32 +609,13 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             accumulate = st.accumulate;
             SgdGroup groups[3];
             for (int j = 0; j < 3; ++j) groups[j] = {st.lr[j], st.momentum[j], j == 1 ? weight_decay : 0.0};
-            const StepResult r = step.run(tw.ctx, b, ni, accumulate, groups);
-            skipped += r.skipped;
-            const LossItems& li = r.items;
-            Y5_CHECK(r.finite, "loss is %g at epoch %d, batch %d; training stopped, the last good checkpoint is %s",
-                     li.total, epoch, i, w_last.c_str());
-            for (int j = 0; j < 3; ++j) lr_logged[j] = st.lr[j];
-            if (loss_log) {  // flushed per line: a killed run keeps every batch it finished
-                std::fprintf(loss_log.get(), "%d %d %.9g %.9g %.9g %.9g %.9g %.9g\n", epoch, i, li.lbox, li.lobj,
-                             li.lcls, st.lr[0], st.lr[1], st.lr[2]);
-                std::fflush(loss_log.get());
-            }
+            step.run(tw.ctx, b, ni, accumulate, groups);
             if (ni < 3 && !opt.noplots) plot_batch(b, names, save_dir + "/train_batch" + std::to_string(ni) + ".jpg");
-            const double items[3] = {li.lbox, li.lobj, li.lcls};
-            for (int j = 0; j < 3; ++j) mloss[j] = (mloss[j] * i + items[j]) / (i + 1);
-            const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            const double rate = (i + 1) / el;
-            if (tty || i + 1 == nb) {
-                char ep[32];
-                snprintf(ep, sizeof ep, "%d/%d", epoch, opt.epochs - 1);
-                std::printf("%s%11s%11s%11.4g%11.4g%11.4g%11lld%11d %d/%d %.2fit/s ETA %.0fs%s", tty ? "\r" : "", ep,
-                            fmt_mem(tw.peak()).c_str(), mloss[0], mloss[1], mloss[2],
-                            (long long)b.num_targets(), step.resize_w ? step.resize_w : b.w, i + 1, nb, rate,
-                            (nb - i - 1) / rate, tty ? "" : "\n");
-                std::fflush(stdout);
-            }
+            shown[(i_first + step.in_flight() - 1) % 2] = {i, {st.lr[0], st.lr[1], st.lr[2]}, b.num_targets(),
+                                                           step.resize_w ? step.resize_w : b.w};
+            if (step.in_flight() == 2 || !step.pipelined) consume();  // pipelined: the previous step, this one queued
         }
+        while (step.in_flight()) consume();
         if (tty) std::printf("\n");
         if (skipped)
             std::printf("AMP: %d optimizer step%s skipped for inf/NaN gradients this epoch; loss scale now %g\n", skipped,

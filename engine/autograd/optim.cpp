@@ -33,7 +33,7 @@ static bool on_device(const ParamStore& ps, const char* what) {
 #endif
 }
 
-void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
+void sgd_step(ParamStore& ps, const SgdGroup groups[3], const int32_t* skip_device) {
     if (on_device(ps, "sgd_step")) {
 #if Y5_CUDA
         float* p = ps.trainable_flat().ptr<float>();
@@ -42,10 +42,11 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3]) {
         for (int k = 0; k < 3; ++k)
             for (auto r : ps.update_ranges(k))
                 sgd_cuda(p + r.first, g + r.first, buf + r.first, r.second - r.first, float(groups[k].lr),
-                         float(groups[k].momentum), float(groups[k].weight_decay), ps.cuda()->stream);
+                         float(groups[k].momentum), float(groups[k].weight_decay), ps.cuda()->stream, skip_device);
 #endif
         return;
     }
+    Y5_CHECK(!skip_device, "sgd_step: a device skip flag for a CPU store");
     on_host(ps, "sgd_step", [&](auto z) {
         using T = decltype(z);
         T* p = ps.trainable_flat().ptr<T>();
@@ -137,12 +138,14 @@ void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
     });
 }
 
-double clip_grad_norm(ParamStore& ps, double max_norm) {
+double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned) {
     ps.zero_frozen_grads();  // frozen: no gradient in torch, so none in the norm
     if (on_device(ps, "clip_grad_norm")) {
 #if Y5_CUDA
-        return clip_grad_norm_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), max_norm, ps.device_scratch(),
-                                   ParamStore::kDeviceScratchBytes, ps.cuda()->stream);
+        double norm = 0;  // ordinary memory: the copy into it waits
+        clip_grad_norm_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), max_norm, ps.device_scratch(),
+                            ParamStore::kDeviceScratchBytes, norm_pinned ? norm_pinned : &norm, ps.cuda()->stream);
+        return norm;
 #endif
     }
     double norm = 0;
@@ -156,6 +159,7 @@ double clip_grad_norm(ParamStore& ps, double max_norm) {
         const double coef = clip_coef(norm, max_norm);
         for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
     });
+    if (norm_pinned) *norm_pinned = norm;
     return norm;
 }
 
@@ -207,19 +211,26 @@ bool GradScaler::unscale(ParamStore& ps) const {
 
 // torch's _amp_update_scale_ (the factors are doubles there too: f32 scale times double, rounded to f32).
 void GradScaler::update(bool found_inf) {
-    if (found_inf) {
-        scale_ = (float)((double)scale_ * backoff_factor_);
-        tracker_ = 0;
-        return;
-    }
-    const int32_t successful = tracker_ + 1;
-    if (successful == growth_interval_) {
-        const float grown = (float)((double)scale_ * growth_factor_);
-        if (std::isfinite(grown)) scale_ = grown;
-        tracker_ = 0;
-    } else {
-        tracker_ = successful;
-    }
+    amp_update_scale(scale_, tracker_, found_inf, growth_factor_, backoff_factor_, growth_interval_);
+}
+
+void GradScaler::unscale_on_device(ParamStore& ps, AmpState* st) const {
+    ps.zero_frozen_grads();
+    Y5_CHECK(on_device(ps, "GradScaler::unscale_on_device"), "GradScaler::unscale_on_device: a CPU parameter store");
+#if Y5_CUDA
+    amp_unscale_state_cuda(ps.grads_flat().ptr<float>(), ps.grads_flat().numel(), st, ps.cuda()->stream);
+#else
+    (void)st;
+#endif
+}
+
+void GradScaler::update_on_device(AmpState* st, CudaContext* cuda) const {
+#if Y5_CUDA
+    amp_update_cuda(st, growth_factor_, backoff_factor_, growth_interval_, cuda->stream);
+#else
+    (void)st, (void)cuda;
+    Y5_FAIL("GradScaler::update_on_device: a build without CUDA");
+#endif
 }
 
 Schedule::Schedule(double lr0, double lrf, double momentum, double warmup_epochs, double warmup_momentum,

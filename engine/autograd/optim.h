@@ -19,6 +19,7 @@
 #include <string>
 
 #include "engine/autograd/params.h"
+#include "kernels/sgd.h"
 
 namespace y5 {
 
@@ -30,9 +31,12 @@ struct SgdGroup {
 // of kernels/sgd.cu on the stream of the context the store was allocated with (asynchronous, except that
 // clip_grad_norm copies the norm back).
 // One step over the three groups.
-void sgd_step(ParamStore& ps, const SgdGroup groups[3]);
+// skip_device (a CUDA store's: a device int32, e.g. AmpState::found_inf): the kernels change nothing when it is set.
+void sgd_step(ParamStore& ps, const SgdGroup groups[3], const int32_t* skip_device = nullptr);
 // torch.nn.utils.clip_grad_norm_: scales every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)); returns ‖g‖₂.
-double clip_grad_norm(ParamStore& ps, double max_norm);
+// With norm_pinned (page-locked host memory) on a CUDA store the host does not wait: the norm arrives there in
+// stream order and the return value is 0; on the CPU *norm_pinned is the norm at once.
+double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned = nullptr);
 // train.py's --optimizer, as smart_optimizer builds it.
 enum class OptimizerKind : uint8_t { SGD, Adam, AdamW };
 OptimizerKind parse_optimizer(const std::string& name);  // "SGD", "Adam" or "AdamW", as train.py spells them
@@ -83,7 +87,7 @@ public:
                         double backoff_factor = kBackoffFactor, int growth_interval = kGrowthInterval);
     float loss_scale() const { return scale_; }
     // torch's inv_scale: the f32 reciprocal computed in double (inf for a scale of 0 or below 2^-128).
-    float inv_scale() const { return (float)(1.0 / (double)scale_); }
+    float inv_scale() const { return amp_inv_scale(scale_); }
     // scaler.unscale_: every trainable gradient g = g·inv_scale() (left as is when that is 1); returns whether any
     // gradient was inf or NaN before the multiply (train.py then skips the optimizer step). Runs where the store
     // lives; a CUDA store's flag comes back to the host (one synchronisation).
@@ -91,6 +95,11 @@ public:
     // scaler.update(): found_inf → scale·backoff, tracker 0; else the tracker counts the step and at growth_interval
     // the scale grows by growth_factor (kept when that would be inf), tracker 0. Products in double rounded to f32.
     void update(bool found_inf);
+    // The same on the device, without a host wait (the pipelined step, engine/app/step.h): st (device memory)
+    // holds the scale and tracker, set from this scaler and read back by its owner; unscale_on_device sets
+    // st->found_inf, update_on_device applies update() to st with it.
+    void unscale_on_device(ParamStore& ps, AmpState* st) const;
+    void update_on_device(AmpState* st, CudaContext* cuda) const;
     // Checkpoint state: state_dict's "scale" and "_growth_tracker" (the factors and the interval are the
     // constructor's; train.py uses torch's defaults, the k constants).
     int32_t growth_tracker() const { return tracker_; }

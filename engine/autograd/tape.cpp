@@ -212,7 +212,7 @@ void Tape::seed(const Var& root, const Tensor* seed, double scale) {
         const f16 h = f32_to_f16(f);
         const void* v = g.dtype == DType::F64 ? (const void*)&d : g.dtype == DType::F32 ? (const void*)&f : &h;
         if (g.device == Device::CPU) std::memcpy(g.data, v, g.bytes());
-        else copy_host_to_device(g.data, v, g.bytes(), cuda_);
+        else copy_host_to_device_staged(g.data, v, g.bytes(), cuda_);  // no host wait
     }
 }
 

@@ -2,8 +2,10 @@
  * The CUDA runtime behind engine/device/device.h: device discovery, the context (stream, cuBLAS, cuDNN),
  * raw allocations for the arenas, and copies. Built only with Y5_CUDA.
  */
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "engine/device/device.h"
@@ -41,6 +43,8 @@ CudaContext* cuda_context_create(int device) {
     CUBLAS_CHECK(cublasSetWorkspace(ctx->cublas, ctx->cublas_workspace, kCublasWorkspace));
     CUDNN_CHECK(cudnnCreate(&ctx->cudnn));
     CUDNN_CHECK(cudnnSetStream(ctx->cudnn, ctx->stream));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking));
+    for (CudaContext::StageSlot& s : ctx->stage) CUDA_CHECK(cudaEventCreateWithFlags(&s.left, cudaEventDisableTiming));
     return ctx;
 }
 
@@ -57,6 +61,12 @@ void cuda_context_destroy(CudaContext* ctx) {
     cudnnDestroy(ctx->cudnn);
     cublasDestroy(ctx->cublas);
     if (ctx->cublas_workspace) teardown_check(cudaFree(ctx->cublas_workspace), "cudaFree (cuBLAS workspace)");
+    teardown_check(cudaStreamSynchronize(ctx->copy_stream), "cudaStreamSynchronize (copy stream)");
+    for (CudaContext::StageSlot& s : ctx->stage) {
+        if (s.host) teardown_check(cudaFreeHost(s.host), "cudaFreeHost (staging)");
+        teardown_check(cudaEventDestroy(s.left), "cudaEventDestroy");
+    }
+    teardown_check(cudaStreamDestroy(ctx->copy_stream), "cudaStreamDestroy (copy stream)");
     teardown_check(cudaStreamDestroy(ctx->stream), "cudaStreamDestroy");
     delete ctx;
 }
@@ -115,6 +125,59 @@ void device_memset_zero(void* p, size_t bytes, CudaContext* ctx) {
 }
 
 void device_synchronize(CudaContext* ctx) { CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx))); }
+
+struct DeviceEvent {
+    cudaEvent_t e = nullptr;
+    bool recorded = false;
+};
+
+DeviceEvent* event_create() {
+    auto* d = new DeviceEvent;
+    CUDA_CHECK(cudaEventCreateWithFlags(&d->e, cudaEventDisableTiming));
+    return d;
+}
+
+void event_destroy(DeviceEvent* d) {
+    if (!d) return;
+    teardown_check(cudaEventDestroy(d->e), "cudaEventDestroy");  // from destructors
+    delete d;
+}
+
+void event_record(DeviceEvent* d, CudaContext* ctx, bool copy_stream) {
+    CUDA_CHECK(cudaEventRecord(d->e, copy_stream ? ctx->copy_stream : ctx->stream));
+    d->recorded = true;
+}
+
+void event_wait(DeviceEvent* d) {
+    if (d && d->recorded) CUDA_CHECK(cudaEventSynchronize(d->e));
+}
+
+void stream_wait(CudaContext* ctx, DeviceEvent* d, bool copy_stream) {
+    if (d->recorded) CUDA_CHECK(cudaStreamWaitEvent(copy_stream ? ctx->copy_stream : ctx->stream, d->e, 0));
+}
+
+void copy_host_to_device_staged(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    if (bytes == 0) return;
+    CudaContext::StageSlot& s = ctx->stage[ctx->stage_next];
+    ctx->stage_next = (ctx->stage_next + 1) % CudaContext::kStageSlots;
+    CUDA_CHECK(cudaEventSynchronize(s.left));  // the copy that last read this slot (passes at once if none)
+    if (s.cap < bytes) {
+        if (s.host) CUDA_CHECK(cudaFreeHost(s.host));
+        s.cap = std::max(bytes, (size_t)1 << 20);
+        CUDA_CHECK(cudaMallocHost(&s.host, s.cap));
+    }
+    std::memcpy(s.host, src, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_CHECK(cudaEventRecord(s.left, ctx->stream));
+}
+
+void copy_host_to_device_async(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->copy_stream));
+}
+
+void copy_device_to_host_async(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+}
 
 }  // namespace y5
 

@@ -23,6 +23,14 @@ void copy_device_to_device(void*, const void*, size_t, CudaContext*) { Y5_FAIL("
 void device_memset_zero(void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void device_synchronize(CudaContext*) {}
 cudaStream_t cuda_stream(CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+DeviceEvent* event_create() { return nullptr; }
+void event_destroy(DeviceEvent*) {}
+void event_record(DeviceEvent*, CudaContext*, bool) { Y5_FAIL("%s", kNoCuda); }
+void event_wait(DeviceEvent*) {}
+void stream_wait(CudaContext*, DeviceEvent*, bool) { Y5_FAIL("%s", kNoCuda); }
+void copy_host_to_device_staged(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+void copy_host_to_device_async(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+void copy_device_to_host_async(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 int cuda_device_count() { return 0; }
 bool device_memory_info(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = 0;

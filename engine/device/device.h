@@ -49,4 +49,22 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes, CudaContext
 void device_memset_zero(void* p, size_t bytes, CudaContext* ctx);    // async on ctx's stream
 void device_synchronize(CudaContext* ctx);
 
+// ---- Work the host does not wait for (the training step: engine/app/step.h)
+// An event marks the work queued on a stream so far; event_wait makes the host wait for it (at once if passed),
+// stream_wait makes ctx's stream wait for it (the host goes on). Created once, recorded again and again.
+struct DeviceEvent;
+DeviceEvent* event_create();
+void event_destroy(DeviceEvent* e);
+void event_record(DeviceEvent* e, CudaContext* ctx, bool copy_stream = false);  // on ctx's stream or its copy stream
+void event_wait(DeviceEvent* e);
+void stream_wait(CudaContext* ctx, DeviceEvent* e, bool copy_stream = false);
+// Host bytes (any memory, free to go on return) to the device in ctx's stream order, without a host wait: copied
+// first into one of ctx's eight page-locked staging slots (a slot grows when a copy is larger; reusing one waits
+// for the copy that last read it, eight copies ago). For small uploads: the loss's target lists, the tape's seed.
+void copy_host_to_device_staged(void* dst, const void* src, size_t bytes, CudaContext* ctx);
+// Page-locked host memory (host_alloc_pinned) → device on ctx's copy stream, or device → page-locked host on ctx's
+// stream; no host wait: the bytes have arrived once an event recorded after it on that stream has passed.
+void copy_host_to_device_async(void* dst, const void* src, size_t bytes, CudaContext* ctx);
+void copy_device_to_host_async(void* dst, const void* src, size_t bytes, CudaContext* ctx);
+
 }  // namespace y5

@@ -36,6 +36,9 @@ struct Ctx {
     // from the conv output and the batch statistics it keeps anyway, so the layers drop it from the (tracking)
     // activation arena once the forward is done with it (Tape::drop); ops read saved inputs through Tape::value.
     bool recompute = false;
+    // The training step's pipelined mode on CUDA (engine/app/step.h): yolo_loss copies its device-computed sums
+    // here (page-locked, kLossItemsDoubles) without waiting, and they are read later (loss_items_arrived).
+    double* loss_items_pinned = nullptr;
 };
 
 // CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer

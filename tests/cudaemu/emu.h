@@ -34,14 +34,17 @@ void enqueue(cudaStream_t s, std::string what, std::function<void()> fn, std::ve
 
 // Emulation settings, from the environment at first use: CUDAEMU_ORDER = forward | reverse | random[:seed]
 // (the order threads and blocks are run in), CUDAEMU_MEMORY_MB (the device's size, default 16384),
-// CUDAEMU_VERBOSE=1 (a line per launch).
+// CUDAEMU_VERBOSE=1 (a line per launch and per host wait).
 enum class Order { Forward, Reverse, Random };
 Order order();
 const char* order_name();
 
-// Statistics for the self-tests and the summary line: launches and emulated threads so far.
+// Statistics for the self-tests and the summary line: launches and emulated threads so far, and the calls that
+// made the host wait for the device (stream and event synchronisation with work still queued before them, device
+// synchronisation, blocking copies and memsets, cudaFree, cudaFreeHost, cudaStreamDestroy; CUDAEMU_VERBOSE names
+// each): y5's training step counts them (tests/test_gpu_model.cpp).
 struct Stats {
-    uint64_t launches, threads;
+    uint64_t launches, threads, host_waits;
 };
 Stats stats();
 

@@ -30,6 +30,8 @@
 namespace cudaemu {
 
 // ---------------------------------------------------------------------------------------------------- state
+void host_wait(const char* call, const char* file, int line);
+
 namespace {
 
 struct Alloc {
@@ -73,7 +75,7 @@ struct State {
     uint64_t seq = 0;
     cudaError_t sticky = cudaSuccess, last = cudaSuccess;
     Settings settings;
-    Stats stats{0, 0};
+    Stats stats{0, 0, 0};
 };
 
 State& S() {
@@ -85,6 +87,7 @@ std::string site_str(const char* file, int line) {
     const char* slash = file ? std::strrchr(file, '/') : nullptr;
     return std::string(slash ? slash + 1 : (file ? file : "?")) + ":" + std::to_string(line);
 }
+
 
 cudaError_t set_last(cudaError_t e) {
     if (e != cudaSuccess && S().last == cudaSuccess) S().last = e;
@@ -391,7 +394,10 @@ cudaError_t copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, siz
     std::vector<Range> ranges{{dst, dspan, true}};
     if (!src_pageable) ranges.push_back({src, sspan, false});
     auto op = push(st, what, fn, ranges, file, line);
-    if (sync || dst_pageable || (src_pageable && !dst_dev)) run_through(op);
+    if (sync || dst_pageable || (src_pageable && !dst_dev)) {
+        host_wait(call, file, line);
+        run_through(op);
+    }
     return S().sticky;
 }
 
@@ -405,6 +411,12 @@ Settings& settings() {
         read = true;
     }
     return S().settings;
+}
+
+// A call that makes the host wait for the device: counted (Stats::host_waits), and named under CUDAEMU_VERBOSE.
+void host_wait(const char* call, const char* file, int line) {
+    S().stats.host_waits++;
+    if (settings().verbose) std::fprintf(stderr, "cudaemu: the host waits: %s at %s\n", call, site_str(file, line).c_str());
 }
 Order order() { return settings().order; }
 const char* order_name() {
@@ -507,7 +519,7 @@ void reset_for_tests() {
     for (Event* e : S().events) delete e;
     S().events.clear();
     S().sticky = S().last = cudaSuccess;
-    S().stats = Stats{0, 0};  // the launch count seeds the random order: a reset makes a schedule reproducible
+    S().stats = Stats{0, 0, 0};  // the launch count seeds the random order: a reset makes a schedule reproducible
     S().settings = read_settings();
 }
 
@@ -592,8 +604,9 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
     p->l2CacheSize = 4 << 20;
     return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(const char*, int) {
+cudaError_t cudaDeviceSynchronize(const char* file, int line) {
     CUDAEMU_ENTER();
+    host_wait("cudaDeviceSynchronize", file, line);
     drain_all();
     return S().sticky;
 }
@@ -630,6 +643,7 @@ cudaError_t cudaFree(void* p, const char* file, int line) {
     if (it == S().allocs.end() || it->second.pinned)
         return set_last(fault(cudaErrorInvalidDevicePointer, "cudaFree at %s: %p is not the start of a device allocation (%s)",
                               site_str(file, line).c_str(), p, nearest(p).c_str()));
+    host_wait("cudaFree", file, line);
     drain_all();  // cudaFree synchronises the device
     S().device_bytes -= it->second.bytes;
     std::free(it->second.base);
@@ -659,6 +673,7 @@ cudaError_t cudaFreeHost(void* p, const char* file, int line) {
     if (it == S().allocs.end() || !it->second.pinned)
         return set_last(fault(cudaErrorInvalidValue, "cudaFreeHost at %s: %p is not the start of a pinned allocation (%s)",
                               site_str(file, line).c_str(), p, nearest(p).c_str()));
+    host_wait("cudaFreeHost", file, line);
     drain_all();
     Alloc& a = it->second;
     munmap(a.base, (a.bytes + 4095) & ~size_t(4095));
@@ -692,7 +707,10 @@ static cudaError_t memset_impl(void* p, int value, size_t bytes, cudaStream_t s,
     char what[64];
     std::snprintf(what, sizeof what, "%s of %zu bytes", call, bytes);
     auto op = push(st, what, [=]() { std::memset(p, value, bytes); }, {{p, bytes, true}}, file, line);
-    if (sync) run_through(op);
+    if (sync) {
+        host_wait(call, file, line);
+        run_through(op);
+    }
     return S().sticky;
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes, const char* file, int line) {
@@ -715,6 +733,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     CUDAEMU_ENTER();
     Stream* st = stream_of(s);
     if (!st || st->legacy) return set_last(cudaErrorInvalidResourceHandle);
+    host_wait("cudaStreamDestroy", "?", 0);
     drain(st);  // CUDA lets queued work finish first
     S().streams.erase(st);
     delete st;
@@ -730,6 +749,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s, const char* file, int line) {
         for (Stream* o : S().streams)
             if (!(o->flags & cudaStreamNonBlocking)) drain(o);
     }
+    if (!st->queue.empty()) host_wait("cudaStreamSynchronize", file, line);  // else no wait
     drain(st);
     return S().sticky;
 }
@@ -770,10 +790,11 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     ev->marker = push(st, "cudaEventRecord", nullptr, {}, "?", 0);
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e, const char*, int) {
+cudaError_t cudaEventSynchronize(cudaEvent_t e, const char* file, int line) {
     CUDAEMU_ENTER();
     Event* ev = reinterpret_cast<Event*>(e);
     if (!S().events.count(ev)) return set_last(cudaErrorInvalidResourceHandle);
+    if (ev->marker && !ev->marker->done) host_wait("cudaEventSynchronize", file, line);  // else no wait
     if (ev->marker) run_through(ev->marker);
     return S().sticky;
 }
