@@ -5,7 +5,8 @@
 #  2. a device run (AMP, the device's default) stopped after epoch 0 (Y5_STOP_AFTER_EPOCH) and resumed gives the
 #     uninterrupted device run's results.csv and per-batch losses exactly;
 #  3. y5val and y5detect --device 0 (fused BN, NMS on the device) give the CPU's table and detections with the
-#     weights of 1 (tolerances below).
+#     weights of 1 (tolerances below);
+#  4. a diverging device run stops at its first non-finite loss with one line, at the CPU run's epoch and batch.
 # Two images at batch 1: 2 batches an epoch. The warmup's accumulation is 2 from the second batch on, so the
 # optimizer steps at batch 0 only in epoch 0 and the checkpoint the resume starts from holds accumulated
 # gradients. The model is yolov5n at half width: the emulator's time goes to the BatchNorm reductions (a block
@@ -155,4 +156,20 @@ done < det_cpu.files
 awk '{ n += $1; m += $2; t += $3 }
      END { printf "emu_e2e: y5detect: %d of %d detections equal in NMS order; %d of %d images diverge after a tie\n", m, n, t, NR
            exit m < 0.75 * n }' det.counts || fail "fewer than 3/4 of the detections could be compared"
+# 4. A diverging device run (lr0 1e30, as tests/train_smoke.sh on the CPU): the pipelined step collects a step's
+# losses one step late, and the run still stops with one line naming the epoch and batch of the first non-finite
+# loss, the CPU run's (measured: epoch 1, batch 1 on both).
+sed 's/^lr0: .*/lr0: 1.0e30/' "$src/config/hyps/hyp.scratch-low.yaml" > hyp.diverge.yaml
+if "$build/y5train" --data synth/data.yaml --cfg yolov5n-half.yaml --hyp hyp.diverge.yaml --weights '' --imgsz 64 \
+     --epochs 3 --batch-size 1 --workers 1 --device 0 --name diverge > diverge.out 2> diverge.err; then
+  fail "a diverging device run did not stop" diverge.out
+fi
+grep -q "y5train: error: .*loss is .* at epoch [0-9]*, batch [0-9]*; training stopped" diverge.err ||
+  fail "the diverging device run did not stop at its non-finite loss" diverge.err diverge.out
+[ "$(grep -c . diverge.err)" -eq 1 ] || fail "the diverging device run's error should be one line" diverge.err
+"$build/y5train" --data synth/data.yaml --cfg yolov5n-half.yaml --hyp hyp.diverge.yaml --weights '' --imgsz 64 \
+  --epochs 3 --batch-size 1 --workers 1 --device cpu --name diverge_cpu > diverge_cpu.out 2> diverge_cpu.err || true
+at() { grep -o "at epoch [0-9]*, batch [0-9]*" "$1"; }
+[ -n "$(at diverge_cpu.err)" ] && [ "$(at diverge.err)" = "$(at diverge_cpu.err)" ] ||
+  fail "the device and the CPU stop at different batches" diverge.err diverge_cpu.err
 echo "emu_e2e: OK"
