@@ -84,8 +84,8 @@ private:
 
     std::vector<float> anchors_host_;
     Tensor anchors_;  // (nl, na, 2) in grid units, on the host
-    // Uncollected steps, oldest at head_. Pipelined: the loss items and the norm arrive in `pinned` (page-locked,
-    // kLossItemsDoubles + 1; an allocation per slot, so the host reads one while a copy into the other is queued).
+    // Uncollected steps, oldest at head_. Pipelined: the loss items, the norm and the device scaler's state arrive
+    // in `pinned` (page-locked; an allocation per slot, so the host reads one while a copy into the other is queued).
     struct Queued {
         StepResult r;
         bool piped = false, amp_dev = false;  // amp_dev: the scaler ran on the device (its state in `pinned` too)

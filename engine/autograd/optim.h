@@ -71,8 +71,8 @@ double ema_decay(int64_t updates, double decay = 0.9999, double tau = 2000);
 // ema ← d·ema + (1 − d)·model over all values (parameters and buffers); both stores share one layout.
 void ema_update(ParamStore& ema, const ParamStore& model, double d);
 
-// torch.cuda.amp.GradScaler, the loss scaler of train.py's mixed precision (GradScaler(enabled=amp)); y5train does
-// not use it yet (it trains in f32; the f16 datapath comes first). train.py per optimizer step, after
+// torch.cuda.amp.GradScaler, the loss scaler of train.py's mixed precision (GradScaler(enabled=amp)), which
+// y5train's --amp runs (engine/app/step.h). train.py per optimizer step, after
 // scaler.scale(loss).backward() on every batch (the loss times loss_scale()):
 //   found_inf = unscale(ps); clip_grad_norm(ps, 10); if (!found_inf) sgd_step(...); update(found_inf);
 //   zero the gradients; ema_update (also after a skipped step)
