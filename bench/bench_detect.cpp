@@ -3,7 +3,8 @@
  * runtimes users deploy YOLOv5 with, on the same model: OpenCV DNN on the ONNX file y5export writes (its
  * default CPU backend). ONNX Runtime is bench/peer_onnxruntime.py (PyPI, outside CI), which prints the same rows.
  *   ./build/bench_detect [--weights ../shared/weights/yolov5n.pt] [--imgsz 640] [--warmup 2] [--runs 10]
- *                        [--threads 1 2]   (default: 1 and all cores) [--y5-only]
+ *                        [--threads 1 2]   (default: 1 and all cores) [--y5-only] [--plain]
+ * --plain: y5's plain NCHW path (y5's own SiLU, reorders around each oneDNN call) instead of the blocked layout.
  * Each thread count runs in a child process of its own (y5's CPU pool is sized once per process, from
  * Y5_THREADS): OpenCV gets cv::setNumThreads(n). Every run is one random image (uniform 0..1, not zeros);
  * ms per image is the median of --runs timed runs after --warmup untimed ones, host clock. The first run also
@@ -51,11 +52,12 @@ template <class F> static double time_ms(int warmup, int runs, F&& f) {
 }
 
 // One thread count, in this process: prints a row per runtime.
-static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads, bool y5_only) {
+static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads, bool y5_only, bool plain) {
     setenv("Y5_THREADS", std::to_string(threads).c_str(), 1);  // read once, by the first CPU op
     cv::setNumThreads(threads);
     auto model = y5::Model::from_weights(weights);
     model->fuse();
+    model->blocked_inference = !plain;
     const std::string onnx = (fs::temp_directory_path() / ("bench_detect_" + std::to_string(::getpid()) + ".onnx")).string();
     y5::OnnxOptions o;
     o.height = o.width = imgsz;
@@ -91,8 +93,12 @@ static void bench(const std::string& weights, int imgsz, int warmup, int runs, i
         if (theirs.empty()) theirs = out.clone();
     };
     const double t_y5 = time_ms(warmup, runs, run_y5);
+    const char* y5_row = plain ? "y5 (fused, plain NCHW path)" : "y5 (fused forward + decode)";
+    if (model->blocked_bytes())
+        std::printf("  y5's blocked layout: %.1f MB of arenas (%d thread%s)\n", model->blocked_bytes() / 1e6, threads,
+                    threads > 1 ? "s" : "");
     if (y5_only) {
-        std::printf("%-34s %8d %12.1f\n", "y5 (fused forward + decode)", threads, t_y5);
+        std::printf("%-34s %8d %12.1f\n", y5_row, threads, t_y5);
         std::fflush(stdout);
         return;
     }
@@ -102,7 +108,7 @@ static void bench(const std::string& weights, int imgsz, int warmup, int runs, i
         bad += std::fabs(theirs.ptr<float>()[i] - mine[i]) > 1e-4 + 1e-4 * std::fabs(mine[i]);
     Y5_CHECK((size_t)theirs.total() == mine.size() && bad == 0, "bench_detect: OpenCV's output differs from y5's in %lld "
              "of %zu values", (long long)bad, mine.size());
-    std::printf("%-34s %8d %12.1f\n", "y5 (fused forward + decode)", threads, t_y5);
+    std::printf("%-34s %8d %12.1f\n", y5_row, threads, t_y5);
     std::printf("%-34s %8d %12.1f\n", ("OpenCV DNN " + std::string(CV_VERSION) + " (ONNX)").c_str(), threads, t_cv);
     std::fflush(stdout);
 }
@@ -119,6 +125,8 @@ int main(int argc, char** argv) {
     app.add_option("--threads", threads, "thread counts (default: 1 and all cores)");
     bool y5_only = false;
     app.add_flag("--y5-only", y5_only, "time y5 alone (profiling): no OpenCV run, no comparison");
+    bool plain = false;
+    app.add_flag("--plain", plain, "y5's plain NCHW path (no blocked layout between the layers), for comparison");
     CLI11_PARSE(app, argc, argv);
     const int all = (int)std::max(1u, std::thread::hardware_concurrency());
     if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
@@ -130,7 +138,7 @@ int main(int argc, char** argv) {
         const pid_t pid = fork();
         if (pid == 0) {
             try {
-                bench(weights, imgsz, warmup, runs, n, y5_only);
+                bench(weights, imgsz, warmup, runs, n, y5_only, plain);
                 std::_Exit(0);
             } catch (...) {
                 std::_Exit(y5::error_exit("bench_detect"));

@@ -69,7 +69,8 @@ template <class T> Y5_HD T act_grad(Act a, T x) {
 // quarter of the CPU training step when it called expf per element. Cephes' expf: x = n·ln2 + r with
 // |r| ≤ ln2/2 (ln2 split in two constants), e^r by a degree-7 polynomial, 2^n put in the exponent bits.
 // Relative error ≤ 2e-7 (tested against std::exp); x is clamped to [−87.3, 88.37], where n = round(x/ln2) keeps 2^n finite and normal.
-inline float exp_cpu_vec(float x) {
+// Y5_HD: the decode's σ (kernels/detect.h) computes it on both sides, for the same bits.
+Y5_HD float exp_cpu_vec(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.37f ? 88.37f : x);  // so that 2^n stays a normal float
     const float fx = x * 1.44269504088896341f + 0.5f;
     int n = (int)fx;
@@ -84,8 +85,12 @@ inline float exp_cpu_vec(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     const int32_t bits = (n + 127) << 23;
+#ifdef __CUDA_ARCH__
+    const float scale = __int_as_float(bits);
+#else
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
+#endif
     return p * scale;
 }
 

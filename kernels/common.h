@@ -37,8 +37,11 @@ Y5_HD double y5_atan(double x) { return atan(x); }
 template <class T> Y5_HD T y5_min(T a, T b) { return a < b ? a : b; }
 template <class T> Y5_HD T y5_max(T a, T b) { return a > b ? a : b; }
 
-// Numerically safe logistic: never evaluates exp of a large positive number.
+// Numerically safe logistic: never evaluates exp of a large positive number. In float, past ±104 exp(−|x|)
+// underflows to 0 (below −103.98), so the result is 0 or 1 exactly: returned without the exp, whose underflow
+// path in glibc (errno) costs more than the exp itself, with the same bits.
 template <class T> Y5_HD T sigmoid(T x) {
+    if (sizeof(T) == 4 && (x > T(104) || x < T(-104))) return x > T(0) ? T(1) : T(0);
     if (x >= T(0)) return T(1) / (T(1) + y5_exp(-x));
     T e = y5_exp(x);
     return e / (T(1) + e);

@@ -14,11 +14,14 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include <dnnl.hpp>
 
@@ -179,6 +182,17 @@ using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, in
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>> g_plans;  // a Plan never moves once made (callers keep the pointer)
 
+// Blocked inference plans (dnnl_bconv): the primitive with y5's layouts fixed (blocked, or NCHW for the image) and the
+// weights in the layout it chose. Key: geometry, NCHW input, activation, slope, add, threads.
+struct BPlan {
+    dnnl::primitive prim;
+    memory::desc x, w, w_plain, b, y;
+    size_t pad_bytes = 0;
+    int add_arg = 0;  // the binary add's source argument (dst's old values), 0 without add
+};
+using BKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, float, bool, int>;
+std::map<BKey, std::unique_ptr<BPlan>> g_bplans;
+
 const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, int K, int R, int S, int stride,
                  int pad, Act act = kNoAct) {
     const float alpha = act.kind == ActKind::LeakyReLU ? act.alpha : 0.f;
@@ -310,6 +324,152 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
     g_plans.clear();
+    g_bplans.clear();
+}
+
+// ---- Blocked inference
+
+namespace {
+
+tag block_tag(int B) { return B == 16 ? tag::nChw16c : tag::nChw8c; }
+
+bool post_op_alg(Act a, dnnl::algorithm& alg, float& alpha, float& beta) {
+    alpha = 0.f, beta = 0.f;
+    switch (a.kind) {
+        case ActKind::SiLU: alg = dnnl::algorithm::eltwise_swish, alpha = 1.f; return true;
+        case ActKind::ReLU: alg = dnnl::algorithm::eltwise_relu; return true;
+        case ActKind::LeakyReLU: alg = dnnl::algorithm::eltwise_relu, alpha = a.alpha; return true;
+        case ActKind::ReLU6: alg = dnnl::algorithm::eltwise_clip, alpha = 0.f, beta = 6.f; return true;
+        case ActKind::Hardswish: alg = dnnl::algorithm::eltwise_hardswish; return true;
+        case ActKind::Sigmoid: alg = dnnl::algorithm::eltwise_logistic; return true;
+        default: return false;
+    }
+}
+
+const BPlan& bplan(const BConv& g, Act act, bool add) {
+    const int B = dnnl_block();
+    Y5_CHECK(B > 0, "conv2d (oneDNN, blocked): no blocked layout on this CPU");
+    const float alpha = act.kind == ActKind::LeakyReLU ? act.alpha : 0.f;
+    const BKey k{g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.nchw_in, (int)act.kind, alpha, add, g.threads};
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_bplans.find(k);
+    if (it != g_bplans.end()) return *it->second;
+    const int Ho = (g.H + 2 * g.pad - g.R) / g.stride + 1, Wo = (g.W + 2 * g.pad - g.S) / g.stride + 1;
+    const memory::desc x_md({1, g.C, g.H, g.W}, dt::f32, g.nchw_in ? tag::nchw : block_tag(B)),
+        w_any({g.K, g.C, g.R, g.S}, dt::f32, tag::any), b_md({g.K}, dt::f32, tag::x),
+        y_md({1, g.K, Ho, Wo}, dt::f32, block_tag(B));
+    dnnl::primitive_attr attr = user_scratchpad();
+    dnnl::post_ops po;
+    dnnl::algorithm alg;
+    float a0, a1;
+    int n_po = 0;
+    if (post_op_alg(act, alg, a0, a1)) po.append_eltwise(1.f, alg, a0, a1), ++n_po;
+    else Y5_CHECK(act.kind == ActKind::Identity, "conv2d (oneDNN, blocked): activation %d has no post-op", (int)act.kind);
+    // The shortcut as a binary add (oneDNN's JIT convolutions take no sum post-op after an eltwise)
+    if (add) po.append_binary(dnnl::algorithm::binary_add, y_md);
+    attr.set_post_ops(po);
+    auto p = std::make_unique<BPlan>();
+    try {
+        OmpThreads omp(g.threads);  // the primitive's thread count is fixed here (see plan())
+        using fwd = dnnl::convolution_forward;
+        const fwd::primitive_desc pd(fwd::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                               x_md, w_any, b_md, y_md, {g.stride, g.stride}, {g.pad, g.pad},
+                                               {g.pad, g.pad}),
+                                     attr, cpu_engine());
+        p->prim = fwd(pd);
+        p->x = x_md, p->y = y_md, p->w = pd.weights_desc(), p->b = b_md;
+        p->w_plain = memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw);
+        p->pad_bytes = pd.scratchpad_desc().get_size();
+        p->add_arg = add ? DNNL_ARG_ATTR_MULTIPLE_POST_OP(n_po) | DNNL_ARG_SRC_1 : 0;
+    } catch (const dnnl::error& e) {
+        Y5_FAIL("conv2d (oneDNN, blocked): no primitive for x (%d,%d,%d) w (%d,%d,%d,%d) s%d p%d: %s", g.C, g.H, g.W,
+                g.K, g.C, g.R, g.S, g.stride, g.pad, e.what());
+    }
+    return *g_bplans.emplace(k, std::move(p)).first->second;
+}
+
+}  // namespace
+
+int dnnl_block() {
+    static const int b = [] {
+        if (!conv_dnnl_on()) return 0;
+        // The widest block with a JIT direct convolution (not oneDNN's reference code) for a typical inner layer:
+        // 64 → 64, 3×3, 40×40.
+        for (int B : {16, 8}) {
+            const memory::desc x({1, 64, 40, 40}, dt::f32, block_tag(B)), w({64, 64, 3, 3}, dt::f32, tag::any),
+                y({1, 64, 40, 40}, dt::f32, block_tag(B));
+            try {
+                using fwd = dnnl::convolution_forward;
+                const fwd::primitive_desc pd(fwd::desc(dnnl::prop_kind::forward_inference,
+                                                       dnnl::algorithm::convolution_direct, x, w, y, {1, 1}, {1, 1},
+                                                       {1, 1}),
+                                             cpu_engine());
+                if (std::string(pd.impl_info_str()).rfind("jit", 0) == 0) return B;
+            } catch (const dnnl::error&) {
+            }
+        }
+        return 0;
+    }();
+    return conv_dnnl_on() ? b : 0;
+}
+
+bool dnnl_post_op(Act a) {
+    dnnl::algorithm alg;
+    float a0, a1;
+    return a.kind == ActKind::Identity || post_op_alg(a, alg, a0, a1);
+}
+
+size_t dnnl_bconv_out_floats(int K, int Ho, int Wo) {
+    const int B = dnnl_block();
+    Y5_CHECK(B > 0, "conv2d (oneDNN, blocked): no blocked layout on this CPU");
+    return (size_t)(K + B - 1) / B * B * Ho * Wo;
+}
+
+size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) { return bplan(g, act, add).w.get_size(); }
+
+void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act, bool add) {
+    const BPlan& p = bplan(g, act, add);
+    OmpThreads omp(1);
+    memory src = mem(p.w_plain, weight), out = mem(p.w, dst);
+    dnnl::reorder(src, out).execute(cpu_stream(), src, out);
+}
+
+void dnnl_omp_for(int threads, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (threads <= 1 || n <= 1) {
+        if (n > 0) fn(0, n);
+        return;
+    }
+    const int t = (int)std::min<int64_t>(threads, n);
+    std::exception_ptr err;  // an exception must not leave the parallel region: rethrown after it
+    std::mutex err_mu;
+#pragma omp parallel num_threads(t)
+    {
+        const int64_t i = omp_get_thread_num();
+        try {
+            fn(n * i / t, n * (i + 1) / t);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(err_mu);
+            if (!err) err = std::current_exception();
+        }
+    }
+    if (err) std::rethrow_exception(err);
+}
+
+void dnnl_bconv(float* out, const float* in, const void* weights, const float* bias, const BConv& g, Act act,
+                const float* addend) {
+    Y5_CHECK(addend != out, "conv2d (oneDNN, blocked): the addend cannot be the output");
+    const BPlan& p = bplan(g, act, addend != nullptr);
+    thread_local std::vector<char> pad;  // grows to the largest scratchpad this thread has needed, then stays
+    if (pad.size() < p.pad_bytes) pad.resize(p.pad_bytes);
+    OmpThreads omp(g.threads);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, mem(p.x, in)},
+        {DNNL_ARG_WEIGHTS, mem(p.w, weights)},
+        {DNNL_ARG_BIAS, mem(p.b, bias)},
+        {DNNL_ARG_DST, mem(p.y, out)},
+        {DNNL_ARG_SCRATCHPAD, mem(memory::desc({(memory::dim)p.pad_bytes}, dt::u8, tag::x), pad.data())}};
+    if (p.add_arg) args.insert({p.add_arg, mem(p.y, addend)});
+    p.prim.execute(cpu_stream(), args);
 }
 
 }  // namespace y5
@@ -333,6 +493,19 @@ void conv2d_dnnl_backward(float*, float*, const float*, const float*, const floa
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv_dnnl_clear_cache() {}
+int dnnl_block() { return 0; }
+bool dnnl_post_op(Act) { return false; }
+size_t dnnl_bconv_out_floats(int, int, int) { return 0; }
+size_t dnnl_bconv_weights_bytes(const BConv&, Act, bool) { return 0; }
+void dnnl_bconv_weights(void*, const float*, const BConv&, Act, bool) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void dnnl_bconv(float*, const float*, const void*, const float*, const BConv&, Act, const float*) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void dnnl_omp_for(int, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n > 0) fn(0, n);
+}
 
 }  // namespace y5
 

@@ -23,6 +23,8 @@
  */
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 
 #include "kernels/activation.h"
 
@@ -41,5 +43,33 @@ void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const 
 void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                           void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad);
 void conv_dnnl_clear_cache();
+
+// ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's
+// channel-blocked layout nChw{B}c, (⌈C/B⌉, H, W, B) floats with the last block's lanes past C padding, between the
+// layers, so no reorder runs around the convolutions. B = dnnl_block(): the block oneDNN's direct convolutions
+// take on this CPU (16 with AVX-512, 8 with AVX2), 0 where they take neither (or oneDNN is off): no blocked path.
+// Every activation is the convolution's eltwise post-op (SiLU as eltwise_swish, whose own exp is within 2e-7 of
+// y5's, not its bits: dnnl_post_op says which); `add` adds another tensor (act(conv + b) + addend, a
+// Bottleneck's shortcut, as a binary post-op). The input is blocked, or NCHW when nchw_in (the model's 3-channel image). Weights
+// are reordered once (dnnl_bconv_weights) into the layout the primitive takes. Threads: `threads` of oneDNN's
+// OpenMP team per call (part of the plan, as above), 1 when the caller runs images on its own threads; the small
+// ops between the convolutions then run on the same team through dnnl_omp_for, whose threads are still spinning
+// from the last convolution, rather than on y5's pool, which would fight them for the cores. Scratchpad: the
+// calling thread's own buffer.
+struct BConv {
+    int C, H, W, K, R, S, stride, pad;
+    bool nchw_in;
+    int threads;
+};
+int dnnl_block();
+bool dnnl_post_op(Act a);
+size_t dnnl_bconv_out_floats(int K, int Ho, int Wo);  // padded to whole blocks
+size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add);
+void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act, bool add);  // weight (K,C,R,S)
+// add: `addend` (blocked, out's shape, not out itself: the convolution may store partial sums in out first).
+void dnnl_bconv(float* out, const float* in, const void* weights, const float* bias, const BConv& g, Act act,
+                const float* addend = nullptr);
+// fn over [0, n) in `threads` static chunks (fn(begin, end) once per thread) on the OpenMP team; threads 1: fn(0, n).
+void dnnl_omp_for(int threads, int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace y5

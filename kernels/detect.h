@@ -4,13 +4,14 @@
  *   → out rows [offset, offset + na·ny·nx) of (bs, total, no):
  *   xy = (σ·2 + (grid − 0.5))·s,  wh = (σ·2)²·(anchor·s),  conf and classes = σ.
  * The arithmetic follows PyTorch's order so that f32 results match to rounding; the CPU and CUDA decodes share
- * detect_decode_value, so their boxes are the same bits (a vectorised σ on the CPU, within 2e-7, changed y5val's
- * mAP against the GPU's: tests/emu_e2e.sh).
+ * detect_decode_value, so their boxes are the same bits (a σ differing by 2e-7 between them changed y5val's mAP
+ * against the GPU's: tests/emu_e2e.sh); its σ is a polynomial exp that the CPU vectorises (detect_sigmoid).
  * map stored as S (f32, f64, or mixed precision's f16), read as T = acc_t<S>; out, anchors and stride T (an f16
  * map decodes into f32, exactly the f32 decode of its values widened to float).
  * CUDA launchers in kernels/detect.cu (same arguments plus the stream; anchors on the device), f32 or f16 map.
  */
 #pragma once
+#include "kernels/activation.h"
 #include "kernels/common.h"
 
 typedef struct CUstream_st* cudaStream_t;  // the CUDA runtime's own typedef, so no CUDA header is needed here
@@ -28,8 +29,15 @@ template <class T> Y5_HD T detect_decode_p(int j, T p, int gx, int gy, T aw, T a
     return p;
 }
 
+// σ of a raw value: in float 1 / (1 + e^−x) with exp_cpu_vec's polynomial (plain float arithmetic, ≤ 2e-7 from
+// expf, vectorised by GCC on the CPU, the same bits in the CUDA kernel); in double the exact sigmoid.
+template <class T> Y5_HD T detect_sigmoid(T v) {
+    if constexpr (sizeof(T) == 4) return 1.0f / (1.0f + exp_cpu_vec(-v));
+    else return sigmoid(v);
+}
+
 template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw, T ah, T s) {
-    return detect_decode_p(j, sigmoid(v), gx, gy, aw, ah, s);
+    return detect_decode_p(j, detect_sigmoid(v), gx, gy, aw, ah, s);
 }
 
 // Grid rows [y0, y1) of every image and anchor, so that threads can split a level; detect_decode_cpu: all rows.
@@ -43,8 +51,9 @@ void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors
                 for (int x = 0; x < nx; ++x) {
                     const S* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
                     T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
-                    for (int j = 0; j < no; ++j)
-                        o[j] = detect_decode_value(j, ld(m[j]), x, y, anchors[2 * a], anchors[2 * a + 1], stride);
+                    for (int j = 0; j < no; ++j) o[j] = detect_sigmoid(ld(m[j]));  // detect_decode_value, σ first
+                    for (int j = 0; j < 4; ++j)
+                        o[j] = detect_decode_p(j, o[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
                 }
 }
 
@@ -52,6 +61,24 @@ template <class S>
 void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na, int ny,
                        int nx, int no, int64_t total, int64_t offset) {
     detect_decode_rows_cpu<S>(out, map, anchors, stride, bs, na, ny, nx, no, total, offset, 0, ny);
+}
+
+// One image's head output in oneDNN's blocked layout (⌈na·no/B⌉, ny, nx, B floats, channel c = a·no + j, the last
+// block's lanes past na·no padding) → its maps (na, ny, nx, no), grid rows [y0, y1): layers' CPU
+// inference.
+inline void detect_maps_from_blocked(float* maps, const float* blk, int na, int no, int ny, int nx, int B, int y0,
+                                     int y1) {
+    const int64_t plane = (int64_t)ny * nx * B;
+    for (int y = y0; y < y1; ++y)
+        for (int x = 0; x < nx; ++x) {
+            const float* px = blk + ((int64_t)y * nx + x) * B;
+            int a = 0, j = 0;  // channel a·no + j: lane l of block cb
+            for (const float* src = px; a < na; src += plane)
+                for (int l = 0; l < B && a < na; ++l) {
+                    maps[(((int64_t)a * ny + y) * nx + x) * no + j] = src[l];
+                    if (++j == no) j = 0, ++a;
+                }
+        }
 }
 
 void detect_decode_cuda(float* out, const float* map, const float* anchors, float stride, int bs, int na, int ny, int nx,

@@ -13,6 +13,7 @@
  * The CUDA kernels (kernels/pool.cu) share maxpool_argmax, so both sides pick the same element.
  */
 #pragma once
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -152,6 +153,32 @@ template <class T> void maxpool_s1_plane(T* out, T* rowmax, const T* plane, int 
         for (int i = i0 + 1; i <= i1; ++i) {
             const T* c = rowmax + (int64_t)i * W;
             for (int w = 0; w < W; ++w) o[w] = pool_takes(ld(o[w]), ld(c[w])) ? c[w] : o[w];
+        }
+    }
+}
+
+// The same pool over one channel block of a blocked tensor (H, W, B floats: layers' CPU inference in oneDNN's
+// nChw{B}c layout), each of the B lanes a plane: maxpool_s1_plane's comparisons in the same order, B lanes at a
+// time. rowmax: H·W·B floats of scratch.
+inline void maxpool_s1_blocked(float* out, float* rowmax, const float* in, int H, int W, int B, int k) {
+    const int p = k / 2;
+    for (int h = 0; h < H; ++h)
+        for (int w = 0; w < W; ++w) {
+            const float* r = in + (int64_t)h * W * B;
+            float* m = rowmax + ((int64_t)h * W + w) * B;
+            const int j0 = y5_max(0, w - p), j1 = y5_min(W - 1, w + p);
+            for (int b = 0; b < B; ++b) m[b] = r[(int64_t)j0 * B + b];
+            for (int j = j0 + 1; j <= j1; ++j)
+                for (int b = 0; b < B; ++b) m[b] = pool_takes(m[b], r[(int64_t)j * B + b]) ? r[(int64_t)j * B + b] : m[b];
+        }
+    const int64_t row = (int64_t)W * B;
+    for (int h = 0; h < H; ++h) {
+        const int i0 = y5_max(0, h - p), i1 = y5_min(H - 1, h + p);
+        float* o = out + h * row;
+        std::memcpy(o, rowmax + i0 * row, row * sizeof(float));
+        for (int i = i0 + 1; i <= i1; ++i) {
+            const float* c = rowmax + i * row;
+            for (int64_t j = 0; j < row; ++j) o[j] = pool_takes(o[j], c[j]) ? c[j] : o[j];
         }
     }
 }

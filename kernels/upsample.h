@@ -31,6 +31,18 @@ template <class T> void upsample_nearest_forward_cpu(T* out, const T* inp, int N
     }
 }
 
+// One channel block of a blocked tensor (H, W, B floats, layers' CPU inference in nChw{B}c) → (s·H, s·W, B):
+// each pixel's B lanes copied s×s times.
+inline void upsample_nearest_blocked(float* out, const float* in, int H, int W, int B, int s) {
+    const int64_t Wo = (int64_t)W * s;
+    for (int h = 0; h < H; ++h) {
+        float* o = out + (int64_t)h * s * Wo * B;
+        for (int w = 0; w < W; ++w)
+            for (int a = 0; a < s; ++a) std::memcpy(o + ((int64_t)w * s + a) * B, in + ((int64_t)h * W + w) * B, B * sizeof(float));
+        for (int a = 1; a < s; ++a) std::memcpy(o + a * Wo * B, o, Wo * B * sizeof(float));
+    }
+}
+
 // dinp (h, w) gathers dout's block (s·h + a, s·w + b), a then b ascending (s = 2 spelled out, so it vectorises).
 template <class T> void upsample_nearest_backward_cpu(T* dinp, const T* dout, int N, int C, int H, int W, int s) {
     const int64_t Wo = (int64_t)W * s;

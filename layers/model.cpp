@@ -16,6 +16,7 @@
 #include "engine/device/device.h"
 #include "engine/core/safetensors.h"
 #include "engine/core/torch_pt.h"
+#include "engine/ops/op.h"
 
 namespace y5 {
 
@@ -474,6 +475,7 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     const int64_t smax = (int64_t)detect->stride.back();
     Y5_CHECK(x.t.dim(2) % smax == 0 && x.t.dim(3) % smax == 0, "model input %s: height and width must be multiples of "
              "the largest stride %lld", x.t.str().c_str(), (long long)smax);
+    if (!training && !c.tape->recording() && !layer_outputs && !after_layer && runs_blocked(x)) return forward_blocked(c, x);
     Output out;
     // y[i]: row i's output, as parts when it is a Concat's (modules.h). A module that does not take parts gets
     // them concatenated, once: the concat replaces the parts for any later reader.
@@ -553,6 +555,80 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
 }
 
 // ----------------------------------------------------------------------------------------------------
+// Blocked CPU inference
+
+bool Model::runs_blocked(const Var& x) const {
+    if (!blocked_inference || !fused() || x.t.device != Device::CPU || x.t.dtype != DType::F32 ||
+        params.dtype() != DType::F32)
+        return false;
+    const int B = dnnl_block();
+    if (B == 0) return false;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        const Module& m = *layers[i];
+        bool nchw_in = false;
+        for (int f : m.from) {
+            if (f < 0) nchw_in = true;
+            if (f < 0 && i > 0) return false;  // only the first row reads the image
+            if (m.from.size() > 1 && f >= 0 && layers[f]->c2 % B) return false;  // a concat of whole blocks
+        }
+        if (!m.blocked(B, nchw_in)) return false;
+    }
+    return true;
+}
+
+size_t Model::blocked_bytes() const {
+    size_t b = 0;
+    for (const auto& r : bruns_) b += r->bytes();
+    return b;
+}
+
+// Images over y5's CPU threads, each thread with its own run and oneDNN on that thread alone; fewer images than
+// threads: one image at a time, on oneDNN's OpenMP team of all the threads. The maps and the decoded predictions
+// come out in the Ctx's activation arena, as the plain forward's do.
+Model::Output Model::forward_blocked(Ctx& c, const Var& x) {
+    const int N = (int)x.t.dim(0), H = (int)x.t.dim(2), W = (int)x.t.dim(3), T = cpu_op_threads();
+    const int G = N >= T ? T : 1;
+    if (!bweights_) bweights_ = std::make_unique<BlockedWeights>();
+    while ((int)bruns_.size() < G) bruns_.push_back(std::make_unique<BRun>());
+    Output out;
+    std::vector<Tensor> maps;
+    int64_t total = 0;
+    for (int i = 0; i < detect->nl; ++i) {
+        const int64_t ny = H / (int64_t)detect->stride[i], nx = W / (int64_t)detect->stride[i];
+        maps.push_back(c.act->tensor(Shape{N, detect->na, ny, nx, detect->no}, DType::F32));
+        out.maps.push_back(Tape::constant(maps.back()));
+        total += detect->na * ny * nx;
+    }
+    c.act->set_label("Detect decode");
+    out.decoded = c.act->tensor(Shape{N, total, detect->no}, DType::F32);
+    c.act->set_label(nullptr);
+    auto image = [&](BRun& r, int64_t n) {
+        r.reset();
+        std::vector<BT> y(layers.size());
+        const BT input{x.t.ptr<float>() + n * 3 * (int64_t)H * W, 3, H, W, true};
+        for (size_t i = 0; i < layers.size(); ++i) {
+            std::vector<BT> in;
+            for (int f : layers[i]->from) in.push_back(f < 0 ? input : y[f]);
+            if (layers[i].get() == detect) detect->forward_blocked(r, in, maps, out.decoded, n);
+            else y[i] = layers[i]->forward_blocked(r, in);
+        }
+    };
+    for (int g = 0; g < G; ++g) {
+        BRun& r = *bruns_[g];
+        r.B = dnnl_block(), r.threads = G == 1 ? T : 1, r.weights = bweights_.get();
+    }
+    if (G == 1) {
+        for (int64_t n = 0; n < N; ++n) image(*bruns_[0], n);
+    } else {
+        par(G, [&](int64_t g0, int64_t g1) {
+            for (int64_t g = g0; g < g1; ++g)
+                for (int64_t n = N * g / G; n < N * (g + 1) / G; ++n) image(*bruns_[g], n);
+        });
+    }
+    return out;
+}
+
+// ----------------------------------------------------------------------------------------------------
 // Fuse (YOLOv5 fuse_conv_and_bn)
 
 namespace {
@@ -611,11 +687,13 @@ void Model::fuse() {
         params.folds[cb.w] = {fw, fb};
     }
     folded_ = std::move(store);
+    bweights_.reset();
 }
 
 void Model::unfuse() {
     params.folds.clear();
     folded_.reset();
+    bweights_.reset();
 }
 
 // ----------------------------------------------------------------------------------------------------

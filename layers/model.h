@@ -71,6 +71,12 @@ public:
     void fuse();
     void unfuse();
     bool fused() const { return folded_ != nullptr; }
+    // A fused f32 model's eval forward on the CPU runs in oneDNN's blocked layout (BRun, layers/modules.h) when
+    // oneDNN is on, the CPU has a block (dnnl_block) and every row has the blocked path; false: never (the plain
+    // path, which keeps y5's own SiLU: tests and benches compare the two). The runs' arenas stay allocated.
+    bool blocked_inference = true;
+    bool runs_blocked(const Var& x) const;
+    size_t blocked_bytes() const;  // the runs' arenas (host memory outside the Ctx's arenas)
 
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
     // prefix "" reads model.*; "ema." reads ema.model.* (a training checkpoint's EMA weights).
@@ -107,6 +113,9 @@ private:
     static std::unique_ptr<Model> from_torch_pt(const std::string& path, CudaContext* cuda);
     void load_tensors(const WeightSource& src, CudaContext* cuda, const std::string& prefix);
     std::unique_ptr<ParamStore> folded_;  // fuse(): "<conv>.conv.weight" / "<conv>.conv.bias", as buffers
+    Output forward_blocked(Ctx& c, const Var& x);
+    std::unique_ptr<BlockedWeights> bweights_;  // fuse(): reset, as the folds change
+    std::vector<std::unique_ptr<BRun>> bruns_;  // one per thread running images
     std::vector<std::string> labels_;     // "model.3 Conv": the activation arena's labels per row (Arena::set_label)
 };
 

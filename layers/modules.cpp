@@ -5,9 +5,12 @@
 #include "layers/modules.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "engine/ops/op.h"
 #include "kernels/detect.h"
+#include "kernels/pool.h"
+#include "kernels/upsample.h"
 
 #if Y5_CUDA
 #include "kernels/cuda.h"
@@ -76,6 +79,60 @@ Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const 
                    [&](const Var& wv, const Var* b, Act a) { return conv2d_parts_act(c, pa, wv, b, a); });
 }
 
+// ----------------------------------------------------------------------------------------------------
+// Blocked inference
+
+const void* BlockedWeights::get(const float* weight, const BConv& g, Act act, bool add) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& w = m_[{weight, g.K, g.C, g.H, g.W, g.stride, g.nchw_in, (int)act.kind, add, g.threads}];
+    if (w.empty()) {
+        w.resize((dnnl_bconv_weights_bytes(g, act, add) + sizeof(float) - 1) / sizeof(float));
+        dnnl_bconv_weights(w.data(), weight, g, act, add);
+    }
+    return w.data();
+}
+
+float* BRun::scratch(size_t n) {
+    n = (n + 15) / 16 * 16;  // whole 64-byte lines
+    while (chunk_ < chunks_.size() && used_ + n > chunks_[chunk_].n) ++chunk_, used_ = 0;
+    if (chunk_ == chunks_.size()) {
+        const size_t m = std::max<size_t>(n, (size_t)8 << 20);  // 32 MB chunks
+        chunks_.push_back({std::unique_ptr<float[]>(new (std::align_val_t(64)) float[m]), m});
+        used_ = 0;
+    }
+    float* p = chunks_[chunk_].mem.get() + used_;
+    used_ += n;
+    return p;
+}
+
+BT BRun::alloc(int c, int h, int w) { return BT{scratch((size_t)(c + B - 1) / B * B * h * w), c, h, w}; }
+
+size_t BRun::bytes() const {
+    size_t b = 0;
+    for (const Chunk& c : chunks_) b += c.n * sizeof(float);
+    return b;
+}
+
+BT ConvBN::forward_blocked(BRun& r, const BT& x, const BT* into, const BT* addend) const {
+    const ParamStore::Fold* f = ps->fold(w);
+    Y5_CHECK(f && x.c == c1, "ConvBN::forward_blocked: not fused, or %d input channels for %d", x.c, c1);
+    const int Ho = (int)conv_out(x.h), Wo = (int)conv_out(x.w);
+    const BT y = into ? *into : r.alloc(c2, Ho, Wo);
+    Y5_CHECK(y.c == c2 && y.h == Ho && y.w == Wo, "ConvBN::forward_blocked: output (%d,%d,%d) for (%d,%d,%d)", y.c,
+             y.h, y.w, c2, Ho, Wo);
+    const BConv g{x.c, x.h, x.w, c2, k, k, s, p, x.nchw, r.threads};
+    dnnl_bconv(y.p, x.p, r.weights->get(f->w.ptr<float>(), g, act, addend != nullptr), f->b.ptr<float>(), g, act,
+               addend ? addend->p : nullptr);
+    return y;
+}
+
+// The planes of a blocked tensor (one per channel block) over the run's threads.
+static void planes(const BRun& r, const BT& t, const std::function<void(int64_t)>& fn) {
+    r.par((t.c + r.B - 1) / r.B, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) fn(p);
+    });
+}
+
 Shape ConvBN::out_shape(Shape in) const {
     return Shape{in[0], c2, conv_out(in[2]), conv_out(in[3])};
 }
@@ -100,6 +157,8 @@ struct Conv : Module {
     Shape out_shape(const std::vector<Shape>& in) const override { return cv.out_shape(in[0]); }
     double macs(const std::vector<Shape>& in) const override { return cv.macs(in[0]); }
     int torch_modules() const override { return 3; }  // Conv, Conv2d, BatchNorm2d (the activation is shared)
+    bool blocked(int, bool) const override { return dnnl_post_op(cv.act); }
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override { return cv.forward_blocked(r, in[0]); }
     int64_t conv_values(const std::vector<Shape>& in) const override { return cv.values(in[0]); }
 };
 
@@ -136,6 +195,13 @@ struct Bottleneck : Module {
     double macs(const std::vector<Shape>& in) const override { return b.macs(in[0]); }
     int torch_modules() const override { return 7; }
     int64_t conv_values(const std::vector<Shape>& in) const override { return b.values(in[0]); }
+    bool blocked(int, bool nchw_in) const override {
+        return !nchw_in && dnnl_post_op(b.cv1.act) && dnnl_post_op(b.cv2.act);
+    }
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        const BT t = b.cv1.forward_blocked(r, in[0]);
+        return b.cv2.forward_blocked(r, t, nullptr, b.add ? &in[0] : nullptr);
+    }
 };
 
 // C3(c1, c2, n, shortcut): cv3(cat(m(cv1(x)), cv2(x))), c_ = c2/2, m = n Bottlenecks(c_, c_, e=1.0).
@@ -167,6 +233,26 @@ struct C3 : Module {
         return t + cv3.macs(Shape{h[0], 2 * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 11 + 7 * (int)m.size(); }  // C3, 3 Conv, Sequential, Bottlenecks
+    bool blocked(int B, bool) const override {
+        bool ok = cv1.c2 % B == 0 && dnnl_post_op(cv1.act) && dnnl_post_op(cv2.act) && dnnl_post_op(cv3.act);
+        for (const BottleneckBlock& b : m) ok = ok && dnnl_post_op(b.cv1.act) && dnnl_post_op(b.cv2.act);
+        return ok;
+    }
+    // cat = (m(cv1(x)), cv2(x)) built in place: the last of cv1 and the Bottlenecks writes the first half (a
+    // shortcut adds the Bottleneck's input inside its cv2), cv2 the second half.
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        const BT& x = in[0];
+        const int c_ = cv1.c2, h = (int)cv1.conv_out(x.h), w = (int)cv1.conv_out(x.w);
+        const BT cat = r.alloc(2 * c_, h, w), half = cat.part(0, c_, r.B);
+        BT cur = cv1.forward_blocked(r, x, m.empty() ? &half : nullptr);
+        for (size_t i = 0; i < m.size(); ++i) {
+            const BT t = m[i].cv1.forward_blocked(r, cur);
+            cur = m[i].cv2.forward_blocked(r, t, i + 1 == m.size() ? &half : nullptr, m[i].add ? &cur : nullptr);
+        }
+        const BT second = cat.part(c_, c_, r.B);
+        cv2.forward_blocked(r, x, &second);
+        return cv3.forward_blocked(r, cat);
+    }
     int64_t conv_values(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);
         int64_t v = cv1.values(in[0]) + cv2.values(in[0]) + cv3.values(Shape{h[0], 2 * h[1], h[2], h[3]});
@@ -195,6 +281,29 @@ struct SPPF : Module {
         return cv1.macs(in[0]) + cv2.macs(Shape{h[0], 4 * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 8; }  // SPPF, 2 Conv, MaxPool2d
+    bool blocked(int B, bool) const override {
+        return cv1.c2 % B == 0 && dnnl_post_op(cv1.act) && dnnl_post_op(cv2.act);
+    }
+    // cat(x, y1, y2, y3) built in place: cv1 writes the first quarter, each pool the next from the one before.
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        return forward_pools(r, in[0], cv1, cv2, {k, k, k}, true);
+    }
+    // SPPF's cascade (each pool of the previous part) or SPP's pools of x (cascade false).
+    static BT forward_pools(BRun& r, const BT& x, const ConvBN& cv1, const ConvBN& cv2, const std::vector<int>& ks,
+                            bool cascade) {
+        const int c_ = cv1.c2, h = (int)cv1.conv_out(x.h), w = (int)cv1.conv_out(x.w), B = r.B;
+        const BT cat = r.alloc((int)(ks.size() + 1) * c_, h, w), first = cat.part(0, c_, B);
+        cv1.forward_blocked(r, x, &first);
+        float* rowmax = r.scratch((size_t)c_ * h * w);
+        const int64_t plane = (int64_t)h * w * B;
+        for (size_t i = 0; i < ks.size(); ++i) {
+            const BT src = cat.part(cascade ? (int)i * c_ : 0, c_, B), dst = cat.part((int)(i + 1) * c_, c_, B);
+            planes(r, dst, [&](int64_t p) {
+                maxpool_s1_blocked(dst.p + p * plane, rowmax + p * plane, src.p + p * plane, h, w, B, ks[i]);
+            });
+        }
+        return cv2.forward_blocked(r, cat);
+    }
     int64_t conv_values(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);
         return cv1.values(in[0]) + cv2.values(Shape{h[0], 4 * h[1], h[2], h[3]});
@@ -220,6 +329,12 @@ struct SPP : Module {
         return cv1.macs(in[0]) + cv2.macs(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
     }
     int torch_modules() const override { return 8 + (int)ks.size(); }  // SPP, 2 Conv, ModuleList, pools
+    bool blocked(int B, bool) const override {
+        return cv1.c2 % B == 0 && dnnl_post_op(cv1.act) && dnnl_post_op(cv2.act);
+    }
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        return SPPF::forward_pools(r, in[0], cv1, cv2, ks, false);
+    }
     int64_t conv_values(const std::vector<Shape>& in) const override {
         Shape h = cv1.out_shape(in[0]);
         return cv1.values(in[0]) + cv2.values(Shape{h[0], (int64_t)(ks.size() + 1) * h[1], h[2], h[3]});
@@ -273,6 +388,15 @@ struct Upsample : Module {
     }
     double macs(const std::vector<Shape>&) const override { return 0; }
     int torch_modules() const override { return 1; }
+    bool blocked(int, bool nchw_in) const override { return !nchw_in; }
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        const BT& x = in[0];
+        const BT y = r.alloc(x.c, x.h * scale, x.w * scale);
+        planes(r, y, [&](int64_t p) {
+            upsample_nearest_blocked(y.p + p * y.h * y.w * r.B, x.p + p * x.h * x.w * r.B, x.h, x.w, r.B, scale);
+        });
+        return y;
+    }
 };
 
 // Concat returns its inputs as parts: the consumer (a C3 in every YOLOv5 head) reads them in place, and the model
@@ -280,6 +404,20 @@ struct Upsample : Module {
 struct Concat : Module {
     std::vector<Var> forward(Ctx&, const std::vector<Var>& in, bool) override { return in; }
     bool takes_parts() const override { return true; }
+    // Blocked: the parts' blocks one after the other (the model checks that every part is whole blocks).
+    bool blocked(int, bool nchw_in) const override { return !nchw_in; }
+    BT forward_blocked(BRun& r, const std::vector<BT>& in) const override {
+        int c = 0;
+        for (const BT& t : in) c += t.c;
+        const BT y = r.alloc(c, in[0].h, in[0].w);
+        float* o = y.p;
+        for (const BT& t : in) {
+            Y5_CHECK(t.c % r.B == 0 && t.h == y.h && t.w == y.w, "Concat (blocked): part (%d,%d,%d)", t.c, t.h, t.w);
+            std::memcpy(o, t.p, (size_t)t.c * t.h * t.w * sizeof(float));
+            o += (int64_t)t.c * t.h * t.w;
+        }
+        return y;
+    }
     Shape out_shape(const std::vector<Shape>& in) const override {
         Shape s = in[0];
         s[1] = 0;
@@ -409,6 +547,31 @@ std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
         maps.push_back(conv1x1_maps(c, amp(c, in[i]), amp(c, param(c, *ps, w[i])), &bias, na));
     }
     return maps;
+}
+
+// Each level: the 1×1 conv (bias, no activation) into a blocked buffer, its values put in map order, decoded.
+void Detect::forward_blocked(BRun& r, const std::vector<BT>& in, const std::vector<Tensor>& maps,
+                             const Tensor& decoded, int64_t n) const {
+    const int K = na * no;
+    const int64_t total = decoded.dim(1);
+    const float* anc = (*ps)[anchors].value.ptr<float>();
+    int64_t offset = 0;
+    for (int i = 0; i < nl; ++i) {
+        const BT& x = in[i];
+        Y5_CHECK(x.c == ch[i], "Detect (blocked): level %d has %d channels for %d", i, x.c, ch[i]);
+        const BT y = r.alloc(K, x.h, x.w);
+        const BConv g{x.c, x.h, x.w, K, 1, 1, 1, 0, false, r.threads};
+        const float* wp = (*ps)[w[i]].value.ptr<float>();
+        dnnl_bconv(y.p, x.p, r.weights->get(wp, g, kNoAct, false), (*ps)[b[i]].value.ptr<float>(), g, kNoAct);
+        float* m = maps[i].ptr<float>() + n * (int64_t)K * x.h * x.w;
+        float* d = decoded.ptr<float>() + n * total * no;
+        r.par(x.h, [&](int64_t y0, int64_t y1) {
+            detect_maps_from_blocked(m, y.p, na, no, x.h, x.w, r.B, (int)y0, (int)y1);
+            detect_decode_rows_cpu<float>(d, m, anc + 2 * na * i, stride[i], 1, na, x.h, x.w, no, total, offset,
+                                          (int)y0, (int)y1);
+        });
+        offset += (int64_t)na * x.h * x.w;
+    }
 }
 
 double Detect::macs(const std::vector<Shape>& in) const {

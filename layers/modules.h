@@ -8,17 +8,58 @@
  * instances PyTorch would list (for "N layers").
  */
 #pragma once
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/ops/ops.h"
 #include "engine/autograd/params.h"
+#include "kernels/conv2d_dnnl.h"
 
 namespace y5 {
 
 constexpr float kBnEps = 1e-3f;       // YOLOv5 initialize_weights
 constexpr float kBnMomentum = 0.03f;
+
+// ---- The fused model's blocked CPU inference (Model::forward on the CPU with oneDNN, kernels/conv2d_dnnl.h): one
+// image at a time through forward_blocked, every output a BT in oneDNN's channel-blocked layout, the activations
+// and a Bottleneck's add inside the convolutions, the concatenations built by the convolutions writing into their
+// halves (C3, SPPF) or copied as whole blocks (Concat), so no reorder runs between layers.
+struct BT {
+    float* p = nullptr;
+    int c = 0, h = 0, w = 0;
+    bool nchw = false;  // the model's input image; every other BT is blocked
+    BT part(int c0, int n, int B) const { return BT{p + (int64_t)c0 / B * B * h * w, n, h, w}; }  // c0 % B == 0
+};
+// The convolutions' weights reordered once into the layouts their primitives take; shared by the threads' runs.
+struct BlockedWeights {
+    const void* get(const float* weight, const BConv& g, Act act, bool add);
+private:
+    std::mutex mu_;
+    std::map<std::tuple<const float*, int, int, int, int, int, bool, int, bool, int>, std::vector<float>> m_;
+};
+// One thread's run: its arena (chunks kept from image to image, so after the first image nothing is allocated).
+struct BRun {
+    int B = 0;        // channel block
+    int threads = 1;  // oneDNN's OpenMP team for one image (1 when the images go over y5's threads)
+    BlockedWeights* weights = nullptr;
+    void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn) const { dnnl_omp_for(threads, n, fn); }
+    BT alloc(int c, int h, int w);  // (⌈c/B⌉, h, w, B) floats
+    float* scratch(size_t n);
+    void reset() { chunk_ = 0, used_ = 0; }
+    size_t bytes() const;  // the arena's size
+
+private:
+    struct Chunk {
+        std::unique_ptr<float[]> mem;
+        size_t n = 0;
+    };
+    std::vector<Chunk> chunks_;
+    size_t chunk_ = 0, used_ = 0;
+};
 
 // Ultralytics Conv: Conv2d(c1, c2, k, s, k//2, bias=False) → BatchNorm2d → activation.
 struct ConvBN {
@@ -33,6 +74,8 @@ struct ConvBN {
     // The input as channel parts of a concat that was never built (a Concat's or C3's inputs): a 1×1 conv reads
     // them in place (conv2d_parts); any other kernel size concatenates them first.
     Var forward(Ctx& c, const std::vector<Var>& parts, bool training) const;
+    // Blocked inference (a fused model): into *into (its channels), else a new BT; plus *addend if given.
+    BT forward_blocked(BRun& r, const BT& x, const BT* into = nullptr, const BT* addend = nullptr) const;
     Shape out_shape(Shape in) const;
     int64_t conv_out(int64_t h) const;
     double macs(Shape in) const;  // conv + BN (thop counts BN as 4 per element)
@@ -62,6 +105,11 @@ struct Module {
     // Elements of every convolution output the module computes for these inputs: what a backward must keep at
     // least (bench_step's physical floor of the stored activations).
     virtual int64_t conv_values(const std::vector<Shape>&) const { return 0; }
+    // The blocked CPU inference of this row (BRun, BT): whether the module has it for channel block B (its
+    // concatenations must be of whole blocks, its activations oneDNN post-ops) and an NCHW input if nchw_in;
+    // forward_blocked runs it on one image.
+    virtual bool blocked(int, bool) const { return false; }
+    virtual BT forward_blocked(BRun&, const std::vector<BT>&) const { Y5_FAIL("no blocked inference for this module"); }
 };
 
 std::unique_ptr<Module> make_conv(ParamStore& ps, const std::string& prefix, int c1, int c2, int k, int s, int p, Act act);
@@ -93,6 +141,11 @@ struct Detect : Module {
         for (int i = 0; i < nl; ++i) v += in[i][0] * na * no * in[i][2] * in[i][3];
         return v;
     }
+    // Blocked inference: image n's maps (maps[i] (bs, na, ny, nx, no)) and its rows of the decoded predictions
+    // (bs, Σ na·ny·nx, no), f32 on the CPU, from the levels' inputs.
+    bool blocked(int, bool nchw_in) const override { return !nchw_in; }
+    void forward_blocked(BRun& r, const std::vector<BT>& in, const std::vector<Tensor>& maps, const Tensor& decoded,
+                         int64_t n) const;
     // Decoded predictions (bs, Σ na·ny·nx, no) from the maps, in pixels of the input (no gradient).
     Tensor decode(Ctx& c, const std::vector<Var>& maps) const;
 };

@@ -438,3 +438,90 @@ TEST_CASE("fuse folds as fuse_conv_and_bn, refolds on new weights, refuses train
     CHECK(!m.fused());
     CHECK_NOTHROW(m.forward(tc.ctx, Tape::constant(x), true));
 }
+
+// ----------------------------------------------------------------------------------------------------
+// Blocked CPU inference (Model::blocked_inference: oneDNN's channel-blocked layout between the layers)
+
+// The blocked forward against the plain fused one (y5's own SiLU after each convolution, every tensor NCHW), same
+// model and input: maps and decoded predictions. They differ by oneDNN's swish post-op (its own exp, ≤ 2e-7
+// relative per value); measured worst tensor 3.5e-7 (yolov5n; before the shortcut's addend was kept apart from
+// the output, which the convolution uses for partial sums, 3.4e-3), bound 2e-5. Batch 1 runs on oneDNN's OpenMP
+// team of all the threads, batch 3 images over y5's threads.
+static double blocked_vs_plain(Model& m, int n, int h, int w, uint64_t seed) {
+    TestCtx tc;
+    NoGrad ng(tc.tape);
+    Rng rng(seed);
+    Tensor x = rand_tensor(tc.data, {n, 3, h, w}, DType::F32, rng, 0, 1);
+    m.blocked_inference = false;
+    REQUIRE(!m.runs_blocked(Tape::constant(x)));
+    Model::Output p = m.forward(tc.ctx, Tape::constant(x), false);
+    std::vector<std::vector<float>> want;
+    for (const Var& v : p.maps) want.emplace_back(v.t.ptr<float>(), v.t.ptr<float>() + v.t.numel());
+    want.emplace_back(p.decoded.ptr<float>(), p.decoded.ptr<float>() + p.decoded.numel());
+    m.blocked_inference = true;
+    REQUIRE(m.runs_blocked(Tape::constant(x)));
+    double worst = 0;
+    for (int rep = 0; rep < 2; ++rep) {  // the second run reuses the runs' arenas and the reordered weights
+        Model::Output b = m.forward(tc.ctx, Tape::constant(x), false);
+        REQUIRE(b.maps.size() + 1 == want.size());
+        for (size_t i = 0; i < want.size(); ++i) {
+            const Tensor& t = i < b.maps.size() ? b.maps[i].t : b.decoded;
+            REQUIRE(t.shape == (i < b.maps.size() ? p.maps[i].t.shape : p.decoded.shape));
+            const double e = rel_err_v(std::vector<float>(t.ptr<float>(), t.ptr<float>() + t.numel()), want[i]);
+            INFO((i < b.maps.size() ? "map " + std::to_string(i) : std::string("decoded")) << " rel err " << e);
+            CHECK(e <= 2e-5);
+            worst = std::max(worst, e);
+        }
+    }
+    return worst;
+}
+
+TEST_CASE("blocked CPU inference matches the plain fused forward", "[model][fuse][dnnl]") {
+    if (dnnl_block() == 0) {
+        WARN("no oneDNN blocked layout on this CPU (or Y5_CONV=ref): the blocked path cannot run here");
+        return;
+    }
+    SECTION("yolov5n: Bottlenecks with and without shortcut, SPPF, Upsample, Concat") {
+        Model m(src("config/models/yolov5n.yaml"), 80);
+        m.allocate(Device::CPU);
+        init_with_bn_stats(m, 31);
+        m.fuse();
+        double worst = 0;
+        for (int n : {1, 3}) worst = std::max(worst, blocked_vs_plain(m, n, 64, 96, 40 + n));
+        INFO("worst " << worst);
+        CHECK(worst > 0);  // the blocked path really ran: the swish post-op's bits differ somewhere
+        // New weights fold again and the reordered weights follow them.
+        m.fuse();
+        CHECK(blocked_vs_plain(m, 1, 64, 64, 50) <= 2e-5);
+    }
+    SECTION("SPP and LeakyReLU") {
+        std::string s = "activation: nn.LeakyReLU(0.1)\n" + read_text(src("config/models/yolov5n.yaml"));
+        s.replace(s.find("[-1, 1, SPPF, [1024, 5]]"), 24, "[-1, 1, SPP, [1024, [5, 9, 13]]]");
+        Model m(write_temp("spp_leaky.yaml", s), 2);
+        m.allocate(Device::CPU);
+        init_with_bn_stats(m, 32);
+        m.fuse();
+        blocked_vs_plain(m, 1, 96, 64, 60);
+    }
+    SECTION("not taken: unfused, ECA, Focus") {
+        TestCtx tc;
+        Rng rng(7);
+        const Var x = Tape::constant(rand_tensor(tc.data, {1, 3, 64, 64}, DType::F32, rng, 0, 1));
+        Model u(src("config/models/yolov5n.yaml"), 80);
+        u.allocate(Device::CPU);
+        init_with_bn_stats(u, 33);
+        CHECK(!u.runs_blocked(x));
+        Model e(src("config/models/yolov5n-eca.yaml"), 1);
+        e.allocate(Device::CPU);
+        init_with_bn_stats(e, 34);
+        e.fuse();
+        CHECK(!e.runs_blocked(x));
+        std::string s = read_text(src("config/models/yolov5n.yaml"));
+        s.replace(s.find("[-1, 1, Conv, [64, 6, 2, 2]]"), 28, "[-1, 1, Focus, [64, 3, 1]]  ");
+        Model f(write_temp("focus_blocked.yaml", s), 2);
+        f.allocate(Device::CPU);
+        init_with_bn_stats(f, 35);
+        f.fuse();
+        CHECK(!f.runs_blocked(x));
+    }
+}
