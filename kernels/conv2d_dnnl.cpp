@@ -427,6 +427,17 @@ size_t dnnl_bconv_out_floats(int K, int Ho, int Wo) {
 
 size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) { return bplan(g, act, add).w.get_size(); }
 
+uint64_t dnnl_bconv_weights_layout(const BConv& g, Act act, bool add) {
+    const dnnl_memory_desc_t& d = bplan(g, act, add).w.data;
+    const dnnl_blocking_desc_t& b = d.format_desc.blocking;
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the dims, padded dims, strides and inner blocks
+    auto mix = [&](int64_t v) { h = (h ^ (uint64_t)v) * 1099511628211ull; };
+    mix(d.ndims), mix(d.format_kind), mix(b.inner_nblks);
+    for (int i = 0; i < d.ndims; ++i) mix(d.dims[i]), mix(d.padded_dims[i]), mix(b.strides[i]);
+    for (int i = 0; i < b.inner_nblks; ++i) mix(b.inner_blks[i]), mix(b.inner_idxs[i]);
+    return h;
+}
+
 void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act, bool add) {
     const BPlan& p = bplan(g, act, add);
     OmpThreads omp(1);
@@ -497,6 +508,7 @@ int dnnl_block() { return 0; }
 bool dnnl_post_op(Act) { return false; }
 size_t dnnl_bconv_out_floats(int, int, int) { return 0; }
 size_t dnnl_bconv_weights_bytes(const BConv&, Act, bool) { return 0; }
+uint64_t dnnl_bconv_weights_layout(const BConv&, Act, bool) { return 0; }
 void dnnl_bconv_weights(void*, const float*, const BConv&, Act, bool) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }

@@ -65,6 +65,9 @@ int dnnl_block();
 bool dnnl_post_op(Act a);
 size_t dnnl_bconv_out_floats(int K, int Ho, int Wo);  // padded to whole blocks
 size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add);
+// Which layout the plan's weights take (a hash of their blocking): plans for other input sizes that give the same
+// value can share one reordered copy of the weights.
+uint64_t dnnl_bconv_weights_layout(const BConv& g, Act act, bool add);
 void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act, bool add);  // weight (K,C,R,S)
 // add: `addend` (blocked, out's shape, not out itself: the convolution may store partial sums in out first).
 void dnnl_bconv(float* out, const float* in, const void* weights, const float* bias, const BConv& g, Act act,

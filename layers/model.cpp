@@ -577,7 +577,7 @@ bool Model::runs_blocked(const Var& x) const {
 }
 
 size_t Model::blocked_bytes() const {
-    size_t b = 0;
+    size_t b = bweights_ ? bweights_->bytes() : 0;
     for (const auto& r : bruns_) b += r->bytes();
     return b;
 }

@@ -76,7 +76,7 @@ public:
     // path, which keeps y5's own SiLU: tests and benches compare the two). The runs' arenas stay allocated.
     bool blocked_inference = true;
     bool runs_blocked(const Var& x) const;
-    size_t blocked_bytes() const;  // the runs' arenas (host memory outside the Ctx's arenas)
+    size_t blocked_bytes() const;  // the runs' arenas and reordered weights (host memory outside the Ctx's arenas)
 
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.
     // prefix "" reads model.*; "ema." reads ema.model.* (a training checkpoint's EMA weights).

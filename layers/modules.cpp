@@ -83,13 +83,21 @@ Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const 
 // Blocked inference
 
 const void* BlockedWeights::get(const float* weight, const BConv& g, Act act, bool add) {
+    const uint64_t layout = dnnl_bconv_weights_layout(g, act, add);
     std::lock_guard<std::mutex> lock(mu_);
-    auto& w = m_[{weight, g.K, g.C, g.H, g.W, g.stride, g.nchw_in, (int)act.kind, add, g.threads}];
+    auto& w = m_[{weight, layout}];
     if (w.empty()) {
         w.resize((dnnl_bconv_weights_bytes(g, act, add) + sizeof(float) - 1) / sizeof(float));
         dnnl_bconv_weights(w.data(), weight, g, act, add);
     }
     return w.data();
+}
+
+size_t BlockedWeights::bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t b = 0;
+    for (const auto& [k, v] : m_) b += v.size() * sizeof(float);
+    return b;
 }
 
 float* BRun::scratch(size_t n) {

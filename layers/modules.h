@@ -34,12 +34,14 @@ struct BT {
     bool nchw = false;  // the model's input image; every other BT is blocked
     BT part(int c0, int n, int B) const { return BT{p + (int64_t)c0 / B * B * h * w, n, h, w}; }  // c0 % B == 0
 };
-// The convolutions' weights reordered once into the layouts their primitives take; shared by the threads' runs.
+// The convolutions' weights reordered once into the layouts their primitives take; shared by the threads' runs
+// and by the input sizes whose primitives take the same layout (y5detect's letterboxed shapes).
 struct BlockedWeights {
     const void* get(const float* weight, const BConv& g, Act act, bool add);
+    size_t bytes() const;
 private:
-    std::mutex mu_;
-    std::map<std::tuple<const float*, int, int, int, int, int, bool, int, bool, int>, std::vector<float>> m_;
+    mutable std::mutex mu_;
+    std::map<std::pair<const float*, uint64_t>, std::vector<float>> m_;  // (weights, layout)
 };
 // One thread's run: its arena (chunks kept from image to image, so after the first image nothing is allocated).
 struct BRun {
