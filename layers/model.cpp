@@ -475,7 +475,8 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
     const int64_t smax = (int64_t)detect->stride.back();
     Y5_CHECK(x.t.dim(2) % smax == 0 && x.t.dim(3) % smax == 0, "model input %s: height and width must be multiples of "
              "the largest stride %lld", x.t.str().c_str(), (long long)smax);
-    if (!training && !c.tape->recording() && !layer_outputs && !after_layer && runs_blocked(x)) return forward_blocked(c, x);
+    if (!training && !c.tape->recording() && !c.autocast && !layer_outputs && !after_layer && runs_blocked(x))
+        return forward_blocked(c, x);
     Output out;
     // y[i]: row i's output, as parts when it is a Concat's (modules.h). A module that does not take parts gets
     // them concatenated, once: the concat replaces the parts for any later reader.

@@ -71,9 +71,10 @@ public:
     void fuse();
     void unfuse();
     bool fused() const { return folded_ != nullptr; }
-    // A fused f32 model's eval forward on the CPU runs in oneDNN's blocked layout (BRun, layers/modules.h) when
-    // oneDNN is on, the CPU has a block (dnnl_block) and every row has the blocked path; false: never (the plain
-    // path, which keeps y5's own SiLU: tests and benches compare the two). The runs' arenas stay allocated.
+    // A fused f32 model's eval forward on the CPU (tape off, no autocast) runs in oneDNN's blocked layout (BRun,
+    // layers/modules.h) when oneDNN is on, the CPU has a block (dnnl_block) and every row has the blocked path;
+    // false: never (the plain path, which keeps y5's own SiLU: tests and benches compare the two). The runs'
+    // arenas stay allocated. runs_blocked: whether x would take it (autocast aside).
     bool blocked_inference = true;
     bool runs_blocked(const Var& x) const;
     size_t blocked_bytes() const;  // the runs' arenas and reordered weights (host memory outside the Ctx's arenas)

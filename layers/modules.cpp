@@ -105,7 +105,9 @@ float* BRun::scratch(size_t n) {
     while (chunk_ < chunks_.size() && used_ + n > chunks_[chunk_].n) ++chunk_, used_ = 0;
     if (chunk_ == chunks_.size()) {
         const size_t m = std::max<size_t>(n, (size_t)8 << 20);  // 32 MB chunks
-        chunks_.push_back({std::unique_ptr<float[]>(new (std::align_val_t(64)) float[m]), m});
+        float* mem = static_cast<float*>(std::aligned_alloc(64, m * sizeof(float)));  // m: whole 64-byte lines
+        Y5_CHECK(mem, "blocked inference: out of memory for a %zu MB arena", m * sizeof(float) >> 20);
+        chunks_.push_back({std::unique_ptr<float, Free>(mem), m});
         used_ = 0;
     }
     float* p = chunks_[chunk_].mem.get() + used_;

@@ -8,6 +8,7 @@
  * instances PyTorch would list (for "N layers").
  */
 #pragma once
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -55,8 +56,11 @@ struct BRun {
     size_t bytes() const;  // the arena's size
 
 private:
+    struct Free {
+        void operator()(float* p) const { std::free(p); }
+    };
     struct Chunk {
-        std::unique_ptr<float[]> mem;
+        std::unique_ptr<float, Free> mem;  // std::aligned_alloc'd: 64-byte lines
         size_t n = 0;
     };
     std::vector<Chunk> chunks_;

@@ -523,5 +523,15 @@ TEST_CASE("blocked CPU inference matches the plain fused forward", "[model][fuse
         init_with_bn_stats(f, 35);
         f.fuse();
         CHECK(!f.runs_blocked(x));
+        // Autocast (y5val --half on the CPU) keeps the plain path's f16 activations: f16 maps.
+        Model a(src("config/models/yolov5n.yaml"), 80);
+        a.allocate(Device::CPU);
+        init_with_bn_stats(a, 36);
+        a.fuse();
+        REQUIRE(a.runs_blocked(x));
+        TestCtx ac;
+        ac.ctx.autocast = true;
+        NoGrad ng(ac.tape);
+        CHECK(a.forward(ac.ctx, x, false).maps[0].t.dtype == DType::F16);
     }
 }
