@@ -95,8 +95,8 @@ static void bench(const std::string& weights, int imgsz, int warmup, int runs, i
     const double t_y5 = time_ms(warmup, runs, run_y5);
     const char* y5_row = plain ? "y5 (fused, plain NCHW path)" : "y5 (fused forward + decode)";
     if (model->blocked_bytes())
-        std::printf("  y5's blocked layout: %.1f MB of arenas and reordered weights (%d thread%s)\n", model->blocked_bytes() / 1e6, threads,
-                    threads > 1 ? "s" : "");
+        std::printf("  y5's blocked layout: %.1f MB of arenas and reordered weights (%d thread%s)\n",
+                    model->blocked_bytes() / 1e6, threads, threads > 1 ? "s" : "");
     if (y5_only) {
         std::printf("%-34s %8d %12.1f\n", y5_row, threads, t_y5);
         std::fflush(stdout);

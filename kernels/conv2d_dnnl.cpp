@@ -188,7 +188,7 @@ struct BPlan {
     dnnl::primitive prim;
     memory::desc x, w, w_plain, b, y;
     size_t pad_bytes = 0;
-    int add_arg = 0;  // the binary add's source argument (dst's old values), 0 without add
+    int add_arg = 0;  // the binary add's argument (the addend), 0 without add
 };
 using BKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, float, bool, int>;
 std::map<BKey, std::unique_ptr<BPlan>> g_bplans;
@@ -364,7 +364,8 @@ const BPlan& bplan(const BConv& g, Act act, bool add) {
     float a0, a1;
     int n_po = 0;
     if (post_op_alg(act, alg, a0, a1)) po.append_eltwise(1.f, alg, a0, a1), ++n_po;
-    else Y5_CHECK(act.kind == ActKind::Identity, "conv2d (oneDNN, blocked): activation %d has no post-op", (int)act.kind);
+    else Y5_CHECK(act.kind == ActKind::Identity, "conv2d (oneDNN, blocked): activation %d has no post-op",
+                  (int)act.kind);
     // The shortcut as a binary add (oneDNN's JIT convolutions take no sum post-op after an eltwise)
     if (add) po.append_binary(dnnl::algorithm::binary_add, y_md);
     attr.set_post_ops(po);
@@ -417,12 +418,6 @@ bool dnnl_post_op(Act a) {
     dnnl::algorithm alg;
     float a0, a1;
     return a.kind == ActKind::Identity || post_op_alg(a, alg, a0, a1);
-}
-
-size_t dnnl_bconv_out_floats(int K, int Ho, int Wo) {
-    const int B = dnnl_block();
-    Y5_CHECK(B > 0, "conv2d (oneDNN, blocked): no blocked layout on this CPU");
-    return (size_t)(K + B - 1) / B * B * Ho * Wo;
 }
 
 size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) { return bplan(g, act, add).w.get_size(); }
@@ -506,7 +501,6 @@ void conv2d_dnnl_backward(float*, float*, const float*, const float*, const floa
 void conv_dnnl_clear_cache() {}
 int dnnl_block() { return 0; }
 bool dnnl_post_op(Act) { return false; }
-size_t dnnl_bconv_out_floats(int, int, int) { return 0; }
 size_t dnnl_bconv_weights_bytes(const BConv&, Act, bool) { return 0; }
 uint64_t dnnl_bconv_weights_layout(const BConv&, Act, bool) { return 0; }
 void dnnl_bconv_weights(void*, const float*, const BConv&, Act, bool) {

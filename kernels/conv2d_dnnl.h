@@ -49,9 +49,9 @@ void conv_dnnl_clear_cache();
 // layers, so no reorder runs around the convolutions. B = dnnl_block(): the block oneDNN's direct convolutions
 // take on this CPU (16 with AVX-512, 8 with AVX2), 0 where they take neither (or oneDNN is off): no blocked path.
 // Every activation is the convolution's eltwise post-op (SiLU as eltwise_swish, whose own exp is within 2e-7 of
-// y5's, not its bits: dnnl_post_op says which); `add` adds another tensor (act(conv + b) + addend, a
-// Bottleneck's shortcut, as a binary post-op). The input is blocked, or NCHW when nchw_in (the model's 3-channel image). Weights
-// are reordered once (dnnl_bconv_weights) into the layout the primitive takes. Threads: `threads` of oneDNN's
+// y5's, not its bits: dnnl_post_op says which); `add` adds another tensor (act(conv + b) + addend, a Bottleneck's
+// shortcut, as a binary post-op). The input is blocked, or NCHW when nchw_in (the model's 3-channel image).
+// Weights are reordered once (dnnl_bconv_weights) into the layout the primitive takes. Threads: `threads` of oneDNN's
 // OpenMP team per call (part of the plan, as above), 1 when the caller runs images on its own threads; the small
 // ops between the convolutions then run on the same team through dnnl_omp_for, whose threads are still spinning
 // from the last convolution, rather than on y5's pool, which would fight them for the cores. Scratchpad: the
@@ -63,7 +63,6 @@ struct BConv {
 };
 int dnnl_block();
 bool dnnl_post_op(Act a);
-size_t dnnl_bconv_out_floats(int K, int Ho, int Wo);  // padded to whole blocks
 size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add);
 // Which layout the plan's weights take (a hash of their blocking): plans for other input sizes that give the same
 // value can share one reordered copy of the weights.

@@ -168,8 +168,10 @@ inline void maxpool_s1_blocked(float* out, float* rowmax, const float* in, int H
             float* m = rowmax + ((int64_t)h * W + w) * B;
             const int j0 = y5_max(0, w - p), j1 = y5_min(W - 1, w + p);
             for (int b = 0; b < B; ++b) m[b] = r[(int64_t)j0 * B + b];
-            for (int j = j0 + 1; j <= j1; ++j)
-                for (int b = 0; b < B; ++b) m[b] = pool_takes(m[b], r[(int64_t)j * B + b]) ? r[(int64_t)j * B + b] : m[b];
+            for (int j = j0 + 1; j <= j1; ++j) {
+                const float* v = r + (int64_t)j * B;
+                for (int b = 0; b < B; ++b) m[b] = pool_takes(m[b], v[b]) ? v[b] : m[b];
+            }
         }
     const int64_t row = (int64_t)W * B;
     for (int h = 0; h < H; ++h) {

@@ -38,7 +38,8 @@ inline void upsample_nearest_blocked(float* out, const float* in, int H, int W, 
     for (int h = 0; h < H; ++h) {
         float* o = out + (int64_t)h * s * Wo * B;
         for (int w = 0; w < W; ++w)
-            for (int a = 0; a < s; ++a) std::memcpy(o + ((int64_t)w * s + a) * B, in + ((int64_t)h * W + w) * B, B * sizeof(float));
+            for (int a = 0; a < s; ++a)
+                std::memcpy(o + ((int64_t)w * s + a) * B, in + ((int64_t)h * W + w) * B, B * sizeof(float));
         for (int a = 1; a < s; ++a) std::memcpy(o + a * Wo * B, o, Wo * B * sizeof(float));
     }
 }
