@@ -123,17 +123,22 @@ size_t BRun::bytes() const {
     return b;
 }
 
+// y = act(conv(x, weight (K, x.c, k, k)) + bias) (+ addend) into *into or a new BT, weights from the run's cache.
+static BT bconv(BRun& r, const BT& x, const float* weight, const float* bias, int K, int k, int s, int p, Act act,
+                const BT* into, const BT* addend) {
+    const int Ho = (x.h + 2 * p - k) / s + 1, Wo = (x.w + 2 * p - k) / s + 1;
+    const BT y = into ? *into : r.alloc(K, Ho, Wo);
+    Y5_CHECK(y.c == K && y.h == Ho && y.w == Wo, "conv (blocked): output (%d,%d,%d) for (%d,%d,%d)", y.c, y.h, y.w, K,
+             Ho, Wo);
+    const BConv g{x.c, x.h, x.w, K, k, k, s, p, x.nchw, r.threads};
+    dnnl_bconv(y.p, x.p, r.weights->get(weight, g, act, addend != nullptr), bias, g, act, addend ? addend->p : nullptr);
+    return y;
+}
+
 BT ConvBN::forward_blocked(BRun& r, const BT& x, const BT* into, const BT* addend) const {
     const ParamStore::Fold* f = ps->fold(w);
     Y5_CHECK(f && x.c == c1, "ConvBN::forward_blocked: not fused, or %d input channels for %d", x.c, c1);
-    const int Ho = (int)conv_out(x.h), Wo = (int)conv_out(x.w);
-    const BT y = into ? *into : r.alloc(c2, Ho, Wo);
-    Y5_CHECK(y.c == c2 && y.h == Ho && y.w == Wo, "ConvBN::forward_blocked: output (%d,%d,%d) for (%d,%d,%d)", y.c,
-             y.h, y.w, c2, Ho, Wo);
-    const BConv g{x.c, x.h, x.w, c2, k, k, s, p, x.nchw, r.threads};
-    dnnl_bconv(y.p, x.p, r.weights->get(f->w.ptr<float>(), g, act, addend != nullptr), f->b.ptr<float>(), g, act,
-               addend ? addend->p : nullptr);
-    return y;
+    return bconv(r, x, f->w.ptr<float>(), f->b.ptr<float>(), c2, k, s, p, act, into, addend);
 }
 
 // The planes of a blocked tensor (one per channel block) over the run's threads.
@@ -569,10 +574,8 @@ void Detect::forward_blocked(BRun& r, const std::vector<BT>& in, const std::vect
     for (int i = 0; i < nl; ++i) {
         const BT& x = in[i];
         Y5_CHECK(x.c == ch[i], "Detect (blocked): level %d has %d channels for %d", i, x.c, ch[i]);
-        const BT y = r.alloc(K, x.h, x.w);
-        const BConv g{x.c, x.h, x.w, K, 1, 1, 1, 0, false, r.threads};
-        const float* wp = (*ps)[w[i]].value.ptr<float>();
-        dnnl_bconv(y.p, x.p, r.weights->get(wp, g, kNoAct, false), (*ps)[b[i]].value.ptr<float>(), g, kNoAct);
+        const BT y = bconv(r, x, (*ps)[w[i]].value.ptr<float>(), (*ps)[b[i]].value.ptr<float>(), K, 1, 1, 0, kNoAct,
+                           nullptr, nullptr);
         float* m = maps[i].ptr<float>() + n * (int64_t)K * x.h * x.w;
         float* d = decoded.ptr<float>() + n * total * no;
         r.par(x.h, [&](int64_t y0, int64_t y1) {
