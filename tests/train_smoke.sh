@@ -69,7 +69,7 @@ grep -q "^ *all *2 " val.log || { echo "y5val table missing"; cat val.log; exit 
 "$build/y5val" --data synth32/data.yaml --weights $run/weights/best.safetensors --workers 1 > val640.log 2>&1 ||
   { echo "y5val at its defaults failed"; cat val640.log; exit 1; }
 grep -q "^ *all *32 " val640.log || { echo "y5val table missing at 640"; cat val640.log; exit 1; }
-img="$(ls synth/images/val/*.jpg | head -1)"
+vals=(synth/images/val/*.jpg); img="${vals[0]}"
 "$build/y5detect" --source "$img" --weights $run/weights/best.safetensors --imgsz 64 --conf-thres 0.001 --save-txt --save-conf > det.log
 out="runs/detect/exp/$(basename "$img")"
 [ -s "$out" ] || { echo "y5detect wrote no annotated image"; cat det.log; exit 1; }
