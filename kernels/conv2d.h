@@ -308,9 +308,11 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
     if (act.kind != ActKind::Identity) act_forward_cpu<T>(out, out, (int64_t)N * K * P, act);
 }
 
+// dwb (oneDNN on, f32, dweight null): the weight gradient summed into oneDNN's blocked layout instead, image 0's
+// written over it (conv2d_dnnl_wgrad_blocked with geometry (C, 1, P, K, 1, 1, 1, 0)).
 template <class T>
 void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
-                                int m, const T* weight, T* work, int N, int K, int P) {
+                                int m, const T* weight, T* work, int N, int K, int P, float* dwb = nullptr) {
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             int C = 0;
@@ -320,12 +322,13 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
             for (int n = 0; n < N; ++n) {
                 const float* dy = dout + (int64_t)n * K * P;
                 if (dbias) bias_grad_cpu(dbias, dy, K, P);
-                if (dweight)
+                if (dweight || dwb)
                     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                         std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
                 if (any_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
                 if (any_dx || dweight)
                     conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+                if (dwb) conv2d_dnnl_wgrad_blocked(dwb, n > 0, dy, xc, wk, 1, C, 1, P, K, 1, 1, 1, 0);
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                     if (dxs[i]) axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);
             }

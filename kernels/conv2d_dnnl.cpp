@@ -321,6 +321,37 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
     }
 }
 
+size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    return plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).c.md.get_size() / sizeof(float);
+}
+
+void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
+                               int H, int W, int K, int R, int S, int stride, int pad) {
+    char* wk = aligned(work);
+    const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
+    OmpThreads omp(1);  // one thread: the reduction over pixels in one fixed order
+    memory pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+    float* tmp = (float*)(wk + p.c.off);  // wgrad's output is always reordered (accumulated), so it has its buffer
+    for (int n = 0; n < N; ++n) {
+        memory xm = in_mem(p.a, inp + n * in_img, wk), dym = in_mem(p.b, dout + n * out_img, wk),
+               dwm = mem(p.c.md, n || add ? tmp : dwb);
+        p.prim.execute(cpu_stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                                      {DNNL_ARG_SCRATCHPAD, pad_m}});
+        if (n || add)
+            for (int64_t i = 0; i < nb; ++i) dwb[i] += tmp[i];
+    }
+}
+
+void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
+                              int pad) {
+    const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    memory src = mem(p.c.md, dwb), dst = mem(p.c.plain, dweight);
+    p.c.from.execute(cpu_stream(), src, dst);  // dweight += dwb
+}
+
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
     g_plans.clear();
@@ -496,6 +527,14 @@ void conv2d_dnnl_fprop(float*, const float*, const float*, const float*, void*, 
 }
 void conv2d_dnnl_backward(float*, float*, const float*, const float*, const float*, void*, int, int, int, int, int,
                           int, int, int, int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+size_t conv2d_dnnl_wgrad_floats(int, int, int, int, int, int, int, int) { return 0; }
+void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, int, int, int, int, int, int, int, int,
+                               int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void conv2d_dnnl_wgrad_finish(float*, const float*, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv_dnnl_clear_cache() {}

@@ -5,7 +5,8 @@
  * kernels/conv2d.h stay the definition the tests compare against, and f64 always runs them.
  * Semantics as the references: inp (N,C,H,W), weight (K,C,R,S), bias (K) or null, out (N,K,Ho,Wo), NCHW;
  * fprop writes out, dgrad and wgrad ACCUMULATE (+=) into dinp / dweight (the bias gradient stays in conv2d.h).
- * One image per primitive call (mb = 1), so a call's result does not depend on how the ops group the batch.
+ * One image per primitive call (mb = 1), so fprop's and dgrad's results do not depend on how the ops group the
+ * batch (weight gradients are sums over images in the order the caller fixes: conv2d_dnnl_wgrad_blocked below).
  * Layouts: oneDNN chooses (format any); y5's NCHW tensors are reordered into its choice and back per image, the
  * weights once per call. Plans (primitives and reorders) are cached per geometry and pass, like the cuDNN plans.
  * Scratch: none of its own. Every call takes `work`, conv2d_dnnl_work_bytes(...) bytes from the caller (the Ctx's
@@ -42,6 +43,16 @@ void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const 
 // dinp and dweight may be null (skipped); weight is read for dgrad, inp for wgrad.
 void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                           void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad);
+// Weight gradients summed in oneDNN's own diff-weights layout (blocked, e.g. OIhw16i16o), so that a batch's images
+// cost one reorder into (K,C,R,S) in all rather than one each (at 96 px those reorders were a fifth of oneDNN's
+// time in a training step): conv2d_dnnl_wgrad_floats floats per partial; conv2d_dnnl_wgrad_blocked sums the N images'
+// gradients into dwb, image by image (image 0's written over dwb unless add); conv2d_dnnl_wgrad_finish adds dwb
+// into dweight (K,C,R,S). wgrad's work is conv2d_dnnl_work_bytes's; dwb must not lie in it.
+size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad);
+void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
+                               int H, int W, int K, int R, int S, int stride, int pad);
+void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
+                              int pad);
 void conv_dnnl_clear_cache();
 
 // ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's

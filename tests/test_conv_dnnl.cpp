@@ -251,22 +251,30 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], &v[2], 2, 1); };
         compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
     }
+    SECTION("conv2d, batch 19 (8 groups of 2 or 3 images), the weight used twice (its gradient added to)") {
+        Tensor x = rand_tensor(T.data, {19, 16, 12, 10}, DType::F32, rng), w = rand_tensor(T.data, {40, 16, 3, 3}, DType::F32, rng, -0.1, 0.1);
+        Tensor x2 = rand_tensor(T.data, {19, 16, 12, 10}, DType::F32, rng), dy = rand_tensor(T.data, {19, 40, 12, 10}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) {
+            return add(T.ctx, conv2d(T.ctx, v[0], v[1], nullptr, 1, 1), conv2d(T.ctx, v[2], v[1], nullptr, 1, 1));
+        };
+        compare(run(true, op, {x, w, x2}, dy), run(false, op, {x, w, x2}, dy));
+    }
     SECTION("conv2d, batch 1 (oneDNN's threads)") {
         Tensor x = rand_tensor(T.data, {1, 16, 32, 32}, DType::F32, rng), w = rand_tensor(T.data, {32, 16, 3, 3}, DType::F32, rng, -0.1, 0.1);
         Tensor dy = rand_tensor(T.data, {1, 32, 16, 16}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], nullptr, 2, 1); };
         compare(run(true, op, {x, w}, dy), run(false, op, {x, w}, dy));
     }
-    SECTION("conv2d_parts, three parts, batch 3") {
-        Tensor x0 = rand_tensor(T.data, {3, 16, 8, 8}, DType::F32, rng), x1 = rand_tensor(T.data, {3, 8, 8, 8}, DType::F32, rng);
-        Tensor x2 = rand_tensor(T.data, {3, 24, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {32, 48, 1, 1}, DType::F32, rng, -0.2, 0.2);
-        Tensor b = rand_tensor(T.data, {32}, DType::F32, rng), dy = rand_tensor(T.data, {3, 32, 8, 8}, DType::F32, rng);
+    SECTION("conv2d_parts, three parts, batch 11 (groups of 1 and 2 images)") {
+        Tensor x0 = rand_tensor(T.data, {11, 16, 8, 8}, DType::F32, rng), x1 = rand_tensor(T.data, {11, 8, 8, 8}, DType::F32, rng);
+        Tensor x2 = rand_tensor(T.data, {11, 24, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {32, 48, 1, 1}, DType::F32, rng, -0.2, 0.2);
+        Tensor b = rand_tensor(T.data, {32}, DType::F32, rng), dy = rand_tensor(T.data, {11, 32, 8, 8}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1], v[2]}, v[3], &v[4]); };
         compare(run(true, op, {x0, x1, x2, w, b}, dy), run(false, op, {x0, x1, x2, w, b}, dy));
     }
-    SECTION("conv1x1_maps (Detect's head), batch 3, 3 anchors") {
-        Tensor x = rand_tensor(T.data, {3, 64, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {255, 64, 1, 1}, DType::F32, rng, -0.1, 0.1);
-        Tensor b = rand_tensor(T.data, {255}, DType::F32, rng), dy = rand_tensor(T.data, {3, 3, 8, 8, 85}, DType::F32, rng);
+    SECTION("conv1x1_maps (Detect's head), batch 10 (groups of 1 and 2 images), 3 anchors") {
+        Tensor x = rand_tensor(T.data, {10, 64, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {255, 64, 1, 1}, DType::F32, rng, -0.1, 0.1);
+        Tensor b = rand_tensor(T.data, {255}, DType::F32, rng), dy = rand_tensor(T.data, {10, 3, 8, 8, 85}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv1x1_maps(T.ctx, v[0], v[1], &v[2], 3); };
         compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
     }

@@ -63,7 +63,8 @@ StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool au
 
 // The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
 // scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of
-// them) plus a weight-gradient partial per image group past the first (grad_groups, engine/ops/op.h); a cuDNN
+// them) plus a weight-gradient partial per image group past the first (grad_groups, engine/ops/op.h; with oneDNN
+// one per group, in its blocked layout); a cuDNN
 // pass's workspace depends on the algorithm chosen for the batch's geometry but never exceeds
 // conv_workspace_limit(). No op's scratch outlives the op, so the largest single op counts.
 size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);

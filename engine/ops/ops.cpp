@@ -263,12 +263,26 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             using A = acc_t<T>;
             Scratch ws(c.work);
             const int Gb = grad_groups(g.N);
+            // oneDNN f32: each group's weight gradient summed in oneDNN's blocked layout, the groups' sums added in
+            // group order, then one reorder adds them into dw (kernels/conv2d_dnnl.h); the bias as below.
+            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
+            float* pwb = ws.get<float>(nwb * Gb);
             A* col = ws.get<A>(ncol * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
-            par_weight_grads<T>(ws, dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
+            par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
                 A* cs = col ? col + slot * ncol : nullptr;
+                if constexpr (std::is_same_v<T, float>)
+                    if (blocked) {
+                        conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
+                                               nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
+                                               g.stride, g.pad);
+                        conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs, n1 - n0,
+                                                  g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                        return;
+                    }
                 if constexpr (std::is_same_v<T, f16>)
                     conv2d_backward_f16_cpu(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                             xp + n0 * in_img, w.t.ptr<T>(), cs, scr + slot * nscr, n1 - n0,
@@ -278,6 +292,11 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad);
             });
+            if constexpr (std::is_same_v<T, float>)
+                if (blocked) {
+                    for (int gi = 1; gi < Gb; ++gi) axpy_cpu(pwb, 1.f, pwb + gi * nwb, nwb);
+                    conv2d_dnnl_wgrad_finish(dw, pwb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                }
         }
     });
 }
@@ -405,7 +424,12 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
             const int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
             T* wk = ws.get<T>(nwk * grad_slots(Gb));
-            par_weight_grads<T>(ws, dw, db, w.t.numel(), K, Gb, [&](int64_t g, int64_t slot, A* gw, A* gb) {
+            // oneDNN f32: the weight gradient in blocked group partials, as conv2d's (a 1×1 conv over (C, 1, P)).
+            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, 1, P, K, 1, 1, 1, 0) : 0;
+            float* pwb = ws.get<float>(nwb * Gb);
+            par_weight_grads<T>(ws, blocked ? nullptr : dw, db, w.t.numel(), K, Gb,
+                                [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
                 const T* xg[kMaxConvParts];
                 T* dxg[kMaxConvParts];
@@ -419,8 +443,14 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
                                                    w.t.ptr<T>(), scr + slot * nscr, n1 - n0, K, P);
                 else
                     conv1x1_parts_backward_run<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
-                                                  w.t.ptr<T>(), wk ? wk + slot * nwk : nullptr, n1 - n0, K, P);
+                                                  w.t.ptr<T>(), wk ? wk + slot * nwk : nullptr, n1 - n0, K, P,
+                                                  blocked ? pwb + g * nwb : nullptr);
             });
+            if constexpr (std::is_same_v<T, float>)
+                if (blocked) {
+                    for (int g = 1; g < Gb; ++g) axpy_cpu(pwb, 1.f, pwb + g * nwb, nwb);
+                    conv2d_dnnl_wgrad_finish(dw, pwb, C, 1, P, K, 1, 1, 1, 0);
+                }
         }
     });
 }
@@ -1004,11 +1034,25 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             T* tmp = ws.get<T>(out_img * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
             A* wk = ws.get<A>(nwk * grad_slots(Gb));
-            par_weight_grads<T>(ws, dw, db, (int64_t)K * C, K, Gb, [&](int64_t gi, int64_t slot, A* gw, A* gb) {
+            // oneDNN f32: the weight gradient in blocked group partials, as conv2d's.
+            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, 1, 1, 1, 0) : 0;
+            float* pwb = ws.get<float>(nwb * Gb);
+            par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)K * C, K, Gb,
+                                [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
-                for (int n = (int)(N * gi / Gb); n < (int)(N * (gi + 1) / Gb); ++n) {
+                const int n0 = (int)(N * gi / Gb);
+                for (int n = n0; n < (int)(N * (gi + 1) / Gb); ++n) {
                     T* t = tmp + slot * out_img;
                     transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
+                    if constexpr (std::is_same_v<T, float>)
+                        if (blocked) {
+                            conv2d_backward_run<T>(dx ? dx + n * in_img : nullptr, nullptr, gb, t, nullptr,
+                                                   w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
+                            conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, n > n0, t, xp + n * in_img, ws1, 1, C, H, W, K,
+                                                      1, 1, 1, 0);
+                            continue;
+                        }
                     if constexpr (std::is_same_v<T, f16>)
                         conv2d_backward_f16_cpu(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
                                                 w.t.ptr<T>(), ws1, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
@@ -1017,6 +1061,11 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                                                w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
                 }
             });
+            if constexpr (std::is_same_v<T, float>)
+                if (blocked) {
+                    for (int gi = 1; gi < Gb; ++gi) axpy_cpu(pwb, 1.f, pwb + gi * nwb, nwb);
+                    conv2d_dnnl_wgrad_finish(dw, pwb, C, H, W, K, 1, 1, 1, 0);
+                }
         }
     });
 }
