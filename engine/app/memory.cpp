@@ -180,7 +180,8 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
     for (int i = 0; i < m.params.size(); ++i) {
         const Param& p = m.params[i];
         if (p.kind != ParamKind::Weight || p.shape.ndim != 4) continue;
-        const int64_t K = p.shape[0], nw = dnnl ? up16(K) * up16(p.shape[1]) * p.shape[2] * p.shape[3] : p.shape.numel();
+        const int64_t K = p.shape[0];
+        const int64_t nw = dnnl ? up16(K) * up16(p.shape[1]) * p.shape[2] * p.shape[3] : p.shape.numel();
         partial = std::max(partial, (size_t)(nw + K) * dtype_size(m.params.dtype()));
     }
     return G * work1 + (dnnl ? groups : groups - 1) * partial + margin;

@@ -153,11 +153,10 @@ double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned) {
         using T = decltype(z);
         T* g = ps.grads_flat().ptr<T>();
         const int64_t n = ps.grads_flat().numel();
-        double ss = 0;
-        for (int64_t i = 0; i < n; ++i) ss += (double)g[i] * g[i];
-        norm = std::sqrt(ss);
+        norm = std::sqrt(sum_squares_cpu(g, n));
         const double coef = clip_coef(norm, max_norm);
-        for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
+        if (coef != 1.0)  // g · 1 is g
+            for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
     });
     if (norm_pinned) *norm_pinned = norm;
     return norm;

@@ -266,7 +266,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             // oneDNN f32: each group's weight gradient summed in oneDNN's blocked layout, the groups' sums added in
             // group order, then one reorder adds them into dw (kernels/conv2d_dnnl.h); the bias as below.
             const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
-            const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
+            const int64_t nwb =
+                blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
             A* col = ws.get<A>(ncol * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
@@ -279,8 +280,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                         conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
                                                nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
                                                g.stride, g.pad);
-                        conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs, n1 - n0,
-                                                  g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                        conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs,
+                                                  n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                         return;
                     }
                 if constexpr (std::is_same_v<T, f16>)
