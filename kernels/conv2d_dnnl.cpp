@@ -345,9 +345,12 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
     }
 }
 
-void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
+void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, int W, int K, int R, int S, int stride,
                               int pad) {
     const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
+    for (int g = 1; g < G; ++g)
+        for (int64_t i = 0; i < nb; ++i) dwb[i] += dwb[g * nb + i];
     memory src = mem(p.c.md, dwb), dst = mem(p.c.plain, dweight);
     p.c.from.execute(cpu_stream(), src, dst);  // dweight += dwb
 }
@@ -534,7 +537,7 @@ void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, 
                                int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
-void conv2d_dnnl_wgrad_finish(float*, const float*, int, int, int, int, int, int, int, int) {
+void conv2d_dnnl_wgrad_finish(float*, float*, int, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv_dnnl_clear_cache() {}

@@ -46,12 +46,13 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
 // Weight gradients summed in oneDNN's own diff-weights layout (blocked, e.g. OIhw16i16o), so that a batch's images
 // cost one reorder into (K,C,R,S) in all rather than one each (at 96 px those reorders were a fifth of oneDNN's
 // time in a training step): conv2d_dnnl_wgrad_floats floats per partial; conv2d_dnnl_wgrad_blocked sums the N images'
-// gradients into dwb, image by image (image 0's written over dwb unless add); conv2d_dnnl_wgrad_finish adds dwb
-// into dweight (K,C,R,S). wgrad's work is conv2d_dnnl_work_bytes's; dwb must not lie in it.
+// gradients into dwb, image by image (image 0's written over dwb unless add); conv2d_dnnl_wgrad_finish adds G such
+// partials (consecutive, conv2d_dnnl_wgrad_floats apart) in order, into the first, and that into dweight (K,C,R,S).
+// wgrad's work is conv2d_dnnl_work_bytes's; dwb must not lie in it.
 size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
                                int H, int W, int K, int R, int S, int stride, int pad);
-void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
+void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, int W, int K, int R, int S, int stride,
                               int pad);
 void conv_dnnl_clear_cache();
 

@@ -135,20 +135,6 @@ Y5_HD float amp_inv_scale(float scale) { return (float)(1.0 / (double)scale); }
 // torch.nn.utils.clip_grad_norm_'s factor for a norm: min(1, max_norm / (norm + 1e-6)).
 Y5_HD double clip_coef(double norm, double max_norm) { return y5_min(1.0, max_norm / (norm + 1e-6)); }
 
-// The CPU's Σ g² over n values in double: value i into lane i mod 16, the lanes added in a fixed tree (one double
-// chain is add-latency bound: 2.5 ms over yolov5n's 1.9 M gradients), so the order depends on n alone.
-template <class T> double sum_squares_cpu(const T* g, int64_t n) {
-    constexpr int L = 16;
-    double s[L] = {};
-    int64_t i = 0;
-    for (; i + L <= n; i += L)
-        for (int l = 0; l < L; ++l) s[l] += (double)g[i + l] * (double)g[i + l];
-    for (int l = 0; i + l < n; ++l) s[l] += (double)g[i + l] * (double)g[i + l];
-    for (int w = L / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) s[l] += s[l + w];
-    return s[0];
-}
-
 // ---- CUDA launchers (kernels/sgd.cu); built only with Y5_CUDA. f32, on the given stream.
 // p, buf updated in place over n elements with sgd_nesterov; nothing when skip (a device int, may be null) is set.
 void sgd_cuda(float* p, const float* g, float* buf, int64_t n, float lr, float m, float wd, cudaStream_t stream,

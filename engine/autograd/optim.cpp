@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "engine/device/device.h"
+#include "kernels/batchnorm.h"
 #include "kernels/check.h"
 #include "kernels/sgd.h"
 
@@ -153,7 +154,9 @@ double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned) {
         using T = decltype(z);
         T* g = ps.grads_flat().ptr<T>();
         const int64_t n = ps.grads_flat().numel();
-        norm = std::sqrt(sum_squares_cpu(g, n));
+        double lanes[kSumLanes] = {};  // Σ g² in BatchNorm's fixed-order lanes (one chain is latency bound)
+        lanes_add_sqdev(lanes, g, n, 0.0);
+        norm = std::sqrt(lanes_total(lanes));
         const double coef = clip_coef(norm, max_norm);
         if (coef != 1.0)  // g · 1 is g
             for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);

@@ -294,10 +294,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                                            g.R, g.S, g.stride, g.pad);
             });
             if constexpr (std::is_same_v<T, float>)
-                if (blocked) {
-                    for (int gi = 1; gi < Gb; ++gi) axpy_cpu(pwb, 1.f, pwb + gi * nwb, nwb);
-                    conv2d_dnnl_wgrad_finish(dw, pwb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
-                }
+                if (blocked)
+                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
         }
     });
 }
@@ -448,10 +446,8 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
                                                   blocked ? pwb + g * nwb : nullptr);
             });
             if constexpr (std::is_same_v<T, float>)
-                if (blocked) {
-                    for (int g = 1; g < Gb; ++g) axpy_cpu(pwb, 1.f, pwb + g * nwb, nwb);
-                    conv2d_dnnl_wgrad_finish(dw, pwb, C, 1, P, K, 1, 1, 1, 0);
-                }
+                if (blocked)
+                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, C, 1, P, K, 1, 1, 1, 0);
         }
     });
 }
@@ -1063,10 +1059,8 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                 }
             });
             if constexpr (std::is_same_v<T, float>)
-                if (blocked) {
-                    for (int gi = 1; gi < Gb; ++gi) axpy_cpu(pwb, 1.f, pwb + gi * nwb, nwb);
-                    conv2d_dnnl_wgrad_finish(dw, pwb, C, H, W, K, 1, 1, 1, 0);
-                }
+                if (blocked)
+                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, C, H, W, K, 1, 1, 1, 0);
         }
     });
 }
