@@ -9,7 +9,9 @@
  *                                             image's step measured, nothing trained), ending "total <bytes> bytes"
  *   options: --cfg --imgsz --batch 16 32 --warmup --steps --seconds --budget --no-layers
  *            --amp off|on|both (mixed precision as y5train --amp; default both on the GPU, off on the CPU)
- *            --no-recompute (keep every BatchNorm + activation output instead of rebuilding it in the backward)
+ *            --recompute / --no-recompute (rebuild every BatchNorm + activation output in the backward, or keep
+ *            it; as y5train, on by default on the GPU and off on the CPU, but on by default with --plan: the memory
+ *            goals are the GPU's)
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  *            --cudnn-benchmark (cuDNN times the candidate algorithms instead of taking its heuristics' first)
  *            --no-pipeline (GPU: the host waits for each step; y5train queues a step while the previous one runs)
@@ -359,14 +361,15 @@ int main(int argc, char** argv) {
     bool no_pipeline = false;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
-    bool no_layers = false, deterministic = true, plan = false, recompute = true, cudnn_benchmark = false;
+    bool no_layers = false, deterministic = true, plan = false, rec_on = false, rec_off = false, cudnn_benchmark = false;
     int workspace_mib = 256;
     std::string amp_mode;
     app.add_option("--amp", amp_mode, "mixed precision: off, on, or both (f32 then AMP; the default on the GPU; the "
                    "CPU's is off)")->check(CLI::IsMember({"off", "on", "both"}));
     app.add_option("--device", device, "CUDA device index, or cpu")->capture_default_str();
-    app.add_flag("--recompute,!--no-recompute", recompute, "BatchNorm + activation outputs rebuilt in the backward "
-                 "(y5train's default) or kept");
+    CLI::Option* rec_opt = app.add_flag("--recompute", rec_on, "BatchNorm + activation outputs rebuilt in the "
+                                        "backward (y5train's default on the GPU; --plan's default)");
+    app.add_flag("--no-recompute", rec_off, "kept (y5train's default on the CPU)")->excludes(rec_opt);
     app.add_option("--cfg", cfg, "model yaml")->capture_default_str();
     app.add_option("--imgsz", imgsz)->capture_default_str();
     app.add_option("--batch,--batch-size", batches, "batch sizes (default: 16 32 64 on the GPU, 4 on the CPU)");
@@ -406,6 +409,7 @@ int main(int argc, char** argv) {
         if (steps < 0) steps = cpu ? 3 : 20;
         if (seconds < 0) seconds = cpu ? 600 : 8;
         if (amp_mode.empty()) amp_mode = cpu ? "off" : "both";
+        const bool recompute = rec_on || (!rec_off && (plan || !cpu));
         std::vector<bool> amps;
         if (amp_mode != "on") amps.push_back(false);
         if (amp_mode != "off") amps.push_back(true);

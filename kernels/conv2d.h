@@ -164,17 +164,34 @@ inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R
 inline int conv_k_parts(int K, int want) { return std::max(1, std::min(want, (K + 15) / 16)); }
 inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K + 15) / 16) * j / parts)); }
 
+// oneDNN f32: an op's weights reordered once for all its calls of one pass (fprop, or dgrad when `dgrad`), rather than
+// per call: conv2d_weights_run_elems(...) floats (0: nothing to prepare, the references run or oneDNN reads (K,C,R,S)
+// as it is), written by conv2d_weights_run; the passes below take them as wre (null: reordered per call). bias and act
+// as the fprop calls'. The calls must run with the preparing thread's oneDNN thread count (1 in training).
+inline int64_t conv2d_weights_run_elems(bool f32, bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R,
+                                        int S, int stride, int pad) {
+    if (!f32 || !conv_dnnl_on()) return 0;
+    return (int64_t)conv2d_dnnl_weights_floats(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R,
+                                               S, stride, pad);
+}
+inline void conv2d_weights_run(float* wre, bool dgrad, bool bias, Act act, const float* weight, int C, int H, int W,
+                               int K, int R, int S, int stride, int pad) {
+    if (wre)
+        conv2d_dnnl_weights(wre, dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, weight, C, H, W, K, R, S,
+                            stride, pad);
+}
+
 // act (inference): out = act(conv + bias), in oneDNN's primitive (its post-op) when it has the kind, else
 // act_forward_cpu over the output afterwards (the activation op's bits).
 template <class T>
 void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* work, int N, int C, int H, int W, int K,
-                      int R, int S, int stride, int pad, Act act = kNoAct) {
+                      int R, int S, int stride, int pad, Act act = kNoAct, const float* wre = nullptr) {
     const int64_t n_out = (int64_t)N * K * conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
     const bool apply = act.kind != ActKind::Identity;
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             const bool fuse = conv_dnnl_act_fusable(act);
-            conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad, fuse ? act : kNoAct);
+            conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad, fuse ? act : kNoAct, wre);
             if (apply && !fuse) act_forward_cpu<float>(out, out, n_out, act);
             return;
         }
@@ -184,14 +201,14 @@ void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* w
 
 template <class T>
 void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, T* work, int N,
-                         int C, int H, int W, int K, int R, int S, int stride, int pad) {
+                         int C, int H, int W, int K, int R, int S, int stride, int pad, const float* wre = nullptr) {
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
             if (dbias)
                 for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
             if (dinp || dweight)
-                conv2d_dnnl_backward(dinp, dweight, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
+                conv2d_dnnl_backward(dinp, dweight, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
             return;
         }
     conv2d_backward_cpu<T>(dinp, dweight, dbias, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
@@ -288,10 +305,10 @@ inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
     return 2 * (int64_t)C * P + conv2d_run_work_elems(true, C, 1, P, K, 1, 1, 1, 0);
 }
 
-// act (inference): as conv2d_fprop_run's.
+// act (inference) and wre: as conv2d_fprop_run's (the weights prepared for geometry (C, 1, P, K, 1, 1, 1, 0)).
 template <class T>
 void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
-                             int N, int K, int P, Act act = kNoAct) {
+                             int N, int K, int P, Act act = kNoAct, const float* wre = nullptr) {
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             int C = 0;
@@ -300,7 +317,8 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
             for (int n = 0; n < N; ++n) {
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                     std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
-                conv2d_fprop_run<float>(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0, act);
+                conv2d_fprop_run<float>(out + (int64_t)n * K * P, xc, weight, bias, wk, 1, C, 1, P, K, 1, 1, 1, 0, act,
+                                        wre);
             }
             return;
         }
@@ -309,10 +327,12 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
 }
 
 // dwb (oneDNN on, f32, dweight null): the weight gradient summed into oneDNN's blocked layout instead, image 0's
-// written over it (conv2d_dnnl_wgrad_blocked with geometry (C, 1, P, K, 1, 1, 1, 0)).
+// written over it (conv2d_dnnl_wgrad_blocked with geometry (C, 1, P, K, 1, 1, 1, 0)); wre: the weights prepared for
+// dgrad in that geometry (conv2d_weights_run), or null.
 template <class T>
 void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
-                                int m, const T* weight, T* work, int N, int K, int P, float* dwb = nullptr) {
+                                int m, const T* weight, T* work, int N, int K, int P, float* dwb = nullptr,
+                                const float* wre = nullptr) {
     if constexpr (std::is_same_v<T, float>)
         if (conv_dnnl_on()) {
             int C = 0;
@@ -327,7 +347,8 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
                         std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
                 if (any_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
                 if (any_dx || dweight)
-                    conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0);
+                    conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0,
+                                         wre);
                 if (dwb) conv2d_dnnl_wgrad_blocked(dwb, n > 0, dy, xc, wk, 1, C, 1, P, K, 1, 1, 1, 0);
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                     if (dxs[i]) axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);

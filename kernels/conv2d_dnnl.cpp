@@ -219,12 +219,49 @@ dnnl::stream& cpu_stream() {
 
 memory mem(const memory::desc& md, const void* p) { return memory(md, cpu_engine(), const_cast<void*>(p)); }
 
-// The buffer the primitive reads for an input: reordered into work, or the plain tensor itself.
-memory in_mem(const Operand& o, const float* plain, char* work) {
-    if (!o.reordered) return mem(o.md, plain);
-    memory m = mem(o.md, work + o.off), src = mem(o.plain, plain);
-    o.to.execute(cpu_stream(), src, m);
-    return m;
+// A plan's memory objects on this thread, one per buffer descriptor, made on first use and pointed at each call's
+// buffers (set_data_handle, which zero-pads a padded layout as creation does); executed through the C API with the
+// arguments on the stack. Made per call, with the C++ API's argument maps, they cost about 4 % of a 96 px training
+// step in malloc and free. conv_dnnl_clear_cache() bumps g_gen, which empties every thread's cache.
+struct Mems {
+    memory a, a_plain, b, b_plain, c, c_plain, pad, bias;
+};
+std::atomic<uint64_t> g_gen{0};
+
+Mems& mems(const Plan& p) {
+    thread_local std::unordered_map<const Plan*, Mems> cache;
+    thread_local uint64_t gen = 0;
+    const uint64_t now = g_gen.load(std::memory_order_acquire);
+    if (gen != now) cache.clear(), gen = now;
+    auto it = cache.find(&p);
+    if (it != cache.end()) return it->second;
+    auto mk = [](const memory::desc& d) { return memory(d, cpu_engine(), DNNL_MEMORY_NONE); };
+    Mems m{mk(p.a.md), mk(p.a.plain), mk(p.b.md), mk(p.b.plain), mk(p.c.md), mk(p.c.plain),
+           mk(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x)), memory()};
+    if (!p.bias.is_zero()) m.bias = mk(p.bias);
+    return cache.emplace(&p, std::move(m)).first->second;
+}
+
+dnnl_memory_t at(const memory& m, const void* ptr) {
+    m.set_data_handle(const_cast<void*>(ptr));
+    return m.get();
+}
+
+void exec(const dnnl::primitive& prim, std::initializer_list<dnnl_exec_arg_t> args) {
+    const dnnl_status_t s = dnnl_primitive_execute(prim.get(), cpu_stream().get(), (int)args.size(), args.begin());
+    Y5_CHECK(s == dnnl_success, "conv2d (oneDNN): a primitive failed to execute (status %d)", (int)s);
+}
+
+// The buffer the primitive reads for an input: reordered into work (m_plain → m), or the plain tensor itself.
+dnnl_memory_t in_mem(const Operand& o, const memory& m, const memory& m_plain, const float* plain, char* work) {
+    if (!o.reordered) return at(m, plain);
+    exec(o.to, {{DNNL_ARG_FROM, at(m_plain, plain)}, {DNNL_ARG_TO, at(m, work + o.off)}});
+    return m.get();
+}
+
+// The weights as the primitive reads them: prepared (wre), reordered into work, or the plain tensor itself.
+dnnl_memory_t weights_mem(const Operand& o, const Mems& ms, const float* weight, const float* wre, char* work) {
+    return wre && o.reordered ? at(ms.b, wre) : in_mem(o, ms.b, ms.b_plain, weight, work);
 }
 
 }  // namespace
@@ -264,59 +301,76 @@ size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stri
 
 static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
 
+size_t conv2d_dnnl_weights_floats(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
+                                  int stride, int pad) {
+    const Plan& p = dgrad ? plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad)
+                          : plan(Fprop, with_bias, t_threads, C, H, W, K, R, S, stride, pad, act);
+    return p.b.reordered ? p.b.md.get_size() / sizeof(float) : 0;
+}
+
+void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const float* weight, int C, int H, int W,
+                         int K, int R, int S, int stride, int pad) {
+    const Plan& p = dgrad ? plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad)
+                          : plan(Fprop, with_bias, t_threads, C, H, W, K, R, S, stride, pad, act);
+    if (!p.b.reordered) return;
+    OmpThreads omp(t_threads);
+    const Mems& ms = mems(p);
+    exec(p.b.to, {{DNNL_ARG_FROM, at(ms.b_plain, weight)}, {DNNL_ARG_TO, at(ms.b, dst)}});
+}
+
 void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
-                       int H, int W, int K, int R, int S, int stride, int pad, Act act) {
+                       int H, int W, int K, int R, int S, int stride, int pad, Act act, const float* wre) {
     Y5_CHECK(conv_dnnl_act_fusable(act), "conv2d (oneDNN): activation %d has no post-op", (int)act.kind);
     const Plan& p = plan(Fprop, bias != nullptr, t_threads, C, H, W, K, R, S, stride, pad, act);
     char* wk = aligned(work);
     OmpThreads omp(t_threads);
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
-    memory wm = in_mem(p.b, weight, wk), pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x),
-                                                          wk + p.pad_off);
+    const Mems& ms = mems(p);
+    dnnl_memory_t wm = weights_mem(p.b, ms, weight, wre, wk), pm = at(ms.pad, wk + p.pad_off),
+                  bm = bias ? at(ms.bias, bias) : nullptr;
     for (int n = 0; n < N; ++n) {
-        memory xm = in_mem(p.a, inp + n * in_img, wk);
-        memory ym = p.c.reordered ? mem(p.c.md, wk + p.c.off) : mem(p.c.md, out + n * out_img);
-        std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym},
-                                             {DNNL_ARG_SCRATCHPAD, pad_m}};
-        if (bias) args.insert({DNNL_ARG_BIAS, mem(p.bias, bias)});
-        p.prim.execute(cpu_stream(), args);
-        if (p.c.reordered) {
-            memory dst = mem(p.c.plain, out + n * out_img);
-            p.c.from.execute(cpu_stream(), ym, dst);
-        }
+        dnnl_memory_t xm = in_mem(p.a, ms.a, ms.a_plain, inp + n * in_img, wk),
+                      ym = at(ms.c, p.c.reordered ? (void*)(wk + p.c.off) : (void*)(out + n * out_img));
+        if (bm)
+            exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, ym},
+                          {DNNL_ARG_SCRATCHPAD, pm}});
+        else
+            exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}, {DNNL_ARG_SCRATCHPAD, pm}});
+        if (p.c.reordered) exec(p.c.from, {{DNNL_ARG_FROM, ym}, {DNNL_ARG_TO, at(ms.c_plain, out + n * out_img)}});
     }
 }
 
 void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                          void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+                          void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad,
+                          const float* wre) {
     char* wk = aligned(work);
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
     const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
     if (dinp) {
         const Plan& p = plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad);
         OmpThreads omp(t_threads);
-        memory wm = in_mem(p.b, weight, wk),
-               pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+        const Mems& ms = mems(p);
+        dnnl_memory_t wm = weights_mem(p.b, ms, weight, wre, wk), pm = at(ms.pad, wk + p.pad_off),
+                      dxm = at(ms.c, wk + p.c.off);
         for (int n = 0; n < N; ++n) {
-            memory dym = in_mem(p.a, dout + n * out_img, wk), dxm = mem(p.c.md, wk + p.c.off);
-            p.prim.execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
-                                          {DNNL_ARG_SCRATCHPAD, pad_m}});
-            memory dst = mem(p.c.plain, dinp + n * in_img);
-            p.c.from.execute(cpu_stream(), dxm, dst);  // dinp += dgrad
+            dnnl_memory_t dym = in_mem(p.a, ms.a, ms.a_plain, dout + n * out_img, wk);
+            exec(p.prim, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
+                          {DNNL_ARG_SCRATCHPAD, pm}});
+            exec(p.c.from, {{DNNL_ARG_FROM, dxm}, {DNNL_ARG_TO, at(ms.c_plain, dinp + n * in_img)}});  // dinp += dgrad
         }
     }
     if (dweight) {
         const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
         OmpThreads omp(1);  // one thread: the reduction over pixels in one fixed order
-        memory pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+        const Mems& ms = mems(p);
+        dnnl_memory_t pm = at(ms.pad, wk + p.pad_off), dwm = at(ms.c, wk + p.c.off), dst = at(ms.c_plain, dweight);
         for (int n = 0; n < N; ++n) {
-            memory xm = in_mem(p.a, inp + n * in_img, wk), dym = in_mem(p.b, dout + n * out_img, wk),
-                   dwm = mem(p.c.md, wk + p.c.off);
-            p.prim.execute(cpu_stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
-                                          {DNNL_ARG_SCRATCHPAD, pad_m}});
-            memory dst = mem(p.c.plain, dweight);
-            p.c.from.execute(cpu_stream(), dwm, dst);  // dweight += this image's wgrad
+            dnnl_memory_t xm = in_mem(p.a, ms.a, ms.a_plain, inp + n * in_img, wk),
+                          dym = in_mem(p.b, ms.b, ms.b_plain, dout + n * out_img, wk);
+            exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                          {DNNL_ARG_SCRATCHPAD, pm}});
+            exec(p.c.from, {{DNNL_ARG_FROM, dwm}, {DNNL_ARG_TO, dst}});  // dweight += this image's wgrad
         }
     }
 }
@@ -333,13 +387,14 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
     const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
     const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
     OmpThreads omp(1);  // one thread: the reduction over pixels in one fixed order
-    memory pad_m = mem(memory::desc({(memory::dim)(p.bytes - p.pad_off)}, dt::u8, tag::x), wk + p.pad_off);
+    const Mems& ms = mems(p);
+    dnnl_memory_t pm = at(ms.pad, wk + p.pad_off);
     float* tmp = (float*)(wk + p.c.off);  // wgrad's output is always reordered (accumulated), so it has its buffer
     for (int n = 0; n < N; ++n) {
-        memory xm = in_mem(p.a, inp + n * in_img, wk), dym = in_mem(p.b, dout + n * out_img, wk),
-               dwm = mem(p.c.md, n || add ? tmp : dwb);
-        p.prim.execute(cpu_stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
-                                      {DNNL_ARG_SCRATCHPAD, pad_m}});
+        dnnl_memory_t xm = in_mem(p.a, ms.a, ms.a_plain, inp + n * in_img, wk),
+                      dym = in_mem(p.b, ms.b, ms.b_plain, dout + n * out_img, wk), dwm = at(ms.c, n || add ? tmp : dwb);
+        exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                      {DNNL_ARG_SCRATCHPAD, pm}});
         if (n || add)
             for (int64_t i = 0; i < nb; ++i) dwb[i] += tmp[i];
     }
@@ -351,12 +406,13 @@ void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, i
     const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
     for (int g = 1; g < G; ++g)
         for (int64_t i = 0; i < nb; ++i) dwb[i] += dwb[g * nb + i];
-    memory src = mem(p.c.md, dwb), dst = mem(p.c.plain, dweight);
-    p.c.from.execute(cpu_stream(), src, dst);  // dweight += dwb
+    const Mems& ms = mems(p);
+    exec(p.c.from, {{DNNL_ARG_FROM, at(ms.c, dwb)}, {DNNL_ARG_TO, at(ms.c_plain, dweight)}});  // dweight += dwb
 }
 
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
+    g_gen.fetch_add(1, std::memory_order_release);  // every thread's memory objects (Mems) for the plans go too
     g_plans.clear();
     g_bplans.clear();
 }
@@ -525,11 +581,15 @@ void conv_dnnl_set_threads(int) {}
 bool conv_dnnl_act_fusable(Act) { return false; }
 size_t conv2d_dnnl_work_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
 void conv2d_dnnl_fprop(float*, const float*, const float*, const float*, void*, int, int, int, int, int, int, int, int,
-                       int, Act) {
+                       int, Act, const float*) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_backward(float*, float*, const float*, const float*, const float*, void*, int, int, int, int, int,
-                          int, int, int, int) {
+                          int, int, int, int, const float*) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+size_t conv2d_dnnl_weights_floats(bool, bool, Act, int, int, int, int, int, int, int, int) { return 0; }
+void conv2d_dnnl_weights(float*, bool, bool, Act, const float*, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 size_t conv2d_dnnl_wgrad_floats(int, int, int, int, int, int, int, int) { return 0; }

@@ -38,11 +38,23 @@ void conv_dnnl_set_threads(int n);   // OpenMP threads for this thread's fprop/d
 // Work bytes for any pass and any N, at 1 to max_threads threads (oneDNN's scratchpad grows with them).
 size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads);
 bool conv_dnnl_act_fusable(Act a);  // Identity, SiLU, ReLU, LeakyReLU
+// wre: the weights already in the plan's layout (conv2d_dnnl_weights below), or null: `weight` reordered per call.
 void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const float* bias, void* work, int N, int C,
-                       int H, int W, int K, int R, int S, int stride, int pad, Act act = kNoAct);
-// dinp and dweight may be null (skipped); weight is read for dgrad, inp for wgrad.
+                       int H, int W, int K, int R, int S, int stride, int pad, Act act = kNoAct,
+                       const float* wre = nullptr);
+// dinp and dweight may be null (skipped); weight is read for dgrad (or wre, as fprop's), inp for wgrad.
 void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                          void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad);
+                          void* work, int N, int C, int H, int W, int K, int R, int S, int stride, int pad,
+                          const float* wre = nullptr);
+// Weights reordered once for many calls of one pass (an op's image groups; conv2d_parts' and Detect's calls per
+// image): at 96 px, batch 16 the per-call weight reorders were about a sixth of oneDNN's time in a training step.
+// conv2d_dnnl_weights_floats: floats of the fprop (dgrad false; bias and act as the calls', act fusable) or dgrad
+// plan's weights, 0 when that plan reads (K,C,R,S) as it is (nothing to prepare, wre then unused);
+// conv2d_dnnl_weights writes them into dst. The plan is the calling thread's (its thread count), as the calls'.
+size_t conv2d_dnnl_weights_floats(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
+                                  int stride, int pad);
+void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const float* weight, int C, int H, int W,
+                         int K, int R, int S, int stride, int pad);
 // Weight gradients summed in oneDNN's own diff-weights layout (blocked, e.g. OIhw16i16o), so that a batch's images
 // cost one reorder into (K,C,R,S) in all rather than one each (at 96 px those reorders were a fifth of oneDNN's
 // time in a training step): conv2d_dnnl_wgrad_floats floats per partial; conv2d_dnnl_wgrad_blocked sums the N images'

@@ -173,6 +173,49 @@ TEST_CASE("oneDNN conv2d's fprop and dgrad bits do not depend on the thread coun
     }
 }
 
+TEST_CASE("oneDNN conv2d with weights prepared once gives the per-call reorder's bits", "[dnnl][conv][weights]") {
+    // conv2d_dnnl_weights (the ops reorder an op's weights once for all its image groups): fprop with and without
+    // bias, with a post-op, and dgrad, against the same calls reordering the weights themselves.
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    DnnlSwitch on(true);
+    Rng rng(1807);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    const Act relu{ActKind::ReLU, 0.f};
+    int prepared = 0;
+    for (const Geo& g : geos)
+        for (const Act act : {kNoAct, relu}) {
+            INFO(geo_str(g) << ", activation " << (int)act.kind);
+            const Data d = make_data(g, rng);
+            const float* b = g.bias ? d.b.data() : nullptr;
+            std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, 1));
+            Out per_call = run_dnnl(g, d, 1), once{per_call.y, d.dx0, d.dw0};
+            conv2d_dnnl_fprop(per_call.y.data(), d.x.data(), d.w.data(), b, work.data(), g.N, g.C, g.H, g.W, g.K, g.R,
+                              g.S, g.stride, g.pad, act);
+            const size_t nf = conv2d_dnnl_weights_floats(false, b, act, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad),
+                         nd = conv2d_dnnl_weights_floats(true, false, kNoAct, g.C, g.H, g.W, g.K, g.R, g.S, g.stride,
+                                                         g.pad);
+            prepared += nf > 0 && nd > 0;
+            // Random contents first: a prepare that wrote nothing would leave them, not the weights.
+            std::vector<float> wf = rand_vec((int64_t)std::max<size_t>(nf, 1), rng),
+                               wd = rand_vec((int64_t)std::max<size_t>(nd, 1), rng);
+            conv2d_dnnl_weights(wf.data(), false, b, act, d.w.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+            conv2d_dnnl_weights(wd.data(), true, false, kNoAct, d.w.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride,
+                                g.pad);
+            std::fill(once.y.begin(), once.y.end(), 7.f);
+            conv2d_dnnl_fprop(once.y.data(), d.x.data(), d.w.data(), b, work.data(), g.N, g.C, g.H, g.W, g.K, g.R, g.S,
+                              g.stride, g.pad, act, nf ? wf.data() : nullptr);
+            conv2d_dnnl_backward(once.dx.data(), nullptr, d.dy.data(), d.x.data(), d.w.data(), work.data(), g.N, g.C,
+                                 g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, nd ? wd.data() : nullptr);
+            REQUIRE(same_bits(once.y, per_call.y));
+            REQUIRE(same_bits(once.dx, per_call.dx));
+        }
+    CHECK(prepared > 0);  // oneDNN chose blocked weights somewhere: the prepared path ran
+}
+
 TEST_CASE("oneDNN fprop over a range of output channels gives the full convolution's bits", "[dnnl][conv][threads]") {
     // Batch 1 with several threads splits the output channels (conv_k_parts), so its bits must be the
     // whole convolution's: then y5detect gives the same boxes with any Y5_THREADS.

@@ -49,8 +49,11 @@ int main(int argc, char** argv) {
     CLI::Option* amp_opt = app.add_flag("--amp", amp_on, "mixed precision (f16 activations, loss scaling); the default "
                                         "on CUDA devices, allowed on the CPU");
     app.add_flag("--no-amp", amp_off, "train in f32 (the default on the CPU)")->excludes(amp_opt);
-    app.add_flag("--recompute,!--no-recompute", o.recompute, "rebuild BatchNorm + activation outputs in the backward "
-                 "instead of keeping them (less memory, a little slower); on by default");
+    bool rec_on = false, rec_off = false;
+    CLI::Option* rec_opt = app.add_flag("--recompute", rec_on, "rebuild BatchNorm + activation outputs in the backward "
+                                        "instead of keeping them (less memory, a little slower); the default on CUDA "
+                                        "devices");
+    app.add_flag("--no-recompute", rec_off, "keep them (the default on the CPU)")->excludes(rec_opt);
     app.add_option("--optimizer", o.optimizer, "optimizer, as train.py's smart_optimizer: SGD (nesterov), Adam "
                    "(betas (momentum, 0.999), decay added to the gradient) or AdamW (decoupled decay)")
         ->capture_default_str()->check(CLI::IsMember({"SGD", "Adam", "AdamW"}));
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
     app.add_option("--nc", nc, "number of classes for --summary (training takes it from --data)");
     if (const int rc = y5::parse_flags(app, argc, argv, "y5train"); rc >= 0) return rc;
     o.amp = amp_on ? 1 : amp_off ? 0 : -1;
+    o.recompute = rec_on ? 1 : rec_off ? 0 : -1;
     if (evolve) o.exist_ok = o.exist_ok || !o.resume.empty(), o.resume.clear();  // train.py: --resume means exist_ok
     try {
         Y5_CHECK(o.batch_size <= 65536, "--batch-size %d: at most 65536", o.batch_size);

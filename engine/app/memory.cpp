@@ -250,16 +250,30 @@ StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory
     return eval(k);
 }
 
+static int64_t available_bytes(Device dev, int64_t available) {
+    size_t free_b = 0, total_b = 0;
+    return available >= 0 ? available
+           : dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
+                                 : mem_available_bytes();
+}
+
+static size_t plans_total(const std::vector<StepMemory>& plans) {
+    size_t need = 0;
+    for (const StepMemory& p : plans) need += p.total();
+    return need;
+}
+
+bool plan_fits(Device dev, const std::vector<StepMemory>& plans, int64_t available) {
+    const int64_t avail = available_bytes(dev, available);
+    return avail <= 0 || (double)plans_total(plans) < 0.9 * (double)avail;
+}
+
 void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
                 int64_t available) {
-    size_t need = 0, free_b = 0, total_b = 0;
-    for (const StepMemory& p : plans) need += p.total();
-    const int64_t avail = available >= 0 ? available
-                          : dev == Device::CUDA ? (device_memory_info(&free_b, &total_b) ? (int64_t)free_b : 0)
-                                                : mem_available_bytes();
-    Y5_CHECK(avail <= 0 || (double)need < 0.9 * (double)avail,
+    const int64_t avail = available_bytes(dev, available);
+    Y5_CHECK(plan_fits(dev, plans, avail),
              "%s needs %.1f GB of %s memory for activations, gradients and scratch but %.1f GB are available: lower %s",
-             what.c_str(), need / 1e9, dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9, lower);
+             what.c_str(), plans_total(plans) / 1e9, dev == Device::CUDA ? "GPU" : "CPU", avail / 1e9, lower);
 }
 
 }  // namespace y5

@@ -113,6 +113,7 @@ StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory
 // (bytes; a device budget to check a plan against, as the tests do for a 15 GB T4).
 void check_fits(Device dev, const std::vector<StepMemory>& plans, const std::string& what, const char* lower,
                 int64_t available = -1);
+bool plan_fits(Device dev, const std::vector<StepMemory>& plans, int64_t available = -1);  // check_fits's test
 
 // The arenas of one plan and the tape over them: the activation arena tracks (engine/core/arena.h), for the
 // inference forward's liveness and training's recomputation, and holds the tape's gradients too.

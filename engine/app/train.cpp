@@ -184,7 +184,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["deterministic"]) o.deterministic = y["deterministic"].as<bool>();  // runs before these options: defaults
     if (y["workspace"]) o.workspace_mib = y["workspace"].as<int>();
     if (y["amp"]) o.amp = y["amp"].as<bool>() ? 1 : 0;
-    if (y["recompute"]) o.recompute = y["recompute"].as<bool>();
+    if (y["recompute"] && !y["recompute"].IsNull()) o.recompute = y["recompute"].as<bool>() ? 1 : 0;
     if (y["optimizer"]) o.optimizer = y["optimizer"].as<std::string>();  // older checkpoints: SGD
     if (y["noplots"]) o.noplots = y["noplots"].as<bool>();
     if (y["sync_bn"]) o.sync_bn = y["sync_bn"].as<bool>();
@@ -246,6 +246,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     Ctx dctx;  // for copies between host and device
     dctx.cuda = cuda;
     const bool amp = opt.amp < 0 ? dev == Device::CUDA : opt.amp == 1;
+    bool recompute = opt.recompute < 0 ? dev == Device::CUDA : opt.recompute == 1;
     Y5_CHECK(opt.epochs >= 1 && opt.batch_size >= 1, "--epochs and --batch-size must be at least 1");
     Y5_CHECK(opt.cache.empty() || opt.cache == "ram" || opt.cache == "disk", "--cache %s: 'ram' or 'disk'",
              opt.cache.c_str());
@@ -307,7 +308,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
        << "\nname: " << q(opt.name) << "\nexist_ok: " << yn(opt.exist_ok) << "\ncos_lr: " << yn(opt.cos_lr)
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
-       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << yn(opt.recompute)
+       << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << (opt.recompute < 0 ? "null" : yn(opt.recompute == 1))
        << "\nfreeze: [" << freeze_list << "]\noptimizer: " << q(opt.optimizer) << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
        << "\nsave_dir: " << q(save_dir) << "\n";
     int start_epoch = 0;
@@ -433,10 +434,18 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     int gs = 32;  // train.py: max(int(model.stride.max()), 32)
     for (float s : model.detect->stride) gs = std::max(gs, (int)s);
     const int batch_side = opt.quad ? 2 * opt.imgsz : opt.imgsz;
-    const StepMemory plan = plan_train_run(model, opt.imgsz, opt.quad ? std::max(1, opt.batch_size / 4) : opt.batch_size,
-                                           vl.batch_size, lh, amp, opt.single_cls, opt.recompute,
-                                           opt.multi_scale ? multi_scale_max(opt.imgsz, gs) : batch_side,
-                                           opt.multi_scale ? batch_side : 0, &val_chunk);
+    auto plan_run = [&](bool rec) {
+        return plan_train_run(model, opt.imgsz, opt.quad ? std::max(1, opt.batch_size / 4) : opt.batch_size,
+                              vl.batch_size, lh, amp, opt.single_cls, rec,
+                              opt.multi_scale ? multi_scale_max(opt.imgsz, gs) : batch_side,
+                              opt.multi_scale ? batch_side : 0, &val_chunk);
+    };
+    StepMemory plan = plan_run(recompute);
+    if (opt.recompute < 0 && !recompute && !plan_fits(dev, {plan})) {  // the CPU's default, where keeping fits
+        recompute = true;
+        plan = plan_run(true);
+        std::printf("recompute: on (the BatchNorm outputs kept would not fit in the memory available)\n");
+    }
     check_fits(dev, {plan}, "batch " + std::to_string(opt.batch_size) + " at --imgsz " + std::to_string(opt.imgsz),
                "--batch-size or --imgsz");
     Workspace tw;
@@ -452,7 +461,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
 
     TrainStep step(model, ema, lh);
     step.amp = amp;
-    step.recompute = opt.recompute;
+    step.recompute = recompute;
     step.loss_gain = opt.quad ? 4.0 : 1.0;  // train.py: if opt.quad: loss *= 4.
     // On a GPU the host queues a step while the previous one runs (engine/app/step.h); the loader's batches
     // (batch_size images at imgsz, or a quarter as many at twice the side under --quad) go up beside it.

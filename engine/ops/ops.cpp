@@ -221,6 +221,11 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             Scratch ws(c.work);
             acc_t<T>* col = ws.get<acc_t<T>>(ncol * G * KS);
             float* scr = ws.get<float>(nscr * G * KS);
+            // oneDNN f32 over whole images: the weights reordered once for all the groups, not once per group.
+            constexpr bool f32 = std::is_same_v<T, float>;
+            float* wre = ws.get<float>(
+                conv2d_weights_run_elems(f32 && KS == 1, false, b != nullptr, act, C, H, W, K, R, S, stride, pad));
+            if constexpr (f32) conv2d_weights_run(wre, false, b != nullptr, act, wp, C, H, W, K, R, S, stride, pad);
             par(G * KS, [&](int64_t t0, int64_t t1) {
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t gi = t / KS;
@@ -238,7 +243,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                             if (act.kind != ActKind::Identity) act_forward_cpu<T>(yk, yk, step * (k1 - k0) * P, act);
                         } else {
                             conv2d_fprop_run<T>(yk, xp + n * in_img, wk, bk, cg, step, C, H, W, k1 - k0, R, S, stride,
-                                                pad, act);
+                                                pad, act, wre);
                         }
                     }
                 }
@@ -271,6 +276,12 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             float* pwb = ws.get<float>(nwb * Gb);
             A* col = ws.get<A>(ncol * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
+            // oneDNN f32: the weights reordered for dgrad once for all the groups.
+            constexpr bool f32 = std::is_same_v<T, float>;
+            float* wre = ws.get<float>(conv2d_weights_run_elems(f32 && dx, true, false, kNoAct, g.C, g.H, g.W, g.K, g.R,
+                                                                g.S, g.stride, g.pad));
+            if constexpr (f32)
+                conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
@@ -279,7 +290,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                     if (blocked) {
                         conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
                                                nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
-                                               g.stride, g.pad);
+                                               g.stride, g.pad, wre);
                         conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs,
                                                   n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                         return;
@@ -291,7 +302,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                 else
                     conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
-                                           g.R, g.S, g.stride, g.pad);
+                                           g.R, g.S, g.stride, g.pad, wre);
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
@@ -381,6 +392,10 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             Scratch ws(c.work);
             float* scr = ws.get<float>(nscr * G);
             T* wk = ws.get<T>(nwk * G * KS);
+            // oneDNN f32 over whole images: the weights reordered once for all the images.
+            constexpr bool is32 = std::is_same_v<T, float>;
+            float* wre = ws.get<float>(conv2d_weights_run_elems(is32 && KS == 1, false, b, act, C, 1, P, K, 1, 1, 1, 0));
+            if constexpr (is32) conv2d_weights_run(wre, false, b, act, wp, C, 1, P, K, 1, 1, 1, 0);
             par(G * KS, [&](int64_t t0, int64_t t1) {
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t g = t / KS;  // KS > 1: one image per group
@@ -395,7 +410,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
                     } else {
                         conv1x1_parts_fprop_run<T>(yp + ((int64_t)n0 * K + k0) * P, xp, Cs.data(), m,
                                                    wp + (int64_t)k0 * C, bp ? bp + k0 : nullptr,
-                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P, act);
+                                                   wk ? wk + t * nwk : nullptr, n1 - n0, k1 - k0, P, act, wre);
                     }
                 }
             });
@@ -427,6 +442,11 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, 1, P, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
+            bool any_dx = false;  // the weights reordered for dgrad once (oneDNN)
+            for (int i = 0; i < m; ++i) any_dx = any_dx || dxp[i];
+            constexpr bool is32 = std::is_same_v<T, float>;
+            float* wre = ws.get<float>(conv2d_weights_run_elems(is32 && any_dx, true, false, kNoAct, C, 1, P, K, 1, 1, 1, 0));
+            if constexpr (is32) conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), C, 1, P, K, 1, 1, 1, 0);
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, w.t.numel(), K, Gb,
                                 [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
@@ -443,7 +463,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
                 else
                     conv1x1_parts_backward_run<T>(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
                                                   w.t.ptr<T>(), wk ? wk + slot * nwk : nullptr, n1 - n0, K, P,
-                                                  blocked ? pwb + g * nwb : nullptr);
+                                                  blocked ? pwb + g * nwb : nullptr, wre);
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
@@ -965,6 +985,11 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             T* tmp = ws.get<T>(out_img * G);
             float* scr = ws.get<float>(nscr * G * KS);
             acc_t<T>* wk = ws.get<acc_t<T>>(nwk_k * G * KS);
+            // oneDNN f32 over whole images: the weights reordered once for all the images.
+            constexpr bool f32 = std::is_same_v<T, float>;
+            float* wre =
+                ws.get<float>(conv2d_weights_run_elems(f32 && KS == 1, false, bp, kNoAct, C, H, W, K, 1, 1, 1, 0));
+            if constexpr (f32) conv2d_weights_run(wre, false, bp, kNoAct, wp, C, H, W, K, 1, 1, 1, 0);
             // Output channels [k0, k1) of image n into t (K, P), with task slot s's scratch.
             auto conv = [&](int n, int64_t s, T* t, int k0, int k1) {
                 acc_t<T>* wg = wk ? wk + s * nwk_k : nullptr;
@@ -974,7 +999,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                                          C, H, W, k1 - k0, 1, 1, 1, 0);
                 else
                     conv2d_fprop_run<T>(t + k0 * P, xp + n * in_img, wp + (int64_t)k0 * C, bk, wg, 1, C, H, W, k1 - k0,
-                                        1, 1, 1, 0);
+                                        1, 1, 1, 0, kNoAct, wre);
             };
             if (KS == 1) {
                 par(G, [&](int64_t g0, int64_t g1) {
@@ -1035,6 +1060,9 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
+            constexpr bool f32 = std::is_same_v<T, float>;  // the weights reordered for dgrad once (oneDNN)
+            float* wre = ws.get<float>(conv2d_weights_run_elems(f32 && dx, true, false, kNoAct, C, H, W, K, 1, 1, 1, 0));
+            if constexpr (f32) conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), C, H, W, K, 1, 1, 1, 0);
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)K * C, K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
@@ -1045,7 +1073,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                     if constexpr (std::is_same_v<T, float>)
                         if (blocked) {
                             conv2d_backward_run<T>(dx ? dx + n * in_img : nullptr, nullptr, gb, t, nullptr,
-                                                   w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
+                                                   w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0, wre);
                             conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, n > n0, t, xp + n * in_img, ws1, 1, C, H, W, K,
                                                       1, 1, 1, 0);
                             continue;
@@ -1055,7 +1083,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                                                 w.t.ptr<T>(), ws1, scr + slot * nscr, 1, C, H, W, K, 1, 1, 1, 0);
                     else
                         conv2d_backward_run<T>(dx ? dx + n * in_img : nullptr, gw, gb, t, xp + n * in_img,
-                                               w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0);
+                                               w.t.ptr<T>(), ws1, 1, C, H, W, K, 1, 1, 1, 0, wre);
                 }
             });
             if constexpr (std::is_same_v<T, float>)
