@@ -288,7 +288,18 @@ bool conv_dnnl_act_fusable(Act a) {
     return a.kind == ActKind::Identity || a.kind == ActKind::ReLU || a.kind == ActKind::LeakyReLU;
 }
 
+// conv2d_dnnl_work_bytes's answers (the ops ask on every call; seven plan lookups each).
+using WKey = std::tuple<int, int, int, int, int, int, int, int, int>;
+static std::mutex g_work_mu;
+static std::map<WKey, size_t> g_work_bytes;
+
 size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads) {
+    const WKey key{C, H, W, K, R, S, stride, pad, max_threads};
+    {
+        std::lock_guard<std::mutex> lock(g_work_mu);
+        auto it = g_work_bytes.find(key);
+        if (it != g_work_bytes.end()) return it->second;
+    }
     size_t b = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).bytes;
     for (int t : {1, std::max(1, max_threads)})
         for (Pass p : {Fprop, Dgrad})
@@ -296,7 +307,10 @@ size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stri
                 b = std::max(b, plan(p, bias, t, C, H, W, K, R, S, stride, pad).bytes);
     for (int t : {1, std::max(1, max_threads)})  // the inference fprop (bias and a post-op): its scratchpad may differ
         b = std::max(b, plan(Fprop, true, t, C, H, W, K, R, S, stride, pad, Act{ActKind::ReLU, 0.f}).bytes);
-    return b + 64;  // the start aligned to 64 inside the caller's buffer
+    b += 64;  // the start aligned to 64 inside the caller's buffer
+    std::lock_guard<std::mutex> lock(g_work_mu);
+    g_work_bytes[key] = b;
+    return b;
 }
 
 static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
@@ -404,16 +418,24 @@ void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, i
                               int pad) {
     const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
     const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
-    for (int g = 1; g < G; ++g)
-        for (int64_t i = 0; i < nb; ++i) dwb[i] += dwb[g * nb + i];
+    conv2d_dnnl_wgrad_sum(dwb, G, nb, 0, nb);
     const Mems& ms = mems(p);
     exec(p.c.from, {{DNNL_ARG_FROM, at(ms.c, dwb)}, {DNNL_ARG_TO, at(ms.c_plain, dweight)}});  // dweight += dwb
+}
+
+void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_t i1) {
+    for (int g = 1; g < G; ++g)
+        for (int64_t i = i0; i < i1; ++i) dwb[i] += dwb[g * floats + i];
 }
 
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
     g_gen.fetch_add(1, std::memory_order_release);  // every thread's memory objects (Mems) for the plans go too
     g_plans.clear();
+    {
+        std::lock_guard<std::mutex> wlock(g_work_mu);
+        g_work_bytes.clear();
+    }
     g_bplans.clear();
 }
 
@@ -598,6 +620,9 @@ void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, 
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_wgrad_finish(float*, float*, int, int, int, int, int, int, int, int, int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+void conv2d_dnnl_wgrad_sum(float*, int, int64_t, int64_t, int64_t) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv_dnnl_clear_cache() {}

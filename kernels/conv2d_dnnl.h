@@ -66,6 +66,9 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
                                int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, int W, int K, int R, int S, int stride,
                               int pad);
+// finish's sum alone over the elements [i0, i1) (the callers split it over threads, then finish with G = 1): each
+// element's partials added in group order, so any split gives the same bits.
+void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_t i1);
 void conv_dnnl_clear_cache();
 
 // ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's

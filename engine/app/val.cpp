@@ -11,6 +11,7 @@
 #include "engine/device/device.h"
 #include "engine/app/memory.h"
 #include "engine/app/plots.h"
+#include "engine/ops/op.h"
 #include "kernels/image.h"
 
 #if Y5_CUDA
@@ -140,8 +141,10 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
 #else
                 Y5_FAIL("validate: CUDA tensor in a build without CUDA");
 #endif
-            } else {
-                for (int i = 0; i < k; ++i) dets[i0 + i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
+            } else {  // the images' NMS on the CPU threads (each writes its own entry)
+                par(k, [&](int64_t a, int64_t e) {
+                    for (int64_t i = a; i < e; ++i) dets[i0 + i] = nms_image(dec + i * N * no, (int)N, (int)no, np);
+                });
             }
         }
         // One chunk: its items as they are (bit for bit the unchunked run's); several: from their level sums.

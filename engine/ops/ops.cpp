@@ -179,6 +179,15 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
 // f16 (x, w, b and the output; mixed dtypes are an error): float arithmetic, one rounding per output and per
 // gradient element; the CPU threads also get float scratch for one image and the weights (kernels/conv2d.h).
 // act: applied to the output by the CPU forward (conv2d_act's inference path; kNoAct for conv2d itself).
+// oneDNN f32: the Gb groups' blocked weight-gradient partials added in group order over the threads (element ranges),
+// then into dw (kernels/conv2d_dnnl.h).
+static void wgrad_blocked_finish(float* dw, float* pwb, int Gb, int C, int H, int W, int K, int R, int S, int stride,
+                                 int pad) {
+    const int64_t nb = (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, R, S, stride, pad);
+    par(nb, [&](int64_t i0, int64_t i1) { conv2d_dnnl_wgrad_sum(pwb, Gb, nb, i0, i1); }, kElemChunk);
+    conv2d_dnnl_wgrad_finish(dw, pwb, 1, C, H, W, K, R, S, stride, pad);
+}
+
 static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
@@ -306,7 +315,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
-                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                    wgrad_blocked_finish(dw, pwb, Gb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
         }
     });
 }
@@ -467,7 +476,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
-                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, C, 1, P, K, 1, 1, 1, 0);
+                    wgrad_blocked_finish(dw, pwb, Gb, C, 1, P, K, 1, 1, 1, 0);
         }
     });
 }
@@ -1088,7 +1097,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
-                    conv2d_dnnl_wgrad_finish(dw, pwb, Gb, C, H, W, K, 1, 1, 1, 0);
+                    wgrad_blocked_finish(dw, pwb, Gb, C, H, W, K, 1, 1, 1, 0);
         }
     });
 }
