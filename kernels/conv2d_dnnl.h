@@ -8,7 +8,7 @@
  * One image per primitive call (mb = 1), so fprop's and dgrad's results do not depend on how the ops group the
  * batch (weight gradients are sums over images in the order the caller fixes: conv2d_dnnl_wgrad_blocked below).
  * Layouts: oneDNN chooses (format any); y5's NCHW tensors are reordered into its choice and back per image, the
- * weights once per call. Plans (primitives and reorders) are cached per geometry and pass, like the cuDNN plans.
+ * weights once per call, or once per op when the caller prepares them (conv2d_dnnl_weights). Plans (primitives and reorders) are cached per geometry and pass, like the cuDNN plans.
  * Scratch: none of its own. Every call takes `work`, conv2d_dnnl_work_bytes(...) bytes from the caller (the Ctx's
  * work arena): the reordered weights, one image's reordered tensors, the primitive's scratchpad (user mode).
  * Threads: fprop and dgrad use conv_dnnl_set_threads(n) OpenMP threads (the calling thread's own setting, 1 unless

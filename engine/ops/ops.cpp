@@ -173,12 +173,6 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
     }
 }
 
-// CPU: the batch split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
-// CUDA: cuDNN (kernels/conv2d.cu). Each pass's workspace comes from Ctx::conv_work (else work) for the call; the
-// algorithm (and so the size) is chosen on the first call for the geometry and cached.
-// f16 (x, w, b and the output; mixed dtypes are an error): float arithmetic, one rounding per output and per
-// gradient element; the CPU threads also get float scratch for one image and the weights (kernels/conv2d.h).
-// act: applied to the output by the CPU forward (conv2d_act's inference path; kNoAct for conv2d itself).
 // oneDNN f32: the Gb groups' blocked weight-gradient partials added in group order over the threads (element ranges),
 // then into dw (kernels/conv2d_dnnl.h).
 static void wgrad_blocked_finish(float* dw, float* pwb, int Gb, int C, int H, int W, int K, int R, int S, int stride,
@@ -188,6 +182,12 @@ static void wgrad_blocked_finish(float* dw, float* pwb, int Gb, int C, int H, in
     conv2d_dnnl_wgrad_finish(dw, pwb, 1, C, H, W, K, R, S, stride, pad);
 }
 
+// CPU: the batch split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
+// CUDA: cuDNN (kernels/conv2d.cu). Each pass's workspace comes from Ctx::conv_work (else work) for the call; the
+// algorithm (and so the size) is chosen on the first call for the geometry and cached.
+// f16 (x, w, b and the output; mixed dtypes are an error): float arithmetic, one rounding per output and per
+// gradient element; the CPU threads also get float scratch for one image and the weights (kernels/conv2d.h).
+// act: applied to the output by the CPU forward (conv2d_act's inference path; kNoAct for conv2d itself).
 static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int pad, Act act) {
     const char* op = "conv2d";
     check_rank(op, "input", x.t, 4);
