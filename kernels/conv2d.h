@@ -165,12 +165,13 @@ inline int conv_k_parts(int K, int want) { return std::max(1, std::min(want, (K 
 inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K + 15) / 16) * j / parts)); }
 
 // oneDNN f32: an op's weights reordered once for all its calls of one pass (fprop, or dgrad when `dgrad`), rather than
-// per call: conv2d_weights_run_elems(...) floats (0: nothing to prepare, the references run or oneDNN reads (K,C,R,S)
-// as it is), written by conv2d_weights_run; the passes below take them as wre (null: reordered per call). bias and act
-// as the fprop calls'. The calls must run with the preparing thread's oneDNN thread count (1 in training).
-inline int64_t conv2d_weights_run_elems(bool f32, bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R,
+// per call: conv2d_weights_run_elems(...) floats (0: nothing to prepare: `use` false, the references run, or oneDNN
+// reads (K,C,R,S) as it is), written by conv2d_weights_run; the passes below take them as wre (null: reordered per
+// call). bias and act as the fprop calls'. The calls must run with the preparing thread's oneDNN thread count (1 in
+// training).
+inline int64_t conv2d_weights_run_elems(bool use, bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R,
                                         int S, int stride, int pad) {
-    if (!f32 || !conv_dnnl_on()) return 0;
+    if (!use || !conv_dnnl_on()) return 0;
     return (int64_t)conv2d_dnnl_weights_floats(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R,
                                                S, stride, pad);
 }

@@ -315,17 +315,22 @@ size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stri
 
 static char* aligned(void* work) { return (char*)(((uintptr_t)work + 63) & ~(uintptr_t)63); }
 
+// The plan whose weights conv2d_dnnl_weights prepares: the calling thread's fprop (bias, act) or dgrad plan.
+static const Plan& weights_plan(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
+                                int stride, int pad) {
+    return dgrad ? plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad)
+                 : plan(Fprop, with_bias, t_threads, C, H, W, K, R, S, stride, pad, act);
+}
+
 size_t conv2d_dnnl_weights_floats(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
                                   int stride, int pad) {
-    const Plan& p = dgrad ? plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad)
-                          : plan(Fprop, with_bias, t_threads, C, H, W, K, R, S, stride, pad, act);
+    const Plan& p = weights_plan(dgrad, with_bias, act, C, H, W, K, R, S, stride, pad);
     return p.b.reordered ? p.b.md.get_size() / sizeof(float) : 0;
 }
 
 void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const float* weight, int C, int H, int W,
                          int K, int R, int S, int stride, int pad) {
-    const Plan& p = dgrad ? plan(Dgrad, false, t_threads, C, H, W, K, R, S, stride, pad)
-                          : plan(Fprop, with_bias, t_threads, C, H, W, K, R, S, stride, pad, act);
+    const Plan& p = weights_plan(dgrad, with_bias, act, C, H, W, K, R, S, stride, pad);
     if (!p.b.reordered) return;
     OmpThreads omp(t_threads);
     const Mems& ms = mems(p);
@@ -414,11 +419,9 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
     }
 }
 
-void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, int W, int K, int R, int S, int stride,
+void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
                               int pad) {
     const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
-    const int64_t nb = (int64_t)(p.c.md.get_size() / sizeof(float));
-    conv2d_dnnl_wgrad_sum(dwb, G, nb, 0, nb);
     const Mems& ms = mems(p);
     exec(p.c.from, {{DNNL_ARG_FROM, at(ms.c, dwb)}, {DNNL_ARG_TO, at(ms.c_plain, dweight)}});  // dweight += dwb
 }
@@ -619,7 +622,7 @@ void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, 
                                int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
-void conv2d_dnnl_wgrad_finish(float*, float*, int, int, int, int, int, int, int, int, int) {
+void conv2d_dnnl_wgrad_finish(float*, const float*, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_wgrad_sum(float*, int, int64_t, int64_t, int64_t) {

@@ -8,7 +8,8 @@
  * One image per primitive call (mb = 1), so fprop's and dgrad's results do not depend on how the ops group the
  * batch (weight gradients are sums over images in the order the caller fixes: conv2d_dnnl_wgrad_blocked below).
  * Layouts: oneDNN chooses (format any); y5's NCHW tensors are reordered into its choice and back per image, the
- * weights once per call, or once per op when the caller prepares them (conv2d_dnnl_weights). Plans (primitives and reorders) are cached per geometry and pass, like the cuDNN plans.
+ * weights once per call, or once per op when the caller prepares them (conv2d_dnnl_weights). Plans (primitives and
+ * reorders) are cached per geometry and pass, like the cuDNN plans.
  * Scratch: none of its own. Every call takes `work`, conv2d_dnnl_work_bytes(...) bytes from the caller (the Ctx's
  * work arena): the reordered weights, one image's reordered tensors, the primitive's scratchpad (user mode).
  * Threads: fprop and dgrad use conv_dnnl_set_threads(n) OpenMP threads (the calling thread's own setting, 1 unless
@@ -58,17 +59,16 @@ void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const 
 // Weight gradients summed in oneDNN's own diff-weights layout (blocked, e.g. OIhw16i16o), so that a batch's images
 // cost one reorder into (K,C,R,S) in all rather than one each (at 96 px those reorders were a fifth of oneDNN's
 // time in a training step): conv2d_dnnl_wgrad_floats floats per partial; conv2d_dnnl_wgrad_blocked sums the N images'
-// gradients into dwb, image by image (image 0's written over dwb unless add); conv2d_dnnl_wgrad_finish adds G such
-// partials (consecutive, conv2d_dnnl_wgrad_floats apart) in order, into the first, and that into dweight (K,C,R,S).
-// wgrad's work is conv2d_dnnl_work_bytes's; dwb must not lie in it.
+// gradients into dwb, image by image (image 0's written over dwb unless add); conv2d_dnnl_wgrad_sum adds G such
+// partials (consecutive, `floats` apart) in order into the first, over the elements [i0, i1) (the callers split it
+// over threads: each element's order is fixed, so any split gives the same bits); conv2d_dnnl_wgrad_finish adds dwb
+// into dweight (K,C,R,S). wgrad's work is conv2d_dnnl_work_bytes's; dwb must not lie in it.
 size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
                                int H, int W, int K, int R, int S, int stride, int pad);
-void conv2d_dnnl_wgrad_finish(float* dweight, float* dwb, int G, int C, int H, int W, int K, int R, int S, int stride,
-                              int pad);
-// finish's sum alone over the elements [i0, i1) (the callers split it over threads, then finish with G = 1): each
-// element's partials added in group order, so any split gives the same bits.
 void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_t i1);
+void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
+                              int pad);
 void conv_dnnl_clear_cache();
 
 // ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's

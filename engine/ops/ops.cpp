@@ -179,7 +179,21 @@ static void wgrad_blocked_finish(float* dw, float* pwb, int Gb, int C, int H, in
                                  int pad) {
     const int64_t nb = (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, R, S, stride, pad);
     par(nb, [&](int64_t i0, int64_t i1) { conv2d_dnnl_wgrad_sum(pwb, Gb, nb, i0, i1); }, kElemChunk);
-    conv2d_dnnl_wgrad_finish(dw, pwb, 1, C, H, W, K, R, S, stride, pad);
+    conv2d_dnnl_wgrad_finish(dw, pwb, C, H, W, K, R, S, stride, pad);
+}
+
+// oneDNN f32: an op's weights reordered once, in ws, for all its calls of one pass (fprop, or dgrad when `dgrad`; bias
+// and act as the fprop calls'), which take them as wre; null where there is nothing to prepare (`use` false, not
+// f32, oneDNN off, or it reads (K,C,R,S) as it is) and the calls reorder per call.
+template <class T>
+static const float* prepared_weights(Scratch& ws, bool use, bool dgrad, bool bias, Act act, const T* w, int C, int H,
+                                     int W, int K, int R, int S, int stride, int pad) {
+    if constexpr (std::is_same_v<T, float>) {
+        float* wre = ws.get<float>(conv2d_weights_run_elems(use, dgrad, bias, act, C, H, W, K, R, S, stride, pad));
+        conv2d_weights_run(wre, dgrad, bias, act, w, C, H, W, K, R, S, stride, pad);
+        return wre;
+    }
+    return nullptr;
 }
 
 // CPU: the batch split into G groups of whole images, one per CPU thread, each with its own im2col buffer.
@@ -230,11 +244,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             Scratch ws(c.work);
             acc_t<T>* col = ws.get<acc_t<T>>(ncol * G * KS);
             float* scr = ws.get<float>(nscr * G * KS);
-            // oneDNN f32 over whole images: the weights reordered once for all the groups, not once per group.
-            constexpr bool f32 = std::is_same_v<T, float>;
-            float* wre = ws.get<float>(
-                conv2d_weights_run_elems(f32 && KS == 1, false, b != nullptr, act, C, H, W, K, R, S, stride, pad));
-            if constexpr (f32) conv2d_weights_run(wre, false, b != nullptr, act, wp, C, H, W, K, R, S, stride, pad);
+            // Over whole images (KS 1): the weights reordered once for all the groups, not once per group.
+            const float* wre = prepared_weights(ws, KS == 1, false, b != nullptr, act, wp, C, H, W, K, R, S, stride, pad);
             par(G * KS, [&](int64_t t0, int64_t t1) {
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t gi = t / KS;
@@ -285,12 +296,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             float* pwb = ws.get<float>(nwb * Gb);
             A* col = ws.get<A>(ncol * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
-            // oneDNN f32: the weights reordered for dgrad once for all the groups.
-            constexpr bool f32 = std::is_same_v<T, float>;
-            float* wre = ws.get<float>(conv2d_weights_run_elems(f32 && dx, true, false, kNoAct, g.C, g.H, g.W, g.K, g.R,
-                                                                g.S, g.stride, g.pad));
-            if constexpr (f32)
-                conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+            const float* wre = prepared_weights(ws, dx != nullptr, true, false, kNoAct, w.t.ptr<T>(), g.C, g.H, g.W,
+                                                g.K, g.R, g.S, g.stride, g.pad);  // dgrad's, once for all the groups
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
@@ -401,10 +408,8 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             Scratch ws(c.work);
             float* scr = ws.get<float>(nscr * G);
             T* wk = ws.get<T>(nwk * G * KS);
-            // oneDNN f32 over whole images: the weights reordered once for all the images.
-            constexpr bool is32 = std::is_same_v<T, float>;
-            float* wre = ws.get<float>(conv2d_weights_run_elems(is32 && KS == 1, false, b, act, C, 1, P, K, 1, 1, 1, 0));
-            if constexpr (is32) conv2d_weights_run(wre, false, b, act, wp, C, 1, P, K, 1, 1, 1, 0);
+            // Over whole images (KS 1): the weights reordered once for all the images.
+            const float* wre = prepared_weights(ws, KS == 1, false, b != nullptr, act, wp, C, 1, P, K, 1, 1, 1, 0);
             par(G * KS, [&](int64_t t0, int64_t t1) {
                 for (int64_t t = t0; t < t1; ++t) {
                     const int64_t g = t / KS;  // KS > 1: one image per group
@@ -451,11 +456,9 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, 1, P, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
-            bool any_dx = false;  // the weights reordered for dgrad once (oneDNN)
+            bool any_dx = false;  // the weights reordered for dgrad once for all the images
             for (int i = 0; i < m; ++i) any_dx = any_dx || dxp[i];
-            constexpr bool is32 = std::is_same_v<T, float>;
-            float* wre = ws.get<float>(conv2d_weights_run_elems(is32 && any_dx, true, false, kNoAct, C, 1, P, K, 1, 1, 1, 0));
-            if constexpr (is32) conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), C, 1, P, K, 1, 1, 1, 0);
+            const float* wre = prepared_weights(ws, any_dx, true, false, kNoAct, w.t.ptr<T>(), C, 1, P, K, 1, 1, 1, 0);
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, w.t.numel(), K, Gb,
                                 [&](int64_t g, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(N * g / Gb), n1 = (int)(N * (g + 1) / Gb);
@@ -994,11 +997,8 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             T* tmp = ws.get<T>(out_img * G);
             float* scr = ws.get<float>(nscr * G * KS);
             acc_t<T>* wk = ws.get<acc_t<T>>(nwk_k * G * KS);
-            // oneDNN f32 over whole images: the weights reordered once for all the images.
-            constexpr bool f32 = std::is_same_v<T, float>;
-            float* wre =
-                ws.get<float>(conv2d_weights_run_elems(f32 && KS == 1, false, bp, kNoAct, C, H, W, K, 1, 1, 1, 0));
-            if constexpr (f32) conv2d_weights_run(wre, false, bp, kNoAct, wp, C, H, W, K, 1, 1, 1, 0);
+            // Over whole images (KS 1): the weights reordered once for all the images.
+            const float* wre = prepared_weights(ws, KS == 1, false, bp != nullptr, kNoAct, wp, C, H, W, K, 1, 1, 1, 0);
             // Output channels [k0, k1) of image n into t (K, P), with task slot s's scratch.
             auto conv = [&](int n, int64_t s, T* t, int k0, int k1) {
                 acc_t<T>* wg = wk ? wk + s * nwk_k : nullptr;
@@ -1069,9 +1069,8 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
-            constexpr bool f32 = std::is_same_v<T, float>;  // the weights reordered for dgrad once (oneDNN)
-            float* wre = ws.get<float>(conv2d_weights_run_elems(f32 && dx, true, false, kNoAct, C, H, W, K, 1, 1, 1, 0));
-            if constexpr (f32) conv2d_weights_run(wre, true, false, kNoAct, w.t.ptr<T>(), C, H, W, K, 1, 1, 1, 0);
+            const float* wre = prepared_weights(ws, dx != nullptr, true, false, kNoAct, w.t.ptr<T>(), C, H, W, K, 1, 1,
+                                                1, 0);  // dgrad's, once for all the images
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)K * C, K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
