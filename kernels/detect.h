@@ -11,6 +11,8 @@
  * CUDA launchers in kernels/detect.cu (same arguments plus the stream; anchors on the device), f32 or f16 map.
  */
 #pragma once
+#include <algorithm>
+
 #include "kernels/activation.h"
 #include "kernels/common.h"
 
@@ -47,14 +49,14 @@ void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors
     using T = acc_t<S>;
     for (int b = 0; b < bs; ++b)
         for (int a = 0; a < na; ++a)
-            for (int y = y0; y < y1; ++y)
-                for (int x = 0; x < nx; ++x) {
-                    const S* m = map + ((((int64_t)b * na + a) * ny + y) * nx + x) * no;
-                    T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx + x) * no;
-                    for (int j = 0; j < no; ++j) o[j] = detect_sigmoid(ld(m[j]));  // detect_decode_value, σ first
-                    for (int j = 0; j < 4; ++j)
-                        o[j] = detect_decode_p(j, o[j], x, y, anchors[2 * a], anchors[2 * a + 1], stride);
-                }
+            for (int y = y0; y < y1; ++y) {  // a grid row's nx·no values are contiguous in map and out
+                const S* m = map + (((int64_t)b * na + a) * ny + y) * nx * no;
+                T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx) * no;
+                for (int64_t k = 0; k < (int64_t)nx * no; ++k) o[k] = detect_sigmoid(ld(m[k]));  // σ first
+                const T aw = anchors[2 * a], ah = anchors[2 * a + 1];
+                for (int x = 0; x < nx; ++x)  // then the box, as detect_decode_value
+                    for (int j = 0; j < 4; ++j) o[x * no + j] = detect_decode_p(j, o[x * no + j], x, y, aw, ah, stride);
+            }
 }
 
 template <class S>
@@ -64,21 +66,23 @@ void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc
 }
 
 // One image's head output in oneDNN's blocked layout (⌈na·no/B⌉, ny, nx, B floats, channel c = a·no + j, the last
-// block's lanes past na·no padding) → its maps (na, ny, nx, no), grid rows [y0, y1): layers' CPU
-// inference.
+// block's lanes past na·no padding) → its maps (na, ny, nx, no), grid rows [y0, y1): layers' CPU inference.
+// A prediction's no channels are a few runs of contiguous lanes (one per block it spans), copied as runs.
 inline void detect_maps_from_blocked(float* maps, const float* blk, int na, int no, int ny, int nx, int B, int y0,
                                      int y1) {
     const int64_t plane = (int64_t)ny * nx * B;
-    for (int y = y0; y < y1; ++y)
-        for (int x = 0; x < nx; ++x) {
-            const float* px = blk + ((int64_t)y * nx + x) * B;
-            int a = 0, j = 0;  // channel a·no + j: lane l of block cb
-            for (const float* src = px; a < na; src += plane)
-                for (int l = 0; l < B && a < na; ++l) {
-                    maps[(((int64_t)a * ny + y) * nx + x) * no + j] = src[l];
-                    if (++j == no) j = 0, ++a;
+    for (int a = 0; a < na; ++a)
+        for (int y = y0; y < y1; ++y)
+            for (int x = 0; x < nx; ++x) {
+                float* dst = maps + (((int64_t)a * ny + y) * nx + x) * no;
+                const float* px = blk + ((int64_t)y * nx + x) * B;
+                for (int j = 0; j < no;) {
+                    const int c = a * no + j, l = c % B, n = std::min(B - l, no - j);
+                    const float* src = px + (c / B) * plane + l;
+                    for (int k = 0; k < n; ++k) dst[j + k] = src[k];
+                    j += n;
                 }
-        }
+            }
 }
 
 void detect_decode_cuda(float* out, const float* map, const float* anchors, float stride, int bs, int na, int ny, int nx,

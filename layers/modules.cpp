@@ -579,9 +579,11 @@ void Detect::forward_blocked(BRun& r, const std::vector<BT>& in, const std::vect
         float* m = maps[i].ptr<float>() + n * (int64_t)K * x.h * x.w;
         float* d = decoded.ptr<float>() + n * total * no;
         r.par(x.h, [&](int64_t y0, int64_t y1) {
-            detect_maps_from_blocked(m, y.p, na, no, x.h, x.w, r.B, (int)y0, (int)y1);
-            detect_decode_rows_cpu<float>(d, m, anc + 2 * na * i, stride[i], 1, na, x.h, x.w, no, total, offset,
-                                          (int)y0, (int)y1);
+            for (int gy = (int)y0; gy < (int)y1; ++gy) {  // a grid row at a time: its maps still in cache for the decode
+                detect_maps_from_blocked(m, y.p, na, no, x.h, x.w, r.B, gy, gy + 1);
+                detect_decode_rows_cpu<float>(d, m, anc + 2 * na * i, stride[i], 1, na, x.h, x.w, no, total, offset,
+                                              gy, gy + 1);
+            }
         });
         offset += (int64_t)na * x.h * x.w;
     }
