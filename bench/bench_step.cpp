@@ -266,7 +266,11 @@ void print_plan(const std::string& cfg, Device dev, CudaContext* cuda, int imgsz
     std::vector<std::pair<std::string, size_t>> live;
     const StepMemory one = measure_one_image(T.model, imgsz, imgsz, T.lh, amp, recompute, &live);
     std::vector<std::pair<std::string, size_t>> vlive;
-    const StepMemory vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true, &vlive);
+    StepMemory vone;
+    {
+        ValFold fold(T.model, amp);  // as y5train validates
+        vone = measure_eval_image(T.model, val_side, val_side, T.lh, amp, true, &vlive);
+    }
     std::printf("%s at %d on %s, %s, recompute %s: one image's training step %.1f MB activations and their gradients "
                 "(%.1f MB of gradients at the peak), %.1f MB scratch; its validation forward (%d) %.1f MB\n",
                 T.model.name.c_str(), imgsz, cuda ? "the GPU" : "the CPU", amp ? "AMP" : "f32", recompute ? "on" : "off",

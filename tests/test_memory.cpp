@@ -205,6 +205,22 @@ TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][pl
                       Contains("batch 64 at --imgsz 640 needs") && Contains("lower --batch-size or --imgsz"));
 }
 
+// Tiny images: one image's validation plan is mostly the fixed headroom and larger than training's, so validation
+// takes the whole batch in one forward (growing the arena by at most that headroom) instead of one image at a time.
+// At 640 the training arenas decide, as before.
+TEST_CASE("validation's chunk at tiny images is the whole batch", "[memory][plan]") {
+    Model m(src("config/models/yolov5n.yaml"), 3);
+    m.allocate(Device::CPU);
+    Rng rng(14);
+    m.init_weights(rng);
+    const LossHyp lh;
+    int chunk = 0;
+    const StepMemory tiny = plan_train_run(m, 96, 16, 32, lh, false, false, false, 0, 0, &chunk);
+    CHECK(chunk == 32);
+    CHECK(tiny.act < ((size_t)256 << 20));
+    CHECK(!m.fused());  // the plan measured the folded forward (ValFold) and left the model as it was
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Recomputation (Ctx::recompute): BatchNorm + activation outputs dropped after the forward, rebuilt in backward.
 
@@ -464,4 +480,32 @@ TEST_CASE("validation in chunks of images gives the whole batches' results", "[m
         CHECK(c.cm == whole.cm);
         for (int k = 0; k < 3; ++k) CHECK_THAT(c.r.loss[k], Catch::Matchers::WithinRel(whole.r.loss[k], 1e-9));
     }
+    // y5train's per-epoch validation on the CPU in f32 (ValFold): the unfused model folded for the validation only,
+    // through the blocked inference, the results those of the unfused model up to float rounding.
+    model->unfuse();
+    const Run plain = run(0);
+    Tensor x(std::vector<float>(3 * 64 * 64, 0.5f).data(), Shape{1, 3, 64, 64}, DType::F32, Device::CPU);
+    Run folded;
+    {
+        ValFold fold(*model, false);
+        REQUIRE(fold.on);
+        CHECK(model->runs_blocked(Tape::constant(x)));
+        folded = run(0);
+    }
+    CHECK(!model->fused());
+    CHECK(folded.r.images == plain.r.images);
+    CHECK_THAT(folded.r.map50, Catch::Matchers::WithinAbs(plain.r.map50, 2e-3));
+    CHECK_THAT(folded.r.map, Catch::Matchers::WithinAbs(plain.r.map, 2e-3));
+    for (int k = 0; k < 3; ++k) CHECK_THAT(folded.r.loss[k], Catch::Matchers::WithinRel(plain.r.loss[k], 1e-5));
+    {
+        ValFold fold(*model, true);  // autocast: validated unfused, as train.py
+        CHECK(!fold.on);
+        CHECK(!model->fused());
+    }
+    model->fuse();
+    {
+        ValFold fold(*model, false);  // already folded: left folded
+        CHECK(!fold.on);
+    }
+    CHECK(model->fused());
 }

@@ -188,8 +188,9 @@ size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
 }
 
 // Activations and their gradients grow linearly with the batch (but for `fixed` bytes); 10 % and 64 MiB of headroom.
+static const size_t kHeadroom = (size_t)64 << 20;
 static size_t scale_linear(size_t one, int batch, size_t fixed = 0) {
-    return (one - fixed) * (size_t)batch * 11 / 10 + fixed + ((size_t)64 << 20);
+    return (one - fixed) * (size_t)batch * 11 / 10 + fixed + kHeadroom;
 }
 
 StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
@@ -233,7 +234,11 @@ StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const L
     StepMemory t = plan_training(m, measure_one_image(m, side, side, hyp, amp, recompute), batch);
     t.act += (size_t)batch * 3 * resize_from * resize_from * sizeof(float);  // the f32 batch before its resize
     t.upload = upload_bytes(m, batch, resize_from > 0 ? resize_from : side);
-    const StepMemory one = measure_eval_image(m, val_side, val_side, hyp, amp, true);
+    StepMemory one;
+    {
+        ValFold fold(m, amp);  // as y5train validates
+        one = measure_eval_image(m, val_side, val_side, hyp, amp, true);
+    }
     return plan_shared(t, plan_validation(m, t, one, val_side, val_batch, single_cls, val_chunk));
 }
 
@@ -244,8 +249,11 @@ StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory
     auto eval = [&](int k) { return plan_inference(m, one, k, val_nms_scratch_bytes(m, side, k, vo)); };
     // The activations decide: the scratch (an im2col buffer per thread on the CPU, the uint8 upload and the NMS's
     // on the GPU) is the smaller arena, and grows if validation's needs more.
+    // Where one image's forward needs more than training (tiny images, whose plan is mostly the fixed headroom), the
+    // arena may grow by another headroom's worth of images rather than validate one image per forward.
+    const size_t room = std::max(t.act, eval(1).act + kHeadroom);
     int k = std::max(val_batch, 1);
-    while (k > 1 && eval(k).act > t.act) --k;
+    while (k > 1 && eval(k).act > room) --k;
     if (chunk) *chunk = k;
     return eval(k);
 }

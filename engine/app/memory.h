@@ -103,7 +103,8 @@ StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const L
                           bool recompute = true, int train_side = 0, int resize_from = 0, int* val_chunk = nullptr);
 
 // Validation's plan on training arenas t (plan_train_run's second half): one image's eval measure `one` at side ×
-// side scaled to the most images of a val_batch batch (at least 1) whose plan fits in t; *chunk receives that count.
+// side scaled to the most images of a val_batch batch (at least 1) whose plan fits in t (or, where one image's plan
+// is larger than t, in it and another 64 MiB); *chunk receives that count.
 StepMemory plan_validation(const Model& m, const StepMemory& t, const StepMemory& one, int side, int val_batch,
                            bool single_cls, int* chunk);
 

@@ -637,7 +637,10 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
             tw.ctx.autocast = amp;  // train.py validates with half=amp
             ValOptions vo;
             vo.single_cls = opt.single_cls, vo.chunk = val_chunk;
-            vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
+            {
+                ValFold fold(ema, amp);
+                vr = validate(ema, val_loader, tw.ctx, lh, vo, nullptr, &vb);
+            }
             std::printf("%s", val_table(vr, names, false).c_str());
             if (results) *results = {vr.mp, vr.mr, vr.map50, vr.map, vr.loss[0], vr.loss[1], vr.loss[2]};
             // val.py's maps: the overall mAP50-95 for classes without labels, else the class's own

@@ -69,6 +69,16 @@ static NmsParams val_nms_params(const ValOptions& o) {
     return np;
 }
 
+ValFold::ValFold(Model& model, bool autocast)
+    : m(model), on(!model.fused() && !autocast && model.blocked_inference && model.params.device() == Device::CPU &&
+                   model.params.dtype() == DType::F32) {
+    if (on) m.fuse();
+}
+
+ValFold::~ValFold() {
+    if (on) m.unfuse();
+}
+
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o) {
     return nms_scratch_bytes(m, side, batch, val_nms_params(o));
 }

@@ -54,6 +54,18 @@ struct ValOptions {
 // model on the CPU): size the work arena to at least this.
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
 
+// train.py validates the EMA unfused. A model on the CPU in f32 (no autocast) is folded (Model::fuse) for this
+// object's lifetime, so that its validation takes the blocked oneDNN inference (Model::runs_blocked): the same model
+// up to float rounding, several times faster on small images. y5train's per-epoch validation and its memory plan.
+struct ValFold {
+    ValFold(Model& m, bool autocast);
+    ~ValFold();
+    ValFold(const ValFold&) = delete;
+    ValFold& operator=(const ValFold&) = delete;
+    Model& m;
+    const bool on;
+};
+
 ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, const ValOptions& o = {},
                    ConfusionMatrix* cm = nullptr, Batch* batch = nullptr);
 
