@@ -57,6 +57,14 @@ TEST_CASE("a tracking arena reuses released blocks and lowers its top", "[memory
     CHECK_THROWS_WITH(a.set_tracking(true), Contains("starts on an empty arena"));
 }
 
+// A model from a yaml on the CPU with random weights from rng.
+static std::unique_ptr<Model> random_model(const char* yaml, int nc, Rng& rng) {
+    auto m = std::make_unique<Model>(src(yaml), nc);
+    m->allocate(Device::CPU);
+    m->init_weights(rng);
+    return m;
+}
+
 // Decoded predictions and maps of one eval forward with the tape off (host copies), and the activation peak.
 struct EvalRun {
     std::vector<std::vector<char>> bytes;  // the maps, then the decoded predictions
@@ -83,10 +91,9 @@ static EvalRun eval_run(Model& m, const Tensor& x, bool tracking, bool autocast)
 // yolov5n-eca 16.1 %, fused 16.4 % and 14.6 %. Releasing only inside modules (no row sweep) gave 61 %, only the
 // row sweep 30 %: the bound (25 %) fails if either stops.
 static void check_liveness(const char* yaml, bool autocast, bool fused) {
-    Model m(src(yaml), 3);
-    m.allocate(Device::CPU);
     Rng rng(11);
-    m.init_weights(rng);
+    const auto mp = random_model(yaml, 3, rng);
+    Model& m = *mp;
     if (fused) m.fuse();
     m.blocked_inference = false;  // the plain path's liveness (the blocked one keeps only the maps in the arena)
     TestCtx data;
@@ -112,10 +119,9 @@ TEST_CASE("the liveness forward equals keeping everything, with a lower peak", "
 }
 
 TEST_CASE("the inference plan bounds a real batch's peak", "[memory][plan]") {
-    Model m(src("config/models/yolov5n.yaml"), 80);
-    m.allocate(Device::CPU);
     Rng rng(12);
-    m.init_weights(rng);
+    const auto mp = random_model("config/models/yolov5n.yaml", 80, rng);
+    Model& m = *mp;
     const LossHyp lh;
     for (bool amp : {false, true}) {
         const StepMemory one = measure_eval_image(m, 160, 160, lh, amp, true);
@@ -189,10 +195,9 @@ TEST_CASE("the training plan is a real step's peak, exactly", "[memory][plan]") 
 // arenas, the gradients' memory was reused by any shape and the BatchNorm outputs were recomputed: 33.8 GB and
 // 18.3 GB, refused.
 TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][plan]") {
-    Model m(src("config/models/yolov5n.yaml"), 80);
-    m.allocate(Device::CPU);
     Rng rng(13);
-    m.init_weights(rng);
+    const auto mp = random_model("config/models/yolov5n.yaml", 80, rng);
+    Model& m = *mp;
     const LossHyp lh;
     const int64_t t4 = 15'000'000'000;
     const StepMemory amp = plan_train_run(m, 640, 64, 128, lh, true, false);
@@ -209,10 +214,9 @@ TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][pl
 // takes the whole batch in one forward (growing the arena by at most that headroom) instead of one image at a time.
 // At 640 the training arenas decide, as before.
 TEST_CASE("validation's chunk at tiny images is the whole batch", "[memory][plan]") {
-    Model m(src("config/models/yolov5n.yaml"), 3);
-    m.allocate(Device::CPU);
     Rng rng(14);
-    m.init_weights(rng);
+    const auto mp = random_model("config/models/yolov5n.yaml", 3, rng);
+    Model& m = *mp;
     const LossHyp lh;
     int chunk = 0;
     const StepMemory tiny = plan_train_run(m, 96, 16, 32, lh, false, false, false, 0, 0, &chunk);
