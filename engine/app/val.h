@@ -56,7 +56,8 @@ size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptio
 
 // train.py validates the EMA unfused. A model on the CPU in f32 (no autocast) is folded (Model::fuse) for this
 // object's lifetime, so that its validation takes the blocked oneDNN inference (Model::runs_blocked): the same model
-// up to float rounding, several times faster on small images. y5train's per-epoch validation and its memory plan.
+// up to float rounding, faster (the demo's validation: 0.28 → 0.15 s an epoch with whole-batch forwards). For
+// y5train's per-epoch validation and its memory plan.
 struct ValFold {
     ValFold(Model& m, bool autocast);
     ~ValFold();
