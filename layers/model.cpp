@@ -559,9 +559,11 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
 // Blocked CPU inference
 
 bool Model::runs_blocked(const Var& x) const {
-    if (!blocked_inference || !fused() || x.t.device != Device::CPU || x.t.dtype != DType::F32 ||
-        params.dtype() != DType::F32)
-        return false;
+    return fused() && x.t.device == Device::CPU && x.t.dtype == DType::F32 && blocks_when_fused();
+}
+
+bool Model::blocks_when_fused() const {
+    if (!blocked_inference || params.device() != Device::CPU || params.dtype() != DType::F32) return false;
     const int B = dnnl_block();
     if (B == 0) return false;
     for (size_t i = 0; i < layers.size(); ++i) {

@@ -74,9 +74,11 @@ public:
     // A fused f32 model's eval forward on the CPU (tape off, no autocast) runs in oneDNN's blocked layout (BRun,
     // layers/modules.h) when oneDNN is on, the CPU has a block (dnnl_block) and every row has the blocked path;
     // false: never (the plain path, which keeps y5's own SiLU: tests and benches compare the two). The runs'
-    // arenas stay allocated. runs_blocked: whether x would take it (autocast aside).
+    // arenas stay allocated. runs_blocked: whether x would take it (autocast aside); blocks_when_fused: whether
+    // the model itself would (on the CPU in f32 with every row's blocked path), fused or not yet.
     bool blocked_inference = true;
     bool runs_blocked(const Var& x) const;
+    bool blocks_when_fused() const;
     size_t blocked_bytes() const;  // the runs' arenas and reordered weights (host memory outside the Ctx's arenas)
 
     // safetensors with state_dict names. Missing, unexpected or mis-shaped tensors are one error naming them.

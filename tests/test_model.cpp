@@ -511,9 +511,11 @@ TEST_CASE("blocked CPU inference matches the plain fused forward", "[model][fuse
         u.allocate(Device::CPU);
         init_with_bn_stats(u, 33);
         CHECK(!u.runs_blocked(x));
+        CHECK(u.blocks_when_fused());  // y5train's validation folds it (ValFold)
         Model e(src("config/models/yolov5n-eca.yaml"), 1);
         e.allocate(Device::CPU);
         init_with_bn_stats(e, 34);
+        CHECK(!e.blocks_when_fused());  // validated unfused, as train.py
         e.fuse();
         CHECK(!e.runs_blocked(x));
         std::string s = read_text(src("config/models/yolov5n.yaml"));

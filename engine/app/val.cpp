@@ -70,8 +70,7 @@ static NmsParams val_nms_params(const ValOptions& o) {
 }
 
 ValFold::ValFold(Model& model, bool autocast)
-    : m(model), on(!model.fused() && !autocast && model.blocked_inference && model.params.device() == Device::CPU &&
-                   model.params.dtype() == DType::F32) {
+    : m(model), on(!model.fused() && !autocast && model.blocks_when_fused()) {
     if (on) m.fuse();
 }
 

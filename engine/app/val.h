@@ -54,10 +54,11 @@ struct ValOptions {
 // model on the CPU): size the work arena to at least this.
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
 
-// train.py validates the EMA unfused. A model on the CPU in f32 (no autocast) is folded (Model::fuse) for this
-// object's lifetime, so that its validation takes the blocked oneDNN inference (Model::runs_blocked): the same model
-// up to float rounding, faster (the demo's validation: 0.28 → 0.15 s an epoch with whole-batch forwards). For
-// y5train's per-epoch validation and its memory plan.
+// train.py validates the EMA unfused. Without autocast, a model that would take the blocked oneDNN inference once
+// folded (Model::blocks_when_fused: on the CPU in f32, every row with a blocked path) is folded (Model::fuse) for
+// this object's lifetime, so that its validation takes it: the same model up to float rounding, faster (the demo's
+// validation: 0.28 → 0.15 s an epoch with whole-batch forwards); any other stays unfused. For y5train's per-epoch
+// validation and its memory plan.
 struct ValFold {
     ValFold(Model& m, bool autocast);
     ~ValFold();
