@@ -175,11 +175,17 @@ inline int64_t conv2d_weights_run_elems(bool use, bool dgrad, bool bias, Act act
     return (int64_t)conv2d_dnnl_weights_floats(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R,
                                                S, stride, pad);
 }
+// Part j of parts (≤ conv2d_weights_run_parts(..., want)), for the callers' threads.
+inline int conv2d_weights_run_parts(bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R, int S,
+                                    int stride, int pad, int want) {
+    return conv2d_dnnl_weights_parts(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R, S, stride,
+                                     pad, want);
+}
 inline void conv2d_weights_run(float* wre, bool dgrad, bool bias, Act act, const float* weight, int C, int H, int W,
-                               int K, int R, int S, int stride, int pad) {
+                               int K, int R, int S, int stride, int pad, int part = 0, int parts = 1) {
     if (wre)
         conv2d_dnnl_weights(wre, dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, weight, C, H, W, K, R, S,
-                            stride, pad);
+                            stride, pad, part, parts);
 }
 
 // act (inference): out = act(conv + bias), in oneDNN's primitive (its post-op) when it has the kind, else

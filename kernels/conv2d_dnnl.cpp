@@ -212,6 +212,51 @@ const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, in
     return *it->second;
 }
 
+// A weight reorder split over output-channel blocks (dim 0): part j of `parts` covers the blocks
+// [nb·j/parts, nb·(j+1)/parts) of dim 0's nb blocks, as sub-memories of both sides. Only where no dimension is
+// padded (dim_parts > 1): a padded layout's padding is zeroed by the whole reorder, which a part would not do.
+struct PartReorder {
+    dnnl::reorder r;
+    memory::desc from, to;  // the sub-memories' descriptors
+};
+std::map<std::tuple<const Operand*, int, int>, std::unique_ptr<PartReorder>> g_part_reorders;  // under g_mu
+
+// Dim 0's blocks in md (its inner block over dim 0, 1 if none), or 1 where any dimension is padded.
+int dim0_blocks(const memory::desc& md) {
+    const dnnl_memory_desc_t& d = md.data;
+    for (int i = 0; i < d.ndims; ++i)
+        if (d.padded_dims[i] != d.dims[i]) return 1;
+    int64_t blk = 1;
+    const dnnl_blocking_desc_t& b = d.format_desc.blocking;
+    for (int i = 0; i < b.inner_nblks; ++i)
+        if (b.inner_idxs[i] == 0) blk *= b.inner_blks[i];
+    return (int)(d.dims[0] / blk);
+}
+
+// o's reorder between plain and md (md → plain with its sum when from_md), over part j of parts.
+PartReorder& part_reorder(const Operand& o, bool from_md, int j, int parts) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& slot = g_part_reorders[{&o, from_md ? -1 - j : j, parts}];
+    if (!slot) {
+        const int nb = dim0_blocks(o.md);
+        const memory::dim blk = o.md.data.dims[0] / nb, k0 = blk * (nb * j / parts), k1 = blk * (nb * (j + 1) / parts);
+        memory::dims dims(o.md.data.dims, o.md.data.dims + o.md.data.ndims), off(dims.size(), 0);
+        dims[0] = k1 - k0, off[0] = k0;
+        const memory::desc sp = o.plain.submemory_desc(dims, off), sm = o.md.submemory_desc(dims, off);
+        dnnl::primitive_attr attr;
+        if (from_md) {  // the weight gradient's finish: added into the plain gradient
+            dnnl::post_ops po;
+            po.append_sum(1.f);
+            attr.set_post_ops(po);
+        }
+        const memory::desc &src = from_md ? sm : sp, &dst = from_md ? sp : sm;
+        slot = std::make_unique<PartReorder>(
+            PartReorder{dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), src, cpu_engine(), dst, attr)), src,
+                        dst});
+    }
+    return *slot;
+}
+
 dnnl::stream& cpu_stream() {
     thread_local dnnl::stream s(cpu_engine());
     return s;
@@ -262,6 +307,24 @@ dnnl_memory_t in_mem(const Operand& o, const memory& m, const memory& m_plain, c
 // The weights as the primitive reads them: prepared (wre), reordered into work, or the plain tensor itself.
 dnnl_memory_t weights_mem(const Operand& o, const Mems& ms, const float* weight, const float* wre, char* work) {
     return wre && o.reordered ? at(ms.b, wre) : in_mem(o, ms.b, ms.b_plain, weight, work);
+}
+
+// Runs part j of parts of o's reorder: plain → md (from_md false) or md → plain with its sum, between the whole
+// tensors `plain` and `blocked` (each part's sub-memory offsets address its own elements). The memory objects are
+// this thread's, as mems().
+void run_part(const Operand& o, bool from_md, const float* plain, const float* blocked, int j, int parts) {
+    PartReorder& pr = part_reorder(o, from_md, j, parts);
+    thread_local std::unordered_map<const PartReorder*, std::pair<memory, memory>> cache;
+    thread_local uint64_t gen = 0;
+    const uint64_t now = g_gen.load(std::memory_order_acquire);
+    if (gen != now) cache.clear(), gen = now;
+    auto it = cache.find(&pr);
+    if (it == cache.end())
+        it = cache.emplace(&pr, std::make_pair(memory(pr.from, cpu_engine(), DNNL_MEMORY_NONE),
+                                               memory(pr.to, cpu_engine(), DNNL_MEMORY_NONE)))
+                 .first;
+    exec(pr.r, {{DNNL_ARG_FROM, at(it->second.first, from_md ? blocked : plain)},
+                {DNNL_ARG_TO, at(it->second.second, from_md ? plain : blocked)}});
 }
 
 }  // namespace
@@ -328,11 +391,23 @@ size_t conv2d_dnnl_weights_floats(bool dgrad, bool with_bias, Act act, int C, in
     return p.b.reordered ? p.b.md.get_size() / sizeof(float) : 0;
 }
 
+int conv2d_dnnl_weights_parts(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
+                              int stride, int pad, int want) {
+    const Plan& p = weights_plan(dgrad, with_bias, act, C, H, W, K, R, S, stride, pad);
+    return p.b.reordered ? std::max(1, std::min(want, dim0_blocks(p.b.md))) : 1;
+}
+
 void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const float* weight, int C, int H, int W,
-                         int K, int R, int S, int stride, int pad) {
+                         int K, int R, int S, int stride, int pad, int part, int parts) {
     const Plan& p = weights_plan(dgrad, with_bias, act, C, H, W, K, R, S, stride, pad);
     if (!p.b.reordered) return;
     OmpThreads omp(t_threads);
+    if (parts > 1) {
+        Y5_CHECK(parts <= dim0_blocks(p.b.md) && part >= 0 && part < parts,
+                 "conv2d_dnnl_weights: part %d of %d (weights (%d,%d,%d,%d))", part, parts, K, C, R, S);
+        run_part(p.b, false, weight, dst, part, parts);
+        return;
+    }
     const Mems& ms = mems(p);
     exec(p.b.to, {{DNNL_ARG_FROM, at(ms.b_plain, weight)}, {DNNL_ARG_TO, at(ms.b, dst)}});
 }
@@ -419,9 +494,20 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
     }
 }
 
+int conv2d_dnnl_wgrad_parts(int C, int H, int W, int K, int R, int S, int stride, int pad, int want) {
+    return std::max(1, std::min(want, dim0_blocks(plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).c.md)));
+}
+
 void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
-                              int pad) {
+                              int pad, int part, int parts) {
     const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    if (parts > 1) {
+        Y5_CHECK(parts <= dim0_blocks(p.c.md) && part >= 0 && part < parts,
+                 "conv2d_dnnl_wgrad_finish: part %d of %d (weights (%d,%d,%d,%d))", part, parts, K, C, R, S);
+        OmpThreads omp(1);
+        run_part(p.c, true, dweight, dwb, part, parts);  // its channels' dweight += dwb
+        return;
+    }
     const Mems& ms = mems(p);
     exec(p.c.from, {{DNNL_ARG_FROM, at(ms.c, dwb)}, {DNNL_ARG_TO, at(ms.c_plain, dweight)}});  // dweight += dwb
 }
@@ -434,6 +520,7 @@ void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
     g_gen.fetch_add(1, std::memory_order_release);  // every thread's memory objects (Mems) for the plans go too
+    g_part_reorders.clear();  // before the plans: keyed by their operands
     g_plans.clear();
     {
         std::lock_guard<std::mutex> wlock(g_work_mu);
@@ -614,7 +701,8 @@ void conv2d_dnnl_backward(float*, float*, const float*, const float*, const floa
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 size_t conv2d_dnnl_weights_floats(bool, bool, Act, int, int, int, int, int, int, int, int) { return 0; }
-void conv2d_dnnl_weights(float*, bool, bool, Act, const float*, int, int, int, int, int, int, int, int) {
+int conv2d_dnnl_weights_parts(bool, bool, Act, int, int, int, int, int, int, int, int, int) { return 1; }
+void conv2d_dnnl_weights(float*, bool, bool, Act, const float*, int, int, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 size_t conv2d_dnnl_wgrad_floats(int, int, int, int, int, int, int, int) { return 0; }
@@ -622,7 +710,8 @@ void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, 
                                int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
-void conv2d_dnnl_wgrad_finish(float*, const float*, int, int, int, int, int, int, int, int) {
+int conv2d_dnnl_wgrad_parts(int, int, int, int, int, int, int, int, int) { return 1; }
+void conv2d_dnnl_wgrad_finish(float*, const float*, int, int, int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_wgrad_sum(float*, int, int64_t, int64_t, int64_t) {

@@ -54,8 +54,14 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
 // conv2d_dnnl_weights writes them into dst. The plan is the calling thread's (its thread count), as the calls'.
 size_t conv2d_dnnl_weights_floats(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
                                   int stride, int pad);
+// Split over output channels for the caller's threads (a serial reorder of the larger weights held the other thread
+// idle, ~3 % of a 2-thread step's samples at 96 px): conv2d_dnnl_weights_parts says into how many parts (≤ want; 1
+// where the layout pads K or C, whose padding only the whole reorder zeroes); part j of parts writes its channels'
+// share of dst. Every part runs the preparing thread's plan: run them on threads with the same oneDNN thread count.
+int conv2d_dnnl_weights_parts(bool dgrad, bool with_bias, Act act, int C, int H, int W, int K, int R, int S,
+                              int stride, int pad, int want);
 void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const float* weight, int C, int H, int W,
-                         int K, int R, int S, int stride, int pad);
+                         int K, int R, int S, int stride, int pad, int part = 0, int parts = 1);
 // Weight gradients summed in oneDNN's own diff-weights layout (blocked, e.g. OIhw16i16o), so that a batch's images
 // cost one reorder into (K,C,R,S) in all rather than one each (at 96 px those reorders were a fifth of oneDNN's
 // time in a training step): conv2d_dnnl_wgrad_floats floats per partial; conv2d_dnnl_wgrad_blocked sums the N images'
@@ -67,8 +73,10 @@ size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int st
 void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
                                int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_t i1);
+// conv2d_dnnl_wgrad_finish split as conv2d_dnnl_weights: part j of parts adds its output channels' share.
+int conv2d_dnnl_wgrad_parts(int C, int H, int W, int K, int R, int S, int stride, int pad, int want);
 void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
-                              int pad);
+                              int pad, int part = 0, int parts = 1);
 void conv_dnnl_clear_cache();
 
 // ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's

@@ -185,7 +185,7 @@ TEST_CASE("oneDNN conv2d with weights prepared once gives the per-call reorder's
     std::vector<Geo> geos = yolov5n_geos();
     geos.insert(geos.end(), kOdd.begin(), kOdd.end());
     const Act relu{ActKind::ReLU, 0.f};
-    int prepared = 0;
+    int prepared = 0, split = 0;
     for (const Geo& g : geos)
         for (const Act act : {kNoAct, relu}) {
             INFO(geo_str(g) << ", activation " << (int)act.kind);
@@ -212,8 +212,43 @@ TEST_CASE("oneDNN conv2d with weights prepared once gives the per-call reorder's
                                  g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, nd ? wd.data() : nullptr);
             REQUIRE(same_bits(once.y, per_call.y));
             REQUIRE(same_bits(once.dx, per_call.dx));
+            // The same reorders split over output-channel parts (the ops run them on their threads), each part over
+            // random contents: together they write every element the whole reorder writes, with its bits.
+            for (const bool dg : {false, true}) {
+                const size_t nw = dg ? nd : nf;
+                if (!nw) continue;
+                const bool bb = !dg && b;
+                const Act aa = dg ? kNoAct : act;
+                const int parts =
+                    conv2d_dnnl_weights_parts(dg, bb, aa, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, 3);
+                REQUIRE(parts >= 1);
+                REQUIRE(parts <= 3);
+                split += parts > 1;
+                std::vector<float> wp = rand_vec((int64_t)nw, rng);
+                for (int j = parts - 1; j >= 0; --j)
+                    conv2d_dnnl_weights(wp.data(), dg, bb, aa, d.w.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride,
+                                        g.pad, j, parts);
+                REQUIRE(same_bits(wp, dg ? wd : wf));
+            }
+            // The weight gradient's finish (blocked partial added into (K,C,R,S)) split the same way.
+            const size_t nb = conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+            const int wparts = conv2d_dnnl_wgrad_parts(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, 2);
+            REQUIRE(wparts >= 1);
+            REQUIRE(wparts <= 2);
+            if (wparts > 1) {
+                ++split;
+                const std::vector<float> dwb = rand_vec((int64_t)nb, rng);
+                std::vector<float> whole = d.dw0, parted = d.dw0;
+                conv2d_dnnl_wgrad_finish(whole.data(), dwb.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                for (int j = 0; j < wparts; ++j)
+                    conv2d_dnnl_wgrad_finish(parted.data(), dwb.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad,
+                                             j, wparts);
+                REQUIRE(same_bits(parted, whole));
+                REQUIRE(!same_bits(whole, d.dw0));  // it added something
+            }
         }
     CHECK(prepared > 0);  // oneDNN chose blocked weights somewhere: the prepared path ran
+    CHECK(split > 0);     // and some were split into parts
 }
 
 TEST_CASE("oneDNN fprop over a range of output channels gives the full convolution's bits", "[dnnl][conv][threads]") {

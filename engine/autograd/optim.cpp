@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/core/threadpool.h"
 #include "engine/device/device.h"
 #include "kernels/batchnorm.h"
 #include "kernels/check.h"
@@ -13,6 +14,11 @@
 #endif
 
 namespace y5 {
+
+// fn(i0, i1) over [0, n) in element chunks on the CPU threads: the elementwise updates give the same bits however split.
+template <class F> static void par_elems(int64_t n, F&& fn) {
+    par(n, [&](int64_t i0, int64_t i1) { fn(i0, i1); }, kElemChunk);
+}
 
 template <class F> static void on_host(const ParamStore& ps, const char* what, F&& f) {
     Tensor t = ps.values_flat();
@@ -55,8 +61,11 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3], const int32_t* skip_devi
         T* buf = ps.momentum_flat().ptr<T>();
         for (int k = 0; k < 3; ++k)
             for (auto r : ps.update_ranges(k))
-                sgd_cpu<T>(p + r.first, g + r.first, buf + r.first, r.second - r.first, T(groups[k].lr),
-                           T(groups[k].momentum), T(groups[k].weight_decay));
+                par_elems(r.second - r.first, [&](int64_t i0, int64_t i1) {
+                    const int64_t o = r.first + i0;
+                    sgd_cpu<T>(p + o, g + o, buf + o, i1 - i0, T(groups[k].lr), T(groups[k].momentum),
+                               T(groups[k].weight_decay));
+                });
     });
 }
 
@@ -133,9 +142,13 @@ void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
         const T* g = ps.grads_flat().ptr<T>();
         T *m = ps.momentum_flat().ptr<T>(), *vp = v.ptr<T>();
         for (int k = 0; k < 3; ++k)
-            for (auto r : ps.update_ranges(k))
-                adam_cpu<T>(p + r.first, g + r.first, m + r.first, vp + r.first, r.second - r.first,
-                            adam_scalars<T>(*this, groups[k], steps[k]));
+            for (auto r : ps.update_ranges(k)) {
+                const AdamScalars<T> sc = adam_scalars<T>(*this, groups[k], steps[k]);
+                par_elems(r.second - r.first, [&](int64_t i0, int64_t i1) {
+                    const int64_t o = r.first + i0;
+                    adam_cpu<T>(p + o, g + o, m + o, vp + o, i1 - i0, sc);
+                });
+            }
     });
 }
 
@@ -159,7 +172,9 @@ double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned) {
         norm = std::sqrt(lanes_total(lanes));
         const double coef = clip_coef(norm, max_norm);
         if (coef != 1.0)  // g · 1 is g
-            for (int64_t i = 0; i < n; ++i) g[i] = T(g[i] * coef);
+            par_elems(n, [&](int64_t i0, int64_t i1) {
+                for (int64_t i = i0; i < i1; ++i) g[i] = T(g[i] * coef);
+            });
     });
     if (norm_pinned) *norm_pinned = norm;
     return norm;
@@ -180,7 +195,9 @@ void ema_update(ParamStore& ema, const ParamStore& model, double d) {
     }
     on_host(ema, "ema_update", [&](auto z) {
         using T = decltype(z);
-        ema_cpu<T>(ema.values_flat().ptr<T>(), model.values_flat().ptr<T>(), ema.values_flat().numel(), T(d));
+        T* e = ema.values_flat().ptr<T>();
+        const T* m = model.values_flat().ptr<T>();
+        par_elems(ema.values_flat().numel(), [&](int64_t i0, int64_t i1) { ema_cpu<T>(e + i0, m + i0, i1 - i0, T(d)); });
     });
 }
 

@@ -1,6 +1,9 @@
 #include "engine/core/threadpool.h"
 
 #include <algorithm>
+#include <cstdlib>
+
+#include <cblas.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -115,6 +118,31 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     wait_workers();  // every chunk is claimed; the workers still running one finish it
     gen_.fetch_add(1);  // closes it: a worker joining now sees a newer gen_ and leaves the fields alone
     if (err_) std::rethrow_exception(err_);
+}
+
+// OpenBLAS is set to one thread because the ops call it per image from several threads at once, and its own threads
+// spin (sched_yield) on these small GEMMs: a third of the CPU time was lost that way.
+struct CpuPool {
+    int threads;
+    ThreadPool* pool;  // threads − 1 workers, or null for one thread; lives as long as the program
+};
+
+static const CpuPool& cpu_pool() {
+    static const CpuPool p = [] {
+        const char* e = std::getenv("Y5_THREADS");
+        const int n = std::max(1, e ? std::atoi(e) : (int)std::thread::hardware_concurrency());
+        openblas_set_num_threads(1);
+        return CpuPool{n, n > 1 ? new ThreadPool(n - 1) : nullptr};
+    }();
+    return p;
+}
+
+int cpu_op_threads() { return cpu_pool().threads; }
+
+void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
+    const CpuPool& p = cpu_pool();
+    if (p.pool) p.pool->parallel_for(n, fn, min_chunk);
+    else if (n > 0) fn(0, n);
 }
 
 }  // namespace y5

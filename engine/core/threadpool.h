@@ -10,6 +10,8 @@
  * (kSpin) after its last chunk before it sleeps, since the CPU ops call parallel_for hundreds of times a step
  * and a sleeping thread takes tens of microseconds to wake. A parallel_for called while another runs (another
  * thread's, or from inside a chunk) runs its whole range on the calling thread.
+ * The CPU threads of y5's ops, optimizer and tape: one pool with a thread per core (Y5_THREADS=n overrides), the
+ * caller being one of them; par() runs a loop over them, cpu_op_threads() says how many.
  */
 #pragma once
 #include <atomic>
@@ -60,5 +62,13 @@ private:
     std::mutex err_mu_;
     std::exception_ptr err_;
 };
+
+// fn(begin, end) over disjoint chunks of [0, n) on the CPU threads (cpu_op_threads()); chunks of at least
+// min_chunk.
+void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1);
+// CPU threads (one per core, or Y5_THREADS). conv2d takes one im2col buffer per thread from the work arena, so sizing
+// that arena needs it (engine/app/memory.h).
+int cpu_op_threads();
+constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
 
 }  // namespace y5

@@ -36,6 +36,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "engine/core/threadpool.h"
 #include "engine/device/device.h"
 #include "engine/ops/ops.h"
 
@@ -169,10 +170,6 @@ struct Scratch {
     }
 };
 
-// fn(begin, end) over disjoint chunks of [0, n) on the CPU threads (cpu_op_threads()); chunks of at least
-// min_chunk.
-void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1);
-constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
 
 // The CPU convolutions' weight gradients are summed over groups of whole images, each group into its own partial,
 // the partials then added in group order: grad_groups(N) = min(N, 8) groups whatever the number of threads, so a

@@ -24,32 +24,6 @@
 
 namespace y5 {
 
-// CPU threads: one pool with a thread per core (Y5_THREADS=n overrides), the caller being one of them.
-// OpenBLAS is set to one thread because the ops call it per image from several threads at once, and its
-// own threads spin (sched_yield) on these small GEMMs: a third of the CPU time was lost that way.
-struct CpuPool {
-    int threads;
-    ThreadPool* pool;  // threads − 1 workers, or null for one thread; lives as long as the program
-};
-
-static const CpuPool& cpu_pool() {
-    static const CpuPool p = [] {
-        const char* e = std::getenv("Y5_THREADS");
-        const int n = std::max(1, e ? std::atoi(e) : (int)std::thread::hardware_concurrency());
-        openblas_set_num_threads(1);
-        return CpuPool{n, n > 1 ? new ThreadPool(n - 1) : nullptr};
-    }();
-    return p;
-}
-
-int cpu_op_threads() { return cpu_pool().threads; }
-
-void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
-    const CpuPool& p = cpu_pool();
-    if (p.pool) p.pool->parallel_for(n, fn, min_chunk);
-    else if (n > 0) fn(0, n);
-}
-
 // ----------------------------------------------------------------------------------------------------
 // Tensor utilities
 
@@ -179,7 +153,10 @@ static void wgrad_blocked_finish(float* dw, float* pwb, int Gb, int C, int H, in
                                  int pad) {
     const int64_t nb = (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, R, S, stride, pad);
     par(nb, [&](int64_t i0, int64_t i1) { conv2d_dnnl_wgrad_sum(pwb, Gb, nb, i0, i1); }, kElemChunk);
-    conv2d_dnnl_wgrad_finish(dw, pwb, C, H, W, K, R, S, stride, pad);
+    const int parts = nb >= kElemChunk ? conv2d_dnnl_wgrad_parts(C, H, W, K, R, S, stride, pad, cpu_op_threads()) : 1;
+    par(parts, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) conv2d_dnnl_wgrad_finish(dw, pwb, C, H, W, K, R, S, stride, pad, (int)j, parts);
+    });
 }
 
 // oneDNN f32: an op's weights reordered once, in ws, for all its calls of one pass (fprop, or dgrad when `dgrad`; bias
@@ -189,8 +166,16 @@ template <class T>
 static const float* prepared_weights(Scratch& ws, bool use, bool dgrad, bool bias, Act act, const T* w, int C, int H,
                                      int W, int K, int R, int S, int stride, int pad) {
     if constexpr (std::is_same_v<T, float>) {
-        float* wre = ws.get<float>(conv2d_weights_run_elems(use, dgrad, bias, act, C, H, W, K, R, S, stride, pad));
-        conv2d_weights_run(wre, dgrad, bias, act, w, C, H, W, K, R, S, stride, pad);
+        const int64_t n = conv2d_weights_run_elems(use, dgrad, bias, act, C, H, W, K, R, S, stride, pad);
+        float* wre = ws.get<float>(n);
+        // Over the threads (output-channel parts) where the weights are large enough to pay for it.
+        const int parts = n >= kElemChunk ? conv2d_weights_run_parts(dgrad, bias, act, C, H, W, K, R, S, stride, pad,
+                                                                     cpu_op_threads())
+                                          : 1;
+        par(parts, [&](int64_t j0, int64_t j1) {
+            for (int64_t j = j0; j < j1; ++j)
+                conv2d_weights_run(wre, dgrad, bias, act, w, C, H, W, K, R, S, stride, pad, (int)j, parts);
+        });
         return wre;
     }
     return nullptr;

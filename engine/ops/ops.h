@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/core/arena.h"
+#include "engine/core/threadpool.h"
 #include "engine/autograd/tape.h"
 #include "kernels/activation.h"
 
@@ -40,10 +41,6 @@ struct Ctx {
     // here (page-locked, kLossItemsDoubles) without waiting, and they are read later (loss_items_arrived).
     double* loss_items_pinned = nullptr;
 };
-
-// CPU threads the CPU ops split their work over (one per core, or Y5_THREADS). conv2d takes one im2col buffer
-// per thread from the work arena, so sizing that arena needs it (engine/app/memory.h).
-int cpu_op_threads();
 
 // ---- tensor utilities (no tape)
 void fill(Ctx& c, Tensor t, double v);
