@@ -148,6 +148,27 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     }
 }
 
+// oneDNN on, f32: pointwise convolutions with at least kConvGemmMinPixels output pixels run their fprop and dgrad
+// as GEMMs on y5's NCHW images (per image y = W·x, dx += Wᵀ·dy: the references' arithmetic), and below
+// kConvGemmLargePixels their wgrad too (dW += dy·xᵀ), instead of oneDNN's convolution, whose reorders into and out of
+// its blocked layout cost more than they save there. Per image on one thread (AVX-512 EPYC, tools in
+// bench/RESULTS.md 2026-12-05): dgrad 1.5–2.9× faster, fprop 1.1–1.9×; wgrad through OpenBLAS faster up to 24×24
+// and slower from 80×80, so the large ones keep oneDNN's. GEMMs of at least kConvGemmLargePixels columns run on
+// oneDNN's sgemm (up to 1.9× OpenBLAS's there), smaller ones on OpenBLAS (faster at these sizes).
+constexpr int64_t kConvGemmMinPixels = 64, kConvGemmLargePixels = 1024;
+inline bool conv_gemm_data(int R, int S, int stride, int pad, int64_t P) {
+    return conv_is_pointwise(R, S, stride, pad) && P >= kConvGemmMinPixels;
+}
+inline bool conv_gemm_wgrad(int R, int S, int stride, int pad, int64_t P) {
+    return conv_gemm_data(R, S, stride, pad, P) && P < kConvGemmLargePixels;
+}
+// gemm with P the convolution's pixels (which backend).
+inline void gemm_pw(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
+                    float* C, int ldc, int64_t P) {
+    if (P >= kConvGemmLargePixels) conv_dnnl_sgemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+    else gemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+}
+
 // The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
 // references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
 // columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
@@ -171,7 +192,8 @@ inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K 
 // training).
 inline int64_t conv2d_weights_run_elems(bool use, bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R,
                                         int S, int stride, int pad) {
-    if (!use || !conv_dnnl_on()) return 0;
+    const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+    if (!use || !conv_dnnl_on() || conv_gemm_data(R, S, stride, pad, P)) return 0;
     return (int64_t)conv2d_dnnl_weights_floats(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R,
                                                S, stride, pad);
 }
@@ -195,13 +217,25 @@ void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* w
                       int R, int S, int stride, int pad, Act act = kNoAct, const float* wre = nullptr) {
     const int64_t n_out = (int64_t)N * K * conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
     const bool apply = act.kind != ActKind::Identity;
-    if constexpr (std::is_same_v<T, float>)
-        if (conv_dnnl_on()) {
+    if constexpr (std::is_same_v<T, float>) {
+        const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+        if (conv_dnnl_on() && conv_gemm_data(R, S, stride, pad, P)) {
+            for (int n = 0; n < N; ++n) {
+                float* y = out + n * K * P;
+                gemm_pw(false, false, K, (int)P, C, weight, C, inp + (int64_t)n * C * P, (int)P, 0.f, y, (int)P, P);
+                if (bias)
+                    for (int k = 0; k < K; ++k)
+                        for (int64_t p = 0; p < P; ++p) y[k * P + p] += bias[k];
+            }
+            if (apply) act_forward_cpu<float>(out, out, n_out, act);
+            return;
+        } else if (conv_dnnl_on()) {
             const bool fuse = conv_dnnl_act_fusable(act);
             conv2d_dnnl_fprop(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad, fuse ? act : kNoAct, wre);
             if (apply && !fuse) act_forward_cpu<float>(out, out, n_out, act);
             return;
         }
+    }
     conv2d_fprop_cpu<T>(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad);
     if (apply) act_forward_cpu<T>(out, out, n_out, act);
 }
@@ -214,8 +248,16 @@ void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
             const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
             if (dbias)
                 for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
-            if (dinp || dweight)
-                conv2d_dnnl_backward(dinp, dweight, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
+            const bool gd = dinp && conv_gemm_data(R, S, stride, pad, P),
+                       gw = dweight && conv_gemm_wgrad(R, S, stride, pad, P);
+            for (int n = 0; n < N && (gd || gw); ++n) {  // pointwise: x and dx are (C, P)
+                const float* dy = dout + n * K * P;
+                if (gw) gemm(false, true, K, C, (int)P, 1.f, dy, (int)P, inp + n * C * P, (int)P, 1.f, dweight, C);
+                if (gd) gemm_pw(true, false, C, (int)P, K, weight, C, dy, (int)P, 1.f, dinp + n * C * P, (int)P, P);
+            }
+            if ((dinp && !gd) || (dweight && !gw))
+                conv2d_dnnl_backward(gd ? nullptr : dinp, gw ? nullptr : dweight, dout, inp, weight, work, N, C, H, W,
+                                     K, R, S, stride, pad, wre);
             return;
         }
     conv2d_backward_cpu<T>(dinp, dweight, dbias, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
@@ -316,8 +358,22 @@ inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
 template <class T>
 void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
                              int N, int K, int P, Act act = kNoAct, const float* wre = nullptr) {
-    if constexpr (std::is_same_v<T, float>)
-        if (conv_dnnl_on()) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (conv_dnnl_on() && conv_gemm_data(1, 1, 1, 0, P)) {  // the reference's GEMMs, each part in place
+            int C = 0;
+            for (int i = 0; i < m; ++i) C += Cs[i];
+            for (int n = 0; n < N; ++n) {
+                float* y = out + (int64_t)n * K * P;
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                    gemm_pw(false, false, K, P, Cs[i], weight + c0, C, xs[i] + (int64_t)n * Cs[i] * P, P,
+                            i ? 1.f : 0.f, y, P, P);
+                if (bias)
+                    for (int k = 0; k < K; ++k)
+                        for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
+            }
+            if (act.kind != ActKind::Identity) act_forward_cpu<float>(out, out, (int64_t)N * K * P, act);
+            return;
+        } else if (conv_dnnl_on()) {
             int C = 0;
             for (int i = 0; i < m; ++i) C += Cs[i];
             float *xc = work, *wk = work + 2 * (int64_t)C * P;
@@ -329,6 +385,7 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
             }
             return;
         }
+    }
     conv1x1_parts_fprop_cpu<T>(out, xs, Cs, m, weight, bias, N, K, P);
     if (act.kind != ActKind::Identity) act_forward_cpu<T>(out, out, (int64_t)N * K * P, act);
 }
@@ -345,20 +402,32 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
             int C = 0;
             bool any_dx = false;
             for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
+            // GEMMs (kernels above): dgrad per part in place, wgrad per part in place where it is a GEMM too, else
+            // oneDNN's over the parts copied into one buffer (into dwb, or dweight).
+            const bool gd = conv_gemm_data(1, 1, 1, 0, P), gw = conv_gemm_wgrad(1, 1, 1, 0, P);
+            Y5_CHECK(!(gw && dwb), "conv1x1 parts: a blocked weight gradient for a GEMM wgrad (P %d)", P);
+            const bool dnnl_dx = any_dx && !gd, dnnl_dw = (dweight && !gw) || dwb;
             float *xc = work, *dxc = work + (int64_t)C * P, *wk = work + 2 * (int64_t)C * P;
             for (int n = 0; n < N; ++n) {
                 const float* dy = dout + (int64_t)n * K * P;
                 if (dbias) bias_grad_cpu(dbias, dy, K, P);
-                if (dweight || dwb)
+                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
+                    const int64_t off = (int64_t)n * Cs[i] * P;
+                    if (dweight && gw) gemm(false, true, K, Cs[i], P, 1.f, dy, P, xs[i] + off, P, 1.f, dweight + c0, C);
+                    if (dxs[i] && gd) gemm_pw(true, false, Cs[i], P, K, weight + c0, C, dy, P, 1.f, dxs[i] + off, P, P);
+                }
+                if (dnnl_dw)
                     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                         std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
-                if (any_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
-                if (any_dx || dweight)
-                    conv2d_dnnl_backward(any_dx ? dxc : nullptr, dweight, dy, xc, weight, wk, 1, C, 1, P, K, 1, 1, 1, 0,
-                                         wre);
+                if (dnnl_dx) fill_cpu(dxc, 0.0f, (int64_t)C * P);
+                if (dnnl_dx || (dweight && !gw))
+                    conv2d_dnnl_backward(dnnl_dx ? dxc : nullptr, gw ? nullptr : dweight, dy, xc, weight, wk, 1, C, 1,
+                                         P, K, 1, 1, 1, 0, wre);
                 if (dwb) conv2d_dnnl_wgrad_blocked(dwb, n > 0, dy, xc, wk, 1, C, 1, P, K, 1, 1, 1, 0);
-                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
-                    if (dxs[i]) axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);
+                if (dnnl_dx)
+                    for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
+                        if (dxs[i])
+                            axpy_cpu(dxs[i] + (int64_t)n * Cs[i] * P, 1.0f, dxc + (int64_t)c0 * P, (int64_t)Cs[i] * P);
             }
             return;
         }

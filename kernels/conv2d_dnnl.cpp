@@ -517,6 +517,14 @@ void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_
         for (int64_t i = i0; i < i1; ++i) dwb[i] += dwb[g * floats + i];
 }
 
+void conv_dnnl_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                     int ldb, float beta, float* C, int ldc) {
+    OmpThreads omp(1);
+    const dnnl_status_t s =
+        dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    Y5_CHECK(s == dnnl_success, "conv2d (oneDNN): sgemm %dx%dx%d failed (status %d)", M, N, K, (int)s);
+}
+
 void conv_dnnl_clear_cache() {
     std::lock_guard<std::mutex> lock(g_mu);
     g_gen.fetch_add(1, std::memory_order_release);  // every thread's memory objects (Mems) for the plans go too
@@ -718,6 +726,9 @@ void conv2d_dnnl_wgrad_sum(float*, int, int64_t, int64_t, int64_t) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv_dnnl_clear_cache() {}
+void conv_dnnl_sgemm(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
 int dnnl_block() { return 0; }
 bool dnnl_post_op(Act) { return false; }
 size_t dnnl_bconv_weights_bytes(const BConv&, Act, bool) { return 0; }

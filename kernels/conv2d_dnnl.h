@@ -78,6 +78,10 @@ int conv2d_dnnl_wgrad_parts(int C, int H, int W, int K, int R, int S, int stride
 void conv2d_dnnl_wgrad_finish(float* dweight, const float* dwb, int C, int H, int W, int K, int R, int S, int stride,
                               int pad, int part = 0, int parts = 1);
 void conv_dnnl_clear_cache();
+// Row-major C (M,N) = alpha·op(A)·op(B) + beta·C through oneDNN's sgemm on one OpenMP thread (the pointwise
+// convolutions' large GEMMs, kernels/conv2d.h: faster there than OpenBLAS's on this library's AVX-512 kernels).
+void conv_dnnl_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                     int ldb, float beta, float* C, int ldc);
 
 // ---- Blocked inference (a fused model's CPU forward, layers/model.cpp): one image's activations stay in oneDNN's
 // channel-blocked layout nChw{B}c, (⌈C/B⌉, H, W, B) floats with the last block's lanes past C padding, between the

@@ -161,9 +161,35 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
             double sbox = 0, scls = 0;
             const T gbox = T(-h.box * bs / n);              // d total / d CIoU_k
             const T gcls = T(h.cls * bs / ((double)n * nc));  // d total / d (mean BCE element)
+            const int ncl = nc > 1 ? nc : 0;
+            // Each target's terms on the CPU threads (they read the map only): its cell, CIoU, box gradient, class
+            // BCE values and gradients; then, in list order on this thread, the sums and the per-cell gradient sums,
+            // in the order of operations of one pass over the targets (the same bits with any thread count).
+            std::vector<int64_t> cell(n);
+            std::vector<T> iou(n), draw(dp ? (size_t)n * 4 : 0), bce((size_t)n * ncl), gq(dp ? (size_t)n * ncl : 0);
+            par(n, [&](int64_t k0, int64_t k1) {
+                for (int64_t k = k0; k < k1; ++k) {
+                    const int64_t c = loss_cell(t.b[k], t.a[k], t.gj[k], t.gi[k], na, ny[i], nx[i]);
+                    const S* ps = p + c * no;
+                    cell[k] = c;
+                    const T raw[4] = {ld(ps[0]), ld(ps[1]), ld(ps[2]), ld(ps[3])};
+                    T s[4], pb[4];
+                    loss_decode_box(raw, &t.anch[2 * k], s, pb);
+                    T dpb[4] = {0, 0, 0, 0};
+                    iou[k] = ciou(pb, &t.tbox[4 * k], gbox, dp ? dpb : nullptr,
+                                  detached ? &detached->alpha[i][k] : nullptr, replay);
+                    if (dp) loss_decode_box_grad(s, &t.anch[2 * k], dpb, &draw[4 * k]);
+                    for (int q = 0; q < ncl; ++q) {
+                        const T tt = q == t.cls[k] ? cp : cn, x = ld(ps[5 + q]);
+                        bce[k * ncl + q] = bce_logits(x, tt, T(h.cls_pw));
+                        if (dp) gq[k * ncl + q] = gcls * bce_logits_grad(x, tt, T(h.cls_pw));
+                    }
+                }
+            }, 16);
             for (int k = 0; k < n; ++k) {
-                const int64_t c = loss_cell(t.b[k], t.a[k], t.gj[k], t.gi[k], na, ny[i], nx[i]);
-                const S* ps = p + c * no;
+                const int64_t c = cell[k];
+                sbox += 1.0 - (double)iou[k];
+                tobj[c] = loss_tobj(iou[k]);
                 T* d = nullptr;
                 if (dp) {
                     auto [it, fresh] = slot.emplace(c, (int)slot_cell.size());
@@ -172,26 +198,12 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
                         acc.resize(acc.size() + no, T(0));
                     }
                     d = &acc[(size_t)it->second * no];
+                    for (int q = 0; q < 4; ++q) d[q] += draw[4 * k + q];
                 }
-                const T raw[4] = {ld(ps[0]), ld(ps[1]), ld(ps[2]), ld(ps[3])};
-                T s[4], pb[4];
-                loss_decode_box(raw, &t.anch[2 * k], s, pb);
-                T dpb[4] = {0, 0, 0, 0};
-                const T iou = ciou(pb, &t.tbox[4 * k], gbox, dp ? dpb : nullptr,
-                                   detached ? &detached->alpha[i][k] : nullptr, replay);
-                sbox += 1.0 - (double)iou;
-                tobj[c] = loss_tobj(iou);
-                if (dp) {
-                    T draw[4];
-                    loss_decode_box_grad(s, &t.anch[2 * k], dpb, draw);
-                    for (int q = 0; q < 4; ++q) d[q] += draw[q];
+                for (int q = 0; q < ncl; ++q) {
+                    scls += (double)bce[k * ncl + q];
+                    if (dp) d[5 + q] += gq[k * ncl + q];
                 }
-                if (nc > 1)
-                    for (int q = 0; q < nc; ++q) {
-                        const T tt = q == t.cls[k] ? cp : cn, x = ld(ps[5 + q]);
-                        scls += (double)bce_logits(x, tt, T(h.cls_pw));
-                        if (dp) d[5 + q] += gcls * bce_logits_grad(x, tt, T(h.cls_pw));
-                    }
             }
             for (size_t j = 0; j < slot_cell.size(); ++j)
                 for (int q = 0; q < no; ++q)
@@ -202,7 +214,9 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
         if (dp && !accum) {  // after the target pass's reads; the objectness channels are the pass below's
             std::vector<char> matched(cells, 0);
             for (int64_t c : slot_cell) matched[c] = 1;
-            for (int64_t c = 0; c < cells; ++c) loss_zero_unmatched(dp + c * no, no, matched[c] != 0);
+            par(cells, [&](int64_t c0, int64_t c1) {
+                for (int64_t c = c0; c < c1; ++c) loss_zero_unmatched(dp + c * no, no, matched[c] != 0);
+            }, 256);
         }
         if (detached) {
             if (replay) tobj = detached->tobj[i];
@@ -210,12 +224,18 @@ LossItems yolo_loss_cpu(const std::vector<const S*>& maps, const std::vector<S*>
         }
         const double bal = loss_balance(nl, i);
         const T gobj = T(h.obj * bal * bs / (double)cells);
+        // The objectness BCE per cell on the threads (each cell's gradient read and written by its own chunk), summed
+        // in cell order here.
+        std::vector<T> bobj(cells);
+        par(cells, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+                const T x = ld(p[c * no + 4]);
+                bobj[c] = bce_logits(x, tobj[c], T(h.obj_pw));
+                if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, tobj[c], T(h.obj_pw)), accum, gs);
+            }
+        }, 1024);
         double sobj = 0;
-        for (int64_t c = 0; c < cells; ++c) {
-            const T x = ld(p[c * no + 4]);
-            sobj += (double)bce_logits(x, tobj[c], T(h.obj_pw));
-            if (dp) loss_grad_put(dp + c * no + 4, gobj * bce_logits_grad(x, tobj[c], T(h.obj_pw)), accum, gs);
-        }
+        for (int64_t c = 0; c < cells; ++c) sobj += (double)bobj[c];
         L.sobj[i] = sobj, L.cells[i] = cells;
     }
     form_loss_items(L, h, nc);

@@ -8,6 +8,7 @@
  * oneDNN's post-op against conv then y5's activation, and the ops conv2d_act / conv2d_parts_act against the two ops.
  * Skipped in a build without oneDNN (but for the reference path's checks).
  */
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -349,6 +350,41 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         Tensor b = rand_tensor(T.data, {32}, DType::F32, rng), dy = rand_tensor(T.data, {11, 32, 8, 8}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1], v[2]}, v[3], &v[4]); };
         compare(run(true, op, {x0, x1, x2, w, b}, dy), run(false, op, {x0, x1, x2, w, b}, dy));
+    }
+    // Pointwise convolutions run as GEMMs from kConvGemmMinPixels output pixels (OpenBLAS's, oneDNN's sgemm from
+    // kConvGemmLargePixels, whose wgrad stays oneDNN's convolution), oneDNN's convolution below: each side of both
+    // thresholds, for conv2d, conv2d_parts and conv1x1_maps.
+    SECTION("pointwise conv2d on each side of the GEMM thresholds, with a bias") {
+        for (const auto& hw : {std::array<int, 2>{7, 9}, std::array<int, 2>{8, 8}, std::array<int, 2>{31, 33},
+                               std::array<int, 2>{40, 32}}) {
+            INFO(hw[0] << "x" << hw[1] << " pixels");
+            REQUIRE(conv_gemm_data(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] >= kConvGemmMinPixels));
+            REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) ==
+                    (hw[0] * hw[1] >= kConvGemmMinPixels && hw[0] * hw[1] < kConvGemmLargePixels));
+            Tensor x = rand_tensor(T.data, {3, 24, hw[0], hw[1]}, DType::F32, rng);
+            Tensor w = rand_tensor(T.data, {40, 24, 1, 1}, DType::F32, rng, -0.2, 0.2);
+            Tensor b = rand_tensor(T.data, {40}, DType::F32, rng), dy = rand_tensor(T.data, {3, 40, hw[0], hw[1]}, DType::F32, rng);
+            auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], &v[2], 1, 0); };
+            compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
+        }
+    }
+    SECTION("conv2d_parts, two parts, at 36x30 (sgemm dgrad, oneDNN wgrad over the parts copied)") {
+        Tensor x0 = rand_tensor(T.data, {3, 16, 36, 30}, DType::F32, rng), x1 = rand_tensor(T.data, {3, 8, 36, 30}, DType::F32, rng);
+        Tensor w = rand_tensor(T.data, {24, 24, 1, 1}, DType::F32, rng, -0.2, 0.2), dy = rand_tensor(T.data, {3, 24, 36, 30}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1]}, v[2], nullptr); };
+        compare(run(true, op, {x0, x1, w}, dy), run(false, op, {x0, x1, w}, dy));
+    }
+    SECTION("conv2d_parts, two parts, at 6x6 (oneDNN's convolution)") {
+        Tensor x0 = rand_tensor(T.data, {4, 16, 6, 6}, DType::F32, rng), x1 = rand_tensor(T.data, {4, 32, 6, 6}, DType::F32, rng);
+        Tensor w = rand_tensor(T.data, {32, 48, 1, 1}, DType::F32, rng, -0.2, 0.2), dy = rand_tensor(T.data, {4, 32, 6, 6}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1]}, v[2], nullptr); };
+        compare(run(true, op, {x0, x1, w}, dy), run(false, op, {x0, x1, w}, dy));
+    }
+    SECTION("conv1x1_maps at 32x32 (sgemm, oneDNN wgrad)") {
+        Tensor x = rand_tensor(T.data, {2, 32, 32, 32}, DType::F32, rng), w = rand_tensor(T.data, {255, 32, 1, 1}, DType::F32, rng, -0.1, 0.1);
+        Tensor b = rand_tensor(T.data, {255}, DType::F32, rng), dy = rand_tensor(T.data, {2, 3, 32, 32, 85}, DType::F32, rng);
+        auto op = [&](std::vector<Var>& v) { return conv1x1_maps(T.ctx, v[0], v[1], &v[2], 3); };
+        compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
     }
     SECTION("conv1x1_maps (Detect's head), batch 10 (groups of 1 and 2 images), 3 anchors") {
         Tensor x = rand_tensor(T.data, {10, 64, 8, 8}, DType::F32, rng), w = rand_tensor(T.data, {255, 64, 1, 1}, DType::F32, rng, -0.1, 0.1);

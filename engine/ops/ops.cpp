@@ -275,7 +275,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             const int Gb = grad_groups(g.N);
             // oneDNN f32: each group's weight gradient summed in oneDNN's blocked layout, the groups' sums added in
             // group order, then one reorder adds them into dw (kernels/conv2d_dnnl.h); the bias as below.
-            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on() &&
+                                 !conv_gemm_wgrad(g.R, g.S, g.stride, g.pad, out_img / g.K);
             const int64_t nwb =
                 blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
@@ -438,7 +439,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             const int64_t nwk = conv1x1_parts_run_work_elems(f32, C, K, P);
             T* wk = ws.get<T>(nwk * grad_slots(Gb));
             // oneDNN f32: the weight gradient in blocked group partials, as conv2d's (a 1×1 conv over (C, 1, P)).
-            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on() && !conv_gemm_wgrad(1, 1, 1, 0, P);
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, 1, P, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
             bool any_dx = false;  // the weights reordered for dgrad once for all the images
@@ -1051,7 +1052,8 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
             A* wk = ws.get<A>(nwk * grad_slots(Gb));
             // oneDNN f32: the weight gradient in blocked group partials, as conv2d's.
-            const bool blocked = std::is_same_v<T, float> && dw && conv_dnnl_on();
+            const bool blocked =
+                std::is_same_v<T, float> && dw && conv_dnnl_on() && !conv_gemm_wgrad(1, 1, 1, 0, (int64_t)H * W);
             const int64_t nwb = blocked ? (int64_t)conv2d_dnnl_wgrad_floats(C, H, W, K, 1, 1, 1, 0) : 0;
             float* pwb = ws.get<float>(nwb * Gb);
             const float* wre = prepared_weights(ws, dx != nullptr, true, false, kNoAct, w.t.ptr<T>(), C, H, W, K, 1, 1,
