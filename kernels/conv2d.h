@@ -148,19 +148,21 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     }
 }
 
-// oneDNN on, f32: pointwise convolutions with at least kConvGemmMinPixels output pixels run their fprop and dgrad
-// as GEMMs on y5's NCHW images (per image y = W·x, dx += Wᵀ·dy: the references' arithmetic), and below
-// kConvGemmLargePixels their wgrad too (dW += dy·xᵀ), instead of oneDNN's convolution, whose reorders into and out of
-// its blocked layout cost more than they save there. Per image on one thread (AVX-512 EPYC, tools in
-// bench/RESULTS.md 2026-12-05): dgrad 1.5–2.9× faster, fprop 1.1–1.9×; wgrad through OpenBLAS faster up to 24×24
-// and slower from 80×80, so the large ones keep oneDNN's. GEMMs of at least kConvGemmLargePixels columns run on
-// oneDNN's sgemm (up to 1.9× OpenBLAS's there), smaller ones on OpenBLAS (faster at these sizes).
+// oneDNN on, f32: pointwise convolutions run as GEMMs on y5's NCHW images (per image y = W·x, dx += Wᵀ·dy,
+// dW += dy·xᵀ: the references' arithmetic) where that beats oneDNN's convolution with its reorders into and out of
+// its blocked layout. Per image on one thread (this AVX-512 EPYC, 2026-12-05; bench/RESULTS.md): fprop and dgrad
+// from 64 output pixels (dgrad 1.5–2.9× faster, fprop 1.1–1.9×), and below that for up to 128 input channels at 36
+// pixels or more, 64 below (oneDNN's stays faster for 256–512 channels at 6×6 and 3×3); wgrad below 1024 pixels
+// (1.2–3× faster; from 80×80 OpenBLAS's is slower than oneDNN's). The rules read the input channels, not the output
+// channels, so batch-1 inference's output-channel split (conv_k_parts) takes the same path as the whole convolution.
+// GEMMs of at least kConvGemmLargePixels columns run on oneDNN's sgemm (up to 1.9× OpenBLAS's there), smaller ones on
+// OpenBLAS (faster at these sizes).
 constexpr int64_t kConvGemmMinPixels = 64, kConvGemmLargePixels = 1024;
-inline bool conv_gemm_data(int R, int S, int stride, int pad, int64_t P) {
-    return conv_is_pointwise(R, S, stride, pad) && P >= kConvGemmMinPixels;
+inline bool conv_gemm_data(int C, int R, int S, int stride, int pad, int64_t P) {
+    return conv_is_pointwise(R, S, stride, pad) && (P >= kConvGemmMinPixels || (P >= 36 && C <= 128) || C <= 64);
 }
 inline bool conv_gemm_wgrad(int R, int S, int stride, int pad, int64_t P) {
-    return conv_gemm_data(R, S, stride, pad, P) && P < kConvGemmLargePixels;
+    return conv_is_pointwise(R, S, stride, pad) && P < kConvGemmLargePixels;
 }
 // gemm with P the convolution's pixels (which backend).
 inline void gemm_pw(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
@@ -193,7 +195,7 @@ inline int conv_k_start(int K, int parts, int j) { return std::min(K, 16 * (((K 
 inline int64_t conv2d_weights_run_elems(bool use, bool dgrad, bool bias, Act act, int C, int H, int W, int K, int R,
                                         int S, int stride, int pad) {
     const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
-    if (!use || !conv_dnnl_on() || conv_gemm_data(R, S, stride, pad, P)) return 0;
+    if (!use || !conv_dnnl_on() || conv_gemm_data(C, R, S, stride, pad, P)) return 0;
     return (int64_t)conv2d_dnnl_weights_floats(dgrad, bias, conv_dnnl_act_fusable(act) ? act : kNoAct, C, H, W, K, R,
                                                S, stride, pad);
 }
@@ -219,7 +221,7 @@ void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* w
     const bool apply = act.kind != ActKind::Identity;
     if constexpr (std::is_same_v<T, float>) {
         const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
-        if (conv_dnnl_on() && conv_gemm_data(R, S, stride, pad, P)) {
+        if (conv_dnnl_on() && conv_gemm_data(C, R, S, stride, pad, P)) {
             for (int n = 0; n < N; ++n) {
                 float* y = out + n * K * P;
                 gemm_pw(false, false, K, (int)P, C, weight, C, inp + (int64_t)n * C * P, (int)P, 0.f, y, (int)P, P);
@@ -248,7 +250,7 @@ void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
             const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
             if (dbias)
                 for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
-            const bool gd = dinp && conv_gemm_data(R, S, stride, pad, P),
+            const bool gd = dinp && conv_gemm_data(C, R, S, stride, pad, P),
                        gw = dweight && conv_gemm_wgrad(R, S, stride, pad, P);
             for (int n = 0; n < N && (gd || gw); ++n) {  // pointwise: x and dx are (C, P)
                 const float* dy = dout + n * K * P;
@@ -359,9 +361,9 @@ template <class T>
 void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, T* work,
                              int N, int K, int P, Act act = kNoAct, const float* wre = nullptr) {
     if constexpr (std::is_same_v<T, float>) {
-        if (conv_dnnl_on() && conv_gemm_data(1, 1, 1, 0, P)) {  // the reference's GEMMs, each part in place
-            int C = 0;
-            for (int i = 0; i < m; ++i) C += Cs[i];
+        int C = 0;
+        for (int i = 0; i < m; ++i) C += Cs[i];
+        if (conv_dnnl_on() && conv_gemm_data(C, 1, 1, 1, 0, P)) {  // the reference's GEMMs, each part in place
             for (int n = 0; n < N; ++n) {
                 float* y = out + (int64_t)n * K * P;
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
@@ -374,8 +376,6 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
             if (act.kind != ActKind::Identity) act_forward_cpu<float>(out, out, (int64_t)N * K * P, act);
             return;
         } else if (conv_dnnl_on()) {
-            int C = 0;
-            for (int i = 0; i < m; ++i) C += Cs[i];
             float *xc = work, *wk = work + 2 * (int64_t)C * P;
             for (int n = 0; n < N; ++n) {
                 for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
@@ -404,7 +404,7 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
             for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
             // GEMMs (kernels above): dgrad per part in place, wgrad per part in place where it is a GEMM too, else
             // oneDNN's over the parts copied into one buffer (into dwb, or dweight).
-            const bool gd = conv_gemm_data(1, 1, 1, 0, P), gw = conv_gemm_wgrad(1, 1, 1, 0, P);
+            const bool gd = conv_gemm_data(C, 1, 1, 1, 0, P), gw = conv_gemm_wgrad(1, 1, 1, 0, P);
             Y5_CHECK(!(gw && dwb), "conv1x1 parts: a blocked weight gradient for a GEMM wgrad (P %d)", P);
             const bool dnnl_dx = any_dx && !gd, dnnl_dw = (dweight && !gw) || dwb;
             float *xc = work, *dxc = work + (int64_t)C * P, *wk = work + 2 * (int64_t)C * P;

@@ -358,11 +358,10 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         for (const auto& hw : {std::array<int, 2>{7, 9}, std::array<int, 2>{8, 8}, std::array<int, 2>{31, 33},
                                std::array<int, 2>{40, 32}}) {
             INFO(hw[0] << "x" << hw[1] << " pixels");
-            REQUIRE(conv_gemm_data(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] >= kConvGemmMinPixels));
-            REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) ==
-                    (hw[0] * hw[1] >= kConvGemmMinPixels && hw[0] * hw[1] < kConvGemmLargePixels));
-            Tensor x = rand_tensor(T.data, {3, 24, hw[0], hw[1]}, DType::F32, rng);
-            Tensor w = rand_tensor(T.data, {40, 24, 1, 1}, DType::F32, rng, -0.2, 0.2);
+            REQUIRE(conv_gemm_data(160, 1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] >= kConvGemmMinPixels));
+            REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] < kConvGemmLargePixels));
+            Tensor x = rand_tensor(T.data, {3, 160, hw[0], hw[1]}, DType::F32, rng);
+            Tensor w = rand_tensor(T.data, {40, 160, 1, 1}, DType::F32, rng, -0.2, 0.2);
             Tensor b = rand_tensor(T.data, {40}, DType::F32, rng), dy = rand_tensor(T.data, {3, 40, hw[0], hw[1]}, DType::F32, rng);
             auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], &v[2], 1, 0); };
             compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
@@ -374,9 +373,11 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1]}, v[2], nullptr); };
         compare(run(true, op, {x0, x1, w}, dy), run(false, op, {x0, x1, w}, dy));
     }
-    SECTION("conv2d_parts, two parts, at 6x6 (oneDNN's convolution)") {
-        Tensor x0 = rand_tensor(T.data, {4, 16, 6, 6}, DType::F32, rng), x1 = rand_tensor(T.data, {4, 32, 6, 6}, DType::F32, rng);
-        Tensor w = rand_tensor(T.data, {32, 48, 1, 1}, DType::F32, rng, -0.2, 0.2), dy = rand_tensor(T.data, {4, 32, 6, 6}, DType::F32, rng);
+    SECTION("conv2d_parts, two parts, at 3x3 (oneDNN's fprop and dgrad, a GEMM wgrad)") {
+        REQUIRE(!conv_gemm_data(144, 1, 1, 1, 0, 9));
+        REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, 9));
+        Tensor x0 = rand_tensor(T.data, {4, 48, 3, 3}, DType::F32, rng), x1 = rand_tensor(T.data, {4, 96, 3, 3}, DType::F32, rng);
+        Tensor w = rand_tensor(T.data, {32, 144, 1, 1}, DType::F32, rng, -0.2, 0.2), dy = rand_tensor(T.data, {4, 32, 3, 3}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1]}, v[2], nullptr); };
         compare(run(true, op, {x0, x1, w}, dy), run(false, op, {x0, x1, w}, dy));
     }
