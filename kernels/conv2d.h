@@ -152,22 +152,23 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 // dW += dy·xᵀ: the references' arithmetic) where that beats oneDNN's convolution with its reorders into and out of
 // its blocked layout. Per image on one thread (this AVX-512 EPYC, 2026-12-05; bench/RESULTS.md): fprop and dgrad
 // from 64 output pixels (dgrad 1.5–2.9× faster, fprop 1.1–1.9×), and below that for up to 128 input channels at 36
-// pixels or more, 64 below (oneDNN's stays faster for 256–512 channels at 6×6 and 3×3); wgrad below 1024 pixels
-// (1.2–3× faster; from 80×80 OpenBLAS's is slower than oneDNN's). The rules read the input channels, not the output
-// channels, so batch-1 inference's output-channel split (conv_k_parts) takes the same path as the whole convolution.
-// GEMMs of at least kConvGemmLargePixels columns run on oneDNN's sgemm (up to 1.9× OpenBLAS's there), smaller ones on
-// OpenBLAS (faster at these sizes).
-constexpr int64_t kConvGemmMinPixels = 64, kConvGemmLargePixels = 1024;
+// pixels or more, 64 below (oneDNN's stays faster for 256–512 channels at 6×6 and 3×3); wgrad below 256 pixels
+// (1.1–3× faster; level around 24×24, and from 80×80 OpenBLAS's is slower than oneDNN's). The rules read the input
+// channels, not the output channels, so batch-1 inference's output-channel split (conv_k_parts) takes the same path
+// as the whole convolution. The fprop and dgrad GEMMs of at least kConvSgemmPixels columns run on oneDNN's sgemm
+// (1.1–1.9× OpenBLAS's from 12×12 with 64 channels or more), smaller ones on OpenBLAS (faster at 6×6), and the
+// wgrad GEMMs on OpenBLAS (oneDNN's sgemm is slower for dy·xᵀ at every size measured).
+constexpr int64_t kConvGemmMinPixels = 64, kConvGemmWgradPixels = 256, kConvSgemmPixels = 128;
 inline bool conv_gemm_data(int C, int R, int S, int stride, int pad, int64_t P) {
     return conv_is_pointwise(R, S, stride, pad) && (P >= kConvGemmMinPixels || (P >= 36 && C <= 128) || C <= 64);
 }
 inline bool conv_gemm_wgrad(int R, int S, int stride, int pad, int64_t P) {
-    return conv_is_pointwise(R, S, stride, pad) && P < kConvGemmLargePixels;
+    return conv_is_pointwise(R, S, stride, pad) && P < kConvGemmWgradPixels;
 }
-// gemm with P the convolution's pixels (which backend).
+// The fprop and dgrad GEMMs (P the convolution's pixels: which backend).
 inline void gemm_pw(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
                     float* C, int ldc, int64_t P) {
-    if (P >= kConvGemmLargePixels) conv_dnnl_sgemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
+    if (P >= kConvSgemmPixels) conv_dnnl_sgemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
     else gemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
 }
 

@@ -351,15 +351,16 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1], v[2]}, v[3], &v[4]); };
         compare(run(true, op, {x0, x1, x2, w, b}, dy), run(false, op, {x0, x1, x2, w, b}, dy));
     }
-    // Pointwise convolutions run as GEMMs from kConvGemmMinPixels output pixels (OpenBLAS's, oneDNN's sgemm from
-    // kConvGemmLargePixels, whose wgrad stays oneDNN's convolution), oneDNN's convolution below: each side of both
+    // Pointwise convolutions: fprop and dgrad as GEMMs from kConvGemmMinPixels (OpenBLAS's, oneDNN's sgemm from
+    // kConvSgemmPixels), wgrad as a GEMM below kConvGemmWgradPixels, oneDNN's convolution otherwise: each side of the
     // thresholds, for conv2d, conv2d_parts and conv1x1_maps.
     SECTION("pointwise conv2d on each side of the GEMM thresholds, with a bias") {
-        for (const auto& hw : {std::array<int, 2>{7, 9}, std::array<int, 2>{8, 8}, std::array<int, 2>{31, 33},
-                               std::array<int, 2>{40, 32}}) {
+        for (const auto& hw : {std::array<int, 2>{7, 9}, std::array<int, 2>{8, 8}, std::array<int, 2>{11, 11},
+                               std::array<int, 2>{12, 12}, std::array<int, 2>{15, 17}, std::array<int, 2>{16, 16}}) {
+            const int64_t P = (int64_t)hw[0] * hw[1];
             INFO(hw[0] << "x" << hw[1] << " pixels");
-            REQUIRE(conv_gemm_data(160, 1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] >= kConvGemmMinPixels));
-            REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, (int64_t)hw[0] * hw[1]) == (hw[0] * hw[1] < kConvGemmLargePixels));
+            REQUIRE(conv_gemm_data(160, 1, 1, 1, 0, P) == (P >= kConvGemmMinPixels));
+            REQUIRE(conv_gemm_wgrad(1, 1, 1, 0, P) == (P < kConvGemmWgradPixels));
             Tensor x = rand_tensor(T.data, {3, 160, hw[0], hw[1]}, DType::F32, rng);
             Tensor w = rand_tensor(T.data, {40, 160, 1, 1}, DType::F32, rng, -0.2, 0.2);
             Tensor b = rand_tensor(T.data, {40}, DType::F32, rng), dy = rand_tensor(T.data, {3, 40, hw[0], hw[1]}, DType::F32, rng);
@@ -367,7 +368,7 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
             compare(run(true, op, {x, w, b}, dy), run(false, op, {x, w, b}, dy));
         }
     }
-    SECTION("conv2d_parts, two parts, at 36x30 (sgemm dgrad, oneDNN wgrad over the parts copied)") {
+    SECTION("conv2d_parts, two parts, at 36x30 (sgemm fprop and dgrad, oneDNN wgrad over the parts copied)") {
         Tensor x0 = rand_tensor(T.data, {3, 16, 36, 30}, DType::F32, rng), x1 = rand_tensor(T.data, {3, 8, 36, 30}, DType::F32, rng);
         Tensor w = rand_tensor(T.data, {24, 24, 1, 1}, DType::F32, rng, -0.2, 0.2), dy = rand_tensor(T.data, {3, 24, 36, 30}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1]}, v[2], nullptr); };
