@@ -125,7 +125,7 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
     const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
     A* pw = dw ? ws.get<A>(nw * np) : nullptr;
     A* pb = db ? ws.get<A>((int64_t)K * np) : nullptr;
-    if (pw) fill_cpu(pw, A(0), nw * np);
+    if (pw) par(nw * np, [&](int64_t i0, int64_t i1) { fill_cpu(pw + i0, A(0), i1 - i0); }, kElemChunk);
     if (pb) fill_cpu(pb, A(0), (int64_t)K * np);
     auto part = [&](A* p, T* own, int64_t g, int64_t n) -> A* {
         if constexpr (half) return p + g * n;
@@ -137,10 +137,12 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
             for (int64_t g = s; g < G; g += S)
                 fn(g, s, dw ? part(pw, dw, g, nw) : nullptr, db ? part(pb, db, g, K) : nullptr);
     });
-    for (int g = 1; g < G; ++g) {
-        if (dw) axpy_cpu(part(pw, dw, 0, nw), A(1), part(pw, dw, g, nw), nw);
-        if (db) axpy_cpu(part(pb, db, 0, K), A(1), part(pb, db, g, K), (int64_t)K);
-    }
+    // Each element's partials added in group order, the elements over the threads.
+    if (dw)
+        par(nw, [&](int64_t i0, int64_t i1) {
+            for (int g = 1; g < G; ++g) axpy_cpu(part(pw, dw, 0, nw) + i0, A(1), part(pw, dw, g, nw) + i0, i1 - i0);
+        }, kElemChunk);
+    for (int g = 1; g < G && db; ++g) axpy_cpu(part(pb, db, 0, K), A(1), part(pb, db, g, K), (int64_t)K);
     if constexpr (half) {
         if (dw) cast_add_cpu(dw, pw, nw);
         if (db) cast_add_cpu(db, pb, (int64_t)K);
