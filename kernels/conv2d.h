@@ -172,7 +172,8 @@ inline void gemm_pw(bool ta, bool tb, int M, int N, int K, const float* A, int l
     else gemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
 }
 
-// The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"), else the
+// The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"; the pointwise
+// GEMMs above where they apply), else the
 // references above (always for f64). work: conv2d_run_work_elems(...) elements of T, the references' im2col
 // columns or oneDNN's work memory (reordered tensors, its scratchpad). The bias gradient is bias_grad_cpu's either way.
 inline int64_t conv2d_run_work_elems(bool f32, int C, int H, int W, int K, int R, int S, int stride, int pad) {

@@ -2,7 +2,8 @@
  * conv2d on the CPU through oneDNN (Debian's libdnnl-dev, OpenMP runtime): the f32 passes y5's ops run when built
  * with Y5_DNNL and not switched off (env Y5_CONV=ref, or conv_dnnl_set(false); the emulated CUDA build defaults to
  * ref, Y5_CONV=dnnl turns it on there, because its cuDNN stand-in is the reference); the im2col + BLAS references in
- * kernels/conv2d.h stay the definition the tests compare against, and f64 always runs them.
+ * kernels/conv2d.h stay the definition the tests compare against, and f64 always runs them. (Most pointwise
+ * convolutions' passes run as GEMMs instead, conv_dnnl_sgemm among them: kernels/conv2d.h, conv_gemm_data.)
  * Semantics as the references: inp (N,C,H,W), weight (K,C,R,S), bias (K) or null, out (N,K,Ho,Wo), NCHW;
  * fprop writes out, dgrad and wgrad ACCUMULATE (+=) into dinp / dweight (the bias gradient stays in conv2d.h).
  * One image per primitive call (mb = 1), so fprop's and dgrad's results do not depend on how the ops group the

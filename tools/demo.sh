@@ -3,7 +3,7 @@
 # write the built-in synthetic dataset (circles, rectangles, triangles on textures; 512 training and 128
 # validation images), train yolov5n on it from scratch with YOLOv5's recipe, print its mAP table, and run
 # y5detect on the validation images.
-#   bash tools/demo.sh            (3–4 minutes of training on 2 cores after the first build; Y5_DEMO_EPOCHS=N to change the length)
+#   bash tools/demo.sh            (about 3 minutes of training on 2 cores after the first build; Y5_DEMO_EPOCHS=N to change the length)
 # Training is at 96 px with config/hyps/hyp.demo.yaml: hyp.scratch-low.yaml with mosaic off, because at
 # this size a mosaic shrinks the shapes to a few pixels (the file says what was measured).
 set -euo pipefail
