@@ -350,8 +350,10 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
     }
 }
 
-// The parts as the ops run them: f32 through oneDNN when it is on (per image the parts copied into one (C,P) buffer,
-// then conv2d's 1×1 passes over it; dx through a zeroed (C,P) buffer added into each part), else the references.
+// The parts as the ops run them: f32 with oneDNN on, the passes conv_gemm_data / conv_gemm_wgrad choose run as the
+// references' GEMMs, each part in place, and the others through oneDNN (per image the parts copied into one (C,P)
+// buffer, then conv2d's 1×1 passes over it; dx through a zeroed (C,P) buffer added into each part); else the
+// references.
 // work: conv1x1_parts_run_work_elems(...) elements of T (0 when the references run).
 inline int64_t conv1x1_parts_run_work_elems(bool f32, int C, int K, int P) {
     if (!f32 || !conv_dnnl_on()) return 0;
