@@ -46,6 +46,15 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
                 lda, B, ldb, beta, C, ldc);
 }
 
+// The references' GEMM (OpenBLAS); the pointwise GEMM path below passes its own (PwGemm) to the same loops.
+struct BlasGemm {
+    template <class T>
+    void operator()(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+                    T* C, int ldc) const {
+        gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+};
+
 // img (C,H,W) → col (C·R·S, Ho·Wo); row (c,r,s), column (ho,wo); zero where the window is in the padding.
 // Per output row, the columns whose tap lands inside the image are [lo, hi): zeros, a (strided) copy, zeros.
 template <class T>
@@ -105,9 +114,9 @@ template <class T> void bias_grad_cpu(T* dbias, const T* dy, int K, int P) {
     }
 }
 
-template <class T>
+template <class T, class Gemm = BlasGemm>
 void conv2d_fprop_cpu(T* out, const T* inp, const T* weight, const T* bias, T* col, int N, int C, int H, int W,
-                      int K, int R, int S, int stride, int pad) {
+                      int K, int R, int S, int stride, int pad, Gemm mm = {}) {
     const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
     const int P = Ho * Wo, CRS = C * R * S;
     const bool pointwise = conv_is_pointwise(R, S, stride, pad);
@@ -115,16 +124,16 @@ void conv2d_fprop_cpu(T* out, const T* inp, const T* weight, const T* bias, T* c
         const T* x = inp + (int64_t)n * C * H * W;
         T* y = out + (int64_t)n * K * P;
         if (!pointwise) im2col(col, x, C, H, W, R, S, stride, pad, Ho, Wo);
-        gemm(false, false, K, P, CRS, T(1), weight, CRS, pointwise ? x : col, P, T(0), y, P);  // (K,CRS)·(CRS,P)
+        mm(false, false, K, P, CRS, T(1), weight, CRS, pointwise ? x : col, P, T(0), y, P);  // (K,CRS)·(CRS,P)
         if (bias)
             for (int k = 0; k < K; ++k)
                 for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
     }
 }
 
-template <class T>
+template <class T, class Gemm = BlasGemm>
 void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, T* col, int N,
-                         int C, int H, int W, int K, int R, int S, int stride, int pad) {
+                         int C, int H, int W, int K, int R, int S, int stride, int pad, Gemm mm = {}) {
     const int Ho = conv_out_size(H, R, stride, pad), Wo = conv_out_size(W, S, stride, pad);
     const int P = Ho * Wo, CRS = C * R * S;
     const bool pointwise = conv_is_pointwise(R, S, stride, pad);
@@ -134,14 +143,14 @@ void conv2d_backward_cpu(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
         if (dbias) bias_grad_cpu(dbias, dy, K, P);
         if (dweight) {  // wgrad: dW (K,CRS) += dy (K,P) · colᵀ (P,CRS)
             if (!pointwise) im2col(col, x, C, H, W, R, S, stride, pad, Ho, Wo);
-            gemm(false, true, K, CRS, P, T(1), dy, P, pointwise ? x : col, P, T(1), dweight, CRS);
+            mm(false, true, K, CRS, P, T(1), dy, P, pointwise ? x : col, P, T(1), dweight, CRS);
         }
         if (dinp) {  // dgrad: dcol (CRS,P) = Wᵀ (CRS,K) · dy (K,P), then scatter back
             T* dx = dinp + (int64_t)n * C * H * W;
             if (pointwise) {
-                gemm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(1), dx, P);
+                mm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(1), dx, P);
             } else {
-                gemm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(0), col, P);
+                mm(true, false, CRS, P, K, T(1), weight, CRS, dy, P, T(0), col, P);
                 col2im(dx, col, C, H, W, R, S, stride, pad, Ho, Wo);
             }
         }
@@ -165,12 +174,16 @@ inline bool conv_gemm_data(int C, int R, int S, int stride, int pad, int64_t P) 
 inline bool conv_gemm_wgrad(int R, int S, int stride, int pad, int64_t P) {
     return conv_is_pointwise(R, S, stride, pad) && P < kConvGemmWgradPixels;
 }
-// The fprop and dgrad GEMMs (P the convolution's pixels: which backend).
-inline void gemm_pw(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta,
-                    float* C, int ldc, int64_t P) {
-    if (P >= kConvSgemmPixels) conv_dnnl_sgemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
-    else gemm(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
-}
+// The pointwise GEMMs' backend, given to the references' loops: oneDNN's sgemm for y = W·x and dx = Wᵀ·dy from
+// kConvSgemmPixels pixels P, OpenBLAS otherwise and for every dW = dy·xᵀ (the one with B transposed).
+struct PwGemm {
+    int64_t P;
+    void operator()(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                    int ldb, float beta, float* C, int ldc) const {
+        if (P >= kConvSgemmPixels && !tb) conv_dnnl_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        else gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+};
 
 // The passes y5's ops run: f32 through oneDNN when it is on (built with Y5_DNNL, Y5_CONV not "ref"; the pointwise
 // GEMMs above where they apply), else the
@@ -224,13 +237,7 @@ void conv2d_fprop_run(T* out, const T* inp, const T* weight, const T* bias, T* w
     if constexpr (std::is_same_v<T, float>) {
         const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
         if (conv_dnnl_on() && conv_gemm_data(C, R, S, stride, pad, P)) {
-            for (int n = 0; n < N; ++n) {
-                float* y = out + n * K * P;
-                gemm_pw(false, false, K, (int)P, C, weight, C, inp + (int64_t)n * C * P, (int)P, 0.f, y, (int)P, P);
-                if (bias)
-                    for (int k = 0; k < K; ++k)
-                        for (int64_t p = 0; p < P; ++p) y[k * P + p] += bias[k];
-            }
+            conv2d_fprop_cpu<float>(out, inp, weight, bias, work, N, C, H, W, K, R, S, stride, pad, PwGemm{P});
             if (apply) act_forward_cpu<float>(out, out, n_out, act);
             return;
         } else if (conv_dnnl_on()) {
@@ -254,11 +261,9 @@ void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
                 for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
             const bool gd = dinp && conv_gemm_data(C, R, S, stride, pad, P),
                        gw = dweight && conv_gemm_wgrad(R, S, stride, pad, P);
-            for (int n = 0; n < N && (gd || gw); ++n) {  // pointwise: x and dx are (C, P)
-                const float* dy = dout + n * K * P;
-                if (gw) gemm(false, true, K, C, (int)P, 1.f, dy, (int)P, inp + n * C * P, (int)P, 1.f, dweight, C);
-                if (gd) gemm_pw(true, false, C, (int)P, K, weight, C, dy, (int)P, 1.f, dinp + n * C * P, (int)P, P);
-            }
+            if (gd || gw)
+                conv2d_backward_cpu<float>(gd ? dinp : nullptr, gw ? dweight : nullptr, nullptr, dout, inp, weight, work,
+                                           N, C, H, W, K, R, S, stride, pad, PwGemm{P});
             if ((dinp && !gd) || (dweight && !gw))
                 conv2d_dnnl_backward(gd ? nullptr : dinp, gw ? nullptr : dweight, dout, inp, weight, work, N, C, H, W,
                                      K, R, S, stride, pad, wre);
@@ -319,24 +324,26 @@ inline void conv2d_backward_f16_cpu(f16* dinp, float* dweight32, float* dbias32,
 // equal conv2d of the concat up to float reassociation. xs/dxs: m pointers, each already offset to image 0
 // of this call; a null dxs entry skips that part's dgrad.
 
-template <class T>
+constexpr int kConv1x1PartsMax = 8;  // parts the runs below take (ops.h's kMaxConvParts): local arrays of pointers
+
+template <class T, class Gemm = BlasGemm>
 void conv1x1_parts_fprop_cpu(T* out, const T* const* xs, const int* Cs, int m, const T* weight, const T* bias, int N,
-                             int K, int P) {
+                             int K, int P, Gemm mm = {}) {
     int C = 0;
     for (int i = 0; i < m; ++i) C += Cs[i];
     for (int n = 0; n < N; ++n) {
         T* y = out + (int64_t)n * K * P;
         for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
-            gemm(false, false, K, P, Cs[i], T(1), weight + c0, C, xs[i] + (int64_t)n * Cs[i] * P, P, T(i ? 1 : 0), y, P);
+            mm(false, false, K, P, Cs[i], T(1), weight + c0, C, xs[i] + (int64_t)n * Cs[i] * P, P, T(i ? 1 : 0), y, P);
         if (bias)
             for (int k = 0; k < K; ++k)
                 for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
     }
 }
 
-template <class T>
+template <class T, class Gemm = BlasGemm>
 void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* dout, const T* const* xs, const int* Cs,
-                                int m, const T* weight, int N, int K, int P) {
+                                int m, const T* weight, int N, int K, int P, Gemm mm = {}) {
     int C = 0;
     for (int i = 0; i < m; ++i) C += Cs[i];
     for (int n = 0; n < N; ++n) {
@@ -344,8 +351,8 @@ void conv1x1_parts_backward_cpu(T* const* dxs, T* dweight, T* dbias, const T* do
         if (dbias) bias_grad_cpu(dbias, dy, K, P);
         for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
             const int64_t off = (int64_t)n * Cs[i] * P;
-            if (dweight) gemm(false, true, K, Cs[i], P, T(1), dy, P, xs[i] + off, P, T(1), dweight + c0, C);
-            if (dxs[i]) gemm(true, false, Cs[i], P, K, T(1), weight + c0, C, dy, P, T(1), dxs[i] + off, P);
+            if (dweight) mm(false, true, K, Cs[i], P, T(1), dy, P, xs[i] + off, P, T(1), dweight + c0, C);
+            if (dxs[i]) mm(true, false, Cs[i], P, K, T(1), weight + c0, C, dy, P, T(1), dxs[i] + off, P);
         }
     }
 }
@@ -368,15 +375,7 @@ void conv1x1_parts_fprop_run(T* out, const T* const* xs, const int* Cs, int m, c
         int C = 0;
         for (int i = 0; i < m; ++i) C += Cs[i];
         if (conv_dnnl_on() && conv_gemm_data(C, 1, 1, 1, 0, P)) {  // the reference's GEMMs, each part in place
-            for (int n = 0; n < N; ++n) {
-                float* y = out + (int64_t)n * K * P;
-                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
-                    gemm_pw(false, false, K, P, Cs[i], weight + c0, C, xs[i] + (int64_t)n * Cs[i] * P, P,
-                            i ? 1.f : 0.f, y, P, P);
-                if (bias)
-                    for (int k = 0; k < K; ++k)
-                        for (int p = 0; p < P; ++p) y[(int64_t)k * P + p] += bias[k];
-            }
+            conv1x1_parts_fprop_cpu<float>(out, xs, Cs, m, weight, bias, N, K, P, PwGemm{P});
             if (act.kind != ActKind::Identity) act_forward_cpu<float>(out, out, (int64_t)N * K * P, act);
             return;
         } else if (conv_dnnl_on()) {
@@ -411,15 +410,14 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
             const bool gd = conv_gemm_data(C, 1, 1, 1, 0, P), gw = conv_gemm_wgrad(1, 1, 1, 0, P);
             Y5_CHECK(!(gw && dwb), "conv1x1 parts: a blocked weight gradient for a GEMM wgrad (P %d)", P);
             const bool dnnl_dx = any_dx && !gd, dnnl_dw = (dweight && !gw) || dwb;
+            float* gdx[kConv1x1PartsMax];  // the parts' gradients the GEMMs give (with the bias gradient)
+            Y5_CHECK(m <= kConv1x1PartsMax, "conv1x1 parts: %d parts, at most %d", m, kConv1x1PartsMax);
+            for (int i = 0; i < m; ++i) gdx[i] = gd ? dxs[i] : nullptr;
+            conv1x1_parts_backward_cpu<float>(gdx, gw ? dweight : nullptr, dbias, dout, xs, Cs, m, weight, N, K, P,
+                                              PwGemm{P});
             float *xc = work, *dxc = work + (int64_t)C * P, *wk = work + 2 * (int64_t)C * P;
-            for (int n = 0; n < N; ++n) {
+            for (int n = 0; n < N && (dnnl_dx || dnnl_dw); ++n) {
                 const float* dy = dout + (int64_t)n * K * P;
-                if (dbias) bias_grad_cpu(dbias, dy, K, P);
-                for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
-                    const int64_t off = (int64_t)n * Cs[i] * P;
-                    if (dweight && gw) gemm(false, true, K, Cs[i], P, 1.f, dy, P, xs[i] + off, P, 1.f, dweight + c0, C);
-                    if (dxs[i] && gd) gemm_pw(true, false, Cs[i], P, K, weight + c0, C, dy, P, 1.f, dxs[i] + off, P, P);
-                }
                 if (dnnl_dw)
                     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++])
                         std::memcpy(xc + (int64_t)c0 * P, xs[i] + (int64_t)n * Cs[i] * P, sizeof(float) * Cs[i] * P);
@@ -441,7 +439,6 @@ void conv1x1_parts_backward_run(T* const* dxs, T* dweight, T* dbias, const T* do
 // f16 parts, as the f16 convolution above: per image the parts (C·P), the output or its gradient (K·P) and the parts'
 // gradients (C·P) in float scratch of conv1x1_parts_f16_scratch_elems(...) floats per thread, with the weight and
 // bias; out and dxs rounded once per element, dweight32/dbias32 float accumulators for the caller.
-constexpr int kConv1x1PartsF16Max = 8;  // parts the f16 references take (ops.h's kMaxConvParts)
 
 inline int64_t conv1x1_parts_f16_scratch_elems(int C, int K, int P) {
     return (int64_t)K * C + K + 2 * (int64_t)C * P + (int64_t)K * P + conv1x1_parts_run_work_elems(true, C, K, P);
@@ -451,9 +448,9 @@ inline void conv1x1_parts_fprop_f16_cpu(f16* out, const f16* const* xs, const in
                                         const f16* bias, float* scratch, int N, int K, int P) {
     int C = 0;
     for (int i = 0; i < m; ++i) C += Cs[i];
-    Y5_CHECK(m <= kConv1x1PartsF16Max, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsF16Max);
+    Y5_CHECK(m <= kConv1x1PartsMax, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsMax);
     float *w = scratch, *b = bias ? w + (int64_t)K * C : nullptr, *x = w + (int64_t)K * C + K, *y = x + (int64_t)C * P;
-    float* x32[kConv1x1PartsF16Max];
+    float* x32[kConv1x1PartsMax];
     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) x32[i] = x + (int64_t)c0 * P;
     cast_cpu(w, weight, (int64_t)K * C);
     if (bias) cast_cpu(b, bias, K);
@@ -470,10 +467,10 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
     int C = 0;
     bool any_dx = false;
     for (int i = 0; i < m; ++i) C += Cs[i], any_dx = any_dx || dxs[i];
-    Y5_CHECK(m <= kConv1x1PartsF16Max, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsF16Max);
+    Y5_CHECK(m <= kConv1x1PartsMax, "conv1x1 parts (f16): %d parts, at most %d", m, kConv1x1PartsMax);
     float *w = scratch, *x = w + (int64_t)K * C + K, *dx = x + (int64_t)C * P, *dy = dx + (int64_t)C * P;
-    float* x32[kConv1x1PartsF16Max];
-    float* dx32[kConv1x1PartsF16Max];
+    float* x32[kConv1x1PartsMax];
+    float* dx32[kConv1x1PartsMax];
     for (int i = 0, c0 = 0; i < m; c0 += Cs[i++]) {
         x32[i] = x + (int64_t)c0 * P;
         dx32[i] = dxs[i] ? dx + (int64_t)c0 * P : nullptr;

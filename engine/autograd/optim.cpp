@@ -15,11 +15,6 @@
 
 namespace y5 {
 
-// fn(i0, i1) over [0, n) in element chunks on the CPU threads: the elementwise updates give the same bits however split.
-template <class F> static void par_elems(int64_t n, F&& fn) {
-    par(n, [&](int64_t i0, int64_t i1) { fn(i0, i1); }, kElemChunk);
-}
-
 template <class F> static void on_host(const ParamStore& ps, const char* what, F&& f) {
     Tensor t = ps.values_flat();
     Y5_CHECK(t.device == Device::CPU, "internal: %s: CPU path for parameters on %s", what, device_name(t.device));
@@ -61,11 +56,11 @@ void sgd_step(ParamStore& ps, const SgdGroup groups[3], const int32_t* skip_devi
         T* buf = ps.momentum_flat().ptr<T>();
         for (int k = 0; k < 3; ++k)
             for (auto r : ps.update_ranges(k))
-                par_elems(r.second - r.first, [&](int64_t i0, int64_t i1) {
+                par(r.second - r.first, [&](int64_t i0, int64_t i1) {  // elementwise: same bits however split
                     const int64_t o = r.first + i0;
                     sgd_cpu<T>(p + o, g + o, buf + o, i1 - i0, T(groups[k].lr), T(groups[k].momentum),
                                T(groups[k].weight_decay));
-                });
+                }, kElemChunk);
     });
 }
 
@@ -144,10 +139,10 @@ void Optimizer::step(ParamStore& ps, const SgdGroup groups[3]) {
         for (int k = 0; k < 3; ++k)
             for (auto r : ps.update_ranges(k)) {
                 const AdamScalars<T> sc = adam_scalars<T>(*this, groups[k], steps[k]);
-                par_elems(r.second - r.first, [&](int64_t i0, int64_t i1) {
+                par(r.second - r.first, [&](int64_t i0, int64_t i1) {
                     const int64_t o = r.first + i0;
                     adam_cpu<T>(p + o, g + o, m + o, vp + o, i1 - i0, sc);
-                });
+                }, kElemChunk);
             }
     });
 }
@@ -172,9 +167,9 @@ double clip_grad_norm(ParamStore& ps, double max_norm, double* norm_pinned) {
         norm = std::sqrt(lanes_total(lanes));
         const double coef = clip_coef(norm, max_norm);
         if (coef != 1.0)  // g · 1 is g
-            par_elems(n, [&](int64_t i0, int64_t i1) {
+            par(n, [&](int64_t i0, int64_t i1) {
                 for (int64_t i = i0; i < i1; ++i) g[i] = T(g[i] * coef);
-            });
+            }, kElemChunk);
     });
     if (norm_pinned) *norm_pinned = norm;
     return norm;
@@ -197,7 +192,8 @@ void ema_update(ParamStore& ema, const ParamStore& model, double d) {
         using T = decltype(z);
         T* e = ema.values_flat().ptr<T>();
         const T* m = model.values_flat().ptr<T>();
-        par_elems(ema.values_flat().numel(), [&](int64_t i0, int64_t i1) { ema_cpu<T>(e + i0, m + i0, i1 - i0, T(d)); });
+        par(ema.values_flat().numel(), [&](int64_t i0, int64_t i1) { ema_cpu<T>(e + i0, m + i0, i1 - i0, T(d)); },
+            kElemChunk);
     });
 }
 

@@ -110,11 +110,8 @@ void ParamStore::zero_grad(CudaContext* cuda) {
     // No context given: the store's own. The legacy default stream (a null context) is not ordered with the
     // context's non-blocking stream, so a memset there would race the backward kernels still queued on it.
     if (!cuda) cuda = cuda_;
-    if (device_ == Device::CPU) {
-        char* g = static_cast<char*>(grads_->base());
-        const int64_t es = dtype_size(dtype_);
-        par(trainable_elems_, [&](int64_t i0, int64_t i1) { std::memset(g + i0 * es, 0, (i1 - i0) * es); }, kElemChunk);
-    } else device_memset_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_), cuda);
+    if (device_ == Device::CPU) par_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_));
+    else device_memset_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_), cuda);
 }
 
 }  // namespace y5

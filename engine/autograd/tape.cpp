@@ -29,10 +29,8 @@ static Tensor grad_tensor(Arena* a, const Tensor& like) {
 
 static void zero(Tensor t, CudaContext* cuda) {
     check_cuda(t, cuda);
-    if (t.device == Device::CPU) {  // over the CPU threads: a serial memset was ~2 % of a 2-thread step's samples
-        char* p = static_cast<char*>(t.data);
-        par((int64_t)t.bytes(), [&](int64_t i0, int64_t i1) { std::memset(p + i0, 0, i1 - i0); }, 4 * kElemChunk);
-    } else device_memset_zero(t.data, t.bytes(), cuda);
+    if (t.device == Device::CPU) par_zero(t.data, (int64_t)t.bytes());  // serial, ~2 % of a 2-thread step's samples
+    else device_memset_zero(t.data, t.bytes(), cuda);
 }
 
 Var Tape::param(Tensor value, Tensor grad) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include <cblas.h>
 
@@ -143,6 +144,11 @@ void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min
     const CpuPool& p = cpu_pool();
     if (p.pool) p.pool->parallel_for(n, fn, min_chunk);
     else if (n > 0) fn(0, n);
+}
+
+void par_zero(void* p, int64_t bytes) {
+    char* b = static_cast<char*>(p);
+    par(bytes, [&](int64_t i0, int64_t i1) { std::memset(b + i0, 0, i1 - i0); }, 4 * kElemChunk);
 }
 
 }  // namespace y5

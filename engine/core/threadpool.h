@@ -70,5 +70,7 @@ void par(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min
 // that arena needs it (engine/app/memory.h).
 int cpu_op_threads();
 constexpr int64_t kElemChunk = 1 << 15;  // elementwise work below this stays on one thread
+// bytes zeroed at p over the CPU threads (the tape's and the optimizer's gradients, the ops' partial sums).
+void par_zero(void* p, int64_t bytes);
 
 }  // namespace y5

@@ -125,7 +125,7 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
     const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
     A* pw = dw ? ws.get<A>(nw * np) : nullptr;
     A* pb = db ? ws.get<A>((int64_t)K * np) : nullptr;
-    if (pw) par(nw * np, [&](int64_t i0, int64_t i1) { fill_cpu(pw + i0, A(0), i1 - i0); }, kElemChunk);
+    if (pw) par_zero(pw, nw * np * (int64_t)sizeof(A));
     if (pb) fill_cpu(pb, A(0), (int64_t)K * np);
     auto part = [&](A* p, T* own, int64_t g, int64_t n) -> A* {
         if constexpr (half) return p + g * n;
@@ -369,7 +369,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
     }
     Tensor out = c.act->tensor(Shape{N, K, H, W}, xs[0].t.dtype);
     const int G = std::min(N, cpu_op_threads());
-    static_assert(kMaxConvParts <= kConv1x1PartsF16Max, "the f16 CPU reference takes kMaxConvParts parts");
+    static_assert(kMaxConvParts <= kConv1x1PartsMax, "the CPU parts runs take kMaxConvParts parts");
     const int64_t nscr = xs[0].t.dtype == DType::F16 ? conv1x1_parts_f16_scratch_elems(C, K, P) : 0;
     // oneDNN (f32): each group's parts copied into one buffer per image (nwk elements of work per thread); fewer
     // images than threads split the output channels as conv2d does (KS parts).
