@@ -33,6 +33,17 @@ Y5_HD float y5_sqrt(float x) { return sqrtf(x); }
 Y5_HD double y5_sqrt(double x) { return sqrt(x); }
 Y5_HD float y5_atan(float x) { return atanf(x); }
 Y5_HD double y5_atan(double x) { return atan(x); }
+Y5_HD float y5_floor(float x) { return floorf(x); }
+
+// a·b + c rounded once where the hardware has a fused multiply-add (every GPU, x86-64-v3 and above, ARM64): the
+// instruction itself, which GCC vectorises; a build for x86-64 without FMA (-DY5_CPU_ARCH=x86-64) rounds twice
+// rather than call libm's fmaf per element, so its results differ from the others' in the last bits. (y5_fma,
+// kernels/sgd.h, is the always-fused one that torch's optimizers need.)
+#if defined(__CUDA_ARCH__) || defined(__FMA__) || !defined(__x86_64__)
+Y5_HD float y5_madd(float a, float b, float c) { return fmaf(a, b, c); }
+#else
+Y5_HD float y5_madd(float a, float b, float c) { return a * b + c; }
+#endif
 
 template <class T> Y5_HD T y5_min(T a, T b) { return a < b ? a : b; }
 template <class T> Y5_HD T y5_max(T a, T b) { return a > b ? a : b; }

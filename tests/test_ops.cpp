@@ -4,6 +4,7 @@
  * shapes yolov5n really has at 640 (batch 1). Large shapes are probed at random elements.
  */
 #include "kernels/conv2d.h"
+#include "kernels/reshape.h"
 #include "tests/test_util.h"
 
 using namespace y5;
@@ -140,6 +141,29 @@ TEST_CASE("im2col equals a direct gather at awkward geometries", "[ops][conv2d]"
                             const float want = h >= 0 && h < g.H && w >= 0 && w < g.W ? img[((size_t)c * g.H + h) * g.W + w] : 0.f;
                             bad += col[(((size_t)(c * g.R + r) * g.S + s) * Ho + ho) * Wo + wo] != want;
                         }
+        CHECK(bad == 0);
+    }
+}
+
+TEST_CASE("transpose12's column ranges equal a direct gather (the f32 8x8 blocks and their edges)", "[ops]") {
+    struct G {
+        int B, M, N, n0, n1;
+    };
+    // Multiples of 8 and not, whole and partial column ranges (Detect's (85, P) and (P, 85), a thread's share).
+    const G cases[] = {{1, 8, 8, 0, 8}, {2, 85, 100, 0, 100}, {3, 100, 85, 0, 85}, {1, 17, 33, 5, 29}, {2, 7, 5, 0, 5},
+                       {1, 24, 40, 8, 16}, {1, 85, 64, 13, 64}};
+    Rng rng(6);
+    for (const G& g : cases) {
+        std::vector<float> in((size_t)g.B * g.M * g.N), out((size_t)g.B * g.N * g.M, -7.f);
+        for (float& v : in) v = rng.uniform(-1.f, 1.f);
+        transpose12_cols_cpu<float>(out.data(), in.data(), g.B, g.M, g.N, g.n0, g.n1);
+        int bad = 0;
+        for (int b = 0; b < g.B; ++b)
+            for (int n = 0; n < g.N; ++n)
+                for (int m = 0; m < g.M; ++m) {
+                    const float want = n >= g.n0 && n < g.n1 ? in[((size_t)b * g.M + m) * g.N + n] : -7.f;
+                    bad += out[((size_t)b * g.N + n) * g.M + m] != want;
+                }
         CHECK(bad == 0);
     }
 }
