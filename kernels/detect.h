@@ -31,8 +31,8 @@ template <class T> Y5_HD T detect_decode_p(int j, T p, int gx, int gy, T aw, T a
     return p;
 }
 
-// σ of a raw value: in float 1 / (1 + e^−x) with exp_cpu_vec's polynomial (plain float arithmetic, ≤ 2e-7 from
-// expf, vectorised by GCC on the CPU, the same bits in the CUDA kernel); in double the exact sigmoid.
+// σ of a raw value: in float 1 / (1 + e^−x) with exp_cpu_vec's polynomial (explicit FMAs, ≤ 2e-7 from expf,
+// vectorised by GCC on the CPU, the same bits in the CUDA kernel); in double the exact sigmoid.
 template <class T> Y5_HD T detect_sigmoid(T v) {
     if constexpr (sizeof(T) == 4) return 1.0f / (1.0f + exp_cpu_vec(-v));
     else return sigmoid(v);
