@@ -28,7 +28,6 @@ namespace y5 {
 
 namespace {
 
-constexpr size_t kCandidateBudget = size_t(256) << 20;  // bytes of candidate keys (both sort buffers) per group
 constexpr size_t kSortTemp = size_t(1) << 20;           // CUB's temp storage (DoubleBuffer: small; checked per call)
 constexpr int kMaskBlock = 64;                          // boxes per mask block: one bit each in a uint64
 constexpr int kReduceThreads = 256;
@@ -43,7 +42,8 @@ struct NmsPlan {
            out_count = 0, out = 0, total = 0;
 };
 
-NmsPlan make_plan(int bs, int N, int no, const NmsParams& p) {
+// budget: bytes of candidate keys (both sort buffers) per group of images (nms.h).
+NmsPlan make_plan(int bs, int N, int no, const NmsParams& p, size_t budget) {
     NmsPlan P;
     P.nc = no - 5;
     Y5_CHECK(P.nc >= 1 && N >= 0 && bs >= 0, "nms_batch_cuda: bad shape (%d, %d, %d)", bs, N, no);
@@ -56,13 +56,13 @@ NmsPlan make_plan(int bs, int N, int no, const NmsParams& p) {
     P.maxdet = std::max(0, std::min(p.max_det, P.maxn));
     P.col_blocks = CEIL_DIV(P.maxn, kMaskBlock);
     const size_t cand = 16 * (size_t)std::max<int64_t>(P.cap, 1);
-    P.G = (int)std::max<size_t>(1, std::min<size_t>((size_t)std::max(bs, 1), kCandidateBudget / cand));
+    P.G = (int)std::max<size_t>(1, std::min<size_t>((size_t)std::max(bs, 1), budget / cand));
     Y5_CHECK((int64_t)P.G * P.cap < INT_MAX, "nms_batch_cuda: %lld candidate slots per image overflow the sort's offsets",
              (long long)P.cap);
     // Region sizes bounded by terms monotone in N (see nms.h): G·cap·16 ≤ min(bs·cap·16, max(budget, 16·cap)),
     // and G·maxn·16 likewise with maxn for cap.
     const size_t b = (size_t)std::max(bs, 1);
-    const size_t keys = std::min(b * cand, std::max(kCandidateBudget, cand)) / 2;
+    const size_t keys = std::min(b * cand, std::max(budget, cand)) / 2;
     const size_t nboxes = 16 * (size_t)std::max(P.maxn, 1);
     size_t off = 0;
     auto take = [&](size_t bytes) {
@@ -77,7 +77,7 @@ NmsPlan make_plan(int bs, int N, int no, const NmsParams& p) {
     P.keys0 = take(keys);
     P.keys1 = take(keys);
     P.temp = take(kSortTemp);
-    P.boxes = take(std::min(b * nboxes, std::max(kCandidateBudget, nboxes)));
+    P.boxes = take(std::min(b * nboxes, std::max(budget, nboxes)));
     P.mask = take((size_t)P.maxn * P.col_blocks * sizeof(uint64_t));
     P.out_count = take(b * sizeof(int));
     P.out = take(b * P.maxdet * 6 * sizeof(float));
@@ -217,11 +217,16 @@ __global__ static void nms_reduce_kernel(const uint64_t* __restrict__ mask, int 
 // ----------------------------------------------------------------------------------------------------
 // Host entry points
 
-size_t nms_cuda_scratch_bytes(int bs, int N, int no, const NmsParams& p) { return make_plan(bs, N, no, p).total; }
+size_t nms_cuda_scratch_bytes(int bs, int N, int no, const NmsParams& p, size_t budget) {
+    return make_plan(bs, N, no, p, budget).total;
+}
 
 std::vector<std::vector<Detection>> nms_batch_cuda(const float* dec, int bs, int N, int no, const NmsParams& p,
                                                    void* scratch, size_t scratch_bytes, cudaStream_t stream) {
-    const NmsPlan P = make_plan(bs, N, no, p);
+    size_t budget = kNmsCandidateBudget;  // halved to what scratch_bytes holds, down to one image per group
+    while (budget > 0 && make_plan(bs, N, no, p, budget).total > scratch_bytes)
+        budget = budget > ((size_t)1 << 20) ? budget / 2 : 0;
+    const NmsPlan P = make_plan(bs, N, no, p, budget);
     std::vector<std::vector<Detection>> result((size_t)std::max(bs, 0));
     if (bs <= 0 || P.maxdet == 0) return result;
     Y5_CHECK(scratch && scratch_bytes >= P.total, "nms_batch_cuda: %zu bytes of scratch for %zu needed", scratch_bytes,

@@ -111,14 +111,16 @@ Y5_HD float nms_iou(const float* a, const float* b) {
 // Device scratch bytes nms_batch_cuda needs for bs images of (N, no) predictions under p. Host arithmetic
 // only, and never smaller for a larger N, so a caller may size for its largest input shape. Candidates
 // (16 bytes each: a 64-bit sort key and its double buffer) are sorted for a group of images at a time, as
-// many as fit in 256 MiB (at least one image: up to N·nc candidates in multi-label mode, N otherwise);
-// the suppression mask takes m·⌈m/64⌉·8 bytes with m = min(max_nms, candidates per image), 112 MiB at
-// max_nms 30000.
-size_t nms_cuda_scratch_bytes(int bs, int N, int no, const NmsParams& p);
+// many as fit in `budget` bytes (at least one image: up to N·nc candidates in multi-label mode, N otherwise);
+// the suppression mask takes m·⌈m/64⌉·8 bytes with m = min(max_nms, candidates per image), 113 MB at
+// max_nms 30000. budget 0: the least scratch, one image per group.
+constexpr size_t kNmsCandidateBudget = size_t(256) << 20;
+size_t nms_cuda_scratch_bytes(int bs, int N, int no, const NmsParams& p, size_t budget = kNmsCandidateBudget);
 
 // nms_image for every image of dec (bs, N, no) on the device, enqueued on `stream`: equal results (bitwise,
 // same order). Only the detections and their counts come back to the host. scratch: device memory of at
-// least nms_cuda_scratch_bytes(bs, N, no, p) bytes. Synchronizes the stream (once per group of images).
+// least nms_cuda_scratch_bytes(bs, N, no, p, 0) bytes; the groups are as large as scratch_bytes allows (the
+// largest budget of 256 MiB, 128 MiB, ... whose layout fits). Synchronizes the stream (once per group of images).
 std::vector<std::vector<Detection>> nms_batch_cuda(const float* dec, int bs, int N, int no, const NmsParams& p,
                                                    void* scratch, size_t scratch_bytes, cudaStream_t stream);
 

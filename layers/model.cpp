@@ -507,11 +507,14 @@ Model::Output Model::forward(Ctx& c, const Var& x, bool training, std::vector<Va
             return false;
         };
         if (!inference) {
-            // Under autocast the image is read only by the casts to f16 of the rows that take it (whose backward
-            // reads nothing): once they ran, its f32 memory goes back.
-            if (c.autocast && last[0] <= i && !x_released && !x.requires_grad() && c.act->owns(x.t.data) &&
-                !is_live(static_cast<const char*>(x.t.data), x.t.bytes())) {
-                c.act->release(x.t.data);
+            // Once the rows that read the image ran, its memory goes back: under autocast they read it only through
+            // their casts to f16 (whose backward reads nothing); a rebuildable image (Tape::rebuildable, the training
+            // step's under recomputation) is rebuilt for the first conv's weight gradient.
+            const bool rebuild = c.tape->recomputable(x);
+            if ((c.autocast || rebuild) && last[0] <= i && !x_released && !x.requires_grad() &&
+                c.act->owns(x.t.data) && !is_live(static_cast<const char*>(x.t.data), x.t.bytes())) {
+                if (rebuild) c.tape->drop(x, c.act);
+                else c.act->release(x.t.data);
                 x_released = true;
             }
             for (int j = 0; j <= i; ++j)

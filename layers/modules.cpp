@@ -66,8 +66,10 @@ template <class ConvFn> static Var conv_bn(Ctx& c, const ConvBN& m, bool trainin
 
 Var ConvBN::forward(Ctx& c, const Var& x, bool training) const {
     const Var xa = amp(c, x);
-    return conv_bn(c, *this, training,
-                   [&](const Var& wv, const Var* b, Act a) { return conv2d_act(c, xa, wv, b, s, p, a); });
+    const Var y = conv_bn(c, *this, training,
+                          [&](const Var& wv, const Var* b, Act a) { return conv2d_act(c, xa, wv, b, s, p, a); });
+    if (xa.t.data != x.t.data && c.tape->recording()) drop(c, xa, y);  // the image's f16 copy, if rebuildable
+    return y;
 }
 
 Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const {

@@ -164,7 +164,8 @@ TEST_CASE("conv2d f16 and f32 of one geometry have their own cached plans", "[gp
 
 // conv2d_parts in f16 (cuBLAS GemmEx, float accumulation) against the CPU f16 reference, gradients pre-filled.
 // The output (parts summed in a float buffer, rounded once with the bias) and dx (f16 C, beta = 1) are the CPU's
-// float values on the emulated device; dw (per-image float partials added in image order) and db are not.
+// float values on the emulated device; dw (per-image float partials added in image order) and db are not. Again with
+// the work arena filled but for one image's float sums, so the forward runs an image at a time (Ctx::staged).
 TEST_CASE("conv2d_parts in f16 on the GPU equals the CPU f16 reference", "[gpu][conv][parts][f16]") {
     ConvSettings settings;
     Gpu& G = gpu();
@@ -193,7 +194,7 @@ TEST_CASE("conv2d_parts in f16 on the GPU equals the CPU f16 reference", "[gpu][
         Tensor w = rand_tensor(T.data, {k.K, C, 1, 1}, DType::F16, rng, -ws, ws), b = rand_tensor(T.data, {k.K}, DType::F16, rng);
         Tensor gw0 = rand_tensor(T.data, w.shape, DType::F16, rng), gb0 = rand_tensor(T.data, b.shape, DType::F16, rng);
         Tensor dy = rand_tensor(T.data, {k.N, k.K, k.H, k.W}, DType::F16, rng);
-        auto run = [&](bool on_gpu) {
+        auto run = [&](bool on_gpu, bool one_image = false) {
             Ctx& c = on_gpu ? G.ctx : T.ctx;
             Tape& tape = on_gpu ? G.tape : T.tape;
             auto put = [&](const Tensor& t) { return on_gpu ? G.upload(t) : copy_of(T.data, t); };
@@ -201,7 +202,10 @@ TEST_CASE("conv2d_parts in f16 on the GPU equals the CPU f16 reference", "[gpu][
             std::vector<Var> xv;
             for (size_t i = 0; i < xs.size(); ++i) xv.push_back(tape.param(put(xs[i]), put(gx0[i])));
             Var wv = tape.param(put(w), put(gw0)), bv = tape.param(put(b), put(gb0));
+            const size_t mark = G.work.mark(), room = (size_t)k.K * k.H * k.W * sizeof(float) + 3 * Arena::kAlign;
+            if (one_image) G.work.alloc(G.work.capacity() - G.work.used() - room);
             Var y = conv2d_parts(c, xv, wv, k.bias ? &bv : nullptr);
+            if (one_image) G.work.reset(mark);
             Tensor dyd = put(dy);
             tape.backward(y, &dyd);
             std::vector<Tensor> r = {get(y.t), get(tape.grad(wv)), get(tape.grad(bv))};
@@ -209,11 +213,15 @@ TEST_CASE("conv2d_parts in f16 on the GPU equals the CPU f16 reference", "[gpu][
             tape.clear();
             return r;
         };
-        const std::vector<Tensor> want = run(false), got = run(true);
-        for (size_t i = 0; i < got.size(); ++i)
-            require_f16_close(got[i], want[i], i == 0 || i >= 3,
-                              i == 0 ? "output" : i == 1 ? "dw" : i == 2 ? "db" : "dx " + std::to_string(i - 3));
-        if (!k.bias) require_close(got[2], gb0, 0, 0, "db untouched without bias");
+        const std::vector<Tensor> want = run(false);
+        for (bool one_image : {false, true}) {
+            INFO((one_image ? "an image at a time" : "all images at once"));
+            const std::vector<Tensor> got = run(true, one_image);
+            for (size_t i = 0; i < got.size(); ++i)
+                require_f16_close(got[i], want[i], i == 0 || i >= 3,
+                                  i == 0 ? "output" : i == 1 ? "dw" : i == 2 ? "db" : "dx " + std::to_string(i - 3));
+            if (!k.bias) require_close(got[2], gb0, 0, 0, "db untouched without bias");
+        }
     }
 }
 #endif

@@ -625,23 +625,28 @@ TEST_CASE("NMS on the GPU equals nms_image bit for bit", "[gpu][ops][nms]") {
         const std::vector<float> h = nms_predictions(rng, k.bs, k.N, k.nc, k.pass);
         float* d = static_cast<float*>(g.act.alloc(h.size() * sizeof(float)));
         CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-        const size_t bytes = nms_cuda_scratch_bytes(k.bs, k.N, no, k.p);
-        void* scratch = g.work.alloc(bytes);
-        const std::vector<std::vector<Detection>> got = nms_batch_cuda(d, k.bs, k.N, no, k.p, scratch, bytes, g.cuda->stream);
-        REQUIRE((int)got.size() == k.bs);
-        size_t total = 0;
-        for (int b = 0; b < k.bs; ++b) {
-            const std::vector<Detection> want = nms_image(h.data() + (size_t)b * k.N * no, k.N, no, k.p);
-            INFO("image " << b);
-            REQUIRE(got[b].size() == want.size());
-            for (size_t i = 0; i < want.size(); ++i) {
-                INFO("detection " << i);
-                REQUIRE(std::memcmp(got[b][i].data(), want[i].data(), sizeof(Detection)) == 0);
+        // The default scratch (groups of images as 256 MiB of candidates allow) and the least (an image per group).
+        for (size_t budget : {kNmsCandidateBudget, (size_t)0}) {
+            INFO("scratch for a candidate budget of " << budget << " bytes");
+            const size_t mark = g.work.mark(), bytes = nms_cuda_scratch_bytes(k.bs, k.N, no, k.p, budget);
+            void* scratch = g.work.alloc(bytes);
+            const std::vector<std::vector<Detection>> got = nms_batch_cuda(d, k.bs, k.N, no, k.p, scratch, bytes, g.cuda->stream);
+            g.work.reset(mark);
+            REQUIRE((int)got.size() == k.bs);
+            size_t total = 0;
+            for (int b = 0; b < k.bs; ++b) {
+                const std::vector<Detection> want = nms_image(h.data() + (size_t)b * k.N * no, k.N, no, k.p);
+                INFO("image " << b);
+                REQUIRE(got[b].size() == want.size());
+                for (size_t i = 0; i < want.size(); ++i) {
+                    INFO("detection " << i);
+                    REQUIRE(std::memcmp(got[b][i].data(), want[i].data(), sizeof(Detection)) == 0);
+                }
+                total += want.size();
             }
-            total += want.size();
+            CHECK(total > 0);
+            if (k.bs > 1) CHECK(got[1].empty());
         }
-        CHECK(total > 0);
-        if (k.bs > 1) CHECK(got[1].empty());
     }
 }
 #endif

@@ -74,18 +74,25 @@ TEST_CASE("GPU NMS scratch never shrinks with more rows (callers size for the la
     NmsParams det;  // detect.py's: best class, max_det 1000
     det.max_det = 1000;
     for (const NmsParams& p : {val, det})
-        for (int bs : {1, 2, 7, 32}) {
-            size_t prev = 0;
-            for (int N = 100; N <= 120000; N = N * 5 / 4) {
-                const size_t s = nms_cuda_scratch_bytes(bs, N, 85, p);
-                INFO("bs " << bs << " N " << N << " multi " << p.multi_label);
-                CHECK(s >= prev);
-                prev = s;
+        for (int bs : {1, 2, 7, 32})
+            for (size_t budget : {kNmsCandidateBudget, (size_t)0}) {
+                size_t prev = 0;
+                for (int N = 100; N <= 120000; N = N * 5 / 4) {
+                    const size_t s = nms_cuda_scratch_bytes(bs, N, 85, p, budget);
+                    INFO("bs " << bs << " N " << N << " multi " << p.multi_label << " budget " << budget);
+                    CHECK(s >= prev);
+                    CHECK(s <= nms_cuda_scratch_bytes(bs, N, 85, p, budget ? budget * 2 : kNmsCandidateBudget));
+                    prev = s;
+                }
             }
-        }
-    // val at 640, batch 32: candidates sorted 7 images at a time (256 MiB) plus the 30000-box mask.
+    // val at 640, batch 32: candidates sorted 7 images at a time (256 MiB) plus the 30000-box mask; at the least, one
+    // image's 2 million candidates (32 MB) at a time and the mask (113 MB), whatever the batch.
     const size_t v = nms_cuda_scratch_bytes(32, 25200, 85, val);
     CHECK(v < (size_t)400 << 20);
+    const size_t least = nms_cuda_scratch_bytes(32, 25200, 85, val, 0);
+    CHECK(least < (size_t)160 << 20);
+    CHECK(least > (size_t)128 << 20);
+    CHECK(nms_cuda_scratch_bytes(128, 25200, 85, val, 0) < least + ((size_t)2 << 20));
     CHECK(nms_cuda_scratch_bytes(1, 25200, 85, det) < (size_t)100 << 20);
 }
 #endif

@@ -42,14 +42,18 @@ static size_t weight_copy_bytes(const Model& m, bool autocast) {
 }
 
 // The throw-away arenas a measure runs on, on the model's device. CPU: reserved address space, of which only the
-// touched pages become memory. CUDA: real allocations, so a share of what is free: act + work = 1.5·big, under
-// a third of it, leaving the rest to cuDNN's and the runtime's own allocations (a third each, as before, took 83% of
-// the free memory at once). cuDNN's workspace goes to an arena of its own, so the work peak is only the scratch
-// that grows with the batch: counted in it, a one-image algorithm's workspace was multiplied by the batch (4.8 GB
-// for y5val's batch of 32 at 64 px on the emulated device). Whatever algorithm the heuristics pick must fit it.
+// touched pages become memory. CUDA: real allocations, so a share of what is free: act + work + the staging room
+// below = 1.75·big (and cuDNN's limit), about a third of it, leaving the rest to cuDNN's and the runtime's own
+// allocations (a third each, as before, took 83% of the free memory at once). cuDNN's workspace goes to an arena of
+// its own, so the work peak is only the scratch that grows with the batch: counted in it, a one-image algorithm's
+// workspace was multiplied by the batch (4.8 GB for y5val's batch of 32 at 64 px on the emulated device). Whatever
+// algorithm the heuristics pick must fit it. The ops' chunked staging goes to Ctx::conv_work as well, with room for
+// more than one image's (a quarter of the activation arena), and records one image's (Ctx::staged:
+// StepMemory::staged).
 struct MeasureSpace {
     Workspace ws;
     std::unique_ptr<Arena> conv_ws;
+    size_t staged = 0;
     explicit MeasureSpace(const Model& m) {
         const Device dev = m.params.device();
         size_t big = (size_t)3 << 30, free_b = 0, total_b = 0;
@@ -57,8 +61,9 @@ struct MeasureSpace {
         ws.make(dev, m.params.cuda(), StepMemory{big, big / 2});
 #if Y5_CUDA
         if (dev == Device::CUDA) {
-            conv_ws = std::make_unique<Arena>("cuDNN workspace", dev, conv_workspace_limit() + Arena::kAlign);
+            conv_ws = std::make_unique<Arena>("cuDNN workspace and staging", dev, conv_workspace_limit() + big / 4);
             ws.ctx.conv_work = conv_ws.get();
+            ws.ctx.staged = &staged;
         }
 #endif
     }
@@ -92,7 +97,7 @@ static StepMemory measure_step(Model& m, int n, int h, int w, const LossHyp& hyp
     std::vector<float> rows;
     for (int i = 0; i < n; ++i) rows.insert(rows.end(), {(float)i, 0, 0.5f, 0.5f, 0.2f, 0.2f});
     Tensor t(rows.data(), Shape{n, 6}, DType::F32, Device::CPU);
-    Model::Output o = m.forward(ws.ctx, Tape::constant(x), true);
+    Model::Output o = m.forward(ws.ctx, train_input(ws.ctx, b, x), true);
     std::vector<float> anchors_host;
     ws.act->set_label("loss");
     YoloLoss L = yolo_loss(ws.ctx, o.maps, t, m.loss_anchors(&anchors_host), hyp);
@@ -104,8 +109,8 @@ static StepMemory measure_step(Model& m, int n, int h, int w, const LossHyp& hyp
     if (cuda) device_synchronize(cuda);
     size_t grads = 0;
     for (const Arena::Block& blk : ws.act->peak_blocks()) grads += blk.label == kGradLabel ? blk.bytes : 0;
-    const StepMemory peak{ws.act->peak(), ws.work->peak(), std::min(ws.act->peak(), weight_copy_bytes(m, autocast)),
-                          grads};
+    StepMemory peak{ws.act->peak(), ws.work->peak(), std::min(ws.act->peak(), weight_copy_bytes(m, autocast)), grads};
+    peak.staged = space.staged;
     m.params.zero_grad(cuda);
     copy(hc, values, saved_t);
     if (cuda) device_synchronize(cuda);
@@ -147,7 +152,9 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
     // Nothing fixed: without a tape each f16 weight copy goes as soon as its convolution has run, so the copies are
     // not part of the peak that grows with the batch (counted as fixed, they made the plan of 128 images at 640 with
     // AMP 0.1 GB short of the real forward on an H200).
-    return StepMemory{ws.act->peak(), ws.work->peak(), 0};
+    StepMemory peak{ws.act->peak(), ws.work->peak(), 0};
+    peak.staged = space.staged;
+    return peak;
 }
 
 size_t upload_bytes(const Model& m, int batch, int side) {
@@ -157,16 +164,18 @@ size_t upload_bytes(const Model& m, int batch, int side) {
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
     StepMemory s{std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.fixed, b.fixed), a.act >= b.act ? a.grads : b.grads};
     s.upload = a.upload + b.upload;
+    s.staged = std::max(a.staged, b.staged);
     return s;
 }
 
-size_t work_bytes_for_batch(const Model& m, size_t work1, int batch) {
-    const size_t b = (size_t)std::max(batch, 1), margin = (size_t)16 << 20;
+size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch) {
+    const size_t b = (size_t)std::max(batch, 1), margin = (size_t)16 << 20, work1 = one.work;
     if (m.params.device() == Device::CUDA) {
 #if Y5_CUDA
-        // cuDNN: at most the limit, whatever the batch. The other ops' scratch (the uint8 batch upload, max-pool
-        // argmaxes, BN partial sums, the loss's target lists and objectness targets) grows at most linearly.
-        return std::max(conv_workspace_limit(), b * work1) + margin;
+        // cuDNN: at most the limit, whatever the batch, with one image's Detect staging beside it (conv1x1_maps
+        // chunks the batch to fit). The other ops' scratch (the uint8 batch upload, max-pool argmaxes, BN partial
+        // sums, the loss's target lists and objectness targets) grows at most linearly.
+        return std::max(conv_workspace_limit() + one.staged, b * work1) + margin;
 #endif
     }
     // CPU conv2d: G = min(batch, threads) im2col buffers, each at most work1 (the largest, at one image, G = 1),
@@ -200,10 +209,14 @@ StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
     if (t && replay_peak(t->act[0], 1, t->act[1], 2, std::max(batch, 1), &act, &at_peak)) {
         size_t grads = 0;
         for (const Arena::Block& blk : at_peak) grads += blk.label == kGradLabel ? blk.bytes : 0;
-        return {act, work_bytes_for_batch(m, one.work, batch), one.fixed, grads};
+        StepMemory r{act, work_bytes_for_batch(m, one, batch), one.fixed, grads};
+        r.staged = one.staged;
+        return r;
     }
-    return {scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one.work, batch), one.fixed,
-            scale_linear(one.grads, batch)};
+    StepMemory r{scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one, batch), one.fixed,
+                 scale_linear(one.grads, batch)};
+    r.staged = one.staged;
+    return r;
 }
 
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p) {
@@ -215,7 +228,7 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
         const int64_t g = CEIL_DIV((int64_t)side, (int64_t)s);
         N += (int64_t)m.detect->na * g * g;
     }
-    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, p);
+    return nms_cuda_scratch_bytes(batch, (int)N, m.detect->no, p, 0);
 #else
     (void)side, (void)batch, (void)p;
     return 0;
@@ -224,8 +237,10 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
     // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
-    const size_t work = std::max(work_bytes_for_batch(m, one.work, batch), nms_bytes + ((size_t)16 << 20));
-    return {scale_linear(one.act, batch, one.fixed), work, one.fixed};
+    const size_t work = std::max(work_bytes_for_batch(m, one, batch), nms_bytes + ((size_t)16 << 20));
+    StepMemory r{scale_linear(one.act, batch, one.fixed), work, one.fixed};
+    r.staged = one.staged;
+    return r;
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,

@@ -38,6 +38,9 @@ struct StepTraces {
 struct StepMemory {
     size_t act = 0, work = 0, fixed = 0, grads = 0;
     size_t upload = 0;  // a GPU training step's batch upload buffer (TrainStep::reserve_upload), not an arena
+    // GPU, one image's largest staging (Ctx::staged: Detect's maps before their transpose, the f16 concat parts'
+    // float sums), which the ops chunk over the images that fit beside cuDNN's workspace: part of work, not scaled.
+    size_t staged = 0;
     std::shared_ptr<const StepTraces> traces;
     StepMemory(size_t act = 0, size_t work = 0, size_t fixed = 0, size_t grads = 0)
         : act(act), work(work), fixed(fixed), grads(grads) {}
@@ -51,8 +54,9 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
                               std::vector<std::pair<std::string, size_t>>* live_at_peak = nullptr);
 
 // Peak bytes of one image's training step (forward, loss, backward) at h × w on the model's device (and its
-// parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace (work_bytes_for_batch
-// adds its limit once). Leaves the model's gradients zeroed and its values (the BN running statistics the
+// parameter store's CUDA context). On the GPU the scratch peak leaves out cuDNN's workspace and the ops' chunked
+// staging (work_bytes_for_batch adds the limit and `staged` once). The input goes through train_input, as the
+// training step's does. Leaves the model's gradients zeroed and its values (the BN running statistics the
 // training forward updates) as they were. autocast: mixed precision's step (Ctx::autocast, f16 activations).
 // recompute: Ctx::recompute's step (BatchNorm + activation outputs dropped after the forward, rebuilt in backward).
 // live_at_peak, if given, receives the activation bytes live at the activation peak by what made them (the model's
@@ -61,13 +65,13 @@ StepMemory measure_eval_image(Model& m, int h, int w, const LossHyp& hyp, bool a
 StepMemory measure_one_image(Model& m, int h, int w, const LossHyp& hyp, bool autocast = false, bool recompute = true,
                              std::vector<std::pair<std::string, size_t>>* live_at_peak = nullptr);
 
-// The scratch arena for `batch` images from the one-image scratch peak work1. Unlike activations, scratch does not
-// scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch, cpu_op_threads()) of
-// them) plus a weight-gradient partial per image group past the first (grad_groups, engine/ops/op.h; with oneDNN
-// one per group, in its blocked layout); a cuDNN
-// pass's workspace depends on the algorithm chosen for the batch's geometry but never exceeds
-// conv_workspace_limit(). No op's scratch outlives the op, so the largest single op counts.
-size_t work_bytes_for_batch(const Model& m, size_t work1, int batch);
+// The scratch arena for `batch` images from one image's measure (its scratch peak one.work). Unlike activations,
+// scratch does not scale simply with the batch: CPU conv2d takes one im2col buffer per thread (min(batch,
+// cpu_op_threads()) of them) plus a weight-gradient partial per image group past the first (grad_groups,
+// engine/ops/op.h; with oneDNN one per group, in its blocked layout); a cuDNN pass's workspace depends on the
+// algorithm chosen for the batch's geometry but never exceeds conv_workspace_limit(), and the staging beside it is
+// chunked to fit (one.staged). No op's scratch outlives the op, so the largest single op counts.
+size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch);
 
 // Training batches of `batch` images from one image's measure at imgsz × imgsz (training batches are square): the
 // peaks of its traces replayed at `batch` images, or (traces that differ in more than sizes) the one-image peaks
@@ -83,7 +87,9 @@ StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size
 // idle, arenas): the larger of each.
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b);
 
-// Scratch bytes of the GPU NMS (kernels/nms.h) for `batch` images of at most side × side under p; 0 on the CPU.
+// The least scratch bytes of the GPU NMS (kernels/nms.h) for `batch` images of at most side × side under p (one image
+// per sort group; validation gives it whatever the work arena has free, so larger groups where there is room); 0 on
+// the CPU.
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p);
 
 // y5train's arenas: training batches of `batch` at imgsz × imgsz and validation's rect batches of val_batch with

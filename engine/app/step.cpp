@@ -14,11 +14,9 @@
 
 namespace y5 {
 
-// --multi-scale: x (n, 3, h, w) resized bilinearly (F.interpolate, align_corners=False) into a new activation
-// tensor (n, 3, oh, ow); x stays in the arena until the step's reset (the memory plan counts it).
-static Tensor resize_images(Ctx& c, const Tensor& x, int oh, int ow) {
-    const int h = (int)x.shape[2], w = (int)x.shape[3];
-    Tensor y = c.act->tensor(Shape{x.shape[0], 3, oh, ow});
+// --multi-scale: x (n, 3, h, w) resized bilinearly (F.interpolate, align_corners=False) into y (n, 3, oh, ow).
+static void resize_images(Ctx& c, Tensor y, const Tensor& x) {
+    const int h = (int)x.shape[2], w = (int)x.shape[3], oh = (int)y.shape[2], ow = (int)y.shape[3];
     if (y.device == Device::CUDA) {
 #if Y5_CUDA
         images_resize_bilinear_cuda(y.ptr<float>(), x.ptr<float>(), x.shape[0] * 3, h, w, oh, ow, c.cuda->stream);
@@ -28,7 +26,6 @@ static Tensor resize_images(Ctx& c, const Tensor& x, int oh, int ow) {
     } else {
         images_resize_bilinear_cpu(y.ptr<float>(), x.ptr<float>(), x.shape[0] * 3, h, w, oh, ow);
     }
-    return y;
 }
 
 TrainStep::TrainStep(Model& model, Model& ema, const LossHyp& hyp) : model(model), ema(ema), hyp(hyp) {
@@ -52,8 +49,9 @@ void TrainStep::reserve_upload(Ctx& c, size_t bytes) {
     upload_cap_ = bytes;
 }
 
-// Pipelined: b's uint8 images to the upload buffer on the copy stream, after the previous batch's conversion and
-// beside whatever the compute stream still runs, then converted into x (n, 3, h, w) f32 on the compute stream.
+// Pipelined: b's uint8 images to the upload buffer on the copy stream, after the previous batch's last read of it
+// (converted_, recorded by run() after train_input's copy) and beside whatever the compute stream still runs, then
+// converted into x (n, 3, h, w) f32 on the compute stream.
 Tensor TrainStep::upload_images(Ctx& c, const Batch& b) {
     Tensor x = c.act->tensor(Shape{b.n, 3, b.h, b.w});
     const size_t n = (size_t)x.numel();
@@ -65,7 +63,6 @@ Tensor TrainStep::upload_images(Ctx& c, const Batch& b) {
     event_record(uploaded_, c.cuda, true);
     stream_wait(c.cuda, uploaded_);
     images_u8_to_f32_cuda(x.ptr<float>(), static_cast<const uint8_t*>(upload_), (int64_t)n, c.cuda->stream);
-    event_record(converted_, c.cuda);
 #endif
     return x;
 }
@@ -101,12 +98,23 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     c.autocast = amp;
     c.recompute = recompute;
     c.loss_items_pinned = items_pinned;
-    Tensor x = piped ? upload_images(c, b) : batch_images(c, b), t = batch_targets(b);
-    if (resize_h > 0 && (resize_h != b.h || resize_w != b.w)) x = resize_images(c, x, resize_h, resize_w);
+    const Tensor x = piped ? upload_images(c, b) : batch_images(c, b), t = batch_targets(b);
+    Var input;
+    if (resize_h > 0 && (resize_h != b.h || resize_w != b.w)) {
+        // The batch resized into a new activation tensor; x stays in the arena until the step's reset (the memory
+        // plan counts it), so under recomputation the resized copy is rebuilt from it (Tape::rebuildable).
+        const Tensor y = c.act->tensor(Shape{x.shape[0], 3, resize_h, resize_w});
+        resize_images(c, y, x);
+        input = c.recompute ? c.tape->rebuildable(y, [&c, x](Tensor dst) { resize_images(c, dst, x); })
+                            : Tape::constant(y);
+    } else {
+        input = train_input(c, b, x, piped ? upload_ : nullptr);
+    }
+    if (piped) event_record(converted_, c.cuda);  // the upload buffer's last reader is queued: the next batch may come
     stamp();
     std::function<void(size_t)> layer_done;
     if (mark) layer_done = [&](size_t) { mark(); };
-    Model::Output out = model.forward(c, Tape::constant(x), true, nullptr, layer_done);
+    Model::Output out = model.forward(c, input, true, nullptr, layer_done);
     YoloLoss L = yolo_loss(c, out.maps, t, anchors_, hyp);
     c.loss_items_pinned = nullptr;
     ++queued_;

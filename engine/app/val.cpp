@@ -48,6 +48,26 @@ Tensor batch_images(Ctx& c, const Batch& b, int first, int count) {
     return x;
 }
 
+Var train_input(Ctx& c, const Batch& b, const Tensor& x, const void* device_src) {
+    if (!c.recompute || !c.tape->recording()) return Tape::constant(x);
+    const int64_t n = x.numel();
+    Y5_CHECK((int64_t)b.images.size() == n && x.dtype == DType::F32, "train_input: %s from %zu pixels",
+             x.str().c_str(), b.images.size());
+    uint8_t* keep = static_cast<uint8_t*>(c.act->alloc(std::max<int64_t>(n, 1)));
+    if (x.device == Device::CUDA) {
+#if Y5_CUDA
+        if (device_src) copy_device_to_device(keep, device_src, (size_t)n, c.cuda);
+        else copy_host_to_device(keep, b.images.data(), (size_t)n, c.cuda);
+        return c.tape->rebuildable(
+            x, [&c, keep, n](Tensor dst) { images_u8_to_f32_cuda(dst.ptr<float>(), keep, n, c.cuda->stream); });
+#else
+        Y5_FAIL("train_input: CUDA tensor in a build without CUDA");
+#endif
+    }
+    std::memcpy(keep, b.images.data(), (size_t)n);
+    return c.tape->rebuildable(x, [keep, n](Tensor dst) { images_u8_to_f32_cpu(dst.ptr<float>(), keep, n); });
+}
+
 Tensor batch_targets(const Batch& b) {
     return Tensor(const_cast<float*>(b.targets.data()), Shape{b.num_targets(), 6}, DType::F32, Device::CPU);
 }
@@ -140,8 +160,11 @@ ValResult validate(Model& m, DataLoader& loader, Ctx& c, const LossHyp& hyp, con
             const float* dec = out.decoded.ptr<float>();  // (k, N, no)
             if (out.decoded.device == Device::CUDA) {
 #if Y5_CUDA
-                // On the device, with scratch from the work arena: only the detections come to the host.
-                const size_t mark = c.work->mark(), bytes = nms_cuda_scratch_bytes(k, (int)N, (int)no, np);
+                // On the device, with scratch from the work arena (as much of what it has free as the NMS's largest
+                // sort groups take; the plan holds at least its least): only the detections come to the host.
+                const size_t mark = c.work->mark(), room = c.work->capacity() - c.work->used(),
+                             bytes = std::min(nms_cuda_scratch_bytes(k, (int)N, (int)no, np),
+                                              room > 2 * Arena::kAlign ? room - 2 * Arena::kAlign : 0);
                 void* scratch = c.work->alloc(bytes);
                 std::vector<std::vector<Detection>> d = nms_batch_cuda(dec, k, (int)N, (int)no, np, scratch, bytes,
                                                                        c.cuda->stream);

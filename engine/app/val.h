@@ -22,6 +22,12 @@ namespace y5 {
 // Batch images (n, 3, h, w) uint8 → float32 /255 in the activation arena (on its device); with count ≥ 0 only
 // images first .. first + count − 1.
 Tensor batch_images(Ctx& c, const Batch& b, int first = 0, int count = -1);
+// A training step's network input from x, b's images as f32 (batch_images, or the pipelined step's upload). Under
+// recomputation (Ctx::recompute, the tape recording) b's uint8 pixels stay in the activation arena (a quarter of
+// x's bytes) and x is a rebuildable constant (Tape::rebuildable): the model drops it after the rows that read it and
+// the backward rebuilds it from the pixels with the same conversion, bit for bit, for the first convolution's
+// weight gradient. device_src: the pixels already on x's device (the upload buffer), else b.images is copied.
+Var train_input(Ctx& c, const Batch& b, const Tensor& x, const void* device_src = nullptr);
 // Targets (nt, 6) (image, class, x, y, w, h): a host view of the batch's own array, valid while b is. They stay
 // on the host on every device: the loss builds its target lists there (kernels/loss.h).
 Tensor batch_targets(const Batch& b);
@@ -50,8 +56,8 @@ struct ValOptions {
     int chunk = 0;
 };
 
-// Work-arena bytes validate()'s GPU NMS takes for a batch of `batch` images at most side × side pixels (0 for a
-// model on the CPU): size the work arena to at least this.
+// The least work-arena bytes validate()'s GPU NMS needs for a batch of `batch` images at most side × side pixels (0
+// for a model on the CPU): size the work arena to at least this (it takes more of what is free, for larger groups).
 size_t val_nms_scratch_bytes(const Model& m, int side, int batch, const ValOptions& o = {});
 
 // train.py validates the EMA unfused. Without autocast, a model that would take the blocked oneDNN inference once

@@ -116,14 +116,28 @@ Tensor Tape::grad_over_value(const Var& v) {
     return n.grad;
 }
 
+Tape::Node& Tape::node_of(const Var& v, const char* what) {
+    Y5_CHECK(v.id >= 0 ? v.id < (int)nodes_.size() : v.id <= -2 && -2 - v.id < (int)consts_.size(),
+             "%s: a value that is not on the tape", what);
+    return v.id >= 0 ? nodes_[v.id] : consts_[-2 - v.id];
+}
+
+Var Tape::rebuildable(Tensor value, std::function<void(Tensor)> fn) {
+    if (!recording_) return Var{value, -1};
+    Node n;
+    n.value = value;
+    n.recompute = std::move(fn);
+    consts_.push_back(n);
+    return Var{value, -1 - (int)consts_.size()};
+}
+
 void Tape::set_recompute(const Var& v, std::function<void(Tensor)> fn) {
     Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "set_recompute: a value that is not on the tape");
     nodes_[v.id].recompute = std::move(fn);
 }
 
 void Tape::drop(const Var& v, Arena* values, bool dead) {
-    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "drop: a value that is not on the tape");
-    Node& n = nodes_[v.id];
+    Node& n = node_of(v, "drop");
     if (n.values) return;
     Y5_CHECK(dead || n.recompute, "drop: %s has no recompute function", n.value.str().c_str());
     values->release(n.value.data);
@@ -132,8 +146,9 @@ void Tape::drop(const Var& v, Arena* values, bool dead) {
 }
 
 Tensor Tape::value(const Var& v) {
-    if (v.id < 0 || !nodes_[v.id].values) return v.t;
-    Node& n = nodes_[v.id];
+    if (v.id == -1) return v.t;
+    Node& n = node_of(v, "value");
+    if (!n.values) return v.t;
     if (!n.rebuilt.defined()) {
         Y5_CHECK(n.recompute, "internal: %s was dropped as dead but a backward reads it", n.value.str().c_str());
         n.rebuilt = n.values->tensor(n.value.shape, n.value.dtype);
@@ -219,6 +234,7 @@ void Tape::seed(const Var& root, const Tensor* seed, double scale) {
 
 void Tape::clear() {
     nodes_.clear();
+    consts_.clear();
     closures_.clear();
     output_of_.clear();
     pending_ = -1;

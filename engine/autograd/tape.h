@@ -14,7 +14,9 @@
  * drop() then gives the output's memory back to the activation arena (tracking) once the forward is done with
  * it; a backward closure reads its inputs through value(), which rebuilds a dropped one the first time and keeps
  * it until the node's own backward has run. A dropped value nothing reads in backward may have no function
- * (drop(v, arena, true): Detect's conv output, which its transpose replaced); value() of it is an error.
+ * (drop(v, arena, true): Detect's conv output, which its transpose replaced); value() of it is an error. A constant
+ * may be rebuildable too (rebuildable(): the training step's image, from its uint8 pixels): no gradient flows into
+ * it, and once dropped, value() rebuilds it and keeps it until clear().
  * Values freed in the backward (with recomputation: a tape that dropped values into an arena): a forward value is
  * read last by its own op's backward too (its readers were recorded later and ran earlier), so once that closure
  * ran, the value's block goes back to the arena — when no other value still waiting for its backward lies in the
@@ -43,7 +45,8 @@ extern const char kGradLabel[];
 
 struct Var {
     Tensor t;
-    int id = -1;  // node on the tape; −1: no gradient flows into or through this value
+    int id = -1;  // node on the tape; −1: no gradient flows into or through this value; ≤ −2: neither, but the
+                  // backward may rebuild it (Tape::rebuildable)
     bool requires_grad() const { return id >= 0; }
     const Shape& shape() const { return t.shape; }
 };
@@ -64,6 +67,9 @@ public:
     // A leaf that wants a gradient, allocated on first use (inputs of gradient checks).
     Var leaf(Tensor value);
     static Var constant(Tensor value) { return Var{value, -1}; }
+    // A constant (no gradient) that recomputation may drop and the backward rebuild, fn(dst) writing its value: the
+    // training step's image, from its uint8 pixels. A plain constant when not recording.
+    Var rebuildable(Tensor value, std::function<void(Tensor)> fn);
 
     // The output of an op: a node when recording and any input requires a gradient, else a constant. The op's
     // next record() is its backward, after which the output's gradient is released.
@@ -75,11 +81,14 @@ public:
 
     // Recomputation: fn(dst) writes v's value into dst (v's shape and dtype).
     void set_recompute(const Var& v, std::function<void(Tensor)> fn);
-    bool recomputable(const Var& v) const { return v.id >= 0 && (bool)nodes_[v.id].recompute; }
+    bool recomputable(const Var& v) const {
+        return v.id >= 0 ? (bool)nodes_[v.id].recompute : v.id <= -2 && (bool)consts_[-2 - v.id].recompute;
+    }
     // v's memory back to `values` (a tracking arena, the one v was allocated from); a no-op if already dropped.
     // dead: nothing reads v in backward, so it needs no recompute function.
     void drop(const Var& v, Arena* values, bool dead = false);
-    // v's value for a backward closure: v.t, or, dropped, rebuilt into the arena it was dropped to.
+    // v's value for a backward closure: v.t, or, dropped, rebuilt into the arena it was dropped to (a rebuildable
+    // constant's stays there until clear()).
     Tensor value(const Var& v);
     // In a backward closure: nothing that runs later in this backward reads v's value (the loss on Detect's maps:
     // their own op's backward reads only their gradients), so its memory goes back now, not after that op's
@@ -123,6 +132,8 @@ private:
     CudaContext* cuda_;
     bool recording_ = true;
     std::vector<Node> nodes_;
+    std::vector<Node> consts_;  // rebuildable constants (Var::id ≤ −2)
+    Node& node_of(const Var& v, const char* what);  // nodes_ or consts_, checked
     std::vector<std::function<void()>> closures_;
     std::vector<int> output_of_;  // per closure: the node whose gradient it reads last (−1: none)
     Arena* dropped_to_ = nullptr; // the arena drop() gave values to: backward frees the others there too

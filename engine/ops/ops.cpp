@@ -103,9 +103,13 @@ Var cast(Ctx& c, const Var& x, DType to) {
     check_ctx("cast", c, x.t);
     Tensor out = c.act->tensor(x.t.shape, to);
     convert(c, out, x.t);
-    return finish<kF16>(c, "cast", out, {&x}, [&c, x](auto, const Var& y) {
+    const Var y = finish<kF16>(c, "cast", out, {&x}, [&c, x](auto, const Var& y) {
         convert_add(c, c.tape->grad(x), c.tape->grad(y));
     });
+    // A rebuildable constant's copy (the image under autocast) is rebuildable too: from x, itself rebuilt if dropped.
+    if (c.recompute && !y.requires_grad() && c.tape->recomputable(x))
+        return c.tape->rebuildable(out, [&c, x](Tensor dst) { convert(c, dst, c.tape->value(x)); });
+    return y;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -385,10 +389,20 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             const T* xp[kMaxConvParts];
             for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
             if constexpr (std::is_same_v<T, f16>) {
-                Scratch ws(c.work);
-                const size_t bytes = conv1x1_parts_fprop_workspace_cuda(N, K, P, true);
-                conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P, ws.get<char>((int64_t)bytes),
-                                         bytes);
+                // The parts' float sums staged (Ctx::staged) for as many images as fit, at least one.
+                Arena* sa = c.conv_work ? c.conv_work : c.work;
+                Scratch ws(sa);
+                const size_t img = conv1x1_parts_fprop_workspace_cuda(1, K, P, true), align = 2 * Arena::kAlign;
+                if (c.staged) *c.staged = std::max(*c.staged, img + align);
+                const size_t free_b = sa->capacity() - sa->used();
+                const int k = (int)std::clamp<size_t>(free_b > align ? (free_b - align) / img : 0, 1, (size_t)N);
+                char* acc = ws.get<char>((int64_t)(k * img));
+                for (int n0 = 0; n0 < N; n0 += k) {
+                    const T* xk[kMaxConvParts];
+                    for (int i = 0; i < m; ++i) xk[i] = xp[i] + (int64_t)n0 * Cs[i] * P;
+                    conv1x1_parts_fprop_cuda(c.cuda, yp + (int64_t)n0 * K * P, xk, Cs.data(), m, wp, bp,
+                                             std::min(k, N - n0), K, P, acc, k * img);
+                }
             } else {
                 conv1x1_parts_fprop_cuda(c.cuda, yp, xp, Cs.data(), m, wp, bp, N, K, P);
             }
@@ -695,16 +709,20 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
     Y5_CHECK(s >= 1, "upsample_nearest: scale factor %d", s);
     const int N = x.t.dim(0), C = x.t.dim(1), H = x.t.dim(2), W = x.t.dim(3);
     Tensor out = c.act->tensor(Shape{N, C, (int64_t)H * s, (int64_t)W * s}, x.t.dtype);
-    dispatch<kF16>(op, x.t, [&](auto d) {
-        using T = typename decltype(d)::T;
-        T *yp = out.ptr<T>(), *xp = x.t.ptr<T>();
-        if constexpr (d.cuda) upsample_nearest_forward_cuda(yp, xp, N, C, H, W, s, stream(c));
-        else
-            par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
-                upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W, s);
-            });
-    });
-    return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, s](auto d, const Var& y) {
+    auto forward = [&c, N, C, H, W, s](Tensor dst, const Tensor& src) {
+        dispatch<kF16>("upsample_nearest", src, [&](auto d) {
+            using T = typename decltype(d)::T;
+            T *yp = dst.ptr<T>(), *xp = src.ptr<T>();
+            if constexpr (d.cuda) upsample_nearest_forward_cuda(yp, xp, N, C, H, W, s, stream(c));
+            else
+                par((int64_t)N * C, [&](int64_t p0, int64_t p1) {
+                    upsample_nearest_forward_cpu<T>(yp + p0 * H * W * s * s, xp + p0 * H * W, 1, (int)(p1 - p0), H, W,
+                                                    s);
+                });
+        });
+    };
+    forward(out, x.t);
+    Var y = finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, s](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         T* dx = grad_ptr<T>(c, x);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -714,6 +732,9 @@ Var upsample_nearest(Ctx& c, const Var& x, int s) {
                 upsample_nearest_backward_cpu<T>(dx + p0 * H * W, dy + p0 * H * W * s * s, 1, (int)(p1 - p0), H, W, s);
             });
     });
+    if (c.recompute && y.requires_grad())  // a copy of its input (itself rebuilt if dropped): s² times smaller kept
+        c.tape->set_recompute(y, [&c, x, forward](Tensor dst) { forward(dst, c.tape->value(x)); });
+    return y;
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -921,9 +942,11 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
 }
 
 // The most images of a CUDA chunk: their (k, K, H, W) staging buffer and a pass's cuDNN workspace fit in what
-// the arena has free (halving from all N; at least 1). The work arena is sized for cuDNN's capped workspace and is
-// idle between ops, so the staging usually costs no memory the plan does not already hold.
+// the arena has free (halving from all N; at least 1). The arena (Ctx::conv_work, else the work arena) is sized for
+// cuDNN's capped workspace and one image's staging (the plan's StepMemory::staged), so k = 1 always fits and the
+// staging costs no memory that grows with the batch.
 inline int maps_chunk_cuda(Ctx& c, Arena* a, Conv2dGeom g, int64_t img_bytes, std::initializer_list<ConvPass> passes) {
+    if (c.staged) *c.staged = std::max(*c.staged, (size_t)img_bytes + 5 * Arena::kAlign);
     const size_t free_b = a->capacity() - a->used();
     for (int k = g.N;; k = (k + 1) / 2) {
         g.N = k;
@@ -962,13 +985,14 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
         using T = typename decltype(d)::T;
         T *yp = out.ptr<T>(), *xp = x.t.ptr<T>(), *wp = w.t.ptr<T>(), *bp = b ? b->t.ptr<T>() : nullptr;
         if constexpr (d.cuda) {
-            Scratch stage(c.work);
-            const int k = maps_chunk_cuda(c, c.work, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+            Arena* sa = c.conv_work ? c.conv_work : c.work;  // staged beside cuDNN's workspace (memory.h: staged)
+            Scratch stage(sa);
+            const int k = maps_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
                                           {ConvPass::Fprop});
             T* tmp = stage.get<T>(k * out_img);
             for (int n0 = 0; n0 < N; n0 += k) {
                 const Conv2dGeom g{std::min(k, N - n0), C, H, W, K, 1, 1, 1, 0, half};
-                Scratch ws(c.conv_work ? c.conv_work : c.work);
+                Scratch ws(sa);
                 const size_t bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Fprop);
                 conv2d_fprop_cuda(c.cuda, g, tmp, xp + n0 * in_img, wp, bp, ws.get<char>((int64_t)bytes), bytes);
                 transpose12_forward_cuda(yp + n0 * out_img, tmp, g.N * na, no, P, stream(c));
@@ -1029,8 +1053,9 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
         const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();
         if constexpr (d.cuda) {
             // Per chunk: the gradient transposed back to (k, K, H, W) in the work arena, then dgrad and wgrad.
-            Scratch stage(c.work);
-            const int k = maps_chunk_cuda(c, c.work, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+            Arena* sa = c.conv_work ? c.conv_work : c.work;
+            Scratch stage(sa);
+            const int k = maps_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
                                           {ConvPass::Dgrad, ConvPass::Wgrad});
             T* tmp = stage.get<T>(k * out_img);
             for (int n0 = 0; n0 < N; n0 += k) {
@@ -1039,7 +1064,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                 size_t bytes = 0;
                 if (dx) bytes = conv2d_workspace_cuda(c.cuda, g, ConvPass::Dgrad);
                 if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
-                Scratch ws(c.conv_work ? c.conv_work : c.work);
+                Scratch ws(sa);
                 void* wsp = ws.get<char>((int64_t)bytes);
                 if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes);
                 if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, tmp, xp + n0 * in_img, wsp, bytes);

@@ -26,9 +26,13 @@ struct Ctx {
     Arena* work = nullptr;  // scratch that lives for one op call (im2col columns)
     Tape* tape = nullptr;
     CudaContext* cuda = nullptr;  // required for CUDA tensors
-    // cuDNN's workspace when set, else `work`: measure_one_image (engine/app/memory.h) keeps it apart, since it is capped by the
-    // workspace limit whatever the batch while the other scratch grows with it.
+    // cuDNN's workspace when set, else `work`: measure_one_image (engine/app/memory.h) keeps it apart, since it is
+    // capped by the workspace limit whatever the batch while the other scratch grows with it. CUDA ops that stage
+    // their batch in chunks of images (Detect's maps before the transpose, f16 concat parts' float sums) take the
+    // staging from the same arena, as many images as fit beside cuDNN's workspace, and record one image's bytes in
+    // *staged when set (the largest; measuring: the plan adds them once, not per image).
     Arena* conv_work = nullptr;
+    size_t* staged = nullptr;
     // Mixed precision (torch.autocast(dtype=float16) on YOLOv5's model): the modules cast each convolution's input,
     // weight and bias to f16, so activations and their gradients are f16 from the first conv on; BatchNorm and ECA
     // keep f32 parameters, and the loss and Detect's decode read the f16 maps in f32 (layers/).
