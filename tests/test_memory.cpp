@@ -239,8 +239,8 @@ TEST_CASE("a resized batch (--multi-scale) gives the same weights with and witho
 
 // YOLOv5's seed command on a T4 (15 GB): y5train's plan for batch 64 at 640 (validation: batch 128 with sides up to
 // 672), measured on the CPU path (the same planner; the GPU's adds cuDNN's capped workspace), must pass the check.
-// Measured with recomputation (y5train's default): f32 4.6 GB, AMP 2.4 GB (activations and their gradients in one
-// arena, planned by replaying the step's allocations). Before validation reused the training
+// Measured with recomputation (y5train's default on a GPU): f32 4.2 GB, AMP 2.3 GB (activations and their gradients
+// in one arena, planned by replaying the step's allocations; tests/test_gpu_recompute.cpp checks the GPU path's). Before validation reused the training
 // arenas, the gradients' memory was reused by any shape and the BatchNorm outputs were recomputed: 33.8 GB and
 // 18.3 GB, refused.
 TEST_CASE("y5train's plan for batch 64 at 640 fits a 15 GB device", "[memory][plan]") {
