@@ -172,8 +172,8 @@ size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch) {
     const size_t b = (size_t)std::max(batch, 1), margin = (size_t)16 << 20, work1 = one.work;
     if (m.params.device() == Device::CUDA) {
 #if Y5_CUDA
-        // cuDNN: at most the limit, whatever the batch, with one image's Detect staging beside it (conv1x1_maps
-        // chunks the batch to fit). The other ops' scratch (the uint8 batch upload, max-pool argmaxes, BN partial
+        // cuDNN: at most the limit, whatever the batch, with one image's staging beside it (Ctx::staged: the ops
+        // chunk the batch to fit). The other ops' scratch (the uint8 batch upload, max-pool argmaxes, BN partial
         // sums, the loss's target lists and objectness targets) grows at most linearly.
         return std::max(conv_workspace_limit() + one.staged, b * work1) + margin;
 #endif
