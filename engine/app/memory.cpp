@@ -164,7 +164,6 @@ size_t upload_bytes(const Model& m, int batch, int side) {
 StepMemory plan_shared(const StepMemory& a, const StepMemory& b) {
     StepMemory s{std::max(a.act, b.act), std::max(a.work, b.work), std::max(a.fixed, b.fixed), a.act >= b.act ? a.grads : b.grads};
     s.upload = a.upload + b.upload;
-    s.staged = std::max(a.staged, b.staged);
     return s;
 }
 
@@ -209,14 +208,10 @@ StepMemory plan_training(const Model& m, const StepMemory& one, int batch) {
     if (t && replay_peak(t->act[0], 1, t->act[1], 2, std::max(batch, 1), &act, &at_peak)) {
         size_t grads = 0;
         for (const Arena::Block& blk : at_peak) grads += blk.label == kGradLabel ? blk.bytes : 0;
-        StepMemory r{act, work_bytes_for_batch(m, one, batch), one.fixed, grads};
-        r.staged = one.staged;
-        return r;
+        return {act, work_bytes_for_batch(m, one, batch), one.fixed, grads};
     }
-    StepMemory r{scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one, batch), one.fixed,
-                 scale_linear(one.grads, batch)};
-    r.staged = one.staged;
-    return r;
+    return {scale_linear(one.act, batch, one.fixed), work_bytes_for_batch(m, one, batch), one.fixed,
+            scale_linear(one.grads, batch)};
 }
 
 size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p) {
@@ -238,9 +233,7 @@ size_t nms_scratch_bytes(const Model& m, int side, int batch, const NmsParams& p
 StepMemory plan_inference(const Model& m, const StepMemory& one, int batch, size_t nms_bytes) {
     // The NMS's scratch is taken after the forward's is released: the larger of the two counts.
     const size_t work = std::max(work_bytes_for_batch(m, one, batch), nms_bytes + ((size_t)16 << 20));
-    StepMemory r{scale_linear(one.act, batch, one.fixed), work, one.fixed};
-    r.staged = one.staged;
-    return r;
+    return {scale_linear(one.act, batch, one.fixed), work, one.fixed};
 }
 
 StepMemory plan_train_run(Model& m, int imgsz, int batch, int val_batch, const LossHyp& hyp, bool amp, bool single_cls,

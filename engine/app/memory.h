@@ -38,8 +38,9 @@ struct StepTraces {
 struct StepMemory {
     size_t act = 0, work = 0, fixed = 0, grads = 0;
     size_t upload = 0;  // a GPU training step's batch upload buffer (TrainStep::reserve_upload), not an arena
-    // GPU, one image's largest staging (Ctx::staged: Detect's maps before their transpose, the f16 concat parts'
-    // float sums), which the ops chunk over the images that fit beside cuDNN's workspace: part of work, not scaled.
+    // A measure's (GPU): one image's largest staging (Ctx::staged: Detect's maps before their transpose, the f16
+    // concat parts' float sums), which the ops chunk over the images that fit beside cuDNN's workspace; a plan's
+    // work holds it once, not per image.
     size_t staged = 0;
     std::shared_ptr<const StepTraces> traces;
     StepMemory(size_t act = 0, size_t work = 0, size_t fixed = 0, size_t grads = 0)

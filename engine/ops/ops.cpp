@@ -338,6 +338,23 @@ Var conv2d_act(Ctx& c, const Var& x, const Var& w, const Var* b, int stride, int
     return conv2d_impl(c, x, w, b, stride, pad, act);
 }
 
+// The most images of a CUDA chunk: their staging (img_bytes each: Detect's (K, H, W) maps, the f16 parts' float
+// sums) and a pass's cuDNN workspace fit in what the arena has free (halving from all N; at least 1). The arena
+// (Ctx::conv_work, else the work arena) is sized for cuDNN's capped workspace and one image's staging (recorded in
+// Ctx::staged when measuring: the plan's StepMemory::staged), so k = 1 always fits and the staging costs no memory
+// that grows with the batch.
+inline int stage_chunk_cuda(Ctx& c, Arena* a, Conv2dGeom g, int64_t img_bytes,
+                            std::initializer_list<ConvPass> passes) {
+    if (c.staged) *c.staged = std::max(*c.staged, (size_t)img_bytes + 5 * Arena::kAlign);
+    const size_t free_b = a->capacity() - a->used();
+    for (int k = g.N;; k = (k + 1) / 2) {
+        g.N = k;
+        size_t ws = 0;
+        for (ConvPass p : passes) ws = std::max(ws, conv2d_workspace_cuda(c.cuda, g, p));
+        if (k == 1 || (size_t)k * img_bytes + ws + 4 * Arena::kAlign <= free_b) return k;
+    }
+}
+
 // A 1×1 convolution over the parts' channels in turn, with each part's own pointer (per group of images on the
 // CPU); the backward's CUDA weight gradient needs conv1x1_parts_workspace_cuda bytes of scratch, the f16 forward
 // conv1x1_parts_fprop_workspace_cuda bytes (its float sum). f16 as conv2d: float arithmetic, one rounding per
@@ -389,13 +406,11 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
             const T* xp[kMaxConvParts];
             for (int i = 0; i < m; ++i) xp[i] = xs[i].t.ptr<T>();
             if constexpr (std::is_same_v<T, f16>) {
-                // The parts' float sums staged (Ctx::staged) for as many images as fit, at least one.
+                // The parts' float sums staged for as many images as fit, at least one.
                 Arena* sa = c.conv_work ? c.conv_work : c.work;
                 Scratch ws(sa);
-                const size_t img = conv1x1_parts_fprop_workspace_cuda(1, K, P, true), align = 2 * Arena::kAlign;
-                if (c.staged) *c.staged = std::max(*c.staged, img + align);
-                const size_t free_b = sa->capacity() - sa->used();
-                const int k = (int)std::clamp<size_t>(free_b > align ? (free_b - align) / img : 0, 1, (size_t)N);
+                const size_t img = conv1x1_parts_fprop_workspace_cuda(1, K, P, true);
+                const int k = stage_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, true}, (int64_t)img, {});
                 char* acc = ws.get<char>((int64_t)(k * img));
                 for (int n0 = 0; n0 < N; n0 += k) {
                     const T* xk[kMaxConvParts];
@@ -941,21 +956,6 @@ Var transpose12(Ctx& c, const Var& x, Shape out_shape) {
     });
 }
 
-// The most images of a CUDA chunk: their (k, K, H, W) staging buffer and a pass's cuDNN workspace fit in what
-// the arena has free (halving from all N; at least 1). The arena (Ctx::conv_work, else the work arena) is sized for
-// cuDNN's capped workspace and one image's staging (the plan's StepMemory::staged), so k = 1 always fits and the
-// staging costs no memory that grows with the batch.
-inline int maps_chunk_cuda(Ctx& c, Arena* a, Conv2dGeom g, int64_t img_bytes, std::initializer_list<ConvPass> passes) {
-    if (c.staged) *c.staged = std::max(*c.staged, (size_t)img_bytes + 5 * Arena::kAlign);
-    const size_t free_b = a->capacity() - a->used();
-    for (int k = g.N;; k = (k + 1) / 2) {
-        g.N = k;
-        size_t ws = 0;
-        for (ConvPass p : passes) ws = std::max(ws, conv2d_workspace_cuda(c.cuda, g, p));
-        if (k == 1 || (size_t)k * img_bytes + ws + 4 * Arena::kAlign <= free_b) return k;
-    }
-}
-
 // Detect's head: conv2d(x, w, b) (1×1, stride 1) viewed (N·na, no, H·W) and transposed to (N, na, H, W, no), with
 // the convolution's output only in scratch: per image on the CPU (a buffer per thread; the same per-image passes
 // as conv2d, so the same bits as conv2d then transpose12), per chunk of images on CUDA (staged in the work arena).
@@ -987,7 +987,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
         if constexpr (d.cuda) {
             Arena* sa = c.conv_work ? c.conv_work : c.work;  // staged beside cuDNN's workspace (memory.h: staged)
             Scratch stage(sa);
-            const int k = maps_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+            const int k = stage_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
                                           {ConvPass::Fprop});
             T* tmp = stage.get<T>(k * out_img);
             for (int n0 = 0; n0 < N; n0 += k) {
@@ -1055,7 +1055,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             // Per chunk: the gradient transposed back to (k, K, H, W) in the work arena, then dgrad and wgrad.
             Arena* sa = c.conv_work ? c.conv_work : c.work;
             Scratch stage(sa);
-            const int k = maps_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
+            const int k = stage_chunk_cuda(c, sa, Conv2dGeom{N, C, H, W, K, 1, 1, 1, 0, half}, out_img * sizeof(T),
                                           {ConvPass::Dgrad, ConvPass::Wgrad});
             T* tmp = stage.get<T>(k * out_img);
             for (int n0 = 0; n0 < N; n0 += k) {
