@@ -15,6 +15,7 @@
  *            --deterministic / --no-deterministic --workspace MiB (cuDNN, as y5train takes them)
  *            --cudnn-benchmark (cuDNN times the candidate algorithms instead of taking its heuristics' first)
  *            --no-pipeline (GPU: the host waits for each step; y5train queues a step while the previous one runs)
+ *            --cuda-graph (GPU, pipelined: each step after the second replays a CUDA graph, as y5train --cuda-graph)
  * Without a usable GPU (and no --device cpu) it prints "no usable CUDA device: <why>" and exits 0.
  *
  * A step is y5train's own (TrainStep, engine/app/step.h): batch_images (the uint8 upload and /255),
@@ -362,7 +363,7 @@ int main(int argc, char** argv) {
     CLI::App app{"bench_step: yolov5n training step images/s, memory, and time per phase and layer"};
     std::string device = "0", cfg = std::string(Y5_CONFIG_DIR) + "/models/yolov5n.yaml";
     int imgsz = 640, warmup = -1, steps = -1;
-    bool no_pipeline = false;
+    bool no_pipeline = false, cuda_graph = false;
     std::vector<int> batches;
     double seconds = -1, budget = 40;
     bool no_layers = false, deterministic = true, plan = false, rec_on = false, rec_off = false, cudnn_benchmark = false;
@@ -382,6 +383,8 @@ int main(int argc, char** argv) {
     app.add_option("--warmup", warmup, "untimed steps first (default: 3 GPU, 2 CPU)");
     app.add_flag("--no-pipeline", no_pipeline, "GPU: wait for each step before queuing the next (y5train pipelines: "
                  "its result is collected one step later)");
+    app.add_flag("--cuda-graph", cuda_graph, "GPU, pipelined: the steps' forward, loss and backward captured as a CUDA "
+                 "graph and replayed (y5train --cuda-graph); the per-layer pass runs without it");
     app.add_option("--steps", steps, "timed steps (default: 20 GPU, 3 CPU)");
     app.add_option("--seconds", seconds, "stop timing a batch size after this long (default: 8 GPU, 600 CPU)");
     app.add_option("--budget", budget, "GPU: skip the remaining batch sizes after this many seconds")->capture_default_str();
@@ -463,6 +466,7 @@ int main(int argc, char** argv) {
             const StepMemory& one = ones[run % amps.size()];
             T.step->amp = amp;
             T.step->recompute = recompute;
+            T.step->cuda_graph = cuda_graph;
             if (cuda && seconds_since(t_start) > budget) {
                 std::printf("%6d %6s skipped: %.0f s spent, past --budget %.0f\n", bs, amp ? "amp" : "f32",
                             seconds_since(t_start), budget);
@@ -504,6 +508,9 @@ int main(int argc, char** argv) {
             std::printf("%6d %6s %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, amp ? "amp" : "f32",
                         done, 1000 * s / done, ips,
                         3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);
+            if (cuda_graph)
+                std::printf("       CUDA graphs so far: %d captured, %d replayed\n", T.step->graph_captures,
+                            T.step->graph_replays);
             std::fflush(stdout);
             if (!no_layers && layer_passes.empty()) {
                 Marks marks(cuda);

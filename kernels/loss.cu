@@ -39,15 +39,20 @@ __device__ static double block_sum_array(const double* x, int64_t n) {
 // Warp g handles group g: entries start[g] .. start[g + 1] − 1, all on one cell, in list order. S: the maps'
 // storage (float or f16), read as float. gscale: null, or the upstream gradient (accumulated with, or written
 // scaled). p and dp may be the same memory (no __restrict__ on them).
+// counts: the level's (entries, groups), read here so that a captured launch (sized for a capacity) fits any
+// batch; gbox and gcls are formed from them as yolo_loss_cpu forms them (double, then float).
 template <class S>
 __global__ static void loss_targets_kernel(const S* p, S* dp, const float* __restrict__ gscale, bool accumulate,
                                            float* __restrict__ tobj, const LossTargetPacked* __restrict__ tg,
-                                           const int* __restrict__ start, int groups, double* __restrict__ group_box,
-                                           double* __restrict__ group_cls, int na, int ny, int nx, int no, float gbox,
-                                           float gcls, float pw, float cp, float cn) {
+                                           const int* __restrict__ start, const int* __restrict__ counts,
+                                           double* __restrict__ group_box, double* __restrict__ group_cls, int na,
+                                           int ny, int nx, int no, int bs, double box_gain, double cls_gain, float pw,
+                                           float cp, float cn) {
     const int lane = threadIdx.x & 31;
     const int g = blockIdx.x * kWarpsPerBlock + (int)(threadIdx.x >> 5);
-    if (g >= groups) return;  // the same for the whole warp: the shuffles below see all 32 lanes
+    if (g >= counts[1]) return;  // the same for the whole warp: the shuffles below see all 32 lanes
+    const int n = counts[0];
+    const float gbox = float(-box_gain * bs / n), gcls = float(cls_gain * bs / ((double)n * (no - 5)));
     const int k0 = start[g], k1 = start[g + 1];
     const int64_t c = loss_cell(tg[k0].b, tg[k0].a, tg[k0].gj, tg[k0].gi, na, ny, nx);
     const S* ps = p + c * no;
@@ -126,7 +131,8 @@ struct LossReduceArgs {
     const double* obj[kLossMaxLevels];
     const double* box[kLossMaxLevels];
     const double* cls[kLossMaxLevels];
-    int obj_blocks[kLossMaxLevels], groups[kLossMaxLevels], n[kLossMaxLevels];
+    const int* counts[kLossMaxLevels];  // (entries, groups) per level, on the device
+    int obj_blocks[kLossMaxLevels];
     int64_t cells[kLossMaxLevels];
     double bal[kLossMaxLevels];
     int nl, nc, bs;
@@ -137,13 +143,14 @@ struct LossReduceArgs {
 __global__ static void loss_reduce_kernel(LossReduceArgs a, double* __restrict__ items, float* __restrict__ total) {
     double lbox = 0, lobj = 0, lcls = 0;
     for (int i = 0; i < a.nl; ++i) {
+        const int n = a.counts[i][0], groups = a.counts[i][1];
         const double sobj = block_sum_array(a.obj[i], a.obj_blocks[i]);
-        const double sbox = block_sum_array(a.box[i], a.groups[i]);
-        const double scls = block_sum_array(a.cls[i], a.groups[i]);
+        const double sbox = block_sum_array(a.box[i], groups);
+        const double scls = block_sum_array(a.cls[i], groups);
         if (threadIdx.x == 0) items[4 + 3 * i] = sbox, items[5 + 3 * i] = scls, items[6 + 3 * i] = sobj;
-        if (a.n[i]) {
-            lbox += sbox / a.n[i];
-            if (a.nc > 1) lcls += scls / ((double)a.n[i] * a.nc);
+        if (n) {
+            lbox += sbox / n;
+            if (a.nc > 1) lcls += scls / ((double)n * a.nc);
         }
         lobj += sobj / (double)a.cells[i] * a.bal[i];
     }
@@ -187,11 +194,9 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
         const int64_t cells = (int64_t)bs * na * L.ny * L.nx;
         fill_cuda(L.tobj, -1.f, cells, stream);  // no target on the cell (yet)
         if (L.groups > 0) {
-            const float gbox = float(-h.box * bs / L.n);                 // as yolo_loss_cpu's gbox, gcls
-            const float gcls = float(h.cls * bs / ((double)L.n * nc));
             loss_targets_kernel<S><<<CEIL_DIV(L.groups, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
-                L.map, L.dmap, gscale, accumulate, L.tobj, L.targets, L.group_start, L.groups, L.group_box, L.group_cls, na, L.ny,
-                L.nx, no, gbox, gcls, cls_pw, cp, cn);
+                L.map, L.dmap, gscale, accumulate, L.tobj, L.targets, L.group_start, L.counts, L.group_box,
+                L.group_cls, na, L.ny, L.nx, no, bs, h.box, h.cls, cls_pw, cp, cn);
             Y5_LAUNCH_CHECK();
         }
         const double bal = loss_balance(nl, i);
@@ -201,7 +206,7 @@ static void yolo_loss_cuda_t(const LossLevelCudaT<S>* levels, int nl, int bs, in
                                                           obj_pw, L.obj_partial);
         Y5_LAUNCH_CHECK();
         ra.obj[i] = L.obj_partial, ra.box[i] = L.group_box, ra.cls[i] = L.group_cls;
-        ra.obj_blocks[i] = blocks, ra.groups[i] = L.groups, ra.n[i] = L.n;
+        ra.obj_blocks[i] = blocks, ra.counts[i] = L.counts;
         ra.cells[i] = cells, ra.bal[i] = bal;
     }
     loss_reduce_kernel<<<1, kBlock, 0, stream>>>(ra, items_out, total_out);

@@ -196,13 +196,15 @@ inline int loss_obj_blocks(int64_t cells) {
 }
 
 // One level's device pointers, maps stored as S (float or f16). targets/group_start: pack_level_targets'
-// output, uploaded. Scratch (device, contents irrelevant on entry): tobj (bs·na·ny·nx), group_box and group_cls
-// (groups), obj_partial (loss_obj_blocks(cells)).
+// output, uploaded, and counts its (entries, groups). groups here is the launch's extent: the count itself, or
+// a captured step's capacity (at least the count; the kernels read the count). Scratch (device, contents
+// irrelevant on entry): tobj (bs·na·ny·nx), group_box and group_cls (groups), obj_partial (loss_obj_blocks(cells)).
 template <class S> struct LossLevelCudaT {
     const S* map = nullptr;  // (bs, na, ny, nx, no)
     S* dmap = nullptr;       // same shape (may be map itself when written); d total / d map; null: no gradient
     int ny = 0, nx = 0;
-    int n = 0, groups = 0;
+    int groups = 0;
+    const int* counts = nullptr;
     const LossTargetPacked* targets = nullptr;
     const int* group_start = nullptr;
     float* tobj = nullptr;
@@ -211,6 +213,42 @@ template <class S> struct LossLevelCudaT {
     double* obj_partial = nullptr;
 };
 using LossLevelCuda = LossLevelCudaT<float>;
+
+// Where the CUDA loss's per-batch input lies in one device buffer, for per-level capacities of entries (cap_t)
+// and groups (cap_g), each at least the batch's count: the counts (entries, groups) of every level as int pairs,
+// then per level the packed entries (cap_t) and the group starts (cap_g + 1 ints), each part 16-byte aligned.
+struct LossLayout {
+    int nl = 0;
+    int cap_t[kLossMaxLevels] = {}, cap_g[kLossMaxLevels] = {};
+    size_t counts = 0, t[kLossMaxLevels] = {}, s[kLossMaxLevels] = {}, bytes = 0;
+};
+inline LossLayout loss_layout(int nl, const int* cap_t, const int* cap_g) {
+    LossLayout L;
+    L.nl = nl;
+    auto put = [&L](size_t bytes) {
+        const size_t o = (L.bytes + 15) / 16 * 16;
+        L.bytes = o + bytes;
+        return o;
+    };
+    L.counts = put(2 * sizeof(int) * (size_t)nl);
+    for (int i = 0; i < nl; ++i) {
+        L.cap_t[i] = cap_t[i], L.cap_g[i] = cap_g[i];
+        L.t[i] = put(sizeof(LossTargetPacked) * (size_t)cap_t[i]);
+        L.s[i] = put(sizeof(int) * (size_t)(cap_g[i] + 1));
+    }
+    return L;
+}
+
+// A captured training step's loss (engine/app/step.h, --cuda-graph; Ctx::loss_fixed): the caller uploads the
+// batch's packed targets into `targets` (laid out by `layout`) before the step's graph runs, so yolo_loss uploads
+// nothing and its kernels' extents follow the capacities; the forward's items go to `items` (device,
+// 4 + 3·kLossMaxLevels doubles) and are not copied back. n, groups: the batch's counts (the host's LossItems).
+struct LossFixed {
+    LossLayout layout;
+    const char* targets = nullptr;
+    double* items = nullptr;
+    int n[kLossMaxLevels] = {}, groups[kLossMaxLevels] = {};
+};
 
 // Enqueues the loss on `stream`: items_out (device, 4 + 3·nl doubles) receives lbox, lobj, lcls, total as
 // yolo_loss_cpu's LossItems, then per level its sums Σ(1 − CIoU), Σ class BCE, Σ objectness BCE; total_out (device, 1 float) the total. gscale null: each level's dmap (if any) is

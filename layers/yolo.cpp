@@ -27,64 +27,96 @@ template <class T> static void check_loss_targets(const T* tp, int nt, int bs, i
     }
 }
 
-// The CUDA loss: build_targets on the host (it needs only the targets, anchors and grid sizes), each
-// level's list grouped by cell (pack_level_targets), all levels packed into one host buffer and uploaded
-// with one copy into the workspace, and the kernels enqueued (kernels/loss.cu). S: the maps' storage (f32 or
-// f16). dmaps (empty, or an undefined tensor for a level: no gradient) are device tensors of S, overwritten
-// with d total / d map, or with gscale (a device scalar) accumulated with it; total a device f32 scalar; tp and
-// ap host f32. With want_items the four items are downloaded with one copy (else they are 0). A template, so
-// that a build without CUDA, which never calls it, needs no launcher.
+LossPacked pack_loss_targets(const float* tp, int nt, const float* ap, int na, int bs, int nc, const std::vector<int>& ny,
+                             const std::vector<int>& nx, const LossHyp& hyp) {
+    const int nl = (int)ny.size();
+    Y5_CHECK(nl >= 1 && nl <= kLossMaxLevels, "yolo_loss: %d levels; the CUDA loss supports 1 to %d", nl, kLossMaxLevels);
+    check_loss_targets(tp, nt, bs, nc);
+    LossPacked P;
+    P.nl = nl;
+    for (int i = 0; i < nl; ++i) {
+        LevelTargets<float> lt = build_targets_level<float>(tp, nt, ap + 2 * na * i, na, ny[i], nx[i], hyp.anchor_t);
+        pack_level_targets(lt, na, ny[i], nx[i], P.t[i], P.starts[i]);
+        P.n[i] = lt.size();
+        P.groups[i] = (int)P.starts[i].size() - 1;
+    }
+    return P;
+}
+
+bool loss_fits(const LossPacked& P, const LossLayout& L) {
+    if (P.nl != L.nl) return false;
+    for (int i = 0; i < P.nl; ++i)
+        if (P.n[i] > L.cap_t[i] || P.groups[i] > L.cap_g[i]) return false;
+    return true;
+}
+
+std::vector<char> loss_buffer(const LossPacked& P, const LossLayout& L) {
+    Y5_CHECK(loss_fits(P, L), "loss_buffer: the batch's target lists do not fit the layout's capacities");
+    std::vector<char> buf(L.bytes, 0);
+    int* counts = reinterpret_cast<int*>(buf.data() + L.counts);
+    for (int i = 0; i < P.nl; ++i) {
+        counts[2 * i] = P.n[i], counts[2 * i + 1] = P.groups[i];
+        if (P.n[i]) std::memcpy(buf.data() + L.t[i], P.t[i].data(), P.t[i].size() * sizeof(LossTargetPacked));
+        std::memcpy(buf.data() + L.s[i], P.starts[i].data(), P.starts[i].size() * sizeof(int));
+    }
+    return buf;
+}
+
+// The CUDA loss: the packed target lists (pack_loss_targets, uploaded with one copy into the workspace; or, in a
+// captured step, Ctx::loss_fixed's, uploaded by the caller) and the kernels enqueued (kernels/loss.cu). S: the
+// maps' storage (f32 or f16). dmaps (empty, or an undefined tensor for a level: no gradient) are device tensors of
+// S, overwritten with d total / d map, or with gscale (a device scalar) accumulated with it; total a device f32
+// scalar; tp and ap host f32. With want_items the four items are downloaded with one copy (else they are 0; in a
+// captured step they stay in loss_fixed->items). A template, so that a build without CUDA, which never calls it,
+// needs no launcher.
 template <class S>
 static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const std::vector<Tensor>& dmaps,
                                      float* total, const float* gscale, bool want_items, const float* tp, int nt,
                                      const float* ap, const LossHyp& hyp, const std::vector<int>& ny,
                                      const std::vector<int>& nx, int bs, int na, int no, bool accumulate = true) {
     const int nl = (int)maps.size();
-    Y5_CHECK(nl <= kLossMaxLevels, "yolo_loss: %d levels; the CUDA loss supports up to %d", nl, kLossMaxLevels);
-    std::vector<char> buf;
-    auto put = [&buf](const void* src, size_t bytes) {
-        const size_t o = (buf.size() + 15) / 16 * 16;
-        buf.resize(o + bytes);
-        if (bytes) std::memcpy(buf.data() + o, src, bytes);
-        return o;
-    };
-    std::vector<size_t> off_t(nl), off_s(nl);
-    std::vector<int> n(nl), groups(nl);
-    std::vector<LossTargetPacked> packed;
-    std::vector<int> starts;
-    for (int i = 0; i < nl; ++i) {
-        LevelTargets<float> lt = build_targets_level<float>(tp, nt, ap + 2 * na * i, na, ny[i], nx[i], hyp.anchor_t);
-        pack_level_targets(lt, na, ny[i], nx[i], packed, starts);
-        n[i] = lt.size();
-        groups[i] = (int)starts.size() - 1;
-        off_t[i] = put(packed.data(), packed.size() * sizeof(LossTargetPacked));
-        off_s[i] = put(starts.data(), starts.size() * sizeof(int));
-    }
     Y5_CHECK(c.work && c.work->device() == Device::CUDA, "yolo_loss: CUDA maps need a device workspace arena (Ctx::work)");
     Scratch s(c.work);
-    char* dbuf = s.get<char>((int64_t)buf.size());
-    copy_host_to_device_staged(dbuf, buf.data(), buf.size(), c.cuda);  // buf may go when this returns
+    const LossFixed* fx = c.loss_fixed;
+    LossLayout lay;
+    const char* dbuf = nullptr;
+    int n[kLossMaxLevels] = {};
+    if (fx) {
+        Y5_CHECK(fx->layout.nl == nl, "yolo_loss: the captured step's targets have %d levels, the maps %d", fx->layout.nl, nl);
+        lay = fx->layout, dbuf = fx->targets;
+        for (int i = 0; i < nl; ++i) n[i] = fx->n[i];
+    } else {
+        const LossPacked P = pack_loss_targets(tp, nt, ap, na, bs, no - 5, ny, nx, hyp);
+        lay = loss_layout(nl, P.n, P.groups);
+        const std::vector<char> buf = loss_buffer(P, lay);
+        char* d = s.get<char>((int64_t)buf.size());
+        copy_host_to_device_staged(d, buf.data(), buf.size(), c.cuda);  // buf may go when this returns
+        dbuf = d;
+        for (int i = 0; i < nl; ++i) n[i] = P.n[i];
+    }
     LossLevelCudaT<S> lv[kLossMaxLevels];
     for (int i = 0; i < nl; ++i) {
         const int64_t cells = (int64_t)bs * na * ny[i] * nx[i];
         LossLevelCudaT<S>& L = lv[i];
         L.map = maps[i].t.ptr<S>();
         L.dmap = dmaps.empty() || !dmaps[i].data ? nullptr : dmaps[i].ptr<S>();
-        L.ny = ny[i], L.nx = nx[i], L.n = n[i], L.groups = groups[i];
-        L.targets = reinterpret_cast<const LossTargetPacked*>(dbuf + off_t[i]);
-        L.group_start = reinterpret_cast<const int*>(dbuf + off_s[i]);
+        L.ny = ny[i], L.nx = nx[i], L.groups = lay.cap_g[i];
+        L.counts = reinterpret_cast<const int*>(dbuf + lay.counts) + 2 * i;
+        L.targets = reinterpret_cast<const LossTargetPacked*>(dbuf + lay.t[i]);
+        L.group_start = reinterpret_cast<const int*>(dbuf + lay.s[i]);
         L.tobj = s.get<float>(cells);
-        L.group_box = s.get<double>(groups[i]);
-        L.group_cls = s.get<double>(groups[i]);
+        L.group_box = s.get<double>(L.groups);
+        L.group_cls = s.get<double>(L.groups);
         L.obj_partial = s.get<double>(loss_obj_blocks(cells));
     }
-    double* items = s.get<double>(kLossItemsDoubles);
+    double* items = fx && want_items ? fx->items : s.get<double>(kLossItemsDoubles);
     yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c), accumulate);
     LossItems L;
     if (want_items) {
         L.nl = nl, L.bs = bs;
         for (int i = 0; i < nl; ++i) L.n[i] = n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
         const size_t bytes = (size_t)(4 + 3 * nl) * sizeof(double);
+        if (fx) return L;  // in loss_fixed->items: the captured step's caller copies them once its graph has run
         if (c.loss_items_pinned) {
             copy_device_to_host_async(c.loss_items_pinned, items, bytes, c.cuda);  // read by loss_items_arrived
         } else {

@@ -263,6 +263,20 @@ inline void pack_level_targets(const LevelTargets<float>& lt, int na, int ny, in
     starts.push_back(n);
 }
 
+// The CUDA loss's per-batch input, made on the host: build_targets of every level (grid ny[i] × nx[i]) grouped by
+// cell (pack_level_targets), with the counts. Checks every target's image (< bs) and class (< nc) first.
+struct LossPacked {
+    int nl = 0;
+    std::vector<LossTargetPacked> t[kLossMaxLevels];
+    std::vector<int> starts[kLossMaxLevels];
+    int n[kLossMaxLevels] = {}, groups[kLossMaxLevels] = {};
+};
+LossPacked pack_loss_targets(const float* tp, int nt, const float* ap, int na, int bs, int nc, const std::vector<int>& ny,
+                             const std::vector<int>& nx, const LossHyp& hyp);
+// P laid out by L (its capacities at least P's counts: loss_fits) in a host buffer of L.bytes, unused room zeroed.
+bool loss_fits(const LossPacked& P, const LossLayout& L);
+std::vector<char> loss_buffer(const LossPacked& P, const LossLayout& L);
+
 // ----------------------------------------------------------------------------------------------------
 // The loss op
 

@@ -3,7 +3,7 @@
 #  1. y5train --device 0 gives the --device cpu run's per-batch losses (Y5_LOSS_LOG) to 1e-4 relative in f32 and
 #     to AMP_TOL with --amp (f16 storage on both sides, see below), and the same lr;
 #  2. a device run (AMP, the device's default) stopped after epoch 0 (Y5_STOP_AFTER_EPOCH) and resumed gives the
-#     uninterrupted device run's results.csv and per-batch losses exactly;
+#     uninterrupted device run's results.csv and per-batch losses exactly, and so does a run with --cuda-graph;
 #  3. y5val and y5detect --device 0 (fused BN, NMS on the device) give the CPU's table and detections with the
 #     weights of 1 (tolerances below);
 #  4. a diverging device run stops at its first non-finite loss with one line, at the CPU run's epoch and batch.
@@ -79,6 +79,15 @@ Y5_LOSS_LOG=dev.log "$build/y5train" "${args[@]}" --device 0 --name dev > dev.ou
 grep -q "^AMP: mixed precision" dev.out || fail "the device's default is not AMP" dev.out
 diff runs/train/dev/results.csv runs/train/cut/results.csv || fail "the resumed device run's results.csv differs from the uninterrupted one's"
 diff dev.log cut.log || fail "the resumed device run's per-batch losses differ from the uninterrupted one's"
+
+# 2b. --cuda-graph: each batch shape's second step captured, later ones replayed (epoch 0's second batch captured,
+# epoch 1's two replayed): the uninterrupted device run's results.csv and per-batch losses exactly.
+Y5_LOSS_LOG=graph.log "$build/y5train" "${args[@]}" --device 0 --cuda-graph --name graph > graph.out 2>&1 ||
+  fail "device training with --cuda-graph failed" graph.out
+grep -q "^cuda_graph: true" runs/train/graph/opt.yaml || fail "opt.yaml does not record --cuda-graph" graph.out
+grep -Eq "^CUDA graphs: [1-9][0-9]* captured, [1-9][0-9]* replayed" graph.out || fail "no CUDA graph was replayed" graph.out
+diff runs/train/dev/results.csv runs/train/graph/results.csv || fail "the --cuda-graph run's results.csv differs"
+diff dev.log graph.log || fail "the --cuda-graph run's per-batch losses differ"
 
 # 3. y5val and y5detect (both fold BN; NMS on the device) with the device-trained weights, at 128 px. The two
 # forwards differ by float rounding in a few outputs only (measured: 8 of 6048 decoded values, by <= 5.2e-7

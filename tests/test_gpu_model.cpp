@@ -590,6 +590,91 @@ TEST_CASE("pipelined training steps on the GPU give the waiting steps' bits, and
     }
 }
 
+TEST_CASE("CUDA graphs: captured and replayed training steps give the pipelined steps' bits", "[gpu][model][train]"
+          Y5_EMU_SLOW) {
+    // TrainStep::cuda_graph: a batch shape's first step runs as it is, its second is captured, later ones replay
+    // the graph; a batch with more targets than the graph's lists hold is captured again. Five steps: shape A
+    // (eager, captured), shape B (eager), A with sixteen times the targets (captured again), A (replayed); against
+    // the same five pipelined steps without graphs: the same loss items, norms and weight, momentum, EMA and
+    // loss-scale bits, in AMP with recomputation (the device scaler's seed inside the graph) and --multi-scale's
+    // resize (the resized image rebuilt), and in f32 without recomputation with --quad's loss gain (the uploaded
+    // seed).
+    Gpu& g = gpu();
+    g.reset();
+    Tf32Off tf;
+    const int steps = 5;
+    TrainPair t(g, steps);
+    {
+        Rng rng(5);
+        t.batches[2] = synthetic_batch(rng, TrainPair::bs, TrainPair::w, TrainPair::h, TrainPair::nc);
+        std::vector<float>& tg = t.batches[3].targets;
+        const std::vector<float> one = tg;
+        for (int k = 1; k < 16; ++k) tg.insert(tg.end(), one.begin(), one.end());
+        REQUIRE(t.batches[3].num_targets() >= 64);
+    }
+    const SgdGroup groups[3] = {{0.05, 0.9, 0.0}, {0.01, 0.9, 5e-4}, {0.01, 0.9, 0.0}};
+    struct Run {
+        std::vector<StepResult> r;
+        std::vector<float> values, momentum, ema;
+        float scale = 0;
+        int captures = 0, replays = 0;
+    };
+    struct Case {
+        const char* name;
+        bool amp, recompute;
+        double loss_gain;
+        int resize;
+    };
+    auto run = [&](const Case& k, bool graphs) {
+        t.sync();
+        TrainStep& st = t.rg.step;
+        st.updates = 0, st.last_opt_step = -1, st.pipelined = true, st.amp = k.amp, st.cuda_graph = graphs;
+        st.recompute = k.recompute, st.loss_gain = k.loss_gain, st.resize_h = st.resize_w = k.resize;
+        st.scaler.set_state(GradScaler::kInitScale, 0);
+        const int c0 = st.graph_captures, r0 = st.graph_replays;
+        Run out;
+        for (int s = 0; s < steps; ++s) {
+            t.gs.reset();
+            st.run(t.gs.ctx, t.batches[s], s, 1, groups);
+            if (st.in_flight() == 2) out.r.push_back(st.collect());
+        }
+        while (st.in_flight()) out.r.push_back(st.collect());
+        Ctx& gc = t.gs.ctx;
+        out.values = to_host(gc, t.m.gpu.params.values_flat());
+        out.momentum = to_host(gc, t.m.gpu.params.momentum_flat());
+        out.ema = to_host(gc, t.ema_g.params.values_flat());
+        out.scale = st.scaler.loss_scale();
+        out.captures = st.graph_captures - c0, out.replays = st.graph_replays - r0;
+        st.pipelined = false, st.amp = false, st.cuda_graph = false, st.recompute = true, st.loss_gain = 1;
+        st.resize_h = st.resize_w = 0;
+        return out;
+    };
+    for (const Case& k : {Case{"AMP, resized to 64", true, true, 1.0, 64}, Case{"f32, no recomputation, loss gain 4", false, false, 4.0, 0}}) {
+        const Run a = run(k, false), b = run(k, true);
+        INFO(k.name << ": " << b.captures << " captures, " << b.replays << " replays");
+        CHECK(a.captures == 0);
+        CHECK(b.captures == 2);
+        CHECK(b.replays == 1);
+        REQUIRE(a.r.size() == (size_t)steps);
+        REQUIRE(b.r.size() == (size_t)steps);
+        for (int s = 0; s < steps; ++s) {
+            INFO(k.name << " step " << s << ": total " << a.r[s].items.total << " / " << b.r[s].items.total);
+            CHECK(std::isfinite(a.r[s].items.total));
+            CHECK(b.r[s].items.lbox == a.r[s].items.lbox);
+            CHECK(b.r[s].items.lobj == a.r[s].items.lobj);
+            CHECK(b.r[s].items.lcls == a.r[s].items.lcls);
+            CHECK(b.r[s].items.total == a.r[s].items.total);
+            for (int i = 0; i < a.r[s].items.nl; ++i) CHECK(b.r[s].items.n[i] == a.r[s].items.n[i]);
+            CHECK(b.r[s].skipped == a.r[s].skipped);
+            CHECK((b.r[s].grad_norm == a.r[s].grad_norm || (std::isnan(a.r[s].grad_norm) && std::isnan(b.r[s].grad_norm))));
+        }
+        CHECK(b.scale == a.scale);
+        CHECK(std::memcmp(a.values.data(), b.values.data(), a.values.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(a.momentum.data(), b.momentum.data(), a.momentum.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(a.ema.data(), b.ema.data(), a.ema.size() * sizeof(float)) == 0);
+    }
+}
+
 TEST_CASE("training steps on the GPU at a small learning rate stay with the CPU's", "[gpu][model][train]") {
     // Each side carries its own weights, momentum, EMA and BN statistics from step to step. At 1/1000 of the
     // learning rates above the run is not chaotic: a 1e-6 relative change of the initial weights stays ≤ 7e-5

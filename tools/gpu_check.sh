@@ -74,6 +74,10 @@ fi
 # The same steps with the host waiting for each (y5train pipelines them: engine/app/step.h): what the pipeline buys.
 [ -x "$build/bench_step" ] && step "bench_step --no-pipeline" 60 bash -c 'set -o pipefail; bench_on_gpu "$@" | tee "'"$out"'/bench_step_no_pipeline.log"' _ \
   "$build/bench_step" --no-pipeline --no-layers --batch 16 64
+# With each step's forward, loss and backward replayed as a CUDA graph (y5train --cuda-graph, off by default until this
+# measures it faster): on by default if it is.
+[ -x "$build/bench_step" ] && step "bench_step --cuda-graph" 60 bash -c 'set -o pipefail; bench_on_gpu "$@" | tee "'"$out"'/bench_step_cuda_graph.log"' _ \
+  "$build/bench_step" --cuda-graph --no-layers --batch 16 64
 if command -v compute-sanitizer >/dev/null 2>&1; then
   # The GPU tests under each tool: memcheck (out-of-bounds and misaligned accesses, leaks), racecheck (shared-memory
   # hazards inside a block), synccheck (barriers and warp intrinsics used illegally). The kernel tests only: not the

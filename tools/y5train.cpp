@@ -72,6 +72,8 @@ int main(int argc, char** argv) {
     app.add_flag("--image-weights", o.image_weights, "use weighted image selection for training (class weights from "
                  "the labels and the last validation's per-class mAP)");
     app.add_flag("--quad", o.quad, "quad dataloader (collate_fn4: batch/4 images of twice --imgsz, loss x4)");
+    app.add_flag("--cuda-graph", o.cuda_graph, "CUDA: capture each batch shape's forward, loss and backward as a CUDA "
+                 "graph and replay it (fewer launches; the same results); off by default until measured on a GPU");
     app.add_flag("--multi-scale", o.multi_scale, "vary img-size +/- 50% per batch (stride-rounded, bilinear resize); "
                  "memory is planned for the largest");
     app.add_flag("--rect", o.rect, "rectangular training (no mosaic)");

@@ -3,6 +3,7 @@
  */
 #include "engine/app/step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -34,6 +35,7 @@ TrainStep::TrainStep(Model& model, Model& ema, const LossHyp& hyp) : model(model
 
 // No waits here (a destructor may run while a CUDA error unwinds): cudaFree and cudaFreeHost wait for the device.
 TrainStep::~TrainStep() {
+    for (Graphed& g : graphs_) graph_free(g);
     if (upload_) device_free(upload_);
     if (amp_dev_) device_free(amp_dev_);
     for (Queued& q : q_) host_free_pinned(q.pinned);
@@ -65,6 +67,68 @@ Tensor TrainStep::upload_images(Ctx& c, const Batch& b) {
     images_u8_to_f32_cuda(x.ptr<float>(), static_cast<const uint8_t*>(upload_), (int64_t)n, c.cuda->stream);
 #endif
     return x;
+}
+
+LossItems TrainStep::forward_backward(Ctx& c, const Var& input, const Tensor& t, bool piped, bool amp_dev,
+                                      const Tensor* seed, const std::function<void()>& mark, bool* finite,
+                                      std::vector<int>* ny, std::vector<int>* nx) {
+    std::function<void(size_t)> layer_done;
+    if (mark) layer_done = [&](size_t) { mark(); };
+    Model::Output out = model.forward(c, input, true, nullptr, layer_done);
+    if (ny)
+        for (const Var& m : out.maps) ny->push_back(m.t.dim(2)), nx->push_back(m.t.dim(3));
+    YoloLoss L = yolo_loss(c, out.maps, t, anchors_, hyp);
+    *finite = piped || std::isfinite(L.items.total);  // pipelined: known at collect()
+    if (!*finite) return L.items;
+    if (mark) mark();
+    if (seed) {
+        c.tape->backward(L.total, seed);
+    } else if (amp_dev) {  // the seed scale · loss_gain, made on the device (after amp_dev_'s AmpState)
+        Tensor s(reinterpret_cast<char*>(amp_dev_) + sizeof(AmpState), L.total.t.shape, DType::F32, Device::CUDA);
+#if Y5_CUDA
+        amp_seed_cuda(s.ptr<float>(), amp_dev_, loss_gain, c.cuda->stream);
+#endif
+        c.tape->backward(L.total, &s);
+    } else {
+        c.tape->backward(L.total, nullptr, (amp ? scaler.loss_scale() : 1.0) * loss_gain);
+    }
+    if (mark) mark();
+    return L.items;
+}
+
+TrainStep::Graphed& TrainStep::graph_for(const Ctx& c, const Batch& b, const Var& input) {
+    const int rh = (int)input.t.shape[2], rw = (int)input.t.shape[3];
+    const Arena* grads = c.tape->arena();
+    const void* arenas[4] = {c.act->base(), c.work->base(), c.conv_work ? c.conv_work->base() : nullptr,
+                             grads ? grads->base() : nullptr};
+    ++graph_uses_;
+    for (Graphed& g : graphs_)
+        if (g.n == b.n && g.h == b.h && g.w == b.w && g.rh == rh && g.rw == rw && g.amp == amp &&
+            g.recompute == recompute && g.input == input.t.data &&
+            std::equal(arenas, arenas + 4, g.arenas)) {
+            g.used = graph_uses_;
+            return g;
+        }
+    if ((int)graphs_.size() == kMaxGraphs) {  // the least recently used shape goes
+        auto old = std::min_element(graphs_.begin(), graphs_.end(),
+                                    [](const Graphed& x, const Graphed& y) { return x.used < y.used; });
+        graph_free(*old);
+        graphs_.erase(old);
+    }
+    Graphed g;
+    g.n = b.n, g.h = b.h, g.w = b.w, g.rh = rh, g.rw = rw, g.amp = amp, g.recompute = recompute;
+    g.input = input.t.data;
+    std::copy(arenas, arenas + 4, g.arenas);
+    g.used = graph_uses_;
+    graphs_.push_back(g);
+    return graphs_.back();
+}
+
+// cudaFree waits for the device: no queued replay still uses the buffer or the graph.
+void TrainStep::graph_free(Graphed& g) {
+    if (g.dev) device_free(g.dev);
+    graph_destroy(g.graph);
+    g.dev = nullptr, g.graph = nullptr, g.seed = nullptr;
 }
 
 StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, const SgdGroup groups[3],
@@ -112,26 +176,75 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
     }
     if (piped) event_record(converted_, c.cuda);  // the upload buffer's last reader is queued: the next batch may come
     stamp();
-    std::function<void(size_t)> layer_done;
-    if (mark) layer_done = [&](size_t) { mark(); };
-    Model::Output out = model.forward(c, input, true, nullptr, layer_done);
-    YoloLoss L = yolo_loss(c, out.maps, t, anchors_, hyp);
+    bool finite = true;
+    if (piped && cuda_graph) {
+        Graphed& G = graph_for(c, b, input);
+        if (G.ny.empty()) {  // the shape's first step runs as it is, finding the maps' grids and cuDNN's algorithms
+            r.items = forward_backward(c, input, t, piped, amp_dev, nullptr, mark, &finite, &G.ny, &G.nx);
+        } else {
+            const int na = (int)anchors_.dim(1), nl = (int)G.ny.size();
+            const LossPacked P =
+                pack_loss_targets(t.ptr<float>(), (int)t.dim(0), anchors_host_.data(), na, b.n, model.nc, G.ny, G.nx, hyp);
+            const bool capture = !G.graph || !loss_fits(P, G.loss.layout);
+            if (capture) {  // room for twice the batch's lists (at least 64), never less than before
+                int cap_t[kLossMaxLevels], cap_g[kLossMaxLevels];
+                auto grow = [](int n, int had) {
+                    int cap = std::max(64, had);
+                    while (cap < 2 * n) cap *= 2;
+                    return cap;
+                };
+                for (int i = 0; i < nl; ++i) {
+                    cap_t[i] = grow(P.n[i], G.graph ? G.loss.layout.cap_t[i] : 0);
+                    cap_g[i] = grow(P.groups[i], G.graph ? G.loss.layout.cap_g[i] : 0);
+                }
+                graph_free(G);
+                G.loss.layout = loss_layout(nl, cap_t, cap_g);
+                const size_t items_at = (G.loss.layout.bytes + 15) / 16 * 16;
+                const size_t seed_at = items_at + kLossItemsDoubles * sizeof(double);
+                G.dev = device_alloc(seed_at + 16, "CUDA graph's loss targets");
+                G.loss.targets = static_cast<const char*>(G.dev);
+                G.loss.items = reinterpret_cast<double*>(static_cast<char*>(G.dev) + items_at);
+                G.seed = reinterpret_cast<float*>(static_cast<char*>(G.dev) + seed_at);
+            }
+            for (int i = 0; i < nl; ++i) G.loss.n[i] = P.n[i], G.loss.groups[i] = P.groups[i];
+            const std::vector<char> buf = loss_buffer(P, G.loss.layout);
+            copy_host_to_device_staged(G.dev, buf.data(), buf.size(), c.cuda);
+            if (!amp_dev) {  // Tape::seed's value, rounded to the root's f32
+                const float sd = (float)((amp ? scaler.loss_scale() : 1.0) * loss_gain);
+                copy_host_to_device_staged(G.seed, &sd, sizeof sd, c.cuda);
+            }
+            if (capture) {
+                const Tensor seed(G.seed, Shape{1}, DType::F32, Device::CUDA);
+                capture_begin(c.cuda);
+                c.loss_fixed = &G.loss;
+                try {
+                    forward_backward(c, input, t, piped, amp_dev, amp_dev ? nullptr : &seed, {}, &finite, nullptr,
+                                     nullptr);
+                    c.loss_fixed = nullptr;
+                    G.graph = capture_end(c.cuda);
+                } catch (...) {
+                    c.loss_fixed = nullptr;
+                    capture_abandon(c.cuda);
+                    throw;
+                }
+                ++graph_captures;
+            } else {
+                ++graph_replays;
+            }
+            graph_launch(G.graph, c.cuda);
+            copy_device_to_host_async(items_pinned, G.loss.items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);
+            r.items = LossItems{};
+            r.items.nl = nl, r.items.bs = b.n;
+            for (int i = 0; i < nl; ++i) r.items.n[i] = P.n[i], r.items.cells[i] = (int64_t)b.n * na * G.ny[i] * G.nx[i];
+            stamp(), stamp();
+        }
+    } else {
+        r.items = forward_backward(c, input, t, piped, amp_dev, nullptr, mark, &finite, nullptr, nullptr);
+    }
     c.loss_items_pinned = nullptr;
     ++queued_;
-    r.items = L.items;
-    r.finite = piped || std::isfinite(L.items.total);  // pipelined: known at collect()
+    r.finite = finite;
     if (!r.finite) return r;
-    stamp();
-    if (amp_dev) {  // the seed scale · loss_gain, made on the device (after amp_dev_'s AmpState)
-        Tensor seed(reinterpret_cast<char*>(amp_dev_) + sizeof(AmpState), L.total.t.shape, DType::F32, Device::CUDA);
-#if Y5_CUDA
-        amp_seed_cuda(seed.ptr<float>(), amp_dev_, loss_gain, c.cuda->stream);
-#endif
-        c.tape->backward(L.total, &seed);
-    } else {
-        c.tape->backward(L.total, nullptr, (amp ? scaler.loss_scale() : 1.0) * loss_gain);
-    }
-    stamp();
     if (ni - last_opt_step >= accumulate) {
         r.stepped = true;
         if (amp_dev) scaler.unscale_on_device(model.params, amp_dev_);

@@ -63,6 +63,15 @@ public:
     // returns (b may then be refilled). A non-finite loss is found one step late, after its backward and optimizer
     // step ran (their parameters are not saved: y5train stops at collect()).
     bool pipelined = false;
+    // With `pipelined` (--cuda-graph): the device work from the forward through the backward (the model, the loss,
+    // the tape's closures) captured as a CUDA graph for each batch shape the second time it comes, and replayed
+    // after that: the host then builds only the target lists (uploaded into the graph's own buffer, whose capacity
+    // a larger batch of targets grows by capturing again) and the seed, and queues the conversion of the images,
+    // the graph, and the optimizer (whose scalars change per iteration) as before. Up to kMaxGraphs shapes are
+    // kept (--multi-scale: the least recently used goes). The same bits as without it.
+    bool cuda_graph = false;
+    static constexpr int kMaxGraphs = 4;
+    int graph_captures = 0, graph_replays = 0;  // counts, for tests and bench_step
     // With `pipelined`: the upload buffer sized for batches of up to `bytes` images (b.images.size()) at once,
     // instead of growing at the first larger batch (device memory: the plan counts it, engine/app/memory.h).
     void reserve_upload(Ctx& c, size_t bytes);
@@ -81,6 +90,34 @@ public:
 
 private:
     Tensor upload_images(Ctx& c, const Batch& b);
+    // The forward from `input`, the loss and, unless it is known not to be finite, the backward into the model's
+    // gradients. seed: the backward's seed on the device (a captured step's), else the device scaler's (amp_dev) or
+    // scale · loss_gain from the host. *finite false: the loss is not finite and no backward ran. ny, nx: the maps'
+    // grids.
+    LossItems forward_backward(Ctx& c, const Var& input, const Tensor& t, bool piped, bool amp_dev, const Tensor* seed,
+                               const std::function<void()>& mark, bool* finite, std::vector<int>* ny,
+                               std::vector<int>* nx);
+
+    // A batch shape's graph (cuda_graph): the key (the batch, its resize, the modes, where the network input and
+    // the step's arenas lie),
+    // the maps' grids from the step that first saw it, and the graph's device buffer: the loss's targets
+    // (loss.layout), its items and the backward's seed.
+    struct Graphed {
+        int n = 0, h = 0, w = 0, rh = 0, rw = 0;
+        bool amp = false, recompute = false;
+        const void* input = nullptr;
+        const void* arenas[4] = {};
+        std::vector<int> ny, nx;
+        DeviceGraph* graph = nullptr;
+        LossFixed loss;
+        void* dev = nullptr;
+        float* seed = nullptr;
+        int64_t used = 0;
+    };
+    std::vector<Graphed> graphs_;
+    int64_t graph_uses_ = 0;
+    Graphed& graph_for(const Ctx& c, const Batch& b, const Var& input);
+    void graph_free(Graphed& g);
 
     std::vector<float> anchors_host_;
     Tensor anchors_;  // (nl, na, 2) in grid units, on the host

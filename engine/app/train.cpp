@@ -192,6 +192,7 @@ static TrainOptions options_from(const std::string& ckpt) {
     if (y["image_weights"]) o.image_weights = y["image_weights"].as<bool>();
     if (y["quad"]) o.quad = y["quad"].as<bool>();
     if (y["multi_scale"]) o.multi_scale = y["multi_scale"].as<bool>();
+    if (y["cuda_graph"]) o.cuda_graph = y["cuda_graph"].as<bool>();
     o.exist_ok = true;
     o.resume = ckpt;
     return o;
@@ -309,7 +310,7 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
        << "\nlabel_smoothing: " << opt.label_smoothing << "\npatience: " << opt.patience
        << "\nsave_period: " << opt.save_period << "\nseed: " << opt.seed << "\ndeterministic: " << yn(opt.deterministic)
        << "\nworkspace: " << opt.workspace_mib << "\namp: " << yn(amp) << "\nrecompute: " << (opt.recompute < 0 ? "null" : yn(opt.recompute == 1))
-       << "\nfreeze: [" << freeze_list << "]\noptimizer: " << q(opt.optimizer) << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
+       << "\ncuda_graph: " << yn(opt.cuda_graph) << "\nfreeze: [" << freeze_list << "]\noptimizer: " << q(opt.optimizer) << "\nsync_bn: " << yn(opt.sync_bn) << "\nnoplots: " << yn(opt.noplots)
        << "\nsave_dir: " << q(save_dir) << "\n";
     int start_epoch = 0;
     const std::string opt_yaml = oy.str();
@@ -467,6 +468,8 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
     // (batch_size images at imgsz, or a quarter as many at twice the side under --quad) go up beside it.
     step.pipelined = dev == Device::CUDA;
     if (step.pipelined) step.reserve_upload(tw.ctx, (size_t)opt.batch_size * 3 * opt.imgsz * opt.imgsz);
+    step.cuda_graph = opt.cuda_graph && step.pipelined;
+    if (opt.cuda_graph && !step.pipelined) std::printf("cuda-graph: no effect on the CPU\n");
     step.optimizer = std::move(optimizer);
     // --image-weights: model.class_weights (labels_to_class_weights · nc, float32) and maps, the last validation's
     // per-class mAP50-95 (zeros before the first; restored on resume, where train.py would restart from zeros).
@@ -684,8 +687,10 @@ std::string train(const TrainOptions& opt_in, std::vector<double>* results) {
         }
     }
     const double hours = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 3600;
-    // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
     std::printf("\n%d epochs completed in %.3f hours.\n", epochs_done, hours);
+    if (step.cuda_graph)
+        std::printf("CUDA graphs: %d captured, %d replayed\n", step.graph_captures, step.graph_replays);
+    // strip_optimizer: the finished checkpoints hold the EMA weights as the model, without training state.
     for (const std::string& w : {w_last, w_best})
         if (fs::exists(w)) {  // none under --evolve
             Model m(yaml.first, yaml.second, nc);

@@ -40,6 +40,9 @@ struct TrainOptions {
     // backward, less memory for a little time. 1 on, 0 off, −1: on for CUDA devices (the memory plan's default),
     // off on the CPU, where it cost 7 % of the step at 96 px, batch 16 and 4 % at 320/8 for memory a CPU has to spare.
     int recompute = -1;
+    // The step's device work (forward, loss, backward) captured as a CUDA graph per batch shape and replayed
+    // (TrainStep::cuda_graph). Off by default: no GPU has measured it yet. No effect on the CPU.
+    bool cuda_graph = false;
     std::string optimizer = "SGD";  // train.py's --optimizer: SGD, Adam or AdamW (smart_optimizer's three groups)
     bool noplots = false;           // write no pictures (train/val batches, results.png)
     bool sync_bn = false;           // accepted; train.py converts to SyncBatchNorm only under DDP, so one device: no-op

@@ -115,6 +115,7 @@ public:
     void clear();
 
     size_t size() const { return closures_.size(); }
+    const Arena* arena() const { return arena_; }
 
 private:
     void seed(const Var& root, const Tensor* seed, double scale = 1.0);

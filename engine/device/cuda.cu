@@ -171,6 +171,41 @@ void copy_host_to_device_staged(void* dst, const void* src, size_t bytes, CudaCo
     CUDA_CHECK(cudaEventRecord(s.left, ctx->stream));
 }
 
+struct DeviceGraph {
+    cudaGraphExec_t exec = nullptr;
+};
+
+void capture_begin(CudaContext* ctx) {
+    CUDA_CHECK(cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal));
+}
+
+DeviceGraph* capture_end(CudaContext* ctx) {
+    cudaGraph_t g = nullptr;
+    CUDA_CHECK(cudaStreamEndCapture(ctx->stream, &g));
+    auto* d = new DeviceGraph;
+    const cudaError_t e = cudaGraphInstantiate(&d->exec, g, 0);
+    teardown_check(cudaGraphDestroy(g), "cudaGraphDestroy");
+    if (e != cudaSuccess) delete d;
+    CUDA_CHECK(e);
+    return d;
+}
+
+void capture_abandon(CudaContext* ctx) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(ctx->stream, &st) != cudaSuccess || st == cudaStreamCaptureStatusNone) return;
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(ctx->stream, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    cudaGetLastError();  // the capture's own error is what the caller reports
+}
+
+void graph_launch(DeviceGraph* g, CudaContext* ctx) { CUDA_CHECK(cudaGraphLaunch(g->exec, ctx->stream)); }
+
+void graph_destroy(DeviceGraph* g) {
+    if (!g) return;
+    teardown_check(cudaGraphExecDestroy(g->exec), "cudaGraphExecDestroy");  // from destructors
+    delete g;
+}
+
 void copy_host_to_device_async(void* dst, const void* src, size_t bytes, CudaContext* ctx) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx->copy_stream));
 }

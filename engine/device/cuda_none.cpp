@@ -27,6 +27,11 @@ DeviceEvent* event_create() { return nullptr; }
 void event_destroy(DeviceEvent*) {}
 void event_record(DeviceEvent*, CudaContext*, bool) { Y5_FAIL("%s", kNoCuda); }
 void event_wait(DeviceEvent*) {}
+void capture_begin(CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+DeviceGraph* capture_end(CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+void capture_abandon(CudaContext*) {}
+void graph_launch(DeviceGraph*, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+void graph_destroy(DeviceGraph*) {}
 void stream_wait(CudaContext*, DeviceEvent*, bool) { Y5_FAIL("%s", kNoCuda); }
 void copy_host_to_device_staged(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void copy_host_to_device_async(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }

@@ -67,4 +67,14 @@ void copy_host_to_device_staged(void* dst, const void* src, size_t bytes, CudaCo
 void copy_host_to_device_async(void* dst, const void* src, size_t bytes, CudaContext* ctx);
 void copy_device_to_host_async(void* dst, const void* src, size_t bytes, CudaContext* ctx);
 
+// ---- CUDA graphs (the training step's --cuda-graph): what ctx's stream is given between capture_begin and
+// capture_end is recorded, not run (nothing in between may make the host wait, allocate, or copy from pageable
+// memory), into a graph that graph_launch queues on ctx's stream again and again, with the kernels' arguments as
+// they were at the capture. capture_abandon ends a capture that failed part-way (no-op when none is active).
+struct DeviceGraph;
+void capture_begin(CudaContext* ctx);
+DeviceGraph* capture_end(CudaContext* ctx);
+void capture_abandon(CudaContext* ctx);
+void graph_launch(DeviceGraph* g, CudaContext* ctx);
+void graph_destroy(DeviceGraph* g);
 }  // namespace y5

@@ -18,6 +18,8 @@
 
 namespace y5 {
 
+struct LossFixed;  // kernels/loss.h
+
 struct CudaContext;
 
 // Everything an op needs besides its inputs. One per device, created once by the program.
@@ -44,6 +46,9 @@ struct Ctx {
     // The training step's pipelined mode on CUDA (engine/app/step.h): yolo_loss copies its device-computed sums
     // here (page-locked, kLossItemsDoubles) without waiting, and they are read later (loss_items_arrived).
     double* loss_items_pinned = nullptr;
+    // A captured step (--cuda-graph, engine/app/step.h): yolo_loss reads its packed targets from here (uploaded
+    // before the graph runs) and leaves its items there (kernels/loss.h).
+    const LossFixed* loss_fixed = nullptr;
 };
 
 // ---- tensor utilities (no tape)

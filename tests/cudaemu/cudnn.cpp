@@ -375,6 +375,9 @@ template <class Perf, class Algo>
 cudnnStatus_t fill(const Call& c, Pass pass, const Problem& p, bool timed, int requested, int* returned, Perf* out) {
     if (requested <= 0) return fail(c, CUDNN_STATUS_BAD_PARAM, "requestedAlgoCount %d", requested);
     if (!returned || !out) return fail(c, CUDNN_STATUS_BAD_PARAM, "returnedAlgoCount or perfResults is null");
+    // cuDNN's Find* runs and times every algorithm, which a stream capture (a CUDA graph) cannot hold.
+    if (timed && cudaemu::capturing())
+        return fail(c, CUDNN_STATUS_NOT_SUPPORTED, "called while a stream capture is active (cache the algorithm first)");
     size_t free_b = SIZE_MAX, total_b = 0;
     if (timed && cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
         return fail(c, CUDNN_STATUS_EXECUTION_FAILED_CUDART, "cudaMemGetInfo failed (an earlier fault?)");

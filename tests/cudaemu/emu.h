@@ -40,12 +40,14 @@ Order order();
 const char* order_name();
 
 // Statistics for the self-tests and the summary line: launches and emulated threads so far, and the calls that
-// made the host wait for the device (stream and event synchronisation with work still queued before them, device
+// made the host wait for the device, and the CUDA graphs launched (stream and event synchronisation with work still queued before them, device
 // synchronisation, blocking copies and memsets, cudaFree, cudaFreeHost, cudaStreamDestroy; CUDAEMU_VERBOSE names
 // each): y5's training step counts them (tests/test_gpu_model.cpp).
 struct Stats {
-    uint64_t launches, threads, host_waits;
+    uint64_t launches, threads, host_waits, graph_launches;
 };
+// True while a stream capture is active (cudaStreamBeginCapture .. cudaStreamEndCapture).
+bool capturing();
 Stats stats();
 
 // Frees everything, forgets the sticky error, and rereads the settings (tests of faults run in a child process

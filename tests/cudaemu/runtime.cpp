@@ -65,6 +65,17 @@ struct Event {
     std::shared_ptr<Op> marker;
 };
 
+// A captured piece of work (what push() would have queued), and a graph: the work in capture order. An
+// instantiated graph (cudaGraphExec_t) is a copy.
+struct Rec {
+    std::string what, site;
+    std::function<void()> fn;
+    std::vector<Range> ranges;
+};
+struct Graph {
+    std::vector<Rec> ops;
+};
+
 struct State {
     std::recursive_mutex mu;
     std::map<uintptr_t, Alloc> allocs;  // by base address: device and pinned
@@ -75,7 +86,12 @@ struct State {
     uint64_t seq = 0;
     cudaError_t sticky = cudaSuccess, last = cudaSuccess;
     Settings settings;
-    Stats stats{0, 0, 0};
+    Stats stats{0, 0, 0, 0};
+    // The stream being captured (one at a time), where the capture began, and what it recorded so far.
+    Stream* capturing = nullptr;
+    std::string capture_site;
+    Graph capture;
+    std::set<Graph*> graphs, execs;
 };
 
 State& S() {
@@ -92,6 +108,13 @@ std::string site_str(const char* file, int line) {
 cudaError_t set_last(cudaError_t e) {
     if (e != cudaSuccess && S().last == cudaSuccess) S().last = e;
     return e;
+}
+
+// A call a stream capture does not allow, made while one is active: a fault naming the call and the capture.
+cudaError_t capture_fault(const char* call, const char* file, int line, const char* why) {
+    return set_last(fault(cudaErrorStreamCaptureUnsupported,
+                          "%s at %s while the stream capture begun at %s is active: %s", call,
+                          site_str(file, line).c_str(), S().capture_site.c_str(), why));
 }
 
 // Every runtime call starts here: after a fault the sticky error is all it returns.
@@ -295,13 +318,18 @@ void drain_all() {
     }
 }
 
-std::shared_ptr<Op> push(Stream* st, std::string what, std::function<void()> fn, std::vector<Range> ranges,
-                         const char* file, int line) {
+// Queues work on st; on a capturing stream it is recorded instead (and null returned).
+std::shared_ptr<Op> push_at(Stream* st, std::string what, std::function<void()> fn, std::vector<Range> ranges,
+                            std::string site) {
+    if (S().capturing == st) {
+        S().capture.ops.push_back(Rec{std::move(what), std::move(site), std::move(fn), std::move(ranges)});
+        return nullptr;
+    }
     auto op = std::make_shared<Op>();
     op->seq = ++S().seq;
     op->stream = st;
     op->what = std::move(what);
-    op->site = site_str(file, line);
+    op->site = std::move(site);
     op->fn = std::move(fn);
     op->ranges = std::move(ranges);
     // The legacy stream and the blocking streams wait for each other's earlier work.
@@ -319,6 +347,10 @@ std::shared_ptr<Op> push(Stream* st, std::string what, std::function<void()> fn,
             }
     st->queue.push_back(op);
     return op;
+}
+std::shared_ptr<Op> push(Stream* st, std::string what, std::function<void()> fn, std::vector<Range> ranges,
+                         const char* file, int line) {
+    return push_at(st, std::move(what), std::move(fn), std::move(ranges), site_str(file, line));
 }
 
 // ---------------------------------------------------------------------------------------------------- copies
@@ -378,6 +410,8 @@ cudaError_t copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, siz
         return S().sticky;
     const bool src_pageable = !src_dev && where(src) == Where::Host;
     const bool dst_pageable = !dst_dev && where(dst) == Where::Host;
+    if (S().capturing == st && (sync || src_pageable || dst_pageable))
+        return capture_fault(call, file, line, sync ? "a synchronous copy" : "a copy from or to pageable host memory");
     std::shared_ptr<std::vector<char>> staged;
     if (src_pageable) {  // staged at the call, so the caller may reuse its buffer at once
         staged = std::make_shared<std::vector<char>>(sspan);
@@ -415,6 +449,7 @@ Settings& settings() {
 
 // A call that makes the host wait for the device: counted (Stats::host_waits), and named under CUDAEMU_VERBOSE.
 void host_wait(const char* call, const char* file, int line) {
+    if (S().capturing) capture_fault(call, file, line, "the host would wait for the device");
     S().stats.host_waits++;
     if (settings().verbose) std::fprintf(stderr, "cudaemu: the host waits: %s at %s\n", call, site_str(file, line).c_str());
 }
@@ -492,8 +527,8 @@ void enqueue(cudaStream_t s, std::string what, std::function<void()> fn, std::ve
         set_last(fault(cudaErrorInvalidResourceHandle, "%s at %s: invalid stream %p", what.c_str(), site_str(file, line).c_str(), (void*)s));
         return;
     }
-    push(st, std::move(what), std::move(fn), std::move(ranges), file, line);
-    if (settings().sync_every) run_through(st->queue.back());
+    auto op = push(st, std::move(what), std::move(fn), std::move(ranges), file, line);
+    if (op && settings().sync_every) run_through(op);
 }
 
 bool valid_stream(cudaStream_t s) {
@@ -519,7 +554,11 @@ void reset_for_tests() {
     for (Event* e : S().events) delete e;
     S().events.clear();
     S().sticky = S().last = cudaSuccess;
-    S().stats = Stats{0, 0, 0};  // the launch count seeds the random order: a reset makes a schedule reproducible
+    for (Graph* g : S().graphs) delete g;
+    for (Graph* g : S().execs) delete g;
+    S().graphs.clear(), S().execs.clear();
+    S().capturing = nullptr, S().capture.ops.clear();
+    S().stats = Stats{0, 0, 0, 0};  // the launch count seeds the random order: a reset makes a schedule reproducible
     S().settings = read_settings();
 }
 
@@ -535,7 +574,8 @@ const char* cudaGetErrorName(cudaError_t e) {
         N(cudaErrorInvalidConfiguration) N(cudaErrorInvalidDevicePointer) N(cudaErrorInvalidMemcpyDirection)
         N(cudaErrorNoDevice) N(cudaErrorInvalidDevice) N(cudaErrorInvalidResourceHandle) N(cudaErrorIllegalState)
         N(cudaErrorNotReady) N(cudaErrorIllegalAddress) N(cudaErrorLaunchOutOfResources) N(cudaErrorAssert)
-        N(cudaErrorIllegalInstruction) N(cudaErrorLaunchFailure) N(cudaErrorUnknown)
+        N(cudaErrorIllegalInstruction) N(cudaErrorLaunchFailure) N(cudaErrorStreamCaptureUnsupported)
+        N(cudaErrorStreamCaptureInvalidated) N(cudaErrorStreamCaptureUnmatched) N(cudaErrorUnknown)
 #undef N
     }
     return "cudaErrorUnknown";
@@ -625,6 +665,7 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
 cudaError_t cudaMalloc(void** p, size_t bytes, const char* file, int line) {
     CUDAEMU_ENTER();
     *p = nullptr;
+    if (S().capturing) return capture_fault("cudaMalloc", file, line, "an allocation");
     if (bytes == 0) return cudaSuccess;
     if (S().device_bytes + bytes > settings().memory) return set_last(cudaErrorMemoryAllocation);
     void* m = nullptr;
@@ -653,6 +694,7 @@ cudaError_t cudaFree(void* p, const char* file, int line) {
 cudaError_t cudaMallocHost(void** p, size_t bytes, const char* file, int line) {
     CUDAEMU_ENTER();
     *p = nullptr;
+    if (S().capturing) return capture_fault("cudaMallocHost", file, line, "an allocation");
     if (bytes == 0) return cudaSuccess;
     // Whole pages of their own, so a pending copy can make them inaccessible.
     size_t len = (bytes + 4095) & ~size_t(4095);
@@ -704,6 +746,7 @@ static cudaError_t memset_impl(void* p, int value, size_t bytes, cudaStream_t s,
     if (!st) return set_last(fault(cudaErrorInvalidResourceHandle, "%s at %s: invalid stream %p", call, site_str(file, line).c_str(), (void*)s));
     if (bytes == 0) return cudaSuccess;
     if (!check_device_range(p, bytes, call, file, line)) return S().sticky;
+    if (sync && S().capturing) return capture_fault(call, file, line, "a synchronous memset");
     char what[64];
     std::snprintf(what, sizeof what, "%s of %zu bytes", call, bytes);
     auto op = push(st, what, [=]() { std::memset(p, value, bytes); }, {{p, bytes, true}}, file, line);
@@ -745,6 +788,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s, const char* file, int line) {
     if (!st)
         return set_last(fault(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize at %s: invalid stream %p",
                               site_str(file, line).c_str(), (void*)s));
+    if (S().capturing == st) return capture_fault("cudaStreamSynchronize", file, line, "the capturing stream");
     if (st->legacy) {  // the legacy stream also waits for the blocking streams
         for (Stream* o : S().streams)
             if (!(o->flags & cudaStreamNonBlocking)) drain(o);
@@ -761,6 +805,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
     Stream* st = stream_of(s);
     Event* ev = reinterpret_cast<Event*>(e);
     if (!st || !S().events.count(ev)) return set_last(cudaErrorInvalidResourceHandle);
+    if (S().capturing == st)
+        return capture_fault("cudaStreamWaitEvent", "?", 0, "events inside a capture are not emulated");
     auto op = push(st, "cudaStreamWaitEvent", nullptr, {}, "?", 0);
     if (ev->marker && !ev->marker->done) op->deps.push_back(ev->marker);
     return cudaSuccess;
@@ -787,6 +833,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     Event* ev = reinterpret_cast<Event*>(e);
     Stream* st = stream_of(s);
     if (!st || !S().events.count(ev)) return set_last(cudaErrorInvalidResourceHandle);
+    if (S().capturing == st) return capture_fault("cudaEventRecord", "?", 0, "events inside a capture are not emulated");
     ev->marker = push(st, "cudaEventRecord", nullptr, {}, "?", 0);
     return cudaSuccess;
 }
@@ -806,5 +853,79 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
         return set_last(cudaErrorInvalidResourceHandle);
     if (!a->marker->done || !b->marker->done) return set_last(cudaErrorNotReady);
     *ms = std::chrono::duration<float, std::milli>(b->marker->t - a->marker->t).count();
+    return cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------------- graphs
+bool cudaemu::capturing() {
+    std::lock_guard<std::recursive_mutex> lock(S().mu);
+    return S().capturing != nullptr;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode, const char* file, int line) {
+    CUDAEMU_ENTER();
+    Stream* st = stream_of(s);
+    if (!st) return set_last(cudaErrorInvalidResourceHandle);
+    if (S().capturing) return capture_fault("cudaStreamBeginCapture", file, line, "one capture at a time is emulated");
+    if (st->legacy)
+        return set_last(fault(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture at %s: the legacy stream "
+                              "cannot be captured", site_str(file, line).c_str()));
+    S().capturing = st;
+    S().capture_site = site_str(file, line);
+    S().capture.ops.clear();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+    CUDAEMU_ENTER();
+    Stream* st = stream_of(s);
+    if (!st || !graph) return set_last(cudaErrorInvalidValue);
+    if (S().capturing != st)
+        return set_last(fault(cudaErrorStreamCaptureUnmatched, "cudaStreamEndCapture: stream %p is not capturing",
+                              (void*)s));
+    Graph* g = new Graph{std::move(S().capture.ops)};
+    S().capturing = nullptr, S().capture.ops.clear();
+    S().graphs.insert(g);
+    *graph = reinterpret_cast<cudaGraph_t>(g);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+    CUDAEMU_ENTER();
+    Stream* st = stream_of(s);
+    if (!st || !status) return set_last(cudaErrorInvalidValue);
+    *status = S().capturing == st ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    CUDAEMU_ENTER();
+    Graph* g = reinterpret_cast<Graph*>(graph);
+    if (!exec || !S().graphs.count(g)) return set_last(cudaErrorInvalidValue);
+    Graph* e = new Graph(*g);
+    S().execs.insert(e);
+    *exec = reinterpret_cast<cudaGraphExec_t>(e);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    CUDAEMU_ENTER();
+    Graph* e = reinterpret_cast<Graph*>(exec);
+    Stream* st = stream_of(s);
+    if (!st || !S().execs.count(e)) return set_last(cudaErrorInvalidResourceHandle);
+    if (S().capturing == st) return capture_fault("cudaGraphLaunch", "?", 0, "graphs inside a capture are not emulated");
+    S().stats.graph_launches++;
+    std::shared_ptr<Op> last;
+    for (const Rec& r : e->ops) last = push_at(st, r.what, r.fn, r.ranges, r.site);
+    if (last && settings().sync_every) run_through(last);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    CUDAEMU_ENTER();
+    Graph* g = reinterpret_cast<Graph*>(graph);
+    if (!S().graphs.erase(g)) return set_last(cudaErrorInvalidValue);
+    delete g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    CUDAEMU_ENTER();
+    Graph* e = reinterpret_cast<Graph*>(exec);
+    if (!S().execs.erase(e)) return set_last(cudaErrorInvalidValue);
+    delete e;
     return cudaSuccess;
 }

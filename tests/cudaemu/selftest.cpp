@@ -774,6 +774,76 @@ TEST_CASE("streams: an event orders two non-blocking streams (cudaStreamWaitEven
     }
 }
 
+TEST_CASE("graphs: captured work runs only when the graph is launched, again at each launch, reading memory then") {
+    fresh();
+    const int n = 256;
+    int *a = device_alloc<int>(n), *b = device_alloc<int>(n);
+    int* pinned = nullptr;
+    REQUIRE(cudaMallocHost(&pinned, n * sizeof(int)) == cudaSuccess);
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaMemset(a, 0, n * sizeof(int)) == cudaSuccess);
+    REQUIRE(cudaMemset(b, 0, n * sizeof(int)) == cudaSuccess);
+    std::fill(pinned, pinned + n, 4);
+    cudaGraph_t g;
+    cudaGraphExec_t e;
+    cudaStreamCaptureStatus st;
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    REQUIRE(cudaStreamIsCapturing(s, &st) == cudaSuccess);
+    CHECK(st == cudaStreamCaptureStatusActive);
+    REQUIRE(cudaMemcpyAsync(a, pinned, n * sizeof(int), cudaMemcpyHostToDevice, s) == cudaSuccess);
+    launch_twice(a, b, n, s);
+    REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+    REQUIRE(cudaStreamIsCapturing(s, &st) == cudaSuccess);
+    CHECK(st == cudaStreamCaptureStatusNone);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(b[0] == 0);  // recorded, not run
+    REQUIRE(cudaGraphInstantiate(&e, g) == cudaSuccess);
+    REQUIRE(cudaGraphDestroy(g) == cudaSuccess);
+    REQUIRE(cudaGraphLaunch(e, s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(to_host(b, n) == std::vector<int>(n, 8));
+    std::fill(pinned, pinned + n, 5);  // a copy node reads its source when it runs
+    REQUIRE(cudaGraphLaunch(e, s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(to_host(b, n) == std::vector<int>(n, 10));
+    CHECK(cudaemu::stats().graph_launches == 2);
+    REQUIRE(cudaGraphExecDestroy(e) == cudaSuccess);
+    REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+}
+
+TEST_CASE("graphs: a host wait, an allocation or a pageable copy inside a capture is a fault naming the call") {
+    fresh();
+    const int n = 64;
+    int* a = device_alloc<int>(n);
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    launch_fill(a, n, 1, s);
+    Stderr err;
+    std::vector<int> h(n);
+    SECTION("a synchronous copy back") {
+        CHECK(cudaMemcpy(h.data(), a, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaErrorStreamCaptureUnsupported);
+        CHECK_THAT(err.text(), Contains("cudaMemcpy at selftest.cpp:"));
+        CHECK_THAT(err.text(), Contains("the host would wait for the device"));
+    }
+    SECTION("an asynchronous copy from pageable memory on the capturing stream") {
+        CHECK(cudaMemcpyAsync(a, h.data(), n * sizeof(int), cudaMemcpyHostToDevice, s) ==
+              cudaErrorStreamCaptureUnsupported);
+        CHECK_THAT(err.text(), Contains("a copy from or to pageable host memory"));
+    }
+    SECTION("synchronising the capturing stream") {
+        CHECK(cudaStreamSynchronize(s) == cudaErrorStreamCaptureUnsupported);
+        CHECK_THAT(err.text(), Contains("cudaStreamSynchronize"));
+    }
+    SECTION("cudaMalloc") {
+        void* p = nullptr;
+        CHECK(cudaMalloc(&p, 16) == cudaErrorStreamCaptureUnsupported);
+        CHECK_THAT(err.text(), Contains("an allocation"));
+    }
+    CHECK(a[0] == -1);  // the fill was recorded, never run: new memory's poison
+}
+
 TEST_CASE("copies: cudaMemcpyAsync from pageable memory is staged at the call") {
     fresh();
     const int n = 300;
