@@ -23,6 +23,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "emu.h"
 #include "internal.h"
@@ -89,6 +90,8 @@ struct State {
     Stats stats{0, 0, 0, 0};
     // The stream being captured (one at a time), where the capture began, and what it recorded so far.
     Stream* capturing = nullptr;
+    cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeGlobal;
+    std::thread::id capture_thread;
     std::string capture_site;
     Graph capture;
     std::set<Graph*> graphs, execs;
@@ -108,6 +111,13 @@ std::string site_str(const char* file, int line) {
 cudaError_t set_last(cudaError_t e) {
     if (e != cudaSuccess && S().last == cudaSuccess) S().last = e;
     return e;
+}
+
+// Whether a call that is unsafe during a capture (a host wait, an allocation) is refused from this thread: from any
+// thread under cudaStreamCaptureModeGlobal, from the capturing one under ThreadLocal, from none under Relaxed.
+bool capture_refuses() {
+    if (!S().capturing || S().capture_mode == cudaStreamCaptureModeRelaxed) return false;
+    return S().capture_mode == cudaStreamCaptureModeGlobal || std::this_thread::get_id() == S().capture_thread;
 }
 
 // A call a stream capture does not allow, made while one is active: a fault naming the call and the capture.
@@ -449,7 +459,7 @@ Settings& settings() {
 
 // A call that makes the host wait for the device: counted (Stats::host_waits), and named under CUDAEMU_VERBOSE.
 void host_wait(const char* call, const char* file, int line) {
-    if (S().capturing) capture_fault(call, file, line, "the host would wait for the device");
+    if (capture_refuses()) capture_fault(call, file, line, "the host would wait for the device");
     S().stats.host_waits++;
     if (settings().verbose) std::fprintf(stderr, "cudaemu: the host waits: %s at %s\n", call, site_str(file, line).c_str());
 }
@@ -665,7 +675,7 @@ cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
 cudaError_t cudaMalloc(void** p, size_t bytes, const char* file, int line) {
     CUDAEMU_ENTER();
     *p = nullptr;
-    if (S().capturing) return capture_fault("cudaMalloc", file, line, "an allocation");
+    if (capture_refuses()) return capture_fault("cudaMalloc", file, line, "an allocation");
     if (bytes == 0) return cudaSuccess;
     if (S().device_bytes + bytes > settings().memory) return set_last(cudaErrorMemoryAllocation);
     void* m = nullptr;
@@ -694,7 +704,7 @@ cudaError_t cudaFree(void* p, const char* file, int line) {
 cudaError_t cudaMallocHost(void** p, size_t bytes, const char* file, int line) {
     CUDAEMU_ENTER();
     *p = nullptr;
-    if (S().capturing) return capture_fault("cudaMallocHost", file, line, "an allocation");
+    if (capture_refuses()) return capture_fault("cudaMallocHost", file, line, "an allocation");
     if (bytes == 0) return cudaSuccess;
     // Whole pages of their own, so a pending copy can make them inaccessible.
     size_t len = (bytes + 4095) & ~size_t(4095);
@@ -746,7 +756,7 @@ static cudaError_t memset_impl(void* p, int value, size_t bytes, cudaStream_t s,
     if (!st) return set_last(fault(cudaErrorInvalidResourceHandle, "%s at %s: invalid stream %p", call, site_str(file, line).c_str(), (void*)s));
     if (bytes == 0) return cudaSuccess;
     if (!check_device_range(p, bytes, call, file, line)) return S().sticky;
-    if (sync && S().capturing) return capture_fault(call, file, line, "a synchronous memset");
+    if (sync && capture_refuses()) return capture_fault(call, file, line, "a synchronous memset");
     char what[64];
     std::snprintf(what, sizeof what, "%s of %zu bytes", call, bytes);
     auto op = push(st, what, [=]() { std::memset(p, value, bytes); }, {{p, bytes, true}}, file, line);
@@ -861,7 +871,7 @@ bool cudaemu::capturing() {
     std::lock_guard<std::recursive_mutex> lock(S().mu);
     return S().capturing != nullptr;
 }
-cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode, const char* file, int line) {
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode, const char* file, int line) {
     CUDAEMU_ENTER();
     Stream* st = stream_of(s);
     if (!st) return set_last(cudaErrorInvalidResourceHandle);
@@ -870,6 +880,8 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode, const 
         return set_last(fault(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture at %s: the legacy stream "
                               "cannot be captured", site_str(file, line).c_str()));
     S().capturing = st;
+    S().capture_mode = mode;
+    S().capture_thread = std::this_thread::get_id();
     S().capture_site = site_str(file, line);
     S().capture.ops.clear();
     return cudaSuccess;

@@ -22,6 +22,7 @@
 #include <functional>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emu.h"
@@ -840,6 +841,17 @@ TEST_CASE("graphs: a host wait, an allocation or a pageable copy inside a captur
         void* p = nullptr;
         CHECK(cudaMalloc(&p, 16) == cudaErrorStreamCaptureUnsupported);
         CHECK_THAT(err.text(), Contains("an allocation"));
+    }
+    SECTION("another thread's allocation is allowed in thread-local mode (y5's loader pins its batches)") {
+        void* p = nullptr;
+        cudaError_t e = cudaErrorUnknown;
+        std::thread([&] { e = cudaMallocHost(&p, 64); }).join();
+        CHECK(e == cudaSuccess);
+        CHECK(err.text().empty());
+        cudaGraph_t g;
+        REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+        REQUIRE(cudaGraphDestroy(g) == cudaSuccess);
+        REQUIRE(cudaFreeHost(p) == cudaSuccess);
     }
     CHECK(a[0] == -1);  // the fill was recorded, never run: new memory's poison
 }
