@@ -131,6 +131,67 @@ void TrainStep::graph_free(Graphed& g) {
     g.dev = nullptr, g.graph = nullptr, g.seed = nullptr;
 }
 
+// A step of a shape seen before (cuda_graph): the target lists packed and uploaded into G's buffer (capturing again
+// when they outgrow it), the seed uploaded, and G's graph launched, captured first when there is none.
+LossItems TrainStep::graph_step(Ctx& c, Graphed& G, const Batch& b, const Var& input, const Tensor& t, bool amp_dev,
+                                double* items_pinned) {
+    const int na = (int)anchors_.dim(1), nl = (int)G.ny.size();
+    const LossPacked P =
+        pack_loss_targets(t.ptr<float>(), (int)t.dim(0), anchors_host_.data(), na, b.n, model.nc, G.ny, G.nx, hyp);
+    const bool capture = !G.graph || !loss_fits(P, G.loss.layout);
+    if (capture) {  // room for twice the batch's lists (at least 64), never less than before
+        int cap_t[kLossMaxLevels], cap_g[kLossMaxLevels];
+        auto grow = [](int n, int had) {
+            int cap = std::max(64, had);
+            while (cap < 2 * n) cap *= 2;
+            return cap;
+        };
+        for (int i = 0; i < nl; ++i) {
+            cap_t[i] = grow(P.n[i], G.graph ? G.loss.layout.cap_t[i] : 0);
+            cap_g[i] = grow(P.groups[i], G.graph ? G.loss.layout.cap_g[i] : 0);
+        }
+        graph_free(G);
+        G.loss.layout = loss_layout(nl, cap_t, cap_g);
+        const size_t items_at = (G.loss.layout.bytes + 15) / 16 * 16;
+        const size_t seed_at = items_at + kLossItemsDoubles * sizeof(double);
+        G.dev = device_alloc(seed_at + 16, "CUDA graph's loss targets");
+        G.loss.targets = static_cast<const char*>(G.dev);
+        G.loss.items = reinterpret_cast<double*>(static_cast<char*>(G.dev) + items_at);
+        G.seed = reinterpret_cast<float*>(static_cast<char*>(G.dev) + seed_at);
+    }
+    for (int i = 0; i < nl; ++i) G.loss.n[i] = P.n[i], G.loss.groups[i] = P.groups[i];
+    const std::vector<char> buf = loss_buffer(P, G.loss.layout);
+    copy_host_to_device_staged(G.dev, buf.data(), buf.size(), c.cuda);
+    if (!amp_dev) {  // Tape::seed's value, rounded to the root's f32
+        const float sd = (float)((amp ? scaler.loss_scale() : 1.0) * loss_gain);
+        copy_host_to_device_staged(G.seed, &sd, sizeof sd, c.cuda);
+    }
+    if (capture) {
+        const Tensor seed(G.seed, Shape{1}, DType::F32, Device::CUDA);
+        capture_begin(c.cuda);
+        c.loss_fixed = &G.loss;
+        try {
+            bool finite = true;
+            forward_backward(c, input, t, true, amp_dev, amp_dev ? nullptr : &seed, {}, &finite, nullptr, nullptr);
+            c.loss_fixed = nullptr;
+            G.graph = capture_end(c.cuda);
+        } catch (...) {
+            c.loss_fixed = nullptr;
+            capture_abandon(c.cuda);
+            throw;
+        }
+        ++graph_captures;
+    } else {
+        ++graph_replays;
+    }
+    graph_launch(G.graph, c.cuda);
+    copy_device_to_host_async(items_pinned, G.loss.items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);
+    LossItems items;  // the sums arrive with collect()
+    items.nl = nl, items.bs = b.n;
+    for (int i = 0; i < nl; ++i) items.n[i] = P.n[i], items.cells[i] = (int64_t)b.n * na * G.ny[i] * G.nx[i];
+    return items;
+}
+
 StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, const SgdGroup groups[3],
                           const std::function<void()>& mark) {
     const bool piped = pipelined && c.cuda && model.params.device() == Device::CUDA;
@@ -182,61 +243,8 @@ StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, co
         if (G.ny.empty()) {  // the shape's first step runs as it is, finding the maps' grids and cuDNN's algorithms
             r.items = forward_backward(c, input, t, piped, amp_dev, nullptr, mark, &finite, &G.ny, &G.nx);
         } else {
-            const int na = (int)anchors_.dim(1), nl = (int)G.ny.size();
-            const LossPacked P =
-                pack_loss_targets(t.ptr<float>(), (int)t.dim(0), anchors_host_.data(), na, b.n, model.nc, G.ny, G.nx, hyp);
-            const bool capture = !G.graph || !loss_fits(P, G.loss.layout);
-            if (capture) {  // room for twice the batch's lists (at least 64), never less than before
-                int cap_t[kLossMaxLevels], cap_g[kLossMaxLevels];
-                auto grow = [](int n, int had) {
-                    int cap = std::max(64, had);
-                    while (cap < 2 * n) cap *= 2;
-                    return cap;
-                };
-                for (int i = 0; i < nl; ++i) {
-                    cap_t[i] = grow(P.n[i], G.graph ? G.loss.layout.cap_t[i] : 0);
-                    cap_g[i] = grow(P.groups[i], G.graph ? G.loss.layout.cap_g[i] : 0);
-                }
-                graph_free(G);
-                G.loss.layout = loss_layout(nl, cap_t, cap_g);
-                const size_t items_at = (G.loss.layout.bytes + 15) / 16 * 16;
-                const size_t seed_at = items_at + kLossItemsDoubles * sizeof(double);
-                G.dev = device_alloc(seed_at + 16, "CUDA graph's loss targets");
-                G.loss.targets = static_cast<const char*>(G.dev);
-                G.loss.items = reinterpret_cast<double*>(static_cast<char*>(G.dev) + items_at);
-                G.seed = reinterpret_cast<float*>(static_cast<char*>(G.dev) + seed_at);
-            }
-            for (int i = 0; i < nl; ++i) G.loss.n[i] = P.n[i], G.loss.groups[i] = P.groups[i];
-            const std::vector<char> buf = loss_buffer(P, G.loss.layout);
-            copy_host_to_device_staged(G.dev, buf.data(), buf.size(), c.cuda);
-            if (!amp_dev) {  // Tape::seed's value, rounded to the root's f32
-                const float sd = (float)((amp ? scaler.loss_scale() : 1.0) * loss_gain);
-                copy_host_to_device_staged(G.seed, &sd, sizeof sd, c.cuda);
-            }
-            if (capture) {
-                const Tensor seed(G.seed, Shape{1}, DType::F32, Device::CUDA);
-                capture_begin(c.cuda);
-                c.loss_fixed = &G.loss;
-                try {
-                    forward_backward(c, input, t, piped, amp_dev, amp_dev ? nullptr : &seed, {}, &finite, nullptr,
-                                     nullptr);
-                    c.loss_fixed = nullptr;
-                    G.graph = capture_end(c.cuda);
-                } catch (...) {
-                    c.loss_fixed = nullptr;
-                    capture_abandon(c.cuda);
-                    throw;
-                }
-                ++graph_captures;
-            } else {
-                ++graph_replays;
-            }
-            graph_launch(G.graph, c.cuda);
-            copy_device_to_host_async(items_pinned, G.loss.items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);
-            r.items = LossItems{};
-            r.items.nl = nl, r.items.bs = b.n;
-            for (int i = 0; i < nl; ++i) r.items.n[i] = P.n[i], r.items.cells[i] = (int64_t)b.n * na * G.ny[i] * G.nx[i];
-            stamp(), stamp();
+            r.items = graph_step(c, G, b, input, t, amp_dev, items_pinned);
+            stamp(), stamp();  // where the loss and the backward would have stamped
         }
     } else {
         r.items = forward_backward(c, input, t, piped, amp_dev, nullptr, mark, &finite, nullptr, nullptr);

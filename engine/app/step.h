@@ -117,6 +117,8 @@ private:
     std::vector<Graphed> graphs_;
     int64_t graph_uses_ = 0;
     Graphed& graph_for(const Ctx& c, const Batch& b, const Var& input);
+    LossItems graph_step(Ctx& c, Graphed& G, const Batch& b, const Var& input, const Tensor& t, bool amp_dev,
+                         double* items_pinned);
     void graph_free(Graphed& g);
 
     std::vector<float> anchors_host_;
