@@ -242,12 +242,11 @@ inline LossLayout loss_layout(int nl, const int* cap_t, const int* cap_g) {
 // A captured training step's loss (engine/app/step.h, --cuda-graph; Ctx::loss_fixed): the caller uploads the
 // batch's packed targets into `targets` (laid out by `layout`) before the step's graph runs, so yolo_loss uploads
 // nothing and its kernels' extents follow the capacities; the forward's items go to `items` (device,
-// 4 + 3·kLossMaxLevels doubles) and are not copied back. n, groups: the batch's counts (the host's LossItems).
+// 4 + 3·kLossMaxLevels doubles) and are not copied back.
 struct LossFixed {
     LossLayout layout;
     const char* targets = nullptr;
     double* items = nullptr;
-    int n[kLossMaxLevels] = {}, groups[kLossMaxLevels] = {};
 };
 
 // Enqueues the loss on `stream`: items_out (device, 4 + 3·nl doubles) receives lbox, lobj, lcls, total as

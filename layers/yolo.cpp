@@ -50,6 +50,13 @@ bool loss_fits(const LossPacked& P, const LossLayout& L) {
     return true;
 }
 
+LossItems loss_items_counts(const LossPacked& P, int bs, int na, const std::vector<int>& ny, const std::vector<int>& nx) {
+    LossItems L;
+    L.nl = P.nl, L.bs = bs;
+    for (int i = 0; i < P.nl; ++i) L.n[i] = P.n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
+    return L;
+}
+
 std::vector<char> loss_buffer(const LossPacked& P, const LossLayout& L) {
     Y5_CHECK(loss_fits(P, L), "loss_buffer: the batch's target lists do not fit the layout's capacities");
     std::vector<char> buf(L.bytes, 0);
@@ -79,20 +86,18 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
     Scratch s(c.work);
     const LossFixed* fx = c.loss_fixed;
     LossLayout lay;
+    LossPacked P;  // a captured step's stay empty: its caller packed and uploaded them
     const char* dbuf = nullptr;
-    int n[kLossMaxLevels] = {};
     if (fx) {
         Y5_CHECK(fx->layout.nl == nl, "yolo_loss: the captured step's targets have %d levels, the maps %d", fx->layout.nl, nl);
         lay = fx->layout, dbuf = fx->targets;
-        for (int i = 0; i < nl; ++i) n[i] = fx->n[i];
     } else {
-        const LossPacked P = pack_loss_targets(tp, nt, ap, na, bs, no - 5, ny, nx, hyp);
+        P = pack_loss_targets(tp, nt, ap, na, bs, no - 5, ny, nx, hyp);
         lay = loss_layout(nl, P.n, P.groups);
         const std::vector<char> buf = loss_buffer(P, lay);
         char* d = s.get<char>((int64_t)buf.size());
         copy_host_to_device_staged(d, buf.data(), buf.size(), c.cuda);  // buf may go when this returns
         dbuf = d;
-        for (int i = 0; i < nl; ++i) n[i] = P.n[i];
     }
     LossLevelCudaT<S> lv[kLossMaxLevels];
     for (int i = 0; i < nl; ++i) {
@@ -111,21 +116,18 @@ static LossItems yolo_loss_cuda_path(Ctx& c, const std::vector<Var>& maps, const
     }
     double* items = fx && want_items ? fx->items : s.get<double>(kLossItemsDoubles);
     yolo_loss_cuda(lv, nl, bs, na, no, hyp, items, total, gscale, stream(c), accumulate);
-    LossItems L;
-    if (want_items) {
-        L.nl = nl, L.bs = bs;
-        for (int i = 0; i < nl; ++i) L.n[i] = n[i], L.cells[i] = (int64_t)bs * na * ny[i] * nx[i];
-        const size_t bytes = (size_t)(4 + 3 * nl) * sizeof(double);
-        if (fx) return L;  // in loss_fixed->items: the captured step's caller copies them once its graph has run
-        if (c.loss_items_pinned) {
-            copy_device_to_host_async(c.loss_items_pinned, items, bytes, c.cuda);  // read by loss_items_arrived
-        } else {
-            double h[kLossItemsDoubles];
-            copy_device_to_host(h, items, bytes, c.cuda);  // waits for the kernels
-            loss_items_arrived(L, h);
-        }
+    // A captured step's items stay in loss_fixed->items: its caller copies them once the graph has run.
+    if (!want_items || fx) return LossItems{};  // the scratch is released; the queued kernels run before any later user
+    LossItems L = loss_items_counts(P, bs, na, ny, nx);
+    const size_t bytes = (size_t)(4 + 3 * nl) * sizeof(double);
+    if (c.loss_items_pinned) {
+        copy_device_to_host_async(c.loss_items_pinned, items, bytes, c.cuda);  // read by loss_items_arrived
+    } else {
+        double h[kLossItemsDoubles];
+        copy_device_to_host(h, items, bytes, c.cuda);  // waits for the kernels
+        loss_items_arrived(L, h);
     }
-    return L;  // the scratch is released; the kernels still queued on the stream run before any later user
+    return L;
 }
 
 // Host f32 copy of a CUDA or CPU tensor (targets, anchors).
@@ -206,7 +208,6 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
     if (cuda || replay) {
         *th = host_f32(c, targets);
         *ah = host_f32(c, anchors);
-        check_loss_targets(th->data(), nt, bs, no - 5);
     }
     dispatch<kF16>(op, maps[0].t, [&](auto d) {
         using T = typename decltype(d)::T;
@@ -219,7 +220,7 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         } else {
             const A* tp = half ? reinterpret_cast<const A*>(th->data()) : targets.ptr<A>();
             const A* ap = half ? reinterpret_cast<const A*>(ah->data()) : anchors.ptr<A>();
-            if (!half) check_loss_targets(tp, nt, bs, no - 5);
+            check_loss_targets(tp, nt, bs, no - 5);  // the CUDA path's pack_loss_targets checks them
             std::vector<const T*> mp;
             std::vector<T*> dp;
             for (const Var& m : maps) {

@@ -276,6 +276,8 @@ LossPacked pack_loss_targets(const float* tp, int nt, const float* ap, int na, i
 // P laid out by L (its capacities at least P's counts: loss_fits) in a host buffer of L.bytes, unused room zeroed.
 bool loss_fits(const LossPacked& P, const LossLayout& L);
 std::vector<char> loss_buffer(const LossPacked& P, const LossLayout& L);
+// The batch's LossItems before the sums arrive (loss_items_arrived): levels, batch, target counts and cells.
+LossItems loss_items_counts(const LossPacked& P, int bs, int na, const std::vector<int>& ny, const std::vector<int>& nx);
 
 // ----------------------------------------------------------------------------------------------------
 // The loss op

@@ -159,7 +159,6 @@ LossItems TrainStep::graph_step(Ctx& c, Graphed& G, const Batch& b, const Var& i
         G.loss.items = reinterpret_cast<double*>(static_cast<char*>(G.dev) + items_at);
         G.seed = reinterpret_cast<float*>(static_cast<char*>(G.dev) + seed_at);
     }
-    for (int i = 0; i < nl; ++i) G.loss.n[i] = P.n[i], G.loss.groups[i] = P.groups[i];
     const std::vector<char> buf = loss_buffer(P, G.loss.layout);
     copy_host_to_device_staged(G.dev, buf.data(), buf.size(), c.cuda);
     if (!amp_dev) {  // Tape::seed's value, rounded to the root's f32
@@ -186,10 +185,7 @@ LossItems TrainStep::graph_step(Ctx& c, Graphed& G, const Batch& b, const Var& i
     }
     graph_launch(G.graph, c.cuda);
     copy_device_to_host_async(items_pinned, G.loss.items, (size_t)(4 + 3 * nl) * sizeof(double), c.cuda);
-    LossItems items;  // the sums arrive with collect()
-    items.nl = nl, items.bs = b.n;
-    for (int i = 0; i < nl; ++i) items.n[i] = P.n[i], items.cells[i] = (int64_t)b.n * na * G.ny[i] * G.nx[i];
-    return items;
+    return loss_items_counts(P, b.n, na, G.ny, G.nx);  // the sums arrive with collect()
 }
 
 StepResult TrainStep::run(Ctx& c, const Batch& b, int64_t ni, int accumulate, const SgdGroup groups[3],
