@@ -30,6 +30,7 @@
 #include "engine/app/main.h"
 #include "engine/autograd/tape.h"
 #include "engine/core/rng.h"
+#include "kernels/conv2d_dnnl.h"
 #include "layers/model.h"
 
 namespace fs = std::filesystem;
@@ -51,13 +52,29 @@ template <class F> static double time_ms(int warmup, int runs, F&& f) {
     return median(t);
 }
 
+// Two variants in turn, run by run (a, b, a, b, ...), so that both see the same minutes of a shared machine:
+// their medians.
+template <class F> static std::pair<double, double> time_ab(int warmup, int runs, F&& f) {
+    std::vector<double> t[2];
+    for (int i = 0; i < warmup + runs; ++i)
+        for (int v = 0; v < 2; ++v) {
+            const auto t0 = std::chrono::steady_clock::now();
+            f(v);
+            const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            if (i >= warmup) t[v].push_back(ms);
+        }
+    return {median(t[0]), median(t[1])};
+}
+
 // One thread count, in this process: prints a row per runtime.
-static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads, bool y5_only, bool plain) {
+static void bench(const std::string& weights, int imgsz, int warmup, int runs, int threads, bool y5_only, bool plain,
+                  bool ab) {
     setenv("Y5_THREADS", std::to_string(threads).c_str(), 1);  // read once, by the first CPU op
     cv::setNumThreads(threads);
     auto model = y5::Model::from_weights(weights);
     model->fuse();
     model->blocked_inference = !plain;
+    model->inference_maps = false;  // as y5detect
     const std::string onnx = (fs::temp_directory_path() / ("bench_detect_" + std::to_string(::getpid()) + ".onnx")).string();
     y5::OnnxOptions o;
     o.height = o.width = imgsz;
@@ -92,8 +109,21 @@ static void bench(const std::string& weights, int imgsz, int warmup, int runs, i
         cv::Mat out = net.forward("output0");
         if (theirs.empty()) theirs = out.clone();
     };
-    const double t_y5 = time_ms(warmup, runs, run_y5);
     const char* y5_row = plain ? "y5 (fused, plain NCHW path)" : "y5 (fused forward + decode)";
+    if (ab) {  // as is, against the stem through oneDNN and Detect's maps written (y5 before both)
+        const auto [t_a, t_b] = time_ab(warmup, runs, [&](int v) {
+            y5::dnnl_stem_set(v == 0);
+            model->inference_maps = v == 1;
+            run_y5();
+        });
+        y5::dnnl_stem_set(true);
+        model->inference_maps = false;
+        std::printf("%-34s %8d %12.1f\n", y5_row, threads, t_a);
+        std::printf("%-34s %8d %12.1f\n", "y5, stem on oneDNN, maps written", threads, t_b);
+        std::fflush(stdout);
+        return;
+    }
+    const double t_y5 = time_ms(warmup, runs, run_y5);
     if (model->blocked_bytes())
         std::printf("  y5's blocked layout: %.1f MB of arenas and reordered weights (%d thread%s)\n",
                     model->blocked_bytes() / 1e6, threads, threads > 1 ? "s" : "");
@@ -127,6 +157,9 @@ int main(int argc, char** argv) {
     app.add_flag("--y5-only", y5_only, "time y5 alone (profiling): no OpenCV run, no comparison");
     bool plain = false;
     app.add_flag("--plain", plain, "y5's plain NCHW path (no blocked layout between the layers), for comparison");
+    bool ab = false;
+    app.add_flag("--ab", ab, "y5 alone, as is against its stem convolution through oneDNN and Detect's maps written, "
+                             "run by run in turn");
     CLI11_PARSE(app, argc, argv);
     const int all = (int)std::max(1u, std::thread::hardware_concurrency());
     if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
@@ -138,7 +171,7 @@ int main(int argc, char** argv) {
         const pid_t pid = fork();
         if (pid == 0) {
             try {
-                bench(weights, imgsz, warmup, runs, n, y5_only, plain);
+                bench(weights, imgsz, warmup, runs, n, y5_only, plain, ab);
                 std::_Exit(0);
             } catch (...) {
                 std::_Exit(y5::error_exit("bench_detect"));

@@ -7,6 +7,7 @@
 #include "kernels/conv2d_dnnl.h"
 
 #include "kernels/check.h"
+#include "kernels/conv_stem.h"
 
 #if Y5_DNNL
 #include <omp.h>
@@ -630,9 +631,20 @@ bool dnnl_post_op(Act a) {
     return a.kind == ActKind::Identity || post_op_alg(a, alg, a0, a1);
 }
 
-size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) { return bplan(g, act, add).w.get_size(); }
+// The image's convolution goes to stem_conv (kernels/conv_stem.h) where it fits: no addend, whole blocks.
+std::atomic<bool> g_stem{true};
+static bool stem(const BConv& g, bool add) {
+    return g_stem.load() && g.nchw_in && !add && stem_conv_fits(g.C, g.K, dnnl_block());
+}
+void dnnl_stem_set(bool on) { g_stem.store(on); }
+
+size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) {
+    if (stem(g, add)) return stem_weights_floats(g.C, g.K, g.R, g.S) * sizeof(float);
+    return bplan(g, act, add).w.get_size();
+}
 
 uint64_t dnnl_bconv_weights_layout(const BConv& g, Act act, bool add) {
+    if (stem(g, add)) return 0x5737e3ull ^ ((uint64_t)g.K << 32 | (uint64_t)g.C << 16 | (uint64_t)g.R << 8 | g.S);
     const dnnl_memory_desc_t& d = bplan(g, act, add).w.data;
     const dnnl_blocking_desc_t& b = d.format_desc.blocking;
     uint64_t h = 1469598103934665603ull;  // FNV-1a over the dims, padded dims, strides and inner blocks
@@ -644,6 +656,7 @@ uint64_t dnnl_bconv_weights_layout(const BConv& g, Act act, bool add) {
 }
 
 void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act, bool add) {
+    if (stem(g, add)) return stem_weights(static_cast<float*>(dst), weight, g.C, g.K, g.R, g.S);
     const BPlan& p = bplan(g, act, add);
     OmpThreads omp(1);
     memory src = mem(p.w_plain, weight), out = mem(p.w, dst);
@@ -674,6 +687,14 @@ void dnnl_omp_for(int threads, int64_t n, const std::function<void(int64_t, int6
 void dnnl_bconv(float* out, const float* in, const void* weights, const float* bias, const BConv& g, Act act,
                 const float* addend) {
     Y5_CHECK(addend != out, "conv2d (oneDNN, blocked): the addend cannot be the output");
+    if (stem(g, addend != nullptr)) {
+        const int Ho = (g.H + 2 * g.pad - g.R) / g.stride + 1;
+        dnnl_omp_for(g.threads, Ho, [&](int64_t y0, int64_t y1) {
+            stem_conv(out, in, static_cast<const float*>(weights), bias, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad,
+                      dnnl_block(), act, (int)y0, (int)y1);
+        });
+        return;
+    }
     const BPlan& p = bplan(g, act, addend != nullptr);
     thread_local std::vector<char> pad;  // grows to the largest scratchpad this thread has needed, then stays
     if (pad.size() < p.pad_bytes) pad.resize(p.pad_bytes);
@@ -739,6 +760,7 @@ void dnnl_bconv_weights(void*, const float*, const BConv&, Act, bool) {
 void dnnl_bconv(float*, const float*, const void*, const float*, const BConv&, Act, const float*) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
+void dnnl_stem_set(bool) {}
 void dnnl_omp_for(int, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
     if (n > 0) fn(0, n);
 }

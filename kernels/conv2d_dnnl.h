@@ -111,6 +111,9 @@ void dnnl_bconv_weights(void* dst, const float* weight, const BConv& g, Act act,
 // add: `addend` (blocked, out's shape, not out itself: the convolution may store partial sums in out first).
 void dnnl_bconv(float* out, const float* in, const void* weights, const float* bias, const BConv& g, Act act,
                 const float* addend = nullptr);
+// The model's image convolution through stem_conv (kernels/conv_stem.h) where it fits (the default), or through
+// oneDNN like the others (false: bench_detect --ab's comparison).
+void dnnl_stem_set(bool on);
 // fn over [0, n) in `threads` static chunks (fn(begin, end) once per thread) on the OpenMP team; threads 1: fn(0, n).
 void dnnl_omp_for(int threads, int64_t n, const std::function<void(int64_t, int64_t)>& fn);
 

@@ -12,6 +12,7 @@
  */
 #pragma once
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/activation.h"
 #include "kernels/common.h"
@@ -42,21 +43,24 @@ template <class T> Y5_HD T detect_decode_value(int j, T v, int gx, int gy, T aw,
     return detect_decode_p(j, detect_sigmoid(v), gx, gy, aw, ah, s);
 }
 
+// One grid row y of one anchor (aw, ah): m and o its nx·no contiguous values in the map and the output.
+template <class S>
+void detect_decode_row_cpu(acc_t<S>* o, const S* m, acc_t<S> aw, acc_t<S> ah, acc_t<S> stride, int nx, int no, int y) {
+    for (int64_t k = 0; k < (int64_t)nx * no; ++k) o[k] = detect_sigmoid(ld(m[k]));  // σ first
+    for (int x = 0; x < nx; ++x)  // then the box, as detect_decode_value
+        for (int j = 0; j < 4; ++j) o[x * no + j] = detect_decode_p(j, o[x * no + j], x, y, aw, ah, stride);
+}
+
 // Grid rows [y0, y1) of every image and anchor, so that threads can split a level; detect_decode_cpu: all rows.
 template <class S>
 void detect_decode_rows_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc_t<S> stride, int bs, int na,
                             int ny, int nx, int no, int64_t total, int64_t offset, int y0, int y1) {
-    using T = acc_t<S>;
     for (int b = 0; b < bs; ++b)
         for (int a = 0; a < na; ++a)
-            for (int y = y0; y < y1; ++y) {  // a grid row's nx·no values are contiguous in map and out
-                const S* m = map + (((int64_t)b * na + a) * ny + y) * nx * no;
-                T* o = out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx) * no;
-                for (int64_t k = 0; k < (int64_t)nx * no; ++k) o[k] = detect_sigmoid(ld(m[k]));  // σ first
-                const T aw = anchors[2 * a], ah = anchors[2 * a + 1];
-                for (int x = 0; x < nx; ++x)  // then the box, as detect_decode_value
-                    for (int j = 0; j < 4; ++j) o[x * no + j] = detect_decode_p(j, o[x * no + j], x, y, aw, ah, stride);
-            }
+            for (int y = y0; y < y1; ++y)
+                detect_decode_row_cpu<S>(out + ((int64_t)b * total + offset + ((int64_t)a * ny + y) * nx) * no,
+                                         map + (((int64_t)b * na + a) * ny + y) * nx * no, anchors[2 * a],
+                                         anchors[2 * a + 1], stride, nx, no, y);
 }
 
 template <class S>
@@ -66,20 +70,25 @@ void detect_decode_cpu(acc_t<S>* out, const S* map, const acc_t<S>* anchors, acc
 }
 
 // One image's head output in oneDNN's blocked layout (⌈na·no/B⌉, ny, nx, B floats, channel c = a·no + j, the last
-// block's lanes past na·no padding) → its maps (na, ny, nx, no), grid rows [y0, y1): layers' CPU inference.
-// A prediction's no channels are a few runs of contiguous lanes (one per block it spans), copied as runs.
-inline void detect_maps_from_blocked(float* maps, const float* blk, int na, int no, int ny, int nx, int B, int y0,
-                                     int y1) {
+// block's lanes past na·no padding) → grid row y of anchor a at maps + a·astride + (y − y0)·nx·no, (nx, no), for
+// rows [y0, y1): layers' CPU inference (astride ny·nx·no with maps at row y0 of the maps (na, ny, nx, no); nx·no
+// for one row's buffer). A prediction's no channels are a few runs of contiguous lanes (one per block it spans),
+// copied as runs, a whole block's as one vector.
+inline void detect_maps_from_blocked(float* maps, int64_t astride, const float* blk, int na, int no, int ny, int nx,
+                                     int B, int y0, int y1) {
     const int64_t plane = (int64_t)ny * nx * B;
     for (int a = 0; a < na; ++a)
         for (int y = y0; y < y1; ++y)
             for (int x = 0; x < nx; ++x) {
-                float* dst = maps + (((int64_t)a * ny + y) * nx + x) * no;
+                float* dst = maps + a * astride + ((int64_t)(y - y0) * nx + x) * no;
                 const float* px = blk + ((int64_t)y * nx + x) * B;
                 for (int j = 0; j < no;) {
                     const int c = a * no + j, l = c % B, n = std::min(B - l, no - j);
                     const float* src = px + (c / B) * plane + l;
-                    for (int k = 0; k < n; ++k) dst[j + k] = src[k];
+                    if (n == 8) std::memcpy(dst + j, src, 8 * sizeof(float));
+                    else if (n == 16) std::memcpy(dst + j, src, 16 * sizeof(float));
+                    else
+                        for (int k = 0; k < n; ++k) dst[j + k] = src[k];
                     j += n;
                 }
             }

@@ -601,8 +601,10 @@ Model::Output Model::forward_blocked(Ctx& c, const Var& x) {
     int64_t total = 0;
     for (int i = 0; i < detect->nl; ++i) {
         const int64_t ny = H / (int64_t)detect->stride[i], nx = W / (int64_t)detect->stride[i];
-        maps.push_back(c.act->tensor(Shape{N, detect->na, ny, nx, detect->no}, DType::F32));
-        out.maps.push_back(Tape::constant(maps.back()));
+        if (inference_maps) {
+            maps.push_back(c.act->tensor(Shape{N, detect->na, ny, nx, detect->no}, DType::F32));
+            out.maps.push_back(Tape::constant(maps.back()));
+        }
         total += detect->na * ny * nx;
     }
     c.act->set_label("Detect decode");

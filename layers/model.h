@@ -77,6 +77,9 @@ public:
     // arenas stay allocated. runs_blocked: whether x would take it (autocast aside); blocks_when_fused: whether
     // the model itself would (on the CPU in f32 with every row's blocked path), fused or not yet.
     bool blocked_inference = true;
+    // false: the blocked path gives no maps (Output::maps empty; only the decoded predictions), for callers that
+    // compute no loss (y5detect, bench_detect): Detect's maps are not written out (8.7 MB per 640 image).
+    bool inference_maps = true;
     bool runs_blocked(const Var& x) const;
     bool blocks_when_fused() const;
     size_t blocked_bytes() const;  // the runs' arenas and reordered weights (host memory outside the Ctx's arenas)

@@ -566,7 +566,8 @@ std::vector<Var> Detect::forward(Ctx& c, const std::vector<Var>& in, bool) {
     return maps;
 }
 
-// Each level: the 1×1 conv (bias, no activation) into a blocked buffer, its values put in map order, decoded.
+// Each level: the 1×1 conv (bias, no activation) into a blocked buffer, its values put in map order (into maps, or
+// with maps empty a grid row's buffer), decoded.
 void Detect::forward_blocked(BRun& r, const std::vector<BT>& in, const std::vector<Tensor>& maps,
                              const Tensor& decoded, int64_t n) const {
     const int K = na * no;
@@ -578,13 +579,19 @@ void Detect::forward_blocked(BRun& r, const std::vector<BT>& in, const std::vect
         Y5_CHECK(x.c == ch[i], "Detect (blocked): level %d has %d channels for %d", i, x.c, ch[i]);
         const BT y = bconv(r, x, (*ps)[w[i]].value.ptr<float>(), (*ps)[b[i]].value.ptr<float>(), K, 1, 1, 0, kNoAct,
                            nullptr, nullptr);
-        float* m = maps[i].ptr<float>() + n * (int64_t)K * x.h * x.w;
-        float* d = decoded.ptr<float>() + n * total * no;
+        const int64_t row = (int64_t)x.w * no, plane = x.h * row;  // one anchor's grid row, its whole map
+        float* m = maps.empty() ? nullptr : maps[i].ptr<float>() + n * (int64_t)K * x.h * x.w;
+        float* d = decoded.ptr<float>() + (n * total + offset) * no;
         r.par(x.h, [&](int64_t y0, int64_t y1) {
+            thread_local std::vector<float> buf;  // no maps wanted: a grid row's values, all anchors
+            if (!m && (int64_t)buf.size() < na * row) buf.resize(na * row);
             for (int gy = (int)y0; gy < (int)y1; ++gy) {  // a grid row at a time: its maps still in cache for the decode
-                detect_maps_from_blocked(m, y.p, na, no, x.h, x.w, r.B, gy, gy + 1);
-                detect_decode_rows_cpu<float>(d, m, anc + 2 * na * i, stride[i], 1, na, x.h, x.w, no, total, offset,
-                                              gy, gy + 1);
+                float* src = m ? m + gy * row : buf.data();
+                const int64_t astride = m ? plane : row;
+                detect_maps_from_blocked(src, astride, y.p, na, no, x.h, x.w, r.B, gy, gy + 1);
+                for (int a = 0; a < na; ++a)
+                    detect_decode_row_cpu<float>(d + a * plane + gy * row, src + a * astride, anc[2 * (na * i + a)],
+                                                 anc[2 * (na * i + a) + 1], stride[i], x.w, no, gy);
             }
         });
         offset += (int64_t)na * x.h * x.w;

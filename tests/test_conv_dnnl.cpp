@@ -15,6 +15,8 @@
 
 #include "engine/ops/op.h"
 #include "kernels/conv2d.h"
+#include "kernels/conv2d_dnnl.h"
+#include "kernels/conv_stem.h"
 #include "tests/test_util.h"
 
 using namespace y5;
@@ -498,4 +500,54 @@ TEST_CASE("conv2d_act and conv2d_parts_act match conv2d / conv2d_parts then acti
             REQUIRE(std::memcmp(got.data, wh.data, wh.bytes()) == 0);
         }
     }
+}
+
+TEST_CASE("the stem's direct convolution into the blocked layout matches the reference", "[dnnl][conv][stem]") {
+    // kernels/conv_stem.h: act(conv + bias) of an NCHW image into (K/B, Ho, Wo, B) for B 8 and 16, against the
+    // im2col + BLAS reference then y5's activation; output rows split anywhere give the same bits; dnnl_bconv takes
+    // it for a model's first convolution (the image, no addend) and gives its bits.
+    if (!stem_conv_fits(3, 16, 8)) {
+        WARN("not an AVX2 + FMA build: stem_conv is never taken");
+        return;
+    }
+    Rng rng(2112);
+    const std::vector<Geo> geos = {
+        {1, 3, 67, 61, 16, 6, 6, 2, 2, true},  // yolov5n's stem on odd sizes: edge columns and rows on every side
+        {1, 3, 64, 64, 32, 6, 6, 2, 2, true},  // two pairs of 8-channel groups
+        {1, 3, 13, 17, 48, 3, 3, 1, 1, true},  // stride 1
+        {1, 4, 9, 23, 24, 5, 5, 3, 2, true},   // stride 3 (not a constant in the kernel), 3 groups (a single tail)
+        {1, 1, 5, 5, 8, 7, 7, 1, 3, true},     // a kernel wider than the image: every column checked
+    };
+    for (const Geo& g : geos)
+        for (const Act act : {Act{ActKind::SiLU, 0.f}, kNoAct, Act{ActKind::LeakyReLU, 0.1f}})
+            for (const int B : {8, 16}) {
+                if (!stem_conv_fits(g.C, g.K, B)) continue;
+                INFO(geo_str(g) << ", activation " << (int)act.kind << ", block " << B);
+                const Data d = make_data(g, rng);
+                const int Ho = conv_out_size(g.H, g.R, g.stride, g.pad), Wo = conv_out_size(g.W, g.S, g.stride, g.pad);
+                const int64_t P = (int64_t)Ho * Wo;
+                Out r = run_ref(g, d);
+                act_forward_cpu<float>(r.y.data(), r.y.data(), (int64_t)r.y.size(), act);
+                std::vector<float> w8(stem_weights_floats(g.C, g.K, g.R, g.S));
+                stem_weights(w8.data(), d.w.data(), g.C, g.K, g.R, g.S);
+                std::vector<float> blk(r.y.size(), NAN), split(r.y.size(), NAN);  // NaN: every output written
+                stem_conv(blk.data(), d.x.data(), w8.data(), d.b.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad,
+                          B, act, 0, Ho);
+                for (const int y : {0, Ho / 3, Ho})
+                    if (y < Ho)
+                        stem_conv(split.data(), d.x.data(), w8.data(), d.b.data(), g.C, g.H, g.W, g.K, g.R, g.S,
+                                  g.stride, g.pad, B, act, y, y == 0 ? Ho / 3 : Ho);
+                REQUIRE(same_bits(split, blk));
+                std::vector<float> y(r.y.size());
+                for (int k = 0; k < g.K; ++k)
+                    for (int64_t p = 0; p < P; ++p) y[k * P + p] = blk[((int64_t)(k / B) * P + p) * B + k % B];
+                require_close_vec(y, r.y, 1e-5, "stem_conv");
+                if (B == dnnl_block()) {
+                    const BConv bc{g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, true, 1};
+                    std::vector<float> wd((dnnl_bconv_weights_bytes(bc, act, false) + 3) / 4), yd(r.y.size(), NAN);
+                    dnnl_bconv_weights(wd.data(), d.w.data(), bc, act, false);
+                    dnnl_bconv(yd.data(), d.x.data(), wd.data(), d.b.data(), bc, act);
+                    REQUIRE(same_bits(yd, blk));
+                }
+            }
 }

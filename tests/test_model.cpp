@@ -461,6 +461,7 @@ static double blocked_vs_plain(Model& m, int n, int h, int w, uint64_t seed) {
     m.blocked_inference = true;
     REQUIRE(m.runs_blocked(Tape::constant(x)));
     double worst = 0;
+    std::vector<float> blocked_dec;
     for (int rep = 0; rep < 2; ++rep) {  // the second run reuses the runs' arenas and the reordered weights
         Model::Output b = m.forward(tc.ctx, Tape::constant(x), false);
         REQUIRE(b.maps.size() + 1 == want.size());
@@ -472,7 +473,15 @@ static double blocked_vs_plain(Model& m, int n, int h, int w, uint64_t seed) {
             CHECK(e <= 2e-5);
             worst = std::max(worst, e);
         }
+        blocked_dec.assign(b.decoded.ptr<float>(), b.decoded.ptr<float>() + b.decoded.numel());
     }
+    // Without maps (y5detect): no maps, the same decoded bits (decoded from a grid row's buffer instead).
+    m.inference_maps = false;
+    Model::Output nm = m.forward(tc.ctx, Tape::constant(x), false);
+    m.inference_maps = true;
+    CHECK(nm.maps.empty());
+    REQUIRE(nm.decoded.shape == p.decoded.shape);
+    CHECK(std::memcmp(nm.decoded.ptr<float>(), blocked_dec.data(), blocked_dec.size() * sizeof(float)) == 0);
     return worst;
 }
 

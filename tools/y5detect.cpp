@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
         // The memory plan for one image letterboxed to at most imgsz rounded up to the stride, with the GPU NMS's
         // scratch, measured on the fused model that runs.
         model->fuse();  // as detect.py's DetectMultiBackend(fuse=True): Conv+BN folded
+        model->inference_maps = false;  // no loss here: the decoded predictions alone
         const int stride = (int)model->detect->stride.back(), side = (imgsz + stride - 1) / stride * stride;
         const y5::StepMemory plan = y5::plan_inference(*model, y5::measure_eval_image(*model, side, side, y5::LossHyp{}, half, false),
                                                        1, y5::nms_scratch_bytes(*model, side, 1, nms));
