@@ -632,7 +632,7 @@ bool dnnl_post_op(Act a) {
 }
 
 // The image's convolution goes to stem_conv (kernels/conv_stem.h) where it fits: no addend, whole blocks.
-std::atomic<bool> g_stem{true};
+static std::atomic<bool> g_stem{true};
 static bool stem(const BConv& g, bool add) {
     return g_stem.load() && g.nchw_in && !add && stem_conv_fits(g.C, g.K, dnnl_block());
 }
