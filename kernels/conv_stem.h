@@ -89,27 +89,31 @@ inline void stem_conv(float* out, const float* in, const float* w8, const float*
     const int hi = std::max(lo, std::min(Wo, (W + pad - S) / stride + 1));
     constexpr int NP = 6;
     const int groups = K / 8;
-    auto interior = [&](auto stride_c, int g, int oy, int ox) {
-        constexpr int St = decltype(stride_c)::value;
+    // One tile at (g, oy, ox): groups g and g + 1, or the last group alone; P pixels, edge-checked or not, the
+    // stride a constant (1, 2) or not (0).
+    auto tile = [&](auto pixels, auto checked, auto stride_c, int g, int oy, int ox) {
+        constexpr int P = decltype(pixels)::value, St = decltype(stride_c)::value;
+        constexpr bool Ch = decltype(checked)::value;
         if (g + 1 < groups)
-            stem_tile<2, NP, false, St>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
-        else stem_tile<1, NP, false, St>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
+            stem_tile<2, P, Ch, St>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
+        else stem_tile<1, P, Ch, St>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
     };
+    const std::true_type edge;
+    const std::false_type inside;
+    const std::integral_constant<int, 0> any;  // a stride other than 1 and 2
+    const std::integral_constant<int, 1> one;
+    const std::integral_constant<int, 2> two;
+    const std::integral_constant<int, NP> np;
     for (int oy = oy0; oy < oy1; ++oy) {
         for (int g = 0; g < groups; g += 2) {
-            auto checked = [&](int ox) {
-                if (g + 1 < groups)
-                    stem_tile<2, 1, true, 0>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
-                else stem_tile<1, 1, true, 0>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, B, g, oy, ox);
-            };
-            for (int ox = 0; ox < lo; ++ox) checked(ox);
+            for (int ox = 0; ox < lo; ++ox) tile(one, edge, any, g, oy, ox);
             int ox = lo;
             for (; ox + NP <= hi; ox += NP) {
-                if (stride == 2) interior(std::integral_constant<int, 2>{}, g, oy, ox);
-                else if (stride == 1) interior(std::integral_constant<int, 1>{}, g, oy, ox);
-                else interior(std::integral_constant<int, 0>{}, g, oy, ox);
+                if (stride == 2) tile(np, inside, two, g, oy, ox);
+                else if (stride == 1) tile(np, inside, one, g, oy, ox);
+                else tile(np, inside, any, g, oy, ox);
             }
-            for (; ox < Wo; ++ox) checked(ox);
+            for (; ox < Wo; ++ox) tile(one, edge, any, g, oy, ox);
         }
         if (act.kind != ActKind::Identity)
             for (int b = 0; b < K / B; ++b) {
