@@ -138,7 +138,7 @@ void run_op_case(const F16LossCase& lc, uint64_t seed, double scale) {
 
 }  // namespace
 
-TEST_CASE("f16 yolo loss equals the f32 loss of the same values; gradients are the f32 ones rounded once",
+TEST_CASE("f16 yolo loss equals the f32 loss of the same values, its gradients the f32 ones rounded once",
           "[f16][loss]") {
     SECTION("yolov5n's three levels, nc 80, batch 2, gradient 1") { run_op_case(v5n_case(2, 80, 11), 1, 1.0); }
     SECTION("nc 80, batch 3, loss scale 65536") { run_op_case(v5n_case(3, 80, 12), 2, 65536.0); }

@@ -231,7 +231,7 @@ TEST_CASE("f16 global_avgpool, conv1d_channels and scale_channels are the f32 op
     }
 }
 
-TEST_CASE("f16 eca (fused): f16 x, out and dx are the f32 op's rounded once; w's gradient stays f32, equal",
+TEST_CASE("f16 eca (fused): f16 x, out and dx are the f32 op's rounded once, w's gradient f32 and equal",
           "[f16][eca]") {
     TestCtx tc;
     Rng rng(407);

@@ -113,7 +113,7 @@ TEST_CASE("a training .pt transfers its 'model', not its EMA, as train.py reads 
     }
 }
 
-TEST_CASE("a y5 .safetensors transfers by name and shape; it holds no num_batches_tracked", "[finetune]") {
+TEST_CASE("a y5 .safetensors transfers by name and shape and holds no num_batches_tracked", "[finetune]") {
     const std::string cfg = src("config/models/yolov5n.yaml");
     Model a(cfg, 3);
     fresh(a);

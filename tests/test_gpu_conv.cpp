@@ -312,7 +312,8 @@ TEST_CASE("conv2d_parts on the GPU equals the CPU reference", "[gpu][conv][parts
     }
 }
 
-TEST_CASE("conv2d CUDA: algorithms are cached per geometry and settings; bad requests are errors", "[gpu][conv][errors]") {
+TEST_CASE("conv2d CUDA: algorithms are cached per geometry and settings, and bad requests are errors",
+          "[gpu][conv][errors]") {
     ConvSettings s(false, true, false);
     Gpu& G = gpu();
     G.reset();

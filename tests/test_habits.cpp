@@ -94,7 +94,7 @@ TEST_CASE("hyperparameters line as train.py prints it", "[habits]") {
     fs::remove(tmp);
 }
 
-TEST_CASE("val.py's per-class rows: --verbose, or nc < 50 outside training; never for one class", "[habits]") {
+TEST_CASE("val.py's per-class rows: --verbose, or nc < 50 outside training, never for one class", "[habits]") {
     CHECK(val_per_class_rows(false, 3, false));    // y5val on a small dataset
     CHECK(!val_per_class_rows(false, 80, false));  // coco128 without --verbose: only 'all'
     CHECK(val_per_class_rows(true, 80, false));    // --verbose
