@@ -644,6 +644,7 @@ size_t dnnl_bconv_weights_bytes(const BConv& g, Act act, bool add) {
 }
 
 uint64_t dnnl_bconv_weights_layout(const BConv& g, Act act, bool add) {
+    // stem_weights' layout: its own tag ("5TEM") over the shape, apart from the FNV hashes of oneDNN's layouts.
     if (stem(g, add)) return 0x5737e3ull ^ ((uint64_t)g.K << 32 | (uint64_t)g.C << 16 | (uint64_t)g.R << 8 | g.S);
     const dnnl_memory_desc_t& d = bplan(g, act, add).w.data;
     const dnnl_blocking_desc_t& b = d.format_desc.blocking;
