@@ -4,6 +4,10 @@
  * reaches a sync point (__syncthreads, __syncwarp, a *_sync warp intrinsic) or exits; a sync point resolves
  * when every participant has arrived, so barriers and shuffles are real rendezvous. Threads (and blocks) run
  * in the order CUDAEMU_ORDER says: a missing barrier changes the result when the order changes.
+ * Most kernels never reach a sync point, so a block starts as one "runner" fiber that calls the threads' bodies
+ * one after another in that order; the first thread to reach a sync point keeps the runner's stack as its own
+ * fiber and the threads not yet started get theirs. As each thread runs until its first sync point or its exit
+ * either way, the order of everything the threads do is the one of a fiber per thread from the start.
  * Faults (a barrier some threads cannot reach, a warp intrinsic naming an exited or absent lane, lanes in
  * different intrinsics, a deadlock) print one line naming the kernel, block, thread and source line, stop
  * the launch, and become the sticky error.
@@ -52,6 +56,7 @@ enum class TState : uint8_t { Ready, AtBarrier, AtWarp, Exited };
 
 struct Thread {
     bctx::fcontext_t ctx;
+    char* stk;  // its stack's lowest address (AddressSanitizer's fiber switches need it)
     TState st;
     int lin;  // linear thread index in the block
     uint3 idx;
@@ -72,9 +77,14 @@ struct Launch {
 
 // One OS thread's executor: the fiber stacks (reused by every block) and the block being run.
 struct Exec {
-    std::vector<char*> stacks;
+    std::vector<char*> stacks;  // one per thread of the largest block so far that reached a sync point
+    char* runner = nullptr;     // the runner's stack
     std::vector<Thread> th;
+    std::vector<uint32_t> w_at, w_exited;  // per warp: the lanes waiting in a warp intrinsic, and those exited
+    dim3 dims{0, 0, 0};         // the block's shape that `th` was set up for
     int n = 0;                  // threads in the block
+    int run_pos = 0;            // the runner's position in `ord`
+    bool promoted = false;      // a thread on the runner reached a sync point: the rest are fibers
     int exited = 0, at_barrier = 0;
     const char* bar_file = nullptr;
     int bar_line = 0;
@@ -99,18 +109,28 @@ Exec& exec() {
     return *g_exec;
 }
 
-char* stack(Exec& e, int i) {
-    while ((int)e.stacks.size() <= i) {
-        // One mapping per stack with a guard page below it: a stack overflow faults instead of corrupting.
-        void* m = mmap(nullptr, kStack + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (m == MAP_FAILED) {
-            std::fprintf(stderr, "cudaemu: cannot map fiber stacks\n");
-            std::abort();
-        }
-        mprotect(m, kPage, PROT_NONE);
-        e.stacks.push_back(static_cast<char*>(m) + kPage);
+// One mapping per stack with a guard page below it: a stack overflow faults instead of corrupting.
+char* map_stack() {
+    void* m = mmap(nullptr, kStack + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        std::fprintf(stderr, "cudaemu: cannot map fiber stacks\n");
+        std::abort();
     }
+    mprotect(m, kPage, PROT_NONE);
+    return static_cast<char*>(m) + kPage;
+}
+
+char* stack(Exec& e, int i) {
+    while ((int)e.stacks.size() <= i) e.stacks.push_back(map_stack());
     return e.stacks[i];
+}
+
+// A fresh fiber on stack s that starts in entry.
+bctx::fcontext_t new_fiber(char* s, void (*entry)(bctx::transfer_t)) {
+#if CUDAEMU_ASAN
+    __asan_unpoison_memory_region(s + kStack - 16 * kPage, 16 * kPage);  // the top, where the entry's frame lives
+#endif
+    return bctx::make_fcontext(s + kStack, kStack, entry);
 }
 
 std::string where(const Exec& e, const Thread* t) {
@@ -124,18 +144,25 @@ std::string where(const Exec& e, const Thread* t) {
 void fiber_fault(Exec& e, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // ---------------------------------------------------------------------------------------------------- switching
-void switch_to_fiber(Exec& e, Thread& t) {
-    e.cur = &t;
-    threadIdx = t.idx;
+// From the block scheduler into a fiber (whose stack is stk) until it yields; returns the fiber's context then.
+bctx::fcontext_t jump_in(Exec& e, bctx::fcontext_t ctx, char* stk) {
 #if CUDAEMU_ASAN
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, stack(e, t.lin), kStack);
+    __sanitizer_start_switch_fiber(&fake, stk, kStack);
+#else
+    (void)stk;
 #endif
-    bctx::transfer_t r = bctx::jump_fcontext(t.ctx, &e);
+    bctx::transfer_t r = bctx::jump_fcontext(ctx, &e);
 #if CUDAEMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
-    t.ctx = r.fctx;
+    return r.fctx;
+}
+
+void switch_to_fiber(Exec& e, Thread& t) {
+    e.cur = &t;
+    threadIdx = t.idx;
+    t.ctx = jump_in(e, t.ctx, t.stk);
     e.cur = nullptr;
 }
 
@@ -156,6 +183,13 @@ void yield(Exec& e, bool exiting) {
 
 void check_exit(Exec& e, Thread& me);
 
+void exit_thread(Exec& e, Thread& me) {
+    me.st = TState::Exited;
+    ++e.exited;
+    e.w_exited[me.lin >> 5] |= 1u << (me.lin & 31);
+    check_exit(e, me);
+}
+
 void fiber_entry(bctx::transfer_t t) {
     Exec& e = *static_cast<Exec*>(t.data);
     e.sched = t.fctx;
@@ -163,10 +197,26 @@ void fiber_entry(bctx::transfer_t t) {
     __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
 #endif
     (*e.L.body)();
-    Thread& me = *e.cur;
-    me.st = TState::Exited;
-    ++e.exited;
-    check_exit(e, me);
+    exit_thread(e, *e.cur);
+    yield(e, true);  // never resumed
+}
+
+// The threads of a block in `ord`'s order as plain calls, until one yields at a sync point (the scheduler then
+// sets `promoted`, and this fiber is that thread's from then on) or all have exited.
+void runner_entry(bctx::transfer_t t) {
+    Exec& e = *static_cast<Exec*>(t.data);
+    e.sched = t.fctx;
+#if CUDAEMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
+#endif
+    for (; e.run_pos < e.n; ++e.run_pos) {
+        Thread& me = e.th[e.ord[e.run_pos]];
+        e.cur = &me;
+        threadIdx = me.idx;
+        (*e.L.body)();
+        exit_thread(e, *e.cur);
+        if (e.promoted) break;
+    }
     yield(e, true);  // never resumed
 }
 
@@ -233,14 +283,16 @@ void resolve_warp(Exec& e, int base, unsigned mask, Thread& me) {
         if (&o != &me) o.st = TState::Ready;
     }
     me.st = TState::Ready;
+    e.w_at[base >> 5] &= ~mask;
 }
 
 // A thread exits: a lane waiting for it in a warp intrinsic, or threads waiting at a barrier, can never go on.
 void check_exit(Exec& e, Thread& me) {
     const int base = me.lin & ~31, lane = me.lin & 31;
-    for (int l = 0; l < 32 && base + l < e.n; ++l) {
+    for (uint32_t waiting = e.w_at[base >> 5]; waiting; waiting &= waiting - 1) {
+        const int l = __builtin_ctz(waiting);
         Thread& o = e.th[base + l];
-        if (o.st == TState::AtWarp && (o.mask >> lane & 1))
+        if (o.mask >> lane & 1)
             fiber_fault(e, "this thread exited while lane %d waits for it in %s(mask 0x%08x) at %s:%d", l, kind_name(o.kind),
                         o.mask, o.file, o.line);
     }
@@ -261,13 +313,14 @@ uint64_t warp_op(WarpKind kind, unsigned mask, uint64_t bits, int arg, int width
         fiber_fault(e, "%s at %s:%d: width %d is not a power of two in [1, 32]", name, file, line, width);
     if (!(mask >> lane & 1))
         fiber_fault(e, "%s at %s:%d: the mask 0x%08x does not name the calling lane %d", name, file, line, mask, lane);
-    for (int l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1) || l == lane) continue;
-        if (base + l >= e.n)
+    const uint32_t others = mask & ~(1u << lane), exist = e.n - base >= 32 ? ~0u : (1u << (e.n - base)) - 1;
+    const uint32_t absent = others & ~exist, gone = others & e.w_exited[base >> 5];
+    if (absent | gone) {  // the lowest such lane, as a loop over the lanes would name it
+        const int l = __builtin_ctz(absent | gone);
+        if (absent >> l & 1)
             fiber_fault(e, "%s at %s:%d: the mask 0x%08x names lane %d, which does not exist (the block has %d threads)",
                         name, file, line, mask, l, e.n);
-        if (e.th[base + l].st == TState::Exited)
-            fiber_fault(e, "%s at %s:%d: the mask 0x%08x names lane %d, which has exited", name, file, line, mask, l);
+        fiber_fault(e, "%s at %s:%d: the mask 0x%08x names lane %d, which has exited", name, file, line, mask, l);
     }
     me.kind = kind;
     me.mask = mask;
@@ -278,10 +331,9 @@ uint64_t warp_op(WarpKind kind, unsigned mask, uint64_t bits, int arg, int width
     me.file = file;
     me.line = line;
     me.st = TState::AtWarp;
-    bool all = true;
-    for (int l = 0; l < 32 && all; ++l)
-        if (mask >> l & 1) all = e.th[base + l].st == TState::AtWarp;
-    if (all) resolve_warp(e, base, mask, me);
+    uint32_t& at = e.w_at[base >> 5];
+    at |= 1u << lane;
+    if ((mask & ~at) == 0) resolve_warp(e, base, mask, me);
     else yield(e, false);
     return me.result;
 }
@@ -294,7 +346,7 @@ void syncthreads(const char* file, int line) {
     if (e.at_barrier == 0) {
         e.bar_file = file;
         e.bar_line = line;
-    } else if (e.bar_line != line || std::strcmp(e.bar_file, file) != 0) {
+    } else if (e.bar_line != line || (e.bar_file != file && std::strcmp(e.bar_file, file) != 0)) {
         fiber_fault(e, "threads of one block wait at different barriers: __syncthreads at %s:%d and at %s:%d", file, line,
                     e.bar_file, e.bar_line);
     }
@@ -334,33 +386,50 @@ const std::vector<int>& ordering(Exec& e, int n) {
 // Runs one block to completion; false after a fault.
 bool run_block(Exec& e) {
     const dim3 b = e.L.cfg->block;
-    e.n = (int)(b.x * b.y * b.z);
-    e.th.resize(e.n);
-    e.exited = e.at_barrier = 0;
-    for (int i = 0; i < e.n; ++i) {
-        Thread& t = e.th[i];
-        t.lin = i;
-        t.idx = uint3{(unsigned)i % b.x, (unsigned)(i / b.x) % b.y, (unsigned)(i / (b.x * b.y))};
-        t.st = TState::Ready;
-        char* s = stack(e, i);
-#if CUDAEMU_ASAN
-        __asan_unpoison_memory_region(s + kStack - 16 * kPage, 16 * kPage);  // the top, where fiber_entry's frame lives
-#endif
-        t.ctx = bctx::make_fcontext(s + kStack, kStack, fiber_entry);
+    if (b.x != e.dims.x || b.y != e.dims.y || b.z != e.dims.z) {  // the threads' indices, once per block shape
+        e.dims = b;
+        e.n = (int)(b.x * b.y * b.z);
+        e.th.resize(e.n);
+        for (int i = 0; i < e.n; ++i) {
+            e.th[i].lin = i;
+            e.th[i].idx = uint3{(unsigned)i % b.x, (unsigned)(i / b.x) % b.y, (unsigned)(i / (b.x * b.y))};
+        }
     }
+    e.w_at.assign((e.n + 31) / 32, 0);
+    e.w_exited.assign((e.n + 31) / 32, 0);
+    e.exited = e.at_barrier = 0;
+    for (Thread& t : e.th) t.st = TState::Ready;
     if (e.L.cfg->smem) {
         e.dyn = std::malloc(e.L.cfg->smem);
         std::memset(e.dyn, 0xFF, e.L.cfg->smem);
     }
-    bool ok = true;
-    while (e.exited < e.n) {
-        bool ran = false;
-        for (int i : ordering(e, e.n)) {
-            Thread& t = e.th[i];
+    // The first round: the runner, then (if a thread reached a sync point) the threads after it as fibers.
+    const std::vector<int>* ord = &ordering(e, e.n);
+    if (!e.runner) e.runner = map_stack();
+    e.run_pos = 0;
+    e.promoted = false;
+    const bctx::fcontext_t rc = jump_in(e, new_fiber(e.runner, runner_entry), e.runner);
+    e.cur = nullptr;
+    int from = e.n;
+    if (!e.faulted && e.run_pos < e.n) {
+        e.promoted = true;
+        Thread& t = e.th[(*ord)[e.run_pos]];
+        t.ctx = rc;
+        t.stk = e.runner;
+        for (int k = e.run_pos + 1; k < e.n; ++k) {
+            Thread& u = e.th[(*ord)[k]];
+            u.stk = stack(e, u.lin);
+            u.ctx = new_fiber(u.stk, fiber_entry);
+        }
+        from = e.run_pos + 1;
+    }
+    bool ok = !e.faulted;
+    for (bool ran = true; ok && e.exited < e.n; ran = false, ord = &ordering(e, e.n), from = 0) {
+        for (int k = from; k < e.n && !e.faulted; ++k) {
+            Thread& t = e.th[(*ord)[k]];
             if (t.st != TState::Ready) continue;
             switch_to_fiber(e, t);
             ran = true;
-            if (e.faulted) break;
         }
         if (e.faulted) {
             ok = false;
@@ -393,8 +462,10 @@ bool run_block(Exec& e) {
     std::free(e.dyn);
     e.dyn = nullptr;
 #if CUDAEMU_ASAN
-    if (!ok)  // abandoned fibers leave poisoned frames on the stacks
-        for (int i = 0; i < e.n; ++i) __asan_unpoison_memory_region(stack(e, i), kStack);
+    if (!ok) {  // abandoned fibers leave poisoned frames on the stacks
+        for (char* s : e.stacks) __asan_unpoison_memory_region(s, kStack);
+        __asan_unpoison_memory_region(e.runner, kStack);
+    }
 #endif
     return ok;
 }

@@ -119,6 +119,20 @@ __global__ void syncwarp_rotate(float* out) {
 
 void launch_syncwarp_rotate(float* out) { syncwarp_rotate<<<1, 32>>>(out); }
 
+// Threads that never reach a sync point before and after ones that do: warp 0 and warp 1's lower half write and
+// exit; warp 1's upper half rotates its values by a shuffle among its 16 lanes. In forward order 48 threads have
+// exited before one reaches a sync point (the emulator's runner hands over to fibers there), in reverse none.
+__global__ void late_shuffle(int* out) {
+    const int t = threadIdx.x, lane = t & 31;
+    if (t < 48) {
+        out[t] = 3 * t;
+        return;
+    }
+    out[t] = __shfl_sync(0xffff0000u, 3 * t, 16 + (lane + 1) % 16);
+}
+
+void launch_late_shuffle(int* out) { late_shuffle<<<2, 64>>>(out); }
+
 // Planted: the upper half-warp has exited, yet the shuffle's full mask names it.
 __global__ void planted_shfl_exited_lane(float* out) {
     const int lane = threadIdx.x & 31;

@@ -36,6 +36,7 @@ void launch_ring_1024(int* out, int steps);
 void launch_shuffles(const float* in, float* out, int width);
 void launch_votes(const int* pred, unsigned* out, int threads);
 void launch_syncwarp_rotate(float* out);
+void launch_late_shuffle(int* out);
 void launch_shfl_exited_lane(float* out);
 void launch_warp_misuse(int* out, int which);
 void launch_where_am_i(int* lin, int* tpack, int* bpack, dim3 grid, dim3 block);
@@ -645,6 +646,16 @@ TEST_CASE("atomics: atomicAdd on int and float across blocks") {
     std::sort(o.begin(), o.end());
     std::iota(want.begin(), want.end(), 0);
     CHECK(o == want);  // each thread got a different old value
+}
+
+TEST_CASE("warps: threads that reach no sync point run before and after those that do") {
+    fresh(GENERATE("forward", "reverse", "random:7"));
+    int* d = device_alloc<int>(64);
+    launch_late_shuffle(d);  // two blocks writing the same values: the second block starts afresh
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    const std::vector<int> out = to_host(d, 64);
+    for (int t = 0; t < 48; ++t) CHECK(out[t] == 3 * t);
+    for (int t = 48; t < 64; ++t) CHECK(out[t] == 3 * (48 + (t - 48 + 1) % 16));
 }
 
 TEST_CASE("barriers: a block of 1024 threads with a barrier in a loop") {
