@@ -3,7 +3,8 @@
 # CPU only, in build-asan) and runs the whole CPU suite (y5_tests) under them. Any report fails the run: UBSan is
 # built not to recover, ASan aborts, LeakSanitizer checks at exit.
 #   bash tools/sanitize.sh             every CPU test, each in its own process, one per core at a time (CTest label
-#                                      unit; measured on 2 shared cores: build 11 min of CPU, run 3.7 min, 5.6 in one process)
+#                                      unit; measured on 2 shared cores: build 8.9 min of CPU at -O1, the level
+#                                      CMakeLists.txt sets for it; run 3.7 min, 5.6 in one process)
 #   bash tools/sanitize.sh "[data],[pt]"   a Catch2 test spec instead, in one process
 #   Y5_SANITIZE_BUILD_DIR overrides the build folder (default build-asan)
 set -euo pipefail

@@ -28,10 +28,10 @@ took "emulated build"
 ctest --test-dir "$emu" --output-on-failure -j "$jobs" -L "emu|cudaemu"
 took "emulated tests"
 
-# Sanitizers, last (measured on 2 cores: ASan build of y5_tests 11 min of CPU, its run 3.7 min as CTest tests side by
-# side, 5.6 in one process; fuzz build 2 min of CPU, 7 harnesses x 20 s, one per core at a time). The whole CPU suite
-# (y5_tests) under ASan + UBSan (tools/sanitize.sh), then every libFuzzer harness on its seed corpus with the same
-# sanitizers (tools/fuzz.sh, clang): any report fails.
+# Sanitizers, last (measured on 2 cores: ASan build of y5_tests 8.9 min of CPU at -O1, its run 3.7 min as CTest
+# tests side by side, 5.6 in one process; fuzz build 2 min of CPU, 7 harnesses x 20 s, one per core at a time).
+# The whole CPU suite (y5_tests) under ASan + UBSan (tools/sanitize.sh), then every libFuzzer harness on its seed
+# corpus with the same sanitizers (tools/fuzz.sh, clang): any report fails.
 [ "${Y5_SKIP_SANITIZE:-0}" = 1 ] && exit 0
 bash tools/sanitize.sh
 took "sanitizers"
