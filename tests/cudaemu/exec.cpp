@@ -190,12 +190,18 @@ void exit_thread(Exec& e, Thread& me) {
     check_exit(e, me);
 }
 
-void fiber_entry(bctx::transfer_t t) {
+// A fiber's first steps: keep the scheduler's context to yield to.
+Exec& enter_fiber(bctx::transfer_t t) {
     Exec& e = *static_cast<Exec*>(t.data);
     e.sched = t.fctx;
 #if CUDAEMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
 #endif
+    return e;
+}
+
+void fiber_entry(bctx::transfer_t t) {
+    Exec& e = enter_fiber(t);
     (*e.L.body)();
     exit_thread(e, *e.cur);
     yield(e, true);  // never resumed
@@ -204,11 +210,7 @@ void fiber_entry(bctx::transfer_t t) {
 // The threads of a block in `ord`'s order as plain calls, until one yields at a sync point (the scheduler then
 // sets `promoted`, and this fiber is that thread's from then on) or all have exited.
 void runner_entry(bctx::transfer_t t) {
-    Exec& e = *static_cast<Exec*>(t.data);
-    e.sched = t.fctx;
-#if CUDAEMU_ASAN
-    __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
-#endif
+    Exec& e = enter_fiber(t);
     for (; e.run_pos < e.n; ++e.run_pos) {
         Thread& me = e.th[e.ord[e.run_pos]];
         e.cur = &me;
