@@ -84,9 +84,9 @@ inline void compare_op1(const std::string& what, const Tensor& x, const DevOp& o
 
 }  // namespace y5test
 
-// Tag for cases that take minutes on the emulated device (tests/cudaemu) and milliseconds on a GPU: hidden from the
-// emulated runs in both orders and run there once by their tag (CTest gpu_emu_slow_steps and gpu_emu_slow_rest);
-// always run on a GPU.
+// Tag for cases that take minutes on the emulated device (tests/cudaemu) and milliseconds on a GPU: hidden from a
+// plain run of the suite there and run by their tag, in both orders as the rest (CTest gpu_emu_slow_steps_* and
+// gpu_emu_slow_rest_*); always run on a GPU.
 #if Y5_CUDA_EMU
 #define Y5_EMU_SLOW "[.][emu-slow]"
 #else
