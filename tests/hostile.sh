@@ -319,5 +319,12 @@ expect resume_text err "text.safetensors" -- "$build/y5train" --resume text.safe
 mkdir -p empty_cwd && expect resume_latest_none err "no runs/train/\*/weights/last.safetensors" -- \
   bash -c "cd empty_cwd && '$build/y5train' --resume"
 
+# ---- checkpoints (written by a background thread): a write that fails ends the run with the file named
+mkdir -p runs/train/ckpt_blocked/weights/last.safetensors.tmp/x  # a folder where the temporary file goes
+expect ckpt_blocked err "last.safetensors.tmp: cannot open for writing" -- "$build/y5train" --data base/data.yaml \
+  --cfg "$cfg" --hyp "$hyp" "${small[@]}" --epochs 2 --name ckpt_blocked --exist-ok
+[ "$(wc -l < runs/train/ckpt_blocked/results.csv)" -le 3 ] && [ ! -e runs/train/ckpt_blocked/weights/last.safetensors ] ||
+  { echo "FAIL ckpt_blocked: training went on past the failed write, or a checkpoint appeared"; failed=$((failed + 1)); }
+
 echo "hostile: $cases cases, $failed failed, $skipped skipped (root reads any file)"
 [ "$failed" -eq 0 ] && [ "$cases" -ge 60 ]

@@ -2,12 +2,19 @@
  * Engine core: tensors, arenas, the parameter store, the tape, the RNG, the thread pool, and the clear
  * errors that wrong requests get.
  */
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
 
 #include "engine/device/device.h"
 #include "engine/autograd/params.h"
+#include "engine/core/safetensors.h"
 #include "engine/core/threadpool.h"
 #include "tests/test_util.h"
 
@@ -280,6 +287,61 @@ TEST_CASE("wrong requests give clear errors", "[engine][errors]") {
     Ctx small_ctx = c;
     small_ctx.act = &tiny;
     CHECK_THROWS_WITH(activation(small_ctx, x, Act{}), Contains("arena 'activations' overflow"));
+}
+
+namespace {
+std::vector<char> file_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST_CASE("checkpoint files: one serialisation written to several paths, each renamed into place", "[engine][safetensors]") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / "y5_test_write_files";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string last = (dir / "last.safetensors").string(), best = (dir / "best.safetensors").string();
+    std::vector<float> v = {1.5f, -2.f, 3.25f, 0.125f, 7.f, -0.5f};
+    const Tensor t(v.data(), Shape{2, 3}, DType::F32, Device::CPU);
+    std::vector<char> a = safetensors_bytes({{"w", t}}, {{"epoch", "3"}}, last);
+    v[0] = 9.f;  // the bytes are a copy: changing the tensor after serialising changes nothing
+    { std::ofstream(best + ".tmp") << "stale temporary file of a killed run"; }
+    write_files_atomic({last, best}, a);
+    CHECK(file_bytes(last) == a);
+    CHECK(file_bytes(best) == a);
+    CHECK(!fs::exists(last + ".tmp"));
+    CHECK(!fs::exists(best + ".tmp"));
+    const SafeTensorsFile f(best);
+    CHECK(f.read_f32("w") == std::vector<float>({1.5f, -2.f, 3.25f, 0.125f, 7.f, -0.5f}));
+    CHECK(f.metadata().at("epoch") == "3");
+
+    // The next epoch replaces last alone: best keeps its bytes (a hard link shares the file, never a later write).
+    const std::vector<char> b = safetensors_bytes({{"w", t}}, {{"epoch", "4"}}, last);
+    write_files_atomic({last}, b);
+    CHECK(file_bytes(last) == b);
+    CHECK(file_bytes(best) == a);
+
+    // Another filesystem for the second path, where no hard link can be made: written a second time.
+    struct stat sd {}, ss {};
+    const fs::path other = "/dev/shm/y5_test_write_files.safetensors";
+    if (stat(dir.c_str(), &sd) == 0 && stat("/dev/shm", &ss) == 0 && sd.st_dev != ss.st_dev && access("/dev/shm", W_OK) == 0) {
+        write_files_atomic({last, other.string()}, a);
+        CHECK(file_bytes(other.string()) == a);
+        CHECK(file_bytes(last) == a);
+        fs::remove(other);
+    } else {
+        WARN("no second filesystem at /dev/shm: the copy without a hard link is not exercised here");
+    }
+
+    // A write that cannot happen names the file and leaves the previous one.
+    fs::create_directories(dir / "blocked.safetensors.tmp" / "x");
+    CHECK_THROWS_WITH(write_files_atomic({(dir / "blocked.safetensors").string()}, a),
+                      Contains("blocked.safetensors.tmp: cannot open for writing"));
+    CHECK_THROWS_WITH(write_files_atomic({last, (dir / "blocked.safetensors").string()}, b), Contains("blocked.safetensors"));
+    CHECK(file_bytes(last) == a);  // nothing renamed when a later path failed, and no temporary file left
+    CHECK(!fs::exists(last + ".tmp"));
+    fs::remove_all(dir);
 }
 
 TEST_CASE("device discovery treats any runtime error as 'no GPU'", "[engine][device]") {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 namespace y5 {
 
@@ -175,8 +176,8 @@ std::vector<double> SafeTensorsFile::read_f64(const std::string& name, const Sha
     return read<double>(name, expect);
 }
 
-void save_safetensors(const std::string& path, const std::vector<SaveItem>& items,
-                      const std::map<std::string, std::string>& metadata) {
+std::vector<char> safetensors_bytes(const std::vector<SaveItem>& items, const std::map<std::string, std::string>& metadata,
+                                    const std::string& path) {
     json header = json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     size_t off = 0;
@@ -193,20 +194,58 @@ void save_safetensors(const std::string& path, const std::vector<SaveItem>& item
     }
     std::string h = header.dump();
     h.append((8 - h.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
+    std::vector<char> out(8 + h.size() + off);
+    const uint64_t hlen = h.size();  // little-endian, as every platform y5 builds for
+    std::memcpy(out.data(), &hlen, 8);
+    std::memcpy(out.data() + 8, h.data(), h.size());
+    char* d = out.data() + 8 + h.size();
+    for (const SaveItem& it : items) {
+        std::memcpy(d, it.tensor.data, it.tensor.bytes());
+        d += it.tensor.bytes();
+    }
+    return out;
+}
+
+namespace {
+// bytes into path + ".tmp" (not renamed); the tmp file is removed on failure.
+void write_tmp(const std::string& path, const std::vector<char>& bytes) {
     const std::string tmp = path + ".tmp";
     FILE* f = std::fopen(tmp.c_str(), "wb");
     Y5_CHECK(f, "%s: cannot open for writing", tmp.c_str());
-    uint64_t hlen = h.size();
-    bool ok = std::fwrite(&hlen, 8, 1, f) == 1 && std::fwrite(h.data(), 1, h.size(), f) == h.size();
-    for (const SaveItem& it : items)
-        ok = ok && std::fwrite(it.tensor.data, 1, it.tensor.bytes(), f) == it.tensor.bytes();
+    bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
     ok = (std::fflush(f) == 0) && ok;
     ok = (std::fclose(f) == 0) && ok;
     if (!ok) {
         std::remove(tmp.c_str());
         Y5_FAIL("%s: write failed (disk full?); the previous file, if any, is untouched", path.c_str());
     }
-    Y5_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "%s: cannot rename %s over it", path.c_str(), tmp.c_str());
+}
+}  // namespace
+
+void write_files_atomic(const std::vector<std::string>& paths, const std::vector<char>& bytes) {
+    if (paths.empty()) return;
+    std::vector<std::string> made;  // the temporary files so far, removed when a later one fails
+    try {
+        write_tmp(paths[0], bytes);
+        const std::string first = paths[0] + ".tmp";
+        made.push_back(first);
+        for (size_t i = 1; i < paths.size(); ++i) {
+            const std::string tmp = paths[i] + ".tmp";
+            std::remove(tmp.c_str());  // a stale one from a killed run would make link() fail
+            if (::link(first.c_str(), tmp.c_str()) != 0) write_tmp(paths[i], bytes);  // no hard links here: write it
+            made.push_back(tmp);
+        }
+    } catch (...) {
+        for (const std::string& m : made) std::remove(m.c_str());
+        throw;
+    }
+    for (const std::string& p : paths)
+        Y5_CHECK(std::rename((p + ".tmp").c_str(), p.c_str()) == 0, "%s: cannot rename %s.tmp over it", p.c_str(), p.c_str());
+}
+
+void save_safetensors(const std::string& path, const std::vector<SaveItem>& items,
+                      const std::map<std::string, std::string>& metadata) {
+    write_files_atomic({path}, safetensors_bytes(items, metadata, path));
 }
 
 }  // namespace y5

@@ -54,6 +54,15 @@ struct SaveItem {
 void save_safetensors(const std::string& path, const std::vector<SaveItem>& items,
                       const std::map<std::string, std::string>& metadata);
 
+// save_safetensors in two halves: the whole file in memory (a copy of the tensors, so they may change after it
+// returns; `path` only names the file in errors), then the same bytes written to each of `paths` (each through
+// "<path>.tmp" and a rename; the later paths are hard links to the first's file where the filesystem has them,
+// one write for all, and written again where it has not). y5train's checkpoints: serialised between steps,
+// written by a background thread while training goes on.
+std::vector<char> safetensors_bytes(const std::vector<SaveItem>& items, const std::map<std::string, std::string>& metadata,
+                                    const std::string& path);
+void write_files_atomic(const std::vector<std::string>& paths, const std::vector<char>& bytes);
+
 float half_to_float(uint16_t h);
 
 }  // namespace y5
