@@ -58,8 +58,8 @@ template <class T> Y5_HD T bn_train_dx(T dy, T xhat, T gamma, T invstd, T mean_d
 // Eval-mode d x for one element (the statistics are constants): dy·gamma·invstd.
 template <class T> Y5_HD T bn_eval_dx(T dy, T gamma, T invstd) { return dy * gamma * invstd; }
 
-// Partial sums in kSumLanes doubles: lanes_add_sum / lanes_add_sqdev add x[i] / (x[i] − mean)² of a row to lane
-// i mod kSumLanes, lanes_total combines the lanes in a fixed tree.
+// Partial sums in kSumLanes doubles: lanes_add_sqdev adds (x[i] − mean)² of a row to lane i mod kSumLanes
+// (the gradient norm's sum of squares), lanes_total combines the lanes in a fixed tree.
 constexpr int kSumLanes = 16;
 inline double lanes_total(const double* s) {
     double t[kSumLanes];
@@ -67,12 +67,6 @@ inline double lanes_total(const double* s) {
     for (int w = kSumLanes / 2; w >= 1; w /= 2)
         for (int l = 0; l < w; ++l) t[l] += t[l + w];
     return t[0];
-}
-template <class T> void lanes_add_sum(double* s, const T* x, int64_t n) {
-    int64_t i = 0;
-    for (; i + kSumLanes <= n; i += kSumLanes)
-        for (int l = 0; l < kSumLanes; ++l) s[l] += (double)ld(x[i + l]);
-    for (int l = 0; i + l < n; ++l) s[l] += (double)ld(x[i + l]);
 }
 template <class T> void lanes_add_sqdev(double* s, const T* x, int64_t n, double mean) {
     int64_t i = 0;
@@ -84,6 +78,23 @@ template <class T> void lanes_add_sqdev(double* s, const T* x, int64_t n, double
     for (int l = 0; i + l < n; ++l) {
         const double d = (double)ld(x[i + l]) - mean;
         s[l] += d * d;
+    }
+}
+// Σ(x − k) into s and Σ(x − k)² into ss, one pass: with k one of the channel's values, mean = k + Σ(x − k)/M and
+// var = Σ(x − k)²/M − (Σ(x − k)/M)² lose nothing that matters in double (the shift keeps the two terms of the
+// difference near var in size), where a second pass for Σ(x − mean)² read the channel again.
+template <class T> void lanes_add_shifted(double* s, double* ss, const T* x, int64_t n, double k) {
+    int64_t i = 0;
+    for (; i + kSumLanes <= n; i += kSumLanes)
+        for (int l = 0; l < kSumLanes; ++l) {
+            const double d = (double)ld(x[i + l]) - k;
+            s[l] += d;
+            ss[l] += d * d;
+        }
+    for (int l = 0; i + l < n; ++l) {
+        const double d = (double)ld(x[i + l]) - k;
+        s[l] += d;
+        ss[l] += d * d;
     }
 }
 
@@ -143,12 +154,11 @@ void batchnorm_forward_train_cpu(T* out, A* save_mean, A* save_invstd, A* runnin
                                  int c_begin = 0, int c_end = INT_MAX) {
     const int64_t M = (int64_t)N * HW;
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
-        double s[kSumLanes] = {};
-        for (int n = 0; n < N; ++n) lanes_add_sum(s, inp + ((int64_t)n * C + c) * HW, HW);
-        const double mean = lanes_total(s) / M;
-        double ss[kSumLanes] = {};
-        for (int n = 0; n < N; ++n) lanes_add_sqdev(ss, inp + ((int64_t)n * C + c) * HW, HW, mean);
-        const double var = lanes_total(ss) / M;
+        double s[kSumLanes] = {}, ss[kSumLanes] = {};
+        const double k = (double)ld(inp[(int64_t)c * HW]);
+        for (int n = 0; n < N; ++n) lanes_add_shifted(s, ss, inp + ((int64_t)n * C + c) * HW, HW, k);
+        const double dm = lanes_total(s) / M, mean = k + dm;
+        const double var = y5_max(lanes_total(ss) / M - dm * dm, 0.0);
         const A invstd = A(bn_invstd(var, eps));
         for (int n = 0; n < N; ++n) {
             const int64_t j = ((int64_t)n * C + c) * HW;

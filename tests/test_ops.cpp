@@ -3,6 +3,7 @@
  * every op, through the ops layer and the tape, on awkward shapes (N = 1, C = 3, odd H and W) and on
  * shapes yolov5n really has at 640 (batch 1). Large shapes are probed at random elements.
  */
+#include "kernels/batchnorm.h"
 #include "kernels/conv2d.h"
 #include "kernels/reshape.h"
 #include "tests/test_util.h"
@@ -72,6 +73,33 @@ TEST_CASE("batchnorm2d training statistics and running update follow PyTorch", "
     CHECK(e.t.ptr<double>()[3] == Approx((4 - m) / std::sqrt(v + (double)eps) * 2.0 + 0.5).epsilon(1e-7));
     CHECK(rm.ptr<double>()[0] == m);
     CHECK(rv.ptr<double>()[0] == v);
+}
+
+TEST_CASE("batchnorm2d's one-pass statistics keep a channel whose mean dwarfs its spread", "[ops][batchnorm]") {
+    // Σ(x − k) and Σ(x − k)² about one of the channel's values k (kernels/batchnorm.h): against a two-pass double
+    // reference on the same floats, with k itself 8 standard deviations out, mean/std up to 1e7.
+    Rng rng(5);
+    for (double mu : {0.0, 1e3, 1e5})
+        for (double sd : {1.0, 1e-2}) {
+            const int N = 3, C = 2, HW = 777;
+            std::vector<float> x((size_t)N * C * HW), y(x.size());
+            for (float& v : x) v = (float)(mu + sd * rng.normal());
+            x[0] = (float)(mu + 8 * sd);
+            float g[2] = {1, 1}, b[2] = {0, 0}, rm[2] = {0, 0}, rv[2] = {1, 1}, sm[2], si[2];
+            batchnorm_forward_train_cpu<float>(y.data(), sm, si, rm, rv, x.data(), g, b, N, C, HW, 0.f, 0.1f, kNoAct);
+            for (int c = 0; c < C; ++c) {
+                double s = 0, q = 0;
+                for (int n = 0; n < N; ++n)
+                    for (int i = 0; i < HW; ++i) s += x[((size_t)n * C + c) * HW + i];
+                const double m = s / (N * HW);
+                for (int n = 0; n < N; ++n)
+                    for (int i = 0; i < HW; ++i) q += std::pow(x[((size_t)n * C + c) * HW + i] - m, 2);
+                const double var = q / (N * HW);
+                CAPTURE(mu, sd, c);
+                CHECK(sm[c] == Approx(m).epsilon(1e-7).margin(1e-30));
+                CHECK(si[c] == Approx(1 / std::sqrt(var)).epsilon(2e-7));
+            }
+        }
 }
 
 TEST_CASE("activations match PyTorch values", "[ops][activation]") {
