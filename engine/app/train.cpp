@@ -147,7 +147,7 @@ std::vector<char> checkpoint_bytes(const std::string& path, const Model& live, c
 }
 
 // Checkpoints written by a background thread while the next epoch trains: last and best are 4 copies of the
-// parameters each (28 MB for yolov5n), and writing them held the demo's 2.5 s epochs up by 0.2-0.4 s on a shared
+// parameters each (28 MB for yolov5n), and writing them held the demo's 2.5 s epochs up by 0.1-0.35 s on a shared
 // disk. One write in flight: the next save, the end of training and an early return wait for it, and its error
 // (disk full, ...) is raised there, or at the first step after it failed (check). The files of one epoch are one
 // write (write_files_atomic's hard links).
