@@ -111,9 +111,10 @@ void append_act(dnnl::post_ops& po, Act a) {
     }
 }
 
-Plan make_plan(Pass pass, bool with_bias, Act act, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+Plan make_plan(Pass pass, bool with_bias, Act act, int C, int H, int W, int K, int R, int S, int stride, int pad,
+               int mb) {
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
-    const memory::dims x_d{1, C, H, W}, w_d{K, C, R, S}, b_d{K}, y_d{1, K, Ho, Wo}, st{stride, stride},
+    const memory::dims x_d{mb, C, H, W}, w_d{K, C, R, S}, b_d{K}, y_d{mb, K, Ho, Wo}, st{stride, stride},
         pd{pad, pad};
     const memory::desc x_any(x_d, dt::f32, tag::any), w_any(w_d, dt::f32, tag::any), y_any(y_d, dt::f32, tag::any);
     const memory::desc x_pl(x_d, dt::f32, tag::nchw), w_pl(w_d, dt::f32, tag::oihw), y_pl(y_d, dt::f32, tag::nchw);
@@ -179,7 +180,7 @@ struct OmpThreads {  // omp_set_num_threads(n) for a scope, restored after
 
 // oneDNN fixes a primitive's split over threads when it is created, from omp_get_max_threads() then, and runs
 // that many whatever the setting at execution: the thread count is part of the plan.
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, float>;
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, float, int>;
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>> g_plans;  // a Plan never moves once made (callers keep the pointer)
 
@@ -195,15 +196,15 @@ using BKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, float
 std::map<BKey, std::unique_ptr<BPlan>> g_bplans;
 
 const Plan& plan(Pass pass, bool with_bias, int threads, int C, int H, int W, int K, int R, int S, int stride,
-                 int pad, Act act = kNoAct) {
+                 int pad, Act act = kNoAct, int mb = 1) {
     const float alpha = act.kind == ActKind::LeakyReLU ? act.alpha : 0.f;
-    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad, (int)act.kind, alpha};
+    const Key k{pass, with_bias, threads, C, H, W, K, R, S, stride, pad, (int)act.kind, alpha, mb};
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_plans.find(k);
     if (it == g_plans.end()) {
         try {
             OmpThreads omp(threads);
-            it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, act, C, H, W, K, R, S, stride, pad)))
+            it = g_plans.emplace(k, std::make_unique<Plan>(make_plan(pass, with_bias, act, C, H, W, K, R, S, stride, pad, mb)))
                      .first;
         } catch (const dnnl::error& e) {
             Y5_FAIL("conv2d (oneDNN): no primitive for x (%d,%d,%d) w (%d,%d,%d,%d) s%d p%d, pass %d: %s", C, H, W, K,
@@ -495,6 +496,27 @@ void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const fl
     }
 }
 
+bool conv2d_dnnl_wgrad_group_ok(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    return plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad, kNoAct, N).c.md ==
+           plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).c.md;
+}
+
+size_t conv2d_dnnl_wgrad_group_bytes(int N, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    return plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad, kNoAct, N).bytes + 64;
+}
+
+void conv2d_dnnl_wgrad_group(float* dwb, const float* dout, const float* inp, void* work, int N, int C, int H, int W,
+                             int K, int R, int S, int stride, int pad) {
+    char* wk = aligned(work);
+    const Plan& p = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad, kNoAct, N);
+    OmpThreads omp(1);  // one thread: the reduction over images and pixels in one fixed order
+    const Mems& ms = mems(p);
+    dnnl_memory_t pm = at(ms.pad, wk + p.pad_off), xm = in_mem(p.a, ms.a, ms.a_plain, inp, wk),
+                  dym = in_mem(p.b, ms.b, ms.b_plain, dout, wk);
+    exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, at(ms.c, dwb)},
+                  {DNNL_ARG_SCRATCHPAD, pm}});
+}
+
 int conv2d_dnnl_wgrad_parts(int C, int H, int W, int K, int R, int S, int stride, int pad, int want) {
     return std::max(1, std::min(want, dim0_blocks(plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad).c.md)));
 }
@@ -736,6 +758,11 @@ void conv2d_dnnl_weights(float*, bool, bool, Act, const float*, int, int, int, i
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 size_t conv2d_dnnl_wgrad_floats(int, int, int, int, int, int, int, int) { return 0; }
+bool conv2d_dnnl_wgrad_group_ok(int, int, int, int, int, int, int, int, int) { return false; }
+size_t conv2d_dnnl_wgrad_group_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
+void conv2d_dnnl_wgrad_group(float*, const float*, const float*, void*, int, int, int, int, int, int, int, int, int) {
+    Y5_FAIL("conv2d: built without oneDNN");
+}
 void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, int, int, int, int, int, int, int, int,
                                int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");

@@ -73,6 +73,14 @@ void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const 
 size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
                                int H, int W, int K, int R, int S, int stride, int pad);
+// The same for N images in one call (mb = N, one plan per N), written over dwb: on small maps a call's fixed cost
+// (its diff-weights written, then summed, per image) outweighs one image's arithmetic (engine/ops/op.h,
+// wgrad_groups). _ok: whether the N-image plan's diff-weights layout is the one-image plan's (the partials of both
+// are summed and finished alike); _bytes: the call's work.
+bool conv2d_dnnl_wgrad_group_ok(int N, int C, int H, int W, int K, int R, int S, int stride, int pad);
+size_t conv2d_dnnl_wgrad_group_bytes(int N, int C, int H, int W, int K, int R, int S, int stride, int pad);
+void conv2d_dnnl_wgrad_group(float* dwb, const float* dout, const float* inp, void* work, int N, int C, int H, int W,
+                             int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_sum(float* dwb, int G, int64_t floats, int64_t i0, int64_t i1);
 // conv2d_dnnl_wgrad_finish split as conv2d_dnnl_weights: part j of parts adds its output channels' share.
 int conv2d_dnnl_wgrad_parts(int C, int H, int W, int K, int R, int S, int stride, int pad, int want);

@@ -254,6 +254,36 @@ TEST_CASE("oneDNN conv2d with weights prepared once gives the per-call reorder's
     CHECK(split > 0);     // and some were split into parts
 }
 
+TEST_CASE("oneDNN's weight gradient over several images per call matches the reference", "[dnnl][conv][wgrad]") {
+    // conv2d_dnnl_wgrad_group (the ops' small maps, engine/ops/op.h wgrad_groups): N images in one call, written over
+    // random contents, then finished into (K,C,R,S) as the one-image partials are.
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    DnnlSwitch on(true);
+    Rng rng(1811);
+    std::vector<Geo> geos = yolov5n_geos();
+    for (Geo& g : geos) g.N = 6;
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    int grouped = 0;
+    for (const Geo& g : geos) {
+        INFO(geo_str(g));
+        if (!conv2d_dnnl_wgrad_group_ok(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad)) continue;
+        ++grouped;
+        const Data d = make_data(g, rng);
+        std::vector<char> work(conv2d_dnnl_wgrad_group_bytes(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad));
+        std::vector<float> dwb =
+            rand_vec((int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad), rng);
+        conv2d_dnnl_wgrad_group(dwb.data(), d.dy.data(), d.x.data(), work.data(), g.N, g.C, g.H, g.W, g.K, g.R, g.S,
+                                g.stride, g.pad);
+        std::vector<float> dw = d.dw0;
+        conv2d_dnnl_wgrad_finish(dw.data(), dwb.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        require_close_vec(dw, run_ref(g, d).dw, 1e-5, "dweight");
+    }
+    CHECK(grouped >= (int)yolov5n_geos().size());
+}
+
 TEST_CASE("oneDNN fprop over a range of output channels gives the full convolution's bits", "[dnnl][conv][threads]") {
     // Batch 1 with several threads splits the output channels (conv_k_parts), so its bits must be the
     // whole convolution's: then y5detect gives the same boxes with any Y5_THREADS.
@@ -352,6 +382,18 @@ TEST_CASE("conv2d, conv2d_parts and conv1x1_maps with oneDNN match the reference
         Tensor b = rand_tensor(T.data, {32}, DType::F32, rng), dy = rand_tensor(T.data, {11, 32, 8, 8}, DType::F32, rng);
         auto op = [&](std::vector<Var>& v) { return conv2d_parts(T.ctx, {v[0], v[1], v[2]}, v[3], &v[4]); };
         compare(run(true, op, {x0, x1, x2, w, b}, dy), run(false, op, {x0, x1, x2, w, b}, dy));
+    }
+    SECTION("conv2d at 6x6 and 3x3, batch 16 (the weight gradient over groups of 8 and 16 images beside the dgrad)") {
+        for (const int hw : {6, 3}) {
+            INFO(hw << "x" << hw);
+            const int64_t in_img = (int64_t)64 * hw * hw, out_img = (int64_t)64 * hw * hw;
+            REQUIRE(wgrad_groups(16, in_img, out_img, hw * hw) == (hw == 6 ? 2 : 1));
+            Tensor x = rand_tensor(T.data, {16, 64, hw, hw}, DType::F32, rng);
+            Tensor w = rand_tensor(T.data, {64, 64, 3, 3}, DType::F32, rng, -0.1, 0.1);
+            Tensor dy = rand_tensor(T.data, {16, 64, hw, hw}, DType::F32, rng);
+            auto op = [&](std::vector<Var>& v) { return conv2d(T.ctx, v[0], v[1], nullptr, 1, 1); };
+            compare(run(true, op, {x, w}, dy), run(false, op, {x, w}, dy));
+        }
     }
     // Pointwise convolutions: fprop and dgrad as GEMMs from kConvGemmMinPixels (OpenBLAS's, oneDNN's sgemm from
     // kConvSgemmPixels), wgrad as a GEMM below kConvGemmWgradPixels, oneDNN's convolution otherwise: each side of the

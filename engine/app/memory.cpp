@@ -180,7 +180,8 @@ size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch) {
     // CPU conv2d: G = min(batch, threads) im2col buffers, each at most work1 (the largest, at one image, G = 1),
     // and in the backward grad_groups(batch) − 1 partial weight and bias gradients of the layer (engine/ops/op.h);
     // with oneDNN (f32) every group's weight gradient in oneDNN's blocked layout, both channel counts padded to at
-    // most a multiple of 16 (kernels/conv2d_dnnl.h).
+    // most a multiple of 16 (kernels/conv2d_dnnl.h), and each buffer up to kWgradGroupFloats larger for the
+    // weight gradients of several images per call (wgrad_groups).
     const size_t G = std::min(b, (size_t)std::max(cpu_op_threads(), 1)), groups = (size_t)grad_groups((int)b);
     const bool dnnl = conv_dnnl_on() && m.params.dtype() == DType::F32;
     auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
@@ -192,7 +193,8 @@ size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch) {
         const int64_t nw = dnnl ? up16(K) * up16(p.shape[1]) * p.shape[2] * p.shape[3] : p.shape.numel();
         partial = std::max(partial, (size_t)(nw + K) * dtype_size(m.params.dtype()));
     }
-    return G * work1 + (dnnl ? groups : groups - 1) * partial + margin;
+    return G * (work1 + (dnnl ? (size_t)kWgradGroupFloats * sizeof(float) : 0)) + (dnnl ? groups : groups - 1) * partial +
+           margin;
 }
 
 // Activations and their gradients grow linearly with the batch (but for `fixed` bytes); 10 % and 64 MiB of headroom.

@@ -178,5 +178,18 @@ struct Scratch {
 constexpr int kGradGroups = 8;
 inline int grad_groups(int N) { return N < kGradGroups ? (N > 1 ? N : 1) : kGradGroups; }
 inline int grad_slots(int G) { return G < cpu_op_threads() ? G : cpu_op_threads(); }
+// oneDNN f32 on small maps: one image's weight gradient per call is mostly the call's fixed cost (its diff-weights
+// written and summed per image; at 6x6 and 3x3 two to four times the arithmetic), so the images go m to a call, m
+// enough for kWgradPixels output pixels while the m images' inputs and output gradients stay within
+// kWgradGroupFloats: wgrad_groups(N, ...) groups of consecutive images (at most grad_groups(N); fewer only where
+// m > 1). They depend on the batch and the layer's geometry alone, as grad_groups.
+constexpr int64_t kWgradPixels = 256, kWgradGroupFloats = (int64_t)1 << 18;
+inline int wgrad_groups(int N, int64_t in_img, int64_t out_img, int64_t pixels) {
+    int64_t m = (kWgradPixels + pixels - 1) / pixels;
+    m = m < kWgradGroupFloats / (in_img + out_img) ? m : kWgradGroupFloats / (in_img + out_img);
+    if (m <= 1) return grad_groups(N);
+    const int G = (int)((N + m - 1) / m);
+    return G < grad_groups(N) ? G : grad_groups(N);
+}
 
 }  // namespace y5

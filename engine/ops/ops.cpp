@@ -119,11 +119,13 @@ Var cast(Ctx& c, const Var& x, DType to) {
 // group 0 accumulating into dw/db themselves and groups 1..G−1 into zeroed partials of nw and K values that are
 // added in group order afterwards. The groups depend on the batch alone, so the gradients have the same bits
 // whatever the number of CPU threads and their timing; the threads take the groups in turn, and slot (< threads)
-// names the thread's own scratch (its im2col buffer). dw/db may be null.
+// names the thread's own scratch (its im2col buffer). dw/db may be null. extra: xfn(e, slot) for e < extra, tasks the
+// slots take before the groups (the caller's own outputs; conv2d's weight gradient over wgrad_groups).
 // f16: the gradients are summed in float (fn gets float partials, group 0's zeroed too), in the same order, and
 // added into the f16 dw/db with one rounding each; from zeroed gradients that is the f32 result rounded once.
 template <class T, class F>
-static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn) {
+static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn, int extra = 0,
+                             const std::function<void(int64_t, int64_t)>& xfn = {}) {
     using A = acc_t<T>;
     constexpr bool half = !std::is_same_v<A, T>;
     const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
@@ -135,11 +137,19 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
         if constexpr (half) return p + g * n;
         else return g ? p + (g - 1) * n : own;
     };
+    // The tasks (the extra ones first, then the groups) taken in turn by the slots as they come free.
     const int S = grad_slots(G);
+    std::atomic<int> next{0};
     par(S, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s)
-            for (int64_t g = s; g < G; g += S)
+            for (int t = next++; t < G + extra; t = next++) {
+                if (t < extra) {
+                    xfn(t, s);
+                    continue;
+                }
+                const int64_t g = t - extra;
                 fn(g, s, dw ? part(pw, dw, g, nw) : nullptr, db ? part(pb, db, g, K) : nullptr);
+            }
     });
     // Each element's partials added in group order, the elements over the threads.
     if (dw)
@@ -285,20 +295,36 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                                  !conv_gemm_wgrad(g.R, g.S, g.stride, g.pad, out_img / g.K);
             const int64_t nwb =
                 blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
-            float* pwb = ws.get<float>(nwb * Gb);
-            A* col = ws.get<A>(ncol * grad_slots(Gb));
+            // Small maps: the weight gradient over Gw < Gb larger groups, one oneDNN call each (engine/ops/op.h,
+            // wgrad_groups), taken by the slots beside the Gb groups' dgrad; channels counted as oneDNN pads them.
+            auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
+            int Gw = blocked ? wgrad_groups(g.N, up16(g.C) * g.H * g.W, up16(g.K) * (out_img / g.K), out_img / g.K)
+                             : Gb;
+            const int mw = (g.N + Gw - 1) / Gw;  // the groups have mw or mw − 1 images
+            if (Gw < Gb && !(conv2d_dnnl_wgrad_group_ok(mw, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) &&
+                             conv2d_dnnl_wgrad_group_ok(std::max(mw - 1, 1), g.C, g.H, g.W, g.K, g.R, g.S, g.stride,
+                                                        g.pad)))
+                Gw = Gb;
+            const int64_t nslot =
+                Gw < Gb ? std::max(ncol, (int64_t)((conv2d_dnnl_wgrad_group_bytes(mw, g.C, g.H, g.W, g.K, g.R, g.S,
+                                                                                  g.stride, g.pad) +
+                                                    sizeof(A) - 1) / sizeof(A)))
+                        : ncol;
+            float* pwb = ws.get<float>(nwb * Gw);
+            A* col = ws.get<A>(nslot * grad_slots(Gb));
             float* scr = ws.get<float>(nscr * grad_slots(Gb));
             const float* wre = prepared_weights(ws, dx != nullptr, true, false, kNoAct, w.t.ptr<T>(), g.C, g.H, g.W,
                                                 g.K, g.R, g.S, g.stride, g.pad);  // dgrad's, once for all the groups
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
-                A* cs = col ? col + slot * ncol : nullptr;
+                A* cs = col ? col + slot * nslot : nullptr;
                 if constexpr (std::is_same_v<T, float>)
                     if (blocked) {
                         conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
                                                nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
                                                g.stride, g.pad, wre);
+                        if (Gw < Gb) return;
                         conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs,
                                                   n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
                         return;
@@ -311,10 +337,16 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                     conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad, wre);
+            }, Gw < Gb ? Gw : 0, [&](int64_t gi, int64_t slot) {
+                if constexpr (std::is_same_v<T, float>) {
+                    const int n0 = (int)(g.N * gi / Gw), n1 = (int)(g.N * (gi + 1) / Gw);
+                    conv2d_dnnl_wgrad_group(pwb + gi * nwb, dy + n0 * out_img, xp + n0 * in_img, col + slot * nslot,
+                                            n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                }
             });
             if constexpr (std::is_same_v<T, float>)
                 if (blocked)
-                    wgrad_blocked_finish(dw, pwb, Gb, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                    wgrad_blocked_finish(dw, pwb, Gw, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
         }
     });
 }
