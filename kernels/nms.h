@@ -95,14 +95,21 @@ Y5_HD void nms_offset_box(const float* xyxy, int cls, bool agnostic, float* out)
     for (int k = 0; k < 4; ++k) out[k] = nms_add(xyxy[k], off);
 }
 
-// IoU of two xyxy boxes as torchvision's nms kernel computes it (float, no eps).
-Y5_HD float nms_iou(const float* a, const float* b) {
-    const float area_a = nms_mul(nms_sub(a[2], a[0]), nms_sub(a[3], a[1]));
-    const float area_b = nms_mul(nms_sub(b[2], b[0]), nms_sub(b[3], b[1]));
-    const float w = nms_max(0.0f, nms_sub(nms_min(a[2], b[2]), nms_max(a[0], b[0])));
-    const float h = nms_max(0.0f, nms_sub(nms_min(a[3], b[3]), nms_max(a[1], b[1])));
+// An xyxy box's area as nms_iou takes it.
+Y5_HD float nms_area(float x1, float y1, float x2, float y2) { return nms_mul(nms_sub(x2, x1), nms_sub(y2, y1)); }
+// IoU of boxes a and b given as coordinates and areas (nms_area): torchvision's nms kernel's float arithmetic, no
+// eps. Scalar arguments, so that the CPU's loop over many b runs vectorised.
+Y5_HD float nms_iou_area(float ax1, float ay1, float ax2, float ay2, float area_a, float bx1, float by1, float bx2,
+                         float by2, float area_b) {
+    const float w = nms_max(0.0f, nms_sub(nms_min(ax2, bx2), nms_max(ax1, bx1)));
+    const float h = nms_max(0.0f, nms_sub(nms_min(ay2, by2), nms_max(ay1, by1)));
     const float inter = nms_mul(w, h);
     return nms_div(inter, nms_sub(nms_add(area_a, area_b), inter));
+}
+// IoU of two xyxy boxes.
+Y5_HD float nms_iou(const float* a, const float* b) {
+    return nms_iou_area(a[0], a[1], a[2], a[3], nms_area(a[0], a[1], a[2], a[3]), b[0], b[1], b[2], b[3],
+                        nms_area(b[0], b[1], b[2], b[3]));
 }
 
 // ----------------------------------------------------------------------------------------------------
