@@ -123,9 +123,12 @@ Var cast(Ctx& c, const Var& x, DType to) {
 // slots take before the groups (the caller's own outputs; conv2d's weight gradient over wgrad_groups).
 // f16: the gradients are summed in float (fn gets float partials, group 0's zeroed too), in the same order, and
 // added into the f16 dw/db with one rounding each; from zeroed gradients that is the f32 result rounded once.
-template <class T, class F>
+struct NoTasks {
+    void operator()(int64_t, int64_t) const {}
+};
+template <class T, class F, class X = NoTasks>
 static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G, F&& fn, int extra = 0,
-                             const std::function<void(int64_t, int64_t)>& xfn = {}) {
+                             X&& xfn = NoTasks{}) {
     using A = acc_t<T>;
     constexpr bool half = !std::is_same_v<A, T>;
     const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
