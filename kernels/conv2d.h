@@ -272,6 +272,23 @@ void conv2d_backward_run(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
     conv2d_backward_cpu<T>(dinp, dweight, dbias, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad);
 }
 
+// oneDNN f32 with the weight gradient summed blocked (written over dwb, conv2d_dnnl_wgrad_blocked): where dgrad runs
+// on oneDNN too, both passes image by image on one reorder of dy (conv2d_dnnl_backward_blocked), else one after the
+// other. dinp may be null.
+inline void conv2d_backward_blocked_run(float* dinp, float* dwb, float* dbias, const float* dout, const float* inp,
+                                        const float* weight, float* work, int N, int C, int H, int W, int K, int R,
+                                        int S, int stride, int pad, const float* wre) {
+    const int64_t P = (int64_t)conv_out_size(H, R, stride, pad) * conv_out_size(W, S, stride, pad);
+    if (dinp && !conv_gemm_data(C, R, S, stride, pad, P)) {
+        if (dbias)
+            for (int n = 0; n < N; ++n) bias_grad_cpu(dbias, dout + n * K * P, K, (int)P);
+        conv2d_dnnl_backward_blocked(dinp, dwb, dout, inp, weight, wre, work, N, C, H, W, K, R, S, stride, pad);
+        return;
+    }
+    conv2d_backward_run<float>(dinp, nullptr, dbias, dout, nullptr, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
+    conv2d_dnnl_wgrad_blocked(dwb, false, dout, inp, work, N, C, H, W, K, R, S, stride, pad);
+}
+
 // ----------------------------------------------------------------------------------------------------
 // f16 passes. Per image the f16 operands are converted to float scratch, the f32 pass the ops run (_run) runs, and each output
 // is rounded once: fprop out = st(conv + bias); dgrad dinp = st(ld(dinp) + dgrad). The weight gradients stay

@@ -8,6 +8,7 @@
 
 #include "kernels/check.h"
 #include "kernels/conv_stem.h"
+#include "kernels/reshape.h"
 
 #if Y5_DNNL
 #include <omp.h>
@@ -58,6 +59,8 @@ struct Operand {
     bool reordered = false;
     dnnl::reorder to, from;  // plain → md (inputs), md → plain with sum (accumulated outputs) or without
     size_t off = 0;          // in work, when reordered (or always, for accumulated outputs)
+    bool acc = false;        // an accumulated output
+    int unblock = 0;         // B where md is plain's dims in whole nChw{B}c blocks: md → plain by unblock_cpu
 };
 
 struct Plan {
@@ -86,11 +89,23 @@ void input(Operand& o, const memory::desc& plain, const memory::desc& md, size_t
     }
 }
 
+// B where md holds plain's 4 dims as whole nChw{B}c channel blocks (no padding), else 0.
+int whole_blocks(const memory::desc& plain, const memory::desc& md) {
+    const dnnl_memory_desc_t& d = plain.data;
+    if (d.ndims != 4) return 0;
+    const memory::dims dims(d.dims, d.dims + 4);
+    for (int B : {16, 8})
+        if (dims[1] % B == 0 && md == memory::desc(dims, dt::f32, B == 16 ? tag::nChw16c : tag::nChw8c)) return B;
+    return 0;
+}
+
 // An output operand: written by the primitive into work, then reorder-added (accumulate) or reordered into plain.
 void output(Operand& o, const memory::desc& plain, const memory::desc& md, bool accumulate, size_t& bytes) {
     o.plain = plain, o.md = md;
     o.reordered = accumulate || plain != md;
     if (!o.reordered) return;
+    o.acc = accumulate;
+    o.unblock = whole_blocks(plain, md);
     dnnl::primitive_attr attr;  // reorders keep oneDNN's own (library) scratchpad: f32 ones need none
     if (accumulate) {
         dnnl::post_ops po;
@@ -306,6 +321,22 @@ dnnl_memory_t in_mem(const Operand& o, const memory& m, const memory& m_plain, c
     return m.get();
 }
 
+// An output operand from the primitive's layout (blk, in work) into plain, added when accumulated: whole channel
+// blocks by unblock_cpu over `threads` OpenMP threads, others by the plan's reorder.
+void to_plain(const Operand& o, const memory& m, const memory& m_plain, const float* blk, float* plain, int threads) {
+    if (!o.unblock) {
+        exec(o.from, {{DNNL_ARG_FROM, at(m, blk)}, {DNNL_ARG_TO, at(m_plain, plain)}});
+        return;
+    }
+    const dnnl_memory_desc_t& d = o.plain.data;
+    const int B = o.unblock;
+    const int64_t G = d.dims[0] * d.dims[1] / B, P = d.dims[2] * d.dims[3];
+    dnnl_omp_for(threads, G, [&](int64_t g0, int64_t g1) {
+        if (o.acc) unblock_cpu<true>(plain, blk, g0, g1, P, B);
+        else unblock_cpu<false>(plain, blk, g0, g1, P, B);
+    });
+}
+
 // The weights as the primitive reads them: prepared (wre), reordered into work, or the plain tensor itself.
 dnnl_memory_t weights_mem(const Operand& o, const Mems& ms, const float* weight, const float* wre, char* work) {
     return wre && o.reordered ? at(ms.b, wre) : in_mem(o, ms.b, ms.b_plain, weight, work);
@@ -372,6 +403,9 @@ size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stri
                 b = std::max(b, plan(p, bias, t, C, H, W, K, R, S, stride, pad).bytes);
     for (int t : {1, std::max(1, max_threads)})  // the inference fprop (bias and a post-op): its scratchpad may differ
         b = std::max(b, plan(Fprop, true, t, C, H, W, K, R, S, stride, pad, Act{ActKind::ReLU, 0.f}).bytes);
+    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);  // conv2d_dnnl_backward_blocked's
+    b = std::max(b, align_up(pd.a.md.get_size()) + std::max(pd.bytes, plan(Wgrad, false, 1, C, H, W, K, R, S, stride,
+                                                                            pad).bytes));
     b += 64;  // the start aligned to 64 inside the caller's buffer
     std::lock_guard<std::mutex> lock(g_work_mu);
     g_work_bytes[key] = b;
@@ -433,7 +467,7 @@ void conv2d_dnnl_fprop(float* out, const float* inp, const float* weight, const 
                           {DNNL_ARG_SCRATCHPAD, pm}});
         else
             exec(p.prim, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}, {DNNL_ARG_SCRATCHPAD, pm}});
-        if (p.c.reordered) exec(p.c.from, {{DNNL_ARG_FROM, ym}, {DNNL_ARG_TO, at(ms.c_plain, out + n * out_img)}});
+        if (p.c.reordered) to_plain(p.c, ms.c, ms.c_plain, (const float*)(wk + p.c.off), out + n * out_img, t_threads);
     }
 }
 
@@ -453,7 +487,7 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
             dnnl_memory_t dym = in_mem(p.a, ms.a, ms.a_plain, dout + n * out_img, wk);
             exec(p.prim, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
                           {DNNL_ARG_SCRATCHPAD, pm}});
-            exec(p.c.from, {{DNNL_ARG_FROM, dxm}, {DNNL_ARG_TO, at(ms.c_plain, dinp + n * in_img)}});  // dinp += dgrad
+            to_plain(p.c, ms.c, ms.c_plain, (const float*)(wk + p.c.off), dinp + n * in_img, t_threads);  // dinp += dgrad
         }
     }
     if (dweight) {
@@ -468,6 +502,47 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
                           {DNNL_ARG_SCRATCHPAD, pm}});
             exec(p.c.from, {{DNNL_ARG_FROM, dwm}, {DNNL_ARG_TO, dst}});  // dweight += this image's wgrad
         }
+    }
+}
+
+// Shared: both plans take dy in one layout other than NCHW, this thread runs dgrad on one thread, and the dgrad
+// weights are prepared (wgrad's buffers overlap the ones dgrad reorders its weights into).
+bool conv2d_dnnl_dy_shared(bool prepared, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    const Plan& pw = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    return t_threads == 1 && pd.a.reordered && pd.a.md == pw.b.md && (prepared || !pd.b.reordered);
+}
+
+void conv2d_dnnl_backward_blocked(float* dinp, float* dwb, const float* dout, const float* inp, const float* weight,
+                                  const float* wre, void* work, int N, int C, int H, int W, int K, int R, int S,
+                                  int stride, int pad) {
+    if (!conv2d_dnnl_dy_shared(wre != nullptr, C, H, W, K, R, S, stride, pad)) {
+        conv2d_dnnl_backward(dinp, nullptr, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
+        conv2d_dnnl_wgrad_blocked(dwb, false, dout, inp, work, N, C, H, W, K, R, S, stride, pad);
+        return;
+    }
+    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    const Plan& pw = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    // work: dy reordered, then the two plans' buffers over one another (each image's dgrad is done with its own
+    // before wgrad's are written).
+    char* dyb = aligned(work);
+    char* rest = dyb + align_up(pd.a.md.get_size());
+    const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
+    const int64_t in_img = (int64_t)C * H * W, out_img = (int64_t)K * Ho * Wo;
+    const int64_t nb = (int64_t)(pw.c.md.get_size() / sizeof(float));
+    OmpThreads omp(1);
+    const Mems &md = mems(pd), &mw = mems(pw);
+    float* tmp = (float*)(rest + pw.c.off);
+    for (int n = 0; n < N; ++n) {
+        exec(pd.a.to, {{DNNL_ARG_FROM, at(md.a_plain, dout + n * out_img)}, {DNNL_ARG_TO, at(md.a, dyb)}});
+        exec(pd.prim, {{DNNL_ARG_DIFF_DST, md.a.get()}, {DNNL_ARG_WEIGHTS, weights_mem(pd.b, md, weight, wre, rest)},
+                       {DNNL_ARG_DIFF_SRC, at(md.c, rest + pd.c.off)}, {DNNL_ARG_SCRATCHPAD, at(md.pad, rest + pd.pad_off)}});
+        to_plain(pd.c, md.c, md.c_plain, (const float*)(rest + pd.c.off), dinp + n * in_img, 1);  // dinp += dgrad
+        exec(pw.prim, {{DNNL_ARG_SRC, in_mem(pw.a, mw.a, mw.a_plain, inp + n * in_img, rest)},
+                       {DNNL_ARG_DIFF_DST, at(mw.b, dyb)}, {DNNL_ARG_DIFF_WEIGHTS, at(mw.c, n ? tmp : dwb)},
+                       {DNNL_ARG_SCRATCHPAD, at(mw.pad, rest + pw.pad_off)}});
+        if (n)
+            for (int64_t i = 0; i < nb; ++i) dwb[i] += tmp[i];
     }
 }
 
@@ -765,6 +840,11 @@ void conv2d_dnnl_wgrad_group(float*, const float*, const float*, void*, int, int
 }
 void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, int, int, int, int, int, int, int, int,
                                int) {
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
+}
+bool conv2d_dnnl_dy_shared(bool, int, int, int, int, int, int, int, int) { return false; }
+void conv2d_dnnl_backward_blocked(float*, float*, const float*, const float*, const float*, const float*, void*, int,
+                                  int, int, int, int, int, int, int, int) {
     Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 int conv2d_dnnl_wgrad_parts(int, int, int, int, int, int, int, int, int) { return 1; }

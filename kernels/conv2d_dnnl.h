@@ -73,6 +73,14 @@ void conv2d_dnnl_weights(float* dst, bool dgrad, bool with_bias, Act act, const 
 size_t conv2d_dnnl_wgrad_floats(int C, int H, int W, int K, int R, int S, int stride, int pad);
 void conv2d_dnnl_wgrad_blocked(float* dwb, bool add, const float* dout, const float* inp, void* work, int N, int C,
                                int H, int W, int K, int R, int S, int stride, int pad);
+// dinp += dgrad and dwb = the N images' blocked weight gradients (as the two calls above, the same bits), image by
+// image, with dy reordered once for both passes where their plans take it in one layout (otherwise the two calls).
+// wre: the dgrad weights prepared (conv2d_dnnl_weights), or null. Work: conv2d_dnnl_work_bytes. _dy_shared: whether
+// the geometry's passes share dy on this thread (prepared: wre given).
+bool conv2d_dnnl_dy_shared(bool prepared, int C, int H, int W, int K, int R, int S, int stride, int pad);
+void conv2d_dnnl_backward_blocked(float* dinp, float* dwb, const float* dout, const float* inp, const float* weight,
+                                  const float* wre, void* work, int N, int C, int H, int W, int K, int R, int S,
+                                  int stride, int pad);
 // The same for N images in one call (mb = N, one plan per N), written over dwb: on small maps a call's fixed cost
 // (its diff-weights written, then summed, per image) outweighs one image's arithmetic (engine/ops/op.h,
 // wgrad_groups). _ok: whether the N-image plan's diff-weights layout is the one-image plan's (the partials of both

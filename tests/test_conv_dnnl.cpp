@@ -254,6 +254,42 @@ TEST_CASE("oneDNN conv2d with weights prepared once gives the per-call reorder's
     CHECK(split > 0);     // and some were split into parts
 }
 
+TEST_CASE("oneDNN's dgrad and wgrad on one reorder of dy give the separate passes' bits", "[dnnl][conv][wgrad]") {
+    // conv2d_dnnl_backward_blocked (the training backward): dinp += dgrad and the blocked weight gradient, image by
+    // image, against conv2d_dnnl_backward then conv2d_dnnl_wgrad_blocked; the gradients start random.
+    if (!conv_dnnl_built()) {
+        SUCCEED("built without oneDNN");
+        return;
+    }
+    DnnlSwitch on(true);
+    Rng rng(4242);
+    std::vector<Geo> geos = yolov5n_geos();
+    geos.insert(geos.end(), kOdd.begin(), kOdd.end());
+    int shared = 0;
+    for (const Geo& g : geos) {
+        INFO(geo_str(g));
+        const Data d = make_data(g, rng);
+        std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, 1));
+        const size_t nd = conv2d_dnnl_weights_floats(true, false, kNoAct, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        std::vector<float> wd(std::max<size_t>(nd, 1));
+        conv2d_dnnl_weights(wd.data(), true, false, kNoAct, d.w.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        const float* wre = nd ? wd.data() : nullptr;
+        shared += conv2d_dnnl_dy_shared(wre != nullptr, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        const size_t nb = conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        std::vector<float> dx_sep = d.dx0, dx_one = d.dx0, dwb_sep = rand_vec((int64_t)nb, rng), dwb_one = dwb_sep;
+        conv2d_dnnl_backward(dx_sep.data(), nullptr, d.dy.data(), d.x.data(), d.w.data(), work.data(), g.N, g.C, g.H,
+                             g.W, g.K, g.R, g.S, g.stride, g.pad, wre);
+        conv2d_dnnl_wgrad_blocked(dwb_sep.data(), false, d.dy.data(), d.x.data(), work.data(), g.N, g.C, g.H, g.W, g.K,
+                                  g.R, g.S, g.stride, g.pad);
+        conv2d_dnnl_backward_blocked(dx_one.data(), dwb_one.data(), d.dy.data(), d.x.data(), d.w.data(), wre,
+                                     work.data(), g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        REQUIRE(same_bits(dx_one, dx_sep));
+        REQUIRE(same_bits(dwb_one, dwb_sep));
+        REQUIRE(!same_bits(dx_one, d.dx0));  // dgrad added something
+    }
+    CHECK(shared > 0);  // the shared path ran
+}
+
 TEST_CASE("oneDNN's weight gradient over several images per call matches the reference", "[dnnl][conv][wgrad]") {
     // conv2d_dnnl_wgrad_group (the ops' small maps, engine/ops/op.h wgrad_groups): N images in one call, written over
     // random contents, then finished into (K,C,R,S) as the one-image partials are.

@@ -324,12 +324,14 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                 A* cs = col ? col + slot * nslot : nullptr;
                 if constexpr (std::is_same_v<T, float>)
                     if (blocked) {
-                        conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
-                                               nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
-                                               g.stride, g.pad, wre);
-                        if (Gw < Gb) return;
-                        conv2d_dnnl_wgrad_blocked(pwb + gi * nwb, false, dy + n0 * out_img, xp + n0 * in_img, cs,
-                                                  n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+                        if (Gw < Gb)  // the weight gradient in the extra tasks
+                            conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
+                                                   nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
+                                                   g.stride, g.pad, wre);
+                        else
+                            conv2d_backward_blocked_run(dx ? dx + n0 * in_img : nullptr, pwb + gi * nwb, gb,
+                                                        dy + n0 * out_img, xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0,
+                                                        g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, wre);
                         return;
                     }
                 if constexpr (std::is_same_v<T, f16>)
