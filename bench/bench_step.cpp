@@ -39,7 +39,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/check.h"
@@ -52,6 +51,7 @@
 #include "engine/app/main.h"
 #include "engine/app/memory.h"
 #include "engine/app/step.h"
+#include "engine/core/threadpool.h"
 #include "layers/model.h"
 #if Y5_CUDA
 #include <cuda_runtime.h>
@@ -451,7 +451,7 @@ int main(int argc, char** argv) {
                         conv_benchmark() ? "timing (cudnnFind)" : "heuristics");
         }
 #endif
-        if (!cuda) std::printf("device: CPU, %u threads\n", std::thread::hardware_concurrency());
+        if (!cuda) std::printf("device: CPU, %d threads\n", cpu_op_threads());  // Y5_THREADS, else one per core
         std::printf("step = upload, forward, loss, backward, clip, SGD, EMA (optimizer every batch); synthetic data\n\n");
         std::printf("%6s %6s %6s %10s %10s %13s %12s %12s %10s %14s\n", "batch", "prec", "steps", "ms/step", "images/s",
                     "TFLOP/s(3xF)", "arenas peak", "reserved", "params", cuda ? "GPU mem used" : "peak RSS");
