@@ -285,7 +285,8 @@ inline void conv2d_backward_blocked_run(float* dinp, float* dwb, float* dbias, c
         conv2d_dnnl_backward_blocked(dinp, dwb, dout, inp, weight, wre, work, N, C, H, W, K, R, S, stride, pad);
         return;
     }
-    conv2d_backward_run<float>(dinp, nullptr, dbias, dout, nullptr, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
+    conv2d_backward_run<float>(dinp, nullptr, dbias, dout, nullptr, weight, work, N, C, H, W, K, R, S, stride, pad,
+                               wre);
     conv2d_dnnl_wgrad_blocked(dwb, false, dout, inp, work, N, C, H, W, K, R, S, stride, pad);
 }
 

@@ -487,7 +487,8 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
             dnnl_memory_t dym = in_mem(p.a, ms.a, ms.a_plain, dout + n * out_img, wk);
             exec(p.prim, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
                           {DNNL_ARG_SCRATCHPAD, pm}});
-            to_plain(p.c, ms.c, ms.c_plain, (const float*)(wk + p.c.off), dinp + n * in_img, t_threads);  // dinp += dgrad
+            // dinp += dgrad
+            to_plain(p.c, ms.c, ms.c_plain, (const float*)(wk + p.c.off), dinp + n * in_img, t_threads);
         }
     }
     if (dweight) {
@@ -536,7 +537,8 @@ void conv2d_dnnl_backward_blocked(float* dinp, float* dwb, const float* dout, co
     for (int n = 0; n < N; ++n) {
         exec(pd.a.to, {{DNNL_ARG_FROM, at(md.a_plain, dout + n * out_img)}, {DNNL_ARG_TO, at(md.a, dyb)}});
         exec(pd.prim, {{DNNL_ARG_DIFF_DST, md.a.get()}, {DNNL_ARG_WEIGHTS, weights_mem(pd.b, md, weight, wre, rest)},
-                       {DNNL_ARG_DIFF_SRC, at(md.c, rest + pd.c.off)}, {DNNL_ARG_SCRATCHPAD, at(md.pad, rest + pd.pad_off)}});
+                       {DNNL_ARG_DIFF_SRC, at(md.c, rest + pd.c.off)},
+                       {DNNL_ARG_SCRATCHPAD, at(md.pad, rest + pd.pad_off)}});
         to_plain(pd.c, md.c, md.c_plain, (const float*)(rest + pd.c.off), dinp + n * in_img, 1);  // dinp += dgrad
         exec(pw.prim, {{DNNL_ARG_SRC, in_mem(pw.a, mw.a, mw.a_plain, inp + n * in_img, rest)},
                        {DNNL_ARG_DIFF_DST, at(mw.b, dyb)}, {DNNL_ARG_DIFF_WEIGHTS, at(mw.c, n ? tmp : dwb)},

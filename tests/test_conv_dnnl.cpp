@@ -270,7 +270,8 @@ TEST_CASE("oneDNN's dgrad and wgrad on one reorder of dy give the separate passe
         INFO(geo_str(g));
         const Data d = make_data(g, rng);
         std::vector<char> work(conv2d_dnnl_work_bytes(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, 1));
-        const size_t nd = conv2d_dnnl_weights_floats(true, false, kNoAct, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+        const size_t nd =
+            conv2d_dnnl_weights_floats(true, false, kNoAct, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
         std::vector<float> wd(std::max<size_t>(nd, 1));
         conv2d_dnnl_weights(wd.data(), true, false, kNoAct, d.w.data(), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
         const float* wre = nd ? wd.data() : nullptr;
