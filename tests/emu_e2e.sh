@@ -95,8 +95,8 @@ diff dev.log graph.log || fail "the --cuda-graph run's per-batch losses differ"
 # through ties: an untrained model gives many boxes the same score, greedy NMS keeps whichever of two
 # overlapping tied boxes comes first and suppresses differently from there. How chaotic that is: the CPU's
 # own y5val table changes twofold when the weights are perturbed by 1e-6 relative, so a tolerance on the
-# table could not tell a bug from a tie, and the table must be equal. y5detect's labels, in NMS order (score
-# descending), must be equal (class, box within 0.01 = y5detect's 1-px rounding, conf within 1e-4 relative)
+# table could not tell a bug from a tie, and the table must be equal. y5detect's labels, read in NMS order (score
+# descending: the files list them reversed, lowest first, as detect.py writes them), must be equal (class, box within 0.01 = y5detect's 1-px rounding, conf within 1e-4 relative)
 # up to the first group of tied scores (2e-5 relative: %g prints 6 digits) that holds different detections;
 # each of those must have a counterpart on the other side of the same class overlapping it by IoU > 0.45 (the
 # one NMS kept instead). That image is compared no further, and at least 3/4 of all detections must have been.
@@ -159,7 +159,7 @@ while read -r f; do
       }
       if (!diverged && (i <= n1 || j <= n2)) { print img ": " n1 " detections on the CPU, " n2 " on the device"; exit 1 }
       print n1, i - 1, diverged > "/dev/stderr"
-    }' "runs/detect/det_cpu/labels/$f" "runs/detect/det_0/labels/$f" 2>> det.counts ||
+    }' <(tac "runs/detect/det_cpu/labels/$f") <(tac "runs/detect/det_0/labels/$f") 2>> det.counts ||
     fail "y5detect's detections on the device differ from the CPU's ($f)"
 done < det_cpu.files
 awk '{ n += $1; m += $2; t += $3 }
