@@ -508,22 +508,25 @@ void conv2d_dnnl_backward(float* dinp, float* dweight, const float* dout, const 
 
 // Shared: both plans take dy in one layout other than NCHW, this thread runs dgrad on one thread, and the dgrad
 // weights are prepared (wgrad's buffers overlap the ones dgrad reorders its weights into).
-bool conv2d_dnnl_dy_shared(bool prepared, int C, int H, int W, int K, int R, int S, int stride, int pad) {
-    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);
-    const Plan& pw = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+static bool dy_shared(const Plan& pd, const Plan& pw, bool prepared) {
     return t_threads == 1 && pd.a.reordered && pd.a.md == pw.b.md && (prepared || !pd.b.reordered);
+}
+
+bool conv2d_dnnl_dy_shared(bool prepared, int C, int H, int W, int K, int R, int S, int stride, int pad) {
+    return dy_shared(plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad),
+                     plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad), prepared);
 }
 
 void conv2d_dnnl_backward_blocked(float* dinp, float* dwb, const float* dout, const float* inp, const float* weight,
                                   const float* wre, void* work, int N, int C, int H, int W, int K, int R, int S,
                                   int stride, int pad) {
-    if (!conv2d_dnnl_dy_shared(wre != nullptr, C, H, W, K, R, S, stride, pad)) {
+    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    const Plan& pw = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
+    if (!dy_shared(pd, pw, wre != nullptr)) {
         conv2d_dnnl_backward(dinp, nullptr, dout, inp, weight, work, N, C, H, W, K, R, S, stride, pad, wre);
         conv2d_dnnl_wgrad_blocked(dwb, false, dout, inp, work, N, C, H, W, K, R, S, stride, pad);
         return;
     }
-    const Plan& pd = plan(Dgrad, false, 1, C, H, W, K, R, S, stride, pad);
-    const Plan& pw = plan(Wgrad, false, 1, C, H, W, K, R, S, stride, pad);
     // work: dy reordered, then the two plans' buffers over one another (each image's dgrad is done with its own
     // before wgrad's are written).
     char* dyb = aligned(work);
@@ -838,7 +841,7 @@ size_t conv2d_dnnl_wgrad_floats(int, int, int, int, int, int, int, int) { return
 bool conv2d_dnnl_wgrad_group_ok(int, int, int, int, int, int, int, int, int) { return false; }
 size_t conv2d_dnnl_wgrad_group_bytes(int, int, int, int, int, int, int, int, int) { return 0; }
 void conv2d_dnnl_wgrad_group(float*, const float*, const float*, void*, int, int, int, int, int, int, int, int, int) {
-    Y5_FAIL("conv2d: built without oneDNN");
+    Y5_FAIL("conv2d_dnnl.cpp: y5 was built without oneDNN (Y5_DNNL=OFF)");
 }
 void conv2d_dnnl_wgrad_blocked(float*, bool, const float*, const float*, void*, int, int, int, int, int, int, int, int,
                                int) {

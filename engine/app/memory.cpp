@@ -184,13 +184,13 @@ size_t work_bytes_for_batch(const Model& m, const StepMemory& one, int batch) {
     // weight gradients of several images per call (wgrad_groups).
     const size_t G = std::min(b, (size_t)std::max(cpu_op_threads(), 1)), groups = (size_t)grad_groups((int)b);
     const bool dnnl = conv_dnnl_on() && m.params.dtype() == DType::F32;
-    auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
     size_t partial = 0;
     for (int i = 0; i < m.params.size(); ++i) {
         const Param& p = m.params[i];
         if (p.kind != ParamKind::Weight || p.shape.ndim != 4) continue;
         const int64_t K = p.shape[0];
-        const int64_t nw = dnnl ? up16(K) * up16(p.shape[1]) * p.shape[2] * p.shape[3] : p.shape.numel();
+        const int64_t nw = dnnl ? dnnl_padded_channels(K) * dnnl_padded_channels(p.shape[1]) * p.shape[2] * p.shape[3]
+                                : p.shape.numel();
         partial = std::max(partial, (size_t)(nw + K) * dtype_size(m.params.dtype()));
     }
     return G * (work1 + (dnnl ? (size_t)kWgradGroupFloats * sizeof(float) : 0)) + (dnnl ? groups : groups - 1) * partial +

@@ -184,6 +184,8 @@ inline int grad_slots(int G) { return G < cpu_op_threads() ? G : cpu_op_threads(
 // kWgradGroupFloats: wgrad_groups(N, ...) groups of consecutive images (at most grad_groups(N); fewer only where
 // m > 1). They depend on the batch and the layer's geometry alone, as grad_groups.
 constexpr int64_t kWgradPixels = 256, kWgradGroupFloats = (int64_t)1 << 18;
+// A channel count as oneDNN's blocked layouts pad it (blocks of 16, the AVX-512 block; 8-blocks pad less).
+inline int64_t dnnl_padded_channels(int64_t c) { return (c + 15) / 16 * 16; }
 inline int wgrad_groups(int N, int64_t in_img, int64_t out_img, int64_t pixels) {
     int64_t m = (kWgradPixels + pixels - 1) / pixels;
     m = m < kWgradGroupFloats / (in_img + out_img) ? m : kWgradGroupFloats / (in_img + out_img);

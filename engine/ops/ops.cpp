@@ -300,16 +300,17 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                 blocked ? (int64_t)conv2d_dnnl_wgrad_floats(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) : 0;
             // Small maps: the weight gradient over Gw < Gb larger groups, one oneDNN call each (engine/ops/op.h,
             // wgrad_groups), taken by the slots beside the Gb groups' dgrad; channels counted as oneDNN pads them.
-            auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
-            int Gw = blocked ? wgrad_groups(g.N, up16(g.C) * g.H * g.W, up16(g.K) * (out_img / g.K), out_img / g.K)
+            const int64_t pixels = out_img / g.K;
+            int Gw = blocked ? wgrad_groups(g.N, dnnl_padded_channels(g.C) * g.H * g.W,
+                                            dnnl_padded_channels(g.K) * pixels, pixels)
                              : Gb;
             const int mw = (g.N + Gw - 1) / Gw;  // the groups have mw or mw − 1 images
-            if (Gw < Gb && !(conv2d_dnnl_wgrad_group_ok(mw, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) &&
-                             conv2d_dnnl_wgrad_group_ok(std::max(mw - 1, 1), g.C, g.H, g.W, g.K, g.R, g.S, g.stride,
-                                                        g.pad)))
-                Gw = Gb;
+            const bool grouped =
+                Gw < Gb && conv2d_dnnl_wgrad_group_ok(mw, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad) &&
+                conv2d_dnnl_wgrad_group_ok(std::max(mw - 1, 1), g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad);
+            if (!grouped) Gw = Gb;
             const int64_t nslot =
-                Gw < Gb ? std::max(ncol, (int64_t)((conv2d_dnnl_wgrad_group_bytes(mw, g.C, g.H, g.W, g.K, g.R, g.S,
+                grouped ? std::max(ncol, (int64_t)((conv2d_dnnl_wgrad_group_bytes(mw, g.C, g.H, g.W, g.K, g.R, g.S,
                                                                                   g.stride, g.pad) +
                                                     sizeof(A) - 1) / sizeof(A)))
                         : ncol;
@@ -324,7 +325,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                 A* cs = col ? col + slot * nslot : nullptr;
                 if constexpr (std::is_same_v<T, float>)
                     if (blocked) {
-                        if (Gw < Gb)  // the weight gradient in the extra tasks
+                        if (grouped)  // the weight gradient in the extra tasks
                             conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, nullptr, gb, dy + n0 * out_img,
                                                    nullptr, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K, g.R, g.S,
                                                    g.stride, g.pad, wre);
@@ -342,7 +343,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
                     conv2d_backward_run<T>(dx ? dx + n0 * in_img : nullptr, gw, gb, dy + n0 * out_img,
                                            xp + n0 * in_img, w.t.ptr<T>(), cs, n1 - n0, g.C, g.H, g.W, g.K,
                                            g.R, g.S, g.stride, g.pad, wre);
-            }, Gw < Gb ? Gw : 0, [&](int64_t gi, int64_t slot) {
+            }, grouped ? Gw : 0, [&](int64_t gi, int64_t slot) {
                 if constexpr (std::is_same_v<T, float>) {
                     const int n0 = (int)(g.N * gi / Gw), n1 = (int)(g.N * (gi + 1) / Gw);
                     conv2d_dnnl_wgrad_group(pwb + gi * nwb, dy + n0 * out_img, xp + n0 * in_img, col + slot * nslot,
