@@ -146,6 +146,42 @@ void bn_act_dz_cpu(A* dz, A* xhat, const T* dout, const T* inp, int n, A mean, A
     for (int i = 0; i < n; ++i) dz[i] = g[i] * ld(dout[i]);
 }
 
+// Rows shorter than kBnGather values (yolov5n's 3×3, 6×6 and 10×10 maps) are processed kBnChunk / HW rows at a
+// time, copied into one buffer, so that the vectorised loops run over whole vectors instead of each row's scalar
+// tail; the per-element math is the same, so are the bits (the sums still restart their lanes at each row).
+// One Zen 4 core, SiLU, N = 16, ns a value forward / backward: 6×6 maps 1.40 / 2.41 → 1.22 / 2.15; 3×3 2.0 / 3.3,
+// unchanged (the per-row sums in double and the per-channel overhead dominate there); rows of 144 and more 0.70 /
+// 1.35 → 0.70 / 1.18 (the backward's passes over segments).
+constexpr int kBnGather = 128;
+
+// Row n of channel c, value i: inp[((n·C + c)·HW + i].
+inline int64_t bn_at(int n, int C, int HW, int c, int i = 0) { return ((int64_t)n * C + c) * HW + i; }
+
+// A short row's copy, inline (a memmove call per row of 9 values cost a fifth of the gathered pass).
+template <class T> void bn_copy(T* dst, const T* src, int n) {
+    for (int i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+// out = act(bn_apply(inp)) over channel c's N rows.
+template <class T, class A>
+void bn_act_channel_cpu(T* out, const T* inp, int N, int C, int HW, int c, A mean, A invstd, A gamma, A beta, Act a) {
+    if (HW >= kBnGather) {
+        for (int n = 0; n < N; ++n) {
+            const int64_t j = bn_at(n, C, HW, c);
+            bn_act_row_cpu<T, A>(out + j, inp + j, HW, mean, invstd, gamma, beta, a);
+        }
+        return;
+    }
+    const int rows = kBnChunk / HW;
+    T x[kBnChunk], y[kBnChunk];
+    for (int n0 = 0; n0 < N; n0 += rows) {
+        const int r = y5_min(rows, N - n0);
+        for (int k = 0; k < r; ++k) bn_copy(x + k * HW, inp + bn_at(n0 + k, C, HW, c), HW);
+        bn_act_row_cpu<T, A>(y, x, (int64_t)r * HW, mean, invstd, gamma, beta, a);
+        for (int k = 0; k < r; ++k) bn_copy(out + bn_at(n0 + k, C, HW, c), y + k * HW, HW);
+    }
+}
+
 // T: the storage type of inp/out/dinp/dout (float, double, f16); A = acc_t<T>: the parameters, statistics and
 // their gradients (f16's are float, as torch's batch_norm under autocast), and the per-element math.
 template <class T, class A = acc_t<T>>
@@ -160,10 +196,7 @@ void batchnorm_forward_train_cpu(T* out, A* save_mean, A* save_invstd, A* runnin
         const double dm = lanes_total(s) / M, mean = k + dm;
         const double var = y5_max(lanes_total(ss) / M - dm * dm, 0.0);
         const A invstd = A(bn_invstd(var, eps));
-        for (int n = 0; n < N; ++n) {
-            const int64_t j = ((int64_t)n * C + c) * HW;
-            bn_act_row_cpu<T, A>(out + j, inp + j, HW, A(mean), invstd, gamma[c], beta[c], a);
-        }
+        bn_act_channel_cpu<T, A>(out, inp, N, C, HW, c, A(mean), invstd, gamma[c], beta[c], a);
         save_mean[c] = A(mean);
         save_invstd[c] = invstd;
         bn_update_running(running_mean + c, running_var + c, mean, var, M, momentum);
@@ -176,10 +209,7 @@ template <class T, class A = acc_t<T>>
 void batchnorm_apply_cpu(T* out, const T* inp, const A* mean, const A* invstd, const A* gamma, const A* beta, int N,
                          int C, int HW, Act a, int c_begin = 0, int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c)
-        for (int n = 0; n < N; ++n) {
-            const int64_t j = ((int64_t)n * C + c) * HW;
-            bn_act_row_cpu<T, A>(out + j, inp + j, HW, mean[c], invstd[c], gamma[c], beta[c], a);
-        }
+        bn_act_channel_cpu<T, A>(out, inp, N, C, HW, c, mean[c], invstd[c], gamma[c], beta[c], a);
 }
 template <class T, class A = acc_t<T>>
 void batchnorm_forward_eval_cpu(T* out, const T* inp, const A* gamma, const A* beta, const A* running_mean,
@@ -187,10 +217,7 @@ void batchnorm_forward_eval_cpu(T* out, const T* inp, const A* gamma, const A* b
                                 int c_end = INT_MAX) {
     for (int c = c_begin; c < y5_min(C, c_end); ++c) {
         const A invstd = bn_eval_invstd(running_var[c], eps);
-        for (int n = 0; n < N; ++n) {
-            const int64_t j = ((int64_t)n * C + c) * HW;
-            bn_act_row_cpu<T, A>(out + j, inp + j, HW, running_mean[c], invstd, gamma[c], beta[c], a);
-        }
+        bn_act_channel_cpu<T, A>(out, inp, N, C, HW, c, running_mean[c], invstd, gamma[c], beta[c], a);
     }
 }
 
@@ -206,49 +233,74 @@ void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout,
                                     int c, A mean, A invstd, A gamma, A beta, Act a, bool training, bool overwrite) {
     const int64_t M = (int64_t)N * HW;
     const bool park = std::is_same_v<T, A> && dinp && overwrite;
+    // Segments of at most kBnChunk values: part of one row, or (small maps) `rows` whole rows gathered.
+    const bool gather = HW < kBnGather;
+    const int rows = gather ? kBnChunk / HW : 1;
+    T gx[kBnChunk], go[kBnChunk], gd[kBnChunk];  // gathered rows of inp, dout (or the parked dz), dinp
+    auto view = [&](T* buf, const T* src, int n0, int r, int i0) -> const T* {
+        if (!gather) return src + bn_at(n0, C, HW, c, i0);
+        for (int k = 0; k < r; ++k) bn_copy(buf + k * HW, src + bn_at(n0 + k, C, HW, c), HW);
+        return buf;
+    };
+    auto scatter = [&](const T* buf, int n0, int r) {
+        for (int k = 0; k < r; ++k) bn_copy(dinp + bn_at(n0 + k, C, HW, c), buf + k * HW, HW);
+    };
     A dz[kBnChunk], xh[kBnChunk];
     double sdy_l[kSumLanes] = {}, sdyx_l[kSumLanes] = {};  // lanes of Σdz and Σdz·x̂ (kBnChunk is a multiple)
-    for (int n = 0; n < N; ++n)
+    for (int n0 = 0; n0 < N; n0 += rows) {
+        const int r = y5_min(rows, N - n0);
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
             const int m = y5_min(kBnChunk, HW - i0);
-            const int64_t j = ((int64_t)n * C + c) * HW + i0;
+            const T *po = view(go, dout, n0, r, i0), *px = view(gx, inp, n0, r, i0);
             A* d = dz;
-            if constexpr (std::is_same_v<T, A>) d = park ? dinp + j : dz;
-            bn_act_dz_cpu<T, A>(d, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
-            int i = 0;
-            for (; i + kSumLanes <= m; i += kSumLanes)
-                for (int l = 0; l < kSumLanes; ++l) {
-                    sdy_l[l] += (double)d[i + l];
-                    sdyx_l[l] += (double)d[i + l] * xh[i + l];
+            if constexpr (std::is_same_v<T, A>) d = park && !gather ? dinp + bn_at(n0, C, HW, c, i0) : dz;
+            bn_act_dz_cpu<T, A>(d, xh, po, px, r * m, mean, invstd, gamma, beta, a);
+            for (int k = 0; k < r; ++k) {  // each row's values from lane 0
+                const A *dk = d + k * m, *xk = xh + k * m;
+                int i = 0;
+                for (; i + kSumLanes <= m; i += kSumLanes)
+                    for (int l = 0; l < kSumLanes; ++l) {
+                        sdy_l[l] += (double)dk[i + l];
+                        sdyx_l[l] += (double)dk[i + l] * xk[i + l];
+                    }
+                for (int l = 0; i + l < m; ++l) {
+                    sdy_l[l] += (double)dk[i + l];
+                    sdyx_l[l] += (double)dk[i + l] * xk[i + l];
                 }
-            for (int l = 0; i + l < m; ++l) {
-                sdy_l[l] += (double)d[i + l];
-                sdyx_l[l] += (double)d[i + l] * xh[i + l];
             }
+            if constexpr (std::is_same_v<T, A>)
+                if (park && gather) scatter(dz, n0, r);
         }
+    }
     const double sdy = lanes_total(sdy_l), sdyx = lanes_total(sdyx_l);
     if (dbeta) *dbeta += A(sdy);
     if (dgamma) *dgamma += A(sdyx);
     if (!dinp) return;
     const A mdy = A(sdy / M), mdyx = A(sdyx / M);
-    for (int n = 0; n < N; ++n)
+    for (int n0 = 0; n0 < N; n0 += rows) {
+        const int r = y5_min(rows, N - n0);
         for (int i0 = 0; i0 < HW; i0 += kBnChunk) {
-            const int m = y5_min(kBnChunk, HW - i0);
-            const int64_t j = ((int64_t)n * C + c) * HW + i0;
+            const int n = r * y5_min(kBnChunk, HW - i0);
+            const T* px = view(gx, inp, n0, r, i0);
+            T* out = gather ? gd : dinp + bn_at(n0, C, HW, c, i0);
             if constexpr (std::is_same_v<T, A>)
                 if (park) {
-                    for (int i = 0; i < m; ++i) {
-                        const A x = bn_xhat(inp[j + i], mean, invstd), g = dinp[j + i];
-                        dinp[j + i] = training ? bn_train_dx(g, x, gamma, invstd, mdy, mdyx) : bn_eval_dx(g, gamma, invstd);
+                    const T* pg = view(go, dinp, n0, r, i0);
+                    for (int i = 0; i < n; ++i) {
+                        const A x = bn_xhat(px[i], mean, invstd), g = pg[i];
+                        out[i] = training ? bn_train_dx(g, x, gamma, invstd, mdy, mdyx) : bn_eval_dx(g, gamma, invstd);
                     }
+                    if (gather) scatter(out, n0, r);
                     continue;
                 }
-            bn_act_dz_cpu<T, A>(dz, xh, dout + j, inp + j, m, mean, invstd, gamma, beta, a);
-            for (int i = 0; i < m; ++i)
-                dinp[j + i] = st<T>((overwrite ? A(0) : ld(dinp[j + i])) +
-                                    (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
-                                              : bn_eval_dx(dz[i], gamma, invstd)));
+            bn_act_dz_cpu<T, A>(dz, xh, view(go, dout, n0, r, i0), px, n, mean, invstd, gamma, beta, a);
+            const T* pd = overwrite ? nullptr : view(gd, dinp, n0, r, i0);
+            for (int i = 0; i < n; ++i)
+                out[i] = st<T>((overwrite ? A(0) : ld(pd[i])) + (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
+                                                                        : bn_eval_dx(dz[i], gamma, invstd)));
+            if (gather) scatter(out, n0, r);
         }
+    }
 }
 
 template <class T, class A = acc_t<T>>

@@ -102,6 +102,78 @@ TEST_CASE("batchnorm2d's one-pass statistics keep a channel whose mean dwarfs it
         }
 }
 
+TEST_CASE("batchnorm2d's CPU kernels on small maps (rows gathered) match a direct double computation",
+          "[ops][batchnorm]") {
+    // kernels/batchnorm.h takes rows shorter than kBnGather kBnChunk / HW at a time, copied into one buffer: with N
+    // images that is several groups and a partial one per channel. The f32 forward (SiLU), and the backward in place
+    // (overwrite: dz parked in dinp) and accumulating, training and eval, against BatchNorm's formulas written out
+    // here in double; every output written (NaN before the forward).
+    Rng rng(77);
+    const Act silu{ActKind::SiLU, 0.f};
+    auto sig = [](double z) { return 1 / (1 + std::exp(-z)); };
+    for (int HW : {1, 9, 36, 100, 127, 128, 200}) {
+        const int N = 67, C = 3;
+        const size_t n = (size_t)N * C * HW;
+        auto at = [&](int i, int c, int k) { return ((size_t)i * C + c) * HW + k; };
+        std::vector<float> x(n), dy(n), acc(n);
+        for (float& v : x) v = (float)(0.5 + 1.5 * rng.normal());
+        for (float& v : dy) v = (float)rng.normal();
+        for (float& v : acc) v = (float)rng.normal();
+        const float g[C] = {0.7f, 1.3f, 1.1f}, b[C] = {0.2f, -0.4f, 0.f}, eps = 1e-3f;
+        float rm[C] = {}, rv[C] = {1, 1, 1}, sm[C], si[C];
+        std::vector<float> y(n, NAN);
+        batchnorm_forward_train_cpu<float>(y.data(), sm, si, rm, rv, x.data(), g, b, N, C, HW, eps, 0.03f, silu);
+        CAPTURE(HW);
+        for (bool training : {true, false})
+            for (bool overwrite : {true, false}) {
+                CAPTURE(training, overwrite);
+                std::vector<float> dx = overwrite ? dy : acc;  // in place when overwriting: dinp is dout
+                float dg[C] = {}, db[C] = {};
+                const float* dout = overwrite ? dx.data() : dy.data();
+                if (training)
+                    batchnorm_backward_train_cpu<float>(dx.data(), dg, db, dout, x.data(), g, b, sm, si, N, C, HW, silu, 0,
+                                                        C, overwrite);
+                else
+                    batchnorm_backward_eval_cpu<float>(dx.data(), dg, db, dout, x.data(), g, b, rm, rv, N, C, HW, eps,
+                                                       silu, 0, C, overwrite);
+                int64_t bad = 0;
+                for (int c = 0; c < C; ++c) {
+                    double mean = 0, var = 0;
+                    for (int i = 0; i < N; ++i)
+                        for (int k = 0; k < HW; ++k) mean += x[at(i, c, k)];
+                    mean /= (double)N * HW;
+                    for (int i = 0; i < N; ++i)
+                        for (int k = 0; k < HW; ++k) var += std::pow(x[at(i, c, k)] - mean, 2);
+                    var /= (double)N * HW;
+                    const double m = training ? mean : rm[c], is = 1 / std::sqrt((training ? var : rv[c]) + eps);
+                    double sdz = 0, sdzx = 0;
+                    for (int i = 0; i < N; ++i)
+                        for (int k = 0; k < HW; ++k) {
+                            const size_t e = at(i, c, k);
+                            const double xh = (x[e] - m) * is, z = xh * g[c] + b[c], s = sig(z);
+                            const double dz = dy[e] * s * (1 + z * (1 - s));
+                            if (training) bad += !(std::fabs(y[e] - z * s) <= 1e-5 * (1 + std::fabs(z * s)));
+                            sdz += dz, sdzx += dz * xh;
+                        }
+                    CHECK(db[c] == Approx(sdz).epsilon(1e-5).margin(1e-4));
+                    CHECK(dg[c] == Approx(sdzx).epsilon(1e-5).margin(1e-4));
+                    const double M = (double)N * HW;
+                    for (int i = 0; i < N; ++i)
+                        for (int k = 0; k < HW; ++k) {
+                            const size_t e = at(i, c, k);
+                            const double xh = (x[e] - m) * is, z = xh * g[c] + b[c], s = sig(z);
+                            const double dz = dy[e] * s * (1 + z * (1 - s));
+                            const double d = training ? g[c] * is * (dz - sdz / M - xh * sdzx / M) : dz * g[c] * is;
+                            const double want = (overwrite ? 0.0 : acc[e]) + d;
+                            bad += !(std::fabs(dx[e] - want) <= 2e-5 * (1 + std::fabs(want)));
+                        }
+                }
+                INFO(bad << " of " << 2 * n << " values outside tolerance");
+                REQUIRE(bad == 0);
+            }
+    }
+}
+
 TEST_CASE("activations match PyTorch values", "[ops][activation]") {
     auto f = [](const char* spec, double x) { return act_forward(parse_act(spec), x); };
     CHECK(f("nn.SiLU()", 1.0) == Approx(0.7310585786300049));
