@@ -37,6 +37,12 @@ bool conv_dnnl_built();              // compiled with oneDNN (CMake option Y5_DN
 bool conv_dnnl_on();                 // built in and not switched off (env Y5_CONV=ref)
 void conv_dnnl_set(bool on);         // override the environment (tests, benches); on needs conv_dnnl_built()
 void conv_dnnl_set_threads(int n);   // OpenMP threads for this thread's fprop/dgrad calls (default 1)
+// Winograd F(4×4, 3×3) for the training passes (no bias, no post-op) of 3×3 stride-1 convolutions whose output is
+// 16×16 or more, where oneDNN has it (AVX-512 cores): on unless env Y5_WINOGRAD=0; conv_dnnl_set_winograd overrides
+// it (and drops the cached plans) and returns the previous setting; conv2d_dnnl_winograd says whether a geometry's
+// training fprop takes it.
+bool conv_dnnl_set_winograd(bool on);
+bool conv2d_dnnl_winograd(int C, int H, int W, int K, int R, int S, int stride, int pad);
 // Work bytes for any pass and any N, at 1 to max_threads threads (oneDNN's scratchpad grows with them).
 size_t conv2d_dnnl_work_bytes(int C, int H, int W, int K, int R, int S, int stride, int pad, int max_threads);
 bool conv_dnnl_act_fusable(Act a);  // Identity, SiLU, ReLU, LeakyReLU

@@ -87,18 +87,20 @@ Var ConvBN::forward(Ctx& c, const std::vector<Var>& parts, bool training) const 
 const void* BlockedWeights::get(const float* weight, const BConv& g, Act act, bool add) {
     const uint64_t layout = dnnl_bconv_weights_layout(g, act, add);
     std::lock_guard<std::mutex> lock(mu_);
-    auto& w = m_[{weight, layout}];
-    if (w.empty()) {
-        w.resize((dnnl_bconv_weights_bytes(g, act, add) + sizeof(float) - 1) / sizeof(float));
-        dnnl_bconv_weights(w.data(), weight, g, act, add);
+    Copy& w = m_[{weight, layout}];
+    if (!w.mem) {
+        w.bytes = (dnnl_bconv_weights_bytes(g, act, add) + 63) / 64 * 64;
+        w.mem.reset(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(w.bytes, 64))));
+        Y5_CHECK(w.mem, "blocked weights: out of memory (%zu bytes)", w.bytes);
+        dnnl_bconv_weights(w.mem.get(), weight, g, act, add);
     }
-    return w.data();
+    return w.mem.get();
 }
 
 size_t BlockedWeights::bytes() const {
     std::lock_guard<std::mutex> lock(mu_);
     size_t b = 0;
-    for (const auto& [k, v] : m_) b += v.size() * sizeof(float);
+    for (const auto& [k, v] : m_) b += v.bytes;
     return b;
 }
 

@@ -41,8 +41,15 @@ struct BlockedWeights {
     const void* get(const float* weight, const BConv& g, Act act, bool add);
     size_t bytes() const;
 private:
+    struct Free {
+        void operator()(float* p) const { std::free(p); }
+    };
+    struct Copy {
+        std::unique_ptr<float, Free> mem;  // std::aligned_alloc'd (64 bytes: oneDNN's Winograd kernels need it)
+        size_t bytes = 0;
+    };
     mutable std::mutex mu_;
-    std::map<std::pair<const float*, uint64_t>, std::vector<float>> m_;  // (weights, layout)
+    std::map<std::pair<const float*, uint64_t>, Copy> m_;  // (weights, layout)
 };
 // One thread's run: its arena (chunks kept from image to image, so after the first image nothing is allocated).
 struct BRun {

@@ -149,6 +149,55 @@ TEST_CASE("oneDNN conv2d matches the im2col + BLAS reference (fprop, dgrad, wgra
     }
 }
 
+TEST_CASE("oneDNN's Winograd passes for 3x3 stride-1 maps of 16x16 and more match the reference and the direct ones",
+          "[dnnl][conv][winograd]") {
+    // make_plan (kernels/conv2d_dnnl.cpp): the training passes of yolov5n's bottleneck convolutions at 640 px sizes
+    // go to oneDNN's Winograd F(4x4, 3x3) where it has one (AVX-512 cores); against the im2col reference at the
+    // usual tolerance, against the direct algorithm (conv_dnnl_set_winograd(false)) likewise; threads as the thread
+    // test. Maps under 16 and strided convolutions keep the direct algorithm.
+    if (!conv_dnnl_built()) {
+        WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
+        return;
+    }
+    DnnlSwitch on(true);
+    struct Wino {
+        bool prev = conv_dnnl_set_winograd(true);
+        ~Wino() { conv_dnnl_set_winograd(prev); }
+    } restore;
+    CHECK_FALSE(conv2d_dnnl_winograd(64, 12, 12, 64, 3, 3, 1, 1));  // 12x12 output: direct
+    CHECK_FALSE(conv2d_dnnl_winograd(32, 40, 40, 64, 3, 3, 2, 1));  // stride 2: direct
+    if (!conv2d_dnnl_winograd(16, 32, 32, 16, 3, 3, 1, 1)) {
+        WARN("oneDNN has no Winograd convolution on this CPU (it needs AVX-512): the direct algorithm runs");
+        return;
+    }
+    Rng rng(1815);
+    const std::vector<Geo> geos = {
+        {2, 16, 32, 32, 16, 3, 3, 1, 1, false}, {1, 32, 20, 24, 32, 3, 3, 1, 1, false},
+        {2, 64, 16, 16, 64, 3, 3, 1, 1, false}, {1, 128, 20, 20, 128, 3, 3, 1, 1, false},
+        {1, 16, 17, 19, 32, 3, 3, 1, 1, false},  // sides that are no multiple of the 4x4 tiles
+    };
+    for (const Geo& g : geos) {
+        INFO(geo_str(g));
+        REQUIRE(conv2d_dnnl_winograd(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad));
+        const Data d = make_data(g, rng);
+        const Out r = run_ref(g, d), w1 = run_dnnl(g, d, 1), w2 = run_dnnl(g, d, 2);
+        require_close_vec(w1.y, r.y, 1e-5, "output");
+        require_close_vec(w1.dx, r.dx, 1e-5, "dx (accumulated)");
+        require_close_vec(w1.dw, r.dw, 1e-5, "dw (accumulated)");
+        REQUIRE(same_bits(w1.y, w2.y));
+        REQUIRE(same_bits(w1.dx, w2.dx));
+        REQUIRE(same_bits(w1.dw, w2.dw));
+        conv_dnnl_set_winograd(false);
+        REQUIRE_FALSE(conv2d_dnnl_winograd(g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad));
+        const Out dir = run_dnnl(g, d, 1);
+        conv_dnnl_set_winograd(true);
+        require_close_vec(w1.y, dir.y, 1e-5, "output against the direct algorithm");
+        require_close_vec(w1.dx, dir.dx, 1e-5, "dx against the direct algorithm");
+        require_close_vec(w1.dw, dir.dw, 1e-5, "dw against the direct algorithm");
+        CHECK_FALSE(same_bits(w1.y, dir.y));  // a different algorithm did run
+    }
+}
+
 TEST_CASE("oneDNN conv2d's fprop and dgrad bits do not depend on the thread count", "[dnnl][conv][threads]") {
     if (!conv_dnnl_built()) {
         WARN("built without oneDNN (Y5_DNNL=OFF): nothing to compare");
