@@ -189,11 +189,14 @@ Plan make_plan_alg(dnnl::algorithm alg, Pass pass, bool with_bias, Act act, int 
 // AVX-512 cores): one Zen 4 core, one image, fprop / wgrad / dgrad in ms, direct → Winograd: 16 channels at 160×160
 // 1.38 / 1.16 / 1.35 → 0.75 / 0.67 / 0.76; 64 at 40×40 0.98 / 1.18 / 0.99 → 0.45 / 0.49 / 0.44; 128 at 20×20
 // 0.97 / 1.07 / 0.96 → 0.56 / 0.45 / 0.57; 32 at 24×24 0.087 / 0.093 / 0.087 → 0.063 / 0.059 / 0.062. Smaller maps
-// lose (64 at 12×12: 0.081 → 0.118 fprop): fprop and dgrad transform the weights on every call, one per image.
+// lose (64 at 12×12: 0.081 → 0.118 fprop): fprop and dgrad transform the weights on every call, one per image; so
+// do few channels on maps near 16 (16 at 16×16 0.010 → 0.014, at 24×24 0.023 → 0.025; 32 at 16×16 even): Winograd
+// takes Ho·Wo·C ≥ kWinoMinWork too (64 at 16×16 0.157 → 0.123, 32 at 24×24 above).
 // Its rounding differs from the direct algorithm's (max error against a double reference 1e-6 of the largest output
 // at 256 channels, direct 3e-7): Y5_WINOGRAD=0 (or conv_dnnl_set_winograd(false)) keeps the direct algorithm.
 // A layout other than a blocked one (a Winograd-specific weights format) is not taken.
 constexpr int kWinoMin = 16, kWinoMinInfer = 10;
+constexpr int64_t kWinoMinWork = 16384;
 std::atomic<int> g_wino{-1};  // −1: not decided yet (Y5_WINOGRAD on first use), 0 off, 1 on
 
 bool wino_on() {
@@ -215,8 +218,8 @@ bool blocked_layouts(const Plan& p) {
 Plan make_plan(Pass pass, bool with_bias, Act act, int C, int H, int W, int K, int R, int S, int stride, int pad,
                int mb) {
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
-    if (wino_on() && mb == 1 && R == 3 && S == 3 && stride == 1 && Ho >= kWinoMin && Wo >= kWinoMin && !with_bias &&
-        act.kind == ActKind::Identity) {
+    if (wino_on() && mb == 1 && R == 3 && S == 3 && stride == 1 && Ho >= kWinoMin && Wo >= kWinoMin &&
+        (int64_t)Ho * Wo * C >= kWinoMinWork && !with_bias && act.kind == ActKind::Identity) {
         try {
             Plan p = make_plan_alg(dnnl::algorithm::convolution_winograd, pass, with_bias, act, C, H, W, K, R, S, stride,
                                    pad, mb);
