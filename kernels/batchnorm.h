@@ -295,9 +295,11 @@ void batchnorm_backward_channel_cpu(T* dinp, A* dgamma, A* dbeta, const T* dout,
                 }
             bn_act_dz_cpu<T, A>(dz, xh, view(go, dout, n0, r, i0), px, n, mean, invstd, gamma, beta, a);
             const T* pd = overwrite ? nullptr : view(gd, dinp, n0, r, i0);
-            for (int i = 0; i < n; ++i)
-                out[i] = st<T>((overwrite ? A(0) : ld(pd[i])) + (training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx)
-                                                                        : bn_eval_dx(dz[i], gamma, invstd)));
+            for (int i = 0; i < n; ++i) {
+                const A d =
+                    training ? bn_train_dx(dz[i], xh[i], gamma, invstd, mdy, mdyx) : bn_eval_dx(dz[i], gamma, invstd);
+                out[i] = st<T>((overwrite ? A(0) : ld(pd[i])) + d);
+            }
             if (gather) scatter(out, n0, r);
         }
     }

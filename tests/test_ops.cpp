@@ -131,8 +131,8 @@ TEST_CASE("batchnorm2d's CPU kernels on small maps (rows gathered) match a direc
                 float dg[C] = {}, db[C] = {};
                 const float* dout = overwrite ? dx.data() : dy.data();
                 if (training)
-                    batchnorm_backward_train_cpu<float>(dx.data(), dg, db, dout, x.data(), g, b, sm, si, N, C, HW, silu, 0,
-                                                        C, overwrite);
+                    batchnorm_backward_train_cpu<float>(dx.data(), dg, db, dout, x.data(), g, b, sm, si, N, C, HW, silu,
+                                                        0, C, overwrite);
                 else
                     batchnorm_backward_eval_cpu<float>(dx.data(), dg, db, dout, x.data(), g, b, rm, rv, N, C, HW, eps,
                                                        silu, 0, C, overwrite);
