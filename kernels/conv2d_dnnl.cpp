@@ -209,6 +209,11 @@ bool wino_on() {
     return v == 1;
 }
 
+// A 3×3 stride-1 convolution whose output is at least `side` a side, with Winograd on.
+bool wino_fits(int R, int S, int stride, int Ho, int Wo, int side) {
+    return wino_on() && R == 3 && S == 3 && stride == 1 && Ho >= side && Wo >= side;
+}
+
 bool blocked_layouts(const Plan& p) {
     for (const Operand* o : {&p.a, &p.b, &p.c})
         if (o->md.data.format_kind != dnnl_blocked) return false;
@@ -218,8 +223,8 @@ bool blocked_layouts(const Plan& p) {
 Plan make_plan(Pass pass, bool with_bias, Act act, int C, int H, int W, int K, int R, int S, int stride, int pad,
                int mb) {
     const int Ho = (H + 2 * pad - R) / stride + 1, Wo = (W + 2 * pad - S) / stride + 1;
-    if (wino_on() && mb == 1 && R == 3 && S == 3 && stride == 1 && Ho >= kWinoMin && Wo >= kWinoMin &&
-        (int64_t)Ho * Wo * C >= kWinoMinWork && !with_bias && act.kind == ActKind::Identity) {
+    if (mb == 1 && wino_fits(R, S, stride, Ho, Wo, kWinoMin) && (int64_t)Ho * Wo * C >= kWinoMinWork && !with_bias &&
+        act.kind == ActKind::Identity) {
         try {
             Plan p = make_plan_alg(dnnl::algorithm::convolution_winograd, pass, with_bias, act, C, H, W, K, R, S,
                                    stride, pad, mb);
@@ -752,47 +757,37 @@ const BPlan& bplan(const BConv& g, Act act, bool add) {
     // The shortcut as a binary add (oneDNN's JIT convolutions take no sum post-op after an eltwise)
     if (add) po.append_binary(dnnl::algorithm::binary_add, y_md);
     attr.set_post_ops(po);
-    auto p = std::make_unique<BPlan>();
-    using fwd = dnnl::convolution_forward;
     // Winograd (oneDNN's inference kernels, the weights transformed once by dnnl_bconv_weights) for 3×3 stride-1
     // convolutions of maps kWinoMinInfer pixels or more a side; no post-ops there: dnnl_bconv applies them. One Zen 4
     // core, ms a call with bias, direct → Winograd: 16 channels at 160×160 1.33 → 0.70, 32 at 80×80 1.00 → 0.65,
     // 64 at 40×40 0.98 → 0.54, 128 at 20×20 0.96 → 0.30, 128 at 10×10 0.22 → 0.15.
-    const int Hm = (g.H + 2 * g.pad - g.R) / g.stride + 1, Wm = (g.W + 2 * g.pad - g.S) / g.stride + 1;
-    if (wino_on() && !g.nchw_in && g.R == 3 && g.S == 3 && g.stride == 1 && Hm >= kWinoMinInfer &&
-        Wm >= kWinoMinInfer) {
+    using fwd = dnnl::convolution_forward;
+    auto make = [&](dnnl::algorithm alg, const dnnl::primitive_attr& attrs) {
+        return fwd::primitive_desc(fwd::desc(dnnl::prop_kind::forward_inference, alg, x_md, w_any, b_md, y_md,
+                                             {g.stride, g.stride}, {g.pad, g.pad}, {g.pad, g.pad}),
+                                   attrs, cpu_engine());
+    };
+    auto p = std::make_unique<BPlan>();
+    OmpThreads omp(g.threads);  // the primitive's thread count is fixed here (see plan())
+    fwd::primitive_desc pd;
+    if (!g.nchw_in && wino_fits(g.R, g.S, g.stride, Ho, Wo, kWinoMinInfer)) {
         try {
-            OmpThreads omp(g.threads);
-            dnnl::primitive_attr wattr = user_scratchpad();
-            const fwd::primitive_desc pd(fwd::desc(dnnl::prop_kind::forward_inference,
-                                                   dnnl::algorithm::convolution_winograd, x_md, w_any, b_md, y_md,
-                                                   {g.stride, g.stride}, {g.pad, g.pad}, {g.pad, g.pad}),
-                                         wattr, cpu_engine());
-            p->prim = fwd(pd);
-            p->x = x_md, p->y = y_md, p->w = pd.weights_desc(), p->b = b_md;
-            p->w_plain = memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw);
-            p->pad_bytes = pd.scratchpad_desc().get_size();
+            pd = make(dnnl::algorithm::convolution_winograd, user_scratchpad());
             p->wino = true;
-            return *g_bplans.emplace(k, std::move(p)).first->second;
         } catch (const dnnl::error&) {  // none on this CPU: the direct one with its post-ops
-            p = std::make_unique<BPlan>();
         }
     }
     try {
-        OmpThreads omp(g.threads);  // the primitive's thread count is fixed here (see plan())
-        const fwd::primitive_desc pd(fwd::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                               x_md, w_any, b_md, y_md, {g.stride, g.stride}, {g.pad, g.pad},
-                                               {g.pad, g.pad}),
-                                     attr, cpu_engine());
+        if (!p->wino) pd = make(dnnl::algorithm::convolution_direct, attr);
         p->prim = fwd(pd);
-        p->x = x_md, p->y = y_md, p->w = pd.weights_desc(), p->b = b_md;
-        p->w_plain = memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw);
-        p->pad_bytes = pd.scratchpad_desc().get_size();
-        p->add_arg = add ? DNNL_ARG_ATTR_MULTIPLE_POST_OP(n_po) | DNNL_ARG_SRC_1 : 0;
     } catch (const dnnl::error& e) {
         Y5_FAIL("conv2d (oneDNN, blocked): no primitive for x (%d,%d,%d) w (%d,%d,%d,%d) s%d p%d: %s", g.C, g.H, g.W,
                 g.K, g.C, g.R, g.S, g.stride, g.pad, e.what());
     }
+    p->x = x_md, p->y = y_md, p->w = pd.weights_desc(), p->b = b_md;
+    p->w_plain = memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw);
+    p->pad_bytes = pd.scratchpad_desc().get_size();
+    p->add_arg = add && !p->wino ? DNNL_ARG_ATTR_MULTIPLE_POST_OP(n_po) | DNNL_ARG_SRC_1 : 0;
     return *g_bplans.emplace(k, std::move(p)).first->second;
 }
 
@@ -915,9 +910,7 @@ void dnnl_bconv(float* out, const float* in, const void* weights, const float* b
     if (p.add_arg) args.insert({p.add_arg, mem(p.y, addend)});
     p.prim.execute(cpu_stream(), args);
     if (p.wino && (act.kind != ActKind::Identity || addend)) {  // the post-ops: out = act(out) + addend
-        const int Ho = (g.H + 2 * g.pad - g.R) / g.stride + 1, Wo = (g.W + 2 * g.pad - g.S) / g.stride + 1;
-        const int B = dnnl_block();
-        const int64_t n = (int64_t)(g.K + B - 1) / B * B * Ho * Wo, chunk = 4096;  // padding channels included
+        const int64_t n = (int64_t)(p.y.get_size() / sizeof(float)), chunk = 4096;  // padding channels included
         dnnl_omp_for(g.threads, (n + chunk - 1) / chunk, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
                 float* o = out + c * chunk;

@@ -8,8 +8,9 @@
  * Each output is Σ over (c, ky, kx) in that order with one fused multiply-add per tap (taps in the zero padding
  * skipped), + bias, then act_forward_cpu: the same bits for any row split. Register tile: two 8-channel groups ×
  * 6 output pixels (12 accumulators, 2 weight vectors, 1 broadcast input value). An AVX-512 build with B = 16 takes
- * the two groups as one 512-bit vector (stem_tile16, the same bits): yolov5n's stem at 640 on one Zen 4 core
- * 5.1 → 3.5 ms (68 → 102 GFLOP/s, the core's FMA peak about 115), the whole op with its SiLU 5.6 → 4.0.
+ * the two groups as one 512-bit vector (stem_tile16, the same bits): yolov5n's stem at 640, SiLU included, timed
+ * inside bench_detect on one Zen 4 core, 4.7 → 4.6 ms (a standalone loop whose arguments were all compile-time
+ * constants had shown 5.6 → 4.0: that is the room left).
  */
 #pragma once
 #include <algorithm>
@@ -50,7 +51,7 @@ inline void stem_weights(float* w8, const float* weight, int C, int K, int R, in
 // G (1 or 2) groups from group g × NP pixels from ox: interior pixels (every tap in range) unless Checked.
 // Stride: 1 or 2 as a constant (the pixels' inputs then at fixed offsets, no register per pixel), 0: `stride`.
 // KS: the kernel's width as a constant (6, yolov5n's: the taps' loop unrolled, each input value loaded once for
-// the pixels that share it), 0: S. A constant stride and width take the stem at 640 from 6.0 to 4.0 ms (Zen 4).
+// the pixels that share it), 0: S.
 template <int G, int NP, bool Checked, int Stride, int KS>
 inline void stem_tile(float* out, const float* in, const float* w8, const float* bias, int C, int H, int W, int R,
                       int S_, int stride_, int pad, int Ho, int Wo, int B, int g, int oy, int ox) {
@@ -127,10 +128,10 @@ inline void stem_conv(float* out, const float* in, const float* w8, const float*
     // Output columns whose taps all lie inside the image: [lo, hi).
     const int lo = std::min(Wo, (pad + stride - 1) / stride);
     const int hi = std::max(lo, std::min(Wo, (W + pad - S) / stride + 1));
-    constexpr int NP = 6;  // also the 512-bit tiles' width: 6, 8, 12, 14 and 16 measured, 6 and 12 the fastest
+    constexpr int NP = 6;  // also the 512-bit tiles' width (6, 8, 12, 14, 16 in a standalone loop: 6 and 12 fastest)
     const int groups = K / 8;
     // One tile at (g, oy, ox): groups g and g + 1, or the last group alone; P pixels, edge-checked or not, the
-    // stride a constant (1, 2) or not (0).
+    // stride (1, 2) and the width (6) constants or not (0).
     auto tile = [&](auto pixels, auto checked, auto stride_c, auto width, int g, int oy, int ox) {
         constexpr int P = decltype(pixels)::value, St = decltype(stride_c)::value, KS = decltype(width)::value;
         constexpr bool Ch = decltype(checked)::value;
@@ -145,6 +146,13 @@ inline void stem_conv(float* out, const float* in, const float* w8, const float*
     const std::integral_constant<int, 2> two;
     const std::integral_constant<int, 6> six;
     const std::integral_constant<int, NP> np;
+    // run(stride, width) for an interior tile: the stride and yolov5n's width as constants where they are.
+    auto interior = [&](auto&& run) {
+        if (stride == 2 && S == 6) run(two, six);
+        else if (stride == 2) run(two, any);
+        else if (stride == 1) run(one, any);
+        else run(any, any);
+    };
     for (int oy = oy0; oy < oy1; ++oy) {
         for (int g = 0; g < groups; g += 2) {
             for (int ox = 0; ox < lo; ++ox) tile(one, edge, any, any, g, oy, ox);
@@ -156,21 +164,11 @@ inline void stem_conv(float* out, const float* in, const float* w8, const float*
                     constexpr int KS = decltype(width)::value;
                     stem_tile16<P, St, KS>(out, in, w8, bias, C, H, W, R, S, stride, pad, Ho, Wo, g, oy, ox);
                 };
-                for (; ox + NP <= hi; ox += NP) {
-                    if (stride == 2 && S == 6) tile16(np, two, six);
-                    else if (stride == 2) tile16(np, two, any);
-                    else if (stride == 1) tile16(np, one, any);
-                    else tile16(np, any, any);
-                }
+                for (; ox + NP <= hi; ox += NP) interior([&](auto st, auto ks) { tile16(np, st, ks); });
                 for (; ox < hi; ++ox) tile16(one, any, any);
             }
 #endif
-            for (; ox + NP <= hi; ox += NP) {
-                if (stride == 2 && S == 6) tile(np, inside, two, six, g, oy, ox);
-                else if (stride == 2) tile(np, inside, two, any, g, oy, ox);
-                else if (stride == 1) tile(np, inside, one, any, g, oy, ox);
-                else tile(np, inside, any, any, g, oy, ox);
-            }
+            for (; ox + NP <= hi; ox += NP) interior([&](auto st, auto ks) { tile(np, inside, st, ks, g, oy, ox); });
             for (; ox < Wo; ++ox) tile(one, edge, any, any, g, oy, ox);
         }
         if (act.kind != ActKind::Identity)
