@@ -83,6 +83,16 @@ Tensor Tape::grad(const Var& v) {
     return n.grad;
 }
 
+Tensor Tape::grad_lazy(const Var& v, bool* fresh) {
+    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
+    Node& n = nodes_[v.id];
+    *fresh = !n.grad_ready && !n.released && n.value.device == Device::CPU;
+    if (!*fresh) return grad(v);
+    n.grad = grad_tensor(arena_, n.value);
+    n.grad_ready = true;
+    return n.grad;
+}
+
 Tensor Tape::grad_from(const Var& x, const Var& y) {
     Y5_CHECK(x.id >= 0 && y.id >= 0 && x.id < (int)nodes_.size() && y.id < (int)nodes_.size(),
              "grad_from: a value that is not on the tape");

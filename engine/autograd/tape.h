@@ -95,6 +95,11 @@ public:
     // backward. A no-op outside backward, or for a value not freed in the backward.
     void value_read(const Var& v);
     Tensor grad(const Var& v);  // allocates and zeroes on first call
+    // grad(v) for a CPU backward that zeroes the gradient itself, in the parallel pieces that then add to it (each
+    // piece's part zeroed while it is in cache, not all of it in a pass of its own): on v's first request on the CPU
+    // it is allocated and not zeroed, and *fresh is set; otherwise (a gradient already there, or a CUDA one, zeroed
+    // here as by grad) *fresh is false.
+    Tensor grad_lazy(const Var& v, bool* fresh);
     // In-place gradient (an elementwise op's backward, BatchNorm + activation): x's gradient, for its first
     // producer to overwrite, not add to. x must have none yet. When y (the op's output, same layout) holds its
     // gradient in the tracking arena, that memory is handed to x: the caller reads dy before writing dx at each

@@ -154,6 +154,11 @@ Var finish(Ctx& c, const char* op, Tensor out, std::initializer_list<const Var*>
 template <class T> T* grad_ptr(Ctx& c, const Var& v) {
     return v.requires_grad() ? c.tape->grad(v).template ptr<T>() : nullptr;
 }
+// grad_ptr through Tape::grad_lazy: where *fresh, the caller's CPU pieces zero their parts before adding to them.
+template <class T> T* grad_ptr_lazy(Ctx& c, const Var& v, bool* fresh) {
+    *fresh = false;
+    return v.requires_grad() ? c.tape->grad_lazy(v, fresh).template ptr<T>() : nullptr;
+}
 
 // Scratch from the workspace arena for the duration of one call.
 struct Scratch {

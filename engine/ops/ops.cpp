@@ -49,7 +49,7 @@ void copy(Ctx& c, Tensor dst, const Tensor& src) {
     else copy_device_to_device(dst.data, src.data, dst.bytes(), c.cuda);
 }
 
-void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
+void axpy(Ctx& c, Tensor y, double a, const Tensor& x, bool y_fresh) {
     check_same("axpy", y, x);
     Y5_CHECK(y.shape == x.shape, "axpy: y %s and x %s differ in shape", y.str().c_str(), x.str().c_str());
     dispatch<kF16>("axpy", y, [&](auto d) {
@@ -60,7 +60,10 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x) {
         } else {
             T* yp = y.ptr<T>();
             const T* xp = x.ptr<T>();
-            par(y.numel(), [&](int64_t i0, int64_t i1) { axpy_cpu<T>(yp + i0, (acc_t<T>)a, xp + i0, i1 - i0); }, kElemChunk);
+            par(y.numel(), [&](int64_t i0, int64_t i1) {
+                if (y_fresh) std::memset(yp + i0, 0, (i1 - i0) * sizeof(T));
+                axpy_cpu<T>(yp + i0, (acc_t<T>)a, xp + i0, i1 - i0);
+            }, kElemChunk);
         }
     });
 }
@@ -134,7 +137,6 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
     const int np = half ? G : G - 1;  // partials; f32/f64 accumulate group 0 into dw/db themselves
     A* pw = dw ? ws.get<A>(nw * np) : nullptr;
     A* pb = db ? ws.get<A>((int64_t)K * np) : nullptr;
-    if (pw) par_zero(pw, nw * np * (int64_t)sizeof(A));
     if (pb) fill_cpu(pb, A(0), (int64_t)K * np);
     auto part = [&](A* p, T* own, int64_t g, int64_t n) -> A* {
         if constexpr (half) return p + g * n;
@@ -151,7 +153,9 @@ static void par_weight_grads(Scratch& ws, T* dw, T* db, int64_t nw, int K, int G
                     continue;
                 }
                 const int64_t g = t - extra;
-                fn(g, s, dw ? part(pw, dw, g, nw) : nullptr, db ? part(pb, db, g, K) : nullptr);
+                A* gw = dw ? part(pw, dw, g, nw) : nullptr;
+                if (gw && (half || g > 0)) std::memset(gw, 0, nw * sizeof(A));  // a partial, zeroed while it is hot
+                fn(g, s, gw, db ? part(pb, db, g, K) : nullptr);
             }
     });
     // Each element's partials added in group order, the elements over the threads.
@@ -276,7 +280,8 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
     });
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, nscr, in_img, out_img](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+        bool dx_fresh;  // CPU: each group zeroes its images' dx before its dgrad adds to it
+        T *dx = grad_ptr_lazy<T>(c, x, &dx_fresh), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
         const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();  // read for dw only: recomputed if dropped
         if constexpr (d.cuda) {
@@ -322,6 +327,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)g.K * g.C * g.R * g.S, g.K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 const int n0 = (int)(g.N * gi / Gb), n1 = (int)(g.N * (gi + 1) / Gb);
+                if (dx_fresh) std::memset(dx + n0 * in_img, 0, (n1 - n0) * in_img * sizeof(T));
                 A* cs = col ? col + slot * nslot : nullptr;
                 if constexpr (std::is_same_v<T, float>)
                     if (blocked) {
@@ -490,7 +496,8 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
-        for (int i = 0; i < m; ++i) dxp[i] = grad_ptr<T>(c, xs[i]);
+        bool fresh[kMaxConvParts];  // CPU: each group zeroes its images' part of a fresh dx before adding to it
+        for (int i = 0; i < m; ++i) dxp[i] = grad_ptr_lazy<T>(c, xs[i], &fresh[i]);
         T *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
         const T* xv[kMaxConvParts];  // the parts, recomputed if dropped
@@ -523,6 +530,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
                     const int64_t off = (int64_t)n0 * Cs[i] * P;
                     xg[i] = xv[i] + off;
                     dxg[i] = dxp[i] ? dxp[i] + off : nullptr;
+                    if (fresh[i]) std::memset(dxg[i], 0, (int64_t)(n1 - n0) * Cs[i] * P * sizeof(T));
                 }
                 if constexpr (std::is_same_v<T, f16>)
                     conv1x1_parts_backward_f16_cpu(dxg, gw, gb, dy + (int64_t)n0 * K * P, xg, Cs.data(), m,
@@ -846,10 +854,22 @@ Var add(Ctx& c, const Var& a, const Var& b) {
         using T = typename decltype(d)::T;
         add_n<T, d.cuda>(c, out.ptr<T>(), a.t.ptr<T>(), b.t.ptr<T>(), out.numel());
     });
+    // The backward adds dy into b's gradient, then into a's; a's first gradient is dy itself: y's gradient memory
+    // handed over (Tape::grad_from), or a copy where it cannot be.
     Var y = finish<kF16>(c, op, out, {&a, &b}, [&c, a, b](auto, const Var& y) {  // axpy dispatches itself
         Tensor dy = c.tape->grad(y);
-        if (a.requires_grad()) axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
-        if (b.requires_grad()) axpy(c, c.tape->grad(b).view(dy.shape), 1.0, dy);
+        if (b.requires_grad()) {
+            bool fresh;
+            const Tensor db = c.tape->grad_lazy(b, &fresh);
+            axpy(c, db.view(dy.shape), 1.0, dy, fresh);
+        }
+        if (!a.requires_grad()) return;
+        if (c.tape->has_grad(a)) {
+            axpy(c, c.tape->grad(a).view(dy.shape), 1.0, dy);
+        } else {
+            Tensor da = c.tape->grad_from(a, y);
+            if (da.data != dy.data) copy(c, da.view(dy.shape), dy);
+        }
     });
     if (c.recompute && y.requires_grad())  // rebuilt from its inputs (themselves rebuilt if dropped)
         c.tape->set_recompute(y, [&c, a, b](Tensor dst) {
@@ -1086,7 +1106,8 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
                                                    nwk, half](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        T *dx = grad_ptr<T>(c, x), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
+        bool dx_fresh;  // CPU: each group zeroes its images' dx before its dgrad adds to it
+        T *dx = grad_ptr_lazy<T>(c, x, &dx_fresh), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();  // (N, na, P, no)
         const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();
         if constexpr (d.cuda) {
@@ -1127,6 +1148,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
                 const int n0 = (int)(N * gi / Gb);
+                if (dx_fresh) std::memset(dx + n0 * in_img, 0, ((int)(N * (gi + 1) / Gb) - n0) * in_img * sizeof(T));
                 for (int n = n0; n < (int)(N * (gi + 1) / Gb); ++n) {
                     T* t = tmp + slot * out_img;
                     transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
