@@ -6,7 +6,8 @@
  * recorded after its inputs existed.
  * Gradients always accumulate (+=): a tensor used by two ops (a C3 split, a Concat skip, SPPF's cascade)
  * receives both contributions with no special case. A node's gradient is allocated from the gradient
- * arena and zeroed on first touch; a parameter's points into the parameter-gradient block instead.
+ * arena and zeroed on first touch (by the tape, or on the CPU by the first op's own pieces: grad_lazy); a
+ * parameter's points into the parameter-gradient block instead.
  * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
  * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
  * Recomputation (Ctx::recompute, llm.c-style): an op whose output is cheap to rebuild from what the backward keeps
