@@ -71,25 +71,26 @@ void Tape::record(std::function<void()> backward_fn) {
 }
 
 Tensor Tape::grad(const Var& v) {
-    Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
-    Node& n = nodes_[v.id];
-    Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
-             n.value.str().c_str());
-    if (!n.grad_ready) {
-        n.grad = grad_tensor(arena_, n.value);
-        zero(n.grad, cuda_);
-        n.grad_ready = true;
-    }
-    return n.grad;
+    bool fresh;
+    Tensor g = grad_lazy(v, &fresh);
+    if (fresh) zero(g, cuda_);
+    return g;
 }
 
 Tensor Tape::grad_lazy(const Var& v, bool* fresh) {
     Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
     Node& n = nodes_[v.id];
-    *fresh = !n.grad_ready && !n.released && n.value.device == Device::CPU;
-    if (!*fresh) return grad(v);
-    n.grad = grad_tensor(arena_, n.value);
-    n.grad_ready = true;
+    Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
+             n.value.str().c_str());
+    *fresh = !n.grad_ready;
+    if (*fresh) {
+        n.grad = grad_tensor(arena_, n.value);
+        n.grad_ready = true;
+        if (n.grad.device != Device::CPU) {  // CUDA: zeroed here
+            zero(n.grad, cuda_);
+            *fresh = false;
+        }
+    }
     return n.grad;
 }
 

@@ -1147,9 +1147,9 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
             par_weight_grads<T>(ws, blocked ? nullptr : dw, db, (int64_t)K * C, K, Gb,
                                 [&](int64_t gi, int64_t slot, A* gw, A* gb) {
                 A* ws1 = wk ? wk + slot * nwk : nullptr;
-                const int n0 = (int)(N * gi / Gb);
-                if (dx_fresh) std::memset(dx + n0 * in_img, 0, ((int)(N * (gi + 1) / Gb) - n0) * in_img * sizeof(T));
-                for (int n = n0; n < (int)(N * (gi + 1) / Gb); ++n) {
+                const int n0 = (int)(N * gi / Gb), n1 = (int)(N * (gi + 1) / Gb);
+                if (dx_fresh) std::memset(dx + n0 * in_img, 0, (n1 - n0) * in_img * sizeof(T));
+                for (int n = n0; n < n1; ++n) {
                     T* t = tmp + slot * out_img;
                     transpose12_forward_cpu<T>(t, dy + n * out_img, na, P, no);  // (na, P, no) → (na, no, P)
                     if constexpr (std::is_same_v<T, float>)
