@@ -464,6 +464,7 @@ int main(int argc, char** argv) {
             const int bs = batches[run / amps.size()];
             const bool amp = amps[run % amps.size()];
             const StepMemory& one = ones[run % amps.size()];
+            size_t written = 0, zeroed = 0;  // bytes of activation gradients in the first step
             T.step->amp = amp;
             T.step->recompute = recompute;
             T.step->cuda_graph = cuda_graph;
@@ -488,7 +489,13 @@ int main(int argc, char** argv) {
                 continue;
             }
             const Batch b = synthetic_batch(bs, imgsz, rng);
-            for (int i = 0; i < warmup; ++i) train_step(T, w, b, nullptr, pipeline);
+            // The first step's activation gradients (an eager step: a CUDA graph is captured on the second).
+            const size_t written0 = w.tape->written_bytes(), zeroed0 = w.tape->zeroed_bytes();
+            for (int i = 0; i < warmup; ++i) {
+                train_step(T, w, b, nullptr, pipeline);
+                if (i > 0) continue;
+                written = w.tape->written_bytes() - written0, zeroed = w.tape->zeroed_bytes() - zeroed0;
+            }
             drain(T);
             if (cuda) device_synchronize(cuda);
             const Clock::time_point t0 = Clock::now();
@@ -508,6 +515,9 @@ int main(int argc, char** argv) {
             std::printf("%6d %6s %6d %10.1f %10.1f %13.2f %10.2fGB %10.2fGB %8.0fMB %12.2fGB\n", bs, amp ? "amp" : "f32",
                         done, 1000 * s / done, ips,
                         3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);
+            if (warmup > 0)
+                std::printf("       a step's gradients: %.3f GB written by their first producers, %.4f GB zeroed first\n",
+                            written / 1e9, zeroed / 1e9);
             if (cuda_graph)
                 std::printf("       CUDA graphs so far: %d captured, %d replayed\n", T.step->graph_captures,
                             T.step->graph_replays);

@@ -20,9 +20,10 @@ __global__ static void copy_kernel(float* out, const float* inp, int64_t n) {
         out[i] = inp[i];
 }
 
-template <class T> __global__ static void axpy_kernel(T* y, float a, const T* x, int64_t n) {
+// fresh: y unread, taken as zero (a gradient's first producer: the bits of zeroing y first).
+template <class T> __global__ static void axpy_kernel(T* y, float a, const T* x, int64_t n, bool fresh) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = st<T>(axpy_op(a, ld(x[i]), ld(y[i])));
+        y[i] = st<T>(axpy_op(a, ld(x[i]), fresh ? 0.0f : ld(y[i])));
 }
 
 template <class T> __global__ static void add_kernel(T* out, const T* a, const T* b, int64_t n) {
@@ -57,13 +58,17 @@ void copy_cuda(float* out, const float* inp, int64_t n, cudaStream_t stream) {
     Y5_LAUNCH_CHECK();
 }
 
-template <class T> static void axpy_launch(T* y, float a, const T* x, int64_t n, cudaStream_t stream) {
+template <class T> static void axpy_launch(T* y, float a, const T* x, int64_t n, bool fresh, cudaStream_t stream) {
     if (n == 0) return;
-    axpy_kernel<T><<<grid_1d(n), kBlock, 0, stream>>>(y, a, x, n);
+    axpy_kernel<T><<<grid_1d(n), kBlock, 0, stream>>>(y, a, x, n, fresh);
     Y5_LAUNCH_CHECK();
 }
-void axpy_cuda(float* y, float a, const float* x, int64_t n, cudaStream_t stream) { axpy_launch(y, a, x, n, stream); }
-void axpy_cuda(f16* y, float a, const f16* x, int64_t n, cudaStream_t stream) { axpy_launch(y, a, x, n, stream); }
+void axpy_cuda(float* y, float a, const float* x, int64_t n, bool fresh, cudaStream_t stream) {
+    axpy_launch(y, a, x, n, fresh, stream);
+}
+void axpy_cuda(f16* y, float a, const f16* x, int64_t n, bool fresh, cudaStream_t stream) {
+    axpy_launch(y, a, x, n, fresh, stream);
+}
 
 template <class T> static void add_launch(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
     if (n == 0) return;

@@ -38,12 +38,13 @@ template <class D, class S> void cast_add_cpu(D* dst, const S* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = st<D>(ld(dst[i]) + (acc_t<D>)ld(src[i]));
 }
 
-// CUDA launchers (kernels/elementwise.cu); built only with Y5_CUDA.
+// CUDA launchers (kernels/elementwise.cu); built only with Y5_CUDA. axpy_cuda with fresh: y = a·x (y unread), the
+// bits of axpy into a zeroed y.
 void fill_cuda(float* out, float v, int64_t n, cudaStream_t stream);
 void copy_cuda(float* out, const float* inp, int64_t n, cudaStream_t stream);
-void axpy_cuda(float* y, float a, const float* x, int64_t n, cudaStream_t stream);
+void axpy_cuda(float* y, float a, const float* x, int64_t n, bool fresh, cudaStream_t stream);
 void fill_cuda(f16* out, float v, int64_t n, cudaStream_t stream);
-void axpy_cuda(f16* y, float a, const f16* x, int64_t n, cudaStream_t stream);
+void axpy_cuda(f16* y, float a, const f16* x, int64_t n, bool fresh, cudaStream_t stream);
 void add_cuda(float* out, const float* a, const float* b, int64_t n, cudaStream_t stream);
 void add_cuda(f16* out, const f16* a, const f16* b, int64_t n, cudaStream_t stream);
 void cast_cuda(f16* dst, const float* src, int64_t n, cudaStream_t stream);

@@ -168,10 +168,10 @@ __global__ static void loss_reduce_kernel(LossReduceArgs a, double* __restrict__
 }
 
 __global__ static void loss_backward_kernel(float* __restrict__ y, const float* __restrict__ g, const float* __restrict__ x,
-                                            int64_t n) {
+                                            int64_t n, bool fresh) {
     const float a = g[0];
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = axpy_op(a, x[i], y[i]);
+        y[i] = axpy_op(a, x[i], fresh ? 0.0f : y[i]);
 }
 
 // ----------------------------------------------------------------------------------------------------
@@ -222,9 +222,10 @@ void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, i
     yolo_loss_cuda_t(levels, nl, bs, na, no, h, items_out, total_out, gscale, stream, accumulate);
 }
 
-void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream) {
+void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, bool fresh,
+                             cudaStream_t stream) {
     if (n == 0) return;
-    loss_backward_kernel<<<grid_1d(n), kBlock, 0, stream>>>(grad, g, dmap, n);
+    loss_backward_kernel<<<grid_1d(n), kBlock, 0, stream>>>(grad, g, dmap, n, fresh);
     Y5_LAUNCH_CHECK();
 }
 

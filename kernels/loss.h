@@ -261,7 +261,8 @@ void yolo_loss_cuda(const LossLevelCudaT<f16>* levels, int nl, int bs, int na, i
                     double* items_out, float* total_out, const float* gscale, cudaStream_t stream,
                     bool accumulate = true);
 // grad += (*g)·dmap over n elements, g a device scalar (the upstream gradient of the loss): the backward
-// of yolo_loss without reading g on the host.
-void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, cudaStream_t stream);
+// of yolo_loss without reading g on the host. fresh: grad = (*g)·dmap, grad unread (its first producer).
+void yolo_loss_backward_cuda(float* grad, const float* g, const float* dmap, int64_t n, bool fresh,
+                             cudaStream_t stream);
 
 }  // namespace y5

@@ -104,7 +104,7 @@ template <class T> __device__ static void sppf_argmax(int* arg, const T* y, int 
 
 template <class T>
 __global__ static void sppf_backward_kernel(T* dinp, const T* dout, const T* out, int C, int H, int W, int k, int64_t P,
-                                            float* fscratch, int* iscratch) {
+                                            float* fscratch, int* iscratch, bool fresh) {
     const int HW = H * W, pad = k / 2;
     float *d2 = fscratch + (int64_t)blockIdx.x * 2 * HW, *d1 = d2 + HW;
     int* arg = iscratch + (int64_t)blockIdx.x * HW;
@@ -125,7 +125,7 @@ __global__ static void sppf_backward_kernel(T* dinp, const T* dout, const T* out
         __syncthreads();
         sppf_argmax(arg, y[0], H, W, k);
         for (int j = threadIdx.x; j < HW; j += blockDim.x)
-            dx[j] = st<T>(gather_routes(ld(dx[j]) + ld(g[0][j]), d1, arg, j, W, H, W, k, 1, pad));
+            dx[j] = st<T>(gather_routes((fresh ? 0.0f : ld(dx[j])) + ld(g[0][j]), d1, arg, j, W, H, W, k, 1, pad));
         __syncthreads();
     }
 }
@@ -222,22 +222,22 @@ size_t sppf_cuda_scratch(int N, int C, int H, int W) {
 
 template <class T>
 static void sppf_backward_launch(T* dinp, const T* dout, const T* out, int N, int C, int H, int W, int k, void* scratch,
-                                 cudaStream_t stream) {
+                                 bool fresh, cudaStream_t stream) {
     const int64_t P = (int64_t)N * C;
     if (P * H * W == 0) return;
     const int B = sppf_blocks(P);
     float* f = static_cast<float*>(scratch);
     int* i = reinterpret_cast<int*>(f + (int64_t)B * 2 * H * W);
-    sppf_backward_kernel<T><<<B, kBlock, 0, stream>>>(dinp, dout, out, C, H, W, k, P, f, i);
+    sppf_backward_kernel<T><<<B, kBlock, 0, stream>>>(dinp, dout, out, C, H, W, k, P, f, i, fresh);
     Y5_LAUNCH_CHECK();
 }
 void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N, int C, int H, int W, int k,
-                        void* scratch, cudaStream_t stream) {
-    sppf_backward_launch(dinp, dout, out, N, C, H, W, k, scratch, stream);
+                        void* scratch, bool fresh, cudaStream_t stream) {
+    sppf_backward_launch(dinp, dout, out, N, C, H, W, k, scratch, fresh, stream);
 }
 void sppf_backward_cuda(f16* dinp, const f16* dout, const f16* out, int N, int C, int H, int W, int k, void* scratch,
-                        cudaStream_t stream) {
-    sppf_backward_launch(dinp, dout, out, N, C, H, W, k, scratch, stream);
+                        bool fresh, cudaStream_t stream) {
+    sppf_backward_launch(dinp, dout, out, N, C, H, W, k, scratch, fresh, stream);
 }
 
 template <class T, class O>

@@ -200,11 +200,12 @@ template <class T> void sppf_forward_cpu(T* out, const T* inp, int64_t p0, int64
 // bitwise the same): with g_s the output gradient's slices and R(d | y) maxpool's routing of d to the maxima in y,
 //   d2 = g2 + R(g3 | y2),  d1 = g1 + R(d2 | y1),  dinp += g0 + R(d1 | x).
 // d2, d1 and dinp's new value are held in acc_t<T> (float for f16) and dinp is rounded once at the end, where
-// the unfused f16 ops would round d2 and d1 and every add.
+// the unfused f16 ops would round d2 and d1 and every add. fresh: dinp's old value taken as zero, unread (its
+// first producer writes it).
 // out: the forward's output (its slices are the pools' inputs). scratch: 3·H·W values.
 template <class T>
 void sppf_backward_cpu(T* dinp, const T* dout, const T* out, int64_t p0, int64_t p1, int C, int H, int W, int k,
-                       acc_t<T>* scratch) {
+                       acc_t<T>* scratch, bool fresh) {
     const int HW = H * W;
     acc_t<T> *d2 = scratch, *d1 = scratch + HW, *acc = scratch + 2 * HW;
     std::vector<int> arg(2 * (size_t)HW);
@@ -218,7 +219,8 @@ void sppf_backward_cpu(T* dinp, const T* dout, const T* out, int64_t p0, int64_t
         const T *g[4], *y[4];
         for (int s = 0; s < 4; ++s) g[s] = dout + sppf_slice(p, s, C, HW), y[s] = out + sppf_slice(p, s, C, HW);
         T* dx = dinp + p * HW;
-        for (int i = 0; i < HW; ++i) d2[i] = ld(g[2][i]), d1[i] = ld(g[1][i]), acc[i] = ld(dx[i]) + ld(g[0][i]);
+        for (int i = 0; i < HW; ++i)
+            d2[i] = ld(g[2][i]), d1[i] = ld(g[1][i]), acc[i] = (fresh ? acc_t<T>(0) : ld(dx[i])) + ld(g[0][i]);
         route(d2, g[3], y[2]);
         route(d1, d2, y[1]);
         route(acc, d1, y[0]);
@@ -260,9 +262,9 @@ void sppf_forward_cuda(float* out, const float* inp, int N, int C, int H, int W,
 void sppf_forward_cuda(f16* out, const f16* inp, int N, int C, int H, int W, int k, cudaStream_t stream);
 size_t sppf_cuda_scratch(int N, int C, int H, int W);
 void sppf_backward_cuda(float* dinp, const float* dout, const float* out, int N, int C, int H, int W, int k,
-                        void* scratch, cudaStream_t stream);
+                        void* scratch, bool fresh, cudaStream_t stream);
 void sppf_backward_cuda(f16* dinp, const f16* dout, const f16* out, int N, int C, int H, int W, int k, void* scratch,
-                        cudaStream_t stream);
+                        bool fresh, cudaStream_t stream);
 // global_avgpool forward: f32 → f32, f16 → f16, and f16 → f32 (fused ECA's means).
 void global_avgpool_forward_cuda(float* out, const float* inp, int N, int C, int HW, cudaStream_t stream);
 void global_avgpool_forward_cuda(f16* out, const f16* inp, int N, int C, int HW, cudaStream_t stream);

@@ -277,11 +277,11 @@ YoloLoss yolo_loss(Ctx& c, const std::vector<Var>& maps, const Tensor& targets, 
         }
         for (size_t i = 0; i < maps.size(); ++i) {
             if (!maps[i].requires_grad()) continue;
-            bool fresh;  // CPU: zeroed by the axpy's chunks
+            bool fresh;  // written, not added to (CPU: zeroed by the axpy's chunks)
             Tensor dm = c.tape->grad_lazy(maps[i], &fresh);
             // CUDA: g stays on the device, the kernel reads it (no round trip).
             if constexpr (d.cuda)
-                yolo_loss_backward_cuda(dm.ptr<T>(), g, dmaps[i].ptr<T>(), dmaps[i].numel(), stream(c));
+                yolo_loss_backward_cuda(dm.ptr<T>(), g, dmaps[i].ptr<T>(), dmaps[i].numel(), fresh, stream(c));
             else axpy(c, dm.view(dmaps[i].shape), (double)g[0], dmaps[i], fresh);
         }
         for (const Var& m : maps) c.tape->value_read(m);  // the saved dmaps, not the maps, were read

@@ -90,7 +90,7 @@ TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwi
             Tensor want = g.host.tensor({n});
             copy_cpu(want.ptr<float>(), y.ptr<float>(), n);
             axpy_cpu(want.ptr<float>(), -0.37f, x.ptr<float>(), n);
-            axpy_cuda(dy.ptr<float>(), -0.37f, dx.ptr<float>(), n, g.cuda->stream);
+            axpy_cuda(dy.ptr<float>(), -0.37f, dx.ptr<float>(), n, false, g.cuda->stream);
             require_close(g.download(dy), want, 1e-6, 1e-6, "axpy");
 
             Tensor sum = g.act.tensor({n});

@@ -256,8 +256,9 @@ TEST_CASE("conv2d backward on the GPU is bit-identical run to run in determinist
 
 // conv2d_parts (cuBLAS) against the CPU reference at the geometries yolov5n reads unconcatenated at 640: every
 // C3's cv3 (two halves) and the head's C3 cv1/cv2 after a Concat (upsampled or strided half + skip), batch 2,
-// plus awkward ones; gradients pre-filled, so accumulation is checked too. TF32 off: cuBLAS follows the
-// conv setting.
+// plus awkward ones; gradients pre-filled, so accumulation is checked too, but part 0's: a leaf, its gradient new
+// on the tape and poisoned (Tape::set_poison), which its first producer writes (cuBLAS's beta 0) beside the parts
+// it adds to. TF32 off: cuBLAS follows the conv setting.
 TEST_CASE("conv2d_parts on the GPU equals the CPU reference", "[gpu][conv][parts]") {
     ConvSettings settings(false, true, false);
     Gpu& G = gpu();
@@ -295,11 +296,14 @@ TEST_CASE("conv2d_parts on the GPU equals the CPU reference", "[gpu][conv][parts
             auto put = [&](const Tensor& t) { return on_gpu ? G.upload(t) : copy_of(T.data, t); };
             auto get = [&](const Tensor& t) { return on_gpu ? G.download(t) : copy_of(T.data, t); };
             std::vector<Var> xv;
-            for (size_t i = 0; i < xs.size(); ++i) xv.push_back(tape.param(put(xs[i]), put(gx0[i])));
+            for (size_t i = 0; i < xs.size(); ++i)
+                xv.push_back(i == 0 ? tape.leaf(put(xs[i])) : tape.param(put(xs[i]), put(gx0[i])));
             Var wv = tape.param(put(w), put(gw0)), bv = tape.param(put(b), put(gb0));
             Var y = conv2d_parts(c, xv, wv, k.bias ? &bv : nullptr);
             Tensor dyd = put(dy);
+            tape.set_poison(true);
             tape.backward(y, &dyd);
+            tape.set_poison(false);
             std::vector<Tensor> r = {get(y.t), get(tape.grad(wv)), get(tape.grad(bv))};
             for (const Var& v : xv) r.push_back(get(tape.grad(v)));
             tape.clear();
@@ -343,7 +347,8 @@ TEST_CASE("conv2d CUDA: algorithms are cached per geometry and settings, and bad
 #if Y5_CUDA
 // Detect's head op (conv1x1_maps: the conv's output only in the work arena, transposed into (N, na, H, W, no)) on the
 // GPU against the CPU op, f32 and f16, with the whole batch in one chunk and with the work arena's free space cut to
-// what 2 images need, so that several chunks run (the weight and bias gradients then add per chunk). Gradients pre-filled at random.
+// what 2 images need, so that several chunks run (the weight and bias gradients then add per chunk). Gradients
+// pre-filled at random, or x a leaf: its gradient new and poisoned (Tape::set_poison), written by each chunk's dgrad.
 // Tolerances as conv2d's (f32: 1e-4 of the largest magnitude; f16: the same δ and 2^−10 relative, and per extra
 // chunk one more f16 rounding of the weight and bias gradients, 2^−11 of their largest magnitude each).
 TEST_CASE("conv1x1_maps on the GPU equals the CPU op, in one chunk and in several", "[gpu][conv][maps]") {
@@ -352,8 +357,9 @@ TEST_CASE("conv1x1_maps on the GPU equals the CPU op, in one chunk and in severa
     Rng rng(241);
     const int N = 5, C = 16, H = 9, W = 7, na = 3, no = 11, K = na * no;
     for (DType dt : {DType::F32, DType::F16})
-        for (bool chunked : {false, true}) {
-            DYNAMIC_SECTION(dtype_name(dt) << (chunked ? ", in chunks" : ", one chunk")) {
+        for (int mode = 0; mode < 3; ++mode) {
+            const bool chunked = mode > 0, fresh = mode == 2;
+            DYNAMIC_SECTION(dtype_name(dt) << (chunked ? ", in chunks" : ", one chunk") << (fresh ? ", dx new" : "")) {
                 G.reset();
                 TestCtx& T = fresh_cpu();
                 const double ws = 1.0 / std::sqrt((double)C);
@@ -368,7 +374,8 @@ TEST_CASE("conv1x1_maps on the GPU equals the CPU op, in one chunk and in severa
                     auto put = [&](const Tensor& t) { return on_gpu ? G.upload(t) : copy_of(T.data, t); };
                     auto get = [&](const Tensor& t) { return on_gpu ? G.download(t) : copy_of(T.data, t); };
                     std::vector<Var> v;
-                    for (size_t i = 0; i < in.size(); ++i) v.push_back(tape.param(put(in[i]), put(g0[i])));
+                    for (size_t i = 0; i < in.size(); ++i)
+                        v.push_back(i == 0 && fresh ? tape.leaf(put(in[i])) : tape.param(put(in[i]), put(g0[i])));
                     Tensor dyd = put(dy);
                     size_t fill = 0;
                     if (on_gpu && chunked) {  // leave room for 2 images' staging and the cuDNN workspace of 2
@@ -381,7 +388,9 @@ TEST_CASE("conv1x1_maps on the GPU equals the CPU op, in one chunk and in severa
                         G.work.alloc(fill);
                     }
                     Var y = conv1x1_maps(c, v[0], v[1], &v[2], na);
+                    tape.set_poison(true);
                     tape.backward(y, &dyd);
+                    tape.set_poison(false);
                     std::vector<Tensor> r = {get(y.t), get(tape.grad(v[0])), get(tape.grad(v[1])), get(tape.grad(v[2]))};
                     tape.clear();
                     if (fill) G.work.reset();

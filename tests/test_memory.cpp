@@ -288,15 +288,17 @@ static std::string read_yaml(const std::string& path) {
 
 struct TrainRun {
     std::vector<char> grads, values;  // every parameter's gradient, and the values (BN running statistics)
-    size_t peak = 0;
+    size_t peak = 0, zeroed = 0;      // zeroed: bytes of gradient the tape zeroed
+    size_t f16_copies = 0;            // under autocast: bytes of the parameters' f16 copies (autocast_copy_bytes)
 };
 
 // One training forward, the loss and the backward of a fresh model (seeded init), on a tracking activation arena
 // whose released blocks are poisoned (NaN): a backward that read a dropped value directly would give NaN.
 // map_reader: an op on map 0 recorded after the loss, seeded with zeros (its backward runs first). one_arena:
 // the gradients in the activations' arena, as y5train's Workspace has them (else TestCtx's own gradient arena).
+// poison: every gradient the tape hands out unzeroed starts as NaN (Tape::set_poison).
 static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool recompute, bool map_reader = false,
-                          bool one_arena = false) {
+                          bool one_arena = false, bool poison = false) {
     Model m(yaml, 3);
     m.allocate(Device::CPU, dt);
     Rng rng(21);
@@ -306,6 +308,7 @@ static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool
     tc.act.set_poison(true);
     Tape shared(&tc.act);
     if (one_arena) tc.ctx.tape = &shared;
+    tc.ctx.tape->set_poison(poison);
     tc.ctx.autocast = autocast, tc.ctx.recompute = recompute;
     Tensor xd = rand_tensor(tc.data, {2, 3, 128, 160}, dt, rng, 0, 1);
     Tensor x = tc.act.tensor(xd.shape, dt);
@@ -332,6 +335,8 @@ static TrainRun train_run(const std::string& yaml, DType dt, bool autocast, bool
     r.grads.assign((char*)g.data, (char*)g.data + g.bytes());
     r.values.assign((char*)v.data, (char*)v.data + v.bytes());
     r.peak = tc.act.peak();
+    r.zeroed = tc.ctx.tape->zeroed_bytes();
+    r.f16_copies = autocast ? autocast_copy_bytes(m) : 0;
     return r;
 }
 
@@ -391,6 +396,24 @@ TEST_CASE("recomputation gives the same gradients with less activation memory", 
         const std::string yaml = write_yaml("focus_spp.yaml", s);
         check_recompute(yaml, DType::F32, false);
         check_recompute(yaml, DType::F32, true);
+    }
+}
+
+// Gradients written by their first producer (Tape::grad_lazy, grad_from, grad_over_value: the ops zero their own
+// parts or write), not zeroed by the tape: with every such gradient poisoned (NaN) the step gives the same bits, so
+// each producer wrote every element of its gradient. The tape zeroes nothing in f32 and f64, and under autocast only
+// the gradients of the parameters' f16 copies, which the weight gradients add to.
+TEST_CASE("activation gradients on the CPU are written by their first producers", "[memory][grads]") {
+    const std::string yaml = src("config/models/yolov5n.yaml");
+    for (int k = 0; k < 3; ++k) {
+        const DType dt = k == 2 ? DType::F64 : DType::F32;
+        const bool amp = k == 1;
+        const TrainRun plain = train_run(yaml, dt, amp, true), poisoned = train_run(yaml, dt, amp, true, false, false, true);
+        INFO((amp ? "AMP" : dtype_name(dt)) << ": " << plain.zeroed << " bytes zeroed");
+        CHECK(std::memcmp(plain.grads.data(), poisoned.grads.data(), plain.grads.size()) == 0);
+        CHECK(std::memcmp(plain.values.data(), poisoned.values.data(), plain.values.size()) == 0);
+        CHECK(plain.zeroed == plain.f16_copies);
+        CHECK(poisoned.zeroed == plain.f16_copies);
     }
 }
 

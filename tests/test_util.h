@@ -273,4 +273,16 @@ inline Batch synthetic_batch(Rng& rng, int n, int h, int w, int nc) {
     return b;
 }
 
+// Bytes of the f16 copies an autocast forward of a YOLOv5 model makes of its parameters (layers/modules.cpp amp():
+// every convolution's weight, and Detect's biases, model.24.m.*): their gradients are the only ones the tape zeroes
+// in a training step (the weight gradients add into them), whatever the batch. M: layers/model.h's Model.
+template <class M> size_t autocast_copy_bytes(const M& m) {
+    size_t b = 0;
+    for (int i = 0; i < m.params.size(); ++i) {
+        const auto& p = m.params[i];
+        if (p.shape.ndim == 4 || p.name.rfind("model.24.m.", 0) == 0) b += 2 * (size_t)p.shape.numel();
+    }
+    return b;
+}
+
 }  // namespace y5test

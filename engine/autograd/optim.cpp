@@ -85,7 +85,7 @@ void Optimizer::allocate(const ParamStore& ps) {
     exp_avg_sq_ = std::make_unique<Arena>("exp_avg_sq", ps.device(), bytes);
     exp_avg_sq_->alloc(bytes);
     if (ps.device() == Device::CPU) std::memset(exp_avg_sq_->base(), 0, bytes);
-    else device_memset_zero(exp_avg_sq_->base(), bytes, ps.cuda());
+    else device_memset(exp_avg_sq_->base(), 0, bytes, ps.cuda());
 }
 
 Tensor Optimizer::exp_avg_sq_flat() const {

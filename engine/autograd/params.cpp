@@ -51,7 +51,7 @@ void ParamStore::allocate(Device device, DType dtype, CudaContext* cuda) {
     for (Arena* a : {values_.get(), grads_.get(), momentum_.get()}) {
         a->alloc(a->capacity());  // the whole block; tensors are views at their offsets
         if (device == Device::CPU) std::memset(a->base(), 0, a->capacity());
-        else device_memset_zero(a->base(), a->capacity(), cuda);
+        else device_memset(a->base(), 0, a->capacity(), cuda);
     }
     if (device == Device::CUDA) {
         scratch_ = std::make_unique<Arena>("optimizer scratch", device, kDeviceScratchBytes);
@@ -94,7 +94,7 @@ void ParamStore::zero_frozen_grads(CudaContext* cuda) {
     for (const Param& p : params_) {
         if (!p.frozen || !p.trainable()) continue;
         if (device_ == Device::CPU) std::memset(p.grad.data, 0, p.grad.bytes());
-        else device_memset_zero(p.grad.data, p.grad.bytes(), cuda);
+        else device_memset(p.grad.data, 0, p.grad.bytes(), cuda);
     }
 }
 
@@ -111,7 +111,7 @@ void ParamStore::zero_grad(CudaContext* cuda) {
     // context's non-blocking stream, so a memset there would race the backward kernels still queued on it.
     if (!cuda) cuda = cuda_;
     if (device_ == Device::CPU) par_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_));
-    else device_memset_zero(grads_->base(), trainable_elems_ * dtype_size(dtype_), cuda);
+    else device_memset(grads_->base(), 0, trainable_elems_ * dtype_size(dtype_), cuda);
 }
 
 }  // namespace y5

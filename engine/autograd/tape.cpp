@@ -18,19 +18,25 @@ static void check_cuda(const Tensor& t, CudaContext* cuda) {
 
 const char kGradLabel[] = "activation gradients";
 
-// A gradient block from the arena, labelled as one.
-static Tensor grad_tensor(Arena* a, const Tensor& like) {
-    const char* was = a->label();
-    a->set_label(kGradLabel);
-    Tensor g = a->tensor(like.shape, like.dtype);
-    a->set_label(was);
+// A gradient block from the arena, labelled as one; not zeroed (poisoned when asked).
+Tensor Tape::new_grad(const Tensor& like) {
+    const char* was = arena_->label();
+    arena_->set_label(kGradLabel);
+    Tensor g = arena_->tensor(like.shape, like.dtype);
+    arena_->set_label(was);
+    if (poison_) {
+        check_cuda(g, cuda_);
+        if (g.device == Device::CPU) std::memset(g.data, 0xFF, g.bytes());
+        else device_memset(g.data, 0xFF, g.bytes(), cuda_);
+    }
     return g;
 }
 
-static void zero(Tensor t, CudaContext* cuda) {
-    check_cuda(t, cuda);
+void Tape::zero(Tensor t) {
+    check_cuda(t, cuda_);
+    zeroed_ += t.bytes();
     if (t.device == Device::CPU) par_zero(t.data, (int64_t)t.bytes());  // serial, ~2 % of a 2-thread step's samples
-    else device_memset_zero(t.data, t.bytes(), cuda);
+    else device_memset(t.data, 0, t.bytes(), cuda_);
 }
 
 Var Tape::param(Tensor value, Tensor grad) {
@@ -72,24 +78,26 @@ void Tape::record(std::function<void()> backward_fn) {
 
 Tensor Tape::grad(const Var& v) {
     bool fresh;
-    Tensor g = grad_lazy(v, &fresh);
-    if (fresh) zero(g, cuda_);
+    Tensor g = grad_node(v, &fresh);
+    if (fresh) zero(g);
     return g;
 }
 
 Tensor Tape::grad_lazy(const Var& v, bool* fresh) {
+    Tensor g = grad_node(v, fresh);
+    if (*fresh) written_ += g.bytes();
+    return g;
+}
+
+Tensor Tape::grad_node(const Var& v, bool* fresh) {
     Y5_CHECK(v.id >= 0 && v.id < (int)nodes_.size(), "gradient requested for a value that is not on the tape");
     Node& n = nodes_[v.id];
     Y5_CHECK(!n.released, "the gradient of intermediate value %s was released when its op's backward ran",
              n.value.str().c_str());
     *fresh = !n.grad_ready;
     if (*fresh) {
-        n.grad = grad_tensor(arena_, n.value);
+        n.grad = new_grad(n.value);
         n.grad_ready = true;
-        if (n.grad.device != Device::CPU) {  // CUDA: zeroed here
-            zero(n.grad, cuda_);
-            *fresh = false;
-        }
     }
     return n.grad;
 }
@@ -105,9 +113,10 @@ Tensor Tape::grad_from(const Var& x, const Var& y) {
         ny.grad_ready = false;
         ny.released = true;
     } else {
-        nx.grad = grad_tensor(arena_, nx.value);
+        nx.grad = new_grad(nx.value);
     }
     nx.grad_ready = true;
+    written_ += nx.grad.bytes();
     return nx.grad;
 }
 
@@ -121,9 +130,10 @@ Tensor Tape::grad_over_value(const Var& v) {
         block_[v.id] = -1;
         n.grad = n.value;
     } else {
-        n.grad = grad_tensor(arena_, n.value);
+        n.grad = new_grad(n.value);
     }
     n.grad_ready = true;
+    written_ += n.grad.bytes();
     return n.grad;
 }
 
@@ -225,7 +235,8 @@ void Tape::backward(const std::vector<Var>& roots, const std::vector<Tensor>& se
 
 void Tape::seed(const Var& root, const Tensor* seed, double scale) {
     Y5_CHECK(root.requires_grad(), "backward: the root does not depend on anything that requires a gradient");
-    Tensor g = grad(root);
+    bool fresh;  // written whole below
+    Tensor g = grad_lazy(root, &fresh);
     check_cuda(g, cuda_);
     if (seed) {
         Y5_CHECK(seed->numel() == g.numel() && seed->dtype == g.dtype && seed->device == g.device,

@@ -4,9 +4,10 @@
  * and records a backward closure next to its forward code. backward() seeds the root's gradient and
  * runs the closures in reverse order of recording, which is a valid topological order because every op
  * recorded after its inputs existed.
- * Gradients always accumulate (+=): a tensor used by two ops (a C3 split, a Concat skip, SPPF's cascade)
- * receives both contributions with no special case. A node's gradient is allocated from the gradient
- * arena and zeroed on first touch (by the tape, or on the CPU by the first op's own pieces: grad_lazy); a
+ * Gradients accumulate (+=): a tensor used by two ops (a C3 split, a Concat skip, SPPF's cascade) receives both
+ * contributions with no special case. A node's gradient is allocated from the gradient arena on first touch and
+ * zeroed by the tape (grad), or left for its first producer to write (grad_lazy, grad_from: a convolution's dgrad
+ * with cuDNN's beta 0, BatchNorm over its output's gradient; on the CPU the op's pieces zero their own parts); a
  * parameter's points into the parameter-gradient block instead.
  * NoGrad (RAII) turns recording off for inference: ops then record nothing and allocate no gradients.
  * The tape stores no data, only closures over arena views; clear() forgets them and rewinds the arena.
@@ -96,10 +97,9 @@ public:
     // backward. A no-op outside backward, or for a value not freed in the backward.
     void value_read(const Var& v);
     Tensor grad(const Var& v);  // allocates and zeroes on first call
-    // grad(v) for a CPU backward that zeroes the gradient itself, in the parallel pieces that then add to it (each
-    // piece's part zeroed while it is in cache, not all of it in a pass of its own): on v's first request on the CPU
-    // it is allocated and not zeroed, and *fresh is set; otherwise (a gradient already there, or a CUDA one, zeroed
-    // here as by grad) *fresh is false.
+    // grad(v) for a backward that writes the gradient where it is the first producer: on v's first request it is
+    // allocated and not zeroed, and *fresh is set (the op writes every element: CUDA's beta 0, or the CPU's pieces
+    // zero their own parts before adding, each while it is in cache); otherwise *fresh is false.
     Tensor grad_lazy(const Var& v, bool* fresh);
     // In-place gradient (an elementwise op's backward, BatchNorm + activation): x's gradient, for its first
     // producer to overwrite, not add to. x must have none yet. When y (the op's output, same layout) holds its
@@ -122,8 +122,18 @@ public:
 
     size_t size() const { return closures_.size(); }
     const Arena* arena() const { return arena_; }
+    // Since the tape was made: bytes of gradient the tape zeroed (grad's first calls), and bytes handed out for their
+    // first producers to write (grad_lazy's fresh ones, grad_from's and grad_over_value's).
+    size_t zeroed_bytes() const { return zeroed_; }
+    size_t written_bytes() const { return written_; }
+    // Tests: every gradient handed out unzeroed (grad_lazy's fresh, a new one from grad_from or grad_over_value) is
+    // filled with 0xFF bytes first (NaN in f16, f32 and f64), so an element its producer failed to write shows.
+    void set_poison(bool on) { poison_ = on; }
 
 private:
+    Tensor new_grad(const Tensor& like);
+    Tensor grad_node(const Var& v, bool* fresh);  // v's gradient, allocated unzeroed (*fresh) on the first call
+    void zero(Tensor t);
     void seed(const Var& root, const Tensor* seed, double scale = 1.0);
     void run_backward();
     void release_value(int id);
@@ -137,7 +147,8 @@ private:
     };
     Arena* arena_;
     CudaContext* cuda_;
-    bool recording_ = true;
+    bool recording_ = true, poison_ = false;
+    size_t zeroed_ = 0, written_ = 0;
     std::vector<Node> nodes_;
     std::vector<Node> consts_;  // rebuildable constants (Var::id ≤ −2)
     Node& node_of(const Var& v, const char* what);  // nodes_ or consts_, checked

@@ -120,8 +120,8 @@ void copy_device_to_device(void* dst, const void* src, size_t bytes, CudaContext
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(ctx)));
 }
 
-void device_memset_zero(void* p, size_t bytes, CudaContext* ctx) {
-    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_of(ctx)));
+void device_memset(void* p, int byte, size_t bytes, CudaContext* ctx) {
+    CUDA_CHECK(cudaMemsetAsync(p, byte, bytes, stream_of(ctx)));
 }
 
 void device_synchronize(CudaContext* ctx) { CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx))); }

@@ -20,7 +20,7 @@ void device_free(void*) {}
 void copy_host_to_device(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void copy_device_to_host(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void copy_device_to_device(void*, const void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
-void device_memset_zero(void*, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
+void device_memset(void*, int, size_t, CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 void device_synchronize(CudaContext*) {}
 cudaStream_t cuda_stream(CudaContext*) { Y5_FAIL("%s", kNoCuda); }
 DeviceEvent* event_create() { return nullptr; }

@@ -46,7 +46,7 @@ void device_free(void* p);
 void copy_host_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx);
 void copy_device_to_host(void* dst, const void* src, size_t bytes, CudaContext* ctx);
 void copy_device_to_device(void* dst, const void* src, size_t bytes, CudaContext* ctx);  // async on ctx's stream
-void device_memset_zero(void* p, size_t bytes, CudaContext* ctx);    // async on ctx's stream
+void device_memset(void* p, int byte, size_t bytes, CudaContext* ctx);  // each byte = `byte`, async on ctx's stream
 void device_synchronize(CudaContext* ctx);
 
 // ---- Work the host does not wait for (the training step: engine/app/step.h)

@@ -154,7 +154,8 @@ Var finish(Ctx& c, const char* op, Tensor out, std::initializer_list<const Var*>
 template <class T> T* grad_ptr(Ctx& c, const Var& v) {
     return v.requires_grad() ? c.tape->grad(v).template ptr<T>() : nullptr;
 }
-// grad_ptr through Tape::grad_lazy: where *fresh, the caller's CPU pieces zero their parts before adding to them.
+// grad_ptr through Tape::grad_lazy: where *fresh, the gradient is not zeroed: its first producer writes it (CUDA: beta
+// 0) or zeroes its parts before adding to them (the CPU's pieces, each while its part is in cache).
 template <class T> T* grad_ptr_lazy(Ctx& c, const Var& v, bool* fresh) {
     *fresh = false;
     return v.requires_grad() ? c.tape->grad_lazy(v, fresh).template ptr<T>() : nullptr;

@@ -56,7 +56,7 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x, bool y_fresh) {
         using T = typename decltype(d)::T;
         if constexpr (d.cuda) {
             Y5_CHECK(c.cuda, "axpy: CUDA tensor %s but the context has no CUDA context", y.str().c_str());
-            axpy_cuda(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel(), stream(c));
+            axpy_cuda(y.ptr<T>(), (acc_t<T>)a, x.ptr<T>(), y.numel(), y_fresh, stream(c));
         } else {
             T* yp = y.ptr<T>();
             const T* xp = x.ptr<T>();
@@ -280,7 +280,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
     });
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, g, ncol, nscr, in_img, out_img](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        bool dx_fresh;  // CPU: each group zeroes its images' dx before its dgrad adds to it
+        bool dx_fresh;  // CUDA: dgrad writes dx; CPU: each group zeroes its images' dx before its dgrad adds to it
         T *dx = grad_ptr_lazy<T>(c, x, &dx_fresh), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
         const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();  // read for dw only: recomputed if dropped
@@ -291,7 +291,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
             Scratch ws(c.conv_work ? c.conv_work : c.work);
             void* wsp = ws.get<char>((int64_t)bytes);
-            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes);
+            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes, !dx_fresh);
             if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, xp, wsp, bytes);
         } else {
             using A = acc_t<T>;
@@ -496,7 +496,7 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
         T* dxp[kMaxConvParts];
-        bool fresh[kMaxConvParts];  // CPU: each group zeroes its images' part of a fresh dx before adding to it
+        bool fresh[kMaxConvParts];  // CUDA: written; CPU: each group zeroes its images' part of a fresh dx first
         for (int i = 0; i < m; ++i) dxp[i] = grad_ptr_lazy<T>(c, xs[i], &fresh[i]);
         T *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();
@@ -505,8 +505,10 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
         if constexpr (d.cuda) {
             const T* xp[kMaxConvParts];
             for (int i = 0; i < m; ++i) xp[i] = xv[i];
+            bool add[kMaxConvParts];
+            for (int i = 0; i < m; ++i) add[i] = !fresh[i];
             const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
-            conv1x1_parts_backward_cuda(c.cuda, dxp, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
+            conv1x1_parts_backward_cuda(c.cuda, dxp, add, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
                                         ws.get<char>((int64_t)bytes), bytes);
         } else {
             using A = acc_t<T>;
@@ -746,10 +748,11 @@ Var sppf_pool(Ctx& c, const Var& x, int k) {
     return finish<kF16>(c, op, out, {&x}, [&c, x, N, C, H, W, P, k](auto d, const Var& y) {
         using T = typename decltype(d)::T;
         Scratch ws(c.work);
-        T *dx = grad_ptr<T>(c, x), *yp = y.t.ptr<T>();
+        bool fresh;  // written, not added to: x's gradient has no other producer yet
+        T *dx = grad_ptr_lazy<T>(c, x, &fresh), *yp = y.t.ptr<T>();
         const T* dy = c.tape->grad(y).template ptr<T>();
         if constexpr (d.cuda) {
-            sppf_backward_cuda(dx, dy, yp, N, C, H, W, k, ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)),
+            sppf_backward_cuda(dx, dy, yp, N, C, H, W, k, ws.get<char>((int64_t)sppf_cuda_scratch(N, C, H, W)), fresh,
                                stream(c));
         } else {
             // One range of planes per CPU thread, each with its own 3·H·W scratch (float for f16).
@@ -757,7 +760,8 @@ Var sppf_pool(Ctx& c, const Var& x, int k) {
             acc_t<T>* scratch = ws.get<acc_t<T>>((int64_t)R * 3 * H * W);
             par(R, [&](int64_t r0, int64_t r1) {
                 for (int64_t r = r0; r < r1; ++r)
-                    sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k, scratch + r * 3 * H * W);
+                    sppf_backward_cpu<T>(dx, dy, yp, P * r / R, P * (r + 1) / R, C, H, W, k, scratch + r * 3 * H * W,
+                                         fresh);
             });
         }
     });
@@ -1106,7 +1110,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
     return finish<kF16>(c, op, out, {&x, &w, b}, [&c, x, w, bias, N, C, H, W, K, na, no, P, in_img, out_img, nscr,
                                                    nwk, half](auto d, const Var& y) {
         using T = typename decltype(d)::T;
-        bool dx_fresh;  // CPU: each group zeroes its images' dx before its dgrad adds to it
+        bool dx_fresh;  // CUDA: each chunk's dgrad writes its images; CPU: each group zeroes its images' dx first
         T *dx = grad_ptr_lazy<T>(c, x, &dx_fresh), *dw = grad_ptr<T>(c, w), *db = grad_ptr<T>(c, bias);
         const T* dy = c.tape->grad(y).template ptr<T>();  // (N, na, P, no)
         const T* xp = dw ? c.tape->value(x).template ptr<T>() : x.t.ptr<T>();
@@ -1125,7 +1129,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                 if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
                 Scratch ws(sa);
                 void* wsp = ws.get<char>((int64_t)bytes);
-                if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes);
+                if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes, !dx_fresh);
                 if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, tmp, xp + n0 * in_img, wsp, bytes);
             }
         } else {
