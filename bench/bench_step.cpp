@@ -27,7 +27,8 @@
  * Images/s: --steps steps after --warmup untimed ones (fewer if --seconds runs out), host clock, the device
  * idle at both ends. Memory: the peaks of the three step arenas, what they reserve, the parameter blocks
  * of the model and its EMA, and on the GPU the drop in cudaMemGetInfo's free bytes since before the models
- * existed (everything: arenas, parameters, cuDNN's and cuBLAS's own buffers), on the CPU the peak RSS.
+ * existed (everything: arenas, parameters, cuDNN's and cuBLAS's own buffers), on the CPU the peak RSS. Under
+ * each row, the first warmup step's gradient bytes: written by their first producers, and zeroed by the tape first.
  * Time per phase and per layer: a separate pass that runs Model::forward's loop one layer at a time with a
  * time stamp after each (CUDA events on the GPU, the host clock on the CPU), median of 3 passes.
  */
