@@ -517,8 +517,8 @@ int main(int argc, char** argv) {
                         done, 1000 * s / done, ips,
                         3 * gflops * ips / 1000, w.peak() / 1e9, reserved / 1e9, T.param_bytes() / 1e6, used / 1e9);
             if (warmup > 0)
-                std::printf("       a step's gradients: %.3f GB written by their first producers, %.4f GB zeroed first\n",
-                            written / 1e9, zeroed / 1e9);
+                std::printf("       a step's gradients: %.3f GB written by their first producers, "
+                            "%.4f GB zeroed first\n", written / 1e9, zeroed / 1e9);
             if (cuda_graph)
                 std::printf("       CUDA graphs so far: %d captured, %d replayed\n", T.step->graph_captures,
                             T.step->graph_replays);

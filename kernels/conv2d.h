@@ -516,7 +516,7 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
 // f32, or f16 (Conv2dGeom::f16 and the f16 overloads): CUDNN_DATA_HALF tensors and filter with a float compute type
 // (PSEUDO_HALF_CONFIG, what PyTorch's autocast runs), tensor-op math; every output is rounded to f16 once: the
 // bias is written into out first and the convolution added with beta = 1, the gradients are added with beta = 1
-// (dinp, dweight) or by the bias-gradient kernel in float (dbias).
+// (dweight, dinp; or dinp written with beta = 0) or by the bias-gradient kernel in float (dbias): one rounding each.
 //
 // Algorithms: chosen once per (device, geometry, pass, settings) and cached with their descriptors, never
 // per call. By default from cuDNN's heuristics (cudnnGet*_v7), as PyTorch does with

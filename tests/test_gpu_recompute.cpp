@@ -65,8 +65,8 @@ TEST_CASE("a dropped BatchNorm + SiLU output rebuilt on the GPU equals the forwa
 
 namespace {
 
-// yolov5n (nc 3) at 2×3×64×96 on the device from fixed weights: a training forward (f32, or under autocast), the loss
-// and the backward; the parameters' gradients and values (BN statistics), the activation peak and the bytes of
+// yolov5n (nc 3) at 2×3×64×96 on the device from fixed weights: a training forward (f32, or under autocast), the
+// loss and the backward; the parameters' gradients and values (BN statistics), the activation peak and the bytes of
 // gradient the tape zeroed. poison: every gradient the tape hands out unzeroed starts as NaN (Tape::set_poison).
 struct GradRun {
     std::vector<char> grads, values;
@@ -124,7 +124,8 @@ TEST_CASE("yolov5n's gradients on the GPU are the same bits with recomputation",
 // and then added to. With every such gradient poisoned (NaN) the step gives the same bits, so each producer wrote
 // every element. The tape zeroes nothing in f32; under autocast only the gradients of the weights' f16 copies (the
 // size of the model, whatever the batch), which cuDNN's and cuBLAS's weight gradients add to.
-TEST_CASE("yolov5n's activation gradients on the GPU are written by their first producers", "[gpu][grads]" Y5_EMU_SLOW) {
+TEST_CASE("yolov5n's activation gradients on the GPU are written by their first producers",
+          "[gpu][grads]" Y5_EMU_SLOW) {
     Gpu& g = gpu();
     for (bool amp : {false, true}) {
         const GradRun plain = yolov5n_grads(g, true, amp, false), poisoned = yolov5n_grads(g, true, amp, true);

@@ -408,7 +408,8 @@ TEST_CASE("activation gradients on the CPU are written by their first producers"
     for (int k = 0; k < 3; ++k) {
         const DType dt = k == 2 ? DType::F64 : DType::F32;
         const bool amp = k == 1;
-        const TrainRun plain = train_run(yaml, dt, amp, true), poisoned = train_run(yaml, dt, amp, true, false, false, true);
+        const TrainRun plain = train_run(yaml, dt, amp, true);
+        const TrainRun poisoned = train_run(yaml, dt, amp, true, false, false, true);
         INFO((amp ? "AMP" : dtype_name(dt)) << ": " << plain.zeroed << " bytes zeroed");
         CHECK(std::memcmp(plain.grads.data(), poisoned.grads.data(), plain.grads.size()) == 0);
         CHECK(std::memcmp(plain.values.data(), poisoned.values.data(), plain.values.size()) == 0);
