@@ -808,7 +808,7 @@ template <class T> LayoutTimes conv_layout_geo(Bench& b, int N, const ConvGeo& c
         CUDA_CHECK(cudaMemset(ddx, 0, (size_t)nx * sizeof(T)));
         CUDA_CHECK(cudaMemset(ddw, 0, (size_t)nw * sizeof(T)));
         auto fprop = [&] { conv2d_fprop_cuda(b.ctx, g[l], dyo, dx_, dw_, nullptr, wsp, wsb); };
-        auto dgrad = [&] { conv2d_dgrad_cuda(b.ctx, g[l], ddx, ddy, dw_, wsp, wsb, false); };  // written, as in a step
+        auto dgrad = [&] { conv2d_dgrad_cuda(b.ctx, g[l], ddx, ddy, dw_, wsp, wsb, true); };  // written, as in a step
         auto wgrad = [&] { conv2d_wgrad_cuda(b.ctx, g[l], ddw, nullptr, ddy, dx_, wsp, wsb); };
         fprop();
         dgrad();

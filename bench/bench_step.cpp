@@ -494,8 +494,7 @@ int main(int argc, char** argv) {
             const size_t written0 = w.tape->written_bytes(), zeroed0 = w.tape->zeroed_bytes();
             for (int i = 0; i < warmup; ++i) {
                 train_step(T, w, b, nullptr, pipeline);
-                if (i > 0) continue;
-                written = w.tape->written_bytes() - written0, zeroed = w.tape->zeroed_bytes() - zeroed0;
+                if (i == 0) written = w.tape->written_bytes() - written0, zeroed = w.tape->zeroed_bytes() - zeroed0;
             }
             drain(T);
             if (cuda) device_synchronize(cuda);

@@ -415,23 +415,23 @@ static void fprop(CudaContext* ctx, const Conv2dGeom& g, T* out, const T* inp, c
 
 template <class T>
 static void dgrad(CudaContext* ctx, const Conv2dGeom& g, T* dinp, const T* dout, const T* weight, void* workspace,
-                  size_t workspace_bytes, bool accumulate) {
+                  size_t workspace_bytes, bool fresh) {
     check_dtype<T>(g);
     Plan& p = plan_for(ctx, g, ConvPass::Dgrad);
     check_workspace(p, ConvPass::Dgrad, workspace, workspace_bytes);
     if (const int c = p.pass[1].chunk) {
         over_parts(g, c, [&](const Conv2dGeom& part, int64_t n0) {
             dgrad(ctx, part, dinp + n0 * g.C * g.H * g.W, dout + n0 * g.K * p.Ho * p.Wo, weight, workspace,
-                  workspace_bytes, accumulate);
+                  workspace_bytes, fresh);
         });
         return;
     }
     const float one = 1.0f, zero = 0.0f;
-    // dx = 1·dgrad(w, dy) + beta·dx: beta 1 adds to a gradient that has other producers; beta 0 writes a fresh one
-    // (cuDNN then does not read dx).
+    // dx = 1·dgrad(w, dy) + beta·dx: beta 0 writes a fresh gradient (cuDNN then does not read dx), beta 1 adds to one
+    // that has other producers.
     CUDNN_CHECK(cudnnConvolutionBackwardData(ctx->cudnn, &one, p.w, weight, p.y, dout, p.conv[1],
                                              (cudnnConvolutionBwdDataAlgo_t)p.pass[1].algo, workspace, workspace_bytes,
-                                             accumulate ? &one : &zero, p.x, dinp));
+                                             fresh ? &zero : &one, p.x, dinp));
 }
 
 template <class T>
@@ -471,12 +471,12 @@ void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* out, const f1
     fprop(ctx, g, out, inp, weight, bias, workspace, workspace_bytes);
 }
 void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
-                       void* workspace, size_t workspace_bytes, bool accumulate) {
-    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes, accumulate);
+                       void* workspace, size_t workspace_bytes, bool fresh) {
+    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes, fresh);
 }
 void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dinp, const f16* dout, const f16* weight,
-                       void* workspace, size_t workspace_bytes, bool accumulate) {
-    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes, accumulate);
+                       void* workspace, size_t workspace_bytes, bool fresh) {
+    dgrad(ctx, g, dinp, dout, weight, workspace, workspace_bytes, fresh);
 }
 void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
                        const float* inp, void* workspace, size_t workspace_bytes) {
@@ -563,7 +563,7 @@ static void parts_fprop(CudaContext* ctx, T* out, const T* const* xs, const int*
 }
 
 template <class T>
-static void parts_backward(CudaContext* ctx, T* const* dxs, const bool* dx_add, T* dweight, T* dbias, const T* dout,
+static void parts_backward(CudaContext* ctx, T* const* dxs, const bool* dx_fresh, T* dweight, T* dbias, const T* dout,
                            const T* const* xs, const int* Cs, int m, const T* weight, int N, int K, int P,
                            void* workspace, size_t workspace_bytes) {
     int C = 0;
@@ -587,9 +587,9 @@ static void parts_backward(CudaContext* ctx, T* const* dxs, const bool* dx_add, 
                                                                                            C, c0);
             Y5_LAUNCH_CHECK();
         }
-        if (dxs[i])  // dx_{i,n} (Ci,P) (+)= W_iᵀ (Ci,K)·dy_n (K,P): beta 1 adds, beta 0 writes (dx not read)
+        if (dxs[i])  // dx_{i,n} (Ci,P) (+)= W_iᵀ (Ci,K)·dy_n (K,P): beta 0 writes (dx not read), beta 1 adds
             gemm_batched(ctx, CUBLAS_OP_N, CUBLAS_OP_T, P, Ci, K, dout, P, (long long)K * P, weight + c0, C, 0,
-                         dx_add[i] ? 1.0f : 0.0f, dxs[i], P, (long long)Ci * P, N);
+                         dx_fresh[i] ? 0.0f : 1.0f, dxs[i], P, (long long)Ci * P, N);
     }
 }
 
@@ -601,15 +601,15 @@ void conv1x1_parts_fprop_cuda(CudaContext* ctx, f16* out, const f16* const* xs, 
                               const f16* bias, int N, int K, int P, void* workspace, size_t workspace_bytes) {
     parts_fprop(ctx, out, xs, Cs, m, weight, bias, N, K, P, workspace, workspace_bytes);
 }
-void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, const bool* dx_add, float* dweight,
+void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, const bool* dx_fresh, float* dweight,
                                  float* dbias, const float* dout, const float* const* xs, const int* Cs, int m,
                                  const float* weight, int N, int K, int P, void* workspace, size_t workspace_bytes) {
-    parts_backward(ctx, dxs, dx_add, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
+    parts_backward(ctx, dxs, dx_fresh, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
 }
-void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, const bool* dx_add, f16* dweight, f16* dbias,
+void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, const bool* dx_fresh, f16* dweight, f16* dbias,
                                  const f16* dout, const f16* const* xs, const int* Cs, int m, const f16* weight, int N,
                                  int K, int P, void* workspace, size_t workspace_bytes) {
-    parts_backward(ctx, dxs, dx_add, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
+    parts_backward(ctx, dxs, dx_fresh, dweight, dbias, dout, xs, Cs, m, weight, N, K, P, workspace, workspace_bytes);
 }
 
 // ----------------------------------------------------------------------------------------------------

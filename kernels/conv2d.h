@@ -510,8 +510,8 @@ inline void conv1x1_parts_backward_f16_cpu(f16* const* dxs, float* dweight32, fl
 // ----------------------------------------------------------------------------------------------------
 // CUDA (kernels/conv2d.cu; built only with Y5_CUDA): cuDNN's legacy convolution API, NCHW (or NHWC, below), groups 1,
 // dilation 1, cross-correlation (PyTorch's conv2d). The same semantics as the CPU reference: fprop writes
-// out (= conv + bias); wgrad ACCUMULATES into dweight / dbias (cuDNN's beta = 1), dgrad into dinp, or writes it when
-// told (beta = 0: a gradient's first producer, which then needs no zeroed dinp).
+// out (= conv + bias); wgrad ACCUMULATES into dweight / dbias (cuDNN's beta = 1), dgrad into dinp, or writes a fresh
+// dinp (beta = 0: a gradient's first producer, which then needs no zeroed dinp).
 // All calls run on the context's stream (its cuDNN handle is bound to it).
 // f32, or f16 (Conv2dGeom::f16 and the f16 overloads): CUDNN_DATA_HALF tensors and filter with a float compute type
 // (PSEUDO_HALF_CONFIG, what PyTorch's autocast runs), tensor-op math; every output is rounded to f16 once: the
@@ -552,9 +552,9 @@ size_t conv2d_workspace_cuda(CudaContext* ctx, const Conv2dGeom& g, ConvPass pas
 // out (N,K,Ho,Wo) = conv(inp, weight) + bias (bias may be null); shapes as above for g.nhwc.
 void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, float* out, const float* inp, const float* weight,
                        const float* bias, void* workspace, size_t workspace_bytes);
-// dinp += dgrad(dout, weight), or with accumulate false dinp = dgrad(dout, weight) (dinp not read).
+// dinp += dgrad(dout, weight), or with fresh dinp = dgrad(dout, weight) (dinp not read).
 void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dinp, const float* dout, const float* weight,
-                       void* workspace, size_t workspace_bytes, bool accumulate);
+                       void* workspace, size_t workspace_bytes, bool fresh);
 // dweight += wgrad(dout, inp) (skipped when null); dbias[k] += Σ_{n,h,w} dout[n,k,h,w] (skipped when null),
 // by a fixed-order reduction, so it is deterministic.
 void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, float* dbias, const float* dout,
@@ -563,7 +563,7 @@ void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, float* dweight, fl
 void conv2d_fprop_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* out, const f16* inp, const f16* weight,
                        const f16* bias, void* workspace, size_t workspace_bytes);
 void conv2d_dgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dinp, const f16* dout, const f16* weight,
-                       void* workspace, size_t workspace_bytes, bool accumulate);
+                       void* workspace, size_t workspace_bytes, bool fresh);
 void conv2d_wgrad_cuda(CudaContext* ctx, const Conv2dGeom& g, f16* dweight, f16* dbias, const f16* dout,
                        const f16* inp, void* workspace, size_t workspace_bytes);
 
@@ -601,17 +601,17 @@ void conv_clear_cache();
 // float). The forward sums the parts into a float buffer of conv1x1_parts_fprop_workspace_cuda bytes (N·K·P
 // floats; none for f32) and rounds once with the bias added; dx_i is an f16 C with beta = 1 (one rounding); the
 // weight gradient's per-image partials are float, added into dweight with one rounding.
-// dx_add[i]: part i's dx_i += its gradient (beta 1), or false: dx_i = it (beta 0, dx_i not read: its first producer).
+// dx_fresh[i]: part i's dx_i = its gradient (beta 0, dx_i not read: its first producer), else dx_i += it (beta 1).
 size_t conv1x1_parts_workspace_cuda(int N, int K, const int* Cs, int m);
 size_t conv1x1_parts_fprop_workspace_cuda(int N, int K, int P, bool f16);
 void conv1x1_parts_fprop_cuda(CudaContext* ctx, float* out, const float* const* xs, const int* Cs, int m,
                               const float* weight, const float* bias, int N, int K, int P);
 void conv1x1_parts_fprop_cuda(CudaContext* ctx, f16* out, const f16* const* xs, const int* Cs, int m, const f16* weight,
                               const f16* bias, int N, int K, int P, void* workspace, size_t workspace_bytes);
-void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, const bool* dx_add, float* dweight,
+void conv1x1_parts_backward_cuda(CudaContext* ctx, float* const* dxs, const bool* dx_fresh, float* dweight,
                                  float* dbias, const float* dout, const float* const* xs, const int* Cs, int m,
                                  const float* weight, int N, int K, int P, void* workspace, size_t workspace_bytes);
-void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, const bool* dx_add, f16* dweight, f16* dbias,
+void conv1x1_parts_backward_cuda(CudaContext* ctx, f16* const* dxs, const bool* dx_fresh, f16* dweight, f16* dbias,
                                  const f16* dout, const f16* const* xs, const int* Cs, int m, const f16* weight, int N,
                                  int K, int P, void* workspace, size_t workspace_bytes);
 

@@ -20,7 +20,7 @@ __global__ static void copy_kernel(float* out, const float* inp, int64_t n) {
         out[i] = inp[i];
 }
 
-// fresh: y unread, taken as zero (a gradient's first producer: the bits of zeroing y first).
+// fresh as axpy_cpu's.
 template <class T> __global__ static void axpy_kernel(T* y, float a, const T* x, int64_t n, bool fresh) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = st<T>(axpy_op(a, ld(x[i]), fresh ? 0.0f : ld(y[i])));

@@ -24,8 +24,9 @@ template <class T> void fill_cpu(T* out, acc_t<T> v, int64_t n) {
 template <class T> void copy_cpu(T* out, const T* inp, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = inp[i];
 }
-template <class T> void axpy_cpu(T* y, acc_t<T> a, const T* x, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] = st<T>(axpy_op(a, ld(x[i]), ld(y[i])));
+// fresh: y unread, taken as zero (a gradient's first producer: the bits of an axpy into a zeroed y).
+template <class T> void axpy_cpu(T* y, acc_t<T> a, const T* x, int64_t n, bool fresh = false) {
+    for (int64_t i = 0; i < n; ++i) y[i] = st<T>(axpy_op(a, ld(x[i]), fresh ? acc_t<T>(0) : ld(y[i])));
 }
 template <class T> void add_cpu(T* out, const T* a, const T* b, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = st<T>(ld(a[i]) + ld(b[i]));
@@ -38,8 +39,7 @@ template <class D, class S> void cast_add_cpu(D* dst, const S* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = st<D>(ld(dst[i]) + (acc_t<D>)ld(src[i]));
 }
 
-// CUDA launchers (kernels/elementwise.cu); built only with Y5_CUDA. axpy_cuda with fresh: y = a·x (y unread), the
-// bits of axpy into a zeroed y.
+// CUDA launchers (kernels/elementwise.cu); built only with Y5_CUDA.
 void fill_cuda(float* out, float v, int64_t n, cudaStream_t stream);
 void copy_cuda(float* out, const float* inp, int64_t n, cudaStream_t stream);
 void axpy_cuda(float* y, float a, const float* x, int64_t n, bool fresh, cudaStream_t stream);

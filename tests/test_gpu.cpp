@@ -92,6 +92,14 @@ TEST_CASE("elementwise CUDA kernels against the CPU reference", "[gpu][elementwi
             axpy_cpu(want.ptr<float>(), -0.37f, x.ptr<float>(), n);
             axpy_cuda(dy.ptr<float>(), -0.37f, dx.ptr<float>(), n, false, g.cuda->stream);
             require_close(g.download(dy), want, 1e-6, 1e-6, "axpy");
+            // fresh: y unread (NaN here), y = a·x.
+            Tensor yf = g.host.tensor({n}), wf = g.host.tensor({n});
+            std::memset(yf.data, 0xFF, yf.bytes());
+            std::memset(wf.data, 0xFF, wf.bytes());
+            Tensor dyf = g.upload(yf);
+            axpy_cpu(wf.ptr<float>(), -0.37f, x.ptr<float>(), n, true);
+            axpy_cuda(dyf.ptr<float>(), -0.37f, dx.ptr<float>(), n, true, g.cuda->stream);
+            require_close(g.download(dyf), wf, 0, 0, "axpy into a fresh y");
 
             Tensor sum = g.act.tensor({n});
             add_cuda(sum.ptr<float>(), dx.ptr<float>(), dy.ptr<float>(), n, g.cuda->stream);

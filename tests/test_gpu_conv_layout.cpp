@@ -103,7 +103,7 @@ template <class T> Result run_layout(const Geo& geo, bool nhwc, const std::vecto
         ws = std::max(ws, conv2d_workspace_cuda(G.cuda, g, p));
     void* wsp = ws ? G.work.alloc(ws) : nullptr;
     conv2d_fprop_cuda(G.cuda, g, y.ptr<T>(), x.ptr<T>(), w.ptr<T>(), geo.bias ? b.ptr<T>() : nullptr, wsp, ws);
-    conv2d_dgrad_cuda(G.cuda, g, dx.ptr<T>(), dy.ptr<T>(), w.ptr<T>(), wsp, ws, true);
+    conv2d_dgrad_cuda(G.cuda, g, dx.ptr<T>(), dy.ptr<T>(), w.ptr<T>(), wsp, ws, false);
     conv2d_wgrad_cuda(G.cuda, g, dw.ptr<T>(), geo.bias ? db.ptr<T>() : nullptr, dy.ptr<T>(), x.ptr<T>(), wsp, ws);
     return Result{get(y), get(dx), get(dw), get(db)};
 }

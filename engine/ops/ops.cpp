@@ -61,8 +61,7 @@ void axpy(Ctx& c, Tensor y, double a, const Tensor& x, bool y_fresh) {
             T* yp = y.ptr<T>();
             const T* xp = x.ptr<T>();
             par(y.numel(), [&](int64_t i0, int64_t i1) {
-                if (y_fresh) std::memset(yp + i0, 0, (i1 - i0) * sizeof(T));
-                axpy_cpu<T>(yp + i0, (acc_t<T>)a, xp + i0, i1 - i0);
+                axpy_cpu<T>(yp + i0, (acc_t<T>)a, xp + i0, i1 - i0, y_fresh);
             }, kElemChunk);
         }
     });
@@ -291,7 +290,7 @@ static Var conv2d_impl(Ctx& c, const Var& x, const Var& w, const Var* b, int str
             if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
             Scratch ws(c.conv_work ? c.conv_work : c.work);
             void* wsp = ws.get<char>((int64_t)bytes);
-            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes, !dx_fresh);
+            if (dx) conv2d_dgrad_cuda(c.cuda, g, dx, dy, w.t.ptr<T>(), wsp, bytes, dx_fresh);
             if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, dy, xp, wsp, bytes);
         } else {
             using A = acc_t<T>;
@@ -505,10 +504,8 @@ static Var conv2d_parts_impl(Ctx& c, const std::vector<Var>& xs, const Var& w, c
         if constexpr (d.cuda) {
             const T* xp[kMaxConvParts];
             for (int i = 0; i < m; ++i) xp[i] = xv[i];
-            bool add[kMaxConvParts];
-            for (int i = 0; i < m; ++i) add[i] = !fresh[i];
             const size_t bytes = dw ? conv1x1_parts_workspace_cuda(N, K, Cs.data(), m) : 0;
-            conv1x1_parts_backward_cuda(c.cuda, dxp, add, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
+            conv1x1_parts_backward_cuda(c.cuda, dxp, fresh, dw, db, dy, xp, Cs.data(), m, w.t.ptr<T>(), N, K, P,
                                         ws.get<char>((int64_t)bytes), bytes);
         } else {
             using A = acc_t<T>;
@@ -1129,7 +1126,7 @@ Var conv1x1_maps(Ctx& c, const Var& x, const Var& w, const Var* b, int na) {
                 if (dw) bytes = std::max(bytes, conv2d_workspace_cuda(c.cuda, g, ConvPass::Wgrad));
                 Scratch ws(sa);
                 void* wsp = ws.get<char>((int64_t)bytes);
-                if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes, !dx_fresh);
+                if (dx) conv2d_dgrad_cuda(c.cuda, g, dx + n0 * in_img, tmp, w.t.ptr<T>(), wsp, bytes, dx_fresh);
                 if (dw || db) conv2d_wgrad_cuda(c.cuda, g, dw, db, tmp, xp + n0 * in_img, wsp, bytes);
             }
         } else {

@@ -54,8 +54,8 @@ struct Ctx {
 // ---- tensor utilities (no tape)
 void fill(Ctx& c, Tensor t, double v);
 void copy(Ctx& c, Tensor dst, const Tensor& src);  // any pair of devices, same shape and dtype
-// y += a·x (f32, f64, f16). y_fresh: y is a gradient from Tape::grad_lazy that said *fresh (not zeroed): y = a·x
-// with the same bits (CUDA: y taken as zero, unread; CPU: each chunk zeroes its part first).
+// y += a·x (f32, f64, f16). y_fresh: y is a gradient from Tape::grad_lazy that said *fresh (not zeroed): y = a·x,
+// y unread, with the bits of an axpy into a zeroed y.
 void axpy(Ctx& c, Tensor y, double a, const Tensor& x, bool y_fresh = false);
 // Mixed precision's conversions, same element count, f32 ↔ f16 (round to nearest even): dst = src, dst += src.
 void convert(Ctx& c, Tensor dst, const Tensor& src);
